@@ -1,0 +1,19 @@
+//! Tollgate's domain: the types and rules every other crate shares, with no I/O.
+//!
+//! - [`ids`]: ids, slugs and API key material.
+//! - [`money`]: exact money (integer picodollars) and prices.
+//! - [`clock`]: the injectable clock every time-dependent rule reads.
+//! - [`limits`]: budgets and rate limits, their validation and their windows.
+//! - [`catalogue`]: the providers and models Tollgate knows, shipped as data.
+//! - [`usage`]: token usage as reported by an upstream, and its cost.
+
+pub mod catalogue;
+pub mod clock;
+pub mod ids;
+pub mod limits;
+pub mod money;
+pub mod secrets;
+pub mod usage;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use money::{Money, Price};

@@ -1,0 +1,9 @@
+//! TODO: being written
+#[derive(Debug, Default)]
+pub struct Bedrock;
+#[async_trait::async_trait]
+impl crate::Adapter for Bedrock {
+    async fn send(&self, _http: &reqwest::Client, _call: crate::Call<'_>) -> Result<crate::UpstreamResponse, crate::ProviderError> {
+        Err(crate::ProviderError::Unsupported("not yet implemented".into()))
+    }
+}
