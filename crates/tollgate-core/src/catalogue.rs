@@ -143,7 +143,8 @@ impl DecimalText {
             DecimalText::Text(s) => s.clone(),
             DecimalText::Number(n) => n.to_string(),
         };
-        Price::parse_usd_per_million(&text).ok_or_else(|| format!("{model}: {what} price {text:?} is not a non-negative decimal"))
+        Price::parse_usd_per_million(&text)
+            .ok_or_else(|| format!("{model}: {what} price {text:?} is not a non-negative decimal"))
     }
 }
 
@@ -168,7 +169,10 @@ impl PriceTable {
             };
             models.insert((row.provider, row.model), info);
         }
-        Ok(PriceTable { taken_at: file.taken_at, models })
+        Ok(PriceTable {
+            taken_at: file.taken_at,
+            models,
+        })
     }
 
     /// The table shipped with this binary.
@@ -194,7 +198,10 @@ impl PriceTable {
 
     /// Every `(provider, model)` the table prices, for the model catalogue.
     pub fn models_of<'a>(&'a self, provider: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.models.keys().filter(move |(p, _)| p == provider).map(|(_, m)| m.as_str())
+        self.models
+            .keys()
+            .filter(move |(p, _)| p == provider)
+            .map(|(_, m)| m.as_str())
     }
 }
 
@@ -208,7 +215,14 @@ mod tests {
     fn shipped_catalogue_parses_and_is_broad() {
         let p = providers();
         assert!(p.len() >= 25, "only {} providers", p.len());
-        for proto in [Protocol::OpenAi, Protocol::AzureOpenAi, Protocol::Anthropic, Protocol::Bedrock, Protocol::VertexAi, Protocol::Google] {
+        for proto in [
+            Protocol::OpenAi,
+            Protocol::AzureOpenAi,
+            Protocol::Anthropic,
+            Protocol::Bedrock,
+            Protocol::VertexAi,
+            Protocol::Google,
+        ] {
             assert!(p.iter().any(|s| s.protocol == proto), "{proto:?} missing");
         }
         let mut ids: Vec<_> = p.iter().map(|s| &s.id).collect();
@@ -223,17 +237,30 @@ mod tests {
         let t = PriceTable::shipped();
         assert!(t.len() > 30);
         let gpt4o = t.model("openai", "gpt-4o").unwrap();
-        let u = Usage { prompt_tokens: 1_000_000, completion_tokens: 0, cached_tokens: 0 };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 0,
+            cached_tokens: 0,
+        };
         assert_eq!(gpt4o.price.cost(&u), Money::parse_usd("2.5").unwrap());
         assert!(t.models_of("anthropic").count() >= 3);
     }
 
     #[test]
     fn price_tables_reject_bad_rows_with_the_row_named() {
-        let e = PriceTable::from_json(r#"{"taken_at":"x","models":[{"provider":"p","model":"m1","input":"-1","output":1}]}"#).unwrap_err();
+        let e = PriceTable::from_json(
+            r#"{"taken_at":"x","models":[{"provider":"p","model":"m1","input":"-1","output":1}]}"#,
+        )
+        .unwrap_err();
         assert!(e.contains("m1"), "{e}");
         assert!(PriceTable::from_json(r#"{"taken_at":"x","models":[],"extra":1}"#).is_err());
-        let ok = PriceTable::from_json(r#"{"taken_at":"x","models":[{"provider":"p","model":"m","input":0.5,"output":"1"}]}"#).unwrap();
-        assert_eq!(ok.model("p", "m").unwrap().price.cached_input, Price::parse_usd_per_million("0.5").unwrap());
+        let ok = PriceTable::from_json(
+            r#"{"taken_at":"x","models":[{"provider":"p","model":"m","input":0.5,"output":"1"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.model("p", "m").unwrap().price.cached_input,
+            Price::parse_usd_per_million("0.5").unwrap()
+        );
     }
 }

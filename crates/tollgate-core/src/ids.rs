@@ -13,9 +13,7 @@ pub const MAX_SLUG_LEN: usize = 64;
 /// True when `s` is a valid slug: non-empty, at most [`MAX_SLUG_LEN`] chars of
 /// `[a-zA-Z0-9_-]`.
 pub fn is_valid_slug(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_SLUG_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty() && s.len() <= MAX_SLUG_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Derives a slug from a display name: lower-case, runs of other characters

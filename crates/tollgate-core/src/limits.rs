@@ -73,8 +73,8 @@ impl UsageLimit {
     /// Validates and converts the wire form. `credit_limit` must be at least $1
     /// for cost and 100 for tokens; `alert_threshold` must be below it.
     pub fn from_json(v: &serde_json::Value) -> Result<UsageLimit, LimitError> {
-        let w: UsageLimitWire = serde_json::from_value(v.clone())
-            .map_err(|e| LimitError(format!("invalid usage limit: {e}")))?;
+        let w: UsageLimitWire =
+            serde_json::from_value(v.clone()).map_err(|e| LimitError(format!("invalid usage limit: {e}")))?;
         let kind = w.kind.unwrap_or(BudgetKind::Cost);
         let Some(limit) = w.credit_limit else {
             return err("usage limit needs credit_limit");
@@ -83,23 +83,34 @@ impl UsageLimit {
             let text = n.to_string();
             let v = match kind {
                 BudgetKind::Cost => parse_scaled(&text, 12),
-                BudgetKind::Tokens => parse_scaled(&text, 0).filter(|_| !text.contains(['.', 'e', 'E']) || n.as_u64().is_some()),
+                BudgetKind::Tokens => {
+                    parse_scaled(&text, 0).filter(|_| !text.contains(['.', 'e', 'E']) || n.as_u64().is_some())
+                }
             };
             match v.and_then(|v| i64::try_from(v).ok()) {
                 Some(v) if v >= 0 => Ok(v),
-                _ => err(format!("{what} must be a non-negative {}", match kind {
-                    BudgetKind::Cost => "number of dollars",
-                    BudgetKind::Tokens => "whole number of tokens",
-                })),
+                _ => err(format!(
+                    "{what} must be a non-negative {}",
+                    match kind {
+                        BudgetKind::Cost => "number of dollars",
+                        BudgetKind::Tokens => "whole number of tokens",
+                    }
+                )),
             }
         };
         let credit_limit = to_amount(&limit, "credit_limit")?;
         match kind {
-            BudgetKind::Cost if credit_limit < PICOS_PER_USD => return err("credit_limit for a cost budget must be at least 1 (US dollar)"),
-            BudgetKind::Cost if credit_limit > MAX_BUDGET_USD * PICOS_PER_USD => {
-                return err(format!("credit_limit for a cost budget must be at most {MAX_BUDGET_USD}"))
+            BudgetKind::Cost if credit_limit < PICOS_PER_USD => {
+                return err("credit_limit for a cost budget must be at least 1 (US dollar)")
             }
-            BudgetKind::Tokens if credit_limit < 100 => return err("credit_limit for a token budget must be at least 100 (tokens)"),
+            BudgetKind::Cost if credit_limit > MAX_BUDGET_USD * PICOS_PER_USD => {
+                return err(format!(
+                    "credit_limit for a cost budget must be at most {MAX_BUDGET_USD}"
+                ))
+            }
+            BudgetKind::Tokens if credit_limit < 100 => {
+                return err("credit_limit for a token budget must be at least 100 (tokens)")
+            }
             _ => {}
         }
         let alert_threshold = match &w.alert_threshold {
@@ -112,7 +123,12 @@ impl UsageLimit {
             }
             None => None,
         };
-        Ok(UsageLimit { kind, credit_limit, alert_threshold, periodic_reset: w.periodic_reset })
+        Ok(UsageLimit {
+            kind,
+            credit_limit,
+            alert_threshold,
+            periodic_reset: w.periodic_reset,
+        })
     }
 
     /// Converts an amount in this budget's unit to its wire number.
@@ -160,7 +176,11 @@ pub fn next_reset(r: PeriodicReset, t: DateTime<Utc>) -> DateTime<Utc> {
     let next = match r {
         PeriodicReset::Weekly => start + Duration::days(7),
         PeriodicReset::Monthly => {
-            let (y, m) = if start.month() == 12 { (start.year() + 1, 1) } else { (start.year(), start.month() + 1) };
+            let (y, m) = if start.month() == 12 {
+                (start.year() + 1, 1)
+            } else {
+                (start.year(), start.month() + 1)
+            };
             NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(start)
         }
     };
@@ -201,7 +221,10 @@ impl RateUnit {
     pub fn window(self, t: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
         let start = match self {
             RateUnit::Rpm => t.with_second(0).and_then(|t| t.with_nanosecond(0)),
-            RateUnit::Rph => t.with_minute(0).and_then(|t| t.with_second(0)).and_then(|t| t.with_nanosecond(0)),
+            RateUnit::Rph => t
+                .with_minute(0)
+                .and_then(|t| t.with_second(0))
+                .and_then(|t| t.with_nanosecond(0)),
             RateUnit::Rpd => Some(midnight(t.date_naive())),
         }
         .unwrap_or(t);
@@ -278,13 +301,23 @@ struct StoredUsageLimit {
 
 impl From<UsageLimit> for StoredUsageLimit {
     fn from(u: UsageLimit) -> Self {
-        Self { kind: u.kind, credit_limit: u.credit_limit, alert_threshold: u.alert_threshold, periodic_reset: u.periodic_reset }
+        Self {
+            kind: u.kind,
+            credit_limit: u.credit_limit,
+            alert_threshold: u.alert_threshold,
+            periodic_reset: u.periodic_reset,
+        }
     }
 }
 
 impl From<StoredUsageLimit> for UsageLimit {
     fn from(u: StoredUsageLimit) -> Self {
-        Self { kind: u.kind, credit_limit: u.credit_limit, alert_threshold: u.alert_threshold, periodic_reset: u.periodic_reset }
+        Self {
+            kind: u.kind,
+            credit_limit: u.credit_limit,
+            alert_threshold: u.alert_threshold,
+            periodic_reset: u.periodic_reset,
+        }
     }
 }
 
@@ -300,9 +333,18 @@ mod tests {
     #[test]
     fn rate_windows_are_fixed_utc_windows() {
         let now = t("2024-02-29T23:59:59.900Z");
-        assert_eq!(RateUnit::Rpm.window(now), (t("2024-02-29T23:59:00Z"), t("2024-03-01T00:00:00Z")));
-        assert_eq!(RateUnit::Rph.window(now), (t("2024-02-29T23:00:00Z"), t("2024-03-01T00:00:00Z")));
-        assert_eq!(RateUnit::Rpd.window(now), (t("2024-02-29T00:00:00Z"), t("2024-03-01T00:00:00Z")));
+        assert_eq!(
+            RateUnit::Rpm.window(now),
+            (t("2024-02-29T23:59:00Z"), t("2024-03-01T00:00:00Z"))
+        );
+        assert_eq!(
+            RateUnit::Rph.window(now),
+            (t("2024-02-29T23:00:00Z"), t("2024-03-01T00:00:00Z"))
+        );
+        assert_eq!(
+            RateUnit::Rpd.window(now),
+            (t("2024-02-29T00:00:00Z"), t("2024-03-01T00:00:00Z"))
+        );
         let next = t("2024-03-01T00:00:00Z");
         assert_eq!(RateUnit::Rpm.window(next).0, next);
     }
@@ -318,31 +360,59 @@ mod tests {
         assert_eq!(period_start(PeriodicReset::Weekly, sunday), sunday);
         assert_eq!(next_reset(PeriodicReset::Weekly, sunday), t("2026-12-06T00:00:00Z"));
         // Across a year end.
-        assert_eq!(next_reset(PeriodicReset::Weekly, t("2026-12-31T12:00:00Z")), t("2027-01-03T00:00:00Z"));
+        assert_eq!(
+            next_reset(PeriodicReset::Weekly, t("2026-12-31T12:00:00Z")),
+            t("2027-01-03T00:00:00Z")
+        );
     }
 
     #[test]
     fn monthly_periods_handle_month_ends_and_leap_years() {
-        assert_eq!(period_start(PeriodicReset::Monthly, t("2024-02-29T23:59:59Z")), t("2024-02-01T00:00:00Z"));
-        assert_eq!(next_reset(PeriodicReset::Monthly, t("2024-02-29T23:59:59Z")), t("2024-03-01T00:00:00Z"));
-        assert_eq!(next_reset(PeriodicReset::Monthly, t("2023-02-28T00:00:00Z")), t("2023-03-01T00:00:00Z"));
-        assert_eq!(next_reset(PeriodicReset::Monthly, t("2026-12-31T23:59:59Z")), t("2027-01-01T00:00:00Z"));
-        assert_eq!(next_reset(PeriodicReset::Monthly, t("2026-01-31T00:00:00Z")), t("2026-02-01T00:00:00Z"));
+        assert_eq!(
+            period_start(PeriodicReset::Monthly, t("2024-02-29T23:59:59Z")),
+            t("2024-02-01T00:00:00Z")
+        );
+        assert_eq!(
+            next_reset(PeriodicReset::Monthly, t("2024-02-29T23:59:59Z")),
+            t("2024-03-01T00:00:00Z")
+        );
+        assert_eq!(
+            next_reset(PeriodicReset::Monthly, t("2023-02-28T00:00:00Z")),
+            t("2023-03-01T00:00:00Z")
+        );
+        assert_eq!(
+            next_reset(PeriodicReset::Monthly, t("2026-12-31T23:59:59Z")),
+            t("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            next_reset(PeriodicReset::Monthly, t("2026-01-31T00:00:00Z")),
+            t("2026-02-01T00:00:00Z")
+        );
     }
 
     #[test]
     fn budgets_count_from_when_they_were_set() {
         let set_at = t("2026-11-26T09:00:00Z");
-        let monthly = UsageLimit::from_json(&json!({"type":"cost","credit_limit":10,"periodic_reset":"monthly"})).unwrap();
+        let monthly =
+            UsageLimit::from_json(&json!({"type":"cost","credit_limit":10,"periodic_reset":"monthly"})).unwrap();
         assert_eq!(monthly.period_start(t("2026-11-27T00:00:00Z"), set_at), set_at);
-        assert_eq!(monthly.period_start(t("2026-12-02T00:00:00Z"), set_at), t("2026-12-01T00:00:00Z"));
-        let forever = UsageLimit { periodic_reset: None, ..monthly };
+        assert_eq!(
+            monthly.period_start(t("2026-12-02T00:00:00Z"), set_at),
+            t("2026-12-01T00:00:00Z")
+        );
+        let forever = UsageLimit {
+            periodic_reset: None,
+            ..monthly
+        };
         assert_eq!(forever.period_start(t("2027-06-01T00:00:00Z"), set_at), set_at);
     }
 
     #[test]
     fn usage_limits_are_validated() {
-        let ok = UsageLimit::from_json(&json!({"type":"cost","credit_limit":100,"alert_threshold":80,"periodic_reset":"monthly"})).unwrap();
+        let ok = UsageLimit::from_json(
+            &json!({"type":"cost","credit_limit":100,"alert_threshold":80,"periodic_reset":"monthly"}),
+        )
+        .unwrap();
         assert_eq!(ok.credit_limit, 100 * PICOS_PER_USD);
         assert_eq!(ok.alert_threshold, Some(80 * PICOS_PER_USD));
         let fractional = UsageLimit::from_json(&json!({"type":"cost","credit_limit":1.5})).unwrap();
@@ -366,7 +436,10 @@ mod tests {
 
     #[test]
     fn usage_limits_round_trip_through_storage_and_wire() {
-        let u = UsageLimit::from_json(&json!({"type":"cost","credit_limit":2.25,"alert_threshold":1,"periodic_reset":"weekly"})).unwrap();
+        let u = UsageLimit::from_json(
+            &json!({"type":"cost","credit_limit":2.25,"alert_threshold":1,"periodic_reset":"weekly"}),
+        )
+        .unwrap();
         let stored = serde_json::to_string(&u).unwrap();
         assert_eq!(serde_json::from_str::<UsageLimit>(&stored).unwrap(), u);
         let wire = u.to_json(t("2026-11-26T10:00:00Z"));
@@ -378,7 +451,10 @@ mod tests {
     #[test]
     fn limits_may_be_objects_or_one_element_arrays() {
         let r = json!({"type":"requests","unit":"rpm","value":50});
-        assert_eq!(parse_rate_limit(Some(&r)).unwrap(), parse_rate_limit(Some(&json!([r.clone()]))).unwrap());
+        assert_eq!(
+            parse_rate_limit(Some(&r)).unwrap(),
+            parse_rate_limit(Some(&json!([r.clone()]))).unwrap()
+        );
         assert_eq!(parse_rate_limit(Some(&json!([]))).unwrap(), None);
         assert_eq!(parse_rate_limit(Some(&json!(null))).unwrap(), None);
         assert_eq!(parse_rate_limit(None).unwrap(), None);

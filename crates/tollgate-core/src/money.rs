@@ -78,12 +78,18 @@ impl Price {
 
     /// From Portkey's unit, US cents per token (`0.00025` = $2.50 per million).
     pub fn parse_cents_per_token(s: &str) -> Option<Price> {
-        parse_scaled(s, 10).and_then(|v| i64::try_from(v).ok()).filter(|v| *v >= 0).map(Price)
+        parse_scaled(s, 10)
+            .and_then(|v| i64::try_from(v).ok())
+            .filter(|v| *v >= 0)
+            .map(Price)
     }
 
     /// From dollars per million tokens, the unit of the shipped price table.
     pub fn parse_usd_per_million(s: &str) -> Option<Price> {
-        parse_scaled(s, 6).and_then(|v| i64::try_from(v).ok()).filter(|v| *v >= 0).map(Price)
+        parse_scaled(s, 6)
+            .and_then(|v| i64::try_from(v).ok())
+            .filter(|v| *v >= 0)
+            .map(Price)
     }
 
     /// This price in cents per token, exact, as decimal text.

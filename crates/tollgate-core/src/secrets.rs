@@ -18,7 +18,11 @@ pub struct PlainSecrets(pub Vec<(String, String)>);
 
 impl SecretSource for PlainSecrets {
     fn open(&self, name: &str) -> Result<Option<Zeroizing<String>>, String> {
-        Ok(self.0.iter().find(|(k, _)| k == name).map(|(_, v)| Zeroizing::new(v.clone())))
+        Ok(self
+            .0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| Zeroizing::new(v.clone())))
     }
 }
 

@@ -29,7 +29,11 @@ pub struct ModelPrice {
 }
 
 impl ModelPrice {
-    pub const FREE: ModelPrice = ModelPrice { input: Price::FREE, output: Price::FREE, cached_input: Price::FREE };
+    pub const FREE: ModelPrice = ModelPrice {
+        input: Price::FREE,
+        output: Price::FREE,
+        cached_input: Price::FREE,
+    };
 
     /// The exact cost of `usage` at this price.
     pub fn cost(&self, usage: &Usage) -> Money {
@@ -53,7 +57,11 @@ mod tests {
             output: Price::parse_usd_per_million("10").unwrap(),
             cached_input: Price::parse_usd_per_million("1.25").unwrap(),
         };
-        let u = Usage { prompt_tokens: 1000, completion_tokens: 200, cached_tokens: 400 };
+        let u = Usage {
+            prompt_tokens: 1000,
+            completion_tokens: 200,
+            cached_tokens: 400,
+        };
         // 600 × 2.5e-6 + 400 × 1.25e-6 + 200 × 1e-5 = 0.0015 + 0.0005 + 0.002
         assert_eq!(price.cost(&u), Money::parse_usd("0.004").unwrap());
         assert_eq!(ModelPrice::FREE.cost(&u), Money::ZERO);

@@ -3,7 +3,11 @@
 pub struct Anthropic;
 #[async_trait::async_trait]
 impl crate::Adapter for Anthropic {
-    async fn send(&self, _http: &reqwest::Client, _call: crate::Call<'_>) -> Result<crate::UpstreamResponse, crate::ProviderError> {
+    async fn send(
+        &self,
+        _http: &reqwest::Client,
+        _call: crate::Call<'_>,
+    ) -> Result<crate::UpstreamResponse, crate::ProviderError> {
         Err(crate::ProviderError::Unsupported("not yet implemented".into()))
     }
 }

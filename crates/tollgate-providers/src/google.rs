@@ -3,7 +3,11 @@
 pub struct Gemini;
 #[async_trait::async_trait]
 impl crate::Adapter for Gemini {
-    async fn send(&self, _http: &reqwest::Client, _call: crate::Call<'_>) -> Result<crate::UpstreamResponse, crate::ProviderError> {
+    async fn send(
+        &self,
+        _http: &reqwest::Client,
+        _call: crate::Call<'_>,
+    ) -> Result<crate::UpstreamResponse, crate::ProviderError> {
         Err(crate::ProviderError::Unsupported("not yet implemented".into()))
     }
 }

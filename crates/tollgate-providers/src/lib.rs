@@ -93,7 +93,11 @@ pub struct Call<'a> {
 pub enum UpstreamResponse {
     /// A whole response: status (2xx), OpenAI-format JSON body, and the usage
     /// it reported, if any.
-    Whole { status: u16, body: Bytes, usage: Option<Usage> },
+    Whole {
+        status: u16,
+        body: Bytes,
+        usage: Option<Usage>,
+    },
     /// A stream of SSE frames for the client, each a complete
     /// `data: {chunk}\n\n` event, ending without `data: [DONE]` (the relay
     /// adds it). [`StreamItem::Usage`] items carry the usage for accounting.
