@@ -1,1 +1,14 @@
-//! placeholder
+//! Tollgate's storage.
+//!
+//! - [`db`]: opening the database (SQLite in WAL mode for the embedded
+//!   default) and running migrations.
+//! - [`control`]: the control-plane records (workspaces, API keys,
+//!   integrations, providers) and the audit trail.
+//! - [`usage`]: the request log and its batching background writer.
+
+pub mod control;
+pub mod db;
+pub mod secrets;
+pub mod usage;
+
+pub use control::{ControlData, Store, StoreError, Tx};

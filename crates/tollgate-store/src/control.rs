@@ -1,0 +1,311 @@
+//! The control-plane store: records as JSON documents with their unique and
+//! indexed columns beside them, and the append-only audit trail.
+//!
+//! Writes go through a [`Tx`] so that an admin operation that touches several
+//! records (provisioning an integration creates providers, and every change
+//! writes an audit entry) lands whole or not at all. Reads for the gateway
+//! never come here: the server loads everything once into its snapshot
+//! ([`Store::load_all`]) and again after each change.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use tollgate_core::records::{ApiKeyRecord, Integration, ProviderRecord, Workspace};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique column (slug, key hash) already holds this value.
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A stored document no longer parses: a bug or a hand-edited database.
+    #[error("stored {0} is corrupt: {1}")]
+    Corrupt(&'static str, String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Everything the snapshot is built from.
+#[derive(Debug, Clone, Default)]
+pub struct ControlData {
+    pub workspaces: Vec<Workspace>,
+    pub api_keys: Vec<ApiKeyRecord>,
+    pub integrations: Vec<Integration>,
+    pub providers: Vec<ProviderRecord>,
+}
+
+/// One audit-trail entry: who did what to which object, when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    /// The id of the API key that made the change (`None` for the CLI).
+    pub actor: Option<String>,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: String,
+    /// What changed, without secrets.
+    pub details: serde_json::Value,
+}
+
+/// Filters for [`Store::audit_logs`].
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub object_type: Option<String>,
+    pub object_id: Option<String>,
+    pub actor: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// The control-plane store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt("record", e.to_string()))
+}
+
+fn from_doc<T: DeserializeOwned>(what: &'static str, s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(what, e.to_string()))
+}
+
+/// Maps a unique-constraint violation to [`StoreError::Conflict`].
+fn unique(what: String) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(what),
+        _ => StoreError::Db(e),
+    }
+}
+
+impl Store {
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(Tx { tx: self.pool.begin().await? })
+    }
+
+    pub async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Loads every control-plane record.
+    pub async fn load_all(&self) -> Result<ControlData, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(ControlData {
+            workspaces: load(&mut conn, "SELECT data FROM workspaces", "workspace").await?,
+            api_keys: load(&mut conn, "SELECT data FROM api_keys", "api key").await?,
+            integrations: load(&mut conn, "SELECT data FROM integrations", "integration").await?,
+            providers: load(&mut conn, "SELECT data FROM providers", "provider").await?,
+        })
+    }
+
+    /// Audit entries, newest first, and how many match in all.
+    pub async fn audit_logs(&self, f: &AuditFilter) -> Result<(i64, Vec<AuditEntry>), StoreError> {
+        let mut where_ = String::from(" WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        let mut arg = |clause: &str, v: String, w: &mut String| {
+            args.push(v);
+            w.push_str(&format!(" AND {clause} ${}", args.len()));
+        };
+        if let Some(v) = &f.object_type {
+            arg("object_type =", v.clone(), &mut where_);
+        }
+        if let Some(v) = &f.object_id {
+            arg("object_id =", v.clone(), &mut where_);
+        }
+        if let Some(v) = &f.actor {
+            arg("actor =", v.clone(), &mut where_);
+        }
+        if let Some(v) = f.from {
+            arg("at_ms >=", v.timestamp_millis().to_string(), &mut where_);
+        }
+        if let Some(v) = f.to {
+            arg("at_ms <=", v.timestamp_millis().to_string(), &mut where_);
+        }
+        // at_ms arguments are bound as text; SQLite compares them numerically
+        // through the column's INTEGER affinity.
+        let count_sql = format!("SELECT COUNT(*) FROM audit_logs{where_}");
+        let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
+        for a in &args {
+            q = q.bind(a);
+        }
+        let total = q.fetch_one(&self.pool).await?;
+        let sql = format!(
+            "SELECT id, at_ms, actor, action, object_type, object_id, details FROM audit_logs{where_} ORDER BY seq DESC LIMIT {} OFFSET {}",
+            f.limit.clamp(1, 1000),
+            f.offset.max(0)
+        );
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let at_ms: i64 = r.try_get("at_ms")?;
+            let details: String = r.try_get("details")?;
+            out.push(AuditEntry {
+                id: r.try_get("id")?,
+                at: Utc.timestamp_millis_opt(at_ms).single().unwrap_or_default(),
+                actor: r.try_get("actor")?,
+                action: r.try_get("action")?,
+                object_type: r.try_get("object_type")?,
+                object_id: r.try_get("object_id")?,
+                details: from_doc("audit entry", &details)?,
+            });
+        }
+        Ok((total, out))
+    }
+}
+
+async fn load<T: DeserializeOwned>(
+    conn: &mut sqlx::SqliteConnection,
+    sql: &str,
+    what: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *conn).await?;
+    rows.iter().map(|s| from_doc(what, s)).collect()
+}
+
+/// A write transaction over the control plane.
+pub struct Tx {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.tx.commit().await?)
+    }
+
+    pub async fn put_workspace(&mut self, w: &Workspace) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workspaces (id, slug, data) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, data = excluded.data",
+        )
+        .bind(&w.id)
+        .bind(&w.slug)
+        .bind(to_doc(w)?)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(unique(format!("workspace with slug '{}'", w.slug)))?;
+        Ok(())
+    }
+
+    pub async fn delete_workspace(&mut self, id: &str) -> Result<(), StoreError> {
+        delete(&mut self.tx, "DELETE FROM workspaces WHERE id = $1", id, "workspace").await
+    }
+
+    pub async fn put_api_key(&mut self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, key_hash, workspace_id, data) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, workspace_id = excluded.workspace_id, data = excluded.data",
+        )
+        .bind(&k.id)
+        .bind(&k.key_hash)
+        .bind(&k.workspace_id)
+        .bind(to_doc(k)?)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(unique("api key".to_owned()))?;
+        Ok(())
+    }
+
+    pub async fn delete_api_key(&mut self, id: &str) -> Result<(), StoreError> {
+        delete(&mut self.tx, "DELETE FROM api_keys WHERE id = $1", id, "api key").await
+    }
+
+    pub async fn put_integration(&mut self, i: &Integration) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO integrations (id, slug, workspace_id, data) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, workspace_id = excluded.workspace_id, data = excluded.data",
+        )
+        .bind(&i.id)
+        .bind(&i.slug)
+        .bind(&i.workspace_id)
+        .bind(to_doc(i)?)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(unique(format!("integration with slug '{}'", i.slug)))?;
+        Ok(())
+    }
+
+    pub async fn delete_integration(&mut self, id: &str) -> Result<(), StoreError> {
+        delete(&mut self.tx, "DELETE FROM integrations WHERE id = $1", id, "integration").await
+    }
+
+    pub async fn put_provider(&mut self, p: &ProviderRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO providers (id, workspace_id, integration_id, slug, data) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, data = excluded.data",
+        )
+        .bind(&p.id)
+        .bind(&p.workspace_id)
+        .bind(&p.integration_id)
+        .bind(&p.slug)
+        .bind(to_doc(p)?)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(unique(format!("provider with slug '{}' in this workspace", p.slug)))?;
+        Ok(())
+    }
+
+    pub async fn delete_provider(&mut self, id: &str) -> Result<(), StoreError> {
+        delete(&mut self.tx, "DELETE FROM providers WHERE id = $1", id, "provider").await
+    }
+
+    pub async fn audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_logs (id, at_ms, actor, action, object_type, object_id, details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&e.id)
+        .bind(e.at.timestamp_millis())
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.object_type)
+        .bind(&e.object_id)
+        .bind(to_doc(&e.details)?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn meta_set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn delete(tx: &mut Transaction<'static, Sqlite>, sql: &str, id: &str, what: &str) -> Result<(), StoreError> {
+    let n = sqlx::query(sql).bind(id).execute(&mut **tx).await?.rows_affected();
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("{what} '{id}'")));
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! The request log: one row per gateway request.
+//!
+//! The gateway never waits for the database: it hands a [`UsageRecord`] to
+//! [`UsageLog::record`], which queues it for a background writer that inserts
+//! whatever has queued up in one transaction. [`UsageLog::flush`] waits until
+//! everything queued before it is on disk; graceful shutdown calls it after the
+//! last request has finished, so nothing is lost.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Most rows written in one transaction.
+const BATCH: usize = 512;
+
+/// One request as logged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UsageRecord {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub trace_id: String,
+    pub workspace_id: Option<String>,
+    pub api_key_id: Option<String>,
+    pub integration_id: Option<String>,
+    pub integration_slug: Option<String>,
+    pub provider_slug: Option<String>,
+    pub ai_provider_id: Option<String>,
+    pub model: Option<String>,
+    /// `chat.completions`, `completions`, `embeddings`.
+    pub endpoint: String,
+    pub status_code: u16,
+    /// The gateway error type for a failure (`upstream_error`, ...).
+    pub error_type: Option<String>,
+    /// Why Tollgate refused the request itself: `rate_limit`, `budget`,
+    /// `policy` (model not allowed), `auth`, `permission`.
+    pub refusal: Option<String>,
+    pub streamed: bool,
+    /// The client went away before the answer was complete.
+    pub cancelled: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub total_tokens: u64,
+    /// Token counts were estimated with the tokenizer, not reported upstream.
+    pub tokens_estimated: bool,
+    /// Exact cost in picodollars; `None` when the model has no known price.
+    pub cost_picos: Option<i64>,
+    pub latency_us: u64,
+    /// Time to first token, for streams.
+    pub ttft_us: Option<u64>,
+    /// Time spent waiting on the upstream (to its last byte).
+    pub upstream_latency_us: Option<u64>,
+    /// `x-portkey-metadata`: a JSON object of strings.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+}
+
+enum Msg {
+    Record(Box<UsageRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the background writer. Cheap to clone.
+#[derive(Clone)]
+pub struct UsageLog {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl UsageLog {
+    /// Starts the writer on `pool`. The task ends when every handle is dropped
+    /// and the queue is drained.
+    pub fn spawn(pool: SqlitePool) -> (UsageLog, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(writer(pool, rx));
+        (UsageLog { tx }, task)
+    }
+
+    /// Queues a record; never blocks.
+    pub fn record(&self, r: UsageRecord) {
+        if self.tx.send(Msg::Record(Box::new(r))).is_err() {
+            tracing::error!("usage log writer is gone; a request record was dropped");
+        }
+    }
+
+    /// Waits until every record queued before this call is written.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut msgs = Vec::with_capacity(BATCH);
+    let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
+    loop {
+        if rx.recv_many(&mut msgs, BATCH).await == 0 {
+            return;
+        }
+        let mut waiters = Vec::new();
+        for m in msgs.drain(..) {
+            match m {
+                Msg::Record(r) => batch.push(*r),
+                Msg::Flush(w) => waiters.push(w),
+            }
+        }
+        if !batch.is_empty() {
+            // Retry a failed batch a few times (a locked database clears);
+            // after that the rows are logged as lost rather than blocking
+            // every later one.
+            let mut attempt = 0;
+            loop {
+                match insert(&pool, &batch).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < 5 => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "usage log batch failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, rows = batch.len(), "usage log batch lost");
+                        break;
+                    }
+                }
+            }
+            batch.clear();
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}
+
+async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // SQLite allows 32766 bound parameters; 29 columns × 512 rows fits.
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \
+         provider_slug, ai_provider_id, model, endpoint, status_code, error_type, refusal, streamed, cancelled, \
+         prompt_tokens, completion_tokens, cached_tokens, total_tokens, tokens_estimated, cost_picos, latency_us, \
+         ttft_us, upstream_latency_us, metadata, request_body, response_body) ",
+    );
+    qb.push_values(rows, |mut b, r| {
+        b.push_bind(&r.id)
+            .push_bind(r.created_at.timestamp_millis())
+            .push_bind(&r.trace_id)
+            .push_bind(&r.workspace_id)
+            .push_bind(&r.api_key_id)
+            .push_bind(&r.integration_id)
+            .push_bind(&r.integration_slug)
+            .push_bind(&r.provider_slug)
+            .push_bind(&r.ai_provider_id)
+            .push_bind(&r.model)
+            .push_bind(&r.endpoint)
+            .push_bind(r.status_code as i64)
+            .push_bind(&r.error_type)
+            .push_bind(&r.refusal)
+            .push_bind(r.streamed)
+            .push_bind(r.cancelled)
+            .push_bind(r.prompt_tokens as i64)
+            .push_bind(r.completion_tokens as i64)
+            .push_bind(r.cached_tokens as i64)
+            .push_bind(r.total_tokens as i64)
+            .push_bind(r.tokens_estimated)
+            .push_bind(r.cost_picos)
+            .push_bind(r.latency_us as i64)
+            .push_bind(r.ttft_us.map(|v| v as i64))
+            .push_bind(r.upstream_latency_us.map(|v| v as i64))
+            .push_bind(r.metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string()))
+            .push_bind(&r.request_body)
+            .push_bind(&r.response_body);
+    });
+    qb.build().execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// Filters for [`list`]. Every field narrows; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    pub workspace_id: Option<String>,
+    pub api_key_id: Option<String>,
+    pub provider_slug: Option<String>,
+    pub integration_slug: Option<String>,
+    pub model: Option<String>,
+    pub status_code: Option<u16>,
+    pub trace_id: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Every key must be present in the record's metadata with this value.
+    pub metadata: Vec<(String, String)>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
+    qb.push(" WHERE 1 = 1");
+    let eq = |qb: &mut QueryBuilder<'a, Sqlite>, col: &str, v: &'a Option<String>| {
+        if let Some(v) = v {
+            qb.push(format!(" AND {col} = ")).push_bind(v.as_str());
+        }
+    };
+    eq(qb, "workspace_id", &f.workspace_id);
+    eq(qb, "api_key_id", &f.api_key_id);
+    eq(qb, "provider_slug", &f.provider_slug);
+    eq(qb, "integration_slug", &f.integration_slug);
+    eq(qb, "model", &f.model);
+    eq(qb, "trace_id", &f.trace_id);
+    if let Some(s) = f.status_code {
+        qb.push(" AND status_code = ").push_bind(s as i64);
+    }
+    if let Some(t) = f.from {
+        qb.push(" AND created_at_ms >= ").push_bind(t.timestamp_millis());
+    }
+    if let Some(t) = f.to {
+        qb.push(" AND created_at_ms <= ").push_bind(t.timestamp_millis());
+    }
+    for (k, v) in &f.metadata {
+        // json_extract takes a JSON path; quote the key so any string is safe.
+        let path = format!("$.{}", serde_json::Value::String(k.clone()));
+        qb.push(" AND json_extract(metadata, ").push_bind(path).push(") = ").push_bind(v.as_str());
+    }
+}
+
+/// Records matching `f`, newest first, with the total that match.
+pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(i64, Vec<UsageRecord>), sqlx::Error> {
+    let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
+    push_filter(&mut count, f);
+    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM usage_log");
+    push_filter(&mut qb, f);
+    qb.push(" ORDER BY created_at_ms DESC, seq DESC LIMIT ")
+        .push_bind(f.limit.clamp(1, 1000))
+        .push(" OFFSET ")
+        .push_bind(f.offset.max(0));
+    let rows = qb.build().fetch_all(pool).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let u = |c: &str| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+        let opt_u = |c: &str| -> Result<Option<u64>, sqlx::Error> { Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64)) };
+        let metadata: Option<String> = r.try_get("metadata")?;
+        out.push(UsageRecord {
+            id: r.try_get("id")?,
+            created_at: Utc.timestamp_millis_opt(r.try_get("created_at_ms")?).single().unwrap_or_default(),
+            trace_id: r.try_get("trace_id")?,
+            workspace_id: r.try_get("workspace_id")?,
+            api_key_id: r.try_get("api_key_id")?,
+            integration_id: r.try_get("integration_id")?,
+            integration_slug: r.try_get("integration_slug")?,
+            provider_slug: r.try_get("provider_slug")?,
+            ai_provider_id: r.try_get("ai_provider_id")?,
+            model: r.try_get("model")?,
+            endpoint: r.try_get("endpoint")?,
+            status_code: u("status_code")? as u16,
+            error_type: r.try_get("error_type")?,
+            refusal: r.try_get("refusal")?,
+            streamed: r.try_get("streamed")?,
+            cancelled: r.try_get("cancelled")?,
+            prompt_tokens: u("prompt_tokens")?,
+            completion_tokens: u("completion_tokens")?,
+            cached_tokens: u("cached_tokens")?,
+            total_tokens: u("total_tokens")?,
+            tokens_estimated: r.try_get("tokens_estimated")?,
+            cost_picos: r.try_get("cost_picos")?,
+            latency_us: u("latency_us")?,
+            ttft_us: opt_u("ttft_us")?,
+            upstream_latency_us: opt_u("upstream_latency_us")?,
+            metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
+            request_body: r.try_get("request_body")?,
+            response_body: r.try_get("response_body")?,
+        });
+    }
+    Ok((total, out))
+}
