@@ -1,5 +1,6 @@
 //! Tollgate's domain: the types and rules every other crate shares, with no I/O.
 //!
+//! - [`admission`]: the arithmetic of admitting requests against limits and settling them.
 //! - [`ids`]: ids, slugs and API key material.
 //! - [`money`]: exact money (integer picodollars) and prices.
 //! - [`clock`]: the injectable clock every time-dependent rule reads.
@@ -7,6 +8,7 @@
 //! - [`catalogue`]: the providers and models Tollgate knows, shipped as data.
 //! - [`usage`]: token usage as reported by an upstream, and its cost.
 
+pub mod admission;
 pub mod catalogue;
 pub mod clock;
 pub mod ids;
