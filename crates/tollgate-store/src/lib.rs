@@ -8,6 +8,7 @@
 
 pub mod control;
 pub mod db;
+pub mod outbox;
 pub mod secrets;
 pub mod usage;
 
