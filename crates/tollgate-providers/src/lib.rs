@@ -22,6 +22,8 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+mod chat_shape;
+mod gemini_format;
 pub mod google;
 pub mod openai;
 pub mod sse;

@@ -1,0 +1,539 @@
+//! OpenAI-format building blocks shared by the adapters that translate from
+//! another wire format (Gemini API, Vertex AI, Bedrock): reading the client's
+//! OpenAI request (message content, stop sequences, prompts, embedding
+//! inputs) and writing OpenAI answers (`chat.completion`, `text_completion`,
+//! their stream chunks, usage objects, embedding lists), plus the deadline
+//! handling every upstream exchange needs. One copy, so the three adapters
+//! answer in exactly the same shape.
+
+use crate::{Endpoint, ProviderError, StreamItem};
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tollgate_core::usage::Usage;
+
+/// A fresh id such as `chatcmpl-1f3a…` or `call_9b2c…`. Ids only need to be
+/// unique, not secret: the std hasher's per-instance random keys plus a
+/// counter are enough without pulling in a random-number crate.
+pub(crate) fn new_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    format!("{prefix}{:016x}{:04x}", h.finish(), n & 0xffff)
+}
+
+/// Seconds since the epoch for `created` fields. A label on the answer, not
+/// a rule that depends on time, so it reads the wall clock.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A malformed client request.
+pub(crate) fn bad_request(msg: impl Into<String>) -> ProviderError {
+    ProviderError::Unsupported(msg.into())
+}
+
+/// OpenAI's `usage` object. `prompt_tokens` includes the cached tokens.
+pub(crate) fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total(),
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+/// A tool call the model made, in OpenAI's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as a JSON string, as OpenAI sends them.
+    pub arguments: String,
+}
+
+/// One translated answer choice.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Choice {
+    pub index: u64,
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A whole OpenAI answer: `chat.completion` for chat, `text_completion` for
+/// completions.
+pub(crate) fn whole_body(endpoint: Endpoint, model: &str, choices: Vec<Choice>, usage: Option<&Usage>) -> Value {
+    let chat = endpoint == Endpoint::ChatCompletions;
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .map(|c| {
+            if chat {
+                let mut message = Map::new();
+                message.insert("role".into(), json!("assistant"));
+                let content = if c.text.is_empty() && !c.tool_calls.is_empty() {
+                    Value::Null
+                } else {
+                    Value::String(c.text)
+                };
+                message.insert("content".into(), content);
+                if !c.tool_calls.is_empty() {
+                    message.insert("tool_calls".into(), tool_calls_json(&c.tool_calls, false));
+                }
+                json!({
+                    "index": c.index,
+                    "message": message,
+                    "logprobs": null,
+                    "finish_reason": c.finish_reason.unwrap_or("stop"),
+                })
+            } else {
+                json!({
+                    "index": c.index,
+                    "text": c.text,
+                    "logprobs": null,
+                    "finish_reason": c.finish_reason.unwrap_or("stop"),
+                })
+            }
+        })
+        .collect();
+    let (prefix, object) = if chat {
+        ("chatcmpl-", "chat.completion")
+    } else {
+        ("cmpl-", "text_completion")
+    };
+    let mut body = json!({
+        "id": new_id(prefix),
+        "object": object,
+        "created": unix_now(),
+        "model": model,
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        body["usage"] = usage_json(u);
+    }
+    body
+}
+
+/// `tool_calls` as OpenAI writes them; in stream chunks each also carries
+/// its position (`index`).
+fn tool_calls_json(calls: &[ToolCall], with_index: bool) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut v = json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                });
+                if with_index {
+                    v["index"] = json!(i);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// Writes the chunks of one streamed answer: same id, `created` and model
+/// on every chunk, as OpenAI does.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkWriter {
+    id: String,
+    created: i64,
+    model: String,
+    chat: bool,
+}
+
+impl ChunkWriter {
+    pub(crate) fn new(endpoint: Endpoint, model: &str) -> Self {
+        let chat = endpoint == Endpoint::ChatCompletions;
+        Self {
+            id: new_id(if chat { "chatcmpl-" } else { "cmpl-" }),
+            created: unix_now(),
+            model: model.to_owned(),
+            chat,
+        }
+    }
+
+    pub(crate) fn is_chat(&self) -> bool {
+        self.chat
+    }
+
+    fn frame(&self, choices: Value, usage: Option<&Usage>) -> StreamItem {
+        let mut chunk = json!({
+            "id": self.id,
+            "object": if self.chat { "chat.completion.chunk" } else { "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if let Some(u) = usage {
+            chunk["usage"] = usage_json(u);
+        }
+        StreamItem::Frame(crate::sse::data_frame(chunk.to_string().as_bytes()))
+    }
+
+    /// A chunk opening a choice: the assistant role (chat only).
+    pub(crate) fn role(&self, index: u64) -> Option<StreamItem> {
+        self.chat.then(|| {
+            self.frame(
+                json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+                None,
+            )
+        })
+    }
+
+    /// A chunk carrying text.
+    pub(crate) fn text(&self, index: u64, text: &str) -> StreamItem {
+        if self.chat {
+            self.frame(
+                json!([{"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]),
+                None,
+            )
+        } else {
+            self.frame(
+                json!([{"index": index, "text": text, "logprobs": null, "finish_reason": null}]),
+                None,
+            )
+        }
+    }
+
+    /// A chunk carrying (part of) a tool call at position `position` of the
+    /// choice's calls. The first piece carries id and name, later pieces only
+    /// argument text, as OpenAI streams them.
+    pub(crate) fn tool_call(
+        &self,
+        index: u64,
+        position: usize,
+        id_and_name: Option<(&str, &str)>,
+        arguments: &str,
+    ) -> StreamItem {
+        let mut call = json!({"index": position, "function": {"arguments": arguments}});
+        if let Some((id, name)) = id_and_name {
+            call["id"] = json!(id);
+            call["type"] = json!("function");
+            call["function"]["name"] = json!(name);
+        }
+        self.frame(
+            json!([{"index": index, "delta": {"tool_calls": [call]}, "logprobs": null, "finish_reason": null}]),
+            None,
+        )
+    }
+
+    /// The chunk that closes a choice.
+    pub(crate) fn finish(&self, index: u64, reason: &str) -> StreamItem {
+        if self.chat {
+            self.frame(
+                json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": reason}]),
+                None,
+            )
+        } else {
+            self.frame(
+                json!([{"index": index, "text": "", "logprobs": null, "finish_reason": reason}]),
+                None,
+            )
+        }
+    }
+
+    /// The usage-only chunk OpenAI sends last under
+    /// `stream_options.include_usage`.
+    pub(crate) fn usage(&self, u: &Usage) -> StreamItem {
+        self.frame(json!([]), Some(u))
+    }
+}
+
+/// The text of an OpenAI message `content`: a string, or the concatenated
+/// `text` parts of an array. Non-text parts are left out.
+pub(crate) fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// A part of a user message's content.
+pub(crate) enum Part<'a> {
+    Text(&'a str),
+    /// An image from a `data:` URL: media type and base64 data.
+    InlineImage {
+        mime: &'a str,
+        data: &'a str,
+    },
+    /// An image by reference (`https://`, `gs://`).
+    ImageUrl(&'a str),
+}
+
+/// The parts of an OpenAI message `content` (a string or an array of parts).
+pub(crate) fn parts_of(content: Option<&Value>) -> Result<Vec<Part<'_>>, ProviderError> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![Part::Text(s)]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|p| match p.get("type").and_then(Value::as_str) {
+                Some("text") => Ok(Part::Text(p.get("text").and_then(Value::as_str).unwrap_or(""))),
+                Some("image_url") => {
+                    let url = p
+                        .get("image_url")
+                        .and_then(|u| u.get("url").or(Some(u)))
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| bad_request("image_url part without a url"))?;
+                    Ok(match parse_data_url(url) {
+                        Some((mime, data)) => Part::InlineImage { mime, data },
+                        None => Part::ImageUrl(url),
+                    })
+                }
+                other => Err(bad_request(format!(
+                    "content part type {} is not supported by this provider",
+                    other.unwrap_or("(missing)")
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(bad_request("message content must be a string or an array of parts")),
+    }
+}
+
+/// Splits `data:<mime>;base64,<data>` into media type and data.
+pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let mime = meta.strip_suffix(";base64")?;
+    Some((mime, data))
+}
+
+/// `max_completion_tokens` (the newer name) or `max_tokens`.
+pub(crate) fn max_tokens(body: &Value) -> Option<u64> {
+    body.get("max_completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+}
+
+/// `stop` as a list (OpenAI accepts a string or an array).
+pub(crate) fn stop_sequences(body: &Value) -> Option<Vec<String>> {
+    match body.get("stop") {
+        Some(Value::String(s)) => Some(vec![s.clone()]),
+        Some(Value::Array(a)) => Some(a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()),
+        _ => None,
+    }
+}
+
+/// The single prompt of a `/completions` request. Several prompts would mean
+/// several independent completions, which these protocols cannot batch.
+pub(crate) fn completion_prompt(body: &Value) -> Result<String, ProviderError> {
+    match body.get("prompt") {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_owned()),
+        Some(Value::Array(_)) => Err(bad_request("only a single text prompt is supported by this provider")),
+        _ => Err(bad_request("prompt is required")),
+    }
+}
+
+/// The texts of an embeddings request (`input`: a string or an array of
+/// strings; token arrays cannot be sent to these providers).
+pub(crate) fn embedding_inputs(body: &Value) -> Result<Vec<String>, ProviderError> {
+    match body.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) if !a.is_empty() => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad_request("input must be a string or an array of strings for this provider"))
+            })
+            .collect(),
+        _ => Err(bad_request("input must be a non-empty string or array of strings")),
+    }
+}
+
+/// OpenAI's embeddings list. With `encoding_format: "base64"` (what the
+/// `openai` SDKs ask for by default) each vector is little-endian f32 bytes
+/// in base64, as OpenAI sends it.
+pub(crate) fn embeddings_body(request: &Value, model: &str, vectors: Vec<Vec<f64>>, prompt_tokens: u64) -> Value {
+    let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })
+}
+
+/// Reads a JSON array of numbers (an embedding vector).
+pub(crate) fn vector(v: Option<&Value>) -> Result<Vec<f64>, ProviderError> {
+    v.and_then(Value::as_array)
+        .ok_or_else(|| ProviderError::InvalidResponse("embedding vector missing".into()))?
+        .iter()
+        .map(|x| {
+            x.as_f64()
+                .ok_or_else(|| ProviderError::InvalidResponse("embedding value is not a number".into()))
+        })
+        .collect()
+}
+
+/// Estimated prompt tokens of embedding inputs, for upstreams that report
+/// none.
+pub(crate) fn estimate_tokens(texts: &[String]) -> u64 {
+    texts
+        .iter()
+        .map(|t| crate::tokens::count_text(t, tollgate_core::catalogue::Tokenizer::Cl100kBase))
+        .sum()
+}
+
+/// The instant by which a whole exchange must be done.
+pub(crate) fn deadline(timeout: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + timeout
+}
+
+/// Sends `req` and waits for the response headers until `deadline`. For a
+/// stream that is the whole deadline (the body then flows as long as the
+/// upstream keeps sending); a whole answer's body is read with
+/// [`read_body`] under the same deadline.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+    deadline: tokio::time::Instant,
+) -> Result<reqwest::Response, ProviderError> {
+    match tokio::time::timeout_at(deadline, req.send()).await {
+        Ok(r) => r.map_err(ProviderError::from_reqwest),
+        Err(_) => Err(ProviderError::Timeout),
+    }
+}
+
+/// Reads a whole body within what is left of the deadline.
+pub(crate) async fn read_body(resp: reqwest::Response, deadline: tokio::time::Instant) -> Result<Bytes, ProviderError> {
+    match tokio::time::timeout_at(deadline, resp.bytes()).await {
+        Ok(r) => r.map_err(ProviderError::from_reqwest),
+        Err(_) => Err(ProviderError::Timeout),
+    }
+}
+
+/// Parses a whole JSON answer.
+pub(crate) fn parse_json(body: &[u8]) -> Result<Value, ProviderError> {
+    serde_json::from_slice(body).map_err(|e| ProviderError::InvalidResponse(format!("answer is not JSON: {e}")))
+}
+
+/// A short, printable excerpt of a non-JSON error body.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s = s.trim();
+    if s.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    s.chars().take(500).collect()
+}
+
+/// Opens a secret field, mapping a failure to open to a configuration error
+/// (its message never holds the secret).
+pub(crate) fn open_secret(
+    secrets: &dyn tollgate_core::secrets::SecretSource,
+    name: &str,
+) -> Result<Option<zeroize::Zeroizing<String>>, ProviderError> {
+    secrets
+        .open(name)
+        .map_err(|e| ProviderError::Config(format!("cannot open secret {name}: {e}")))
+        .map(|s| s.filter(|v| !v.trim().is_empty()))
+}
+
+/// A configuration string, if set and not blank.
+pub(crate) fn config_str<'a>(config: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    config
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Percent-encodes one path segment: everything but RFC 3986 unreserved
+/// characters. Bedrock model ids carry `:` and ARNs carry `/`, and SigV4
+/// signs the path exactly as sent.
+pub(crate) fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_prefixed() {
+        let a = new_id("call_");
+        let b = new_id("call_");
+        assert!(a.starts_with("call_"));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn data_urls_split() {
+        assert_eq!(
+            parse_data_url("data:image/png;base64,AAAA"),
+            Some(("image/png", "AAAA"))
+        );
+        assert_eq!(parse_data_url("https://x/y.png"), None);
+        assert_eq!(parse_data_url("data:text/plain,hello"), None);
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(
+            encode_path_segment("anthropic.claude-3-haiku-20240307-v1:0"),
+            "anthropic.claude-3-haiku-20240307-v1%3A0"
+        );
+        assert_eq!(encode_path_segment("arn:aws:x/y"), "arn%3Aaws%3Ax%2Fy");
+    }
+
+    #[test]
+    fn base64_embeddings_are_f32_le() {
+        let body = embeddings_body(&json!({"encoding_format": "base64"}), "m", vec![vec![1.0, -2.0]], 3);
+        let b64 = body["data"][0]["embedding"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        assert_eq!(&bytes[..4], &1.0f32.to_le_bytes());
+        assert_eq!(&bytes[4..], &(-2.0f32).to_le_bytes());
+        assert_eq!(body["usage"]["prompt_tokens"], 3);
+    }
+
+    #[test]
+    fn inputs_and_prompts_are_validated() {
+        assert_eq!(embedding_inputs(&json!({"input": "a"})).unwrap(), vec!["a"]);
+        assert!(embedding_inputs(&json!({"input": [1, 2]})).is_err());
+        assert!(embedding_inputs(&json!({})).is_err());
+        assert_eq!(completion_prompt(&json!({"prompt": ["x"]})).unwrap(), "x");
+        assert!(completion_prompt(&json!({"prompt": ["x", "y"]})).is_err());
+        assert!(completion_prompt(&json!({})).is_err());
+        assert!(parts_of(Some(&json!([{"type": "input_audio"}]))).is_err());
+        assert!(parts_of(Some(&json!(3))).is_err());
+    }
+}
