@@ -49,6 +49,27 @@ pub enum Rule {
     Rate(RateLimit),
 }
 
+impl Rule {
+    /// The limit in its counter's unit: picodollars, tokens or requests.
+    pub fn limit(&self) -> Amount {
+        match self {
+            Rule::Budget { limit, .. } => limit.credit_limit,
+            Rule::Rate(r) => rate_amount(r.value),
+        }
+    }
+
+    /// The budget's alert marks; `None` for a rate limit.
+    pub fn marks(&self) -> Option<BudgetMarks> {
+        match self {
+            Rule::Budget { limit, .. } => Some(BudgetMarks {
+                credit_limit: limit.credit_limit,
+                alert_threshold: limit.alert_threshold,
+            }),
+            Rule::Rate(_) => None,
+        }
+    }
+}
+
 /// One limit that applies to a request. `id` is chosen by the caller and is
 /// stable for the life of the limit (e.g. `"iw:<integration_id>:<workspace_id>"`);
 /// a replaced or reset limit must get a new `id` or a new `set_at`, so that it
@@ -339,12 +360,12 @@ impl Plan {
     pub fn new(check: &LimitCheck, now: DateTime<Utc>, demand: &Demand) -> Plan {
         let measure = Measure::of(&check.rule);
         let window = Window::of(&check.rule, now);
-        let (limit, consume, reserve) = match (&check.rule, measure) {
-            (Rule::Rate(r), Measure::Requests(_)) => (rate_amount(r.value), 1, 0),
-            (Rule::Rate(r), _) => (rate_amount(r.value), 0, tokens_amount(demand.tokens)),
-            (Rule::Budget { limit, .. }, Measure::CostBudget) => (limit.credit_limit, 0, demand.cost.picos().max(0)),
-            (Rule::Budget { limit, .. }, _) => (limit.credit_limit, 0, tokens_amount(demand.tokens)),
+        let (consume, reserve) = match measure {
+            Measure::Requests(_) => (1, 0),
+            Measure::CostBudget => (0, demand.cost.picos().max(0)),
+            Measure::TokenBudget | Measure::Tokens(_) => (0, tokens_amount(demand.tokens)),
         };
+        let limit = check.rule.limit();
         Plan {
             key: CounterKey {
                 id: check.id.clone(),
@@ -443,13 +464,7 @@ impl Plan {
 
     /// The budget and alert threshold, if this is a budget: what settlement needs for alerts.
     pub fn budget(&self) -> Option<BudgetMarks> {
-        match self.rule {
-            Rule::Budget { limit, .. } => Some(BudgetMarks {
-                credit_limit: limit.credit_limit,
-                alert_threshold: limit.alert_threshold,
-            }),
-            Rule::Rate(_) => None,
-        }
+        self.rule.marks()
     }
 }
 

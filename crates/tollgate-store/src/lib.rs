@@ -7,6 +7,7 @@
 //! - [`usage`]: the request log and its batching background writer.
 
 pub mod control;
+pub mod counters;
 pub mod db;
 pub mod outbox;
 pub mod secrets;

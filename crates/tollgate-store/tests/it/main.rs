@@ -1,0 +1,4 @@
+//! Integration tests of tollgate-store, one module per feature, in one binary
+//! to keep link times down.
+
+mod counters;
