@@ -1,1 +1,691 @@
-//! TODO: being written
+//! Mock OpenAI API (`/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`, `/v1/models`), the run-time [`MockControl`] every
+//! OpenAI-style mock shares, and the OpenAI-shaped answers the Azure mock
+//! reuses. This is also what `tollgate mock-upstream` serves
+//! ([`serve_forever`]), so the default path does no sleeping, and locks are
+//! held only to copy the current behaviour, never across an await.
+
+use crate::{record, Journal, MockServer, Recorded};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `created` in every answer: fixed, so answers are reproducible.
+pub const MOCK_CREATED: u64 = 1_700_000_000;
+/// The text every mock answers with unless told otherwise.
+pub const DEFAULT_REPLY: &str = "Hello from the mock upstream.";
+
+/// Token usage a mock reports, in OpenAI's terms (`prompt_tokens` includes
+/// `cached_tokens`; the Anthropic mock splits them back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MockUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+impl Default for MockUsage {
+    fn default() -> Self {
+        Self {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cached_tokens: 0,
+        }
+    }
+}
+
+/// An error a mock answers with instead of serving the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockError {
+    pub status: u16,
+    pub message: String,
+}
+
+/// How a mock behaves at the moment.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pub usage: MockUsage,
+    /// Waited before answering (zero: answer at once).
+    pub latency: Duration,
+    /// Waited between stream frames (zero: none).
+    pub frame_delay: Duration,
+    /// Answer every request with this error (after recording it).
+    pub error: Option<MockError>,
+    /// Break the connection after this many stream frames.
+    pub cut_stream_after: Option<usize>,
+    pub reply: Arc<str>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            usage: MockUsage::default(),
+            latency: Duration::ZERO,
+            frame_delay: Duration::ZERO,
+            error: None,
+            cut_stream_after: None,
+            reply: Arc::from(DEFAULT_REPLY),
+        }
+    }
+}
+
+/// A handle on a running mock's behaviour, shared with the test.
+#[derive(Debug, Clone, Default)]
+pub struct MockControl(Arc<Mutex<Behaviour>>);
+
+impl MockControl {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The behaviour now (a copy: the lock is not held by the caller).
+    pub fn snapshot(&self) -> Behaviour {
+        self.0.lock().clone()
+    }
+    pub fn set_usage(&self, prompt_tokens: u64, completion_tokens: u64, cached_tokens: u64) {
+        self.0.lock().usage = MockUsage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+        };
+    }
+    pub fn set_latency(&self, latency: Duration) {
+        self.0.lock().latency = latency;
+    }
+    pub fn set_frame_delay(&self, delay: Duration) {
+        self.0.lock().frame_delay = delay;
+    }
+    /// Answers every request with `status` and the provider's error body
+    /// carrying `message`.
+    pub fn fail(&self, status: u16, message: &str) {
+        self.0.lock().error = Some(MockError {
+            status,
+            message: message.to_owned(),
+        });
+    }
+    pub fn clear_error(&self) {
+        self.0.lock().error = None;
+    }
+    /// Streams stop (the connection breaks) after `frames` frames.
+    pub fn cut_stream_after(&self, frames: Option<usize>) {
+        self.0.lock().cut_stream_after = frames;
+    }
+    pub fn set_reply(&self, text: &str) {
+        self.0.lock().reply = Arc::from(text);
+    }
+    /// Back to the defaults.
+    pub fn reset(&self) {
+        *self.0.lock() = Behaviour::default();
+    }
+}
+
+/// Configuration of the OpenAI mock.
+#[derive(Debug, Clone, Default)]
+pub struct OpenAiMock {
+    /// The key `Authorization: Bearer` must carry; `None` accepts any or none
+    /// (like a local server).
+    pub api_key: Option<String>,
+    pub control: MockControl,
+}
+
+#[derive(Clone)]
+struct AppState {
+    /// `None` when serving a benchmark: nothing accumulates.
+    journal: Option<Journal>,
+    control: MockControl,
+    api_key: Option<Arc<str>>,
+}
+
+/// Starts the OpenAI mock on a free port; its base URL is [`base_url`].
+pub async fn start(config: OpenAiMock) -> std::io::Result<MockServer> {
+    let journal = Journal::default();
+    MockServer::start(router(config, Some(journal.clone())), journal).await
+}
+
+/// The base URL clients use: `http://127.0.0.1:PORT/v1`.
+pub fn base_url(server: &MockServer) -> String {
+    format!("{}/v1", server.url())
+}
+
+/// The mock's routes. With `journal: None` requests are not recorded.
+pub fn router(config: OpenAiMock, journal: Option<Journal>) -> Router {
+    let state = AppState {
+        journal,
+        control: config.control,
+        api_key: config.api_key.map(Arc::from),
+    };
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .with_state(state)
+}
+
+/// Serves the mock on `127.0.0.1:port` until the process ends, without a
+/// journal and without a key check (`tollgate mock-upstream`).
+pub async fn serve_forever(port: u16) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, router(OpenAiMock::default(), None)).await
+}
+
+/// Reads a request, recording it when a journal is kept.
+pub(crate) async fn take(journal: Option<&Journal>, req: Request) -> Recorded {
+    if let Some(j) = journal {
+        return record(j, req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    Recorded {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    }
+}
+
+/// A JSON response.
+pub(crate) fn json_response(status: u16, body: &Value) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    r
+}
+
+/// OpenAI's error body.
+pub(crate) fn openai_error(
+    status: u16,
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Response {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": kind, "param": param, "code": code}}),
+    )
+}
+
+fn error_type(status: u16) -> &'static str {
+    match status {
+        401 => "invalid_request_error",
+        429 => "rate_limit_exceeded",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    }
+}
+
+/// Waits the configured latency, then returns the configured error, if any.
+pub(crate) async fn before_answer(b: &Behaviour) -> Option<MockError> {
+    if !b.latency.is_zero() {
+        tokio::time::sleep(b.latency).await;
+    }
+    b.error.clone()
+}
+
+fn check_bearer(state: &AppState, req: &Recorded) -> Option<Response> {
+    let expected = state.api_key.as_deref()?;
+    match req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")) {
+        None => Some(openai_error(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            "invalid_request_error",
+            None,
+            None,
+        )),
+        Some(k) if k != expected => {
+            let shown: String = k.chars().take(4).collect();
+            Some(openai_error(
+                401,
+                &format!("Incorrect API key provided: {shown}****. You can find your API key at https://platform.openai.com/account/api-keys."),
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
+            ))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Parses the body as a JSON object, or answers OpenAI's 400.
+pub(crate) fn parse_body(req: &Recorded) -> Result<Value, Response> {
+    match serde_json::from_slice::<Value>(&req.body) {
+        Ok(v) if v.is_object() => Ok(v),
+        _ => Err(openai_error(
+            400,
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
+            "invalid_request_error",
+            None,
+            None,
+        )),
+    }
+}
+
+/// OpenAI's 400 for a missing required parameter.
+pub(crate) fn missing(param: &str) -> Response {
+    openai_error(
+        400,
+        &format!("Missing required parameter: '{param}'."),
+        "invalid_request_error",
+        Some(param),
+        Some("missing_required_parameter"),
+    )
+}
+
+/// Everything before the answer: record, wait, injected error, key, body.
+async fn prologue(state: &AppState, req: Request) -> Result<(Value, Behaviour), Response> {
+    let rec = take(state.journal.as_ref(), req).await;
+    let b = state.control.snapshot();
+    if let Some(e) = before_answer(&b).await {
+        return Err(openai_error(e.status, &e.message, error_type(e.status), None, None));
+    }
+    if let Some(denied) = check_bearer(state, &rec) {
+        return Err(denied);
+    }
+    let body = parse_body(&rec)?;
+    if body.get("model").and_then(Value::as_str).is_none() {
+        return Err(openai_error(
+            400,
+            "you must provide a model parameter",
+            "invalid_request_error",
+            None,
+            None,
+        ));
+    }
+    Ok((body, b))
+}
+
+async fn chat(State(state): State<AppState>, req: Request) -> Response {
+    let (body, b) = match prologue(&state, req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if !body.get("messages").is_some_and(Value::is_array) {
+        return missing("messages");
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    chat_answer(&body, &model, &b)
+}
+
+async fn completions(State(state): State<AppState>, req: Request) -> Response {
+    let (body, b) = match prologue(&state, req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if body.get("prompt").is_none() {
+        return missing("prompt");
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    completion_answer(&body, &model, &b)
+}
+
+async fn embeddings(State(state): State<AppState>, req: Request) -> Response {
+    let (body, b) = match prologue(&state, req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    embeddings_answer(&body, &model, &b)
+}
+
+async fn models(State(state): State<AppState>, req: Request) -> Response {
+    let rec = take(state.journal.as_ref(), req).await;
+    if let Some(denied) = check_bearer(&state, &rec) {
+        return denied;
+    }
+    let data: Vec<Value> = [
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-3.5-turbo-instruct",
+        "text-embedding-3-small",
+    ]
+    .iter()
+    .map(|id| json!({"id": id, "object": "model", "created": MOCK_CREATED, "owned_by": "openai"}))
+    .collect();
+    json_response(200, &json!({"object": "list", "data": data}))
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+fn usage_json(u: &MockUsage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    })
+}
+
+/// A tool call the mock decides to make: `(name, arguments JSON)`.
+///
+/// It calls a tool when the request offers tools and asks for one: a named
+/// `tool_choice` or `required`, or `auto` (the default) when the last
+/// message comes from the user rather than a tool result.
+pub fn tool_to_call(body: &Value) -> Option<(String, String)> {
+    let tools = body.get("tools")?.as_array()?;
+    let first = tools.first()?;
+    let by_name = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name))
+    };
+    let tool = match body.get("tool_choice") {
+        Some(Value::String(s)) if s == "none" => return None,
+        Some(Value::String(s)) if s == "required" => first,
+        Some(Value::Object(o)) => by_name(o.get("function")?.get("name")?.as_str()?)?,
+        _ => {
+            let last = body.get("messages")?.as_array()?.last()?;
+            if last.get("role").and_then(Value::as_str) != Some("user") {
+                return None;
+            }
+            first
+        }
+    };
+    let f = tool.get("function")?;
+    Some((
+        f.get("name")?.as_str()?.to_owned(),
+        sample_arguments(f.get("parameters")),
+    ))
+}
+
+/// Arguments filling every declared property with a sample of its type.
+pub fn sample_arguments(schema: Option<&Value>) -> String {
+    let mut args = serde_json::Map::new();
+    if let Some(props) = schema.and_then(|s| s.get("properties")).and_then(Value::as_object) {
+        for (name, p) in props {
+            let v = match p.get("type").and_then(Value::as_str) {
+                Some("string") => json!("mock"),
+                Some("integer") | Some("number") => json!(1),
+                Some("boolean") => json!(true),
+                Some("array") => json!([]),
+                Some("object") => json!({}),
+                _ => Value::Null,
+            };
+            args.insert(name.clone(), v);
+        }
+    }
+    Value::Object(args).to_string()
+}
+
+/// The reply cut into stream pieces (words with their spaces).
+pub(crate) fn pieces(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if c == ' ' && i > start {
+            out.push(&text[start..i]);
+            start = i;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
+}
+
+/// An SSE body from pre-built frames, honouring the frame delay and the cut.
+pub(crate) fn sse_response(frames: Vec<Bytes>, b: &Behaviour) -> Response {
+    let cut = b.cut_stream_after;
+    let total = frames.len();
+    let kept = cut.map_or(total, |n| n.min(total));
+    let delay = b.frame_delay;
+    let items = frames.into_iter().take(kept).map(Ok::<Bytes, std::io::Error>).chain(
+        (cut.is_some())
+            .then(|| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "stream cut by the mock",
+                ))
+            })
+            .into_iter(),
+    );
+    let stream = futures::stream::iter(items);
+    let body = if delay.is_zero() {
+        Body::from_stream(stream)
+    } else {
+        Body::from_stream(stream.then(move |item| async move {
+            tokio::time::sleep(delay).await;
+            item
+        }))
+    };
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn data(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn include_usage(body: &Value) -> bool {
+    body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true)
+}
+
+fn is_stream(body: &Value) -> bool {
+    body.get("stream").and_then(Value::as_bool) == Some(true)
+}
+
+/// A chat completion (whole or streamed) answering `body`.
+pub(crate) fn chat_answer(body: &Value, model: &str, b: &Behaviour) -> Response {
+    let id = format!("chatcmpl-mock{}", next_id());
+    let tool = tool_to_call(body);
+    let call_id = format!("call_mock{}", next_id());
+    let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+    if !is_stream(body) {
+        let message = match &tool {
+            Some((name, args)) => json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}]}),
+            None => json!({"role": "assistant", "content": &*b.reply, "refusal": null}),
+        };
+        return json_response(
+            200,
+            &json!({"id": id, "object": "chat.completion", "created": MOCK_CREATED, "model": model,
+                    "system_fingerprint": "fp_mock",
+                    "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+                    "usage": usage_json(&b.usage)}),
+        );
+    }
+    let with_usage = include_usage(body);
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
+                           "system_fingerprint": "fp_mock",
+                           "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if with_usage {
+            c["usage"] = Value::Null;
+        }
+        data(&c)
+    };
+    let mut frames = Vec::new();
+    match &tool {
+        Some((name, args)) => {
+            frames.push(chunk(
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+                None,
+            ));
+            let mid = args.char_indices().nth(args.chars().count() / 2).map_or(0, |(i, _)| i);
+            for part in [&args[..mid], &args[mid..]] {
+                frames.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                    None,
+                ));
+            }
+        }
+        None => {
+            frames.push(chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                None,
+            ));
+            for p in pieces(&b.reply) {
+                frames.push(chunk(json!({ "content": p }), None));
+            }
+        }
+    }
+    frames.push(chunk(json!({}), Some(finish)));
+    if with_usage {
+        frames.push(data(
+            &json!({"id": id, "object": "chat.completion.chunk", "created": MOCK_CREATED,
+                                 "model": model, "system_fingerprint": "fp_mock", "choices": [],
+                                 "usage": usage_json(&b.usage)}),
+        ));
+    }
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(frames, b)
+}
+
+/// A text completion (whole or streamed).
+pub(crate) fn completion_answer(body: &Value, model: &str, b: &Behaviour) -> Response {
+    let id = format!("cmpl-mock{}", next_id());
+    if !is_stream(body) {
+        return json_response(
+            200,
+            &json!({"id": id, "object": "text_completion", "created": MOCK_CREATED, "model": model,
+                    "choices": [{"text": &*b.reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+                    "usage": usage_json(&b.usage)}),
+        );
+    }
+    let chunk = |text: &str, finish: Option<&str>| {
+        data(
+            &json!({"id": id, "object": "text_completion", "created": MOCK_CREATED, "model": model,
+                     "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}),
+        )
+    };
+    let mut frames: Vec<Bytes> = pieces(&b.reply).into_iter().map(|p| chunk(p, None)).collect();
+    frames.push(chunk("", Some("stop")));
+    if include_usage(body) {
+        frames.push(data(
+            &json!({"id": id, "object": "text_completion", "created": MOCK_CREATED, "model": model,
+                                 "choices": [], "usage": usage_json(&b.usage)}),
+        ));
+    }
+    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    sse_response(frames, b)
+}
+
+/// Embeddings: one deterministic 8-dimension vector per input.
+pub(crate) fn embeddings_answer(body: &Value, model: &str, b: &Behaviour) -> Response {
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items.iter().map(Value::to_string).collect(),
+        _ => return missing("input"),
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            // A cheap, stable hash spread over the dimensions.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            let vector: Vec<f64> = (0..8)
+                .map(|d| {
+                    for byte in text.bytes().chain([d as u8]) {
+                        h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+                    }
+                    ((h % 2000) as f64 - 1000.0) / 1000.0
+                })
+                .collect();
+            json!({"object": "embedding", "index": i, "embedding": vector})
+        })
+        .collect();
+    let u = b.usage.prompt_tokens;
+    json_response(
+        200,
+        &json!({"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": u, "total_tokens": u}}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decides_tool_calls_like_a_model_would() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}},
+            {"type": "function", "function": {"name": "noop"}}]);
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let after_tool =
+            json!([{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c", "content": "x"}]);
+        let call = |messages: &Value, choice: Option<Value>| {
+            let mut b = json!({"messages": messages, "tools": tools});
+            if let Some(c) = choice {
+                b["tool_choice"] = c;
+            }
+            tool_to_call(&b)
+        };
+        assert_eq!(
+            call(&user, None),
+            Some(("get_weather".into(), r#"{"city":"mock","days":1}"#.into()))
+        );
+        assert_eq!(call(&after_tool, None), None);
+        assert_eq!(
+            call(&after_tool, Some(json!("required"))).map(|c| c.0),
+            Some("get_weather".into())
+        );
+        assert_eq!(call(&user, Some(json!("none"))), None);
+        assert_eq!(
+            call(&user, Some(json!({"type": "function", "function": {"name": "noop"}}))),
+            Some(("noop".into(), "{}".into()))
+        );
+        assert_eq!(tool_to_call(&json!({"messages": user})), None);
+    }
+
+    #[test]
+    fn pieces_rebuild_the_text() {
+        for text in ["Hello from the mock upstream.", "one", "", "  two  spaces"] {
+            assert_eq!(pieces(text).concat(), text);
+        }
+        assert_eq!(pieces("a b c"), vec!["a", " b", " c"]);
+    }
+
+    #[test]
+    fn control_changes_and_resets() {
+        let c = MockControl::new();
+        c.set_usage(1, 2, 3);
+        c.fail(500, "boom");
+        c.cut_stream_after(Some(2));
+        c.set_reply("x");
+        c.set_latency(Duration::from_millis(5));
+        c.set_frame_delay(Duration::from_millis(1));
+        let b = c.snapshot();
+        assert_eq!(b.usage.cached_tokens, 3);
+        assert_eq!(b.error.as_ref().map(|e| e.status), Some(500));
+        assert_eq!(b.cut_stream_after, Some(2));
+        assert_eq!(&*b.reply, "x");
+        c.clear_error();
+        assert!(c.snapshot().error.is_none());
+        c.reset();
+        assert_eq!(c.snapshot().usage, MockUsage::default());
+        assert!(c.snapshot().latency.is_zero());
+    }
+}
