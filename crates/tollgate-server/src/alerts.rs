@@ -521,10 +521,12 @@ pub fn render_email(a: &AlertPayload) -> (String, String) {
     let mut body = String::new();
     body.push_str(&match a.kind {
         AlertKind::Threshold => {
-            format!("The {what} has reached its alert threshold. Requests continue until the limit is reached.\n\n")
+            format!(
+                "The {what} has reached its alert threshold.\nRequests continue until the limit itself is reached.\n\n"
+            )
         }
         AlertKind::Exhausted => {
-            format!("The {what} has exhausted its budget. Requests under it are refused until the budget resets.\n\n")
+            format!("The {what} has exhausted its budget.\nRequests under it are refused until the budget resets.\n\n")
         }
     });
     let unit = match a.limit_type {

@@ -1,0 +1,3 @@
+//! The server's integration tests: one binary, one module per feature.
+
+mod alerts;
