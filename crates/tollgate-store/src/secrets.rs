@@ -22,7 +22,7 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -170,9 +170,13 @@ impl MasterKey {
             path: path.to_path_buf(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
-        check_private(path, &meta)?;
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+        // Check the mode of the file actually opened, not of whatever the path
+        // named a moment earlier.
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        check_private(path, &f.metadata().map_err(io)?)?;
+        // Room for the 65 bytes up front, so no reallocation leaves a copy behind.
+        let mut text = Zeroizing::new(String::with_capacity(128));
+        f.read_to_string(&mut text).map_err(io)?;
         MasterKey::from_hex(text.trim_end_matches(['\n', '\r']))
     }
 
