@@ -11,6 +11,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub mod control;
 pub mod google;
 pub mod openai;
 

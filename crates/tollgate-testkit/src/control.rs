@@ -1,0 +1,208 @@
+//! A run-time control handle for the mock upstreams: what usage to report,
+//! which error to answer with, how long to wait, whether to cut a stream
+//! halfway, and counters of credential exchanges (Vertex OAuth token calls,
+//! STS AssumeRole calls) kept apart from model calls so tests can assert
+//! caching. Cheap to clone; every clone steers the same mock.
+
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Token counts a mock reports for every answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MockUsage {
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+}
+
+impl Default for MockUsage {
+    fn default() -> Self {
+        Self {
+            prompt: 12,
+            completion: 7,
+            cached: 0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    usage: MockUsage,
+    reply: String,
+    failure: Option<(u16, String)>,
+    stream_exception: Option<(String, String)>,
+    latency: Duration,
+    cut_stream: bool,
+    auth_calls: usize,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            usage: MockUsage::default(),
+            reply: "Hello from the mock upstream.".to_owned(),
+            failure: None,
+            stream_exception: None,
+            latency: Duration::ZERO,
+            cut_stream: false,
+            auth_calls: 0,
+        }
+    }
+}
+
+/// Steers a running mock.
+#[derive(Debug, Clone, Default)]
+pub struct Control(Arc<Mutex<State>>);
+
+impl Control {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Usage reported from now on.
+    pub fn set_usage(&self, prompt: u64, completion: u64, cached: u64) {
+        self.0.lock().usage = MockUsage {
+            prompt,
+            completion,
+            cached,
+        };
+    }
+    pub fn usage(&self) -> MockUsage {
+        self.0.lock().usage
+    }
+
+    /// Text of every answer that is not a tool call; streams send it a word
+    /// at a time.
+    pub fn set_reply(&self, text: &str) {
+        self.0.lock().reply = text.to_owned();
+    }
+    pub fn reply(&self) -> String {
+        self.0.lock().reply.clone()
+    }
+
+    /// Model calls answer `status` with `message` in the provider's error
+    /// body until [`Control::succeed`]. Authentication is still checked
+    /// first, and credential exchanges are not affected.
+    pub fn fail(&self, status: u16, message: &str) {
+        self.0.lock().failure = Some((status, message.to_owned()));
+    }
+    pub fn succeed(&self) {
+        let mut s = self.0.lock();
+        s.failure = None;
+        s.stream_exception = None;
+    }
+    pub fn failure(&self) -> Option<(u16, String)> {
+        self.0.lock().failure.clone()
+    }
+
+    /// Streams end with an in-band error (Bedrock: an exception frame of
+    /// type `kind`, e.g. `throttlingException`) after their first half.
+    pub fn fail_stream(&self, kind: &str, message: &str) {
+        self.0.lock().stream_exception = Some((kind.to_owned(), message.to_owned()));
+    }
+    pub fn stream_exception(&self) -> Option<(String, String)> {
+        self.0.lock().stream_exception.clone()
+    }
+
+    /// Delay before every model answer (credential exchanges excluded).
+    pub fn set_latency(&self, latency: Duration) {
+        self.0.lock().latency = latency;
+    }
+    pub fn latency(&self) -> Duration {
+        self.0.lock().latency
+    }
+
+    /// Streams break off (the connection is dropped) after half their events.
+    pub fn cut_stream(&self, on: bool) {
+        self.0.lock().cut_stream = on;
+    }
+    pub fn cuts_stream(&self) -> bool {
+        self.0.lock().cut_stream
+    }
+
+    /// Credential exchanges served so far (OAuth token or STS AssumeRole).
+    pub fn auth_calls(&self) -> usize {
+        self.0.lock().auth_calls
+    }
+    pub(crate) fn count_auth_call(&self) -> usize {
+        let mut s = self.0.lock();
+        s.auth_calls += 1;
+        s.auth_calls
+    }
+
+    /// Waits out the configured latency.
+    pub(crate) async fn delay(&self) {
+        let d = self.latency();
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+}
+
+/// Splits a reply into stream pieces: words with their trailing space.
+pub(crate) fn pieces(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = text.split_inclusive(' ').map(str::to_owned).collect();
+    if out.is_empty() {
+        out.push(String::new());
+    }
+    out
+}
+
+/// Deterministic arguments for a tool call: each declared property gets a
+/// placeholder of its type.
+pub(crate) fn tool_arguments(schema: Option<&serde_json::Value>) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    let mut args = Map::new();
+    if let Some(props) = schema.and_then(|s| s.get("properties")).and_then(Value::as_object) {
+        for (name, prop) in props {
+            let kind = prop.get("type").and_then(Value::as_str).unwrap_or("string");
+            let v = match kind.to_ascii_lowercase().as_str() {
+                "integer" | "number" => json!(1),
+                "boolean" => json!(true),
+                "array" => json!([]),
+                "object" => json!({}),
+                _ => json!("mock"),
+            };
+            args.insert(name.clone(), v);
+        }
+    }
+    Value::Object(args)
+}
+
+/// A deterministic embedding for `text` of `dims` values.
+pub(crate) fn embedding(text: &str, dims: usize) -> Vec<f64> {
+    let len = text.len() as f64;
+    (0..dims).map(|i| ((len + i as f64) % 7.0) / 8.0 - 0.25).collect()
+}
+
+/// Whitespace-separated words: the mocks' deterministic token count.
+pub(crate) fn words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// A streaming answer of `frames`, each flushed on its own. With `cut`, the
+/// body fails after the first half, which makes the server drop the
+/// connection mid-answer, as a broken upstream would.
+pub(crate) fn stream_body(
+    frames: Vec<axum::body::Bytes>,
+    cut: bool,
+    content_type: &'static str,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures::StreamExt;
+    let keep = if cut { (frames.len() / 2).max(1) } else { frames.len() };
+    let items: Vec<Result<axum::body::Bytes, std::io::Error>> = frames
+        .into_iter()
+        .take(keep)
+        .map(Ok)
+        .chain(cut.then(|| Err(std::io::Error::other("stream cut by the mock"))))
+        .collect();
+    // Yielding between frames lets the server flush each one before the
+    // next, so a cut really comes after the frames before it.
+    let body = futures::stream::iter(items).then(|item| async {
+        tokio::task::yield_now().await;
+        item
+    });
+    ([("content-type", content_type)], axum::body::Body::from_stream(body)).into_response()
+}
