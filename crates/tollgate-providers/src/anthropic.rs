@@ -1,13 +1,1050 @@
-//! TODO: being written
+//! The Anthropic Messages adapter: OpenAI chat and completions requests
+//! translated to `POST /messages`, and Anthropic's answers (whole or
+//! streamed) translated back to `chat.completion` / `text_completion`
+//! objects and `chat.completion.chunk` frames.
+
+use crate::openai::{add_custom_headers, header_value, join_url, secret, send_streaming, send_whole};
+use crate::sse::{self, Flow, SseEvent, Translate};
+use crate::{Adapter, Call, Endpoint, ProviderError, StreamItem, UpstreamResponse};
+use base64::Engine;
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tollgate_core::usage::Usage;
+
+/// The API version every request declares.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+/// Anthropic requires `max_tokens`; OpenAI clients often leave it out.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// Anthropic's Messages API.
 #[derive(Debug, Default)]
 pub struct Anthropic;
+
 #[async_trait::async_trait]
-impl crate::Adapter for Anthropic {
-    async fn send(
-        &self,
-        _http: &reqwest::Client,
-        _call: crate::Call<'_>,
-    ) -> Result<crate::UpstreamResponse, crate::ProviderError> {
-        Err(crate::ProviderError::Unsupported("not yet implemented".into()))
+impl Adapter for Anthropic {
+    async fn send(&self, http: &reqwest::Client, call: Call<'_>) -> Result<UpstreamResponse, ProviderError> {
+        if call.endpoint == Endpoint::Embeddings {
+            return Err(ProviderError::Unsupported(
+                "Anthropic has no embeddings endpoint".into(),
+            ));
+        }
+        let base = call
+            .target
+            .base_url
+            .ok_or_else(|| ProviderError::Config("no base URL for Anthropic".into()))?;
+        let body = to_messages_request(call.endpoint, call.body, call.target.model, call.stream)?;
+        let key = secret(&call.target, "key")?
+            .ok_or_else(|| ProviderError::Config("the Anthropic integration has no key".into()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(HeaderName::from_static("x-api-key"), header_value(key.as_str(), "key")?);
+        headers.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+        add_custom_headers(&mut headers, &call.target)?;
+        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::Unsupported(e.to_string()))?;
+        let req = http.post(join_url(base, "/messages")).headers(headers).body(body);
+        if call.stream {
+            let resp = send_streaming(req, call.timeout).await?;
+            let t = AnthropicStream::new(call.endpoint, call.client_wants_usage, now());
+            Ok(UpstreamResponse::Stream(sse::translate(sse::response_events(resp), t)))
+        } else {
+            let (status, body) = send_whole(req, call.timeout).await?;
+            let (body, usage) = from_messages_response(call.endpoint, &body, now())?;
+            Ok(UpstreamResponse::Whole {
+                status,
+                body,
+                usage: Some(usage),
+            })
+        }
+    }
+}
+
+/// Unix seconds for `created` (a label on the answer, not a rule input).
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn unsupported(msg: impl Into<String>) -> ProviderError {
+    ProviderError::Unsupported(msg.into())
+}
+
+// ---------------------------------------------------------------------------
+// Request: OpenAI → Anthropic
+// ---------------------------------------------------------------------------
+
+/// Translates an OpenAI chat or completions body into a Messages request.
+pub fn to_messages_request(
+    endpoint: Endpoint,
+    body: &Value,
+    model: &str,
+    stream: bool,
+) -> Result<Value, ProviderError> {
+    let mut out = Map::new();
+    out.insert("model".into(), Value::String(model.to_owned()));
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            let messages = body
+                .get("messages")
+                .and_then(Value::as_array)
+                .ok_or_else(|| unsupported("messages must be an array"))?;
+            let (system, turns) = convert_messages(messages)?;
+            if !system.is_empty() {
+                out.insert("system".into(), Value::String(system.join("\n\n")));
+            }
+            out.insert("messages".into(), Value::Array(turns));
+            if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+                if !tools.is_empty() {
+                    out.insert("tools".into(), convert_tools(tools)?);
+                }
+            }
+            let parallel = body.get("parallel_tool_calls").and_then(Value::as_bool);
+            if let Some(choice) = convert_tool_choice(body.get("tool_choice"), parallel)? {
+                out.insert("tool_choice".into(), choice);
+            }
+        }
+        Endpoint::Completions => {
+            let prompt = match body.get("prompt") {
+                Some(Value::String(s)) => s.as_str(),
+                Some(Value::Array(a)) if a.len() == 1 => a[0]
+                    .as_str()
+                    .ok_or_else(|| unsupported("prompt must be a string on Anthropic"))?,
+                _ => return Err(unsupported("prompt must be one string on Anthropic")),
+            };
+            out.insert(
+                "messages".into(),
+                json!([{"role": "user", "content": [{"type": "text", "text": prompt}]}]),
+            );
+        }
+        Endpoint::Embeddings => return Err(unsupported("Anthropic has no embeddings endpoint")),
+    }
+    let max_tokens = body
+        .get("max_completion_tokens")
+        .and_then(Value::as_u64)
+        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    out.insert("max_tokens".into(), max_tokens.into());
+    for key in ["temperature", "top_p"] {
+        if let Some(v) = body.get(key).filter(|v| v.is_number()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    match body.get("stop") {
+        Some(Value::String(s)) => {
+            out.insert("stop_sequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            out.insert("stop_sequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if let Some(user) = body.get("user").and_then(Value::as_str) {
+        out.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    if stream {
+        out.insert("stream".into(), Value::Bool(true));
+    }
+    Ok(Value::Object(out))
+}
+
+/// System texts, and user/assistant turns with same-role neighbours merged
+/// (Anthropic requires the roles to alternate).
+fn convert_messages(messages: &[Value]) -> Result<(Vec<String>, Vec<Value>), ProviderError> {
+    let mut system = Vec::new();
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for m in messages {
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unsupported("every message needs a role"))?;
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let (role, blocks) = match role {
+            "system" | "developer" => {
+                let text = text_of(content)?;
+                if !text.is_empty() {
+                    system.push(text);
+                }
+                continue;
+            }
+            "user" => ("user", user_blocks(content)?),
+            "assistant" => ("assistant", assistant_blocks(m, content)?),
+            "tool" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| unsupported("a tool message needs tool_call_id"))?;
+                let block = json!({"type": "tool_result", "tool_use_id": id, "content": text_of(content)?});
+                ("user", vec![block])
+            }
+            other => {
+                return Err(unsupported(format!(
+                    "message role {other:?} is not supported on Anthropic"
+                )))
+            }
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, existing)) if *last == role => existing.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    let turns = turns
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    Ok((system, turns))
+}
+
+/// The text of a string or an array of text parts.
+fn text_of(content: &Value) -> Result<String, ProviderError> {
+    match content {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for p in parts {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") | Some("refusal") => {
+                        let key = if p.get("text").is_some() { "text" } else { "refusal" };
+                        texts.push(p.get(key).and_then(Value::as_str).unwrap_or_default());
+                    }
+                    _ => return Err(unsupported("only text parts are supported here")),
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        _ => Err(unsupported("content must be a string or an array of parts")),
+    }
+}
+
+fn text_block(text: &str) -> Option<Value> {
+    // Anthropic rejects empty text blocks.
+    (!text.is_empty()).then(|| json!({"type": "text", "text": text}))
+}
+
+fn user_blocks(content: &Value) -> Result<Vec<Value>, ProviderError> {
+    match content {
+        Value::String(s) => Ok(text_block(s).into_iter().collect()),
+        Value::Array(parts) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for p in parts {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => out.extend(text_block(p.get("text").and_then(Value::as_str).unwrap_or_default())),
+                    Some("image_url") => out.push(image_block(p)?),
+                    Some(other) => {
+                        return Err(unsupported(format!(
+                            "content part {other:?} is not supported on Anthropic"
+                        )))
+                    }
+                    None => return Err(unsupported("every content part needs a type")),
+                }
+            }
+            Ok(out)
+        }
+        Value::Null => Ok(Vec::new()),
+        _ => Err(unsupported("content must be a string or an array of parts")),
+    }
+}
+
+/// An `image_url` part: a data URL becomes a base64 source, an http(s) URL
+/// a url source.
+fn image_block(part: &Value) -> Result<Value, ProviderError> {
+    let url = part
+        .get("image_url")
+        .and_then(|i| i.get("url").or(Some(i)))
+        .and_then(Value::as_str)
+        .ok_or_else(|| unsupported("image_url needs a url"))?;
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, data) = rest.split_once(',').ok_or_else(|| unsupported("malformed data URL"))?;
+        let media_type = meta
+            .strip_suffix(";base64")
+            .ok_or_else(|| unsupported("image data URLs must be base64"))?;
+        if base64::engine::general_purpose::STANDARD.decode(data).is_err() {
+            return Err(unsupported("image data URL is not valid base64"));
+        }
+        return Ok(json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}));
+    }
+    if url.starts_with("https://") || url.starts_with("http://") {
+        return Ok(json!({"type": "image", "source": {"type": "url", "url": url}}));
+    }
+    Err(unsupported("image_url must be an http(s) or data URL"))
+}
+
+fn assistant_blocks(message: &Value, content: &Value) -> Result<Vec<Value>, ProviderError> {
+    let mut out: Vec<Value> = text_block(&text_of(content)?).into_iter().collect();
+    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+        for c in calls {
+            let id = c
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| unsupported("a tool call needs an id"))?;
+            let f = c
+                .get("function")
+                .ok_or_else(|| unsupported("a tool call needs a function"))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| unsupported("a tool call needs a function name"))?;
+            let args = f.get("arguments").and_then(Value::as_str).unwrap_or_default();
+            let input: Value = if args.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(args).map_err(|_| unsupported("tool call arguments are not valid JSON"))?
+            };
+            out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+        }
+    }
+    Ok(out)
+}
+
+fn convert_tools(tools: &[Value]) -> Result<Value, ProviderError> {
+    let mut out = Vec::with_capacity(tools.len());
+    for t in tools {
+        let f = t
+            .get("function")
+            .filter(|_| t.get("type").and_then(Value::as_str).unwrap_or("function") == "function")
+            .ok_or_else(|| unsupported("only function tools are supported on Anthropic"))?;
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| unsupported("a tool needs a name"))?;
+        let mut tool = Map::new();
+        tool.insert("name".into(), name.into());
+        if let Some(d) = f.get("description").and_then(Value::as_str) {
+            tool.insert("description".into(), d.into());
+        }
+        let schema = f
+            .get("parameters")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        tool.insert("input_schema".into(), schema);
+        out.push(Value::Object(tool));
+    }
+    Ok(Value::Array(out))
+}
+
+fn convert_tool_choice(choice: Option<&Value>, parallel: Option<bool>) -> Result<Option<Value>, ProviderError> {
+    let mut out = match choice {
+        None | Some(Value::Null) => {
+            if parallel == Some(false) {
+                json!({"type": "auto"})
+            } else {
+                return Ok(None);
+            }
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => json!({"type": "auto"}),
+            "none" => json!({"type": "none"}),
+            "required" => json!({"type": "any"}),
+            other => return Err(unsupported(format!("tool_choice {other:?} is not supported"))),
+        },
+        Some(v) => {
+            let name = v
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| unsupported("tool_choice must name a function"))?;
+            json!({"type": "tool", "name": name})
+        }
+    };
+    if parallel == Some(false) && out["type"] != "none" {
+        out["disable_parallel_tool_use"] = Value::Bool(true);
+    }
+    Ok(Some(out))
+}
+
+// ---------------------------------------------------------------------------
+// Response: Anthropic → OpenAI
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct WireUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    /// Later reports (message_delta) override what they carry.
+    fn merge(&mut self, later: &WireUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens = later.cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later.cache_read_input_tokens.or(self.cache_read_input_tokens);
+    }
+
+    /// OpenAI's terms: prompt tokens include cache reads and writes.
+    fn usage(&self) -> Usage {
+        let cached = self.cache_read_input_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens: self.input_tokens.unwrap_or(0) + cached + self.cache_creation_input_tokens.unwrap_or(0),
+            completion_tokens: self.output_tokens.unwrap_or(0),
+            cached_tokens: cached,
+        }
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.total(),
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+/// OpenAI's `finish_reason` for an Anthropic `stop_reason`.
+pub fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
+    Some(match stop_reason? {
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        // end_turn, stop_sequence, pause_turn and anything newer.
+        _ => "stop",
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    /// Thinking and other block types have no OpenAI equivalent.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessagesResponse {
+    id: String,
+    model: String,
+    #[serde(default)]
+    content: Vec<Block>,
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: WireUsage,
+}
+
+/// Translates a Messages response into an OpenAI body and its usage.
+pub fn from_messages_response(endpoint: Endpoint, body: &[u8], created: i64) -> Result<(Bytes, Usage), ProviderError> {
+    let r: MessagesResponse =
+        serde_json::from_slice(body).map_err(|e| ProviderError::InvalidResponse(format!("Anthropic message: {e}")))?;
+    let usage = r.usage.usage();
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for b in r.content {
+        match b {
+            Block::Text { text: t } => text.push_str(&t),
+            Block::ToolUse { id, name, input } => tool_calls.push(json!({
+                "id": id, "type": "function",
+                "function": {"name": name, "arguments": input.to_string()},
+            })),
+            Block::Other => {}
+        }
+    }
+    let finish = finish_reason(r.stop_reason.as_deref());
+    let out = match endpoint {
+        Endpoint::Completions => json!({
+            "id": r.id, "object": "text_completion", "created": created, "model": r.model,
+            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+            "usage": usage_json(&usage),
+        }),
+        _ => {
+            let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) }});
+            if !tool_calls.is_empty() {
+                message["tool_calls"] = Value::Array(tool_calls);
+            }
+            json!({
+                "id": r.id, "object": "chat.completion", "created": created, "model": r.model,
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+                "usage": usage_json(&usage),
+            })
+        }
+    };
+    let bytes = serde_json::to_vec(&out).map_err(|e| ProviderError::InvalidResponse(e.to_string()))?;
+    Ok((Bytes::from(bytes), usage))
+}
+
+// ---------------------------------------------------------------------------
+// Stream: Anthropic events → OpenAI chunks
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: u64,
+        content_block: Block,
+    },
+    ContentBlockDelta {
+        index: u64,
+        delta: ContentDelta,
+    },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    },
+    MessageStop,
+    Error {
+        error: ErrorBody,
+    },
+    /// ping, content_block_stop and event types added later.
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct StartMessage {
+    id: String,
+    model: String,
+    #[serde(default)]
+    usage: WireUsage,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ContentDelta {
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
+    /// thinking_delta, signature_delta, ...
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaBody {
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<String>,
+}
+
+/// The HTTP status Anthropic uses for an error type.
+fn error_status(kind: Option<&str>) -> u16 {
+    match kind {
+        Some("invalid_request_error") => 400,
+        Some("authentication_error") => 401,
+        Some("permission_error") => 403,
+        Some("not_found_error") => 404,
+        Some("request_too_large") => 413,
+        Some("rate_limit_error") => 429,
+        Some("overloaded_error") => 529,
+        _ => 500,
+    }
+}
+
+/// Translates a Messages event stream into OpenAI chunks.
+#[derive(Debug)]
+pub struct AnthropicStream {
+    endpoint: Endpoint,
+    client_wants_usage: bool,
+    created: i64,
+    id: String,
+    model: String,
+    usage: WireUsage,
+    /// (Anthropic content-block index, OpenAI tool-call index).
+    tools: Vec<(u64, u32)>,
+}
+
+impl AnthropicStream {
+    pub fn new(endpoint: Endpoint, client_wants_usage: bool, created: i64) -> Self {
+        Self {
+            endpoint,
+            client_wants_usage,
+            created,
+            id: String::new(),
+            model: String::new(),
+            usage: WireUsage::default(),
+            tools: Vec::new(),
+        }
+    }
+
+    fn is_chat(&self) -> bool {
+        self.endpoint == Endpoint::ChatCompletions
+    }
+
+    fn frame(value: &Value) -> Result<StreamItem, ProviderError> {
+        serde_json::to_vec(value)
+            .map(|v| StreamItem::Frame(sse::data_frame(&v)))
+            .map_err(|e| ProviderError::InvalidResponse(e.to_string()))
+    }
+
+    /// A chunk with one choice: a chat `delta`, or the text of a completion.
+    fn chunk(&self, delta: Value, text: &str, finish: Option<&str>) -> Result<StreamItem, ProviderError> {
+        let v = if self.is_chat() {
+            json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+        } else {
+            json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                   "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]})
+        };
+        Self::frame(&v)
+    }
+
+    fn usage_chunk(&self, usage: &Usage) -> Result<StreamItem, ProviderError> {
+        let object = if self.is_chat() {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        Self::frame(
+            &json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
+                            "choices": [], "usage": usage_json(usage)}),
+        )
+    }
+}
+
+impl Translate for AnthropicStream {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Result<StreamItem, ProviderError>>) -> Flow {
+        let parsed = match serde_json::from_str::<Event>(&ev.data) {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(Err(ProviderError::InvalidResponse(format!(
+                    "Anthropic stream event: {e}"
+                ))));
+                return Flow::Stop;
+            }
+        };
+        match parsed {
+            Event::MessageStart { message } => {
+                self.id = message.id;
+                self.model = message.model;
+                self.usage = message.usage;
+                if self.is_chat() {
+                    out.push(self.chunk(json!({"role": "assistant", "content": ""}), "", None));
+                }
+            }
+            Event::ContentBlockStart { index, content_block } => match content_block {
+                Block::Text { text } if !text.is_empty() => {
+                    out.push(self.chunk(json!({ "content": text }), &text, None));
+                }
+                Block::ToolUse { id, name, .. } if self.is_chat() => {
+                    let n = u32::try_from(self.tools.len()).unwrap_or(u32::MAX);
+                    self.tools.push((index, n));
+                    let delta = json!({"tool_calls": [{"index": n, "id": id, "type": "function",
+                                                       "function": {"name": name, "arguments": ""}}]});
+                    out.push(self.chunk(delta, "", None));
+                }
+                _ => {}
+            },
+            Event::ContentBlockDelta { index, delta } => match delta {
+                ContentDelta::TextDelta { text } => out.push(self.chunk(json!({ "content": text }), &text, None)),
+                ContentDelta::InputJsonDelta { partial_json } => {
+                    let tool = self.tools.iter().find(|(i, _)| *i == index).map(|(_, n)| *n);
+                    if let (Some(n), false) = (tool, partial_json.is_empty()) {
+                        let delta = json!({"tool_calls": [{"index": n, "function": {"arguments": partial_json}}]});
+                        out.push(self.chunk(delta, "", None));
+                    }
+                }
+                ContentDelta::Other => {}
+            },
+            Event::MessageDelta { delta, usage } => {
+                if let Some(u) = usage {
+                    self.usage.merge(&u);
+                }
+                let finish = finish_reason(delta.stop_reason.as_deref());
+                if finish.is_some() {
+                    out.push(self.chunk(json!({}), "", finish));
+                }
+            }
+            Event::MessageStop => {
+                let usage = self.usage.usage();
+                if self.client_wants_usage {
+                    out.push(self.usage_chunk(&usage));
+                }
+                out.push(Ok(StreamItem::Usage(usage)));
+                return Flow::Stop;
+            }
+            Event::Error { error } => {
+                out.push(Err(ProviderError::Upstream {
+                    status: error_status(error.kind.as_deref()),
+                    message: error.message.unwrap_or_else(|| "error in upstream stream".into()),
+                }));
+                return Flow::Stop;
+            }
+            Event::Other => {}
+        }
+        Flow::Continue
+    }
+
+    fn end(&mut self, out: &mut Vec<Result<StreamItem, ProviderError>>) {
+        out.push(Err(sse::cut_error()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::SseParser;
+
+    fn chat(body: Value) -> Result<Value, ProviderError> {
+        to_messages_request(Endpoint::ChatCompletions, &body, "claude-x", false)
+    }
+
+    #[test]
+    fn system_and_parameters_are_mapped() {
+        let out = chat(json!({"model": "ignored", "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "system", "content": [{"type": "text", "text": "Be kind."}]},
+            {"role": "user", "content": "Hi"}],
+            "max_tokens": 100, "temperature": 0.2, "top_p": 0.9, "stop": "END", "user": "u-1"}))
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"model": "claude-x", "system": "Be brief.\n\nBe kind.",
+                   "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                   "max_tokens": 100, "temperature": 0.2, "top_p": 0.9, "stop_sequences": ["END"],
+                   "metadata": {"user_id": "u-1"}})
+        );
+    }
+
+    #[test]
+    fn max_tokens_prefers_max_completion_tokens_and_defaults() {
+        let m = json!([{"role": "user", "content": "Hi"}]);
+        assert_eq!(chat(json!({"messages": m})).unwrap()["max_tokens"], DEFAULT_MAX_TOKENS);
+        assert_eq!(
+            chat(json!({"messages": m, "max_tokens": 5, "max_completion_tokens": 7})).unwrap()["max_tokens"],
+            7
+        );
+        let s = to_messages_request(
+            Endpoint::ChatCompletions,
+            &json!({"messages": m, "stop": ["a", "b"]}),
+            "c",
+            true,
+        )
+        .unwrap();
+        assert_eq!(s["stream"], true);
+        assert_eq!(s["stop_sequences"], json!(["a", "b"]));
+    }
+
+    #[test]
+    fn consecutive_roles_are_merged_and_tools_round_trip() {
+        let out = chat(json!({"messages": [
+            {"role": "user", "content": "What's the weather?"},
+            {"role": "user", "content": [{"type": "text", "text": "In Paris."}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "noon"}]},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "Thanks"}]}))
+        .unwrap();
+        assert_eq!(
+            out["messages"],
+            json!([
+                {"role": "user", "content": [{"type": "text", "text": "What's the weather?"},
+                                              {"type": "text", "text": "In Paris."}]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                    {"type": "tool_use", "id": "call_2", "name": "get_time", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+                    {"type": "tool_result", "tool_use_id": "call_2", "content": "noon"},
+                    {"type": "text", "text": "Thanks"}]}
+            ])
+        );
+    }
+
+    #[test]
+    fn images_become_base64_or_url_sources() {
+        let out = chat(json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Look"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}}]}]}))
+        .unwrap();
+        assert_eq!(
+            out["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "Look"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}}])
+        );
+        for bad in [
+            "data:image/png,raw",
+            "data:image/png;base64,@@@",
+            "ftp://x/y.png",
+            "data:nocomma",
+        ] {
+            let r = chat(json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": bad}}]}]}));
+            assert!(matches!(r, Err(ProviderError::Unsupported(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tools_and_tool_choice_are_mapped() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+            {"type": "function", "function": {"name": "noop"}}]);
+        let m = json!([{"role": "user", "content": "Hi"}]);
+        let out = chat(json!({"messages": m, "tools": tools, "tool_choice": "required"})).unwrap();
+        assert_eq!(
+            out["tools"],
+            json!([{"name": "get_weather", "description": "Weather",
+                    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+                   {"name": "noop", "input_schema": {"type": "object", "properties": {}}}])
+        );
+        assert_eq!(out["tool_choice"], json!({"type": "any"}));
+        let cases = [
+            (json!("auto"), json!({"type": "auto"})),
+            (json!("none"), json!({"type": "none"})),
+            (
+                json!({"type": "function", "function": {"name": "noop"}}),
+                json!({"type": "tool", "name": "noop"}),
+            ),
+        ];
+        for (choice, want) in cases {
+            let out = chat(json!({"messages": m, "tools": tools, "tool_choice": choice})).unwrap();
+            assert_eq!(out["tool_choice"], want);
+        }
+        let out = chat(json!({"messages": m, "tools": tools, "parallel_tool_calls": false})).unwrap();
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+        assert!(chat(json!({"messages": m})).unwrap().get("tool_choice").is_none());
+        assert!(chat(json!({"messages": m, "tool_choice": "sometimes"})).is_err());
+        assert!(chat(json!({"messages": m, "tool_choice": {"type": "function"}})).is_err());
+        assert!(chat(json!({"messages": m, "tools": [{"type": "code_interpreter"}]})).is_err());
+    }
+
+    #[test]
+    fn invalid_requests_are_unsupported() {
+        let bad = [
+            json!({}),
+            json!({"messages": [{"content": "no role"}]}),
+            json!({"messages": [{"role": "function", "content": "x"}]}),
+            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+            json!({"messages": [{"role": "user", "content": 5}]}),
+            json!({"messages": [{"role": "system", "content": [{"type": "image_url"}]}]}),
+            json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{"}}]}]}),
+            json!({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]}),
+        ];
+        for b in bad {
+            assert!(matches!(chat(b.clone()), Err(ProviderError::Unsupported(_))), "{b}");
+        }
+        let emb = to_messages_request(Endpoint::Embeddings, &json!({"input": "x"}), "c", false);
+        assert!(matches!(emb, Err(ProviderError::Unsupported(_))));
+    }
+
+    #[test]
+    fn completions_prompt_becomes_one_user_message() {
+        for prompt in [json!("Say hi"), json!(["Say hi"])] {
+            let out = to_messages_request(
+                Endpoint::Completions,
+                &json!({"prompt": prompt, "max_tokens": 16}),
+                "c",
+                false,
+            )
+            .unwrap();
+            assert_eq!(
+                out["messages"],
+                json!([{"role": "user", "content": [{"type": "text", "text": "Say hi"}]}])
+            );
+            assert_eq!(out["max_tokens"], 16);
+        }
+        for bad in [json!(["a", "b"]), json!([1]), json!(null)] {
+            let r = to_messages_request(Endpoint::Completions, &json!({"prompt": bad}), "c", false);
+            assert!(matches!(r, Err(ProviderError::Unsupported(_))));
+        }
+    }
+
+    #[test]
+    fn whole_response_becomes_a_chat_completion() {
+        let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "thinking", "thinking": "hmm", "signature": "s"},
+                        {"type": "text", "text": "Checking."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 10, "output_tokens": 20, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 5}});
+        let (out, usage) =
+            from_messages_response(Endpoint::ChatCompletions, body.to_string().as_bytes(), 1700000000).unwrap();
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: 18,
+                completion_tokens: 20,
+                cached_tokens: 5
+            }
+        );
+        let out: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            out,
+            json!({"id": "msg_1", "object": "chat.completion", "created": 1700000000, "model": "claude-x",
+                   "choices": [{"index": 0, "logprobs": null, "finish_reason": "tool_calls", "message": {
+                       "role": "assistant", "content": "Checking.",
+                       "tool_calls": [{"id": "toolu_1", "type": "function",
+                                       "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}}],
+                   "usage": {"prompt_tokens": 18, "completion_tokens": 20, "total_tokens": 38,
+                             "prompt_tokens_details": {"cached_tokens": 5}}})
+        );
+    }
+
+    #[test]
+    fn whole_response_as_text_completion_and_stop_reasons() {
+        let body = br#"{"id":"msg_2","model":"claude-x","content":[{"type":"text","text":"Hi"}],"stop_reason":"max_tokens","usage":{"input_tokens":1,"output_tokens":2}}"#;
+        let (out, _) = from_messages_response(Endpoint::Completions, body, 1).unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(out["object"], "text_completion");
+        assert_eq!(out["choices"][0]["text"], "Hi");
+        assert_eq!(out["choices"][0]["finish_reason"], "length");
+        assert_eq!(finish_reason(Some("end_turn")), Some("stop"));
+        assert_eq!(finish_reason(Some("stop_sequence")), Some("stop"));
+        assert_eq!(finish_reason(Some("refusal")), Some("content_filter"));
+        assert_eq!(finish_reason(None), None);
+        assert!(matches!(
+            from_messages_response(Endpoint::ChatCompletions, b"{}", 1),
+            Err(ProviderError::InvalidResponse(_))
+        ));
+    }
+
+    fn replay(text: &str, endpoint: Endpoint, wants_usage: bool) -> Vec<Result<StreamItem, ProviderError>> {
+        let mut t = AnthropicStream::new(endpoint, wants_usage, 42);
+        let mut out = Vec::new();
+        for ev in SseParser::new().push(text.as_bytes()) {
+            if t.event(ev, &mut out) == Flow::Stop {
+                return out;
+            }
+        }
+        t.end(&mut out);
+        out
+    }
+
+    fn chunks(items: &[Result<StreamItem, ProviderError>]) -> Vec<Value> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Frame(f)) => {
+                    let s = std::str::from_utf8(f).unwrap();
+                    Some(serde_json::from_str(s.strip_prefix("data: ").unwrap().trim_end()).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replays_text_stream() {
+        let out = replay(
+            include_str!("../tests/fixtures/anthropic_text_stream.txt"),
+            Endpoint::ChatCompletions,
+            true,
+        );
+        let c = chunks(&out);
+        assert_eq!(c[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert_eq!(c[0]["id"], "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
+        assert_eq!(c[0]["object"], "chat.completion.chunk");
+        let text: String = c
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "Hello! Caf\u{e9} \u{2615}");
+        assert_eq!(c[c.len() - 2]["choices"][0]["finish_reason"], "stop");
+        let last = &c[c.len() - 1];
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"]["prompt_tokens"], 35);
+        assert_eq!(last["usage"]["prompt_tokens_details"]["cached_tokens"], 10);
+        assert_eq!(
+            out.last().unwrap().as_ref().unwrap(),
+            &StreamItem::Usage(Usage {
+                prompt_tokens: 35,
+                completion_tokens: 15,
+                cached_tokens: 10
+            })
+        );
+        let without = replay(
+            include_str!("../tests/fixtures/anthropic_text_stream.txt"),
+            Endpoint::ChatCompletions,
+            false,
+        );
+        assert_eq!(chunks(&without).len(), c.len() - 1);
+        assert!(matches!(without.last(), Some(Ok(StreamItem::Usage(_)))));
+    }
+
+    #[test]
+    fn replays_tool_use_stream() {
+        let out = replay(
+            include_str!("../tests/fixtures/anthropic_tool_stream.txt"),
+            Endpoint::ChatCompletions,
+            false,
+        );
+        let c = chunks(&out);
+        let calls: Vec<&Value> = c
+            .iter()
+            .filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0"))
+            .collect();
+        assert_eq!(
+            calls[0],
+            &json!({"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""}})
+        );
+        let args: String = calls
+            .iter()
+            .filter_map(|c| c["function"]["arguments"].as_str())
+            .collect();
+        assert_eq!(args, r#"{"location": "San Francisco, CA"}"#);
+        assert!(calls[1..].iter().all(|c| c.get("id").is_none() && c["index"] == 0));
+        assert_eq!(c.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+        assert!(
+            matches!(out.last(), Some(Ok(StreamItem::Usage(u))) if u.completion_tokens == 89 && u.prompt_tokens == 472)
+        );
+    }
+
+    #[test]
+    fn completions_stream_yields_text_completion_chunks() {
+        let out = replay(
+            include_str!("../tests/fixtures/anthropic_text_stream.txt"),
+            Endpoint::Completions,
+            true,
+        );
+        let c = chunks(&out);
+        assert!(c.iter().all(|c| c["object"] == "text_completion"));
+        let text: String = c.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+        assert_eq!(text, "Hello! Caf\u{e9} \u{2615}");
+        assert!(c.last().unwrap()["usage"].is_object());
+    }
+
+    #[test]
+    fn stream_errors_and_cuts() {
+        let err = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":1}}}\n\n\
+                   event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        let out = replay(err, Endpoint::ChatCompletions, true);
+        assert!(
+            matches!(out.last(), Some(Err(ProviderError::Upstream { status: 529, message })) if message == "Overloaded")
+        );
+        let text = include_str!("../tests/fixtures/anthropic_text_stream.txt");
+        let cut = &text[..text.find("event: message_delta").unwrap()];
+        let out = replay(cut, Endpoint::ChatCompletions, true);
+        assert!(out[..out.len() - 1].iter().all(Result::is_ok));
+        assert!(matches!(out.last(), Some(Err(ProviderError::Unreachable(_)))));
+        let garbage = replay("data: not json\n\n", Endpoint::ChatCompletions, true);
+        assert!(matches!(garbage[..], [Err(ProviderError::InvalidResponse(_))]));
+        assert_eq!(error_status(Some("rate_limit_error")), 429);
+        assert_eq!(error_status(None), 500);
     }
 }

@@ -1,13 +1,574 @@
-//! TODO: being written
+//! The OpenAI adapter, for OpenAI and every OpenAI-compatible provider
+//! (groq, mistral, together, ollama, ...), and the OpenAI-shaped exchange it
+//! shares with Azure: send, relay the body unchanged, pick out `usage`.
+//!
+//! Requests and responses are already in OpenAI's format, so nothing is
+//! re-serialised on the way back: a whole body is relayed as the upstream's
+//! bytes, a stream as the upstream's own `data:` payloads. Only `usage` is
+//! parsed, with a struct that skips everything else.
+
+use crate::sse::{self, Flow, SseEvent, Translate};
+use crate::{Adapter, Call, ProviderError, StreamItem, Target, UpstreamResponse};
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use serde::de::IgnoredAny;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::time::Duration;
+use tokio::time::Instant;
+use tollgate_core::usage::Usage;
+use zeroize::Zeroizing;
+
+/// At most this much of a non-JSON error body is kept as the message.
+const MAX_ERROR_TEXT: usize = 512;
+
+/// OpenAI and OpenAI-compatible providers.
 #[derive(Debug, Default)]
 pub struct OpenAi;
+
 #[async_trait::async_trait]
-impl crate::Adapter for OpenAi {
-    async fn send(
-        &self,
-        _http: &reqwest::Client,
-        _call: crate::Call<'_>,
-    ) -> Result<crate::UpstreamResponse, crate::ProviderError> {
-        Err(crate::ProviderError::Unsupported("not yet implemented".into()))
+impl Adapter for OpenAi {
+    async fn send(&self, http: &reqwest::Client, call: Call<'_>) -> Result<UpstreamResponse, ProviderError> {
+        let base = call
+            .target
+            .base_url
+            .ok_or_else(|| ProviderError::Config("no base URL for an OpenAI-compatible provider".into()))?;
+        let url = join_url(base, call.endpoint.openai_path());
+        let mut headers = HeaderMap::new();
+        // Local servers (ollama, LM Studio) take no key.
+        if let Some(key) = secret(&call.target, "key")? {
+            headers.insert(AUTHORIZATION, header_value(&format!("Bearer {}", key.as_str()), "key")?);
+        }
+        for (name, header) in [
+            ("openai_organization", "openai-organization"),
+            ("openai_project", "openai-project"),
+        ] {
+            if let Some(v) = call.target.config.get(name).and_then(Value::as_str) {
+                if !v.is_empty() {
+                    headers.insert(HeaderName::from_static(header), header_value(v, name)?);
+                }
+            }
+        }
+        relay(http, &url, headers, &call).await
+    }
+}
+
+/// `base` and `path` joined with exactly one slash.
+pub fn join_url(base: &str, path: &str) -> String {
+    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}
+
+/// Opens the secret field `name` of the call's credentials.
+pub fn secret(target: &Target<'_>, name: &str) -> Result<Option<Zeroizing<String>>, ProviderError> {
+    target
+        .secrets
+        .open(name)
+        .map(|v| v.filter(|s| !s.is_empty()))
+        .map_err(|e| ProviderError::Config(format!("cannot open secret {name}: {e}")))
+}
+
+/// A header value, refusing control characters. The error names the field,
+/// never the value (it may be a key).
+pub fn header_value(value: &str, field: &str) -> Result<HeaderValue, ProviderError> {
+    HeaderValue::from_str(value).map_err(|_| ProviderError::Config(format!("{field} is not a valid header value")))
+}
+
+/// Adds the target's custom headers.
+pub fn add_custom_headers(headers: &mut HeaderMap, target: &Target<'_>) -> Result<(), ProviderError> {
+    for (k, v) in target.headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| ProviderError::Config(format!("invalid custom header name {k:?}")))?;
+        headers.insert(name, header_value(v, k)?);
+    }
+    Ok(())
+}
+
+/// The error for a non-2xx answer: the upstream's `error.message` (OpenAI,
+/// Azure and Anthropic all put it there), else the body text, truncated.
+pub fn upstream_error(status: u16, body: &[u8]) -> ProviderError {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: Option<ErrorBody>,
+        message: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        message: Option<String>,
+    }
+    let parsed = serde_json::from_slice::<Envelope>(body).ok();
+    let message = parsed
+        .and_then(|e| e.error.and_then(|b| b.message).or(e.message))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                truncate(text, MAX_ERROR_TEXT)
+            }
+        });
+    ProviderError::Upstream { status, message }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Sends `req` and reads the whole 2xx body, all within `timeout`.
+pub async fn send_whole(req: reqwest::RequestBuilder, timeout: Duration) -> Result<(u16, Bytes), ProviderError> {
+    let exchange = async {
+        let resp = req.send().await.map_err(ProviderError::from_reqwest)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(ProviderError::from_reqwest)?;
+        if !(200..300).contains(&status) {
+            return Err(upstream_error(status, &body));
+        }
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+}
+
+/// Sends `req` and waits for a 2xx response's headers within `timeout`; the
+/// body (the stream) is not bounded. A non-2xx answer's body is read within
+/// the same deadline for its message.
+pub async fn send_streaming(
+    req: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<reqwest::Response, ProviderError> {
+    let deadline = Instant::now() + timeout;
+    let resp = tokio::time::timeout_at(deadline, req.send())
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+        .map_err(ProviderError::from_reqwest)?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(resp);
+    }
+    let body = tokio::time::timeout_at(deadline, resp.bytes())
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+        .map_err(ProviderError::from_reqwest)?;
+    Err(upstream_error(status, &body))
+}
+
+/// Usage as OpenAI reports it.
+#[derive(Debug, Default, Deserialize)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.unwrap_or(0),
+            completion_tokens: self.completion_tokens.unwrap_or(0),
+            cached_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The `usage` of an OpenAI-format body (chat, completions, embeddings).
+pub fn parse_usage(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct UsageOnly {
+        usage: Option<WireUsage>,
+    }
+    serde_json::from_slice::<UsageOnly>(body)
+        .ok()
+        .and_then(|u| u.usage)
+        .map(|u| u.usage())
+}
+
+/// The client's body with `stream: true` and `stream_options.include_usage:
+/// true` (keeping any other stream option), serialised without copying the
+/// rest of the request.
+struct WithUsage<'a>(&'a Map<String, Value>);
+
+impl Serialize for WithUsage<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.0 {
+            if k != "stream" && k != "stream_options" {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.serialize_entry("stream", &true)?;
+        let mut options = match self.0.get("stream_options") {
+            Some(Value::Object(o)) => o.clone(),
+            _ => Map::new(),
+        };
+        options.insert("include_usage".into(), Value::Bool(true));
+        m.serialize_entry("stream_options", &options)?;
+        m.end()
+    }
+}
+
+/// The request body to send upstream for an OpenAI-shaped call.
+pub fn request_body(call: &Call<'_>) -> Result<Vec<u8>, ProviderError> {
+    let encoded = if call.stream {
+        let map = call
+            .body
+            .as_object()
+            .ok_or_else(|| ProviderError::Unsupported("the request body must be a JSON object".into()))?;
+        serde_json::to_vec(&WithUsage(map))
+    } else {
+        serde_json::to_vec(call.body)
+    };
+    encoded.map_err(|e| ProviderError::Unsupported(format!("cannot encode the request: {e}")))
+}
+
+/// Sends an OpenAI-shaped call to `url` with `headers` (credentials), plus
+/// the target's custom headers, and relays the answer. Shared by the OpenAI
+/// and Azure adapters.
+pub async fn relay(
+    http: &reqwest::Client,
+    url: &str,
+    mut headers: HeaderMap,
+    call: &Call<'_>,
+) -> Result<UpstreamResponse, ProviderError> {
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    add_custom_headers(&mut headers, &call.target)?;
+    let body = request_body(call)?;
+    let req = http.post(url).headers(headers).body(body);
+    if call.stream {
+        let resp = send_streaming(req, call.timeout).await?;
+        let events = sse::response_events(resp);
+        Ok(UpstreamResponse::Stream(sse::translate(
+            events,
+            OpenAiStream::new(call.client_wants_usage),
+        )))
+    } else {
+        let (status, body) = send_whole(req, call.timeout).await?;
+        let usage = parse_usage(&body);
+        Ok(UpstreamResponse::Whole { status, body, usage })
+    }
+}
+
+/// Relays an OpenAI stream: every payload as received, usage picked out,
+/// the usage-only chunk dropped unless the client asked for it.
+#[derive(Debug)]
+pub struct OpenAiStream {
+    client_wants_usage: bool,
+    /// A chunk with a `finish_reason` arrived: a close without `[DONE]`
+    /// after it is a complete answer (some compatible servers omit it).
+    finished: bool,
+}
+
+impl OpenAiStream {
+    pub fn new(client_wants_usage: bool) -> Self {
+        Self {
+            client_wants_usage,
+            finished: false,
+        }
+    }
+}
+
+/// The parts of a chunk the relay looks at.
+#[derive(Deserialize)]
+struct ChunkPeek {
+    choices: Option<Vec<ChoicePeek>>,
+    usage: Option<WireUsage>,
+    error: Option<StreamError>,
+}
+
+#[derive(Deserialize)]
+struct ChoicePeek {
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct StreamError {
+    message: Option<String>,
+    code: Option<Value>,
+}
+
+impl Translate for OpenAiStream {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Result<StreamItem, ProviderError>>) -> Flow {
+        let data = ev.data.trim();
+        if data == "[DONE]" {
+            return Flow::Stop;
+        }
+        if data.is_empty() {
+            return Flow::Continue;
+        }
+        let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) else {
+            // Not ours to judge: relay what the upstream sent.
+            out.push(Ok(StreamItem::Frame(sse::data_frame(data.as_bytes()))));
+            return Flow::Continue;
+        };
+        if let Some(err) = peek.error {
+            // An error inside a 200 stream (OpenAI sends these on overload).
+            let status = err
+                .code
+                .as_ref()
+                .and_then(|c| c.as_u64().or_else(|| c.as_str().and_then(|s| s.parse().ok())))
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (400..600).contains(c))
+                .unwrap_or(500);
+            out.push(Err(ProviderError::Upstream {
+                status,
+                message: err.message.unwrap_or_else(|| "error in upstream stream".into()),
+            }));
+            return Flow::Stop;
+        }
+        let choices = peek.choices.unwrap_or_default();
+        if choices.iter().any(|c| c.finish_reason.is_some()) {
+            self.finished = true;
+        }
+        let usage_only = choices.is_empty() && peek.usage.is_some();
+        if !usage_only || self.client_wants_usage {
+            out.push(Ok(StreamItem::Frame(sse::data_frame(data.as_bytes()))));
+        }
+        if let Some(u) = peek.usage {
+            out.push(Ok(StreamItem::Usage(u.usage())));
+        }
+        Flow::Continue
+    }
+
+    fn end(&mut self, out: &mut Vec<Result<StreamItem, ProviderError>>) {
+        if !self.finished {
+            out.push(Err(sse::cut_error()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::SseParser;
+    use crate::Endpoint;
+    use serde_json::json;
+    use tollgate_core::secrets::PlainSecrets;
+
+    fn replay(text: &str, wants_usage: bool) -> Vec<Result<StreamItem, ProviderError>> {
+        let mut t = OpenAiStream::new(wants_usage);
+        let mut out = Vec::new();
+        for ev in SseParser::new().push(text.as_bytes()) {
+            if t.event(ev, &mut out) == Flow::Stop {
+                return out;
+            }
+        }
+        t.end(&mut out);
+        out
+    }
+
+    fn frames(items: &[Result<StreamItem, ProviderError>]) -> Vec<Value> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Frame(f)) => {
+                    let text = std::str::from_utf8(f).unwrap();
+                    assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
+                    Some(serde_json::from_str(&text[6..text.len() - 2]).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn usages(items: &[Result<StreamItem, ProviderError>]) -> Vec<Usage> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Usage(u)) => Some(*u),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replays_chat_stream_with_usage_chunk() {
+        let text = include_str!("../tests/fixtures/openai_chat_stream.txt");
+        let with = replay(text, true);
+        assert!(with.iter().all(Result::is_ok));
+        assert_eq!(frames(&with).len(), 5);
+        assert_eq!(
+            usages(&with),
+            vec![Usage {
+                prompt_tokens: 19,
+                completion_tokens: 10,
+                cached_tokens: 0
+            }]
+        );
+        let without = replay(text, false);
+        let f = frames(&without);
+        assert_eq!(f.len(), 4);
+        assert!(f.iter().all(|c| !c["choices"].as_array().unwrap().is_empty()));
+        assert_eq!(usages(&without).len(), 1);
+    }
+
+    #[test]
+    fn frames_carry_the_upstream_bytes_unchanged() {
+        let text = include_str!("../tests/fixtures/openai_chat_stream.txt");
+        let out = replay(text, true);
+        let relayed: String = out
+            .iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Frame(f)) => Some(std::str::from_utf8(f).unwrap().to_owned()),
+                _ => None,
+            })
+            .collect();
+        // The transcript is the relayed frames plus the `[DONE]` the relay adds.
+        assert_eq!(format!("{relayed}data: [DONE]\n\n"), text);
+    }
+
+    #[test]
+    fn replays_tool_call_stream() {
+        let out = replay(include_str!("../tests/fixtures/openai_tool_stream.txt"), false);
+        let f = frames(&out);
+        let args: String = f
+            .iter()
+            .filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0/function/arguments"))
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(args, r#"{"location":"Paris, France"}"#);
+        assert_eq!(f.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(usages(&out)[0].cached_tokens, 64);
+    }
+
+    #[test]
+    fn stream_without_done_is_complete_only_after_a_finish_reason() {
+        let finished = "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n";
+        assert!(replay(finished, false).iter().all(Result::is_ok));
+        let cut = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n";
+        let out = replay(cut, false);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(out[1], Err(ProviderError::Unreachable(_))));
+    }
+
+    #[test]
+    fn error_inside_a_stream_ends_it() {
+        let text = "data: {\"error\":{\"message\":\"overloaded\",\"code\":503}}\n\ndata: {\"choices\":[]}\n\n";
+        let out = replay(text, true);
+        assert_eq!(out.len(), 1);
+        match &out[0] {
+            Err(ProviderError::Upstream { status, message }) => {
+                assert_eq!(*status, 503);
+                assert_eq!(message, "overloaded");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_json_payloads_are_relayed() {
+        let out = replay("data: hello\n\ndata: [DONE]\n\n", false);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(&out[0], Ok(StreamItem::Frame(f)) if &f[..] == b"data: hello\n\n"));
+    }
+
+    #[test]
+    fn parses_usage_of_every_endpoint() {
+        let chat = br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":2}}}"#;
+        assert_eq!(
+            parse_usage(chat),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 7,
+                cached_tokens: 2
+            })
+        );
+        let emb = br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        assert_eq!(
+            parse_usage(emb).map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((8, 0))
+        );
+        let null_details = br#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"prompt_tokens_details":null}}"#;
+        assert_eq!(parse_usage(null_details).map(|u| u.cached_tokens), Some(0));
+        assert_eq!(parse_usage(b"{}"), None);
+        assert_eq!(parse_usage(b"not json"), None);
+    }
+
+    #[test]
+    fn error_messages_come_from_the_body() {
+        let openai = br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error"}}"#;
+        let anthropic = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+        let top_level = br#"{"message":"bad gateway"}"#;
+        let cases: [(&[u8], &str); 5] = [
+            (openai, "Incorrect API key provided"),
+            (anthropic, "slow down"),
+            (top_level, "bad gateway"),
+            (b"  plain text  ", "plain text"),
+            (b"", "HTTP 502"),
+        ];
+        for (body, want) in cases {
+            match upstream_error(502, body) {
+                ProviderError::Upstream { status, message } => {
+                    assert_eq!(status, 502);
+                    assert_eq!(message, want);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let long = "é".repeat(1000);
+        match upstream_error(500, long.as_bytes()) {
+            ProviderError::Upstream { message, .. } => assert!(message.len() <= MAX_ERROR_TEXT + 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stream_body_forces_usage_and_keeps_everything_else() {
+        let body = json!({"model": "m", "messages": [], "stream": false,
+                          "stream_options": {"include_usage": false, "other": 1}, "temperature": 0.5});
+        let config = Map::new();
+        let secrets = PlainSecrets::default();
+        let call = Call {
+            endpoint: Endpoint::ChatCompletions,
+            target: Target {
+                base_url: None,
+                config: &config,
+                secrets: &secrets,
+                headers: &[],
+                model: "m",
+            },
+            body: &body,
+            stream: true,
+            client_wants_usage: false,
+            timeout: Duration::from_secs(1),
+        };
+        let sent: Value = serde_json::from_slice(&request_body(&call).unwrap()).unwrap();
+        assert_eq!(
+            sent,
+            json!({"model": "m", "messages": [], "stream": true,
+                   "stream_options": {"include_usage": true, "other": 1}, "temperature": 0.5})
+        );
+        let not_object = json!([1]);
+        let call = Call {
+            body: &not_object,
+            ..call
+        };
+        assert!(matches!(request_body(&call), Err(ProviderError::Unsupported(_))));
+    }
+
+    #[test]
+    fn joins_urls_and_checks_headers() {
+        assert_eq!(
+            join_url("http://h/v1/", "/chat/completions"),
+            "http://h/v1/chat/completions"
+        );
+        assert_eq!(join_url("http://h/v1", "/embeddings"), "http://h/v1/embeddings");
+        assert!(matches!(header_value("a\nb", "key"), Err(ProviderError::Config(m)) if !m.contains("a\nb")));
     }
 }

@@ -267,6 +267,8 @@ fn check_bearer(state: &AppState, req: &Recorded) -> Option<Response> {
 }
 
 /// Parses the body as a JSON object, or answers OpenAI's 400.
+// The error is the handler's answer; boxing it would only add noise.
+#[allow(clippy::result_large_err)]
 pub(crate) fn parse_body(req: &Recorded) -> Result<Value, Response> {
     match serde_json::from_slice::<Value>(&req.body) {
         Ok(v) if v.is_object() => Ok(v),
@@ -292,6 +294,7 @@ pub(crate) fn missing(param: &str) -> Response {
 }
 
 /// Everything before the answer: record, wait, injected error, key, body.
+#[allow(clippy::result_large_err)]
 async fn prologue(state: &AppState, req: Request) -> Result<(Value, Behaviour), Response> {
     let rec = take(state.journal.as_ref(), req).await;
     let b = state.control.snapshot();
@@ -454,25 +457,28 @@ pub(crate) fn sse_response(frames: Vec<Bytes>, b: &Behaviour) -> Response {
     let total = frames.len();
     let kept = cut.map_or(total, |n| n.min(total));
     let delay = b.frame_delay;
-    let items = frames.into_iter().take(kept).map(Ok::<Bytes, std::io::Error>).chain(
-        (cut.is_some())
-            .then(|| {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "stream cut by the mock",
-                ))
-            })
-            .into_iter(),
-    );
-    let stream = futures::stream::iter(items);
-    let body = if delay.is_zero() {
-        Body::from_stream(stream)
+    let frames = futures::stream::iter(frames.into_iter().take(kept).map(Ok::<Bytes, std::io::Error>));
+    let frames = if delay.is_zero() {
+        frames.boxed()
     } else {
-        Body::from_stream(stream.then(move |item| async move {
-            tokio::time::sleep(delay).await;
-            item
-        }))
+        frames
+            .then(move |item| async move {
+                tokio::time::sleep(delay).await;
+                item
+            })
+            .boxed()
     };
+    // The break comes once the frames before it are on the wire: the server
+    // flushes only while the body is pending, and an error polled together
+    // with buffered frames would drop them too.
+    let cut = futures::stream::iter(cut.map(|_| ())).then(|()| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "stream cut by the mock",
+        ))
+    });
+    let body = Body::from_stream(frames.chain(cut));
     let mut r = Response::new(body);
     r.headers_mut().insert(
         "content-type",

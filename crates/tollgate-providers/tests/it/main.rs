@@ -1,0 +1,3 @@
+mod anthropic;
+mod azure;
+mod openai;

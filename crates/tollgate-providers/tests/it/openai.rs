@@ -1,0 +1,525 @@
+//! The OpenAI-compatible adapter against the OpenAI mock; also the helpers
+//! the other adapter tests share.
+
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+use tollgate_core::secrets::PlainSecrets;
+use tollgate_core::usage::Usage;
+use tollgate_providers::openai::OpenAi;
+use tollgate_providers::{Adapter, Call, Endpoint, ProviderError, StreamItem, Target, UpstreamResponse};
+use tollgate_testkit::openai::{self as mock, MockControl, OpenAiMock};
+use tollgate_testkit::MockServer;
+
+pub const KEY: &str = "sk-test-0123456789";
+
+/// Owns what a [`Call`] borrows.
+pub struct Fixture {
+    pub base_url: Option<String>,
+    pub config: Map<String, Value>,
+    pub secrets: PlainSecrets,
+    pub headers: Vec<(String, String)>,
+    pub model: String,
+    pub timeout: Duration,
+}
+
+impl Fixture {
+    pub fn new(base_url: Option<String>, key: Option<&str>, model: &str) -> Self {
+        Self {
+            base_url,
+            config: Map::new(),
+            secrets: PlainSecrets(key.map(|k| vec![("key".to_owned(), k.to_owned())]).unwrap_or_default()),
+            headers: Vec::new(),
+            model: model.to_owned(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn call<'a>(&'a self, endpoint: Endpoint, body: &'a Value, stream: bool, wants_usage: bool) -> Call<'a> {
+        Call {
+            endpoint,
+            target: Target {
+                base_url: self.base_url.as_deref(),
+                config: &self.config,
+                secrets: &self.secrets,
+                headers: &self.headers,
+                model: &self.model,
+            },
+            body,
+            stream,
+            client_wants_usage: wants_usage,
+            timeout: self.timeout,
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A whole answer's JSON body and usage.
+pub fn whole(r: Result<UpstreamResponse, ProviderError>) -> (Value, Option<Usage>) {
+    match r {
+        Ok(UpstreamResponse::Whole { status, body, usage }) => {
+            assert_eq!(status, 200);
+            (serde_json::from_slice(&body).expect("JSON body"), usage)
+        }
+        Ok(UpstreamResponse::Stream(_)) => panic!("expected a whole answer"),
+        Err(e) => panic!("call failed: {e:?}"),
+    }
+}
+
+/// What a stream yielded.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub raw: Vec<bytes::Bytes>,
+    pub frames: Vec<Value>,
+    pub usage: Vec<Usage>,
+    pub error: Option<ProviderError>,
+}
+
+impl Collected {
+    pub fn text(&self, pointer: &str) -> String {
+        self.frames
+            .iter()
+            .filter_map(|f| f.pointer(pointer))
+            .filter_map(Value::as_str)
+            .collect()
+    }
+}
+
+pub async fn collect(r: Result<UpstreamResponse, ProviderError>) -> Collected {
+    let mut stream = match r {
+        Ok(UpstreamResponse::Stream(s)) => s,
+        Ok(UpstreamResponse::Whole { .. }) => panic!("expected a stream"),
+        Err(e) => panic!("call failed: {e:?}"),
+    };
+    let mut out = Collected::default();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(StreamItem::Frame(f)) => {
+                let text = std::str::from_utf8(&f).expect("UTF-8 frame");
+                let payload = text
+                    .strip_prefix("data: ")
+                    .and_then(|t| t.strip_suffix("\n\n"))
+                    .expect("one data: frame");
+                assert_ne!(payload, "[DONE]", "[DONE] is the relay's to add");
+                out.frames.push(serde_json::from_str(payload).expect("JSON chunk"));
+                out.raw.push(f);
+            }
+            Ok(StreamItem::Usage(u)) => out.usage.push(u),
+            Err(e) => {
+                assert!(out.error.is_none(), "nothing after an error");
+                out.error = Some(e);
+            }
+        }
+    }
+    out
+}
+
+pub fn upstream(r: Result<UpstreamResponse, ProviderError>) -> (u16, String) {
+    match r {
+        Err(ProviderError::Upstream { status, message }) => (status, message),
+        Err(e) => panic!("expected an upstream error, got {e:?}"),
+        Ok(_) => panic!("expected an upstream error, got an answer"),
+    }
+}
+
+pub fn expect_err(r: Result<UpstreamResponse, ProviderError>) -> ProviderError {
+    match r {
+        Err(e) => e,
+        Ok(_) => panic!("expected an error"),
+    }
+}
+
+/// A URL nothing listens on.
+pub async fn dead_url() -> String {
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}/v1")
+}
+
+pub fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+}
+
+async fn start(key: Option<&str>) -> (MockServer, MockControl) {
+    let control = MockControl::new();
+    let server = mock::start(OpenAiMock {
+        api_key: key.map(str::to_owned),
+        control: control.clone(),
+    })
+    .await
+    .unwrap();
+    (server, control)
+}
+
+fn chat_body(stream: bool) -> Value {
+    json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0.1, "stream": stream})
+}
+
+#[tokio::test]
+async fn whole_chat_is_relayed_with_headers_and_usage() {
+    let (server, control) = start(Some(KEY)).await;
+    control.set_usage(123, 45, 7);
+    // Trailing slash on the base URL is tolerated.
+    let mut fx = Fixture::new(Some(format!("{}/", mock::base_url(&server))), Some(KEY), "gpt-4o");
+    fx.config.insert("openai_organization".into(), json!("org-1"));
+    fx.config.insert("openai_project".into(), json!("proj-1"));
+    fx.headers.push(("x-tenant".into(), "a".into()));
+    let body = chat_body(false);
+    let r = OpenAi
+        .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+        .await;
+    let (answer, usage) = whole(r);
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(answer["choices"][0]["message"]["content"], mock::DEFAULT_REPLY);
+    assert_eq!(
+        usage,
+        Some(Usage {
+            prompt_tokens: 123,
+            completion_tokens: 45,
+            cached_tokens: 7
+        })
+    );
+    let req = server.journal.last().unwrap();
+    assert_eq!(req.method, "POST");
+    assert_eq!(req.path, "/v1/chat/completions");
+    assert_eq!(req.header("authorization"), Some(format!("Bearer {KEY}").as_str()));
+    assert_eq!(req.header("openai-organization"), Some("org-1"));
+    assert_eq!(req.header("openai-project"), Some("proj-1"));
+    assert_eq!(req.header("x-tenant"), Some("a"));
+    assert_eq!(req.header("content-type"), Some("application/json"));
+    // The body goes upstream as the client sent it.
+    assert_eq!(req.json(), body);
+}
+
+#[tokio::test]
+async fn whole_body_bytes_are_relayed_unchanged() {
+    let (server, _) = start(None).await;
+    let fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
+    let body = chat_body(false);
+    let direct = http()
+        .post(format!("{}/chat/completions", mock::base_url(&server)))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    match OpenAi
+        .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+        .await
+    {
+        Ok(UpstreamResponse::Whole { body: relayed, .. }) => {
+            // Ids differ per answer; everything else is byte for byte the same.
+            let strip = |b: &[u8]| String::from_utf8_lossy(b).replace(char::is_numeric, "");
+            assert_eq!(strip(&relayed), strip(&direct));
+        }
+        _ => panic!("expected a whole answer"),
+    }
+}
+
+#[tokio::test]
+async fn local_servers_get_no_authorization_header() {
+    let (server, _) = start(None).await;
+    let fx = Fixture::new(Some(mock::base_url(&server)), None, "llama3");
+    let body = chat_body(false);
+    whole(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert_eq!(server.journal.last().unwrap().header("authorization"), None);
+}
+
+#[tokio::test]
+async fn missing_base_url_is_a_config_error() {
+    let fx = Fixture::new(None, Some(KEY), "gpt-4o");
+    let body = chat_body(false);
+    let e = expect_err(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn invalid_custom_header_is_a_config_error() {
+    let (server, _) = start(None).await;
+    let mut fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
+    fx.headers.push(("bad header".into(), "x".into()));
+    let body = chat_body(false);
+    let e = expect_err(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
+    assert_eq!(server.calls(), 0);
+}
+
+#[tokio::test]
+async fn stream_relays_frames_and_usage_chunk_when_asked() {
+    let (server, control) = start(Some(KEY)).await;
+    control.set_usage(11, 6, 2);
+    let fx = Fixture::new(Some(mock::base_url(&server)), Some(KEY), "gpt-4o");
+    let body = chat_body(true);
+    let got = collect(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+            .await,
+    )
+    .await;
+    assert!(got.error.is_none(), "{:?}", got.error);
+    assert_eq!(got.text("/choices/0/delta/content"), mock::DEFAULT_REPLY);
+    assert_eq!(got.frames[0]["choices"][0]["delta"]["role"], "assistant");
+    let last = got.frames.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["prompt_tokens"], 11);
+    assert_eq!(
+        got.usage,
+        vec![Usage {
+            prompt_tokens: 11,
+            completion_tokens: 6,
+            cached_tokens: 2
+        }]
+    );
+    let sent = server.journal.last().unwrap().json();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+}
+
+#[tokio::test]
+async fn stream_drops_usage_chunk_the_client_did_not_ask_for() {
+    let (server, _) = start(None).await;
+    let fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
+    let body = chat_body(true);
+    let got = collect(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
+            .await,
+    )
+    .await;
+    assert!(got.error.is_none());
+    assert!(got.frames.iter().all(|f| !f["choices"].as_array().unwrap().is_empty()));
+    assert_eq!(got.frames.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(got.usage.len(), 1, "usage is still reported for accounting");
+    // The upstream was asked for usage anyway.
+    assert_eq!(
+        server.journal.last().unwrap().json()["stream_options"]["include_usage"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn tool_calls_both_ways() {
+    let (server, _) = start(Some(KEY)).await;
+    let fx = Fixture::new(Some(mock::base_url(&server)), Some(KEY), "gpt-4o");
+    let body = json!({"model": "gpt-4o", "tools": weather_tools(), "tool_choice": "required",
+                      "messages": [{"role": "user", "content": "Weather in Paris?"}]});
+    let (answer, _) = whole(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    let call = &answer["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"city":"mock"}"#);
+    assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+
+    // Streamed tool call.
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let got = collect(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &streamed, true, false))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        got.text("/choices/0/delta/tool_calls/0/function/arguments"),
+        r#"{"city":"mock"}"#
+    );
+    assert_eq!(
+        got.frames[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+
+    // The tool result goes back upstream unchanged.
+    let back = json!({"model": "gpt-4o", "tools": weather_tools(), "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "18C"}]});
+    let (answer, _) = whole(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &back, false, false))
+            .await,
+    );
+    assert_eq!(answer["choices"][0]["message"]["content"], mock::DEFAULT_REPLY);
+    assert_eq!(
+        server.journal.last().unwrap().json()["messages"][2]["tool_call_id"],
+        call["id"]
+    );
+}
+
+#[tokio::test]
+async fn completions_and_embeddings() {
+    let (server, control) = start(Some(KEY)).await;
+    control.set_usage(8, 3, 0);
+    let fx = Fixture::new(Some(mock::base_url(&server)), Some(KEY), "gpt-3.5-turbo-instruct");
+    let body = json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi"});
+    let (answer, usage) = whole(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::Completions, &body, false, false))
+            .await,
+    );
+    assert_eq!(answer["object"], "text_completion");
+    assert_eq!(usage.map(|u| u.total()), Some(11));
+    assert_eq!(server.journal.last().unwrap().path, "/v1/completions");
+
+    let stream = json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi", "stream": true});
+    let got = collect(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::Completions, &stream, true, true))
+            .await,
+    )
+    .await;
+    assert_eq!(got.text("/choices/0/text"), mock::DEFAULT_REPLY);
+    assert_eq!(got.usage.len(), 1);
+
+    let body = json!({"model": "text-embedding-3-small", "input": ["a", "b"]});
+    let (answer, usage) = whole(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::Embeddings, &body, false, false))
+            .await,
+    );
+    assert_eq!(answer["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        usage,
+        Some(Usage {
+            prompt_tokens: 8,
+            completion_tokens: 0,
+            cached_tokens: 0
+        })
+    );
+    assert_eq!(server.journal.last().unwrap().path, "/v1/embeddings");
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_status_and_message() {
+    let (server, control) = start(Some(KEY)).await;
+    let body = chat_body(false);
+
+    let wrong = Fixture::new(Some(mock::base_url(&server)), Some("sk-wrong"), "gpt-4o");
+    let (status, message) = upstream(
+        OpenAi
+            .send(&http(), wrong.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert_eq!(status, 401);
+    assert!(message.starts_with("Incorrect API key provided"), "{message}");
+    assert!(!message.contains("sk-wrong"), "the key is not echoed in full");
+
+    let fx = Fixture::new(Some(mock::base_url(&server)), Some(KEY), "gpt-4o");
+    for (status, text) in [(429, "Rate limit reached for gpt-4o"), (500, "The server had an error")] {
+        control.fail(status, text);
+        let got = upstream(
+            OpenAi
+                .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+                .await,
+        );
+        assert_eq!(got, (status, text.to_owned()));
+        let streamed = chat_body(true);
+        let got = upstream(
+            OpenAi
+                .send(&http(), fx.call(Endpoint::ChatCompletions, &streamed, true, true))
+                .await,
+        );
+        assert_eq!(got, (status, text.to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn slow_upstream_times_out() {
+    let (server, control) = start(None).await;
+    control.set_latency(Duration::from_secs(5));
+    let mut fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
+    fx.timeout = Duration::from_millis(100);
+    let body = chat_body(false);
+    let e = expect_err(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert!(matches!(e, ProviderError::Timeout), "{e:?}");
+    let streamed = chat_body(true);
+    let e = expect_err(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &streamed, true, true))
+            .await,
+    );
+    assert!(matches!(e, ProviderError::Timeout), "{e:?}");
+}
+
+#[tokio::test]
+async fn stream_timeout_bounds_only_the_headers() {
+    let (server, control) = start(None).await;
+    // Eight frames 40 ms apart outlast the 150 ms deadline.
+    control.set_frame_delay(Duration::from_millis(40));
+    let mut fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
+    fx.timeout = Duration::from_millis(150);
+    let body = chat_body(true);
+    let got = collect(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+            .await,
+    )
+    .await;
+    assert!(got.error.is_none(), "{:?}", got.error);
+    assert_eq!(got.text("/choices/0/delta/content"), mock::DEFAULT_REPLY);
+}
+
+#[tokio::test]
+async fn unreachable_host() {
+    let fx = Fixture::new(Some(dead_url().await), None, "gpt-4o");
+    let body = chat_body(false);
+    let e = expect_err(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert!(matches!(e, ProviderError::Unreachable(_)), "{e:?}");
+    let streamed = chat_body(true);
+    let e = expect_err(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &streamed, true, false))
+            .await,
+    );
+    assert!(matches!(e, ProviderError::Unreachable(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn cut_stream_ends_with_an_error_after_the_frames_received() {
+    let (server, control) = start(None).await;
+    control.cut_stream_after(Some(2));
+    let fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
+    let body = chat_body(true);
+    let got = collect(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+            .await,
+    )
+    .await;
+    assert_eq!(got.frames.len(), 2);
+    assert!(got.usage.is_empty());
+    assert!(
+        matches!(got.error, Some(ProviderError::Unreachable(_))),
+        "{:?}",
+        got.error
+    );
+}
