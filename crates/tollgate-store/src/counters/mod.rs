@@ -24,9 +24,11 @@ pub use memory::MemoryCounters;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-pub use tollgate_core::admission::Actual;
-use tollgate_core::admission::{
-    AlertEvent, BudgetMarks, CounterKey, Demand, Level, LimitCheck, RateHeaders, Refusal, Rule, Window,
+use tollgate_core::admission::{BudgetMarks, CounterKey};
+// The admission vocabulary, re-exported so that callers of the counters need one import.
+pub use tollgate_core::admission::{
+    Actual, AlertEvent, AlertKind, Demand, Level, LimitCheck, RateFigures, RateHeaders, Refusal, RefusalReason, Rule,
+    Window,
 };
 use tollgate_core::limits::Amount;
 
