@@ -1,2 +1,28 @@
-//! placeholder
+//! The Tollgate server: the admin API (control plane), the gateway (data
+//! plane), metrics, and the `tollgate` binary's commands.
+//!
+//! - [`server`]: start-up (data directory, master key, database, first-run
+//!   bootstrap), the router, graceful shutdown.
+//! - [`state`]: shared state and the control-plane write path.
+//! - [`snapshot`]: the in-memory control plane the gateway reads.
+//! - [`auth`]: API keys and scopes.
+//! - [`admin`]: control-plane routes.
+//! - [`gateway`]: data-plane routes, one request's path end to end.
+//! - [`limits`], [`alerting`], [`alerts`]: limits at the gateway, and budget
+//!   alerts by email and webhook through a durable outbox.
+//! - [`error`]: every error and its wire form, in one table.
+//! - [`config`], [`cli`]: configuration and commands.
+
+pub mod admin;
+pub mod alerting;
 pub mod alerts;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod snapshot;
+pub mod state;

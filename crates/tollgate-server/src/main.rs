@@ -1,1 +1,60 @@
-fn main() {}
+//! The `tollgate` binary.
+
+use clap::Parser;
+use std::process::ExitCode;
+use tollgate_server::cli::{self, AdminKeyCommand, Cli, Command, PricesCommand};
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,hyper=warn,reqwest=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Cli::parse();
+    let result: anyhow::Result<()> = async {
+        match args.command {
+            Command::Serve(common) => {
+                let config = common.config()?;
+                init_tracing(&config.log_level);
+                cli::serve(config).await?;
+            }
+            Command::AdminKey(AdminKeyCommand::Create { common, name }) => {
+                let config = common.config()?;
+                init_tracing("warn");
+                println!("{}", cli::create_admin_key(config, name).await?);
+            }
+            Command::RotateMasterKey(common) => {
+                let config = common.config()?;
+                init_tracing("warn");
+                match cli::rotate_master_key(config).await? {
+                    Some(hex) => {
+                        eprintln!("Master key rotated. Set TOLLGATE_MASTER_KEY to this new value before the next start:");
+                        println!("{hex}");
+                    }
+                    None => eprintln!("Master key rotated; the key file was replaced. Running servers pick it up within a second."),
+                }
+            }
+            Command::Prices(PricesCommand::Import { file, common }) => {
+                let config = common.config()?;
+                init_tracing("warn");
+                let n = cli::import_prices(config, file).await?;
+                eprintln!("Imported prices for {n} models.");
+            }
+            Command::MockUpstream { port } => {
+                init_tracing("info");
+                tollgate_testkit::openai::serve_forever(port).await?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

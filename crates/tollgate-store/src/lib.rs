@@ -14,3 +14,5 @@ pub mod secrets;
 pub mod usage;
 
 pub use control::{ControlData, Store, StoreError, Tx};
+/// Database errors, as the driver reports them.
+pub use sqlx::Error as DbError;

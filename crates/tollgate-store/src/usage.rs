@@ -275,3 +275,39 @@ pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(i64, Vec<UsageRec
     }
     Ok((total, out))
 }
+
+/// Which request-log rows a limit applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Workspace(String),
+    /// (workspace id, provider slug).
+    Provider(String, String),
+    /// (integration id, workspace id).
+    IntegrationWorkspace(String, String),
+    ApiKey(String),
+}
+
+/// What the admitted requests of `scope` since `from` consumed:
+/// (cost in picodollars, unknown prices counting 0; total tokens; requests).
+/// Requests that Tollgate refused itself are not counted.
+pub async fn consumed_since(pool: &SqlitePool, scope: &Scope, from: DateTime<Utc>) -> Result<(i64, i64, i64), sqlx::Error> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT COALESCE(SUM(cost_picos), 0), COALESCE(SUM(total_tokens), 0), COUNT(*) FROM usage_log WHERE refusal IS NULL AND created_at_ms >= ",
+    );
+    qb.push_bind(from.timestamp_millis());
+    match scope {
+        Scope::Workspace(w) => {
+            qb.push(" AND workspace_id = ").push_bind(w);
+        }
+        Scope::Provider(w, p) => {
+            qb.push(" AND workspace_id = ").push_bind(w).push(" AND provider_slug = ").push_bind(p);
+        }
+        Scope::IntegrationWorkspace(i, w) => {
+            qb.push(" AND integration_id = ").push_bind(i).push(" AND workspace_id = ").push_bind(w);
+        }
+        Scope::ApiKey(k) => {
+            qb.push(" AND api_key_id = ").push_bind(k);
+        }
+    }
+    qb.build_query_as::<(i64, i64, i64)>().fetch_one(pool).await
+}

@@ -1,0 +1,176 @@
+//! Authentication and scopes.
+//!
+//! The key comes from `x-portkey-api-key`, else `Authorization: Bearer`. It is
+//! hashed (SHA-256) and looked up in the snapshot: the map is keyed by the
+//! hash of a 256-bit random secret, so lookup timing reveals nothing usable
+//! about the key, and the final comparison is constant-time anyway.
+
+use crate::error::AdminError;
+use crate::snapshot::KeyEntry;
+use crate::state::SharedState;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tollgate_core::records::KeyType;
+
+/// Scopes a workspace key may hold.
+pub const SCOPES: &[&str] = &[
+    "completions.write",
+    "providers.read",
+    "providers.write",
+    "providers.*",
+    "workspace_integrations.read",
+    "workspace_integrations.write",
+    "workspace_integrations.*",
+    "analytics.view",
+    "logs.view",
+];
+
+/// The default scopes of a workspace key.
+pub const DEFAULT_SCOPES: &[&str] = &["completions.write"];
+
+/// Why a key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+    Expired,
+}
+
+impl AuthFailure {
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing API key: send x-portkey-api-key or Authorization: Bearer",
+            AuthFailure::Invalid => "invalid API key",
+            AuthFailure::Expired => "API key has expired",
+        }
+    }
+}
+
+/// The raw key from the request headers.
+pub fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get("x-portkey-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim());
+    }
+    let auth = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Finds and checks the key of a request.
+pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<Arc<KeyEntry>, AuthFailure> {
+    let key = key_from_headers(headers).filter(|k| !k.is_empty()).ok_or(AuthFailure::Missing)?;
+    let hash = tollgate_core::ids::hash_api_key(key);
+    let snap = state.snapshot();
+    let entry = snap.key_by_hash(&hash).ok_or(AuthFailure::Invalid)?;
+    let stored = hex::decode(&entry.record.key_hash).unwrap_or_default();
+    if !bool::from(stored.as_slice().ct_eq(&hash)) {
+        return Err(AuthFailure::Invalid);
+    }
+    if entry.record.expires_at.is_some_and(|t| t <= state.now()) {
+        return Err(AuthFailure::Expired);
+    }
+    Ok(entry.clone())
+}
+
+/// Does `scopes` grant `wanted`? `area.*` grants every scope of the area, and
+/// `area.write` implies `area.read`.
+pub fn grants(scopes: &[String], wanted: &str) -> bool {
+    let (area, action) = wanted.split_once('.').unwrap_or((wanted, ""));
+    scopes.iter().any(|s| {
+        s == wanted
+            || s.strip_suffix(".*").is_some_and(|a| a == area)
+            || (action == "read" && s.strip_prefix(area).is_some_and(|rest| rest == ".write"))
+    })
+}
+
+/// An authenticated admin-API caller.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<KeyEntry>);
+
+impl Caller {
+    pub fn id(&self) -> &str {
+        &self.0.record.id
+    }
+
+    pub fn is_org(&self) -> bool {
+        self.0.record.key_type == KeyType::Organisation
+    }
+
+    /// The workspace of a workspace key.
+    pub fn workspace_id(&self) -> Option<&str> {
+        match self.0.record.key_type {
+            KeyType::Organisation => None,
+            KeyType::Workspace => self.0.record.workspace_id.as_deref(),
+        }
+    }
+
+    /// Organisation keys only.
+    pub fn require_org(&self) -> Result<(), AdminError> {
+        if self.is_org() {
+            Ok(())
+        } else {
+            Err(AdminError::forbidden("this operation needs an organisation admin key"))
+        }
+    }
+
+    /// An organisation key, or a workspace key with `scope`.
+    pub fn require_scope(&self, scope: &str) -> Result<(), AdminError> {
+        if self.is_org() || grants(&self.0.record.scopes, scope) {
+            Ok(())
+        } else {
+            Err(AdminError::forbidden(format!("this API key lacks the '{scope}' scope")))
+        }
+    }
+
+    /// May this caller act on objects of `workspace_id`?
+    pub fn require_workspace(&self, workspace_id: &str) -> Result<(), AdminError> {
+        match self.workspace_id() {
+            None if self.is_org() => Ok(()),
+            Some(w) if w == workspace_id => Ok(()),
+            _ => Err(AdminError::forbidden("this API key cannot act on another workspace")),
+        }
+    }
+}
+
+impl FromRequestParts<SharedState> for Caller {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
+        authenticate(state, &parts.headers).map(Caller).map_err(|f| AdminError::unauthorized(f.message()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn scope_rules() {
+        assert!(grants(&s(&["providers.*"]), "providers.write"));
+        assert!(grants(&s(&["providers.write"]), "providers.read"));
+        assert!(!grants(&s(&["providers.read"]), "providers.write"));
+        assert!(!grants(&s(&["completions.write"]), "logs.view"));
+        assert!(grants(&s(&["logs.view"]), "logs.view"));
+        assert!(!grants(&s(&["providers_x.*"]), "providers.read"));
+    }
+
+    #[test]
+    fn keys_come_from_either_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(key_from_headers(&h), None);
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(key_from_headers(&h), Some("abc"));
+        h.insert("x-portkey-api-key", "def".parse().unwrap());
+        assert_eq!(key_from_headers(&h), Some("def"));
+        let mut basic = HeaderMap::new();
+        basic.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(key_from_headers(&basic), None);
+    }
+}

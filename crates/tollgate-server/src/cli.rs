@@ -1,0 +1,201 @@
+//! The `tollgate` command line: `serve`, `admin-key create`,
+//! `rotate-master-key`, `prices import` and `mock-upstream`.
+
+use crate::config::{Config, ConfigError, FileConfig};
+use crate::server::{self, StartError};
+use crate::state::{control_version, meta};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tollgate_core::catalogue::PriceTable;
+use tollgate_core::clock::SystemClock;
+use tollgate_core::records::{KeySubType, KeyType};
+use tollgate_store::secrets::{self, MasterKey, SealedSecret};
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about = "An AI gateway for organisations: one OpenAI-compatible endpoint, every provider, budgets and rate limits that hold.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway and admin API.
+    Serve(Common),
+    /// Organisation admin keys.
+    #[command(subcommand)]
+    AdminKey(AdminKeyCommand),
+    /// Re-wrap every secret's data key under a new master key.
+    RotateMasterKey(Common),
+    /// The model price table.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+    /// Serve the OpenAI-compatible mock upstream (for trying Tollgate without a provider account).
+    MockUpstream {
+        /// Port to listen on (127.0.0.1).
+        #[arg(long, default_value_t = 9090)]
+        port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminKeyCommand {
+    /// Create another organisation admin key and print it (only the key) on stdout.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// A name for the key.
+        #[arg(long, default_value = "Admin key (CLI)")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// Replace the price table with FILE (same shape as the shipped one).
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Options every command that touches the data directory takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// A TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, ADDR:PORT (default 127.0.0.1:8787).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Data directory (default ./tollgate-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Store(#[from] tollgate_store::StoreError),
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Common {
+    /// Defaults < file < environment < flags.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(p) => FileConfig::from_file(p)?,
+            None => FileConfig::default(),
+        };
+        let env = FileConfig::from_env(|k| std::env::var(k).ok())?;
+        let flags = FileConfig { listen: self.listen.clone(), data_dir: self.data_dir.clone(), ..Default::default() };
+        file.overlay(env).overlay(flags).resolve()
+    }
+}
+
+/// `tollgate serve`.
+pub async fn serve(config: Config) -> Result<(), CliError> {
+    let running = server::start(config, Arc::new(SystemClock)).await?;
+    if let Some(key) = &running.first_admin_key {
+        eprintln!("\nOrganisation admin key (shown only this once; store it now):\n\n    {key}\n");
+        eprintln!("Send it as `x-portkey-api-key: <key>` (or `Authorization: Bearer <key>`) to http://{}/v1/admin/... to create workspaces, API keys and integrations.\n", running.addr);
+    }
+    tracing::info!(addr = %running.addr, "tollgate is serving");
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        token.cancel();
+    });
+    running.wait().await.map_err(|e| CliError::Other(e.to_string()))
+}
+
+/// `tollgate admin-key create`: prints only the key, for scripts.
+pub async fn create_admin_key(config: Config, name: String) -> Result<String, CliError> {
+    let (store, _, _) = server::open_store(&config).await?;
+    let now = chrono::Utc::now();
+    server::bootstrap(&store, now).await?;
+    let (rec, key) = crate::admin::api_keys::new_key(KeyType::Organisation, KeySubType::Service, name, None, vec![], now);
+    let mut tx = store.begin().await?;
+    tx.put_api_key(&rec).await?;
+    tx.audit(&tollgate_store::control::AuditEntry {
+        id: tollgate_core::ids::prefixed_id("aud"),
+        at: now,
+        actor: None,
+        action: "create".into(),
+        object_type: "api_key".into(),
+        object_id: rec.id.clone(),
+        details: serde_json::json!({"name": rec.name, "type": "organisation-service", "via": "cli"}),
+    })
+    .await?;
+    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string()).await?;
+    tx.commit().await?;
+    Ok(key)
+}
+
+/// `tollgate rotate-master-key`: every secret's data key is re-wrapped under
+/// a new master key in one transaction; the secrets' ciphertexts are not
+/// touched. With a key file, the new key is written beside it first
+/// (`master.key.new`) and renamed over it after the commit; with
+/// `TOLLGATE_MASTER_KEY`, the new key is printed and must replace it.
+pub async fn rotate_master_key(config: Config) -> Result<Option<String>, CliError> {
+    let (store, old, source) = server::open_store(&config).await?;
+    let new = MasterKey::generate()?;
+    let key_file = config.data_dir.join(secrets::MASTER_KEY_FILE);
+    let staged = config.data_dir.join(format!("{}.new", secrets::MASTER_KEY_FILE));
+    let from_env = matches!(source, secrets::KeySource::Env);
+    if !from_env {
+        new.write_to_file(&staged)?;
+    }
+    let data = store.load_all().await?;
+    let mut tx = store.begin().await?;
+    let mut n = 0;
+    for mut i in data.integrations {
+        for text in i.sealed_secrets.values_mut() {
+            let sealed = SealedSecret::parse(text)?;
+            *text = secrets::rewrap(&old, &new, &sealed)?.to_string();
+            n += 1;
+        }
+        tx.put_integration(&i).await?;
+    }
+    tx.meta_set(meta::MASTER_KEY_FINGERPRINT, &new.fingerprint()).await?;
+    tx.audit(&tollgate_store::control::AuditEntry {
+        id: tollgate_core::ids::prefixed_id("aud"),
+        at: chrono::Utc::now(),
+        actor: None,
+        action: "rotate".into(),
+        object_type: "master_key".into(),
+        object_id: new.fingerprint(),
+        details: serde_json::json!({"rewrapped_secrets": n, "previous_fingerprint": old.fingerprint()}),
+    })
+    .await?;
+    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string()).await?;
+    tx.commit().await?;
+    if from_env {
+        Ok(Some(new.to_hex().to_string()))
+    } else {
+        std::fs::rename(&staged, &key_file).map_err(|e| CliError::Other(format!("renaming the new key file: {e}")))?;
+        Ok(None)
+    }
+}
+
+/// `tollgate prices import FILE`.
+pub async fn import_prices(config: Config, file: PathBuf) -> Result<usize, CliError> {
+    let text = std::fs::read_to_string(&file).map_err(|e| CliError::Other(format!("{}: {e}", file.display())))?;
+    let table = PriceTable::from_json(&text).map_err(CliError::Other)?;
+    let (store, _, _) = server::open_store(&config).await?;
+    let mut tx = store.begin().await?;
+    tx.meta_set(meta::PRICE_TABLE, &text).await?;
+    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string()).await?;
+    tx.commit().await?;
+    Ok(table.len())
+}

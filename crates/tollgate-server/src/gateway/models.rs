@@ -1,0 +1,48 @@
+//! `GET /v1/models`: exactly what the calling workspace may use, as
+//! `@provider/model` ids.
+
+use crate::error::GatewayError;
+use crate::state::SharedState;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+pub async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Response {
+    match models(&state, &headers) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn models(state: &SharedState, headers: &HeaderMap) -> Result<Value, GatewayError> {
+    let key = super::gateway_key(state, headers)?;
+    let ws = key.record.workspace_id.as_deref().unwrap_or_default();
+    let snap = state.snapshot();
+    let now = state.now();
+    let mut ids = BTreeSet::new();
+    for route in snap.routes_of(ws) {
+        let i = &route.integration;
+        if route.access.is_none() || route.provider.expires_at.is_some_and(|t| t <= now) {
+            continue;
+        }
+        // The integration's allowed models: its enabled entries, plus the
+        // catalogue's models for its provider when it allows all.
+        let mut allowed: BTreeSet<&str> = i.record.models.iter().filter(|m| m.enabled).map(|m| m.slug.as_str()).collect();
+        if i.record.allow_all_models {
+            allowed.extend(snap.prices.models_of(&i.record.ai_provider_id).filter(|m| i.models.get(*m).is_none_or(|e| e.enabled)));
+        }
+        for m in allowed {
+            if route.workspace_models.as_ref().is_none_or(|w| w.contains(m)) {
+                ids.insert((route.provider.slug.as_str(), m));
+            }
+        }
+    }
+    let data: Vec<Value> = ids
+        .into_iter()
+        .map(|(slug, m)| json!({"id": format!("@{slug}/{m}"), "object": "model", "created": 0, "owned_by": slug}))
+        .collect();
+    Ok(json!({"object": "list", "data": data}))
+}

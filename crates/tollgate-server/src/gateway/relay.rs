@@ -1,0 +1,335 @@
+//! Relaying the upstream's answer to the client, and closing the books on a
+//! request: usage (reported, or estimated with the tokenizer), exact cost,
+//! settlement of the reservation, the request-log record and the metrics.
+//!
+//! Streams are relayed frame by frame as they arrive. If the client goes
+//! away, the relay is dropped, which drops the upstream stream (cancelling
+//! the upstream request) and settles what was generated so far.
+
+use super::{decorate, Prepared};
+use crate::error::GatewayError;
+use crate::state::SharedState;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::stream::BoxStream;
+use futures::Stream;
+use serde::Deserialize;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tollgate_core::admission::RateHeaders;
+use tollgate_core::catalogue::Tokenizer;
+use tollgate_core::usage::{ModelPrice, Usage};
+use tollgate_providers::{tokens, ProviderError, StreamItem};
+use tollgate_store::counters::Reservation;
+use tollgate_store::usage::UsageRecord;
+
+fn micros(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
+/// Renders a refusal or failure, and logs it.
+pub fn fail(state: &SharedState, mut rec: UsageRecord, started: Instant, e: GatewayError, rate: RateHeaders) -> Response {
+    let (status, kind, _) = e.wire();
+    rec.status_code = status.as_u16();
+    rec.error_type = Some(kind);
+    rec.refusal = e.refusal().map(str::to_owned);
+    let mut resp = e.into_response();
+    decorate(&mut resp, &rec.trace_id, &rate);
+    rec.latency_us = micros(started);
+    crate::metrics::record(&rec);
+    state.usage.record(rec);
+    resp
+}
+
+/// Fills in usage and cost, settles, logs.
+async fn close_books(
+    state: &SharedState,
+    mut rec: UsageRecord,
+    reservation: Reservation,
+    usage: Usage,
+    estimated: bool,
+    price: Option<ModelPrice>,
+) {
+    rec.prompt_tokens = usage.prompt_tokens;
+    rec.completion_tokens = usage.completion_tokens;
+    rec.cached_tokens = usage.cached_tokens;
+    rec.total_tokens = usage.total();
+    rec.tokens_estimated = estimated;
+    let cost = price.map(|p| p.cost(&usage));
+    if cost.is_none() {
+        tracing::warn!(model = rec.model.as_deref().unwrap_or(""), provider = rec.ai_provider_id.as_deref().unwrap_or(""),
+            "no price known for this model: cost logged as null");
+    }
+    rec.cost_picos = cost.map(|c| c.picos());
+    crate::limits::settle(state, reservation, usage.total(), cost).await;
+    crate::metrics::record(&rec);
+    state.usage.record(rec);
+}
+
+#[derive(Deserialize)]
+struct WholeText {
+    #[serde(default)]
+    choices: Vec<ChoiceText>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceText {
+    #[serde(default)]
+    message: Option<MessageText>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageText {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// The generated text of a whole OpenAI-format answer, for estimation.
+fn whole_text(body: &[u8]) -> String {
+    let Ok(w) = serde_json::from_slice::<WholeText>(body) else { return String::new() };
+    w.choices
+        .into_iter()
+        .filter_map(|c| c.message.and_then(|m| m.content).or(c.text))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// A whole answer.
+#[allow(clippy::too_many_arguments)]
+pub async fn whole(
+    state: &SharedState,
+    mut rec: UsageRecord,
+    prep: &Prepared,
+    reservation: Reservation,
+    started: Instant,
+    upstream_started: Instant,
+    status: u16,
+    body: Bytes,
+    usage: Option<Usage>,
+) -> Response {
+    rec.upstream_latency_us = Some(micros(upstream_started));
+    rec.status_code = status;
+    let (usage, estimated) = match usage {
+        Some(u) => (u, false),
+        None => (
+            Usage {
+                prompt_tokens: prep.prompt_tokens,
+                completion_tokens: tokens::count_text(&whole_text(&body), prep.tokenizer),
+                cached_tokens: 0,
+            },
+            true,
+        ),
+    };
+    if prep.log_bodies {
+        rec.response_body = Some(String::from_utf8_lossy(&body).into_owned());
+    }
+    let rate = reservation.headers();
+    let trace_id = rec.trace_id.clone();
+    rec.latency_us = micros(started);
+    close_books(state, rec, reservation, usage, estimated, prep.price).await;
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    decorate(&mut resp, &trace_id, &rate);
+    resp
+}
+
+/// A streamed answer: the response is returned at once and frames flow as
+/// the upstream sends them.
+pub fn stream(
+    state: SharedState,
+    rec: UsageRecord,
+    prep: &Prepared,
+    reservation: Reservation,
+    started: Instant,
+    upstream_started: Instant,
+    inner: BoxStream<'static, Result<StreamItem, ProviderError>>,
+) -> Response {
+    let rate = reservation.headers();
+    let trace_id = rec.trace_id.clone();
+    let books = Books {
+        state,
+        rec,
+        reservation: Some(reservation),
+        started,
+        upstream_started,
+        usage: None,
+        text: String::new(),
+        prompt_tokens: prep.prompt_tokens,
+        tokenizer: prep.tokenizer,
+        price: prep.price,
+    };
+    let relay = Relay { inner, books: Some(books), done: false };
+    let mut resp = Response::new(Body::from_stream(relay));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    decorate(&mut resp, &trace_id, &rate);
+    resp
+}
+
+/// What a stream must account for when it ends, however it ends.
+struct Books {
+    state: SharedState,
+    rec: UsageRecord,
+    reservation: Option<Reservation>,
+    started: Instant,
+    upstream_started: Instant,
+    usage: Option<Usage>,
+    /// Generated text so far, to estimate usage the upstream did not report.
+    text: String,
+    prompt_tokens: u64,
+    tokenizer: Tokenizer,
+    price: Option<ModelPrice>,
+}
+
+#[derive(Deserialize)]
+struct ChunkText {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    delta: Option<MessageText>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+impl Books {
+    fn on_frame(&mut self, frame: &[u8]) {
+        if self.rec.ttft_us.is_none() {
+            self.rec.ttft_us = Some(micros(self.started));
+        }
+        // Keep the generated text only while it may be needed for estimation.
+        if self.usage.is_none() {
+            let data = frame.strip_prefix(b"data: ").unwrap_or(frame);
+            if let Ok(c) = serde_json::from_slice::<ChunkText>(data.trim_ascii_end()) {
+                for ch in c.choices {
+                    if let Some(t) = ch.delta.and_then(|d| d.content).or(ch.text) {
+                        self.text.push_str(&t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles and logs, off the response path.
+    fn finish(mut self, outcome: Outcome) {
+        self.rec.upstream_latency_us = Some(micros(self.upstream_started));
+        self.rec.latency_us = micros(self.started);
+        match outcome {
+            Outcome::Done => self.rec.status_code = 200,
+            Outcome::Cancelled => {
+                self.rec.status_code = 200;
+                self.rec.cancelled = true;
+            }
+            Outcome::Failed(e) => {
+                let (status, kind, _) = e.wire();
+                self.rec.status_code = status.as_u16();
+                self.rec.error_type = Some(kind);
+            }
+        }
+        let Some(reservation) = self.reservation.take() else { return };
+        let (usage, estimated) = match self.usage {
+            Some(u) => (u, false),
+            // Cut or cancelled without a usage report: what was generated
+            // was still produced (and billed) upstream, so it is settled as
+            // estimated rather than released.
+            None => (
+                Usage {
+                    prompt_tokens: self.prompt_tokens,
+                    completion_tokens: tokens::count_text(&self.text, self.tokenizer),
+                    cached_tokens: 0,
+                },
+                true,
+            ),
+        };
+        let Books { state, rec, price, .. } = self;
+        tokio::spawn(async move { close_books(&state, rec, reservation, usage, estimated, price).await });
+    }
+}
+
+enum Outcome {
+    Done,
+    Cancelled,
+    Failed(GatewayError),
+}
+
+/// The client-facing stream.
+struct Relay {
+    inner: BoxStream<'static, Result<StreamItem, ProviderError>>,
+    books: Option<Books>,
+    done: bool,
+}
+
+const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
+
+impl Stream for Relay {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(StreamItem::Frame(frame)))) => {
+                    if let Some(b) = self.books.as_mut() {
+                        b.on_frame(&frame);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Ok(StreamItem::Usage(u)))) => {
+                    if let Some(b) = self.books.as_mut() {
+                        b.usage = Some(u);
+                        b.text = String::new();
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    let err = super::upstream_error(e);
+                    let frame = Bytes::from(format!("data: {}\n\n", err.body()));
+                    if let Some(b) = self.books.take() {
+                        b.finish(Outcome::Failed(err));
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    if let Some(b) = self.books.take() {
+                        b.finish(Outcome::Done);
+                    }
+                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE_FRAME))));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Dropped before the end: the client went away.
+        if let Some(b) = self.books.take() {
+            b.finish(Outcome::Cancelled);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_text_reads_chat_and_completion_answers() {
+        assert_eq!(whole_text(br#"{"choices":[{"message":{"content":"hi"}},{"message":{"content":" there"}}]}"#), "hi there");
+        assert_eq!(whole_text(br#"{"choices":[{"text":"abc"}]}"#), "abc");
+        assert_eq!(whole_text(b"not json"), "");
+    }
+}

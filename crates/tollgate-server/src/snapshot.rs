@@ -1,0 +1,190 @@
+//! The in-memory snapshot of the control plane that the gateway reads.
+//!
+//! Built from every record at start-up and rebuilt after each control-plane
+//! change, then swapped in atomically (`arc-swap`), so a request never reads
+//! the database and a revoked key fails on the very next request. Everything
+//! a request needs is precomputed here: key hash → key, (workspace, provider
+//! slug) → route with its integration, access grant and allowed models.
+
+use crate::limits;
+use std::collections::{HashMap, HashSet};
+use tollgate_core::admission::{Level, LimitCheck};
+use std::sync::Arc;
+use tollgate_core::catalogue::{self, PriceTable, ProviderSpec};
+use tollgate_core::records::{ApiKeyRecord, Integration, IntegrationModel, ProviderRecord, WorkspaceAccess, Workspace};
+use tollgate_store::secrets::{MasterKey, SealedFields, SealedSecret};
+use tollgate_store::ControlData;
+
+/// An API key as the gateway sees it.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub record: ApiKeyRecord,
+    /// The key's own limits, as counter checks.
+    pub checks: Vec<LimitCheck>,
+}
+
+/// An integration with what requests need precomputed.
+pub struct IntegrationEntry {
+    pub record: Integration,
+    pub spec: &'static ProviderSpec,
+    /// Secret fields, opened only inside the adapter call.
+    pub secrets: SealedFields,
+    /// Model entries by slug.
+    pub models: HashMap<String, IntegrationModel>,
+}
+
+impl std::fmt::Debug for IntegrationEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrationEntry").field("slug", &self.record.slug).finish_non_exhaustive()
+    }
+}
+
+/// A provider slug in one workspace, resolved to its integration.
+#[derive(Debug)]
+pub struct Route {
+    pub provider: ProviderRecord,
+    pub integration: Arc<IntegrationEntry>,
+    /// The workspace's access grant; `None` when revoked or never granted.
+    pub access: Option<WorkspaceAccess>,
+    /// "Specific model access" for this workspace, if narrowed.
+    pub workspace_models: Option<HashSet<String>>,
+    /// The integration × workspace and provider limits, as counter checks.
+    pub checks: Vec<LimitCheck>,
+}
+
+/// Why the snapshot could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("integration '{0}' names unknown provider '{1}'")]
+    UnknownProvider(String, String),
+    #[error("integration '{0}': sealed field '{1}' is corrupt: {2}")]
+    CorruptSecret(String, String, String),
+}
+
+/// The control plane, frozen.
+#[derive(Default)]
+pub struct Snapshot {
+    /// The store's control version this was built from.
+    pub version: i64,
+    pub org_id: String,
+    pub prices: Arc<PriceTable>,
+    keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    keys_by_id: HashMap<String, Arc<KeyEntry>>,
+    pub workspaces: HashMap<String, Arc<Workspace>>,
+    integrations: HashMap<String, Arc<IntegrationEntry>>,
+    integration_ids_by_slug: HashMap<String, String>,
+    /// workspace id → provider slug → route.
+    routes: HashMap<String, HashMap<String, Arc<Route>>>,
+    pub providers: Vec<Arc<ProviderRecord>>,
+    /// Each workspace's own limits, as counter checks.
+    workspace_checks: HashMap<String, Vec<LimitCheck>>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    pub fn build(
+        data: ControlData,
+        version: i64,
+        org_id: String,
+        prices: Arc<PriceTable>,
+        master: &Arc<MasterKey>,
+    ) -> Result<Snapshot, SnapshotError> {
+        let mut s = Snapshot { version, org_id, prices, ..Default::default() };
+        for k in data.api_keys {
+            let Ok(hash) = hex::decode(&k.key_hash) else { continue };
+            let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { continue };
+            let checks = limits::checks(Level::ApiKey, &limits::key_id(&k.id), &k.limits);
+            let e = Arc::new(KeyEntry { record: k, checks });
+            s.keys_by_id.insert(e.record.id.clone(), e.clone());
+            s.keys.insert(hash, e);
+        }
+        for w in data.workspaces {
+            s.workspace_checks.insert(w.id.clone(), limits::checks(Level::Workspace, &limits::workspace_id(&w.id), &w.limits));
+            s.workspaces.insert(w.id.clone(), Arc::new(w));
+        }
+        for i in data.integrations {
+            let spec = catalogue::provider(&i.ai_provider_id)
+                .ok_or_else(|| SnapshotError::UnknownProvider(i.slug.clone(), i.ai_provider_id.clone()))?;
+            let context = format!("integration:{}", i.id);
+            let mut fields = Vec::with_capacity(i.sealed_secrets.len());
+            for (name, text) in &i.sealed_secrets {
+                let sealed = SealedSecret::parse(text)
+                    .map_err(|e| SnapshotError::CorruptSecret(i.slug.clone(), name.clone(), e.to_string()))?;
+                fields.push((name.clone(), sealed));
+            }
+            let models = i.models.iter().map(|m| (m.slug.clone(), m.clone())).collect();
+            let entry = IntegrationEntry {
+                secrets: SealedFields { master: master.clone(), context, fields },
+                spec,
+                models,
+                record: i,
+            };
+            s.integration_ids_by_slug.insert(entry.record.slug.clone(), entry.record.id.clone());
+            s.integrations.insert(entry.record.id.clone(), Arc::new(entry));
+        }
+        for p in data.providers {
+            let Some(integration) = s.integrations.get(&p.integration_id).cloned() else { continue };
+            let access = integration.record.access_for(&p.workspace_id);
+            let workspace_models = access.as_ref().and_then(|a| a.models.as_ref()).map(|m| m.iter().cloned().collect());
+            let mut checks = limits::checks(
+                Level::IntegrationWorkspace,
+                &limits::iw_id(&integration.record.id, &p.workspace_id),
+                &integration.record.workspace_limits(&p.workspace_id),
+            );
+            checks.extend(limits::checks(Level::Provider, &limits::provider_id(&p), &p.limits));
+            let route = Arc::new(Route { provider: p.clone(), integration, access, workspace_models, checks });
+            s.routes.entry(p.workspace_id.clone()).or_default().insert(p.slug.clone(), route);
+            s.providers.push(Arc::new(p));
+        }
+        Ok(s)
+    }
+
+    /// The key whose SHA-256 is `hash`.
+    pub fn key_by_hash(&self, hash: &[u8; 32]) -> Option<&Arc<KeyEntry>> {
+        self.keys.get(hash)
+    }
+
+    pub fn key_by_id(&self, id: &str) -> Option<&Arc<KeyEntry>> {
+        self.keys_by_id.get(id)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.keys_by_id.values()
+    }
+
+    pub fn integration(&self, id: &str) -> Option<&Arc<IntegrationEntry>> {
+        self.integrations.get(id)
+    }
+
+    pub fn integration_by_slug(&self, slug: &str) -> Option<&Arc<IntegrationEntry>> {
+        self.integration_ids_by_slug.get(slug).and_then(|id| self.integrations.get(id))
+    }
+
+    pub fn integrations(&self) -> impl Iterator<Item = &Arc<IntegrationEntry>> {
+        self.integrations.values()
+    }
+
+    /// The provider `slug` in `workspace_id`.
+    pub fn route(&self, workspace_id: &str, slug: &str) -> Option<&Arc<Route>> {
+        self.routes.get(workspace_id).and_then(|r| r.get(slug))
+    }
+
+    /// Every provider of `workspace_id`.
+    pub fn routes_of(&self, workspace_id: &str) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.get(workspace_id).into_iter().flat_map(|m| m.values())
+    }
+
+    /// The workspace's own limits.
+    pub fn workspace_checks(&self, workspace_id: &str) -> &[LimitCheck] {
+        self.workspace_checks.get(workspace_id).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn workspace_by_slug(&self, slug: &str) -> Option<&Arc<Workspace>> {
+        self.workspaces.values().find(|w| w.slug == slug)
+    }
+}
