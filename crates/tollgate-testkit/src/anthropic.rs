@@ -3,8 +3,8 @@
 //! pairing as the real API does, and answers whole messages or the real
 //! event stream (text or tool_use). Its base URL is `http://127.0.0.1:PORT/v1`.
 
-use crate::openai::{before_answer, json_response, next_id, pieces, sample_arguments, sse_response, take};
-pub use crate::openai::{MockControl, MockUsage};
+use crate::control::{self, Control};
+use crate::openai::{before_answer, halves, json_response, next_id, sse_response, take};
 use crate::{Journal, MockServer};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -19,14 +19,14 @@ use std::sync::Arc;
 pub struct AnthropicMock {
     /// The key `x-api-key` must carry.
     pub api_key: String,
-    pub control: MockControl,
+    pub control: Control,
 }
 
 impl Default for AnthropicMock {
     fn default() -> Self {
         Self {
             api_key: "sk-ant-test".into(),
-            control: MockControl::default(),
+            control: Control::default(),
         }
     }
 }
@@ -170,20 +170,20 @@ fn tool_to_call(body: &Value) -> Option<(String, String)> {
     };
     Some((
         tool.get("name")?.as_str()?.to_owned(),
-        sample_arguments(tool.get("input_schema")),
+        control::tool_arguments(tool.get("input_schema")).to_string(),
     ))
 }
 
 async fn messages(State(state): State<AppState>, req: Request) -> Response {
     let rec = take(Some(&state.journal), req).await;
-    let b = state.config.control.snapshot();
-    if let Some(e) = before_answer(&b).await {
-        return anthropic_error(e.status, &e.message);
-    }
+    let control = &state.config.control;
     match rec.header("x-api-key") {
         None => return anthropic_error(401, "x-api-key header is required"),
         Some(k) if k != state.config.api_key => return anthropic_error(401, "invalid x-api-key"),
         Some(_) => {}
+    }
+    if let Some((status, message)) = before_answer(control).await {
+        return anthropic_error(status, &message);
     }
     if rec.header("anthropic-version").is_none() {
         return anthropic_error(400, "anthropic-version: header is required");
@@ -198,9 +198,10 @@ async fn messages(State(state): State<AppState>, req: Request) -> Response {
     let model = body["model"].as_str().unwrap_or_default();
     let id = format!("msg_mock{}", next_id());
     let tool = tool_to_call(&body).map(|(name, args)| (format!("toolu_mock{}", next_id()), name, args));
-    let u = b.usage;
-    // The mock's usage is in OpenAI's terms: cached tokens are cache reads.
-    let input = u.prompt_tokens.saturating_sub(u.cached_tokens);
+    let u = control.usage();
+    let reply = control.reply();
+    // The control's usage is in OpenAI's terms: cached tokens are cache reads.
+    let input = u.prompt.saturating_sub(u.cached);
     let stop_reason = if tool.is_some() { "tool_use" } else { "end_turn" };
     if body.get("stream").and_then(Value::as_bool) != Some(true) {
         let mut content = Vec::new();
@@ -208,14 +209,14 @@ async fn messages(State(state): State<AppState>, req: Request) -> Response {
             let input: Value = serde_json::from_str(args).unwrap_or_else(|_| json!({}));
             content.push(json!({"type": "tool_use", "id": tid, "name": name, "input": input}));
         } else {
-            content.push(json!({"type": "text", "text": &*b.reply}));
+            content.push(json!({"type": "text", "text": reply}));
         }
         return json_response(
             200,
             &json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
                     "stop_reason": stop_reason, "stop_sequence": null,
-                    "usage": {"input_tokens": input, "output_tokens": u.completion_tokens,
-                              "cache_creation_input_tokens": 0, "cache_read_input_tokens": u.cached_tokens}}),
+                    "usage": {"input_tokens": input, "output_tokens": u.completion,
+                              "cache_creation_input_tokens": 0, "cache_read_input_tokens": u.cached}}),
         );
     }
     let event = |v: Value| {
@@ -226,14 +227,14 @@ async fn messages(State(state): State<AppState>, req: Request) -> Response {
         "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
         "stop_reason": null, "stop_sequence": null,
         "usage": {"input_tokens": input, "cache_creation_input_tokens": 0,
-                  "cache_read_input_tokens": u.cached_tokens, "output_tokens": 1}}}))];
+                  "cache_read_input_tokens": u.cached, "output_tokens": 1}}}))];
     match &tool {
         Some((tid, name, args)) => {
             frames.push(event(json!({"type": "content_block_start", "index": 0,
                 "content_block": {"type": "tool_use", "id": tid, "name": name, "input": {}}})));
             frames.push(event(json!({"type": "ping"})));
-            let mid = args.char_indices().nth(args.chars().count() / 2).map_or(0, |(i, _)| i);
-            for part in ["", &args[..mid], &args[mid..]] {
+            let (head, tail) = halves(args);
+            for part in ["", head, tail] {
                 frames.push(event(json!({"type": "content_block_delta", "index": 0,
                     "delta": {"type": "input_json_delta", "partial_json": part}})));
             }
@@ -242,7 +243,7 @@ async fn messages(State(state): State<AppState>, req: Request) -> Response {
             frames.push(event(json!({"type": "content_block_start", "index": 0,
                 "content_block": {"type": "text", "text": ""}})));
             frames.push(event(json!({"type": "ping"})));
-            for p in pieces(&b.reply) {
+            for p in control::pieces(&reply) {
                 frames.push(event(json!({"type": "content_block_delta", "index": 0,
                     "delta": {"type": "text_delta", "text": p}})));
             }
@@ -251,9 +252,11 @@ async fn messages(State(state): State<AppState>, req: Request) -> Response {
     frames.push(event(json!({"type": "content_block_stop", "index": 0})));
     frames.push(event(json!({"type": "message_delta",
         "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-        "usage": {"output_tokens": u.completion_tokens}})));
+        "usage": {"output_tokens": u.completion}})));
     frames.push(event(json!({"type": "message_stop"})));
-    sse_response(frames, &b)
+    sse_response(frames, control, |kind, message| {
+        event(json!({"type": "error", "error": {"type": kind, "message": message}}))
+    })
 }
 
 #[cfg(test)]

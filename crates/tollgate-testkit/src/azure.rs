@@ -2,10 +2,10 @@
 //! completions,embeddings}?api-version=...` with the `api-key` header,
 //! answering with the OpenAI mock's answers under the deployment's model.
 
+use crate::control::Control;
 use crate::openai::{
     before_answer, chat_answer, completion_answer, embeddings_answer, json_response, missing, parse_body, take,
 };
-pub use crate::openai::{MockControl, MockUsage};
 use crate::{Journal, MockServer};
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
@@ -22,7 +22,7 @@ pub struct AzureMock {
     /// `(deployment name, model)`; empty: every deployment exists and is
     /// named after its model.
     pub deployments: Vec<(String, String)>,
-    pub control: MockControl,
+    pub control: Control,
 }
 
 impl Default for AzureMock {
@@ -30,7 +30,7 @@ impl Default for AzureMock {
         Self {
             api_key: "azure-test-key".into(),
             deployments: Vec::new(),
-            control: MockControl::default(),
+            control: Control::default(),
         }
     }
 }
@@ -99,10 +99,6 @@ fn valid_version(v: &str) -> bool {
 async fn handle(State(state): State<AppState>, Path(deployment): Path<String>, req: Request, kind: Kind) -> Response {
     let rec = take(Some(&state.journal), req).await;
     let cfg = &state.config;
-    let b = cfg.control.snapshot();
-    if let Some(e) = before_answer(&b).await {
-        return azure_error(e.status, &e.status.to_string(), &e.message);
-    }
     let version = rec
         .query
         .as_deref()
@@ -119,6 +115,9 @@ async fn handle(State(state): State<AppState>, Path(deployment): Path<String>, r
             "401",
             "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
         );
+    }
+    if let Some((status, message)) = before_answer(&cfg.control).await {
+        return azure_error(status, &status.to_string(), &message);
     }
     let model = if cfg.deployments.is_empty() {
         deployment.clone()
@@ -140,10 +139,10 @@ async fn handle(State(state): State<AppState>, Path(deployment): Path<String>, r
     };
     match kind {
         Kind::Chat if !body.get("messages").is_some_and(Value::is_array) => missing("messages"),
-        Kind::Chat => chat_answer(&body, &model, &b),
+        Kind::Chat => chat_answer(&body, &model, &cfg.control),
         Kind::Completions if body.get("prompt").is_none() => missing("prompt"),
-        Kind::Completions => completion_answer(&body, &model, &b),
-        Kind::Embeddings => embeddings_answer(&body, &model, &b),
+        Kind::Completions => completion_answer(&body, &model, &cfg.control),
+        Kind::Embeddings => embeddings_answer(&body, &model, &cfg.control),
     }
 }
 

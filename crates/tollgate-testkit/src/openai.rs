@@ -1,10 +1,11 @@
 //! Mock OpenAI API (`/v1/chat/completions`, `/v1/completions`,
-//! `/v1/embeddings`, `/v1/models`), the run-time [`MockControl`] every
-//! OpenAI-style mock shares, and the OpenAI-shaped answers the Azure mock
-//! reuses. This is also what `tollgate mock-upstream` serves
-//! ([`serve_forever`]), so the default path does no sleeping, and locks are
-//! held only to copy the current behaviour, never across an await.
+//! `/v1/embeddings`, `/v1/models`) and the OpenAI-shaped answers the Azure
+//! mock reuses, steered at run time by a shared [`Control`]. This is also
+//! what `tollgate mock-upstream` serves ([`serve_forever`]), so the default
+//! path does no sleeping, and locks are held only to read the control,
+//! never across an await.
 
+use crate::control::{self, Control, MockUsage};
 use crate::{record, Journal, MockServer, Recorded};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -12,120 +13,12 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use futures::StreamExt;
-use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// `created` in every answer: fixed, so answers are reproducible.
 pub const MOCK_CREATED: u64 = 1_700_000_000;
-/// The text every mock answers with unless told otherwise.
-pub const DEFAULT_REPLY: &str = "Hello from the mock upstream.";
-
-/// Token usage a mock reports, in OpenAI's terms (`prompt_tokens` includes
-/// `cached_tokens`; the Anthropic mock splits them back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MockUsage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cached_tokens: u64,
-}
-
-impl Default for MockUsage {
-    fn default() -> Self {
-        Self {
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            cached_tokens: 0,
-        }
-    }
-}
-
-/// An error a mock answers with instead of serving the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MockError {
-    pub status: u16,
-    pub message: String,
-}
-
-/// How a mock behaves at the moment.
-#[derive(Debug, Clone)]
-pub struct Behaviour {
-    pub usage: MockUsage,
-    /// Waited before answering (zero: answer at once).
-    pub latency: Duration,
-    /// Waited between stream frames (zero: none).
-    pub frame_delay: Duration,
-    /// Answer every request with this error (after recording it).
-    pub error: Option<MockError>,
-    /// Break the connection after this many stream frames.
-    pub cut_stream_after: Option<usize>,
-    pub reply: Arc<str>,
-}
-
-impl Default for Behaviour {
-    fn default() -> Self {
-        Self {
-            usage: MockUsage::default(),
-            latency: Duration::ZERO,
-            frame_delay: Duration::ZERO,
-            error: None,
-            cut_stream_after: None,
-            reply: Arc::from(DEFAULT_REPLY),
-        }
-    }
-}
-
-/// A handle on a running mock's behaviour, shared with the test.
-#[derive(Debug, Clone, Default)]
-pub struct MockControl(Arc<Mutex<Behaviour>>);
-
-impl MockControl {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// The behaviour now (a copy: the lock is not held by the caller).
-    pub fn snapshot(&self) -> Behaviour {
-        self.0.lock().clone()
-    }
-    pub fn set_usage(&self, prompt_tokens: u64, completion_tokens: u64, cached_tokens: u64) {
-        self.0.lock().usage = MockUsage {
-            prompt_tokens,
-            completion_tokens,
-            cached_tokens,
-        };
-    }
-    pub fn set_latency(&self, latency: Duration) {
-        self.0.lock().latency = latency;
-    }
-    pub fn set_frame_delay(&self, delay: Duration) {
-        self.0.lock().frame_delay = delay;
-    }
-    /// Answers every request with `status` and the provider's error body
-    /// carrying `message`.
-    pub fn fail(&self, status: u16, message: &str) {
-        self.0.lock().error = Some(MockError {
-            status,
-            message: message.to_owned(),
-        });
-    }
-    pub fn clear_error(&self) {
-        self.0.lock().error = None;
-    }
-    /// Streams stop (the connection breaks) after `frames` frames.
-    pub fn cut_stream_after(&self, frames: Option<usize>) {
-        self.0.lock().cut_stream_after = frames;
-    }
-    pub fn set_reply(&self, text: &str) {
-        self.0.lock().reply = Arc::from(text);
-    }
-    /// Back to the defaults.
-    pub fn reset(&self) {
-        *self.0.lock() = Behaviour::default();
-    }
-}
 
 /// Configuration of the OpenAI mock.
 #[derive(Debug, Clone, Default)]
@@ -133,14 +26,14 @@ pub struct OpenAiMock {
     /// The key `Authorization: Bearer` must carry; `None` accepts any or none
     /// (like a local server).
     pub api_key: Option<String>,
-    pub control: MockControl,
+    pub control: Control,
 }
 
 #[derive(Clone)]
 struct AppState {
     /// `None` when serving a benchmark: nothing accumulates.
     journal: Option<Journal>,
-    control: MockControl,
+    control: Control,
     api_key: Option<Arc<str>>,
 }
 
@@ -234,12 +127,10 @@ fn error_type(status: u16) -> &'static str {
     }
 }
 
-/// Waits the configured latency, then returns the configured error, if any.
-pub(crate) async fn before_answer(b: &Behaviour) -> Option<MockError> {
-    if !b.latency.is_zero() {
-        tokio::time::sleep(b.latency).await;
-    }
-    b.error.clone()
+/// Waits the configured latency, then returns the configured failure, if any.
+pub(crate) async fn before_answer(control: &Control) -> Option<(u16, String)> {
+    control.delay().await;
+    control.failure()
 }
 
 fn check_bearer(state: &AppState, req: &Recorded) -> Option<Response> {
@@ -295,14 +186,13 @@ pub(crate) fn missing(param: &str) -> Response {
 
 /// Everything before the answer: record, wait, injected error, key, body.
 #[allow(clippy::result_large_err)]
-async fn prologue(state: &AppState, req: Request) -> Result<(Value, Behaviour), Response> {
+async fn prologue(state: &AppState, req: Request) -> Result<Value, Response> {
     let rec = take(state.journal.as_ref(), req).await;
-    let b = state.control.snapshot();
-    if let Some(e) = before_answer(&b).await {
-        return Err(openai_error(e.status, &e.message, error_type(e.status), None, None));
-    }
     if let Some(denied) = check_bearer(state, &rec) {
         return Err(denied);
+    }
+    if let Some((status, message)) = before_answer(&state.control).await {
+        return Err(openai_error(status, &message, error_type(status), None, None));
     }
     let body = parse_body(&rec)?;
     if body.get("model").and_then(Value::as_str).is_none() {
@@ -314,11 +204,11 @@ async fn prologue(state: &AppState, req: Request) -> Result<(Value, Behaviour), 
             None,
         ));
     }
-    Ok((body, b))
+    Ok(body)
 }
 
 async fn chat(State(state): State<AppState>, req: Request) -> Response {
-    let (body, b) = match prologue(&state, req).await {
+    let body = match prologue(&state, req).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -326,11 +216,11 @@ async fn chat(State(state): State<AppState>, req: Request) -> Response {
         return missing("messages");
     }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
-    chat_answer(&body, &model, &b)
+    chat_answer(&body, &model, &state.control)
 }
 
 async fn completions(State(state): State<AppState>, req: Request) -> Response {
-    let (body, b) = match prologue(&state, req).await {
+    let body = match prologue(&state, req).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -338,16 +228,16 @@ async fn completions(State(state): State<AppState>, req: Request) -> Response {
         return missing("prompt");
     }
     let model = body["model"].as_str().unwrap_or_default().to_owned();
-    completion_answer(&body, &model, &b)
+    completion_answer(&body, &model, &state.control)
 }
 
 async fn embeddings(State(state): State<AppState>, req: Request) -> Response {
-    let (body, b) = match prologue(&state, req).await {
+    let body = match prologue(&state, req).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     let model = body["model"].as_str().unwrap_or_default().to_owned();
-    embeddings_answer(&body, &model, &b)
+    embeddings_answer(&body, &model, &state.control)
 }
 
 async fn models(State(state): State<AppState>, req: Request) -> Response {
@@ -375,10 +265,10 @@ pub(crate) fn next_id() -> u64 {
 
 fn usage_json(u: &MockUsage) -> Value {
     json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens, "audio_tokens": 0},
+        "prompt_tokens": u.prompt,
+        "completion_tokens": u.completion,
+        "total_tokens": u.prompt + u.completion,
+        "prompt_tokens_details": {"cached_tokens": u.cached, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
     })
@@ -412,81 +302,28 @@ pub fn tool_to_call(body: &Value) -> Option<(String, String)> {
     let f = tool.get("function")?;
     Some((
         f.get("name")?.as_str()?.to_owned(),
-        sample_arguments(f.get("parameters")),
+        control::tool_arguments(f.get("parameters")).to_string(),
     ))
 }
 
-/// Arguments filling every declared property with a sample of its type.
-pub fn sample_arguments(schema: Option<&Value>) -> String {
-    let mut args = serde_json::Map::new();
-    if let Some(props) = schema.and_then(|s| s.get("properties")).and_then(Value::as_object) {
-        for (name, p) in props {
-            let v = match p.get("type").and_then(Value::as_str) {
-                Some("string") => json!("mock"),
-                Some("integer") | Some("number") => json!(1),
-                Some("boolean") => json!(true),
-                Some("array") => json!([]),
-                Some("object") => json!({}),
-                _ => Value::Null,
-            };
-            args.insert(name.clone(), v);
-        }
+/// An SSE body of `frames`. A cut keeps the first half and drops the
+/// connection; an in-band failure (`fail_stream`) keeps the first half and
+/// ends with `error` (OpenAI's error chunk, or an Anthropic `error` event).
+pub(crate) fn sse_response(
+    mut frames: Vec<Bytes>,
+    control: &Control,
+    error: impl FnOnce(&str, &str) -> Bytes,
+) -> Response {
+    if let Some((kind, message)) = control.stream_exception() {
+        frames.truncate((frames.len() / 2).max(1));
+        frames.push(error(&kind, &message));
     }
-    Value::Object(args).to_string()
+    control::stream_body(frames, control.cuts_stream(), "text/event-stream; charset=utf-8")
 }
 
-/// The reply cut into stream pieces (words with their spaces).
-pub(crate) fn pieces(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (i, c) in text.char_indices() {
-        if c == ' ' && i > start {
-            out.push(&text[start..i]);
-            start = i;
-        }
-    }
-    if start < text.len() {
-        out.push(&text[start..]);
-    }
-    out
-}
-
-/// An SSE body from pre-built frames, honouring the frame delay and the cut.
-pub(crate) fn sse_response(frames: Vec<Bytes>, b: &Behaviour) -> Response {
-    let cut = b.cut_stream_after;
-    let total = frames.len();
-    let kept = cut.map_or(total, |n| n.min(total));
-    let delay = b.frame_delay;
-    let frames = futures::stream::iter(frames.into_iter().take(kept).map(Ok::<Bytes, std::io::Error>));
-    let frames = if delay.is_zero() {
-        frames.boxed()
-    } else {
-        frames
-            .then(move |item| async move {
-                tokio::time::sleep(delay).await;
-                item
-            })
-            .boxed()
-    };
-    // The break comes once the frames before it are on the wire: the server
-    // flushes only while the body is pending, and an error polled together
-    // with buffered frames would drop them too.
-    let cut = futures::stream::iter(cut.map(|_| ())).then(|()| async {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "stream cut by the mock",
-        ))
-    });
-    let body = Body::from_stream(frames.chain(cut));
-    let mut r = Response::new(body);
-    r.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-cache"));
-    r
+/// OpenAI's in-band stream error chunk.
+fn stream_error(kind: &str, message: &str) -> Bytes {
+    data(&json!({"error": {"message": message, "type": kind, "param": null, "code": null}}))
 }
 
 fn data(v: &Value) -> Bytes {
@@ -502,23 +339,25 @@ fn is_stream(body: &Value) -> bool {
 }
 
 /// A chat completion (whole or streamed) answering `body`.
-pub(crate) fn chat_answer(body: &Value, model: &str, b: &Behaviour) -> Response {
+pub(crate) fn chat_answer(body: &Value, model: &str, control: &Control) -> Response {
     let id = format!("chatcmpl-mock{}", next_id());
     let tool = tool_to_call(body);
     let call_id = format!("call_mock{}", next_id());
     let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+    let usage = control.usage();
+    let reply = control.reply();
     if !is_stream(body) {
         let message = match &tool {
             Some((name, args)) => json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
                 {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}]}),
-            None => json!({"role": "assistant", "content": &*b.reply, "refusal": null}),
+            None => json!({"role": "assistant", "content": reply, "refusal": null}),
         };
         return json_response(
             200,
             &json!({"id": id, "object": "chat.completion", "created": MOCK_CREATED, "model": model,
                     "system_fingerprint": "fp_mock",
                     "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-                    "usage": usage_json(&b.usage)}),
+                    "usage": usage_json(&usage)}),
         );
     }
     let with_usage = include_usage(body);
@@ -539,8 +378,8 @@ pub(crate) fn chat_answer(body: &Value, model: &str, b: &Behaviour) -> Response 
                     {"index": 0, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
                 None,
             ));
-            let mid = args.char_indices().nth(args.chars().count() / 2).map_or(0, |(i, _)| i);
-            for part in [&args[..mid], &args[mid..]] {
+            let (head, tail) = halves(args);
+            for part in [head, tail] {
                 frames.push(chunk(
                     json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
                     None,
@@ -552,7 +391,7 @@ pub(crate) fn chat_answer(body: &Value, model: &str, b: &Behaviour) -> Response 
                 json!({"role": "assistant", "content": "", "refusal": null}),
                 None,
             ));
-            for p in pieces(&b.reply) {
+            for p in control::pieces(&reply) {
                 frames.push(chunk(json!({ "content": p }), None));
             }
         }
@@ -562,22 +401,34 @@ pub(crate) fn chat_answer(body: &Value, model: &str, b: &Behaviour) -> Response 
         frames.push(data(
             &json!({"id": id, "object": "chat.completion.chunk", "created": MOCK_CREATED,
                                  "model": model, "system_fingerprint": "fp_mock", "choices": [],
-                                 "usage": usage_json(&b.usage)}),
+                                 "usage": usage_json(&usage)}),
         ));
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse_response(frames, b)
+    sse_response(frames, control, stream_error)
+}
+
+/// `text` split in two at a character boundary (tool arguments arrive in
+/// pieces).
+pub(crate) fn halves(text: &str) -> (&str, &str) {
+    let mid = text
+        .char_indices()
+        .nth(text.chars().count() / 2)
+        .map_or(text.len(), |(i, _)| i);
+    text.split_at(mid)
 }
 
 /// A text completion (whole or streamed).
-pub(crate) fn completion_answer(body: &Value, model: &str, b: &Behaviour) -> Response {
+pub(crate) fn completion_answer(body: &Value, model: &str, control: &Control) -> Response {
     let id = format!("cmpl-mock{}", next_id());
+    let usage = control.usage();
+    let reply = control.reply();
     if !is_stream(body) {
         return json_response(
             200,
             &json!({"id": id, "object": "text_completion", "created": MOCK_CREATED, "model": model,
-                    "choices": [{"text": &*b.reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
-                    "usage": usage_json(&b.usage)}),
+                    "choices": [{"text": reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+                    "usage": usage_json(&usage)}),
         );
     }
     let chunk = |text: &str, finish: Option<&str>| {
@@ -586,20 +437,20 @@ pub(crate) fn completion_answer(body: &Value, model: &str, b: &Behaviour) -> Res
                      "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}),
         )
     };
-    let mut frames: Vec<Bytes> = pieces(&b.reply).into_iter().map(|p| chunk(p, None)).collect();
+    let mut frames: Vec<Bytes> = control::pieces(&reply).iter().map(|p| chunk(p, None)).collect();
     frames.push(chunk("", Some("stop")));
     if include_usage(body) {
         frames.push(data(
             &json!({"id": id, "object": "text_completion", "created": MOCK_CREATED, "model": model,
-                                 "choices": [], "usage": usage_json(&b.usage)}),
+                                 "choices": [], "usage": usage_json(&usage)}),
         ));
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
-    sse_response(frames, b)
+    sse_response(frames, control, stream_error)
 }
 
 /// Embeddings: one deterministic 8-dimension vector per input.
-pub(crate) fn embeddings_answer(body: &Value, model: &str, b: &Behaviour) -> Response {
+pub(crate) fn embeddings_answer(body: &Value, model: &str, control: &Control) -> Response {
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) if !items.is_empty() => items.iter().map(Value::to_string).collect(),
@@ -608,21 +459,9 @@ pub(crate) fn embeddings_answer(body: &Value, model: &str, b: &Behaviour) -> Res
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, text)| {
-            // A cheap, stable hash spread over the dimensions.
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            let vector: Vec<f64> = (0..8)
-                .map(|d| {
-                    for byte in text.bytes().chain([d as u8]) {
-                        h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-                    }
-                    ((h % 2000) as f64 - 1000.0) / 1000.0
-                })
-                .collect();
-            json!({"object": "embedding", "index": i, "embedding": vector})
-        })
+        .map(|(i, text)| json!({"object": "embedding", "index": i, "embedding": control::embedding(text, 8)}))
         .collect();
-    let u = b.usage.prompt_tokens;
+    let u = control.usage().prompt;
     json_response(
         200,
         &json!({"object": "list", "data": data, "model": model,
@@ -667,31 +506,9 @@ mod tests {
     }
 
     #[test]
-    fn pieces_rebuild_the_text() {
-        for text in ["Hello from the mock upstream.", "one", "", "  two  spaces"] {
-            assert_eq!(pieces(text).concat(), text);
-        }
-        assert_eq!(pieces("a b c"), vec!["a", " b", " c"]);
-    }
-
-    #[test]
-    fn control_changes_and_resets() {
-        let c = MockControl::new();
-        c.set_usage(1, 2, 3);
-        c.fail(500, "boom");
-        c.cut_stream_after(Some(2));
-        c.set_reply("x");
-        c.set_latency(Duration::from_millis(5));
-        c.set_frame_delay(Duration::from_millis(1));
-        let b = c.snapshot();
-        assert_eq!(b.usage.cached_tokens, 3);
-        assert_eq!(b.error.as_ref().map(|e| e.status), Some(500));
-        assert_eq!(b.cut_stream_after, Some(2));
-        assert_eq!(&*b.reply, "x");
-        c.clear_error();
-        assert!(c.snapshot().error.is_none());
-        c.reset();
-        assert_eq!(c.snapshot().usage, MockUsage::default());
-        assert!(c.snapshot().latency.is_zero());
+    fn halves_split_at_character_boundaries() {
+        assert_eq!(halves("abcd"), ("ab", "cd"));
+        assert_eq!(halves("\u{e9}\u{e9}\u{e9}"), ("\u{e9}", "\u{e9}\u{e9}"));
+        assert_eq!(halves(""), ("", ""));
     }
 }

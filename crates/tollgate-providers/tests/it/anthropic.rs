@@ -1,19 +1,20 @@
 //! The Anthropic adapter against the Anthropic mock.
 
-use crate::openai::{collect, dead_url, expect_err, http, upstream, weather_tools, whole, Fixture};
+use crate::openai::{collect, dead_url, expect_err, http, upstream, weather_tools, whole, Fixture, REPLY};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate_core::usage::Usage;
 use tollgate_providers::anthropic::{Anthropic, ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
 use tollgate_providers::{Adapter, Endpoint, ProviderError};
-use tollgate_testkit::anthropic::{self as mock, AnthropicMock, MockControl};
-use tollgate_testkit::openai::DEFAULT_REPLY;
+use tollgate_testkit::anthropic::{self as mock, AnthropicMock};
+use tollgate_testkit::control::Control;
 use tollgate_testkit::MockServer;
 
 const KEY: &str = "sk-ant-key-1";
 
-async fn start() -> (MockServer, MockControl) {
-    let control = MockControl::new();
+async fn start() -> (MockServer, Control) {
+    let control = Control::new();
+    control.set_reply(REPLY);
     let server = mock::start(AnthropicMock {
         api_key: KEY.into(),
         control: control.clone(),
@@ -45,7 +46,7 @@ async fn whole_chat_is_translated_both_ways() {
     assert_eq!(answer["model"], "claude-sonnet-4-5");
     assert_eq!(
         answer["choices"][0]["message"],
-        json!({"role": "assistant", "content": DEFAULT_REPLY})
+        json!({"role": "assistant", "content": REPLY})
     );
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!(answer["usage"]["prompt_tokens"], 100);
@@ -94,7 +95,7 @@ async fn tool_history_passes_the_real_checks_and_tool_calls_come_back() {
             .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
             .await,
     );
-    assert_eq!(answer["choices"][0]["message"]["content"], DEFAULT_REPLY);
+    assert_eq!(answer["choices"][0]["message"]["content"], REPLY);
     let sent = server.journal.last().unwrap().json();
     assert_eq!(sent["max_tokens"], 200);
     assert_eq!(sent["messages"].as_array().unwrap().len(), 3);
@@ -136,7 +137,7 @@ async fn stream_is_translated_to_openai_chunks() {
     assert!(got.error.is_none(), "{:?}", got.error);
     assert!(got.frames.iter().all(|f| f["object"] == "chat.completion.chunk"));
     assert_eq!(got.frames[0]["choices"][0]["delta"]["role"], "assistant");
-    assert_eq!(got.text("/choices/0/delta/content"), DEFAULT_REPLY);
+    assert_eq!(got.text("/choices/0/delta/content"), REPLY);
     let n = got.frames.len();
     assert_eq!(got.frames[n - 2]["choices"][0]["finish_reason"], "stop");
     assert_eq!(got.frames[n - 1]["choices"], json!([]));
@@ -206,7 +207,7 @@ async fn completions_answer_text_completion_objects() {
             .await,
     );
     assert_eq!(answer["object"], "text_completion");
-    assert_eq!(answer["choices"][0]["text"], DEFAULT_REPLY);
+    assert_eq!(answer["choices"][0]["text"], REPLY);
     assert!(usage.is_some());
     assert_eq!(
         server.journal.last().unwrap().json()["messages"],
@@ -220,7 +221,7 @@ async fn completions_answer_text_completion_objects() {
     )
     .await;
     assert!(got.frames.iter().all(|f| f["object"] == "text_completion"));
-    assert_eq!(got.text("/choices/0/text"), DEFAULT_REPLY);
+    assert_eq!(got.text("/choices/0/text"), REPLY);
     assert_eq!(got.usage.len(), 1);
 }
 
@@ -281,6 +282,27 @@ async fn errors_are_mapped_with_anthropic_messages() {
 }
 
 #[tokio::test]
+async fn error_event_inside_a_stream_surfaces_after_the_frames() {
+    let (server, control) = start().await;
+    control.fail_stream("overloaded_error", "Overloaded");
+    let fx = fixture(&server);
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}]});
+    let got = collect(
+        Anthropic
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+            .await,
+    )
+    .await;
+    assert!(!got.frames.is_empty());
+    assert!(got.usage.is_empty());
+    assert!(
+        matches!(&got.error, Some(ProviderError::Upstream { status: 529, message }) if message == "Overloaded"),
+        "{:?}",
+        got.error
+    );
+}
+
+#[tokio::test]
 async fn config_errors() {
     let body = json!({"messages": [{"role": "user", "content": "Hi"}]});
     let no_base = Fixture::new(None, Some(KEY), "claude");
@@ -329,9 +351,8 @@ async fn timeout_unreachable_and_cut_stream() {
     );
     assert!(matches!(e, ProviderError::Unreachable(_)), "{e:?}");
 
-    control.reset();
-    // message_start, content_block_start, ping, then the connection breaks.
-    control.cut_stream_after(Some(3));
+    control.set_latency(Duration::ZERO);
+    control.cut_stream(true);
     fx.timeout = Duration::from_secs(10);
     let got = collect(
         Anthropic
@@ -339,7 +360,9 @@ async fn timeout_unreachable_and_cut_stream() {
             .await,
     )
     .await;
-    assert_eq!(got.frames.len(), 1, "the role chunk");
+    assert_eq!(got.frames[0]["choices"][0]["delta"]["role"], "assistant");
+    let text = got.text("/choices/0/delta/content");
+    assert!(REPLY.starts_with(&text) && text.len() < REPLY.len(), "{text:?}");
     assert!(got.usage.is_empty());
     assert!(
         matches!(got.error, Some(ProviderError::Unreachable(_))),

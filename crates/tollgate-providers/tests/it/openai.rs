@@ -8,10 +8,13 @@ use tollgate_core::secrets::PlainSecrets;
 use tollgate_core::usage::Usage;
 use tollgate_providers::openai::OpenAi;
 use tollgate_providers::{Adapter, Call, Endpoint, ProviderError, StreamItem, Target, UpstreamResponse};
-use tollgate_testkit::openai::{self as mock, MockControl, OpenAiMock};
+use tollgate_testkit::control::Control;
+use tollgate_testkit::openai::{self as mock, OpenAiMock};
 use tollgate_testkit::MockServer;
 
 pub const KEY: &str = "sk-test-0123456789";
+/// What the mocks are told to answer (multi-byte text crosses chunk edges).
+pub const REPLY: &str = "Bonjour, caf\u{e9} \u{2615} and \u{65e5}\u{672c} from the mock.";
 
 /// Owns what a [`Call`] borrows.
 pub struct Fixture {
@@ -145,8 +148,9 @@ pub fn weather_tools() -> Value {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
 }
 
-async fn start(key: Option<&str>) -> (MockServer, MockControl) {
-    let control = MockControl::new();
+async fn start(key: Option<&str>) -> (MockServer, Control) {
+    let control = Control::new();
+    control.set_reply(REPLY);
     let server = mock::start(OpenAiMock {
         api_key: key.map(str::to_owned),
         control: control.clone(),
@@ -175,7 +179,7 @@ async fn whole_chat_is_relayed_with_headers_and_usage() {
         .await;
     let (answer, usage) = whole(r);
     assert_eq!(answer["object"], "chat.completion");
-    assert_eq!(answer["choices"][0]["message"]["content"], mock::DEFAULT_REPLY);
+    assert_eq!(answer["choices"][0]["message"]["content"], REPLY);
     assert_eq!(
         usage,
         Some(Usage {
@@ -276,7 +280,7 @@ async fn stream_relays_frames_and_usage_chunk_when_asked() {
     )
     .await;
     assert!(got.error.is_none(), "{:?}", got.error);
-    assert_eq!(got.text("/choices/0/delta/content"), mock::DEFAULT_REPLY);
+    assert_eq!(got.text("/choices/0/delta/content"), REPLY);
     assert_eq!(got.frames[0]["choices"][0]["delta"]["role"], "assistant");
     let last = got.frames.last().unwrap();
     assert_eq!(last["choices"], json!([]));
@@ -360,7 +364,7 @@ async fn tool_calls_both_ways() {
             .send(&http(), fx.call(Endpoint::ChatCompletions, &back, false, false))
             .await,
     );
-    assert_eq!(answer["choices"][0]["message"]["content"], mock::DEFAULT_REPLY);
+    assert_eq!(answer["choices"][0]["message"]["content"], REPLY);
     assert_eq!(
         server.journal.last().unwrap().json()["messages"][2]["tool_call_id"],
         call["id"]
@@ -389,7 +393,7 @@ async fn completions_and_embeddings() {
             .await,
     )
     .await;
-    assert_eq!(got.text("/choices/0/text"), mock::DEFAULT_REPLY);
+    assert_eq!(got.text("/choices/0/text"), REPLY);
     assert_eq!(got.usage.len(), 1);
 
     let body = json!({"model": "text-embedding-3-small", "input": ["a", "b"]});
@@ -445,6 +449,28 @@ async fn upstream_errors_keep_status_and_message() {
 }
 
 #[tokio::test]
+async fn error_inside_a_stream_surfaces_after_the_frames() {
+    let (server, control) = start(None).await;
+    control.fail_stream("server_error", "The model is overloaded");
+    let fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
+    let body = chat_body(true);
+    let got = collect(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+            .await,
+    )
+    .await;
+    assert!(!got.frames.is_empty());
+    match got.error {
+        Some(ProviderError::Upstream { status, message }) => {
+            assert_eq!(status, 500);
+            assert_eq!(message, "The model is overloaded");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn slow_upstream_times_out() {
     let (server, control) = start(None).await;
     control.set_latency(Duration::from_secs(5));
@@ -468,20 +494,22 @@ async fn slow_upstream_times_out() {
 
 #[tokio::test]
 async fn stream_timeout_bounds_only_the_headers() {
-    let (server, control) = start(None).await;
-    // Eight frames 40 ms apart outlast the 150 ms deadline.
-    control.set_frame_delay(Duration::from_millis(40));
+    let (server, _) = start(None).await;
     let mut fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
-    fx.timeout = Duration::from_millis(150);
+    fx.timeout = Duration::from_millis(100);
     let body = chat_body(true);
-    let got = collect(
-        OpenAi
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    )
-    .await;
-    assert!(got.error.is_none(), "{:?}", got.error);
-    assert_eq!(got.text("/choices/0/delta/content"), mock::DEFAULT_REPLY);
+    let Ok(UpstreamResponse::Stream(mut stream)) = OpenAi
+        .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+        .await
+    else {
+        panic!("expected a stream");
+    };
+    assert!(matches!(stream.next().await, Some(Ok(StreamItem::Frame(_)))));
+    // A slow reader: the deadline passes mid-stream, which must not end it.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let rest: Vec<_> = stream.collect().await;
+    assert!(rest.iter().all(Result::is_ok), "{rest:?}");
+    assert!(rest.iter().any(|i| matches!(i, Ok(StreamItem::Usage(_)))));
 }
 
 #[tokio::test]
@@ -506,7 +534,7 @@ async fn unreachable_host() {
 #[tokio::test]
 async fn cut_stream_ends_with_an_error_after_the_frames_received() {
     let (server, control) = start(None).await;
-    control.cut_stream_after(Some(2));
+    control.cut_stream(true);
     let fx = Fixture::new(Some(mock::base_url(&server)), None, "gpt-4o");
     let body = chat_body(true);
     let got = collect(
@@ -515,7 +543,10 @@ async fn cut_stream_ends_with_an_error_after_the_frames_received() {
             .await,
     )
     .await;
-    assert_eq!(got.frames.len(), 2);
+    // The frames sent before the break are relayed, then the error.
+    assert!(!got.frames.is_empty());
+    let text = got.text("/choices/0/delta/content");
+    assert!(REPLY.starts_with(&text) && text.len() < REPLY.len(), "{text:?}");
     assert!(got.usage.is_empty());
     assert!(
         matches!(got.error, Some(ProviderError::Unreachable(_))),
