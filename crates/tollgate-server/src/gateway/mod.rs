@@ -261,10 +261,13 @@ fn prepare(
     // Resolution: the x-portkey-provider header, else `@slug/model`.
     let (slug, model) = resolve_names(headers, model_field)?;
     let snap = state.snapshot();
-    let route = snap
-        .route(&workspace_id, slug)
-        .cloned()
-        .ok_or_else(|| GatewayError::NotFound(format!("provider '@{slug}' not found in this workspace")))?;
+    let Some(route) = snap.route(&workspace_id, slug).cloned() else {
+        // An integration of that slug exists but was never provisioned here.
+        if snap.integration_by_slug(slug).is_some() {
+            return Err(GatewayError::Permission(format!("provider '@{slug}' is not provisioned to this workspace")));
+        }
+        return Err(GatewayError::NotFound(format!("provider '@{slug}' not found in this workspace")));
+    };
     let integration = &route.integration;
     rec.provider_slug = Some(route.provider.slug.clone());
     rec.integration_id = Some(integration.record.id.clone());

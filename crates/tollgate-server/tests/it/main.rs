@@ -1,3 +1,5 @@
 //! The server's integration tests: one binary, one module per feature.
 
+mod admin;
 mod alerts;
+mod support;

@@ -1,0 +1,164 @@
+//! The test harness: a Tollgate server started in process on port 0 with its
+//! own temporary data directory, and a small JSON client.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tempfile::TempDir;
+use tollgate_core::clock::{Clock, SharedClock, SystemClock};
+use tollgate_server::config::{Config, FileConfig};
+use tollgate_server::server::{self, Running};
+
+pub struct App {
+    pub url: String,
+    pub admin_key: String,
+    pub http: reqwest::Client,
+    pub running: Option<Running>,
+    pub dir: TempDir,
+    pub config: Config,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    /// The admin error code, e.g. `AB07`.
+    pub fn code(&self) -> &str {
+        self.body["data"]["errorCode"].as_str().unwrap_or("")
+    }
+    /// The gateway error type.
+    pub fn error_type(&self) -> &str {
+        self.body["error"]["type"].as_str().unwrap_or("")
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn config_for(dir: &std::path::Path) -> Config {
+    FileConfig {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.to_path_buf()),
+        master_key: Some("11".repeat(32)),
+        ..Default::default()
+    }
+    .resolve()
+    .expect("config")
+}
+
+impl App {
+    pub async fn start() -> App {
+        Self::start_with(|_| {}, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config), clock: SharedClock) -> App {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config_for(dir.path());
+        tweak(&mut config);
+        let running = server::start(config.clone(), clock).await.expect("server starts");
+        let admin_key = running.first_admin_key.clone().expect("first start prints a key");
+        App {
+            url: format!("http://{}", running.addr),
+            admin_key,
+            http: reqwest::Client::new(),
+            running: Some(running),
+            dir,
+            config,
+        }
+    }
+
+    /// Stops and starts again on the same data directory.
+    pub async fn restart(&mut self, clock: SharedClock) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("clean stop");
+        }
+        let running = server::start(self.config.clone(), clock).await.expect("server restarts");
+        assert!(running.first_admin_key.is_none(), "a restart prints no new key");
+        self.url = format!("http://{}", running.addr);
+        self.running = Some(running);
+    }
+
+    pub fn state(&self) -> &tollgate_server::state::SharedState {
+        &self.running.as_ref().expect("running").state
+    }
+
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> Resp {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(k) = key {
+            req = req.header("x-portkey-api-key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::GET, path, Some(key), None).await
+    }
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(key), Some(body)).await
+    }
+    pub async fn put(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::PUT, path, Some(key), Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::DELETE, path, Some(key), None).await
+    }
+
+    /// Creates a workspace and returns its id.
+    pub async fn workspace(&self, name: &str) -> String {
+        let r = self.post("/v1/admin/workspaces", &self.admin_key, json!({"name": name})).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Creates a workspace key with `scopes` and returns (id, key).
+    pub async fn workspace_key(&self, ws: &str, scopes: &[&str]) -> (String, String) {
+        let r = self
+            .post("/v1/api-keys/workspace/service", &self.admin_key, json!({"name": "k", "workspace_id": ws, "scopes": scopes}))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        (r.body["id"].as_str().expect("id").to_owned(), r.body["key"].as_str().expect("key").to_owned())
+    }
+
+    /// Creates an OpenAI-compatible integration pointing at `base_url`,
+    /// provisioned to `workspaces`.
+    pub async fn openai_integration(&self, slug: &str, base_url: &str, key: &str, workspaces: &[&str]) {
+        let r = self
+            .post(
+                "/v1/integrations",
+                &self.admin_key,
+                json!({"name": slug, "slug": slug, "ai_provider_id": "openai", "key": key, "configurations": {"custom_host": base_url}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        if !workspaces.is_empty() {
+            let entries: Vec<Value> = workspaces.iter().map(|w| json!({"id": w, "enabled": true})).collect();
+            let r = self.put(&format!("/v1/integrations/{slug}/workspaces"), &self.admin_key, json!({"workspaces": entries})).await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    }
+
+    /// Waits until every request so far is in the request log.
+    pub async fn flush_logs(&self) {
+        self.state().usage.flush().await;
+    }
+}
+
+/// A clock for tests that need to move time.
+pub fn manual_clock(at: &str) -> (tollgate_core::clock::ManualClock, SharedClock) {
+    let t = chrono::DateTime::parse_from_rfc3339(at).expect("time").with_timezone(&chrono::Utc);
+    let c = tollgate_core::clock::ManualClock::new(t);
+    let shared: SharedClock = Arc::new(c.clone());
+    let _ = shared.now();
+    (c, shared)
+}
