@@ -83,6 +83,9 @@ pub fn to_messages_request(
     model: &str,
     stream: bool,
 ) -> Result<Value, ProviderError> {
+    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(unsupported("n > 1 is not supported on Anthropic"));
+    }
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model.to_owned()));
     match endpoint {
@@ -841,6 +844,7 @@ mod tests {
             json!({"messages": [{"role": "tool", "content": "x"}]}),
             json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
             json!({"messages": [{"role": "user", "content": 5}]}),
+            json!({"messages": [{"role": "user", "content": "x"}], "n": 2}),
             json!({"messages": [{"role": "system", "content": [{"type": "image_url"}]}]}),
             json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{"}}]}]}),
             json!({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]}),

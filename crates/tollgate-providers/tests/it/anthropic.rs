@@ -370,3 +370,41 @@ async fn timeout_unreachable_and_cut_stream() {
         got.error
     );
 }
+
+#[tokio::test]
+async fn mock_rejects_what_anthropic_rejects() {
+    let (server, _) = start().await;
+    let url = format!("{}/messages", mock::base_url(&server));
+    let send = |headers: &[(&str, &str)], body: Value| {
+        let mut req = http().post(&url).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    let ok = json!({"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let full = [("x-api-key", KEY), ("anthropic-version", ANTHROPIC_VERSION)];
+    // (headers, body, expected status, expected message)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Value, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec![("anthropic-version", ANTHROPIC_VERSION)], ok.clone(), 401, "x-api-key header is required"),
+        (vec![("x-api-key", KEY)], ok.clone(), 400, "anthropic-version: header is required"),
+        (full.to_vec(), json!({"model": "c", "messages": []}), 400, "max_tokens: Field required"),
+        (
+            full.to_vec(),
+            json!({"model": "c", "max_tokens": 5, "messages": [
+                {"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}),
+            400,
+            "messages: roles must alternate between \"user\" and \"assistant\", but found multiple \"user\" roles in a row",
+        ),
+    ];
+    for (headers, body, status, message) in cases {
+        let r = send(&headers, body).await.unwrap();
+        assert_eq!(r.status().as_u16(), status);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["message"], message);
+    }
+    let r = send(&full, ok).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

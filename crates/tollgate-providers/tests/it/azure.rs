@@ -268,3 +268,29 @@ async fn timeout_and_cut_stream() {
         got.error
     );
 }
+
+#[tokio::test]
+async fn mock_requires_api_version_and_messages() {
+    let (server, _) = start().await;
+    let url = format!("{}/openai/deployments/dep-main/chat/completions", server.url());
+    let r = http()
+        .post(&url)
+        .header("api-key", KEY)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "Resource not found");
+    let r = http()
+        .post(format!("{url}?api-version={DEFAULT_API_VERSION}"))
+        .header("api-key", KEY)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "Missing required parameter: 'messages'.");
+}

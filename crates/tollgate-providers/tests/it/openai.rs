@@ -554,3 +554,80 @@ async fn cut_stream_ends_with_an_error_after_the_frames_received() {
         got.error
     );
 }
+
+#[tokio::test]
+async fn mock_rejects_what_openai_rejects() {
+    let (server, _) = start(Some(KEY)).await;
+    let base = mock::base_url(&server);
+    let post = |path: &str, key: Option<&str>, body: &'static str| {
+        let mut req = http().post(format!("{base}{path}")).body(body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send()
+    };
+    let check = |r: reqwest::Response, status: u16| async move {
+        assert_eq!(r.status().as_u16(), status);
+        let v: Value = r.json().await.unwrap();
+        v["error"]["message"].as_str().unwrap().to_owned()
+    };
+    let m = check(post("/chat/completions", None, "{}").await.unwrap(), 401).await;
+    assert!(m.starts_with("You didn't provide an API key"));
+    let m = check(post("/chat/completions", Some(KEY), "not json").await.unwrap(), 400).await;
+    assert!(m.contains("could not parse the JSON body"));
+    let m = check(
+        post("/chat/completions", Some(KEY), r#"{"messages": []}"#)
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(m, "you must provide a model parameter");
+    let m = check(
+        post("/chat/completions", Some(KEY), r#"{"model": "m"}"#).await.unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(m, "Missing required parameter: 'messages'.");
+    let m = check(post("/completions", Some(KEY), r#"{"model": "m"}"#).await.unwrap(), 400).await;
+    assert_eq!(m, "Missing required parameter: 'prompt'.");
+    let m = check(post("/embeddings", Some(KEY), r#"{"model": "m"}"#).await.unwrap(), 400).await;
+    assert_eq!(m, "Missing required parameter: 'input'.");
+    let models = http()
+        .get(format!("{base}/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    let models: Value = models.json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    assert!(!models["data"].as_array().unwrap().is_empty());
+    let denied = http()
+        .get(format!("{base}/models"))
+        .bearer_auth("sk-no")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 401);
+    assert_eq!(server.calls(), 8);
+}
+
+#[tokio::test]
+async fn mock_router_without_journal_serves_the_benchmark() {
+    let journal = tollgate_testkit::Journal::default();
+    let server = MockServer::start(mock::router(OpenAiMock::default(), None), journal)
+        .await
+        .unwrap();
+    let fx = Fixture::new(Some(mock::base_url(&server)), Some("any"), "gpt-4o");
+    let body = chat_body(true);
+    let got = collect(
+        OpenAi
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
+            .await,
+    )
+    .await;
+    assert!(got.error.is_none());
+    assert_eq!(got.usage.len(), 1);
+    // Nothing accumulates when the mock runs as a benchmark upstream.
+    assert_eq!(server.calls(), 0);
+}
