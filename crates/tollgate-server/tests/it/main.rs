@@ -1,5 +1,6 @@
 //! The server's integration tests: one binary, one module per feature.
 
 mod admin;
+mod gateway;
 mod alerts;
 mod support;
