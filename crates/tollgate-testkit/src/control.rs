@@ -2,7 +2,10 @@
 //! which error to answer with, how long to wait, whether to cut a stream
 //! halfway, and counters of credential exchanges (Vertex OAuth token calls,
 //! STS AssumeRole calls) kept apart from model calls so tests can assert
-//! caching. Cheap to clone; every clone steers the same mock.
+//! caching. Cheap to clone; every clone steers the same mock. Also the
+//! helpers the Google and Bedrock mocks share (streamed bodies, canned
+//! tool arguments and embeddings) and a server replaying recorded
+//! transcripts.
 
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -205,4 +208,28 @@ pub(crate) fn stream_body(
         item
     });
     ([("content-type", content_type)], axum::body::Body::from_stream(body)).into_response()
+}
+
+/// Starts a server that answers every request with `body` (a recorded
+/// transcript), sent in `chunk`-byte pieces so that the client's parser
+/// meets boundaries anywhere. Requests are still recorded.
+pub async fn start_replay(
+    body: Vec<u8>,
+    content_type: &'static str,
+    chunk: usize,
+) -> std::io::Result<crate::MockServer> {
+    let journal = crate::Journal::default();
+    let recorder = journal.clone();
+    let router = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let pieces: Vec<axum::body::Bytes> = body
+            .chunks(chunk.max(1))
+            .map(axum::body::Bytes::copy_from_slice)
+            .collect();
+        let recorder = recorder.clone();
+        async move {
+            crate::record(&recorder, req).await;
+            stream_body(pieces, false, content_type)
+        }
+    });
+    crate::MockServer::start(router, journal).await
 }

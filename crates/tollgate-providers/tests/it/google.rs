@@ -1,0 +1,439 @@
+//! The Gemini API adapter against the Gemini mock, and the recorded Gemini
+//! SSE transcript replayed through the parser.
+
+use crate::openai::{collect, expect_err, upstream, weather_tools, whole, Fixture};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tollgate_core::usage::Usage;
+use tollgate_providers::google::Gemini;
+use tollgate_providers::{Adapter, Endpoint, ProviderError};
+use tollgate_testkit::control::Control;
+use tollgate_testkit::google as mock;
+use tollgate_testkit::MockServer;
+
+const KEY: &str = "AIzaSy-test-key-0123456789";
+const MODEL: &str = "gemini-1.5-flash";
+
+async fn start() -> (MockServer, Control, Fixture) {
+    let control = Control::new();
+    let server = mock::start_gemini(KEY, control.clone()).await.unwrap();
+    let fx = Fixture::new(Some(format!("{}/v1beta", server.url())), Some(KEY), MODEL);
+    (server, control, fx)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[tokio::test]
+async fn chat_is_translated_both_ways_with_the_key_in_a_header() {
+    let (server, control, fx) = start().await;
+    control.set_usage(20, 9, 4);
+    control.set_reply("Bonjour!");
+    let body = json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": "Answer in French."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Salut"},
+            {"role": "user", "content": [{"type": "text", "text": "And this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}}]}
+        ],
+        "max_tokens": 64, "temperature": 0.3, "top_p": 0.8, "stop": ["\n\n"]
+    });
+    let (out, usage) = whole(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+
+    let req = server.journal.last().unwrap();
+    assert_eq!(req.path, "/v1beta/models/gemini-1.5-flash:generateContent");
+    assert_eq!(req.query, None, "the key must not travel in the URL");
+    assert_eq!(req.header("x-goog-api-key"), Some(KEY));
+    let sent = req.json();
+    assert_eq!(
+        sent["systemInstruction"],
+        json!({"parts": [{"text": "Answer in French."}]})
+    );
+    assert_eq!(
+        sent["contents"][0],
+        json!({"role": "user", "parts": [{"text": "Hello"}]})
+    );
+    assert_eq!(
+        sent["contents"][1],
+        json!({"role": "model", "parts": [{"text": "Salut"}]})
+    );
+    assert_eq!(
+        sent["contents"][2]["parts"][1],
+        json!({"inlineData": {"mimeType": "image/jpeg", "data": "/9j/4AAQ"}})
+    );
+    assert_eq!(
+        sent["generationConfig"],
+        json!({"maxOutputTokens": 64, "temperature": 0.3, "topP": 0.8, "stopSequences": ["\n\n"]})
+    );
+
+    assert_eq!(out["object"], "chat.completion");
+    assert_eq!(out["model"], MODEL);
+    assert_eq!(
+        out["choices"][0]["message"],
+        json!({"role": "assistant", "content": "Bonjour!"})
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    assert_eq!(out["usage"]["prompt_tokens"], 20);
+    assert_eq!(out["usage"]["completion_tokens"], 9);
+    assert_eq!(out["usage"]["total_tokens"], 29);
+    assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    assert_eq!(
+        usage,
+        Some(Usage {
+            prompt_tokens: 20,
+            completion_tokens: 9,
+            cached_tokens: 4
+        })
+    );
+}
+
+#[tokio::test]
+async fn stream_is_translated_to_openai_chunks_with_usage() {
+    let (server, control, fx) = start().await;
+    control.set_usage(11, 5, 0);
+    control.set_reply("one two three four");
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "count"}], "stream": true});
+
+    let got = collect(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+            .await,
+    )
+    .await;
+    let req = server.journal.last().unwrap();
+    assert_eq!(req.path, "/v1beta/models/gemini-1.5-flash:streamGenerateContent");
+    assert_eq!(req.query.as_deref(), Some("alt=sse"));
+    assert!(got.error.is_none(), "{:?}", got.error);
+    assert_eq!(got.frames[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(got.text("/choices/0/delta/content"), "one two three four");
+    assert!(got.frames.iter().all(|f| f["object"] == "chat.completion.chunk"));
+    let ids: std::collections::HashSet<_> = got.frames.iter().map(|f| f["id"].clone()).collect();
+    assert_eq!(ids.len(), 1, "one id for the whole stream");
+    let finish: Vec<_> = got
+        .frames
+        .iter()
+        .filter_map(|f| f.pointer("/choices/0/finish_reason").and_then(Value::as_str))
+        .collect();
+    assert_eq!(finish, ["stop"]);
+    let last = got.frames.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["total_tokens"], 16);
+    assert_eq!(
+        got.usage,
+        [Usage {
+            prompt_tokens: 11,
+            completion_tokens: 5,
+            cached_tokens: 0
+        }]
+    );
+
+    // Without include_usage the usage still reaches accounting, not the client.
+    let got = collect(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
+            .await,
+    )
+    .await;
+    assert!(got.frames.iter().all(|f| f.get("usage").is_none()));
+    assert_eq!(got.usage.len(), 1);
+}
+
+#[tokio::test]
+async fn tool_calls_go_both_ways() {
+    let (server, _control, fx) = start().await;
+    let ask = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": weather_tools(),
+        "tool_choice": "required"
+    });
+    let (out, _) = whole(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &ask, false, false))
+            .await,
+    );
+    let sent = server.journal.last().unwrap().json();
+    let decl = &sent["tools"][0]["functionDeclarations"][0];
+    assert_eq!(decl["name"], "get_weather");
+    assert_eq!(decl["parameters"]["properties"]["city"]["type"], "string");
+    assert_eq!(sent["toolConfig"], json!({"functionCallingConfig": {"mode": "ANY"}}));
+
+    let choice = &out["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], Value::Null);
+    let call = &choice["message"]["tool_calls"][0];
+    let id = call["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("call_"));
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "mock"}));
+
+    // The answer goes back as a functionResponse named after the call.
+    let answer = json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            choice["message"].clone(),
+            {"role": "tool", "tool_call_id": id, "content": "{\"temp_c\": 21}"}
+        ],
+        "tools": weather_tools()
+    });
+    let (out, _) = whole(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &answer, false, false))
+            .await,
+    );
+    let sent = server.journal.last().unwrap().json();
+    assert_eq!(
+        sent["contents"][1],
+        json!({"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "mock"}}}]})
+    );
+    assert_eq!(
+        sent["contents"][2],
+        json!({"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"temp_c": 21}}}]})
+    );
+    assert_eq!(out["choices"][0]["finish_reason"], "stop");
+    assert!(out["choices"][0]["message"]["content"].is_string());
+
+    // Streamed, the call arrives as one tool_calls delta.
+    let got = collect(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &ask, true, false))
+            .await,
+    )
+    .await;
+    let call = got
+        .frames
+        .iter()
+        .find_map(|f| f.pointer("/choices/0/delta/tool_calls/0"))
+        .unwrap();
+    assert_eq!(call["index"], 0);
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(
+        got.frames
+            .iter()
+            .rev()
+            .find_map(|f| f.pointer("/choices/0/finish_reason")),
+        Some(&json!("tool_calls"))
+    );
+}
+
+#[tokio::test]
+async fn completions_answer_text_completion() {
+    let (server, control, fx) = start().await;
+    control.set_reply("blue sky");
+    let body = json!({"model": MODEL, "prompt": "The sky is", "max_tokens": 5});
+    let (out, usage) = whole(
+        Gemini
+            .send(&http(), fx.call(Endpoint::Completions, &body, false, false))
+            .await,
+    );
+    let sent = server.journal.last().unwrap().json();
+    assert_eq!(
+        sent["contents"],
+        json!([{"role": "user", "parts": [{"text": "The sky is"}]}])
+    );
+    assert_eq!(out["object"], "text_completion");
+    assert_eq!(out["choices"][0]["text"], "blue sky");
+    assert!(usage.is_some());
+
+    let got = collect(
+        Gemini
+            .send(&http(), fx.call(Endpoint::Completions, &body, true, false))
+            .await,
+    )
+    .await;
+    assert!(got.frames.iter().all(|f| f["object"] == "text_completion"));
+    assert_eq!(got.text("/choices/0/text"), "blue sky");
+}
+
+#[tokio::test]
+async fn embeddings_use_batch_embed_contents_and_estimate_usage() {
+    let (server, _control, fx) = start().await;
+    let fx = Fixture {
+        model: "text-embedding-004".into(),
+        ..fx
+    };
+    let body = json!({"model": "text-embedding-004", "input": ["hello world", "bye"]});
+    let (out, usage) = whole(
+        Gemini
+            .send(&http(), fx.call(Endpoint::Embeddings, &body, false, false))
+            .await,
+    );
+    let req = server.journal.last().unwrap();
+    assert_eq!(req.path, "/v1beta/models/text-embedding-004:batchEmbedContents");
+    let sent = req.json();
+    assert_eq!(sent["requests"][1]["model"], "models/text-embedding-004");
+    assert_eq!(sent["requests"][1]["content"], json!({"parts": [{"text": "bye"}]}));
+    assert_eq!(out["object"], "list");
+    assert_eq!(out["data"].as_array().unwrap().len(), 2);
+    assert_eq!(out["data"][1]["index"], 1);
+    assert_eq!(out["data"][0]["embedding"].as_array().unwrap().len(), 4);
+    let tokens = usage.unwrap().prompt_tokens;
+    assert!(tokens >= 3, "estimated with tiktoken: {tokens}");
+    assert_eq!(out["usage"]["prompt_tokens"], tokens);
+
+    // A single string, with dimensions and base64 encoding.
+    let body = json!({"model": "m", "input": "hi", "dimensions": 8, "encoding_format": "base64"});
+    let (out, _) = whole(
+        Gemini
+            .send(&http(), fx.call(Endpoint::Embeddings, &body, false, false))
+            .await,
+    );
+    assert_eq!(
+        server.journal.last().unwrap().json()["requests"][0]["outputDimensionality"],
+        8
+    );
+    assert_eq!(
+        out["data"][0]["embedding"].as_str().unwrap().len(),
+        44,
+        "8 f32 in base64"
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_googles_message() {
+    let (_server, control, fx) = start().await;
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]});
+    let wrong = Fixture::new(fx.base_url.clone(), Some("wrong"), MODEL);
+    let (status, message) = upstream(
+        Gemini
+            .send(&http(), wrong.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("API key not valid"), "{message}");
+
+    control.fail(429, "Resource has been exhausted (e.g. check quota).");
+    let (status, message) = upstream(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
+            .await,
+    );
+    assert_eq!(
+        (status, message.as_str()),
+        (429, "Resource has been exhausted (e.g. check quota).")
+    );
+    control.fail(503, "The model is overloaded.");
+    let (status, message) = upstream(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert_eq!((status, message.as_str()), (503, "The model is overloaded."));
+    let embed = json!({"input": "x"});
+    let (status, _) = upstream(
+        Gemini
+            .send(&http(), fx.call(Endpoint::Embeddings, &embed, false, false))
+            .await,
+    );
+    assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn missing_key_bad_request_timeout_and_unreachable() {
+    let (_server, control, fx) = start().await;
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]});
+    let nokey = Fixture::new(fx.base_url.clone(), None, MODEL);
+    let e = expect_err(
+        Gemini
+            .send(&http(), nokey.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
+
+    let bad = json!({"model": MODEL, "messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]});
+    let e = expect_err(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &bad, false, false))
+            .await,
+    );
+    assert!(
+        matches!(e, ProviderError::Unsupported(ref m) if m.contains("nope")),
+        "{e:?}"
+    );
+
+    control.set_latency(Duration::from_secs(5));
+    let slow = Fixture {
+        timeout: Duration::from_millis(200),
+        ..Fixture::new(fx.base_url.clone(), Some(KEY), MODEL)
+    };
+    let e = expect_err(
+        Gemini
+            .send(&http(), slow.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert!(matches!(e, ProviderError::Timeout), "{e:?}");
+
+    let dead = Fixture::new(Some(crate::openai::dead_url().await), Some(KEY), MODEL);
+    let e = expect_err(
+        Gemini
+            .send(&http(), dead.call(Endpoint::ChatCompletions, &body, false, false))
+            .await,
+    );
+    assert!(
+        matches!(e, ProviderError::Unreachable(ref m) if !m.contains(KEY)),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cut_stream_ends_with_an_error_after_the_frames_received() {
+    let (_server, control, fx) = start().await;
+    control.set_reply("a b c d e f g h");
+    control.cut_stream(true);
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]});
+    let got = collect(
+        Gemini
+            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+            .await,
+    )
+    .await;
+    assert_eq!(got.text("/choices/0/delta/content"), "a b c d ");
+    assert!(got.usage.is_empty());
+    assert!(
+        matches!(got.error, Some(ProviderError::Unreachable(_))),
+        "{:?}",
+        got.error
+    );
+}
+
+#[tokio::test]
+async fn recorded_gemini_stream_replays_through_the_parser() {
+    let transcript = include_bytes!("../fixtures/gemini_stream_sse.txt").to_vec();
+    for chunk in [1, 5, 64, transcript.len()] {
+        let server = tollgate_testkit::control::start_replay(transcript.clone(), "text/event-stream", chunk)
+            .await
+            .unwrap();
+        let fx = Fixture::new(Some(server.url()), Some(KEY), "gemini-1.5-flash");
+        let body = json!({"messages": [{"role": "user", "content": "Write a story about a magic backpack."}]});
+        let got = collect(
+            Gemini
+                .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
+                .await,
+        )
+        .await;
+        assert!(got.error.is_none(), "{:?}", got.error);
+        assert_eq!(
+            got.text("/choices/0/delta/content"),
+            "Once upon a time, a curious girl named Lily found a backpack that hummed with magic."
+        );
+        assert_eq!(
+            got.usage,
+            [Usage {
+                prompt_tokens: 8,
+                completion_tokens: 19,
+                cached_tokens: 2
+            }]
+        );
+    }
+}
