@@ -1,3 +1,6 @@
 mod anthropic;
 mod azure;
+mod bedrock;
+mod google;
 mod openai;
+mod vertex;
