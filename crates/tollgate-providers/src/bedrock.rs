@@ -566,7 +566,7 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
                 let mut blocks = Vec::new();
                 for part in chat_shape::parts_of(m.get("content"))? {
                     match part {
-                        Part::Text(t) if t.is_empty() => {}
+                        Part::Text("") => {}
                         Part::Text(t) => blocks.push(json!({ "text": t })),
                         Part::InlineImage { mime, data } => {
                             let format = match mime.strip_prefix("image/") {

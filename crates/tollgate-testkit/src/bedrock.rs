@@ -537,3 +537,231 @@ fn invoke(model: &str, body: &Value) -> Response {
         aws_error(400, "ValidationException", "The provided model identifier is invalid.")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::raw::{request, Answer};
+
+    /// Signs and sends a request to the mock.
+    #[allow(clippy::too_many_arguments)]
+    async fn signed(
+        s: &MockServer,
+        path: &str,
+        key: (&str, &str, Option<&str>),
+        region: &str,
+        service: &str,
+        content_type: &str,
+        body: &[u8],
+        sent_body: &[u8],
+    ) -> Answer {
+        let identity = Credentials::new(key.0, key.1, key.2.map(str::to_owned), None, "test").into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name(service)
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let url = format!("http://{}{path}", s.addr);
+        let req = SignableRequest::new(
+            "POST",
+            url,
+            [("content-type", content_type)].into_iter(),
+            SignableBody::Bytes(body),
+        )
+        .unwrap();
+        let (instructions, _) = sign(req, &params).unwrap().into_parts();
+        let mut headers: Vec<(&str, String)> = vec![("content-type", content_type.to_owned())];
+        headers.extend(instructions.headers().map(|(k, v)| (k, v.to_owned())));
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        request(s, "POST", path, &headers, sent_body).await
+    }
+
+    const CONVERSE: &str = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#;
+    const PATH: &str = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse";
+
+    #[tokio::test]
+    async fn runtime_mock_checks_signatures_and_content() {
+        let control = Control::new();
+        let c = BedrockConfig::new("us-west-2", control.clone());
+        let s = start(c.clone()).await.unwrap();
+        let key = (c.access_key_id.as_str(), c.secret_access_key.as_str(), None);
+        let body = CONVERSE.as_bytes();
+        let json = "application/json";
+
+        let a = request(&s, "POST", PATH, &[], body).await;
+        assert_eq!(a.status, 403);
+        assert_eq!(
+            a.header("x-amzn-errortype"),
+            Some("MissingAuthenticationTokenException")
+        );
+        let a = request(&s, "POST", PATH, &[("authorization", "AWS4-HMAC-SHA256 garbage")], body).await;
+        assert_eq!(a.header("x-amzn-errortype"), Some("IncompleteSignatureException"));
+        let a = signed(&s, PATH, key, "eu-west-1", "bedrock", json, body, body).await;
+        assert_eq!(
+            (a.status, a.header("x-amzn-errortype")),
+            (403, Some("InvalidSignatureException"))
+        );
+        let a = signed(&s, PATH, key, "us-west-2", "bedrock", json, body, br#"{"messages":[]}"#).await;
+        assert!(a.body.contains("signature we calculated does not match"), "{}", a.body);
+        let a = signed(
+            &s,
+            PATH,
+            ("AKIANOBODY", "x", None),
+            "us-west-2",
+            "bedrock",
+            json,
+            body,
+            body,
+        )
+        .await;
+        assert_eq!(a.header("x-amzn-errortype"), Some("UnrecognizedClientException"));
+        let a = signed(&s, PATH, key, "us-west-2", "bedrock", "text/plain", body, body).await;
+        assert_eq!(a.status, 415);
+
+        let ok = signed(&s, PATH, key, "us-west-2", "bedrock", json, body, body).await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        let v: Value = serde_json::from_str(&ok.body).unwrap();
+        assert_eq!(v["stopReason"], "end_turn");
+        assert_eq!(v["usage"]["inputTokens"], 12);
+        let bad = b"{not json";
+        assert_eq!(
+            signed(&s, PATH, key, "us-west-2", "bedrock", json, bad, bad)
+                .await
+                .status,
+            400
+        );
+        let empty = br#"{"messages":[]}"#;
+        assert_eq!(
+            signed(&s, PATH, key, "us-west-2", "bedrock", json, empty, empty)
+                .await
+                .status,
+            400
+        );
+        let unknown = "/model/m/unknown";
+        assert_eq!(
+            signed(&s, unknown, key, "us-west-2", "bedrock", json, body, body)
+                .await
+                .status,
+            404
+        );
+        let titan = "/model/amazon.titan-embed-text-v1/invoke";
+        assert_eq!(
+            signed(&s, titan, key, "us-west-2", "bedrock", json, b"{}", b"{}")
+                .await
+                .status,
+            400
+        );
+        let cohere = "/model/cohere.embed-english-v3/invoke";
+        let texts = br#"{"texts":["a"]}"#;
+        assert_eq!(
+            signed(&s, cohere, key, "us-west-2", "bedrock", json, texts, texts)
+                .await
+                .status,
+            400
+        );
+        let llama = "/model/meta.llama3/invoke";
+        assert_eq!(
+            signed(&s, llama, key, "us-west-2", "bedrock", json, texts, texts)
+                .await
+                .status,
+            400
+        );
+        control.fail(503, "down");
+        let a = signed(&s, PATH, key, "us-west-2", "bedrock", json, body, body).await;
+        assert_eq!(
+            (a.status, a.header("x-amzn-errortype")),
+            (503, Some("ServiceUnavailableException"))
+        );
+        assert_eq!(request(&s, "GET", PATH, &[], b"").await.status, 404);
+    }
+
+    #[tokio::test]
+    async fn sts_mock_issues_credentials_the_runtime_accepts() {
+        let control = Control::new();
+        let c = BedrockConfig::new("us-west-2", control.clone());
+        let s = start(c.clone()).await.unwrap();
+        let key = (c.access_key_id.as_str(), c.secret_access_key.as_str(), None);
+        let form = "application/x-www-form-urlencoded; charset=utf-8";
+        let sts = |body: String| {
+            let s = &s;
+            async move { signed(s, "/", key, "us-west-2", "sts", form, body.as_bytes(), body.as_bytes()).await }
+        };
+        let a = request(&s, "POST", "/", &[], b"Action=AssumeRole").await;
+        assert_eq!(a.status, 403);
+        assert!(a.body.contains("<Code>MissingAuthenticationToken</Code>"));
+        let a = sts("Action=GetCallerIdentity&Version=2011-06-15".into()).await;
+        assert!(a.body.contains("<Code>InvalidAction</Code>"));
+        let role = "arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Ftollgate-test";
+        let base = "Action=AssumeRole&Version=2011-06-15";
+        let a = sts(format!("{base}&RoleArn={role}&ExternalId=tollgate-external-1")).await;
+        assert_eq!(a.status, 400);
+        let a = sts(format!(
+            "{base}&RoleArn=arn%3Aother&RoleSessionName=s&ExternalId=tollgate-external-1"
+        ))
+        .await;
+        assert!(a.body.contains("<Code>AccessDenied</Code>"));
+        let a = sts(format!("{base}&RoleArn={role}&RoleSessionName=s")).await;
+        assert!(
+            a.body.contains("<Code>AccessDenied</Code>"),
+            "the external id is required"
+        );
+        assert_eq!(control.auth_calls(), 0);
+
+        let a = sts(format!(
+            "{base}&RoleArn={role}&RoleSessionName=s&ExternalId=tollgate-external-1"
+        ))
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let tag = |t: &str| {
+            let open = format!("<{t}>");
+            let start = a.body.find(&open).unwrap() + open.len();
+            let end = a.body[start..].find('<').unwrap();
+            a.body[start..start + end].to_owned()
+        };
+        let (id, secret, token) = (tag("AccessKeyId"), tag("SecretAccessKey"), tag("SessionToken"));
+        assert!(tag("Expiration").ends_with('Z'));
+        assert_eq!(control.auth_calls(), 1);
+
+        let body = CONVERSE.as_bytes();
+        let json = "application/json";
+        let temp = (id.as_str(), secret.as_str(), Some(token.as_str()));
+        assert_eq!(
+            signed(&s, PATH, temp, "us-west-2", "bedrock", json, body, body)
+                .await
+                .status,
+            200
+        );
+        let no_token = (id.as_str(), secret.as_str(), None);
+        let a = signed(&s, PATH, no_token, "us-west-2", "bedrock", json, body, body).await;
+        assert_eq!(
+            (a.status, a.header("x-amzn-errortype")),
+            (403, Some("UnrecognizedClientException"))
+        );
+        // Temporary credentials cannot assume the role again.
+        let again = format!("{base}&RoleArn={role}&RoleSessionName=s&ExternalId=tollgate-external-1");
+        let a = signed(
+            &s,
+            "/",
+            temp,
+            "us-west-2",
+            "sts",
+            form,
+            again.as_bytes(),
+            again.as_bytes(),
+        )
+        .await;
+        assert!(a.body.contains("<Code>InvalidClientTokenId</Code>"), "{}", a.body);
+    }
+
+    #[test]
+    fn form_bodies_decode() {
+        let f = form(b"RoleArn=arn%3Aaws&Name=a+b&Bad=%z");
+        assert_eq!(f["RoleArn"], "arn:aws");
+        assert_eq!(f["Name"], "a b");
+        assert_eq!(f["Bad"], "%z");
+    }
+}

@@ -526,3 +526,137 @@ fn predict(body: &Value) -> Response {
         .collect();
     json_response(json!({"predictions": predictions, "metadata": {"billableCharacterCount": 1}}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::raw::request;
+
+    const CONTENTS: &str = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+
+    #[tokio::test]
+    async fn gemini_mock_checks_the_key_and_the_request() {
+        let control = Control::new();
+        let s = start_gemini("k", control.clone()).await.unwrap();
+        let path = "/v1beta/models/m:generateContent";
+        let body = CONTENTS.as_bytes();
+        assert_eq!(request(&s, "POST", path, &[], body).await.status, 403);
+        let wrong = request(&s, "POST", path, &[("x-goog-api-key", "no")], body).await;
+        assert_eq!(wrong.status, 400);
+        assert!(wrong.body.contains("API key not valid"));
+        let ok = request(&s, "POST", &format!("{path}?key=k"), &[], body).await;
+        assert_eq!(ok.status, 200);
+        let v: Value = serde_json::from_str(&ok.body).unwrap();
+        assert_eq!(v["usageMetadata"]["promptTokenCount"], 12);
+        let key = [("x-goog-api-key", "k")];
+        assert_eq!(request(&s, "POST", path, &key, b"{}").await.status, 400);
+        assert_eq!(request(&s, "POST", path, &key, b"nope").await.status, 400);
+        let no_sse = "/v1beta/models/m:streamGenerateContent";
+        assert_eq!(request(&s, "POST", no_sse, &key, body).await.status, 400);
+        assert_eq!(
+            request(&s, "POST", "/v1beta/models/m:predict", &key, body).await.status,
+            404
+        );
+        assert_eq!(
+            request(&s, "POST", "/v2/models/m:generateContent", &key, body)
+                .await
+                .status,
+            404
+        );
+        assert_eq!(request(&s, "POST", "/v1beta/models/m", &key, body).await.status, 404);
+        assert_eq!(request(&s, "POST", "/elsewhere", &key, body).await.status, 404);
+        assert_eq!(request(&s, "POST", "/token", &key, body).await.status, 404);
+        assert_eq!(request(&s, "GET", path, &key, b"").await.status, 404);
+        let embed = r#"{"requests":[{"model":"models/other","content":{"parts":[{"text":"x"}]}}]}"#;
+        let path = "/v1beta/models/m:batchEmbedContents";
+        assert_eq!(request(&s, "POST", path, &key, embed.as_bytes()).await.status, 400);
+        assert_eq!(request(&s, "POST", path, &key, b"{}").await.status, 400);
+        control.fail(500, "boom");
+        let failed = request(&s, "POST", "/v1beta/models/m:generateContent", &key, body).await;
+        assert_eq!(failed.status, 500);
+        assert!(failed.body.contains("\"INTERNAL\""));
+        assert_eq!(s.calls(), 15);
+        assert_eq!(control.auth_calls(), 0);
+    }
+
+    fn assertion(claims: Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(TEST_ONLY_SERVICE_ACCOUNT_PRIVATE_KEY.as_bytes()).unwrap();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            &key,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn vertex_mock_checks_the_assertion_the_token_and_the_path() {
+        let control = Control::new();
+        let s = start_vertex(VertexConfig::new("p", "r1", control.clone()))
+            .await
+            .unwrap();
+        let model = "/v1/projects/p/locations/r1/publishers/google/models/m:generateContent";
+        assert_eq!(request(&s, "POST", model, &[], CONTENTS.as_bytes()).await.status, 401);
+
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let grant = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer";
+        let token = |body: String| {
+            let s = &s;
+            async move { request(s, "POST", "/token", &form, body.as_bytes()).await }
+        };
+        let a = token("grant_type=password".into()).await;
+        assert_eq!((a.status, a.body.contains("unsupported_grant_type")), (400, true));
+        let a = token(grant.into()).await;
+        assert_eq!((a.status, a.body.contains("invalid_request")), (400, true));
+        let a = token(format!("{grant}&assertion=not.a.jwt")).await;
+        assert_eq!((a.status, a.body.contains("invalid_grant")), (400, true));
+
+        let now = chrono::Utc::now().timestamp();
+        let aud = format!("http://{}/token", s.addr);
+        let good =
+            json!({"iss": TEST_CLIENT_EMAIL, "scope": CLOUD_PLATFORM_SCOPE, "aud": aud, "iat": now, "exp": now + 3600});
+        let mut wrong_scope = good.clone();
+        wrong_scope["scope"] = json!("https://www.googleapis.com/auth/drive");
+        let a = token(format!("{grant}&assertion={}", assertion(wrong_scope))).await;
+        assert_eq!((a.status, a.body.contains("invalid_scope")), (400, true));
+        let mut too_long = good.clone();
+        too_long["exp"] = json!(now + 7200);
+        let a = token(format!("{grant}&assertion={}", assertion(too_long))).await;
+        assert_eq!((a.status, a.body.contains("short-lived")), (400, true));
+        let mut wrong_aud = good.clone();
+        wrong_aud["aud"] = json!("https://oauth2.googleapis.com/token");
+        assert_eq!(
+            token(format!("{grant}&assertion={}", assertion(wrong_aud)))
+                .await
+                .status,
+            400
+        );
+        let mut expired = good.clone();
+        expired["iat"] = json!(now - 7200);
+        expired["exp"] = json!(now - 3600);
+        let a = token(format!("{grant}&assertion={}", assertion(expired))).await;
+        assert_eq!((a.status, a.body.contains("short-lived")), (400, true));
+        assert_eq!(control.auth_calls(), 0);
+
+        let a = token(format!("{grant}&assertion={}", assertion(good))).await;
+        assert_eq!(a.status, 200);
+        let issued: Value = serde_json::from_str(&a.body).unwrap();
+        let bearer = format!("Bearer {}", issued["access_token"].as_str().unwrap());
+        let auth = [("authorization", bearer.as_str())];
+        let other = "/v1/projects/q/locations/r1/publishers/google/models/m:generateContent";
+        assert_eq!(request(&s, "POST", other, &auth, CONTENTS.as_bytes()).await.status, 403);
+        assert_eq!(request(&s, "POST", model, &auth, CONTENTS.as_bytes()).await.status, 200);
+        let batch = "/v1/projects/p/locations/r1/publishers/google/models/m:batchEmbedContents";
+        assert_eq!(request(&s, "POST", batch, &auth, CONTENTS.as_bytes()).await.status, 404);
+        let predict = "/v1/projects/p/locations/r1/publishers/google/models/m:predict";
+        assert_eq!(request(&s, "POST", predict, &auth, b"{}").await.status, 400);
+        assert_eq!(control.auth_calls(), 1);
+    }
+
+    #[test]
+    fn form_values_are_decoded() {
+        assert_eq!(form_value(b"a=1&b=x%3Ay+z", "b").as_deref(), Some("x:y z"));
+        assert_eq!(form_value(b"a=1", "b"), None);
+        assert_eq!(form_value(b"b=%zz", "b"), None);
+    }
+}
