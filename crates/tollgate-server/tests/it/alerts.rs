@@ -21,7 +21,7 @@ use tollgate_core::limits::BudgetKind;
 use tollgate_server::alerts::{AlertConfig, AlertError, AlertKind, AlertPayload, DeliveryReport, Dispatcher};
 use tollgate_store::outbox::{ChannelState, Outbox};
 
-const SECRET: &str = "whsec-test-0123456789";
+pub(crate) const SECRET: &str = "whsec-test-0123456789";
 const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn t0() -> DateTime<Utc> {
@@ -49,15 +49,15 @@ fn alert(event_id: &str, limit_id: &str) -> AlertPayload {
 // ---- a tiny SMTP server -------------------------------------------------
 
 #[derive(Debug)]
-struct Mail {
-    from: String,
-    rcpt: Vec<String>,
-    data: String,
+pub(crate) struct Mail {
+    pub(crate) from: String,
+    pub(crate) rcpt: Vec<String>,
+    pub(crate) data: String,
 }
 
 impl Mail {
     /// The message with header folding and quoted-printable soft breaks undone.
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.data.replace("=\n", "").replace("\n ", " ")
     }
 }
@@ -122,15 +122,15 @@ fn smtp_server(listener: TcpListener) -> mpsc::UnboundedReceiver<Mail> {
 // ---- a webhook receiver -------------------------------------------------
 
 #[derive(Debug, Clone)]
-struct Hit {
-    event_id: String,
-    signature_ok: bool,
-    body: serde_json::Value,
-    answered: StatusCode,
+pub(crate) struct Hit {
+    pub(crate) event_id: String,
+    pub(crate) signature_ok: bool,
+    pub(crate) body: serde_json::Value,
+    pub(crate) answered: StatusCode,
 }
 
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     hits: Arc<Mutex<Vec<Hit>>>,
     /// Requests still to answer with 500.
     failures_left: Arc<AtomicUsize>,
@@ -138,7 +138,7 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn accepted(&self) -> Vec<Hit> {
+    pub(crate) fn accepted(&self) -> Vec<Hit> {
         self.hits
             .lock()
             .iter()
@@ -150,7 +150,7 @@ impl Receiver {
 
 /// Checks the signature the way a receiver would, independently of the
 /// library's helper: HMAC-SHA256 over `"{timestamp}.{body}"`.
-fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
+pub(crate) fn signature_ok(headers: &HeaderMap, body: &[u8]) -> bool {
     let get = |n: &str| {
         headers
             .get(n)
@@ -194,7 +194,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
     answered
 }
 
-async fn webhook_receiver(fail_first: usize) -> (String, Receiver, mpsc::UnboundedReceiver<Hit>) {
+pub(crate) async fn webhook_receiver(fail_first: usize) -> (String, Receiver, mpsc::UnboundedReceiver<Hit>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let r = Receiver {
         hits: Arc::default(),
@@ -245,7 +245,7 @@ fn config(smtp_port: Option<u16>, webhook_url: Option<String>) -> AlertConfig {
     }
 }
 
-async fn smtp_on_port_0() -> (u16, mpsc::UnboundedReceiver<Mail>) {
+pub(crate) async fn smtp_on_port_0() -> (u16, mpsc::UnboundedReceiver<Mail>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     (l.local_addr().unwrap().port(), smtp_server(l))
 }

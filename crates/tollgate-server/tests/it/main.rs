@@ -2,5 +2,7 @@
 
 mod admin;
 mod gateway;
+mod limits;
+mod provisioning;
 mod alerts;
 mod support;
