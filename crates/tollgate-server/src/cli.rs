@@ -31,12 +31,34 @@ pub enum Command {
     /// The model price table.
     #[command(subcommand)]
     Prices(PricesCommand),
-    /// Serve the OpenAI-compatible mock upstream (for trying Tollgate without a provider account).
+    /// Serve a mock upstream of one provider protocol (for trying Tollgate
+    /// without a provider account). Prints its base URL and the test
+    /// credentials it accepts on stderr.
     MockUpstream {
-        /// Port to listen on (127.0.0.1).
+        /// Port to listen on (127.0.0.1; 0 picks a free one).
         #[arg(long, default_value_t = 9090)]
         port: u16,
+        /// Which provider's API to mock.
+        #[arg(long, value_enum, default_value_t = MockProtocol::Openai)]
+        protocol: MockProtocol,
     },
+}
+
+/// The protocols `tollgate mock-upstream` can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MockProtocol {
+    /// OpenAI and OpenAI-compatible (any key or none).
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Azure OpenAI deployments.
+    Azure,
+    /// Google Gemini API.
+    Gemini,
+    /// Google Vertex AI (service-account JWT, OAuth token endpoint).
+    Vertex,
+    /// AWS Bedrock runtime and STS.
+    Bedrock,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,4 +220,127 @@ pub async fn import_prices(config: Config, file: PathBuf) -> Result<usize, CliEr
     tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string()).await?;
     tx.commit().await?;
     Ok(table.len())
+}
+
+// ---- `tollgate mock-upstream` ----
+
+/// The fixed test credentials `tollgate mock-upstream` accepts. They protect
+/// nothing (the mocks serve canned answers on 127.0.0.1) and are documented
+/// in docs/SDK_TESTS.md so that an integration can be pointed at a mock.
+pub mod mock_credentials {
+    /// Anthropic: the `x-api-key`.
+    pub const ANTHROPIC_KEY: &str = "sk-ant-test";
+    /// Azure OpenAI: the `api-key`.
+    pub const AZURE_KEY: &str = "azure-test-key";
+    /// Gemini API: the `x-goog-api-key`.
+    pub const GEMINI_KEY: &str = "gemini-test-key";
+    /// Vertex AI: project and region in the model paths.
+    pub const VERTEX_PROJECT: &str = "test-project";
+    pub const VERTEX_REGION: &str = "us-central1";
+    /// Bedrock: the region SigV4 signatures are scoped to.
+    pub const BEDROCK_REGION: &str = "us-east-1";
+}
+
+/// `tollgate mock-upstream`: binds `127.0.0.1:port`, prints one line on
+/// stderr with the base URL and the credentials the mock accepts, and
+/// serves until the process ends. Nothing is recorded, so memory stays flat
+/// however long it runs.
+pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliError> {
+    use mock_credentials as creds;
+    use tollgate_testkit::control::Control;
+    use tollgate_testkit::{anthropic, azure, bedrock, google, openai};
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .map_err(|e| CliError::Other(format!("binding 127.0.0.1:{port}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| CliError::Other(e.to_string()))?;
+    let url = format!("http://{addr}");
+    let (router, line) = match protocol {
+        MockProtocol::Openai => (
+            openai::router(openai::OpenAiMock::default(), None),
+            format!(
+                "mock-upstream openai: base_url={url}/v1 accepts any key \
+                 (integration: ai_provider_id=openai, configurations.custom_host={url}/v1)"
+            ),
+        ),
+        MockProtocol::Anthropic => {
+            let config = anthropic::AnthropicMock {
+                api_key: creds::ANTHROPIC_KEY.into(),
+                control: Control::new(),
+            };
+            (
+                anthropic::standalone_router(config),
+                format!(
+                    "mock-upstream anthropic: base_url={url}/v1 x-api-key={} \
+                     (integration: ai_provider_id=anthropic, key={}, configurations.custom_host={url}/v1)",
+                    creds::ANTHROPIC_KEY,
+                    creds::ANTHROPIC_KEY
+                ),
+            )
+        }
+        MockProtocol::Azure => {
+            let config = azure::AzureMock {
+                api_key: creds::AZURE_KEY.into(),
+                ..Default::default()
+            };
+            (
+                azure::standalone_router(config),
+                format!(
+                    "mock-upstream azure: base_url={url} api-key={} any deployment, api-version YYYY-MM-DD \
+                     (integration: ai_provider_id=azure-openai, key={}, configurations.custom_host={url})",
+                    creds::AZURE_KEY,
+                    creds::AZURE_KEY
+                ),
+            )
+        }
+        MockProtocol::Gemini => (
+            google::standalone_gemini_router(creds::GEMINI_KEY, Control::new()),
+            format!(
+                "mock-upstream gemini: base_url={url}/v1beta x-goog-api-key={} \
+                 (integration: ai_provider_id=google, key={}, configurations.custom_host={url}/v1beta)",
+                creds::GEMINI_KEY,
+                creds::GEMINI_KEY
+            ),
+        ),
+        MockProtocol::Vertex => {
+            let config = google::VertexConfig::new(creds::VERTEX_PROJECT, creds::VERTEX_REGION, Control::new());
+            let router = google::standalone_vertex_router(config).map_err(|e| CliError::Other(e.to_string()))?;
+            // The key file's `token_uri` must be this mock's token endpoint:
+            // the JWT's audience is checked against it.
+            let account = google::service_account_json(
+                google::TEST_CLIENT_EMAIL,
+                &format!("{url}/token"),
+                creds::VERTEX_PROJECT,
+            );
+            (
+                router,
+                format!(
+                    "mock-upstream vertex: base_url={url} vertex_project_id={} vertex_region={} \
+                     vertex_service_account_json={account} \
+                     (integration: ai_provider_id=vertex-ai, configurations.custom_host={url} and the three above)",
+                    creds::VERTEX_PROJECT,
+                    creds::VERTEX_REGION
+                ),
+            )
+        }
+        MockProtocol::Bedrock => {
+            let config = bedrock::BedrockConfig::new(creds::BEDROCK_REGION, Control::new());
+            let line = format!(
+                "mock-upstream bedrock: base_url={url} aws_region={} aws_access_key_id={} \
+                 aws_secret_access_key={} aws_role_arn={} aws_external_id={} \
+                 (integration: ai_provider_id=bedrock, aws_auth_type=accessKey, configurations.custom_host={url}; \
+                 for assumedRole also configurations.aws_sts_endpoint={url}/)",
+                config.region,
+                config.access_key_id,
+                config.secret_access_key,
+                config.role_arn,
+                config.external_id.as_deref().unwrap_or(""),
+            );
+            (bedrock::standalone_router(config), line)
+        }
+    };
+    eprintln!("{line}");
+    axum::serve(listener, router)
+        .await
+        .map_err(|e| CliError::Other(format!("mock upstream: {e}")))
 }

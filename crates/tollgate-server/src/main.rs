@@ -42,9 +42,9 @@ async fn main() -> ExitCode {
                 let n = cli::import_prices(config, file).await?;
                 eprintln!("Imported prices for {n} models.");
             }
-            Command::MockUpstream { port } => {
+            Command::MockUpstream { port, protocol } => {
                 init_tracing("info");
-                tollgate_testkit::openai::serve_forever(port).await?;
+                cli::mock_upstream(protocol, port).await?;
             }
         }
         Ok(())

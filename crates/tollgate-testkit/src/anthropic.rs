@@ -40,15 +40,25 @@ struct AppState {
 /// Starts the Anthropic mock on a free port.
 pub async fn start(config: AnthropicMock) -> std::io::Result<MockServer> {
     let journal = Journal::default();
+    MockServer::start(router(config, journal.clone()), journal).await
+}
+
+/// The mock's routes for a long-running process (`tollgate mock-upstream
+/// --protocol anthropic`): requests are checked as usual but not kept.
+pub fn standalone_router(config: AnthropicMock) -> Router {
+    let journal = Journal::default();
+    crate::forgetful(router(config, journal.clone()), journal)
+}
+
+fn router(config: AnthropicMock, journal: Journal) -> Router {
     let state = AppState {
-        journal: journal.clone(),
+        journal,
         config: Arc::new(config),
     };
-    let router = Router::new()
+    Router::new()
         .route("/v1/messages", post(messages))
         .fallback(|| async { anthropic_error(404, "Not found") })
-        .with_state(state);
-    MockServer::start(router, journal).await
+        .with_state(state)
 }
 
 /// The base URL clients use: `http://127.0.0.1:PORT/v1`.

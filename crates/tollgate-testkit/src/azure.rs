@@ -52,11 +52,22 @@ enum Kind {
 /// [`MockServer::url`].
 pub async fn start(config: AzureMock) -> std::io::Result<MockServer> {
     let journal = Journal::default();
+    MockServer::start(router(config, journal.clone()), journal).await
+}
+
+/// The mock's routes for a long-running process (`tollgate mock-upstream
+/// --protocol azure`): requests are checked as usual but not kept.
+pub fn standalone_router(config: AzureMock) -> Router {
+    let journal = Journal::default();
+    crate::forgetful(router(config, journal.clone()), journal)
+}
+
+fn router(config: AzureMock, journal: Journal) -> Router {
     let state = AppState {
-        journal: journal.clone(),
+        journal,
         config: Arc::new(config),
     };
-    let router = Router::new()
+    Router::new()
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(|s: State<AppState>, p: Path<String>, r: Request| handle(s, p, r, Kind::Chat)),
@@ -70,8 +81,7 @@ pub async fn start(config: AzureMock) -> std::io::Result<MockServer> {
             post(|s: State<AppState>, p: Path<String>, r: Request| handle(s, p, r, Kind::Embeddings)),
         )
         .fallback(|| async { not_found() })
-        .with_state(state);
-    MockServer::start(router, journal).await
+        .with_state(state)
 }
 
 fn azure_error(status: u16, code: &str, message: &str) -> Response {

@@ -72,13 +72,23 @@ struct Mock {
 /// Starts the mock (runtime and STS on the same address).
 pub async fn start(config: BedrockConfig) -> std::io::Result<MockServer> {
     let journal = Journal::default();
+    MockServer::start(router(config, journal.clone()), journal).await
+}
+
+/// The mock's routes for a long-running process (`tollgate mock-upstream
+/// --protocol bedrock`): requests are checked as usual but not kept.
+pub fn standalone_router(config: BedrockConfig) -> Router {
+    let journal = Journal::default();
+    crate::forgetful(router(config, journal.clone()), journal)
+}
+
+fn router(config: BedrockConfig, journal: Journal) -> Router {
     let mock = Mock {
-        journal: journal.clone(),
+        journal,
         config: Arc::new(config),
         issued: Arc::new(Mutex::new(HashMap::new())),
     };
-    let router = Router::new().fallback(handle).with_state(mock);
-    MockServer::start(router, journal).await
+    Router::new().fallback(handle).with_state(mock)
 }
 
 /// An AWS JSON-protocol error.

@@ -139,27 +139,55 @@ pub async fn start_gemini(api_key: &str, control: Control) -> std::io::Result<Mo
 
 /// Starts a Vertex AI mock (model paths and `/token`).
 pub async fn start_vertex(config: VertexConfig) -> std::io::Result<MockServer> {
+    let control = config.control.clone();
+    start(vertex_auth(config)?, control).await
+}
+
+/// The Gemini mock's routes for a long-running process (`tollgate
+/// mock-upstream --protocol gemini`): requests are checked as usual but not
+/// kept.
+pub fn standalone_gemini_router(api_key: &str, control: Control) -> Router {
+    let journal = Journal::default();
+    crate::forgetful(
+        router(Auth::ApiKey(api_key.to_owned()), control, journal.clone()),
+        journal,
+    )
+}
+
+/// The Vertex mock's routes for a long-running process (`tollgate
+/// mock-upstream --protocol vertex`): requests are checked as usual but not
+/// kept.
+pub fn standalone_vertex_router(config: VertexConfig) -> std::io::Result<Router> {
+    let control = config.control.clone();
+    let journal = Journal::default();
+    let router = router(vertex_auth(config)?, control, journal.clone());
+    Ok(crate::forgetful(router, journal))
+}
+
+fn vertex_auth(config: VertexConfig) -> std::io::Result<Auth> {
     let key = jsonwebtoken::DecodingKey::from_rsa_pem(config.public_key_pem.as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let auth = Auth::Vertex {
+    Ok(Auth::Vertex {
         project: config.project,
         region: config.region,
         client_email: config.client_email,
         key,
         issued: Mutex::new(HashSet::new()),
-    };
-    start(auth, config.control).await
+    })
 }
 
 async fn start(auth: Auth, control: Control) -> std::io::Result<MockServer> {
     let journal = Journal::default();
+    MockServer::start(router(auth, control, journal.clone()), journal).await
+}
+
+fn router(auth: Auth, control: Control, journal: Journal) -> Router {
     let mock = Mock {
-        journal: journal.clone(),
+        journal,
         control,
         auth: Arc::new(auth),
     };
-    let router = Router::new().fallback(handle).with_state(mock);
-    MockServer::start(router, journal).await
+    Router::new().fallback(handle).with_state(mock)
 }
 
 /// Google's error body.

@@ -138,3 +138,17 @@ impl Drop for MockServer {
 
 /// Shared state handed to mock handlers.
 pub type JournalState = State<Journal>;
+
+/// Wraps a mock's router so that its journal never grows: each request
+/// empties it first. For mocks served by a long-running process
+/// (`tollgate mock-upstream`), where nothing reads the journal and keeping
+/// every request would only use memory.
+pub(crate) fn forgetful(router: Router, journal: Journal) -> Router {
+    router.layer(axum::middleware::map_request(move |req: Request| {
+        let journal = journal.clone();
+        async move {
+            journal.clear();
+            req
+        }
+    }))
+}
