@@ -3,6 +3,7 @@
 mod admin;
 mod gateway;
 mod limits;
+mod protocols;
 mod provisioning;
 mod alerts;
 mod support;
