@@ -6,6 +6,7 @@
 //!   integrations, providers) and the audit trail.
 //! - [`usage`]: the request log and its batching background writer.
 
+pub mod analytics;
 pub mod control;
 pub mod counters;
 pub mod db;

@@ -175,6 +175,8 @@ async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Err
             .push_bind(&r.response_body);
     });
     qb.build().execute(&mut *tx).await?;
+    // The analytics roll-ups move with the log, in the same transaction.
+    crate::analytics::roll_up(&mut tx, rows).await?;
     tx.commit().await
 }
 

@@ -1,0 +1,1005 @@
+//! Analytics over the request log: the aggregate ([`Agg`]) every metric is
+//! derived from, the daily roll-ups that keep large ranges fast, and the
+//! query planner that answers a [`Query`] from roll-ups and raw rows.
+//!
+//! Roll-ups (`usage_daily`) hold one row per UTC day and (workspace, API key,
+//! provider, AI provider, model, status code) with exact integer sums and
+//! sparse log-scale histograms of latency, time to first token and gateway
+//! overhead. [`roll_up`] updates them in the same transaction that inserts the
+//! request-log rows, so they are never behind the log.
+//!
+//! A query is split into whole days read from roll-ups and partial days at
+//! either end read from raw rows, so every figure is exact for any time range
+//! except percentiles, which come from histograms once a roll-up is involved
+//! (relative error at most 1/32, about 3.1%: see [`Dist`]). Queries whose
+//! filters are per request (token or cost range, metadata) or whose buckets
+//! are finer than a day read raw rows only, day by day to bound memory.
+
+use crate::usage::UsageRecord;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Milliseconds in a UTC day.
+pub const DAY_MS: i64 = 86_400_000;
+/// Milliseconds in a minute.
+pub const MINUTE_MS: i64 = 60_000;
+/// Most values a [`Dist`] keeps for exact percentiles before it relies on
+/// its histogram alone.
+const EXACT_MAX: usize = 200_000;
+/// Sub-buckets per power of two: 2^4 = 16, so a bucket spans at most 1/16 of
+/// its lower bound and its midpoint is within 1/32 of any value in it.
+const SUB_BITS: u32 = 4;
+const SUB: u64 = 1 << SUB_BITS;
+
+/// The histogram bucket of `v`: values below 32 have a bucket each; above,
+/// every power of two is split into 16 equal sub-buckets.
+pub fn bucket_of(v: u64) -> u16 {
+    if v < SUB {
+        return v as u16;
+    }
+    let lz = 63 - v.leading_zeros();
+    let sub = (v >> (lz - SUB_BITS)) & (SUB - 1);
+    ((u64::from(lz - SUB_BITS + 1)) * SUB + sub) as u16
+}
+
+/// The `[low, high)` range of values bucket `b` holds.
+pub fn bucket_range(b: u16) -> (u64, u64) {
+    let b = u64::from(b);
+    if b < SUB {
+        return (b, b + 1);
+    }
+    let exp = b / SUB - 1; // how far the sub-bucket width is shifted
+    let sub = b % SUB;
+    ((SUB + sub) << exp, (SUB + sub + 1) << exp)
+}
+
+/// The value reported for bucket `b`: exact for one-value buckets, else
+/// the midpoint.
+fn bucket_value(b: u16) -> u64 {
+    let (lo, hi) = bucket_range(b);
+    if hi - lo == 1 {
+        lo
+    } else {
+        lo + (hi - lo) / 2
+    }
+}
+
+/// A distribution of microsecond values: a sparse histogram always, and the
+/// values themselves while they all came from raw rows (so percentiles over
+/// raw rows are exact).
+#[derive(Debug, Clone)]
+pub struct Dist {
+    hist: BTreeMap<u16, u64>,
+    n: u64,
+    exact: Option<Vec<u64>>,
+}
+
+impl Default for Dist {
+    fn default() -> Self {
+        Dist { hist: BTreeMap::new(), n: 0, exact: Some(Vec::new()) }
+    }
+}
+
+impl Dist {
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
+    pub fn add(&mut self, v: u64) {
+        *self.hist.entry(bucket_of(v)).or_default() += 1;
+        self.n += 1;
+        if let Some(e) = &mut self.exact {
+            if e.len() < EXACT_MAX {
+                e.push(v);
+            } else {
+                self.exact = None;
+            }
+        }
+    }
+
+    /// Adds another distribution.
+    pub fn merge(&mut self, o: &Dist) {
+        if o.n == 0 {
+            return;
+        }
+        for (b, c) in &o.hist {
+            *self.hist.entry(*b).or_default() += c;
+        }
+        self.n += o.n;
+        self.exact = match (self.exact.take(), &o.exact) {
+            (Some(mut a), Some(b)) if a.len() + b.len() <= EXACT_MAX => {
+                a.extend_from_slice(b);
+                Some(a)
+            }
+            _ => None,
+        };
+    }
+
+    /// Nearest-rank percentile, `per_mille` / 1000: the smallest value with
+    /// at least ⌈q·n⌉ values at or below it. `None` without values.
+    pub fn quantile(&self, per_mille: u64) -> Option<u64> {
+        if self.n == 0 {
+            return None;
+        }
+        let rank = (per_mille * self.n).div_ceil(1000).max(1);
+        if let Some(e) = &self.exact {
+            let mut v = e.clone();
+            let i = (rank as usize - 1).min(v.len().saturating_sub(1));
+            let (_, x, _) = v.select_nth_unstable(i);
+            return Some(*x);
+        }
+        let mut seen = 0;
+        for (b, c) in &self.hist {
+            seen += c;
+            if seen >= rank {
+                return Some(bucket_value(*b));
+            }
+        }
+        self.hist.keys().next_back().map(|b| bucket_value(*b))
+    }
+
+    /// Sparse little-endian (bucket u16, count u64) pairs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.hist.len() * 10);
+        for (b, c) in &self.hist {
+            out.extend_from_slice(&b.to_le_bytes());
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        out
+    }
+
+    /// The histogram of a roll-up row; its values are not known, so the
+    /// result answers percentiles from buckets.
+    pub fn decode(bytes: &[u8]) -> Dist {
+        let mut d = Dist { hist: BTreeMap::new(), n: 0, exact: None };
+        for chunk in bytes.chunks_exact(10) {
+            let b = u16::from_le_bytes([chunk[0], chunk[1]]);
+            let mut c = [0u8; 8];
+            c.copy_from_slice(&chunk[2..10]);
+            let c = u64::from_le_bytes(c);
+            *d.hist.entry(b).or_default() += c;
+            d.n += c;
+        }
+        if d.n == 0 {
+            d.exact = Some(Vec::new());
+        }
+        d
+    }
+}
+
+/// What one request contributes: the request-log columns analytics reads.
+#[derive(Debug, Clone, Default)]
+pub struct Fact {
+    pub created_at_ms: i64,
+    pub dims: Dims,
+    pub error_type: Option<String>,
+    pub refusal: Option<String>,
+    pub streamed: bool,
+    pub cancelled: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub total_tokens: u64,
+    pub cost_picos: Option<i64>,
+    pub latency_us: u64,
+    pub ttft_us: Option<u64>,
+    pub upstream_latency_us: Option<u64>,
+    /// The value of the grouped metadata key, when grouping by one.
+    pub metadata_value: Option<String>,
+}
+
+impl From<&UsageRecord> for Fact {
+    fn from(r: &UsageRecord) -> Fact {
+        Fact {
+            created_at_ms: r.created_at.timestamp_millis(),
+            dims: Dims {
+                workspace_id: r.workspace_id.clone().unwrap_or_default(),
+                api_key_id: r.api_key_id.clone().unwrap_or_default(),
+                provider_slug: r.provider_slug.clone().unwrap_or_default(),
+                ai_provider_id: r.ai_provider_id.clone().unwrap_or_default(),
+                model: r.model.clone().unwrap_or_default(),
+                status_code: r.status_code,
+            },
+            error_type: r.error_type.clone(),
+            refusal: r.refusal.clone(),
+            streamed: r.streamed,
+            cancelled: r.cancelled,
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            cached_tokens: r.cached_tokens,
+            total_tokens: r.total_tokens,
+            cost_picos: r.cost_picos,
+            latency_us: r.latency_us,
+            ttft_us: r.ttft_us,
+            upstream_latency_us: r.upstream_latency_us,
+            metadata_value: None,
+        }
+    }
+}
+
+/// The dimensions a roll-up row is keyed by; `""` means absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dims {
+    pub workspace_id: String,
+    pub api_key_id: String,
+    pub provider_slug: String,
+    pub ai_provider_id: String,
+    pub model: String,
+    pub status_code: u16,
+}
+
+/// Every sum, count and distribution the metrics are derived from.
+#[derive(Debug, Clone, Default)]
+pub struct Agg {
+    pub requests: u64,
+    /// Status 2xx.
+    pub successful: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    /// `error_type = upstream_error` (upstream 5xx, unreachable, or its 4xx relayed).
+    pub upstream_errors: u64,
+    pub timeouts: u64,
+    pub refused_rate_limit: u64,
+    pub refused_budget: u64,
+    pub refused_policy: u64,
+    pub refused_auth: u64,
+    pub refused_permission: u64,
+    pub cancelled: u64,
+    pub streamed: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub total_tokens: u64,
+    /// Sum over requests with a known price, in picodollars.
+    pub cost_picos: i128,
+    pub priced_requests: u64,
+    pub priced_tokens: u64,
+    pub latency_sum_us: u128,
+    pub latency_max_us: u64,
+    /// Completion tokens and upstream time of successful requests that
+    /// generated output: the basis of output tokens per second.
+    pub gen_tokens: u64,
+    pub gen_us: u64,
+    pub latency: Dist,
+    pub ttft: Dist,
+    /// Latency minus upstream latency, for requests that reached an upstream.
+    pub overhead: Dist,
+    pub api_keys: HashSet<String>,
+    pub models: HashSet<String>,
+    pub workspaces: HashSet<String>,
+    pub providers: HashSet<String>,
+}
+
+/// The roll-up table's counter columns, in [`Agg::counters`] order.
+const COUNTER_COLS: [&str; 24] = [
+    "requests",
+    "successful",
+    "status_4xx",
+    "status_5xx",
+    "upstream_errors",
+    "timeouts",
+    "refused_rate_limit",
+    "refused_budget",
+    "refused_policy",
+    "refused_auth",
+    "refused_permission",
+    "cancelled",
+    "streamed",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "cost_picos",
+    "priced_requests",
+    "priced_tokens",
+    "latency_sum_us",
+    "latency_max_us",
+    "gen_tokens",
+    "gen_us",
+];
+
+fn clamp_i64(v: i128) -> i64 {
+    v.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+impl Agg {
+    pub fn failed(&self) -> u64 {
+        self.requests - self.successful
+    }
+
+    fn note_dims(&mut self, d: &Dims) {
+        for (set, v) in [
+            (&mut self.api_keys, &d.api_key_id),
+            (&mut self.models, &d.model),
+            (&mut self.workspaces, &d.workspace_id),
+            (&mut self.providers, &d.provider_slug),
+        ] {
+            if !v.is_empty() && !set.contains(v.as_str()) {
+                set.insert(v.clone());
+            }
+        }
+    }
+
+    /// Adds one request.
+    pub fn add(&mut self, f: &Fact) {
+        self.note_dims(&f.dims);
+        self.add_counts(f);
+    }
+
+    /// Adds one request's counts, leaving the distinct sets alone (roll-up rows
+    /// carry their dimensions in their key).
+    fn add_counts(&mut self, f: &Fact) {
+        let s = f.dims.status_code;
+        self.requests += 1;
+        let ok = (200..300).contains(&s);
+        self.successful += u64::from(ok);
+        self.status_4xx += u64::from((400..500).contains(&s));
+        self.status_5xx += u64::from((500..600).contains(&s));
+        match f.error_type.as_deref() {
+            Some("upstream_error") => self.upstream_errors += 1,
+            Some("timeout_error") => self.timeouts += 1,
+            _ => {}
+        }
+        match f.refusal.as_deref() {
+            Some("rate_limit") => self.refused_rate_limit += 1,
+            Some("budget") => self.refused_budget += 1,
+            Some("policy") => self.refused_policy += 1,
+            Some("auth") => self.refused_auth += 1,
+            Some("permission") => self.refused_permission += 1,
+            _ => {}
+        }
+        self.cancelled += u64::from(f.cancelled);
+        self.streamed += u64::from(f.streamed);
+        self.prompt_tokens += f.prompt_tokens;
+        self.completion_tokens += f.completion_tokens;
+        self.cached_tokens += f.cached_tokens;
+        self.total_tokens += f.total_tokens;
+        if let Some(c) = f.cost_picos {
+            self.cost_picos += i128::from(c);
+            self.priced_requests += 1;
+            self.priced_tokens += f.total_tokens;
+        }
+        self.latency_sum_us += u128::from(f.latency_us);
+        self.latency_max_us = self.latency_max_us.max(f.latency_us);
+        self.latency.add(f.latency_us);
+        if let Some(t) = f.ttft_us {
+            self.ttft.add(t);
+        }
+        if let Some(u) = f.upstream_latency_us {
+            self.overhead.add(f.latency_us.saturating_sub(u));
+            if ok && u > 0 && f.completion_tokens > 0 {
+                self.gen_tokens += f.completion_tokens;
+                self.gen_us += u;
+            }
+        }
+    }
+
+    /// Adds another aggregate.
+    pub fn merge(&mut self, o: &Agg) {
+        self.merge_counts(o);
+        for (a, b) in [
+            (&mut self.api_keys, &o.api_keys),
+            (&mut self.models, &o.models),
+            (&mut self.workspaces, &o.workspaces),
+            (&mut self.providers, &o.providers),
+        ] {
+            for v in b {
+                if !a.contains(v) {
+                    a.insert(v.clone());
+                }
+            }
+        }
+    }
+
+    fn merge_counts(&mut self, o: &Agg) {
+        let mut c = self.counters();
+        let oc = o.counters();
+        for (i, v) in c.iter_mut().enumerate() {
+            if COUNTER_COLS[i] == "latency_max_us" {
+                *v = (*v).max(oc[i]);
+            } else {
+                *v += oc[i];
+            }
+        }
+        self.set_counters(&c);
+        self.latency.merge(&o.latency);
+        self.ttft.merge(&o.ttft);
+        self.overhead.merge(&o.overhead);
+    }
+
+    fn counters(&self) -> [i128; 24] {
+        [
+            self.requests.into(),
+            self.successful.into(),
+            self.status_4xx.into(),
+            self.status_5xx.into(),
+            self.upstream_errors.into(),
+            self.timeouts.into(),
+            self.refused_rate_limit.into(),
+            self.refused_budget.into(),
+            self.refused_policy.into(),
+            self.refused_auth.into(),
+            self.refused_permission.into(),
+            self.cancelled.into(),
+            self.streamed.into(),
+            self.prompt_tokens.into(),
+            self.completion_tokens.into(),
+            self.cached_tokens.into(),
+            self.total_tokens.into(),
+            self.cost_picos,
+            self.priced_requests.into(),
+            self.priced_tokens.into(),
+            self.latency_sum_us as i128,
+            self.latency_max_us.into(),
+            self.gen_tokens.into(),
+            self.gen_us.into(),
+        ]
+    }
+
+    fn set_counters(&mut self, c: &[i128; 24]) {
+        let u = |v: i128| v.clamp(0, i128::from(u64::MAX)) as u64;
+        self.requests = u(c[0]);
+        self.successful = u(c[1]);
+        self.status_4xx = u(c[2]);
+        self.status_5xx = u(c[3]);
+        self.upstream_errors = u(c[4]);
+        self.timeouts = u(c[5]);
+        self.refused_rate_limit = u(c[6]);
+        self.refused_budget = u(c[7]);
+        self.refused_policy = u(c[8]);
+        self.refused_auth = u(c[9]);
+        self.refused_permission = u(c[10]);
+        self.cancelled = u(c[11]);
+        self.streamed = u(c[12]);
+        self.prompt_tokens = u(c[13]);
+        self.completion_tokens = u(c[14]);
+        self.cached_tokens = u(c[15]);
+        self.total_tokens = u(c[16]);
+        self.cost_picos = c[17];
+        self.priced_requests = u(c[18]);
+        self.priced_tokens = u(c[19]);
+        self.latency_sum_us = c[20].max(0) as u128;
+        self.latency_max_us = u(c[21]);
+        self.gen_tokens = u(c[22]);
+        self.gen_us = u(c[23]);
+    }
+}
+
+/// A (provider, model) pair of the `ai_org_model` filter; `provider` matches
+/// the AI provider id (`openai`) or the provider slug.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelMatch {
+    pub provider: Option<String>,
+    pub model: String,
+}
+
+/// Which requests a query covers. Empty lists mean "any".
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Inclusive start, milliseconds since the epoch.
+    pub from_ms: i64,
+    /// Exclusive end.
+    pub to_ms: i64,
+    /// `None`: every workspace.
+    pub workspace_ids: Option<Vec<String>>,
+    pub api_key_ids: Vec<String>,
+    pub provider_slugs: Vec<String>,
+    pub models: Vec<ModelMatch>,
+    pub status_codes: Vec<u16>,
+    pub total_tokens_min: Option<u64>,
+    pub total_tokens_max: Option<u64>,
+    /// Inclusive bounds in picodollars; a request without a known price never
+    /// matches a cost bound.
+    pub cost_min_picos: Option<i64>,
+    pub cost_max_picos: Option<i64>,
+    /// Every key must be present in the request's metadata with this value.
+    pub metadata: Vec<(String, String)>,
+    /// The filter is known to match nothing (e.g. a cache status Tollgate
+    /// never produces).
+    pub nothing: bool,
+}
+
+impl Filter {
+    /// Whether some condition can be checked on raw rows only.
+    fn per_request(&self) -> bool {
+        self.total_tokens_min.is_some()
+            || self.total_tokens_max.is_some()
+            || self.cost_min_picos.is_some()
+            || self.cost_max_picos.is_some()
+            || !self.metadata.is_empty()
+    }
+
+    /// The conditions on dimension columns, shared by the raw table
+    /// (`nullable`: absent values are NULL) and the roll-ups (absent = '').
+    fn push_dims<'a>(&'a self, qb: &mut QueryBuilder<'a, Sqlite>) {
+        let list = |qb: &mut QueryBuilder<'a, Sqlite>, col: &str, vals: &'a [String]| {
+            if vals.is_empty() {
+                return;
+            }
+            qb.push(format!(" AND {col} IN ("));
+            let mut sep = qb.separated(", ");
+            for v in vals {
+                sep.push_bind(v.as_str());
+            }
+            qb.push(")");
+        };
+        if let Some(ws) = &self.workspace_ids {
+            if ws.is_empty() {
+                qb.push(" AND 0");
+            }
+            list(qb, "workspace_id", ws);
+        }
+        list(qb, "api_key_id", &self.api_key_ids);
+        list(qb, "provider_slug", &self.provider_slugs);
+        if !self.status_codes.is_empty() {
+            qb.push(" AND status_code IN (");
+            let mut sep = qb.separated(", ");
+            for s in &self.status_codes {
+                sep.push_bind(i64::from(*s));
+            }
+            qb.push(")");
+        }
+        if !self.models.is_empty() {
+            qb.push(" AND (0");
+            for m in &self.models {
+                qb.push(" OR (model = ").push_bind(m.model.as_str());
+                if let Some(p) = &m.provider {
+                    qb.push(" AND (ai_provider_id = ")
+                        .push_bind(p.as_str())
+                        .push(" OR provider_slug = ")
+                        .push_bind(p.as_str())
+                        .push(")");
+                }
+                qb.push(")");
+            }
+            qb.push(")");
+        }
+    }
+
+    fn push_raw<'a>(&'a self, qb: &mut QueryBuilder<'a, Sqlite>, from: i64, to: i64) {
+        qb.push(" WHERE created_at_ms >= ").push_bind(from).push(" AND created_at_ms < ").push_bind(to);
+        self.push_dims(qb);
+        if let Some(v) = self.total_tokens_min {
+            qb.push(" AND total_tokens >= ").push_bind(v as i64);
+        }
+        if let Some(v) = self.total_tokens_max {
+            qb.push(" AND total_tokens <= ").push_bind(v as i64);
+        }
+        if let Some(v) = self.cost_min_picos {
+            qb.push(" AND cost_picos >= ").push_bind(v);
+        }
+        if let Some(v) = self.cost_max_picos {
+            qb.push(" AND cost_picos <= ").push_bind(v);
+        }
+        for (k, v) in &self.metadata {
+            qb.push(" AND json_extract(metadata, ").push_bind(json_path(k)).push(") = ").push_bind(v.as_str());
+        }
+    }
+}
+
+/// A JSON path naming one key, quoted so that any key is safe.
+fn json_path(key: &str) -> String {
+    format!("$.{}", serde_json::Value::String(key.to_owned()))
+}
+
+/// Graph bucket widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    Minute,
+    Hour,
+    Day,
+    /// Weeks start on Sunday 00:00 UTC, as budget weeks do.
+    Week,
+}
+
+impl Interval {
+    pub fn parse(s: &str) -> Option<Interval> {
+        match s {
+            "minute" => Some(Interval::Minute),
+            "hour" => Some(Interval::Hour),
+            "day" => Some(Interval::Day),
+            "week" => Some(Interval::Week),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interval::Minute => "minute",
+            Interval::Hour => "hour",
+            Interval::Day => "day",
+            Interval::Week => "week",
+        }
+    }
+
+    /// The start of the bucket holding `ms`.
+    pub fn floor(self, ms: i64) -> i64 {
+        match self {
+            Interval::Minute => ms.div_euclid(MINUTE_MS) * MINUTE_MS,
+            Interval::Hour => ms.div_euclid(3_600_000) * 3_600_000,
+            Interval::Day => ms.div_euclid(DAY_MS) * DAY_MS,
+            Interval::Week => {
+                // 1970-01-01 was a Thursday: day 0 is 4 days after a Sunday.
+                let day = ms.div_euclid(DAY_MS);
+                (day - (day + 4).rem_euclid(7)) * DAY_MS
+            }
+        }
+    }
+
+    /// The start of the bucket after the one starting at `start`.
+    pub fn next(self, start: i64) -> i64 {
+        match self {
+            Interval::Minute => start + MINUTE_MS,
+            Interval::Hour => start + 3_600_000,
+            Interval::Day => start + DAY_MS,
+            Interval::Week => start + 7 * DAY_MS,
+        }
+    }
+
+    /// Whether day roll-ups can feed buckets of this width.
+    fn whole_days(self) -> bool {
+        matches!(self, Interval::Day | Interval::Week)
+    }
+}
+
+/// What to group requests by besides time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupBy {
+    ApiKey,
+    Workspace,
+    Provider,
+    Model,
+    /// `ai_provider_id__model`, the form of the `ai_org_model` filter.
+    AiModel,
+    AiService,
+    StatusCode,
+    Metadata(String),
+}
+
+impl GroupBy {
+    fn key(&self, f: &Fact) -> String {
+        let d = &f.dims;
+        match self {
+            GroupBy::ApiKey => d.api_key_id.clone(),
+            GroupBy::Workspace => d.workspace_id.clone(),
+            GroupBy::Provider => d.provider_slug.clone(),
+            GroupBy::Model => d.model.clone(),
+            GroupBy::AiModel => format!("{}__{}", d.ai_provider_id, d.model),
+            GroupBy::AiService => d.ai_provider_id.clone(),
+            GroupBy::StatusCode => d.status_code.to_string(),
+            GroupBy::Metadata(_) => f.metadata_value.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// One analytics question.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub filter: Filter,
+    pub interval: Option<Interval>,
+    pub group: Option<GroupBy>,
+}
+
+/// Aggregates keyed by (bucket start or 0 without an interval, group key or
+/// "" without a grouping).
+pub type Cells = BTreeMap<(i64, String), Agg>;
+
+/// Where one stretch of the query range is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    Raw(i64, i64),
+    Rollup(i64, i64),
+}
+
+/// Splits `[from, to)` into raw edges and whole roll-up days.
+fn plan(q: &Query, rollup_from_ms: i64) -> Vec<Piece> {
+    let (from, to) = (q.filter.from_ms, q.filter.to_ms);
+    if from >= to {
+        return Vec::new();
+    }
+    let rollups_fit = !q.filter.per_request()
+        && !matches!(q.group, Some(GroupBy::Metadata(_)))
+        && q.interval.is_none_or(Interval::whole_days);
+    let first_day = ceil_day(from.max(rollup_from_ms));
+    let last_day = to.div_euclid(DAY_MS) * DAY_MS;
+    if !rollups_fit || first_day >= last_day {
+        return vec![Piece::Raw(from, to)];
+    }
+    let mut out = Vec::with_capacity(3);
+    if from < first_day {
+        out.push(Piece::Raw(from, first_day));
+    }
+    out.push(Piece::Rollup(first_day, last_day));
+    if last_day < to {
+        out.push(Piece::Raw(last_day, to));
+    }
+    out
+}
+
+fn ceil_day(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS) * DAY_MS + if ms.rem_euclid(DAY_MS) == 0 { 0 } else { DAY_MS }
+}
+
+/// The first moment the roll-ups cover completely.
+pub async fn rollup_from(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT value FROM analytics_meta WHERE key = 'rollup_from_ms'")
+        .fetch_optional(pool)
+        .await?;
+    Ok(v.unwrap_or(i64::MAX))
+}
+
+/// Answers `q`.
+pub async fn aggregate(pool: &SqlitePool, q: &Query) -> Result<Cells, sqlx::Error> {
+    let mut cells = Cells::new();
+    if q.filter.nothing {
+        return Ok(cells);
+    }
+    let from = rollup_from(pool).await?;
+    for piece in plan(q, from) {
+        match piece {
+            Piece::Raw(a, b) => {
+                // Day by day, so that a long raw stretch never sits in memory whole.
+                let mut start = a;
+                while start < b {
+                    let end = (start.div_euclid(DAY_MS) * DAY_MS + DAY_MS).min(b);
+                    raw(pool, q, start, end, &mut cells).await?;
+                    start = end;
+                }
+            }
+            Piece::Rollup(a, b) => rollups(pool, q, a, b, &mut cells).await?,
+        }
+    }
+    Ok(cells)
+}
+
+const RAW_COLS: &str = "created_at_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, \
+     error_type, refusal, streamed, cancelled, prompt_tokens, completion_tokens, cached_tokens, total_tokens, \
+     cost_picos, latency_us, ttft_us, upstream_latency_us";
+
+fn cell_key(q: &Query, bucket_ms: i64, f: &Fact) -> (i64, String) {
+    let b = q.interval.map(|i| i.floor(bucket_ms)).unwrap_or(0);
+    let g = q.group.as_ref().map(|g| g.key(f)).unwrap_or_default();
+    (b, g)
+}
+
+async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells) -> Result<(), sqlx::Error> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {RAW_COLS}"));
+    let meta_key = match &q.group {
+        Some(GroupBy::Metadata(k)) => Some(json_path(k)),
+        _ => None,
+    };
+    if let Some(path) = &meta_key {
+        qb.push(", json_extract(metadata, ").push_bind(path.as_str()).push(") AS metadata_value");
+    }
+    qb.push(" FROM usage_log");
+    q.filter.push_raw(&mut qb, from, to);
+    if meta_key.is_some() {
+        // Grouping by a metadata key covers the requests that carry it.
+        qb.push(" AND metadata_value IS NOT NULL");
+    }
+    let rows = qb.build().fetch_all(pool).await?;
+    for r in rows {
+        let s = |c: &str| -> Result<String, sqlx::Error> { Ok(r.try_get::<Option<String>, _>(c)?.unwrap_or_default()) };
+        let u = |c: &str| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+        let ou = |c: &str| -> Result<Option<u64>, sqlx::Error> { Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64)) };
+        let metadata_value = if meta_key.is_some() {
+            // json_extract gives text for strings and numbers for numbers.
+            match r.try_get::<Option<String>, _>("metadata_value") {
+                Ok(v) => v,
+                Err(_) => r.try_get::<Option<i64>, _>("metadata_value")?.map(|n| n.to_string()),
+            }
+        } else {
+            None
+        };
+        let f = Fact {
+            created_at_ms: r.try_get("created_at_ms")?,
+            dims: Dims {
+                workspace_id: s("workspace_id")?,
+                api_key_id: s("api_key_id")?,
+                provider_slug: s("provider_slug")?,
+                ai_provider_id: s("ai_provider_id")?,
+                model: s("model")?,
+                status_code: u("status_code")? as u16,
+            },
+            error_type: r.try_get("error_type")?,
+            refusal: r.try_get("refusal")?,
+            streamed: r.try_get("streamed")?,
+            cancelled: r.try_get("cancelled")?,
+            prompt_tokens: u("prompt_tokens")?,
+            completion_tokens: u("completion_tokens")?,
+            cached_tokens: u("cached_tokens")?,
+            total_tokens: u("total_tokens")?,
+            cost_picos: r.try_get("cost_picos")?,
+            latency_us: u("latency_us")?,
+            ttft_us: ou("ttft_us")?,
+            upstream_latency_us: ou("upstream_latency_us")?,
+            metadata_value,
+        };
+        cells.entry(cell_key(q, f.created_at_ms, &f)).or_default().add(&f);
+    }
+    Ok(())
+}
+
+async fn rollups(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells) -> Result<(), sqlx::Error> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        "SELECT day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, {}, \
+         latency_hist, ttft_hist, overhead_hist FROM usage_daily WHERE day_ms >= ",
+        COUNTER_COLS.join(", ")
+    ));
+    qb.push_bind(from).push(" AND day_ms < ").push_bind(to);
+    q.filter.push_dims(&mut qb);
+    let rows = qb.build().fetch_all(pool).await?;
+    for r in rows {
+        let (day, agg, dims) = decode_rollup(&r)?;
+        let f = Fact { dims, ..Default::default() };
+        let cell = cells.entry(cell_key(q, day, &f)).or_default();
+        cell.note_dims(&f.dims);
+        cell.merge_counts(&agg);
+    }
+    Ok(())
+}
+
+fn decode_rollup(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Agg, Dims), sqlx::Error> {
+    let dims = Dims {
+        workspace_id: r.try_get("workspace_id")?,
+        api_key_id: r.try_get("api_key_id")?,
+        provider_slug: r.try_get("provider_slug")?,
+        ai_provider_id: r.try_get("ai_provider_id")?,
+        model: r.try_get("model")?,
+        status_code: r.try_get::<i64, _>("status_code")?.clamp(0, 999) as u16,
+    };
+    let mut c = [0i128; 24];
+    for (i, col) in COUNTER_COLS.iter().enumerate() {
+        c[i] = i128::from(r.try_get::<i64, _>(*col)?);
+    }
+    let mut agg = Agg::default();
+    agg.set_counters(&c);
+    let blob = |col: &str| -> Result<Dist, sqlx::Error> {
+        Ok(r.try_get::<Option<Vec<u8>>, _>(col)?.map(|b| Dist::decode(&b)).unwrap_or_default())
+    };
+    agg.latency = blob("latency_hist")?;
+    agg.ttft = blob("ttft_hist")?;
+    agg.overhead = blob("overhead_hist")?;
+    Ok((r.try_get("day_ms")?, agg, dims))
+}
+
+/// Adds `rows` to the daily roll-ups; called by the request-log writer in
+/// the transaction that inserts them.
+pub async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let mut deltas: HashMap<(i64, Dims), Agg> = HashMap::new();
+    for r in rows {
+        let f = Fact::from(r);
+        let day = f.created_at_ms.div_euclid(DAY_MS) * DAY_MS;
+        deltas.entry((day, f.dims.clone())).or_default().add_counts(&f);
+    }
+    let select = format!(
+        "SELECT day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, {}, \
+         latency_hist, ttft_hist, overhead_hist FROM usage_daily WHERE day_ms = ? AND workspace_id = ? AND api_key_id = ? \
+         AND provider_slug = ? AND ai_provider_id = ? AND model = ? AND status_code = ?",
+        COUNTER_COLS.join(", ")
+    );
+    let insert = format!(
+        "INSERT OR REPLACE INTO usage_daily (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, {}, \
+         latency_hist, ttft_hist, overhead_hist) VALUES (?, ?, ?, ?, ?, ?, ?, {}, ?, ?, ?)",
+        COUNTER_COLS.join(", "),
+        vec!["?"; COUNTER_COLS.len()].join(", ")
+    );
+    for ((day, d), delta) in deltas {
+        let existing = sqlx::query(&select)
+            .bind(day)
+            .bind(&d.workspace_id)
+            .bind(&d.api_key_id)
+            .bind(&d.provider_slug)
+            .bind(&d.ai_provider_id)
+            .bind(&d.model)
+            .bind(i64::from(d.status_code))
+            .fetch_optional(&mut *conn)
+            .await?;
+        let mut agg = match existing {
+            Some(r) => decode_rollup(&r)?.1,
+            None => Agg::default(),
+        };
+        agg.merge_counts(&delta);
+        let mut q = sqlx::query(&insert)
+            .bind(day)
+            .bind(&d.workspace_id)
+            .bind(&d.api_key_id)
+            .bind(&d.provider_slug)
+            .bind(&d.ai_provider_id)
+            .bind(&d.model)
+            .bind(i64::from(d.status_code));
+        for v in agg.counters() {
+            q = q.bind(clamp_i64(v));
+        }
+        q.bind(agg.latency.encode()).bind(agg.ttft.encode()).bind(agg.overhead.encode()).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The busiest minute: (requests in it, its start), or `None` without requests.
+pub async fn peak_minute(pool: &SqlitePool, f: &Filter) -> Result<Option<(u64, i64)>, sqlx::Error> {
+    if f.nothing || f.from_ms >= f.to_ms {
+        return Ok(None);
+    }
+    let mut qb: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT created_at_ms / 60000 AS minute, COUNT(*) AS n FROM usage_log");
+    f.push_raw(&mut qb, f.from_ms, f.to_ms);
+    qb.push(" GROUP BY minute ORDER BY n DESC, minute ASC LIMIT 1");
+    let row: Option<(i64, i64)> = qb.build_query_as().fetch_optional(pool).await?;
+    Ok(row.map(|(m, n)| (n.max(0) as u64, m * MINUTE_MS)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_tight() {
+        let mut prev_hi = 0;
+        for b in 0..900u16 {
+            let (lo, hi) = bucket_range(b);
+            assert_eq!(lo, prev_hi, "bucket {b}");
+            assert!(hi > lo);
+            assert_eq!(bucket_of(lo), b);
+            assert_eq!(bucket_of(hi - 1), b);
+            // Midpoint within 1/32 of every value in the bucket.
+            let mid = bucket_value(b);
+            assert!((mid - lo) * 32 <= lo.max(1) || hi - lo == 1, "bucket {b}");
+            prev_hi = hi;
+        }
+        assert_eq!(bucket_of(u64::MAX), bucket_of(u64::MAX - 1));
+    }
+
+    #[test]
+    fn exact_percentiles_while_raw_and_bounded_after_rollup() {
+        let mut d = Dist::default();
+        for v in 1..=100u64 {
+            d.add(v * 1000);
+        }
+        assert_eq!(d.quantile(500), Some(50_000));
+        assert_eq!(d.quantile(990), Some(99_000));
+        assert_eq!(d.quantile(1000), Some(100_000));
+        let h = Dist::decode(&d.encode());
+        assert_eq!(h.count(), 100);
+        for (q, exact) in [(500, 50_000u64), (900, 90_000), (950, 95_000), (990, 99_000)] {
+            let got = h.quantile(q).unwrap();
+            assert!(got.abs_diff(exact) * 32 <= exact, "{q}: {got} vs {exact}");
+        }
+        assert_eq!(Dist::default().quantile(500), None);
+        let mut m = Dist::default();
+        m.merge(&Dist::decode(&[]));
+        assert!(m.exact.is_some(), "merging an empty histogram keeps exactness");
+        m.merge(&h);
+        assert!(m.exact.is_none());
+    }
+
+    #[test]
+    fn weeks_start_on_sunday() {
+        // 2026-03-04 is a Wednesday; its week starts Sunday 2026-03-01.
+        let wed = chrono::DateTime::parse_from_rfc3339("2026-03-04T10:00:00Z").unwrap().timestamp_millis();
+        let sun = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z").unwrap().timestamp_millis();
+        assert_eq!(Interval::Week.floor(wed), sun);
+        assert_eq!(Interval::Week.floor(sun), sun);
+    }
+
+    #[test]
+    fn plan_uses_rollups_for_whole_days_only() {
+        let q = |from, to, interval| Query {
+            filter: Filter { from_ms: from, to_ms: to, ..Default::default() },
+            interval,
+            group: None,
+        };
+        let d = DAY_MS;
+        assert_eq!(
+            plan(&q(d / 2, 3 * d + 5, None), 0),
+            vec![Piece::Raw(d / 2, d), Piece::Rollup(d, 3 * d), Piece::Raw(3 * d, 3 * d + 5)]
+        );
+        assert_eq!(plan(&q(0, 2 * d, Some(Interval::Hour)), 0), vec![Piece::Raw(0, 2 * d)]);
+        // Days before the roll-ups began are read raw.
+        assert_eq!(plan(&q(0, 3 * d, None), d + 1), vec![Piece::Raw(0, 2 * d), Piece::Rollup(2 * d, 3 * d)]);
+        assert_eq!(plan(&q(5, 5, None), 0), vec![]);
+        let mut meta = q(0, 3 * d, None);
+        meta.filter.metadata.push(("a".into(), "b".into()));
+        assert_eq!(plan(&meta, 0), vec![Piece::Raw(0, 3 * d)]);
+    }
+}
