@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod alerting;
+pub mod analytics;
 pub mod alerts;
 pub mod auth;
 pub mod cli;

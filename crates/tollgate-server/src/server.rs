@@ -241,6 +241,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(crate::admin::router())
         .merge(crate::gateway::router())
+        .merge(crate::analytics::router())
         .route("/health", get(health))
         .route(
             "/metrics",
