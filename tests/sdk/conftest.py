@@ -11,6 +11,7 @@ never by fixed sleeps, and every process is stopped at the end of the session.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -37,6 +38,9 @@ BEDROCK_MOCK = {
     "aws_access_key_id": "AKIATOLLGATETEST0001",
     "aws_secret_access_key": "tollgate/test+secret/AAAAAAAAAAAAAAAAAAAAAAAA",
 }
+AZURE_MOCK_KEY = "azure-test-key"
+GEMINI_MOCK_KEY = "gemini-test-key"
+VERTEX_MOCK = {"vertex_project_id": "test-project", "vertex_region": "us-central1"}
 # The OpenAI mock accepts any key; the gateway still needs one to send.
 OPENAI_MOCK_KEY = "sk-openai-mock-0123456789"
 
@@ -223,16 +227,35 @@ def tollgate(tmp_path_factory) -> Tollgate:
     stop(tg.proc)
 
 
-@pytest.fixture(scope="session")
-def mocks() -> Dict[str, Mock]:
+def mocks_of(*protocols: str):
     started: Dict[str, Mock] = {}
     try:
-        for protocol in ("openai", "anthropic", "bedrock"):
+        for protocol in protocols:
             started[protocol] = start_mock(protocol)
         yield started
     finally:
         for m in started.values():
             stop(m.proc)
+
+
+@pytest.fixture(scope="session")
+def mocks() -> Dict[str, Mock]:
+    """The mocks every test file uses."""
+    yield from mocks_of("openai", "anthropic", "bedrock")
+
+
+@pytest.fixture(scope="session")
+def other_mocks() -> Dict[str, Mock]:
+    """The remaining protocols' mocks, for the smoke test of each."""
+    yield from mocks_of("azure", "gemini", "vertex")
+
+
+def vertex_service_account(mock: Mock) -> Dict[str, Any]:
+    """The key file the Vertex mock printed (its `token_uri` is the mock's)."""
+    marker = "vertex_service_account_json="
+    start = mock.line.index(marker) + len(marker)
+    account, _ = json.JSONDecoder().raw_decode(mock.line, start)
+    return account
 
 
 def integration_body(protocol: str, slug: str, mock: Mock) -> Dict[str, Any]:
@@ -246,6 +269,19 @@ def integration_body(protocol: str, slug: str, mock: Mock) -> Dict[str, Any]:
     if protocol == "bedrock":
         return {"name": slug, "slug": slug, "ai_provider_id": "bedrock",
                 "configurations": {"aws_auth_type": "accessKey", "custom_host": mock.url, **BEDROCK_MOCK}}
+    if protocol == "azure":
+        return {"name": slug, "slug": slug, "ai_provider_id": "azure-openai", "key": AZURE_MOCK_KEY,
+                "configurations": {"custom_host": mock.url, "azure_resource_name": "tollgate-test",
+                                   "azure_api_version": "2024-10-21",
+                                   "azure_deployment_config": [{"azure_deployment_name": "gpt4o-prod",
+                                                                "azure_model_slug": "gpt-4o", "is_default": True}]}}
+    if protocol == "gemini":
+        return {"name": slug, "slug": slug, "ai_provider_id": "google", "key": GEMINI_MOCK_KEY,
+                "configurations": {"custom_host": f"{mock.url}/v1beta"}}
+    if protocol == "vertex":
+        return {"name": slug, "slug": slug, "ai_provider_id": "vertex-ai",
+                "configurations": {"custom_host": mock.url, **VERTEX_MOCK,
+                                   "vertex_service_account_json": vertex_service_account(mock)}}
     raise ValueError(protocol)
 
 
@@ -254,6 +290,9 @@ MODELS = {
     "openai": "gpt-4o",
     "anthropic": "claude-3-5-sonnet-20241022",
     "bedrock": "anthropic.claude-3-5-sonnet-20240620-v1:0",
+    "azure": "gpt-4o",
+    "gemini": "gemini-1.5-flash",
+    "vertex": "gemini-1.5-pro",
 }
 
 

@@ -12,7 +12,17 @@ import pytest
 from openai import OpenAI
 from portkey_ai import Portkey
 
-from conftest import MOCK_COMPLETION_TOKENS, MOCK_PROMPT_TOKENS, MOCK_REPLY, MODELS, Gateway
+from conftest import (
+    MOCK_COMPLETION_TOKENS,
+    MOCK_PROMPT_TOKENS,
+    MOCK_REPLY,
+    MODELS,
+    Gateway,
+    Mock,
+    integration_body,
+    provision,
+    unique,
+)
 
 PROTOCOLS = ["openai", "anthropic", "bedrock"]
 
@@ -238,6 +248,26 @@ def test_another_workspace_key_works_on_its_own_provider(gateway: Gateway) -> No
         model=f"@{gateway.other_slug}/gpt-4o-mini", messages=MESSAGES
     )
     assert r.choices[0].message.content == MOCK_REPLY
+
+
+@pytest.mark.parametrize("protocol", ["azure", "gemini", "vertex"])
+def test_every_other_mock_protocol(gateway: Gateway, other_mocks: dict[str, Mock], protocol: str) -> None:
+    """`tollgate mock-upstream --protocol P` with the credentials it prints
+    serves a working integration for the remaining protocols too."""
+    slug = unique(protocol)
+    gateway.tg.ok("POST", "/v1/integrations", integration_body(protocol, slug, other_mocks[protocol]))
+    provision(gateway.tg, slug, [gateway.workspace_id])
+    c = client(gateway)
+    r = c.chat.completions.create(model=f"@{slug}/{MODELS[protocol]}", messages=MESSAGES, max_tokens=64)
+    assert r.choices[0].message.content == MOCK_REPLY
+    assert r.usage.completion_tokens == MOCK_COMPLETION_TOKENS
+    stream = c.chat.completions.create(
+        model=f"@{slug}/{MODELS[protocol]}", messages=MESSAGES, max_tokens=64, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(ch.delta.content or "" for chunk in chunks for ch in chunk.choices) == MOCK_REPLY
+    assert any(chunk.usage and chunk.usage.prompt_tokens == MOCK_PROMPT_TOKENS for chunk in chunks)
 
 
 # ---- the portkey-ai SDK's chat completions ----
