@@ -1,0 +1,714 @@
+//! The benchmark behind `bench/run`: starts the mock upstream and Tollgate
+//! (embedded store, fresh data directory), sets up through the admin API a
+//! workspace with a rate limit, an integration pointing at the mock,
+//! provisioned with its own rate limit and a budget, then for each rate and
+//! mode runs one step straight at the mock and one through Tollgate, back to
+//! back, and reports the difference, Tollgate's CPU per request and its peak
+//! memory. Last, it searches for the highest rate Tollgate sustains with p99
+//! under a bound and no errors. Every loop is bounded in count and in time.
+
+use crate::load::{self, HttpClient, LoadError, Mode, Percentiles, Plan, StepStats, Target};
+use crate::procfs::{self, Machine, ProcError};
+use crate::procs::{self, Proc, ProcsError};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The master key of the throw-away data directory (64 hex characters).
+const MASTER_KEY: &str = "b3e1c0ffee0ddba11b3e1c0ffee0ddba11b3e1c0ffee0ddba11b3e1c0ffee0dd";
+/// The key the mock is given (the benchmark mock checks none).
+const UPSTREAM_KEY: &str = "sk-bench-upstream-key";
+/// Rate limits high enough never to trip: a full run sends well under
+/// 1 million requests per minute.
+const WORKSPACE_RPM: u64 = 50_000_000;
+const INTEGRATION_RPM: u64 = 60_000_000;
+/// The largest budget Tollgate accepts, in US dollars; a run spends cents.
+const BUDGET_USD: u64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Procs(#[from] ProcsError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error("admin API, {what}: HTTP {status}: {body}")]
+    Admin { what: String, status: u16, body: String },
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("the sanity request through Tollgate failed: {0}")]
+    Sanity(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("temporary directory: {0}")]
+    TempDir(std::io::Error),
+}
+
+/// Which CPUs each party runs on (`taskset -c` lists).
+#[derive(Debug, Clone, Serialize)]
+pub struct Pinning {
+    pub loadgen: String,
+    pub mock: String,
+    pub tollgate: String,
+}
+
+/// Everything a run is told.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchConfig {
+    pub tollgate_bin: PathBuf,
+    pub rates: Vec<f64>,
+    pub modes: Vec<Mode>,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    /// Pause between steps, so one step's tail does not spill into the next.
+    pub cooldown: Duration,
+    pub pinning: Option<Pinning>,
+    pub search: SearchConfig,
+    /// The whole run stops starting new steps after this.
+    pub max_wall: Duration,
+    pub out: PathBuf,
+    pub smoke: bool,
+    pub command: String,
+    pub git_commit: String,
+}
+
+/// The search for the highest sustained rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchConfig {
+    pub enabled: bool,
+    pub p99_bound_ms: f64,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub max_probes: usize,
+    pub max_rate: f64,
+    /// Time the whole search may take.
+    pub budget: Duration,
+}
+
+/// Added latency: through Tollgate minus direct, same rate, same run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Added {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Added {
+    fn of(through: &Percentiles, direct: &Percentiles) -> Added {
+        Added {
+            p50: through.p50 - direct.p50,
+            p90: through.p90 - direct.p90,
+            p99: through.p99 - direct.p99,
+            max: through.max - direct.max,
+        }
+    }
+}
+
+/// One rate and mode: direct, through Tollgate, and what Tollgate cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub rate: f64,
+    pub mode: Mode,
+    pub direct: StepStats,
+    pub tollgate: StepStats,
+    pub added_ms: Added,
+    /// Streams: added time to first byte.
+    pub added_ttfb_ms: Option<Added>,
+    /// Tollgate's utime + stime over the whole step (warm-up included).
+    pub tollgate_cpu_s: f64,
+    /// Requests sent to Tollgate in that step (warm-up included).
+    pub tollgate_requests_total: u64,
+    pub tollgate_cpu_ms_per_1000_requests: f64,
+    /// VmHWM after the step: the peak since Tollgate started.
+    pub tollgate_peak_rss_mb: f64,
+    pub tollgate_rss_mb: f64,
+}
+
+/// One probe of the search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    pub rate: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+    pub achieved_rps: f64,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchReport {
+    pub criterion: String,
+    /// Highest rate that passed (`None`: none did).
+    pub max_sustained_rps: Option<f64>,
+    /// Lowest rate that failed, if one was probed.
+    pub lowest_failing_rps: Option<f64>,
+    pub probes: Vec<Probe>,
+    pub stopped_because: String,
+}
+
+/// A target from the issue, and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub name: String,
+    pub limit: String,
+    pub value: Option<f64>,
+    /// `None`: not measured in this run (e.g. its rate was not run).
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub started_at: String,
+    pub finished_at: String,
+    pub git_commit: String,
+    pub command: String,
+    pub machine: Machine,
+    pub config: BenchConfig,
+    pub setup: Value,
+    pub steps: Vec<StepReport>,
+    pub search: Option<SearchReport>,
+    pub targets: Vec<TargetCheck>,
+    pub notes: Vec<String>,
+}
+
+/// The started servers and what the load is aimed at.
+struct Rig {
+    _dir: tempfile::TempDir,
+    _mock: Proc,
+    tollgate: Proc,
+    direct: [Arc<Target>; 2],
+    through: [Arc<Target>; 2],
+    setup: Value,
+}
+
+fn mode_index(m: Mode) -> usize {
+    match m {
+        Mode::Whole => 0,
+        Mode::Stream => 1,
+    }
+}
+
+fn chat_body(model: &str, stream: bool) -> Bytes {
+    let mut b = json!({
+        "model": model,
+        "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello in one short sentence."}],
+        "max_tokens": 32,
+    });
+    if stream {
+        b["stream"] = json!(true);
+    }
+    Bytes::from(b.to_string())
+}
+
+fn target(url: &str, key: &str, body: Bytes) -> Result<Arc<Target>, BenchError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| BenchError::Http(e.to_string()))?;
+    let auth = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|e| BenchError::Http(e.to_string()))?;
+    Ok(Arc::new(Target {
+        uri,
+        headers: vec![
+            (
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("application/json"),
+            ),
+            (HeaderName::from_static("authorization"), auth),
+        ],
+        body,
+    }))
+}
+
+/// One admin API call; returns status, headers and the JSON body.
+async fn call(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    key: &str,
+    body: Option<&Value>,
+) -> Result<(u16, http::HeaderMap, Value), BenchError> {
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("x-portkey-api-key", key)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.map(Value::to_string).unwrap_or_default())))
+        .map_err(|e| BenchError::Http(e.to_string()))?;
+    let resp = client.request(req).await.map_err(|e| BenchError::Http(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| BenchError::Http(e.to_string()))?
+        .to_bytes();
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Ok((status, headers, v))
+}
+
+async fn admin(
+    client: &HttpClient,
+    method: Method,
+    url: String,
+    key: &str,
+    body: Value,
+    what: &str,
+) -> Result<Value, BenchError> {
+    let (status, _, v) = call(client, method, &url, key, Some(&body)).await?;
+    if status != 200 {
+        return Err(BenchError::Admin {
+            what: what.into(),
+            status,
+            body: v.to_string(),
+        });
+    }
+    Ok(v)
+}
+
+/// Starts both servers and sets Tollgate up.
+async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError> {
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-")
+        .tempdir()
+        .map_err(BenchError::TempDir)?;
+    let data = dir.path().join("data");
+    let env = [
+        ("TOLLGATE_MASTER_KEY", MASTER_KEY.to_owned()),
+        ("TOLLGATE_LOG", "warn".to_owned()),
+    ];
+    let data_arg = data.display().to_string();
+    // The admin key is created before the server starts (it bootstraps the
+    // store), so the server's first snapshot already holds it.
+    let admin_key = procs::output(
+        "tollgate admin-key create",
+        &cfg.tollgate_bin,
+        &[
+            "admin-key".into(),
+            "create".into(),
+            "--data-dir".into(),
+            data_arg.clone(),
+        ],
+        &env,
+    )?;
+    let ready_within = Duration::from_secs(30);
+    let mock_port = procs::free_port()?;
+    let mut mock = Proc::spawn(
+        "mock upstream",
+        &cfg.tollgate_bin,
+        &["mock-upstream".into(), "--port".into(), mock_port.to_string()],
+        &env,
+        cfg.pinning.as_ref().map(|p| p.mock.as_str()),
+        &dir.path().join("mock.log"),
+    )?;
+    mock.wait_ready(mock_port, ready_within).await?;
+    let tg_port = procs::free_port()?;
+    let mut tollgate = Proc::spawn(
+        "tollgate",
+        &cfg.tollgate_bin,
+        &[
+            "serve".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{tg_port}"),
+            "--data-dir".into(),
+            data_arg,
+        ],
+        &env,
+        cfg.pinning.as_ref().map(|p| p.tollgate.as_str()),
+        &dir.path().join("tollgate.log"),
+    )?;
+    tollgate.wait_ready(tg_port, ready_within).await?;
+
+    let tg = format!("http://127.0.0.1:{tg_port}");
+    let mock_base = format!("http://127.0.0.1:{mock_port}/v1");
+    let ws_rate = json!([{"type": "requests", "unit": "rpm", "value": WORKSPACE_RPM}]);
+    let ws = admin(
+        client,
+        Method::POST,
+        format!("{tg}/v1/admin/workspaces"),
+        &admin_key,
+        json!({"name": "Bench", "rate_limits": ws_rate}),
+        "create workspace",
+    )
+    .await?;
+    let ws_id = ws["id"]
+        .as_str()
+        .ok_or_else(|| BenchError::Admin {
+            what: "workspace id".into(),
+            status: 200,
+            body: ws.to_string(),
+        })?
+        .to_owned();
+    let k = admin(
+        client,
+        Method::POST,
+        format!("{tg}/v1/api-keys/workspace/service"),
+        &admin_key,
+        json!({"name": "bench", "workspace_id": ws_id, "scopes": ["completions.write"]}),
+        "create workspace key",
+    )
+    .await?;
+    let key = k["key"]
+        .as_str()
+        .ok_or_else(|| BenchError::Admin {
+            what: "key".into(),
+            status: 200,
+            body: k.to_string(),
+        })?
+        .to_owned();
+    admin(
+        client,
+        Method::POST,
+        format!("{tg}/v1/integrations"),
+        &admin_key,
+        json!({"name": "Bench mock", "slug": "mock", "ai_provider_id": "openai", "key": UPSTREAM_KEY, "configurations": {"custom_host": mock_base}}),
+        "create integration",
+    )
+    .await?;
+    let provisioning = json!({"workspaces": [{
+        "id": ws_id, "enabled": true,
+        "rate_limits": [{"type": "requests", "unit": "rpm", "value": INTEGRATION_RPM}],
+        "usage_limits": [{"type": "cost", "credit_limit": BUDGET_USD, "periodic_reset": "monthly"}],
+    }]});
+    admin(
+        client,
+        Method::PUT,
+        format!("{tg}/v1/integrations/mock/workspaces"),
+        &admin_key,
+        provisioning.clone(),
+        "provision workspace",
+    )
+    .await?;
+
+    let direct = [
+        target(
+            &format!("{mock_base}/chat/completions"),
+            UPSTREAM_KEY,
+            chat_body("gpt-4o", false),
+        )?,
+        target(
+            &format!("{mock_base}/chat/completions"),
+            UPSTREAM_KEY,
+            chat_body("gpt-4o", true),
+        )?,
+    ];
+    let through = [
+        target(
+            &format!("{tg}/v1/chat/completions"),
+            &key,
+            chat_body("@mock/gpt-4o", false),
+        )?,
+        target(
+            &format!("{tg}/v1/chat/completions"),
+            &key,
+            chat_body("@mock/gpt-4o", true),
+        )?,
+    ];
+    // One request by hand: the set-up works and the limits are in force.
+    let t = &through[0];
+    let body: Value = serde_json::from_slice(&t.body)?;
+    let (status, headers, answer) = call(client, Method::POST, &t.uri.to_string(), &key, Some(&body)).await?;
+    if status != 200 {
+        return Err(BenchError::Sanity(format!("HTTP {status}: {answer}")));
+    }
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let setup = json!({
+        "workspace_id": ws_id,
+        "workspace_rate_limit": {"type": "requests", "unit": "rpm", "value": WORKSPACE_RPM},
+        "integration_rate_limit": {"type": "requests", "unit": "rpm", "value": INTEGRATION_RPM},
+        "integration_budget": {"type": "cost", "credit_limit_usd": BUDGET_USD, "periodic_reset": "monthly"},
+        "provisioning_body": provisioning,
+        "sanity_response": {
+            "status": status,
+            "x-ratelimit-limit-requests": header("x-ratelimit-limit-requests"),
+            "x-ratelimit-remaining-requests": header("x-ratelimit-remaining-requests"),
+        },
+        "request_log": "on (embedded SQLite, default settings)",
+        "tollgate_log_level": "warn (TOLLGATE_LOG)",
+    });
+    Ok(Rig {
+        _dir: dir,
+        _mock: mock,
+        tollgate,
+        direct,
+        through,
+        setup,
+    })
+}
+
+fn plan(cfg: &BenchConfig, rate: f64, mode: Mode, duration: Duration, warmup: Duration) -> Plan {
+    Plan {
+        rate,
+        duration,
+        warmup,
+        concurrency: cfg.concurrency,
+        timeout: cfg.timeout,
+        mode,
+    }
+}
+
+/// Direct, then through Tollgate, at one rate and mode.
+async fn step(
+    cfg: &BenchConfig,
+    client: &HttpClient,
+    rig: &Rig,
+    rate: f64,
+    mode: Mode,
+) -> Result<StepReport, BenchError> {
+    let p = plan(cfg, rate, mode, cfg.duration, cfg.warmup);
+    let direct = load::run(client, rig.direct[mode_index(mode)].clone(), &p).await?;
+    tokio::time::sleep(cfg.cooldown).await;
+    let pid = rig.tollgate.pid();
+    let cpu0 = procfs::cpu_seconds(pid)?;
+    let through = load::run(client, rig.through[mode_index(mode)].clone(), &p).await?;
+    let cpu1 = procfs::cpu_seconds(pid)?;
+    let mem = procfs::memory(pid)?;
+    tokio::time::sleep(cfg.cooldown).await;
+    let cpu = (cpu1 - cpu0).max(0.0);
+    let total = through.requests_total.max(1);
+    let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
+    Ok(StepReport {
+        rate,
+        mode,
+        added_ms: Added::of(&through.latency_ms, &direct.latency_ms),
+        added_ttfb_ms: match (&through.ttfb_ms, &direct.ttfb_ms) {
+            (Some(t), Some(d)) => Some(Added::of(t, d)),
+            _ => None,
+        },
+        tollgate_cpu_s: cpu,
+        tollgate_requests_total: through.requests_total,
+        tollgate_cpu_ms_per_1000_requests: cpu * 1000.0 * 1000.0 / total as f64,
+        tollgate_peak_rss_mb: mb(mem.hwm_kib),
+        tollgate_rss_mb: mb(mem.rss_kib),
+        direct,
+        tollgate: through,
+    })
+}
+
+/// Rates are probed in round steps: 10 req/s below 1,000, 100 above.
+fn round_rate(r: f64) -> f64 {
+    let step = if r >= 1000.0 { 100.0 } else { 10.0 };
+    ((r / step).round() * step).max(step)
+}
+
+/// Finds the highest rate whose non-streaming step through Tollgate has p99
+/// under the bound and no errors: the main steps give the first bracket,
+/// then it grows by half until a rate fails, then bisects. Bounded by probe
+/// count, by `budget`, and by `max_rate`.
+async fn search(
+    cfg: &BenchConfig,
+    client: &HttpClient,
+    rig: &Rig,
+    steps: &[StepReport],
+    deadline: Instant,
+) -> Result<SearchReport, BenchError> {
+    let s = &cfg.search;
+    let passes = |p99: f64, errors: u64| errors == 0 && p99 < s.p99_bound_ms;
+    let mut lo: Option<f64> = None;
+    let mut hi: Option<f64> = None;
+    for st in steps.iter().filter(|st| st.mode == Mode::Whole) {
+        if passes(st.tollgate.latency_ms.p99, st.tollgate.errors) {
+            lo = Some(lo.map_or(st.rate, |l: f64| l.max(st.rate)));
+        } else {
+            hi = Some(hi.map_or(st.rate, |h: f64| h.min(st.rate)));
+        }
+    }
+    let search_deadline = (Instant::now() + s.budget).min(deadline);
+    let mut probes = Vec::new();
+    let stopped_because = loop {
+        if probes.len() >= s.max_probes {
+            break "probe count reached".to_owned();
+        }
+        let next = match (lo, hi) {
+            (Some(l), None) if l >= s.max_rate => break format!("max rate {} reached", s.max_rate),
+            (Some(l), None) => round_rate((l * 1.5).min(s.max_rate)),
+            (None, None) => round_rate(cfg.rates.first().copied().unwrap_or(1000.0)),
+            (None, Some(h)) => round_rate(h / 2.0),
+            (Some(l), Some(h)) => {
+                if h - l <= (l * 0.05).max(if l >= 1000.0 { 100.0 } else { 10.0 }) {
+                    break "bracket narrower than 5%".to_owned();
+                }
+                round_rate((l + h) / 2.0)
+            }
+        };
+        if lo.is_some_and(|l| next <= l) || hi.is_some_and(|h| next >= h) {
+            break "bracket cannot be split at this rounding".to_owned();
+        }
+        // A probe must be able to finish within the time left.
+        let need = s.warmup + s.duration + cfg.cooldown + Duration::from_secs(2);
+        if Instant::now() + need > search_deadline {
+            break "time budget reached".to_owned();
+        }
+        let st = load::run(
+            client,
+            rig.through[0].clone(),
+            &plan(cfg, next, Mode::Whole, s.duration, s.warmup),
+        )
+        .await?;
+        tokio::time::sleep(cfg.cooldown).await;
+        let ok = passes(st.latency_ms.p99, st.errors);
+        eprintln!(
+            "search: {next:>7.0} req/s  p99 {:>8.2} ms  errors {}  -> {}",
+            st.latency_ms.p99,
+            st.errors,
+            if ok { "pass" } else { "fail" }
+        );
+        probes.push(Probe {
+            rate: next,
+            p99_ms: st.latency_ms.p99,
+            errors: st.errors,
+            achieved_rps: st.achieved_rps,
+            passed: ok,
+        });
+        if ok {
+            lo = Some(next);
+        } else {
+            hi = Some(next);
+        }
+        if lo.is_none() && hi.is_some_and(|h| h <= 10.0) {
+            break "even the lowest rate failed".to_owned();
+        }
+    };
+    Ok(SearchReport {
+        criterion: format!(
+            "non-streaming through Tollgate: p99 < {} ms and no errors",
+            s.p99_bound_ms
+        ),
+        max_sustained_rps: lo,
+        lowest_failing_rps: hi,
+        probes,
+        stopped_because,
+    })
+}
+
+fn check(name: String, limit: String, value: Option<f64>, ok: impl Fn(f64) -> bool) -> TargetCheck {
+    TargetCheck {
+        name,
+        limit,
+        met: value.map(&ok),
+        value,
+    }
+}
+
+/// The issue's targets against this run's figures.
+pub fn targets(steps: &[StepReport]) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    for (rate, bound) in [(1000.0, 1.0), (3000.0, 3.0)] {
+        for mode in [Mode::Whole, Mode::Stream] {
+            let v = steps
+                .iter()
+                .find(|s| s.rate == rate && s.mode == mode)
+                .map(|s| s.added_ms.p99);
+            out.push(check(
+                format!("added p99 at {rate:.0} req/s ({})", mode.name()),
+                format!("<= {bound} ms"),
+                v,
+                |v| v <= bound,
+            ));
+        }
+    }
+    let rss = steps
+        .iter()
+        .filter(|s| s.rate == 3000.0)
+        .map(|s| s.tollgate_peak_rss_mb)
+        .reduce(f64::max);
+    out.push(check(
+        "peak RSS (VmHWM) through the 3000 req/s steps".into(),
+        "<= 80 MB".into(),
+        rss,
+        |v| v <= 80.0,
+    ));
+    let errors = (!steps.is_empty()).then(|| steps.iter().map(|s| s.tollgate.errors as f64).sum());
+    out.push(check(
+        "errors through Tollgate (all steps)".into(),
+        "0".into(),
+        errors,
+        |v| v == 0.0,
+    ));
+    let cpu = steps
+        .iter()
+        .map(|s| s.tollgate_cpu_ms_per_1000_requests / 1000.0)
+        .reduce(f64::max);
+    out.push(check(
+        "Tollgate CPU per request (worst step)".into(),
+        "<= 0.1 ms".into(),
+        cpu,
+        |v| v <= 0.1,
+    ));
+    out
+}
+
+/// Runs the whole benchmark and writes the report.
+pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
+    let started = chrono::Utc::now();
+    let wall_start = Instant::now();
+    let deadline = wall_start + cfg.max_wall;
+    let client = load::client(cfg.concurrency);
+    let rig = start(&cfg, &client).await?;
+    let mut notes = Vec::new();
+    let mut steps = Vec::new();
+    'rates: for &rate in &cfg.rates {
+        for &mode in &cfg.modes {
+            let need = 2 * (cfg.warmup + cfg.duration + cfg.cooldown);
+            if Instant::now() + need > deadline {
+                notes.push(format!(
+                    "stopped before {rate} req/s {}: wall-time limit {:?}",
+                    mode.name(),
+                    cfg.max_wall
+                ));
+                break 'rates;
+            }
+            let r = step(&cfg, &client, &rig, rate, mode).await?;
+            eprintln!("{}", crate::report::step_line(&r));
+            steps.push(r);
+        }
+    }
+    let search = if cfg.search.enabled {
+        Some(search(&cfg, &client, &rig, &steps, deadline).await?)
+    } else {
+        None
+    };
+    let report = Report {
+        schema: 1,
+        started_at: started.to_rfc3339(),
+        finished_at: chrono::Utc::now().to_rfc3339(),
+        git_commit: cfg.git_commit.clone(),
+        command: cfg.command.clone(),
+        machine: procfs::machine(),
+        targets: targets(&steps),
+        setup: rig.setup.clone(),
+        config: cfg.clone(),
+        steps,
+        search,
+        notes,
+    };
+    drop(rig);
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(parent) = cfg.out.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| BenchError::Write {
+            path: parent.display().to_string(),
+            source,
+        })?;
+    }
+    // Written beside and renamed, so an interrupted run leaves no half file.
+    let tmp = cfg.out.with_extension("json.tmp");
+    std::fs::write(&tmp, text + "\n").map_err(|source| BenchError::Write {
+        path: tmp.display().to_string(),
+        source,
+    })?;
+    std::fs::rename(&tmp, &cfg.out).map_err(|source| BenchError::Write {
+        path: cfg.out.display().to_string(),
+        source,
+    })?;
+    Ok(report)
+}

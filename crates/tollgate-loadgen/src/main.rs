@@ -1,0 +1,248 @@
+//! The `tollgate-loadgen` binary: `run` sends one step of open-loop load at
+//! any URL and prints its statistics as JSON; `bench` is the full
+//! direct-versus-Tollgate benchmark that `bench/run` starts.
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http::{HeaderName, HeaderValue};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_loadgen::bench::{self, BenchConfig, Pinning, SearchConfig};
+use tollgate_loadgen::load::{self, Mode, Plan, Target};
+use tollgate_loadgen::{procs, report};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate-loadgen",
+    about = "Open-loop fixed-rate load generator (latency measured from the schedule)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One step of load at URL; prints the statistics as JSON.
+    Run(RunArgs),
+    /// The Tollgate benchmark (what bench/run runs).
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[arg(long)]
+    url: String,
+    /// Requests per second.
+    #[arg(long)]
+    rate: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured seconds on the same schedule first.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 1024)]
+    concurrency: usize,
+    /// Per request, seconds from its due time.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Read answers as server-sent events (success = ends with [DONE]).
+    #[arg(long)]
+    stream: bool,
+    /// `Name: value`, repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// The POST body (JSON text).
+    #[arg(long, default_value = "{}")]
+    body: String,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// The `tollgate` binary.
+    #[arg(long, env = "TOLLGATE_BIN")]
+    tollgate_bin: PathBuf,
+    /// Where the JSON report goes.
+    #[arg(long)]
+    out: PathBuf,
+    /// Tiny rates and one-second steps: checks the harness runs, nothing more.
+    #[arg(long)]
+    smoke: bool,
+    /// Rates in requests per second, comma-separated [default: 1000,3000,5000; smoke: 20,50].
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<f64>>,
+    /// Modes, comma-separated: whole, stream.
+    #[arg(long, value_delimiter = ',', default_value = "whole,stream")]
+    modes: Vec<String>,
+    /// Measured seconds per step [default: 10; smoke: 1].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Warm-up seconds per step [default: 2; smoke: 0.3].
+    #[arg(long)]
+    warmup: Option<f64>,
+    #[arg(long, default_value_t = 1024)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Do not pin the processes to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// CPUs (taskset -c list) for the load generator.
+    #[arg(long, default_value = "0")]
+    pin_loadgen: String,
+    /// CPUs for the mock upstream.
+    #[arg(long, default_value = "0")]
+    pin_mock: String,
+    /// CPUs for Tollgate.
+    #[arg(long, default_value = "1")]
+    pin_tollgate: String,
+    /// Skip the search for the highest sustained rate.
+    #[arg(long)]
+    no_search: bool,
+    #[arg(long, default_value_t = 10.0)]
+    search_p99_ms: f64,
+    /// Measured seconds per search probe [default: 5; smoke: 1].
+    #[arg(long)]
+    search_duration: Option<f64>,
+    /// Most search probes [default: 8; smoke: 2].
+    #[arg(long)]
+    search_probes: Option<usize>,
+    #[arg(long, default_value_t = 40_000.0)]
+    search_max_rate: f64,
+    /// Seconds the search may take [default: 150; smoke: 10].
+    #[arg(long)]
+    search_budget: Option<f64>,
+    /// Seconds after which no new step starts.
+    #[arg(long, default_value_t = 900.0)]
+    max_wall: f64,
+    /// Recorded in the report.
+    #[arg(long, default_value = "")]
+    command_line: String,
+    #[arg(long, default_value = "")]
+    git_commit: String,
+}
+
+fn secs(s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("bad number of seconds: {s}"))
+}
+
+fn parse_mode(m: &str) -> anyhow::Result<Mode> {
+    match m.trim() {
+        "whole" => Ok(Mode::Whole),
+        "stream" => Ok(Mode::Stream),
+        other => anyhow::bail!("unknown mode {other:?} (whole or stream)"),
+    }
+}
+
+fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
+    let smoke = a.smoke;
+    let pick = |v: Option<f64>, full: f64, small: f64| v.unwrap_or(if smoke { small } else { full });
+    let pinning = if a.no_pin {
+        None
+    } else if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 || !procs::taskset_available() {
+        eprintln!("note: fewer than 2 CPUs or no taskset: not pinning");
+        None
+    } else {
+        Some(Pinning {
+            loadgen: a.pin_loadgen.clone(),
+            mock: a.pin_mock.clone(),
+            tollgate: a.pin_tollgate.clone(),
+        })
+    };
+    Ok(BenchConfig {
+        tollgate_bin: a.tollgate_bin.clone(),
+        rates: a.rates.clone().unwrap_or_else(|| {
+            if smoke {
+                vec![20.0, 50.0]
+            } else {
+                vec![1000.0, 3000.0, 5000.0]
+            }
+        }),
+        modes: a.modes.iter().map(|m| parse_mode(m)).collect::<anyhow::Result<_>>()?,
+        duration: secs(pick(a.duration, 10.0, 1.0))?,
+        warmup: secs(pick(a.warmup, 2.0, 0.3))?,
+        concurrency: a.concurrency,
+        timeout: secs(a.timeout)?,
+        cooldown: secs(if smoke { 0.1 } else { 1.0 })?,
+        pinning,
+        search: SearchConfig {
+            enabled: !a.no_search,
+            p99_bound_ms: a.search_p99_ms,
+            duration: secs(pick(a.search_duration, 5.0, 1.0))?,
+            warmup: secs(if smoke { 0.2 } else { 1.0 })?,
+            max_probes: a.search_probes.unwrap_or(if smoke { 2 } else { 8 }),
+            max_rate: a.search_max_rate,
+            budget: secs(pick(a.search_budget, 150.0, 10.0))?,
+        },
+        max_wall: secs(a.max_wall)?,
+        out: a.out.clone(),
+        smoke,
+        command: a.command_line.clone(),
+        git_commit: a.git_commit.clone(),
+    })
+}
+
+fn run_target(a: &RunArgs) -> anyhow::Result<(Arc<Target>, Plan)> {
+    let mut headers = vec![(
+        HeaderName::from_static("content-type"),
+        HeaderValue::from_static("application/json"),
+    )];
+    for h in &a.headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("header {h:?} is not `Name: value`"))?;
+        headers.push((HeaderName::try_from(k.trim())?, HeaderValue::try_from(v.trim())?));
+    }
+    let target = Target {
+        uri: a.url.parse()?,
+        headers,
+        body: Bytes::from(a.body.clone()),
+    };
+    let plan = Plan {
+        rate: a.rate,
+        duration: secs(a.duration)?,
+        warmup: secs(a.warmup)?,
+        concurrency: a.concurrency,
+        timeout: secs(a.timeout)?,
+        mode: if a.stream { Mode::Stream } else { Mode::Whole },
+    };
+    Ok((Arc::new(target), plan))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Pinning happens before the runtime starts, so every runtime thread
+    // inherits it and tokio sizes its worker pool to the pinned CPUs.
+    let bench_cfg = match &cli.command {
+        Command::Bench(a) => {
+            let cfg = bench_config(a)?;
+            if let Some(p) = &cfg.pinning {
+                procs::pin_self(&p.loadgen)?;
+            }
+            Some(cfg)
+        }
+        Command::Run(_) => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match (cli.command, bench_cfg) {
+            (Command::Run(a), _) => {
+                let (target, plan) = run_target(&a)?;
+                let client = load::client(plan.concurrency);
+                let stats = load::run(&client, target, &plan).await?;
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            }
+            (Command::Bench(_), Some(cfg)) => {
+                let out = cfg.out.clone();
+                let r = bench::run(cfg).await?;
+                println!("{}", report::table(&r));
+                eprintln!("wrote {}", out.display());
+            }
+            (Command::Bench(_), None) => anyhow::bail!("bench configuration missing"),
+        }
+        Ok(())
+    })
+}

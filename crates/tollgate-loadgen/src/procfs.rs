@@ -1,0 +1,145 @@
+//! Readings of another process and of the machine from `/proc`: CPU time
+//! (utime + stime from `/proc/<pid>/stat`), resident memory (`VmHWM`, `VmRSS`
+//! from `/proc/<pid>/status`), and the machine description for the results.
+
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("unexpected format in {0}")]
+    Format(String),
+}
+
+fn read(path: &str) -> Result<String, ProcError> {
+    std::fs::read_to_string(path).map_err(|source| ProcError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Clock ticks per second, the unit of utime and stime.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// CPU time a process has used so far (user + system), in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64, ProcError> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = read(&path)?;
+    parse_cpu_ticks(&stat)
+        .map(|ticks| ticks as f64 / clock_ticks_per_second() as f64)
+        .ok_or(ProcError::Format(path))
+}
+
+/// utime + stime (fields 14 and 15) from a `/proc/<pid>/stat` line. The
+/// command name (field 2) may hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Resident memory of a process, in KiB.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Memory {
+    /// Peak resident set size since the process started.
+    pub hwm_kib: u64,
+    pub rss_kib: u64,
+}
+
+pub fn memory(pid: u32) -> Result<Memory, ProcError> {
+    let path = format!("/proc/{pid}/status");
+    let status = read(&path)?;
+    parse_memory(&status).ok_or(ProcError::Format(path))
+}
+
+pub fn parse_memory(status: &str) -> Option<Memory> {
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().next()?.parse().ok()
+    };
+    Some(Memory {
+        hwm_kib: field("VmHWM:")?,
+        rss_kib: field("VmRSS:")?,
+    })
+}
+
+/// The machine the figures came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_kib: u64,
+    pub kernel: String,
+}
+
+pub fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_total_kib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    Machine {
+        nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_model,
+        mem_total_kib,
+        kernel,
+    }
+}
+
+/// Whether `/proc` is there at all (it is on Linux).
+pub fn available() -> bool {
+    Path::new("/proc/self/stat").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_survive_odd_command_names() {
+        let line = "1234 (tollgate (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 5 0 100 1000 200";
+        assert_eq!(parse_cpu_ticks(line), Some(325));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn memory_fields() {
+        let s = "Name:\ttollgate\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
+        let m = parse_memory(s).unwrap();
+        assert_eq!((m.hwm_kib, m.rss_kib), (20480, 10240));
+        assert!(parse_memory("Name:\tx\n").is_none());
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        assert!(available());
+        let pid = std::process::id();
+        assert!(cpu_seconds(pid).unwrap() >= 0.0);
+        assert!(memory(pid).unwrap().hwm_kib > 0);
+        assert!(cpu_seconds(u32::MAX).is_err());
+        assert!(machine().nproc >= 1);
+    }
+}

@@ -1,0 +1,251 @@
+//! The processes a benchmark starts (the mock upstream and Tollgate): spawned
+//! optionally pinned to CPUs with `taskset`, waited for until they accept
+//! connections, and stopped (SIGTERM, then SIGKILL) when dropped, so no run
+//! leaves a server behind.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcsError {
+    #[error("cannot start {what}: {source}")]
+    Spawn { what: String, source: std::io::Error },
+    #[error("{what} exited before it accepted connections ({status}); see {log}")]
+    Exited { what: String, status: String, log: String },
+    #[error("{what} did not accept connections on port {port} within {secs} s; see {log}")]
+    NotReady {
+        what: String,
+        port: u16,
+        secs: u64,
+        log: String,
+    },
+    #[error("no free port: {0}")]
+    Port(std::io::Error),
+    #[error("{what} failed: {message}")]
+    Command { what: String, message: String },
+}
+
+/// A port that was free a moment ago (the server binds it right after).
+pub fn free_port() -> Result<u16, ProcsError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(ProcsError::Port)?;
+    l.local_addr().map(|a| a.port()).map_err(ProcsError::Port)
+}
+
+/// Whether `taskset` can be run.
+pub fn taskset_available() -> bool {
+    Command::new("taskset")
+        .arg("-V")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Pins the calling thread (and so every thread it starts later) to `cpus`,
+/// a comma-separated list such as `0` or `0,1`.
+pub fn pin_self(cpus: &str) -> Result<(), ProcsError> {
+    let list: Vec<usize> = cpus
+        .split(',')
+        .map(|c| c.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ProcsError::Command {
+            what: "pin".into(),
+            message: format!("bad CPU list {cpus:?}: {e}"),
+        })?;
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it
+    // for indices below CPU_SETSIZE, checked first.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in list {
+            if c >= libc::CPU_SETSIZE as usize {
+                return Err(ProcsError::Command {
+                    what: "pin".into(),
+                    message: format!("CPU {c} out of range"),
+                });
+            }
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(ProcsError::Command {
+                what: "pin".into(),
+                message: std::io::Error::last_os_error().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A running child process, stopped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: String,
+}
+
+impl Proc {
+    /// Starts `bin args`, under `taskset -c cpus` when `cpus` is given, with
+    /// stdout and stderr going to `log`.
+    pub fn spawn(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        cpus: Option<&str>,
+        log: &Path,
+    ) -> Result<Proc, ProcsError> {
+        let err = |source| ProcsError::Spawn {
+            what: name.into(),
+            source,
+        };
+        let out = std::fs::File::create(log).map_err(err)?;
+        let out2 = out.try_clone().map_err(err)?;
+        let mut cmd = match cpus {
+            // taskset execs the program, so the child's pid is the server's.
+            Some(c) => {
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(c).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(out2);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().map_err(err)?;
+        Ok(Proc {
+            name: name.into(),
+            child,
+            log: log.display().to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded by `within`) until `port` accepts a connection.
+    pub async fn wait_ready(&mut self, port: u16, within: Duration) -> Result<(), ProcsError> {
+        let until = Instant::now() + within;
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(ProcsError::Exited {
+                    what: self.name.clone(),
+                    status: status.to_string(),
+                    log: self.log.clone(),
+                });
+            }
+            if Instant::now() >= until {
+                return Err(ProcsError::NotReady {
+                    what: self.name.clone(),
+                    port,
+                    secs: within.as_secs(),
+                    log: self.log.clone(),
+                });
+            }
+            // Nothing to await: the server gives no signal but its socket.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: signalling our own child, whose pid is still reserved
+            // because it has not been waited for.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        // A graceful stop drains the request log; give it 5 s, then kill.
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command to completion and returns its trimmed stdout.
+pub fn output(what: &str, bin: &Path, args: &[String], env: &[(&str, String)]) -> Result<String, ProcsError> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().map_err(|source| ProcsError::Spawn {
+        what: what.into(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(ProcsError::Command {
+            what: what.into(),
+            message: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_nonzero() {
+        assert_ne!(free_port().unwrap(), 0);
+    }
+
+    #[test]
+    fn bad_cpu_lists_are_refused() {
+        assert!(pin_self("x").is_err());
+        assert!(pin_self("100000").is_err());
+    }
+
+    #[test]
+    fn failing_commands_report_stderr() {
+        let e = output(
+            "sh",
+            Path::new("sh"),
+            &["-c".into(), "echo oops >&2; exit 3".into()],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("oops"), "{e}");
+        let e = output("nothing", Path::new("/nonexistent/bin"), &[], &[]).unwrap_err();
+        assert!(matches!(e, ProcsError::Spawn { .. }));
+        assert_eq!(output("echo", Path::new("echo"), &["hi".into()], &[]).unwrap(), "hi");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exits_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Proc::spawn("false", Path::new("false"), &[], &[], None, &dir.path().join("log")).unwrap();
+        let port = free_port().unwrap();
+        let e = p.wait_ready(port, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, ProcsError::Exited { .. }), "{e}");
+        let mut p = Proc::spawn(
+            "sleep",
+            Path::new("sleep"),
+            &["30".into()],
+            &[],
+            None,
+            &dir.path().join("log2"),
+        )
+        .unwrap();
+        let e = p.wait_ready(port, Duration::from_millis(100)).await.unwrap_err();
+        assert!(matches!(e, ProcsError::NotReady { .. }), "{e}");
+        drop(p); // SIGTERM ends `sleep` at once
+    }
+}

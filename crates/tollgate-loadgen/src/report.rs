@@ -1,0 +1,96 @@
+//! The human-readable side of a run: one line per step while it runs, and
+//! the final table (the same figures as the JSON).
+
+use crate::bench::{Report, StepReport};
+use std::fmt::Write;
+
+/// One line per finished step, printed as the run goes.
+pub fn step_line(r: &StepReport) -> String {
+    format!(
+        "{:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  tollgate p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  ok {:>6.2}%  cpu {:.3} ms/req  hwm {:.1} MB",
+        r.rate,
+        r.mode.name(),
+        r.direct.latency_ms.p99,
+        r.tollgate.latency_ms.p99,
+        r.added_ms.p50,
+        r.added_ms.p99,
+        r.tollgate.success_rate * 100.0,
+        r.tollgate_cpu_ms_per_1000_requests / 1000.0,
+        r.tollgate_peak_rss_mb,
+    )
+}
+
+/// The final table, as Markdown (it is pasted into docs/PERFORMANCE.md).
+pub fn table(report: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| rate (req/s) | mode | direct p50 / p90 / p99 / max (ms) | Tollgate p50 / p90 / p99 / max (ms) | added p50 / p90 / p99 / max (ms) | success (direct / Tollgate) | achieved (req/s) | Tollgate CPU per 1,000 req (ms) | Tollgate peak RSS (MB) |"
+    );
+    let _ = writeln!(s, "|---:|---|---|---|---|---|---:|---:|---:|");
+    let four = |p: &crate::load::Percentiles| format!("{:.2} / {:.2} / {:.2} / {:.2}", p.p50, p.p90, p.p99, p.max);
+    for r in &report.steps {
+        let a = &r.added_ms;
+        let _ = writeln!(
+            s,
+            "| {:.0} | {} | {} | {} | {:.2} / {:.2} / {:.2} / {:.2} | {:.2}% / {:.2}% | {:.0} | {:.1} | {:.1} |",
+            r.rate,
+            r.mode.name(),
+            four(&r.direct.latency_ms),
+            four(&r.tollgate.latency_ms),
+            a.p50,
+            a.p90,
+            a.p99,
+            a.max,
+            r.direct.success_rate * 100.0,
+            r.tollgate.success_rate * 100.0,
+            r.tollgate.achieved_rps,
+            r.tollgate_cpu_ms_per_1000_requests,
+            r.tollgate_peak_rss_mb,
+        );
+    }
+    let ttfb: Vec<&StepReport> = report.steps.iter().filter(|r| r.added_ttfb_ms.is_some()).collect();
+    if !ttfb.is_empty() {
+        let _ = writeln!(s, "\nStreams, time to first byte:\n");
+        let _ = writeln!(
+            s,
+            "| rate (req/s) | direct p50 / p99 (ms) | Tollgate p50 / p99 (ms) | added p50 / p99 (ms) |"
+        );
+        let _ = writeln!(s, "|---:|---|---|---|");
+        for r in ttfb {
+            if let (Some(d), Some(t), Some(a)) = (&r.direct.ttfb_ms, &r.tollgate.ttfb_ms, &r.added_ttfb_ms) {
+                let _ = writeln!(
+                    s,
+                    "| {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+                    r.rate, d.p50, d.p99, t.p50, t.p99, a.p50, a.p99
+                );
+            }
+        }
+    }
+    if let Some(search) = &report.search {
+        let _ = writeln!(
+            s,
+            "\nHighest sustained rate ({}): {} (lowest failing: {}; {} probes; stopped: {})",
+            search.criterion,
+            search
+                .max_sustained_rps
+                .map_or("none".into(), |r| format!("{r:.0} req/s")),
+            search
+                .lowest_failing_rps
+                .map_or("none probed".into(), |r| format!("{r:.0} req/s")),
+            search.probes.len(),
+            search.stopped_because,
+        );
+    }
+    let _ = writeln!(s, "\nTargets:\n");
+    for t in &report.targets {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        let value = t.value.map_or("-".into(), |v| format!("{v:.3}"));
+        let _ = writeln!(s, "- {}: {} (limit {}): {}", t.name, value, t.limit, verdict);
+    }
+    s
+}

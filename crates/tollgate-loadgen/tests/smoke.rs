@@ -1,0 +1,98 @@
+//! The harness must not rot: `bench/run --smoke` starts the mock and a
+//! Tollgate, runs a few one-second steps at tiny rates and writes its JSON.
+//! Only that it runs and what the JSON holds is asserted, never timing.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `TOLLGATE_BIN`, else the `tollgate` built beside this crate's binary,
+/// else a debug build of it.
+fn tollgate_bin(loadgen: &Path) -> PathBuf {
+    if let Some(p) = std::env::var_os("TOLLGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let beside = loadgen.with_file_name("tollgate");
+    if !beside.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "tollgate-server", "--bin", "tollgate"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building tollgate failed");
+    }
+    beside
+}
+
+#[test]
+fn smoke_run_writes_the_report() {
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_tollgate-loadgen"));
+    let tollgate = tollgate_bin(&loadgen);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smoke.json");
+    let run = Command::new(workspace_root().join("bench/run"))
+        .args(["--smoke", "--out"])
+        .arg(&out)
+        .env("TOLLGATE_BIN", &tollgate)
+        .env("LOADGEN_BIN", &loadgen)
+        .output()
+        .expect("bench/run starts");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "bench/run --smoke failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("| rate (req/s) |"), "the table is printed: {stdout}");
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for key in [
+        "started_at",
+        "finished_at",
+        "git_commit",
+        "command",
+        "machine",
+        "config",
+        "setup",
+        "targets",
+        "notes",
+    ] {
+        assert!(report.get(key).is_some(), "missing {key}");
+    }
+    assert!(report["machine"]["nproc"].as_u64().is_some());
+    assert!(report["machine"]["cpu_model"].is_string());
+    assert_eq!(report["config"]["smoke"], true);
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "two rates × two modes");
+    for s in steps {
+        for side in ["direct", "tollgate"] {
+            for p in ["p50", "p90", "p99", "max"] {
+                assert!(s[side]["latency_ms"][p].is_number(), "{side}.latency_ms.{p}");
+            }
+            assert!(s[side]["success_rate"].is_number());
+            assert!(s[side]["achieved_rps"].is_number());
+        }
+        for p in ["p50", "p90", "p99", "max"] {
+            assert!(s["added_ms"][p].is_number());
+        }
+        assert!(s["tollgate_cpu_ms_per_1000_requests"].is_number());
+        assert!(s["tollgate_peak_rss_mb"].as_f64().is_some_and(|m| m > 0.0));
+        if s["mode"] == "stream" {
+            assert!(s["tollgate"]["ttfb_ms"]["p99"].is_number());
+            assert!(s["added_ttfb_ms"]["p99"].is_number());
+        }
+    }
+    // The limits were in force on the sanity request.
+    assert!(
+        report["setup"]["sanity_response"]["x-ratelimit-limit-requests"].is_string(),
+        "{}",
+        report["setup"]
+    );
+    let search = &report["search"];
+    assert!(search["probes"].is_array() && search["criterion"].is_string() && search["stopped_because"].is_string());
+    assert!(report["targets"].as_array().is_some_and(|t| !t.is_empty()));
+}
