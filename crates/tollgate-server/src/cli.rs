@@ -31,6 +31,17 @@ pub enum Command {
     /// The model price table.
     #[command(subcommand)]
     Prices(PricesCommand),
+    /// Fill the request log with synthetic requests (for benchmarking analytics).
+    SeedUsage {
+        #[command(flatten)]
+        common: Common,
+        /// How many requests to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Spread them evenly over this many days before now.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
     /// Serve a mock upstream of one provider protocol (for trying Tollgate
     /// without a provider account). Prints its base URL and the test
     /// credentials it accepts on stderr.
@@ -131,7 +142,7 @@ pub async fn serve(config: Config) -> Result<(), CliError> {
         eprintln!("\nOrganisation admin key (shown only this once; store it now):\n\n    {key}\n");
         eprintln!("Send it as `x-portkey-api-key: <key>` (or `Authorization: Bearer <key>`) to http://{}/v1/admin/... to create workspaces, API keys and integrations.\n", running.addr);
     }
-    tracing::info!(addr = %running.addr, "tollgate is serving");
+    eprintln!("Tollgate is listening on http://{}", running.addr);
     let token = running.shutdown_token();
     tokio::spawn(async move {
         server::shutdown_signal().await;

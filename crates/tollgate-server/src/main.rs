@@ -7,7 +7,12 @@ use tollgate_server::cli::{self, AdminKeyCommand, Cli, Command, PricesCommand};
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,hyper=warn,reqwest=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[tokio::main]
@@ -41,6 +46,11 @@ async fn main() -> ExitCode {
                 init_tracing("warn");
                 let n = cli::import_prices(config, file).await?;
                 eprintln!("Imported prices for {n} models.");
+            }
+            Command::SeedUsage { common, rows, days } => {
+                init_tracing("warn");
+                let s = tollgate_server::seed::seed_usage(common.config()?, rows, days).await?;
+                eprintln!("Wrote {} requests in {:.1} s.", s.rows, s.seconds);
             }
             Command::MockUpstream { port, protocol } => {
                 init_tracing("info");

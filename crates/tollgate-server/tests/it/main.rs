@@ -6,4 +6,5 @@ mod limits;
 mod protocols;
 mod provisioning;
 mod alerts;
+mod cli;
 mod support;

@@ -1,0 +1,270 @@
+//! The `tollgate` binary as a user runs it: first start, admin keys, config
+//! errors, graceful shutdown, secrets out of debug logs, master-key rotation
+//! and price import.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tollgate_testkit::control::Control;
+use tollgate_testkit::openai::{self, OpenAiMock};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const SECRET: &str = "sk-live-DEBUG-LOG-MUST-NOT-SHOW-THIS-0123456789";
+
+struct Proc {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    url: String,
+}
+
+impl Proc {
+    fn serve(dir: &Path, extra_env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir);
+        cmd.env_remove("TOLLGATE_MASTER_KEY").env("TOLLGATE_LOG_LEVEL", "info");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn tollgate");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = loop {
+            let text = stderr.lock().unwrap().clone();
+            if let Some(url) = text.lines().find_map(|l| l.strip_prefix("Tollgate is listening on ")) {
+                break url.trim().to_owned();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("tollgate exited with {status}: {text}");
+            }
+            assert!(Instant::now() < deadline, "tollgate did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Proc { child, stderr, url }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(50));
+                return (status, self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn first_key(stderr: &str) -> String {
+    stderr.split_whitespace().find(|w| w.starts_with("tg-")).expect("a key on stderr").to_owned()
+}
+
+fn run(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(BIN).args(args).arg("--data-dir").arg(dir).env_remove("TOLLGATE_MASTER_KEY").output().expect("run")
+}
+
+async fn call(url: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, format!("{url}{path}")).header("x-portkey-api-key", key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls until `f` is true (the server reloads CLI changes within a second).
+async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "condition never became true");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn first_start_prints_a_key_once_and_sigterm_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::serve(dir.path(), &[]);
+    let key = first_key(&p.stderr());
+    assert!(p.stderr().contains("x-portkey-api-key"), "one line telling the user what to do");
+    let (status, body) = call(&p.url, reqwest::Method::GET, "/v1/admin/workspaces", &key, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"][0]["slug"], "default");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(dir.path().join("tollgate.db").exists());
+    let (status, _) = p.terminate();
+    assert!(status.success(), "graceful exit on SIGTERM");
+    // A second start prints no key; another one comes from the CLI, alone on stdout.
+    let p = Proc::serve(dir.path(), &[]);
+    assert!(!p.stderr().contains("tg-"), "{}", p.stderr());
+    let out = run(&["admin-key", "create"], dir.path());
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let new_key = printed.trim();
+    assert!(new_key.starts_with("tg-") && !new_key.contains(char::is_whitespace), "{printed:?}");
+    let url = p.url.clone();
+    eventually(|| {
+        let (url, k) = (url.clone(), new_key.to_owned());
+        async move { call(&url, reqwest::Method::GET, "/v1/admin/workspaces", &k, None).await.0 == 200 }
+    })
+    .await;
+    p.terminate();
+}
+
+#[tokio::test]
+async fn configuration_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nlisten_port = 1\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
+    let out = Command::new(BIN).args(["serve", "--listen", "nope", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
+    let out = Command::new(BIN).args(["serve", "--data-dir"]).arg(dir.path()).env("TOLLGATE_MASTER_KEY", "abc").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("master key"));
+}
+
+#[tokio::test]
+async fn a_wrong_master_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::serve(dir.path(), &[("TOLLGATE_MASTER_KEY", &"ab".repeat(32))]);
+    p.terminate();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TOLLGATE_MASTER_KEY", "cd".repeat(32))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Creates an integration pointing at `mock_url`, provisions it to the
+/// default workspace and returns a workspace key.
+async fn wire_up(url: &str, admin: &str, mock_url: &str) -> String {
+    let (s, b) = call(url, reqwest::Method::POST, "/v1/integrations", admin,
+        Some(json!({"name": "m", "slug": "m", "ai_provider_id": "openai", "key": SECRET, "configurations": {"custom_host": mock_url}}))).await;
+    assert_eq!(s, 200, "{b}");
+    let (_, ws) = call(url, reqwest::Method::GET, "/v1/admin/workspaces/default", admin, None).await;
+    let ws = ws["id"].as_str().unwrap().to_owned();
+    let (s, _) = call(url, reqwest::Method::PUT, "/v1/integrations/m/workspaces", admin, Some(json!({"workspaces": [{"id": ws}]}))).await;
+    assert_eq!(s, 200);
+    let (_, k) = call(url, reqwest::Method::POST, "/v1/api-keys/workspace/service", admin, Some(json!({"workspace_id": ws}))).await;
+    k["key"].as_str().unwrap().to_owned()
+}
+
+async fn complete(url: &str, key: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "@m/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn debug_logs_never_show_a_secret() {
+    let mock = openai::start(OpenAiMock { api_key: Some(SECRET.into()), control: Control::new() }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::serve(dir.path(), &[("TOLLGATE_LOG", "debug")]);
+    let admin = first_key(&p.stderr());
+    let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
+    assert_eq!(complete(&p.url, &key).await, 200, "the upstream accepted the opened secret");
+    let (_, logs) = p.terminate();
+    assert!(logs.contains("DEBUG"), "debug logging was on");
+    assert!(!logs.contains("DEBUG-LOG-MUST-NOT-SHOW-THIS"), "a secret reached the log");
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("DEBUG-LOG-MUST-NOT-SHOW-THIS"));
+    }
+}
+
+#[tokio::test]
+async fn rotating_the_master_key_keeps_the_server_working() {
+    let mock = openai::start(OpenAiMock { api_key: Some(SECRET.into()), control: Control::new() }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::serve(dir.path(), &[]);
+    let admin = first_key(&p.stderr());
+    let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
+    assert_eq!(complete(&p.url, &key).await, 200);
+    let before = std::fs::read(dir.path().join("master.key")).unwrap();
+    let out = run(&["rotate-master-key"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(std::fs::read(dir.path().join("master.key")).unwrap(), before);
+    // The running server picks the new key up and keeps serving.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(complete(&p.url, &key).await, 200, "{}", p.stderr());
+    p.terminate();
+    // And a fresh start with the new key file works too.
+    let p = Proc::serve(dir.path(), &[]);
+    assert_eq!(complete(&p.url, &key).await, 200);
+    let (_, audit) = call(&p.url, reqwest::Method::GET, "/v1/audit-logs?object_type=master_key", &admin, None).await;
+    assert_eq!(audit["total"], 1);
+    p.terminate();
+}
+
+#[tokio::test]
+async fn prices_import_replaces_the_table() {
+    let control = Control::new();
+    control.set_usage(1_000_000, 0, 0);
+    let mock = openai::start(OpenAiMock { api_key: None, control }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::serve(dir.path(), &[]);
+    let admin = first_key(&p.stderr());
+    let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"taken_at": "x", "models": [{"provider": "openai", "model": "gpt-4o", "input": "-1", "output": "1"}]}"#).unwrap();
+    let out = run(&["prices", "import", bad.to_str().unwrap()], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gpt-4o"));
+    let good = dir.path().join("prices.json");
+    std::fs::write(&good, r#"{"taken_at": "2026-11-01", "models": [{"provider": "openai", "model": "gpt-4o", "input": "7", "output": "1"}]}"#).unwrap();
+    let out = run(&["prices", "import", good.to_str().unwrap()], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(complete(&p.url, &key).await, 200);
+    let url = p.url.clone();
+    eventually(|| {
+        let (url, admin) = (url.clone(), admin.clone());
+        async move {
+            let (_, logs) = call(&url, reqwest::Method::GET, "/v1/logs", &admin, None).await;
+            logs["data"][0]["cost_exact"] == "7"
+        }
+    })
+    .await;
+    p.terminate();
+}
