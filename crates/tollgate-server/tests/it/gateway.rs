@@ -222,3 +222,21 @@ async fn a_cut_stream_is_settled_from_the_tokenizer() {
     assert!(rec["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     assert_eq!(rec["error_type"], "upstream_error");
 }
+
+#[tokio::test]
+async fn bodies_are_logged_only_when_the_workspace_asks() {
+    let s = setup().await;
+    let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+    assert_eq!(r.status, 200);
+    s.app.flush_logs().await;
+    let logs = s.app.get("/v1/logs", &s.key).await;
+    assert_eq!(logs.body["data"][0]["request_body"], Value::Null);
+    assert_eq!(logs.body["data"][0]["response_body"], Value::Null);
+    let r = s.app.put(&format!("/v1/admin/workspaces/{}", s.ws), &s.app.admin_key, json!({"log_bodies": true})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await.status, 200);
+    s.app.flush_logs().await;
+    let logs = s.app.get("/v1/logs", &s.key).await;
+    assert!(logs.body["data"][0]["request_body"].as_str().unwrap().contains("be brief"));
+    assert!(logs.body["data"][0]["response_body"].as_str().unwrap().contains("chat.completion"));
+}

@@ -249,3 +249,36 @@ async fn exactly_one_alert_email_and_webhook_per_threshold() {
     assert!(tokio::time::timeout(std::time::Duration::from_millis(300), mails.recv()).await.is_err());
     assert_eq!(receiver.accepted().len(), 1);
 }
+
+#[tokio::test]
+async fn an_exhausted_provider_reads_exhausted_until_its_reset() {
+    let l = lim().await;
+    let r = l
+        .app
+        .put("/v1/integrations/oai/models", &l.app.admin_key, json!({"models": [{"slug": "gpt-4o", "enabled": true,
+            "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": 0.025}}}}]}))
+        .await;
+    assert_eq!(r.status, 200);
+    l.control.set_usage(10, 1000, 0);
+    assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
+    let r = l
+        .app
+        .post("/v1/providers", &l.app.admin_key, json!({"name": "m", "slug": "monthly", "integration_id": "oai", "workspace_id": l.ws,
+            "usage_limits": {"type": "cost", "credit_limit": 1, "periodic_reset": "monthly"}}))
+        .await;
+    assert_eq!(r.status, 200);
+    let body = json!({"model": "@monthly/gpt-4o", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..4 {
+        assert_eq!(l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status, 200);
+    }
+    let path = format!("/v1/providers/monthly?workspace_id={}", l.ws);
+    assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "exhausted");
+    let list = l.app.get(&format!("/v1/providers?workspace_id={}", l.ws), &l.app.admin_key).await;
+    assert!(list.body["data"].as_array().unwrap().iter().any(|p| p["slug"] == "monthly" && p["status"] == "exhausted"));
+    let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
+    assert_eq!((r.status, r.error_type()), (412, "provider_exhaust_error"));
+    // The 1st of the month, 00:00 UTC.
+    l.clock.set(chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap().into());
+    assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "active");
+    assert_eq!(l.app.post("/v1/chat/completions", &l.key, body).await.status, 200);
+}
