@@ -14,6 +14,7 @@ pub mod clock;
 pub mod ids;
 pub mod limits;
 pub mod money;
+pub mod records;
 pub mod secrets;
 pub mod usage;
 
