@@ -67,6 +67,11 @@ def test_workspaces_create_list_retrieve_update_delete(tollgate: Tollgate) -> No
     assert len(page.data) == 1
     assert page.total == listed.total
 
+    # The SDK's name filters: `name` matches part of it, `exact_name` all.
+    assert [w.id for w in pk.admin.workspaces.list(name=name[-8:]).data] == [ws.id]
+    assert [w.id for w in pk.admin.workspaces.list(exact_name=name).data] == [ws.id]
+    assert pk.admin.workspaces.list(exact_name=name[:-1]).data == []
+
     got = pk.admin.workspaces.retrieve(workspace_id=ws.id)
     assert (got.id, got.name, got.description, got.slug) == (ws.id, name, "search team", ws.slug)
 
@@ -108,6 +113,7 @@ def test_workspace_api_keys(tollgate: Tollgate) -> None:
     assert created.id
     assert created.key and len(created.key) >= 32
     assert created.object == "api-key"
+    assert created.key.startswith("tg-")
 
     listed = pk.api_keys.list(workspace_id=ws.id)
     assert listed.total >= 1
@@ -118,6 +124,9 @@ def test_workspace_api_keys(tollgate: Tollgate) -> None:
     got = pk.api_keys.retrieve(id=created.id)
     assert got.id == created.id
     assert got.name == "ci service"
+    assert got.description == "used by CI"
+    assert got.type == "workspace-service"
+    assert got.status == "active"
     assert got.workspace_id == ws.id
     assert set(got.scopes) == {"completions.write", "logs.view"}
     assert_no_secret(got, created.key)

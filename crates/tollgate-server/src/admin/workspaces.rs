@@ -116,13 +116,35 @@ pub async fn create(
     Ok(Json(to_json(&w, now)))
 }
 
-pub async fn list(State(state): State<SharedState>, caller: Caller, Query(page): Query<Page>) -> Result<Json<Value>, AdminError> {
+/// The name filters of `GET /v1/admin/workspaces`, as the `portkey-ai` SDK
+/// sends them: `name` matches part of the name, `exact_name` all of it;
+/// both are case-sensitive, as in Portkey.
+#[derive(Debug, Default, Deserialize)]
+pub struct NameFilter {
+    pub name: Option<String>,
+    pub exact_name: Option<String>,
+}
+
+impl NameFilter {
+    fn matches(&self, name: &str) -> bool {
+        self.name.as_deref().is_none_or(|part| name.contains(part))
+            && self.exact_name.as_deref().is_none_or(|exact| name == exact)
+    }
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(page): Query<Page>,
+    Query(names): Query<NameFilter>,
+) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let now = state.now();
     let mut ws: Vec<_> = snap
         .workspaces
         .values()
         .filter(|w| caller.is_org() || caller.workspace_id() == Some(w.id.as_str()))
+        .filter(|w| names.matches(&w.name))
         .collect();
     ws.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
     Ok(Json(page.list(ws.into_iter().map(|w| to_json(w, now)).collect())?))
@@ -197,4 +219,33 @@ pub async fn delete(State(state): State<SharedState>, caller: Caller, Path(id): 
     let audit = state.audit_entry(Some(caller.id()), "delete", "workspace", &w.id, json!({"slug": w.slug}));
     change.commit(audit).await?;
     Ok(Json(json!({"success": true})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NameFilter;
+
+    #[test]
+    fn name_filters_are_case_sensitive_part_and_whole_matches() {
+        let none = NameFilter::default();
+        assert!(none.matches("Team Search"));
+        let part = NameFilter {
+            name: Some("Search".into()),
+            exact_name: None,
+        };
+        assert!(part.matches("Team Search"));
+        assert!(!part.matches("Team search"));
+        let exact = NameFilter {
+            name: None,
+            exact_name: Some("Team".into()),
+        };
+        assert!(exact.matches("Team"));
+        assert!(!exact.matches("Team Search"));
+        let both = NameFilter {
+            name: Some("ea".into()),
+            exact_name: Some("Team".into()),
+        };
+        assert!(both.matches("Team"));
+        assert!(!both.matches("Tam"));
+    }
 }
