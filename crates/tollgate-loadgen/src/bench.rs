@@ -133,6 +133,10 @@ pub struct StepReport {
     /// VmHWM after the step: the peak since Tollgate started.
     pub tollgate_peak_rss_mb: f64,
     pub tollgate_rss_mb: f64,
+    /// Machine-wide busy CPU during the through-Tollgate step that went to
+    /// none of Tollgate, the mock and the load generator (e.g. a compiler
+    /// running beside the benchmark). Large values mean a disturbed step.
+    pub other_processes_cpu_s: f64,
 }
 
 /// One probe of the search.
@@ -185,7 +189,7 @@ pub struct Report {
 /// The started servers and what the load is aimed at.
 struct Rig {
     _dir: tempfile::TempDir,
-    _mock: Proc,
+    mock: Proc,
     tollgate: Proc,
     direct: [Arc<Target>; 2],
     through: [Arc<Target>; 2],
@@ -438,7 +442,7 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
     });
     Ok(Rig {
         _dir: dir,
-        _mock: mock,
+        mock,
         tollgate,
         direct,
         through,
@@ -469,9 +473,16 @@ async fn step(
     let direct = load::run(client, rig.direct[mode_index(mode)].clone(), &p).await?;
     tokio::time::sleep(cfg.cooldown).await;
     let pid = rig.tollgate.pid();
+    let ours = |cpu: f64| -> Result<f64, BenchError> {
+        Ok(cpu + procfs::cpu_seconds(rig.mock.pid())? + procfs::cpu_seconds(std::process::id())?)
+    };
+    let busy0 = procfs::machine_busy_seconds()?;
     let cpu0 = procfs::cpu_seconds(pid)?;
+    let ours0 = ours(cpu0)?;
     let through = load::run(client, rig.through[mode_index(mode)].clone(), &p).await?;
     let cpu1 = procfs::cpu_seconds(pid)?;
+    let ours1 = ours(cpu1)?;
+    let busy1 = procfs::machine_busy_seconds()?;
     let mem = procfs::memory(pid)?;
     tokio::time::sleep(cfg.cooldown).await;
     let cpu = (cpu1 - cpu0).max(0.0);
@@ -490,6 +501,7 @@ async fn step(
         tollgate_cpu_ms_per_1000_requests: cpu * 1000.0 * 1000.0 / total as f64,
         tollgate_peak_rss_mb: mb(mem.hwm_kib),
         tollgate_rss_mb: mb(mem.rss_kib),
+        other_processes_cpu_s: ((busy1 - busy0) - (ours1 - ours0)).max(0.0),
         direct,
         tollgate: through,
     })
@@ -655,7 +667,7 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
     let deadline = wall_start + cfg.max_wall;
     let client = load::client(cfg.concurrency);
     let rig = start(&cfg, &client).await?;
-    let mut notes = Vec::new();
+    let mut notes = vec![format!("load average at start: {}", procfs::loadavg())];
     let mut steps = Vec::new();
     'rates: for &rate in &cfg.rates {
         for &mode in &cfg.modes {

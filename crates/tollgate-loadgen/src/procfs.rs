@@ -48,6 +48,35 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time the whole machine has been busy (every CPU, everything but idle
+/// and iowait), in seconds; with the three processes' own times it tells how
+/// much of a step went to something else on the machine.
+pub fn machine_busy_seconds() -> Result<f64, ProcError> {
+    let stat = read("/proc/stat")?;
+    parse_busy_ticks(&stat)
+        .map(|t| t as f64 / clock_ticks_per_second() as f64)
+        .ok_or_else(|| ProcError::Format("/proc/stat".into()))
+}
+
+/// user + nice + system + irq + softirq + steal from the `cpu` line.
+pub fn parse_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    (v.len() >= 4).then(|| at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+}
+
+/// The load averages line, for the record.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// Resident memory of a process, in KiB.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Memory {
@@ -123,6 +152,17 @@ mod tests {
         assert_eq!(parse_cpu_ticks(line), Some(325));
         assert_eq!(parse_cpu_ticks("garbage"), None);
         assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn busy_ticks() {
+        assert_eq!(
+            parse_busy_ticks("cpu  10 1 5 100 7 2 3 4 0 0\ncpu0 1 1 1 1\n"),
+            Some(25)
+        );
+        assert_eq!(parse_busy_ticks("cpu0 1 2 3 4\n"), None);
+        assert_eq!(parse_busy_ticks("cpu  1 x 3 4\n"), None);
+        assert!(machine_busy_seconds().unwrap() >= 0.0);
     }
 
     #[test]

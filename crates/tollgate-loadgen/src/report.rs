@@ -7,7 +7,7 @@ use std::fmt::Write;
 /// One line per finished step, printed as the run goes.
 pub fn step_line(r: &StepReport) -> String {
     format!(
-        "{:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  tollgate p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  ok {:>6.2}%  cpu {:.3} ms/req  hwm {:.1} MB",
+        "{:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  tollgate p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  ok {:>6.2}%  cpu {:.3} ms/req  hwm {:.1} MB  other cpu {:.1} s",
         r.rate,
         r.mode.name(),
         r.direct.latency_ms.p99,
@@ -17,6 +17,7 @@ pub fn step_line(r: &StepReport) -> String {
         r.tollgate.success_rate * 100.0,
         r.tollgate_cpu_ms_per_1000_requests / 1000.0,
         r.tollgate_peak_rss_mb,
+        r.other_processes_cpu_s,
     )
 }
 

@@ -80,6 +80,7 @@ fn smoke_run_writes_the_report() {
             assert!(s["added_ms"][p].is_number());
         }
         assert!(s["tollgate_cpu_ms_per_1000_requests"].is_number());
+        assert!(s["other_processes_cpu_s"].is_number());
         assert!(s["tollgate_peak_rss_mb"].as_f64().is_some_and(|m| m > 0.0));
         if s["mode"] == "stream" {
             assert!(s["tollgate"]["ttfb_ms"]["p99"].is_number());
