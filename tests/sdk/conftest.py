@@ -219,9 +219,23 @@ def start_tollgate(tmp: Path) -> Tollgate:
     raise RuntimeError(f"tollgate did not become ready:\n{last_error}")
 
 
+# The server's log, shown at the end of a failed run.
+_SERVER_LOGS: List[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus) -> None:
+    if exitstatus == 0:
+        return
+    for log in _SERVER_LOGS:
+        if log.exists():
+            terminalreporter.section(f"tollgate log ({log})")
+            terminalreporter.write_line("\n".join(log.read_text(errors="replace").splitlines()[-60:]))
+
+
 @pytest.fixture(scope="session")
 def tollgate(tmp_path_factory) -> Tollgate:
     tg = start_tollgate(tmp_path_factory.mktemp("tollgate"))
+    _SERVER_LOGS.append(tg.log)
     yield tg
     tg.http.close()
     stop(tg.proc)

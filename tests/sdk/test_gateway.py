@@ -154,8 +154,9 @@ def test_tool_calls(gateway: Gateway, protocol: str) -> None:
     for chunk in stream:
         for c in chunk.choices:
             for tc in c.delta.tool_calls or []:
-                name += tc.function.name or "" if tc.function else ""
-                args += tc.function.arguments or "" if tc.function else ""
+                if tc.function is not None:
+                    name += tc.function.name or ""
+                    args += tc.function.arguments or ""
             finish = c.finish_reason or finish
     assert name == "get_weather"
     assert json.loads(args) == {"city": "mock", "days": 1}
@@ -268,6 +269,27 @@ def test_every_other_mock_protocol(gateway: Gateway, other_mocks: dict[str, Mock
     chunks = list(stream)
     assert "".join(ch.delta.content or "" for chunk in chunks for ch in chunk.choices) == MOCK_REPLY
     assert any(chunk.usage and chunk.usage.prompt_tokens == MOCK_PROMPT_TOKENS for chunk in chunks)
+
+
+def test_mocks_print_their_base_url_and_credentials(mocks: dict[str, Mock], other_mocks: dict[str, Mock]) -> None:
+    """The start-up line is how a person learns what to configure: it names
+    the documented test credentials (docs/SDK_TESTS.md)."""
+    every = {**mocks, **other_mocks}
+    expected = {
+        "openai": ["accepts any key", "ai_provider_id=openai"],
+        "anthropic": ["x-api-key=sk-ant-test", "ai_provider_id=anthropic"],
+        "azure": ["api-key=azure-test-key", "ai_provider_id=azure-openai"],
+        "gemini": ["x-goog-api-key=gemini-test-key", "ai_provider_id=google"],
+        "vertex": ["vertex_project_id=test-project", "vertex_region=us-central1", "ai_provider_id=vertex-ai"],
+        "bedrock": ["aws_region=us-east-1", "aws_access_key_id=AKIATOLLGATETEST0001",
+                    "aws_secret_access_key=tollgate/test+secret/AAAAAAAAAAAAAAAAAAAAAAAA",
+                    "aws_role_arn=arn:aws:iam::123456789012:role/tollgate-test", "ai_provider_id=bedrock"],
+    }
+    for protocol, needles in expected.items():
+        line = every[protocol].line
+        assert every[protocol].url in line
+        for n in needles:
+            assert n in line, (protocol, n, line)
 
 
 # ---- the portkey-ai SDK's chat completions ----
