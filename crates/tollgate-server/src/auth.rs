@@ -65,8 +65,7 @@ pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<Arc<KeyE
     let hash = tollgate_core::ids::hash_api_key(key);
     let snap = state.snapshot();
     let entry = snap.key_by_hash(&hash).ok_or(AuthFailure::Invalid)?;
-    let stored = hex::decode(&entry.record.key_hash).unwrap_or_default();
-    if !bool::from(stored.as_slice().ct_eq(&hash)) {
+    if !bool::from(entry.hash.ct_eq(&hash)) {
         return Err(AuthFailure::Invalid);
     }
     if entry.record.expires_at.is_some_and(|t| t <= state.now()) {

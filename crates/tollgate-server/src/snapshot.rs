@@ -19,6 +19,8 @@ use tollgate_store::ControlData;
 #[derive(Debug)]
 pub struct KeyEntry {
     pub record: ApiKeyRecord,
+    /// SHA-256 of the key, decoded once here rather than per request.
+    pub hash: [u8; 32],
     /// The key's own limits, as counter checks.
     pub checks: Vec<LimitCheck>,
 }
@@ -99,7 +101,7 @@ impl Snapshot {
             let Ok(hash) = hex::decode(&k.key_hash) else { continue };
             let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { continue };
             let checks = limits::checks(Level::ApiKey, &limits::key_id(&k.id), &k.limits);
-            let e = Arc::new(KeyEntry { record: k, checks });
+            let e = Arc::new(KeyEntry { record: k, hash, checks });
             s.keys_by_id.insert(e.record.id.clone(), e.clone());
             s.keys.insert(hash, e);
         }
