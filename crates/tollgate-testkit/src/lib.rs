@@ -73,11 +73,11 @@ impl Journal {
     }
 }
 
-/// Reads a whole request into a [`Recorded`] and appends it to the journal.
-pub async fn record(journal: &Journal, req: Request) -> Recorded {
+/// Reads a whole request into a [`Recorded`].
+pub async fn read(req: Request) -> Recorded {
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
-    let r = Recorded {
+    Recorded {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
@@ -92,7 +92,12 @@ pub async fn record(journal: &Journal, req: Request) -> Recorded {
             })
             .collect(),
         body,
-    };
+    }
+}
+
+/// Reads a whole request into a [`Recorded`] and appends it to the journal.
+pub async fn record(journal: &Journal, req: Request) -> Recorded {
+    let r = read(req).await;
     journal.push(r.clone());
     r
 }

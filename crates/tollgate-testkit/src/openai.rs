@@ -72,26 +72,9 @@ pub async fn serve_forever(port: u16) -> std::io::Result<()> {
 
 /// Reads a request, recording it when a journal is kept.
 pub(crate) async fn take(journal: Option<&Journal>, req: Request) -> Recorded {
-    if let Some(j) = journal {
-        return record(j, req).await;
-    }
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
-    Recorded {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body,
+    match journal {
+        Some(j) => record(j, req).await,
+        None => crate::read(req).await,
     }
 }
 
