@@ -110,6 +110,10 @@ fn check_url(field: &str, v: &str) -> Result<(), AdminError> {
     }
 }
 
+/// A configuration split into its non-secret fields and its secret ones
+/// (name, plain text) still to be sealed.
+pub type SplitConfiguration = (Map<String, Value>, Vec<(String, String)>);
+
 /// Validates a provider's configuration and splits it into the non-secret
 /// fields (stored as they are) and the secret ones (to be sealed).
 /// Unknown fields are refused: a misspelt secret field must never be stored
@@ -118,7 +122,7 @@ pub fn split_configuration(
     spec: &ProviderSpec,
     key: Option<String>,
     mut cfg: Map<String, Value>,
-) -> Result<(Map<String, Value>, Vec<(String, String)>), AdminError> {
+) -> Result<SplitConfiguration, AdminError> {
     if let Some(k) = key {
         cfg.insert("key".into(), Value::String(k));
     }
