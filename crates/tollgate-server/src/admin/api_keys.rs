@@ -49,6 +49,9 @@ pub struct UpdateKey {
     pub expires_at: Option<Value>,
     #[serde(default)]
     pub alert_emails: Option<Vec<String>>,
+    /// Zeroes the consumed budget: only usage from now on counts.
+    #[serde(default)]
+    pub reset_usage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,6 +262,9 @@ pub async fn update(
         rec.expires_at = parse_time(body.expires_at.as_ref(), "expires_at")?;
     }
     rec.limits = merge_limits(&rec.limits, body.usage_limits.as_ref(), body.rate_limits.as_ref(), now)?;
+    if body.reset_usage == Some(true) {
+        super::reset_usage(&mut rec.limits, now);
+    }
     rec.last_updated_at = now;
     let mut change = state.change().await?;
     change.tx.put_api_key(&rec).await?;

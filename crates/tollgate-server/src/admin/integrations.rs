@@ -720,14 +720,6 @@ pub async fn list_workspaces(State(state): State<SharedState>, caller: Caller, P
     })))
 }
 
-/// Moves a level's usage `set_at` to `now` (`reset_usage: true`), so that
-/// only usage from now on counts against it.
-fn reset_usage(l: &mut Limits, now: DateTime<Utc>) {
-    if let Some(u) = &mut l.usage {
-        u.set_at = now;
-    }
-}
-
 pub async fn put_workspaces(
     State(state): State<SharedState>,
     caller: Caller,
@@ -768,7 +760,7 @@ pub async fn put_workspaces(
             now,
         )?;
         if w.reset_usage == Some(true) {
-            reset_usage(&mut limits, now);
+            super::reset_usage(&mut limits, now);
         }
         let models = match w.models {
             Some(m) => m,
@@ -785,7 +777,7 @@ pub async fn put_workspaces(
         }
         let mut limits = merge_limits(&i.global_access.limits, g.usage_limits.as_ref(), g.rate_limits.as_ref(), now)?;
         if g.reset_usage == Some(true) {
-            reset_usage(&mut limits, now);
+            super::reset_usage(&mut limits, now);
         }
         let set_at = if g.enabled && !i.global_access.enabled { Some(now) } else { i.global_access.set_at };
         i.global_access = GlobalAccess {

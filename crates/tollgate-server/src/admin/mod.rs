@@ -151,6 +151,14 @@ pub fn merge_limits(
     })
 }
 
+/// Moves a level's usage `set_at` to `now` (`reset_usage: true`): the budget
+/// counts afresh from now, in a new counter window.
+pub fn reset_usage(l: &mut Limits, now: DateTime<Utc>) {
+    if let Some(u) = &mut l.usage {
+        u.set_at = now;
+    }
+}
+
 /// The wire form of a level's usage limit: an object or null.
 pub fn usage_limit_json(l: &Limits, now: DateTime<Utc>) -> Value {
     l.usage.as_ref().map(|u| u.limit.to_json(now)).unwrap_or(Value::Null)

@@ -212,9 +212,7 @@ pub async fn update(
     }
     p.limits = merge_limits(&p.limits, body.usage_limits.as_ref(), body.rate_limits.as_ref(), now)?;
     if body.reset_usage == Some(true) {
-        if let Some(u) = &mut p.limits.usage {
-            u.set_at = now;
-        }
+        super::reset_usage(&mut p.limits, now);
     }
     p.last_updated_at = now;
     let mut change = state.change().await?;

@@ -30,6 +30,9 @@ pub struct CreateWorkspace {
 
 #[derive(Debug, Deserialize)]
 pub struct UpdateWorkspace {
+    /// Zeroes the consumed budget: only usage from now on counts.
+    #[serde(default)]
+    pub reset_usage: Option<bool>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -193,6 +196,9 @@ pub async fn update(
         w.log_bodies = b;
     }
     w.limits = merge_limits(&w.limits, body.usage_limits.as_ref(), body.rate_limits.as_ref(), now)?;
+    if body.reset_usage == Some(true) {
+        super::reset_usage(&mut w.limits, now);
+    }
     w.last_updated_at = now;
     let mut change = state.change().await?;
     change.tx.put_workspace(&w).await?;

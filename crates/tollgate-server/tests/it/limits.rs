@@ -282,3 +282,23 @@ async fn an_exhausted_provider_reads_exhausted_until_its_reset() {
     assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "active");
     assert_eq!(l.app.post("/v1/chat/completions", &l.key, body).await.status, 200);
 }
+
+#[tokio::test]
+async fn reset_usage_on_a_key_starts_its_budget_afresh() {
+    let l = lim().await;
+    let body = thirty_cent_requests(&l).await;
+    assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
+    let r = l
+        .app
+        .post("/v1/api-keys/workspace/service", &l.app.admin_key, json!({"workspace_id": l.ws, "usage_limits": {"type": "cost", "credit_limit": 1}}))
+        .await;
+    let (id, key) = (r.body["id"].as_str().unwrap().to_owned(), r.body["key"].as_str().unwrap().to_owned());
+    for _ in 0..3 {
+        assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
+    }
+    assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 412);
+    l.clock.advance(chrono::Duration::milliseconds(1));
+    let r = l.app.put(&format!("/v1/api-keys/{id}"), &l.app.admin_key, json!({"reset_usage": true})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(l.app.post("/v1/chat/completions", &key, body).await.status, 200);
+}
