@@ -12,6 +12,8 @@
 //! AssumeRole; time (signing and expiry) comes from the injected clock.
 
 use crate::chat_shape::{self, bad_request, config_str, Choice, ChunkWriter, Part, ToolCall};
+use crate::credential_cache::{CredentialCache, Expiring};
+use crate::sse::{self, Flow, Translate};
 use crate::{Adapter, Call, Endpoint, ProviderError, StreamItem, UpstreamResponse};
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
@@ -19,7 +21,7 @@ use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_types::event_stream::{HeaderValue, Message};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Duration, Utc};
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::StreamExt;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,18 +59,12 @@ impl AwsKeys {
 }
 
 /// Temporary credentials from AssumeRole and their expiry.
-struct TempCreds {
-    keys: AwsKeys,
-    expires_at: DateTime<Utc>,
-}
-
-/// One role's cache slot; its async lock serialises AssumeRole calls.
-type Slot = Arc<tokio::sync::Mutex<Option<TempCreds>>>;
+type TempCreds = Expiring<AwsKeys>;
 
 /// The Bedrock adapter, holding the STS credential cache.
 pub struct Bedrock {
     clock: SharedClock,
-    sts: parking_lot::Mutex<HashMap<String, Slot>>,
+    sts: CredentialCache<AwsKeys>,
 }
 
 impl Default for Bedrock {
@@ -80,7 +76,7 @@ impl Default for Bedrock {
 impl std::fmt::Debug for Bedrock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bedrock")
-            .field("cached_roles", &self.sts.lock().len())
+            .field("cached_roles", &self.sts.len())
             .finish()
     }
 }
@@ -134,8 +130,8 @@ impl Bedrock {
     /// A Bedrock adapter reading time from `clock`.
     pub fn with_clock(clock: SharedClock) -> Self {
         Self {
+            sts: CredentialCache::new(clock.clone(), STS_REFRESH_MARGIN),
             clock,
-            sts: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,20 +163,12 @@ impl Bedrock {
                     keys.access_key_id.as_str(),
                     external_id.unwrap_or("")
                 );
-                let slot = self.sts.lock().entry(cache_key).or_default().clone();
-                let mut cached = slot.lock().await;
-                if let Some(c) = cached.as_ref() {
-                    if self.clock.now() < c.expires_at - STS_REFRESH_MARGIN {
-                        return Ok(c.keys.clone());
-                    }
-                }
                 let session = config_str(config, "aws_role_session_name").unwrap_or(DEFAULT_SESSION_NAME);
-                let fresh = self
-                    .assume_role(http, &keys, region, &endpoint, role, external_id, session, deadline)
-                    .await?;
-                let out = fresh.keys.clone();
-                *cached = Some(fresh);
-                Ok(out)
+                self.sts
+                    .get(cache_key, || {
+                        self.assume_role(http, &keys, region, &endpoint, role, external_id, session, deadline)
+                    })
+                    .await
             }
             other => Err(ProviderError::Config(format!("unknown aws_auth_type {other}"))),
         }
@@ -243,7 +231,7 @@ impl Bedrock {
             .map_err(|_| ProviderError::Auth(format!("STS Expiration {expiration:?} is not a timestamp")))?
             .with_timezone(&Utc);
         Ok(TempCreds {
-            keys: AwsKeys {
+            value: AwsKeys {
                 access_key_id: Zeroizing::new(field("AccessKeyId")?),
                 secret_access_key: Zeroizing::new(field("SecretAccessKey")?),
                 session_token: Some(Zeroizing::new(field("SessionToken")?)),
@@ -380,10 +368,8 @@ impl Adapter for Bedrock {
                 )
                 .await?;
             let t = EventStreamTranslator::new(call.endpoint, call.target.model, call.client_wants_usage);
-            return Ok(UpstreamResponse::Stream(translate_stream(
-                resp.bytes_stream().boxed(),
-                t,
-            )));
+            let body = resp.bytes_stream().map(|r| r.map_err(ProviderError::from_reqwest));
+            return Ok(UpstreamResponse::Stream(sse::translate(body.boxed(), t)));
         }
         let url = format!("{model_url}/converse");
         let resp = self
@@ -911,6 +897,15 @@ impl EventStreamTranslator {
             _ => {}
         }
     }
+}
+
+/// Bedrock frames its own events, so the translator takes the body's raw
+/// chunks and decodes the frames itself.
+impl Translate<Bytes> for EventStreamTranslator {
+    fn event(&mut self, chunk: Bytes, out: &mut Out) -> Flow {
+        self.push(&chunk, out);
+        Flow::Continue
+    }
 
     /// The body ended: owe the usage, or report a cut answer.
     fn end(&mut self, out: &mut Out) {
@@ -925,48 +920,6 @@ impl EventStreamTranslator {
             out.push(Ok(StreamItem::Usage(u)));
         }
     }
-}
-
-/// Runs the translator over the response body, ending at the first error.
-fn translate_stream(
-    body: BoxStream<'static, Result<Bytes, reqwest::Error>>,
-    t: EventStreamTranslator,
-) -> BoxStream<'static, Result<StreamItem, ProviderError>> {
-    futures::stream::unfold((body, t, false), |(mut body, mut t, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            let mut out = Vec::new();
-            let finished = match body.next().await {
-                Some(Ok(chunk)) => {
-                    t.push(&chunk, &mut out);
-                    false
-                }
-                Some(Err(e)) => {
-                    out.push(Err(ProviderError::from_reqwest(e)));
-                    true
-                }
-                None => {
-                    t.end(&mut out);
-                    true
-                }
-            };
-            // Nothing after an error is relayed.
-            let failed = match out.iter().position(Result::is_err) {
-                Some(i) => {
-                    out.truncate(i + 1);
-                    true
-                }
-                None => false,
-            };
-            if finished || failed || !out.is_empty() {
-                return Some((out, (body, t, finished || failed)));
-            }
-        }
-    })
-    .flat_map(futures::stream::iter)
-    .boxed()
 }
 
 /// Replays recorded event-stream bytes through the translator, for tests of

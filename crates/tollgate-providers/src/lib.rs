@@ -16,13 +16,17 @@
 //! - [`google`]: Google Gemini API (`generateContent`).
 //! - [`vertex`]: Vertex AI (service-account JWT → OAuth token, Gemini models).
 //! - [`bedrock`]: AWS Bedrock Converse / ConverseStream (SigV4, event stream, STS).
-//! - [`sse`]: server-sent-event framing shared by the streaming adapters.
+//! - [`sse`]: server-sent-event framing and the stream-translation loop
+//!   shared by the streaming adapters.
+//! - `credential_cache`: the expiring-credential cache behind Vertex tokens
+//!   and STS keys.
 //! - [`tokens`]: token estimation with tiktoken.
 
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
 mod chat_shape;
+mod credential_cache;
 mod gemini_format;
 pub mod google;
 pub mod openai;

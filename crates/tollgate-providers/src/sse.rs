@@ -192,10 +192,13 @@ pub enum Flow {
 }
 
 /// Turns upstream events into items for the client, one protocol each.
-pub trait Translate: Send + 'static {
+/// `E` is what the upstream's body is cut into before translation: parsed
+/// SSE events, or raw chunks where the protocol frames its own (Bedrock's
+/// binary event stream).
+pub trait Translate<E = SseEvent>: Send + 'static {
     /// Handles one event, pushing what it yields onto `out`. Pushing an `Err`
     /// ends the stream after the items before it.
-    fn event(&mut self, ev: SseEvent, out: &mut Vec<Result<StreamItem, ProviderError>>) -> Flow;
+    fn event(&mut self, ev: E, out: &mut Vec<Result<StreamItem, ProviderError>>) -> Flow;
 
     /// The upstream closed the stream without a [`Flow::Stop`]: push what is
     /// still owed, or an error if the answer is incomplete.
@@ -208,8 +211,8 @@ pub fn cut_error() -> ProviderError {
 }
 
 /// Runs `t` over `events`, ending at the first error or [`Flow::Stop`].
-pub fn translate<T: Translate>(
-    events: BoxStream<'static, Result<SseEvent, ProviderError>>,
+pub fn translate<E: Send + 'static, T: Translate<E>>(
+    events: BoxStream<'static, Result<E, ProviderError>>,
     t: T,
 ) -> BoxStream<'static, Result<StreamItem, ProviderError>> {
     futures::stream::unfold((events, t, false), |(mut events, mut t, done)| async move {

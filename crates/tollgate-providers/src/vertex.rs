@@ -13,12 +13,12 @@
 //! (`gemini_format`); embeddings use the `:predict` endpoint.
 
 use crate::chat_shape::{self, bad_request, config_str};
+use crate::credential_cache::{CredentialCache, Expiring};
 use crate::{gemini_format, Adapter, Call, Endpoint, ProviderError, UpstreamResponse};
 use bytes::Bytes;
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::sync::Arc;
 use tollgate_core::clock::{SharedClock, SystemClock};
 use tollgate_core::usage::Usage;
@@ -37,18 +37,12 @@ pub const DEFAULT_REGION: &str = "us-central1";
 const ASSERTION_LIFETIME_SECS: i64 = 3600;
 
 /// An access token and when it stops being valid.
-struct CachedToken {
-    token: Zeroizing<String>,
-    expires_at: DateTime<Utc>,
-}
-
-/// One service account's cache slot; its async lock serialises refreshes.
-type Slot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
+type CachedToken = Expiring<Zeroizing<String>>;
 
 /// The Vertex AI adapter, holding the access-token cache.
 pub struct Vertex {
     clock: SharedClock,
-    tokens: parking_lot::Mutex<HashMap<String, Slot>>,
+    tokens: CredentialCache<Zeroizing<String>>,
 }
 
 impl Default for Vertex {
@@ -60,7 +54,7 @@ impl Default for Vertex {
 impl std::fmt::Debug for Vertex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vertex")
-            .field("cached_accounts", &self.tokens.lock().len())
+            .field("cached_accounts", &self.tokens.len())
             .finish()
     }
 }
@@ -141,8 +135,8 @@ impl Vertex {
     /// A Vertex adapter reading time from `clock`.
     pub fn with_clock(clock: SharedClock) -> Self {
         Self {
+            tokens: CredentialCache::new(clock.clone(), REFRESH_MARGIN),
             clock,
-            tokens: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -153,17 +147,9 @@ impl Vertex {
         sa: &ServiceAccount,
         deadline: tokio::time::Instant,
     ) -> Result<Zeroizing<String>, ProviderError> {
-        let slot = self.tokens.lock().entry(sa.cache_key()).or_default().clone();
-        let mut cached = slot.lock().await;
-        if let Some(t) = cached.as_ref() {
-            if self.clock.now() < t.expires_at - REFRESH_MARGIN {
-                return Ok(t.token.clone());
-            }
-        }
-        let fresh = self.exchange(http, sa, deadline).await?;
-        let token = fresh.token.clone();
-        *cached = Some(fresh);
-        Ok(token)
+        self.tokens
+            .get(sa.cache_key(), || self.exchange(http, sa, deadline))
+            .await
     }
 
     /// The JWT-bearer exchange at the account's token endpoint.
@@ -215,7 +201,7 @@ impl Vertex {
         let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|_| ProviderError::Auth("token endpoint answer has no access_token".into()))?;
         Ok(CachedToken {
-            token: Zeroizing::new(answer.access_token),
+            value: Zeroizing::new(answer.access_token),
             expires_at: now + Duration::seconds(answer.expires_in.unwrap_or(3600)),
         })
     }
