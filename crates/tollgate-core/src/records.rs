@@ -87,6 +87,9 @@ pub struct ApiKeyRecord {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub alert_emails: Vec<String>,
+    /// Defaults applied to the key's requests (`metadata`, ...), as given.
+    #[serde(default)]
+    pub defaults: serde_json::Value,
     #[serde(default)]
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,

@@ -31,6 +31,8 @@ pub struct CreateKey {
     pub expires_at: Option<Value>,
     #[serde(default)]
     pub alert_emails: Option<Vec<String>>,
+    #[serde(default)]
+    pub defaults: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +54,8 @@ pub struct UpdateKey {
     /// Zeroes the consumed budget: only usage from now on counts.
     #[serde(default)]
     pub reset_usage: Option<bool>,
+    #[serde(default)]
+    pub defaults: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,7 +78,14 @@ fn kind_name(k: &ApiKeyRecord) -> String {
     format!("{t}-{s}")
 }
 
-pub fn to_json(k: &ApiKeyRecord, now: chrono::DateTime<chrono::Utc>) -> Value {
+fn check_defaults(d: &Option<Value>) -> Result<(), AdminError> {
+    match d {
+        None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
+        Some(_) => Err(AdminError::validation("defaults must be an object")),
+    }
+}
+
+pub fn to_json(k: &ApiKeyRecord, org_id: &str, now: chrono::DateTime<chrono::Utc>) -> Value {
     let status = if k.expires_at.is_some_and(|t| t <= now) { "expired" } else { "active" };
     json!({
         "id": k.id,
@@ -88,6 +99,8 @@ pub fn to_json(k: &ApiKeyRecord, now: chrono::DateTime<chrono::Utc>) -> Value {
         "rate_limits": rate_limits_array(&k.limits),
         "expires_at": k.expires_at,
         "alert_emails": k.alert_emails,
+        "defaults": if k.defaults.is_null() { json!({}) } else { k.defaults.clone() },
+        "organisation_id": org_id,
         "status": status,
         "created_at": k.created_at,
         "last_updated_at": k.last_updated_at,
@@ -132,6 +145,7 @@ pub fn new_key(
         limits: Limits::default(),
         expires_at: None,
         alert_emails: Vec::new(),
+        defaults: Value::Null,
         created_by: None,
         created_at: now,
         last_updated_at: now,
@@ -193,6 +207,8 @@ pub async fn create(
     rec.limits = merge_limits(&Limits::default(), body.usage_limits.as_ref(), body.rate_limits.as_ref(), now)?;
     rec.expires_at = expires_at;
     rec.alert_emails = emails;
+    check_defaults(&body.defaults)?;
+    rec.defaults = body.defaults.unwrap_or(Value::Null);
     rec.created_by = Some(caller.id().to_owned());
     let mut change = state.change().await?;
     change.tx.put_api_key(&rec).await?;
@@ -217,7 +233,7 @@ pub async fn list(State(state): State<SharedState>, caller: Caller, Query(q): Qu
         .filter(|k| q.workspace_id.as_ref().is_none_or(|w| k.workspace_id.as_ref() == Some(w)))
         .collect();
     keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-    Ok(Json(q.page.list(keys.into_iter().map(|k| to_json(k, now)).collect())?))
+    Ok(Json(q.page.list(keys.into_iter().map(|k| to_json(k, &snap.org_id, now)).collect())?))
 }
 
 fn find(state: &SharedState, id: &str) -> Result<ApiKeyRecord, AdminError> {
@@ -230,7 +246,7 @@ fn find(state: &SharedState, id: &str) -> Result<ApiKeyRecord, AdminError> {
 
 pub async fn retrieve(State(state): State<SharedState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
     caller.require_org()?;
-    Ok(Json(to_json(&find(&state, &id)?, state.now())))
+    Ok(Json(to_json(&find(&state, &id)?, &state.snapshot().org_id, state.now())))
 }
 
 pub async fn update(
@@ -258,6 +274,10 @@ pub async fn update(
         check_emails(&e)?;
         rec.alert_emails = e;
     }
+    check_defaults(&body.defaults)?;
+    if let Some(d) = body.defaults {
+        rec.defaults = d;
+    }
     if body.expires_at.is_some() {
         rec.expires_at = parse_time(body.expires_at.as_ref(), "expires_at")?;
     }
@@ -270,7 +290,7 @@ pub async fn update(
     change.tx.put_api_key(&rec).await?;
     let audit = state.audit_entry(Some(caller.id()), "update", "api_key", &rec.id, json!({"name": rec.name}));
     change.commit(audit).await?;
-    Ok(Json(to_json(&rec, now)))
+    Ok(Json(to_json(&rec, &state.snapshot().org_id, now)))
 }
 
 pub async fn delete(State(state): State<SharedState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {

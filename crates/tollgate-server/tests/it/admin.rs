@@ -61,7 +61,8 @@ async fn api_keys_create_rotate_revoke() {
             k,
             json!({"name": "dev", "workspace_id": ws, "scopes": ["completions.write", "logs.view"],
                    "usage_limits": {"type": "cost", "credit_limit": 10, "alert_threshold": 8, "periodic_reset": "monthly"},
-                   "rate_limits": [{"type": "requests", "unit": "rpm", "value": 100}], "alert_emails": ["a@example.com"]}),
+                   "rate_limits": [{"type": "requests", "unit": "rpm", "value": 100}], "alert_emails": ["a@example.com"],
+                   "defaults": {"metadata": {"team": "x"}}}),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -75,6 +76,8 @@ async fn api_keys_create_rotate_revoke() {
     assert!(got.body["usage_limits"].is_object(), "usage_limits is an object for keys");
     assert!(got.body["rate_limits"].is_array(), "rate_limits is an array for keys");
     assert_eq!(got.body["usage_limits"]["credit_limit"], 10.0);
+    assert_eq!(got.body["defaults"]["metadata"]["team"], "x");
+    assert!(got.body["organisation_id"].as_str().is_some_and(|o| o.starts_with("org-")));
     let list = app.get(&format!("/v1/api-keys?workspace_id={ws}"), k).await;
     assert_eq!(list.body["total"], 1);
     // The workspace key works for what its scopes allow, and only that.
