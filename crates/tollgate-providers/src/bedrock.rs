@@ -567,7 +567,7 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
                         }
                     }
                 }
-                push_turn(&mut turns, "user", blocks);
+                chat_shape::push_turn(&mut turns, "user", "content", blocks);
             }
             "assistant" => {
                 let mut blocks = Vec::new();
@@ -575,29 +575,18 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
                 if !text.is_empty() {
                     blocks.push(json!({ "text": text }));
                 }
-                for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-                    let id = call
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| bad_request("tool call without an id"))?;
-                    let name = call
-                        .pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| bad_request("tool call without a function name"))?;
-                    let args = call
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let input = if args.trim().is_empty() {
+                for call in chat_shape::history_tool_calls(m, true)? {
+                    let input = if call.arguments.trim().is_empty() {
                         json!({})
                     } else {
-                        serde_json::from_str::<Value>(args)
+                        serde_json::from_str::<Value>(call.arguments)
                             .map_err(|_| bad_request("tool call arguments must be JSON"))?
                     };
+                    let (id, name) = (call.id, call.name);
                     blocks.push(json!({ "toolUse": { "toolUseId": id, "name": name, "input": input } }));
                     used_tools = true;
                 }
-                push_turn(&mut turns, "assistant", blocks);
+                chat_shape::push_turn(&mut turns, "assistant", "content", blocks);
             }
             "tool" => {
                 let id = m
@@ -605,9 +594,10 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad_request("tool message without tool_call_id"))?;
                 let text = chat_shape::text_of(m.get("content"));
-                push_turn(
+                chat_shape::push_turn(
                     &mut turns,
                     "user",
+                    "content",
                     vec![json!({ "toolResult": { "toolUseId": id, "content": [{ "text": text }] } })],
                 );
                 used_tools = true;
@@ -616,21 +606,6 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
         }
     }
     Ok((system, turns, used_tools))
-}
-
-fn push_turn(turns: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = turns.last_mut() {
-        if last["role"] == role {
-            if let Some(existing) = last["content"].as_array_mut() {
-                existing.extend(blocks);
-                return;
-            }
-        }
-    }
-    turns.push(json!({ "role": role, "content": blocks }));
 }
 
 /// OpenAI `tools`/`tool_choice` → `toolConfig`. Converse has no "none":

@@ -307,6 +307,59 @@ pub(crate) fn parts_of(content: Option<&Value>) -> Result<Vec<Part<'_>>, Provide
     }
 }
 
+/// One tool call on an assistant message of the client's history.
+pub(crate) struct HistoryToolCall<'a> {
+    /// The call's `id`; always present when it was asked for.
+    pub(crate) id: Option<&'a str>,
+    pub(crate) name: &'a str,
+    /// The `function.arguments` JSON string, empty when absent.
+    pub(crate) arguments: &'a str,
+}
+
+/// The `tool_calls` of an assistant message, each checked for a function
+/// name and, with `need_id`, an id.
+pub(crate) fn history_tool_calls(message: &Value, need_id: bool) -> Result<Vec<HistoryToolCall<'_>>, ProviderError> {
+    let calls = message.get("tool_calls").and_then(Value::as_array);
+    calls
+        .into_iter()
+        .flatten()
+        .map(|call| {
+            let id = call.get("id").and_then(Value::as_str);
+            if need_id && id.is_none() {
+                return Err(bad_request("tool call without an id"));
+            }
+            let name = call
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_request("tool call without a function name"))?;
+            let arguments = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            Ok(HistoryToolCall { id, name, arguments })
+        })
+        .collect()
+}
+
+/// Appends `items` to the history as a turn of `role`, under `field`
+/// (`content` for Bedrock, `parts` for Gemini). Both protocols want turns to
+/// alternate, so consecutive items of one role join the previous turn; an
+/// empty list adds nothing.
+pub(crate) fn push_turn(turns: &mut Vec<Value>, role: &str, field: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(existing) = last[field].as_array_mut() {
+                existing.extend(items);
+                return;
+            }
+        }
+    }
+    turns.push(json!({ "role": role, field: items }));
+}
+
 /// Splits `data:<mime>;base64,<data>` into media type and data.
 pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("data:")?;
@@ -487,6 +540,41 @@ pub(crate) fn encode_path_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_tool_calls_need_a_name_and_an_id_when_asked() {
+        let m = json!({"role": "assistant", "tool_calls": [
+            {"id": "c1", "function": {"name": "f", "arguments": "{}"}},
+            {"function": {"name": "g"}}]});
+        let calls = history_tool_calls(&m, false).unwrap();
+        assert_eq!(
+            (calls[0].id, calls[0].name, calls[0].arguments),
+            (Some("c1"), "f", "{}")
+        );
+        assert_eq!((calls[1].id, calls[1].name, calls[1].arguments), (None, "g", ""));
+        assert!(matches!(history_tool_calls(&m, true), Err(ProviderError::Unsupported(ref e)) if e.contains("id")));
+        let nameless = json!({"tool_calls": [{"id": "c1", "function": {}}]});
+        assert!(
+            matches!(history_tool_calls(&nameless, false), Err(ProviderError::Unsupported(ref e)) if e.contains("name"))
+        );
+        assert!(history_tool_calls(&json!({"content": "hi"}), true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn push_turn_joins_a_role_and_skips_nothing() {
+        let mut turns = Vec::new();
+        push_turn(&mut turns, "user", "parts", vec![json!(1)]);
+        push_turn(&mut turns, "user", "parts", vec![json!(2)]);
+        push_turn(&mut turns, "model", "parts", Vec::new());
+        push_turn(&mut turns, "model", "parts", vec![json!(3)]);
+        assert_eq!(
+            turns,
+            vec![
+                json!({"role": "user", "parts": [1, 2]}),
+                json!({"role": "model", "parts": [3]})
+            ]
+        );
+    }
 
     #[test]
     fn ids_are_unique_and_prefixed() {

@@ -94,7 +94,7 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
                     .into_iter()
                     .map(user_part)
                     .collect::<Vec<_>>();
-                push_turn(&mut contents, "user", parts);
+                chat_shape::push_turn(&mut contents, "user", "parts", parts);
             }
             "assistant" => {
                 let mut parts = Vec::new();
@@ -102,18 +102,11 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
                 if !text.is_empty() {
                     parts.push(json!({ "text": text }));
                 }
-                for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-                    let name = call
-                        .pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| bad_request("tool call without a function name"))?;
-                    let args = call
-                        .pointer("/function/arguments")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    parts.push(json!({ "functionCall": { "name": name, "args": parse_arguments(args)? } }));
+                for call in chat_shape::history_tool_calls(m, false)? {
+                    let args = parse_arguments(call.arguments)?;
+                    parts.push(json!({ "functionCall": { "name": call.name, "args": args } }));
                 }
-                push_turn(&mut contents, "model", parts);
+                chat_shape::push_turn(&mut contents, "model", "parts", parts);
             }
             "tool" | "function" => {
                 let name = match role {
@@ -139,9 +132,10 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
                     Ok(Value::Object(o)) => Value::Object(o),
                     _ => json!({ "content": text }),
                 };
-                push_turn(
+                chat_shape::push_turn(
                     &mut contents,
                     "user",
+                    "parts",
                     vec![json!({ "functionResponse": { "name": name, "response": response } })],
                 );
             }
@@ -181,21 +175,6 @@ fn parse_arguments(args: &str) -> Result<Value, ProviderError> {
         Ok(Value::Object(o)) => Ok(Value::Object(o)),
         _ => Err(bad_request("tool call arguments must be a JSON object")),
     }
-}
-
-fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(existing) = last["parts"].as_array_mut() {
-                existing.extend(parts);
-                return;
-            }
-        }
-    }
-    contents.push(json!({ "role": role, "parts": parts }));
 }
 
 /// OpenAI `tools` → one `functionDeclarations` tool.
