@@ -701,7 +701,7 @@ impl Translate for AnthropicStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseParser;
+    use crate::sse::testing::frames;
 
     fn chat(body: Value) -> Result<Value, ProviderError> {
         to_messages_request(Endpoint::ChatCompletions, &body, "claude-x", false)
@@ -928,28 +928,7 @@ mod tests {
     }
 
     fn replay(text: &str, endpoint: Endpoint, wants_usage: bool) -> Vec<Result<StreamItem, ProviderError>> {
-        let mut t = AnthropicStream::new(endpoint, wants_usage, 42);
-        let mut out = Vec::new();
-        for ev in SseParser::new().push(text.as_bytes()) {
-            if t.event(ev, &mut out) == Flow::Stop {
-                return out;
-            }
-        }
-        t.end(&mut out);
-        out
-    }
-
-    fn chunks(items: &[Result<StreamItem, ProviderError>]) -> Vec<Value> {
-        items
-            .iter()
-            .filter_map(|i| match i {
-                Ok(StreamItem::Frame(f)) => {
-                    let s = std::str::from_utf8(f).unwrap();
-                    Some(serde_json::from_str(s.strip_prefix("data: ").unwrap().trim_end()).unwrap())
-                }
-                _ => None,
-            })
-            .collect()
+        sse::testing::replay(AnthropicStream::new(endpoint, wants_usage, 42), text)
     }
 
     #[test]
@@ -959,7 +938,7 @@ mod tests {
             Endpoint::ChatCompletions,
             true,
         );
-        let c = chunks(&out);
+        let c = frames(&out);
         assert_eq!(c[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
         assert_eq!(c[0]["id"], "msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY");
         assert_eq!(c[0]["object"], "chat.completion.chunk");
@@ -986,7 +965,7 @@ mod tests {
             Endpoint::ChatCompletions,
             false,
         );
-        assert_eq!(chunks(&without).len(), c.len() - 1);
+        assert_eq!(frames(&without).len(), c.len() - 1);
         assert!(matches!(without.last(), Some(Ok(StreamItem::Usage(_)))));
     }
 
@@ -997,7 +976,7 @@ mod tests {
             Endpoint::ChatCompletions,
             false,
         );
-        let c = chunks(&out);
+        let c = frames(&out);
         let calls: Vec<&Value> = c
             .iter()
             .filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0"))
@@ -1026,7 +1005,7 @@ mod tests {
             Endpoint::Completions,
             true,
         );
-        let c = chunks(&out);
+        let c = frames(&out);
         assert!(c.iter().all(|c| c["object"] == "text_completion"));
         let text: String = c.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
         assert_eq!(text, "Hello! Caf\u{e9} \u{2615}");

@@ -913,6 +913,7 @@ fn replay(bytes: &[u8], split: usize, wants_usage: bool) -> Vec<Result<StreamIte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sse::testing::frames;
     use aws_smithy_eventstream::frame::write_message_to;
     use aws_smithy_types::event_stream::Header;
 
@@ -930,19 +931,6 @@ mod tests {
         let mut buf = Vec::new();
         write_message_to(&m, &mut buf).unwrap();
         buf
-    }
-
-    fn frames(items: &[Result<StreamItem, ProviderError>]) -> Vec<Value> {
-        items
-            .iter()
-            .filter_map(|i| match i {
-                Ok(StreamItem::Frame(f)) => {
-                    let s = std::str::from_utf8(f).unwrap();
-                    Some(serde_json::from_str(s.strip_prefix("data: ").unwrap().trim()).unwrap())
-                }
-                _ => None,
-            })
-            .collect()
     }
 
     #[test]

@@ -356,35 +356,13 @@ impl Translate for OpenAiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sse::SseParser;
+    use crate::sse::testing::frames;
     use crate::Endpoint;
     use serde_json::json;
     use tollgate_core::secrets::PlainSecrets;
 
     fn replay(text: &str, wants_usage: bool) -> Vec<Result<StreamItem, ProviderError>> {
-        let mut t = OpenAiStream::new(wants_usage);
-        let mut out = Vec::new();
-        for ev in SseParser::new().push(text.as_bytes()) {
-            if t.event(ev, &mut out) == Flow::Stop {
-                return out;
-            }
-        }
-        t.end(&mut out);
-        out
-    }
-
-    fn frames(items: &[Result<StreamItem, ProviderError>]) -> Vec<Value> {
-        items
-            .iter()
-            .filter_map(|i| match i {
-                Ok(StreamItem::Frame(f)) => {
-                    let text = std::str::from_utf8(f).unwrap();
-                    assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
-                    Some(serde_json::from_str(&text[6..text.len() - 2]).unwrap())
-                }
-                _ => None,
-            })
-            .collect()
+        sse::testing::replay(OpenAiStream::new(wants_usage), text)
     }
 
     fn usages(items: &[Result<StreamItem, ProviderError>]) -> Vec<Usage> {

@@ -263,6 +263,43 @@ pub fn data_frame(json: &[u8]) -> Bytes {
     Bytes::from(f)
 }
 
+/// Helpers for the adapters' unit tests of their stream translators.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Flow, SseParser, Translate};
+    use crate::{ProviderError, StreamItem};
+    use serde_json::Value;
+
+    /// Feeds a recorded SSE transcript through `t` as [`super::translate`]
+    /// would: up to a [`Flow::Stop`], else to the end of the text.
+    pub(crate) fn replay<T: Translate>(mut t: T, text: &str) -> Vec<Result<StreamItem, ProviderError>> {
+        let mut out = Vec::new();
+        for ev in SseParser::new().push(text.as_bytes()) {
+            if t.event(ev, &mut out) == Flow::Stop {
+                return out;
+            }
+        }
+        t.end(&mut out);
+        out
+    }
+
+    /// The JSON payloads of the frames among `items`, each checked to be one
+    /// complete `data:` event.
+    pub(crate) fn frames(items: &[Result<StreamItem, ProviderError>]) -> Vec<Value> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Ok(StreamItem::Frame(f)) => {
+                    let text = std::str::from_utf8(f).unwrap();
+                    assert!(text.starts_with("data: ") && text.ends_with("\n\n"), "{text:?}");
+                    Some(serde_json::from_str(&text[6..text.len() - 2]).unwrap())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
