@@ -99,19 +99,31 @@ fn parse_time(s: &str, name: &str) -> Result<DateTime<Utc>, AdminError> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
     }
-    Err(bad(format!("{name} must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z (got '{s}')")))
+    Err(bad(format!(
+        "{name} must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z (got '{s}')"
+    )))
 }
 
 fn list(v: &Option<String>) -> Vec<String> {
     v.as_deref()
-        .map(|s| s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_owned).collect())
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn whole(v: &Option<String>, name: &str) -> Result<Option<u64>, AdminError> {
     v.as_deref()
         .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim().parse::<u64>().map_err(|_| bad(format!("{name} must be a whole number of tokens, 0 or more"))))
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| bad(format!("{name} must be a whole number of tokens, 0 or more")))
+        })
         .transpose()
 }
 
@@ -120,7 +132,9 @@ fn dollars(v: &Option<String>, name: &str) -> Result<Option<i64>, AdminError> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| match Money::parse_usd(s.trim()) {
             Some(m) if m.picos() >= 0 => Ok(m.picos()),
-            _ => Err(bad(format!("{name} must be an amount of US dollars, 0 or more (e.g. 0.25)"))),
+            _ => Err(bad(format!(
+                "{name} must be an amount of US dollars, 0 or more (e.g. 0.25)"
+            ))),
         })
         .transpose()
 }
@@ -151,11 +165,19 @@ fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved,
     if !named.is_empty() {
         // A slug, or a workspace id (so that a deleted workspace's
         // requests stay reachable).
-        let ids: Vec<String> =
-            named.iter().map(|s| snap.workspace_by_slug(s).map(|w| w.id.clone()).unwrap_or_else(|| s.clone())).collect();
+        let ids: Vec<String> = named
+            .iter()
+            .map(|s| {
+                snap.workspace_by_slug(s)
+                    .map(|w| w.id.clone())
+                    .unwrap_or_else(|| s.clone())
+            })
+            .collect();
         if let Some(own) = &own {
             if ids.iter().any(|i| i != own) {
-                return Err(AdminError::forbidden("this API key can read only its own workspace's analytics"));
+                return Err(AdminError::forbidden(
+                    "this API key can read only its own workspace's analytics",
+                ));
             }
         }
         workspace_ids = Some(ids);
@@ -167,24 +189,32 @@ fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved,
     for s in list(&p.status_code) {
         match s.parse::<u16>() {
             Ok(c) if (100..=599).contains(&c) => status_codes.push(c),
-            _ => return Err(bad(format!("status_code must be comma-separated HTTP status codes (got '{s}')"))),
+            _ => {
+                return Err(bad(format!(
+                    "status_code must be comma-separated HTTP status codes (got '{s}')"
+                )))
+            }
         }
     }
     let models = list(&p.ai_org_model)
         .into_iter()
         .map(|m| match m.split_once("__") {
-            Some((prov, model)) if !prov.is_empty() && !model.is_empty() => {
-                Ok(ModelMatch { provider: Some(prov.to_owned()), model: model.to_owned() })
-            }
+            Some((prov, model)) if !prov.is_empty() && !model.is_empty() => Ok(ModelMatch {
+                provider: Some(prov.to_owned()),
+                model: model.to_owned(),
+            }),
             Some(_) => Err(bad(format!("ai_org_model entries are provider__model (got '{m}')"))),
-            None => Ok(ModelMatch { provider: None, model: m }),
+            None => Ok(ModelMatch {
+                provider: None,
+                model: m,
+            }),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let metadata = match p.metadata.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => Vec::new(),
         Some(text) => {
-            let v: Map<String, Value> =
-                serde_json::from_str(text).map_err(|_| bad("metadata must be a JSON object, e.g. {\"env\":\"prod\"}"))?;
+            let v: Map<String, Value> = serde_json::from_str(text)
+                .map_err(|_| bad("metadata must be a JSON object, e.g. {\"env\":\"prod\"}"))?;
             v.into_iter()
                 .map(|(k, v)| match v {
                     Value::String(s) => Ok((k, s)),
@@ -200,16 +230,25 @@ fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved,
         match s.to_ascii_uppercase().as_str() {
             "DISABLED" => {}
             "HIT" | "MISS" | "SEMANTIC HIT" | "SEMANTIC_HIT" | "REFRESH" => nothing = true,
-            _ => return Err(bad(format!("cache_status must be HIT, SEMANTIC HIT, MISS, REFRESH or DISABLED (got '{s}')"))),
+            _ => {
+                return Err(bad(format!(
+                    "cache_status must be HIT, SEMANTIC HIT, MISS, REFRESH or DISABLED (got '{s}')"
+                )))
+            }
         }
     }
     if !list(&p.configs).is_empty() {
         return Err(bad("Tollgate has no configs: the configs filter is not supported"));
     }
     if !list(&p.prompt_slug).is_empty() {
-        return Err(bad("Tollgate has no prompt templates: the prompt_slug filter is not supported"));
+        return Err(bad(
+            "Tollgate has no prompt templates: the prompt_slug filter is not supported",
+        ));
     }
-    let (tmin, tmax) = (whole(&p.total_units_min, "total_units_min")?, whole(&p.total_units_max, "total_units_max")?);
+    let (tmin, tmax) = (
+        whole(&p.total_units_min, "total_units_min")?,
+        whole(&p.total_units_max, "total_units_max")?,
+    );
     let (cmin, cmax) = (dollars(&p.cost_min, "cost_min")?, dollars(&p.cost_max, "cost_max")?);
     if tmin.zip(tmax).is_some_and(|(a, b)| a > b) {
         return Err(bad("total_units_min must not be above total_units_max"));
@@ -233,7 +272,12 @@ fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved,
         metadata,
         nothing,
     };
-    Ok(Resolved { filter, from, to, workspace_scope: workspace_ids })
+    Ok(Resolved {
+        filter,
+        from,
+        to,
+        workspace_scope: workspace_ids,
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -290,12 +334,24 @@ fn opt(v: Option<f64>) -> Value {
     v.map(|x| json!(x)).unwrap_or(Value::Null)
 }
 
-/// Every per-request metric of an aggregate, flat.
-pub fn metrics(a: &Agg) -> Map<String, Value> {
+/// Fields in a fixed order (serde_json's maps sort their keys; CSV
+/// columns should not).
+pub type Row = Vec<(String, Value)>;
+
+fn field<'a>(row: &'a Row, k: &str) -> Option<&'a Value> {
+    row.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+}
+
+fn to_object(row: Row) -> Value {
+    Value::Object(row.into_iter().collect())
+}
+
+/// Every per-request metric of an aggregate, flat, in documentation order.
+pub fn metrics(a: &Agg) -> Row {
     let n = u128::from(a.requests);
-    let mut m = Map::new();
+    let mut m = Row::new();
     let mut put = |k: &str, v: Value| {
-        m.insert(k.to_owned(), v);
+        m.push((k.to_owned(), v));
     };
     put("requests", json!(a.requests));
     put("successful_requests", json!(a.successful));
@@ -320,7 +376,10 @@ pub fn metrics(a: &Agg) -> Map<String, Value> {
     put("cost", json!(usd(a.cost_picos)));
     put("cost_exact", json!(usd_exact(a.cost_picos)));
     put("priced_requests", json!(a.priced_requests));
-    put("avg_cost_per_request", opt(div_picos(a.cost_picos, u128::from(a.priced_requests)).map(usd)));
+    put(
+        "avg_cost_per_request",
+        opt(div_picos(a.cost_picos, u128::from(a.priced_requests)).map(usd)),
+    );
     put(
         "cost_per_1k_tokens",
         opt(div_picos(a.cost_picos * 1000, u128::from(a.priced_tokens)).map(usd)),
@@ -357,31 +416,53 @@ fn total(cells: &Cells) -> Agg {
 
 // ---------------------------------------------------------------- summary
 
-async fn summary(State(state): State<SharedState>, caller: Caller, Query(p): Query<Params>) -> Result<Json<Value>, AdminError> {
+async fn summary(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(p): Query<Params>,
+) -> Result<Json<Value>, AdminError> {
     let r = resolve(&state, &caller, &p)?;
     let pool = state.store.pool();
-    let q = store::Query { filter: r.filter.clone(), interval: None, group: None };
+    let q = store::Query {
+        filter: r.filter.clone(),
+        interval: None,
+        group: None,
+    };
     let cells = store::aggregate(pool, &q).await.map_err(AdminError::internal)?;
     let agg = total(&cells);
-    let mut data = metrics(&agg);
-    let peak = store::peak_minute(pool, &r.filter).await.map_err(AdminError::internal)?;
+    let mut data: Map<String, Value> = metrics(&agg).into_iter().collect();
+    let peak = store::peak_minute(pool, &r.filter)
+        .await
+        .map_err(AdminError::internal)?;
     data.insert("peak_requests_per_minute".into(), json!(peak.map(|p| p.0).unwrap_or(0)));
     data.insert(
         "peak_minute".into(),
-        peak.and_then(|p| DateTime::from_timestamp_millis(p.1)).map(|t| json!(t)).unwrap_or(Value::Null),
+        peak.and_then(|p| DateTime::from_timestamp_millis(p.1))
+            .map(|t| json!(t))
+            .unwrap_or(Value::Null),
     );
     let (budgets, rates) = limit_figures(&state, r.workspace_scope.as_deref()).await;
     data.insert("budgets".into(), Value::Array(budgets));
     data.insert("rate_limits".into(), Value::Array(rates));
-    let ws = r.workspace_scope.as_ref().filter(|w| w.len() == 1).map(|w| w[0].as_str());
+    let ws = r
+        .workspace_scope
+        .as_ref()
+        .filter(|w| w.len() == 1)
+        .map(|w| w[0].as_str());
     let alerts = if r.workspace_scope.as_ref().is_some_and(|w| w.len() > 1) {
         let mut n = 0;
         for w in r.workspace_scope.iter().flatten() {
-            n += Outbox::new(pool.clone()).count_sent(Some(w), Some(r.from), Some(r.to)).await.map_err(AdminError::internal)?;
+            n += Outbox::new(pool.clone())
+                .count_sent(Some(w), Some(r.from), Some(r.to))
+                .await
+                .map_err(AdminError::internal)?;
         }
         n
     } else {
-        Outbox::new(pool.clone()).count_sent(ws, Some(r.from), Some(r.to)).await.map_err(AdminError::internal)?
+        Outbox::new(pool.clone())
+            .count_sent(ws, Some(r.from), Some(r.to))
+            .await
+            .map_err(AdminError::internal)?
     };
     data.insert("alerts_sent".into(), json!(alerts));
     data.insert("time_of_generation_min".into(), json!(r.from));
@@ -491,10 +572,20 @@ async fn limit_figures(state: &SharedState, scope: Option<&[String]>) -> (Vec<Va
 /// `GET /v1/analytics/summary/cache`. Tollgate has no response cache, so
 /// every request's cache status is DISABLED and hits, misses and savings
 /// are zero.
-async fn cache_summary(State(state): State<SharedState>, caller: Caller, Query(p): Query<Params>) -> Result<Json<Value>, AdminError> {
+async fn cache_summary(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(p): Query<Params>,
+) -> Result<Json<Value>, AdminError> {
     let r = resolve(&state, &caller, &p)?;
-    let q = store::Query { filter: r.filter, interval: None, group: None };
-    let cells = store::aggregate(state.store.pool(), &q).await.map_err(AdminError::internal)?;
+    let q = store::Query {
+        filter: r.filter,
+        interval: None,
+        group: None,
+    };
+    let cells = store::aggregate(state.store.pool(), &q)
+        .await
+        .map_err(AdminError::internal)?;
     let a = total(&cells);
     Ok(Json(json!({"object": "analytics-summary", "data": {
         "requests": a.requests, "hits": 0, "semantic_hits": 0, "misses": 0, "disabled": a.requests,
@@ -554,12 +645,12 @@ fn auto_interval(from: DateTime<Utc>, to: DateTime<Utc>) -> Interval {
 }
 
 /// One graph's point (or summary) fields from an aggregate.
-fn graph_fields(name: &str, a: &Agg, status_codes: Option<&Map<String, Value>>, summary: bool) -> Map<String, Value> {
+fn graph_fields(name: &str, a: &Agg, status_codes: Option<&Map<String, Value>>, summary: bool) -> Row {
     let m = metrics(a);
-    let g = |k: &str| m.get(k).cloned().unwrap_or(Value::Null);
-    let mut out = Map::new();
+    let g = |k: &str| field(&m, k).cloned().unwrap_or(Value::Null);
+    let mut out = Row::new();
     let mut put = |k: &str, v: Value| {
-        out.insert(k.to_owned(), v);
+        out.push((k.to_owned(), v));
     };
     match name {
         "requests" => {
@@ -642,7 +733,8 @@ fn graph_fields(name: &str, a: &Agg, status_codes: Option<&Map<String, Value>>, 
 
 async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> Result<Response, AdminError> {
     if !GRAPHS.contains(&name.as_str()) {
-        let mut r = AdminError::not_found(format!("no analytics graph '{name}'; graphs are {}", GRAPHS.join(", "))).into_response();
+        let mut r = AdminError::not_found(format!("no analytics graph '{name}'; graphs are {}", GRAPHS.join(", ")))
+            .into_response();
         *r.status_mut() = axum::http::StatusCode::NOT_FOUND;
         return Ok(r);
     }
@@ -650,7 +742,9 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
     let r = resolve(&state, &caller, &p)?;
     let interval = match p.interval.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => auto_interval(r.from, r.to),
-        Some(s) => Interval::parse(s).ok_or_else(|| bad(format!("interval must be minute, hour, day or week (got '{s}')")))?,
+        Some(s) => {
+            Interval::parse(s).ok_or_else(|| bad(format!("interval must be minute, hour, day or week (got '{s}')")))?
+        }
     };
     let first = interval.floor(r.from.timestamp_millis());
     let last = interval.floor(r.to.timestamp_millis());
@@ -667,8 +761,14 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
         )));
     }
     let group = (name == "errors/status-codes").then_some(GroupBy::StatusCode);
-    let q = store::Query { filter: r.filter, interval: Some(interval), group: group.clone() };
-    let cells = store::aggregate(state.store.pool(), &q).await.map_err(AdminError::internal)?;
+    let q = store::Query {
+        filter: r.filter,
+        interval: Some(interval),
+        group: group.clone(),
+    };
+    let cells = store::aggregate(state.store.pool(), &q)
+        .await
+        .map_err(AdminError::internal)?;
     // Fold groups into their bucket; keep failed status codes per bucket.
     let mut per_bucket: std::collections::BTreeMap<i64, (Agg, Map<String, Value>)> = Default::default();
     let mut all_codes: std::collections::BTreeMap<String, u64> = Default::default();
@@ -684,18 +784,23 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
     let mut t = first;
     while t <= last {
         let (a, codes) = per_bucket.remove(&t).unwrap_or_default();
-        let mut point = Map::new();
-        point.insert("timestamp".into(), DateTime::from_timestamp_millis(t).map(|d| json!(d)).unwrap_or(Value::Null));
+        let mut point: Row = vec![(
+            "timestamp".into(),
+            DateTime::from_timestamp_millis(t)
+                .map(|d| json!(d))
+                .unwrap_or(Value::Null),
+        )];
         point.extend(graph_fields(&name, &a, Some(&codes), false));
-        data.push(Value::Object(point));
+        data.push(point);
         t = interval.next(t);
     }
     let sum = total(&cells);
     let codes: Map<String, Value> = all_codes.into_iter().map(|(k, v)| (k, json!(v))).collect();
-    let summary = Value::Object(graph_fields(&name, &sum, Some(&codes), true));
+    let summary = to_object(graph_fields(&name, &sum, Some(&codes), true));
     if fmt == Format::Csv {
         return Ok(csv(&data));
     }
+    let data: Vec<Value> = data.into_iter().map(to_object).collect();
     Ok(Json(json!({
         "object": "analytics-graph",
         "interval": interval.as_str(),
@@ -750,40 +855,49 @@ async fn group_metadata(
 }
 
 /// The identifying fields of one group row.
-fn group_fields(state: &SharedState, by: &GroupBy, key: &str) -> Map<String, Value> {
+fn group_fields(state: &SharedState, by: &GroupBy, key: &str) -> Row {
     let snap = state.snapshot();
     let s = |v: &str| if v.is_empty() { Value::Null } else { json!(v) };
-    let mut m = Map::new();
+    let mut m = Vec::new();
     match by {
         GroupBy::ApiKey => {
-            m.insert("api_key_id".into(), s(key));
-            m.insert("name".into(), snap.key_by_id(key).map(|k| json!(k.record.name)).unwrap_or(Value::Null));
+            m.push(("api_key_id".into(), s(key)));
+            m.push((
+                "name".into(),
+                snap.key_by_id(key).map(|k| json!(k.record.name)).unwrap_or(Value::Null),
+            ));
         }
         GroupBy::Workspace => {
-            m.insert("workspace_id".into(), s(key));
-            m.insert("workspace_slug".into(), snap.workspaces.get(key).map(|w| json!(w.slug)).unwrap_or(Value::Null));
+            m.push(("workspace_id".into(), s(key)));
+            m.push((
+                "workspace_slug".into(),
+                snap.workspaces.get(key).map(|w| json!(w.slug)).unwrap_or(Value::Null),
+            ));
         }
         GroupBy::Provider => {
-            m.insert("provider".into(), s(key));
+            m.push(("provider".into(), s(key)));
         }
         GroupBy::Model => {
-            m.insert("model".into(), s(key));
+            m.push(("model".into(), s(key)));
         }
         GroupBy::AiModel => {
             let (prov, model) = key.split_once("__").unwrap_or(("", key));
-            m.insert("ai_org_model".into(), json!(key));
-            m.insert("ai_provider_id".into(), s(prov));
-            m.insert("model".into(), s(model));
+            m.push(("ai_org_model".into(), json!(key)));
+            m.push(("ai_provider_id".into(), s(prov)));
+            m.push(("model".into(), s(model)));
         }
         GroupBy::AiService => {
-            m.insert("ai_service".into(), s(key));
+            m.push(("ai_service".into(), s(key)));
         }
         GroupBy::StatusCode => {
-            m.insert("status_code".into(), key.parse::<u16>().map(|c| json!(c)).unwrap_or(Value::Null));
+            m.push((
+                "status_code".into(),
+                key.parse::<u16>().map(|c| json!(c)).unwrap_or(Value::Null),
+            ));
         }
         GroupBy::Metadata(k) => {
-            m.insert("metadata_key".into(), json!(k));
-            m.insert("metadata_value".into(), json!(key));
+            m.push(("metadata_key".into(), json!(k)));
+            m.push(("metadata_value".into(), json!(key)));
         }
     }
     m
@@ -793,9 +907,11 @@ fn group_fields(state: &SharedState, by: &GroupBy, key: &str) -> Map<String, Val
 fn cmp_values(a: &Value, b: &Value) -> std::cmp::Ordering {
     use std::cmp::Ordering;
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(Ordering::Equal)
-        }
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .unwrap_or(0.0)
+            .partial_cmp(&y.as_f64().unwrap_or(0.0))
+            .unwrap_or(Ordering::Equal),
         (Value::Null, Value::Null) => Ordering::Equal,
         (Value::Null, _) => Ordering::Less,
         (_, Value::Null) => Ordering::Greater,
@@ -806,16 +922,25 @@ fn cmp_values(a: &Value, b: &Value) -> std::cmp::Ordering {
 async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> Result<Response, AdminError> {
     let fmt = format_of(&p)?;
     let r = resolve(&state, &caller, &p)?;
-    let page = crate::admin::Page { current_page: p.current_page.clone(), page_size: p.page_size.clone() };
+    let page = crate::admin::Page {
+        current_page: p.current_page.clone(),
+        page_size: p.page_size.clone(),
+    };
     let (offset, size) = page.bounds()?;
     let desc = match p.order_by_type.as_deref().map(str::trim) {
         None | Some("") | Some("desc") => true,
         Some("asc") => false,
         Some(o) => return Err(bad(format!("order_by_type must be asc or desc (got '{o}')"))),
     };
-    let q = store::Query { filter: r.filter, interval: None, group: Some(by.clone()) };
-    let cells = store::aggregate(state.store.pool(), &q).await.map_err(AdminError::internal)?;
-    let mut rows: Vec<Map<String, Value>> = cells
+    let q = store::Query {
+        filter: r.filter,
+        interval: None,
+        group: Some(by.clone()),
+    };
+    let cells = store::aggregate(state.store.pool(), &q)
+        .await
+        .map_err(AdminError::internal)?;
+    let mut rows: Vec<Row> = cells
         .iter()
         .map(|((_, key), a)| {
             let mut row = group_fields(&state, &by, key);
@@ -823,12 +948,23 @@ async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> 
             row
         })
         .collect();
-    let order_by = p.order_by.as_deref().map(str::trim).filter(|s| !s.is_empty()).unwrap_or("requests").to_owned();
-    if rows.first().is_some_and(|r| !r.contains_key(&order_by)) {
-        return Err(bad(format!("order_by must name a field of the rows, e.g. requests, cost, total_tokens (got '{order_by}')")));
+    let order_by = p
+        .order_by
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("requests")
+        .to_owned();
+    if rows.first().is_some_and(|r| field(r, &order_by).is_none()) {
+        return Err(bad(format!(
+            "order_by must name a field of the rows, e.g. requests, cost, total_tokens (got '{order_by}')"
+        )));
     }
     rows.sort_by(|a, b| {
-        let o = cmp_values(a.get(&order_by).unwrap_or(&Value::Null), b.get(&order_by).unwrap_or(&Value::Null));
+        let o = cmp_values(
+            field(a, &order_by).unwrap_or(&Value::Null),
+            field(b, &order_by).unwrap_or(&Value::Null),
+        );
         if desc {
             o.reverse()
         } else {
@@ -836,10 +972,11 @@ async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> 
         }
     });
     let total = rows.len();
-    let data: Vec<Value> = rows.into_iter().skip(offset).take(size).map(Value::Object).collect();
+    let data: Vec<Row> = rows.into_iter().skip(offset).take(size).collect();
     if fmt == Format::Csv {
         return Ok(csv(&data));
     }
+    let data: Vec<Value> = data.into_iter().map(to_object).collect();
     Ok(Json(json!({"object": "analytics-group", "total": total, "data": data})).into_response())
 }
 
@@ -862,21 +999,22 @@ fn csv_cell(v: &Value) -> String {
 
 /// Rows as CSV with a header row: the fields of the first row, in order,
 /// then any others in order of appearance.
-fn csv(rows: &[Value]) -> Response {
+fn csv(rows: &[Row]) -> Response {
     let mut header: Vec<String> = Vec::new();
     for r in rows {
-        if let Value::Object(m) = r {
-            for k in m.keys() {
-                if !header.contains(k) {
-                    header.push(k.clone());
-                }
+        for (k, _) in r {
+            if !header.contains(k) {
+                header.push(k.clone());
             }
         }
     }
     let mut out = header.iter().map(|h| csv_cell(&json!(h))).collect::<Vec<_>>().join(",");
     out.push_str("\r\n");
     for r in rows {
-        let line: Vec<String> = header.iter().map(|h| csv_cell(r.get(h).unwrap_or(&Value::Null))).collect();
+        let line: Vec<String> = header
+            .iter()
+            .map(|h| csv_cell(field(r, h).unwrap_or(&Value::Null)))
+            .collect();
         out.push_str(&line.join(","));
         out.push_str("\r\n");
     }
@@ -908,9 +1046,22 @@ mod tests {
 
     #[test]
     fn times_parse_in_every_documented_form() {
-        for s in ["2026-01-31T00:00:00Z", "2026-01-31T05:30:00+05:30", "2026-01-31T05:30:00 05:30", "2026-01-31T00:00:00", "2026-01-31"] {
-            assert_eq!(parse_time(s, "t").unwrap().to_rfc3339(), "2026-01-31T00:00:00+00:00", "{s}");
+        for s in [
+            "2026-01-31T00:00:00Z",
+            "2026-01-31T05:30:00+05:30",
+            "2026-01-31T05:30:00 05:30",
+            "2026-01-31T00:00:00",
+            "2026-01-31",
+        ] {
+            assert_eq!(
+                parse_time(s, "t").unwrap().to_rfc3339(),
+                "2026-01-31T00:00:00+00:00",
+                "{s}"
+            );
         }
-        assert_eq!(parse_time("yesterday", "t").unwrap_err().code, crate::error::AdminCode::Validation);
+        assert_eq!(
+            parse_time("yesterday", "t").unwrap_err().code,
+            crate::error::AdminCode::Validation
+        );
     }
 }

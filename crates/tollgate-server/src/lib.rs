@@ -24,6 +24,7 @@ pub mod error;
 pub mod gateway;
 pub mod limits;
 pub mod metrics;
+pub mod seed;
 pub mod server;
 pub mod snapshot;
 pub mod state;

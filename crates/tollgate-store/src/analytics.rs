@@ -76,7 +76,11 @@ pub struct Dist {
 
 impl Default for Dist {
     fn default() -> Self {
-        Dist { hist: BTreeMap::new(), n: 0, exact: Some(Vec::new()) }
+        Dist {
+            hist: BTreeMap::new(),
+            n: 0,
+            exact: Some(Vec::new()),
+        }
     }
 }
 
@@ -151,7 +155,11 @@ impl Dist {
     /// The histogram of a roll-up row; its values are not known, so the
     /// result answers percentiles from buckets.
     pub fn decode(bytes: &[u8]) -> Dist {
-        let mut d = Dist { hist: BTreeMap::new(), n: 0, exact: None };
+        let mut d = Dist {
+            hist: BTreeMap::new(),
+            n: 0,
+            exact: None,
+        };
         for chunk in bytes.chunks_exact(10) {
             let b = u16::from_le_bytes([chunk[0], chunk[1]]);
             let mut c = [0u8; 8];
@@ -557,7 +565,10 @@ impl Filter {
     }
 
     fn push_raw<'a>(&'a self, qb: &mut QueryBuilder<'a, Sqlite>, from: i64, to: i64) {
-        qb.push(" WHERE created_at_ms >= ").push_bind(from).push(" AND created_at_ms < ").push_bind(to);
+        qb.push(" WHERE created_at_ms >= ")
+            .push_bind(from)
+            .push(" AND created_at_ms < ")
+            .push_bind(to);
         self.push_dims(qb);
         if let Some(v) = self.total_tokens_min {
             qb.push(" AND total_tokens >= ").push_bind(v as i64);
@@ -572,7 +583,10 @@ impl Filter {
             qb.push(" AND cost_picos <= ").push_bind(v);
         }
         for (k, v) in &self.metadata {
-            qb.push(" AND json_extract(metadata, ").push_bind(json_path(k)).push(") = ").push_bind(v.as_str());
+            qb.push(" AND json_extract(metadata, ")
+                .push_bind(json_path(k))
+                .push(") = ")
+                .push_bind(v.as_str());
         }
     }
 }
@@ -769,7 +783,9 @@ async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells
         _ => None,
     };
     if let Some(path) = &meta_key {
-        qb.push(", json_extract(metadata, ").push_bind(path.as_str()).push(") AS metadata_value");
+        qb.push(", json_extract(metadata, ")
+            .push_bind(path.as_str())
+            .push(") AS metadata_value");
     }
     qb.push(" FROM usage_log");
     q.filter.push_raw(&mut qb, from, to);
@@ -781,7 +797,9 @@ async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells
     for r in rows {
         let s = |c: &str| -> Result<String, sqlx::Error> { Ok(r.try_get::<Option<String>, _>(c)?.unwrap_or_default()) };
         let u = |c: &str| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
-        let ou = |c: &str| -> Result<Option<u64>, sqlx::Error> { Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64)) };
+        let ou = |c: &str| -> Result<Option<u64>, sqlx::Error> {
+            Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64))
+        };
         let metadata_value = if meta_key.is_some() {
             // json_extract gives text for strings and numbers for numbers.
             match r.try_get::<Option<String>, _>("metadata_value") {
@@ -831,7 +849,10 @@ async fn rollups(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut C
     let rows = qb.build().fetch_all(pool).await?;
     for r in rows {
         let (day, agg, dims) = decode_rollup(&r)?;
-        let f = Fact { dims, ..Default::default() };
+        let f = Fact {
+            dims,
+            ..Default::default()
+        };
         let cell = cells.entry(cell_key(q, day, &f)).or_default();
         cell.note_dims(&f.dims);
         cell.merge_counts(&agg);
@@ -855,7 +876,9 @@ fn decode_rollup(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Agg, Dims), sqlx::
     let mut agg = Agg::default();
     agg.set_counters(&c);
     let blob = |col: &str| -> Result<Dist, sqlx::Error> {
-        Ok(r.try_get::<Option<Vec<u8>>, _>(col)?.map(|b| Dist::decode(&b)).unwrap_or_default())
+        Ok(r.try_get::<Option<Vec<u8>>, _>(col)?
+            .map(|b| Dist::decode(&b))
+            .unwrap_or_default())
     };
     agg.latency = blob("latency_hist")?;
     agg.ttft = blob("ttft_hist")?;
@@ -863,70 +886,159 @@ fn decode_rollup(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Agg, Dims), sqlx::
     Ok((r.try_get("day_ms")?, agg, dims))
 }
 
-/// Adds `rows` to the daily roll-ups; called by the request-log writer in
-/// the transaction that inserts them.
+/// Roll-up keys per statement: 34 bound values each stays under SQLite's
+/// 32766-parameter limit.
+const ROLLUP_CHUNK: usize = 900;
+
+/// Adds `rows` to the roll-ups; called by the request-log writer in the
+/// transaction that inserts them. Each chunk of touched roll-up rows costs
+/// one read and one write statement, whatever the batch size.
 pub async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
     let mut deltas: HashMap<(i64, Dims), Agg> = HashMap::new();
+    let mut minutes: HashMap<(i64, String), i64> = HashMap::new();
     for r in rows {
         let f = Fact::from(r);
         let day = f.created_at_ms.div_euclid(DAY_MS) * DAY_MS;
+        let minute = f.created_at_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+        *minutes.entry((minute, f.dims.workspace_id.clone())).or_default() += 1;
         deltas.entry((day, f.dims.clone())).or_default().add_counts(&f);
     }
-    let select = format!(
-        "SELECT day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, {}, \
-         latency_hist, ttft_hist, overhead_hist FROM usage_daily WHERE day_ms = ? AND workspace_id = ? AND api_key_id = ? \
-         AND provider_slug = ? AND ai_provider_id = ? AND model = ? AND status_code = ?",
-        COUNTER_COLS.join(", ")
-    );
-    let insert = format!(
-        "INSERT OR REPLACE INTO usage_daily (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, {}, \
-         latency_hist, ttft_hist, overhead_hist) VALUES (?, ?, ?, ?, ?, ?, ?, {}, ?, ?, ?)",
-        COUNTER_COLS.join(", "),
-        vec!["?"; COUNTER_COLS.len()].join(", ")
-    );
-    for ((day, d), delta) in deltas {
-        let existing = sqlx::query(&select)
-            .bind(day)
-            .bind(&d.workspace_id)
-            .bind(&d.api_key_id)
-            .bind(&d.provider_slug)
-            .bind(&d.ai_provider_id)
-            .bind(&d.model)
-            .bind(i64::from(d.status_code))
-            .fetch_optional(&mut *conn)
-            .await?;
-        let mut agg = match existing {
-            Some(r) => decode_rollup(&r)?.1,
-            None => Agg::default(),
-        };
-        agg.merge_counts(&delta);
-        let mut q = sqlx::query(&insert)
-            .bind(day)
-            .bind(&d.workspace_id)
-            .bind(&d.api_key_id)
-            .bind(&d.provider_slug)
-            .bind(&d.ai_provider_id)
-            .bind(&d.model)
-            .bind(i64::from(d.status_code));
-        for v in agg.counters() {
-            q = q.bind(clamp_i64(v));
+    let deltas: Vec<((i64, Dims), Agg)> = deltas.into_iter().collect();
+    let cols = COUNTER_COLS.join(", ");
+    for chunk in deltas.chunks(ROLLUP_CHUNK) {
+        let mut select: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, {cols}, \
+             latency_hist, ttft_hist, overhead_hist FROM usage_daily \
+             WHERE (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code) IN (VALUES "
+        ));
+        let mut sep = select.separated(", ");
+        for ((day, d), _) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(*day)
+                .push_unseparated(", ")
+                .push_bind_unseparated(d.workspace_id.as_str())
+                .push_unseparated(", ")
+                .push_bind_unseparated(d.api_key_id.as_str())
+                .push_unseparated(", ")
+                .push_bind_unseparated(d.provider_slug.as_str())
+                .push_unseparated(", ")
+                .push_bind_unseparated(d.ai_provider_id.as_str())
+                .push_unseparated(", ")
+                .push_bind_unseparated(d.model.as_str())
+                .push_unseparated(", ")
+                .push_bind_unseparated(i64::from(d.status_code))
+                .push_unseparated(")");
         }
-        q.bind(agg.latency.encode()).bind(agg.ttft.encode()).bind(agg.overhead.encode()).execute(&mut *conn).await?;
+        select.push(")");
+        let mut existing: HashMap<(i64, Dims), Agg> = HashMap::new();
+        for r in select.build().fetch_all(&mut *conn).await? {
+            let (day, agg, dims) = decode_rollup(&r)?;
+            existing.insert((day, dims), agg);
+        }
+        let merged: Vec<(&(i64, Dims), Agg)> = chunk
+            .iter()
+            .map(|(k, delta)| {
+                let mut agg = existing.remove(k).unwrap_or_default();
+                agg.merge_counts(delta);
+                (k, agg)
+            })
+            .collect();
+        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "INSERT OR REPLACE INTO usage_daily (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, \
+             status_code, {cols}, latency_hist, ttft_hist, overhead_hist) "
+        ));
+        insert.push_values(merged, |mut b, ((day, d), agg)| {
+            b.push_bind(*day)
+                .push_bind(d.workspace_id.clone())
+                .push_bind(d.api_key_id.clone())
+                .push_bind(d.provider_slug.clone())
+                .push_bind(d.ai_provider_id.clone())
+                .push_bind(d.model.clone())
+                .push_bind(i64::from(d.status_code));
+            for v in agg.counters() {
+                b.push_bind(clamp_i64(v));
+            }
+            b.push_bind(agg.latency.encode())
+                .push_bind(agg.ttft.encode())
+                .push_bind(agg.overhead.encode());
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    let minutes: Vec<((i64, String), i64)> = minutes.into_iter().collect();
+    for chunk in minutes.chunks(ROLLUP_CHUNK * 10) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO usage_minute (minute_ms, workspace_id, requests) ");
+        qb.push_values(chunk, |mut b, ((m, ws), n)| {
+            b.push_bind(*m).push_bind(ws.as_str()).push_bind(*n);
+        });
+        qb.push(" ON CONFLICT (minute_ms, workspace_id) DO UPDATE SET requests = requests + excluded.requests");
+        qb.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-/// The busiest minute: (requests in it, its start), or `None` without requests.
+/// The busiest minute: (requests in it, its start), or `None` without
+/// requests. Whole minutes come from the minute roll-up when the filter
+/// names nothing but time and workspaces; the rest from raw rows.
 pub async fn peak_minute(pool: &SqlitePool, f: &Filter) -> Result<Option<(u64, i64)>, sqlx::Error> {
     if f.nothing || f.from_ms >= f.to_ms {
         return Ok(None);
     }
-    let mut qb: QueryBuilder<Sqlite> =
-        QueryBuilder::new("SELECT created_at_ms / 60000 AS minute, COUNT(*) AS n FROM usage_log");
-    f.push_raw(&mut qb, f.from_ms, f.to_ms);
-    qb.push(" GROUP BY minute ORDER BY n DESC, minute ASC LIMIT 1");
-    let row: Option<(i64, i64)> = qb.build_query_as().fetch_optional(pool).await?;
-    Ok(row.map(|(m, n)| (n.max(0) as u64, m * MINUTE_MS)))
+    let dims_only_ws = !f.per_request()
+        && f.api_key_ids.is_empty()
+        && f.provider_slugs.is_empty()
+        && f.models.is_empty()
+        && f.status_codes.is_empty();
+    let first = (f.from_ms.max(rollup_from(pool).await?) + MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS;
+    let last = f.to_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
+    let mut best: Option<(u64, i64)> = None;
+    let mut consider = |row: Option<(i64, i64)>| {
+        if let Some((m, n)) = row {
+            let cand = (n.max(0) as u64, m);
+            if best.is_none_or(|b| cand.0 > b.0 || (cand.0 == b.0 && cand.1 < b.1)) {
+                best = Some(cand);
+            }
+        }
+    };
+    let raw_peak = |from: i64, to: i64| {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT (created_at_ms / 60000) * 60000 AS minute, COUNT(*) AS n FROM usage_log");
+        f.push_raw(&mut qb, from, to);
+        qb.push(" GROUP BY minute ORDER BY n DESC, minute ASC LIMIT 1");
+        qb
+    };
+    if dims_only_ws && first < last {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT minute_ms, SUM(requests) AS n FROM usage_minute WHERE minute_ms >= ");
+        qb.push_bind(first).push(" AND minute_ms < ").push_bind(last);
+        if let Some(ws) = &f.workspace_ids {
+            if ws.is_empty() {
+                qb.push(" AND 0");
+            } else {
+                qb.push(" AND workspace_id IN (");
+                let mut sep = qb.separated(", ");
+                for w in ws {
+                    sep.push_bind(w.as_str());
+                }
+                qb.push(")");
+            }
+        }
+        qb.push(" GROUP BY minute_ms ORDER BY n DESC, minute_ms ASC LIMIT 1");
+        consider(qb.build_query_as().fetch_optional(pool).await?);
+        for (a, b) in [(f.from_ms, first), (last, f.to_ms)] {
+            if a < b {
+                consider(raw_peak(a, b).build_query_as().fetch_optional(pool).await?);
+            }
+        }
+    } else {
+        consider(
+            raw_peak(f.from_ms, f.to_ms)
+                .build_query_as()
+                .fetch_optional(pool)
+                .await?,
+        );
+    }
+    Ok(best)
 }
 
 #[cfg(test)]
@@ -976,8 +1088,12 @@ mod tests {
     #[test]
     fn weeks_start_on_sunday() {
         // 2026-03-04 is a Wednesday; its week starts Sunday 2026-03-01.
-        let wed = chrono::DateTime::parse_from_rfc3339("2026-03-04T10:00:00Z").unwrap().timestamp_millis();
-        let sun = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z").unwrap().timestamp_millis();
+        let wed = chrono::DateTime::parse_from_rfc3339("2026-03-04T10:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let sun = chrono::DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+            .unwrap()
+            .timestamp_millis();
         assert_eq!(Interval::Week.floor(wed), sun);
         assert_eq!(Interval::Week.floor(sun), sun);
     }
@@ -985,18 +1101,29 @@ mod tests {
     #[test]
     fn plan_uses_rollups_for_whole_days_only() {
         let q = |from, to, interval| Query {
-            filter: Filter { from_ms: from, to_ms: to, ..Default::default() },
+            filter: Filter {
+                from_ms: from,
+                to_ms: to,
+                ..Default::default()
+            },
             interval,
             group: None,
         };
         let d = DAY_MS;
         assert_eq!(
             plan(&q(d / 2, 3 * d + 5, None), 0),
-            vec![Piece::Raw(d / 2, d), Piece::Rollup(d, 3 * d), Piece::Raw(3 * d, 3 * d + 5)]
+            vec![
+                Piece::Raw(d / 2, d),
+                Piece::Rollup(d, 3 * d),
+                Piece::Raw(3 * d, 3 * d + 5)
+            ]
         );
         assert_eq!(plan(&q(0, 2 * d, Some(Interval::Hour)), 0), vec![Piece::Raw(0, 2 * d)]);
         // Days before the roll-ups began are read raw.
-        assert_eq!(plan(&q(0, 3 * d, None), d + 1), vec![Piece::Raw(0, 2 * d), Piece::Rollup(2 * d, 3 * d)]);
+        assert_eq!(
+            plan(&q(0, 3 * d, None), d + 1),
+            vec![Piece::Raw(0, 2 * d), Piece::Rollup(2 * d, 3 * d)]
+        );
         assert_eq!(plan(&q(5, 5, None), 0), vec![]);
         let mut meta = q(0, 3 * d, None);
         meta.filter.metadata.push(("a".into(), "b".into()));

@@ -41,6 +41,14 @@ CREATE TABLE usage_daily (
     PRIMARY KEY (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code)
 ) WITHOUT ROWID;
 
+-- Requests per minute and workspace: the peak-requests-per-minute metric.
+CREATE TABLE usage_minute (
+    minute_ms     INTEGER NOT NULL,
+    workspace_id  TEXT NOT NULL,
+    requests      INTEGER NOT NULL,
+    PRIMARY KEY (minute_ms, workspace_id)
+) WITHOUT ROWID;
+
 -- Days before `rollup_from_ms` (rows logged before this migration) are read
 -- from the raw request log, so upgrading never gives wrong figures.
 CREATE TABLE analytics_meta (
