@@ -1,11 +1,11 @@
 //! The Anthropic adapter against the Anthropic mock.
 
-use crate::openai::{collect, dead_url, expect_err, http, upstream, weather_tools, whole, Fixture, REPLY};
+use crate::support::{assert_cut, collect, dead_url, expect_err, http, upstream, weather_tools, whole, Fixture, REPLY};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate_core::usage::Usage;
 use tollgate_providers::anthropic::{Anthropic, ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
-use tollgate_providers::{Adapter, Endpoint, ProviderError};
+use tollgate_providers::{Endpoint, ProviderError};
 use tollgate_testkit::anthropic::{self as mock, AnthropicMock};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::MockServer;
@@ -38,8 +38,7 @@ async fn whole_chat_is_translated_both_ways() {
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"}], "temperature": 0.3, "stop": ["END"], "user": "u-7"});
     let (answer, usage) = whole(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+        fx.send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert_eq!(answer["object"], "chat.completion");
@@ -91,8 +90,7 @@ async fn tool_history_passes_the_real_checks_and_tool_calls_come_back() {
     // anything the real API would.
     let body = tool_conversation();
     let (answer, _) = whole(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+        fx.send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert_eq!(answer["choices"][0]["message"]["content"], REPLY);
@@ -105,11 +103,7 @@ async fn tool_history_passes_the_real_checks_and_tool_calls_come_back() {
 
     let ask = json!({"model": "claude-sonnet-4-5", "tools": weather_tools(), "tool_choice": "required",
                      "messages": [{"role": "user", "content": "Weather in Paris?"}]});
-    let (answer, _) = whole(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &ask, false, false))
-            .await,
-    );
+    let (answer, _) = whole(fx.send(&Anthropic, Endpoint::ChatCompletions, &ask, false, false).await);
     let message = &answer["choices"][0]["message"];
     assert_eq!(message["content"], Value::Null);
     assert_eq!(message["tool_calls"][0]["type"], "function");
@@ -128,12 +122,7 @@ async fn stream_is_translated_to_openai_chunks() {
     control.set_usage(40, 9, 0);
     let fx = fixture(&server);
     let body = json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "Hi"}], "stream": true});
-    let got = collect(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Anthropic, Endpoint::ChatCompletions, &body, true, true).await).await;
     assert!(got.error.is_none(), "{:?}", got.error);
     assert!(got.frames.iter().all(|f| f["object"] == "chat.completion.chunk"));
     assert_eq!(got.frames[0]["choices"][0]["delta"]["role"], "assistant");
@@ -158,12 +147,7 @@ async fn stream_without_usage_chunk_still_reports_usage() {
     let (server, _) = start().await;
     let fx = fixture(&server);
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "stream": true});
-    let got = collect(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Anthropic, Endpoint::ChatCompletions, &body, true, false).await).await;
     assert!(got.frames.iter().all(|f| f.get("usage").is_none()));
     assert_eq!(got.frames.last().unwrap()["choices"][0]["finish_reason"], "stop");
     assert_eq!(got.usage.len(), 1);
@@ -174,12 +158,7 @@ async fn streamed_tool_use_becomes_tool_call_chunks() {
     let (server, _) = start().await;
     let fx = fixture(&server);
     let body = json!({"tools": weather_tools(), "messages": [{"role": "user", "content": "Weather?"}], "stream": true});
-    let got = collect(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Anthropic, Endpoint::ChatCompletions, &body, true, false).await).await;
     assert!(got.error.is_none(), "{:?}", got.error);
     let first = got
         .frames
@@ -201,11 +180,7 @@ async fn completions_answer_text_completion_objects() {
     let (server, _) = start().await;
     let fx = fixture(&server);
     let body = json!({"prompt": "Say hi", "max_tokens": 16});
-    let (answer, usage) = whole(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::Completions, &body, false, false))
-            .await,
-    );
+    let (answer, usage) = whole(fx.send(&Anthropic, Endpoint::Completions, &body, false, false).await);
     assert_eq!(answer["object"], "text_completion");
     assert_eq!(answer["choices"][0]["text"], REPLY);
     assert!(usage.is_some());
@@ -214,12 +189,7 @@ async fn completions_answer_text_completion_objects() {
         json!([{"role": "user", "content": [{"type": "text", "text": "Say hi"}]}])
     );
     let body = json!({"prompt": "Say hi", "stream": true});
-    let got = collect(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::Completions, &body, true, true))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Anthropic, Endpoint::Completions, &body, true, true).await).await;
     assert!(got.frames.iter().all(|f| f["object"] == "text_completion"));
     assert_eq!(got.text("/choices/0/text"), REPLY);
     assert_eq!(got.usage.len(), 1);
@@ -230,18 +200,10 @@ async fn embeddings_are_unsupported_without_calling_upstream() {
     let (server, _) = start().await;
     let fx = fixture(&server);
     let body = json!({"input": "x"});
-    let e = expect_err(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::Embeddings, &body, false, false))
-            .await,
-    );
+    let e = expect_err(fx.send(&Anthropic, Endpoint::Embeddings, &body, false, false).await);
     assert!(matches!(e, ProviderError::Unsupported(_)), "{e:?}");
     let bad = json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]});
-    let e = expect_err(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &bad, false, false))
-            .await,
-    );
+    let e = expect_err(fx.send(&Anthropic, Endpoint::ChatCompletions, &bad, false, false).await);
     assert!(matches!(e, ProviderError::Unsupported(_)), "{e:?}");
     assert_eq!(server.calls(), 0);
 }
@@ -253,8 +215,8 @@ async fn errors_are_mapped_with_anthropic_messages() {
     let mut wrong = fixture(&server);
     wrong.secrets = tollgate_core::secrets::PlainSecrets(vec![("key".into(), "sk-ant-wrong".into())]);
     let got = upstream(
-        Anthropic
-            .send(&http(), wrong.call(Endpoint::ChatCompletions, &body, false, false))
+        wrong
+            .send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert_eq!(got, (401, "invalid x-api-key".to_owned()));
@@ -267,16 +229,11 @@ async fn errors_are_mapped_with_anthropic_messages() {
     ] {
         control.fail(status, text);
         let got = upstream(
-            Anthropic
-                .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+            fx.send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
                 .await,
         );
         assert_eq!(got, (status, text.to_owned()));
-        let got = upstream(
-            Anthropic
-                .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-                .await,
-        );
+        let got = upstream(fx.send(&Anthropic, Endpoint::ChatCompletions, &body, true, true).await);
         assert_eq!(got, (status, text.to_owned()));
     }
 }
@@ -287,12 +244,7 @@ async fn error_event_inside_a_stream_surfaces_after_the_frames() {
     control.fail_stream("overloaded_error", "Overloaded");
     let fx = fixture(&server);
     let body = json!({"messages": [{"role": "user", "content": "Hi"}]});
-    let got = collect(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Anthropic, Endpoint::ChatCompletions, &body, true, true).await).await;
     assert!(!got.frames.is_empty());
     assert!(got.usage.is_empty());
     assert!(
@@ -307,16 +259,16 @@ async fn config_errors() {
     let body = json!({"messages": [{"role": "user", "content": "Hi"}]});
     let no_base = Fixture::new(None, Some(KEY), "claude");
     let e = expect_err(
-        Anthropic
-            .send(&http(), no_base.call(Endpoint::ChatCompletions, &body, false, false))
+        no_base
+            .send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
     let (server, _) = start().await;
     let no_key = Fixture::new(Some(mock::base_url(&server)), None, "claude");
     let e = expect_err(
-        Anthropic
-            .send(&http(), no_key.call(Endpoint::ChatCompletions, &body, false, false))
+        no_key
+            .send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
@@ -331,22 +283,16 @@ async fn timeout_unreachable_and_cut_stream() {
     fx.timeout = Duration::from_millis(100);
     control.set_latency(Duration::from_secs(5));
     let e = expect_err(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
+        fx.send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Timeout), "{e:?}");
-    let e = expect_err(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    );
+    let e = expect_err(fx.send(&Anthropic, Endpoint::ChatCompletions, &body, true, true).await);
     assert!(matches!(e, ProviderError::Timeout), "{e:?}");
 
     let dead = Fixture::new(Some(dead_url().await), Some(KEY), "claude");
     let e = expect_err(
-        Anthropic
-            .send(&http(), dead.call(Endpoint::ChatCompletions, &body, false, false))
+        dead.send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Unreachable(_)), "{e:?}");
@@ -354,21 +300,11 @@ async fn timeout_unreachable_and_cut_stream() {
     control.set_latency(Duration::ZERO);
     control.cut_stream(true);
     fx.timeout = Duration::from_secs(10);
-    let got = collect(
-        Anthropic
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Anthropic, Endpoint::ChatCompletions, &body, true, true).await).await;
     assert_eq!(got.frames[0]["choices"][0]["delta"]["role"], "assistant");
     let text = got.text("/choices/0/delta/content");
     assert!(REPLY.starts_with(&text) && text.len() < REPLY.len(), "{text:?}");
-    assert!(got.usage.is_empty());
-    assert!(
-        matches!(got.error, Some(ProviderError::Unreachable(_))),
-        "{:?}",
-        got.error
-    );
+    assert_cut(&got);
 }
 
 #[tokio::test]

@@ -1,11 +1,11 @@
 //! The Azure OpenAI adapter against the Azure mock.
 
-use crate::openai::{collect, expect_err, http, upstream, whole, Fixture, REPLY};
+use crate::support::{assert_cut, collect, expect_err, http, upstream, whole, Fixture, REPLY};
 use serde_json::json;
 use std::time::Duration;
 use tollgate_core::usage::Usage;
 use tollgate_providers::azure::{Azure, DEFAULT_API_VERSION};
-use tollgate_providers::{Adapter, Endpoint, ProviderError};
+use tollgate_providers::{Endpoint, ProviderError};
 use tollgate_testkit::azure::{self as mock, AzureMock};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::MockServer;
@@ -49,11 +49,7 @@ async fn chat_goes_to_the_deployment_with_api_key_and_version() {
     control.set_usage(30, 10, 5);
     let fx = fixture(&server, "gpt-4o-mini");
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
-    let (answer, usage) = whole(
-        Azure
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
-            .await,
-    );
+    let (answer, usage) = whole(fx.send(&Azure, Endpoint::ChatCompletions, &body, false, false).await);
     assert_eq!(answer["model"], "gpt-4o-mini");
     assert_eq!(
         usage,
@@ -81,12 +77,7 @@ async fn unknown_model_uses_the_default_deployment_and_configured_version() {
     fx.config
         .insert("azure_api_version".into(), json!("2025-01-01-preview"));
     let body = json!({"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hi"}], "stream": true});
-    let got = collect(
-        Azure
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Azure, Endpoint::ChatCompletions, &body, true, true).await).await;
     assert!(got.error.is_none(), "{:?}", got.error);
     assert_eq!(got.frames[0]["model"], "gpt-4o");
     let u = control.usage();
@@ -106,12 +97,7 @@ async fn stream_without_usage_for_the_client() {
     let (server, _) = start().await;
     let fx = fixture(&server, "gpt-4o");
     let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "stream": true});
-    let got = collect(
-        Azure
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Azure, Endpoint::ChatCompletions, &body, true, false).await).await;
     assert!(got.frames.iter().all(|f| f.get("usage").is_none_or(|u| u.is_null())));
     assert_eq!(got.usage.len(), 1);
 }
@@ -121,11 +107,7 @@ async fn completions_and_embeddings_paths() {
     let (server, control) = start().await;
     let fx = fixture(&server, "text-embedding-3-small");
     let body = json!({"input": "hello"});
-    let (answer, usage) = whole(
-        Azure
-            .send(&http(), fx.call(Endpoint::Embeddings, &body, false, false))
-            .await,
-    );
+    let (answer, usage) = whole(fx.send(&Azure, Endpoint::Embeddings, &body, false, false).await);
     assert_eq!(answer["model"], "text-embedding-3-small");
     assert_eq!(usage.map(|u| u.prompt_tokens), Some(control.usage().prompt));
     assert_eq!(
@@ -135,11 +117,7 @@ async fn completions_and_embeddings_paths() {
 
     let fx = fixture(&server, "gpt-4o");
     let body = json!({"prompt": "Say hi"});
-    let (answer, _) = whole(
-        Azure
-            .send(&http(), fx.call(Endpoint::Completions, &body, false, false))
-            .await,
-    );
+    let (answer, _) = whole(fx.send(&Azure, Endpoint::Completions, &body, false, false).await);
     assert_eq!(answer["object"], "text_completion");
     assert_eq!(
         server.journal.last().unwrap().path,
@@ -154,11 +132,7 @@ async fn errors_are_mapped() {
 
     let mut wrong = fixture(&server, "gpt-4o");
     wrong.secrets = tollgate_core::secrets::PlainSecrets(vec![("key".into(), "nope".into())]);
-    let (status, message) = upstream(
-        Azure
-            .send(&http(), wrong.call(Endpoint::ChatCompletions, &body, false, false))
-            .await,
-    );
+    let (status, message) = upstream(wrong.send(&Azure, Endpoint::ChatCompletions, &body, false, false).await);
     assert_eq!(status, 401);
     assert!(
         message.starts_with("Access denied due to invalid subscription key"),
@@ -168,8 +142,8 @@ async fn errors_are_mapped() {
     let mut unknown = fixture(&server, "gpt-4o");
     unknown.config.remove("azure_deployment_config");
     let (status, message) = upstream(
-        Azure
-            .send(&http(), unknown.call(Endpoint::ChatCompletions, &body, false, false))
+        unknown
+            .send(&Azure, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert_eq!(status, 404);
@@ -181,11 +155,8 @@ async fn errors_are_mapped() {
     let mut bad_version = fixture(&server, "gpt-4o");
     bad_version.config.insert("azure_api_version".into(), json!("latest"));
     let (status, message) = upstream(
-        Azure
-            .send(
-                &http(),
-                bad_version.call(Endpoint::ChatCompletions, &body, false, false),
-            )
+        bad_version
+            .send(&Azure, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert_eq!((status, message.as_str()), (400, "API version not supported"));
@@ -195,19 +166,11 @@ async fn errors_are_mapped() {
         429,
         "Requests to the ChatCompletions_Create Operation have exceeded the rate limit.",
     );
-    let (status, message) = upstream(
-        Azure
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
-            .await,
-    );
+    let (status, message) = upstream(fx.send(&Azure, Endpoint::ChatCompletions, &body, false, false).await);
     assert_eq!(status, 429);
     assert!(message.contains("exceeded the rate limit"));
     control.fail(500, "Internal server error");
-    let (status, _) = upstream(
-        Azure
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    );
+    let (status, _) = upstream(fx.send(&Azure, Endpoint::ChatCompletions, &body, true, true).await);
     assert_eq!(status, 500);
 }
 
@@ -218,19 +181,16 @@ async fn missing_key_or_resource_is_a_config_error() {
     let mut no_key = fixture(&server, "gpt-4o");
     no_key.secrets = tollgate_core::secrets::PlainSecrets::default();
     let e = expect_err(
-        Azure
-            .send(&http(), no_key.call(Endpoint::ChatCompletions, &body, false, false))
+        no_key
+            .send(&Azure, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
     let mut no_resource = Fixture::new(None, Some(KEY), "gpt-4o");
     no_resource.config.clear();
     let e = expect_err(
-        Azure
-            .send(
-                &http(),
-                no_resource.call(Endpoint::ChatCompletions, &body, false, false),
-            )
+        no_resource
+            .send(&Azure, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
@@ -244,29 +204,14 @@ async fn timeout_and_cut_stream() {
     fx.timeout = Duration::from_millis(100);
     control.set_latency(Duration::from_secs(5));
     let body = json!({"messages": [{"role": "user", "content": "Hi"}], "stream": true});
-    let e = expect_err(
-        Azure
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
-            .await,
-    );
+    let e = expect_err(fx.send(&Azure, Endpoint::ChatCompletions, &body, false, false).await);
     assert!(matches!(e, ProviderError::Timeout), "{e:?}");
 
     control.set_latency(Duration::ZERO);
     control.cut_stream(true);
     fx.timeout = Duration::from_secs(10);
-    let got = collect(
-        Azure
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    )
-    .await;
-    assert!(!got.frames.is_empty());
-    assert!(got.usage.is_empty());
-    assert!(
-        matches!(got.error, Some(ProviderError::Unreachable(_))),
-        "{:?}",
-        got.error
-    );
+    let got = collect(fx.send(&Azure, Endpoint::ChatCompletions, &body, true, true).await).await;
+    assert_cut(&got);
 }
 
 #[tokio::test]

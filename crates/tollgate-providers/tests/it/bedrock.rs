@@ -4,7 +4,7 @@
 //! and broken streams; and a recorded ConverseStream replayed as real
 //! event-stream bytes.
 
-use crate::openai::{collect, expect_err, upstream, weather_tools, whole, Fixture};
+use crate::support::{collect, expect_err, http, upstream, weather_tools, whole, Fixture};
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use chrono::Utc;
@@ -21,10 +21,6 @@ use tollgate_testkit::MockServer;
 
 const REGION: &str = "eu-west-3";
 const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
 
 async fn start() -> (MockServer, Control, BedrockConfig, Fixture) {
     let control = Control::new();
@@ -66,8 +62,7 @@ async fn converse_is_signed_and_translated_both_ways() {
     control.set_usage(25, 8, 5);
     control.set_reply("Hello there.");
     let (out, usage) = whole(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
 
@@ -110,8 +105,8 @@ async fn a_wrong_secret_or_missing_keys_are_refused() {
     let (server, _control, config, _fx) = start().await;
     let wrong = fixture(&server, &config.access_key_id, "not-the-secret");
     let (status, message) = upstream(
-        Bedrock::default()
-            .send(&http(), wrong.call(Endpoint::ChatCompletions, &chat(), false, false))
+        wrong
+            .send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert_eq!(status, 403);
@@ -122,8 +117,8 @@ async fn a_wrong_secret_or_missing_keys_are_refused() {
 
     let unknown = fixture(&server, "AKIAUNKNOWN", &config.secret_access_key);
     let (status, message) = upstream(
-        Bedrock::default()
-            .send(&http(), unknown.call(Endpoint::ChatCompletions, &chat(), false, false))
+        unknown
+            .send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert_eq!(status, 403);
@@ -135,8 +130,8 @@ async fn a_wrong_secret_or_missing_keys_are_refused() {
     let mut missing = fixture(&server, "", "");
     missing.secrets = PlainSecrets(vec![("aws_access_key_id".into(), config.access_key_id.clone())]);
     let e = expect_err(
-        Bedrock::default()
-            .send(&http(), missing.call(Endpoint::ChatCompletions, &chat(), false, false))
+        missing
+            .send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(
@@ -145,8 +140,8 @@ async fn a_wrong_secret_or_missing_keys_are_refused() {
     );
     missing.secrets = PlainSecrets::default();
     let e = expect_err(
-        Bedrock::default()
-            .send(&http(), missing.call(Endpoint::ChatCompletions, &chat(), false, false))
+        missing
+            .send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
@@ -159,8 +154,7 @@ async fn converse_stream_decodes_binary_frames() {
     control.set_usage(14, 6, 0);
     control.set_reply("streaming from bedrock now");
     let got = collect(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), true, true))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), true, true)
             .await,
     )
     .await;
@@ -196,8 +190,7 @@ async fn tool_use_goes_both_ways_whole_and_streamed() {
     let ask = json!({"messages": [{"role": "user", "content": "Weather in Lyon?"}],
         "tools": weather_tools(), "tool_choice": {"type": "function", "function": {"name": "get_weather"}}});
     let (out, _) = whole(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &ask, false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &ask, false, false)
             .await,
     );
     let sent = server.journal.last().unwrap().json();
@@ -222,8 +215,7 @@ async fn tool_use_goes_both_ways_whole_and_streamed() {
         {"role": "tool", "tool_call_id": "tooluse_mock_1", "content": "18 C, cloudy"}
     ], "tools": weather_tools()});
     let (out, _) = whole(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &answer, false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &answer, false, false)
             .await,
     );
     let sent = server.journal.last().unwrap().json();
@@ -238,8 +230,7 @@ async fn tool_use_goes_both_ways_whole_and_streamed() {
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
 
     let got = collect(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &ask, true, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &ask, true, false)
             .await,
     )
     .await;
@@ -262,8 +253,7 @@ async fn completions_become_one_user_turn() {
     control.set_reply("done");
     let body = json!({"prompt": "Say done", "max_tokens": 3});
     let (out, _) = whole(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::Completions, &body, false, false))
+        fx.send(&Bedrock::default(), Endpoint::Completions, &body, false, false)
             .await,
     );
     assert_eq!(
@@ -282,8 +272,7 @@ async fn assumed_role_credentials_are_cached_until_near_expiry() {
     let bedrock = Bedrock::with_clock(Arc::new(clock.clone()));
     for _ in 0..3 {
         whole(
-            bedrock
-                .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+            fx.send(&bedrock, Endpoint::ChatCompletions, &chat(), false, false)
                 .await,
         );
     }
@@ -318,15 +307,13 @@ async fn assumed_role_credentials_are_cached_until_near_expiry() {
     // the one-hour expiry), a new AssumeRole.
     clock.advance(chrono::Duration::minutes(50));
     whole(
-        bedrock
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&bedrock, Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert_eq!(control.auth_calls(), 1);
     clock.advance(chrono::Duration::minutes(6));
     whole(
-        bedrock
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&bedrock, Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert_eq!(control.auth_calls(), 2);
@@ -348,8 +335,7 @@ async fn assume_role_failures_are_reported() {
     assume(&mut fx, &server, &config);
     fx.config.insert("aws_external_id".into(), json!("wrong-external-id"));
     let e = expect_err(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(
@@ -363,8 +349,7 @@ async fn assume_role_failures_are_reported() {
         ("aws_secret_access_key".into(), "wrong".into()),
     ]);
     let e = expect_err(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(
@@ -374,8 +359,7 @@ async fn assume_role_failures_are_reported() {
 
     fx.config.remove("aws_role_arn");
     let e = expect_err(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(
@@ -384,8 +368,7 @@ async fn assume_role_failures_are_reported() {
     );
     fx.config.insert("aws_auth_type".into(), json!("magic"));
     let e = expect_err(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
@@ -401,8 +384,8 @@ async fn titan_and_cohere_embeddings_use_invoke_model() {
     };
     let body = json!({"input": ["alpha beta", "gamma"], "dimensions": 6});
     let (out, usage) = whole(
-        Bedrock::default()
-            .send(&http(), titan.call(Endpoint::Embeddings, &body, false, false))
+        titan
+            .send(&Bedrock::default(), Endpoint::Embeddings, &body, false, false)
             .await,
     );
     let reqs = server.journal.requests();
@@ -422,8 +405,8 @@ async fn titan_and_cohere_embeddings_use_invoke_model() {
         ..titan
     };
     let (out, usage) = whole(
-        Bedrock::default()
-            .send(&http(), cohere.call(Endpoint::Embeddings, &body, false, false))
+        cohere
+            .send(&Bedrock::default(), Endpoint::Embeddings, &body, false, false)
             .await,
     );
     let req = server.journal.last().unwrap();
@@ -440,8 +423,8 @@ async fn titan_and_cohere_embeddings_use_invoke_model() {
         ..cohere
     };
     let e = expect_err(
-        Bedrock::default()
-            .send(&http(), other.call(Endpoint::Embeddings, &body, false, false))
+        other
+            .send(&Bedrock::default(), Endpoint::Embeddings, &body, false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Unsupported(_)), "{e:?}");
@@ -452,8 +435,7 @@ async fn upstream_errors_keep_aws_messages() {
     let (_server, control, _config, fx) = start().await;
     control.fail(429, "Too many requests, please wait before trying again.");
     let (status, message) = upstream(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert_eq!(
@@ -461,15 +443,13 @@ async fn upstream_errors_keep_aws_messages() {
         (429, "Too many requests, please wait before trying again.")
     );
     let (status, _) = upstream(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), true, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), true, false)
             .await,
     );
     assert_eq!(status, 429);
     control.fail(500, "Internal failure");
     let (status, message) = upstream(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert_eq!((status, message.as_str()), (500, "Internal failure"));
@@ -479,10 +459,13 @@ async fn upstream_errors_keep_aws_messages() {
         ..fx
     };
     let (status, _) = upstream(
-        Bedrock::default()
+        titan
             .send(
-                &http(),
-                titan.call(Endpoint::Embeddings, &json!({"input": "x"}), false, false),
+                &Bedrock::default(),
+                Endpoint::Embeddings,
+                &json!({"input": "x"}),
+                false,
+                false,
             )
             .await,
     );
@@ -495,8 +478,7 @@ async fn stream_exceptions_and_cuts_end_with_an_error_after_the_frames() {
     control.set_reply("a b c d e f");
     control.fail_stream("throttlingException", "Rate exceeded");
     let got = collect(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), true, true))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), true, true)
             .await,
     )
     .await;
@@ -512,8 +494,7 @@ async fn stream_exceptions_and_cuts_end_with_an_error_after_the_frames() {
 
     control.cut_stream(true);
     let got = collect(
-        Bedrock::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), true, true))
+        fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), true, true)
             .await,
     )
     .await;
@@ -555,8 +536,7 @@ async fn recorded_converse_stream_replays_through_the_decoder() {
         ]);
         let body = json!({"messages": [{"role": "user", "content": "Weather in Seattle?"}], "tools": weather_tools()});
         let got = collect(
-            Bedrock::default()
-                .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
+            fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &body, true, false)
                 .await,
         )
         .await;

@@ -1,12 +1,12 @@
 //! The Gemini API adapter against the Gemini mock, and the recorded Gemini
 //! SSE transcript replayed through the parser.
 
-use crate::openai::{collect, expect_err, upstream, weather_tools, whole, Fixture};
+use crate::support::{assert_cut, collect, expect_err, upstream, weather_tools, whole, Fixture};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tollgate_core::usage::Usage;
 use tollgate_providers::google::Gemini;
-use tollgate_providers::{Adapter, Endpoint, ProviderError};
+use tollgate_providers::{Endpoint, ProviderError};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::google as mock;
 use tollgate_testkit::MockServer;
@@ -19,10 +19,6 @@ async fn start() -> (MockServer, Control, Fixture) {
     let server = mock::start_gemini(KEY, control.clone()).await.unwrap();
     let fx = Fixture::new(Some(format!("{}/v1beta", server.url())), Some(KEY), MODEL);
     (server, control, fx)
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
 }
 
 #[tokio::test]
@@ -41,11 +37,7 @@ async fn chat_is_translated_both_ways_with_the_key_in_a_header() {
         ],
         "max_tokens": 64, "temperature": 0.3, "top_p": 0.8, "stop": ["\n\n"]
     });
-    let (out, usage) = whole(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
-            .await,
-    );
+    let (out, usage) = whole(fx.send(&Gemini, Endpoint::ChatCompletions, &body, false, false).await);
 
     let req = server.journal.last().unwrap();
     assert_eq!(req.path, "/v1beta/models/gemini-1.5-flash:generateContent");
@@ -101,12 +93,7 @@ async fn stream_is_translated_to_openai_chunks_with_usage() {
     control.set_reply("one two three four");
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "count"}], "stream": true});
 
-    let got = collect(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Gemini, Endpoint::ChatCompletions, &body, true, true).await).await;
     let req = server.journal.last().unwrap();
     assert_eq!(req.path, "/v1beta/models/gemini-1.5-flash:streamGenerateContent");
     assert_eq!(req.query.as_deref(), Some("alt=sse"));
@@ -135,12 +122,7 @@ async fn stream_is_translated_to_openai_chunks_with_usage() {
     );
 
     // Without include_usage the usage still reaches accounting, not the client.
-    let got = collect(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Gemini, Endpoint::ChatCompletions, &body, true, false).await).await;
     assert!(got.frames.iter().all(|f| f.get("usage").is_none()));
     assert_eq!(got.usage.len(), 1);
 }
@@ -154,11 +136,7 @@ async fn tool_calls_go_both_ways() {
         "tools": weather_tools(),
         "tool_choice": "required"
     });
-    let (out, _) = whole(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &ask, false, false))
-            .await,
-    );
+    let (out, _) = whole(fx.send(&Gemini, Endpoint::ChatCompletions, &ask, false, false).await);
     let sent = server.journal.last().unwrap().json();
     let decl = &sent["tools"][0]["functionDeclarations"][0];
     assert_eq!(decl["name"], "get_weather");
@@ -186,11 +164,7 @@ async fn tool_calls_go_both_ways() {
         ],
         "tools": weather_tools()
     });
-    let (out, _) = whole(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &answer, false, false))
-            .await,
-    );
+    let (out, _) = whole(fx.send(&Gemini, Endpoint::ChatCompletions, &answer, false, false).await);
     let sent = server.journal.last().unwrap().json();
     assert_eq!(
         sent["contents"][1],
@@ -204,12 +178,7 @@ async fn tool_calls_go_both_ways() {
     assert!(out["choices"][0]["message"]["content"].is_string());
 
     // Streamed, the call arrives as one tool_calls delta.
-    let got = collect(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &ask, true, false))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Gemini, Endpoint::ChatCompletions, &ask, true, false).await).await;
     let call = got
         .frames
         .iter()
@@ -232,11 +201,7 @@ async fn completions_answer_text_completion() {
     let (server, control, fx) = start().await;
     control.set_reply("blue sky");
     let body = json!({"model": MODEL, "prompt": "The sky is", "max_tokens": 5});
-    let (out, usage) = whole(
-        Gemini
-            .send(&http(), fx.call(Endpoint::Completions, &body, false, false))
-            .await,
-    );
+    let (out, usage) = whole(fx.send(&Gemini, Endpoint::Completions, &body, false, false).await);
     let sent = server.journal.last().unwrap().json();
     assert_eq!(
         sent["contents"],
@@ -246,12 +211,7 @@ async fn completions_answer_text_completion() {
     assert_eq!(out["choices"][0]["text"], "blue sky");
     assert!(usage.is_some());
 
-    let got = collect(
-        Gemini
-            .send(&http(), fx.call(Endpoint::Completions, &body, true, false))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Gemini, Endpoint::Completions, &body, true, false).await).await;
     assert!(got.frames.iter().all(|f| f["object"] == "text_completion"));
     assert_eq!(got.text("/choices/0/text"), "blue sky");
 }
@@ -264,11 +224,7 @@ async fn embeddings_use_batch_embed_contents_and_estimate_usage() {
         ..fx
     };
     let body = json!({"model": "text-embedding-004", "input": ["hello world", "bye"]});
-    let (out, usage) = whole(
-        Gemini
-            .send(&http(), fx.call(Endpoint::Embeddings, &body, false, false))
-            .await,
-    );
+    let (out, usage) = whole(fx.send(&Gemini, Endpoint::Embeddings, &body, false, false).await);
     let req = server.journal.last().unwrap();
     assert_eq!(req.path, "/v1beta/models/text-embedding-004:batchEmbedContents");
     let sent = req.json();
@@ -284,11 +240,7 @@ async fn embeddings_use_batch_embed_contents_and_estimate_usage() {
 
     // A single string, with dimensions and base64 encoding.
     let body = json!({"model": "m", "input": "hi", "dimensions": 8, "encoding_format": "base64"});
-    let (out, _) = whole(
-        Gemini
-            .send(&http(), fx.call(Endpoint::Embeddings, &body, false, false))
-            .await,
-    );
+    let (out, _) = whole(fx.send(&Gemini, Endpoint::Embeddings, &body, false, false).await);
     assert_eq!(
         server.journal.last().unwrap().json()["requests"][0]["outputDimensionality"],
         8
@@ -306,36 +258,24 @@ async fn upstream_errors_keep_googles_message() {
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]});
     let wrong = Fixture::new(fx.base_url.clone(), Some("wrong"), MODEL);
     let (status, message) = upstream(
-        Gemini
-            .send(&http(), wrong.call(Endpoint::ChatCompletions, &body, false, false))
+        wrong
+            .send(&Gemini, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert_eq!(status, 400);
     assert!(message.contains("API key not valid"), "{message}");
 
     control.fail(429, "Resource has been exhausted (e.g. check quota).");
-    let (status, message) = upstream(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, false))
-            .await,
-    );
+    let (status, message) = upstream(fx.send(&Gemini, Endpoint::ChatCompletions, &body, true, false).await);
     assert_eq!(
         (status, message.as_str()),
         (429, "Resource has been exhausted (e.g. check quota).")
     );
     control.fail(503, "The model is overloaded.");
-    let (status, message) = upstream(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, false, false))
-            .await,
-    );
+    let (status, message) = upstream(fx.send(&Gemini, Endpoint::ChatCompletions, &body, false, false).await);
     assert_eq!((status, message.as_str()), (503, "The model is overloaded."));
     let embed = json!({"input": "x"});
-    let (status, _) = upstream(
-        Gemini
-            .send(&http(), fx.call(Endpoint::Embeddings, &embed, false, false))
-            .await,
-    );
+    let (status, _) = upstream(fx.send(&Gemini, Endpoint::Embeddings, &embed, false, false).await);
     assert_eq!(status, 503);
 }
 
@@ -345,18 +285,14 @@ async fn missing_key_bad_request_timeout_and_unreachable() {
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]});
     let nokey = Fixture::new(fx.base_url.clone(), None, MODEL);
     let e = expect_err(
-        Gemini
-            .send(&http(), nokey.call(Endpoint::ChatCompletions, &body, false, false))
+        nokey
+            .send(&Gemini, Endpoint::ChatCompletions, &body, false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
 
     let bad = json!({"model": MODEL, "messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]});
-    let e = expect_err(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &bad, false, false))
-            .await,
-    );
+    let e = expect_err(fx.send(&Gemini, Endpoint::ChatCompletions, &bad, false, false).await);
     assert!(
         matches!(e, ProviderError::Unsupported(ref m) if m.contains("nope")),
         "{e:?}"
@@ -367,19 +303,11 @@ async fn missing_key_bad_request_timeout_and_unreachable() {
         timeout: Duration::from_millis(200),
         ..Fixture::new(fx.base_url.clone(), Some(KEY), MODEL)
     };
-    let e = expect_err(
-        Gemini
-            .send(&http(), slow.call(Endpoint::ChatCompletions, &body, false, false))
-            .await,
-    );
+    let e = expect_err(slow.send(&Gemini, Endpoint::ChatCompletions, &body, false, false).await);
     assert!(matches!(e, ProviderError::Timeout), "{e:?}");
 
-    let dead = Fixture::new(Some(crate::openai::dead_url().await), Some(KEY), MODEL);
-    let e = expect_err(
-        Gemini
-            .send(&http(), dead.call(Endpoint::ChatCompletions, &body, false, false))
-            .await,
-    );
+    let dead = Fixture::new(Some(crate::support::dead_url().await), Some(KEY), MODEL);
+    let e = expect_err(dead.send(&Gemini, Endpoint::ChatCompletions, &body, false, false).await);
     assert!(
         matches!(e, ProviderError::Unreachable(ref m) if !m.contains(KEY)),
         "{e:?}"
@@ -392,19 +320,9 @@ async fn a_cut_stream_ends_with_an_error_after_the_frames_received() {
     control.set_reply("a b c d e f g h");
     control.cut_stream(true);
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]});
-    let got = collect(
-        Gemini
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&Gemini, Endpoint::ChatCompletions, &body, true, true).await).await;
     assert_eq!(got.text("/choices/0/delta/content"), "a b c d ");
-    assert!(got.usage.is_empty());
-    assert!(
-        matches!(got.error, Some(ProviderError::Unreachable(_))),
-        "{:?}",
-        got.error
-    );
+    assert_cut(&got);
 }
 
 #[tokio::test]
@@ -416,12 +334,7 @@ async fn recorded_gemini_stream_replays_through_the_parser() {
             .unwrap();
         let fx = Fixture::new(Some(server.url()), Some(KEY), "gemini-1.5-flash");
         let body = json!({"messages": [{"role": "user", "content": "Write a story about a magic backpack."}]});
-        let got = collect(
-            Gemini
-                .send(&http(), fx.call(Endpoint::ChatCompletions, &body, true, true))
-                .await,
-        )
-        .await;
+        let got = collect(fx.send(&Gemini, Endpoint::ChatCompletions, &body, true, true).await).await;
         assert!(got.error.is_none(), "{:?}", got.error);
         assert_eq!(
             got.text("/choices/0/delta/content"),

@@ -1,6 +1,9 @@
+//! Integration tests of every provider adapter against its testkit mock.
+
 mod anthropic;
 mod azure;
 mod bedrock;
 mod google;
 mod openai;
+mod support;
 mod vertex;

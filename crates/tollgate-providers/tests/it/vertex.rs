@@ -3,7 +3,7 @@
 //! not; a new one once the clock passes the refresh point), URLs and bearer
 //! header, Gemini-format translation, `:predict` embeddings and errors.
 
-use crate::openai::{collect, expect_err, upstream, whole, Fixture};
+use crate::support::{collect, expect_err, http, upstream, whole, Fixture};
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -19,10 +19,6 @@ use tollgate_testkit::MockServer;
 const PROJECT: &str = "test-project";
 const REGION: &str = "europe-west4";
 const MODEL: &str = "gemini-1.5-pro";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
 
 /// The mock and a fixture whose service account points at its token
 /// endpoint.
@@ -64,11 +60,7 @@ async fn chat_exchanges_a_jwt_for_a_token_and_sends_it_as_bearer() {
     control.set_usage(30, 10, 0);
     control.set_reply("Hello.");
     let vertex = Vertex::default();
-    let (out, usage) = whole(
-        vertex
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
-            .await,
-    );
+    let (out, usage) = whole(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
 
     let reqs = server.journal.requests();
     assert_eq!(reqs.len(), 2);
@@ -106,30 +98,18 @@ async fn the_token_is_cached_until_shortly_before_expiry() {
     let clock = ManualClock::new(Utc::now());
     let vertex = Vertex::with_clock(Arc::new(clock.clone()));
     for _ in 0..3 {
-        whole(
-            vertex
-                .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
-                .await,
-        );
+        whole(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
     }
     assert_eq!(control.auth_calls(), 1);
 
     // 50 minutes on, the token (valid 3599 s) is still outside the margin.
     clock.advance(chrono::Duration::minutes(50));
-    whole(
-        vertex
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
-            .await,
-    );
+    whole(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
     assert_eq!(control.auth_calls(), 1);
 
     // 55 minutes on it is within five minutes of expiry: refreshed.
     clock.advance(chrono::Duration::minutes(5));
-    whole(
-        vertex
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
-            .await,
-    );
+    whole(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
     assert_eq!(control.auth_calls(), 2);
     assert_eq!(
         server.journal.last().unwrap().header("authorization"),
@@ -155,12 +135,7 @@ async fn streams_and_tool_calls_use_the_gemini_format() {
     let (server, control, fx) = start().await;
     control.set_reply("streamed from vertex");
     let vertex = Vertex::default();
-    let got = collect(
-        vertex
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), true, true))
-            .await,
-    )
-    .await;
+    let got = collect(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), true, true).await).await;
     let req = server.journal.last().unwrap();
     assert!(req.path.ends_with("/models/gemini-1.5-pro:streamGenerateContent"));
     assert_eq!(req.query.as_deref(), Some("alt=sse"));
@@ -168,12 +143,9 @@ async fn streams_and_tool_calls_use_the_gemini_format() {
     assert_eq!(got.usage.len(), 1);
     assert!(got.error.is_none());
 
-    let tools = json!({"messages": [{"role": "user", "content": "weather?"}], "tools": crate::openai::weather_tools()});
-    let (out, _) = whole(
-        vertex
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &tools, false, false))
-            .await,
-    );
+    let tools =
+        json!({"messages": [{"role": "user", "content": "weather?"}], "tools": crate::support::weather_tools()});
+    let (out, _) = whole(fx.send(&vertex, Endpoint::ChatCompletions, &tools, false, false).await);
     assert_eq!(
         out["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
         "get_weather"
@@ -189,8 +161,7 @@ async fn embeddings_use_predict_with_reported_token_counts() {
     };
     let body = json!({"input": ["one two three", "four"], "dimensions": 3});
     let (out, usage) = whole(
-        Vertex::default()
-            .send(&http(), fx.call(Endpoint::Embeddings, &body, false, false))
+        fx.send(&Vertex::default(), Endpoint::Embeddings, &body, false, false)
             .await,
     );
     let req = server.journal.last().unwrap();
@@ -211,11 +182,7 @@ async fn bad_configuration_is_a_config_error() {
     let vertex = Vertex::default();
     for sa in ["{not json", r#"{"client_email": "a@b"}"#, r#"{"private_key": "x"}"#] {
         let fx = fixture(&server, sa);
-        let e = expect_err(
-            vertex
-                .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
-                .await,
-        );
+        let e = expect_err(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
         assert!(matches!(e, ProviderError::Config(_)), "{sa}: {e:?}");
     }
     // A key that is not PEM.
@@ -224,11 +191,8 @@ async fn bad_configuration_is_a_config_error() {
         "token_uri": format!("{}/token", server.url())})
         .to_string();
     let e = expect_err(
-        vertex
-            .send(
-                &http(),
-                fixture(&server, &sa).call(Endpoint::ChatCompletions, &chat(), false, false),
-            )
+        fixture(&server, &sa)
+            .send(&vertex, Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(
@@ -238,11 +202,7 @@ async fn bad_configuration_is_a_config_error() {
     // No service account at all.
     let mut fx = fixture(&server, "");
     fx.secrets = PlainSecrets::default();
-    let e = expect_err(
-        vertex
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
-            .await,
-    );
+    let e = expect_err(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
     // No project anywhere.
     let sa = mock::service_account_json(TEST_CLIENT_EMAIL, &format!("{}/token", server.url()), "");
@@ -255,11 +215,7 @@ async fn bad_configuration_is_a_config_error() {
         "vertex_service_account_json".into(),
         Value::Object(sa_without_project).to_string(),
     )]);
-    let e = expect_err(
-        vertex
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
-            .await,
-    );
+    let e = expect_err(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
     assert!(
         matches!(e, ProviderError::Config(ref m) if m.contains("vertex_project_id")),
         "{e:?}"
@@ -277,8 +233,7 @@ async fn a_refused_assertion_is_an_auth_error() {
     );
     let fx = fixture(&server, &sa);
     let e = expect_err(
-        Vertex::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
+        fx.send(&Vertex::default(), Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(
@@ -293,11 +248,7 @@ async fn upstream_errors_and_wrong_projects_are_mapped() {
     let (_server, control, fx) = start().await;
     let vertex = Vertex::default();
     control.fail(404, "Publisher Model `gemini-9` was not found.");
-    let (status, message) = upstream(
-        vertex
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), false, false))
-            .await,
-    );
+    let (status, message) = upstream(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
     assert_eq!(
         (status, message.as_str()),
         (404, "Publisher Model `gemini-9` was not found.")
@@ -307,16 +258,16 @@ async fn upstream_errors_and_wrong_projects_are_mapped() {
     let mut other = Fixture { ..fx };
     other.config.insert("vertex_project_id".into(), json!("someone-else"));
     let (status, _) = upstream(
-        vertex
-            .send(&http(), other.call(Endpoint::ChatCompletions, &chat(), false, false))
+        other
+            .send(&vertex, Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert_eq!(status, 403);
 
     other.config.insert("vertex_region".into(), json!("us-central1/../x"));
     let e = expect_err(
-        vertex
-            .send(&http(), other.call(Endpoint::ChatCompletions, &chat(), false, false))
+        other
+            .send(&vertex, Endpoint::ChatCompletions, &chat(), false, false)
             .await,
     );
     assert!(matches!(e, ProviderError::Config(_)), "{e:?}");
@@ -328,8 +279,7 @@ async fn a_cut_vertex_stream_surfaces_an_error() {
     control.set_reply("w1 w2 w3 w4");
     control.cut_stream(true);
     let got = collect(
-        Vertex::default()
-            .send(&http(), fx.call(Endpoint::ChatCompletions, &chat(), true, false))
+        fx.send(&Vertex::default(), Endpoint::ChatCompletions, &chat(), true, false)
             .await,
     )
     .await;

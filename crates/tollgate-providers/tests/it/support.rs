@@ -1,0 +1,170 @@
+//! Helpers the adapter tests share: a fixture that owns what a [`Call`]
+//! borrows, and readers for whole answers, streams and errors.
+
+use futures::StreamExt;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+use tollgate_core::secrets::PlainSecrets;
+use tollgate_core::usage::Usage;
+use tollgate_providers::{Adapter, Call, Endpoint, ProviderError, StreamItem, Target, UpstreamResponse};
+
+/// What the mocks are told to answer (multi-byte text crosses chunk edges).
+pub const REPLY: &str = "Bonjour, caf\u{e9} \u{2615} and \u{65e5}\u{672c} from the mock.";
+
+/// Owns what a [`Call`] borrows.
+pub struct Fixture {
+    pub base_url: Option<String>,
+    pub config: Map<String, Value>,
+    pub secrets: PlainSecrets,
+    pub headers: Vec<(String, String)>,
+    pub model: String,
+    pub timeout: Duration,
+}
+
+impl Fixture {
+    pub fn new(base_url: Option<String>, key: Option<&str>, model: &str) -> Self {
+        Self {
+            base_url,
+            config: Map::new(),
+            secrets: PlainSecrets(key.map(|k| vec![("key".to_owned(), k.to_owned())]).unwrap_or_default()),
+            headers: Vec::new(),
+            model: model.to_owned(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn call<'a>(&'a self, endpoint: Endpoint, body: &'a Value, stream: bool, wants_usage: bool) -> Call<'a> {
+        Call {
+            endpoint,
+            target: Target {
+                base_url: self.base_url.as_deref(),
+                config: &self.config,
+                secrets: &self.secrets,
+                headers: &self.headers,
+                model: &self.model,
+            },
+            body,
+            stream,
+            client_wants_usage: wants_usage,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Sends one call through `adapter` with a fresh HTTP client.
+    pub async fn send(
+        &self,
+        adapter: &dyn Adapter,
+        endpoint: Endpoint,
+        body: &Value,
+        stream: bool,
+        wants_usage: bool,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        adapter
+            .send(&http(), self.call(endpoint, body, stream, wants_usage))
+            .await
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A whole answer's JSON body and usage.
+pub fn whole(r: Result<UpstreamResponse, ProviderError>) -> (Value, Option<Usage>) {
+    match r {
+        Ok(UpstreamResponse::Whole { status, body, usage }) => {
+            assert_eq!(status, 200);
+            (serde_json::from_slice(&body).expect("JSON body"), usage)
+        }
+        Ok(UpstreamResponse::Stream(_)) => panic!("expected a whole answer"),
+        Err(e) => panic!("call failed: {e:?}"),
+    }
+}
+
+/// What a stream yielded.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub raw: Vec<bytes::Bytes>,
+    pub frames: Vec<Value>,
+    pub usage: Vec<Usage>,
+    pub error: Option<ProviderError>,
+}
+
+impl Collected {
+    pub fn text(&self, pointer: &str) -> String {
+        self.frames
+            .iter()
+            .filter_map(|f| f.pointer(pointer))
+            .filter_map(Value::as_str)
+            .collect()
+    }
+}
+
+pub async fn collect(r: Result<UpstreamResponse, ProviderError>) -> Collected {
+    let mut stream = match r {
+        Ok(UpstreamResponse::Stream(s)) => s,
+        Ok(UpstreamResponse::Whole { .. }) => panic!("expected a stream"),
+        Err(e) => panic!("call failed: {e:?}"),
+    };
+    let mut out = Collected::default();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(StreamItem::Frame(f)) => {
+                let text = std::str::from_utf8(&f).expect("UTF-8 frame");
+                let payload = text
+                    .strip_prefix("data: ")
+                    .and_then(|t| t.strip_suffix("\n\n"))
+                    .expect("one data: frame");
+                assert_ne!(payload, "[DONE]", "[DONE] is the relay's to add");
+                out.frames.push(serde_json::from_str(payload).expect("JSON chunk"));
+                out.raw.push(f);
+            }
+            Ok(StreamItem::Usage(u)) => out.usage.push(u),
+            Err(e) => {
+                assert!(out.error.is_none(), "nothing after an error");
+                out.error = Some(e);
+            }
+        }
+    }
+    out
+}
+
+pub fn upstream(r: Result<UpstreamResponse, ProviderError>) -> (u16, String) {
+    match r {
+        Err(ProviderError::Upstream { status, message }) => (status, message),
+        Err(e) => panic!("expected an upstream error, got {e:?}"),
+        Ok(_) => panic!("expected an upstream error, got an answer"),
+    }
+}
+
+pub fn expect_err(r: Result<UpstreamResponse, ProviderError>) -> ProviderError {
+    match r {
+        Err(e) => e,
+        Ok(_) => panic!("expected an error"),
+    }
+}
+
+/// A URL nothing listens on.
+pub async fn dead_url() -> String {
+    let l = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    format!("http://{addr}/v1")
+}
+
+pub fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
+}
+
+/// Asserts what a stream the mock broke off yields: the frames sent before
+/// the break, no usage, then an [`ProviderError::Unreachable`].
+pub fn assert_cut(got: &Collected) {
+    assert!(!got.frames.is_empty());
+    assert!(got.usage.is_empty());
+    assert!(
+        matches!(got.error, Some(ProviderError::Unreachable(_))),
+        "{:?}",
+        got.error
+    );
+}
