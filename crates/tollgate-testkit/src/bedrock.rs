@@ -637,49 +637,21 @@ mod tests {
         let v: Value = serde_json::from_str(&ok.body).unwrap();
         assert_eq!(v["stopReason"], "end_turn");
         assert_eq!(v["usage"]["inputTokens"], 12);
-        let bad = b"{not json";
-        assert_eq!(
-            signed(&s, PATH, key, "us-west-2", "bedrock", json, bad, bad)
-                .await
-                .status,
-            400
-        );
-        let empty = br#"{"messages":[]}"#;
-        assert_eq!(
-            signed(&s, PATH, key, "us-west-2", "bedrock", json, empty, empty)
-                .await
-                .status,
-            400
-        );
-        let unknown = "/model/m/unknown";
-        assert_eq!(
-            signed(&s, unknown, key, "us-west-2", "bedrock", json, body, body)
-                .await
-                .status,
-            404
-        );
-        let titan = "/model/amazon.titan-embed-text-v1/invoke";
-        assert_eq!(
-            signed(&s, titan, key, "us-west-2", "bedrock", json, b"{}", b"{}")
-                .await
-                .status,
-            400
-        );
-        let cohere = "/model/cohere.embed-english-v3/invoke";
-        let texts = br#"{"texts":["a"]}"#;
-        assert_eq!(
-            signed(&s, cohere, key, "us-west-2", "bedrock", json, texts, texts)
-                .await
-                .status,
-            400
-        );
-        let llama = "/model/meta.llama3/invoke";
-        assert_eq!(
-            signed(&s, llama, key, "us-west-2", "bedrock", json, texts, texts)
-                .await
-                .status,
-            400
-        );
+        // What the runtime refuses: bad bodies, unknown operations and
+        // bodies that do not fit the model family.
+        let texts: &[u8] = br#"{"texts":["a"]}"#;
+        let refused: [(&str, &[u8], u16); 6] = [
+            (PATH, b"{not json", 400),
+            (PATH, br#"{"messages":[]}"#, 400),
+            ("/model/m/unknown", body, 404),
+            ("/model/amazon.titan-embed-text-v1/invoke", b"{}", 400),
+            ("/model/cohere.embed-english-v3/invoke", texts, 400),
+            ("/model/meta.llama3/invoke", texts, 400),
+        ];
+        for (path, bad, want) in refused {
+            let got = signed(&s, path, key, "us-west-2", "bedrock", json, bad, bad).await;
+            assert_eq!(got.status, want, "{path}");
+        }
         control.fail(503, "down");
         let a = signed(&s, PATH, key, "us-west-2", "bedrock", json, body, body).await;
         assert_eq!(
