@@ -1,9 +1,11 @@
 //! The Anthropic adapter against the Anthropic mock.
 
-use crate::support::{assert_cut, collect, dead_url, expect_err, http, upstream, weather_tools, whole, Fixture, REPLY};
+use crate::support::{
+    assert_cut, assert_usage, collect, dead_url, expect_err, http, tokens, upstream, weather_tools, whole, Fixture,
+    REPLY,
+};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tollgate_core::usage::Usage;
 use tollgate_providers::anthropic::{Anthropic, ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
 use tollgate_providers::{Endpoint, ProviderError};
 use tollgate_testkit::anthropic::{self as mock, AnthropicMock};
@@ -48,16 +50,7 @@ async fn whole_chat_is_translated_both_ways() {
         json!({"role": "assistant", "content": REPLY})
     );
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
-    assert_eq!(answer["usage"]["prompt_tokens"], 100);
-    assert_eq!(answer["usage"]["prompt_tokens_details"]["cached_tokens"], 30);
-    assert_eq!(
-        usage,
-        Some(Usage {
-            prompt_tokens: 100,
-            completion_tokens: 20,
-            cached_tokens: 30
-        })
-    );
+    assert_usage(&answer, usage, tokens(100, 20, 30));
     let req = server.journal.last().unwrap();
     assert_eq!(req.path, "/v1/messages");
     assert_eq!(req.header("x-api-key"), Some(KEY));
@@ -131,14 +124,7 @@ async fn stream_is_translated_to_openai_chunks() {
     assert_eq!(got.frames[n - 2]["choices"][0]["finish_reason"], "stop");
     assert_eq!(got.frames[n - 1]["choices"], json!([]));
     assert_eq!(got.frames[n - 1]["usage"]["total_tokens"], 49);
-    assert_eq!(
-        got.usage,
-        vec![Usage {
-            prompt_tokens: 40,
-            completion_tokens: 9,
-            cached_tokens: 0
-        }]
-    );
+    assert_eq!(got.usage, vec![tokens(40, 9, 0)]);
     assert_eq!(server.journal.last().unwrap().json()["stream"], true);
 }
 

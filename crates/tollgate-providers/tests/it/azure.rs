@@ -1,9 +1,8 @@
 //! The Azure OpenAI adapter against the Azure mock.
 
-use crate::support::{assert_cut, collect, expect_err, http, upstream, whole, Fixture, REPLY};
+use crate::support::{assert_cut, collect, expect_err, http, tokens, upstream, whole, Fixture, REPLY};
 use serde_json::json;
 use std::time::Duration;
-use tollgate_core::usage::Usage;
 use tollgate_providers::azure::{Azure, DEFAULT_API_VERSION};
 use tollgate_providers::{Endpoint, ProviderError};
 use tollgate_testkit::azure::{self as mock, AzureMock};
@@ -51,14 +50,7 @@ async fn chat_goes_to_the_deployment_with_api_key_and_version() {
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
     let (answer, usage) = whole(fx.send(&Azure, Endpoint::ChatCompletions, &body, false, false).await);
     assert_eq!(answer["model"], "gpt-4o-mini");
-    assert_eq!(
-        usage,
-        Some(Usage {
-            prompt_tokens: 30,
-            completion_tokens: 10,
-            cached_tokens: 5
-        })
-    );
+    assert_eq!(usage, Some(tokens(30, 10, 5)));
     let req = server.journal.last().unwrap();
     assert_eq!(req.path, "/openai/deployments/dep-mini/chat/completions");
     assert_eq!(

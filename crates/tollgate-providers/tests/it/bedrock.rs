@@ -4,7 +4,7 @@
 //! and broken streams; and a recorded ConverseStream replayed as real
 //! event-stream bytes.
 
-use crate::support::{collect, expect_err, http, upstream, weather_tools, whole, Fixture};
+use crate::support::{assert_usage, collect, expect_err, http, tokens, upstream, weather_tools, whole, Fixture};
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use chrono::Utc;
@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tollgate_core::clock::ManualClock;
 use tollgate_core::secrets::PlainSecrets;
-use tollgate_core::usage::Usage;
 use tollgate_providers::bedrock::Bedrock;
 use tollgate_providers::{Adapter, Endpoint, ProviderError};
 use tollgate_testkit::bedrock::{self as mock, BedrockConfig};
@@ -88,16 +87,7 @@ async fn converse_is_signed_and_translated_both_ways() {
     assert_eq!(out["object"], "chat.completion");
     assert_eq!(out["choices"][0]["message"]["content"], "Hello there.");
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
-    assert_eq!(out["usage"]["prompt_tokens"], 25);
-    assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
-    assert_eq!(
-        usage,
-        Some(Usage {
-            prompt_tokens: 25,
-            completion_tokens: 8,
-            cached_tokens: 5
-        })
-    );
+    assert_usage(&out, usage, tokens(25, 8, 5));
 }
 
 #[tokio::test]
@@ -174,14 +164,7 @@ async fn converse_stream_decodes_binary_frames() {
         .collect();
     assert_eq!(finish, ["stop"]);
     assert_eq!(got.frames.last().unwrap()["usage"]["completion_tokens"], 6);
-    assert_eq!(
-        got.usage,
-        [Usage {
-            prompt_tokens: 14,
-            completion_tokens: 6,
-            cached_tokens: 0
-        }]
-    );
+    assert_eq!(got.usage, [tokens(14, 6, 0)]);
 }
 
 #[tokio::test]
@@ -553,13 +536,6 @@ async fn recorded_converse_stream_replays_through_the_decoder() {
             "{\"city\": \"Seattle\"}"
         );
         assert_eq!(got.frames.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
-        assert_eq!(
-            got.usage,
-            [Usage {
-                prompt_tokens: 391,
-                completion_tokens: 57,
-                cached_tokens: 0
-            }]
-        );
+        assert_eq!(got.usage, [tokens(391, 57, 0)]);
     }
 }

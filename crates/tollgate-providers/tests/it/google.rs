@@ -1,10 +1,9 @@
 //! The Gemini API adapter against the Gemini mock, and the recorded Gemini
 //! SSE transcript replayed through the parser.
 
-use crate::support::{assert_cut, collect, expect_err, upstream, weather_tools, whole, Fixture};
+use crate::support::{assert_cut, assert_usage, collect, expect_err, tokens, upstream, weather_tools, whole, Fixture};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tollgate_core::usage::Usage;
 use tollgate_providers::google::Gemini;
 use tollgate_providers::{Endpoint, ProviderError};
 use tollgate_testkit::control::Control;
@@ -72,18 +71,8 @@ async fn chat_is_translated_both_ways_with_the_key_in_a_header() {
         json!({"role": "assistant", "content": "Bonjour!"})
     );
     assert_eq!(out["choices"][0]["finish_reason"], "stop");
-    assert_eq!(out["usage"]["prompt_tokens"], 20);
-    assert_eq!(out["usage"]["completion_tokens"], 9);
     assert_eq!(out["usage"]["total_tokens"], 29);
-    assert_eq!(out["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
-    assert_eq!(
-        usage,
-        Some(Usage {
-            prompt_tokens: 20,
-            completion_tokens: 9,
-            cached_tokens: 4
-        })
-    );
+    assert_usage(&out, usage, tokens(20, 9, 4));
 }
 
 #[tokio::test]
@@ -112,14 +101,7 @@ async fn stream_is_translated_to_openai_chunks_with_usage() {
     let last = got.frames.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["total_tokens"], 16);
-    assert_eq!(
-        got.usage,
-        [Usage {
-            prompt_tokens: 11,
-            completion_tokens: 5,
-            cached_tokens: 0
-        }]
-    );
+    assert_eq!(got.usage, [tokens(11, 5, 0)]);
 
     // Without include_usage the usage still reaches accounting, not the client.
     let got = collect(fx.send(&Gemini, Endpoint::ChatCompletions, &body, true, false).await).await;
@@ -340,13 +322,6 @@ async fn recorded_gemini_stream_replays_through_the_parser() {
             got.text("/choices/0/delta/content"),
             "Once upon a time, a curious girl named Lily found a backpack that hummed with magic."
         );
-        assert_eq!(
-            got.usage,
-            [Usage {
-                prompt_tokens: 8,
-                completion_tokens: 19,
-                cached_tokens: 2
-            }]
-        );
+        assert_eq!(got.usage, [tokens(8, 19, 2)]);
     }
 }

@@ -1,10 +1,11 @@
 //! The OpenAI-compatible adapter against the OpenAI mock.
 
-use crate::support::{assert_cut, collect, dead_url, expect_err, http, upstream, weather_tools, whole, Fixture, REPLY};
+use crate::support::{
+    assert_cut, collect, dead_url, expect_err, http, tokens, upstream, weather_tools, whole, Fixture, REPLY,
+};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tollgate_core::usage::Usage;
 use tollgate_providers::openai::OpenAi;
 use tollgate_providers::{Endpoint, ProviderError, StreamItem, UpstreamResponse};
 use tollgate_testkit::control::Control;
@@ -43,14 +44,7 @@ async fn whole_chat_is_relayed_with_headers_and_usage() {
     let (answer, usage) = whole(r);
     assert_eq!(answer["object"], "chat.completion");
     assert_eq!(answer["choices"][0]["message"]["content"], REPLY);
-    assert_eq!(
-        usage,
-        Some(Usage {
-            prompt_tokens: 123,
-            completion_tokens: 45,
-            cached_tokens: 7
-        })
-    );
+    assert_eq!(usage, Some(tokens(123, 45, 7)));
     let req = server.journal.last().unwrap();
     assert_eq!(req.method, "POST");
     assert_eq!(req.path, "/v1/chat/completions");
@@ -128,14 +122,7 @@ async fn stream_relays_frames_and_usage_chunk_when_asked() {
     let last = got.frames.last().unwrap();
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["prompt_tokens"], 11);
-    assert_eq!(
-        got.usage,
-        vec![Usage {
-            prompt_tokens: 11,
-            completion_tokens: 6,
-            cached_tokens: 2
-        }]
-    );
+    assert_eq!(got.usage, vec![tokens(11, 6, 2)]);
     let sent = server.journal.last().unwrap().json();
     assert_eq!(sent["stream"], true);
     assert_eq!(sent["stream_options"], json!({"include_usage": true}));
@@ -219,14 +206,7 @@ async fn completions_and_embeddings() {
     let body = json!({"model": "text-embedding-3-small", "input": ["a", "b"]});
     let (answer, usage) = whole(fx.send(&OpenAi, Endpoint::Embeddings, &body, false, false).await);
     assert_eq!(answer["data"].as_array().unwrap().len(), 2);
-    assert_eq!(
-        usage,
-        Some(Usage {
-            prompt_tokens: 8,
-            completion_tokens: 0,
-            cached_tokens: 0
-        })
-    );
+    assert_eq!(usage, Some(tokens(8, 0, 0)));
     assert_eq!(server.journal.last().unwrap().path, "/v1/embeddings");
 }
 

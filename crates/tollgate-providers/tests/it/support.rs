@@ -168,3 +168,24 @@ pub fn assert_cut(got: &Collected) {
         got.error
     );
 }
+
+/// Usage with these prompt, completion and cached token counts.
+pub fn tokens(prompt_tokens: u64, completion_tokens: u64, cached_tokens: u64) -> Usage {
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        cached_tokens,
+    }
+}
+
+/// Asserts that a whole answer reports `want` both in its OpenAI `usage`
+/// object and to the gateway's accounting.
+pub fn assert_usage(answer: &Value, reported: Option<Usage>, want: Usage) {
+    assert_eq!(answer["usage"]["prompt_tokens"], want.prompt_tokens);
+    assert_eq!(answer["usage"]["completion_tokens"], want.completion_tokens);
+    assert_eq!(
+        answer["usage"]["prompt_tokens_details"]["cached_tokens"],
+        want.cached_tokens
+    );
+    assert_eq!(reported, Some(want));
+}

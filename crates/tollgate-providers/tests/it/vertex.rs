@@ -3,13 +3,12 @@
 //! not; a new one once the clock passes the refresh point), URLs and bearer
 //! header, Gemini-format translation, `:predict` embeddings and errors.
 
-use crate::support::{collect, expect_err, http, upstream, whole, Fixture};
+use crate::support::{collect, expect_err, http, tokens, upstream, whole, Fixture};
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tollgate_core::clock::ManualClock;
 use tollgate_core::secrets::PlainSecrets;
-use tollgate_core::usage::Usage;
 use tollgate_providers::vertex::Vertex;
 use tollgate_providers::{Adapter, Endpoint, ProviderError};
 use tollgate_testkit::control::Control;
@@ -81,14 +80,7 @@ async fn chat_exchanges_a_jwt_for_a_token_and_sends_it_as_bearer() {
         json!({"parts": [{"text": "terse"}]})
     );
     assert_eq!(out["choices"][0]["message"]["content"], "Hello.");
-    assert_eq!(
-        usage,
-        Some(Usage {
-            prompt_tokens: 30,
-            completion_tokens: 10,
-            cached_tokens: 0
-        })
-    );
+    assert_eq!(usage, Some(tokens(30, 10, 0)));
     assert_eq!(control.auth_calls(), 1);
 }
 
