@@ -302,20 +302,21 @@ fn map_finish(reason: &str, has_calls: bool) -> &'static str {
     }
 }
 
-/// The text and function calls of one candidate (thought summaries are left
-/// out: they are not part of the answer).
-fn candidate_parts(c: &Value) -> (String, Vec<ToolCall>) {
-    let mut text = String::new();
-    let mut calls = Vec::new();
-    for part in c
-        .pointer("/content/parts")
+/// The parts of one candidate that belong to the answer: thought summaries
+/// are left out.
+fn answer_parts(c: &Value) -> impl Iterator<Item = &Value> {
+    c.pointer("/content/parts")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-    {
-        if part.get("thought").and_then(Value::as_bool) == Some(true) {
-            continue;
-        }
+        .filter(|part| part.get("thought").and_then(Value::as_bool) != Some(true))
+}
+
+/// The text and function calls of one candidate.
+fn candidate_parts(c: &Value) -> (String, Vec<ToolCall>) {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for part in answer_parts(c) {
         if let Some(t) = part.get("text").and_then(Value::as_str) {
             text.push_str(t);
         }
@@ -462,15 +463,7 @@ impl Translate for StreamTranslator {
         for (pos, c) in candidates.iter().enumerate() {
             let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
             self.open(index, out);
-            for part in c
-                .pointer("/content/parts")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if part.get("thought").and_then(Value::as_bool) == Some(true) {
-                    continue;
-                }
+            for part in answer_parts(c) {
                 if let Some(t) = part.get("text").and_then(Value::as_str).filter(|t| !t.is_empty()) {
                     out.push(Ok(self.w.text(index, t)));
                 }

@@ -146,11 +146,7 @@ async fn streamed_tool_use_becomes_tool_call_chunks() {
     let body = json!({"tools": weather_tools(), "messages": [{"role": "user", "content": "Weather?"}], "stream": true});
     let got = collect(fx.send(&Anthropic, Endpoint::ChatCompletions, &body, true, false).await).await;
     assert!(got.error.is_none(), "{:?}", got.error);
-    let first = got
-        .frames
-        .iter()
-        .find_map(|f| f.pointer("/choices/0/delta/tool_calls/0"))
-        .unwrap();
+    let first = got.first("/choices/0/delta/tool_calls/0");
     assert_eq!(first["index"], 0);
     assert_eq!(first["function"]["name"], "get_weather");
     assert!(first["id"].as_str().unwrap().starts_with("toolu_"));

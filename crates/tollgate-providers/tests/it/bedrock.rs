@@ -157,11 +157,7 @@ async fn converse_stream_decodes_binary_frames() {
     assert!(got.error.is_none(), "{:?}", got.error);
     assert_eq!(got.frames[0]["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(got.text("/choices/0/delta/content"), "streaming from bedrock now");
-    let finish: Vec<_> = got
-        .frames
-        .iter()
-        .filter_map(|f| f.pointer("/choices/0/finish_reason").and_then(Value::as_str))
-        .collect();
+    let finish = got.strs("/choices/0/finish_reason");
     assert_eq!(finish, ["stop"]);
     assert_eq!(got.frames.last().unwrap()["usage"]["completion_tokens"], 6);
     assert_eq!(got.usage, [tokens(14, 6, 0)]);
@@ -218,11 +214,7 @@ async fn tool_use_goes_both_ways_whole_and_streamed() {
     )
     .await;
     assert!(got.error.is_none(), "{:?}", got.error);
-    let first = got
-        .frames
-        .iter()
-        .find_map(|f| f.pointer("/choices/0/delta/tool_calls/0"))
-        .unwrap();
+    let first = got.first("/choices/0/delta/tool_calls/0");
     assert_eq!(first["id"], "tooluse_mock_1");
     assert_eq!(first["function"]["name"], "get_weather");
     let args = got.text("/choices/0/delta/tool_calls/0/function/arguments");
@@ -525,11 +517,7 @@ async fn recorded_converse_stream_replays_through_the_decoder() {
         .await;
         assert!(got.error.is_none(), "{:?}", got.error);
         assert_eq!(got.text("/choices/0/delta/content"), "Let me check the weather.");
-        let call = got
-            .frames
-            .iter()
-            .find_map(|f| f.pointer("/choices/0/delta/tool_calls/0/id"))
-            .unwrap();
+        let call = got.first("/choices/0/delta/tool_calls/0/id");
         assert_eq!(call, "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q");
         assert_eq!(
             got.text("/choices/0/delta/tool_calls/0/function/arguments"),

@@ -92,11 +92,7 @@ async fn stream_is_translated_to_openai_chunks_with_usage() {
     assert!(got.frames.iter().all(|f| f["object"] == "chat.completion.chunk"));
     let ids: std::collections::HashSet<_> = got.frames.iter().map(|f| f["id"].clone()).collect();
     assert_eq!(ids.len(), 1, "one id for the whole stream");
-    let finish: Vec<_> = got
-        .frames
-        .iter()
-        .filter_map(|f| f.pointer("/choices/0/finish_reason").and_then(Value::as_str))
-        .collect();
+    let finish = got.strs("/choices/0/finish_reason");
     assert_eq!(finish, ["stop"]);
     let last = got.frames.last().unwrap();
     assert_eq!(last["choices"], json!([]));
@@ -161,11 +157,7 @@ async fn tool_calls_go_both_ways() {
 
     // Streamed, the call arrives as one tool_calls delta.
     let got = collect(fx.send(&Gemini, Endpoint::ChatCompletions, &ask, true, false).await).await;
-    let call = got
-        .frames
-        .iter()
-        .find_map(|f| f.pointer("/choices/0/delta/tool_calls/0"))
-        .unwrap();
+    let call = got.first("/choices/0/delta/tool_calls/0");
     assert_eq!(call["index"], 0);
     assert_eq!(call["function"]["name"], "get_weather");
     assert!(call["id"].as_str().unwrap().starts_with("call_"));

@@ -91,12 +91,25 @@ pub struct Collected {
 }
 
 impl Collected {
-    pub fn text(&self, pointer: &str) -> String {
+    /// The first value at `pointer` in any frame.
+    pub fn first(&self, pointer: &str) -> &Value {
         self.frames
             .iter()
-            .filter_map(|f| f.pointer(pointer))
-            .filter_map(Value::as_str)
+            .find_map(|f| f.pointer(pointer))
+            .unwrap_or_else(|| panic!("no frame has {pointer}"))
+    }
+
+    /// Every string at `pointer`, frame by frame.
+    pub fn strs(&self, pointer: &str) -> Vec<&str> {
+        self.frames
+            .iter()
+            .filter_map(|f| f.pointer(pointer).and_then(Value::as_str))
             .collect()
+    }
+
+    /// The strings at `pointer` joined: a stream's text.
+    pub fn text(&self, pointer: &str) -> String {
+        self.strs(pointer).concat()
     }
 }
 
