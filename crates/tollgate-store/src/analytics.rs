@@ -64,12 +64,13 @@ fn bucket_value(b: u16) -> u64 {
     }
 }
 
-/// A distribution of microsecond values: a sparse histogram always, and the
+/// A distribution of microsecond values: a histogram always, and the
 /// values themselves while they all came from raw rows (so percentiles over
 /// raw rows are exact).
 #[derive(Debug, Clone)]
 pub struct Dist {
-    hist: BTreeMap<u16, u64>,
+    /// Count per bucket, dense (at most ~1000 buckets), grown as needed.
+    hist: Vec<u64>,
     n: u64,
     exact: Option<Vec<u64>>,
 }
@@ -77,7 +78,7 @@ pub struct Dist {
 impl Default for Dist {
     fn default() -> Self {
         Dist {
-            hist: BTreeMap::new(),
+            hist: Vec::new(),
             n: 0,
             exact: Some(Vec::new()),
         }
@@ -89,8 +90,16 @@ impl Dist {
         self.n
     }
 
+    fn bump(&mut self, b: u16, c: u64) {
+        let i = usize::from(b);
+        if self.hist.len() <= i {
+            self.hist.resize(i + 1, 0);
+        }
+        self.hist[i] += c;
+    }
+
     pub fn add(&mut self, v: u64) {
-        *self.hist.entry(bucket_of(v)).or_default() += 1;
+        self.bump(bucket_of(v), 1);
         self.n += 1;
         if let Some(e) = &mut self.exact {
             if e.len() < EXACT_MAX {
@@ -106,8 +115,11 @@ impl Dist {
         if o.n == 0 {
             return;
         }
-        for (b, c) in &o.hist {
-            *self.hist.entry(*b).or_default() += c;
+        if self.hist.len() < o.hist.len() {
+            self.hist.resize(o.hist.len(), 0);
+        }
+        for (a, b) in self.hist.iter_mut().zip(&o.hist) {
+            *a += b;
         }
         self.n += o.n;
         self.exact = match (self.exact.take(), &o.exact) {
@@ -133,44 +145,47 @@ impl Dist {
             return Some(*x);
         }
         let mut seen = 0;
-        for (b, c) in &self.hist {
+        for (b, c) in self.hist.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                return Some(bucket_value(*b));
+                return Some(bucket_value(b as u16));
             }
         }
-        self.hist.keys().next_back().map(|b| bucket_value(*b))
+        self.hist.iter().rposition(|c| *c > 0).map(|b| bucket_value(b as u16))
     }
 
     /// Sparse little-endian (bucket u16, count u64) pairs.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.hist.len() * 10);
-        for (b, c) in &self.hist {
-            out.extend_from_slice(&b.to_le_bytes());
+        let mut out = Vec::new();
+        for (b, c) in self.hist.iter().enumerate().filter(|(_, c)| **c > 0) {
+            out.extend_from_slice(&(b as u16).to_le_bytes());
             out.extend_from_slice(&c.to_le_bytes());
         }
         out
     }
 
-    /// The histogram of a roll-up row; its values are not known, so the
-    /// result answers percentiles from buckets.
-    pub fn decode(bytes: &[u8]) -> Dist {
-        let mut d = Dist {
-            hist: BTreeMap::new(),
-            n: 0,
-            exact: None,
-        };
+    /// Adds a roll-up row's encoded histogram; its values are not known, so
+    /// from then on percentiles come from buckets.
+    pub fn merge_encoded(&mut self, bytes: &[u8]) {
+        let mut added = 0;
         for chunk in bytes.chunks_exact(10) {
             let b = u16::from_le_bytes([chunk[0], chunk[1]]);
             let mut c = [0u8; 8];
             c.copy_from_slice(&chunk[2..10]);
             let c = u64::from_le_bytes(c);
-            *d.hist.entry(b).or_default() += c;
-            d.n += c;
+            self.bump(b, c);
+            added += c;
         }
-        if d.n == 0 {
-            d.exact = Some(Vec::new());
+        if added > 0 {
+            self.n += added;
+            self.exact = None;
         }
+    }
+
+    /// The histogram of a roll-up row.
+    pub fn decode(bytes: &[u8]) -> Dist {
+        let mut d = Dist::default();
+        d.merge_encoded(bytes);
         d
     }
 }
@@ -400,6 +415,14 @@ impl Agg {
     }
 
     fn merge_counts(&mut self, o: &Agg) {
+        self.add_counters(o);
+        self.latency.merge(&o.latency);
+        self.ttft.merge(&o.ttft);
+        self.overhead.merge(&o.overhead);
+    }
+
+    /// Adds another aggregate's counters, leaving distributions alone.
+    fn add_counters(&mut self, o: &Agg) {
         let mut c = self.counters();
         let oc = o.counters();
         for (i, v) in c.iter_mut().enumerate() {
@@ -410,9 +433,6 @@ impl Agg {
             }
         }
         self.set_counters(&c);
-        self.latency.merge(&o.latency);
-        self.ttft.merge(&o.ttft);
-        self.overhead.merge(&o.overhead);
     }
 
     fn counters(&self) -> [i128; 24] {
@@ -795,42 +815,43 @@ async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells
     }
     let rows = qb.build().fetch_all(pool).await?;
     for r in rows {
-        let s = |c: &str| -> Result<String, sqlx::Error> { Ok(r.try_get::<Option<String>, _>(c)?.unwrap_or_default()) };
-        let u = |c: &str| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
-        let ou = |c: &str| -> Result<Option<u64>, sqlx::Error> {
+        let s =
+            |c: usize| -> Result<String, sqlx::Error> { Ok(r.try_get::<Option<String>, _>(c)?.unwrap_or_default()) };
+        let u = |c: usize| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+        let ou = |c: usize| -> Result<Option<u64>, sqlx::Error> {
             Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64))
         };
         let metadata_value = if meta_key.is_some() {
             // json_extract gives text for strings and numbers for numbers.
-            match r.try_get::<Option<String>, _>("metadata_value") {
+            match r.try_get::<Option<String>, _>(19) {
                 Ok(v) => v,
-                Err(_) => r.try_get::<Option<i64>, _>("metadata_value")?.map(|n| n.to_string()),
+                Err(_) => r.try_get::<Option<i64>, _>(19)?.map(|n| n.to_string()),
             }
         } else {
             None
         };
         let f = Fact {
-            created_at_ms: r.try_get("created_at_ms")?,
+            created_at_ms: r.try_get(0)?,
             dims: Dims {
-                workspace_id: s("workspace_id")?,
-                api_key_id: s("api_key_id")?,
-                provider_slug: s("provider_slug")?,
-                ai_provider_id: s("ai_provider_id")?,
-                model: s("model")?,
-                status_code: u("status_code")? as u16,
+                workspace_id: s(1)?,
+                api_key_id: s(2)?,
+                provider_slug: s(3)?,
+                ai_provider_id: s(4)?,
+                model: s(5)?,
+                status_code: u(6)? as u16,
             },
-            error_type: r.try_get("error_type")?,
-            refusal: r.try_get("refusal")?,
-            streamed: r.try_get("streamed")?,
-            cancelled: r.try_get("cancelled")?,
-            prompt_tokens: u("prompt_tokens")?,
-            completion_tokens: u("completion_tokens")?,
-            cached_tokens: u("cached_tokens")?,
-            total_tokens: u("total_tokens")?,
-            cost_picos: r.try_get("cost_picos")?,
-            latency_us: u("latency_us")?,
-            ttft_us: ou("ttft_us")?,
-            upstream_latency_us: ou("upstream_latency_us")?,
+            error_type: r.try_get(7)?,
+            refusal: r.try_get(8)?,
+            streamed: r.try_get(9)?,
+            cancelled: r.try_get(10)?,
+            prompt_tokens: u(11)?,
+            completion_tokens: u(12)?,
+            cached_tokens: u(13)?,
+            total_tokens: u(14)?,
+            cost_picos: r.try_get(15)?,
+            latency_us: u(16)?,
+            ttft_us: ou(17)?,
+            upstream_latency_us: ou(18)?,
             metadata_value,
         };
         cells.entry(cell_key(q, f.created_at_ms, &f)).or_default().add(&f);
@@ -839,51 +860,80 @@ async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells
 }
 
 async fn rollups(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells) -> Result<(), sqlx::Error> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-        "SELECT day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, {}, \
-         latency_hist, ttft_hist, overhead_hist FROM usage_daily WHERE day_ms >= ",
-        COUNTER_COLS.join(", ")
-    ));
+    let mut qb: QueryBuilder<Sqlite> =
+        QueryBuilder::new(format!("SELECT {ROLLUP_COLS} FROM usage_daily WHERE day_ms >= "));
     qb.push_bind(from).push(" AND day_ms < ").push_bind(to);
     q.filter.push_dims(&mut qb);
     let rows = qb.build().fetch_all(pool).await?;
+    let mut counters = Agg::default();
     for r in rows {
-        let (day, agg, dims) = decode_rollup(&r)?;
+        let (day, dims) = decode_dims(&r)?;
         let f = Fact {
             dims,
             ..Default::default()
         };
         let cell = cells.entry(cell_key(q, day, &f)).or_default();
         cell.note_dims(&f.dims);
-        cell.merge_counts(&agg);
+        // Counters through a scratch aggregate, histograms straight from
+        // their bytes: nothing allocated per row beyond its key.
+        counters.set_counters(&decode_counters(&r)?);
+        cell.add_counters(&counters);
+        for (i, d) in [&mut cell.latency, &mut cell.ttft, &mut cell.overhead]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(b) = r.try_get::<Option<&[u8]>, _>(FIRST_HIST + i)? {
+                d.merge_encoded(b);
+            }
+        }
     }
     Ok(())
 }
 
-fn decode_rollup(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Agg, Dims), sqlx::Error> {
-    let dims = Dims {
-        workspace_id: r.try_get("workspace_id")?,
-        api_key_id: r.try_get("api_key_id")?,
-        provider_slug: r.try_get("provider_slug")?,
-        ai_provider_id: r.try_get("ai_provider_id")?,
-        model: r.try_get("model")?,
-        status_code: r.try_get::<i64, _>("status_code")?.clamp(0, 999) as u16,
-    };
+/// The columns of a roll-up row, in the order the decoders read them.
+const ROLLUP_COLS: &str = "day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, \
+     requests, successful, status_4xx, status_5xx, upstream_errors, timeouts, refused_rate_limit, refused_budget, \
+     refused_policy, refused_auth, refused_permission, cancelled, streamed, prompt_tokens, completion_tokens, \
+     cached_tokens, total_tokens, cost_picos, priced_requests, priced_tokens, latency_sum_us, latency_max_us, \
+     gen_tokens, gen_us, latency_hist, ttft_hist, overhead_hist";
+const FIRST_COUNTER: usize = 7;
+const FIRST_HIST: usize = FIRST_COUNTER + COUNTER_COLS.len();
+
+fn decode_dims(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Dims), sqlx::Error> {
+    Ok((
+        r.try_get(0)?,
+        Dims {
+            workspace_id: r.try_get(1)?,
+            api_key_id: r.try_get(2)?,
+            provider_slug: r.try_get(3)?,
+            ai_provider_id: r.try_get(4)?,
+            model: r.try_get(5)?,
+            status_code: r.try_get::<i64, _>(6)?.clamp(0, 999) as u16,
+        },
+    ))
+}
+
+fn decode_counters(r: &sqlx::sqlite::SqliteRow) -> Result<[i128; 24], sqlx::Error> {
     let mut c = [0i128; 24];
-    for (i, col) in COUNTER_COLS.iter().enumerate() {
-        c[i] = i128::from(r.try_get::<i64, _>(*col)?);
+    for (i, v) in c.iter_mut().enumerate() {
+        *v = i128::from(r.try_get::<i64, _>(FIRST_COUNTER + i)?);
     }
+    Ok(c)
+}
+
+fn decode_rollup(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Agg, Dims), sqlx::Error> {
+    let (day, dims) = decode_dims(r)?;
     let mut agg = Agg::default();
-    agg.set_counters(&c);
-    let blob = |col: &str| -> Result<Dist, sqlx::Error> {
-        Ok(r.try_get::<Option<Vec<u8>>, _>(col)?
-            .map(|b| Dist::decode(&b))
+    agg.set_counters(&decode_counters(r)?);
+    let blob = |i: usize| -> Result<Dist, sqlx::Error> {
+        Ok(r.try_get::<Option<&[u8]>, _>(FIRST_HIST + i)?
+            .map(Dist::decode)
             .unwrap_or_default())
     };
-    agg.latency = blob("latency_hist")?;
-    agg.ttft = blob("ttft_hist")?;
-    agg.overhead = blob("overhead_hist")?;
-    Ok((r.try_get("day_ms")?, agg, dims))
+    agg.latency = blob(0)?;
+    agg.ttft = blob(1)?;
+    agg.overhead = blob(2)?;
+    Ok((day, agg, dims))
 }
 
 /// Roll-up keys per statement: 34 bound values each stays under SQLite's
@@ -907,8 +957,7 @@ pub async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Resul
     let cols = COUNTER_COLS.join(", ");
     for chunk in deltas.chunks(ROLLUP_CHUNK) {
         let mut select: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, {cols}, \
-             latency_hist, ttft_hist, overhead_hist FROM usage_daily \
+            "SELECT {ROLLUP_COLS} FROM usage_daily \
              WHERE (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code) IN (VALUES "
         ));
         let mut sep = select.separated(", ");
