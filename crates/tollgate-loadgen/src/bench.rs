@@ -130,6 +130,10 @@ pub struct StepReport {
     /// Requests sent to Tollgate in that step (warm-up included).
     pub tollgate_requests_total: u64,
     pub tollgate_cpu_ms_per_1000_requests: f64,
+    /// The same CPU split into user and kernel time (the kernel part is
+    /// mostly the two TCP hops per request).
+    pub tollgate_user_cpu_s: f64,
+    pub tollgate_system_cpu_s: f64,
     /// VmHWM after the step: the peak since Tollgate started.
     pub tollgate_peak_rss_mb: f64,
     pub tollgate_rss_mb: f64,
@@ -305,7 +309,8 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
         ],
         &env,
     )?;
-    let ready_within = Duration::from_secs(30);
+    // Generous: under valgrind a start takes tens of seconds.
+    let ready_within = Duration::from_secs(90);
     let mock_port = procs::free_port()?;
     let mut mock = Proc::spawn(
         "mock upstream",
@@ -477,10 +482,12 @@ async fn step(
         Ok(cpu + procfs::cpu_seconds(rig.mock.pid())? + procfs::cpu_seconds(std::process::id())?)
     };
     let busy0 = procfs::machine_busy_seconds()?;
-    let cpu0 = procfs::cpu_seconds(pid)?;
+    let split0 = procfs::cpu_split(pid)?;
+    let cpu0 = split0.0 + split0.1;
     let ours0 = ours(cpu0)?;
     let through = load::run(client, rig.through[mode_index(mode)].clone(), &p).await?;
-    let cpu1 = procfs::cpu_seconds(pid)?;
+    let split1 = procfs::cpu_split(pid)?;
+    let cpu1 = split1.0 + split1.1;
     let ours1 = ours(cpu1)?;
     let busy1 = procfs::machine_busy_seconds()?;
     let mem = procfs::memory(pid)?;
@@ -499,6 +506,8 @@ async fn step(
         tollgate_cpu_s: cpu,
         tollgate_requests_total: through.requests_total,
         tollgate_cpu_ms_per_1000_requests: cpu * 1000.0 * 1000.0 / total as f64,
+        tollgate_user_cpu_s: (split1.0 - split0.0).max(0.0),
+        tollgate_system_cpu_s: (split1.1 - split0.1).max(0.0),
         tollgate_peak_rss_mb: mb(mem.hwm_kib),
         tollgate_rss_mb: mb(mem.rss_kib),
         other_processes_cpu_s: ((busy1 - busy0) - (ours1 - ours0)).max(0.0),

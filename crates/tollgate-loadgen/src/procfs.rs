@@ -36,16 +36,30 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, ProcError> {
         .ok_or(ProcError::Format(path))
 }
 
+/// User and system CPU time of a process so far, in seconds.
+pub fn cpu_split(pid: u32) -> Result<(f64, f64), ProcError> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = read(&path)?;
+    let (u, s) = parse_user_system_ticks(&stat).ok_or(ProcError::Format(path))?;
+    let hz = clock_ticks_per_second() as f64;
+    Ok((u as f64 / hz, s as f64 / hz))
+}
+
 /// utime + stime (fields 14 and 15) from a `/proc/<pid>/stat` line. The
 /// command name (field 2) may hold spaces and parentheses, so fields are
 /// counted from the last `)`.
 pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    parse_user_system_ticks(stat).map(|(u, s)| u + s)
+}
+
+/// (utime, stime) in ticks.
+pub fn parse_user_system_ticks(stat: &str) -> Option<(u64, u64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state): utime is field 14, stime field 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// CPU time the whole machine has been busy (every CPU, everything but idle
@@ -150,6 +164,7 @@ mod tests {
     fn cpu_ticks_survive_odd_command_names() {
         let line = "1234 (tollgate (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 5 0 100 1000 200";
         assert_eq!(parse_cpu_ticks(line), Some(325));
+        assert_eq!(parse_user_system_ticks(line), Some((250, 75)));
         assert_eq!(parse_cpu_ticks("garbage"), None);
         assert_eq!(parse_cpu_ticks("1 (x) S 1 2"), None);
     }

@@ -166,8 +166,9 @@ impl Drop for Proc {
                 libc::kill(pid, libc::SIGTERM);
             }
         }
-        // A graceful stop drains the request log; give it 5 s, then kill.
-        for _ in 0..100 {
+        // A graceful stop drains the request log (and a profiler writes its
+        // output); give it 30 s, then kill.
+        for _ in 0..600 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
