@@ -127,13 +127,16 @@ impl Series {
     }
 }
 
+/// (workspace, provider, model) interned addresses and the status code.
+type SeriesKey = (usize, usize, usize, u16);
+
 struct Registry {
     workspaces: Bounded,
     providers: Bounded,
     models: Bounded,
     /// Keyed by the interned values' addresses (stable: interned values are
     /// never dropped) and the status code.
-    series: RwLock<HashMap<(usize, usize, usize, u16), Arc<Series>>>,
+    series: RwLock<HashMap<SeriesKey, Arc<Series>>>,
 }
 
 fn registry() -> &'static Registry {

@@ -38,7 +38,10 @@ impl Rng {
 
 /// (AI provider id, provider slug, models with their price in picodollars
 /// per prompt and per completion token).
-const PROVIDERS: &[(&str, &str, &[(&str, i64, i64)])] = &[
+/// A model with its prompt and completion price, picodollars per token.
+type Model = (&'static str, i64, i64);
+
+const PROVIDERS: &[(&str, &str, &[Model])] = &[
     (
         "openai",
         "openai-prod",
@@ -84,7 +87,7 @@ pub async fn seed_usage(config: Config, rows: u64, days: u32) -> Result<Seeded, 
     let end = Utc::now();
     let span_ms = i64::from(days.max(1)) * 86_400_000;
     let start = end - Duration::milliseconds(span_ms);
-    let mut rng = Rng(0x5EED_0F_7011_6A7E);
+    let mut rng = Rng(0x005E_ED0F_7011_6A7E);
     let mut written = 0;
     while written < rows {
         let n = CHUNK.min(rows - written);

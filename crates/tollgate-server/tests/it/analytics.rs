@@ -378,7 +378,7 @@ async fn empty_ranges_and_filters_that_match_nothing() {
 async fn each_filter_narrows_as_documented() {
     let d = data().await;
     let cases: Vec<(String, u64)> = vec![
-        (format!("workspace_slug=team-a"), 6),
+        ("workspace_slug=team-a".to_owned(), 6),
         (format!("workspace_slug={}", d.ws_b), 4),
         (format!("api_key_ids={}", d.k_b1), 4),
         (format!("api_key_ids={},{}", d.k_a1, d.k_a2), 6),
