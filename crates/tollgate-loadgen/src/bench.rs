@@ -537,10 +537,16 @@ async fn search(
     let passes = |p99: f64, errors: u64| errors == 0 && p99 < s.p99_bound_ms;
     let mut lo: Option<f64> = None;
     let mut hi: Option<f64> = None;
-    for st in steps.iter().filter(|st| st.mode == Mode::Whole) {
+    let whole: Vec<&StepReport> = steps.iter().filter(|st| st.mode == Mode::Whole).collect();
+    for st in &whole {
         if passes(st.tollgate.latency_ms.p99, st.tollgate.errors) {
             lo = Some(lo.map_or(st.rate, |l: f64| l.max(st.rate)));
-        } else {
+        }
+    }
+    // Only a failure above the highest pass bounds the search; a failure
+    // below it (a disturbed step) does not make the bracket upside down.
+    for st in &whole {
+        if !passes(st.tollgate.latency_ms.p99, st.tollgate.errors) && lo.is_none_or(|l| st.rate > l) {
             hi = Some(hi.map_or(st.rate, |h: f64| h.min(st.rate)));
         }
     }
