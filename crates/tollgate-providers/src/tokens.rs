@@ -61,16 +61,54 @@ pub fn count_text(text: &str, tokenizer: Tokenizer) -> u64 {
     }
 }
 
-/// Estimated prompt tokens of an OpenAI-format request to `endpoint`.
-pub fn estimate_prompt(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -> u64 {
-    match endpoint {
-        Endpoint::ChatCompletions => chat(body, tokenizer),
-        Endpoint::Completions => prompt_like(body.get("prompt"), tokenizer),
-        Endpoint::Embeddings => prompt_like(body.get("input"), tokenizer),
+/// Texts up to this many bytes are bounded by their length in
+/// [`prompt_upper_bound`] instead of being tokenized.
+pub const SHORT_TEXT_BYTES: usize = 64;
+
+/// How texts are counted.
+#[derive(Clone, Copy)]
+struct Counter {
+    tokenizer: Tokenizer,
+    /// Bound short texts by their byte length (every token is at least one
+    /// byte, so this never undercounts) instead of running the tokenizer.
+    bound_short: bool,
+}
+
+impl Counter {
+    fn count(self, text: &str) -> u64 {
+        if self.bound_short && text.len() <= SHORT_TEXT_BYTES {
+            text.len() as u64
+        } else {
+            count_text(text, self.tokenizer)
+        }
     }
 }
 
-fn chat(body: &Value, tok: Tokenizer) -> u64 {
+/// Estimated prompt tokens of an OpenAI-format request to `endpoint`, every
+/// text tokenized: what the request log records when an upstream reports no
+/// usage.
+pub fn estimate_prompt(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -> u64 {
+    prompt(endpoint, body, Counter { tokenizer, bound_short: false })
+}
+
+/// An upper bound of the prompt tokens, for worst-case reservations: as
+/// [`estimate_prompt`], except that short texts (roles, short turns, at most
+/// [`SHORT_TEXT_BYTES`] bytes) count one token per byte, which can only
+/// overcount, by a few dozen tokens at most, and spares the tokenizer on
+/// the hot path for them. Never less than [`estimate_prompt`].
+pub fn prompt_upper_bound(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -> u64 {
+    prompt(endpoint, body, Counter { tokenizer, bound_short: true })
+}
+
+fn prompt(endpoint: Endpoint, body: &Value, tok: Counter) -> u64 {
+    match endpoint {
+        Endpoint::ChatCompletions => chat(body, tok),
+        Endpoint::Completions => prompt_like(body.get("prompt"), tok),
+        Endpoint::Embeddings => prompt_like(body.get("input"), tok),
+    }
+}
+
+fn chat(body: &Value, tok: Counter) -> u64 {
     let mut n = 0;
     if let Some(messages) = body.get("messages").and_then(Value::as_array) {
         for m in messages {
@@ -79,10 +117,10 @@ fn chat(body: &Value, tok: Tokenizer) -> u64 {
             for (key, value) in m {
                 n += match key.as_str() {
                     "content" => content(value, tok),
-                    "name" => TOKENS_PER_NAME + value.as_str().map_or(0, |s| count_text(s, tok)),
+                    "name" => TOKENS_PER_NAME + value.as_str().map_or(0, |s| tok.count(s)),
                     "tool_calls" => tool_calls(value, tok),
                     "function_call" => function(value, tok),
-                    _ => value.as_str().map_or(0, |s| count_text(s, tok)),
+                    _ => value.as_str().map_or(0, |s| tok.count(s)),
                 };
             }
         }
@@ -107,17 +145,17 @@ fn chat(body: &Value, tok: Tokenizer) -> u64 {
     n
 }
 
-fn content(value: &Value, tok: Tokenizer) -> u64 {
+fn content(value: &Value, tok: Counter) -> u64 {
     match value {
-        Value::String(s) => count_text(s, tok),
+        Value::String(s) => tok.count(s),
         Value::Array(parts) => parts.iter().map(|p| part(p, tok)).sum(),
         _ => 0,
     }
 }
 
-fn part(p: &Value, tok: Tokenizer) -> u64 {
+fn part(p: &Value, tok: Counter) -> u64 {
     match p.get("type").and_then(Value::as_str) {
-        Some("text") => p.get("text").and_then(Value::as_str).map_or(0, |s| count_text(s, tok)),
+        Some("text") => p.get("text").and_then(Value::as_str).map_or(0, |s| tok.count(s)),
         Some("image_url") => {
             let detail = p.pointer("/image_url/detail").and_then(Value::as_str);
             if detail == Some("low") {
@@ -129,12 +167,12 @@ fn part(p: &Value, tok: Tokenizer) -> u64 {
         // Refusals, audio transcripts and other textual parts.
         _ => p
             .as_object()
-            .map(|o| o.values().filter_map(Value::as_str).map(|s| count_text(s, tok)).sum())
+            .map(|o| o.values().filter_map(Value::as_str).map(|s| tok.count(s)).sum())
             .unwrap_or(0),
     }
 }
 
-fn tool_calls(value: &Value, tok: Tokenizer) -> u64 {
+fn tool_calls(value: &Value, tok: Counter) -> u64 {
     value
         .as_array()
         .map(|calls| {
@@ -146,26 +184,26 @@ fn tool_calls(value: &Value, tok: Tokenizer) -> u64 {
         .unwrap_or(0)
 }
 
-fn function(f: &Value, tok: Tokenizer) -> u64 {
-    let text = |k: &str| f.get(k).and_then(Value::as_str).map_or(0, |s| count_text(s, tok));
+fn function(f: &Value, tok: Counter) -> u64 {
+    let text = |k: &str| f.get(k).and_then(Value::as_str).map_or(0, |s| tok.count(s));
     text("name") + text("arguments")
 }
 
-fn tool_definition(f: &Value, tok: Tokenizer) -> u64 {
-    let text = |k: &str| f.get(k).and_then(Value::as_str).map_or(0, |s| count_text(s, tok));
-    let params = f.get("parameters").map_or(0, |p| count_text(&p.to_string(), tok));
+fn tool_definition(f: &Value, tok: Counter) -> u64 {
+    let text = |k: &str| f.get(k).and_then(Value::as_str).map_or(0, |s| tok.count(s));
+    let params = f.get("parameters").map_or(0, |p| tok.count(&p.to_string()));
     text("name") + text("description") + params
 }
 
 /// A completions `prompt` or embeddings `input`: a string, an array of
 /// strings, an array of token ids, or an array of token-id arrays.
-fn prompt_like(value: Option<&Value>, tok: Tokenizer) -> u64 {
+fn prompt_like(value: Option<&Value>, tok: Counter) -> u64 {
     match value {
-        Some(Value::String(s)) => count_text(s, tok),
+        Some(Value::String(s)) => tok.count(s),
         Some(Value::Array(items)) => items
             .iter()
             .map(|i| match i {
-                Value::String(s) => count_text(s, tok),
+                Value::String(s) => tok.count(s),
                 Value::Number(_) => 1,
                 Value::Array(ids) => ids.len() as u64,
                 _ => 0,
@@ -179,6 +217,30 @@ fn prompt_like(value: Option<&Value>, tok: Tokenizer) -> u64 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_upper_bound_never_undercounts_and_tokenizes_long_texts() {
+        let long = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+        for body in [
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            json!({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": long}]}),
+            json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "日本語のテキスト"}]}]}),
+        ] {
+            for t in [Tokenizer::Cl100kBase, Tokenizer::O200kBase] {
+                let exact = estimate_prompt(Endpoint::ChatCompletions, &body, t);
+                let bound = prompt_upper_bound(Endpoint::ChatCompletions, &body, t);
+                assert!(bound >= exact, "{bound} < {exact} for {body}");
+            }
+        }
+        // A long text is tokenized, not bounded by its length.
+        let body = json!({"messages": [{"role": "user", "content": long}]});
+        let bound = prompt_upper_bound(Endpoint::ChatCompletions, &body, Tokenizer::O200kBase);
+        assert!(bound < long.len() as u64 / 2, "{bound}");
+        // A short one is bounded by its bytes.
+        let short = json!({"input": "abc"});
+        assert_eq!(prompt_upper_bound(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 3);
+        assert_eq!(estimate_prompt(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 1);
+    }
 
     #[test]
     fn counts_known_strings() {

@@ -1,6 +1,7 @@
 //! The `tollgate` command line: `serve`, `admin-key create`,
 //! `rotate-master-key`, `prices import` and `mock-upstream`.
 
+use axum::serve::ListenerExt;
 use crate::config::{Config, ConfigError, FileConfig};
 use crate::server::{self, StartError};
 use crate::state::{control_version, meta};
@@ -351,7 +352,7 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
         }
     };
     eprintln!("{line}");
-    axum::serve(listener, router)
+    axum::serve(listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), router)
         .await
         .map_err(|e| CliError::Other(format!("mock upstream: {e}")))
 }

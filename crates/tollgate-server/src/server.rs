@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{AdminError, GatewayError};
 use crate::state::{meta, AppState, Parts, SharedState};
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -188,7 +189,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let shutdown = CancellationToken::new();
     let dispatcher = Dispatcher::new(outbox, &alert_config, clock.clone())?;
     let (alerts, dispatcher_task) = dispatcher.spawn(shutdown.clone());
-    tollgate_providers::tokens::warm_up();
+
     let parts = Parts {
         config: config.clone(),
         store,
@@ -207,7 +208,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let app = router(state.clone());
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service()).with_graceful_shutdown(async move { token.cancelled().await }).await
+        axum::serve(listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), app.into_make_service()).with_graceful_shutdown(async move { token.cancelled().await }).await
     });
     Ok(Running {
         addr,

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 
 /// Most rows written in one transaction.
 const BATCH: usize = 512;
+/// How long the writer waits for more rows before writing a partial batch.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// One request as logged.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -100,6 +102,17 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
     loop {
         if rx.recv_many(&mut msgs, BATCH).await == 0 {
             return;
+        }
+        // Linger briefly so that a busy gateway writes a few large
+        // transactions (with their roll-ups folded once) rather than one per
+        // request; a flush skips the wait.
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while msgs.len() < BATCH && !msgs.iter().any(|m| matches!(m, Msg::Flush(_))) {
+            let room = BATCH - msgs.len();
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
         }
         let mut waiters = Vec::new();
         for m in msgs.drain(..) {

@@ -17,6 +17,7 @@ pub mod openai;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
+use axum::serve::ListenerExt;
 use axum::Router;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
@@ -120,7 +121,7 @@ impl MockServer {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), router).await;
         });
         Ok(MockServer { addr, journal, task })
     }

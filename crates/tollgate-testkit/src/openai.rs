@@ -12,6 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,7 +68,7 @@ pub fn router(config: OpenAiMock, journal: Option<Journal>) -> Router {
 /// journal and without a key check (`tollgate mock-upstream`).
 pub async fn serve_forever(port: u16) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    axum::serve(listener, router(OpenAiMock::default(), None)).await
+    axum::serve(listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), router(OpenAiMock::default(), None)).await
 }
 
 /// Reads a request, recording it when a journal is kept.

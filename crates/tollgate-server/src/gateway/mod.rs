@@ -26,7 +26,8 @@ use axum::Router;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tollgate_core::admission::{Demand, LimitCheck, RateHeaders};
+use tollgate_core::admission::{Demand, LimitCheck, RateHeaders, Rule};
+use tollgate_core::limits::RateKind;
 use tollgate_core::catalogue::{Protocol, Tokenizer};
 use tollgate_core::money::Money;
 use tollgate_core::records::KeyType;
@@ -78,10 +79,12 @@ pub struct Prepared {
     pub model: String,
     pub stream: bool,
     pub client_wants_usage: bool,
+    pub endpoint: Endpoint,
     pub price: Option<ModelPrice>,
     pub tokenizer: Tokenizer,
-    pub prompt_tokens: u64,
-    pub demand: Demand,
+    /// The most output the request can produce (its `max_tokens`, else the
+    /// model's maximum from the catalogue, else a default).
+    pub max_output: u64,
     /// `custom_host` of the model, else of the integration, else the catalogue's.
     pub base_url: Option<String>,
     pub headers: Vec<(String, String)>,
@@ -121,7 +124,8 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
         rec.request_body = Some(String::from_utf8_lossy(&body).into_owned());
     }
     let checks = applicable_checks(&state, &prep);
-    let reservation = match crate::limits::admit(&state, &checks, prep.demand).await {
+    let demand = worst_case(&prep, &checks);
+    let reservation = match crate::limits::admit(&state, &checks, demand).await {
         Ok(r) => r,
         Err(e) => return relay::fail(&state, rec, started, e, RateHeaders::default()),
     };
@@ -151,7 +155,7 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
             relay::whole(&state, rec, &prep, reservation, started, upstream_started, status, body, usage).await
         }
         Ok(UpstreamResponse::Stream(stream)) => {
-            relay::stream(state.clone(), rec, &prep, reservation, started, upstream_started, stream)
+            relay::stream(state.clone(), rec, prep, reservation, started, upstream_started, stream)
         }
     }
 }
@@ -167,6 +171,27 @@ fn applicable_checks(state: &SharedState, prep: &Prepared) -> Vec<LimitCheck> {
     checks.extend_from_slice(&prep.key.checks);
     checks.extend_from_slice(ws_checks);
     checks
+}
+
+/// The request's worst case against the limits that apply: prompt tokens
+/// (an upper bound) plus the most output it can produce, and their cost.
+/// Only token and cost limits need it; with none, the tokenizer is not run.
+fn worst_case(prep: &Prepared, checks: &[LimitCheck]) -> Demand {
+    let needs_tokens = checks.iter().any(|c| match c.rule {
+        Rule::Budget { .. } => true,
+        Rule::Rate(r) => r.kind == RateKind::Tokens,
+    });
+    if !needs_tokens {
+        return Demand::default();
+    }
+    let prompt = tokens::prompt_upper_bound(prep.endpoint, &prep.body, prep.tokenizer);
+    Demand {
+        tokens: prompt + prep.max_output,
+        cost: prep
+            .price
+            .map(|p| p.input.cost(prompt).saturating_add(p.output.cost(prep.max_output)))
+            .unwrap_or(Money::ZERO),
+    }
 }
 
 /// Maps an adapter failure to the gateway error API.md prescribes.
@@ -311,13 +336,6 @@ fn prepare(
         Endpoint::Embeddings => 0,
         _ => max_tokens.or_else(|| info.and_then(|i| i.max_output_tokens)).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
     };
-    let prompt_tokens = tokens::estimate_prompt(endpoint, &body, tokenizer);
-    let demand = Demand {
-        tokens: prompt_tokens + max_output,
-        cost: price
-            .map(|p| p.input.cost(prompt_tokens).saturating_add(p.output.cost(max_output)))
-            .unwrap_or(Money::ZERO),
-    };
     let base_url = entry
         .and_then(|e| e.custom_host.clone())
         .or_else(|| integration.record.custom_host().map(str::to_owned))
@@ -338,10 +356,10 @@ fn prepare(
         model,
         stream,
         client_wants_usage,
+        endpoint,
         price,
         tokenizer,
-        prompt_tokens,
-        demand,
+        max_output,
         base_url,
         headers,
         timeout,

@@ -21,7 +21,7 @@ use std::time::Instant;
 use tollgate_core::admission::RateHeaders;
 use tollgate_core::catalogue::Tokenizer;
 use tollgate_core::usage::{ModelPrice, Usage};
-use tollgate_providers::{tokens, ProviderError, StreamItem};
+use tollgate_providers::{tokens, Endpoint, ProviderError, StreamItem};
 use tollgate_store::counters::Reservation;
 use tollgate_store::usage::UsageRecord;
 
@@ -117,7 +117,7 @@ pub async fn whole(
         Some(u) => (u, false),
         None => (
             Usage {
-                prompt_tokens: prep.prompt_tokens,
+                prompt_tokens: tokens::estimate_prompt(prep.endpoint, &prep.body, prep.tokenizer),
                 completion_tokens: tokens::count_text(&whole_text(&body), prep.tokenizer),
                 cached_tokens: 0,
             },
@@ -143,7 +143,7 @@ pub async fn whole(
 pub fn stream(
     state: SharedState,
     rec: UsageRecord,
-    prep: &Prepared,
+    prep: Prepared,
     reservation: Reservation,
     started: Instant,
     upstream_started: Instant,
@@ -159,7 +159,8 @@ pub fn stream(
         upstream_started,
         usage: None,
         text: String::new(),
-        prompt_tokens: prep.prompt_tokens,
+        endpoint: prep.endpoint,
+        body: prep.body,
         tokenizer: prep.tokenizer,
         price: prep.price,
     };
@@ -182,7 +183,9 @@ struct Books {
     usage: Option<Usage>,
     /// Generated text so far, to estimate usage the upstream did not report.
     text: String,
-    prompt_tokens: u64,
+    /// The request, to count its prompt if the upstream reports no usage.
+    endpoint: Endpoint,
+    body: serde_json::Value,
     tokenizer: Tokenizer,
     price: Option<ModelPrice>,
 }
@@ -236,22 +239,25 @@ impl Books {
             }
         }
         let Some(reservation) = self.reservation.take() else { return };
-        let (usage, estimated) = match self.usage {
-            Some(u) => (u, false),
-            // Cut or cancelled without a usage report: what was generated
-            // was still produced (and billed) upstream, so it is settled as
-            // estimated rather than released.
-            None => (
-                Usage {
-                    prompt_tokens: self.prompt_tokens,
-                    completion_tokens: tokens::count_text(&self.text, self.tokenizer),
-                    cached_tokens: 0,
-                },
-                true,
-            ),
-        };
-        let Books { state, rec, price, .. } = self;
-        tokio::spawn(async move { close_books(&state, rec, reservation, usage, estimated, price).await });
+        // Counting tokens may take a while for a long answer: off the
+        // response path, in the task that closes the books.
+        tokio::spawn(async move {
+            let (usage, estimated) = match self.usage {
+                Some(u) => (u, false),
+                // Cut or cancelled without a usage report: what was generated
+                // was still produced (and billed) upstream, so it is settled
+                // as estimated rather than released.
+                None => (
+                    Usage {
+                        prompt_tokens: tokens::estimate_prompt(self.endpoint, &self.body, self.tokenizer),
+                        completion_tokens: tokens::count_text(&self.text, self.tokenizer),
+                        cached_tokens: 0,
+                    },
+                    true,
+                ),
+            };
+            close_books(&self.state, self.rec, reservation, usage, estimated, self.price).await;
+        });
     }
 }
 
