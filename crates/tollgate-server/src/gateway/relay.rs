@@ -98,6 +98,24 @@ fn whole_text(body: &[u8]) -> String {
         .join("")
 }
 
+/// The generated text of relayed chunk frames, for estimation.
+fn streamed_text(frames: &[Bytes]) -> String {
+    let mut text = String::new();
+    for frame in frames {
+        // A frame may hold several events once coalesced.
+        for data in frame.split(|b| *b == b'\n').filter_map(|l| l.strip_prefix(b"data: ")) {
+            if let Ok(c) = serde_json::from_slice::<ChunkText>(data.trim_ascii_end()) {
+                for ch in c.choices {
+                    if let Some(t) = ch.delta.and_then(|d| d.content).or(ch.text) {
+                        text.push_str(&t);
+                    }
+                }
+            }
+        }
+    }
+    text
+}
+
 /// A whole answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn whole(
@@ -158,13 +176,13 @@ pub fn stream(
         started,
         upstream_started,
         usage: None,
-        text: String::new(),
+        frames: Vec::new(),
         endpoint: prep.endpoint,
         body: prep.body,
         tokenizer: prep.tokenizer,
         price: prep.price,
     };
-    let relay = Relay { inner, books: Some(books), done: false };
+    let relay = Relay { inner, books: Some(books), done: false, pending: None };
     let mut resp = Response::new(Body::from_stream(relay));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -181,8 +199,9 @@ struct Books {
     started: Instant,
     upstream_started: Instant,
     usage: Option<Usage>,
-    /// Generated text so far, to estimate usage the upstream did not report.
-    text: String,
+    /// The frames relayed so far (shared, not copied), kept only until the
+    /// upstream reports usage: without a report they are counted at the end.
+    frames: Vec<Bytes>,
     /// The request, to count its prompt if the upstream reports no usage.
     endpoint: Endpoint,
     body: serde_json::Value,
@@ -205,20 +224,12 @@ struct ChunkChoice {
 }
 
 impl Books {
-    fn on_frame(&mut self, frame: &[u8]) {
+    fn on_frame(&mut self, frame: &Bytes) {
         if self.rec.ttft_us.is_none() {
             self.rec.ttft_us = Some(micros(self.started));
         }
-        // Keep the generated text only while it may be needed for estimation.
         if self.usage.is_none() {
-            let data = frame.strip_prefix(b"data: ").unwrap_or(frame);
-            if let Ok(c) = serde_json::from_slice::<ChunkText>(data.trim_ascii_end()) {
-                for ch in c.choices {
-                    if let Some(t) = ch.delta.and_then(|d| d.content).or(ch.text) {
-                        self.text.push_str(&t);
-                    }
-                }
-            }
+            self.frames.push(frame.clone());
         }
     }
 
@@ -250,7 +261,7 @@ impl Books {
                 None => (
                     Usage {
                         prompt_tokens: tokens::estimate_prompt(self.endpoint, &self.body, self.tokenizer),
-                        completion_tokens: tokens::count_text(&self.text, self.tokenizer),
+                        completion_tokens: tokens::count_text(&streamed_text(&self.frames), self.tokenizer),
                         cached_tokens: 0,
                     },
                     true,
@@ -272,9 +283,50 @@ struct Relay {
     inner: BoxStream<'static, Result<StreamItem, ProviderError>>,
     books: Option<Books>,
     done: bool,
+    /// An end or error met while coalescing, handled on the next poll.
+    pending: Option<Option<Result<StreamItem, ProviderError>>>,
 }
 
 const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
+/// Most bytes sent to the client in one write when frames arrive together.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+impl Relay {
+    /// Joins `first` with the frames that are already waiting, so that a
+    /// burst from the upstream costs the client connection one write rather
+    /// than one per frame. Stops at anything that is not a ready frame (usage,
+    /// an error, the end), which the next poll handles.
+    fn coalesce(&mut self, first: Bytes, cx: &mut Context<'_>) -> Bytes {
+        let mut joined: Option<bytes::BytesMut> = None;
+        loop {
+            let len = joined.as_ref().map_or(first.len(), |j| j.len());
+            if len >= COALESCE_BYTES {
+                break;
+            }
+            // Peek without losing anything: only frames are taken here.
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(StreamItem::Frame(next)))) => {
+                    if let Some(b) = self.books.as_mut() {
+                        b.on_frame(&next);
+                    }
+                    joined.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&next);
+                }
+                Poll::Ready(Some(Ok(StreamItem::Usage(u)))) => {
+                    if let Some(b) = self.books.as_mut() {
+                        b.usage = Some(u);
+                        b.frames = Vec::new();
+                    }
+                }
+                Poll::Ready(other) => {
+                    self.pending = Some(other);
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        joined.map_or(first, bytes::BytesMut::freeze)
+    }
+}
 
 impl Stream for Relay {
     type Item = Result<Bytes, std::convert::Infallible>;
@@ -284,18 +336,22 @@ impl Stream for Relay {
             return Poll::Ready(None);
         }
         loop {
-            match self.inner.as_mut().poll_next(cx) {
+            let next = match self.pending.take() {
+                Some(item) => Poll::Ready(item),
+                None => self.inner.as_mut().poll_next(cx),
+            };
+            match next {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(StreamItem::Frame(frame)))) => {
                     if let Some(b) = self.books.as_mut() {
                         b.on_frame(&frame);
                     }
-                    return Poll::Ready(Some(Ok(frame)));
+                    return Poll::Ready(Some(Ok(self.coalesce(frame, cx))));
                 }
                 Poll::Ready(Some(Ok(StreamItem::Usage(u)))) => {
                     if let Some(b) = self.books.as_mut() {
                         b.usage = Some(u);
-                        b.text = String::new();
+                        b.frames = Vec::new();
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -337,5 +393,15 @@ mod tests {
         assert_eq!(whole_text(br#"{"choices":[{"message":{"content":"hi"}},{"message":{"content":" there"}}]}"#), "hi there");
         assert_eq!(whole_text(br#"{"choices":[{"text":"abc"}]}"#), "abc");
         assert_eq!(whole_text(b"not json"), "");
+    }
+
+    #[test]
+    fn streamed_text_reads_single_and_coalesced_frames() {
+        let one = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n");
+        let two = Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: {\"choices\":[{\"text\":\"!\"}]}\n\ndata: not json\n\n",
+        );
+        assert_eq!(streamed_text(&[one, two]), "Hello!");
+        assert_eq!(streamed_text(&[]), "");
     }
 }
