@@ -37,6 +37,8 @@ use tollgate_store::Store;
 /// How often the server checks whether the control plane changed outside
 /// it (the CLI, another replica).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often histogram samples are folded into buckets.
+pub const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -203,6 +205,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let restored = crate::limits::restore_from_log(&state).await?;
     tracing::debug!(limits = restored, "counters rebuilt from the request log");
     let refresher = tokio::spawn(refresh_loop(state.clone(), shutdown.clone()));
+    let metrics_upkeep = tokio::spawn(metrics_upkeep(shutdown.clone()));
     let listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
     let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
     let app = router(state.clone());
@@ -216,9 +219,23 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         first_admin_key,
         shutdown,
         server,
-        background: vec![dispatcher_task, refresher],
+        background: vec![dispatcher_task, refresher, metrics_upkeep],
         usage_writer,
     })
+}
+
+/// Drains the Prometheus histograms' pending samples into their buckets.
+/// The exporter keeps every sample until this runs, so without it memory
+/// grows with every request.
+async fn metrics_upkeep(shutdown: CancellationToken) {
+    let Some(handle) = crate::metrics::install() else { return };
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
 }
 
 async fn refresh_loop(state: SharedState, shutdown: CancellationToken) {
