@@ -189,7 +189,10 @@ pub struct Integration {
 impl Integration {
     /// `custom_host` of the integration, if set.
     pub fn custom_host(&self) -> Option<&str> {
-        self.configurations.get("custom_host").and_then(|v| v.as_str()).filter(|s| !s.is_empty())
+        self.configurations
+            .get("custom_host")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
     }
 
     /// The access grant of `workspace_id`, counting "All Workspaces".
@@ -213,7 +216,11 @@ impl Integration {
 
     /// The limits that apply at the integration × workspace level.
     pub fn workspace_limits(&self, workspace_id: &str) -> Limits {
-        let own = self.workspaces.get(workspace_id).map(|a| a.limits.clone()).unwrap_or_default();
+        let own = self
+            .workspaces
+            .get(workspace_id)
+            .map(|a| a.limits.clone())
+            .unwrap_or_default();
         let g = &self.global_access;
         if g.enabled && (g.override_existing || own.is_empty()) {
             g.limits.clone()

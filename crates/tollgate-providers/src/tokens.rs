@@ -88,7 +88,14 @@ impl Counter {
 /// text tokenized: what the request log records when an upstream reports no
 /// usage.
 pub fn estimate_prompt(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -> u64 {
-    prompt(endpoint, body, Counter { tokenizer, bound_short: false })
+    prompt(
+        endpoint,
+        body,
+        Counter {
+            tokenizer,
+            bound_short: false,
+        },
+    )
 }
 
 /// An upper bound of the prompt tokens, for worst-case reservations: as
@@ -97,7 +104,14 @@ pub fn estimate_prompt(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -
 /// overcount, by a few dozen tokens at most, and spares the tokenizer on
 /// the hot path for them. Never less than [`estimate_prompt`].
 pub fn prompt_upper_bound(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -> u64 {
-    prompt(endpoint, body, Counter { tokenizer, bound_short: true })
+    prompt(
+        endpoint,
+        body,
+        Counter {
+            tokenizer,
+            bound_short: true,
+        },
+    )
 }
 
 fn prompt(endpoint: Endpoint, body: &Value, tok: Counter) -> u64 {
@@ -238,7 +252,10 @@ mod tests {
         assert!(bound < long.len() as u64 / 2, "{bound}");
         // A short one is bounded by its bytes.
         let short = json!({"input": "abc"});
-        assert_eq!(prompt_upper_bound(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 3);
+        assert_eq!(
+            prompt_upper_bound(Endpoint::Embeddings, &short, Tokenizer::O200kBase),
+            3
+        );
         assert_eq!(estimate_prompt(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 1);
     }
 

@@ -32,7 +32,12 @@ fn describe(state: &SharedState, id: &str) -> Option<Described> {
         }
         "ws" => {
             let w = snap.workspaces.get(rest)?;
-            Some(Described { name: w.name.clone(), workspace_id: Some(w.id.clone()), limit: w.limits.usage.clone()?, recipients: vec![] })
+            Some(Described {
+                name: w.name.clone(),
+                workspace_id: Some(w.id.clone()),
+                limit: w.limits.usage.clone()?,
+                recipients: vec![],
+            })
         }
         "prv" => {
             let p = snap.providers.iter().find(|p| p.id == rest)?;
@@ -92,7 +97,9 @@ pub fn payload(state: &SharedState, e: &AlertEvent) -> Option<AlertPayload> {
         credit_limit: amount(u.kind, e.limit),
         alert_threshold: u.alert_threshold.map(|a| amount(u.kind, a)),
         period_start: e.period_start,
-        next_reset_at: u.periodic_reset.map(|r| tollgate_core::limits::next_reset(r, e.period_start)),
+        next_reset_at: u
+            .periodic_reset
+            .map(|r| tollgate_core::limits::next_reset(r, e.period_start)),
         recipients: d.recipients,
     })
 }

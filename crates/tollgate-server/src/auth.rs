@@ -61,7 +61,9 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
 
 /// Finds and checks the key of a request.
 pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<Arc<KeyEntry>, AuthFailure> {
-    let key = key_from_headers(headers).filter(|k| !k.is_empty()).ok_or(AuthFailure::Missing)?;
+    let key = key_from_headers(headers)
+        .filter(|k| !k.is_empty())
+        .ok_or(AuthFailure::Missing)?;
     let hash = tollgate_core::ids::hash_api_key(key);
     let snap = state.snapshot();
     let entry = snap.key_by_hash(&hash).ok_or(AuthFailure::Invalid)?;
@@ -138,7 +140,9 @@ impl FromRequestParts<SharedState> for Caller {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
-        authenticate(state, &parts.headers).map(Caller).map_err(|f| AdminError::unauthorized(f.message()))
+        authenticate(state, &parts.headers)
+            .map(Caller)
+            .map_err(|f| AdminError::unauthorized(f.message()))
     }
 }
 

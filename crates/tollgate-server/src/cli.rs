@@ -1,10 +1,10 @@
 //! The `tollgate` command line: `serve`, `admin-key create`,
 //! `rotate-master-key`, `prices import` and `mock-upstream`.
 
-use axum::serve::ListenerExt;
 use crate::config::{Config, ConfigError, FileConfig};
 use crate::server::{self, StartError};
 use crate::state::{control_version, meta};
+use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +14,11 @@ use tollgate_core::records::{KeySubType, KeyType};
 use tollgate_store::secrets::{self, MasterKey, SealedSecret};
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "An AI gateway for organisations: one OpenAI-compatible endpoint, every provider, budgets and rate limits that hold.")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An AI gateway for organisations: one OpenAI-compatible endpoint, every provider, budgets and rate limits that hold."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -131,7 +135,11 @@ impl Common {
             None => FileConfig::default(),
         };
         let env = FileConfig::from_env(|k| std::env::var(k).ok())?;
-        let flags = FileConfig { listen: self.listen.clone(), data_dir: self.data_dir.clone(), ..Default::default() };
+        let flags = FileConfig {
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+            ..Default::default()
+        };
         file.overlay(env).overlay(flags).resolve()
     }
 }
@@ -158,7 +166,8 @@ pub async fn create_admin_key(config: Config, name: String) -> Result<String, Cl
     let (store, _, _) = server::open_store(&config).await?;
     let now = chrono::Utc::now();
     server::bootstrap(&store, now).await?;
-    let (rec, key) = crate::admin::api_keys::new_key(KeyType::Organisation, KeySubType::Service, name, None, vec![], now);
+    let (rec, key) =
+        crate::admin::api_keys::new_key(KeyType::Organisation, KeySubType::Service, name, None, vec![], now);
     let mut tx = store.begin().await?;
     tx.put_api_key(&rec).await?;
     tx.audit(&tollgate_store::control::AuditEntry {
@@ -171,7 +180,8 @@ pub async fn create_admin_key(config: Config, name: String) -> Result<String, Cl
         details: serde_json::json!({"name": rec.name, "type": "organisation-service", "via": "cli"}),
     })
     .await?;
-    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string()).await?;
+    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string())
+        .await?;
     tx.commit().await?;
     Ok(key)
 }
@@ -212,7 +222,8 @@ pub async fn rotate_master_key(config: Config) -> Result<Option<String>, CliErro
         details: serde_json::json!({"rewrapped_secrets": n, "previous_fingerprint": old.fingerprint()}),
     })
     .await?;
-    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string()).await?;
+    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string())
+        .await?;
     tx.commit().await?;
     if from_env {
         Ok(Some(new.to_hex().to_string()))
@@ -229,7 +240,8 @@ pub async fn import_prices(config: Config, file: PathBuf) -> Result<usize, CliEr
     let (store, _, _) = server::open_store(&config).await?;
     let mut tx = store.begin().await?;
     tx.meta_set(meta::PRICE_TABLE, &text).await?;
-    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string()).await?;
+    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string())
+        .await?;
     tx.commit().await?;
     Ok(table.len())
 }
@@ -352,7 +364,12 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
         }
     };
     eprintln!("{line}");
-    axum::serve(listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), router)
-        .await
-        .map_err(|e| CliError::Other(format!("mock upstream: {e}")))
+    axum::serve(
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        router,
+    )
+    .await
+    .map_err(|e| CliError::Other(format!("mock upstream: {e}")))
 }

@@ -76,8 +76,14 @@ pub enum ConfigError {
 
 impl FileConfig {
     pub fn from_file(path: &Path) -> Result<FileConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.message().to_owned() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.message().to_owned(),
+        })
     }
 
     /// Reads `TOLLGATE_*` variables through `get` (the process environment in
@@ -85,7 +91,12 @@ impl FileConfig {
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<FileConfig, ConfigError> {
         let parse_num = |key: &'static str| -> Result<Option<u64>, ConfigError> {
             get(key)
-                .map(|v| v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid { key, message: e.to_string() }))
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
+                        key,
+                        message: e.to_string(),
+                    })
+                })
                 .transpose()
         };
         Ok(FileConfig {
@@ -97,8 +108,12 @@ impl FileConfig {
             log_level: get("TOLLGATE_LOG_LEVEL"),
             smtp_url: get("TOLLGATE_SMTP_URL"),
             alert_from: get("TOLLGATE_ALERT_FROM"),
-            alert_emails: get("TOLLGATE_ALERT_EMAILS")
-                .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()),
+            alert_emails: get("TOLLGATE_ALERT_EMAILS").map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }),
             alert_webhook_url: get("TOLLGATE_ALERT_WEBHOOK_URL"),
             alert_webhook_secret: get("TOLLGATE_ALERT_WEBHOOK_SECRET"),
         })
@@ -128,16 +143,23 @@ impl FileConfig {
     /// Applies defaults and validates.
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| ConfigError::Invalid { key: "listen", message: format!("{listen_text:?} is not ADDR:PORT") })?;
+        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen",
+            message: format!("{listen_text:?} is not ADDR:PORT"),
+        })?;
         let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
-            return Err(ConfigError::Invalid { key: "max_body_bytes", message: "must be positive".into() });
+            return Err(ConfigError::Invalid {
+                key: "max_body_bytes",
+                message: "must be positive".into(),
+            });
         }
         let request_timeout_ms = self.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS);
         if request_timeout_ms == 0 {
-            return Err(ConfigError::Invalid { key: "request_timeout_ms", message: "must be positive".into() });
+            return Err(ConfigError::Invalid {
+                key: "request_timeout_ms",
+                message: "must be positive".into(),
+            });
         }
         Ok(Config {
             listen,
@@ -162,10 +184,18 @@ mod tests {
 
     #[test]
     fn flags_beat_env_beat_file_beat_defaults() {
-        let file: FileConfig = toml::from_str("listen = \"127.0.0.1:1000\"\nlog_level = \"debug\"\nmax_body_bytes = 5").unwrap();
-        let env: HashMap<&str, &str> = [("TOLLGATE_LISTEN", "127.0.0.1:2000"), ("TOLLGATE_ALERT_EMAILS", "a@x, b@x")].into();
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:1000\"\nlog_level = \"debug\"\nmax_body_bytes = 5").unwrap();
+        let env: HashMap<&str, &str> = [
+            ("TOLLGATE_LISTEN", "127.0.0.1:2000"),
+            ("TOLLGATE_ALERT_EMAILS", "a@x, b@x"),
+        ]
+        .into();
         let env = FileConfig::from_env(|k| env.get(k).map(|v| v.to_string())).unwrap();
-        let flags = FileConfig { data_dir: Some("/tmp/flag".into()), ..Default::default() };
+        let flags = FileConfig {
+            data_dir: Some("/tmp/flag".into()),
+            ..Default::default()
+        };
         let c = file.overlay(env).overlay(flags).resolve().unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:2000");
         assert_eq!(c.log_level, "debug");
@@ -186,11 +216,21 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused() {
-        let e = FileConfig { listen: Some("nope".into()), ..Default::default() }.resolve().unwrap_err();
+        let e = FileConfig {
+            listen: Some("nope".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
         assert!(e.to_string().contains("listen"));
         let e = FileConfig::from_env(|k| (k == "TOLLGATE_MAX_BODY_BYTES").then(|| "ten".to_owned())).unwrap_err();
         assert!(e.to_string().contains("TOLLGATE_MAX_BODY_BYTES"));
-        assert!(FileConfig { max_body_bytes: Some(0), ..Default::default() }.resolve().is_err());
+        assert!(FileConfig {
+            max_body_bytes: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
         assert!(FileConfig::from_file(Path::new("/nonexistent/x.toml")).is_err());
     }
 }

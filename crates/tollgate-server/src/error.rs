@@ -52,7 +52,10 @@ pub struct AdminError {
 
 impl AdminError {
     pub fn new(code: AdminCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn validation(m: impl Into<String>) -> Self {
         Self::new(AdminCode::Validation, m)
@@ -112,7 +115,11 @@ pub enum GatewayError {
     /// The model is not allowed for the integration or workspace.
     ModelNotAllowed(String),
     /// A rate limit is exceeded (or set to 0).
-    RateLimited { level: LimitLevel, message: String, retry_after_secs: u64 },
+    RateLimited {
+        level: LimitLevel,
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The upstream answered 4xx: relayed with its status and message.
     UpstreamClient { status: u16, message: String },
     /// The upstream failed (5xx, unreachable, unparseable answer).
@@ -131,16 +138,24 @@ impl GatewayError {
             GatewayError::Permission(_) => (StatusCode::FORBIDDEN, "permission_error".into(), None),
             GatewayError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error".into(), None),
             GatewayError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error".into(), None),
-            GatewayError::BudgetExhausted { level, .. } => {
-                (StatusCode::PRECONDITION_FAILED, format!("{}_exhaust_error", level.error_prefix()), Some("04"))
+            GatewayError::BudgetExhausted { level, .. } => (
+                StatusCode::PRECONDITION_FAILED,
+                format!("{}_exhaust_error", level.error_prefix()),
+                Some("04"),
+            ),
+            GatewayError::ModelNotAllowed(_) => {
+                (StatusCode::PRECONDITION_FAILED, "model_not_allowed_error".into(), None)
             }
-            GatewayError::ModelNotAllowed(_) => (StatusCode::PRECONDITION_FAILED, "model_not_allowed_error".into(), None),
-            GatewayError::RateLimited { level, .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, format!("{}_rate_limit_error", level.error_prefix()), None)
-            }
-            GatewayError::UpstreamClient { status, .. } => {
-                (StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY), "upstream_error".into(), None)
-            }
+            GatewayError::RateLimited { level, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{}_rate_limit_error", level.error_prefix()),
+                None,
+            ),
+            GatewayError::UpstreamClient { status, .. } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY),
+                "upstream_error".into(),
+                None,
+            ),
             GatewayError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error".into(), None),
             GatewayError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout_error".into(), None),
             GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error".into(), None),
@@ -193,7 +208,8 @@ impl IntoResponse for GatewayError {
         let (status, _, _) = self.wire();
         let mut resp = (status, axum::Json(self.body())).into_response();
         if let GatewayError::RateLimited { retry_after_secs, .. } = &self {
-            resp.headers_mut().insert("retry-after", HeaderValue::from(*retry_after_secs));
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(*retry_after_secs));
         }
         resp
     }
@@ -220,27 +236,84 @@ mod tests {
     #[test]
     fn gateway_table_matches_api_md() {
         let cases = [
-            (GatewayError::Authentication("x".into()), 401, "authentication_error", None),
+            (
+                GatewayError::Authentication("x".into()),
+                401,
+                "authentication_error",
+                None,
+            ),
             (GatewayError::Permission("x".into()), 403, "permission_error", None),
             (GatewayError::NotFound("x".into()), 404, "not_found_error", None),
-            (GatewayError::InvalidRequest { message: "x".into(), param: None }, 400, "invalid_request_error", None),
             (
-                GatewayError::BudgetExhausted { level: LimitLevel::IntegrationWorkspace, message: "x".into() },
+                GatewayError::InvalidRequest {
+                    message: "x".into(),
+                    param: None,
+                },
+                400,
+                "invalid_request_error",
+                None,
+            ),
+            (
+                GatewayError::BudgetExhausted {
+                    level: LimitLevel::IntegrationWorkspace,
+                    message: "x".into(),
+                },
                 412,
                 "integration_exhaust_error",
                 Some("04"),
             ),
-            (GatewayError::BudgetExhausted { level: LimitLevel::Provider, message: "x".into() }, 412, "provider_exhaust_error", Some("04")),
-            (GatewayError::BudgetExhausted { level: LimitLevel::ApiKey, message: "x".into() }, 412, "api_key_exhaust_error", Some("04")),
-            (GatewayError::BudgetExhausted { level: LimitLevel::Workspace, message: "x".into() }, 412, "workspace_exhaust_error", Some("04")),
-            (GatewayError::ModelNotAllowed("x".into()), 412, "model_not_allowed_error", None),
             (
-                GatewayError::RateLimited { level: LimitLevel::Provider, message: "x".into(), retry_after_secs: 3 },
+                GatewayError::BudgetExhausted {
+                    level: LimitLevel::Provider,
+                    message: "x".into(),
+                },
+                412,
+                "provider_exhaust_error",
+                Some("04"),
+            ),
+            (
+                GatewayError::BudgetExhausted {
+                    level: LimitLevel::ApiKey,
+                    message: "x".into(),
+                },
+                412,
+                "api_key_exhaust_error",
+                Some("04"),
+            ),
+            (
+                GatewayError::BudgetExhausted {
+                    level: LimitLevel::Workspace,
+                    message: "x".into(),
+                },
+                412,
+                "workspace_exhaust_error",
+                Some("04"),
+            ),
+            (
+                GatewayError::ModelNotAllowed("x".into()),
+                412,
+                "model_not_allowed_error",
+                None,
+            ),
+            (
+                GatewayError::RateLimited {
+                    level: LimitLevel::Provider,
+                    message: "x".into(),
+                    retry_after_secs: 3,
+                },
                 429,
                 "provider_rate_limit_error",
                 None,
             ),
-            (GatewayError::UpstreamClient { status: 422, message: "x".into() }, 422, "upstream_error", None),
+            (
+                GatewayError::UpstreamClient {
+                    status: 422,
+                    message: "x".into(),
+                },
+                422,
+                "upstream_error",
+                None,
+            ),
             (GatewayError::Upstream("x".into()), 502, "upstream_error", None),
             (GatewayError::Timeout, 504, "timeout_error", None),
         ];
@@ -253,7 +326,12 @@ mod tests {
 
     #[test]
     fn rate_limited_sets_retry_after_and_internal_hides_detail() {
-        let r = GatewayError::RateLimited { level: LimitLevel::Workspace, message: "x".into(), retry_after_secs: 7 }.into_response();
+        let r = GatewayError::RateLimited {
+            level: LimitLevel::Workspace,
+            message: "x".into(),
+            retry_after_secs: 7,
+        }
+        .into_response();
         assert_eq!(r.headers()["retry-after"], "7");
         let e = GatewayError::Internal("secret detail".into());
         assert!(!e.body().to_string().contains("secret detail"));

@@ -15,8 +15,8 @@
 
 pub mod admin;
 pub mod alerting;
-pub mod analytics;
 pub mod alerts;
+pub mod analytics;
 pub mod auth;
 pub mod cli;
 pub mod config;

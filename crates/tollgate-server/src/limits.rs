@@ -34,10 +34,21 @@ pub fn checks(level: Level, id: &str, limits: &Limits) -> Vec<LimitCheck> {
     let id: Arc<str> = Arc::from(id);
     let mut out = Vec::with_capacity(2);
     if let Some(u) = &limits.usage {
-        out.push(LimitCheck { id: id.clone(), level, rule: Rule::Budget { limit: u.limit, set_at: u.set_at } });
+        out.push(LimitCheck {
+            id: id.clone(),
+            level,
+            rule: Rule::Budget {
+                limit: u.limit,
+                set_at: u.set_at,
+            },
+        });
     }
     if let Some(r) = &limits.rate {
-        out.push(LimitCheck { id, level, rule: Rule::Rate(r.limit) });
+        out.push(LimitCheck {
+            id,
+            level,
+            rule: Rule::Rate(r.limit),
+        });
     }
     out
 }
@@ -56,12 +67,21 @@ pub fn refusal_error(e: AdmitError) -> GatewayError {
         Level::Workspace => "workspace's budget",
     };
     match r.reason {
-        RefusalReason::Budget { kind, credit_limit, consumed, reserved, next_reset, .. } => {
+        RefusalReason::Budget {
+            kind,
+            credit_limit,
+            consumed,
+            reserved,
+            next_reset,
+            ..
+        } => {
             let fmt = |a: i64| match kind {
                 BudgetKind::Cost => format!("${}", Money(a)),
                 BudgetKind::Tokens => format!("{a} tokens"),
             };
-            let reset = next_reset.map(|t| format!("; it resets at {}", t.to_rfc3339())).unwrap_or_default();
+            let reset = next_reset
+                .map(|t| format!("; it resets at {}", t.to_rfc3339()))
+                .unwrap_or_default();
             GatewayError::BudgetExhausted {
                 level,
                 message: format!(
@@ -72,7 +92,12 @@ pub fn refusal_error(e: AdmitError) -> GatewayError {
                 ),
             }
         }
-        RefusalReason::Rate { kind, unit, retry_after, figures } => {
+        RefusalReason::Rate {
+            kind,
+            unit,
+            retry_after,
+            figures,
+        } => {
             let what = match kind {
                 RateKind::Requests => "requests",
                 RateKind::Tokens => "tokens",
@@ -83,7 +108,10 @@ pub fn refusal_error(e: AdmitError) -> GatewayError {
                 tollgate_core::limits::RateUnit::Rpd => "day",
             };
             let message = if figures.limit == 0 {
-                format!("the {} rate limit is 0 {what} per {unit}: this provider is disabled", level.error_prefix())
+                format!(
+                    "the {} rate limit is 0 {what} per {unit}: this provider is disabled",
+                    level.error_prefix()
+                )
             } else {
                 format!(
                     "{} rate limit exceeded: {} {what} per {unit}; retry in {retry_after} s",
@@ -91,14 +119,22 @@ pub fn refusal_error(e: AdmitError) -> GatewayError {
                     figures.limit
                 )
             };
-            GatewayError::RateLimited { level, message, retry_after_secs: retry_after }
+            GatewayError::RateLimited {
+                level,
+                message,
+                retry_after_secs: retry_after,
+            }
         }
     }
 }
 
 /// Admits a request with worst case `demand` against `checks`.
 pub async fn admit(state: &SharedState, checks: &[LimitCheck], demand: Demand) -> Result<Reservation, GatewayError> {
-    state.counters.admit(state.now(), checks, demand).await.map_err(refusal_error)
+    state
+        .counters
+        .admit(state.now(), checks, demand)
+        .await
+        .map_err(refusal_error)
 }
 
 /// Settles an admitted request with what it used; alerts it set off go to
@@ -121,7 +157,10 @@ pub async fn release(state: &SharedState, reservation: Reservation) {
 /// Is a budget of the provider used up?
 pub async fn provider_exhausted(state: &SharedState, p: &ProviderRecord, now: DateTime<Utc>) -> bool {
     let Some(u) = &p.limits.usage else { return false };
-    let rule = Rule::Budget { limit: u.limit, set_at: u.set_at };
+    let rule = Rule::Budget {
+        limit: u.limit,
+        set_at: u.set_at,
+    };
     match state.counters.status(&provider_id(p), &rule, now).await {
         Ok(c) => c.exhausted(),
         Err(_) => false,
@@ -145,7 +184,11 @@ fn every_limit(state: &SharedState) -> Vec<(LimitCheck, Scope)> {
     for i in snap.integrations() {
         for w in snap.workspaces.keys() {
             if i.record.access_for(w).is_some() {
-                for c in checks(Level::IntegrationWorkspace, &iw_id(&i.record.id, w), &i.record.workspace_limits(w)) {
+                for c in checks(
+                    Level::IntegrationWorkspace,
+                    &iw_id(&i.record.id, w),
+                    &i.record.workspace_limits(w),
+                ) {
                     out.push((c, Scope::IntegrationWorkspace(i.record.id.clone(), w.clone())));
                 }
             }

@@ -35,10 +35,14 @@ async fn main() -> ExitCode {
                 init_tracing("warn");
                 match cli::rotate_master_key(config).await? {
                     Some(hex) => {
-                        eprintln!("Master key rotated. Set TOLLGATE_MASTER_KEY to this new value before the next start:");
+                        eprintln!(
+                            "Master key rotated. Set TOLLGATE_MASTER_KEY to this new value before the next start:"
+                        );
                         println!("{hex}");
                     }
-                    None => eprintln!("Master key rotated; the key file was replaced. Running servers pick it up within a second."),
+                    None => eprintln!(
+                        "Master key rotated; the key file was replaced. Running servers pick it up within a second."
+                    ),
                 }
             }
             Command::Prices(PricesCommand::Import { file, common }) => {

@@ -11,10 +11,10 @@ use crate::config::Config;
 use crate::error::{AdminError, GatewayError};
 use crate::state::{meta, AppState, Parts, SharedState};
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -86,10 +86,17 @@ pub async fn open_store(config: &Config) -> Result<(Store, MasterKey, KeySource)
     let store = Store::new(pool);
     match store.meta_get(meta::MASTER_KEY_FINGERPRINT).await? {
         Some(expected) if expected != master.fingerprint() => {
-            return Err(StartError::WrongMasterKey { found: master.fingerprint(), expected })
+            return Err(StartError::WrongMasterKey {
+                found: master.fingerprint(),
+                expected,
+            })
         }
         Some(_) => {}
-        None => store.meta_set(meta::MASTER_KEY_FINGERPRINT, &master.fingerprint()).await?,
+        None => {
+            store
+                .meta_set(meta::MASTER_KEY_FINGERPRINT, &master.fingerprint())
+                .await?
+        }
     }
     Ok((store, master, source))
 }
@@ -113,7 +120,14 @@ pub async fn bootstrap(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Res
         created_at: now,
         last_updated_at: now,
     };
-    let (key, secret) = crate::admin::api_keys::new_key(KeyType::Organisation, KeySubType::Service, "Admin key".into(), None, vec![], now);
+    let (key, secret) = crate::admin::api_keys::new_key(
+        KeyType::Organisation,
+        KeySubType::Service,
+        "Admin key".into(),
+        None,
+        vec![],
+        now,
+    );
     let mut tx = store.begin().await?;
     tx.meta_set(meta::ORG_ID, &org_id).await?;
     tx.put_workspace(&ws).await?;
@@ -161,7 +175,9 @@ impl Running {
         for t in self.background {
             let _ = t.await;
         }
-        let Running { state, usage_writer, .. } = self;
+        let Running {
+            state, usage_writer, ..
+        } = self;
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(10), usage_writer).await;
         result
@@ -206,12 +222,23 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     tracing::debug!(limits = restored, "counters rebuilt from the request log");
     let refresher = tokio::spawn(refresh_loop(state.clone(), shutdown.clone()));
     let metrics_upkeep = tokio::spawn(metrics_upkeep(shutdown.clone()));
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Listen(config.listen, e))?;
-    let addr = listener.local_addr().map_err(|e| StartError::Listen(config.listen, e))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen(config.listen, e))?;
     let app = router(state.clone());
     let token = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), app.into_make_service()).with_graceful_shutdown(async move { token.cancelled().await }).await
+        axum::serve(
+            listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            app.into_make_service(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
     });
     Ok(Running {
         addr,
@@ -228,7 +255,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
 /// The exporter keeps every sample until this runs, so without it memory
 /// grows with every request.
 async fn metrics_upkeep(shutdown: CancellationToken) {
-    let Some(handle) = crate::metrics::install() else { return };
+    let Some(handle) = crate::metrics::install() else {
+        return;
+    };
     let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
     loop {
         tokio::select! {

@@ -8,10 +8,10 @@
 
 use crate::limits;
 use std::collections::{HashMap, HashSet};
-use tollgate_core::admission::{Level, LimitCheck};
 use std::sync::Arc;
+use tollgate_core::admission::{Level, LimitCheck};
 use tollgate_core::catalogue::{self, PriceTable, ProviderSpec};
-use tollgate_core::records::{ApiKeyRecord, Integration, IntegrationModel, ProviderRecord, WorkspaceAccess, Workspace};
+use tollgate_core::records::{ApiKeyRecord, Integration, IntegrationModel, ProviderRecord, Workspace, WorkspaceAccess};
 use tollgate_store::secrets::{MasterKey, SealedFields, SealedSecret};
 use tollgate_store::ControlData;
 
@@ -37,7 +37,9 @@ pub struct IntegrationEntry {
 
 impl std::fmt::Debug for IntegrationEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IntegrationEntry").field("slug", &self.record.slug).finish_non_exhaustive()
+        f.debug_struct("IntegrationEntry")
+            .field("slug", &self.record.slug)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,7 +86,9 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,17 +100,31 @@ impl Snapshot {
         prices: Arc<PriceTable>,
         master: &Arc<MasterKey>,
     ) -> Result<Snapshot, SnapshotError> {
-        let mut s = Snapshot { version, org_id, prices, ..Default::default() };
+        let mut s = Snapshot {
+            version,
+            org_id,
+            prices,
+            ..Default::default()
+        };
         for k in data.api_keys {
             let Ok(hash) = hex::decode(&k.key_hash) else { continue };
-            let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else { continue };
+            let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+                continue;
+            };
             let checks = limits::checks(Level::ApiKey, &limits::key_id(&k.id), &k.limits);
-            let e = Arc::new(KeyEntry { record: k, hash, checks });
+            let e = Arc::new(KeyEntry {
+                record: k,
+                hash,
+                checks,
+            });
             s.keys_by_id.insert(e.record.id.clone(), e.clone());
             s.keys.insert(hash, e);
         }
         for w in data.workspaces {
-            s.workspace_checks.insert(w.id.clone(), limits::checks(Level::Workspace, &limits::workspace_id(&w.id), &w.limits));
+            s.workspace_checks.insert(
+                w.id.clone(),
+                limits::checks(Level::Workspace, &limits::workspace_id(&w.id), &w.limits),
+            );
             s.workspaces.insert(w.id.clone(), Arc::new(w));
         }
         for i in data.integrations {
@@ -121,26 +139,45 @@ impl Snapshot {
             }
             let models = i.models.iter().map(|m| (m.slug.clone(), m.clone())).collect();
             let entry = IntegrationEntry {
-                secrets: SealedFields { master: master.clone(), context, fields },
+                secrets: SealedFields {
+                    master: master.clone(),
+                    context,
+                    fields,
+                },
                 spec,
                 models,
                 record: i,
             };
-            s.integration_ids_by_slug.insert(entry.record.slug.clone(), entry.record.id.clone());
+            s.integration_ids_by_slug
+                .insert(entry.record.slug.clone(), entry.record.id.clone());
             s.integrations.insert(entry.record.id.clone(), Arc::new(entry));
         }
         for p in data.providers {
-            let Some(integration) = s.integrations.get(&p.integration_id).cloned() else { continue };
+            let Some(integration) = s.integrations.get(&p.integration_id).cloned() else {
+                continue;
+            };
             let access = integration.record.access_for(&p.workspace_id);
-            let workspace_models = access.as_ref().and_then(|a| a.models.as_ref()).map(|m| m.iter().cloned().collect());
+            let workspace_models = access
+                .as_ref()
+                .and_then(|a| a.models.as_ref())
+                .map(|m| m.iter().cloned().collect());
             let mut checks = limits::checks(
                 Level::IntegrationWorkspace,
                 &limits::iw_id(&integration.record.id, &p.workspace_id),
                 &integration.record.workspace_limits(&p.workspace_id),
             );
             checks.extend(limits::checks(Level::Provider, &limits::provider_id(&p), &p.limits));
-            let route = Arc::new(Route { provider: p.clone(), integration, access, workspace_models, checks });
-            s.routes.entry(p.workspace_id.clone()).or_default().insert(p.slug.clone(), route);
+            let route = Arc::new(Route {
+                provider: p.clone(),
+                integration,
+                access,
+                workspace_models,
+                checks,
+            });
+            s.routes
+                .entry(p.workspace_id.clone())
+                .or_default()
+                .insert(p.slug.clone(), route);
             s.providers.push(Arc::new(p));
         }
         Ok(s)
@@ -164,7 +201,9 @@ impl Snapshot {
     }
 
     pub fn integration_by_slug(&self, slug: &str) -> Option<&Arc<IntegrationEntry>> {
-        self.integration_ids_by_slug.get(slug).and_then(|id| self.integrations.get(id))
+        self.integration_ids_by_slug
+            .get(slug)
+            .and_then(|id| self.integrations.get(id))
     }
 
     pub fn integrations(&self) -> impl Iterator<Item = &Arc<IntegrationEntry>> {
@@ -183,7 +222,10 @@ impl Snapshot {
 
     /// The workspace's own limits.
     pub fn workspace_checks(&self, workspace_id: &str) -> &[LimitCheck] {
-        self.workspace_checks.get(workspace_id).map(Vec::as_slice).unwrap_or(&[])
+        self.workspace_checks
+            .get(workspace_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn workspace_by_slug(&self, slug: &str) -> Option<&Arc<Workspace>> {

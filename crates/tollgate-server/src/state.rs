@@ -5,7 +5,6 @@
 
 use crate::alerts::AlertHandle;
 use crate::config::Config;
-use tollgate_store::counters::Counters;
 use crate::error::AdminError;
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
@@ -16,6 +15,7 @@ use tollgate_core::catalogue::PriceTable;
 use tollgate_core::clock::SharedClock;
 use tollgate_providers::Adapters;
 use tollgate_store::control::AuditEntry;
+use tollgate_store::counters::Counters;
 use tollgate_store::secrets::MasterKey;
 use tollgate_store::usage::UsageLog;
 use tollgate_store::{Store, StoreError, Tx};
@@ -68,7 +68,15 @@ pub enum StateError {
 
 impl AppState {
     pub async fn new(parts: Parts, master: MasterKey) -> Result<Arc<AppState>, StateError> {
-        let Parts { config, store, clock, adapters, usage, counters, alerts } = parts;
+        let Parts {
+            config,
+            store,
+            clock,
+            adapters,
+            usage,
+            counters,
+            alerts,
+        } = parts;
         let master = Arc::new(master);
         let snap = load_snapshot(&store, &master).await?;
         Ok(Arc::new(AppState {
@@ -104,7 +112,11 @@ impl AppState {
     pub async fn change(&self) -> Result<Change<'_>, AdminError> {
         let guard = self.write_lock.lock().await;
         let tx = self.store.begin().await?;
-        Ok(Change { state: self, tx, _guard: guard })
+        Ok(Change {
+            state: self,
+            tx,
+            _guard: guard,
+        })
     }
 
     /// Rebuilds the snapshot from the store if its control version moved
@@ -184,7 +196,11 @@ impl Change<'_> {
 
 /// The stored control version (0 before the first change).
 pub async fn control_version(store: &Store) -> Result<i64, StoreError> {
-    Ok(store.meta_get(meta::CONTROL_VERSION).await?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(store
+        .meta_get(meta::CONTROL_VERSION)
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }
 
 /// The price table in force: the imported one, else the shipped one.

@@ -94,19 +94,26 @@ impl Store {
     }
 
     pub async fn begin(&self) -> Result<Tx, StoreError> {
-        Ok(Tx { tx: self.pool.begin().await? })
+        Ok(Tx {
+            tx: self.pool.begin().await?,
+        })
     }
 
     pub async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -252,7 +259,13 @@ impl Tx {
     }
 
     pub async fn delete_integration(&mut self, id: &str) -> Result<(), StoreError> {
-        delete(&mut self.tx, "DELETE FROM integrations WHERE id = $1", id, "integration").await
+        delete(
+            &mut self.tx,
+            "DELETE FROM integrations WHERE id = $1",
+            id,
+            "integration",
+        )
+        .await
     }
 
     pub async fn put_provider(&mut self, p: &ProviderRecord) -> Result<(), StoreError> {
@@ -293,11 +306,13 @@ impl Tx {
     }
 
     pub async fn meta_set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-            .bind(key)
-            .bind(value)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 }

@@ -21,7 +21,11 @@ pub async fn open_sqlite(path: &Path) -> Result<SqlitePool, sqlx::Error> {
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new().max_connections(8).min_connections(1).connect_with(opts).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .min_connections(1)
+        .connect_with(opts)
+        .await?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
     Ok(pool)
 }

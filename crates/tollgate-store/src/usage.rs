@@ -183,7 +183,11 @@ async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Err
             .push_bind(r.latency_us as i64)
             .push_bind(r.ttft_us.map(|v| v as i64))
             .push_bind(r.upstream_latency_us.map(|v| v as i64))
-            .push_bind(r.metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string()))
+            .push_bind(
+                r.metadata
+                    .as_ref()
+                    .map(|m| serde_json::Value::Object(m.clone()).to_string()),
+            )
             .push_bind(&r.request_body)
             .push_bind(&r.response_body);
     });
@@ -236,7 +240,10 @@ fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
     for (k, v) in &f.metadata {
         // json_extract takes a JSON path; quote the key so any string is safe.
         let path = format!("$.{}", serde_json::Value::String(k.clone()));
-        qb.push(" AND json_extract(metadata, ").push_bind(path).push(") = ").push_bind(v.as_str());
+        qb.push(" AND json_extract(metadata, ")
+            .push_bind(path)
+            .push(") = ")
+            .push_bind(v.as_str());
     }
 }
 
@@ -255,11 +262,16 @@ pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(i64, Vec<UsageRec
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let u = |c: &str| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
-        let opt_u = |c: &str| -> Result<Option<u64>, sqlx::Error> { Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64)) };
+        let opt_u = |c: &str| -> Result<Option<u64>, sqlx::Error> {
+            Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64))
+        };
         let metadata: Option<String> = r.try_get("metadata")?;
         out.push(UsageRecord {
             id: r.try_get("id")?,
-            created_at: Utc.timestamp_millis_opt(r.try_get("created_at_ms")?).single().unwrap_or_default(),
+            created_at: Utc
+                .timestamp_millis_opt(r.try_get("created_at_ms")?)
+                .single()
+                .unwrap_or_default(),
             trace_id: r.try_get("trace_id")?,
             workspace_id: r.try_get("workspace_id")?,
             api_key_id: r.try_get("api_key_id")?,
@@ -305,7 +317,11 @@ pub enum Scope {
 /// What the admitted requests of `scope` since `from` consumed:
 /// (cost in picodollars, unknown prices counting 0; total tokens; requests).
 /// Requests that Tollgate refused itself are not counted.
-pub async fn consumed_since(pool: &SqlitePool, scope: &Scope, from: DateTime<Utc>) -> Result<(i64, i64, i64), sqlx::Error> {
+pub async fn consumed_since(
+    pool: &SqlitePool,
+    scope: &Scope,
+    from: DateTime<Utc>,
+) -> Result<(i64, i64, i64), sqlx::Error> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
         "SELECT COALESCE(SUM(cost_picos), 0), COALESCE(SUM(total_tokens), 0), COUNT(*) FROM usage_log WHERE refusal IS NULL AND created_at_ms >= ",
     );
@@ -315,10 +331,16 @@ pub async fn consumed_since(pool: &SqlitePool, scope: &Scope, from: DateTime<Utc
             qb.push(" AND workspace_id = ").push_bind(w);
         }
         Scope::Provider(w, p) => {
-            qb.push(" AND workspace_id = ").push_bind(w).push(" AND provider_slug = ").push_bind(p);
+            qb.push(" AND workspace_id = ")
+                .push_bind(w)
+                .push(" AND provider_slug = ")
+                .push_bind(p);
         }
         Scope::IntegrationWorkspace(i, w) => {
-            qb.push(" AND integration_id = ").push_bind(i).push(" AND workspace_id = ").push_bind(w);
+            qb.push(" AND integration_id = ")
+                .push_bind(i)
+                .push(" AND workspace_id = ")
+                .push_bind(w);
         }
         Scope::ApiKey(k) => {
             qb.push(" AND api_key_id = ").push_bind(k);

@@ -121,7 +121,13 @@ impl MockServer {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), router).await;
+            let _ = axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                router,
+            )
+            .await;
         });
         Ok(MockServer { addr, journal, task })
     }

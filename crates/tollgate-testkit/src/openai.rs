@@ -68,7 +68,13 @@ pub fn router(config: OpenAiMock, journal: Option<Journal>) -> Router {
 /// journal and without a key check (`tollgate mock-upstream`).
 pub async fn serve_forever(port: u16) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    axum::serve(listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); }), router(OpenAiMock::default(), None)).await
+    axum::serve(
+        listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        router(OpenAiMock::default(), None),
+    )
+    .await
 }
 
 /// Reads a request, recording it when a journal is kept.

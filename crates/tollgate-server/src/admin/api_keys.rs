@@ -86,7 +86,11 @@ fn check_defaults(d: &Option<Value>) -> Result<(), AdminError> {
 }
 
 pub fn to_json(k: &ApiKeyRecord, org_id: &str, now: chrono::DateTime<chrono::Utc>) -> Value {
-    let status = if k.expires_at.is_some_and(|t| t <= now) { "expired" } else { "active" };
+    let status = if k.expires_at.is_some_and(|t| t <= now) {
+        "expired"
+    } else {
+        "active"
+    };
     json!({
         "id": k.id,
         "name": k.name,
@@ -110,7 +114,10 @@ pub fn to_json(k: &ApiKeyRecord, org_id: &str, now: chrono::DateTime<chrono::Utc
 
 fn check_scopes(scopes: &[String]) -> Result<(), AdminError> {
     if let Some(bad) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
-        return Err(AdminError::validation(format!("unknown scope '{bad}'; known scopes: {}", SCOPES.join(", "))));
+        return Err(AdminError::validation(format!(
+            "unknown scope '{bad}'; known scopes: {}",
+            SCOPES.join(", ")
+        )));
     }
     Ok(())
 }
@@ -175,7 +182,9 @@ pub async fn create(
     }
     let snap = state.snapshot();
     let workspace_id = match (key_type, &body.workspace_id) {
-        (KeyType::Workspace, None) => return Err(AdminError::validation("workspace_id is required for a workspace key")),
+        (KeyType::Workspace, None) => {
+            return Err(AdminError::validation("workspace_id is required for a workspace key"))
+        }
         (KeyType::Workspace, Some(w)) => {
             let ws = snap
                 .workspaces
@@ -204,7 +213,12 @@ pub async fn create(
     let name = body.name.unwrap_or_else(|| format!("{kind} {sub_kind} key"));
     let (mut rec, key) = new_key(key_type, sub_type, name, workspace_id, scopes, now);
     rec.description = body.description;
-    rec.limits = merge_limits(&Limits::default(), body.usage_limits.as_ref(), body.rate_limits.as_ref(), now)?;
+    rec.limits = merge_limits(
+        &Limits::default(),
+        body.usage_limits.as_ref(),
+        body.rate_limits.as_ref(),
+        now,
+    )?;
     rec.expires_at = expires_at;
     rec.alert_emails = emails;
     check_defaults(&body.defaults)?;
@@ -223,17 +237,27 @@ pub async fn create(
     Ok(Json(json!({"id": rec.id, "key": key, "object": "api-key"})))
 }
 
-pub async fn list(State(state): State<SharedState>, caller: Caller, Query(q): Query<ListKeys>) -> Result<Json<Value>, AdminError> {
+pub async fn list(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(q): Query<ListKeys>,
+) -> Result<Json<Value>, AdminError> {
     caller.require_org()?;
     let snap = state.snapshot();
     let now = state.now();
     let mut keys: Vec<_> = snap
         .keys()
         .map(|k| &k.record)
-        .filter(|k| q.workspace_id.as_ref().is_none_or(|w| k.workspace_id.as_ref() == Some(w)))
+        .filter(|k| {
+            q.workspace_id
+                .as_ref()
+                .is_none_or(|w| k.workspace_id.as_ref() == Some(w))
+        })
         .collect();
     keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-    Ok(Json(q.page.list(keys.into_iter().map(|k| to_json(k, &snap.org_id, now)).collect())?))
+    Ok(Json(q.page.list(
+        keys.into_iter().map(|k| to_json(k, &snap.org_id, now)).collect(),
+    )?))
 }
 
 fn find(state: &SharedState, id: &str) -> Result<ApiKeyRecord, AdminError> {
@@ -244,9 +268,17 @@ fn find(state: &SharedState, id: &str) -> Result<ApiKeyRecord, AdminError> {
         .ok_or_else(|| AdminError::not_found(format!("api key '{id}' not found")))
 }
 
-pub async fn retrieve(State(state): State<SharedState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn retrieve(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     caller.require_org()?;
-    Ok(Json(to_json(&find(&state, &id)?, &state.snapshot().org_id, state.now())))
+    Ok(Json(to_json(
+        &find(&state, &id)?,
+        &state.snapshot().org_id,
+        state.now(),
+    )))
 }
 
 pub async fn update(
@@ -288,22 +320,42 @@ pub async fn update(
     rec.last_updated_at = now;
     let mut change = state.change().await?;
     change.tx.put_api_key(&rec).await?;
-    let audit = state.audit_entry(Some(caller.id()), "update", "api_key", &rec.id, json!({"name": rec.name}));
+    let audit = state.audit_entry(
+        Some(caller.id()),
+        "update",
+        "api_key",
+        &rec.id,
+        json!({"name": rec.name}),
+    );
     change.commit(audit).await?;
     Ok(Json(to_json(&rec, &state.snapshot().org_id, now)))
 }
 
-pub async fn delete(State(state): State<SharedState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn delete(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     caller.require_org()?;
     let rec = find(&state, &id)?;
     let mut change = state.change().await?;
     change.tx.delete_api_key(&rec.id).await?;
-    let audit = state.audit_entry(Some(caller.id()), "revoke", "api_key", &rec.id, json!({"name": rec.name}));
+    let audit = state.audit_entry(
+        Some(caller.id()),
+        "revoke",
+        "api_key",
+        &rec.id,
+        json!({"name": rec.name}),
+    );
     change.commit(audit).await?;
     Ok(Json(json!({"success": true})))
 }
 
-pub async fn rotate(State(state): State<SharedState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn rotate(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     caller.require_org()?;
     let mut rec = find(&state, &id)?;
     // Same record, new secret: the id, and with it every budget and rate
@@ -314,7 +366,13 @@ pub async fn rotate(State(state): State<SharedState>, caller: Caller, Path(id): 
     rec.last_updated_at = state.now();
     let mut change = state.change().await?;
     change.tx.put_api_key(&rec).await?;
-    let audit = state.audit_entry(Some(caller.id()), "rotate", "api_key", &rec.id, json!({"name": rec.name}));
+    let audit = state.audit_entry(
+        Some(caller.id()),
+        "rotate",
+        "api_key",
+        &rec.id,
+        json!({"name": rec.name}),
+    );
     change.commit(audit).await?;
     Ok(Json(json!({"id": rec.id, "key": key, "object": "api-key"})))
 }

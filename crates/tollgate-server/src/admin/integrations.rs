@@ -161,18 +161,29 @@ pub fn split_configuration(
 
 fn validate_plain_field(name: &str, value: &Value) -> Result<(), AdminError> {
     match name {
-        "custom_host" => check_url(name, value.as_str().ok_or_else(|| AdminError::validation("custom_host must be a string"))?),
+        "custom_host" => check_url(
+            name,
+            value
+                .as_str()
+                .ok_or_else(|| AdminError::validation("custom_host must be a string"))?,
+        ),
         "aws_sts_endpoint" => check_url(name, value.as_str().unwrap_or_default()),
         "aws_auth_type" => match value.as_str() {
             Some("accessKey" | "assumedRole") => Ok(()),
-            _ => Err(AdminError::validation("aws_auth_type must be 'accessKey' or 'assumedRole'")),
+            _ => Err(AdminError::validation(
+                "aws_auth_type must be 'accessKey' or 'assumedRole'",
+            )),
         },
         "azure_deployment_config" => {
             let ok = value.as_array().is_some_and(|a| {
                 !a.is_empty()
                     && a.iter().all(|d| {
-                        d.get("azure_deployment_name").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
-                            && d.get("azure_model_slug").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+                        d.get("azure_deployment_name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|s| !s.is_empty())
+                            && d.get("azure_model_slug")
+                                .and_then(Value::as_str)
+                                .is_some_and(|s| !s.is_empty())
                     })
             });
             if ok {
@@ -192,16 +203,25 @@ fn validate_plain_field(name: &str, value: &Value) -> Result<(), AdminError> {
 /// are merged with what the integration already holds.
 fn check_required(spec: &ProviderSpec, i: &Integration) -> Result<(), AdminError> {
     for f in spec.credential_fields.iter().filter(|f| f.required) {
-        let present = if f.secret { i.sealed_secrets.contains_key(&f.name) } else { i.configurations.contains_key(&f.name) };
+        let present = if f.secret {
+            i.sealed_secrets.contains_key(&f.name)
+        } else {
+            i.configurations.contains_key(&f.name)
+        };
         if !present {
-            return Err(AdminError::validation(format!("provider '{}' requires '{}'", spec.id, f.name)));
+            return Err(AdminError::validation(format!(
+                "provider '{}' requires '{}'",
+                spec.id, f.name
+            )));
         }
     }
     if spec.protocol == Protocol::Bedrock
         && i.configurations.get("aws_auth_type").and_then(Value::as_str) == Some("assumedRole")
         && !i.configurations.contains_key("aws_role_arn")
     {
-        return Err(AdminError::validation("aws_auth_type 'assumedRole' requires aws_role_arn"));
+        return Err(AdminError::validation(
+            "aws_auth_type 'assumedRole' requires aws_role_arn",
+        ));
     }
     Ok(())
 }
@@ -210,11 +230,14 @@ fn check_required(spec: &ProviderSpec, i: &Integration) -> Result<(), AdminError
 /// one is refused at creation rather than at the first request.
 fn check_secret_shape(name: &str, value: &str) -> Result<(), AdminError> {
     if name == "vertex_service_account_json" {
-        let v: Value = serde_json::from_str(value)
-            .map_err(|_| AdminError::validation("vertex_service_account_json must be a service-account JSON document"))?;
+        let v: Value = serde_json::from_str(value).map_err(|_| {
+            AdminError::validation("vertex_service_account_json must be a service-account JSON document")
+        })?;
         for f in ["client_email", "private_key", "token_uri"] {
             if v.get(f).and_then(Value::as_str).is_none() {
-                return Err(AdminError::validation(format!("vertex_service_account_json lacks '{f}'")));
+                return Err(AdminError::validation(format!(
+                    "vertex_service_account_json lacks '{f}'"
+                )));
             }
         }
     }
@@ -227,7 +250,8 @@ fn seal_into(state: &SharedState, i: &mut Integration, secrets: Vec<(String, Str
     let context = format!("integration:{}", i.id);
     for (name, value) in secrets {
         check_secret_shape(&name, &value)?;
-        let sealed = tollgate_store::secrets::seal(&master, &SealedFields::aad(&context, &name), &value).map_err(AdminError::internal)?;
+        let sealed = tollgate_store::secrets::seal(&master, &SealedFields::aad(&context, &name), &value)
+            .map_err(AdminError::internal)?;
         i.masked_secrets.insert(name.clone(), ids::mask_secret(&value));
         i.sealed_secrets.insert(name, sealed.to_string());
     }
@@ -237,7 +261,12 @@ fn seal_into(state: &SharedState, i: &mut Integration, secrets: Vec<(String, Str
 /// Finds an integration by slug and checks that the caller may see it:
 /// organisation keys see all; a workspace key with `scope` only its own
 /// workspace's.
-pub fn find(snap: &Snapshot, caller: &Caller, slug: &str, scope: &str) -> Result<Arc<crate::snapshot::IntegrationEntry>, AdminError> {
+pub fn find(
+    snap: &Snapshot,
+    caller: &Caller,
+    slug: &str,
+    scope: &str,
+) -> Result<Arc<crate::snapshot::IntegrationEntry>, AdminError> {
     let entry = snap
         .integration_by_slug(slug)
         .cloned()
@@ -274,9 +303,15 @@ pub async fn create(
         caller.require_scope("workspace_integrations.write")?;
         let own = caller.workspace_id().map(str::to_owned);
         if let Some(w) = &body.workspace_id {
-            let target = snap.workspaces.get(w).or_else(|| snap.workspace_by_slug(w)).map(|w| w.id.clone());
+            let target = snap
+                .workspaces
+                .get(w)
+                .or_else(|| snap.workspace_by_slug(w))
+                .map(|w| w.id.clone());
             if target != own {
-                return Err(AdminError::forbidden("a workspace key can create integrations only in its own workspace"));
+                return Err(AdminError::forbidden(
+                    "a workspace key can create integrations only in its own workspace",
+                ));
             }
         }
         own
@@ -285,13 +320,18 @@ pub async fn create(
         return Err(AdminError::validation("name is required"));
     }
     let spec = catalogue::provider(&body.ai_provider_id).ok_or_else(|| {
-        AdminError::validation(format!("unknown ai_provider_id '{}'; see GET /v1/ai-providers", body.ai_provider_id))
+        AdminError::validation(format!(
+            "unknown ai_provider_id '{}'; see GET /v1/ai-providers",
+            body.ai_provider_id
+        ))
     })?;
     let slug = match &body.slug {
         Some(s) if !ids::is_valid_slug(s) => return Err(AdminError::validation("slug must match ^[a-zA-Z0-9_-]+$")),
         Some(s) => {
             if snap.integration_by_slug(s).is_some() {
-                return Err(AdminError::conflict(format!("integration with slug '{s}' already exists")));
+                return Err(AdminError::conflict(format!(
+                    "integration with slug '{s}' already exists"
+                )));
             }
             s.clone()
         }
@@ -330,7 +370,15 @@ pub async fn create(
     let mut change = state.change().await?;
     // A workspace's own integration is provisioned to it from the start.
     if let Some(w) = &workspace_id {
-        i.workspaces.insert(w.clone(), WorkspaceAccess { enabled: true, limits: Limits::default(), models: None, updated_at: now });
+        i.workspaces.insert(
+            w.clone(),
+            WorkspaceAccess {
+                enabled: true,
+                limits: Limits::default(),
+                models: None,
+                updated_at: now,
+            },
+        );
     }
     change.tx.put_integration(&i).await?;
     if let Some(w) = &workspace_id {
@@ -347,14 +395,20 @@ pub async fn create(
     Ok(Json(json!({"id": i.id, "slug": i.slug, "object": "integration"})))
 }
 
-pub async fn list(State(state): State<SharedState>, caller: Caller, Query(q): Query<ListQuery>) -> Result<Json<Value>, AdminError> {
+pub async fn list(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     if !caller.is_org() {
         caller.require_scope("workspace_integrations.read")?;
     }
     let kind = q.kind.as_deref().unwrap_or("all");
     if !matches!(kind, "organisation" | "organization" | "workspace" | "all") {
-        return Err(AdminError::validation("type must be 'organisation', 'workspace' or 'all'"));
+        return Err(AdminError::validation(
+            "type must be 'organisation', 'workspace' or 'all'",
+        ));
     }
     let ws_filter = match &q.workspace_id {
         Some(w) => Some(
@@ -379,17 +433,32 @@ pub async fn list(State(state): State<SharedState>, caller: Caller, Query(q): Qu
             "organisation" | "organization" => i.workspace_id.is_none(),
             _ => true,
         })
-        .filter(|i| ws_filter.as_ref().is_none_or(|w| i.workspace_id.as_ref() == Some(w) || i.access_for(w).is_some()))
+        .filter(|i| {
+            ws_filter
+                .as_ref()
+                .is_none_or(|w| i.workspace_id.as_ref() == Some(w) || i.access_for(w).is_some())
+        })
         .collect();
     items.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.slug.cmp(&b.slug)));
-    let data = items.into_iter().map(|i| to_json(i, &snap.org_id, workspace_count(&snap, i))).collect();
+    let data = items
+        .into_iter()
+        .map(|i| to_json(i, &snap.org_id, workspace_count(&snap, i)))
+        .collect();
     Ok(Json(q.page.list(data)?))
 }
 
-pub async fn retrieve(State(state): State<SharedState>, caller: Caller, Path(slug): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn retrieve(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let e = find(&snap, &caller, &slug, "workspace_integrations.read")?;
-    Ok(Json(to_json(&e.record, &snap.org_id, workspace_count(&snap, &e.record))))
+    Ok(Json(to_json(
+        &e.record,
+        &snap.org_id,
+        workspace_count(&snap, &e.record),
+    )))
 }
 
 pub async fn update(
@@ -415,7 +484,11 @@ pub async fn update(
     }
     let cfg = body.configurations.unwrap_or_default();
     // Fields sent as null are removed; others replace what is stored.
-    let removed: Vec<String> = cfg.iter().filter(|(_, v)| v.is_null()).map(|(k, _)| k.clone()).collect();
+    let removed: Vec<String> = cfg
+        .iter()
+        .filter(|(_, v)| v.is_null())
+        .map(|(k, _)| k.clone())
+        .collect();
     let (plain, secrets) = split_configuration(e.spec, body.key, cfg)?;
     for k in removed {
         i.configurations.remove(&k);
@@ -429,12 +502,22 @@ pub async fn update(
     i.last_updated_at = state.now();
     let mut change = state.change().await?;
     change.tx.put_integration(&i).await?;
-    let audit = state.audit_entry(Some(caller.id()), "update", "integration", &i.slug, json!({"secret_fields_changed": changed_secrets}));
+    let audit = state.audit_entry(
+        Some(caller.id()),
+        "update",
+        "integration",
+        &i.slug,
+        json!({"secret_fields_changed": changed_secrets}),
+    );
     change.commit(audit).await?;
     Ok(Json(to_json(&i, &snap.org_id, workspace_count(&snap, &i))))
 }
 
-pub async fn delete(State(state): State<SharedState>, caller: Caller, Path(slug): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn delete(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let e = find(&snap, &caller, &slug, "workspace_integrations.write")?;
     let mut change = state.change().await?;
@@ -494,23 +577,31 @@ pub fn parse_pricing(v: &Value) -> Result<Option<ModelPrice>, AdminError> {
     if kind != "static" {
         return Err(AdminError::validation("pricing_config.type must be 'static'"));
     }
-    let payg = v.get("pay_as_you_go").ok_or_else(|| AdminError::validation("pricing_config needs pay_as_you_go"))?;
+    let payg = v
+        .get("pay_as_you_go")
+        .ok_or_else(|| AdminError::validation("pricing_config needs pay_as_you_go"))?;
     let price = |field: &str| -> Result<Option<Price>, AdminError> {
         match payg.get(field).and_then(|f| f.get("price")) {
             None | Some(Value::Null) => Ok(None),
-            Some(n @ Value::Number(_)) => Price::parse_cents_per_token(&n.to_string())
-                .map(Some)
-                .ok_or_else(|| AdminError::validation(format!("pricing_config {field}.price must be a non-negative number"))),
-            Some(Value::String(s)) => Price::parse_cents_per_token(s)
-                .map(Some)
-                .ok_or_else(|| AdminError::validation(format!("pricing_config {field}.price must be a non-negative number"))),
-            Some(_) => Err(AdminError::validation(format!("pricing_config {field}.price must be a number"))),
+            Some(n @ Value::Number(_)) => Price::parse_cents_per_token(&n.to_string()).map(Some).ok_or_else(|| {
+                AdminError::validation(format!("pricing_config {field}.price must be a non-negative number"))
+            }),
+            Some(Value::String(s)) => Price::parse_cents_per_token(s).map(Some).ok_or_else(|| {
+                AdminError::validation(format!("pricing_config {field}.price must be a non-negative number"))
+            }),
+            Some(_) => Err(AdminError::validation(format!(
+                "pricing_config {field}.price must be a number"
+            ))),
         }
     };
     let input = price("request_token")?.unwrap_or(Price::FREE);
     let output = price("response_token")?.unwrap_or(Price::FREE);
     let cached = price("cache_read_input_token")?.unwrap_or(input);
-    Ok(Some(ModelPrice { input, output, cached_input: cached }))
+    Ok(Some(ModelPrice {
+        input,
+        output,
+        cached_input: cached,
+    }))
 }
 
 fn model_json(m: &IntegrationModel) -> Value {
@@ -528,18 +619,32 @@ fn model_json(m: &IntegrationModel) -> Value {
     })
 }
 
-pub async fn list_models(State(state): State<SharedState>, caller: Caller, Path(slug): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn list_models(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let e = find(&snap, &caller, &slug, "workspace_integrations.read")?;
     let i = &e.record;
     // Under allow-all, list what the catalogue knows besides the entries.
     let mut models: Vec<Value> = i.models.iter().map(model_json).collect();
     if i.allow_all_models {
-        let mut known: Vec<&str> = snap.prices.models_of(&i.ai_provider_id).filter(|m| !e.models.contains_key(*m)).collect();
+        let mut known: Vec<&str> = snap
+            .prices
+            .models_of(&i.ai_provider_id)
+            .filter(|m| !e.models.contains_key(*m))
+            .collect();
         known.sort();
-        models.extend(known.into_iter().map(|m| json!({"slug": m, "enabled": true, "is_custom": false, "is_finetune": false})));
+        models.extend(
+            known
+                .into_iter()
+                .map(|m| json!({"slug": m, "enabled": true, "is_custom": false, "is_finetune": false})),
+        );
     }
-    Ok(Json(json!({"object": "list", "total": models.len(), "allow_all_models": i.allow_all_models, "models": models, "data": models})))
+    Ok(Json(
+        json!({"object": "list", "total": models.len(), "allow_all_models": i.allow_all_models, "models": models, "data": models}),
+    ))
 }
 
 pub async fn put_models(
@@ -562,18 +667,26 @@ pub async fn put_models(
             Some(p) => parse_pricing(p)?,
             None => None,
         };
-        let cfg = m.configurations.unwrap_or(ModelConfigurations { custom_host: None, custom_headers: None });
+        let cfg = m.configurations.unwrap_or(ModelConfigurations {
+            custom_host: None,
+            custom_headers: None,
+        });
         if let Some(h) = &cfg.custom_host {
             check_url("custom_host", h)?;
         }
         let headers: Vec<(String, String)> = cfg.custom_headers.unwrap_or_default().into_iter().collect();
         for (k, v) in &headers {
             if http::HeaderName::from_bytes(k.as_bytes()).is_err() || http::HeaderValue::from_str(v).is_err() {
-                return Err(AdminError::validation(format!("custom header '{k}' is not a valid HTTP header")));
+                return Err(AdminError::validation(format!(
+                    "custom header '{k}' is not a valid HTTP header"
+                )));
             }
         }
         if m.is_finetune && m.base_model_slug.is_none() {
-            return Err(AdminError::validation(format!("fine-tuned model '{}' needs base_model_slug", m.slug)));
+            return Err(AdminError::validation(format!(
+                "fine-tuned model '{}' needs base_model_slug",
+                m.slug
+            )));
         }
         let entry = IntegrationModel {
             slug: m.slug.clone(),
@@ -602,7 +715,9 @@ pub async fn put_models(
         json!({"allow_all_models": i.allow_all_models, "models": i.models.iter().map(|m| &m.slug).collect::<Vec<_>>()}),
     );
     change.commit(audit).await?;
-    Ok(Json(json!({"success": true, "total": i.models.len(), "allow_all_models": i.allow_all_models})))
+    Ok(Json(
+        json!({"success": true, "total": i.models.len(), "allow_all_models": i.allow_all_models}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -619,7 +734,14 @@ pub async fn delete_models(
 ) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let e = find(&snap, &caller, &slug, "workspace_integrations.write")?;
-    let slugs: Vec<&str> = q.slugs.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let slugs: Vec<&str> = q
+        .slugs
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if slugs.is_empty() {
         return Err(AdminError::validation("give the models to remove as ?slugs=a,b"));
     }
@@ -629,14 +751,28 @@ pub async fn delete_models(
             Some(p) if i.models[p].is_custom => {
                 i.models.remove(p);
             }
-            Some(_) => return Err(AdminError::validation(format!("'{s}' is not a custom model; disable it with PUT instead"))),
-            None => return Err(AdminError::not_found(format!("model '{s}' not found in integration '{slug}'"))),
+            Some(_) => {
+                return Err(AdminError::validation(format!(
+                    "'{s}' is not a custom model; disable it with PUT instead"
+                )))
+            }
+            None => {
+                return Err(AdminError::not_found(format!(
+                    "model '{s}' not found in integration '{slug}'"
+                )))
+            }
         }
     }
     i.last_updated_at = state.now();
     let mut change = state.change().await?;
     change.tx.put_integration(&i).await?;
-    let audit = state.audit_entry(Some(caller.id()), "delete_models", "integration", &i.slug, json!({"models": slugs}));
+    let audit = state.audit_entry(
+        Some(caller.id()),
+        "delete_models",
+        "integration",
+        &i.slug,
+        json!({"models": slugs}),
+    );
     change.commit(audit).await?;
     Ok(Json(json!({"success": true})))
 }
@@ -700,7 +836,11 @@ fn access_json(id: &str, a: &WorkspaceAccess, now: DateTime<Utc>) -> Value {
     })
 }
 
-pub async fn list_workspaces(State(state): State<SharedState>, caller: Caller, Path(slug): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn list_workspaces(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let e = find(&snap, &caller, &slug, "workspace_integrations.read")?;
     let now = state.now();
@@ -740,12 +880,16 @@ pub async fn put_workspaces(
             .ok_or_else(|| AdminError::validation(format!("workspace '{}' does not exist", w.id)))?;
         if let Some(owner) = &i.workspace_id {
             if *owner != ws.id {
-                return Err(AdminError::validation("a workspace-owned integration can be provisioned only to its own workspace"));
+                return Err(AdminError::validation(
+                    "a workspace-owned integration can be provisioned only to its own workspace",
+                ));
             }
         }
         if let Some(s) = &w.default_provider_slug {
             if !ids::is_valid_slug(s) {
-                return Err(AdminError::validation("default_provider_slug must match ^[a-zA-Z0-9_-]+$"));
+                return Err(AdminError::validation(
+                    "default_provider_slug must match ^[a-zA-Z0-9_-]+$",
+                ));
             }
         }
         entries.push((ws.id.clone(), w));
@@ -766,24 +910,45 @@ pub async fn put_workspaces(
             Some(m) => m,
             None => current.as_ref().and_then(|c| c.models.clone()),
         };
-        i.workspaces.insert(ws_id.clone(), WorkspaceAccess { enabled: w.enabled, limits, models, updated_at: now });
+        i.workspaces.insert(
+            ws_id.clone(),
+            WorkspaceAccess {
+                enabled: w.enabled,
+                limits,
+                models,
+                updated_at: now,
+            },
+        );
         if w.enabled && w.create_default_provider != Some(false) {
             provision.push((ws_id, w.default_provider_slug));
         }
     }
     if let Some(g) = body.global_workspace_access {
         if i.workspace_id.is_some() && g.enabled {
-            return Err(AdminError::validation("a workspace-owned integration cannot be opened to all workspaces"));
+            return Err(AdminError::validation(
+                "a workspace-owned integration cannot be opened to all workspaces",
+            ));
         }
-        let mut limits = merge_limits(&i.global_access.limits, g.usage_limits.as_ref(), g.rate_limits.as_ref(), now)?;
+        let mut limits = merge_limits(
+            &i.global_access.limits,
+            g.usage_limits.as_ref(),
+            g.rate_limits.as_ref(),
+            now,
+        )?;
         if g.reset_usage == Some(true) {
             super::reset_usage(&mut limits, now);
         }
-        let set_at = if g.enabled && !i.global_access.enabled { Some(now) } else { i.global_access.set_at };
+        let set_at = if g.enabled && !i.global_access.enabled {
+            Some(now)
+        } else {
+            i.global_access.set_at
+        };
         i.global_access = GlobalAccess {
             enabled: g.enabled,
             limits,
-            override_existing: body.override_existing_workspace_access.unwrap_or(i.global_access.override_existing),
+            override_existing: body
+                .override_existing_workspace_access
+                .unwrap_or(i.global_access.override_existing),
             set_at,
         };
         if g.enabled {
@@ -865,7 +1030,9 @@ mod tests {
         assert_eq!(p.input, Price::parse_usd_per_million("2.5").unwrap());
         assert_eq!(p.output, Price::parse_usd_per_million("10").unwrap());
         assert_eq!(p.cached_input, p.input);
-        let free = parse_pricing(&json!({"pay_as_you_go":{"request_token":{"price":0},"response_token":{"price":0}}})).unwrap().unwrap();
+        let free = parse_pricing(&json!({"pay_as_you_go":{"request_token":{"price":0},"response_token":{"price":0}}}))
+            .unwrap()
+            .unwrap();
         assert_eq!(free, ModelPrice::FREE);
         assert!(parse_pricing(&json!({"type":"dynamic","pay_as_you_go":{}})).is_err());
         assert!(parse_pricing(&json!({"pay_as_you_go":{"request_token":{"price":-1}}})).is_err());
@@ -877,18 +1044,37 @@ mod tests {
     #[test]
     fn configuration_is_split_and_validated() {
         let openai = catalogue::provider("openai").unwrap();
-        let (plain, secrets) =
-            split_configuration(openai, Some("sk-123".into()), json!({"openai_organization": "org"}).as_object().unwrap().clone()).unwrap();
+        let (plain, secrets) = split_configuration(
+            openai,
+            Some("sk-123".into()),
+            json!({"openai_organization": "org"}).as_object().unwrap().clone(),
+        )
+        .unwrap();
         assert_eq!(plain.get("openai_organization").unwrap(), "org");
         assert_eq!(secrets, vec![("key".to_owned(), "sk-123".to_owned())]);
         let e = split_configuration(openai, None, json!({"api_key": "sk"}).as_object().unwrap().clone()).unwrap_err();
         assert!(e.message.contains("api_key"));
-        let e = split_configuration(openai, None, json!({"custom_host": "ftp://x"}).as_object().unwrap().clone()).unwrap_err();
+        let e = split_configuration(
+            openai,
+            None,
+            json!({"custom_host": "ftp://x"}).as_object().unwrap().clone(),
+        )
+        .unwrap_err();
         assert!(e.message.contains("custom_host"));
         let azure = catalogue::provider("azure-openai").unwrap();
-        assert!(split_configuration(azure, None, json!({"azure_deployment_config": []}).as_object().unwrap().clone()).is_err());
+        assert!(split_configuration(
+            azure,
+            None,
+            json!({"azure_deployment_config": []}).as_object().unwrap().clone()
+        )
+        .is_err());
         let bedrock = catalogue::provider("bedrock").unwrap();
-        assert!(split_configuration(bedrock, None, json!({"aws_auth_type": "magic"}).as_object().unwrap().clone()).is_err());
+        assert!(split_configuration(
+            bedrock,
+            None,
+            json!({"aws_auth_type": "magic"}).as_object().unwrap().clone()
+        )
+        .is_err());
         assert!(check_secret_shape("vertex_service_account_json", "{}").is_err());
         assert!(check_secret_shape("vertex_service_account_json", "not json").is_err());
     }

@@ -36,7 +36,9 @@ fn time_param(v: &Option<String>, name: &str) -> Result<Option<DateTime<Utc>>, A
         .map(|s| {
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| AdminError::validation(format!("{name} must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z")))
+                .map_err(|_| {
+                    AdminError::validation(format!("{name} must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z"))
+                })
         })
         .transpose()
 }
@@ -57,7 +59,11 @@ pub struct AuditQuery {
     pub page: Page,
 }
 
-pub async fn audit_logs(State(state): State<SharedState>, caller: Caller, Query(q): Query<AuditQuery>) -> Result<Json<Value>, AdminError> {
+pub async fn audit_logs(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, AdminError> {
     caller.require_org()?;
     let (offset, size) = q.page.bounds()?;
     let f = AuditFilter {
@@ -144,14 +150,20 @@ pub fn record_json(r: &UsageRecord) -> Value {
     })
 }
 
-pub async fn logs(State(state): State<SharedState>, caller: Caller, Query(q): Query<LogsQuery>) -> Result<Json<Value>, AdminError> {
+pub async fn logs(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<Value>, AdminError> {
     // Organisation keys see every workspace; workspace keys with logs.view
     // see their own only.
     let workspace_id = match caller.workspace_id() {
         Some(own) => {
             caller.require_scope("logs.view")?;
             if q.workspace_id.as_deref().is_some_and(|w| w != own) {
-                return Err(AdminError::forbidden("this API key can read only its own workspace's logs"));
+                return Err(AdminError::forbidden(
+                    "this API key can read only its own workspace's logs",
+                ));
             }
             Some(own.to_owned())
         }
@@ -173,7 +185,10 @@ pub async fn logs(State(state): State<SharedState>, caller: Caller, Query(q): Qu
     let status_code = q
         .status_code
         .as_deref()
-        .map(|s| s.parse::<u16>().map_err(|_| AdminError::validation("status_code must be a number")))
+        .map(|s| {
+            s.parse::<u16>()
+                .map_err(|_| AdminError::validation("status_code must be a number"))
+        })
         .transpose()?;
     let (offset, size) = q.page.bounds()?;
     let f = LogFilter {
@@ -190,6 +205,10 @@ pub async fn logs(State(state): State<SharedState>, caller: Caller, Query(q): Qu
         offset: offset as i64,
         limit: size as i64,
     };
-    let (total, rows) = usage::list(state.store.pool(), &f).await.map_err(AdminError::internal)?;
-    Ok(Json(json!({"object": "list", "total": total, "data": rows.iter().map(record_json).collect::<Vec<_>>()})))
+    let (total, rows) = usage::list(state.store.pool(), &f)
+        .await
+        .map_err(AdminError::internal)?;
+    Ok(Json(
+        json!({"object": "list", "total": total, "data": rows.iter().map(record_json).collect::<Vec<_>>()}),
+    ))
 }

@@ -26,28 +26,42 @@ pub fn router() -> Router<SharedState> {
         .route("/v1/admin/workspaces", get(workspaces::list).post(workspaces::create))
         .route(
             "/v1/admin/workspaces/{id}",
-            get(workspaces::retrieve).put(workspaces::update).delete(workspaces::delete),
+            get(workspaces::retrieve)
+                .put(workspaces::update)
+                .delete(workspaces::delete),
         )
         .route("/v1/api-keys", get(api_keys::list))
-        .route("/v1/api-keys/{id}", get(api_keys::retrieve).put(api_keys::update).delete(api_keys::delete))
+        .route(
+            "/v1/api-keys/{id}",
+            get(api_keys::retrieve).put(api_keys::update).delete(api_keys::delete),
+        )
         .route("/v1/api-keys/{id}/rotate", post(api_keys::rotate))
         .route("/v1/api-keys/{kind}/{sub_kind}", post(api_keys::create))
         .route("/v1/ai-providers", get(misc::ai_providers))
         .route("/v1/integrations", get(integrations::list).post(integrations::create))
         .route(
             "/v1/integrations/{slug}",
-            get(integrations::retrieve).put(integrations::update).delete(integrations::delete),
+            get(integrations::retrieve)
+                .put(integrations::update)
+                .delete(integrations::delete),
         )
         .route(
             "/v1/integrations/{slug}/models",
-            get(integrations::list_models).put(integrations::put_models).delete(integrations::delete_models),
+            get(integrations::list_models)
+                .put(integrations::put_models)
+                .delete(integrations::delete_models),
         )
         .route(
             "/v1/integrations/{slug}/workspaces",
             get(integrations::list_workspaces).put(integrations::put_workspaces),
         )
         .route("/v1/providers", get(providers::list).post(providers::create))
-        .route("/v1/providers/{slug}", get(providers::retrieve).put(providers::update).delete(providers::delete))
+        .route(
+            "/v1/providers/{slug}",
+            get(providers::retrieve)
+                .put(providers::update)
+                .delete(providers::delete),
+        )
         .route("/v1/audit-logs", get(misc::audit_logs))
         .route("/v1/logs", get(misc::logs))
 }
@@ -64,15 +78,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                 if !v.is_object() {
                     return Err(AdminError::validation("request body must be a JSON object"));
                 }
-                serde_json::from_value(v).map(Body).map_err(|e| AdminError::validation(format!("invalid request body: {e}")))
+                serde_json::from_value(v)
+                    .map(Body)
+                    .map_err(|e| AdminError::validation(format!("invalid request body: {e}")))
             }
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(AdminError::validation("request body must be JSON (Content-Type: application/json)"))
-            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(AdminError::validation(
+                "request body must be JSON (Content-Type: application/json)",
+            )),
             Err(JsonRejection::BytesRejection(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(AdminError::validation("request body is too large"))
             }
-            Err(e) => Err(AdminError::validation(format!("malformed JSON body: {}", e.body_text()))),
+            Err(e) => Err(AdminError::validation(format!(
+                "malformed JSON body: {}",
+                e.body_text()
+            ))),
         }
     }
 }
@@ -95,13 +114,18 @@ impl Page {
         let num = |v: &Option<String>, name: &str, default: usize| -> Result<usize, AdminError> {
             match v {
                 None => Ok(default),
-                Some(s) => s.parse::<usize>().map_err(|_| AdminError::validation(format!("{name} must be a whole number"))),
+                Some(s) => s
+                    .parse::<usize>()
+                    .map_err(|_| AdminError::validation(format!("{name} must be a whole number"))),
             }
         };
         let page = num(&self.current_page, "current_page", 0)?;
         let size = num(&self.page_size, "page_size", Self::DEFAULT_SIZE)?;
         if size == 0 || size > Self::MAX_SIZE {
-            return Err(AdminError::validation(format!("page_size must be between 1 and {}", Self::MAX_SIZE)));
+            return Err(AdminError::validation(format!(
+                "page_size must be between 1 and {}",
+                Self::MAX_SIZE
+            )));
         }
         Ok((page.saturating_mul(size), size))
     }
@@ -192,10 +216,18 @@ mod tests {
     #[test]
     fn limits_are_immutable_once_set() {
         let now = Utc::now();
-        let r = |v: u64| RateLimit { kind: tollgate_core::limits::RateKind::Requests, unit: tollgate_core::limits::RateUnit::Rpm, value: v };
+        let r = |v: u64| RateLimit {
+            kind: tollgate_core::limits::RateKind::Requests,
+            unit: tollgate_core::limits::RateUnit::Rpm,
+            value: v,
+        };
         let set = merge_limit(&None, Some(r(5)), "rate limit", now).unwrap();
         assert_eq!(set.as_ref().unwrap().limit, r(5));
-        assert_eq!(merge_limit(&set, Some(r(5)), "rate limit", now).unwrap(), set, "resending is not an edit");
+        assert_eq!(
+            merge_limit(&set, Some(r(5)), "rate limit", now).unwrap(),
+            set,
+            "resending is not an edit"
+        );
         assert_eq!(merge_limit(&set, None, "rate limit", now).unwrap(), set);
         let e = merge_limit(&set, Some(r(6)), "rate limit", now).unwrap_err();
         assert_eq!(e.code, crate::error::AdminCode::Conflict);
@@ -203,11 +235,29 @@ mod tests {
 
     #[test]
     fn pages_are_validated() {
-        let p = Page { current_page: Some("2".into()), page_size: Some("10".into()) };
+        let p = Page {
+            current_page: Some("2".into()),
+            page_size: Some("10".into()),
+        };
         assert_eq!(p.bounds().unwrap(), (20, 10));
-        assert!(Page { page_size: Some("0".into()), ..Default::default() }.bounds().is_err());
-        assert!(Page { current_page: Some("x".into()), ..Default::default() }.bounds().is_err());
-        let l = Page { current_page: Some("1".into()), page_size: Some("2".into()) }.list((0..5).map(|i| json!(i)).collect()).unwrap();
+        assert!(Page {
+            page_size: Some("0".into()),
+            ..Default::default()
+        }
+        .bounds()
+        .is_err());
+        assert!(Page {
+            current_page: Some("x".into()),
+            ..Default::default()
+        }
+        .bounds()
+        .is_err());
+        let l = Page {
+            current_page: Some("1".into()),
+            page_size: Some("2".into()),
+        }
+        .list((0..5).map(|i| json!(i)).collect())
+        .unwrap();
         assert_eq!(l, json!({"object":"list","total":5,"data":[2,3]}));
     }
 }

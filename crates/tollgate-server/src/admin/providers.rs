@@ -110,15 +110,26 @@ fn target_workspace(snap: &Snapshot, caller: &Caller, asked: Option<&str>, scope
 }
 
 fn find(snap: &Snapshot, ws: &str, slug: &str) -> Result<Arc<crate::snapshot::Route>, AdminError> {
-    snap.route(ws, slug).cloned().ok_or_else(|| AdminError::not_found(format!("provider '{slug}' not found in workspace '{ws}'")))
+    snap.route(ws, slug)
+        .cloned()
+        .ok_or_else(|| AdminError::not_found(format!("provider '{slug}' not found in workspace '{ws}'")))
 }
 
-pub async fn list(State(state): State<SharedState>, caller: Caller, Query(q): Query<WorkspaceQuery>) -> Result<Json<Value>, AdminError> {
+pub async fn list(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Query(q): Query<WorkspaceQuery>,
+) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let ws = target_workspace(&snap, &caller, q.workspace_id.as_deref(), "providers.read")?;
     let now = state.now();
     let mut routes: Vec<_> = snap.routes_of(&ws).collect();
-    routes.sort_by(|a, b| a.provider.created_at.cmp(&b.provider.created_at).then(a.provider.slug.cmp(&b.provider.slug)));
+    routes.sort_by(|a, b| {
+        a.provider
+            .created_at
+            .cmp(&b.provider.created_at)
+            .then(a.provider.slug.cmp(&b.provider.slug))
+    });
     let mut data = Vec::with_capacity(routes.len());
     for r in routes {
         data.push(to_json(&state, &snap, &r.provider, false, now).await);
@@ -126,7 +137,11 @@ pub async fn list(State(state): State<SharedState>, caller: Caller, Query(q): Qu
     Ok(Json(q.page.list(data)?))
 }
 
-pub async fn create(State(state): State<SharedState>, caller: Caller, Body(body): Body<CreateProvider>) -> Result<Json<Value>, AdminError> {
+pub async fn create(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Body(body): Body<CreateProvider>,
+) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let ws = target_workspace(&snap, &caller, body.workspace_id.as_deref(), "providers.write")?;
     let integration = snap
@@ -148,7 +163,9 @@ pub async fn create(State(state): State<SharedState>, caller: Caller, Body(body)
         None => ids::slugify(&body.name),
     };
     if snap.route(&ws, &slug).is_some() {
-        return Err(AdminError::conflict(format!("provider '{slug}' already exists in this workspace")));
+        return Err(AdminError::conflict(format!(
+            "provider '{slug}' already exists in this workspace"
+        )));
     }
     let now = state.now();
     let expires_at = parse_time(body.expires_at.as_ref(), "expires_at")?;
@@ -159,7 +176,12 @@ pub async fn create(State(state): State<SharedState>, caller: Caller, Body(body)
         workspace_id: ws,
         integration_id: integration.record.id.clone(),
         note: body.note,
-        limits: merge_limits(&Limits::default(), body.usage_limits.as_ref(), body.rate_limits.as_ref(), now)?,
+        limits: merge_limits(
+            &Limits::default(),
+            body.usage_limits.as_ref(),
+            body.rate_limits.as_ref(),
+            now,
+        )?,
         expires_at,
         is_default: false,
         created_at: now,
@@ -217,7 +239,13 @@ pub async fn update(
     p.last_updated_at = now;
     let mut change = state.change().await?;
     change.tx.put_provider(&p).await?;
-    let audit = state.audit_entry(Some(caller.id()), "update", "provider", &p.id, json!({"slug": p.slug, "reset_usage": body.reset_usage}));
+    let audit = state.audit_entry(
+        Some(caller.id()),
+        "update",
+        "provider",
+        &p.id,
+        json!({"slug": p.slug, "reset_usage": body.reset_usage}),
+    );
     change.commit(audit).await?;
     Ok(Json(to_json(&state, &state.snapshot(), &p, true, now).await))
 }
@@ -233,7 +261,13 @@ pub async fn delete(
     let r = find(&snap, &ws, &slug)?;
     let mut change = state.change().await?;
     change.tx.delete_provider(&r.provider.id).await?;
-    let audit = state.audit_entry(Some(caller.id()), "delete", "provider", &r.provider.id, json!({"slug": slug, "workspace_id": ws}));
+    let audit = state.audit_entry(
+        Some(caller.id()),
+        "delete",
+        "provider",
+        &r.provider.id,
+        json!({"slug": slug, "workspace_id": ws}),
+    );
     change.commit(audit).await?;
     Ok(Json(json!({"success": true})))
 }

@@ -93,7 +93,12 @@ pub async fn create(
         None => ids::slugify(&body.name),
     };
     let now = state.now();
-    let limits = merge_limits(&Limits::default(), body.usage_limits.as_ref(), body.rate_limits.as_ref(), now)?;
+    let limits = merge_limits(
+        &Limits::default(),
+        body.usage_limits.as_ref(),
+        body.rate_limits.as_ref(),
+        now,
+    )?;
     let w = Workspace {
         id: ids::workspace_id(&slug),
         slug,
@@ -114,7 +119,13 @@ pub async fn create(
             super::integrations::ensure_default_provider(&mut change.tx, &snap, &i.record, &w.id, None, now).await?;
         }
     }
-    let audit = state.audit_entry(Some(caller.id()), "create", "workspace", &w.id, json!({"slug": w.slug, "name": w.name}));
+    let audit = state.audit_entry(
+        Some(caller.id()),
+        "create",
+        "workspace",
+        &w.id,
+        json!({"slug": w.slug, "name": w.name}),
+    );
     change.commit(audit).await?;
     Ok(Json(to_json(&w, now)))
 }
@@ -166,7 +177,11 @@ pub fn find(state: &SharedState, caller: &Caller, id: &str) -> Result<std::sync:
     Ok(w)
 }
 
-pub async fn retrieve(State(state): State<SharedState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn retrieve(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let w = find(&state, &caller, &id)?;
     Ok(Json(to_json(&w, state.now())))
 }
@@ -207,7 +222,11 @@ pub async fn update(
     Ok(Json(to_json(&w, now)))
 }
 
-pub async fn delete(State(state): State<SharedState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+pub async fn delete(
+    State(state): State<SharedState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     caller.require_org()?;
     let w = find(&state, &caller, &id)?;
     let snap = state.snapshot();

@@ -27,8 +27,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::admission::{Demand, LimitCheck, RateHeaders, Rule};
-use tollgate_core::limits::RateKind;
 use tollgate_core::catalogue::{Protocol, Tokenizer};
+use tollgate_core::limits::RateKind;
 use tollgate_core::money::Money;
 use tollgate_core::records::KeyType;
 use tollgate_core::usage::ModelPrice;
@@ -93,7 +93,10 @@ pub struct Prepared {
 }
 
 fn invalid(message: impl Into<String>, param: Option<&str>) -> GatewayError {
-    GatewayError::InvalidRequest { message: message.into(), param: param.map(str::to_owned) }
+    GatewayError::InvalidRequest {
+        message: message.into(),
+        param: param.map(str::to_owned),
+    }
 }
 
 /// The trace id of a request: the client's, or a new one.
@@ -152,7 +155,18 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
             relay::fail(&state, rec, started, upstream_error(e), rate_headers)
         }
         Ok(UpstreamResponse::Whole { status, body, usage }) => {
-            relay::whole(&state, rec, &prep, reservation, started, upstream_started, status, body, usage).await
+            relay::whole(
+                &state,
+                rec,
+                &prep,
+                reservation,
+                started,
+                upstream_started,
+                status,
+                body,
+                usage,
+            )
+            .await
         }
         Ok(UpstreamResponse::Stream(stream)) => {
             relay::stream(state.clone(), rec, prep, reservation, started, upstream_started, stream)
@@ -200,7 +214,9 @@ pub fn upstream_error(e: ProviderError) -> GatewayError {
         ProviderError::Upstream { status, message } if (400..500).contains(&status) => {
             GatewayError::UpstreamClient { status, message }
         }
-        ProviderError::Upstream { status, message } => GatewayError::Upstream(format!("upstream returned {status}: {message}")),
+        ProviderError::Upstream { status, message } => {
+            GatewayError::Upstream(format!("upstream returned {status}: {message}"))
+        }
         ProviderError::Timeout => GatewayError::Timeout,
         ProviderError::Unsupported(m) => invalid(m, None),
         other => GatewayError::Upstream(other.to_string()),
@@ -209,14 +225,17 @@ pub fn upstream_error(e: ProviderError) -> GatewayError {
 
 /// Authenticates and authorises the caller for the gateway.
 pub fn gateway_key(state: &SharedState, headers: &HeaderMap) -> Result<Arc<KeyEntry>, GatewayError> {
-    let key = auth::authenticate(state, headers).map_err(|f: AuthFailure| GatewayError::Authentication(f.message().into()))?;
+    let key = auth::authenticate(state, headers)
+        .map_err(|f: AuthFailure| GatewayError::Authentication(f.message().into()))?;
     if key.record.key_type != KeyType::Workspace {
         return Err(GatewayError::Permission(
             "organisation admin keys manage the control plane; call the gateway with a workspace API key".into(),
         ));
     }
     if !auth::grants(&key.record.scopes, "completions.write") {
-        return Err(GatewayError::Permission("this API key lacks the 'completions.write' scope".into()));
+        return Err(GatewayError::Permission(
+            "this API key lacks the 'completions.write' scope".into(),
+        ));
     }
     Ok(key)
 }
@@ -242,11 +261,19 @@ fn prepare(
             .and_then(|s| s.trim().parse::<u64>().ok())
             .filter(|ms| *ms > 0)
             .map(Duration::from_millis)
-            .ok_or_else(|| invalid("x-portkey-request-timeout must be a positive number of milliseconds", None))?,
+            .ok_or_else(|| {
+                invalid(
+                    "x-portkey-request-timeout must be a positive number of milliseconds",
+                    None,
+                )
+            })?,
     };
 
-    let mut body: Value = serde_json::from_slice(raw).map_err(|e| invalid(format!("request body is not valid JSON: {e}"), None))?;
-    let obj = body.as_object().ok_or_else(|| invalid("request body must be a JSON object", None))?;
+    let mut body: Value =
+        serde_json::from_slice(raw).map_err(|e| invalid(format!("request body is not valid JSON: {e}"), None))?;
+    let obj = body
+        .as_object()
+        .ok_or_else(|| invalid("request body must be a JSON object", None))?;
     let model_field = obj
         .get("model")
         .and_then(Value::as_str)
@@ -275,7 +302,10 @@ fn prepare(
     }
     let max_tokens = match obj.get("max_completion_tokens").or_else(|| obj.get("max_tokens")) {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| invalid("'max_tokens' must be a non-negative integer", Some("max_tokens")))?),
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| invalid("'max_tokens' must be a non-negative integer", Some("max_tokens")))?,
+        ),
     };
     let client_wants_usage = obj
         .get("stream_options")
@@ -289,9 +319,13 @@ fn prepare(
     let Some(route) = snap.route(&workspace_id, slug).cloned() else {
         // An integration of that slug exists but was never provisioned here.
         if snap.integration_by_slug(slug).is_some() {
-            return Err(GatewayError::Permission(format!("provider '@{slug}' is not provisioned to this workspace")));
+            return Err(GatewayError::Permission(format!(
+                "provider '@{slug}' is not provisioned to this workspace"
+            )));
         }
-        return Err(GatewayError::NotFound(format!("provider '@{slug}' not found in this workspace")));
+        return Err(GatewayError::NotFound(format!(
+            "provider '@{slug}' not found in this workspace"
+        )));
     };
     let integration = &route.integration;
     rec.provider_slug = Some(route.provider.slug.clone());
@@ -301,10 +335,14 @@ fn prepare(
     rec.model = Some(model.to_owned());
     rec.streamed = stream;
     if route.access.is_none() {
-        return Err(GatewayError::Permission(format!("provider '@{slug}' is not provisioned to this workspace")));
+        return Err(GatewayError::Permission(format!(
+            "provider '@{slug}' is not provisioned to this workspace"
+        )));
     }
     if integration.record.status != tollgate_core::records::IntegrationStatus::Active {
-        return Err(GatewayError::Permission(format!("the integration behind '@{slug}' is archived")));
+        return Err(GatewayError::Permission(format!(
+            "the integration behind '@{slug}' is archived"
+        )));
     }
     if route.provider.expires_at.is_some_and(|t| t <= state.now()) {
         return Err(GatewayError::Permission(format!("provider '@{slug}' has expired")));
@@ -323,18 +361,25 @@ fn prepare(
         )));
     }
     if route.workspace_models.as_ref().is_some_and(|m| !m.contains(model)) {
-        return Err(GatewayError::ModelNotAllowed(format!("model '{model}' is not enabled for this workspace")));
+        return Err(GatewayError::ModelNotAllowed(format!(
+            "model '{model}' is not enabled for this workspace"
+        )));
     }
 
     // Price and tokenizer: the model's own, else its base model's catalogue entry.
     let provider_id = integration.record.ai_provider_id.as_str();
     let catalogue_model = entry.and_then(|e| e.base_model_slug.as_deref()).unwrap_or(model);
-    let info = snap.prices.model(provider_id, catalogue_model).or_else(|| snap.prices.model(provider_id, model));
+    let info = snap
+        .prices
+        .model(provider_id, catalogue_model)
+        .or_else(|| snap.prices.model(provider_id, model));
     let price = entry.and_then(|e| e.price).or_else(|| info.map(|i| i.price));
     let tokenizer = info.map(|i| i.tokenizer).unwrap_or_default();
     let max_output = match endpoint {
         Endpoint::Embeddings => 0,
-        _ => max_tokens.or_else(|| info.and_then(|i| i.max_output_tokens)).unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+        _ => max_tokens
+            .or_else(|| info.and_then(|i| i.max_output_tokens))
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
     };
     let base_url = entry
         .and_then(|e| e.custom_host.clone())
@@ -370,13 +415,22 @@ fn prepare(
 /// `(provider slug, model)` from the header or the model string.
 fn resolve_names<'a>(headers: &'a HeaderMap, model: &'a str) -> Result<(&'a str, &'a str), GatewayError> {
     if let Some(h) = headers.get("x-portkey-provider") {
-        let h = h.to_str().map_err(|_| invalid("x-portkey-provider must be text", None))?;
+        let h = h
+            .to_str()
+            .map_err(|_| invalid("x-portkey-provider must be text", None))?;
         let slug = h.trim().trim_start_matches('@');
         if slug.is_empty() {
-            return Err(invalid("x-portkey-provider must name a provider, e.g. @openai-prod", None));
+            return Err(invalid(
+                "x-portkey-provider must name a provider, e.g. @openai-prod",
+                None,
+            ));
         }
         // A model string that repeats the provider is accepted too.
-        let model = model.strip_prefix('@').and_then(|m| m.strip_prefix(slug)).and_then(|m| m.strip_prefix('/')).unwrap_or(model);
+        let model = model
+            .strip_prefix('@')
+            .and_then(|m| m.strip_prefix(slug))
+            .and_then(|m| m.strip_prefix('/'))
+            .unwrap_or(model);
         return Ok((slug, model));
     }
     let Some(rest) = model.strip_prefix('@') else {
@@ -386,13 +440,17 @@ fn resolve_names<'a>(headers: &'a HeaderMap, model: &'a str) -> Result<(&'a str,
     };
     match rest.split_once('/') {
         Some((slug, m)) if !slug.is_empty() && !m.is_empty() => Ok((slug, m)),
-        _ => Err(GatewayError::NotFound(format!("model string '{model}' is not of the form '@provider/model'"))),
+        _ => Err(GatewayError::NotFound(format!(
+            "model string '{model}' is not of the form '@provider/model'"
+        ))),
     }
 }
 
 /// `x-portkey-metadata`: a JSON object of strings.
 fn metadata(headers: &HeaderMap) -> Result<Option<serde_json::Map<String, Value>>, GatewayError> {
-    let Some(v) = headers.get("x-portkey-metadata") else { return Ok(None) };
+    let Some(v) = headers.get("x-portkey-metadata") else {
+        return Ok(None);
+    };
     let bad = || invalid("x-portkey-metadata must be a JSON object of strings", None);
     let m: serde_json::Map<String, Value> = serde_json::from_slice(v.as_bytes()).map_err(|_| bad())?;
     if m.values().any(|v| !v.is_string()) || m.len() > 64 {
@@ -436,8 +494,14 @@ mod tests {
     #[test]
     fn names_resolve_from_header_or_model_string() {
         let mut h = HeaderMap::new();
-        assert_eq!(resolve_names(&h, "@openai-prod/gpt-4o").unwrap(), ("openai-prod", "gpt-4o"));
-        assert_eq!(resolve_names(&h, "@t/meta-llama/Llama-3").unwrap(), ("t", "meta-llama/Llama-3"));
+        assert_eq!(
+            resolve_names(&h, "@openai-prod/gpt-4o").unwrap(),
+            ("openai-prod", "gpt-4o")
+        );
+        assert_eq!(
+            resolve_names(&h, "@t/meta-llama/Llama-3").unwrap(),
+            ("t", "meta-llama/Llama-3")
+        );
         assert!(matches!(resolve_names(&h, "gpt-4o"), Err(GatewayError::NotFound(_))));
         assert!(matches!(resolve_names(&h, "@nomodel"), Err(GatewayError::NotFound(_))));
         assert!(matches!(resolve_names(&h, "@/x"), Err(GatewayError::NotFound(_))));
@@ -445,7 +509,10 @@ mod tests {
         assert_eq!(resolve_names(&h, "gpt-4o").unwrap(), ("prod", "gpt-4o"));
         assert_eq!(resolve_names(&h, "@prod/gpt-4o").unwrap(), ("prod", "gpt-4o"));
         h.insert("x-portkey-provider", "@".parse().unwrap());
-        assert!(matches!(resolve_names(&h, "gpt-4o"), Err(GatewayError::InvalidRequest { .. })));
+        assert!(matches!(
+            resolve_names(&h, "gpt-4o"),
+            Err(GatewayError::InvalidRequest { .. })
+        ));
     }
 
     #[test]
@@ -462,11 +529,32 @@ mod tests {
 
     #[test]
     fn upstream_errors_map_as_api_md_says() {
-        let e = upstream_error(ProviderError::Upstream { status: 429, message: "slow down".into() });
-        assert_eq!(e, GatewayError::UpstreamClient { status: 429, message: "slow down".into() });
-        assert!(matches!(upstream_error(ProviderError::Upstream { status: 503, message: "x".into() }), GatewayError::Upstream(_)));
+        let e = upstream_error(ProviderError::Upstream {
+            status: 429,
+            message: "slow down".into(),
+        });
+        assert_eq!(
+            e,
+            GatewayError::UpstreamClient {
+                status: 429,
+                message: "slow down".into()
+            }
+        );
+        assert!(matches!(
+            upstream_error(ProviderError::Upstream {
+                status: 503,
+                message: "x".into()
+            }),
+            GatewayError::Upstream(_)
+        ));
         assert_eq!(upstream_error(ProviderError::Timeout), GatewayError::Timeout);
-        assert!(matches!(upstream_error(ProviderError::Unreachable("x".into())), GatewayError::Upstream(_)));
-        assert!(matches!(upstream_error(ProviderError::Unsupported("x".into())), GatewayError::InvalidRequest { .. }));
+        assert!(matches!(
+            upstream_error(ProviderError::Unreachable("x".into())),
+            GatewayError::Upstream(_)
+        ));
+        assert!(matches!(
+            upstream_error(ProviderError::Unsupported("x".into())),
+            GatewayError::InvalidRequest { .. }
+        ));
     }
 }

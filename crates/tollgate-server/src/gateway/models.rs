@@ -30,9 +30,19 @@ fn models(state: &SharedState, headers: &HeaderMap) -> Result<Value, GatewayErro
         }
         // The integration's allowed models: its enabled entries, plus the
         // catalogue's models for its provider when it allows all.
-        let mut allowed: BTreeSet<&str> = i.record.models.iter().filter(|m| m.enabled).map(|m| m.slug.as_str()).collect();
+        let mut allowed: BTreeSet<&str> = i
+            .record
+            .models
+            .iter()
+            .filter(|m| m.enabled)
+            .map(|m| m.slug.as_str())
+            .collect();
         if i.record.allow_all_models {
-            allowed.extend(snap.prices.models_of(&i.record.ai_provider_id).filter(|m| i.models.get(*m).is_none_or(|e| e.enabled)));
+            allowed.extend(
+                snap.prices
+                    .models_of(&i.record.ai_provider_id)
+                    .filter(|m| i.models.get(*m).is_none_or(|e| e.enabled)),
+            );
         }
         for m in allowed {
             if route.workspace_models.as_ref().is_none_or(|w| w.contains(m)) {

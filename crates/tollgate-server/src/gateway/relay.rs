@@ -30,7 +30,13 @@ fn micros(since: Instant) -> u64 {
 }
 
 /// Renders a refusal or failure, and logs it.
-pub fn fail(state: &SharedState, mut rec: UsageRecord, started: Instant, e: GatewayError, rate: RateHeaders) -> Response {
+pub fn fail(
+    state: &SharedState,
+    mut rec: UsageRecord,
+    started: Instant,
+    e: GatewayError,
+    rate: RateHeaders,
+) -> Response {
     let (status, kind, _) = e.wire();
     rec.status_code = status.as_u16();
     rec.error_type = Some(kind);
@@ -59,8 +65,11 @@ async fn close_books(
     rec.tokens_estimated = estimated;
     let cost = price.map(|p| p.cost(&usage));
     if cost.is_none() {
-        tracing::warn!(model = rec.model.as_deref().unwrap_or(""), provider = rec.ai_provider_id.as_deref().unwrap_or(""),
-            "no price known for this model: cost logged as null");
+        tracing::warn!(
+            model = rec.model.as_deref().unwrap_or(""),
+            provider = rec.ai_provider_id.as_deref().unwrap_or(""),
+            "no price known for this model: cost logged as null"
+        );
     }
     rec.cost_picos = cost.map(|c| c.picos());
     crate::limits::settle(state, reservation, usage.total(), cost).await;
@@ -90,7 +99,9 @@ struct MessageText {
 
 /// The generated text of a whole OpenAI-format answer, for estimation.
 fn whole_text(body: &[u8]) -> String {
-    let Ok(w) = serde_json::from_slice::<WholeText>(body) else { return String::new() };
+    let Ok(w) = serde_json::from_slice::<WholeText>(body) else {
+        return String::new();
+    };
     w.choices
         .into_iter()
         .filter_map(|c| c.message.and_then(|m| m.content).or(c.text))
@@ -151,7 +162,8 @@ pub async fn whole(
     close_books(state, rec, reservation, usage, estimated, prep.price).await;
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     decorate(&mut resp, &trace_id, &rate);
     resp
 }
@@ -182,7 +194,12 @@ pub fn stream(
         tokenizer: prep.tokenizer,
         price: prep.price,
     };
-    let relay = Relay { inner, books: Some(books), done: false, pending: None };
+    let relay = Relay {
+        inner,
+        books: Some(books),
+        done: false,
+        pending: None,
+    };
     let mut resp = Response::new(Body::from_stream(relay));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -249,7 +266,9 @@ impl Books {
                 self.rec.error_type = Some(kind);
             }
         }
-        let Some(reservation) = self.reservation.take() else { return };
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
         // Counting tokens may take a while for a long answer: off the
         // response path, in the task that closes the books.
         tokio::spawn(async move {
@@ -309,7 +328,9 @@ impl Relay {
                     if let Some(b) = self.books.as_mut() {
                         b.on_frame(&next);
                     }
-                    joined.get_or_insert_with(|| bytes::BytesMut::from(&first[..])).extend_from_slice(&next);
+                    joined
+                        .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                        .extend_from_slice(&next);
                 }
                 Poll::Ready(Some(Ok(StreamItem::Usage(u)))) => {
                     if let Some(b) = self.books.as_mut() {
@@ -390,7 +411,10 @@ mod tests {
 
     #[test]
     fn whole_text_reads_chat_and_completion_answers() {
-        assert_eq!(whole_text(br#"{"choices":[{"message":{"content":"hi"}},{"message":{"content":" there"}}]}"#), "hi there");
+        assert_eq!(
+            whole_text(br#"{"choices":[{"message":{"content":"hi"}},{"message":{"content":" there"}}]}"#),
+            "hi there"
+        );
         assert_eq!(whole_text(br#"{"choices":[{"text":"abc"}]}"#), "abc");
         assert_eq!(whole_text(b"not json"), "");
     }

@@ -28,7 +28,11 @@ impl Proc {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn tollgate");
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tollgate");
         let stderr = Arc::new(Mutex::new(String::new()));
         let pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
@@ -81,15 +85,27 @@ impl Drop for Proc {
 }
 
 fn first_key(stderr: &str) -> String {
-    stderr.split_whitespace().find(|w| w.starts_with("tg-")).expect("a key on stderr").to_owned()
+    stderr
+        .split_whitespace()
+        .find(|w| w.starts_with("tg-"))
+        .expect("a key on stderr")
+        .to_owned()
 }
 
 fn run(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(BIN).args(args).arg("--data-dir").arg(dir).env_remove("TOLLGATE_MASTER_KEY").output().expect("run")
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .output()
+        .expect("run")
 }
 
 async fn call(url: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, format!("{url}{path}")).header("x-portkey-api-key", key);
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .header("x-portkey-api-key", key);
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -112,12 +128,19 @@ async fn first_start_prints_a_key_once_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::serve(dir.path(), &[]);
     let key = first_key(&p.stderr());
-    assert!(p.stderr().contains("x-portkey-api-key"), "one line telling the user what to do");
+    assert!(
+        p.stderr().contains("x-portkey-api-key"),
+        "one line telling the user what to do"
+    );
     let (status, body) = call(&p.url, reqwest::Method::GET, "/v1/admin/workspaces", &key, None).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"][0]["slug"], "default");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(dir.path().join("master.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     assert!(dir.path().join("tollgate.db").exists());
     let (status, _) = p.terminate();
@@ -129,11 +152,19 @@ async fn first_start_prints_a_key_once_and_sigterm_drains() {
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
     let new_key = printed.trim();
-    assert!(new_key.starts_with("tg-") && !new_key.contains(char::is_whitespace), "{printed:?}");
+    assert!(
+        new_key.starts_with("tg-") && !new_key.contains(char::is_whitespace),
+        "{printed:?}"
+    );
     let url = p.url.clone();
     eventually(|| {
         let (url, k) = (url.clone(), new_key.to_owned());
-        async move { call(&url, reqwest::Method::GET, "/v1/admin/workspaces", &k, None).await.0 == 200 }
+        async move {
+            call(&url, reqwest::Method::GET, "/v1/admin/workspaces", &k, None)
+                .await
+                .0
+                == 200
+        }
     })
     .await;
     p.terminate();
@@ -144,15 +175,30 @@ async fn configuration_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("t.toml");
     std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nlisten_port = 1\n").unwrap();
-    let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_port"));
-    let out = Command::new(BIN).args(["serve", "--listen", "nope", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "nope", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen"));
-    let out = Command::new(BIN).args(["serve", "--data-dir"]).arg(dir.path()).env("TOLLGATE_MASTER_KEY", "abc").output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .env("TOLLGATE_MASTER_KEY", "abc")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("master key"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .to_lowercase()
+        .contains("master key"));
 }
 
 #[tokio::test]
@@ -167,7 +213,11 @@ async fn a_wrong_master_key_is_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Creates an integration pointing at `mock_url`, provisions it to the
@@ -178,9 +228,23 @@ async fn wire_up(url: &str, admin: &str, mock_url: &str) -> String {
     assert_eq!(s, 200, "{b}");
     let (_, ws) = call(url, reqwest::Method::GET, "/v1/admin/workspaces/default", admin, None).await;
     let ws = ws["id"].as_str().unwrap().to_owned();
-    let (s, _) = call(url, reqwest::Method::PUT, "/v1/integrations/m/workspaces", admin, Some(json!({"workspaces": [{"id": ws}]}))).await;
+    let (s, _) = call(
+        url,
+        reqwest::Method::PUT,
+        "/v1/integrations/m/workspaces",
+        admin,
+        Some(json!({"workspaces": [{"id": ws}]})),
+    )
+    .await;
     assert_eq!(s, 200);
-    let (_, k) = call(url, reqwest::Method::POST, "/v1/api-keys/workspace/service", admin, Some(json!({"workspace_id": ws}))).await;
+    let (_, k) = call(
+        url,
+        reqwest::Method::POST,
+        "/v1/api-keys/workspace/service",
+        admin,
+        Some(json!({"workspace_id": ws})),
+    )
+    .await;
     k["key"].as_str().unwrap().to_owned()
 }
 
@@ -198,15 +262,27 @@ async fn complete(url: &str, key: &str) -> u16 {
 
 #[tokio::test]
 async fn debug_logs_never_show_a_secret() {
-    let mock = openai::start(OpenAiMock { api_key: Some(SECRET.into()), control: Control::new() }).await.unwrap();
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(SECRET.into()),
+        control: Control::new(),
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::serve(dir.path(), &[("TOLLGATE_LOG", "debug")]);
     let admin = first_key(&p.stderr());
     let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
-    assert_eq!(complete(&p.url, &key).await, 200, "the upstream accepted the opened secret");
+    assert_eq!(
+        complete(&p.url, &key).await,
+        200,
+        "the upstream accepted the opened secret"
+    );
     let (_, logs) = p.terminate();
     assert!(logs.contains("DEBUG"), "debug logging was on");
-    assert!(!logs.contains("DEBUG-LOG-MUST-NOT-SHOW-THIS"), "a secret reached the log");
+    assert!(
+        !logs.contains("DEBUG-LOG-MUST-NOT-SHOW-THIS"),
+        "a secret reached the log"
+    );
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains("DEBUG-LOG-MUST-NOT-SHOW-THIS"));
@@ -215,7 +291,12 @@ async fn debug_logs_never_show_a_secret() {
 
 #[tokio::test]
 async fn rotating_the_master_key_keeps_the_server_working() {
-    let mock = openai::start(OpenAiMock { api_key: Some(SECRET.into()), control: Control::new() }).await.unwrap();
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(SECRET.into()),
+        control: Control::new(),
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::serve(dir.path(), &[]);
     let admin = first_key(&p.stderr());
@@ -232,7 +313,14 @@ async fn rotating_the_master_key_keeps_the_server_working() {
     // And a fresh start with the new key file works too.
     let p = Proc::serve(dir.path(), &[]);
     assert_eq!(complete(&p.url, &key).await, 200);
-    let (_, audit) = call(&p.url, reqwest::Method::GET, "/v1/audit-logs?object_type=master_key", &admin, None).await;
+    let (_, audit) = call(
+        &p.url,
+        reqwest::Method::GET,
+        "/v1/audit-logs?object_type=master_key",
+        &admin,
+        None,
+    )
+    .await;
     assert_eq!(audit["total"], 1);
     p.terminate();
 }
@@ -247,7 +335,11 @@ async fn prices_import_replaces_the_table() {
     let admin = first_key(&p.stderr());
     let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, r#"{"taken_at": "x", "models": [{"provider": "openai", "model": "gpt-4o", "input": "-1", "output": "1"}]}"#).unwrap();
+    std::fs::write(
+        &bad,
+        r#"{"taken_at": "x", "models": [{"provider": "openai", "model": "gpt-4o", "input": "-1", "output": "1"}]}"#,
+    )
+    .unwrap();
     let out = run(&["prices", "import", bad.to_str().unwrap()], dir.path());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("gpt-4o"));

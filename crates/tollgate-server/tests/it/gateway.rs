@@ -22,11 +22,23 @@ pub struct Setup {
 pub async fn setup() -> Setup {
     let app = App::start().await;
     let control = Control::new();
-    let mock = openai::start(OpenAiMock { api_key: Some(UPSTREAM_KEY.into()), control: control.clone() }).await.unwrap();
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control: control.clone(),
+    })
+    .await
+    .unwrap();
     let ws = app.workspace("GW").await;
-    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws]).await;
+    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws])
+        .await;
     let (_, key) = app.workspace_key(&ws, &["completions.write", "logs.view"]).await;
-    Setup { app, mock, control, ws, key }
+    Setup {
+        app,
+        mock,
+        control,
+        ws,
+        key,
+    }
 }
 
 pub fn chat(model: &str) -> Value {
@@ -37,7 +49,10 @@ pub fn chat(model: &str) -> Value {
 async fn whole_chat_completion_through_the_mock() {
     let s = setup().await;
     s.control.set_usage(12, 7, 0);
-    let r = s.app.call(reqwest::Method::POST, "/v1/chat/completions", None, None).await;
+    let r = s
+        .app
+        .call(reqwest::Method::POST, "/v1/chat/completions", None, None)
+        .await;
     assert_eq!((r.status, r.error_type()), (401, "authentication_error"));
     let r = s
         .app
@@ -58,8 +73,14 @@ async fn whole_chat_completion_through_the_mock() {
     // The upstream saw the model without the prefix, and the upstream key.
     let seen = s.mock.journal.last().unwrap();
     assert_eq!(seen.json()["model"], "gpt-4o");
-    assert_eq!(seen.header("authorization"), Some(format!("Bearer {UPSTREAM_KEY}").as_str()));
-    assert!(seen.header("x-portkey-api-key").is_none(), "client headers are not forwarded");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+    assert!(
+        seen.header("x-portkey-api-key").is_none(),
+        "client headers are not forwarded"
+    );
     s.app.flush_logs().await;
     let logs = s.app.get("/v1/logs?trace_id=trace-abc", &s.key).await;
     assert_eq!(logs.body["total"], 1, "{:?}", logs.body);
@@ -85,7 +106,15 @@ async fn streaming_is_relayed_and_logged_with_time_to_first_token() {
     s.control.set_usage(5, 9, 0);
     let mut body = chat("@oai/gpt-4o");
     body["stream"] = json!(true);
-    let r = s.app.http.post(format!("{}/v1/chat/completions", s.app.url)).bearer_auth(&s.key).json(&body).send().await.unwrap();
+    let r = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.url))
+        .bearer_auth(&s.key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let trace = r.headers()["x-portkey-trace-id"].to_str().unwrap().to_owned();
@@ -94,7 +123,10 @@ async fn streaming_is_relayed_and_logged_with_time_to_first_token() {
     // The client did not ask for usage: no usage-only chunk is relayed.
     assert!(!text.contains("\"usage\":{"), "{text}");
     let upstream = s.mock.journal.last().unwrap().json();
-    assert_eq!(upstream["stream_options"]["include_usage"], true, "usage is asked for upstream");
+    assert_eq!(
+        upstream["stream_options"]["include_usage"], true,
+        "usage is asked for upstream"
+    );
     s.app.flush_logs().await;
     let logs = s.app.get(&format!("/v1/logs?trace_id={trace}"), &s.key).await;
     let rec = &logs.body["data"][0];
@@ -105,20 +137,50 @@ async fn streaming_is_relayed_and_logged_with_time_to_first_token() {
 
     // Asking for usage relays it.
     body["stream_options"] = json!({"include_usage": true});
-    let text = s.app.http.post(format!("{}/v1/chat/completions", s.app.url)).bearer_auth(&s.key).json(&body).send().await.unwrap().text().await.unwrap();
+    let text = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.url))
+        .bearer_auth(&s.key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("\"usage\":{"), "{text}");
 }
 
 #[tokio::test]
 async fn completions_embeddings_and_models() {
     let s = setup().await;
-    let r = s.app.post("/v1/completions", &s.key, json!({"model": "@oai/gpt-3.5-turbo-instruct", "prompt": "say hi"})).await;
+    let r = s
+        .app
+        .post(
+            "/v1/completions",
+            &s.key,
+            json!({"model": "@oai/gpt-3.5-turbo-instruct", "prompt": "say hi"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = s.app.post("/v1/embeddings", &s.key, json!({"model": "@oai/text-embedding-3-small", "input": ["a", "b"]})).await;
+    let r = s
+        .app
+        .post(
+            "/v1/embeddings",
+            &s.key,
+            json!({"model": "@oai/text-embedding-3-small", "input": ["a", "b"]}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
     let models = s.app.get("/v1/models", &s.key).await;
-    let ids: Vec<&str> = models.body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = models.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&"@oai/gpt-4o"), "{ids:?}");
     assert!(ids.iter().all(|i| i.starts_with("@oai/")));
 }
@@ -136,8 +198,18 @@ async fn resolution_and_access_errors() {
         (&no_scope, chat("@oai/gpt-4o"), 403, "permission_error"),
         (&s.app.admin_key, chat("@oai/gpt-4o"), 403, "permission_error"),
         (&s.key, json!({"model": "@oai/gpt-4o"}), 400, "invalid_request_error"),
-        (&s.key, json!({"model": "@oai/gpt-4o", "messages": [], "stream": "yes"}), 400, "invalid_request_error"),
-        (&s.key, json!({"model": "@oai/gpt-4o", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}), 400, "invalid_request_error"),
+        (
+            &s.key,
+            json!({"model": "@oai/gpt-4o", "messages": [], "stream": "yes"}),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            &s.key,
+            json!({"model": "@oai/gpt-4o", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
+            400,
+            "invalid_request_error",
+        ),
     ];
     for (key, body, status, kind) in cases {
         let r = s.app.post("/v1/chat/completions", key, body.clone()).await;
@@ -145,10 +217,27 @@ async fn resolution_and_access_errors() {
         assert!(r.header("x-portkey-trace-id").is_some());
         assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
-    let r = s.app.http.post(format!("{}/v1/chat/completions", s.app.url)).bearer_auth(&s.key).body("{oops").send().await.unwrap();
+    let r = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.url))
+        .bearer_auth(&s.key)
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // The header form resolves too.
-    let r = s.app.http.post(format!("{}/v1/chat/completions", s.app.url)).bearer_auth(&s.key).header("x-portkey-provider", "@oai").json(&chat("gpt-4o")).send().await.unwrap();
+    let r = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.url))
+        .bearer_auth(&s.key)
+        .header("x-portkey-provider", "@oai")
+        .json(&chat("gpt-4o"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(s.mock.calls(), 1, "refused requests never reach the upstream");
 }
@@ -157,8 +246,20 @@ async fn resolution_and_access_errors() {
 async fn revoked_key_fails_on_the_very_next_request() {
     let s = setup().await;
     let (id, key) = s.app.workspace_key(&s.ws, &["completions.write"]).await;
-    assert_eq!(s.app.post("/v1/chat/completions", &key, chat("@oai/gpt-4o")).await.status, 200);
-    assert_eq!(s.app.delete(&format!("/v1/api-keys/{id}"), &s.app.admin_key).await.status, 200);
+    assert_eq!(
+        s.app
+            .post("/v1/chat/completions", &key, chat("@oai/gpt-4o"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        s.app
+            .delete(&format!("/v1/api-keys/{id}"), &s.app.admin_key)
+            .await
+            .status,
+        200
+    );
     let r = s.app.post("/v1/chat/completions", &key, chat("@oai/gpt-4o")).await;
     assert_eq!((r.status, r.error_type()), (401, "authentication_error"));
 }
@@ -169,7 +270,14 @@ async fn upstream_failures_map_to_gateway_errors() {
     s.control.fail(429, "Rate limit reached for gpt-4o");
     let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
     assert_eq!(r.status, 429);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("Rate limit reached"), "{:?}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Rate limit reached"),
+        "{:?}",
+        r.body
+    );
     s.control.fail(500, "boom");
     let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
     assert_eq!((r.status, r.error_type()), (502, "upstream_error"));
@@ -189,7 +297,9 @@ async fn upstream_failures_map_to_gateway_errors() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "timeout_error");
     // An unreachable upstream.
-    s.app.openai_integration("dead", "http://127.0.0.1:9", "k", &[&s.ws]).await;
+    s.app
+        .openai_integration("dead", "http://127.0.0.1:9", "k", &[&s.ws])
+        .await;
     let r = s.app.post("/v1/chat/completions", &s.key, chat("@dead/gpt-4o")).await;
     assert_eq!((r.status, r.error_type()), (502, "upstream_error"));
     s.app.flush_logs().await;
@@ -203,10 +313,21 @@ async fn a_cut_stream_is_settled_from_the_tokenizer() {
     s.control.cut_stream(true);
     let mut body = chat("@oai/gpt-4o");
     body["stream"] = json!(true);
-    let r = s.app.http.post(format!("{}/v1/chat/completions", s.app.url)).bearer_auth(&s.key).json(&body).send().await.unwrap();
+    let r = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.url))
+        .bearer_auth(&s.key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let trace = r.headers()["x-portkey-trace-id"].to_str().unwrap().to_owned();
     let text = r.text().await.unwrap_or_default();
-    assert!(text.contains("\"error\""), "the client is told the stream broke: {text}");
+    assert!(
+        text.contains("\"error\""),
+        "the client is told the stream broke: {text}"
+    );
     // The books are closed off the response path: wait for the record.
     let mut rec = Value::Null;
     for _ in 0..50 {
@@ -232,11 +353,30 @@ async fn bodies_are_logged_only_when_the_workspace_asks() {
     let logs = s.app.get("/v1/logs", &s.key).await;
     assert_eq!(logs.body["data"][0]["request_body"], Value::Null);
     assert_eq!(logs.body["data"][0]["response_body"], Value::Null);
-    let r = s.app.put(&format!("/v1/admin/workspaces/{}", s.ws), &s.app.admin_key, json!({"log_bodies": true})).await;
+    let r = s
+        .app
+        .put(
+            &format!("/v1/admin/workspaces/{}", s.ws),
+            &s.app.admin_key,
+            json!({"log_bodies": true}),
+        )
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await.status, 200);
+    assert_eq!(
+        s.app
+            .post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o"))
+            .await
+            .status,
+        200
+    );
     s.app.flush_logs().await;
     let logs = s.app.get("/v1/logs", &s.key).await;
-    assert!(logs.body["data"][0]["request_body"].as_str().unwrap().contains("be brief"));
-    assert!(logs.body["data"][0]["response_body"].as_str().unwrap().contains("chat.completion"));
+    assert!(logs.body["data"][0]["request_body"]
+        .as_str()
+        .unwrap()
+        .contains("be brief"));
+    assert!(logs.body["data"][0]["response_body"]
+        .as_str()
+        .unwrap()
+        .contains("chat.completion"));
 }

@@ -24,11 +24,24 @@ async fn lim_with(tweak: impl FnOnce(&mut tollgate_server::config::Config)) -> L
     let (clock, shared): (ManualClock, SharedClock) = manual_clock("2026-11-26T10:00:30Z");
     let app = App::start_with(tweak, shared).await;
     let control = Control::new();
-    let mock = openai::start(OpenAiMock { api_key: Some(UPSTREAM_KEY.into()), control: control.clone() }).await.unwrap();
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control: control.clone(),
+    })
+    .await
+    .unwrap();
     let ws = app.workspace("Lim").await;
-    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[]).await;
+    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
+        .await;
     let key = app.workspace_key(&ws, &["completions.write", "logs.view"]).await.1;
-    Lim { app, mock, control, clock, ws, key }
+    Lim {
+        app,
+        mock,
+        control,
+        clock,
+        ws,
+        key,
+    }
 }
 
 async fn lim() -> Lim {
@@ -39,7 +52,13 @@ impl Lim {
     async fn provision(&self, entry: Value) -> crate::support::Resp {
         let mut e = entry;
         e["id"] = json!(self.ws);
-        self.app.put("/v1/integrations/oai/workspaces", &self.app.admin_key, json!({"workspaces": [e]})).await
+        self.app
+            .put(
+                "/v1/integrations/oai/workspaces",
+                &self.app.admin_key,
+                json!({"workspaces": [e]}),
+            )
+            .await
     }
 
     async fn burst(&self, n: usize, body: Value) -> Vec<crate::support::Resp> {
@@ -60,21 +79,36 @@ fn count(rs: &[crate::support::Resp], status: u16) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rpm_50_admits_exactly_50_of_200_concurrent() {
     let l = lim().await;
-    assert_eq!(l.provision(json!({"enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 50}]})).await.status, 200);
+    assert_eq!(
+        l.provision(json!({"enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 50}]}))
+            .await
+            .status,
+        200
+    );
     let rs = l.burst(200, chat("@oai/gpt-4o")).await;
     assert_eq!(count(&rs, 200), 50);
     assert_eq!(count(&rs, 429), 150);
     assert_eq!(l.mock.calls(), 50);
     let refused = rs.iter().find(|r| r.status == 429).unwrap();
     assert_eq!(refused.error_type(), "integration_rate_limit_error");
-    assert_eq!(refused.header("retry-after"), Some("30"), "seconds to the end of the minute");
+    assert_eq!(
+        refused.header("retry-after"),
+        Some("30"),
+        "seconds to the end of the minute"
+    );
     let ok = rs.iter().find(|r| r.status == 200).unwrap();
     assert_eq!(ok.header("x-ratelimit-limit-requests"), Some("50"));
     assert!(ok.header("x-ratelimit-remaining-requests").is_some());
     assert_eq!(ok.header("x-ratelimit-reset-requests"), Some("30s"));
     // The next minute is a new window.
     l.clock.advance(chrono::Duration::seconds(30));
-    assert_eq!(l.app.post("/v1/chat/completions", &l.key, chat("@oai/gpt-4o")).await.status, 200);
+    assert_eq!(
+        l.app
+            .post("/v1/chat/completions", &l.key, chat("@oai/gpt-4o"))
+            .await
+            .status,
+        200
+    );
 }
 
 /// Prices `gpt-4o` at 0 per input token and 0.03 cents per output token, so
@@ -96,7 +130,12 @@ async fn thirty_cent_requests(l: &Lim) -> Value {
 async fn a_one_dollar_budget_admits_exactly_three_thirty_cent_requests() {
     let l = lim().await;
     let body = thirty_cent_requests(&l).await;
-    assert_eq!(l.provision(json!({"enabled": true, "usage_limits": {"type": "cost", "credit_limit": 1}})).await.status, 200);
+    assert_eq!(
+        l.provision(json!({"enabled": true, "usage_limits": {"type": "cost", "credit_limit": 1}}))
+            .await
+            .status,
+        200
+    );
     let rs = l.burst(64, body).await;
     assert_eq!(count(&rs, 200), 3);
     assert_eq!(count(&rs, 412), 61);
@@ -105,7 +144,12 @@ async fn a_one_dollar_budget_admits_exactly_three_thirty_cent_requests() {
     assert_eq!(refused.body["error"]["code"], "04");
     let spent: f64 = l.logged().await.iter().filter_map(|r| r["cost"].as_f64()).sum();
     assert!((spent - 0.9).abs() < 1e-9, "spent {spent}");
-    let exact: Vec<String> = l.logged().await.iter().filter_map(|r| r["cost_exact"].as_str().map(str::to_owned)).collect();
+    let exact: Vec<String> = l
+        .logged()
+        .await
+        .iter()
+        .filter_map(|r| r["cost_exact"].as_str().map(str::to_owned))
+        .collect();
     assert_eq!(exact, vec!["0.3"; 3]);
 }
 
@@ -117,7 +161,11 @@ async fn a_token_budget_is_never_overspent() {
     body["max_tokens"] = json!(40);
     let r = l
         .app
-        .put(&format!("/v1/admin/workspaces/{}", l.ws), &l.app.admin_key, json!({"usage_limits": [{"type": "tokens", "credit_limit": 1000}]}))
+        .put(
+            &format!("/v1/admin/workspaces/{}", l.ws),
+            &l.app.admin_key,
+            json!({"usage_limits": [{"type": "tokens", "credit_limit": 1000}]}),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
@@ -126,7 +174,12 @@ async fn a_token_budget_is_never_overspent() {
     assert!(ok > 0 && count(&rs, 412) == 64 - ok);
     let refused = rs.iter().find(|r| r.status == 412).unwrap();
     assert_eq!(refused.error_type(), "workspace_exhaust_error");
-    let tokens: u64 = l.logged().await.iter().map(|r| r["usage"]["total_tokens"].as_u64().unwrap_or(0)).sum();
+    let tokens: u64 = l
+        .logged()
+        .await
+        .iter()
+        .map(|r| r["usage"]["total_tokens"].as_u64().unwrap_or(0))
+        .sum();
     assert!(tokens <= 1000, "recorded {tokens} tokens");
     assert_eq!(tokens, ok as u64 * 50);
 }
@@ -136,22 +189,45 @@ async fn limits_are_immutable_and_reset_usage_zeroes_consumption() {
     let l = lim().await;
     let body = thirty_cent_requests(&l).await;
     let limit = json!({"type": "cost", "credit_limit": 1, "periodic_reset": "monthly"});
-    assert_eq!(l.provision(json!({"enabled": true, "usage_limits": limit})).await.status, 200);
+    assert_eq!(
+        l.provision(json!({"enabled": true, "usage_limits": limit}))
+            .await
+            .status,
+        200
+    );
     for _ in 0..3 {
-        assert_eq!(l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status, 200);
+        assert_eq!(
+            l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status,
+            200
+        );
     }
-    assert_eq!(l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status, 412);
+    assert_eq!(
+        l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status,
+        412
+    );
     // Resending the same limit is not an edit; changing it is refused.
-    assert_eq!(l.provision(json!({"enabled": true, "usage_limits": limit})).await.status, 200);
-    let r = l.provision(json!({"enabled": true, "usage_limits": {"type": "cost", "credit_limit": 2}})).await;
+    assert_eq!(
+        l.provision(json!({"enabled": true, "usage_limits": limit}))
+            .await
+            .status,
+        200
+    );
+    let r = l
+        .provision(json!({"enabled": true, "usage_limits": {"type": "cost", "credit_limit": 2}}))
+        .await;
     assert_eq!((r.status, r.code()), (409, "AB07"));
-    let r = l.provision(json!({"enabled": true, "rate_limits": {"type": "requests", "unit": "rpm", "value": 0}})).await;
+    let r = l
+        .provision(json!({"enabled": true, "rate_limits": {"type": "requests", "unit": "rpm", "value": 0}}))
+        .await;
     assert_eq!(r.status, 200, "a limit of the other kind can still be added");
     let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
     assert_eq!(r.status, 412, "the budget is checked first");
     // reset_usage zeroes the budget; the rate limit of 0 now refuses.
     l.clock.advance(chrono::Duration::milliseconds(1));
-    assert_eq!(l.provision(json!({"enabled": true, "reset_usage": true})).await.status, 200);
+    assert_eq!(
+        l.provision(json!({"enabled": true, "reset_usage": true})).await.status,
+        200
+    );
     let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
     assert_eq!((r.status, r.error_type()), (429, "integration_rate_limit_error"));
     assert!(r.body["error"]["message"].as_str().unwrap().contains("disabled"));
@@ -168,14 +244,21 @@ async fn provider_budgets_exhaust_and_come_back_at_the_reset() {
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
     let r = l
         .app
-        .post("/v1/providers", &l.app.admin_key, json!({"name": "weekly", "slug": "weekly", "integration_id": "oai", "workspace_id": l.ws,
-            "usage_limits": {"type": "cost", "credit_limit": 1, "periodic_reset": "weekly"}}))
+        .post(
+            "/v1/providers",
+            &l.app.admin_key,
+            json!({"name": "weekly", "slug": "weekly", "integration_id": "oai", "workspace_id": l.ws,
+            "usage_limits": {"type": "cost", "credit_limit": 1, "periodic_reset": "weekly"}}),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let mut body = body;
     body["model"] = json!("@weekly/gpt-4o");
     for _ in 0..3 {
-        assert_eq!(l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status, 200);
+        assert_eq!(
+            l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status,
+            200
+        );
     }
     let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
     assert_eq!((r.status, r.error_type()), (412, "provider_exhaust_error"));
@@ -183,7 +266,11 @@ async fn provider_budgets_exhaust_and_come_back_at_the_reset() {
     // $0.90 of $1 is not yet "exhausted"; a request's worst case just does not fit.
     assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "active");
     // Sunday 00:00 UTC: a new week.
-    l.clock.set(chrono::DateTime::parse_from_rfc3339("2026-11-29T00:00:01Z").unwrap().into());
+    l.clock.set(
+        chrono::DateTime::parse_from_rfc3339("2026-11-29T00:00:01Z")
+            .unwrap()
+            .into(),
+    );
     assert_eq!(l.app.post("/v1/chat/completions", &l.key, body).await.status, 200);
 }
 
@@ -193,7 +280,11 @@ async fn consumed_budget_survives_a_restart() {
     let body = thirty_cent_requests(&l).await;
     let r = l
         .app
-        .post("/v1/api-keys/workspace/service", &l.app.admin_key, json!({"workspace_id": l.ws, "usage_limits": {"type": "cost", "credit_limit": 1}}))
+        .post(
+            "/v1/api-keys/workspace/service",
+            &l.app.admin_key,
+            json!({"workspace_id": l.ws, "usage_limits": {"type": "cost", "credit_limit": 1}}),
+        )
         .await;
     let key = r.body["key"].as_str().unwrap().to_owned();
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
@@ -203,7 +294,11 @@ async fn consumed_budget_survives_a_restart() {
     let clock: SharedClock = std::sync::Arc::new(l.clock.clone());
     l.app.restart(clock).await;
     let r = l.app.post("/v1/chat/completions", &key, body.clone()).await;
-    assert_eq!((r.status, r.error_type()), (412, "api_key_exhaust_error"), "a restart hands out no fresh budget");
+    assert_eq!(
+        (r.status, r.error_type()),
+        (412, "api_key_exhaust_error"),
+        "a restart hands out no fresh budget"
+    );
     let _ = &l.key;
 }
 
@@ -222,8 +317,12 @@ async fn exactly_one_alert_email_and_webhook_per_threshold() {
     let body = thirty_cent_requests(&l).await;
     let r = l
         .app
-        .post("/v1/api-keys/workspace/service", &l.app.admin_key, json!({"workspace_id": l.ws, "alert_emails": ["owner@example.com"],
-            "usage_limits": {"type": "cost", "credit_limit": 10, "alert_threshold": 0.5}}))
+        .post(
+            "/v1/api-keys/workspace/service",
+            &l.app.admin_key,
+            json!({"workspace_id": l.ws, "alert_emails": ["owner@example.com"],
+            "usage_limits": {"type": "cost", "credit_limit": 10, "alert_threshold": 0.5}}),
+        )
         .await;
     let key = r.body["key"].as_str().unwrap().to_owned();
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
@@ -231,8 +330,15 @@ async fn exactly_one_alert_email_and_webhook_per_threshold() {
     for _ in 0..4 {
         assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
     }
-    let mail = tokio::time::timeout(std::time::Duration::from_secs(10), mails.recv()).await.expect("an email").expect("open");
-    assert!(mail.rcpt.iter().any(|r| r.contains("owner@example.com")), "{:?}", mail.rcpt);
+    let mail = tokio::time::timeout(std::time::Duration::from_secs(10), mails.recv())
+        .await
+        .expect("an email")
+        .expect("open");
+    assert!(
+        mail.rcpt.iter().any(|r| r.contains("owner@example.com")),
+        "{:?}",
+        mail.rcpt
+    );
     assert!(mail.rcpt.iter().any(|r| r.contains("admin@example.com")));
     for _ in 0..100 {
         if !receiver.accepted().is_empty() {
@@ -246,7 +352,11 @@ async fn exactly_one_alert_email_and_webhook_per_threshold() {
     assert_eq!(hits[0].body["kind"], "threshold");
     assert_eq!(hits[0].body["consumed"], "0.6");
     // Nothing more arrives for the same threshold.
-    assert!(tokio::time::timeout(std::time::Duration::from_millis(300), mails.recv()).await.is_err());
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), mails.recv())
+            .await
+            .is_err()
+    );
     assert_eq!(receiver.accepted().len(), 1);
 }
 
@@ -263,22 +373,40 @@ async fn an_exhausted_provider_reads_exhausted_until_its_reset() {
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
     let r = l
         .app
-        .post("/v1/providers", &l.app.admin_key, json!({"name": "m", "slug": "monthly", "integration_id": "oai", "workspace_id": l.ws,
-            "usage_limits": {"type": "cost", "credit_limit": 1, "periodic_reset": "monthly"}}))
+        .post(
+            "/v1/providers",
+            &l.app.admin_key,
+            json!({"name": "m", "slug": "monthly", "integration_id": "oai", "workspace_id": l.ws,
+            "usage_limits": {"type": "cost", "credit_limit": 1, "periodic_reset": "monthly"}}),
+        )
         .await;
     assert_eq!(r.status, 200);
     let body = json!({"model": "@monthly/gpt-4o", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]});
     for _ in 0..4 {
-        assert_eq!(l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status, 200);
+        assert_eq!(
+            l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status,
+            200
+        );
     }
     let path = format!("/v1/providers/monthly?workspace_id={}", l.ws);
     assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "exhausted");
-    let list = l.app.get(&format!("/v1/providers?workspace_id={}", l.ws), &l.app.admin_key).await;
-    assert!(list.body["data"].as_array().unwrap().iter().any(|p| p["slug"] == "monthly" && p["status"] == "exhausted"));
+    let list = l
+        .app
+        .get(&format!("/v1/providers?workspace_id={}", l.ws), &l.app.admin_key)
+        .await;
+    assert!(list.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["slug"] == "monthly" && p["status"] == "exhausted"));
     let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
     assert_eq!((r.status, r.error_type()), (412, "provider_exhaust_error"));
     // The 1st of the month, 00:00 UTC.
-    l.clock.set(chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap().into());
+    l.clock.set(
+        chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+            .unwrap()
+            .into(),
+    );
     assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "active");
     assert_eq!(l.app.post("/v1/chat/completions", &l.key, body).await.status, 200);
 }
@@ -290,15 +418,29 @@ async fn reset_usage_on_a_key_starts_its_budget_afresh() {
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
     let r = l
         .app
-        .post("/v1/api-keys/workspace/service", &l.app.admin_key, json!({"workspace_id": l.ws, "usage_limits": {"type": "cost", "credit_limit": 1}}))
+        .post(
+            "/v1/api-keys/workspace/service",
+            &l.app.admin_key,
+            json!({"workspace_id": l.ws, "usage_limits": {"type": "cost", "credit_limit": 1}}),
+        )
         .await;
-    let (id, key) = (r.body["id"].as_str().unwrap().to_owned(), r.body["key"].as_str().unwrap().to_owned());
+    let (id, key) = (
+        r.body["id"].as_str().unwrap().to_owned(),
+        r.body["key"].as_str().unwrap().to_owned(),
+    );
     for _ in 0..3 {
         assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
     }
     assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 412);
     l.clock.advance(chrono::Duration::milliseconds(1));
-    let r = l.app.put(&format!("/v1/api-keys/{id}"), &l.app.admin_key, json!({"reset_usage": true})).await;
+    let r = l
+        .app
+        .put(
+            &format!("/v1/api-keys/{id}"),
+            &l.app.admin_key,
+            json!({"reset_usage": true}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(l.app.post("/v1/chat/completions", &key, body).await.status, 200);
 }

@@ -1,11 +1,11 @@
 //! The server's integration tests: one binary, one module per feature.
 
 mod admin;
+mod alerts;
 mod analytics;
+mod cli;
 mod gateway;
 mod limits;
 mod protocols;
 mod provisioning;
-mod alerts;
-mod cli;
 mod support;

@@ -9,16 +9,31 @@ use tollgate_testkit::openai::{self, OpenAiMock};
 
 async fn model_ids(app: &App, key: &str) -> Vec<String> {
     let r = app.get("/v1/models", key).await;
-    r.body["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    r.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
 async fn two_of_three_workspaces_with_different_model_lists() {
     let app = App::start().await;
     let control = Control::new();
-    let mock = openai::start(OpenAiMock { api_key: Some(UPSTREAM_KEY.into()), control }).await.unwrap();
-    let (a, b, c) = (app.workspace("A").await, app.workspace("B").await, app.workspace("C").await);
-    app.openai_integration("shared", &openai::base_url(&mock), UPSTREAM_KEY, &[]).await;
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control,
+    })
+    .await
+    .unwrap();
+    let (a, b, c) = (
+        app.workspace("A").await,
+        app.workspace("B").await,
+        app.workspace("C").await,
+    );
+    app.openai_integration("shared", &openai::base_url(&mock), UPSTREAM_KEY, &[])
+        .await;
     let k = &app.admin_key;
     let r = app
         .put("/v1/integrations/shared/models", k, json!({"allow_all_models": false, "models": [
@@ -26,17 +41,31 @@ async fn two_of_three_workspaces_with_different_model_lists() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = app
-        .put("/v1/integrations/shared/workspaces", k, json!({"workspaces": [
+        .put(
+            "/v1/integrations/shared/workspaces",
+            k,
+            json!({"workspaces": [
             {"id": a, "enabled": true},
-            {"id": b, "enabled": true, "models": ["gpt-4o-mini"]}]}))
+            {"id": b, "enabled": true, "models": ["gpt-4o-mini"]}]}),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let ka = app.workspace_key(&a, &["completions.write"]).await.1;
     let kb = app.workspace_key(&b, &["completions.write"]).await.1;
     let kc = app.workspace_key(&c, &["completions.write"]).await.1;
 
-    assert_eq!(app.post("/v1/chat/completions", &ka, chat("@shared/gpt-4o")).await.status, 200);
-    assert_eq!(app.post("/v1/chat/completions", &kb, chat("@shared/gpt-4o-mini")).await.status, 200);
+    assert_eq!(
+        app.post("/v1/chat/completions", &ka, chat("@shared/gpt-4o"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        app.post("/v1/chat/completions", &kb, chat("@shared/gpt-4o-mini"))
+            .await
+            .status,
+        200
+    );
     let calls = mock.calls();
     // B may not use gpt-4o; nobody may use a model outside the list; C has no access.
     for (key, model, status, kind) in [
@@ -51,7 +80,10 @@ async fn two_of_three_workspaces_with_different_model_lists() {
     assert_eq!(mock.calls(), calls, "refused before anything was sent upstream");
 
     // The catalogue of each workspace is exactly what it may use.
-    assert_eq!(model_ids(&app, &ka).await, vec!["@shared/gpt-4o", "@shared/gpt-4o-mini"]);
+    assert_eq!(
+        model_ids(&app, &ka).await,
+        vec!["@shared/gpt-4o", "@shared/gpt-4o-mini"]
+    );
     assert_eq!(model_ids(&app, &kb).await, vec!["@shared/gpt-4o-mini"]);
     assert!(model_ids(&app, &kc).await.is_empty());
 
@@ -63,12 +95,23 @@ async fn two_of_three_workspaces_with_different_model_lists() {
     assert_eq!(models.body["total"], 3);
 
     // Revoking a workspace fails its very next request.
-    let r = app.put("/v1/integrations/shared/workspaces", k, json!({"workspaces": [{"id": a, "enabled": false}]})).await;
+    let r = app
+        .put(
+            "/v1/integrations/shared/workspaces",
+            k,
+            json!({"workspaces": [{"id": a, "enabled": false}]}),
+        )
+        .await;
     assert_eq!(r.status, 200);
     let r = app.post("/v1/chat/completions", &ka, chat("@shared/gpt-4o")).await;
     assert_eq!((r.status, r.error_type()), (403, "permission_error"));
     // B was not listed in that PUT and keeps its access (entries merge).
-    assert_eq!(app.post("/v1/chat/completions", &kb, chat("@shared/gpt-4o-mini")).await.status, 200);
+    assert_eq!(
+        app.post("/v1/chat/completions", &kb, chat("@shared/gpt-4o-mini"))
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -77,21 +120,51 @@ async fn all_workspaces_includes_workspaces_created_later() {
     let k = &s.app.admin_key;
     let r = s
         .app
-        .post("/v1/integrations", k, json!({"name": "g", "slug": "glob", "ai_provider_id": "openai", "key": UPSTREAM_KEY,
-              "configurations": {"custom_host": openai::base_url(&s.mock)}}))
+        .post(
+            "/v1/integrations",
+            k,
+            json!({"name": "g", "slug": "glob", "ai_provider_id": "openai", "key": UPSTREAM_KEY,
+              "configurations": {"custom_host": openai::base_url(&s.mock)}}),
+        )
         .await;
     assert_eq!(r.status, 200);
-    let r = s.app.put("/v1/integrations/glob/workspaces", k, json!({"global_workspace_access": {"enabled": true}})).await;
+    let r = s
+        .app
+        .put(
+            "/v1/integrations/glob/workspaces",
+            k,
+            json!({"global_workspace_access": {"enabled": true}}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let later = s.app.workspace("Later").await;
     let key = s.app.workspace_key(&later, &["completions.write"]).await.1;
-    assert_eq!(s.app.post("/v1/chat/completions", &key, chat("@glob/gpt-4o")).await.status, 200);
+    assert_eq!(
+        s.app
+            .post("/v1/chat/completions", &key, chat("@glob/gpt-4o"))
+            .await
+            .status,
+        200
+    );
     let detail = s.app.get("/v1/integrations/glob", k).await;
     assert_eq!(detail.body["global_workspace_access"]["enabled"], true);
     // Turning it off revokes at once.
-    let r = s.app.put("/v1/integrations/glob/workspaces", k, json!({"global_workspace_access": {"enabled": false}})).await;
+    let r = s
+        .app
+        .put(
+            "/v1/integrations/glob/workspaces",
+            k,
+            json!({"global_workspace_access": {"enabled": false}}),
+        )
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(s.app.post("/v1/chat/completions", &key, chat("@glob/gpt-4o")).await.status, 403);
+    assert_eq!(
+        s.app
+            .post("/v1/chat/completions", &key, chat("@glob/gpt-4o"))
+            .await
+            .status,
+        403
+    );
 }
 
 #[tokio::test]
@@ -99,7 +172,12 @@ async fn custom_models_reach_their_own_host_with_their_headers_and_price() {
     let s = setup().await;
     let private_control = Control::new();
     private_control.set_usage(1000, 2000, 0);
-    let private = openai::start(OpenAiMock { api_key: None, control: private_control }).await.unwrap();
+    let private = openai::start(OpenAiMock {
+        api_key: None,
+        control: private_control,
+    })
+    .await
+    .unwrap();
     let k = &s.app.admin_key;
     let r = s
         .app
@@ -131,7 +209,13 @@ async fn custom_models_reach_their_own_host_with_their_headers_and_price() {
     assert_eq!(logs.body["data"][0]["cost_exact"], "0.0225", "{:?}", logs.body);
     // The model appears in the catalogue, and can be removed again.
     assert!(model_ids(&s.app, &s.key).await.contains(&"@oai/acme-ft-v1".to_owned()));
-    assert_eq!(s.app.delete("/v1/integrations/oai/models?slugs=acme-ft-v1", k).await.status, 200);
+    assert_eq!(
+        s.app
+            .delete("/v1/integrations/oai/models?slugs=acme-ft-v1", k)
+            .await
+            .status,
+        200
+    );
     let r = s.app.delete("/v1/integrations/oai/models?slugs=gpt-4o", k).await;
     assert_eq!((r.status, r.code()), (404, "AB08"));
 }
@@ -163,7 +247,11 @@ async fn free_and_unpriced_models() {
     let free = s.app.get("/v1/logs?trace_id=free", &s.key).await;
     assert_eq!(free.body["data"][0]["cost_exact"], "0");
     let unpriced = s.app.get("/v1/logs?trace_id=unpriced", &s.key).await;
-    assert_eq!(unpriced.body["data"][0]["cost"], Value::Null, "unknown price is null, not 0");
+    assert_eq!(
+        unpriced.body["data"][0]["cost"],
+        Value::Null,
+        "unknown price is null, not 0"
+    );
 }
 
 #[tokio::test]
@@ -172,17 +260,41 @@ async fn workspace_owned_integrations_stay_in_their_workspace() {
     let a = app.workspace("A").await;
     let b = app.workspace("B").await;
     let r = app
-        .post("/v1/integrations", &app.admin_key, json!({"name": "own", "slug": "own", "ai_provider_id": "openai", "key": "k", "workspace_id": a}))
+        .post(
+            "/v1/integrations",
+            &app.admin_key,
+            json!({"name": "own", "slug": "own", "ai_provider_id": "openai", "key": "k", "workspace_id": a}),
+        )
         .await;
     assert_eq!(r.status, 200);
-    let r = app.put("/v1/integrations/own/workspaces", &app.admin_key, json!({"workspaces": [{"id": b, "enabled": true}]})).await;
+    let r = app
+        .put(
+            "/v1/integrations/own/workspaces",
+            &app.admin_key,
+            json!({"workspaces": [{"id": b, "enabled": true}]}),
+        )
+        .await;
     assert_eq!((r.status, r.code()), (400, "AB01"));
-    let r = app.put("/v1/integrations/own/workspaces", &app.admin_key, json!({"global_workspace_access": {"enabled": true}})).await;
+    let r = app
+        .put(
+            "/v1/integrations/own/workspaces",
+            &app.admin_key,
+            json!({"global_workspace_access": {"enabled": true}}),
+        )
+        .await;
     assert_eq!((r.status, r.code()), (400, "AB01"));
-    let r = app.put("/v1/integrations/own/workspaces", &app.admin_key, json!({"workspaces": [{"id": "ws-nope-000000"}]})).await;
+    let r = app
+        .put(
+            "/v1/integrations/own/workspaces",
+            &app.admin_key,
+            json!({"workspaces": [{"id": "ws-nope-000000"}]}),
+        )
+        .await;
     assert_eq!((r.status, r.code()), (400, "AB01"));
     // Its default provider exists in its workspace.
-    let r = app.get(&format!("/v1/providers?workspace_id={a}"), &app.admin_key).await;
+    let r = app
+        .get(&format!("/v1/providers?workspace_id={a}"), &app.admin_key)
+        .await;
     assert_eq!(r.body["data"][0]["slug"], "own");
 }
 
@@ -199,26 +311,62 @@ async fn providers_api_create_list_expire_delete() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let list = s.app.get(&format!("/v1/providers?workspace_id={ws}"), k).await;
     assert_eq!(list.body["total"], 2);
-    let item = list.body["data"].as_array().unwrap().iter().find(|p| p["slug"] == "oai-team").unwrap().clone();
+    let item = list.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["slug"] == "oai-team")
+        .unwrap()
+        .clone();
     assert!(item["rate_limits"].is_object(), "an object in list items");
     assert_eq!(item["status"], "active");
     let detail = s.app.get(&format!("/v1/providers/oai-team?workspace_id={ws}"), k).await;
     assert!(detail.body["rate_limits"].is_array(), "an array in the detail");
     assert_eq!(detail.body["usage_limits"]["credit_limit"], 100000);
     assert_eq!(detail.body["note"], "for team");
-    assert_eq!(s.app.post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o")).await.status, 200);
+    assert_eq!(
+        s.app
+            .post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o"))
+            .await
+            .status,
+        200
+    );
     // Duplicate slug; an integration not provisioned here.
-    let dup = s.app.post("/v1/providers", k, json!({"name": "x", "integration_id": "oai", "workspace_id": ws, "slug": "oai-team"})).await;
+    let dup = s
+        .app
+        .post(
+            "/v1/providers",
+            k,
+            json!({"name": "x", "integration_id": "oai", "workspace_id": ws, "slug": "oai-team"}),
+        )
+        .await;
     assert_eq!((dup.status, dup.code()), (409, "AB07"));
     let other = s.app.workspace("Other").await;
-    let r = s.app.post("/v1/providers", k, json!({"name": "x", "integration_id": "oai", "workspace_id": other})).await;
+    let r = s
+        .app
+        .post(
+            "/v1/providers",
+            k,
+            json!({"name": "x", "integration_id": "oai", "workspace_id": other}),
+        )
+        .await;
     assert_eq!((r.status, r.code()), (403, "AB03"));
     // Expiry: status expired, requests refused.
     let past = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
-    let r = s.app.put(&format!("/v1/providers/oai-team?workspace_id={ws}"), k, json!({"expires_at": past})).await;
+    let r = s
+        .app
+        .put(
+            &format!("/v1/providers/oai-team?workspace_id={ws}"),
+            k,
+            json!({"expires_at": past}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["status"], "expired");
-    let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o")).await;
+    let r = s
+        .app
+        .post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o"))
+        .await;
     assert_eq!((r.status, r.error_type()), (403, "permission_error"));
     // A workspace key with providers.* manages its own workspace's providers only.
     let (_, wk) = s.app.workspace_key(ws, &["providers.*"]).await;
@@ -226,14 +374,23 @@ async fn providers_api_create_list_expire_delete() {
     let r = s.app.get(&format!("/v1/providers?workspace_id={other}"), &wk).await;
     assert_eq!((r.status, r.code()), (403, "AB03"));
     assert_eq!(s.app.delete("/v1/providers/oai-team", &wk).await.status, 200);
-    let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o")).await;
+    let r = s
+        .app
+        .post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o"))
+        .await;
     assert_eq!((r.status, r.error_type()), (404, "not_found_error"));
 }
 
 #[tokio::test]
 async fn deleting_an_integration_revokes_it_everywhere() {
     let s = setup().await;
-    assert_eq!(s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await.status, 200);
+    assert_eq!(
+        s.app
+            .post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o"))
+            .await
+            .status,
+        200
+    );
     assert_eq!(s.app.delete("/v1/integrations/oai", &s.app.admin_key).await.status, 200);
     let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
     assert_eq!(r.status, 404);

@@ -75,7 +75,9 @@ impl App {
         if let Some(r) = self.running.take() {
             r.stop().await.expect("clean stop");
         }
-        let running = server::start(self.config.clone(), clock).await.expect("server restarts");
+        let running = server::start(self.config.clone(), clock)
+            .await
+            .expect("server restarts");
         assert!(running.first_admin_key.is_none(), "a restart prints no new key");
         self.url = format!("http://{}", running.addr);
         self.running = Some(running);
@@ -116,7 +118,9 @@ impl App {
 
     /// Creates a workspace and returns its id.
     pub async fn workspace(&self, name: &str) -> String {
-        let r = self.post("/v1/admin/workspaces", &self.admin_key, json!({"name": name})).await;
+        let r = self
+            .post("/v1/admin/workspaces", &self.admin_key, json!({"name": name}))
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         r.body["id"].as_str().expect("id").to_owned()
     }
@@ -124,10 +128,17 @@ impl App {
     /// Creates a workspace key with `scopes` and returns (id, key).
     pub async fn workspace_key(&self, ws: &str, scopes: &[&str]) -> (String, String) {
         let r = self
-            .post("/v1/api-keys/workspace/service", &self.admin_key, json!({"name": "k", "workspace_id": ws, "scopes": scopes}))
+            .post(
+                "/v1/api-keys/workspace/service",
+                &self.admin_key,
+                json!({"name": "k", "workspace_id": ws, "scopes": scopes}),
+            )
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
-        (r.body["id"].as_str().expect("id").to_owned(), r.body["key"].as_str().expect("key").to_owned())
+        (
+            r.body["id"].as_str().expect("id").to_owned(),
+            r.body["key"].as_str().expect("key").to_owned(),
+        )
     }
 
     /// Creates an OpenAI-compatible integration pointing at `base_url`,
@@ -143,7 +154,13 @@ impl App {
         assert_eq!(r.status, 200, "{:?}", r.body);
         if !workspaces.is_empty() {
             let entries: Vec<Value> = workspaces.iter().map(|w| json!({"id": w, "enabled": true})).collect();
-            let r = self.put(&format!("/v1/integrations/{slug}/workspaces"), &self.admin_key, json!({"workspaces": entries})).await;
+            let r = self
+                .put(
+                    &format!("/v1/integrations/{slug}/workspaces"),
+                    &self.admin_key,
+                    json!({"workspaces": entries}),
+                )
+                .await;
             assert_eq!(r.status, 200, "{:?}", r.body);
         }
     }
@@ -156,7 +173,9 @@ impl App {
 
 /// A clock for tests that need to move time.
 pub fn manual_clock(at: &str) -> (tollgate_core::clock::ManualClock, SharedClock) {
-    let t = chrono::DateTime::parse_from_rfc3339(at).expect("time").with_timezone(&chrono::Utc);
+    let t = chrono::DateTime::parse_from_rfc3339(at)
+        .expect("time")
+        .with_timezone(&chrono::Utc);
     let c = tollgate_core::clock::ManualClock::new(t);
     let shared: SharedClock = Arc::new(c.clone());
     (c, shared)
