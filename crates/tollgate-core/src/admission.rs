@@ -26,6 +26,17 @@ pub enum Level {
 }
 
 impl Level {
+    /// The level's name in alerts and analytics: `integration_workspace`,
+    /// `provider`, `api_key`, `workspace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::IntegrationWorkspace => "integration_workspace",
+            Level::Provider => "provider",
+            Level::ApiKey => "api_key",
+            Level::Workspace => "workspace",
+        }
+    }
+
     /// The prefix of this level's gateway error types
     /// (`<prefix>_exhaust_error`, `<prefix>_rate_limit_error`).
     pub fn error_prefix(self) -> &'static str {

@@ -4,7 +4,7 @@
 //! threshold and extra recipients.
 
 use crate::state::SharedState;
-use tollgate_core::admission::{AlertEvent, AlertKind, Level};
+use tollgate_core::admission::{AlertEvent, AlertKind};
 use tollgate_core::limits::{BudgetKind, UsageLimit};
 use tollgate_core::money::Money;
 use tollgate_core::records::LimitSetting;
@@ -69,15 +69,6 @@ fn amount(kind: BudgetKind, a: i64) -> String {
     }
 }
 
-fn level_name(l: Level) -> &'static str {
-    match l {
-        Level::IntegrationWorkspace => "integration_workspace",
-        Level::Provider => "provider",
-        Level::ApiKey => "api_key",
-        Level::Workspace => "workspace",
-    }
-}
-
 /// The outbox payload of one alert, or `None` if its limit is gone.
 pub fn payload(state: &SharedState, e: &AlertEvent) -> Option<AlertPayload> {
     let d = describe(state, &e.id)?;
@@ -88,7 +79,7 @@ pub fn payload(state: &SharedState, e: &AlertEvent) -> Option<AlertPayload> {
             AlertKind::Threshold => OutKind::Threshold,
             AlertKind::Exhausted => OutKind::Exhausted,
         },
-        level: level_name(e.level).to_owned(),
+        level: e.level.as_str().to_owned(),
         limit_id: e.id.to_string(),
         name: d.name,
         workspace_id: d.workspace_id,

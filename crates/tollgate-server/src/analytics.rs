@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
-use tollgate_core::admission::{Level, LimitCheck, Rule};
+use tollgate_core::admission::{LimitCheck, Rule};
 use tollgate_core::limits::{BudgetKind, RateKind, RateUnit};
 use tollgate_core::money::Money;
 use tollgate_store::analytics::{self as store, Agg, Cells, Filter, GroupBy, Interval, ModelMatch};
@@ -470,15 +470,6 @@ async fn summary(
     Ok(Json(json!({"object": "analytics-summary", "data": data})))
 }
 
-fn level_name(l: Level) -> &'static str {
-    match l {
-        Level::IntegrationWorkspace => "integration_workspace",
-        Level::Provider => "provider",
-        Level::ApiKey => "api_key",
-        Level::Workspace => "workspace",
-    }
-}
-
 /// Percent of `used` over `limit`, to two places, from integers.
 fn percent(used: i64, limit: i64) -> Value {
     if limit <= 0 {
@@ -542,7 +533,7 @@ async fn limit_figures(state: &SharedState, scope: Option<&[String]>) -> (Vec<Va
         match &c.rule {
             Rule::Budget { limit, .. } => budgets.push(json!({
                 "limit_id": c.id.as_ref(),
-                "level": level_name(c.level),
+                "level": c.level.as_str(),
                 "workspace_id": ws,
                 "type": match limit.kind { BudgetKind::Cost => "cost", BudgetKind::Tokens => "tokens" },
                 "credit_limit": limit.amount_json(limit.credit_limit),
@@ -554,7 +545,7 @@ async fn limit_figures(state: &SharedState, scope: Option<&[String]>) -> (Vec<Va
             })),
             Rule::Rate(r) => rates.push(json!({
                 "limit_id": c.id.as_ref(),
-                "level": level_name(c.level),
+                "level": c.level.as_str(),
                 "workspace_id": ws,
                 "type": match r.kind { RateKind::Requests => "requests", RateKind::Tokens => "tokens" },
                 "unit": match r.unit { RateUnit::Rpm => "rpm", RateUnit::Rph => "rph", RateUnit::Rpd => "rpd" },

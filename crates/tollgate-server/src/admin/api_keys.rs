@@ -13,54 +13,38 @@ use serde_json::{json, Value};
 use tollgate_core::ids;
 use tollgate_core::records::{ApiKeyRecord, KeySubType, KeyType, Limits};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct CreateKey {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub workspace_id: Option<String>,
-    #[serde(default)]
     pub scopes: Option<Vec<String>>,
-    #[serde(default)]
     pub usage_limits: Option<Value>,
-    #[serde(default)]
     pub rate_limits: Option<Value>,
-    #[serde(default)]
     pub expires_at: Option<Value>,
-    #[serde(default)]
     pub alert_emails: Option<Vec<String>>,
-    #[serde(default)]
     pub defaults: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct UpdateKey {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub scopes: Option<Vec<String>>,
-    #[serde(default)]
     pub usage_limits: Option<Value>,
-    #[serde(default)]
     pub rate_limits: Option<Value>,
-    #[serde(default)]
     pub expires_at: Option<Value>,
-    #[serde(default)]
     pub alert_emails: Option<Vec<String>>,
     /// Zeroes the consumed budget: only usage from now on counts.
-    #[serde(default)]
     pub reset_usage: Option<bool>,
-    #[serde(default)]
     pub defaults: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct ListKeys {
-    #[serde(default)]
     pub workspace_id: Option<String>,
     #[serde(flatten)]
     pub page: Page,

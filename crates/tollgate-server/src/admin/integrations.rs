@@ -42,17 +42,13 @@ pub struct CreateIntegration {
     pub allow_all_models: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct UpdateIntegration {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub key: Option<String>,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub configurations: Option<Map<String, Value>>,
-    #[serde(default)]
     pub status: Option<IntegrationStatus>,
 }
 
@@ -530,11 +526,10 @@ pub async fn delete(
 
 // ---- models --------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct PutModels {
-    #[serde(default)]
     pub allow_all_models: Option<bool>,
-    #[serde(default)]
     pub models: Vec<ModelEntry>,
 }
 
@@ -720,9 +715,9 @@ pub async fn put_models(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct DeleteModelsQuery {
-    #[serde(default)]
     pub slugs: Option<String>,
 }
 
@@ -813,15 +808,12 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<S
     Option::<Vec<String>>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct GlobalEntry {
-    #[serde(default)]
     pub enabled: bool,
-    #[serde(default)]
     pub usage_limits: Option<Value>,
-    #[serde(default)]
     pub rate_limits: Option<Value>,
-    #[serde(default)]
     pub reset_usage: Option<bool>,
 }
 

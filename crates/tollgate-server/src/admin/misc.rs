@@ -86,27 +86,18 @@ pub async fn audit_logs(
     Ok(Json(json!({"object": "list", "total": total, "data": data})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct LogsQuery {
-    #[serde(default)]
     pub workspace_id: Option<String>,
-    #[serde(default)]
     pub api_key_id: Option<String>,
-    #[serde(default)]
     pub provider: Option<String>,
-    #[serde(default)]
     pub integration: Option<String>,
-    #[serde(default)]
     pub model: Option<String>,
-    #[serde(default)]
     pub status_code: Option<String>,
-    #[serde(default)]
     pub trace_id: Option<String>,
-    #[serde(default)]
     pub time_of_generation_min: Option<String>,
-    #[serde(default)]
     pub time_of_generation_max: Option<String>,
-    #[serde(default)]
     pub metadata: Option<String>,
     #[serde(flatten)]
     pub page: Page,

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use tollgate_core::ids;
 use tollgate_core::records::{Limits, ProviderRecord};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct WorkspaceQuery {
-    #[serde(default)]
     pub workspace_id: Option<String>,
     #[serde(flatten)]
     pub page: Page,
@@ -43,19 +43,14 @@ pub struct CreateProvider {
     pub expires_at: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct UpdateProvider {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub note: Option<String>,
-    #[serde(default)]
     pub usage_limits: Option<Value>,
-    #[serde(default)]
     pub rate_limits: Option<Value>,
-    #[serde(default)]
     pub expires_at: Option<Value>,
-    #[serde(default)]
     pub reset_usage: Option<bool>,
 }
 

@@ -28,22 +28,16 @@ pub struct CreateWorkspace {
     pub log_bodies: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct UpdateWorkspace {
     /// Zeroes the consumed budget: only usage from now on counts.
-    #[serde(default)]
     pub reset_usage: Option<bool>,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub defaults: Option<Value>,
-    #[serde(default)]
     pub usage_limits: Option<Value>,
-    #[serde(default)]
     pub rate_limits: Option<Value>,
-    #[serde(default)]
     pub log_bodies: Option<bool>,
 }
 
