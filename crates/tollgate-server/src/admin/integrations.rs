@@ -63,7 +63,7 @@ pub struct ListQuery {
 }
 
 /// The wire object of an integration.
-pub fn to_json(i: &Integration, org_id: &str, workspace_count: usize) -> Value {
+pub fn to_json(i: &Integration, org_id: &str, workspace_count: usize, now: DateTime<Utc>) -> Value {
     let mut configurations = i.configurations.clone();
     for (name, masked) in &i.masked_secrets {
         configurations.insert(format!("masked_{name}"), json!(masked));
@@ -85,7 +85,7 @@ pub fn to_json(i: &Integration, org_id: &str, workspace_count: usize) -> Value {
         "workspace_count": workspace_count,
         "global_workspace_access": {
             "enabled": g.enabled,
-            "usage_limits": usage_limit_json(&g.limits, Utc::now()),
+            "usage_limits": usage_limit_json(&g.limits, now),
             "rate_limits": rate_limit_json(&g.limits),
         },
         "created_at": i.created_at,
@@ -438,7 +438,7 @@ pub async fn list(
     items.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.slug.cmp(&b.slug)));
     let data = items
         .into_iter()
-        .map(|i| to_json(i, &snap.org_id, workspace_count(&snap, i)))
+        .map(|i| to_json(i, &snap.org_id, workspace_count(&snap, i), state.now()))
         .collect();
     Ok(Json(q.page.list(data)?))
 }
@@ -454,6 +454,7 @@ pub async fn retrieve(
         &e.record,
         &snap.org_id,
         workspace_count(&snap, &e.record),
+        state.now(),
     )))
 }
 
@@ -506,7 +507,7 @@ pub async fn update(
         json!({"secret_fields_changed": changed_secrets}),
     );
     change.commit(audit).await?;
-    Ok(Json(to_json(&i, &snap.org_id, workspace_count(&snap, &i))))
+    Ok(Json(to_json(&i, &snap.org_id, workspace_count(&snap, &i), state.now())))
 }
 
 pub async fn delete(
