@@ -37,6 +37,7 @@ struct State {
     stream_exception: Option<(String, String)>,
     latency: Duration,
     cut_stream: bool,
+    stall_stream: bool,
     auth_calls: usize,
 }
 
@@ -49,6 +50,7 @@ impl Default for State {
             stream_exception: None,
             latency: Duration::ZERO,
             cut_stream: false,
+            stall_stream: false,
             auth_calls: 0,
         }
     }
@@ -124,6 +126,24 @@ impl Control {
         self.0.lock().cut_stream
     }
 
+    /// Streams send their first half, then go silent without closing (a
+    /// stalled upstream): for idle timeouts and client cancellation.
+    pub fn stall_stream(&self, on: bool) {
+        self.0.lock().stall_stream = on;
+    }
+
+    /// How a stream ends under the current control.
+    pub fn stream_end(&self) -> StreamEnd {
+        let s = self.0.lock();
+        if s.cut_stream {
+            StreamEnd::Cut
+        } else if s.stall_stream {
+            StreamEnd::Stall
+        } else {
+            StreamEnd::Complete
+        }
+    }
+
     /// Credential exchanges served so far (OAuth token or STS AssumeRole).
     pub fn auth_calls(&self) -> usize {
         self.0.lock().auth_calls
@@ -184,22 +204,34 @@ pub(crate) fn words(text: &str) -> u64 {
     text.split_whitespace().count() as u64
 }
 
-/// A streaming answer of `frames`, each flushed on its own. With `cut`, the
-/// body fails after the first half, which makes the server drop the
-/// connection mid-answer, as a broken upstream would.
+/// How a mock's streamed answer ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Every frame, then the end.
+    Complete,
+    /// The first half, then the connection drops (a broken upstream).
+    Cut,
+    /// The first half, then silence with the connection open (a stalled one).
+    Stall,
+}
+
+/// A streaming answer of `frames`, each flushed on its own, ending as `end` says.
 pub(crate) fn stream_body(
     frames: Vec<axum::body::Bytes>,
-    cut: bool,
+    end: StreamEnd,
     content_type: &'static str,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use futures::StreamExt;
-    let keep = if cut { (frames.len() / 2).max(1) } else { frames.len() };
+    let keep = match end {
+        StreamEnd::Complete => frames.len(),
+        StreamEnd::Cut | StreamEnd::Stall => (frames.len() / 2).max(1),
+    };
     let items: Vec<Result<axum::body::Bytes, std::io::Error>> = frames
         .into_iter()
         .take(keep)
         .map(Ok)
-        .chain(cut.then(|| Err(std::io::Error::other("stream cut by the mock"))))
+        .chain((end == StreamEnd::Cut).then(|| Err(std::io::Error::other("stream cut by the mock"))))
         .collect();
     // Yielding between frames lets the server flush each one before the
     // next, so a cut really comes after the frames before it.
@@ -207,6 +239,10 @@ pub(crate) fn stream_body(
         tokio::task::yield_now().await;
         item
     });
+    let body = body.chain(
+        futures::stream::iter((end == StreamEnd::Stall).then_some(()))
+            .then(|()| async { std::future::pending::<Result<axum::body::Bytes, std::io::Error>>().await }),
+    );
     ([("content-type", content_type)], axum::body::Body::from_stream(body)).into_response()
 }
 
@@ -228,7 +264,7 @@ pub async fn start_replay(
         let recorder = recorder.clone();
         async move {
             crate::record(&recorder, req).await;
-            stream_body(pieces, false, content_type)
+            stream_body(pieces, StreamEnd::Complete, content_type)
         }
     });
     crate::MockServer::start(router, journal).await

@@ -181,6 +181,7 @@ pub fn stream(
 ) -> Response {
     let rate = reservation.headers();
     let trace_id = rec.trace_id.clone();
+    let timeout = prep.timeout;
     let books = Books {
         state,
         rec,
@@ -199,6 +200,7 @@ pub fn stream(
         books: Some(books),
         done: false,
         pending: None,
+        idle: Idle::new(timeout),
     };
     let mut resp = Response::new(Body::from_stream(relay));
     let h = resp.headers_mut();
@@ -304,6 +306,44 @@ struct Relay {
     done: bool,
     /// An end or error met while coalescing, handled on the next poll.
     pending: Option<Option<Result<StreamItem, ProviderError>>>,
+    idle: Idle,
+}
+
+/// The longest an upstream stream may stay silent (the request's timeout).
+/// The timer is re-armed only when it fires, from the time of the last
+/// item, so frames do not each pay for a timer update.
+struct Idle {
+    limit: std::time::Duration,
+    last: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    fn new(limit: std::time::Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Idle {
+            limit,
+            last: now,
+            timer: Box::pin(tokio::time::sleep_until(now + limit)),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last = tokio::time::Instant::now();
+    }
+
+    /// True once the stream has been silent for the whole limit.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        use std::future::Future;
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let due = self.last + self.limit;
+            if due <= tokio::time::Instant::now() {
+                return true;
+            }
+            self.timer.as_mut().reset(due);
+        }
+        false
+    }
 }
 
 const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
@@ -361,7 +401,19 @@ impl Stream for Relay {
                 Some(item) => Poll::Ready(item),
                 None => self.inner.as_mut().poll_next(cx),
             };
+            if matches!(next, Poll::Ready(_)) {
+                self.idle.touch();
+            }
             match next {
+                Poll::Pending if self.idle.expired(cx) => {
+                    self.done = true;
+                    let err = GatewayError::Timeout;
+                    let frame = Bytes::from(format!("data: {}\n\n", err.body()));
+                    if let Some(b) = self.books.take() {
+                        b.finish(Outcome::Failed(err));
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(StreamItem::Frame(frame)))) => {
                     if let Some(b) = self.books.as_mut() {

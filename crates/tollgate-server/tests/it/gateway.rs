@@ -380,3 +380,78 @@ async fn bodies_are_logged_only_when_the_workspace_asks() {
         .unwrap()
         .contains("chat.completion"));
 }
+
+/// Waits for the log record of `trace` (streams close their books off the
+/// response path).
+async fn record_of(s: &Setup, trace: &str) -> Value {
+    for _ in 0..100 {
+        s.app.flush_logs().await;
+        let logs = s.app.get(&format!("/v1/logs?trace_id={trace}"), &s.key).await;
+        if logs.body["total"] == 1 {
+            return logs.body["data"][0].clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no log record for {trace}");
+}
+
+#[tokio::test]
+async fn a_stalled_stream_times_out_with_what_was_generated_settled() {
+    let s = setup().await;
+    s.control.stall_stream(true);
+    let mut body = chat("@oai/gpt-4o");
+    body["stream"] = json!(true);
+    let r = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.url))
+        .bearer_auth(&s.key)
+        .header("x-portkey-request-timeout", "300")
+        .header("x-portkey-trace-id", "stalled")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = tokio::time::timeout(std::time::Duration::from_secs(10), r.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert!(
+        text.contains("chat.completion.chunk"),
+        "frames before the stall were relayed: {text}"
+    );
+    assert!(text.contains("timeout_error"), "{text}");
+    let rec = record_of(&s, "stalled").await;
+    assert_eq!(rec["status_code"], 504);
+    assert_eq!(rec["error_type"], "timeout_error");
+    assert_eq!(rec["usage"]["estimated"], true);
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_stream() {
+    let s = setup().await;
+    s.control.stall_stream(true);
+    let mut body = chat("@oai/gpt-4o");
+    body["stream"] = json!(true);
+    let mut r = s
+        .app
+        .http
+        .post(format!("{}/v1/chat/completions", s.app.url))
+        .bearer_auth(&s.key)
+        .header("x-portkey-trace-id", "gone")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let first = r.chunk().await.unwrap().expect("a first frame");
+    assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
+    drop(r);
+    let rec = record_of(&s, "gone").await;
+    assert_eq!(rec["cancelled"], true);
+    assert_eq!(rec["usage"]["estimated"], true);
+    assert!(
+        rec["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "what was generated is counted: {rec}"
+    );
+}
