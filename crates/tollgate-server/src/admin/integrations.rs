@@ -254,6 +254,20 @@ fn seal_into(state: &SharedState, i: &mut Integration, secrets: Vec<(String, Str
     Ok(())
 }
 
+/// Stores a changed integration with its audit entry and swaps the snapshot.
+async fn save(
+    state: &SharedState,
+    caller: &Caller,
+    i: &Integration,
+    action: &str,
+    details: Value,
+) -> Result<(), AdminError> {
+    let mut change = state.change().await?;
+    change.tx.put_integration(i).await?;
+    let audit = state.audit_entry(Some(caller.id()), action, "integration", &i.slug, details);
+    change.commit(audit).await
+}
+
 /// Finds an integration by slug and checks that the caller may see it:
 /// organisation keys see all; a workspace key with `scope` only its own
 /// workspace's.
@@ -497,16 +511,14 @@ pub async fn update(
     seal_into(&state, &mut i, secrets)?;
     check_required(e.spec, &i)?;
     i.last_updated_at = state.now();
-    let mut change = state.change().await?;
-    change.tx.put_integration(&i).await?;
-    let audit = state.audit_entry(
-        Some(caller.id()),
+    save(
+        &state,
+        &caller,
+        &i,
         "update",
-        "integration",
-        &i.slug,
         json!({"secret_fields_changed": changed_secrets}),
-    );
-    change.commit(audit).await?;
+    )
+    .await?;
     Ok(Json(to_json(&i, &snap.org_id, workspace_count(&snap, &i), state.now())))
 }
 
@@ -701,16 +713,14 @@ pub async fn put_models(
         }
     }
     i.last_updated_at = state.now();
-    let mut change = state.change().await?;
-    change.tx.put_integration(&i).await?;
-    let audit = state.audit_entry(
-        Some(caller.id()),
+    save(
+        &state,
+        &caller,
+        &i,
         "update_models",
-        "integration",
-        &i.slug,
         json!({"allow_all_models": i.allow_all_models, "models": i.models.iter().map(|m| &m.slug).collect::<Vec<_>>()}),
-    );
-    change.commit(audit).await?;
+    )
+    .await?;
     Ok(Json(
         json!({"success": true, "total": i.models.len(), "allow_all_models": i.allow_all_models}),
     ))
@@ -760,16 +770,7 @@ pub async fn delete_models(
         }
     }
     i.last_updated_at = state.now();
-    let mut change = state.change().await?;
-    change.tx.put_integration(&i).await?;
-    let audit = state.audit_entry(
-        Some(caller.id()),
-        "delete_models",
-        "integration",
-        &i.slug,
-        json!({"models": slugs}),
-    );
-    change.commit(audit).await?;
+    save(&state, &caller, &i, "delete_models", json!({"models": slugs})).await?;
     Ok(Json(json!({"success": true})))
 }
 

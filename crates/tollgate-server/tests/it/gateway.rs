@@ -56,15 +56,15 @@ async fn whole_chat_completion_through_the_mock() {
     assert_eq!((r.status, r.error_type()), (401, "authentication_error"));
     let r = s
         .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .header("x-portkey-trace-id", "trace-abc")
-        .header("x-portkey-metadata", r#"{"team":"search"}"#)
-        .json(&chat("@oai/gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+        .chat_raw(
+            &s.key,
+            &[
+                ("x-portkey-trace-id", "trace-abc"),
+                ("x-portkey-metadata", r#"{"team":"search"}"#),
+            ],
+            &chat("@oai/gpt-4o"),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-portkey-trace-id"], "trace-abc");
     let body: Value = r.json().await.unwrap();
@@ -106,15 +106,7 @@ async fn streaming_is_relayed_and_logged_with_time_to_first_token() {
     s.control.set_usage(5, 9, 0);
     let mut body = chat("@oai/gpt-4o");
     body["stream"] = json!(true);
-    let r = s
-        .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s.app.chat_raw(&s.key, &[], &body).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let trace = r.headers()["x-portkey-trace-id"].to_str().unwrap().to_owned();
@@ -137,18 +129,7 @@ async fn streaming_is_relayed_and_logged_with_time_to_first_token() {
 
     // Asking for usage relays it.
     body["stream_options"] = json!({"include_usage": true});
-    let text = s
-        .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.app.chat_raw(&s.key, &[], &body).await.text().await.unwrap();
     assert!(text.contains("\"usage\":{"), "{text}");
 }
 
@@ -230,14 +211,8 @@ async fn resolution_and_access_errors() {
     // The header form resolves too.
     let r = s
         .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .header("x-portkey-provider", "@oai")
-        .json(&chat("gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+        .chat_raw(&s.key, &[("x-portkey-provider", "@oai")], &chat("gpt-4o"))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(s.mock.calls(), 1, "refused requests never reach the upstream");
 }
@@ -285,14 +260,8 @@ async fn upstream_failures_map_to_gateway_errors() {
     s.control.set_latency(std::time::Duration::from_millis(500));
     let r = s
         .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .header("x-portkey-request-timeout", "50")
-        .json(&chat("@oai/gpt-4o"))
-        .send()
-        .await
-        .unwrap();
+        .chat_raw(&s.key, &[("x-portkey-request-timeout", "50")], &chat("@oai/gpt-4o"))
+        .await;
     assert_eq!(r.status(), 504);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "timeout_error");
@@ -313,15 +282,7 @@ async fn a_cut_stream_is_settled_from_the_tokenizer() {
     s.control.cut_stream(true);
     let mut body = chat("@oai/gpt-4o");
     body["stream"] = json!(true);
-    let r = s
-        .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = s.app.chat_raw(&s.key, &[], &body).await;
     let trace = r.headers()["x-portkey-trace-id"].to_str().unwrap().to_owned();
     let text = r.text().await.unwrap_or_default();
     assert!(
@@ -403,15 +364,12 @@ async fn a_stalled_stream_times_out_with_what_was_generated_settled() {
     body["stream"] = json!(true);
     let r = s
         .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .header("x-portkey-request-timeout", "300")
-        .header("x-portkey-trace-id", "stalled")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .chat_raw(
+            &s.key,
+            &[("x-portkey-request-timeout", "300"), ("x-portkey-trace-id", "stalled")],
+            &body,
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let text = tokio::time::timeout(std::time::Duration::from_secs(10), r.text())
         .await
@@ -434,16 +392,7 @@ async fn a_client_that_goes_away_cancels_the_stream() {
     s.control.stall_stream(true);
     let mut body = chat("@oai/gpt-4o");
     body["stream"] = json!(true);
-    let mut r = s
-        .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .header("x-portkey-trace-id", "gone")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let mut r = s.app.chat_raw(&s.key, &[("x-portkey-trace-id", "gone")], &body).await;
     let first = r.chunk().await.unwrap().expect("a first frame");
     assert!(String::from_utf8_lossy(&first).contains("chat.completion.chunk"));
     drop(r);

@@ -189,14 +189,8 @@ async fn custom_models_reach_their_own_host_with_their_headers_and_price() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = s
         .app
-        .http
-        .post(format!("{}/v1/chat/completions", s.app.url))
-        .bearer_auth(&s.key)
-        .header("x-portkey-trace-id", "ft-1")
-        .json(&chat("@oai/acme-ft-v1"))
-        .send()
-        .await
-        .unwrap();
+        .chat_raw(&s.key, &[("x-portkey-trace-id", "ft-1")], &chat("@oai/acme-ft-v1"))
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(private.calls(), 1);
     assert_eq!(s.mock.calls(), 0, "not sent to the integration's own host");

@@ -165,6 +165,20 @@ impl App {
         }
     }
 
+    /// POSTs a chat completion as `key` with extra `headers`, and returns the
+    /// raw response (for headers and streamed bodies).
+    pub async fn chat_raw(&self, key: &str, headers: &[(&str, &str)], body: &Value) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.url))
+            .bearer_auth(key)
+            .json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request")
+    }
+
     /// Waits until every request so far is in the request log.
     pub async fn flush_logs(&self) {
         self.state().usage.flush().await;
