@@ -43,19 +43,25 @@ impl Proc {
                 s.push('\n');
             }
         });
+        // Owned from here on, so that a failed start still kills the child.
+        let mut p = Proc {
+            child,
+            stderr,
+            url: String::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
-        let url = loop {
-            let text = stderr.lock().unwrap().clone();
+        p.url = loop {
+            let text = p.stderr();
             if let Some(url) = text.lines().find_map(|l| l.strip_prefix("Tollgate is listening on ")) {
                 break url.trim().to_owned();
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("tollgate exited with {status}: {text}");
             }
             assert!(Instant::now() < deadline, "tollgate did not start: {text}");
             std::thread::sleep(Duration::from_millis(20));
         };
-        Proc { child, stderr, url }
+        p
     }
 
     fn stderr(&self) -> String {
