@@ -6,11 +6,12 @@
 //! about the key, and the final comparison is constant-time anyway.
 
 use crate::error::AdminError;
-use crate::snapshot::KeyEntry;
+use crate::snapshot::{KeyEntry, Snapshot};
 use crate::state::SharedState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tollgate_core::records::KeyType;
@@ -59,18 +60,17 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Finds and checks the key of a request.
-pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<Arc<KeyEntry>, AuthFailure> {
+/// Finds and checks the key of a request in `snap`, at time `now`.
+pub fn authenticate(snap: &Snapshot, now: DateTime<Utc>, headers: &HeaderMap) -> Result<Arc<KeyEntry>, AuthFailure> {
     let key = key_from_headers(headers)
         .filter(|k| !k.is_empty())
         .ok_or(AuthFailure::Missing)?;
     let hash = tollgate_core::ids::hash_api_key(key);
-    let snap = state.snapshot();
     let entry = snap.key_by_hash(&hash).ok_or(AuthFailure::Invalid)?;
     if !bool::from(entry.hash.ct_eq(&hash)) {
         return Err(AuthFailure::Invalid);
     }
-    if entry.record.expires_at.is_some_and(|t| t <= state.now()) {
+    if entry.record.expires_at.is_some_and(|t| t <= now) {
         return Err(AuthFailure::Expired);
     }
     Ok(entry.clone())
@@ -140,7 +140,7 @@ impl FromRequestParts<SharedState> for Caller {
     type Rejection = AdminError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Self::Rejection> {
-        authenticate(state, &parts.headers)
+        authenticate(&state.snapshot(), state.now(), &parts.headers)
             .map(Caller)
             .map_err(|f| AdminError::unauthorized(f.message()))
     }

@@ -15,7 +15,7 @@ pub mod relay;
 
 use crate::auth::{self, AuthFailure};
 use crate::error::GatewayError;
-use crate::snapshot::{KeyEntry, Route};
+use crate::snapshot::{KeyEntry, Route, Snapshot};
 use crate::state::SharedState;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -23,6 +23,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +73,8 @@ const MAX_TRACE_ID: usize = 128;
 
 /// Everything worked out about a request before it is admitted.
 pub struct Prepared {
+    /// The control plane this request was resolved against, start to end.
+    pub snap: Arc<Snapshot>,
     pub key: Arc<KeyEntry>,
     pub route: Arc<Route>,
     pub body: Value,
@@ -126,7 +129,7 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
     if prep.log_bodies {
         rec.request_body = Some(String::from_utf8_lossy(&body).into_owned());
     }
-    let checks = applicable_checks(&state, &prep);
+    let checks = applicable_checks(&prep);
     let demand = worst_case(&prep, &checks);
     let reservation = match crate::limits::admit(&state, &checks, demand).await {
         Ok(r) => r,
@@ -176,10 +179,9 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
 
 /// Every limit that applies: integration × workspace, provider, API key,
 /// workspace, in that order (the first to refuse is the one reported).
-fn applicable_checks(state: &SharedState, prep: &Prepared) -> Vec<LimitCheck> {
-    let snap = state.snapshot();
+fn applicable_checks(prep: &Prepared) -> Vec<LimitCheck> {
     let ws = &prep.route.provider.workspace_id;
-    let ws_checks = snap.workspace_checks(ws);
+    let ws_checks = prep.snap.workspace_checks(ws);
     let mut checks = Vec::with_capacity(prep.route.checks.len() + prep.key.checks.len() + ws_checks.len());
     checks.extend_from_slice(&prep.route.checks);
     checks.extend_from_slice(&prep.key.checks);
@@ -224,8 +226,8 @@ pub fn upstream_error(e: ProviderError) -> GatewayError {
 }
 
 /// Authenticates and authorises the caller for the gateway.
-pub fn gateway_key(state: &SharedState, headers: &HeaderMap) -> Result<Arc<KeyEntry>, GatewayError> {
-    let key = auth::authenticate(state, headers)
+pub fn gateway_key(snap: &Snapshot, now: DateTime<Utc>, headers: &HeaderMap) -> Result<Arc<KeyEntry>, GatewayError> {
+    let key = auth::authenticate(snap, now, headers)
         .map_err(|f: AuthFailure| GatewayError::Authentication(f.message().into()))?;
     if key.record.key_type != KeyType::Workspace {
         return Err(GatewayError::Permission(
@@ -248,7 +250,8 @@ fn prepare(
     raw: &Bytes,
     rec: &mut UsageRecord,
 ) -> Result<Prepared, GatewayError> {
-    let key = gateway_key(state, headers)?;
+    let snap = state.snapshot();
+    let key = gateway_key(&snap, state.now(), headers)?;
     rec.api_key_id = Some(key.record.id.clone());
     let workspace_id = key.record.workspace_id.clone().unwrap_or_default();
     rec.workspace_id = Some(workspace_id.clone());
@@ -315,7 +318,6 @@ fn prepare(
 
     // Resolution: the x-portkey-provider header, else `@slug/model`.
     let (slug, model) = resolve_names(headers, model_field)?;
-    let snap = state.snapshot();
     let Some(route) = snap.route(&workspace_id, slug).cloned() else {
         // An integration of that slug exists but was never provisioned here.
         if snap.integration_by_slug(slug).is_some() {
@@ -395,6 +397,7 @@ fn prepare(
         o.insert("model".into(), Value::String(model.clone()));
     }
     Ok(Prepared {
+        snap,
         key,
         route,
         body,

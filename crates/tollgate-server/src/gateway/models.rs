@@ -18,10 +18,10 @@ pub async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Respo
 }
 
 fn models(state: &SharedState, headers: &HeaderMap) -> Result<Value, GatewayError> {
-    let key = super::gateway_key(state, headers)?;
-    let ws = key.record.workspace_id.as_deref().unwrap_or_default();
     let snap = state.snapshot();
     let now = state.now();
+    let key = super::gateway_key(&snap, now, headers)?;
+    let ws = key.record.workspace_id.as_deref().unwrap_or_default();
     let mut ids = BTreeSet::new();
     for route in snap.routes_of(ws) {
         let i = &route.integration;
