@@ -3,6 +3,7 @@
 //! limit is looked up in the snapshot for its name, workspace, unit,
 //! threshold and extra recipients.
 
+use crate::limits::{self, Owner};
 use crate::state::SharedState;
 use tollgate_core::admission::{AlertEvent, AlertKind};
 use tollgate_core::limits::{BudgetKind, UsageLimit};
@@ -19,10 +20,9 @@ struct Described {
 
 fn describe(state: &SharedState, id: &str) -> Option<Described> {
     let snap = state.snapshot();
-    let (kind, rest) = id.split_once(':')?;
-    match kind {
-        "key" => {
-            let k = snap.key_by_id(rest)?;
+    match limits::owner(id)? {
+        Owner::ApiKey(key) => {
+            let k = snap.key_by_id(key)?;
             Some(Described {
                 name: k.record.name.clone(),
                 workspace_id: k.record.workspace_id.clone(),
@@ -30,8 +30,8 @@ fn describe(state: &SharedState, id: &str) -> Option<Described> {
                 recipients: k.record.alert_emails.clone(),
             })
         }
-        "ws" => {
-            let w = snap.workspaces.get(rest)?;
+        Owner::Workspace(ws) => {
+            let w = snap.workspaces.get(ws)?;
             Some(Described {
                 name: w.name.clone(),
                 workspace_id: Some(w.id.clone()),
@@ -39,8 +39,8 @@ fn describe(state: &SharedState, id: &str) -> Option<Described> {
                 recipients: vec![],
             })
         }
-        "prv" => {
-            let p = snap.providers.iter().find(|p| p.id == rest)?;
+        Owner::Provider(provider) => {
+            let p = snap.providers.iter().find(|p| p.id == provider)?;
             Some(Described {
                 name: format!("@{}", p.slug),
                 workspace_id: Some(p.workspace_id.clone()),
@@ -48,8 +48,7 @@ fn describe(state: &SharedState, id: &str) -> Option<Described> {
                 recipients: vec![],
             })
         }
-        "iw" => {
-            let (integration, ws) = rest.split_once(':')?;
+        Owner::IntegrationWorkspace(integration, ws) => {
             let i = snap.integration(integration)?;
             Some(Described {
                 name: format!("{} in {ws}", i.record.slug),
@@ -58,7 +57,6 @@ fn describe(state: &SharedState, id: &str) -> Option<Described> {
                 recipients: vec![],
             })
         }
-        _ => None,
     }
 }
 

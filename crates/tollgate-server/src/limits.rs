@@ -29,6 +29,29 @@ pub fn workspace_id(ws: &str) -> String {
     format!("ws:{ws}")
 }
 
+/// What a counter id names: the inverse of the id builders above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// (integration id, workspace id).
+    IntegrationWorkspace(&'a str, &'a str),
+    /// Provider record id.
+    Provider(&'a str),
+    ApiKey(&'a str),
+    Workspace(&'a str),
+}
+
+/// Reads a counter id back into what it names.
+pub fn owner(id: &str) -> Option<Owner<'_>> {
+    let (kind, rest) = id.split_once(':')?;
+    match kind {
+        "iw" => rest.split_once(':').map(|(i, w)| Owner::IntegrationWorkspace(i, w)),
+        "prv" => Some(Owner::Provider(rest)),
+        "key" => Some(Owner::ApiKey(rest)),
+        "ws" => Some(Owner::Workspace(rest)),
+        _ => None,
+    }
+}
+
 /// The checks a level's limits make, budget first.
 pub fn checks(level: Level, id: &str, limits: &Limits) -> Vec<LimitCheck> {
     let id: Arc<str> = Arc::from(id);
@@ -167,36 +190,37 @@ pub async fn provider_exhausted(state: &SharedState, p: &ProviderRecord, now: Da
     }
 }
 
-/// Every limit in the control plane with the request-log rows it applies to.
+/// Every limit in the control plane, as the snapshot already holds it, with
+/// the request-log rows it applies to. An integration × workspace limit
+/// shared by several providers is listed once.
 fn every_limit(state: &SharedState) -> Vec<(LimitCheck, Scope)> {
     let snap = state.snapshot();
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
-    for w in snap.workspaces.values() {
-        for c in checks(Level::Workspace, &workspace_id(&w.id), &w.limits) {
-            out.push((c, Scope::Workspace(w.id.clone())));
+    let mut add = |c: &LimitCheck, scope: Scope| {
+        if seen.insert((c.id.clone(), matches!(c.rule, Rule::Budget { .. }))) {
+            out.push((c.clone(), scope));
         }
-        for r in snap.routes_of(&w.id) {
-            for c in checks(Level::Provider, &provider_id(&r.provider), &r.provider.limits) {
-                out.push((c, Scope::Provider(w.id.clone(), r.provider.slug.clone())));
-            }
+    };
+    for w in snap.workspaces.keys() {
+        for c in snap.workspace_checks(w) {
+            add(c, Scope::Workspace(w.clone()));
         }
-    }
-    for i in snap.integrations() {
-        for w in snap.workspaces.keys() {
-            if i.record.access_for(w).is_some() {
-                for c in checks(
-                    Level::IntegrationWorkspace,
-                    &iw_id(&i.record.id, w),
-                    &i.record.workspace_limits(w),
-                ) {
-                    out.push((c, Scope::IntegrationWorkspace(i.record.id.clone(), w.clone())));
-                }
+        for r in snap.routes_of(w) {
+            for c in &r.checks {
+                let scope = match c.level {
+                    Level::IntegrationWorkspace => {
+                        Scope::IntegrationWorkspace(r.integration.record.id.clone(), w.clone())
+                    }
+                    _ => Scope::Provider(w.clone(), r.provider.slug.clone()),
+                };
+                add(c, scope);
             }
         }
     }
     for k in snap.keys() {
-        for c in checks(Level::ApiKey, &key_id(&k.record.id), &k.record.limits) {
-            out.push((c, Scope::ApiKey(k.record.id.clone())));
+        for c in &k.checks {
+            add(c, Scope::ApiKey(k.record.id.clone()));
         }
     }
     out
@@ -227,4 +251,23 @@ pub async fn restore_from_log(state: &SharedState) -> Result<usize, DbError> {
         }
     }
     Ok(limits.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_ids_read_back_into_their_owner() {
+        assert_eq!(
+            owner(&iw_id("int-1", "ws-a-123456")),
+            Some(Owner::IntegrationWorkspace("int-1", "ws-a-123456"))
+        );
+        assert_eq!(owner(&key_id("ak-9")), Some(Owner::ApiKey("ak-9")));
+        assert_eq!(owner(&workspace_id("ws-b")), Some(Owner::Workspace("ws-b")));
+        assert_eq!(owner("prv:prv-7"), Some(Owner::Provider("prv-7")));
+        assert_eq!(owner("iw:only-one-part"), None);
+        assert_eq!(owner("other:x"), None);
+        assert_eq!(owner("nocolon"), None);
+    }
 }
