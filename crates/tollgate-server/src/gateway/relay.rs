@@ -243,6 +243,13 @@ struct ChunkChoice {
 }
 
 impl Books {
+    /// The upstream reported usage: the frames kept for estimation are no
+    /// longer needed.
+    fn on_usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+        self.frames = Vec::new();
+    }
+
     fn on_frame(&mut self, frame: &Bytes) {
         if self.rec.ttft_us.is_none() {
             self.rec.ttft_us = Some(micros(self.started));
@@ -374,8 +381,7 @@ impl Relay {
                 }
                 Poll::Ready(Some(Ok(StreamItem::Usage(u)))) => {
                     if let Some(b) = self.books.as_mut() {
-                        b.usage = Some(u);
-                        b.frames = Vec::new();
+                        b.on_usage(u);
                     }
                 }
                 Poll::Ready(other) => {
@@ -423,8 +429,7 @@ impl Stream for Relay {
                 }
                 Poll::Ready(Some(Ok(StreamItem::Usage(u)))) => {
                     if let Some(b) = self.books.as_mut() {
-                        b.usage = Some(u);
-                        b.frames = Vec::new();
+                        b.on_usage(u);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
