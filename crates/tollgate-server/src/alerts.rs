@@ -57,6 +57,35 @@ const DEFAULT_POLL: StdDuration = StdDuration::from_secs(5);
 /// Alerts read from the outbox per round.
 const BATCH: u32 = 50;
 
+/// The `From:` of alert e-mails: `alert_from`, else `tollgate@<hostname>`
+/// when `smtp_url` is set (`None` without SMTP). Logs the sender in use.
+pub fn sender(config: &crate::config::Config) -> Option<String> {
+    config.smtp_url.as_deref().filter(|u| !u.trim().is_empty())?;
+    let from = match config.alert_from.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(set) => set.to_owned(),
+        None => {
+            let host = hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .map(|h| h.trim_end_matches('.').to_owned())
+                .filter(|h| {
+                    !h.is_empty()
+                        && h.len() <= 253
+                        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                })
+                .unwrap_or_else(|| "localhost".to_owned());
+            format!("tollgate@{host}")
+        }
+    };
+    let why = if config.alert_from.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+        "alert_from"
+    } else {
+        "default: alert_from is not set"
+    };
+    tracing::info!(from = %from, source = why, "alert e-mails are sent from {from}");
+    Some(from)
+}
+
 /// Where alerts go. Empty fields disable a channel.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AlertConfig {

@@ -6,7 +6,7 @@ use crate::server::{self, StartError};
 use crate::state::{control_version, meta};
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tollgate_core::catalogue::PriceTable;
 use tollgate_core::clock::SystemClock;
@@ -27,19 +27,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway and admin API.
-    Serve(Common),
+    #[command(after_help = crate::config::env_help())]
+    Serve(ServeArgs),
     /// Organisation admin keys.
     #[command(subcommand)]
     AdminKey(AdminKeyCommand),
     /// Re-wrap every secret's data key under a new master key.
-    RotateMasterKey(Common),
+    RotateMasterKey(DataArgs),
     /// The model price table.
     #[command(subcommand)]
     Prices(PricesCommand),
     /// Fill the request log with synthetic requests (for benchmarking analytics).
     SeedUsage {
         #[command(flatten)]
-        common: Common,
+        data: DataArgs,
         /// How many requests to write.
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
@@ -82,7 +83,7 @@ pub enum AdminKeyCommand {
     /// Create another organisation admin key and print it (only the key) on stdout.
     Create {
         #[command(flatten)]
-        common: Common,
+        data: DataArgs,
         /// A name for the key.
         #[arg(long, default_value = "Admin key (CLI)")]
         name: String,
@@ -95,21 +96,35 @@ pub enum PricesCommand {
     Import {
         file: PathBuf,
         #[command(flatten)]
-        common: Common,
+        data: DataArgs,
     },
 }
 
-/// Options every command that touches the data directory takes.
+/// `tollgate serve`'s options.
 #[derive(Debug, Clone, Args)]
-pub struct Common {
-    /// A TOML configuration file.
+pub struct ServeArgs {
+    /// A TOML configuration file (see tollgate.toml in the repository).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Address to listen on, ADDR:PORT (default 127.0.0.1:8787).
-    #[arg(long)]
+    /// Address to listen on, HOST:PORT [default: 127.0.0.1:8787].
+    #[arg(long, env = "TOLLGATE_LISTEN")]
     pub listen: Option<String>,
-    /// Data directory (default ./tollgate-data).
+    /// Data directory, created on first start [default: ./tollgate-data].
+    #[arg(long, env = "TOLLGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Also serve /metrics without a key on this HOST:PORT.
+    #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+/// The options of commands that work on an existing data directory.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// A TOML configuration file (only its data_dir and master_key matter here).
     #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory; it must exist [default: ./tollgate-data].
+    #[arg(long, env = "TOLLGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -123,33 +138,108 @@ pub enum CliError {
     Store(#[from] tollgate_store::StoreError),
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
+    #[error("data directory {0} does not exist (only `tollgate serve` creates one); check --data-dir")]
+    NoDataDir(String),
     #[error("{0}")]
     Other(String),
 }
 
-impl Common {
-    /// Defaults < file < environment < flags.
+/// Defaults < file < environment < flags.
+fn layered(config_file: Option<&Path>, flags: FileConfig) -> Result<Config, ConfigError> {
+    let file = match config_file {
+        Some(p) => FileConfig::from_file(p)?,
+        None => FileConfig::default(),
+    };
+    let env = FileConfig::from_env(|k| std::env::var(k).ok())?;
+    file.overlay(env).overlay(flags).resolve()
+}
+
+impl ServeArgs {
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let file = match &self.config {
-            Some(p) => FileConfig::from_file(p)?,
-            None => FileConfig::default(),
-        };
-        let env = FileConfig::from_env(|k| std::env::var(k).ok())?;
-        let flags = FileConfig {
-            listen: self.listen.clone(),
-            data_dir: self.data_dir.clone(),
-            ..Default::default()
-        };
-        file.overlay(env).overlay(flags).resolve()
+        layered(
+            self.config.as_deref(),
+            FileConfig {
+                listen: self.listen.clone(),
+                data_dir: self.data_dir.clone(),
+                metrics_listen: self.metrics_listen.clone(),
+                ..Default::default()
+            },
+        )
     }
+}
+
+impl DataArgs {
+    /// The configuration, refusing a data directory that does not exist
+    /// (these commands never create one: a mistyped path would otherwise get
+    /// a fresh master key and data that no server reads).
+    pub fn config(&self) -> Result<Config, CliError> {
+        let config = layered(
+            self.config.as_deref(),
+            FileConfig {
+                data_dir: self.data_dir.clone(),
+                ..Default::default()
+            },
+        )?;
+        if !config.data_dir.is_dir() {
+            return Err(CliError::NoDataDir(config.data_dir.display().to_string()));
+        }
+        Ok(config)
+    }
+}
+
+/// An error and its causes on one line, each cause once: a message that
+/// already quotes its source (`"reading x: denied"` caused by `"denied"`)
+/// is not followed by it again.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Raises the soft open-file limit to the hard one (each connection is a
+/// descriptor) and returns the limit now in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim.clone()) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
 }
 
 /// `tollgate serve`.
 pub async fn serve(config: Config) -> Result<(), CliError> {
+    let fds = raise_fd_limit();
+    // Descriptors beyond the connections: the database, upstream
+    // connections, the listeners.
+    if let Some(fds) = fds.filter(|n| *n < config.max_connections as u64 + 256) {
+        tracing::warn!(
+            open_file_limit = fds,
+            max_connections = config.max_connections,
+            "the open-file limit is below max_connections + 256: connections beyond it are refused by the kernel"
+        );
+    }
     let running = server::start(config, Arc::new(SystemClock)).await?;
     if let Some(key) = &running.first_admin_key {
-        eprintln!("\nOrganisation admin key (shown only this once; store it now):\n\n    {key}\n");
-        eprintln!("Send it as `x-portkey-api-key: <key>` (or `Authorization: Bearer <key>`) to http://{}/v1/admin/... to create workspaces, API keys and integrations.\n", running.addr);
+        // The key on stdout (alone on its line, for scripts), the advice
+        // with the logs on stderr.
+        eprintln!("\nOrganisation admin key (shown only this once; store it now):\n");
+        println!("    {key}");
+        eprintln!("\nSend it as `x-portkey-api-key: <key>` (or `Authorization: Bearer <key>`) to http://{}/v1/admin/... to create workspaces, API keys and integrations.\n", running.addr);
+    }
+    if let Some(m) = running.metrics_addr {
+        eprintln!("Metrics (no key) on http://{m}/metrics");
     }
     eprintln!("Tollgate is listening on http://{}", running.addr);
     let token = running.shutdown_token();

@@ -1,14 +1,20 @@
 //! Configuration: built-in defaults, then a TOML file (`--config`), then
 //! `TOLLGATE_*` environment variables, then command-line flags; the later one
-//! wins. Unknown keys in the file are an error that names the key.
+//! wins. Unknown keys in the file are an error that names the key; a syntax
+//! or type error names the line and the key.
+//!
+//! [`SETTINGS`] is the one list of settings (file key, environment variable,
+//! meaning); `serve --help`, the README's table and the example
+//! `tollgate.toml` at the repository root follow it, and tests keep them in
+//! step.
 
-use serde::Deserialize;
-use std::net::SocketAddr;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 /// Every setting, as the file spells it. All optional: absent means "not set
 /// here".
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
@@ -17,11 +23,110 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub log_level: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
     pub smtp_url: Option<String>,
     pub alert_from: Option<String>,
     pub alert_emails: Option<Vec<String>>,
     pub alert_webhook_url: Option<String>,
     pub alert_webhook_secret: Option<String>,
+}
+
+/// One setting: its file key, its environment variable and what it does.
+pub struct Setting {
+    pub key: &'static str,
+    pub env: &'static str,
+    pub help: &'static str,
+}
+
+/// Every setting, in the order the documentation lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "listen",
+        env: "TOLLGATE_LISTEN",
+        help: "address to listen on, HOST:PORT (a host name is resolved); default 127.0.0.1:8787",
+    },
+    Setting {
+        key: "data_dir",
+        env: "TOLLGATE_DATA_DIR",
+        help: "data directory; default ./tollgate-data",
+    },
+    Setting {
+        key: "master_key",
+        env: "TOLLGATE_MASTER_KEY",
+        help: "master key, 64 hex characters; default: the key file DATA_DIR/master.key",
+    },
+    Setting {
+        key: "max_body_bytes",
+        env: "TOLLGATE_MAX_BODY_BYTES",
+        help: "largest request body; default 10485760 (10 MiB)",
+    },
+    Setting {
+        key: "request_timeout_ms",
+        env: "TOLLGATE_REQUEST_TIMEOUT_MS",
+        help: "upstream timeout; default 600000",
+    },
+    Setting {
+        key: "log_level",
+        env: "TOLLGATE_LOG_LEVEL",
+        help: "error, warn, info, debug or trace; default info (TOLLGATE_LOG takes a full filter)",
+    },
+    Setting {
+        key: "metrics_listen",
+        env: "TOLLGATE_METRICS_LISTEN",
+        help: "also serve /metrics without a key on this HOST:PORT; default none",
+    },
+    Setting {
+        key: "header_read_timeout_ms",
+        env: "TOLLGATE_HEADER_READ_TIMEOUT_MS",
+        help: "time a client has to send a request's headers; default 10000",
+    },
+    Setting {
+        key: "idle_timeout_ms",
+        env: "TOLLGATE_IDLE_TIMEOUT_MS",
+        help: "close a connection with no request in flight after this much silence; default 60000",
+    },
+    Setting {
+        key: "max_connections",
+        env: "TOLLGATE_MAX_CONNECTIONS",
+        help: "open client connections at most (more wait to be accepted); default 10000",
+    },
+    Setting {
+        key: "smtp_url",
+        env: "TOLLGATE_SMTP_URL",
+        help: "SMTP server for alert e-mails; default none",
+    },
+    Setting {
+        key: "alert_from",
+        env: "TOLLGATE_ALERT_FROM",
+        help: "sender of alert e-mails; default tollgate@HOSTNAME",
+    },
+    Setting {
+        key: "alert_emails",
+        env: "TOLLGATE_ALERT_EMAILS",
+        help: "organisation admins' addresses (comma separated); default none",
+    },
+    Setting {
+        key: "alert_webhook_url",
+        env: "TOLLGATE_ALERT_WEBHOOK_URL",
+        help: "URL that receives alerts as JSON; default none",
+    },
+    Setting {
+        key: "alert_webhook_secret",
+        env: "TOLLGATE_ALERT_WEBHOOK_SECRET",
+        help: "HMAC-SHA256 key that signs webhook bodies; default none",
+    },
+];
+
+/// The environment variables, for `serve --help`.
+pub fn env_help() -> String {
+    let mut s = String::from("Environment (a flag wins over its variable, a variable over the --config file):\n");
+    for set in SETTINGS {
+        s.push_str(&format!("  {:<32} {}\n", set.env, set.help));
+    }
+    s
 }
 
 /// The settings in force.
@@ -34,6 +139,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
     pub log_level: String,
+    /// A second listener that serves `/metrics` without a key.
+    pub metrics_listen: Option<SocketAddr>,
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_connections: usize,
     pub smtp_url: Option<String>,
     pub alert_from: Option<String>,
     pub alert_emails: Vec<String>,
@@ -51,6 +161,10 @@ impl std::fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("log_level", &self.log_level)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_connections", &self.max_connections)
             .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
             .field("alert_from", &self.alert_from)
             .field("alert_emails", &self.alert_emails)
@@ -63,6 +177,12 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub const DEFAULT_DATA_DIR: &str = "./tollgate-data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 600_000;
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The levels `log_level` accepts.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -80,9 +200,32 @@ impl FileConfig {
             path: path.into(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.into(),
-            message: e.message().to_owned(),
+            message,
+        })
+    }
+
+    /// Parses a file's text; a failure names the line and, when the error
+    /// is about a value, its key.
+    pub fn from_toml(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| {
+            let Some(span) = e.span() else {
+                return e.message().to_owned();
+            };
+            let start = span.start.min(text.len());
+            let line_no = text[..start].matches('\n').count() + 1;
+            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+            let line = text[line_start..].lines().next().unwrap_or("");
+            let key = line
+                .split_once('=')
+                .map(|(k, _)| k.trim().trim_matches('"'))
+                .filter(|k| !k.is_empty() && !k.starts_with('#') && !k.starts_with('['));
+            match key {
+                // An unknown key's message already names it.
+                Some(k) if !e.message().contains(k) => format!("line {line_no}, key `{k}`: {}", e.message()),
+                _ => format!("line {line_no}: {}", e.message()),
+            }
         })
     }
 
@@ -94,7 +237,7 @@ impl FileConfig {
                 .map(|v| {
                     v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
                         key,
-                        message: e.to_string(),
+                        message: format!("{v:?} is not a non-negative integer ({e})"),
                     })
                 })
                 .transpose()
@@ -106,6 +249,10 @@ impl FileConfig {
             max_body_bytes: parse_num("TOLLGATE_MAX_BODY_BYTES")?.map(|v| v as usize),
             request_timeout_ms: parse_num("TOLLGATE_REQUEST_TIMEOUT_MS")?,
             log_level: get("TOLLGATE_LOG_LEVEL"),
+            metrics_listen: get("TOLLGATE_METRICS_LISTEN"),
+            header_read_timeout_ms: parse_num("TOLLGATE_HEADER_READ_TIMEOUT_MS")?,
+            idle_timeout_ms: parse_num("TOLLGATE_IDLE_TIMEOUT_MS")?,
+            max_connections: parse_num("TOLLGATE_MAX_CONNECTIONS")?.map(|v| v as usize),
             smtp_url: get("TOLLGATE_SMTP_URL"),
             alert_from: get("TOLLGATE_ALERT_FROM"),
             alert_emails: get("TOLLGATE_ALERT_EMAILS").map(|v| {
@@ -131,6 +278,10 @@ impl FileConfig {
             max_body_bytes,
             request_timeout_ms,
             log_level,
+            metrics_listen,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            max_connections,
             smtp_url,
             alert_from,
             alert_emails,
@@ -142,23 +293,38 @@ impl FileConfig {
 
     /// Applies defaults and validates.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let listen_text = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
-            key: "listen",
-            message: format!("{listen_text:?} is not ADDR:PORT"),
-        })?;
-        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if max_body_bytes == 0 {
+        let listen = resolve_addr("listen", self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+        let metrics_listen = self
+            .metrics_listen
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| resolve_addr("metrics_listen", s))
+            .transpose()?;
+        let max_body_bytes = positive("max_body_bytes", self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES))?;
+        let request_timeout_ms = positive(
+            "request_timeout_ms",
+            self.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
+        )?;
+        let header_read_timeout_ms = positive(
+            "header_read_timeout_ms",
+            self.header_read_timeout_ms.unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS),
+        )?;
+        let idle_timeout_ms = positive(
+            "idle_timeout_ms",
+            self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+        )?;
+        let max_connections = positive(
+            "max_connections",
+            self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        )?;
+        let log_level = self
+            .log_level
+            .map(|l| l.trim().to_ascii_lowercase())
+            .unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
+        if !LOG_LEVELS.contains(&log_level.as_str()) {
             return Err(ConfigError::Invalid {
-                key: "max_body_bytes",
-                message: "must be positive".into(),
-            });
-        }
-        let request_timeout_ms = self.request_timeout_ms.unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS);
-        if request_timeout_ms == 0 {
-            return Err(ConfigError::Invalid {
-                key: "request_timeout_ms",
-                message: "must be positive".into(),
+                key: "log_level",
+                message: format!("{log_level:?} is not one of {}", LOG_LEVELS.join(", ")),
             });
         }
         Ok(Config {
@@ -167,7 +333,11 @@ impl FileConfig {
             master_key: self.master_key.filter(|k| !k.is_empty()),
             max_body_bytes,
             request_timeout_ms,
-            log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
+            log_level,
+            metrics_listen,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            max_connections,
             smtp_url: self.smtp_url,
             alert_from: self.alert_from,
             alert_emails: self.alert_emails.unwrap_or_default(),
@@ -175,6 +345,43 @@ impl FileConfig {
             alert_webhook_secret: self.alert_webhook_secret,
         })
     }
+}
+
+fn positive<T: PartialEq + Default>(key: &'static str, v: T) -> Result<T, ConfigError> {
+    if v == T::default() {
+        return Err(ConfigError::Invalid {
+            key,
+            message: "must be positive".into(),
+        });
+    }
+    Ok(v)
+}
+
+/// `HOST:PORT` to an address; a host name is resolved (the first address
+/// wins).
+fn resolve_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let text = text.trim();
+    if let Ok(a) = text.parse() {
+        return Ok(a);
+    }
+    let invalid = |why: String| ConfigError::Invalid {
+        key,
+        message: format!("{text:?} is not HOST:PORT ({why})"),
+    };
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(invalid("no port".into()));
+    };
+    let port: u16 = port.parse().map_err(|_| invalid(format!("{port:?} is not a port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(invalid("no host".into()));
+    }
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| invalid(format!("cannot resolve {host:?}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| invalid(format!("{host:?} resolves to no address")))
 }
 
 #[cfg(test)]

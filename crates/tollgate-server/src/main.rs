@@ -20,18 +20,18 @@ async fn main() -> ExitCode {
     let args = Cli::parse();
     let result: anyhow::Result<()> = async {
         match args.command {
-            Command::Serve(common) => {
-                let config = common.config()?;
+            Command::Serve(args) => {
+                let config = args.config()?;
                 init_tracing(&config.log_level);
                 cli::serve(config).await?;
             }
-            Command::AdminKey(AdminKeyCommand::Create { common, name }) => {
-                let config = common.config()?;
+            Command::AdminKey(AdminKeyCommand::Create { data, name }) => {
+                let config = data.config()?;
                 init_tracing("warn");
                 println!("{}", cli::create_admin_key(config, name).await?);
             }
-            Command::RotateMasterKey(common) => {
-                let config = common.config()?;
+            Command::RotateMasterKey(data) => {
+                let config = data.config()?;
                 init_tracing("warn");
                 match cli::rotate_master_key(config).await? {
                     Some(hex) => {
@@ -45,15 +45,15 @@ async fn main() -> ExitCode {
                     ),
                 }
             }
-            Command::Prices(PricesCommand::Import { file, common }) => {
-                let config = common.config()?;
+            Command::Prices(PricesCommand::Import { file, data }) => {
+                let config = data.config()?;
                 init_tracing("warn");
                 let n = cli::import_prices(config, file).await?;
                 eprintln!("Imported prices for {n} models.");
             }
-            Command::SeedUsage { common, rows, days } => {
+            Command::SeedUsage { data, rows, days } => {
                 init_tracing("warn");
-                let s = tollgate_server::seed::seed_usage(common.config()?, rows, days).await?;
+                let s = tollgate_server::seed::seed_usage(data.config()?, rows, days).await?;
                 eprintln!("Wrote {} requests in {:.1} s.", s.rows, s.seconds);
             }
             Command::MockUpstream { port, protocol } => {
@@ -67,7 +67,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

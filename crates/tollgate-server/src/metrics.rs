@@ -13,8 +13,13 @@
 //!   auth, permission)
 //! - `tollgate_streamed_total`, `tollgate_cancelled_total` (`workspace` only)
 //!
-//! Cardinality is bounded: at most [`MAX_VALUES`] distinct values of each of
-//! workspace, provider and model are kept, later ones are reported as
+//! Cardinality is bounded, and a label only takes values the control plane
+//! knows: a model is named only if the snapshot knows it for the request's
+//! provider (a model entry of the integration, a catalogue model of its
+//! provider, or the workspace's model grant), else it is `other`; no value
+//! is longer than [`MAX_LABEL_LEN`] bytes (a longer model is `other`, a
+//! longer workspace or provider slug is cut); at most [`MAX_VALUES`]
+//! distinct values of each label are kept, later ones are reported as
 //! `other`; status codes outside 100–599 are reported as `other`.
 //!
 //! `record` is cheap: label values are interned once, and the metric handles
@@ -29,8 +34,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tollgate_store::usage::UsageRecord;
 
+use crate::snapshot::Snapshot;
+
 /// Distinct values kept per label.
 pub const MAX_VALUES: usize = 200;
+/// The longest label value, in bytes.
+pub const MAX_LABEL_LEN: usize = 128;
+
+/// `v` cut to [`MAX_LABEL_LEN`] bytes at a character boundary.
+fn capped(v: &str) -> &str {
+    if v.len() <= MAX_LABEL_LEN {
+        return v;
+    }
+    let mut cut = MAX_LABEL_LEN;
+    while !v.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &v[..cut]
+}
+
+/// The `model` label of a request: the model if `snap` knows it for the
+/// request's workspace and provider, else `other`.
+fn model_label<'a>(snap: &Snapshot, r: &'a UsageRecord) -> &'a str {
+    let Some(model) = r.model.as_deref() else {
+        return "none";
+    };
+    let known = model.len() <= MAX_LABEL_LEN
+        && match (r.workspace_id.as_deref(), r.provider_slug.as_deref()) {
+            (Some(ws), Some(slug)) => snap.is_known_model(ws, slug, model),
+            _ => false,
+        };
+    if known {
+        model
+    } else {
+        "other"
+    }
+}
 
 /// Installs the global recorder once and returns its handle.
 pub fn install() -> Option<PrometheusHandle> {
@@ -154,11 +193,11 @@ fn addr(a: &Arc<str>) -> usize {
 }
 
 /// The handles of a request's label combination, created on first use.
-fn series(r: &UsageRecord) -> Arc<Series> {
+fn series(snap: &Snapshot, r: &UsageRecord) -> Arc<Series> {
     let reg = registry();
-    let ws = reg.workspaces.get(r.workspace_id.as_deref().unwrap_or("none"));
-    let provider = reg.providers.get(r.provider_slug.as_deref().unwrap_or("none"));
-    let model = reg.models.get(r.model.as_deref().unwrap_or("none"));
+    let ws = reg.workspaces.get(capped(r.workspace_id.as_deref().unwrap_or("none")));
+    let provider = reg.providers.get(capped(r.provider_slug.as_deref().unwrap_or("none")));
+    let model = reg.models.get(model_label(snap, r));
     let status = if (100..600).contains(&r.status_code) {
         r.status_code
     } else {
@@ -180,9 +219,10 @@ fn series(r: &UsageRecord) -> Arc<Series> {
         .clone()
 }
 
-/// Records one request's series.
-pub fn record(r: &UsageRecord) {
-    let s = series(r);
+/// Records one request's series; `snap` decides which label values are
+/// known.
+pub fn record(snap: &Snapshot, r: &UsageRecord) {
+    let s = series(snap, r);
     s.requests.increment(1);
     s.duration.record(r.latency_us as f64 / 1e6);
     if r.prompt_tokens > 0 {
@@ -240,6 +280,25 @@ mod tests {
     }
 
     #[test]
+    fn unknown_or_long_models_are_other_and_values_are_capped() {
+        let snap = Snapshot::default();
+        let mut r = UsageRecord {
+            workspace_id: Some("w".repeat(1000)),
+            provider_slug: Some("p".into()),
+            model: Some("gpt-4o".into()),
+            ..Default::default()
+        };
+        assert_eq!(model_label(&snap, &r), "other", "no route in the snapshot: unknown");
+        r.model = Some("m".repeat(MAX_LABEL_LEN + 1));
+        assert_eq!(model_label(&snap, &r), "other");
+        r.model = None;
+        assert_eq!(model_label(&snap, &r), "none");
+        assert_eq!(capped(r.workspace_id.as_deref().unwrap()).len(), MAX_LABEL_LEN);
+        let multibyte = "é".repeat(MAX_LABEL_LEN);
+        assert!(capped(&multibyte).len() <= MAX_LABEL_LEN);
+    }
+
+    #[test]
     fn cost_remainders_are_not_lost() {
         let handle = install();
         let r = UsageRecord {
@@ -249,7 +308,7 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..5 {
-            record(&r);
+            record(&Snapshot::default(), &r);
         }
         // 5 × 0.4 = 2 whole microdollars.
         let text = handle.map(|h| h.render()).unwrap_or_default();

@@ -5,25 +5,43 @@
 //! tasks, counters rebuilt from the request log) and binds the listener;
 //! [`Running::wait`] serves until a shutdown signal, then drains: in-flight
 //! requests finish, the request log is flushed, background tasks stop.
+//!
+//! Connections are accepted here rather than by `axum::serve`, so that they
+//! are bounded: at most `max_connections` at once (more wait in the listen
+//! backlog), a request's headers must arrive within `header_read_timeout_ms`
+//! (hyper's timer, which also runs while an HTTP/1 connection waits for its
+//! next request), and a connection with no request in flight is closed
+//! after `idle_timeout_ms` without traffic.
 
 use crate::alerts::{AlertConfig, Dispatcher};
+use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{AdminError, GatewayError};
 use crate::state::{meta, AppState, Parts, SharedState};
-use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, Uri};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tollgate_core::clock::SharedClock;
 use tollgate_core::ids;
 use tollgate_core::records::{KeySubType, KeyType, Limits, Workspace};
@@ -33,6 +51,7 @@ use tollgate_store::outbox::Outbox;
 use tollgate_store::secrets::{KeySource, MasterKey};
 use tollgate_store::usage::UsageLog;
 use tollgate_store::Store;
+use tower::ServiceExt;
 
 /// How often the server checks whether the control plane changed outside
 /// it (the CLI, another replica).
@@ -62,6 +81,48 @@ pub enum StartError {
     Outbox(#[from] tollgate_store::outbox::OutboxError),
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("data directory {0} is in use by another `tollgate serve` (lock file {1}); stop it first, or pick another --data-dir")]
+    Locked(String, String),
+    #[error("cannot lock the data directory ({0}): {1}")]
+    Lock(String, std::io::Error),
+}
+
+/// The lock file that keeps a second `serve` off a data directory.
+pub const LOCK_FILE: &str = "serve.lock";
+
+/// An exclusive advisory lock (`flock`) on the data directory's lock file,
+/// held while the server runs. The kernel drops it when the process ends,
+/// however it ends, so a `kill -9` never keeps the next start out.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data directory's lock, or says who holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StartError> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path: PathBuf = dir.join(LOCK_FILE);
+    let shown = || path.display().to_string();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| StartError::Lock(shown(), e))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            return Err(StartError::Locked(dir.display().to_string(), shown()));
+        }
+        Err(e) => return Err(StartError::Lock(shown(), e.into())),
+    }
+    // The holder's pid, for whoever wonders which process it is.
+    let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(DataDirLock { _file: file })
 }
 
 /// Creates the data directory (mode 0700) if it does not exist.
@@ -151,6 +212,8 @@ pub async fn bootstrap(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Res
 /// A started server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served without a key (`metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     pub state: SharedState,
     /// The first-run admin key, if this start created it.
     pub first_admin_key: Option<String>,
@@ -158,6 +221,8 @@ pub struct Running {
     server: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
     usage_writer: JoinHandle<()>,
+    /// Released last, once everything is flushed.
+    lock: DataDirLock,
 }
 
 impl Running {
@@ -176,10 +241,14 @@ impl Running {
             let _ = t.await;
         }
         let Running {
-            state, usage_writer, ..
+            state,
+            usage_writer,
+            lock,
+            ..
         } = self;
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(10), usage_writer).await;
+        drop(lock);
         result
     }
 
@@ -192,6 +261,8 @@ impl Running {
 
 /// Prepares and starts the server.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
+    ensure_data_dir(&config.data_dir)?;
+    let lock = lock_data_dir(&config.data_dir)?;
     let (store, master, _source) = open_store(&config).await?;
     let first_admin_key = bootstrap(&store, clock.now()).await?;
     let (usage, usage_writer) = UsageLog::spawn(store.pool().clone());
@@ -199,7 +270,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     outbox.init().await?;
     let alert_config = AlertConfig {
         smtp_url: config.smtp_url.clone(),
-        alert_from: config.alert_from.clone(),
+        alert_from: crate::alerts::sender(&config),
         alert_emails: config.alert_emails.clone(),
         webhook_url: config.alert_webhook_url.clone(),
         webhook_secret: config.alert_webhook_secret.clone(),
@@ -228,27 +299,203 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let addr = listener
         .local_addr()
         .map_err(|e| StartError::Listen(config.listen, e))?;
+    let bounds = ConnBounds::of(&config);
+    let mut background = vec![dispatcher_task, refresher, metrics_upkeep];
+    let mut metrics_addr = None;
+    if let Some(at) = config.metrics_listen {
+        let l = TcpListener::bind(at).await.map_err(|e| StartError::Listen(at, e))?;
+        metrics_addr = Some(l.local_addr().map_err(|e| StartError::Listen(at, e))?);
+        let token = shutdown.clone();
+        background.push(tokio::spawn(async move {
+            let _ = serve_connections(l, metrics_router(), bounds, token).await;
+        }));
+    }
     let app = router(state.clone());
-    let token = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            app.into_make_service(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
-    });
+    let server = tokio::spawn(serve_connections(listener, app, bounds, shutdown.clone()));
     Ok(Running {
         addr,
+        metrics_addr,
         state,
         first_admin_key,
         shutdown,
         server,
-        background: vec![dispatcher_task, refresher, metrics_upkeep],
+        background,
         usage_writer,
+        lock,
     })
+}
+
+/// The bounds every connection is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnBounds {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ConnBounds {
+    pub fn of(config: &Config) -> ConnBounds {
+        ConnBounds {
+            header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            max_connections: config.max_connections,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, at most `max_connections` at a
+/// time, then lets the open ones finish their requests.
+pub async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    bounds: ConnBounds,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(bounds.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+        };
+        let tcp = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before it was
+                    // accepted: nothing to do but wait a little and go on.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        connections.spawn(serve_connection(tcp, app.clone(), bounds, shutdown.clone(), permit));
+    }
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// When a connection last had traffic, and how many of its requests are in
+/// flight.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    /// How long the connection has been idle (zero while a request runs).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.last.lock().elapsed()
+    }
+}
+
+/// Counts a request as in flight until its response body is finished or
+/// dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(a: &Arc<Activity>) -> InFlight {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock() = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    app: Router,
+    bounds: ConnBounds,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        last: Mutex::new(Instant::now()),
+    });
+    let seen = activity.clone();
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let in_flight = InFlight::start(&seen);
+        let call = app.clone().oneshot(req);
+        async move {
+            let resp = call.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|inner| {
+                Body::new(Tracked {
+                    inner,
+                    _in_flight: in_flight,
+                })
+            }))
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let idle = activity.idle_for();
+        let check_at = Instant::now() + bounds.idle_timeout.saturating_sub(idle).max(Duration::from_millis(10));
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(check_at), if !closing => {
+                if activity.idle_for() >= bounds.idle_timeout {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
 }
 
 /// Drains the Prometheus histograms' pending samples into their buckets.
@@ -284,22 +531,115 @@ async fn refresh_loop(state: SharedState, shutdown: CancellationToken) {
 
 /// The whole HTTP surface.
 pub fn router(state: SharedState) -> Router {
-    let metrics = crate::metrics::install();
     Router::new()
         .merge(crate::admin::router())
         .merge(crate::gateway::router())
         .merge(crate::analytics::router())
         .route("/health", get(health))
-        .route(
-            "/metrics",
-            get(move || {
-                let body = metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-                async move { ([("content-type", "text/plain; version=0.0.4")], body) }
-            }),
-        )
+        .route("/metrics", get(metrics_with_key))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// The `metrics_listen` surface: `/metrics` without a key.
+pub fn metrics_router() -> Router {
+    Router::new()
+        .route("/metrics", get(|| async { metrics_text() }))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
+fn metrics_text() -> Response {
+    let body = crate::metrics::install().map(|h| h.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// `/metrics` on the main listener: organisation admin keys only (the
+/// series name workspaces, providers and models).
+async fn metrics_with_key(caller: Caller) -> Response {
+    match caller.require_org() {
+        Ok(()) => metrics_text(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Is `path` served by the gateway (OpenAI-shaped errors) rather than the
+/// admin API?
+fn is_gateway_path(path: &str) -> bool {
+    path.starts_with("/v1/chat") || path.starts_with("/v1/completions") || path.starts_with("/v1/embeddings")
+}
+
+/// The longest framework message quoted in an error body.
+const MAX_REJECTION_TEXT: usize = 1024;
+
+/// Every error answer is JSON in the API's shape: the rejections axum and
+/// its extractors produce as plain text (405, 413, 415, 400, 422...) are
+/// rewritten, keeping their status and headers such as `Allow`.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let gateway = is_gateway_path(req.uri().path());
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT * 4)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_owned();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        message = "request body is too large (see max_body_bytes)".to_owned();
+    } else if status == StatusCode::METHOD_NOT_ALLOWED {
+        message = format!("method not allowed; allowed: {}", allowed(&parts.headers));
+    } else if message.is_empty() {
+        message = status.canonical_reason().unwrap_or("error").to_owned();
+    }
+    if message.len() > MAX_REJECTION_TEXT {
+        let mut cut = MAX_REJECTION_TEXT;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    let body = if gateway {
+        let kind = if status == StatusCode::NOT_FOUND {
+            "not_found_error"
+        } else if status.is_server_error() {
+            "internal_error"
+        } else {
+            "invalid_request_error"
+        };
+        json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+    } else {
+        let code = if status == StatusCode::NOT_FOUND {
+            crate::error::AdminCode::NotFound
+        } else if status.is_server_error() {
+            crate::error::AdminCode::Internal
+        } else {
+            crate::error::AdminCode::Validation
+        };
+        json!({"success": false, "data": {"message": message, "errorCode": code.wire().1}})
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body.to_string()))
+}
+
+fn allowed(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -309,7 +649,7 @@ async fn health() -> Json<serde_json::Value> {
 async fn not_found(uri: Uri) -> Response {
     let path = uri.path();
     let msg = format!("no route for {path}");
-    if path.starts_with("/v1/chat") || path.starts_with("/v1/completions") || path.starts_with("/v1/embeddings") {
+    if is_gateway_path(path) {
         GatewayError::NotFound(msg).into_response()
     } else {
         let mut r = AdminError::not_found(msg).into_response();

@@ -33,6 +33,10 @@ pub struct IntegrationEntry {
     pub secrets: SealedFields,
     /// Model entries by slug.
     pub models: HashMap<String, IntegrationModel>,
+    /// Every model this integration is known to serve: its own model
+    /// entries and the catalogue's models of its provider (the values a
+    /// metric's `model` label may take).
+    pub known_models: HashSet<String>,
 }
 
 impl std::fmt::Debug for IntegrationEntry {
@@ -137,8 +141,15 @@ impl Snapshot {
                     .map_err(|e| SnapshotError::CorruptSecret(i.slug.clone(), name.clone(), e.to_string()))?;
                 fields.push((name.clone(), sealed));
             }
-            let models = i.models.iter().map(|m| (m.slug.clone(), m.clone())).collect();
+            let models: HashMap<String, IntegrationModel> =
+                i.models.iter().map(|m| (m.slug.clone(), m.clone())).collect();
+            let known_models = models
+                .keys()
+                .cloned()
+                .chain(s.prices.models_of(&i.ai_provider_id).map(str::to_owned))
+                .collect();
             let entry = IntegrationEntry {
+                known_models,
                 secrets: SealedFields {
                     master: master.clone(),
                     context,
@@ -208,6 +219,13 @@ impl Snapshot {
 
     pub fn integrations(&self) -> impl Iterator<Item = &Arc<IntegrationEntry>> {
         self.integrations.values()
+    }
+
+    /// Is `model` one the route's integration or workspace grant names?
+    pub fn is_known_model(&self, workspace_id: &str, slug: &str, model: &str) -> bool {
+        self.route(workspace_id, slug).is_some_and(|r| {
+            r.integration.known_models.contains(model) || r.workspace_models.as_ref().is_some_and(|m| m.contains(model))
+        })
     }
 
     /// The provider `slug` in `workspace_id`.

@@ -44,7 +44,7 @@ pub fn fail(
     let mut resp = e.into_response();
     decorate(&mut resp, &rec.trace_id, &rate);
     rec.latency_us = micros(started);
-    crate::metrics::record(&rec);
+    crate::metrics::record(&state.snapshot(), &rec);
     state.usage.record(rec);
     resp
 }
@@ -73,7 +73,7 @@ async fn close_books(
     }
     rec.cost_picos = cost.map(|c| c.picos());
     crate::limits::settle(state, reservation, usage.total(), cost).await;
-    crate::metrics::record(&rec);
+    crate::metrics::record(&state.snapshot(), &rec);
     state.usage.record(rec);
 }
 

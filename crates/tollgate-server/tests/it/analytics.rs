@@ -837,7 +837,8 @@ async fn prometheus_series_carry_bounded_labels() {
     );
     r.latency_us = 1_500;
     r.upstream_latency_us = Some(1_000);
-    tollgate_server::metrics::record(&r);
+    let snap = d.app.state().snapshot();
+    tollgate_server::metrics::record(&snap, &r);
     let mut refused_rec = refused(
         rec(100, NOW, Some(d.ws_a.as_str()), None, None, 429),
         "rate_limit",
@@ -845,8 +846,13 @@ async fn prometheus_series_carry_bounded_labels() {
         100,
     );
     refused_rec.model = None;
-    tollgate_server::metrics::record(&refused_rec);
-    let text = reqwest::get(format!("{}/metrics", d.app.url))
+    tollgate_server::metrics::record(&snap, &refused_rec);
+    let text = d
+        .app
+        .http
+        .get(format!("{}/metrics", d.app.url))
+        .bearer_auth(&d.app.admin_key)
+        .send()
         .await
         .unwrap()
         .text()
@@ -859,13 +865,15 @@ async fn prometheus_series_carry_bounded_labels() {
     assert!(
         has(
             "tollgate_requests_total",
-            &["prom-prov", "prom-model", "status=\"200\""]
+            &["prom-prov", "model=\"other\"", "status=\"200\""]
         ),
-        "{text}"
+        "a model the snapshot does not know is `other`: {text}"
     );
-    assert!(has("tollgate_tokens_total", &["prom-model", "type=\"prompt\""]));
-    assert!(has("tollgate_cost_microdollars_total", &["prom-model"]));
-    assert!(has("tollgate_request_duration_seconds_bucket", &["prom-model"]));
-    assert!(has("tollgate_gateway_overhead_seconds_bucket", &["prom-model"]));
+    assert!(!text.contains("prom-model"), "{text}");
+    let other = ["prom-prov", "model=\"other\""];
+    assert!(has("tollgate_tokens_total", &[other[0], other[1], "type=\"prompt\""]));
+    assert!(has("tollgate_cost_microdollars_total", &other));
+    assert!(has("tollgate_request_duration_seconds_bucket", &other));
+    assert!(has("tollgate_gateway_overhead_seconds_bucket", &other));
     assert!(has("tollgate_refused_total", &["reason=\"rate_limit\""]));
 }
