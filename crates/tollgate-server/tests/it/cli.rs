@@ -16,8 +16,23 @@ const SECRET: &str = "sk-live-DEBUG-LOG-MUST-NOT-SHOW-THIS-0123456789";
 
 struct Proc {
     child: Child,
+    stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     url: String,
+}
+
+/// Collects a pipe's lines on a thread.
+fn drain(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    text
 }
 
 impl Proc {
@@ -29,23 +44,16 @@ impl Proc {
             cmd.env(k, v);
         }
         let mut child = cmd
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tollgate");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let stdout = drain(child.stdout.take().expect("stdout"));
+        let stderr = drain(child.stderr.take().expect("stderr"));
         // Owned from here on, so that a failed start still kills the child.
         let mut p = Proc {
             child,
+            stdout,
             stderr,
             url: String::new(),
         };
@@ -66,6 +74,10 @@ impl Proc {
 
     fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -90,12 +102,18 @@ impl Drop for Proc {
     }
 }
 
-fn first_key(stderr: &str) -> String {
-    stderr
-        .split_whitespace()
-        .find(|w| w.starts_with("tg-"))
-        .expect("a key on stderr")
-        .to_owned()
+/// The first-start admin key: on stdout (alone on its line), never in the
+/// log stream on stderr.
+fn first_key(p: &Proc) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(k) = p.stdout().split_whitespace().find(|w| w.starts_with("tg-")) {
+            assert!(!p.stderr().contains(k), "the key stays out of stderr: {}", p.stderr());
+            return k.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no key on stdout: {}", p.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn run(args: &[&str], dir: &Path) -> std::process::Output {
@@ -133,7 +151,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -
 async fn first_start_prints_a_key_once_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::serve(dir.path(), &[]);
-    let key = first_key(&p.stderr());
+    let key = first_key(&p);
     assert!(
         p.stderr().contains("x-portkey-api-key"),
         "one line telling the user what to do"
@@ -153,7 +171,11 @@ async fn first_start_prints_a_key_once_and_sigterm_drains() {
     assert!(status.success(), "graceful exit on SIGTERM");
     // A second start prints no key; another one comes from the CLI, alone on stdout.
     let p = Proc::serve(dir.path(), &[]);
-    assert!(!p.stderr().contains("tg-"), "{}", p.stderr());
+    assert!(
+        !p.stderr().contains("tg-") && !p.stdout().contains("tg-"),
+        "{}",
+        p.stderr()
+    );
     let out = run(&["admin-key", "create"], dir.path());
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
@@ -276,7 +298,7 @@ async fn debug_logs_never_show_a_secret() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::serve(dir.path(), &[("TOLLGATE_LOG", "debug")]);
-    let admin = first_key(&p.stderr());
+    let admin = first_key(&p);
     let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
     assert_eq!(
         complete(&p.url, &key).await,
@@ -305,7 +327,7 @@ async fn rotating_the_master_key_keeps_the_server_working() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::serve(dir.path(), &[]);
-    let admin = first_key(&p.stderr());
+    let admin = first_key(&p);
     let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
     assert_eq!(complete(&p.url, &key).await, 200);
     let before = std::fs::read(dir.path().join("master.key")).unwrap();
@@ -338,7 +360,7 @@ async fn prices_import_replaces_the_table() {
     let mock = openai::start(OpenAiMock { api_key: None, control }).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::serve(dir.path(), &[]);
-    let admin = first_key(&p.stderr());
+    let admin = first_key(&p);
     let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
     let bad = dir.path().join("bad.json");
     std::fs::write(
