@@ -138,7 +138,9 @@ pub enum CliError {
     Store(#[from] tollgate_store::StoreError),
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
-    #[error("data directory {0} does not exist (only `tollgate serve` creates one); check --data-dir")]
+    #[error(
+        "data directory {0} does not exist or is not a directory (only `tollgate serve` creates one); check --data-dir"
+    )]
     NoDataDir(String),
     #[error("{0}")]
     Other(String),
@@ -462,4 +464,35 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
     )
     .await
     .map_err(|e| CliError::Other(format!("mock upstream: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading {path}: {source}")]
+    struct Quoting {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("start-up failed")]
+    struct Outer(#[source] Quoting);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Quoting {
+            path: "x.toml".into(),
+            source: io(),
+        };
+        assert_eq!(error_chain(&e), "reading x.toml: no such file");
+        let e = Outer(Quoting {
+            path: "x.toml".into(),
+            source: io(),
+        });
+        assert_eq!(error_chain(&e), "start-up failed: reading x.toml: no such file");
+    }
 }

@@ -122,10 +122,11 @@ pub const SETTINGS: &[Setting] = &[
 
 /// The environment variables, for `serve --help`.
 pub fn env_help() -> String {
-    let mut s = String::from("Environment (a flag wins over its variable, a variable over the --config file):\n");
+    let mut s = String::from("Environment (a flag wins over its variable, a variable over the --config file):");
     for set in SETTINGS {
-        s.push_str(&format!("  {:<32} {}\n", set.env, set.help));
+        s.push_str(&format!("\n  {:<32} {}", set.env, set.help));
     }
+    s.push('\n');
     s
 }
 
@@ -210,8 +211,9 @@ impl FileConfig {
     /// is about a value, its key.
     pub fn from_toml(text: &str) -> Result<FileConfig, String> {
         toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', "; ");
             let Some(span) = e.span() else {
-                return e.message().to_owned();
+                return message;
             };
             let start = span.start.min(text.len());
             let line_no = text[..start].matches('\n').count() + 1;
@@ -223,8 +225,8 @@ impl FileConfig {
                 .filter(|k| !k.is_empty() && !k.starts_with('#') && !k.starts_with('['));
             match key {
                 // An unknown key's message already names it.
-                Some(k) if !e.message().contains(k) => format!("line {line_no}, key `{k}`: {}", e.message()),
-                _ => format!("line {line_no}: {}", e.message()),
+                Some(k) if !message.contains(k) => format!("line {line_no}, key `{k}`: {message}"),
+                _ => format!("line {line_no}: {message}"),
             }
         })
     }
@@ -439,5 +441,139 @@ mod tests {
         .resolve()
         .is_err());
         assert!(FileConfig::from_file(Path::new("/nonexistent/x.toml")).is_err());
+    }
+
+    /// The example file at the repository root, with its commented-out
+    /// settings switched on.
+    fn example_with_everything_on() -> String {
+        include_str!("../../../tollgate.toml")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if SETTINGS.iter().any(|s| rest.starts_with(&format!("{} = ", s.key))) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn settings_list_every_file_key() {
+        let fields = serde_json::to_value(FileConfig::default()).unwrap();
+        let mut fields: Vec<&String> = fields.as_object().unwrap().keys().collect();
+        let mut listed: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+        fields.sort();
+        listed.sort();
+        assert_eq!(fields, listed, "SETTINGS and FileConfig differ");
+        // Each variable is read by from_env.
+        for s in SETTINGS {
+            let value = match s.key {
+                "listen" | "metrics_listen" => "127.0.0.1:1",
+                "log_level" => "debug",
+                k if k.ends_with("_ms") || k.starts_with("max_") => "7",
+                _ => "x",
+            };
+            let c = FileConfig::from_env(|k| (k == s.env).then(|| value.to_owned())).unwrap();
+            let v = serde_json::to_value(c).unwrap();
+            assert!(!v[s.key].is_null(), "{} does not set {}", s.env, s.key);
+        }
+    }
+
+    #[test]
+    fn the_example_file_has_every_setting_and_parses() {
+        let text = include_str!("../../../tollgate.toml");
+        let as_shipped = FileConfig::from_toml(text).expect("the example parses as shipped");
+        let c = as_shipped.resolve().expect("and resolves");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN, "its values are the defaults");
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(c.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT_MS);
+        assert_eq!(c.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS);
+        assert_eq!(c.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
+        assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.log_level, DEFAULT_LOG_LEVEL);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        let all = FileConfig::from_toml(&example_with_everything_on()).expect("every example value parses");
+        let v = serde_json::to_value(all.clone()).unwrap();
+        for s in SETTINGS {
+            assert!(!v[s.key].is_null(), "tollgate.toml lacks {}", s.key);
+            assert!(text.contains(s.env), "tollgate.toml does not name {}", s.env);
+        }
+        all.resolve().expect("the example values are valid");
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_setting() {
+        let readme = include_str!("../../../README.md");
+        for s in SETTINGS {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", s.key)))
+                .unwrap_or_else(|| panic!("README has no row for {}", s.key));
+            assert!(row.contains(s.env), "README row of {} lacks {}", s.key, s.env);
+        }
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_line_and_key() {
+        let e = FileConfig::from_toml("log_level = \"info\"\n\nmax_connections = -3\n").unwrap_err();
+        assert!(e.contains("line 3") && e.contains("max_connections"), "{e}");
+        let e = FileConfig::from_toml("alert_emails = \"a@x\"\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("alert_emails"), "{e}");
+        let e = FileConfig::from_toml("listen = \"a\"\nlisten = \"b\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let e = FileConfig::from_toml("[section\n").unwrap_err();
+        assert!(e.contains("line 1") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn log_levels_host_names_and_new_bounds_are_checked() {
+        let with = |f: FileConfig| f.resolve();
+        for bad in ["loud", "", "info,debug"] {
+            let e = with(FileConfig {
+                log_level: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("log_level"), "{e}");
+        }
+        let c = with(FileConfig {
+            log_level: Some("WARN".into()),
+            listen: Some("localhost:8788".into()),
+            metrics_listen: Some("localhost:0".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.log_level, "warn");
+        assert!(c.listen.ip().is_loopback() && c.listen.port() == 8788, "{}", c.listen);
+        assert!(c.metrics_listen.is_some_and(|a| a.ip().is_loopback()));
+        for (bad, key) in [
+            ("localhost", "listen"),
+            ("localhost:99999", "listen"),
+            (":80", "listen"),
+        ] {
+            let e = with(FileConfig {
+                listen: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key) && e.contains(bad), "{e}");
+        }
+        for f in [
+            FileConfig {
+                header_read_timeout_ms: Some(0),
+                ..Default::default()
+            },
+            FileConfig {
+                idle_timeout_ms: Some(0),
+                ..Default::default()
+            },
+            FileConfig {
+                max_connections: Some(0),
+                ..Default::default()
+            },
+        ] {
+            assert!(with(f).is_err());
+        }
     }
 }

@@ -131,6 +131,10 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
     if dir.is_dir() {
         return Ok(());
     }
+    if dir.exists() {
+        let e = std::io::Error::new(std::io::ErrorKind::NotADirectory, "it exists but is not a directory");
+        return Err(StartError::DataDir(dir.display().to_string(), e));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -388,3 +388,202 @@ async fn prices_import_replaces_the_table() {
     .await;
     p.terminate();
 }
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// No message says the same thing twice ("X: X").
+fn assert_no_repeats(msg: &str) {
+    let parts: Vec<&str> = msg.trim().split(": ").collect();
+    for w in parts.windows(2) {
+        assert_ne!(w[0].trim(), w[1].trim(), "repeated: {msg}");
+    }
+    for p in &parts {
+        if p.len() > 8 {
+            assert_eq!(msg.matches(p).count(), 1, "{p:?} twice in {msg}");
+        }
+    }
+}
+
+#[test]
+fn commands_other_than_serve_refuse_a_missing_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("tollgate-dat"); // a typo
+    let prices = dir.path().join("prices.json");
+    std::fs::write(&prices, "{}").unwrap();
+    let prices = prices.to_str().unwrap();
+    for args in [
+        vec!["admin-key", "create"],
+        vec!["rotate-master-key"],
+        vec!["prices", "import", prices],
+        vec!["seed-usage", "--rows", "1"],
+    ] {
+        let out = run(&args, &missing);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = stderr_of(&out);
+        assert!(err.contains(&missing.display().to_string()), "{args:?}: {err}");
+        assert!(err.contains("does not exist"), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+        assert!(!missing.exists(), "{args:?} created the directory");
+    }
+    // The data directory may also come from the environment or a file.
+    let out = Command::new(BIN)
+        .args(["admin-key", "create"])
+        .env("TOLLGATE_DATA_DIR", &missing)
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_second_serve_on_the_same_data_dir_is_refused_until_the_first_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Proc::serve(dir.path(), &[]);
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second server started");
+    let err = stderr_of(&out);
+    assert!(err.contains("in use by another"), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    // A SIGKILL releases the lock: the next start works.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let again = Proc::serve(dir.path(), &[]);
+    again.terminate();
+}
+
+#[test]
+fn config_errors_name_the_line_and_key_and_say_things_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    let serve = |extra: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // A type error on line 3.
+    std::fs::write(&cfg, "# settings\nlog_level = \"info\"\nmax_body_bytes = \"ten\"\n").unwrap();
+    let err = stderr_of(&serve(&[]));
+    assert!(err.contains("line 3") && err.contains("max_body_bytes"), "{err}");
+    assert_no_repeats(&err);
+    // A syntax error on line 2.
+    std::fs::write(&cfg, "log_level = \"info\"\nrequest_timeout_ms = \n").unwrap();
+    let err = stderr_of(&serve(&[]));
+    assert!(err.contains("line 2") && err.contains("request_timeout_ms"), "{err}");
+    // An invalid log level, from the file or the environment.
+    std::fs::write(&cfg, "log_level = \"loud\"\n").unwrap();
+    let out = serve(&[]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("log_level") && err.contains("loud"), "{err}");
+    std::fs::write(&cfg, "").unwrap();
+    let err = stderr_of(&serve(&[("TOLLGATE_LOG_LEVEL", "verbose")]));
+    assert!(err.contains("log_level") && err.contains("verbose"), "{err}");
+    // A file that cannot be read: the OS error once.
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/tollgate.toml"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(err.contains("/nonexistent/tollgate.toml"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    assert_no_repeats(&err);
+    // Neither do start-up errors repeat their cause.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let err = stderr_of(&run(&["admin-key", "create"], &file));
+    assert_no_repeats(&err);
+}
+
+#[test]
+fn listen_accepts_host_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "localhost:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let err = drain(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if err.lock().unwrap().contains("Tollgate is listening on") {
+            break;
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("exited with {s}: {}", err.lock().unwrap());
+        }
+        assert!(Instant::now() < deadline, "{}", err.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "no-such-host.invalid:8787", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("no-such-host.invalid"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn each_command_lists_only_its_options_and_serve_names_the_environment() {
+    let help = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let serve = help(&["serve"]);
+    for s in tollgate_server::config::SETTINGS {
+        assert!(serve.contains(s.env), "serve --help lacks {}:\n{serve}", s.env);
+    }
+    for args in [
+        &["admin-key", "create"][..],
+        &["rotate-master-key"][..],
+        &["prices", "import"][..],
+        &["seed-usage"][..],
+    ] {
+        let h = help(args);
+        assert!(h.contains("--data-dir"), "{args:?}: {h}");
+        assert!(
+            !h.contains("--listen") && !h.contains("--metrics-listen"),
+            "{args:?}: {h}"
+        );
+    }
+    let mock = help(&["mock-upstream"]);
+    assert!(!mock.contains("--data-dir") && !mock.contains("--config"), "{mock}");
+}
+
+#[test]
+fn smtp_without_alert_from_uses_a_default_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Proc::serve(dir.path(), &[("TOLLGATE_SMTP_URL", "smtp://127.0.0.1:1")]);
+    let err = p.stderr();
+    assert!(err.contains("alert e-mails are sent from tollgate@"), "{err}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let p = Proc::serve(
+        dir.path(),
+        &[
+            ("TOLLGATE_SMTP_URL", "smtp://127.0.0.1:1"),
+            ("TOLLGATE_ALERT_FROM", "ops@example.com"),
+        ],
+    );
+    assert!(p.stderr().contains("sent from ops@example.com"), "{}", p.stderr());
+    p.terminate();
+}
