@@ -178,6 +178,8 @@ class Tollgate:
 
 def start_tollgate(tmp: Path) -> Tollgate:
     data_dir = tmp / "data"
+    # Only `serve` creates a data directory; `admin-key create` needs one.
+    data_dir.mkdir(mode=0o700)
     env = {**os.environ, "TOLLGATE_MASTER_KEY": secrets.token_hex(32), "NO_COLOR": "1"}
     # Create the organisation key before the server starts: `admin-key
     # create` prints only the key, and the server loads it with everything else.
