@@ -213,7 +213,7 @@ pub fn raise_fd_limit() -> Option<u64> {
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current < lim.maximum {
         lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim.clone()) {
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
             tracing::warn!(error = %e, "could not raise the open-file limit");
         }
     }
