@@ -291,6 +291,8 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
         .tempdir()
         .map_err(BenchError::TempDir)?;
     let data = dir.path().join("data");
+    // Only `serve` creates a data directory; `admin-key create` needs one.
+    std::fs::create_dir(&data).map_err(BenchError::TempDir)?;
     let env = [
         ("TOLLGATE_MASTER_KEY", MASTER_KEY.to_owned()),
         ("TOLLGATE_LOG", "warn".to_owned()),

@@ -461,11 +461,9 @@ async fn serve_connection(
         let call = app.clone().oneshot(req);
         async move {
             let resp = call.await?;
-            Ok::<_, std::convert::Infallible>(resp.map(|inner| {
-                Body::new(Tracked {
-                    inner,
-                    _in_flight: in_flight,
-                })
+            Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked {
+                inner,
+                _in_flight: in_flight,
             }))
         }
     });

@@ -587,3 +587,49 @@ fn smtp_without_alert_from_uses_a_default_sender() {
     assert!(p.stderr().contains("sent from ops@example.com"), "{}", p.stderr());
     p.terminate();
 }
+
+/// (soft, hard) "Max open files" of a process.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line")
+        .to_owned();
+    let v: Vec<&str> = line.split_whitespace().collect();
+    (v[3].to_owned(), v[4].to_owned())
+}
+
+#[test]
+fn serve_raises_the_soft_open_file_limit_to_the_hard_one() {
+    let hard = open_file_limits(std::process::id()).1;
+    if hard == "256" {
+        return; // Nothing to raise on this machine.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // bash lowers its soft limit, then becomes tollgate.
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec {BIN} serve --listen 127.0.0.1:0 --data-dir {}",
+            dir.path().display()
+        ))
+        .env_remove("TOLLGATE_MASTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = drain(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !err.lock().unwrap().contains("Tollgate is listening on") {
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("exited with {s}: {}", err.lock().unwrap());
+        }
+        assert!(Instant::now() < deadline, "{}", err.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (soft, hard) = open_file_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(soft, hard, "the soft limit was not raised");
+}
