@@ -341,7 +341,7 @@ impl Adapter for Bedrock {
             Some(base) => base.trim_end_matches('/').to_owned(),
             None => format!("https://bedrock-runtime.{region}.amazonaws.com"),
         };
-        let model_url = format!("{host}/model/{}", chat_shape::encode_path_segment(call.target.model));
+        let model_url = format!("{host}/model/{}", chat_shape::path_segment("model", call.target.model)?);
         // Translate first: a request Bedrock cannot take should not cost an
         // AssumeRole.
         let converse = match call.endpoint {

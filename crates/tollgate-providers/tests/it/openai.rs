@@ -383,3 +383,19 @@ async fn mock_router_without_journal_serves_the_benchmark() {
     // Nothing accumulates when the mock runs as a benchmark upstream.
     assert_eq!(server.calls(), 0);
 }
+
+#[tokio::test]
+async fn hostile_model_names_go_only_into_the_body() {
+    use crate::support::{assert_confined, DOT_MODELS, HOSTILE_MODELS};
+    let (server, _control) = start(Some(KEY)).await;
+    for model in HOSTILE_MODELS.iter().chain(DOT_MODELS) {
+        server.journal.clear();
+        let fx = Fixture::new(Some(mock::base_url(&server)), Some(KEY), model);
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]});
+        let _ = fx.send(&OpenAi, Endpoint::ChatCompletions, &body, false, false).await;
+        let requests = server.journal.requests();
+        assert_confined(&requests, "/v1/chat/completions", None);
+        assert_eq!(requests[0].path, "/v1/chat/completions");
+        assert_eq!(requests[0].json()["model"], *model);
+    }
+}
