@@ -292,6 +292,9 @@ pub struct Refusal {
     pub id: Arc<str>,
     pub level: Level,
     pub reason: RefusalReason,
+    /// The `x-ratelimit-*` figures of every rate limit that applied, as they
+    /// stand without this request: a refusal carries them too (API.md).
+    pub headers: RateHeaders,
 }
 
 /// What kind of limit refused.
@@ -470,6 +473,7 @@ impl Plan {
             id: self.key.id.clone(),
             level: self.level,
             reason,
+            headers: RateHeaders::default(),
         }
     }
 

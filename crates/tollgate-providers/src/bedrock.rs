@@ -668,7 +668,9 @@ fn usage_from(u: &Value) -> Option<Usage> {
     let get = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cached = get("cacheReadInputTokens");
     Some(Usage {
-        prompt_tokens: get("inputTokens") + cached + get("cacheWriteInputTokens"),
+        prompt_tokens: get("inputTokens")
+            .saturating_add(cached)
+            .saturating_add(get("cacheWriteInputTokens")),
         completion_tokens: get("outputTokens"),
         cached_tokens: cached,
     })

@@ -287,10 +287,26 @@ async fn stream_timeout_bounds_only_the_headers() {
 
 #[tokio::test]
 async fn unreachable_host() {
-    let fx = Fixture::new(Some(dead_url().await), None, "gpt-4o");
+    let dead = dead_url().await;
+    let host = dead.trim_start_matches("http://").trim_end_matches("/v1").to_owned();
+    // A key in the query string (as some providers take it) must not leak.
+    let fx = Fixture::new(Some(format!("{dead}?key=SECRET-KEY")), Some(KEY), "gpt-4o");
     let body = chat_body(false);
     let e = expect_err(fx.send(&OpenAi, Endpoint::ChatCompletions, &body, false, false).await);
-    assert!(matches!(e, ProviderError::Unreachable(_)), "{e:?}");
+    let ProviderError::Unreachable(message) = &e else {
+        panic!("{e:?}")
+    };
+    // The message names the host and the cause, and nothing secret.
+    assert!(message.contains(&host), "{message}");
+    assert!(message.to_lowercase().contains("connection refused"), "{message}");
+    assert!(
+        !message.contains("SECRET") && !message.contains(KEY) && !message.contains("/v1"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("error sending request: error sending request"),
+        "{message}"
+    );
     let streamed = chat_body(true);
     let e = expect_err(
         fx.send(&OpenAi, Endpoint::ChatCompletions, &streamed, true, false)
