@@ -5,6 +5,7 @@ mod alerts;
 mod analytics;
 mod cli;
 mod gateway;
+mod hardening;
 mod limits;
 mod protocols;
 mod provisioning;
