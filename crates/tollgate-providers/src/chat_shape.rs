@@ -536,10 +536,15 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
 /// exactly as sent. An empty segment, `.` or `..` would be read as a path
 /// step rather than a name, so it is refused (`what` names the field).
 pub(crate) fn path_segment(what: &str, value: &str) -> Result<String, ProviderError> {
+    Ok(percent_encoding::utf8_percent_encode(segment_name(what, value)?, SEGMENT).to_string())
+}
+
+/// `value` if it can be one path segment once encoded: not empty, `.` or `..`.
+pub(crate) fn segment_name<'a>(what: &str, value: &'a str) -> Result<&'a str, ProviderError> {
     if matches!(value, "" | "." | "..") {
         return Err(bad_request(format!("{what} {value:?} cannot be used in a URL path")));
     }
-    Ok(percent_encoding::utf8_percent_encode(value, SEGMENT).to_string())
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -197,8 +197,12 @@ pub fn parse_usage(body: &[u8]) -> Result<Option<Usage>, ProviderError> {
     struct UsageOnly {
         usage: Option<serde_json::Value>,
     }
-    let parsed = serde_json::from_slice::<UsageOnly>(body)
-        .map_err(|e| ProviderError::InvalidResponse(format!("the answer is not a JSON object: {e}")))?;
+    let not_object = |why: String| ProviderError::InvalidResponse(format!("the answer is not a JSON object: {why}"));
+    // serde would also read a struct from an array.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(not_object("it does not start with {".into()));
+    }
+    let parsed = serde_json::from_slice::<UsageOnly>(body).map_err(|e| not_object(e.to_string()))?;
     Ok(parsed
         .usage
         .and_then(|v| WireUsage::deserialize(v).ok())
