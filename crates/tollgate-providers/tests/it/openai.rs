@@ -415,3 +415,59 @@ async fn hostile_model_names_go_only_into_the_body() {
         assert_eq!(requests[0].json()["model"], *model);
     }
 }
+
+/// A mock that answers every request 200 with a body that is not JSON.
+pub async fn junk_upstream() -> MockServer {
+    let router = axum::Router::new().fallback(|| async {
+        (
+            [("content-type", "application/json")],
+            "<html>upstream proxy page</html>",
+        )
+    });
+    MockServer::start(router, tollgate_testkit::Journal::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_200_that_is_not_json_is_an_invalid_response() {
+    use tollgate_providers::anthropic::Anthropic;
+    use tollgate_providers::azure::Azure;
+    use tollgate_providers::google::Gemini;
+    use tollgate_providers::Adapter;
+    let junk = junk_upstream().await;
+    let body = chat_body(false);
+    let base = format!("{}/v1", junk.url());
+    let mut azure = Fixture::new(Some(junk.url()), Some(KEY), "gpt-4o");
+    azure.config.insert("azure_resource_name".into(), json!("acme"));
+    let cases: [(&str, &dyn Adapter, Fixture); 4] = [
+        ("openai", &OpenAi, Fixture::new(Some(base.clone()), Some(KEY), "gpt-4o")),
+        ("azure", &Azure, azure),
+        (
+            "anthropic",
+            &Anthropic,
+            Fixture::new(Some(base.clone()), Some(KEY), "claude"),
+        ),
+        (
+            "gemini",
+            &Gemini,
+            Fixture::new(Some(base), Some(KEY), "gemini-1.5-flash"),
+        ),
+    ];
+    for (name, adapter, fx) in cases {
+        for endpoint in [Endpoint::ChatCompletions, Endpoint::Embeddings] {
+            if name == "anthropic" && endpoint == Endpoint::Embeddings {
+                continue;
+            }
+            let input = match endpoint {
+                Endpoint::Embeddings => json!({"model": "m", "input": "hi"}),
+                _ => body.clone(),
+            };
+            let e = expect_err(fx.send(adapter, endpoint, &input, false, false).await);
+            assert!(
+                matches!(e, ProviderError::InvalidResponse(_)),
+                "{name} {endpoint:?}: {e:?}"
+            );
+        }
+    }
+}
