@@ -79,7 +79,7 @@ pub fn checks(level: Level, id: &str, limits: &Limits) -> Vec<LimitCheck> {
 /// Turns a counter refusal into the gateway error API.md prescribes.
 pub fn refusal_error(e: AdmitError) -> GatewayError {
     let r = match e {
-        AdmitError::Refused(r) => r,
+        AdmitError::Refused(r) => *r,
         AdmitError::Counter(c) => return GatewayError::Internal(c.to_string()),
     };
     let level = r.level;
