@@ -172,7 +172,12 @@ impl ProviderError {
             "the request failed to"
         };
         let e = e.without_url();
-        ProviderError::Unreachable(format!("{what} {host}: {}", causes(&e)))
+        // reqwest's own text ("error sending request") says less than `what`.
+        let cause = match std::error::Error::source(&e) {
+            Some(source) => causes(source),
+            None => e.to_string(),
+        };
+        ProviderError::Unreachable(format!("{what} {host}: {cause}"))
     }
 }
 
