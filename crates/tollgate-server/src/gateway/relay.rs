@@ -16,6 +16,7 @@ use futures::stream::BoxStream;
 use futures::Stream;
 use serde::Deserialize;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tollgate_core::admission::RateHeaders;
@@ -49,7 +50,9 @@ pub fn fail(
     resp
 }
 
-/// Fills in usage and cost, settles, logs.
+/// Fills in usage and cost, settles, logs. Absurd usage (beyond
+/// [`tollgate_core::usage::MAX_REQUEST_TOKENS`] a field) is clamped and
+/// flagged at warn.
 async fn close_books(
     state: &SharedState,
     mut rec: UsageRecord,
@@ -58,6 +61,17 @@ async fn close_books(
     estimated: bool,
     price: Option<ModelPrice>,
 ) {
+    let (usage, clamped) = if estimated { (usage, false) } else { usage.clamped() };
+    if clamped {
+        tracing::warn!(
+            provider = rec.ai_provider_id.as_deref().unwrap_or(""),
+            model = rec.model.as_deref().unwrap_or(""),
+            trace_id = %rec.trace_id,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            "the upstream reported absurd usage: clamped"
+        );
+    }
     rec.prompt_tokens = usage.prompt_tokens;
     rec.completion_tokens = usage.completion_tokens;
     rec.cached_tokens = usage.cached_tokens;
@@ -127,6 +141,78 @@ fn streamed_text(frames: &[Bytes]) -> String {
     text
 }
 
+/// The status logged for a request whose client went away before the answer
+/// (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// A request sent upstream and not yet answered. If the client goes away
+/// meanwhile, the handler is dropped with it, and so is this: the request is
+/// then logged with status 499 and settled with its prompt, counted (the
+/// upstream has received it; what it generated is unknown), exactly once.
+pub struct Waiting {
+    books: Option<(UsageRecord, Reservation)>,
+    state: SharedState,
+    started: Instant,
+    endpoint: Endpoint,
+    body: Arc<serde_json::Value>,
+    body_len: usize,
+    tokenizer: Tokenizer,
+    price: Option<ModelPrice>,
+}
+
+impl Waiting {
+    pub fn new(
+        state: &SharedState,
+        rec: UsageRecord,
+        reservation: Reservation,
+        started: Instant,
+        prep: &Prepared,
+    ) -> Waiting {
+        Waiting {
+            books: Some((rec, reservation)),
+            state: state.clone(),
+            started,
+            endpoint: prep.endpoint,
+            body: prep.body.clone(),
+            body_len: prep.body_len,
+            tokenizer: prep.tokenizer,
+            price: prep.price,
+        }
+    }
+
+    /// The upstream answered (or failed): the books go back to the caller.
+    /// Always `Some`: they are taken only here (which consumes `self`) or
+    /// when dropped.
+    pub fn answered(mut self) -> Option<(UsageRecord, Reservation)> {
+        self.books.take()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some((mut rec, reservation)) = self.books.take() else {
+            return;
+        };
+        rec.status_code = CLIENT_CLOSED;
+        rec.cancelled = true;
+        rec.error_type = Some("client_closed_request".into());
+        rec.latency_us = micros(self.started);
+        let state = self.state.clone();
+        let (endpoint, body, tokenizer, price) = (self.endpoint, self.body.clone(), self.tokenizer, self.price);
+        let size = self.body_len;
+        tokio::spawn(async move {
+            let prompt_tokens =
+                super::count::tokens(size, move || tokens::estimate_prompt(endpoint, &body, tokenizer)).await;
+            let usage = Usage {
+                prompt_tokens,
+                completion_tokens: 0,
+                cached_tokens: 0,
+            };
+            close_books(&state, rec, reservation, usage, true, price).await;
+        });
+    }
+}
+
 /// A whole answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn whole(
@@ -144,14 +230,17 @@ pub async fn whole(
     rec.status_code = status;
     let (usage, estimated) = match usage {
         Some(u) => (u, false),
-        None => (
-            Usage {
-                prompt_tokens: tokens::estimate_prompt(prep.endpoint, &prep.body, prep.tokenizer),
-                completion_tokens: tokens::count_text(&whole_text(&body), prep.tokenizer),
+        None => {
+            let (endpoint, request, tokenizer, answer) =
+                (prep.endpoint, prep.body.clone(), prep.tokenizer, body.clone());
+            let usage = super::count::tokens(prep.body_len.saturating_add(body.len()), move || Usage {
+                prompt_tokens: tokens::estimate_prompt(endpoint, &request, tokenizer),
+                completion_tokens: tokens::count_text(&whole_text(&answer), tokenizer),
                 cached_tokens: 0,
-            },
-            true,
-        ),
+            })
+            .await;
+            (usage, true)
+        }
     };
     if prep.log_bodies {
         rec.response_body = Some(String::from_utf8_lossy(&body).into_owned());
@@ -192,6 +281,7 @@ pub fn stream(
         frames: Vec::new(),
         endpoint: prep.endpoint,
         body: prep.body,
+        body_len: prep.body_len,
         tokenizer: prep.tokenizer,
         price: prep.price,
     };
@@ -223,7 +313,8 @@ struct Books {
     frames: Vec<Bytes>,
     /// The request, to count its prompt if the upstream reports no usage.
     endpoint: Endpoint,
-    body: serde_json::Value,
+    body: Arc<serde_json::Value>,
+    body_len: usize,
     tokenizer: Tokenizer,
     price: Option<ModelPrice>,
 }
@@ -279,21 +370,26 @@ impl Books {
             return;
         };
         // Counting tokens may take a while for a long answer: off the
-        // response path, in the task that closes the books.
+        // response path, in the task that closes the books (and off the
+        // async workers when large).
         tokio::spawn(async move {
             let (usage, estimated) = match self.usage {
                 Some(u) => (u, false),
                 // Cut or cancelled without a usage report: what was generated
                 // was still produced (and billed) upstream, so it is settled
                 // as estimated rather than released.
-                None => (
-                    Usage {
-                        prompt_tokens: tokens::estimate_prompt(self.endpoint, &self.body, self.tokenizer),
-                        completion_tokens: tokens::count_text(&streamed_text(&self.frames), self.tokenizer),
+                None => {
+                    let size = self.frames.iter().map(Bytes::len).sum::<usize>() + self.body_len;
+                    let (endpoint, body, tokenizer) = (self.endpoint, self.body, self.tokenizer);
+                    let frames = Arc::new(self.frames);
+                    let usage = super::count::tokens(size, move || Usage {
+                        prompt_tokens: tokens::estimate_prompt(endpoint, &body, tokenizer),
+                        completion_tokens: tokens::count_text(&streamed_text(&frames), tokenizer),
                         cached_tokens: 0,
-                    },
-                    true,
-                ),
+                    })
+                    .await;
+                    (usage, true)
+                }
             };
             close_books(&self.state, self.rec, reservation, usage, estimated, self.price).await;
         });

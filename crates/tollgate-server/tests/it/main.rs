@@ -6,6 +6,7 @@ mod analytics;
 mod cli;
 mod connections;
 mod gateway;
+mod hardening;
 mod limits;
 mod metrics;
 mod protocols;
