@@ -139,8 +139,10 @@ fn dollars(v: &Option<String>, name: &str) -> Result<Option<i64>, AdminError> {
         .transpose()
 }
 
-/// Validates the filters and confines a workspace key to its workspace.
-fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved, AdminError> {
+/// Validates the filters and confines a workspace key to its workspace;
+/// then waits until every request already answered is in the log (read
+/// your own writes).
+async fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved, AdminError> {
     let own = caller.workspace_id().map(str::to_owned);
     if own.is_some() {
         caller.require_scope("analytics.view")?;
@@ -272,6 +274,7 @@ fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved,
         metadata,
         nothing,
     };
+    state.usage.flush().await;
     Ok(Resolved {
         filter,
         from,
@@ -421,7 +424,7 @@ async fn summary(
     caller: Caller,
     Query(p): Query<Params>,
 ) -> Result<Json<Value>, AdminError> {
-    let r = resolve(&state, &caller, &p)?;
+    let r = resolve(&state, &caller, &p).await?;
     let pool = state.store.pool();
     let q = store::Query {
         filter: r.filter.clone(),
@@ -568,7 +571,7 @@ async fn cache_summary(
     caller: Caller,
     Query(p): Query<Params>,
 ) -> Result<Json<Value>, AdminError> {
-    let r = resolve(&state, &caller, &p)?;
+    let r = resolve(&state, &caller, &p).await?;
     let q = store::Query {
         filter: r.filter,
         interval: None,
@@ -730,7 +733,7 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
         return Ok(r);
     }
     let fmt = format_of(&p)?;
-    let r = resolve(&state, &caller, &p)?;
+    let r = resolve(&state, &caller, &p).await?;
     let interval = match p.interval.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => auto_interval(r.from, r.to),
         Some(s) => {
@@ -912,7 +915,7 @@ fn cmp_values(a: &Value, b: &Value) -> std::cmp::Ordering {
 
 async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> Result<Response, AdminError> {
     let fmt = format_of(&p)?;
-    let r = resolve(&state, &caller, &p)?;
+    let r = resolve(&state, &caller, &p).await?;
     let page = crate::admin::Page {
         current_page: p.current_page.clone(),
         page_size: p.page_size.clone(),

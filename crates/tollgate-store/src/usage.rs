@@ -1,10 +1,17 @@
 //! The request log: one row per gateway request.
 //!
-//! The gateway never waits for the database: it hands a [`UsageRecord`] to
-//! [`UsageLog::record`], which queues it for a background writer that inserts
-//! whatever has queued up in one transaction. [`UsageLog::flush`] waits until
-//! everything queued before it is on disk; graceful shutdown calls it after the
-//! last request has finished, so nothing is lost.
+//! One background writer inserts whatever has queued up in one transaction
+//! (group commit). A request that consumed budget hands its record to
+//! [`UsageLog::commit`] and waits for its commit ticket before the client
+//! gets the last byte of the answer, so a process killed at any moment
+//! (even SIGKILL) has every completed request's usage on disk (committed to
+//! the SQLite WAL; with `synchronous = NORMAL` a power loss can still lose
+//! the last transactions). When someone waits, the writer commits at once;
+//! records nobody waits for ([`UsageLog::record`]: refusals and failures
+//! that consumed nothing) may linger up to [`LINGER`] to share a batch.
+//! [`UsageLog::flush`] waits until everything queued before it is on disk;
+//! readers of the log call it first, and graceful shutdown calls it after
+//! the last request has finished, so nothing is lost.
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
@@ -61,8 +68,30 @@ pub struct UsageRecord {
 }
 
 enum Msg {
-    Record(Box<UsageRecord>),
+    /// A record, and whoever waits for it to be committed.
+    Record(Box<UsageRecord>, Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<()>),
+}
+
+impl Msg {
+    fn has_waiter(&self) -> bool {
+        matches!(self, Msg::Flush(_) | Msg::Record(_, Some(_)))
+    }
+}
+
+/// Resolves once a record handed to [`UsageLog::commit`] is committed, or
+/// the writer gave up on it (a database that stayed unwritable: logged).
+pub struct CommitTicket(Option<oneshot::Receiver<()>>);
+
+impl std::future::Future for CommitTicket {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match self.0.as_mut() {
+            None => std::task::Poll::Ready(()),
+            Some(rx) => std::pin::Pin::new(rx).poll(cx).map(|_| ()),
+        }
+    }
 }
 
 /// Handle to the background writer. Cheap to clone.
@@ -80,11 +109,24 @@ impl UsageLog {
         (UsageLog { tx }, task)
     }
 
-    /// Queues a record; never blocks.
+    /// Queues a record nobody waits for; never blocks. It may linger briefly
+    /// to share a batch.
     pub fn record(&self, r: UsageRecord) {
-        if self.tx.send(Msg::Record(Box::new(r))).is_err() {
+        if self.tx.send(Msg::Record(Box::new(r), None)).is_err() {
             tracing::error!("usage log writer is gone; a request record was dropped");
         }
+    }
+
+    /// Queues a record and returns the ticket that resolves once it is
+    /// committed. The writer commits at once when someone waits, together
+    /// with everything else queued (group commit).
+    pub fn commit(&self, r: UsageRecord) -> CommitTicket {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Record(Box::new(r), Some(done))).is_err() {
+            tracing::error!("usage log writer is gone; a request record was dropped");
+            return CommitTicket(None);
+        }
+        CommitTicket(Some(wait))
     }
 
     /// Waits until every record queued before this call is written.
@@ -103,11 +145,12 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
         if rx.recv_many(&mut msgs, BATCH).await == 0 {
             return;
         }
-        // Linger briefly so that a busy gateway writes a few large
-        // transactions (with their roll-ups folded once) rather than one per
-        // request; a flush skips the wait.
+        // Nobody waiting: linger briefly so that records share a transaction
+        // (with their roll-ups folded once). Someone waiting: commit now;
+        // whatever queues meanwhile goes into the next batch, so a busy
+        // gateway still writes few, large transactions.
         let deadline = tokio::time::Instant::now() + LINGER;
-        while msgs.len() < BATCH && !msgs.iter().any(|m| matches!(m, Msg::Flush(_))) {
+        while msgs.len() < BATCH && !msgs.iter().any(Msg::has_waiter) {
             let room = BATCH - msgs.len();
             match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, room)).await {
                 Ok(0) | Err(_) => break,
@@ -117,7 +160,10 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut waiters = Vec::new();
         for m in msgs.drain(..) {
             match m {
-                Msg::Record(r) => batch.push(*r),
+                Msg::Record(r, w) => {
+                    batch.push(*r);
+                    waiters.extend(w);
+                }
                 Msg::Flush(w) => waiters.push(w),
             }
         }

@@ -196,6 +196,8 @@ pub async fn logs(
         offset: offset as i64,
         limit: size as i64,
     };
+    // Read your own writes: every request already answered is in the log.
+    state.usage.flush().await;
     let (total, rows) = usage::list(state.store.pool(), &f)
         .await
         .map_err(AdminError::internal)?;
