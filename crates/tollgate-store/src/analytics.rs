@@ -373,14 +373,15 @@ impl Agg {
         }
         self.cancelled += u64::from(f.cancelled);
         self.streamed += u64::from(f.streamed);
-        self.prompt_tokens += f.prompt_tokens;
-        self.completion_tokens += f.completion_tokens;
-        self.cached_tokens += f.cached_tokens;
-        self.total_tokens += f.total_tokens;
+        // Token counts come from upstreams and the log: saturate, never wrap.
+        self.prompt_tokens = self.prompt_tokens.saturating_add(f.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(f.completion_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(f.cached_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(f.total_tokens);
         if let Some(c) = f.cost_picos {
-            self.cost_picos += i128::from(c);
+            self.cost_picos = self.cost_picos.saturating_add(i128::from(c));
             self.priced_requests += 1;
-            self.priced_tokens += f.total_tokens;
+            self.priced_tokens = self.priced_tokens.saturating_add(f.total_tokens);
         }
         self.latency_sum_us += u128::from(f.latency_us);
         self.latency_max_us = self.latency_max_us.max(f.latency_us);
@@ -391,8 +392,8 @@ impl Agg {
         if let Some(u) = f.upstream_latency_us {
             self.overhead.add(f.latency_us.saturating_sub(u));
             if ok && u > 0 && f.completion_tokens > 0 {
-                self.gen_tokens += f.completion_tokens;
-                self.gen_us += u;
+                self.gen_tokens = self.gen_tokens.saturating_add(f.completion_tokens);
+                self.gen_us = self.gen_us.saturating_add(u);
             }
         }
     }
@@ -429,7 +430,7 @@ impl Agg {
             if COUNTER_COLS[i] == "latency_max_us" {
                 *v = (*v).max(oc[i]);
             } else {
-                *v += oc[i];
+                *v = v.saturating_add(oc[i]);
             }
         }
         self.set_counters(&c);
@@ -786,9 +787,14 @@ pub async fn aggregate(pool: &SqlitePool, q: &Query) -> Result<Cells, sqlx::Erro
     Ok(cells)
 }
 
-const RAW_COLS: &str = "created_at_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, \
-     error_type, refusal, streamed, cancelled, prompt_tokens, completion_tokens, cached_tokens, total_tokens, \
-     cost_picos, latency_us, ttft_us, upstream_latency_us";
+/// The request-log columns analytics reads; counts are read as integers
+/// whatever a damaged row holds (a real or text value counts as its
+/// integer part; sums saturate).
+const RAW_COLS: &str = "created_at_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, \
+     CAST(status_code AS INTEGER), error_type, refusal, streamed, cancelled, CAST(prompt_tokens AS INTEGER), \
+     CAST(completion_tokens AS INTEGER), CAST(cached_tokens AS INTEGER), CAST(total_tokens AS INTEGER), \
+     CAST(cost_picos AS INTEGER), CAST(latency_us AS INTEGER), CAST(ttft_us AS INTEGER), \
+     CAST(upstream_latency_us AS INTEGER)";
 
 fn cell_key(q: &Query, bucket_ms: i64, f: &Fact) -> (i64, String) {
     let b = q.interval.map(|i| i.floor(bucket_ms)).unwrap_or(0);

@@ -302,3 +302,96 @@ async fn kill_9_right_after_an_answer_loses_none_of_its_usage() {
     }
     drop(p);
 }
+
+#[tokio::test]
+async fn absurd_rows_in_the_log_never_stop_start_up_and_exhaust_the_limits() {
+    let mut s = setup().await;
+    let admin = s.app.admin_key.clone();
+    let r = s
+        .app
+        .put(
+            &format!("/v1/admin/workspaces/{}", s.ws),
+            &admin,
+            json!({"usage_limits": [{"type": "tokens", "credit_limit": 1000}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = s
+        .app
+        .post(
+            "/v1/api-keys/workspace/service",
+            &admin,
+            json!({"workspace_id": s.ws, "usage_limits": {"type": "cost", "credit_limit": 5}}),
+        )
+        .await;
+    let (key_id, key) = (
+        r.body["id"].as_str().unwrap().to_owned(),
+        r.body["key"].as_str().unwrap().to_owned(),
+    );
+    let mut body = chat("@oai/gpt-4o");
+    body["max_tokens"] = json!(30);
+    assert_eq!(s.app.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
+    // What an upstream reporting absurd usage, or a damaged log, leaves
+    // behind: sums far beyond i64, negative values, values that are not
+    // integers.
+    let now = chrono::Utc::now().timestamp_millis();
+    let rows: [(&str, i64, Option<i64>); 4] = [
+        ("req-absurd-1", i64::MAX, Some(i64::MAX)),
+        ("req-absurd-2", i64::MAX, Some(i64::MAX)),
+        ("req-absurd-3", -5, Some(-7)),
+        ("req-absurd-4", i64::MAX / 2 + 1, None),
+    ];
+    let pool = s.app.state().store.pool().clone();
+    for (id, tokens, cost) in rows {
+        sqlx::query(
+            "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, endpoint, status_code, \
+             prompt_tokens, completion_tokens, total_tokens, cost_picos, latency_us) \
+             VALUES ($1, $2, 't', $3, $4, 'chat.completions', 200, $5, $5, $5, $6, 1)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(&s.ws)
+        .bind(&key_id)
+        .bind(tokens)
+        .bind(cost)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, endpoint, status_code, \
+         total_tokens, cost_picos, latency_us) VALUES ('req-absurd-5', $1, 't', $2, $3, 'chat.completions', 200, \
+         1e300, 'lots', 1)",
+    )
+    .bind(now)
+    .bind(&s.ws)
+    .bind(&key_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    s.app
+        .restart(std::sync::Arc::new(tollgate_core::clock::SystemClock))
+        .await;
+    let r = s.app.post("/v1/chat/completions", &key, body.clone()).await;
+    assert_eq!(r.status, 412, "the limits are exhausted, not reset: {:?}", r.body);
+    let r = s.app.post("/v1/chat/completions", &s.key, body.clone()).await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (412, "workspace_exhaust_error"),
+        "{:?}",
+        r.body
+    );
+    let r = s.app.get("/v1/analytics/summary", &admin).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let budgets = r.body["data"]["budgets"].as_array().unwrap();
+    let ws_budget = budgets.iter().find(|b| b["level"] == "workspace").unwrap();
+    assert_eq!(ws_budget["consumed"], json!(i64::MAX), "saturated: {ws_budget}");
+    for path in [
+        "/v1/logs?page_size=100",
+        "/v1/analytics/graphs/tokens",
+        "/v1/analytics/groups/ai-models",
+    ] {
+        let r = s.app.get(path, &admin).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+    }
+}
