@@ -6,6 +6,7 @@ mod analytics;
 mod cli;
 mod durability;
 mod gateway;
+mod hardening;
 mod limits;
 mod protocols;
 mod provisioning;
