@@ -32,7 +32,7 @@ async fn analytics_over_any_range_answers_at_once() {
         (format!("/v1/analytics/summary?{far}&total_units_min=1"), &admin),
         (format!("/v1/analytics/graphs/requests?{far}"), &admin),
         (
-            format!("/v1/analytics/graphs/latency?time_of_generation_min=1000-01-01"),
+            "/v1/analytics/graphs/latency?time_of_generation_min=1000-01-01".to_owned(),
             &ws_key,
         ),
         (format!("/v1/analytics/groups/ai-models?{far}"), &ws_key),
