@@ -927,6 +927,16 @@ pub async fn put_workspaces(
         if w.reset_usage == Some(true) {
             super::reset_usage(&mut limits, now);
         }
+        if let Some(Some(list)) = &w.models {
+            if list
+                .iter()
+                .any(|m| m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control))
+            {
+                return Err(AdminError::validation(
+                    "workspaces[].models entries must be 1 to 256 characters, without control characters",
+                ));
+            }
+        }
         let models = match w.models {
             Some(m) => m,
             None => current.as_ref().and_then(|c| c.models.clone()),

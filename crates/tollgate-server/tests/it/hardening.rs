@@ -293,6 +293,18 @@ async fn admin_text_is_bounded_and_clean_with_the_field_named() {
             json!({"name": "ok", "integration_id": "oai", "workspace_id": s.ws, "note": "\u{1b}[31m"}),
             "note",
         ),
+        (
+            "PUT",
+            "/v1/integrations/oai/workspaces",
+            json!({"workspaces": [{"id": s.ws, "enabled": true, "models": ["gpt-4o", "x\u{0}"]}]}),
+            "models",
+        ),
+        (
+            "PUT",
+            "/v1/integrations/oai/workspaces",
+            json!({"workspaces": [{"id": s.ws, "enabled": true, "models": ["m".repeat(300)]}]}),
+            "models",
+        ),
     ];
     for (method, path, body, field) in cases.into_iter().chain(more) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
