@@ -357,8 +357,13 @@ fn prepare(
         return Err(bad_model_id());
     }
     let Some(route) = snap.route(&workspace_id, slug).cloned() else {
-        // An integration of that slug exists but was never provisioned here.
-        if snap.integration_by_slug(slug).is_some() {
+        // An organisation integration not provisioned here is refused as
+        // such; another workspace's answers as an unknown slug does, so
+        // that its existence is not revealed.
+        if snap
+            .integration_by_slug(slug)
+            .is_some_and(|i| i.record.workspace_id.is_none())
+        {
             return Err(GatewayError::Permission(format!(
                 "provider '@{slug}' is not provisioned to this workspace"
             )));

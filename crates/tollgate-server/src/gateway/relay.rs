@@ -5,6 +5,12 @@
 //! Streams are relayed frame by frame as they arrive. If the client goes
 //! away, the relay is dropped, which drops the upstream stream (cancelling
 //! the upstream request) and settles what was generated so far.
+//!
+//! The settlement is durable before the client has the whole answer: a
+//! whole answer's body is returned, and a stream's final frame (`[DONE]` or
+//! the error) is sent, only once the request's record is committed to the
+//! request log, which start-up rebuilds the counters from. So a crash never
+//! forgets usage that a client received.
 
 use super::{decorate, Prepared};
 use crate::error::GatewayError;
@@ -50,7 +56,8 @@ pub fn fail(
     resp
 }
 
-/// Fills in usage and cost, settles, logs. Absurd usage (beyond
+/// Fills in usage and cost, settles, and logs; returns once the record is
+/// committed. Absurd usage (beyond
 /// [`tollgate_core::usage::MAX_REQUEST_TOKENS`] a field) is clamped and
 /// flagged at warn.
 async fn close_books(
@@ -88,7 +95,7 @@ async fn close_books(
     rec.cost_picos = cost.map(|c| c.picos());
     crate::limits::settle(state, reservation, usage.total(), cost).await;
     crate::metrics::record(&state.snapshot(), &rec);
-    state.usage.record(rec);
+    state.usage.commit(rec).await;
 }
 
 #[derive(Deserialize)]
@@ -291,6 +298,7 @@ pub fn stream(
         done: false,
         pending: None,
         idle: Idle::new(timeout),
+        closing: None,
     };
     let mut resp = Response::new(Body::from_stream(relay));
     let h = resp.headers_mut();
@@ -350,8 +358,9 @@ impl Books {
         }
     }
 
-    /// Settles and logs, off the response path.
-    fn finish(mut self, outcome: Outcome) {
+    /// Settles and logs in a task of its own (which finishes even if the
+    /// client goes away); the handle resolves once the record is committed.
+    fn finish(mut self, outcome: Outcome) -> Option<tokio::task::JoinHandle<()>> {
         self.rec.upstream_latency_us = Some(micros(self.upstream_started));
         self.rec.latency_us = micros(self.started);
         match outcome {
@@ -366,13 +375,11 @@ impl Books {
                 self.rec.error_type = Some(kind);
             }
         }
-        let Some(reservation) = self.reservation.take() else {
-            return;
-        };
+        let reservation = self.reservation.take()?;
         // Counting tokens may take a while for a long answer: off the
         // response path, in the task that closes the books (and off the
         // async workers when large).
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let (usage, estimated) = match self.usage {
                 Some(u) => (u, false),
                 // Cut or cancelled without a usage report: what was generated
@@ -392,7 +399,7 @@ impl Books {
                 }
             };
             close_books(&self.state, self.rec, reservation, usage, estimated, self.price).await;
-        });
+        }))
     }
 }
 
@@ -410,6 +417,16 @@ struct Relay {
     /// An end or error met while coalescing, handled on the next poll.
     pending: Option<Option<Result<StreamItem, ProviderError>>>,
     idle: Idle,
+    /// The final frame, held back until the books are closed and committed.
+    closing: Option<(Option<tokio::task::JoinHandle<()>>, Bytes)>,
+}
+
+impl Relay {
+    /// Ends the stream: closes the books, then sends `last`.
+    fn close(&mut self, outcome: Outcome, last: Bytes) {
+        let books = self.books.take().and_then(|b| b.finish(outcome));
+        self.closing = Some((books, last));
+    }
 }
 
 /// The longest an upstream stream may stay silent (the request's timeout).
@@ -498,6 +515,16 @@ impl Stream for Relay {
         if self.done {
             return Poll::Ready(None);
         }
+        if let Some((books, _)) = self.closing.as_mut() {
+            if let Some(h) = books {
+                use std::future::Future;
+                if Pin::new(h).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            self.done = true;
+            return Poll::Ready(self.closing.take().map(|(_, last)| Ok(last)));
+        }
         loop {
             let next = match self.pending.take() {
                 Some(item) => Poll::Ready(item),
@@ -508,13 +535,10 @@ impl Stream for Relay {
             }
             match next {
                 Poll::Pending if self.idle.expired(cx) => {
-                    self.done = true;
                     let err = GatewayError::Timeout;
                     let frame = Bytes::from(format!("data: {}\n\n", err.body()));
-                    if let Some(b) = self.books.take() {
-                        b.finish(Outcome::Failed(err));
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
+                    self.close(Outcome::Failed(err), frame);
+                    return self.poll_next(cx);
                 }
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(StreamItem::Frame(frame)))) => {
@@ -529,20 +553,14 @@ impl Stream for Relay {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    self.done = true;
                     let err = super::upstream_error(e);
                     let frame = Bytes::from(format!("data: {}\n\n", err.body()));
-                    if let Some(b) = self.books.take() {
-                        b.finish(Outcome::Failed(err));
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
+                    self.close(Outcome::Failed(err), frame);
+                    return self.poll_next(cx);
                 }
                 Poll::Ready(None) => {
-                    self.done = true;
-                    if let Some(b) = self.books.take() {
-                        b.finish(Outcome::Done);
-                    }
-                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE_FRAME))));
+                    self.close(Outcome::Done, Bytes::from_static(DONE_FRAME));
+                    return self.poll_next(cx);
                 }
             }
         }
@@ -553,7 +571,8 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // Dropped before the end: the client went away.
         if let Some(b) = self.books.take() {
-            b.finish(Outcome::Cancelled);
+            // Nobody is left to wait for the commit.
+            drop(b.finish(Outcome::Cancelled));
         }
     }
 }
