@@ -285,6 +285,12 @@ async fn refresh_loop(state: SharedState, shutdown: CancellationToken) {
 /// The whole HTTP surface.
 pub fn router(state: SharedState) -> Router {
     let metrics = crate::metrics::install();
+    // The dashboard calls the admin and analytics API in process.
+    let api = Router::new()
+        .merge(crate::admin::router())
+        .merge(crate::analytics::router())
+        .with_state(state.clone());
+    let dashboard = crate::dashboard::router(state.clone(), api);
     Router::new()
         .merge(crate::admin::router())
         .merge(crate::gateway::router())
@@ -300,6 +306,7 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
+        .merge(dashboard)
 }
 
 async fn health() -> Json<serde_json::Value> {
