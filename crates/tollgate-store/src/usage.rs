@@ -209,6 +209,10 @@ pub struct LogFilter {
     pub trace_id: Option<String>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
+    /// Cost bounds in picodollars, inclusive (a record without a cost
+    /// matches neither).
+    pub cost_min: Option<i64>,
+    pub cost_max: Option<i64>,
     /// Every key must be present in the record's metadata with this value.
     pub metadata: Vec<(String, String)>,
     pub offset: i64,
@@ -236,6 +240,12 @@ fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
     }
     if let Some(t) = f.to {
         qb.push(" AND created_at_ms <= ").push_bind(t.timestamp_millis());
+    }
+    if let Some(c) = f.cost_min {
+        qb.push(" AND cost_picos >= ").push_bind(c);
+    }
+    if let Some(c) = f.cost_max {
+        qb.push(" AND cost_picos <= ").push_bind(c);
     }
     for (k, v) in &f.metadata {
         // json_extract takes a JSON path; quote the key so any string is safe.

@@ -274,6 +274,16 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
+/// The top of a chart's axis, rounded to what a reader needs.
+fn axis_label(v: f64) -> String {
+    if v >= 10.0 {
+        fmt_num(v.round())
+    } else {
+        let digits = (-v.log10().floor()).max(0.0) as usize + 1;
+        format!("{v:.digits$}")
+    }
+}
+
 /// A line chart of one or more series over time, as SVG (no script).
 pub fn chart(title: &str, labels: &[String], series: &[(&str, Vec<f64>)], unit: &str) -> Markup {
     const W: f64 = 640.0;
@@ -306,7 +316,7 @@ pub fn chart(title: &str, labels: &[String], series: &[(&str, Vec<f64>)], unit: 
             svg viewBox=(format!("0 0 {W} {H}")) role="img" aria-label=(format!("{title}. {summary}")) {
                 line.axis x1=(PAD_L) y1=(H - PAD_B) x2=(W) y2=(H - PAD_B) {}
                 line.axis x1=(PAD_L) y1=(PAD_T) x2=(PAD_L) y2=(H - PAD_B) {}
-                text.tick x=(PAD_L - 4.0) y=(PAD_T + 8.0) text-anchor="end" { (fmt_num((top * 100.0).round() / 100.0)) }
+                text.tick x=(PAD_L - 4.0) y=(PAD_T + 8.0) text-anchor="end" { (axis_label(top)) }
                 text.tick x=(PAD_L - 4.0) y=(H - PAD_B) text-anchor="end" { "0" }
                 @if let Some(first) = labels.first() { text.tick x=(PAD_L) y=(H - 6.0) { (first) } }
                 @if labels.len() > 1 { @if let Some(last) = labels.last() { text.tick x=(W - 4.0) y=(H - 6.0) text-anchor="end" { (last) } } }
