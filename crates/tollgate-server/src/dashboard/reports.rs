@@ -261,9 +261,17 @@ fn series(v: &Value, fields: &[(&str, &str)]) -> (Vec<String>, Vec<(String, Vec<
     (labels, out)
 }
 
+/// A chart: (API graph, title, unit, [(point field, series name)]).
+type Graph = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
 pub async fn analytics(State(d): State<Dash>, Signed(s): Signed, Query(q): Query<AnalyticsQuery>) -> PageResult {
     let api = q.api_query(d.state.now());
-    let graphs: [(&str, &str, &str, &[(&str, &str)]); 5] = [
+    let graphs: [Graph; 5] = [
         (
             "requests",
             "Requests",
