@@ -176,6 +176,11 @@ fn mentions(msg: &str, field: &str) -> bool {
     })
 }
 
+/// The error beside field `name`, if any (for controls built by hand).
+pub fn field_error(errors: &Errors, name: &str) -> Markup {
+    html! { @if let Some(e) = errors.field(name) { p.error id=(format!("f-{name}-err")) role="alert" { (e) } } }
+}
+
 /// One labelled input; `kind` is the input type.
 pub fn input(label: &str, name: &str, kind: &str, value: Option<&str>, errors: &Errors, hint: Option<&str>) -> Markup {
     let id = format!("f-{name}");

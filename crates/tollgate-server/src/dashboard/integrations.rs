@@ -3,7 +3,7 @@
 //! Create Integration flow, and an integration's detail (edit, rotate
 //! credentials, workspaces with budgets, models, delete).
 
-use super::html::{self, budget_bar, cell, copy, csrf, input, select, str_of, tabs, Errors, Nav};
+use super::html::{self, budget_bar, cell, copy, csrf, field_error, input, select, str_of, tabs, Errors, Nav};
 use super::{enc, Dash, OrPage, PageResult, Post, Signed};
 use axum::extract::{Path, Query, State};
 use axum::http::Method;
@@ -199,7 +199,7 @@ fn credential_inputs(
                     label for=(format!("f-{name}")) { (label) }
                     textarea id=(format!("f-{name}")) name=(name) rows="4" aria-describedby=(format!("f-{name}-hint")) { (value.unwrap_or_default()) }
                     p.hint id=(format!("f-{name}-hint")) { "JSON" @if required { ", required" } "." }
-                    @if let Some(e) = errors.field(&name) { p.error role="alert" { (e) } }
+                    (field_error(errors, &name))
                 }
             } @else {
                 @let value = form.get(&name).map(str::to_owned).or_else(|| current.and_then(|c| c.get(&name)).and_then(Value::as_str).map(str::to_owned));
@@ -775,6 +775,7 @@ async fn models_view(
                     label for="f-custom_headers" { "Custom headers" }
                     textarea #f-custom_headers name="custom_headers" rows="2" aria-describedby="f-custom_headers-hint" { (form.get("custom_headers").unwrap_or("")) }
                     p.hint #f-custom_headers-hint { "One per line, as name: value." }
+                    (field_error(errors, "custom_headers"))
                 }
                 (input("Input price (cents per token)", "input_price", "text", form.get("input_price"), errors, None))
                 (input("Output price (cents per token)", "output_price", "text", form.get("output_price"), errors, None))

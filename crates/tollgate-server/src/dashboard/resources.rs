@@ -1,7 +1,7 @@
 //! Workspaces (list, create, a workspace's model catalogue, limits and keys)
 //! and API keys (create with the key shown once, revoke, rotate).
 
-use super::html::{self, budget_bar, cell, copy, csrf, input, select, str_of, Errors, Nav};
+use super::html::{self, budget_bar, cell, copy, csrf, field_error, input, select, str_of, Errors, Nav};
 use super::integrations::{budgets, rate_usage, visible_workspaces};
 use super::session::Session;
 use super::{enc, Dash, OrPage, PageResult, Post, Signed};
@@ -187,11 +187,13 @@ async fn keys_view(
             (csrf(s))
             (input("Key name", "name", "text", form.get("name"), errors, None))
             (select("Workspace", "workspace_id", &ws_opts, form.get("workspace_id")))
+            (field_error(errors, "workspace_id"))
             fieldset {
                 legend { "Scopes (workspace keys)" }
                 @for sc in crate::auth::SCOPES {
                     label.inline { input type="checkbox" name="scope" value=(sc) checked[checked.contains(sc) || (form.0.is_empty() && *sc == "completions.write")]; " " (sc) }
                 }
+                (field_error(errors, "scopes"))
             }
             fieldset {
                 legend { "Limits (optional; cannot be edited once set)" }

@@ -406,3 +406,243 @@ async fn logs_filter_by_cost() {
     let r = app.get("/v1/logs?cost_min=0&cost_max=0.5", &app.admin_key).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
+
+#[tokio::test]
+async fn provisioning_forms_set_limits_reset_usage_and_revoke() {
+    let app = App::start().await;
+    let ws = app.workspace("Team").await;
+    app.post(
+        "/v1/integrations",
+        &app.admin_key,
+        json!({"name": "Prov", "slug": "prov", "ai_provider_id": "openai", "key": "sk-x"}),
+    )
+    .await;
+    let mut b = Browser::new(&app);
+    b.sign_in("/ui/sign-in", &app.admin_key).await;
+    let page = b.get("/ui/integrations/prov/workspaces").await;
+    assert!(page.body.contains("cannot be edited once set"));
+    let csrf = page.csrf();
+    let limit = format!("credit_limit.{ws}");
+    let rate = format!("rate_value.{ws}");
+    let saved = b
+        .post(
+            "/ui/integrations/prov/workspaces",
+            &[
+                ("_csrf", &csrf),
+                ("access", "specific"),
+                ("known", &ws),
+                ("ws", &ws),
+                (&format!("budget_type.{ws}"), "cost"),
+                (&limit, "10"),
+                (&format!("alert_threshold.{ws}"), "8"),
+                (&format!("periodic_reset.{ws}"), "weekly"),
+                (&format!("rate_type.{ws}"), "requests"),
+                (&format!("rate_unit.{ws}"), "rpm"),
+                (&rate, "30"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let access = app.get("/v1/integrations/prov/workspaces", &app.admin_key).await.body;
+    let entry = &access["workspaces"][0];
+    assert_eq!(entry["enabled"], json!(true));
+    assert_eq!(entry["usage_limits"]["credit_limit"], json!(10.0));
+    assert_eq!(entry["usage_limits"]["periodic_reset"], json!("weekly"));
+    assert_eq!(entry["rate_limits"]["value"], json!(30));
+
+    // A set limit is shown, not offered for editing; the bar has its reset.
+    let page = b.get("/ui/integrations/prov/workspaces").await;
+    assert!(!page.body.contains(&format!("name=\"{limit}\"")));
+    assert!(page.body.contains("<meter"), "{}", page.body);
+    assert!(page.body.contains("next reset"));
+
+    // An invalid limit is the API's error, shown on the page; nothing changes.
+    let other = app.workspace("Other").await;
+    let bad = b
+        .post(
+            "/ui/integrations/prov/workspaces",
+            &[
+                ("_csrf", &csrf),
+                ("known", &other),
+                ("ws", &other),
+                (&format!("credit_limit.{other}"), "0.5"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, 200);
+    assert!(bad.body.contains("class=\"error banner\""), "{}", bad.body);
+    assert!(bad.body.contains("credit_limit"));
+    let access = app.get("/v1/integrations/prov/workspaces", &app.admin_key).await.body;
+    assert_eq!(access["workspaces"].as_array().unwrap().len(), 1);
+
+    let reset = b
+        .post("/ui/integrations/prov/workspaces", &[("_csrf", &csrf), ("reset", &ws)])
+        .await;
+    assert_eq!(reset.status, 303);
+    let audit = app
+        .get("/v1/audit-logs?object_type=integration", &app.admin_key)
+        .await
+        .body;
+    assert!(
+        audit.to_string().contains("reset_usage") || audit["total"].as_u64().unwrap() >= 3,
+        "{audit}"
+    );
+
+    let revoke = b
+        .post("/ui/integrations/prov/workspaces", &[("_csrf", &csrf), ("revoke", &ws)])
+        .await;
+    assert_eq!(revoke.status, 303);
+    let access = app.get("/v1/integrations/prov/workspaces", &app.admin_key).await.body;
+    assert_eq!(access["workspaces"][0]["enabled"], json!(false));
+}
+
+#[tokio::test]
+async fn model_forms_pick_models_and_price_a_custom_one() {
+    let app = App::start().await;
+    app.post(
+        "/v1/integrations",
+        &app.admin_key,
+        json!({"name": "M", "slug": "m", "ai_provider_id": "openai", "key": "sk-x"}),
+    )
+    .await;
+    let mut b = Browser::new(&app);
+    b.sign_in("/ui/sign-in", &app.admin_key).await;
+    let csrf = b.get("/ui/integrations/m/models").await.csrf();
+    let bad_headers = b
+        .post(
+            "/ui/integrations/m/models",
+            &[
+                ("_csrf", &csrf),
+                ("allow_all", "no"),
+                ("custom_slug", "ft"),
+                ("custom_headers", "no colon"),
+            ],
+        )
+        .await;
+    assert!(bad_headers.body.contains("id=\"f-custom_headers\""));
+    assert!(
+        bad_headers.body.contains("&#39;no colon&#39; is not name: value")
+            || bad_headers.body.contains("'no colon' is not name: value")
+    );
+    let bad_host = b
+        .post(
+            "/ui/integrations/m/models",
+            &[
+                ("_csrf", &csrf),
+                ("allow_all", "no"),
+                ("custom_slug", "ft"),
+                ("model_custom_host", "nope"),
+            ],
+        )
+        .await;
+    assert!(
+        bad_host.body.contains("id=\"f-model_custom_host-err\""),
+        "{}",
+        bad_host.body
+    );
+    let ok = b
+        .post(
+            "/ui/integrations/m/models",
+            &[
+                ("_csrf", &csrf),
+                ("allow_all", "no"),
+                ("model", "gpt-4o"),
+                ("model", "gpt-4o-mini"),
+                ("custom_slug", "ft"),
+                ("base_model_slug", "gpt-4o"),
+                ("model_custom_host", "http://127.0.0.1:9/v1"),
+                ("custom_headers", "x-tenant: a"),
+                ("input_price", "0.0005"),
+                ("output_price", "0.002"),
+            ],
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    let models = app.get("/v1/integrations/m/models", &app.admin_key).await.body;
+    assert_eq!(models["allow_all_models"], json!(false));
+    let text = models.to_string();
+    for want in ["gpt-4o-mini", "\"ft\"", "x-tenant", "0.0005"] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
+    // Unticking a model disables it.
+    let csrf = b.get("/ui/integrations/m/models").await.csrf();
+    let r = b
+        .post(
+            "/ui/integrations/m/models",
+            &[
+                ("_csrf", &csrf),
+                ("allow_all", "no"),
+                ("model", "gpt-4o"),
+                ("was_enabled", "gpt-4o"),
+                ("was_enabled", "gpt-4o-mini"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    let models = app.get("/v1/integrations/m/models", &app.admin_key).await.body;
+    let mini = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["slug"] == "gpt-4o-mini")
+        .unwrap();
+    assert_eq!(mini["enabled"], json!(false));
+}
+
+#[tokio::test]
+async fn keys_are_shown_once_rotated_and_revoked() {
+    let app = App::start().await;
+    let ws = app.workspace("Team").await;
+    let mut b = Browser::new(&app);
+    b.sign_in("/ui/sign-in", &app.admin_key).await;
+    let csrf = b.get("/ui/keys").await.csrf();
+    let bad = b
+        .post(
+            "/ui/keys",
+            &[
+                ("_csrf", &csrf),
+                ("name", "k"),
+                ("workspace_id", &ws),
+                ("scope", "nope.write"),
+            ],
+        )
+        .await;
+    assert!(bad.body.contains("unknown scope"), "{}", bad.body);
+    let made = b
+        .post(
+            "/ui/keys",
+            &[
+                ("_csrf", &csrf),
+                ("name", "team-key"),
+                ("workspace_id", &ws),
+                ("scope", "completions.write"),
+                ("credit_limit", "5"),
+                ("rate_value", "10"),
+                ("expires_at", "2099-01-01"),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert!(made.body.contains("shown only once"));
+    let keys = app
+        .get(&format!("/v1/api-keys?workspace_id={ws}"), &app.admin_key)
+        .await
+        .body;
+    let k = &keys["data"][0];
+    assert_eq!(k["usage_limits"]["credit_limit"], json!(5.0));
+    assert_eq!(k["rate_limits"][0]["value"], json!(10));
+    assert!(k["expires_at"].as_str().unwrap().starts_with("2099-01-01"));
+    let id = k["id"].as_str().unwrap().to_owned();
+    // The page shows the new key once; the list shows only its mask.
+    let listed = b.get("/ui/keys").await;
+    assert!(!listed.body.contains("shown only once"));
+
+    let rotated = b.post(&format!("/ui/keys/{id}/rotate"), &[("_csrf", &csrf)]).await;
+    assert_eq!(rotated.status, 200);
+    assert!(rotated.body.contains("shown only once"));
+    let revoked = b.post(&format!("/ui/keys/{id}/revoke"), &[("_csrf", &csrf)]).await;
+    assert_eq!(revoked.status, 303);
+    assert_eq!(app.get(&format!("/v1/api-keys/{id}"), &app.admin_key).await.status, 404);
+    let missing = b.post(&format!("/ui/keys/{id}/revoke"), &[("_csrf", &csrf)]).await;
+    assert_eq!(missing.status, 404);
+}
