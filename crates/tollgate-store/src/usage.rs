@@ -215,6 +215,9 @@ pub struct LogFilter {
     pub cost_max: Option<i64>,
     /// Every key must be present in the record's metadata with this value.
     pub metadata: Vec<(String, String)>,
+    /// Count every matching record (a scan of all of them); without it the
+    /// page alone is read, through the time index.
+    pub count_total: bool,
     pub offset: i64,
     pub limit: i64,
 }
@@ -257,11 +260,16 @@ fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
     }
 }
 
-/// Records matching `f`, newest first, with the total that match.
-pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(i64, Vec<UsageRecord>), sqlx::Error> {
-    let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
-    push_filter(&mut count, f);
-    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+/// Records matching `f`, newest first, with the total that match when
+/// `f.count_total`.
+pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(Option<i64>, Vec<UsageRecord>), sqlx::Error> {
+    let total = if f.count_total {
+        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
+        push_filter(&mut count, f);
+        Some(count.build_query_scalar().fetch_one(pool).await?)
+    } else {
+        None
+    };
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM usage_log");
     push_filter(&mut qb, f);
     qb.push(" ORDER BY created_at_ms DESC, seq DESC LIMIT ")

@@ -102,6 +102,9 @@ pub struct LogsQuery {
     pub cost_min: Option<String>,
     pub cost_max: Option<String>,
     pub metadata: Option<String>,
+    /// `false`: skip counting every match (`total` is null); for paging
+    /// through a very large log.
+    pub with_total: Option<String>,
     #[serde(flatten)]
     pub page: Page,
 }
@@ -210,6 +213,11 @@ pub async fn logs(
         cost_min: cost(&q.cost_min, "cost_min")?,
         cost_max: cost(&q.cost_max, "cost_max")?,
         metadata,
+        count_total: match q.with_total.as_deref().map(str::trim) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(_) => return Err(AdminError::validation("with_total must be true or false")),
+        },
         offset: offset as i64,
         limit: size as i64,
     };

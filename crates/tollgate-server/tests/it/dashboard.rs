@@ -646,3 +646,15 @@ async fn keys_are_shown_once_rotated_and_revoked() {
     let missing = b.post(&format!("/ui/keys/{id}/revoke"), &[("_csrf", &csrf)]).await;
     assert_eq!(missing.status, 404);
 }
+
+#[tokio::test]
+async fn logs_can_skip_the_total() {
+    let app = App::start().await;
+    let r = app.get("/v1/logs?with_total=false", &app.admin_key).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["total"].is_null());
+    assert_eq!(app.get("/v1/logs", &app.admin_key).await.body["total"], json!(0));
+    let r = app.get("/v1/logs?with_total=maybe", &app.admin_key).await;
+    assert_eq!(r.status, 400);
+    assert!(r.body["data"]["message"].as_str().unwrap().contains("with_total"));
+}
