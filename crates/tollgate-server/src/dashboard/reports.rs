@@ -203,7 +203,16 @@ pub struct AnalyticsQuery {
     range: Option<String>,
     interval: Option<String>,
     workspace: Option<String>,
+    group: Option<String>,
 }
+
+/// The group-by tables: (API group, title).
+const GROUPS: &[(&str, &str)] = &[
+    ("model", "By model"),
+    ("workspace", "By workspace"),
+    ("api_key", "By API key"),
+    ("provider", "By provider"),
+];
 
 /// The time range choices: (value, label, hours).
 const RANGES: &[(&str, &str, i64)] = &[
@@ -235,6 +244,7 @@ impl AnalyticsQuery {
             ("range", self.range.as_deref()),
             ("interval", self.interval.as_deref()),
             ("workspace", self.workspace.as_deref()),
+            ("group", self.group.as_deref()),
         ])
     }
 }
@@ -291,14 +301,24 @@ pub async fn analytics(State(d): State<Dash>, Signed(s): Signed, Query(q): Query
         ),
         ("errors", "Errors", "", &[("total", "errors")]),
     ];
+    let group = GROUPS
+        .iter()
+        .find(|g| Some(g.0) == q.group.as_deref())
+        .unwrap_or(&GROUPS[0]);
+    // The API answers each graph and the group table from its own query:
+    // run them side by side.
+    let graph_calls = graphs.iter().map(|(name, ..)| {
+        let path = format!("/v1/analytics/graphs/{name}?{api}");
+        let (d, s) = (&d, &s);
+        async move { d.get(s, &path).await }
+    });
+    let group_path = format!("/v1/analytics/groups/{}?{api}", group.0);
+    let (graph_answers, group_answer) = futures::join!(futures::future::join_all(graph_calls), d.get(&s, &group_path));
     let mut charts = Vec::new();
     let mut summary = None;
-    for (name, title, unit, fields) in graphs {
-        let v = d
-            .get(&s, &format!("/v1/analytics/graphs/{name}?{api}"))
-            .await
-            .or_page(&d)?;
-        if name == "cost" {
+    for ((name, title, unit, fields), v) in graphs.iter().zip(graph_answers) {
+        let v = v.or_page(&d)?;
+        if *name == "cost" {
             summary = v
                 .pointer("/summary/total_exact")
                 .or_else(|| v.pointer("/summary/total"))
@@ -306,31 +326,24 @@ pub async fn analytics(State(d): State<Dash>, Signed(s): Signed, Query(q): Query
         }
         let (labels, ser) = series(&v, fields);
         let refs: Vec<(&str, Vec<f64>)> = ser.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-        charts.push((name, chart(title, &labels, &refs, unit)));
+        charts.push((*name, chart(title, &labels, &refs, unit)));
     }
-    let groups = [
-        ("model", "By model"),
-        ("workspace", "By workspace"),
-        ("api_key", "By API key"),
-        ("provider", "By provider"),
-    ];
-    let mut tables = Vec::new();
-    for (name, title) in groups {
-        let v = d
-            .get(&s, &format!("/v1/analytics/groups/{name}?{api}"))
-            .await
-            .or_page(&d)?;
-        tables.push((
-            name,
-            title,
-            v.get("data").and_then(Value::as_array).cloned().unwrap_or_default(),
-        ));
-    }
+    let rows = group_answer
+        .or_page(&d)?
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let tables = [(group.0, group.1, rows)];
     let workspaces = if s.is_org() {
         visible_workspaces(&d, &s).await.or_page(&d)?
     } else {
         Vec::new()
     };
+    let group_opts: Vec<(String, String)> = GROUPS
+        .iter()
+        .map(|(v, l)| ((*v).to_owned(), l.trim_start_matches("By ").to_owned()))
+        .collect();
     let range_opts: Vec<(String, String)> = RANGES.iter().map(|r| (r.0.to_owned(), r.1.to_owned())).collect();
     let interval_opts: Vec<(String, String)> = [
         ("", "Automatic"),
@@ -348,6 +361,7 @@ pub async fn analytics(State(d): State<Dash>, Signed(s): Signed, Query(q): Query
         form.filters method="get" action=(d.url("/ui/analytics")) {
             (select("Time range", "range", &range_opts, Some(q.range.as_deref().unwrap_or("24h"))))
             (select("Interval", "interval", &interval_opts, q.interval.as_deref()))
+            (select("Group by", "group", &group_opts, Some(group.0)))
             @if s.is_org() { (select("Workspace", "workspace", &workspace_options(&workspaces, "slug"), q.workspace.as_deref())) }
             button type="submit" { "Apply" }
         }
