@@ -66,6 +66,11 @@ def sign_in(page: Page, tg: Tollgate, key: str) -> None:
     expect(page.get_by_role("heading", name="Integrations")).to_be_visible()
 
 
+def nav(page: Page, name: str):
+    """A link of the main navigation."""
+    return page.get_by_role("navigation", name="Main").get_by_role("link", name=name, exact=True)
+
+
 def reload_until(page: Page, check, timeout: float = 15.0) -> None:
     """The request log is written in batches: reloads until `check` passes."""
     deadline = time.monotonic() + timeout
@@ -97,15 +102,15 @@ def test_the_admin_flow_in_a_browser(browser: Browser, tollgate: Tollgate, mocks
     # Two workspaces, created in the UI.
     team_a, team_b = unique("Team A"), unique("Team B")
     for name in (team_a, team_b):
-        page.get_by_role("link", name="Workspaces").click()
+        nav(page, "Workspaces").click()
         page.get_by_label("Workspace name").fill(name)
         page.get_by_role("button", name="Create workspace").click()
         expect(page.get_by_role("heading", name=f"Workspace {name}")).to_be_visible()
-    page.get_by_role("link", name="Workspaces").click()
+    nav(page, "Workspaces").click()
     shot(page, "workspaces")
 
     # 2. Connect an integration to the mock upstream, from the catalogue.
-    page.get_by_role("link", name="Integrations").click()
+    nav(page, "Integrations").click()
     page.get_by_label("Search providers").fill("openai")
     page.get_by_role("button", name="Search").click()
     shot(page, "integrations-all")
@@ -157,20 +162,20 @@ def test_the_admin_flow_in_a_browser(browser: Browser, tollgate: Tollgate, mocks
     expect(page.get_by_role("heading", name="Integration Mock OpenAI")).to_be_visible()
     shot(page, "integration-detail")
 
-    page.get_by_role("link", name="Models").click()
+    page.get_by_role("link", name="Models", exact=True).click()
     expect(page.get_by_role("cell", name="acme-ft", exact=True)).to_be_visible()
     expect(page.get_by_label("gpt-4o", exact=True)).to_be_checked()
     expect(page.get_by_label("gpt-4o-mini", exact=True)).to_be_checked()
 
-    page.get_by_role("link", name="Integrations").first.click()
-    page.get_by_role("link", name="Connected").click()
+    nav(page, "Integrations").click()
+    page.get_by_role("link", name="Connected", exact=True).click()
     row = page.get_by_role("row").filter(has_text=slug)
     expect(row).to_contain_text("2")  # workspaces
     expect(row).not_to_contain_text(OPENAI_MOCK_KEY)
     shot(page, "integrations-connected")
 
     # 5. A workspace key for Team A, shown once with a copy button.
-    page.get_by_role("link", name="API keys").click()
+    nav(page, "API keys").click()
     page.get_by_label("Key name").fill("team-a-app")
     page.get_by_label("Workspace", exact=True).select_option(label=team_a)
     page.get_by_label("logs.view").check()
@@ -191,8 +196,9 @@ def test_the_admin_flow_in_a_browser(browser: Browser, tollgate: Tollgate, mocks
         client.chat.completions.create(model=f"@{slug}/gpt-4-turbo", messages=[{"role": "user", "content": "Hi"}])
 
     # 7. The request in Logs, its cost in Analytics, the budget bar moved.
-    page.get_by_role("link", name="Logs").click()
-    page.get_by_label("Model").fill("gpt-4o")
+    nav(page, "Logs").click()
+    page.get_by_label("Provider", exact=True).fill(slug)
+    page.get_by_label("Model", exact=True).fill("gpt-4o")
     page.get_by_label("Status").fill("200")
     page.get_by_role("button", name="Filter").click()
     reload_until(page, lambda: expect(page.get_by_role("cell", name="gpt-4o", exact=True)).to_be_visible(timeout=500))
@@ -201,7 +207,7 @@ def test_the_admin_flow_in_a_browser(browser: Browser, tollgate: Tollgate, mocks
     expect(page.get_by_text(slug).first).to_be_visible()
     shot(page, "log-detail")
 
-    page.get_by_role("link", name="Analytics").click()
+    nav(page, "Analytics").click()
     page.get_by_label("Interval").select_option("hour")
     page.get_by_role("button", name="Apply").click()
     cost = page.locator(".summary strong")
@@ -221,13 +227,13 @@ def test_the_admin_flow_in_a_browser(browser: Browser, tollgate: Tollgate, mocks
     shot(page, "integration-workspaces")
 
     # Audit log and the workspace page (model catalogue, limits, keys).
-    page.get_by_role("link", name="Audit log").click()
+    nav(page, "Audit log").click()
     page.get_by_label("Object type").fill("integration")
     page.get_by_role("button", name="Filter").click()
     expect(page.get_by_role("cell", name="create", exact=True).first).to_be_visible()
     shot(page, "audit")
-    page.get_by_role("link", name="Workspaces").click()
-    page.get_by_role("link", name=team_a).click()
+    nav(page, "Workspaces").click()
+    page.get_by_role("link", name=team_a, exact=True).click()
     expect(page.get_by_text(f"@{slug}/gpt-4o-mini")).to_be_visible()
     expect(page.get_by_role("button", name=f"Copy @{slug}/acme-ft")).to_be_visible()
     expect(page.get_by_role("meter")).to_be_visible()
@@ -257,7 +263,7 @@ def test_names_show_as_text(browser: Browser, tollgate: Tollgate) -> None:
     tg.ok("POST", "/v1/integrations", {"name": evil, "slug": slug, "ai_provider_id": "openai", "key": "sk-x"})
     page = new_page(browser)
     sign_in(page, tg, tg.org_key)
-    page.get_by_role("link", name="Connected").click()
+    page.get_by_role("link", name="Connected", exact=True).click()
     expect(page.get_by_role("link", name=evil)).to_be_visible()
     page.get_by_role("link", name=evil).click()
     expect(page.get_by_role("heading", name=f"Integration {evil}")).to_be_visible()
@@ -288,7 +294,7 @@ def test_a_workspace_admin_sees_only_its_workspace(browser: Browser, tollgate: T
     expect(nav.get_by_role("link", name="My workspace")).to_be_visible()
     for hidden in ("Workspaces", "API keys", "Audit log"):
         expect(nav.get_by_role("link", name=hidden, exact=True)).to_have_count(0)
-    page.get_by_role("link", name="Workspace-Created").click()
+    page.get_by_role("link", name="Workspace-Created", exact=True).click()
     expect(page.locator("main")).not_to_contain_text(other_slug)
     nav.get_by_role("link", name="My workspace").click()
     expect(page.get_by_role("heading", name=f"Workspace {own_name}")).to_be_visible()
