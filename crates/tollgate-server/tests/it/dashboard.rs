@@ -658,3 +658,32 @@ async fn logs_can_skip_the_total() {
     assert_eq!(r.status, 400);
     assert!(r.body["data"]["message"].as_str().unwrap().contains("with_total"));
 }
+
+#[tokio::test]
+async fn the_logs_page_filters_real_requests_by_cost_and_status() {
+    let s = crate::gateway::setup().await;
+    let ok = s.app.chat_raw(&s.key, &[], &crate::gateway::chat("@oai/gpt-4o")).await;
+    assert_eq!(ok.status(), 200);
+    let refused = s.app.chat_raw(&s.key, &[], &crate::gateway::chat("@nope/gpt-4o")).await;
+    assert_eq!(refused.status(), 404);
+    s.app.flush_logs().await;
+    let cost = |q: &str| {
+        let app = &s.app;
+        let q = q.to_owned();
+        async move { app.get(&format!("/v1/logs?{q}"), &app.admin_key).await.body["total"].clone() }
+    };
+    assert_eq!(cost("cost_min=0.0000001").await, json!(1));
+    assert_eq!(cost("cost_min=1").await, json!(0));
+    assert_eq!(cost("cost_max=1&status_code=200").await, json!(1));
+
+    let mut b = Browser::new(&s.app);
+    b.sign_in("/ui/sign-in", &s.app.admin_key).await;
+    let all = b.get("/ui/logs").await;
+    assert!(all.body.contains("Matching requests 1–2"), "{}", all.body);
+    let errors = b.get("/ui/logs?status_code=404").await;
+    assert!(errors.body.contains("Matching requests 1–1"));
+    assert!(!errors.body.contains(">200<"));
+    let none = b.get("/ui/logs?cost_min=5").await;
+    assert!(none.body.contains("No matching requests"));
+    assert!(!none.body.contains("rel=\"next\""));
+}
