@@ -32,6 +32,7 @@ pub struct FileConfig {
     pub alert_emails: Option<Vec<String>>,
     pub alert_webhook_url: Option<String>,
     pub alert_webhook_secret: Option<String>,
+    pub public_base_path: Option<String>,
 }
 
 /// One setting: its file key, its environment variable and what it does.
@@ -118,6 +119,11 @@ pub const SETTINGS: &[Setting] = &[
         env: "TOLLGATE_ALERT_WEBHOOK_SECRET",
         help: "HMAC-SHA256 key that signs webhook bodies; default none",
     },
+    Setting {
+        key: "public_base_path",
+        env: "TOLLGATE_PUBLIC_BASE_PATH",
+        help: "sub-path the dashboard is served under behind a reverse proxy, e.g. /tollgate; default none (at /)",
+    },
 ];
 
 /// The environment variables, for `serve --help`.
@@ -150,6 +156,8 @@ pub struct Config {
     pub alert_emails: Vec<String>,
     pub alert_webhook_url: Option<String>,
     pub alert_webhook_secret: Option<String>,
+    /// The dashboard's path prefix behind a reverse proxy: "" or "/prefix".
+    pub public_base_path: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -170,6 +178,7 @@ impl std::fmt::Debug for Config {
             .field("alert_from", &self.alert_from)
             .field("alert_emails", &self.alert_emails)
             .field("alert_webhook_url", &self.alert_webhook_url)
+            .field("public_base_path", &self.public_base_path)
             .finish_non_exhaustive()
     }
 }
@@ -265,6 +274,7 @@ impl FileConfig {
             }),
             alert_webhook_url: get("TOLLGATE_ALERT_WEBHOOK_URL"),
             alert_webhook_secret: get("TOLLGATE_ALERT_WEBHOOK_SECRET"),
+            public_base_path: get("TOLLGATE_PUBLIC_BASE_PATH"),
         })
     }
 
@@ -288,7 +298,8 @@ impl FileConfig {
             alert_from,
             alert_emails,
             alert_webhook_url,
-            alert_webhook_secret
+            alert_webhook_secret,
+            public_base_path
         );
         self
     }
@@ -329,6 +340,7 @@ impl FileConfig {
                 message: format!("{log_level:?} is not one of {}", LOG_LEVELS.join(", ")),
             });
         }
+        let public_base_path = base_path(self.public_base_path.as_deref().unwrap_or(""))?;
         Ok(Config {
             listen,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
@@ -345,6 +357,7 @@ impl FileConfig {
             alert_emails: self.alert_emails.unwrap_or_default(),
             alert_webhook_url: self.alert_webhook_url,
             alert_webhook_secret: self.alert_webhook_secret,
+            public_base_path,
         })
     }
 }
@@ -386,6 +399,32 @@ fn resolve_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError
         .ok_or_else(|| invalid(format!("{host:?} resolves to no address")))
 }
 
+/// Checks a `public_base_path`: empty or "/", or "/segment[/segment...]" of
+/// URL-safe characters; a trailing slash is dropped.
+pub fn base_path(v: &str) -> Result<String, ConfigError> {
+    let v = v.trim().trim_end_matches('/');
+    let invalid = |message: &str| ConfigError::Invalid {
+        key: "public_base_path",
+        message: message.to_owned(),
+    };
+    if v.is_empty() {
+        return Ok(String::new());
+    }
+    if !v.starts_with('/') {
+        return Err(invalid("must start with '/', e.g. /tollgate"));
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || "-._~/".contains(c);
+    if !v.chars().all(ok) || v.contains("//") {
+        return Err(invalid(
+            "may hold only letters, digits, '-', '.', '_', '~' and single '/' between segments",
+        ));
+    }
+    if v == "/v1" || v.starts_with("/v1/") || v == "/health" || v == "/metrics" {
+        return Err(invalid("must not be /v1, /health or /metrics, which the API uses"));
+    }
+    Ok(v.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,6 +451,20 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/tmp/flag"));
         assert_eq!(c.alert_emails, vec!["a@x", "b@x"]);
         assert_eq!(c.request_timeout_ms, DEFAULT_REQUEST_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn base_paths_are_checked() {
+        assert_eq!(base_path("").unwrap(), "");
+        assert_eq!(base_path("/").unwrap(), "");
+        assert_eq!(base_path("/tollgate/").unwrap(), "/tollgate");
+        assert_eq!(base_path("/a/b").unwrap(), "/a/b");
+        for bad in ["tollgate", "/a b", "/a//b", "/v1", "/x\"<"] {
+            let e = base_path(bad).unwrap_err().to_string();
+            assert!(e.contains("public_base_path"), "{bad}: {e}");
+        }
+        let env = FileConfig::from_env(|k| (k == "TOLLGATE_PUBLIC_BASE_PATH").then(|| "/gw/".to_owned())).unwrap();
+        assert_eq!(env.resolve().unwrap().public_base_path, "/gw");
     }
 
     #[test]

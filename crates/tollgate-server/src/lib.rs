@@ -11,6 +11,7 @@
 //! - [`limits`], [`alerting`], [`alerts`]: limits at the gateway, and budget
 //!   alerts by email and webhook through a durable outbox.
 //! - [`error`]: every error and its wire form, in one table.
+//! - [`dashboard`]: the admin web UI, server-rendered over the admin API.
 //! - [`config`], [`cli`]: configuration and commands.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod analytics;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod gateway;
 pub mod limits;

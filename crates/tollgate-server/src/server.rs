@@ -533,6 +533,12 @@ async fn refresh_loop(state: SharedState, shutdown: CancellationToken) {
 
 /// The whole HTTP surface.
 pub fn router(state: SharedState) -> Router {
+    // The dashboard calls the admin and analytics API in process.
+    let api = Router::new()
+        .merge(crate::admin::router())
+        .merge(crate::analytics::router())
+        .with_state(state.clone());
+    let dashboard = crate::dashboard::router(state.clone(), api);
     Router::new()
         .merge(crate::admin::router())
         .merge(crate::gateway::router())
@@ -543,6 +549,7 @@ pub fn router(state: SharedState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+        .merge(dashboard)
 }
 
 /// The `metrics_listen` surface: `/metrics` without a key.

@@ -255,8 +255,15 @@ pub struct LogFilter {
     pub trace_id: Option<String>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
+    /// Cost bounds in picodollars, inclusive (a record without a cost
+    /// matches neither).
+    pub cost_min: Option<i64>,
+    pub cost_max: Option<i64>,
     /// Every key must be present in the record's metadata with this value.
     pub metadata: Vec<(String, String)>,
+    /// Count every matching record (a scan of all of them); without it the
+    /// page alone is read, through the time index.
+    pub count_total: bool,
     pub offset: i64,
     pub limit: i64,
 }
@@ -283,6 +290,12 @@ fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
     if let Some(t) = f.to {
         qb.push(" AND created_at_ms <= ").push_bind(t.timestamp_millis());
     }
+    if let Some(c) = f.cost_min {
+        qb.push(" AND cost_picos >= ").push_bind(c);
+    }
+    if let Some(c) = f.cost_max {
+        qb.push(" AND cost_picos <= ").push_bind(c);
+    }
     for (k, v) in &f.metadata {
         // json_extract takes a JSON path; quote the key so any string is safe.
         let path = format!("$.{}", serde_json::Value::String(k.clone()));
@@ -293,11 +306,16 @@ fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
     }
 }
 
-/// Records matching `f`, newest first, with the total that match.
-pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(i64, Vec<UsageRecord>), sqlx::Error> {
-    let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
-    push_filter(&mut count, f);
-    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+/// Records matching `f`, newest first, with the total that match when
+/// `f.count_total`.
+pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(Option<i64>, Vec<UsageRecord>), sqlx::Error> {
+    let total = if f.count_total {
+        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
+        push_filter(&mut count, f);
+        Some(count.build_query_scalar().fetch_one(pool).await?)
+    } else {
+        None
+    };
     // Counts are read as integers whatever a damaged row holds.
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
         "SELECT id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \

@@ -98,7 +98,13 @@ pub struct LogsQuery {
     pub trace_id: Option<String>,
     pub time_of_generation_min: Option<String>,
     pub time_of_generation_max: Option<String>,
+    /// US dollars, inclusive.
+    pub cost_min: Option<String>,
+    pub cost_max: Option<String>,
     pub metadata: Option<String>,
+    /// `false`: skip counting every match (`total` is null); for paging
+    /// through a very large log.
+    pub with_total: Option<String>,
     #[serde(flatten)]
     pub page: Page,
 }
@@ -181,6 +187,18 @@ pub async fn logs(
                 .map_err(|_| AdminError::validation("status_code must be a number"))
         })
         .transpose()?;
+    let cost = |v: &Option<String>, name: &str| -> Result<Option<i64>, AdminError> {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Money::parse_usd(s)
+                    .filter(|m| m.picos() >= 0)
+                    .map(Money::picos)
+                    .ok_or_else(|| AdminError::validation(format!("{name} must be an amount of US dollars, e.g. 0.05")))
+            })
+            .transpose()
+    };
     let (offset, size) = q.page.bounds()?;
     let f = LogFilter {
         workspace_id,
@@ -192,7 +210,14 @@ pub async fn logs(
         trace_id: q.trace_id,
         from: time_param(&q.time_of_generation_min, "time_of_generation_min")?,
         to: time_param(&q.time_of_generation_max, "time_of_generation_max")?,
+        cost_min: cost(&q.cost_min, "cost_min")?,
+        cost_max: cost(&q.cost_max, "cost_max")?,
         metadata,
+        count_total: match q.with_total.as_deref().map(str::trim) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(_) => return Err(AdminError::validation("with_total must be true or false")),
+        },
         offset: Page::sql_offset(offset),
         limit: size as i64,
     };

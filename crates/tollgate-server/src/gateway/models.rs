@@ -2,11 +2,13 @@
 //! `@provider/model` ids.
 
 use crate::error::GatewayError;
+use crate::snapshot::Snapshot;
 use crate::state::SharedState;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -22,6 +24,22 @@ fn models(state: &SharedState, headers: &HeaderMap) -> Result<Value, GatewayErro
     let now = state.now();
     let key = super::gateway_key(&snap, now, headers)?;
     let ws = key.record.workspace_id.as_deref().unwrap_or_default();
+    let data: Vec<Value> = catalogue_of(&snap, ws, now)
+        .map(|(slug, m)| json!({"id": format!("@{slug}/{m}"), "object": "model", "created": 0, "owned_by": slug}))
+        .collect();
+    Ok(json!({"object": "list", "data": data}))
+}
+
+/// The `@provider/model` ids workspace `ws` may call at `now` (the model
+/// catalogue the dashboard shows), sorted.
+pub fn catalogue(snap: &Snapshot, ws: &str, now: DateTime<Utc>) -> Vec<String> {
+    catalogue_of(snap, ws, now)
+        .map(|(slug, m)| format!("@{slug}/{m}"))
+        .collect()
+}
+
+/// (provider slug, model) pairs workspace `ws` may call, sorted.
+fn catalogue_of<'a>(snap: &'a Snapshot, ws: &str, now: DateTime<Utc>) -> impl Iterator<Item = (&'a str, &'a str)> {
     let mut ids = BTreeSet::new();
     for route in snap.routes_of(ws) {
         let i = &route.integration;
@@ -50,9 +68,5 @@ fn models(state: &SharedState, headers: &HeaderMap) -> Result<Value, GatewayErro
             }
         }
     }
-    let data: Vec<Value> = ids
-        .into_iter()
-        .map(|(slug, m)| json!({"id": format!("@{slug}/{m}"), "object": "model", "created": 0, "owned_by": slug}))
-        .collect();
-    Ok(json!({"object": "list", "data": data}))
+    ids.into_iter()
 }

@@ -5,6 +5,7 @@ mod alerts;
 mod analytics;
 mod cli;
 mod connections;
+mod dashboard;
 mod durability;
 mod gateway;
 mod hardening;
