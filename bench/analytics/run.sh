@@ -2,7 +2,8 @@
 # Analytics at scale: seeds N requests (default 1,000,000 over 30 days) into a
 # fresh data directory through the ordinary request-log writer, starts a
 # release build of Tollgate on a free loopback port, and times the summary
-# over every row and the day-by-day graph over 30 days (each query 3 times).
+# over every row, the day-by-day graph over 30 days and queries over an
+# unbounded range (each query 3 times).
 #
 #   bash bench/analytics/run.sh [ROWS] [DAYS]
 set -euo pipefail
@@ -41,4 +42,8 @@ q "graph latency by day (30 days)" "/v1/analytics/graphs/latency?interval=day&ti
 q "group by model (30 days)" "/v1/analytics/groups/ai-models?time_of_generation_min=$MIN&time_of_generation_max=$MAX"
 q "graph cost by hour (last 7 days)" "/v1/analytics/graphs/cost?interval=hour&time_of_generation_min=$(date -u -d '-7 days' +%Y-%m-%dT%H:%M:%SZ)&time_of_generation_max=$MAX"
 q "summary with metadata filter (raw rows)" "/v1/analytics/summary?time_of_generation_min=$MIN&time_of_generation_max=$MAX&metadata=%7B%22env%22%3A%22prod%22%7D"
+FAR="time_of_generation_min=1000-01-01&time_of_generation_max=9999-12-31T23:59:59Z"
+q "summary over an unbounded range (year 1000 to 9999)" "/v1/analytics/summary?$FAR"
+q "graph requests over an unbounded range (no interval)" "/v1/analytics/graphs/requests?$FAR"
+q "summary with a tokens filter over an unbounded range (raw rows)" "/v1/analytics/summary?$FAR&total_units_min=1"
 echo "database: $(du -sh "$DIR" | cut -f1)"

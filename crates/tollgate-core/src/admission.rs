@@ -292,6 +292,9 @@ pub struct Refusal {
     pub id: Arc<str>,
     pub level: Level,
     pub reason: RefusalReason,
+    /// The `x-ratelimit-*` figures of every rate limit that applied, as they
+    /// stand without this request: a refusal carries them too (API.md).
+    pub headers: RateHeaders,
 }
 
 /// What kind of limit refused.
@@ -470,6 +473,7 @@ impl Plan {
             id: self.key.id.clone(),
             level: self.level,
             reason,
+            headers: RateHeaders::default(),
         }
     }
 
@@ -598,6 +602,43 @@ mod tests {
         Demand {
             tokens,
             cost: Money(usd_cents * PICOS_PER_USD / 100),
+        }
+    }
+
+    #[test]
+    fn absurd_demands_saturate_and_never_fit() {
+        let now = t("2026-11-26T10:00:30Z");
+        let checks = [
+            check(budget(BudgetKind::Tokens, 1000, None, "2026-11-01T00:00:00Z")),
+            check(budget(BudgetKind::Cost, PICOS_PER_USD, None, "2026-11-01T00:00:00Z")),
+            check(rate(RateKind::Tokens, RateUnit::Rpm, 1000)),
+            check(rate(RateKind::Tokens, RateUnit::Rpm, u64::MAX)),
+        ];
+        let huge = Demand {
+            tokens: u64::MAX,
+            cost: Money(i64::MAX),
+        };
+        for c in &checks {
+            let plan = Plan::new(c, now, &huge);
+            assert_eq!(plan.wanted(), Amount::MAX, "{c:?}");
+            // Nearly full counters: the sums saturate rather than wrap.
+            let full = Counts {
+                consumed: Amount::MAX - 1,
+                reserved: Amount::MAX - 1,
+            };
+            for counts in [Counts::default(), full] {
+                if plan.limit < Amount::MAX {
+                    assert!(!plan.fits(counts), "{c:?} {counts:?}");
+                }
+                let mut after = counts;
+                plan.apply(&mut after);
+                assert!(after.consumed >= counts.consumed && after.reserved >= counts.reserved);
+                assert!(after.used() >= counts.used());
+                plan.unapply(&mut after);
+                assert!(after.consumed >= 0 && after.reserved >= 0);
+                let _ = plan.refusal(counts, now);
+                let _ = plan.figures(counts, now);
+            }
         }
     }
 

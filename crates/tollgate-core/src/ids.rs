@@ -16,6 +16,17 @@ pub fn is_valid_slug(s: &str) -> bool {
     !s.is_empty() && s.len() <= MAX_SLUG_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Longest model id accepted (the model's own name, without `@provider/`).
+pub const MAX_MODEL_ID_LEN: usize = 256;
+
+/// True when `s` can be a model id: 1 to [`MAX_MODEL_ID_LEN`] bytes of
+/// printable ASCII without spaces (`!` to `~`). Providers' ids use letters,
+/// digits and `-._:/@`; anything else an adapter puts into a URL is
+/// percent-encoded there.
+pub fn is_valid_model_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_MODEL_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Derives a slug from a display name: lower-case, runs of other characters
 /// become one `-`, trimmed. Falls back to `item` when nothing is left.
 pub fn slugify(name: &str) -> String {
@@ -87,6 +98,30 @@ pub fn mask_secret(secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_ids_are_bounded_printable_ascii() {
+        for ok in [
+            "gpt-4o",
+            "meta-llama/Llama-3:8b@v1",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            &"m".repeat(256),
+        ] {
+            assert!(is_valid_model_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a\tb",
+            "nul\0",
+            "caf\u{e9}",
+            "line\n",
+            "\u{7f}",
+            &"m".repeat(257),
+        ] {
+            assert!(!is_valid_model_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn slugs_are_validated() {

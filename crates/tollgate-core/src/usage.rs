@@ -13,9 +13,28 @@ pub struct Usage {
     pub cached_tokens: u64,
 }
 
+/// The most tokens one request is believed to use, per field. An upstream
+/// may report anything (a custom host can point anywhere): larger figures are
+/// clamped to this, so that no sum over the request log can overflow.
+pub const MAX_REQUEST_TOKENS: u64 = 1_000_000_000;
+
 impl Usage {
+    /// Prompt plus completion tokens, saturating.
     pub fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// This usage with every figure at most [`MAX_REQUEST_TOKENS`] (and the
+    /// cached tokens at most the prompt tokens), and whether anything was
+    /// clamped.
+    pub fn clamped(self) -> (Usage, bool) {
+        let prompt_tokens = self.prompt_tokens.min(MAX_REQUEST_TOKENS);
+        let u = Usage {
+            prompt_tokens,
+            completion_tokens: self.completion_tokens.min(MAX_REQUEST_TOKENS),
+            cached_tokens: self.cached_tokens.min(prompt_tokens),
+        };
+        (u, u != self)
     }
 }
 
@@ -49,6 +68,28 @@ impl ModelPrice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_usage_is_clamped_and_totals_saturate() {
+        let huge = Usage {
+            prompt_tokens: u64::MAX,
+            completion_tokens: i64::MAX as u64,
+            cached_tokens: u64::MAX,
+        };
+        assert_eq!(huge.total(), u64::MAX);
+        let (u, clamped) = huge.clamped();
+        assert!(clamped);
+        assert_eq!(u.prompt_tokens, MAX_REQUEST_TOKENS);
+        assert_eq!(u.completion_tokens, MAX_REQUEST_TOKENS);
+        assert_eq!(u.cached_tokens, MAX_REQUEST_TOKENS);
+        assert_eq!(u.total(), 2 * MAX_REQUEST_TOKENS);
+        let sane = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cached_tokens: 3,
+        };
+        assert_eq!(sane.clamped(), (sane, false));
+    }
 
     #[test]
     fn cost_is_exact_and_splits_cached_tokens() {

@@ -385,7 +385,11 @@ impl WireUsage {
     fn usage(&self) -> Usage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
         Usage {
-            prompt_tokens: self.input_tokens.unwrap_or(0) + cached + self.cache_creation_input_tokens.unwrap_or(0),
+            prompt_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(cached)
+                .saturating_add(self.cache_creation_input_tokens.unwrap_or(0)),
             completion_tokens: self.output_tokens.unwrap_or(0),
             cached_tokens: cached,
         }

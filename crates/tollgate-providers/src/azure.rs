@@ -74,6 +74,9 @@ pub fn request_url(target: &Target<'_>, endpoint: Endpoint) -> Result<url::Url, 
             format!("https://{resource}.openai.azure.com")
         }
     };
+    // The URL's own segment setter encodes the name (`/`, `?`, `#`, `%`
+    // included) but silently drops `.` and `..`: those are refused here.
+    let deployment = crate::chat_shape::segment_name("deployment", deployment(target.config, target.model))?;
     let mut url = url::Url::parse(&base).map_err(|e| ProviderError::Config(format!("invalid Azure base URL: {e}")))?;
     let version = target
         .config
@@ -87,7 +90,7 @@ pub fn request_url(target: &Target<'_>, endpoint: Endpoint) -> Result<url::Url, 
             .map_err(|_| ProviderError::Config("the Azure base URL cannot take a path".into()))?;
         segments
             .pop_if_empty()
-            .extend(["openai", "deployments", deployment(target.config, target.model)])
+            .extend(["openai", "deployments", deployment])
             .extend(endpoint.openai_path().trim_start_matches('/').split('/'));
     }
     url.query_pairs_mut().append_pair("api-version", version);

@@ -341,7 +341,7 @@ impl Adapter for Bedrock {
             Some(base) => base.trim_end_matches('/').to_owned(),
             None => format!("https://bedrock-runtime.{region}.amazonaws.com"),
         };
-        let model_url = format!("{host}/model/{}", chat_shape::encode_path_segment(call.target.model));
+        let model_url = format!("{host}/model/{}", chat_shape::path_segment("model", call.target.model)?);
         // Translate first: a request Bedrock cannot take should not cost an
         // AssumeRole.
         let converse = match call.endpoint {
@@ -668,7 +668,9 @@ fn usage_from(u: &Value) -> Option<Usage> {
     let get = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cached = get("cacheReadInputTokens");
     Some(Usage {
-        prompt_tokens: get("inputTokens") + cached + get("cacheWriteInputTokens"),
+        prompt_tokens: get("inputTokens")
+            .saturating_add(cached)
+            .saturating_add(get("cacheWriteInputTokens")),
         completion_tokens: get("outputTokens"),
         cached_tokens: cached,
     })

@@ -522,19 +522,29 @@ pub(crate) fn config_str<'a>(config: &'a Map<String, Value>, name: &str) -> Opti
         .filter(|s| !s.is_empty())
 }
 
-/// Percent-encodes one path segment: everything but RFC 3986 unreserved
-/// characters. Bedrock model ids carry `:` and ARNs carry `/`, and SigV4
-/// signs the path exactly as sent.
-pub(crate) fn encode_path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// What [`path_segment`] leaves as is: RFC 3986 unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// One URL path segment made from `value` (a model, deployment, region or
+/// project name), percent-encoded: everything but RFC 3986 unreserved
+/// characters, so `/`, `?`, `#` and `%` cannot change the URL's shape.
+/// Bedrock model ids carry `:` and ARNs carry `/`, and SigV4 signs the path
+/// exactly as sent. An empty segment, `.` or `..` would be read as a path
+/// step rather than a name, so it is refused (`what` names the field).
+pub(crate) fn path_segment(what: &str, value: &str) -> Result<String, ProviderError> {
+    Ok(percent_encoding::utf8_percent_encode(segment_name(what, value)?, SEGMENT).to_string())
+}
+
+/// `value` if it can be one path segment once encoded: not empty, `.` or `..`.
+pub(crate) fn segment_name<'a>(what: &str, value: &'a str) -> Result<&'a str, ProviderError> {
+    if matches!(value, "" | "." | "..") {
+        return Err(bad_request(format!("{what} {value:?} cannot be used in a URL path")));
     }
-    out
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -596,11 +606,20 @@ mod tests {
 
     #[test]
     fn path_segments_are_encoded() {
+        let seg = |s| path_segment("model", s).unwrap();
         assert_eq!(
-            encode_path_segment("anthropic.claude-3-haiku-20240307-v1:0"),
+            seg("anthropic.claude-3-haiku-20240307-v1:0"),
             "anthropic.claude-3-haiku-20240307-v1%3A0"
         );
-        assert_eq!(encode_path_segment("arn:aws:x/y"), "arn%3Aaws%3Ax%2Fy");
+        assert_eq!(seg("arn:aws:x/y"), "arn%3Aaws%3Ax%2Fy");
+        assert_eq!(
+            seg("../../v1beta/cachedContents?x=#%2e"),
+            "..%2F..%2Fv1beta%2FcachedContents%3Fx%3D%23%252e"
+        );
+        assert_eq!(seg("caf\u{e9} a"), "caf%C3%A9%20a");
+        for bad in ["", ".", ".."] {
+            assert!(matches!(path_segment("model", bad), Err(ProviderError::Unsupported(_))));
+        }
     }
 
     #[test]

@@ -284,8 +284,8 @@ pub(crate) fn usage_from(meta: &Value) -> Option<Usage> {
     let get = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(0);
     meta.as_object()?;
     Some(Usage {
-        prompt_tokens: get("promptTokenCount") + get("toolUsePromptTokenCount"),
-        completion_tokens: get("candidatesTokenCount") + get("thoughtsTokenCount"),
+        prompt_tokens: get("promptTokenCount").saturating_add(get("toolUsePromptTokenCount")),
+        completion_tokens: get("candidatesTokenCount").saturating_add(get("thoughtsTokenCount")),
         cached_tokens: get("cachedContentTokenCount"),
     })
 }

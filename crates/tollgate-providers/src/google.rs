@@ -25,7 +25,7 @@ impl Adapter for Gemini {
         let base = call.target.base_url.unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/');
         // Clients sometimes pass Google's resource name (`models/gemini-…`).
         let model = call.target.model.strip_prefix("models/").unwrap_or(call.target.model);
-        let model_url = format!("{base}/models/{model}");
+        let model_url = format!("{base}/models/{}", chat_shape::path_segment("model", model)?);
         let auth = ("x-goog-api-key", key.as_str());
         match call.endpoint {
             Endpoint::Embeddings => embed(http, &call, &model_url, model, auth).await,

@@ -148,15 +148,59 @@ pub enum ProviderError {
 
 impl ProviderError {
     /// Maps a reqwest failure: a timeout is [`ProviderError::Timeout`],
-    /// anything else [`ProviderError::Unreachable`]. The URL is left out of the
-    /// message (it may carry a key, as Gemini's does).
+    /// anything else [`ProviderError::Unreachable`], naming the host (and
+    /// port) and the cause from the error's source chain (connection refused,
+    /// DNS failure, TLS error, reset...). The path and query are left out:
+    /// they may carry a key, as Gemini's did; headers never appear.
     pub fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_timeout() {
-            ProviderError::Timeout
-        } else {
-            ProviderError::Unreachable(e.without_url().to_string())
+            return ProviderError::Timeout;
         }
+        let host = e
+            .url()
+            .and_then(|u| u.host_str().map(|h| (h.to_owned(), u.port_or_known_default())))
+            .map(|(h, port)| match port {
+                Some(p) => format!("{h}:{p}"),
+                None => h,
+            })
+            .unwrap_or_else(|| "the upstream".to_owned());
+        let what = if e.is_connect() {
+            "cannot connect to"
+        } else if e.is_body() || e.is_decode() {
+            "the answer broke off from"
+        } else {
+            "the request failed to"
+        };
+        let e = e.without_url();
+        // reqwest's own text ("error sending request") says less than `what`.
+        let cause = match std::error::Error::source(&e) {
+            Some(source) => causes(source),
+            None => e.to_string(),
+        };
+        ProviderError::Unreachable(format!("{what} {host}: {cause}"))
     }
+}
+
+/// The messages of `e`'s source chain, innermost last, without the repeats
+/// that wrapping errors often add ("X: X").
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        // A wrapper often ends with its source's text: keep the shorter.
+        if let Some(last) = parts.last_mut() {
+            if let Some(stripped) = last.strip_suffix(&text) {
+                *last = stripped.trim_end_matches([':', ' ']).to_owned();
+            }
+        }
+        if !text.is_empty() && !parts.contains(&text) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join(": ")
 }
 
 /// A protocol implementation.

@@ -189,15 +189,24 @@ impl WireUsage {
 }
 
 /// The `usage` of an OpenAI-format body (chat, completions, embeddings).
-pub fn parse_usage(body: &[u8]) -> Option<Usage> {
+/// The whole body is checked to be one JSON object (the rest is skipped, not
+/// kept): anything else is an invalid answer, not one to relay. A `usage`
+/// that cannot be read counts as none (the gateway then estimates).
+pub fn parse_usage(body: &[u8]) -> Result<Option<Usage>, ProviderError> {
     #[derive(Deserialize)]
     struct UsageOnly {
-        usage: Option<WireUsage>,
+        usage: Option<serde_json::Value>,
     }
-    serde_json::from_slice::<UsageOnly>(body)
-        .ok()
-        .and_then(|u| u.usage)
-        .map(|u| u.usage())
+    let not_object = |why: String| ProviderError::InvalidResponse(format!("the answer is not a JSON object: {why}"));
+    // serde would also read a struct from an array.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(not_object("it does not start with {".into()));
+    }
+    let parsed = serde_json::from_slice::<UsageOnly>(body).map_err(|e| not_object(e.to_string()))?;
+    Ok(parsed
+        .usage
+        .and_then(|v| WireUsage::deserialize(v).ok())
+        .map(|u| u.usage()))
 }
 
 /// The client's body with `stream: true` and `stream_options.include_usage:
@@ -260,7 +269,7 @@ pub async fn relay(
         )))
     } else {
         let (status, body) = send_whole(req, call.timeout).await?;
-        let usage = parse_usage(&body);
+        let usage = parse_usage(&body)?;
         Ok(UpstreamResponse::Whole { status, body, usage })
     }
 }
@@ -460,7 +469,7 @@ mod tests {
     fn parses_usage_of_every_endpoint() {
         let chat = br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":2}}}"#;
         assert_eq!(
-            parse_usage(chat),
+            parse_usage(chat).unwrap(),
             Some(Usage {
                 prompt_tokens: 5,
                 completion_tokens: 7,
@@ -469,13 +478,31 @@ mod tests {
         );
         let emb = br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#;
         assert_eq!(
-            parse_usage(emb).map(|u| (u.prompt_tokens, u.completion_tokens)),
+            parse_usage(emb)
+                .unwrap()
+                .map(|u| (u.prompt_tokens, u.completion_tokens)),
             Some((8, 0))
         );
         let null_details = br#"{"usage":{"prompt_tokens":1,"completion_tokens":1,"prompt_tokens_details":null}}"#;
-        assert_eq!(parse_usage(null_details).map(|u| u.cached_tokens), Some(0));
-        assert_eq!(parse_usage(b"{}"), None);
-        assert_eq!(parse_usage(b"not json"), None);
+        assert_eq!(parse_usage(null_details).unwrap().map(|u| u.cached_tokens), Some(0));
+        assert_eq!(parse_usage(b"{}").unwrap(), None);
+        let odd = br#"{"usage":{"prompt_tokens":-1}}"#;
+        assert_eq!(parse_usage(odd).unwrap(), None, "unreadable usage is estimated");
+        for bad in [
+            &b"not json"[..],
+            b"",
+            b"{\"a\":1",
+            b"[1]",
+            b"null",
+            b"{} trailing",
+            b"<html>",
+        ] {
+            assert!(
+                matches!(parse_usage(bad), Err(ProviderError::InvalidResponse(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

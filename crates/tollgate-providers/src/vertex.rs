@@ -240,7 +240,7 @@ impl Adapter for Vertex {
             None if region == "global" => "https://aiplatform.googleapis.com".to_owned(),
             None => format!("https://{region}-aiplatform.googleapis.com"),
         };
-        let model = chat_shape::encode_path_segment(call.target.model);
+        let model = chat_shape::path_segment("model", call.target.model)?;
         let model_url = format!("{host}/v1/projects/{project}/locations/{region}/publishers/google/models/{model}");
 
         let token = self.access_token(http, &sa, deadline).await?;

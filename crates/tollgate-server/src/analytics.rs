@@ -27,7 +27,7 @@ use tollgate_store::outbox::Outbox;
 /// the end of the range.
 pub const DEFAULT_RANGE_DAYS: i64 = 30;
 /// Most buckets a graph may have.
-pub const MAX_BUCKETS: i64 = 5_000;
+pub const MAX_BUCKETS: i64 = 10_000;
 
 pub fn router() -> Router<SharedState> {
     Router::new()
@@ -71,6 +71,7 @@ pub struct Params {
 
 /// A request's filters, resolved.
 struct Resolved {
+    /// Its time range narrowed to the requests that exist.
     filter: Filter,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -139,8 +140,10 @@ fn dollars(v: &Option<String>, name: &str) -> Result<Option<i64>, AdminError> {
         .transpose()
 }
 
-/// Validates the filters and confines a workspace key to its workspace.
-fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved, AdminError> {
+/// Validates the filters and confines a workspace key to its workspace;
+/// then waits until every request already answered is in the log (read
+/// your own writes).
+async fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved, AdminError> {
     let own = caller.workspace_id().map(str::to_owned);
     if own.is_some() {
         caller.require_scope("analytics.view")?;
@@ -272,6 +275,12 @@ fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Resolved,
         metadata,
         nothing,
     };
+    state.usage.flush().await;
+    let mut filter = filter;
+    filter
+        .clamp_to_data(state.store.pool())
+        .await
+        .map_err(AdminError::internal)?;
     Ok(Resolved {
         filter,
         from,
@@ -421,7 +430,7 @@ async fn summary(
     caller: Caller,
     Query(p): Query<Params>,
 ) -> Result<Json<Value>, AdminError> {
-    let r = resolve(&state, &caller, &p)?;
+    let r = resolve(&state, &caller, &p).await?;
     let pool = state.store.pool();
     let q = store::Query {
         filter: r.filter.clone(),
@@ -568,7 +577,7 @@ async fn cache_summary(
     caller: Caller,
     Query(p): Query<Params>,
 ) -> Result<Json<Value>, AdminError> {
-    let r = resolve(&state, &caller, &p)?;
+    let r = resolve(&state, &caller, &p).await?;
     let q = store::Query {
         filter: r.filter,
         interval: None,
@@ -633,6 +642,17 @@ fn auto_interval(from: DateTime<Utc>, to: DateTime<Utc>) -> Interval {
     } else {
         Interval::Week
     }
+}
+
+/// How many `interval` buckets `[from, to]` (inclusive) touches.
+fn bucket_count(interval: Interval, (from, to): (i64, i64)) -> i64 {
+    let width = match interval {
+        Interval::Week => 7 * store::DAY_MS,
+        Interval::Day => store::DAY_MS,
+        Interval::Hour => 3_600_000,
+        Interval::Minute => store::MINUTE_MS,
+    };
+    (interval.floor(to) - interval.floor(from)) / width + 1
 }
 
 /// One graph's point (or summary) fields from an aggregate.
@@ -730,27 +750,40 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
         return Ok(r);
     }
     let fmt = format_of(&p)?;
-    let r = resolve(&state, &caller, &p)?;
-    let interval = match p.interval.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        None => auto_interval(r.from, r.to),
-        Some(s) => {
-            Interval::parse(s).ok_or_else(|| bad(format!("interval must be minute, hour, day or week (got '{s}')")))?
-        }
+    let r = resolve(&state, &caller, &p).await?;
+    let asked = match p.interval.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            Interval::parse(s).ok_or_else(|| bad(format!("interval must be minute, hour, day or week (got '{s}')")))?,
+        ),
     };
-    let first = interval.floor(r.from.timestamp_millis());
-    let last = interval.floor(r.to.timestamp_millis());
-    let buckets = match interval {
-        Interval::Week => (last - first) / (7 * store::DAY_MS),
-        Interval::Day => (last - first) / store::DAY_MS,
-        Interval::Hour => (last - first) / 3_600_000,
-        Interval::Minute => (last - first) / store::MINUTE_MS,
-    } + 1;
-    if buckets > MAX_BUCKETS {
-        return Err(bad(format!(
-            "this range has {buckets} {} buckets, more than {MAX_BUCKETS}: choose a larger interval or a shorter range",
-            interval.as_str()
-        )));
+    // Points cover the range asked for. Without an interval, a range too
+    // long for any (the year 1000 to now) is narrowed to where requests
+    // exist (none: no points) and the interval chosen for that.
+    let requested = (r.from.timestamp_millis(), r.to.timestamp_millis());
+    let mut interval = asked.unwrap_or_else(|| auto_interval(r.from, r.to));
+    let mut span = Some(requested);
+    if asked.is_none() && bucket_count(interval, requested) > MAX_BUCKETS {
+        span = (r.filter.from_ms < r.filter.to_ms).then_some((r.filter.from_ms, r.filter.to_ms - 1));
+        if let Some((a, b)) = span {
+            let t = |ms| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+            interval = auto_interval(t(a), t(b));
+        }
     }
+    if let Some(span) = span {
+        let buckets = bucket_count(interval, span);
+        if buckets > MAX_BUCKETS {
+            return Err(bad(format!(
+                "this range has {buckets} {} buckets, more than {MAX_BUCKETS}: choose a larger interval or a shorter range",
+                interval.as_str()
+            )));
+        }
+    }
+    let (first, last) = match span {
+        Some((a, b)) => (interval.floor(a), interval.floor(b)),
+        // No points: the loop below does not run.
+        None => (1, 0),
+    };
     let group = (name == "errors/status-codes").then_some(GroupBy::StatusCode);
     let q = store::Query {
         filter: r.filter,
@@ -912,7 +945,7 @@ fn cmp_values(a: &Value, b: &Value) -> std::cmp::Ordering {
 
 async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> Result<Response, AdminError> {
     let fmt = format_of(&p)?;
-    let r = resolve(&state, &caller, &p)?;
+    let r = resolve(&state, &caller, &p).await?;
     let page = crate::admin::Page {
         current_page: p.current_page.clone(),
         page_size: p.page_size.clone(),

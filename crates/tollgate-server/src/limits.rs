@@ -7,7 +7,7 @@ use crate::error::GatewayError;
 use crate::state::SharedState;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
-use tollgate_core::admission::{Actual, Demand, Level, LimitCheck, RefusalReason, Rule, Window};
+use tollgate_core::admission::{Actual, Demand, Level, LimitCheck, RateHeaders, RefusalReason, Rule, Window};
 use tollgate_core::limits::{BudgetKind, RateKind};
 use tollgate_core::money::Money;
 use tollgate_core::records::{Limits, ProviderRecord};
@@ -79,7 +79,7 @@ pub fn checks(level: Level, id: &str, limits: &Limits) -> Vec<LimitCheck> {
 /// Turns a counter refusal into the gateway error API.md prescribes.
 pub fn refusal_error(e: AdmitError) -> GatewayError {
     let r = match e {
-        AdmitError::Refused(r) => r,
+        AdmitError::Refused(r) => *r,
         AdmitError::Counter(c) => return GatewayError::Internal(c.to_string()),
     };
     let level = r.level;
@@ -151,13 +151,20 @@ pub fn refusal_error(e: AdmitError) -> GatewayError {
     }
 }
 
-/// Admits a request with worst case `demand` against `checks`.
-pub async fn admit(state: &SharedState, checks: &[LimitCheck], demand: Demand) -> Result<Reservation, GatewayError> {
-    state
-        .counters
-        .admit(state.now(), checks, demand)
-        .await
-        .map_err(refusal_error)
+/// Admits a request with worst case `demand` against `checks`. A refusal
+/// comes with the rate-limit header figures of the limits that apply.
+pub async fn admit(
+    state: &SharedState,
+    checks: &[LimitCheck],
+    demand: Demand,
+) -> Result<Reservation, (GatewayError, RateHeaders)> {
+    state.counters.admit(state.now(), checks, demand).await.map_err(|e| {
+        let headers = match &e {
+            AdmitError::Refused(r) => r.headers,
+            AdmitError::Counter(_) => RateHeaders::default(),
+        };
+        (refusal_error(e), headers)
+    })
 }
 
 /// Settles an admitted request with what it used; alerts it set off go to

@@ -373,14 +373,15 @@ impl Agg {
         }
         self.cancelled += u64::from(f.cancelled);
         self.streamed += u64::from(f.streamed);
-        self.prompt_tokens += f.prompt_tokens;
-        self.completion_tokens += f.completion_tokens;
-        self.cached_tokens += f.cached_tokens;
-        self.total_tokens += f.total_tokens;
+        // Token counts come from upstreams and the log: saturate, never wrap.
+        self.prompt_tokens = self.prompt_tokens.saturating_add(f.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(f.completion_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(f.cached_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(f.total_tokens);
         if let Some(c) = f.cost_picos {
-            self.cost_picos += i128::from(c);
+            self.cost_picos = self.cost_picos.saturating_add(i128::from(c));
             self.priced_requests += 1;
-            self.priced_tokens += f.total_tokens;
+            self.priced_tokens = self.priced_tokens.saturating_add(f.total_tokens);
         }
         self.latency_sum_us += u128::from(f.latency_us);
         self.latency_max_us = self.latency_max_us.max(f.latency_us);
@@ -391,8 +392,8 @@ impl Agg {
         if let Some(u) = f.upstream_latency_us {
             self.overhead.add(f.latency_us.saturating_sub(u));
             if ok && u > 0 && f.completion_tokens > 0 {
-                self.gen_tokens += f.completion_tokens;
-                self.gen_us += u;
+                self.gen_tokens = self.gen_tokens.saturating_add(f.completion_tokens);
+                self.gen_us = self.gen_us.saturating_add(u);
             }
         }
     }
@@ -429,7 +430,7 @@ impl Agg {
             if COUNTER_COLS[i] == "latency_max_us" {
                 *v = (*v).max(oc[i]);
             } else {
-                *v += oc[i];
+                *v = v.saturating_add(oc[i]);
             }
         }
         self.set_counters(&c);
@@ -762,6 +763,44 @@ pub async fn rollup_from(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
     Ok(v.unwrap_or(i64::MAX))
 }
 
+/// The first and last request-log times: `(min, max)` of `created_at_ms`,
+/// or `None` for an empty log. Two index lookups.
+pub async fn data_bounds(pool: &SqlitePool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let (min, max): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT MIN(created_at_ms), MAX(created_at_ms) FROM usage_log")
+            .fetch_one(pool)
+            .await?;
+    Ok(min.zip(max))
+}
+
+impl Filter {
+    /// Narrows the time range to the requests that exist, so that the cost
+    /// of a query follows the data, not the range asked for (a range from
+    /// the year 1000 reads what a range from the first request reads).
+    pub async fn clamp_to_data(&mut self, pool: &SqlitePool) -> Result<(), sqlx::Error> {
+        match data_bounds(pool).await? {
+            Some((min, max)) => {
+                self.from_ms = self.from_ms.max(min);
+                self.to_ms = self.to_ms.min(max.saturating_add(1));
+            }
+            None => self.to_ms = self.from_ms,
+        }
+        if self.to_ms < self.from_ms {
+            self.to_ms = self.from_ms;
+        }
+        Ok(())
+    }
+}
+
+/// The first request-log time at or after `from`, if before `to`.
+async fn next_row_at(pool: &SqlitePool, from: i64, to: i64) -> Result<Option<i64>, sqlx::Error> {
+    let t: Option<i64> = sqlx::query_scalar("SELECT MIN(created_at_ms) FROM usage_log WHERE created_at_ms >= $1")
+        .bind(from)
+        .fetch_one(pool)
+        .await?;
+    Ok(t.filter(|t| *t < to))
+}
+
 /// Answers `q`.
 pub async fn aggregate(pool: &SqlitePool, q: &Query) -> Result<Cells, sqlx::Error> {
     let mut cells = Cells::new();
@@ -772,9 +811,15 @@ pub async fn aggregate(pool: &SqlitePool, q: &Query) -> Result<Cells, sqlx::Erro
     for piece in plan(q, from) {
         match piece {
             Piece::Raw(a, b) => {
-                // Day by day, so that a long raw stretch never sits in memory whole.
+                // Day by day, so that a long raw stretch never sits in memory
+                // whole; days without requests are skipped with one index
+                // lookup, so a sparse range costs what its data costs.
                 let mut start = a;
                 while start < b {
+                    let Some(at) = next_row_at(pool, start, b).await? else {
+                        break;
+                    };
+                    start = start.max(at);
                     let end = (start.div_euclid(DAY_MS) * DAY_MS + DAY_MS).min(b);
                     raw(pool, q, start, end, &mut cells).await?;
                     start = end;
@@ -786,9 +831,14 @@ pub async fn aggregate(pool: &SqlitePool, q: &Query) -> Result<Cells, sqlx::Erro
     Ok(cells)
 }
 
-const RAW_COLS: &str = "created_at_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code, \
-     error_type, refusal, streamed, cancelled, prompt_tokens, completion_tokens, cached_tokens, total_tokens, \
-     cost_picos, latency_us, ttft_us, upstream_latency_us";
+/// The request-log columns analytics reads; counts are read as integers
+/// whatever a damaged row holds (a real or text value counts as its
+/// integer part; sums saturate).
+const RAW_COLS: &str = "created_at_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, \
+     CAST(status_code AS INTEGER), error_type, refusal, streamed, cancelled, CAST(prompt_tokens AS INTEGER), \
+     CAST(completion_tokens AS INTEGER), CAST(cached_tokens AS INTEGER), CAST(total_tokens AS INTEGER), \
+     CAST(cost_picos AS INTEGER), CAST(latency_us AS INTEGER), CAST(ttft_us AS INTEGER), \
+     CAST(upstream_latency_us AS INTEGER)";
 
 fn cell_key(q: &Query, bucket_ms: i64, f: &Fact) -> (i64, String) {
     let b = q.interval.map(|i| i.floor(bucket_ms)).unwrap_or(0);

@@ -1,10 +1,17 @@
 //! The request log: one row per gateway request.
 //!
-//! The gateway never waits for the database: it hands a [`UsageRecord`] to
-//! [`UsageLog::record`], which queues it for a background writer that inserts
-//! whatever has queued up in one transaction. [`UsageLog::flush`] waits until
-//! everything queued before it is on disk; graceful shutdown calls it after the
-//! last request has finished, so nothing is lost.
+//! One background writer inserts whatever has queued up in one transaction
+//! (group commit). A request that consumed budget hands its record to
+//! [`UsageLog::commit`] and waits for its commit ticket before the client
+//! gets the last byte of the answer, so a process killed at any moment
+//! (even SIGKILL) has every completed request's usage on disk (committed to
+//! the SQLite WAL; with `synchronous = NORMAL` a power loss can still lose
+//! the last transactions). When someone waits, the writer commits at once;
+//! records nobody waits for ([`UsageLog::record`]: refusals and failures
+//! that consumed nothing) may linger up to [`LINGER`] to share a batch.
+//! [`UsageLog::flush`] waits until everything queued before it is on disk;
+//! readers of the log call it first, and graceful shutdown calls it after
+//! the last request has finished, so nothing is lost.
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
@@ -61,8 +68,30 @@ pub struct UsageRecord {
 }
 
 enum Msg {
-    Record(Box<UsageRecord>),
+    /// A record, and whoever waits for it to be committed.
+    Record(Box<UsageRecord>, Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<()>),
+}
+
+impl Msg {
+    fn has_waiter(&self) -> bool {
+        matches!(self, Msg::Flush(_) | Msg::Record(_, Some(_)))
+    }
+}
+
+/// Resolves once a record handed to [`UsageLog::commit`] is committed, or
+/// the writer gave up on it (a database that stayed unwritable: logged).
+pub struct CommitTicket(Option<oneshot::Receiver<()>>);
+
+impl std::future::Future for CommitTicket {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match self.0.as_mut() {
+            None => std::task::Poll::Ready(()),
+            Some(rx) => std::pin::Pin::new(rx).poll(cx).map(|_| ()),
+        }
+    }
 }
 
 /// Handle to the background writer. Cheap to clone.
@@ -80,11 +109,24 @@ impl UsageLog {
         (UsageLog { tx }, task)
     }
 
-    /// Queues a record; never blocks.
+    /// Queues a record nobody waits for; never blocks. It may linger briefly
+    /// to share a batch.
     pub fn record(&self, r: UsageRecord) {
-        if self.tx.send(Msg::Record(Box::new(r))).is_err() {
+        if self.tx.send(Msg::Record(Box::new(r), None)).is_err() {
             tracing::error!("usage log writer is gone; a request record was dropped");
         }
+    }
+
+    /// Queues a record and returns the ticket that resolves once it is
+    /// committed. The writer commits at once when someone waits, together
+    /// with everything else queued (group commit).
+    pub fn commit(&self, r: UsageRecord) -> CommitTicket {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Record(Box::new(r), Some(done))).is_err() {
+            tracing::error!("usage log writer is gone; a request record was dropped");
+            return CommitTicket(None);
+        }
+        CommitTicket(Some(wait))
     }
 
     /// Waits until every record queued before this call is written.
@@ -103,11 +145,12 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
         if rx.recv_many(&mut msgs, BATCH).await == 0 {
             return;
         }
-        // Linger briefly so that a busy gateway writes a few large
-        // transactions (with their roll-ups folded once) rather than one per
-        // request; a flush skips the wait.
+        // Nobody waiting: linger briefly so that records share a transaction
+        // (with their roll-ups folded once). Someone waiting: commit now;
+        // whatever queues meanwhile goes into the next batch, so a busy
+        // gateway still writes few, large transactions.
         let deadline = tokio::time::Instant::now() + LINGER;
-        while msgs.len() < BATCH && !msgs.iter().any(|m| matches!(m, Msg::Flush(_))) {
+        while msgs.len() < BATCH && !msgs.iter().any(Msg::has_waiter) {
             let room = BATCH - msgs.len();
             match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, room)).await {
                 Ok(0) | Err(_) => break,
@@ -117,7 +160,10 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut waiters = Vec::new();
         for m in msgs.drain(..) {
             match m {
-                Msg::Record(r) => batch.push(*r),
+                Msg::Record(r, w) => {
+                    batch.push(*r);
+                    waiters.extend(w);
+                }
                 Msg::Flush(w) => waiters.push(w),
             }
         }
@@ -174,15 +220,15 @@ async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Err
             .push_bind(&r.refusal)
             .push_bind(r.streamed)
             .push_bind(r.cancelled)
-            .push_bind(r.prompt_tokens as i64)
-            .push_bind(r.completion_tokens as i64)
-            .push_bind(r.cached_tokens as i64)
-            .push_bind(r.total_tokens as i64)
+            .push_bind(stored(r.prompt_tokens))
+            .push_bind(stored(r.completion_tokens))
+            .push_bind(stored(r.cached_tokens))
+            .push_bind(stored(r.total_tokens))
             .push_bind(r.tokens_estimated)
             .push_bind(r.cost_picos)
-            .push_bind(r.latency_us as i64)
-            .push_bind(r.ttft_us.map(|v| v as i64))
-            .push_bind(r.upstream_latency_us.map(|v| v as i64))
+            .push_bind(stored(r.latency_us))
+            .push_bind(r.ttft_us.map(stored))
+            .push_bind(r.upstream_latency_us.map(stored))
             .push_bind(
                 r.metadata
                     .as_ref()
@@ -252,7 +298,17 @@ pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(i64, Vec<UsageRec
     let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
     push_filter(&mut count, f);
     let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM usage_log");
+    // Counts are read as integers whatever a damaged row holds.
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \
+         provider_slug, ai_provider_id, model, endpoint, CAST(status_code AS INTEGER) AS status_code, error_type, \
+         refusal, streamed, cancelled, CAST(prompt_tokens AS INTEGER) AS prompt_tokens, \
+         CAST(completion_tokens AS INTEGER) AS completion_tokens, CAST(cached_tokens AS INTEGER) AS cached_tokens, \
+         CAST(total_tokens AS INTEGER) AS total_tokens, tokens_estimated, CAST(cost_picos AS INTEGER) AS cost_picos, \
+         CAST(latency_us AS INTEGER) AS latency_us, CAST(ttft_us AS INTEGER) AS ttft_us, \
+         CAST(upstream_latency_us AS INTEGER) AS upstream_latency_us, metadata, request_body, response_body \
+         FROM usage_log",
+    );
     push_filter(&mut qb, f);
     qb.push(" ORDER BY created_at_ms DESC, seq DESC LIMIT ")
         .push_bind(f.limit.clamp(1, 1000))
@@ -317,13 +373,24 @@ pub enum Scope {
 /// What the admitted requests of `scope` since `from` consumed:
 /// (cost in picodollars, unknown prices counting 0; total tokens; requests).
 /// Requests that Tollgate refused itself are not counted.
+///
+/// Whatever the log holds, this answers: each row's value is read as a
+/// non-negative integer (a negative or non-integer value is counted as its
+/// integer part, at least 0, and reported at warn), and the sums saturate at
+/// `i64::MAX` instead of overflowing. They are exact: each value is summed as
+/// its high and low 32 bits, which cannot overflow below 2^32 rows.
 pub async fn consumed_since(
     pool: &SqlitePool,
     scope: &Scope,
     from: DateTime<Utc>,
 ) -> Result<(i64, i64, i64), sqlx::Error> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT COALESCE(SUM(cost_picos), 0), COALESCE(SUM(total_tokens), 0), COUNT(*) FROM usage_log WHERE refusal IS NULL AND created_at_ms >= ",
+        "SELECT COALESCE(SUM(c >> 32), 0), COALESCE(SUM(c & 4294967295), 0), \
+         COALESCE(SUM(t >> 32), 0), COALESCE(SUM(t & 4294967295), 0), COUNT(*), COALESCE(SUM(bad), 0) FROM (\
+         SELECT MAX(CAST(COALESCE(cost_picos, 0) AS INTEGER), 0) AS c, MAX(CAST(total_tokens AS INTEGER), 0) AS t, \
+         (typeof(total_tokens) != 'integer' OR total_tokens < 0 \
+          OR (cost_picos IS NOT NULL AND (typeof(cost_picos) != 'integer' OR cost_picos < 0))) AS bad \
+         FROM usage_log WHERE refusal IS NULL AND created_at_ms >= ",
     );
     qb.push_bind(from.timestamp_millis());
     match scope {
@@ -346,5 +413,48 @@ pub async fn consumed_since(
             qb.push(" AND api_key_id = ").push_bind(k);
         }
     }
-    qb.build_query_as::<(i64, i64, i64)>().fetch_one(pool).await
+    qb.push(")");
+    let (c_hi, c_lo, t_hi, t_lo, requests, bad) = qb
+        .build_query_as::<(i64, i64, i64, i64, i64, i64)>()
+        .fetch_one(pool)
+        .await?;
+    if bad > 0 {
+        tracing::warn!(
+            rows = bad,
+            scope = ?scope,
+            "request log rows with a negative or non-integer token count or cost: counted as their integer part, at least 0"
+        );
+    }
+    Ok((join_halves(c_hi, c_lo), join_halves(t_hi, t_lo), requests))
+}
+
+/// `hi · 2^32 + lo`, saturating at `i64::MAX`.
+fn join_halves(hi: i64, lo: i64) -> i64 {
+    let v = (i128::from(hi) << 32) + i128::from(lo);
+    i64::try_from(v.max(0)).unwrap_or(i64::MAX)
+}
+
+/// A count as stored: SQLite integers are i64, so larger counts saturate.
+fn stored(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_join_exactly_and_saturate() {
+        let v: i64 = 0x1234_5678_9abc_def0;
+        assert_eq!(join_halves(v >> 32, v & 0xffff_ffff), v);
+        assert_eq!(join_halves(i64::MAX >> 32, i64::MAX & 0xffff_ffff), i64::MAX);
+        // Two rows of i64::MAX.
+        assert_eq!(
+            join_halves(2 * (i64::MAX >> 32), 2 * (i64::MAX & 0xffff_ffff)),
+            i64::MAX
+        );
+        assert_eq!(join_halves(0, 0), 0);
+        assert_eq!(stored(u64::MAX), i64::MAX);
+        assert_eq!(stored(7), 7);
+    }
 }

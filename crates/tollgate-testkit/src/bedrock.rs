@@ -416,7 +416,7 @@ fn usage(control: &Control) -> Value {
     let mut v = json!({
         "inputTokens": input,
         "outputTokens": u.completion,
-        "totalTokens": u.prompt + u.completion,
+        "totalTokens": u.prompt.saturating_add(u.completion),
     });
     if u.cached > 0 {
         v["cacheReadInputTokens"] = json!(u.cached);

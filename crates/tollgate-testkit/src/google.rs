@@ -408,7 +408,7 @@ fn usage_metadata(control: &Control) -> Value {
     let mut m = json!({
         "promptTokenCount": u.prompt,
         "candidatesTokenCount": u.completion,
-        "totalTokenCount": u.prompt + u.completion,
+        "totalTokenCount": u.prompt.saturating_add(u.completion),
     });
     if u.cached > 0 {
         m["cachedContentTokenCount"] = json!(u.cached);

@@ -257,7 +257,7 @@ fn usage_json(u: &MockUsage) -> Value {
     json!({
         "prompt_tokens": u.prompt,
         "completion_tokens": u.completion,
-        "total_tokens": u.prompt + u.completion,
+        "total_tokens": u.prompt.saturating_add(u.completion),
         "prompt_tokens_details": {"cached_tokens": u.cached, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},

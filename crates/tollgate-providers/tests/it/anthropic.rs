@@ -326,3 +326,21 @@ async fn mock_rejects_what_anthropic_rejects() {
     let r = send(&full, ok).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+#[tokio::test]
+async fn hostile_model_names_go_only_into_the_body() {
+    use crate::support::{assert_confined, DOT_MODELS, HOSTILE_MODELS};
+    let (server, _control) = start().await;
+    for model in HOSTILE_MODELS.iter().chain(DOT_MODELS) {
+        server.journal.clear();
+        let fx = Fixture::new(Some(mock::base_url(&server)), Some(KEY), model);
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]});
+        let _ = fx
+            .send(&Anthropic, Endpoint::ChatCompletions, &body, false, false)
+            .await;
+        let requests = server.journal.requests();
+        assert_confined(&requests, "/v1/messages", None);
+        assert_eq!(requests[0].path, "/v1/messages");
+        assert_eq!(requests[0].json()["model"], *model);
+    }
+}

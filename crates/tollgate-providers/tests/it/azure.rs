@@ -231,3 +231,46 @@ async fn mock_requires_api_version_and_messages() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["message"], "Missing required parameter: 'messages'.");
 }
+
+#[tokio::test]
+async fn hostile_model_and_deployment_names_stay_one_encoded_path_segment() {
+    use crate::support::{assert_confined, DOT_MODELS, HOSTILE_MODELS};
+    let (server, _control) = start().await;
+    let body = json!({"model": "x", "messages": [{"role": "user", "content": "Hi"}]});
+    let query = format!("api-version={DEFAULT_API_VERSION}");
+    // Without a deployment table the model name is the deployment; with one,
+    // the configured deployment name goes into the path.
+    let by_model = |model: &str| {
+        let mut fx = Fixture::new(Some(server.url()), Some(KEY), model);
+        fx.config.insert("azure_resource_name".into(), json!("acme"));
+        fx
+    };
+    let by_config = |name: &str| {
+        let mut fx = by_model("gpt-4o");
+        fx.config.insert(
+            "azure_deployment_config".into(),
+            json!([{"azure_deployment_name": name, "azure_model_slug": "gpt-4o"}]),
+        );
+        fx
+    };
+    for name in HOSTILE_MODELS {
+        for fx in [by_model(name), by_config(name)] {
+            server.journal.clear();
+            let _ = fx.send(&Azure, Endpoint::ChatCompletions, &body, false, false).await;
+            let requests = server.journal.requests();
+            // The mock records only deployment routes: reaching it proves the
+            // name stayed one segment.
+            assert_confined(&requests, "/openai/deployments/", Some(&query));
+            assert!(requests[0].path.ends_with("/chat/completions"), "{}", requests[0].path);
+            assert_eq!(requests[0].path.matches('/').count(), 5, "{}", requests[0].path);
+        }
+    }
+    for name in DOT_MODELS {
+        for fx in [by_model(name), by_config(name)] {
+            server.journal.clear();
+            let e = expect_err(fx.send(&Azure, Endpoint::ChatCompletions, &body, false, false).await);
+            assert!(matches!(e, ProviderError::Unsupported(_)), "{name}: {e:?}");
+            assert_eq!(server.journal.calls(), 0, "{name} must not be sent");
+        }
+    }
+}

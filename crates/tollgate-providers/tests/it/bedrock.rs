@@ -527,3 +527,44 @@ async fn recorded_converse_stream_replays_through_the_decoder() {
         assert_eq!(got.usage, [tokens(391, 57, 0)]);
     }
 }
+
+#[tokio::test]
+async fn hostile_model_names_stay_one_encoded_path_segment() {
+    use crate::support::{assert_confined, DOT_MODELS, HOSTILE_MODELS};
+    let (server, _control, _config, mut fx) = start().await;
+    let chat = json!({"model": "x", "messages": [{"role": "user", "content": "Hi"}]});
+    for model in HOSTILE_MODELS {
+        server.journal.clear();
+        fx.model = (*model).to_owned();
+        let _ = fx
+            .send(&Bedrock::default(), Endpoint::ChatCompletions, &chat, false, false)
+            .await;
+        let _ = fx
+            .send(
+                &Bedrock::default(),
+                Endpoint::Embeddings,
+                &json!({"input": "a"}),
+                false,
+                false,
+            )
+            .await;
+        let requests = server.journal.requests();
+        assert_confined(&requests, "/model/", None);
+        for r in &requests {
+            let rest = &r.path["/model/".len()..];
+            let (segment, action) = rest.split_once('/').expect("an action follows the model");
+            assert!(["converse", "invoke"].contains(&action), "{}", r.path);
+            assert!(!segment.is_empty());
+        }
+    }
+    for model in DOT_MODELS {
+        server.journal.clear();
+        fx.model = (*model).to_owned();
+        let e = expect_err(
+            fx.send(&Bedrock::default(), Endpoint::ChatCompletions, &chat, false, false)
+                .await,
+        );
+        assert!(matches!(e, ProviderError::Unsupported(_)), "{model}: {e:?}");
+        assert_eq!(server.journal.calls(), 0, "{model} must not be sent");
+    }
+}

@@ -317,3 +317,38 @@ async fn recorded_gemini_stream_replays_through_the_parser() {
         assert_eq!(got.usage, [tokens(8, 19, 2)]);
     }
 }
+
+#[tokio::test]
+async fn hostile_model_names_stay_one_encoded_path_segment() {
+    use crate::support::{assert_confined, DOT_MODELS, HOSTILE_MODELS};
+    let (server, _control, mut fx) = start().await;
+    let body = json!({"model": "x", "messages": [{"role": "user", "content": "Hi"}]});
+    for model in HOSTILE_MODELS {
+        server.journal.clear();
+        fx.model = (*model).to_owned();
+        let _ = fx.send(&Gemini, Endpoint::ChatCompletions, &body, false, false).await;
+        let _ = fx
+            .send(&Gemini, Endpoint::Embeddings, &json!({"input": "a"}), false, false)
+            .await;
+        let requests = server.journal.requests();
+        assert_confined(&requests, "/v1beta/models/", None);
+        for r in &requests {
+            let segment = r.path.trim_start_matches("/v1beta/models/");
+            assert!(!segment.contains('/'), "{} split the model name", r.path);
+        }
+    }
+    server.journal.clear();
+    fx.model = "../../v1beta/cachedContents?x=".into();
+    let _ = fx.send(&Gemini, Endpoint::ChatCompletions, &body, false, false).await;
+    assert_eq!(
+        server.journal.last().unwrap().path,
+        "/v1beta/models/..%2F..%2Fv1beta%2FcachedContents%3Fx%3D:generateContent"
+    );
+    for model in DOT_MODELS.iter().chain(&["models/..", "models/."]) {
+        server.journal.clear();
+        fx.model = (*model).to_owned();
+        let e = expect_err(fx.send(&Gemini, Endpoint::ChatCompletions, &body, false, false).await);
+        assert!(matches!(e, ProviderError::Unsupported(_)), "{model}: {e:?}");
+        assert_eq!(server.journal.calls(), 0, "{model} must not be sent");
+    }
+}

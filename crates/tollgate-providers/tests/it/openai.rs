@@ -287,10 +287,26 @@ async fn stream_timeout_bounds_only_the_headers() {
 
 #[tokio::test]
 async fn unreachable_host() {
-    let fx = Fixture::new(Some(dead_url().await), None, "gpt-4o");
+    let dead = dead_url().await;
+    let host = dead.trim_start_matches("http://").trim_end_matches("/v1").to_owned();
+    // A key in the query string (as some providers take it) must not leak.
+    let fx = Fixture::new(Some(format!("{dead}?key=SECRET-KEY")), Some(KEY), "gpt-4o");
     let body = chat_body(false);
     let e = expect_err(fx.send(&OpenAi, Endpoint::ChatCompletions, &body, false, false).await);
-    assert!(matches!(e, ProviderError::Unreachable(_)), "{e:?}");
+    let ProviderError::Unreachable(message) = &e else {
+        panic!("{e:?}")
+    };
+    // The message names the host and the cause, and nothing secret.
+    assert!(message.contains(&host), "{message}");
+    assert!(message.to_lowercase().contains("connection refused"), "{message}");
+    assert!(
+        !message.contains("SECRET") && !message.contains(KEY) && !message.contains("/v1"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("error sending request: error sending request"),
+        "{message}"
+    );
     let streamed = chat_body(true);
     let e = expect_err(
         fx.send(&OpenAi, Endpoint::ChatCompletions, &streamed, true, false)
@@ -382,4 +398,76 @@ async fn mock_router_without_journal_serves_the_benchmark() {
     assert_eq!(got.usage.len(), 1);
     // Nothing accumulates when the mock runs as a benchmark upstream.
     assert_eq!(server.calls(), 0);
+}
+
+#[tokio::test]
+async fn hostile_model_names_go_only_into_the_body() {
+    use crate::support::{assert_confined, DOT_MODELS, HOSTILE_MODELS};
+    let (server, _control) = start(Some(KEY)).await;
+    for model in HOSTILE_MODELS.iter().chain(DOT_MODELS) {
+        server.journal.clear();
+        let fx = Fixture::new(Some(mock::base_url(&server)), Some(KEY), model);
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]});
+        let _ = fx.send(&OpenAi, Endpoint::ChatCompletions, &body, false, false).await;
+        let requests = server.journal.requests();
+        assert_confined(&requests, "/v1/chat/completions", None);
+        assert_eq!(requests[0].path, "/v1/chat/completions");
+        assert_eq!(requests[0].json()["model"], *model);
+    }
+}
+
+/// A mock that answers every request 200 with a body that is not JSON.
+pub async fn junk_upstream() -> MockServer {
+    let router = axum::Router::new().fallback(|| async {
+        (
+            [("content-type", "application/json")],
+            "<html>upstream proxy page</html>",
+        )
+    });
+    MockServer::start(router, tollgate_testkit::Journal::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_200_that_is_not_json_is_an_invalid_response() {
+    use tollgate_providers::anthropic::Anthropic;
+    use tollgate_providers::azure::Azure;
+    use tollgate_providers::google::Gemini;
+    use tollgate_providers::Adapter;
+    let junk = junk_upstream().await;
+    let body = chat_body(false);
+    let base = format!("{}/v1", junk.url());
+    let mut azure = Fixture::new(Some(junk.url()), Some(KEY), "gpt-4o");
+    azure.config.insert("azure_resource_name".into(), json!("acme"));
+    let cases: [(&str, &dyn Adapter, Fixture); 4] = [
+        ("openai", &OpenAi, Fixture::new(Some(base.clone()), Some(KEY), "gpt-4o")),
+        ("azure", &Azure, azure),
+        (
+            "anthropic",
+            &Anthropic,
+            Fixture::new(Some(base.clone()), Some(KEY), "claude"),
+        ),
+        (
+            "gemini",
+            &Gemini,
+            Fixture::new(Some(base), Some(KEY), "gemini-1.5-flash"),
+        ),
+    ];
+    for (name, adapter, fx) in cases {
+        for endpoint in [Endpoint::ChatCompletions, Endpoint::Embeddings] {
+            if name == "anthropic" && endpoint == Endpoint::Embeddings {
+                continue;
+            }
+            let input = match endpoint {
+                Endpoint::Embeddings => json!({"model": "m", "input": "hi"}),
+                _ => body.clone(),
+            };
+            let e = expect_err(fx.send(adapter, endpoint, &input, false, false).await);
+            assert!(
+                matches!(e, ProviderError::InvalidResponse(_)),
+                "{name} {endpoint:?}: {e:?}"
+            );
+        }
+    }
 }

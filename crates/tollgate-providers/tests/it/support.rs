@@ -202,3 +202,34 @@ pub fn assert_usage(answer: &Value, reported: Option<Usage>, want: Usage) {
     );
     assert_eq!(reported, Some(want));
 }
+
+/// Model names that would change the shape of a URL if put into its path
+/// unencoded: dot segments, `/`, `?`, `#` and `%`.
+pub const HOSTILE_MODELS: &[&str] = &[
+    "../../v1beta/cachedContents?x=",
+    "a/../../../b",
+    "m#frag",
+    "%2e%2e/%2E%2E/x",
+    "models/../x",
+];
+
+/// Model names that are themselves a path step: refused before anything is sent.
+pub const DOT_MODELS: &[&str] = &[".", ".."];
+
+/// Asserts that every request the mock saw stayed under `prefix`, with no
+/// query other than `allowed_query`, and with no `..` step left in it.
+pub fn assert_confined(requests: &[tollgate_testkit::Recorded], prefix: &str, allowed_query: Option<&str>) {
+    assert!(!requests.is_empty(), "the mock saw no request");
+    for r in requests {
+        assert!(r.path.starts_with(prefix), "{} escaped {prefix}", r.path);
+        assert!(
+            !r.path
+                .split('/')
+                .any(|s| s == ".." || s == "." || s.eq_ignore_ascii_case("%2e%2e")),
+            "{} keeps a dot segment",
+            r.path
+        );
+        assert!(!r.path[prefix.len()..].contains("/.."), "{}", r.path);
+        assert_eq!(r.query.as_deref(), allowed_query, "query of {}", r.path);
+    }
+}

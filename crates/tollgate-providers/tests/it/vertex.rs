@@ -278,3 +278,47 @@ async fn a_cut_vertex_stream_surfaces_an_error() {
     assert_eq!(got.text("/choices/0/delta/content"), "w1 w2 ");
     assert!(got.error.is_some());
 }
+
+#[tokio::test]
+async fn hostile_model_names_stay_one_encoded_path_segment() {
+    use crate::support::{assert_confined, DOT_MODELS, HOSTILE_MODELS};
+    let (server, _control, mut fx) = start().await;
+    let prefix = format!("/v1/projects/{PROJECT}/locations/{REGION}/publishers/google/models/");
+    for model in HOSTILE_MODELS {
+        server.journal.clear();
+        fx.model = (*model).to_owned();
+        let _ = fx
+            .send(&Vertex::default(), Endpoint::ChatCompletions, &chat(), false, false)
+            .await;
+        let _ = fx
+            .send(
+                &Vertex::default(),
+                Endpoint::Embeddings,
+                &json!({"input": "a"}),
+                false,
+                false,
+            )
+            .await;
+        let sent: Vec<_> = server
+            .journal
+            .requests()
+            .into_iter()
+            .filter(|r| r.path != "/token")
+            .collect();
+        assert_confined(&sent, &prefix, None);
+        assert!(sent.iter().all(|r| !r.path[prefix.len()..].contains('/')), "{sent:?}");
+    }
+    for model in DOT_MODELS {
+        server.journal.clear();
+        fx.model = (*model).to_owned();
+        let e = expect_err(
+            fx.send(&Vertex::default(), Endpoint::ChatCompletions, &chat(), false, false)
+                .await,
+        );
+        assert!(matches!(e, ProviderError::Unsupported(_)), "{model}: {e:?}");
+        assert!(
+            server.journal.requests().iter().all(|r| r.path == "/token"),
+            "{model} must not be sent"
+        );
+    }
+}

@@ -106,7 +106,21 @@ fn check_scopes(scopes: &[String]) -> Result<(), AdminError> {
     Ok(())
 }
 
+/// Most alert addresses on one key.
+const MAX_ALERT_EMAILS: usize = 100;
+
 fn check_emails(emails: &[String]) -> Result<(), AdminError> {
+    if emails.len() > MAX_ALERT_EMAILS {
+        return Err(AdminError::validation(format!(
+            "alert_emails may list at most {MAX_ALERT_EMAILS} addresses"
+        )));
+    }
+    if let Some(bad) = emails.iter().find(|e| e.len() > 254) {
+        return Err(AdminError::validation(format!(
+            "alert_emails: '{}...' is longer than an email address can be (254)",
+            bad.chars().take(40).collect::<String>()
+        )));
+    }
     if let Some(bad) = emails.iter().find(|e| e.parse::<lettre::Address>().is_err()) {
         return Err(AdminError::validation(format!("'{bad}' is not an email address")));
     }
@@ -194,9 +208,13 @@ pub async fn create(
     if expires_at.is_some_and(|t| t <= now) {
         return Err(AdminError::validation("expires_at must be in the future"));
     }
-    let name = body.name.unwrap_or_else(|| format!("{kind} {sub_kind} key"));
+    let name = match &body.name {
+        Some(n) => super::check_name("name", n)?,
+        None => format!("{kind} {sub_kind} key"),
+    };
+    let description = super::check_text("description", body.description)?;
     let (mut rec, key) = new_key(key_type, sub_type, name, workspace_id, scopes, now);
-    rec.description = body.description;
+    rec.description = description;
     rec.limits = merge_limits(
         &Limits::default(),
         body.usage_limits.as_ref(),
@@ -274,11 +292,11 @@ pub async fn update(
     caller.require_org()?;
     let mut rec = find(&state, &id)?;
     let now = state.now();
-    if let Some(n) = body.name {
-        rec.name = n;
+    if let Some(n) = &body.name {
+        rec.name = super::check_name("name", n)?;
     }
     if body.description.is_some() {
-        rec.description = body.description;
+        rec.description = super::check_text("description", body.description)?;
     }
     if let Some(s) = body.scopes {
         if rec.key_type == KeyType::Workspace {

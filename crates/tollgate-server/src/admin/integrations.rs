@@ -99,12 +99,10 @@ fn workspace_count(snap: &Snapshot, i: &Integration) -> usize {
     snap.workspaces.keys().filter(|w| i.access_for(w).is_some()).count()
 }
 
-fn check_url(field: &str, v: &str) -> Result<(), AdminError> {
-    match url::Url::parse(v) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        _ => Err(AdminError::validation(format!("{field} must be an http(s) URL"))),
-    }
-}
+use super::check_url;
+
+/// Longest secret field accepted (a service-account JSON is a few KiB).
+const MAX_SECRET: usize = 64 * 1024;
 
 /// A configuration split into its non-secret fields and its secret ones
 /// (name, plain text) still to be sealed.
@@ -145,6 +143,22 @@ pub fn split_configuration(
             };
             if text.is_empty() {
                 return Err(AdminError::validation(format!("{name} must not be empty")));
+            }
+            if text.len() > MAX_SECRET {
+                return Err(AdminError::validation(format!(
+                    "{name} must be at most {MAX_SECRET} bytes"
+                )));
+            }
+            // A key goes into a header: no control characters. A JSON
+            // document may span lines.
+            let json_doc = name == "vertex_service_account_json";
+            if text
+                .chars()
+                .any(|c| c.is_control() && !(json_doc && matches!(c, '\n' | '\r' | '\t')))
+            {
+                return Err(AdminError::validation(format!(
+                    "{name} must not contain control characters"
+                )));
             }
             secrets.push((name, text));
         } else {
@@ -190,8 +204,10 @@ fn validate_plain_field(name: &str, value: &Value) -> Result<(), AdminError> {
                 ))
             }
         }
-        _ if !value.is_string() => Err(AdminError::validation(format!("{name} must be a string"))),
-        _ => Ok(()),
+        _ => match value.as_str() {
+            Some(s) => super::check_field(name, s),
+            None => Err(AdminError::validation(format!("{name} must be a string"))),
+        },
     }
 }
 
@@ -277,16 +293,26 @@ pub fn find(
     slug: &str,
     scope: &str,
 ) -> Result<Arc<crate::snapshot::IntegrationEntry>, AdminError> {
+    // The scope first, so that its refusal does not depend on the slug;
+    // then another workspace's integration answers as an unknown one does,
+    // revealing nothing of other workspaces. The organisation's own are
+    // refused as such.
+    caller.require_scope(scope)?;
     let entry = snap
         .integration_by_slug(slug)
+        .filter(|e| {
+            caller.is_org()
+                || e.record
+                    .workspace_id
+                    .as_deref()
+                    .is_none_or(|w| Some(w) == caller.workspace_id())
+        })
         .cloned()
         .ok_or_else(|| AdminError::not_found(format!("integration '{slug}' not found")))?;
-    if !caller.is_org() {
-        caller.require_scope(scope)?;
-        match &entry.record.workspace_id {
-            Some(w) if Some(w.as_str()) == caller.workspace_id() => {}
-            _ => return Err(AdminError::forbidden("this API key cannot access this integration")),
-        }
+    if !caller.is_org() && entry.record.workspace_id.is_none() {
+        return Err(AdminError::forbidden(
+            "this API key cannot access the organisation's integrations",
+        ));
     }
     Ok(entry)
 }
@@ -326,9 +352,8 @@ pub async fn create(
         }
         own
     };
-    if body.name.trim().is_empty() {
-        return Err(AdminError::validation("name is required"));
-    }
+    let name = super::check_name("name", &body.name)?;
+    let description = super::check_text("description", body.description)?;
     let spec = catalogue::provider(&body.ai_provider_id).ok_or_else(|| {
         AdminError::validation(format!(
             "unknown ai_provider_id '{}'; see GET /v1/ai-providers",
@@ -336,8 +361,8 @@ pub async fn create(
         ))
     })?;
     let slug = match &body.slug {
-        Some(s) if !ids::is_valid_slug(s) => return Err(AdminError::validation("slug must match ^[a-zA-Z0-9_-]+$")),
         Some(s) => {
+            super::check_slug("slug", s)?;
             if snap.integration_by_slug(s).is_some() {
                 return Err(AdminError::conflict(format!(
                     "integration with slug '{s}' already exists"
@@ -346,7 +371,7 @@ pub async fn create(
             s.clone()
         }
         None => {
-            let base = ids::slugify(&body.name);
+            let base = ids::slugify(&name);
             if snap.integration_by_slug(&base).is_none() {
                 base
             } else {
@@ -359,8 +384,8 @@ pub async fn create(
     let mut i = Integration {
         id: ids::prefixed_id("int"),
         slug,
-        name: body.name.trim().to_owned(),
-        description: body.description,
+        name,
+        description,
         ai_provider_id: spec.id.clone(),
         workspace_id: workspace_id.clone(),
         configurations: plain,
@@ -481,14 +506,11 @@ pub async fn update(
     let snap = state.snapshot();
     let e = find(&snap, &caller, &slug, "workspace_integrations.write")?;
     let mut i = e.record.clone();
-    if let Some(n) = body.name {
-        if n.trim().is_empty() {
-            return Err(AdminError::validation("name must not be empty"));
-        }
-        i.name = n.trim().to_owned();
+    if let Some(n) = &body.name {
+        i.name = super::check_name("name", n)?;
     }
     if body.description.is_some() {
-        i.description = body.description;
+        i.description = super::check_text("description", body.description)?;
     }
     if let Some(s) = body.status {
         i.status = s;
@@ -668,8 +690,13 @@ pub async fn put_models(
         i.allow_all_models = a;
     }
     for m in body.models {
-        if m.slug.trim().is_empty() || m.slug.len() > 256 {
-            return Err(AdminError::validation("model slug must be 1 to 256 characters"));
+        if m.slug.trim().is_empty() || m.slug.len() > 256 || m.slug.chars().any(char::is_control) {
+            return Err(AdminError::validation(
+                "models[].slug must be 1 to 256 characters, without control characters",
+            ));
+        }
+        if let Some(b) = &m.base_model_slug {
+            super::check_field("models[].base_model_slug", b)?;
         }
         let price = match &m.pricing_config {
             Some(p) => parse_pricing(p)?,
@@ -899,6 +926,16 @@ pub async fn put_workspaces(
         )?;
         if w.reset_usage == Some(true) {
             super::reset_usage(&mut limits, now);
+        }
+        if let Some(Some(list)) = &w.models {
+            if list
+                .iter()
+                .any(|m| m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control))
+            {
+                return Err(AdminError::validation(
+                    "workspaces[].models entries must be 1 to 256 characters, without control characters",
+                ));
+            }
         }
         let models = match w.models {
             Some(m) => m,

@@ -72,7 +72,7 @@ pub async fn audit_logs(
         actor: q.actor,
         from: time_param(&q.from, "from")?,
         to: time_param(&q.to, "to")?,
-        offset: offset as i64,
+        offset: Page::sql_offset(offset),
         limit: size as i64,
     };
     let (total, rows) = state.store.audit_logs(&f).await?;
@@ -193,9 +193,11 @@ pub async fn logs(
         from: time_param(&q.time_of_generation_min, "time_of_generation_min")?,
         to: time_param(&q.time_of_generation_max, "time_of_generation_max")?,
         metadata,
-        offset: offset as i64,
+        offset: Page::sql_offset(offset),
         limit: size as i64,
     };
+    // Read your own writes: every request already answered is in the log.
+    state.usage.flush().await;
     let (total, rows) = usage::list(state.store.pool(), &f)
         .await
         .map_err(AdminError::internal)?;

@@ -109,14 +109,16 @@ impl Page {
     pub const DEFAULT_SIZE: usize = 50;
     pub const MAX_SIZE: usize = 1000;
 
-    /// (offset, size), validated.
+    /// (offset, size), validated. A page beyond the end, however far (even
+    /// beyond any integer type), is an empty page: the offset saturates.
     pub fn bounds(&self) -> Result<(usize, usize), AdminError> {
         let num = |v: &Option<String>, name: &str, default: usize| -> Result<usize, AdminError> {
-            match v {
+            match v.as_deref().map(str::trim) {
                 None => Ok(default),
-                Some(s) => s
-                    .parse::<usize>()
-                    .map_err(|_| AdminError::validation(format!("{name} must be a whole number"))),
+                Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                    Ok(s.parse::<usize>().unwrap_or(usize::MAX))
+                }
+                Some(_) => Err(AdminError::validation(format!("{name} must be a whole number"))),
             }
         };
         let page = num(&self.current_page, "current_page", 0)?;
@@ -130,12 +132,110 @@ impl Page {
         Ok((page.saturating_mul(size), size))
     }
 
+    /// The offset as SQL takes it (saturated: past any table's end).
+    pub fn sql_offset(offset: usize) -> i64 {
+        i64::try_from(offset).unwrap_or(i64::MAX)
+    }
+
     /// One page of `items` as `{"object": "list", "total", "data"}`.
     pub fn list(&self, items: Vec<Value>) -> Result<Value, AdminError> {
         let (offset, size) = self.bounds()?;
         let total = items.len();
         let data: Vec<Value> = items.into_iter().skip(offset).take(size).collect();
         Ok(json!({"object": "list", "total": total, "data": data}))
+    }
+}
+
+/// Longest display name (characters).
+pub const MAX_NAME: usize = 255;
+/// Longest description or note (characters).
+pub const MAX_DESCRIPTION: usize = 2_000;
+/// Longest URL or other configuration value (bytes).
+pub const MAX_FIELD: usize = 2_048;
+
+fn has_control(v: &str, allow_newlines: bool) -> bool {
+    v.chars()
+        .any(|c| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\r' | '\t')))
+}
+
+/// A display name: 1 to [`MAX_NAME`] characters once trimmed, no control
+/// characters. Returns it trimmed.
+pub fn check_name(field: &str, v: &str) -> Result<String, AdminError> {
+    let t = v.trim();
+    if t.is_empty() || t.chars().count() > MAX_NAME {
+        return Err(AdminError::validation(format!(
+            "{field} must be 1 to {MAX_NAME} characters"
+        )));
+    }
+    if has_control(t, false) {
+        return Err(AdminError::validation(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(t.to_owned())
+}
+
+/// Free text (a description, a note): at most [`MAX_DESCRIPTION`]
+/// characters; line breaks and tabs allowed, other control characters not.
+pub fn check_text(field: &str, v: Option<String>) -> Result<Option<String>, AdminError> {
+    if let Some(t) = &v {
+        if t.chars().count() > MAX_DESCRIPTION {
+            return Err(AdminError::validation(format!(
+                "{field} must be at most {MAX_DESCRIPTION} characters"
+            )));
+        }
+        if has_control(t, true) {
+            return Err(AdminError::validation(format!(
+                "{field} must not contain control characters other than line breaks and tabs"
+            )));
+        }
+    }
+    Ok(v)
+}
+
+/// A slug: 1 to 64 of `[a-zA-Z0-9_-]`.
+pub fn check_slug(field: &str, v: &str) -> Result<(), AdminError> {
+    if tollgate_core::ids::is_valid_slug(v) {
+        Ok(())
+    } else {
+        Err(AdminError::validation(format!(
+            "{field} must be 1 to {} characters of a-z, A-Z, 0-9, '_' and '-'",
+            tollgate_core::ids::MAX_SLUG_LEN
+        )))
+    }
+}
+
+/// A single-line configuration value: at most [`MAX_FIELD`] bytes, no
+/// control characters.
+pub fn check_field(field: &str, v: &str) -> Result<(), AdminError> {
+    if v.len() > MAX_FIELD {
+        return Err(AdminError::validation(format!(
+            "{field} must be at most {MAX_FIELD} bytes"
+        )));
+    }
+    if has_control(v, false) {
+        return Err(AdminError::validation(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A base URL: an `http` or `https` URL with a host, written without
+/// spaces or control characters.
+pub fn check_url(field: &str, v: &str) -> Result<(), AdminError> {
+    check_field(field, v)?;
+    let bad = || {
+        AdminError::validation(format!(
+            "{field} must be an http(s) URL with a host, e.g. https://api.example.com/v1"
+        ))
+    };
+    if v.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    match url::Url::parse(v) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        _ => Err(bad()),
     }
 }
 
@@ -234,6 +334,45 @@ mod tests {
     }
 
     #[test]
+    fn text_fields_are_bounded_and_clean() {
+        assert_eq!(check_name("name", "  Team A ").unwrap(), "Team A");
+        for bad in ["", "   ", "a\0b", "a\nb", "\u{7}"] {
+            assert!(check_name("name", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name("name", &"é".repeat(255)).is_ok());
+        let e = check_name("name", &"x".repeat(256)).unwrap_err();
+        assert!(e.message.contains("name"), "{}", e.message);
+        assert!(check_text("description", Some("two\nlines\tok".into())).is_ok());
+        assert!(check_text("description", Some("nul\0".into())).is_err());
+        assert!(check_text("description", Some("x".repeat(2001))).is_err());
+        assert!(check_text("description", None).is_ok());
+        assert!(check_slug("slug", "ok-slug_1").is_ok());
+        for bad in ["", "a b", "a/b", &"s".repeat(65)] {
+            assert!(check_slug("slug", bad).is_err());
+        }
+        for good in [
+            "https://api.example.com/v1",
+            "http://127.0.0.1:8080",
+            "http://[::1]:1/x",
+        ] {
+            assert!(check_url("custom_host", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "ftp://x.example",
+            "https://",
+            "not a url",
+            "file:///etc/passwd",
+            "https://exa\nmple.com",
+            "https://example.com/\0",
+            "unix:/var/run/x.sock",
+            "mailto:a@b.c",
+        ] {
+            assert!(check_url("custom_host", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_url("custom_host", &format!("https://x.example/{}", "a".repeat(3000))).is_err());
+    }
+
+    #[test]
     fn pages_are_validated() {
         let p = Page {
             current_page: Some("2".into()),
@@ -246,12 +385,24 @@ mod tests {
         }
         .bounds()
         .is_err());
-        assert!(Page {
-            current_page: Some("x".into()),
-            ..Default::default()
+        for bad in ["x", "-1", "1.5", ""] {
+            assert!(Page {
+                current_page: Some(bad.into()),
+                ..Default::default()
+            }
+            .bounds()
+            .is_err());
         }
-        .bounds()
-        .is_err());
+        for far in ["1000000000000000", "99999999999999999999999999999999"] {
+            let (offset, _) = Page {
+                current_page: Some(far.into()),
+                ..Default::default()
+            }
+            .bounds()
+            .unwrap();
+            assert!(offset >= 1_000_000_000_000_000);
+            assert!(Page::sql_offset(offset) > 0);
+        }
         let l = Page {
             current_page: Some("1".into()),
             page_size: Some("2".into()),

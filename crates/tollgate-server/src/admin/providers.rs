@@ -90,18 +90,23 @@ async fn to_json(state: &SharedState, snap: &Snapshot, p: &ProviderRecord, detai
 /// `workspace_id` an organisation key names.
 fn target_workspace(snap: &Snapshot, caller: &Caller, asked: Option<&str>, scope: &str) -> Result<String, AdminError> {
     caller.require_scope(scope)?;
-    let id = match (caller.workspace_id(), asked) {
-        (Some(own), None) => own.to_owned(),
-        (_, Some(w)) => snap
-            .workspaces
+    let named = |w: &str| {
+        snap.workspaces
             .get(w)
             .or_else(|| snap.workspace_by_slug(w))
             .map(|w| w.id.clone())
-            .ok_or_else(|| AdminError::validation(format!("workspace_id '{w}' does not exist")))?,
-        (None, None) => return Err(AdminError::validation("workspace_id is required")),
     };
-    caller.require_workspace(&id)?;
-    Ok(id)
+    match (caller.workspace_id(), asked) {
+        (Some(own), None) => Ok(own.to_owned()),
+        // A workspace key naming any other workspace, existing or not, is
+        // refused alike: nothing about other workspaces is revealed.
+        (Some(own), Some(w)) => match named(w) {
+            Some(id) if id == own => Ok(id),
+            _ => Err(AdminError::forbidden("this API key can act only in its own workspace")),
+        },
+        (None, Some(w)) => named(w).ok_or_else(|| AdminError::validation(format!("workspace_id '{w}' does not exist"))),
+        (None, None) => Err(AdminError::validation("workspace_id is required")),
+    }
 }
 
 fn find(snap: &Snapshot, ws: &str, slug: &str) -> Result<Arc<crate::snapshot::Route>, AdminError> {
@@ -139,23 +144,29 @@ pub async fn create(
 ) -> Result<Json<Value>, AdminError> {
     let snap = state.snapshot();
     let ws = target_workspace(&snap, &caller, body.workspace_id.as_deref(), "providers.write")?;
+    let unknown = || AdminError::validation(format!("integration '{}' does not exist", body.integration_id));
     let integration = snap
         .integration_by_slug(&body.integration_id)
         .or_else(|| snap.integration(&body.integration_id))
-        .ok_or_else(|| AdminError::validation(format!("integration '{}' does not exist", body.integration_id)))?;
+        .ok_or_else(unknown)?;
     if integration.record.access_for(&ws).is_none() {
+        // A workspace key learns nothing of another workspace's integrations.
+        if !caller.is_org() && integration.record.workspace_id.is_some() {
+            return Err(unknown());
+        }
         return Err(AdminError::forbidden(format!(
             "integration '{}' is not provisioned to workspace '{ws}'",
             integration.record.slug
         )));
     }
-    if body.name.trim().is_empty() {
-        return Err(AdminError::validation("name is required"));
-    }
+    let name = super::check_name("name", &body.name)?;
+    let note = super::check_text("note", body.note)?;
     let slug = match body.slug {
-        Some(s) if !ids::is_valid_slug(&s) => return Err(AdminError::validation("slug must match ^[a-zA-Z0-9_-]+$")),
-        Some(s) => s,
-        None => ids::slugify(&body.name),
+        Some(s) => {
+            super::check_slug("slug", &s)?;
+            s
+        }
+        None => ids::slugify(&name),
     };
     if snap.route(&ws, &slug).is_some() {
         return Err(AdminError::conflict(format!(
@@ -167,10 +178,10 @@ pub async fn create(
     let p = ProviderRecord {
         id: ids::prefixed_id("prv"),
         slug,
-        name: body.name.trim().to_owned(),
+        name,
         workspace_id: ws,
         integration_id: integration.record.id.clone(),
-        note: body.note,
+        note,
         limits: merge_limits(
             &Limits::default(),
             body.usage_limits.as_ref(),
@@ -218,11 +229,11 @@ pub async fn update(
     let ws = target_workspace(&snap, &caller, q.workspace_id.as_deref(), "providers.write")?;
     let mut p = find(&snap, &ws, &slug)?.provider.clone();
     let now = state.now();
-    if let Some(n) = body.name {
-        p.name = n;
+    if let Some(n) = &body.name {
+        p.name = super::check_name("name", n)?;
     }
     if body.note.is_some() {
-        p.note = body.note;
+        p.note = super::check_text("note", body.note)?;
     }
     if body.expires_at.is_some() {
         p.expires_at = parse_time(body.expires_at.as_ref(), "expires_at")?;

@@ -59,13 +59,6 @@ pub fn to_json(w: &Workspace, now: chrono::DateTime<chrono::Utc>) -> Value {
     })
 }
 
-fn check_name(name: &str) -> Result<(), AdminError> {
-    if name.trim().is_empty() || name.len() > 200 {
-        return Err(AdminError::validation("name must be 1 to 200 characters"));
-    }
-    Ok(())
-}
-
 fn check_defaults(d: &Option<Value>) -> Result<(), AdminError> {
     match d {
         None | Some(Value::Null) | Some(Value::Object(_)) => Ok(()),
@@ -79,12 +72,15 @@ pub async fn create(
     Body(body): Body<CreateWorkspace>,
 ) -> Result<Json<Value>, AdminError> {
     caller.require_org()?;
-    check_name(&body.name)?;
+    let name = super::check_name("name", &body.name)?;
+    let description = super::check_text("description", body.description)?;
     check_defaults(&body.defaults)?;
     let slug = match &body.slug {
-        Some(s) if !ids::is_valid_slug(s) => return Err(AdminError::validation("slug must match ^[a-zA-Z0-9_-]+$")),
-        Some(s) => s.clone(),
-        None => ids::slugify(&body.name),
+        Some(s) => {
+            super::check_slug("slug", s)?;
+            s.clone()
+        }
+        None => ids::slugify(&name),
     };
     let now = state.now();
     let limits = merge_limits(
@@ -96,8 +92,8 @@ pub async fn create(
     let w = Workspace {
         id: ids::workspace_id(&slug),
         slug,
-        name: body.name.trim().to_owned(),
-        description: body.description,
+        name,
+        description,
         defaults: body.defaults.unwrap_or(Value::Null),
         limits,
         log_bodies: body.log_bodies.unwrap_or(false),
@@ -166,8 +162,10 @@ pub fn find(state: &SharedState, caller: &Caller, id: &str) -> Result<std::sync:
         .get(id)
         .or_else(|| snap.workspace_by_slug(id))
         .cloned()
+        .filter(|w| caller.require_workspace(&w.id).is_ok())
+        // Another workspace answers as an unknown one does: its existence is
+        // not revealed.
         .ok_or_else(|| AdminError::not_found(format!("workspace '{id}' not found")))?;
-    caller.require_workspace(&w.id)?;
     Ok(w)
 }
 
@@ -191,12 +189,11 @@ pub async fn update(
     let now = state.now();
     let mut w = (*current).clone();
     if let Some(n) = &body.name {
-        check_name(n)?;
-        w.name = n.trim().to_owned();
+        w.name = super::check_name("name", n)?;
     }
     check_defaults(&body.defaults)?;
     if body.description.is_some() {
-        w.description = body.description;
+        w.description = super::check_text("description", body.description)?;
     }
     if let Some(d) = body.defaults {
         w.defaults = d;

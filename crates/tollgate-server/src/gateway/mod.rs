@@ -10,6 +10,7 @@
 //! 4. Relay the answer ([`relay`]: whole, or streamed chunk by chunk), then
 //!    settle the reservation with the actual usage and log the request.
 
+pub mod count;
 pub mod models;
 pub mod relay;
 
@@ -20,7 +21,7 @@ use crate::state::SharedState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::admission::{Demand, LimitCheck, RateHeaders, Rule};
 use tollgate_core::catalogue::{Protocol, Tokenizer};
+use tollgate_core::ids::{is_valid_model_id, MAX_MODEL_ID_LEN, MAX_SLUG_LEN};
 use tollgate_core::limits::RateKind;
 use tollgate_core::money::Money;
 use tollgate_core::records::KeyType;
@@ -70,6 +72,12 @@ pub fn endpoint_name(e: Endpoint) -> &'static str {
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
 /// Longest accepted `x-portkey-trace-id`.
 const MAX_TRACE_ID: usize = 128;
+/// The most output tokens a request may ask for (`max_tokens`,
+/// `max_completion_tokens`): far above any model's, far below anything that
+/// could overflow the worst-case arithmetic.
+pub const MAX_OUTPUT_TOKENS: u64 = 100_000_000;
+/// The most choices (`n`) a request may ask for.
+pub const MAX_CHOICES: u64 = 128;
 
 /// Everything worked out about a request before it is admitted.
 pub struct Prepared {
@@ -77,7 +85,11 @@ pub struct Prepared {
     pub snap: Arc<Snapshot>,
     pub key: Arc<KeyEntry>,
     pub route: Arc<Route>,
-    pub body: Value,
+    /// The request body (shared, so that large prompts can be counted off
+    /// the async workers without a copy).
+    pub body: Arc<Value>,
+    /// Its size in bytes as received.
+    pub body_len: usize,
     /// The model as the upstream knows it.
     pub model: String,
     pub stream: bool,
@@ -85,8 +97,8 @@ pub struct Prepared {
     pub endpoint: Endpoint,
     pub price: Option<ModelPrice>,
     pub tokenizer: Tokenizer,
-    /// The most output the request can produce (its `max_tokens`, else the
-    /// model's maximum from the catalogue, else a default).
+    /// The most output the request can produce: its `max_tokens`, else the
+    /// model's maximum from the catalogue, else a default; times `n`.
     pub max_output: u64,
     /// `custom_host` of the model, else of the integration, else the catalogue's.
     pub base_url: Option<String>,
@@ -130,12 +142,15 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
         rec.request_body = Some(String::from_utf8_lossy(&body).into_owned());
     }
     let checks = applicable_checks(&prep);
-    let demand = worst_case(&prep, &checks);
+    let demand = worst_case(&prep, &checks).await;
     let reservation = match crate::limits::admit(&state, &checks, demand).await {
         Ok(r) => r,
-        Err(e) => return relay::fail(&state, rec, started, e, RateHeaders::default()),
+        Err((e, rate_headers)) => return relay::fail(&state, rec, started, e, rate_headers),
     };
     let rate_headers = reservation.headers();
+    // From here until the upstream answers, a client that goes away leaves
+    // a 499 record and settles what was sent.
+    let waiting = relay::Waiting::new(&state, rec, reservation, started, &prep);
     let call = Call {
         endpoint,
         target: Target {
@@ -152,6 +167,9 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
     };
     let upstream_started = Instant::now();
     let sent = state.adapters.send(prep.route.integration.spec.protocol, call).await;
+    let Some((rec, reservation)) = waiting.answered() else {
+        return GatewayError::Internal("a request's books were closed twice".into()).into_response();
+    };
     match sent {
         Err(e) => {
             crate::limits::release(&state, reservation).await;
@@ -192,7 +210,7 @@ fn applicable_checks(prep: &Prepared) -> Vec<LimitCheck> {
 /// The request's worst case against the limits that apply: prompt tokens
 /// (an upper bound) plus the most output it can produce, and their cost.
 /// Only token and cost limits need it; with none, the tokenizer is not run.
-fn worst_case(prep: &Prepared, checks: &[LimitCheck]) -> Demand {
+async fn worst_case(prep: &Prepared, checks: &[LimitCheck]) -> Demand {
     let needs_tokens = checks.iter().any(|c| match c.rule {
         Rule::Budget { .. } => true,
         Rule::Rate(r) => r.kind == RateKind::Tokens,
@@ -200,9 +218,13 @@ fn worst_case(prep: &Prepared, checks: &[LimitCheck]) -> Demand {
     if !needs_tokens {
         return Demand::default();
     }
-    let prompt = tokens::prompt_upper_bound(prep.endpoint, &prep.body, prep.tokenizer);
+    let (endpoint, body, tokenizer) = (prep.endpoint, prep.body.clone(), prep.tokenizer);
+    let prompt = count::tokens(prep.body_len, move || {
+        tokens::prompt_upper_bound(endpoint, &body, tokenizer)
+    })
+    .await;
     Demand {
-        tokens: prompt + prep.max_output,
+        tokens: prompt.saturating_add(prep.max_output),
         cost: prep
             .price
             .map(|p| p.input.cost(prompt).saturating_add(p.output.cost(prep.max_output)))
@@ -210,8 +232,13 @@ fn worst_case(prep: &Prepared, checks: &[LimitCheck]) -> Demand {
     }
 }
 
-/// Maps an adapter failure to the gateway error API.md prescribes.
+/// Maps an adapter failure to the gateway error API.md prescribes. An
+/// unreachable upstream is logged at warn: its message names the host and
+/// the cause, which the operator can act on.
 pub fn upstream_error(e: ProviderError) -> GatewayError {
+    if let ProviderError::Unreachable(cause) = &e {
+        tracing::warn!(cause = %cause, "upstream unreachable");
+    }
     match e {
         ProviderError::Upstream { status, message } if (400..500).contains(&status) => {
             GatewayError::UpstreamClient { status, message }
@@ -256,14 +283,16 @@ fn prepare(
     let workspace_id = key.record.workspace_id.clone().unwrap_or_default();
     rec.workspace_id = Some(workspace_id.clone());
     rec.metadata = metadata(headers)?;
+    // The client may shorten the server's own deadline, never lengthen it.
+    let cap = state.config.request_timeout_ms;
     let timeout = match headers.get("x-portkey-request-timeout") {
-        None => Duration::from_millis(state.config.request_timeout_ms),
+        None => Duration::from_millis(cap),
         Some(v) => v
             .to_str()
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .filter(|ms| *ms > 0)
-            .map(Duration::from_millis)
+            .map(|ms| Duration::from_millis(ms.min(cap)))
             .ok_or_else(|| {
                 invalid(
                     "x-portkey-request-timeout must be a positive number of milliseconds",
@@ -282,6 +311,10 @@ fn prepare(
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| invalid("'model' is required: use '@provider/model'", Some("model")))?;
+    // Bounded before it is echoed in any message or resolved.
+    if model_field.len() > MAX_MODEL_ID_LEN + MAX_SLUG_LEN + 2 || !model_field.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad_model_id());
+    }
     let required = match endpoint {
         Endpoint::ChatCompletions => "messages",
         Endpoint::Completions => "prompt",
@@ -303,13 +336,15 @@ fn prepare(
     if stream && endpoint == Endpoint::Embeddings {
         return Err(invalid("embeddings cannot be streamed", Some("stream")));
     }
-    let max_tokens = match obj.get("max_completion_tokens").or_else(|| obj.get("max_tokens")) {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or_else(|| invalid("'max_tokens' must be a non-negative integer", Some("max_tokens")))?,
-        ),
-    };
+    // Both are checked; the larger bounds the worst case whichever the
+    // upstream heeds.
+    let max_tokens = bounded(obj, "max_completion_tokens", 0, MAX_OUTPUT_TOKENS)?.max(bounded(
+        obj,
+        "max_tokens",
+        0,
+        MAX_OUTPUT_TOKENS,
+    )?);
+    let choices = bounded(obj, "n", 1, MAX_CHOICES)?.unwrap_or(1);
     let client_wants_usage = obj
         .get("stream_options")
         .and_then(|o| o.get("include_usage"))
@@ -318,9 +353,17 @@ fn prepare(
 
     // Resolution: the x-portkey-provider header, else `@slug/model`.
     let (slug, model) = resolve_names(headers, model_field)?;
+    if !is_valid_model_id(model) {
+        return Err(bad_model_id());
+    }
     let Some(route) = snap.route(&workspace_id, slug).cloned() else {
-        // An integration of that slug exists but was never provisioned here.
-        if snap.integration_by_slug(slug).is_some() {
+        // An organisation integration not provisioned here is refused as
+        // such; another workspace's answers as an unknown slug does, so
+        // that its existence is not revealed.
+        if snap
+            .integration_by_slug(slug)
+            .is_some_and(|i| i.record.workspace_id.is_none())
+        {
             return Err(GatewayError::Permission(format!(
                 "provider '@{slug}' is not provisioned to this workspace"
             )));
@@ -381,7 +424,8 @@ fn prepare(
         Endpoint::Embeddings => 0,
         _ => max_tokens
             .or_else(|| info.and_then(|i| i.max_output_tokens))
-            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+            .saturating_mul(choices),
     };
     let base_url = entry
         .and_then(|e| e.custom_host.clone())
@@ -400,7 +444,8 @@ fn prepare(
         snap,
         key,
         route,
-        body,
+        body: Arc::new(body),
+        body_len: raw.len(),
         model,
         stream,
         client_wants_usage,
@@ -413,6 +458,28 @@ fn prepare(
         timeout,
         log_bodies,
     })
+}
+
+fn bad_model_id() -> GatewayError {
+    invalid(
+        format!(
+            "'model' must be at most {MAX_MODEL_ID_LEN} characters of printable ASCII without spaces, e.g. '@provider/model'"
+        ),
+        Some("model"),
+    )
+}
+
+/// The integer field `name` of the body, if present (`null` counts as absent),
+/// which must lie in `min..=max`.
+fn bounded(obj: &serde_json::Map<String, Value>, name: &str, min: u64, max: u64) -> Result<Option<u64>, GatewayError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (min..=max).contains(n))
+            .map(Some)
+            .ok_or_else(|| invalid(format!("'{name}' must be an integer from {min} to {max}"), Some(name))),
+    }
 }
 
 /// `(provider slug, model)` from the header or the model string.

@@ -5,6 +5,12 @@
 //! Streams are relayed frame by frame as they arrive. If the client goes
 //! away, the relay is dropped, which drops the upstream stream (cancelling
 //! the upstream request) and settles what was generated so far.
+//!
+//! The settlement is durable before the client has the whole answer: a
+//! whole answer's body is returned, and a stream's final frame (`[DONE]` or
+//! the error) is sent, only once the request's record is committed to the
+//! request log, which start-up rebuilds the counters from. So a crash never
+//! forgets usage that a client received.
 
 use super::{decorate, Prepared};
 use crate::error::GatewayError;
@@ -16,6 +22,7 @@ use futures::stream::BoxStream;
 use futures::Stream;
 use serde::Deserialize;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tollgate_core::admission::RateHeaders;
@@ -49,7 +56,10 @@ pub fn fail(
     resp
 }
 
-/// Fills in usage and cost, settles, logs.
+/// Fills in usage and cost, settles, and logs; returns once the record is
+/// committed. Absurd usage (beyond
+/// [`tollgate_core::usage::MAX_REQUEST_TOKENS`] a field) is clamped and
+/// flagged at warn.
 async fn close_books(
     state: &SharedState,
     mut rec: UsageRecord,
@@ -58,6 +68,17 @@ async fn close_books(
     estimated: bool,
     price: Option<ModelPrice>,
 ) {
+    let (usage, clamped) = if estimated { (usage, false) } else { usage.clamped() };
+    if clamped {
+        tracing::warn!(
+            provider = rec.ai_provider_id.as_deref().unwrap_or(""),
+            model = rec.model.as_deref().unwrap_or(""),
+            trace_id = %rec.trace_id,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            "the upstream reported absurd usage: clamped"
+        );
+    }
     rec.prompt_tokens = usage.prompt_tokens;
     rec.completion_tokens = usage.completion_tokens;
     rec.cached_tokens = usage.cached_tokens;
@@ -74,7 +95,7 @@ async fn close_books(
     rec.cost_picos = cost.map(|c| c.picos());
     crate::limits::settle(state, reservation, usage.total(), cost).await;
     crate::metrics::record(&state.snapshot(), &rec);
-    state.usage.record(rec);
+    state.usage.commit(rec).await;
 }
 
 #[derive(Deserialize)]
@@ -127,6 +148,78 @@ fn streamed_text(frames: &[Bytes]) -> String {
     text
 }
 
+/// The status logged for a request whose client went away before the answer
+/// (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// A request sent upstream and not yet answered. If the client goes away
+/// meanwhile, the handler is dropped with it, and so is this: the request is
+/// then logged with status 499 and settled with its prompt, counted (the
+/// upstream has received it; what it generated is unknown), exactly once.
+pub struct Waiting {
+    books: Option<(UsageRecord, Reservation)>,
+    state: SharedState,
+    started: Instant,
+    endpoint: Endpoint,
+    body: Arc<serde_json::Value>,
+    body_len: usize,
+    tokenizer: Tokenizer,
+    price: Option<ModelPrice>,
+}
+
+impl Waiting {
+    pub fn new(
+        state: &SharedState,
+        rec: UsageRecord,
+        reservation: Reservation,
+        started: Instant,
+        prep: &Prepared,
+    ) -> Waiting {
+        Waiting {
+            books: Some((rec, reservation)),
+            state: state.clone(),
+            started,
+            endpoint: prep.endpoint,
+            body: prep.body.clone(),
+            body_len: prep.body_len,
+            tokenizer: prep.tokenizer,
+            price: prep.price,
+        }
+    }
+
+    /// The upstream answered (or failed): the books go back to the caller.
+    /// Always `Some`: they are taken only here (which consumes `self`) or
+    /// when dropped.
+    pub fn answered(mut self) -> Option<(UsageRecord, Reservation)> {
+        self.books.take()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some((mut rec, reservation)) = self.books.take() else {
+            return;
+        };
+        rec.status_code = CLIENT_CLOSED;
+        rec.cancelled = true;
+        rec.error_type = Some("client_closed_request".into());
+        rec.latency_us = micros(self.started);
+        let state = self.state.clone();
+        let (endpoint, body, tokenizer, price) = (self.endpoint, self.body.clone(), self.tokenizer, self.price);
+        let size = self.body_len;
+        tokio::spawn(async move {
+            let prompt_tokens =
+                super::count::tokens(size, move || tokens::estimate_prompt(endpoint, &body, tokenizer)).await;
+            let usage = Usage {
+                prompt_tokens,
+                completion_tokens: 0,
+                cached_tokens: 0,
+            };
+            close_books(&state, rec, reservation, usage, true, price).await;
+        });
+    }
+}
+
 /// A whole answer.
 #[allow(clippy::too_many_arguments)]
 pub async fn whole(
@@ -144,14 +237,17 @@ pub async fn whole(
     rec.status_code = status;
     let (usage, estimated) = match usage {
         Some(u) => (u, false),
-        None => (
-            Usage {
-                prompt_tokens: tokens::estimate_prompt(prep.endpoint, &prep.body, prep.tokenizer),
-                completion_tokens: tokens::count_text(&whole_text(&body), prep.tokenizer),
+        None => {
+            let (endpoint, request, tokenizer, answer) =
+                (prep.endpoint, prep.body.clone(), prep.tokenizer, body.clone());
+            let usage = super::count::tokens(prep.body_len.saturating_add(body.len()), move || Usage {
+                prompt_tokens: tokens::estimate_prompt(endpoint, &request, tokenizer),
+                completion_tokens: tokens::count_text(&whole_text(&answer), tokenizer),
                 cached_tokens: 0,
-            },
-            true,
-        ),
+            })
+            .await;
+            (usage, true)
+        }
     };
     if prep.log_bodies {
         rec.response_body = Some(String::from_utf8_lossy(&body).into_owned());
@@ -192,6 +288,7 @@ pub fn stream(
         frames: Vec::new(),
         endpoint: prep.endpoint,
         body: prep.body,
+        body_len: prep.body_len,
         tokenizer: prep.tokenizer,
         price: prep.price,
     };
@@ -201,6 +298,7 @@ pub fn stream(
         done: false,
         pending: None,
         idle: Idle::new(timeout),
+        closing: None,
     };
     let mut resp = Response::new(Body::from_stream(relay));
     let h = resp.headers_mut();
@@ -223,7 +321,8 @@ struct Books {
     frames: Vec<Bytes>,
     /// The request, to count its prompt if the upstream reports no usage.
     endpoint: Endpoint,
-    body: serde_json::Value,
+    body: Arc<serde_json::Value>,
+    body_len: usize,
     tokenizer: Tokenizer,
     price: Option<ModelPrice>,
 }
@@ -259,8 +358,9 @@ impl Books {
         }
     }
 
-    /// Settles and logs, off the response path.
-    fn finish(mut self, outcome: Outcome) {
+    /// Settles and logs in a task of its own (which finishes even if the
+    /// client goes away); the handle resolves once the record is committed.
+    fn finish(mut self, outcome: Outcome) -> Option<tokio::task::JoinHandle<()>> {
         self.rec.upstream_latency_us = Some(micros(self.upstream_started));
         self.rec.latency_us = micros(self.started);
         match outcome {
@@ -275,28 +375,31 @@ impl Books {
                 self.rec.error_type = Some(kind);
             }
         }
-        let Some(reservation) = self.reservation.take() else {
-            return;
-        };
+        let reservation = self.reservation.take()?;
         // Counting tokens may take a while for a long answer: off the
-        // response path, in the task that closes the books.
-        tokio::spawn(async move {
+        // response path, in the task that closes the books (and off the
+        // async workers when large).
+        Some(tokio::spawn(async move {
             let (usage, estimated) = match self.usage {
                 Some(u) => (u, false),
                 // Cut or cancelled without a usage report: what was generated
                 // was still produced (and billed) upstream, so it is settled
                 // as estimated rather than released.
-                None => (
-                    Usage {
-                        prompt_tokens: tokens::estimate_prompt(self.endpoint, &self.body, self.tokenizer),
-                        completion_tokens: tokens::count_text(&streamed_text(&self.frames), self.tokenizer),
+                None => {
+                    let size = self.frames.iter().map(Bytes::len).sum::<usize>() + self.body_len;
+                    let (endpoint, body, tokenizer) = (self.endpoint, self.body, self.tokenizer);
+                    let frames = Arc::new(self.frames);
+                    let usage = super::count::tokens(size, move || Usage {
+                        prompt_tokens: tokens::estimate_prompt(endpoint, &body, tokenizer),
+                        completion_tokens: tokens::count_text(&streamed_text(&frames), tokenizer),
                         cached_tokens: 0,
-                    },
-                    true,
-                ),
+                    })
+                    .await;
+                    (usage, true)
+                }
             };
             close_books(&self.state, self.rec, reservation, usage, estimated, self.price).await;
-        });
+        }))
     }
 }
 
@@ -314,6 +417,16 @@ struct Relay {
     /// An end or error met while coalescing, handled on the next poll.
     pending: Option<Option<Result<StreamItem, ProviderError>>>,
     idle: Idle,
+    /// The final frame, held back until the books are closed and committed.
+    closing: Option<(Option<tokio::task::JoinHandle<()>>, Bytes)>,
+}
+
+impl Relay {
+    /// Ends the stream: closes the books, then sends `last`.
+    fn close(&mut self, outcome: Outcome, last: Bytes) {
+        let books = self.books.take().and_then(|b| b.finish(outcome));
+        self.closing = Some((books, last));
+    }
 }
 
 /// The longest an upstream stream may stay silent (the request's timeout).
@@ -402,6 +515,16 @@ impl Stream for Relay {
         if self.done {
             return Poll::Ready(None);
         }
+        if let Some((books, _)) = self.closing.as_mut() {
+            if let Some(h) = books {
+                use std::future::Future;
+                if Pin::new(h).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            self.done = true;
+            return Poll::Ready(self.closing.take().map(|(_, last)| Ok(last)));
+        }
         loop {
             let next = match self.pending.take() {
                 Some(item) => Poll::Ready(item),
@@ -412,13 +535,10 @@ impl Stream for Relay {
             }
             match next {
                 Poll::Pending if self.idle.expired(cx) => {
-                    self.done = true;
                     let err = GatewayError::Timeout;
                     let frame = Bytes::from(format!("data: {}\n\n", err.body()));
-                    if let Some(b) = self.books.take() {
-                        b.finish(Outcome::Failed(err));
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
+                    self.close(Outcome::Failed(err), frame);
+                    return self.poll_next(cx);
                 }
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(StreamItem::Frame(frame)))) => {
@@ -433,20 +553,14 @@ impl Stream for Relay {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    self.done = true;
                     let err = super::upstream_error(e);
                     let frame = Bytes::from(format!("data: {}\n\n", err.body()));
-                    if let Some(b) = self.books.take() {
-                        b.finish(Outcome::Failed(err));
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
+                    self.close(Outcome::Failed(err), frame);
+                    return self.poll_next(cx);
                 }
                 Poll::Ready(None) => {
-                    self.done = true;
-                    if let Some(b) = self.books.take() {
-                        b.finish(Outcome::Done);
-                    }
-                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE_FRAME))));
+                    self.close(Outcome::Done, Bytes::from_static(DONE_FRAME));
+                    return self.poll_next(cx);
                 }
             }
         }
@@ -457,7 +571,8 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // Dropped before the end: the client went away.
         if let Some(b) = self.books.take() {
-            b.finish(Outcome::Cancelled);
+            // Nobody is left to wait for the commit.
+            drop(b.finish(Outcome::Cancelled));
         }
     }
 }

@@ -103,12 +103,18 @@ impl MemoryCounters {
                     .entry(plan.key.clone())
                     .or_insert_with(|| Cell::new(&plan.window));
                 if !plan.fits(cell.counts) {
-                    let refusal = plan.refusal(cell.counts, now);
+                    let mut refusal = plan.refusal(cell.counts, now);
                     // All or nothing: take back what the earlier checks took.
                     for earlier in plans[..i].iter().flatten() {
                         if let Some(c) = st.cells.get_mut(&earlier.key) {
                             earlier.unapply(&mut c.counts);
                         }
+                    }
+                    // The figures of every rate limit that applies, as they
+                    // stand with nothing taken.
+                    for p in plans.iter().flatten() {
+                        let counts = st.cells.get(&p.key).map(|c| c.counts).unwrap_or_default();
+                        p.add_headers(&mut refusal.headers, counts, now);
                     }
                     return Err(refusal.into());
                 }

@@ -51,9 +51,15 @@ pub enum CounterError {
 pub enum AdmitError {
     /// A limit refused: 412 for a budget, 429 for a rate limit (see [`Refusal`]).
     #[error(transparent)]
-    Refused(#[from] Refusal),
+    Refused(Box<Refusal>),
     #[error(transparent)]
     Counter(#[from] CounterError),
+}
+
+impl From<Refusal> for AdmitError {
+    fn from(r: Refusal) -> Self {
+        AdmitError::Refused(Box::new(r))
+    }
 }
 
 /// The state of one limit's current window, for the admin API: a provider's

@@ -43,7 +43,7 @@ fn check(id: &str, level: Level, rule: Rule) -> LimitCheck {
 
 fn refusal(e: AdmitError) -> tollgate_core::admission::Refusal {
     match e {
-        AdmitError::Refused(r) => r,
+        AdmitError::Refused(r) => *r,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
