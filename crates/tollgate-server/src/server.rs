@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::error::{AdminError, GatewayError};
 use crate::state::{meta, AppState, Parts, SharedState};
 use axum::extract::DefaultBodyLimit;
-use axum::http::{StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -306,16 +306,33 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn not_found(uri: Uri) -> Response {
+/// Path prefixes under `/v1` that belong to the admin API: unknown routes
+/// there answer in its shape.
+const ADMIN_PREFIXES: &[&str] = &[
+    "/v1/admin",
+    "/v1/ai-providers",
+    "/v1/analytics",
+    "/v1/api-keys",
+    "/v1/audit-logs",
+    "/v1/integrations",
+    "/v1/logs",
+    "/v1/providers",
+];
+
+async fn not_found(method: Method, uri: Uri) -> Response {
     let path = uri.path();
-    let msg = format!("no route for {path}");
-    if path.starts_with("/v1/chat") || path.starts_with("/v1/completions") || path.starts_with("/v1/embeddings") {
-        GatewayError::NotFound(msg).into_response()
-    } else {
-        let mut r = AdminError::not_found(msg).into_response();
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        r
+    let is_admin = ADMIN_PREFIXES
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')));
+    if path.starts_with("/v1/") && !is_admin {
+        // OpenAI's shape, naming the endpoint: SDKs show the message.
+        let path: String = path.chars().take(200).collect();
+        return GatewayError::UnsupportedRoute(format!("Tollgate does not support the endpoint {method} {path}"))
+            .into_response();
     }
+    let mut r = AdminError::not_found(format!("no route for {path}")).into_response();
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
 }
 
 /// Resolves on SIGINT or SIGTERM.

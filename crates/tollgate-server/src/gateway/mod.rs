@@ -1,5 +1,9 @@
 //! The gateway (data plane): `POST /v1/chat/completions`, `/v1/completions`,
-//! `/v1/embeddings` and `GET /v1/models`.
+//! `/v1/embeddings`, `/v1/responses` (and `GET /v1/responses/{id}`),
+//! `/v1/messages` (and `/v1/messages/count_tokens`), `GET /v1/models` and
+//! `GET /v1/models/{id}`. The API called ([`dialect::Api`]) decides how the
+//! body becomes the upstream call and how the answer is shaped; the pipeline
+//! below is the same for all of them.
 //!
 //! One request's path, top to bottom in [`handle`]:
 //! 1. [`prepare`]: authenticate the workspace key, parse the body, resolve
@@ -10,9 +14,12 @@
 //! 4. Relay the answer ([`relay`]: whole, or streamed chunk by chunk), then
 //!    settle the reservation with the actual usage and log the request.
 
+pub mod dialect;
 pub mod models;
+pub mod native;
 pub mod relay;
 
+use self::dialect::{Api, Shape};
 use crate::auth::{self, AuthFailure};
 use crate::error::GatewayError;
 use crate::snapshot::{KeyEntry, Route, Snapshot};
@@ -41,19 +48,32 @@ pub fn router() -> Router<SharedState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/responses/{id}", get(native::get_response))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(native::count_tokens))
         .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::retrieve))
 }
 
 async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(state, Endpoint::ChatCompletions, headers, body).await
+    handle(state, Api::OpenAi(Endpoint::ChatCompletions), headers, body).await
 }
 
 async fn completions(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(state, Endpoint::Completions, headers, body).await
+    handle(state, Api::OpenAi(Endpoint::Completions), headers, body).await
 }
 
 async fn embeddings(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(state, Endpoint::Embeddings, headers, body).await
+    handle(state, Api::OpenAi(Endpoint::Embeddings), headers, body).await
+}
+
+async fn responses(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state, Api::Responses, headers, body).await
+}
+
+async fn messages(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state, Api::Messages, headers, body).await
 }
 
 /// The name an endpoint is logged under.
@@ -62,6 +82,8 @@ pub fn endpoint_name(e: Endpoint) -> &'static str {
         Endpoint::ChatCompletions => "chat.completions",
         Endpoint::Completions => "completions",
         Endpoint::Embeddings => "embeddings",
+        Endpoint::Responses => "responses",
+        Endpoint::Messages => "messages",
     }
 }
 
@@ -78,6 +100,9 @@ pub struct Prepared {
     pub key: Arc<KeyEntry>,
     pub route: Arc<Route>,
     pub body: Value,
+    /// The API the client called, and how its answer is shaped.
+    pub api: Api,
+    pub shape: Shape,
     /// The model as the upstream knows it.
     pub model: String,
     pub stream: bool,
@@ -113,18 +138,18 @@ fn trace_id(headers: &HeaderMap) -> String {
 }
 
 /// One gateway request, start to finish.
-pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let mut rec = UsageRecord {
         id: tollgate_core::ids::prefixed_id("req"),
         created_at: state.now(),
         trace_id: trace_id(&headers),
-        endpoint: endpoint_name(endpoint).to_owned(),
+        endpoint: api.log_name().to_owned(),
         ..Default::default()
     };
-    let prep = match prepare(&state, endpoint, &headers, &body, &mut rec) {
+    let prep = match prepare(&state, api, &headers, &body, &mut rec) {
         Ok(p) => p,
-        Err(e) => return relay::fail(&state, rec, started, e, RateHeaders::default()),
+        Err(e) => return relay::fail(&state, api, rec, started, e, RateHeaders::default()),
     };
     if prep.log_bodies {
         rec.request_body = Some(String::from_utf8_lossy(&body).into_owned());
@@ -133,11 +158,11 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
     let demand = worst_case(&prep, &checks);
     let reservation = match crate::limits::admit(&state, &checks, demand).await {
         Ok(r) => r,
-        Err(e) => return relay::fail(&state, rec, started, e, RateHeaders::default()),
+        Err(e) => return relay::fail(&state, api, rec, started, e, RateHeaders::default()),
     };
     let rate_headers = reservation.headers();
     let call = Call {
-        endpoint,
+        endpoint: prep.endpoint,
         target: Target {
             base_url: prep.base_url.as_deref(),
             config: &prep.route.integration.record.configurations,
@@ -155,7 +180,7 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
     match sent {
         Err(e) => {
             crate::limits::release(&state, reservation).await;
-            relay::fail(&state, rec, started, upstream_error(e), rate_headers)
+            relay::fail(&state, api, rec, started, upstream_error(e), rate_headers)
         }
         Ok(UpstreamResponse::Whole { status, body, usage }) => {
             relay::whole(
@@ -245,7 +270,7 @@ pub fn gateway_key(snap: &Snapshot, now: DateTime<Utc>, headers: &HeaderMap) -> 
 /// Steps before admission, all from the snapshot: no I/O.
 fn prepare(
     state: &SharedState,
-    endpoint: Endpoint,
+    api: Api,
     headers: &HeaderMap,
     raw: &Bytes,
     rec: &mut UsageRecord,
@@ -282,20 +307,159 @@ fn prepare(
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
         .ok_or_else(|| invalid("'model' is required: use '@provider/model'", Some("model")))?;
+    if let Api::OpenAi(endpoint) = api {
+        check_required(endpoint, obj)?;
+    }
+    let model_field = model_field.to_owned();
+
+    let (route, model) = resolve_route(state, &snap, &workspace_id, headers, &model_field, rec)?;
+    let model = model.as_str();
+    let slug = route.provider.slug.as_str();
+    let integration = &route.integration;
+    let entry = integration.models.get(model);
+    // The API's request as the upstream call: relayed natively where the
+    // provider speaks it, else translated to chat.
+    let (endpoint, shape, client_wants_usage) = match api {
+        Api::OpenAi(e) => {
+            let wants = body
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            (e, Shape::AsIs, wants)
+        }
+        Api::Responses if Endpoint::Responses.native_on(integration.spec.protocol) => (
+            Endpoint::Responses,
+            Shape::NativeResponses {
+                workspace: workspace_id.clone(),
+                provider: route.provider.slug.clone(),
+            },
+            false,
+        ),
+        Api::Responses => {
+            let r =
+                tollgate_providers::dialects::responses::ResponsesRequest::parse(&body).map_err(dialect::invalid)?;
+            if r.previous_response_id.is_some() {
+                return Err(invalid(
+                    format!(
+                        "previous_response_id needs a provider that stores responses (OpenAI); '@{slug}' is {}: send the whole conversation as 'input' instead",
+                        integration.record.ai_provider_id
+                    ),
+                    Some("previous_response_id"),
+                ));
+            }
+            let chat = r.to_chat().map_err(dialect::invalid)?;
+            body = chat;
+            // The shaper needs the usage chunk to report usage.
+            (Endpoint::ChatCompletions, Shape::Responses(Box::new(r.echo())), true)
+        }
+        Api::Messages if Endpoint::Messages.native_on(integration.spec.protocol) => {
+            if body.get("max_tokens").is_none() {
+                return Err(invalid("max_tokens: Field required", Some("max_tokens")));
+            }
+            (Endpoint::Messages, Shape::AsIs, false)
+        }
+        Api::Messages => {
+            let m = tollgate_providers::dialects::messages::MessagesRequest::parse(&body).map_err(dialect::invalid)?;
+            body = m.to_chat().map_err(dialect::invalid)?;
+            (Endpoint::ChatCompletions, Shape::Messages, true)
+        }
+    };
+    let (stream, max_tokens) = stream_and_max_tokens(endpoint, &body)?;
+    rec.streamed = stream;
+
+    // Price and tokenizer: the model's own, else its base model's catalogue entry.
+    let provider_id = integration.record.ai_provider_id.as_str();
+    let catalogue_model = entry.and_then(|e| e.base_model_slug.as_deref()).unwrap_or(model);
+    let info = snap
+        .prices
+        .model(provider_id, catalogue_model)
+        .or_else(|| snap.prices.model(provider_id, model));
+    let price = entry.and_then(|e| e.price).or_else(|| info.map(|i| i.price));
+    let tokenizer = info.map(|i| i.tokenizer).unwrap_or_default();
+    let max_output = match endpoint {
+        Endpoint::Embeddings => 0,
+        _ => max_tokens
+            .or_else(|| info.and_then(|i| i.max_output_tokens))
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+    };
+    let base_url = base_url(&route, model);
+    let mut upstream_headers = entry.map(|e| e.custom_headers.clone()).unwrap_or_default();
+    if endpoint == Endpoint::Messages {
+        upstream_headers.extend(anthropic_headers(headers));
+    }
+    let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
+    let model = model.to_owned();
+    if let Some(o) = body.as_object_mut() {
+        o.insert("model".into(), Value::String(model.clone()));
+    }
+    Ok(Prepared {
+        snap,
+        key,
+        route,
+        body,
+        api,
+        shape,
+        model,
+        stream,
+        client_wants_usage,
+        endpoint,
+        price,
+        tokenizer,
+        max_output,
+        base_url,
+        headers: upstream_headers,
+        timeout,
+        log_bodies,
+    })
+}
+
+/// `custom_host` of the model, else of the integration, else the catalogue's.
+pub fn base_url(route: &Route, model: &str) -> Option<String> {
+    let integration = &route.integration;
+    integration
+        .models
+        .get(model)
+        .and_then(|e| e.custom_host.clone())
+        .or_else(|| integration.record.custom_host().map(str::to_owned))
+        .or_else(|| match integration.spec.protocol {
+            Protocol::OpenAi | Protocol::Anthropic | Protocol::Google => integration.spec.default_base_url.clone(),
+            _ => None,
+        })
+}
+
+/// The client's `anthropic-version` and `anthropic-beta`, which a native
+/// Messages relay passes on.
+pub fn anthropic_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    ["anthropic-version", "anthropic-beta"]
+        .into_iter()
+        .filter_map(|name| {
+            let v = headers.get(name)?.to_str().ok()?;
+            Some((name.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// The field an OpenAI endpoint cannot do without.
+fn check_required(endpoint: Endpoint, obj: &serde_json::Map<String, Value>) -> Result<(), GatewayError> {
     let required = match endpoint {
         Endpoint::ChatCompletions => "messages",
         Endpoint::Completions => "prompt",
-        Endpoint::Embeddings => "input",
+        _ => "input",
     };
     match obj.get(required) {
         Some(Value::Array(a)) if endpoint == Endpoint::ChatCompletions && a.is_empty() => {
-            return Err(invalid("'messages' must not be empty", Some("messages")))
+            Err(invalid("'messages' must not be empty", Some("messages")))
         }
-        Some(Value::Array(_)) => {}
-        Some(Value::String(_)) if endpoint != Endpoint::ChatCompletions => {}
-        _ => return Err(invalid(format!("'{required}' is required"), Some(required))),
+        Some(Value::Array(_)) => Ok(()),
+        Some(Value::String(_)) if endpoint != Endpoint::ChatCompletions => Ok(()),
+        _ => Err(invalid(format!("'{required}' is required"), Some(required))),
     }
-    let stream = match obj.get("stream") {
+}
+
+/// `stream`, and the request's own bound on output tokens (`max_tokens` /
+/// `max_completion_tokens`; the Responses API's `max_output_tokens`).
+fn stream_and_max_tokens(endpoint: Endpoint, body: &Value) -> Result<(bool, Option<u64>), GatewayError> {
+    let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(invalid("'stream' must be a boolean", Some("stream"))),
@@ -303,22 +467,38 @@ fn prepare(
     if stream && endpoint == Endpoint::Embeddings {
         return Err(invalid("embeddings cannot be streamed", Some("stream")));
     }
-    let max_tokens = match obj.get("max_completion_tokens").or_else(|| obj.get("max_tokens")) {
+    let (field, value) = match endpoint {
+        Endpoint::Responses => ("max_output_tokens", body.get("max_output_tokens")),
+        Endpoint::Messages => ("max_tokens", body.get("max_tokens")),
+        _ => (
+            "max_tokens",
+            body.get("max_completion_tokens").or_else(|| body.get("max_tokens")),
+        ),
+    };
+    let max_tokens = match value {
         None | Some(Value::Null) => None,
         Some(v) => Some(
             v.as_u64()
-                .ok_or_else(|| invalid("'max_tokens' must be a non-negative integer", Some("max_tokens")))?,
+                .ok_or_else(|| invalid(format!("'{field}' must be a non-negative integer"), Some(field)))?,
         ),
     };
-    let client_wants_usage = obj
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    Ok((stream, max_tokens))
+}
 
+/// The route of a request (header or `@slug/model`) and the model as the
+/// upstream knows it, with every check of access and model policy; fills in
+/// the record's provider fields as soon as they are known.
+pub fn resolve_route(
+    state: &SharedState,
+    snap: &Snapshot,
+    workspace_id: &str,
+    headers: &HeaderMap,
+    model_field: &str,
+    rec: &mut UsageRecord,
+) -> Result<(Arc<Route>, String), GatewayError> {
     // Resolution: the x-portkey-provider header, else `@slug/model`.
     let (slug, model) = resolve_names(headers, model_field)?;
-    let Some(route) = snap.route(&workspace_id, slug).cloned() else {
+    let Some(route) = snap.route(workspace_id, slug).cloned() else {
         // An integration of that slug exists but was never provisioned here.
         if snap.integration_by_slug(slug).is_some() {
             return Err(GatewayError::Permission(format!(
@@ -335,7 +515,6 @@ fn prepare(
     rec.integration_slug = Some(integration.record.slug.clone());
     rec.ai_provider_id = Some(integration.record.ai_provider_id.clone());
     rec.model = Some(model.to_owned());
-    rec.streamed = stream;
     if route.access.is_none() {
         return Err(GatewayError::Permission(format!(
             "provider '@{slug}' is not provisioned to this workspace"
@@ -368,51 +547,8 @@ fn prepare(
         )));
     }
 
-    // Price and tokenizer: the model's own, else its base model's catalogue entry.
-    let provider_id = integration.record.ai_provider_id.as_str();
-    let catalogue_model = entry.and_then(|e| e.base_model_slug.as_deref()).unwrap_or(model);
-    let info = snap
-        .prices
-        .model(provider_id, catalogue_model)
-        .or_else(|| snap.prices.model(provider_id, model));
-    let price = entry.and_then(|e| e.price).or_else(|| info.map(|i| i.price));
-    let tokenizer = info.map(|i| i.tokenizer).unwrap_or_default();
-    let max_output = match endpoint {
-        Endpoint::Embeddings => 0,
-        _ => max_tokens
-            .or_else(|| info.and_then(|i| i.max_output_tokens))
-            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
-    };
-    let base_url = entry
-        .and_then(|e| e.custom_host.clone())
-        .or_else(|| integration.record.custom_host().map(str::to_owned))
-        .or_else(|| match integration.spec.protocol {
-            Protocol::OpenAi | Protocol::Anthropic | Protocol::Google => integration.spec.default_base_url.clone(),
-            _ => None,
-        });
-    let headers = entry.map(|e| e.custom_headers.clone()).unwrap_or_default();
-    let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
     let model = model.to_owned();
-    if let Some(o) = body.as_object_mut() {
-        o.insert("model".into(), Value::String(model.clone()));
-    }
-    Ok(Prepared {
-        snap,
-        key,
-        route,
-        body,
-        model,
-        stream,
-        client_wants_usage,
-        endpoint,
-        price,
-        tokenizer,
-        max_output,
-        base_url,
-        headers,
-        timeout,
-        log_bodies,
-    })
+    Ok((route, model))
 }
 
 /// `(provider slug, model)` from the header or the model string.
