@@ -4,6 +4,7 @@ mod admin;
 mod alerts;
 mod analytics;
 mod cli;
+mod dialects;
 mod gateway;
 mod limits;
 mod protocols;
