@@ -19,22 +19,28 @@ const MAX_STORED: usize = 10_000;
 
 /// Stored responses by id, oldest forgotten first.
 #[derive(Clone, Default)]
-pub struct Stored(Arc<Mutex<(HashMap<String, Value>, VecDeque<String>)>>);
+pub struct Stored(Arc<Mutex<Kept>>);
+
+#[derive(Default)]
+struct Kept {
+    by_id: HashMap<String, Value>,
+    order: VecDeque<String>,
+}
 
 impl Stored {
     fn put(&self, id: &str, r: &Value) {
         let mut g = self.0.lock();
-        g.0.insert(id.to_owned(), r.clone());
-        g.1.push_back(id.to_owned());
-        while g.1.len() > MAX_STORED {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
+        g.by_id.insert(id.to_owned(), r.clone());
+        g.order.push_back(id.to_owned());
+        while g.order.len() > MAX_STORED {
+            if let Some(old) = g.order.pop_front() {
+                g.by_id.remove(&old);
             }
         }
     }
 
     pub fn get(&self, id: &str) -> Option<Value> {
-        self.0.lock().0.get(id).cloned()
+        self.0.lock().by_id.get(id).cloned()
     }
 }
 

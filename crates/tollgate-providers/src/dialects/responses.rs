@@ -417,17 +417,23 @@ pub struct Echo {
     pub store: bool,
 }
 
+/// What names a `response` object.
+struct Head<'a> {
+    id: &'a str,
+    model: &'a str,
+    created: i64,
+}
+
 /// A `response` object around `output`.
 fn response_object(
     echo: &Echo,
-    id: &str,
-    model: &str,
-    created: i64,
+    head: Head<'_>,
     status: &str,
     output: Vec<Value>,
     usage: Option<&ChatUsage>,
     finish: Option<&str>,
 ) -> Value {
+    let Head { id, model, created } = head;
     let incomplete = (status == "incomplete").then(
         || json!({"reason": if finish == Some("content_filter") { "content_filter" } else { "max_output_tokens" }}),
     );
@@ -517,9 +523,11 @@ pub fn from_chat(body: &[u8], echo: &Echo, created: i64) -> Result<Vec<u8>, Inva
     }
     let r = response_object(
         echo,
-        &format!("resp_{base}"),
-        chat.model.as_deref().unwrap_or_default(),
-        created,
+        Head {
+            id: &format!("resp_{base}"),
+            model: chat.model.as_deref().unwrap_or_default(),
+            created,
+        },
         status_of(finish.as_deref()),
         output,
         chat.usage.as_ref(),
@@ -584,9 +592,11 @@ impl ResponsesShaper {
     fn response(&self, status: &str, output: Vec<Value>, usage: Option<&ChatUsage>) -> Value {
         response_object(
             &self.echo,
-            self.id.as_deref().unwrap_or("resp_tollgate"),
-            &self.model,
-            self.created,
+            Head {
+                id: self.id.as_deref().unwrap_or("resp_tollgate"),
+                model: &self.model,
+                created: self.created,
+            },
             status,
             output,
             usage,

@@ -197,21 +197,26 @@ const MAX_RESPONSE_IDS: usize = 100_000;
 /// last 100,000) is unknown, as any id Tollgate never relayed.
 #[derive(Default)]
 pub struct ResponseIds {
-    inner: Mutex<(HashMap<String, (String, String)>, VecDeque<String>)>,
+    inner: Mutex<Remembered>,
+}
+
+#[derive(Default)]
+struct Remembered {
+    /// id → (workspace, provider slug).
+    by_id: HashMap<String, (String, String)>,
+    order: VecDeque<String>,
 }
 
 impl ResponseIds {
     pub fn remember(&self, id: String, workspace: &str, provider: &str) {
         let mut g = self.inner.lock();
-        let (map, order) = &mut *g;
-        if map
-            .insert(id.clone(), (workspace.to_owned(), provider.to_owned()))
-            .is_none()
-        {
-            order.push_back(id);
-            while order.len() > MAX_RESPONSE_IDS {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
+        let r = &mut *g;
+        let owner = (workspace.to_owned(), provider.to_owned());
+        if r.by_id.insert(id.clone(), owner).is_none() {
+            r.order.push_back(id);
+            while r.order.len() > MAX_RESPONSE_IDS {
+                if let Some(old) = r.order.pop_front() {
+                    r.by_id.remove(&old);
                 }
             }
         }
@@ -219,7 +224,7 @@ impl ResponseIds {
 
     /// `(workspace, provider slug)` of a remembered response.
     pub fn get(&self, id: &str) -> Option<(String, String)> {
-        self.inner.lock().0.get(id).cloned()
+        self.inner.lock().by_id.get(id).cloned()
     }
 }
 
