@@ -593,3 +593,56 @@ async fn models_can_be_retrieved_and_unknown_routes_answer_openai_shaped() {
     assert_eq!(r.status, 404);
     assert_eq!(r.body["success"], false);
 }
+
+#[tokio::test]
+async fn a_failed_stream_ends_with_the_apis_error_event_and_is_logged() {
+    let b = both().await;
+    b.control.fail_stream("overloaded_error", "Overloaded");
+    // Translated Messages (OpenAI upstream): Anthropic's error event.
+    let (s, _, text) = b
+        .send(
+            "/v1/messages",
+            &json!({"model": "@oai/gpt-4o", "max_tokens": 10, "stream": true,
+                    "messages": [{"role": "user", "content": "x"}]}),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let ev = events(&text);
+    let (name, data) = ev.last().unwrap();
+    assert_eq!(name, "error", "{text}");
+    assert_eq!(data["type"], "error");
+    assert!(
+        data["error"]["message"].as_str().unwrap().contains("Overloaded"),
+        "{data}"
+    );
+    // Translated Responses (Anthropic upstream): the Responses error event.
+    let (s, _, text) = b
+        .send(
+            "/v1/responses",
+            &json!({"model": "@ant/claude-sonnet-4-5", "input": "x", "stream": true}),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let ev = events(&text);
+    assert_eq!(ev.last().unwrap().0, "error", "{text}");
+    assert!(!text.contains("response.completed"));
+    // Native Messages (Anthropic upstream): the upstream's events, then the error.
+    let (_, _, text) = b
+        .send(
+            "/v1/messages",
+            &json!({"model": "@ant/claude-sonnet-4-5", "max_tokens": 10, "stream": true,
+                    "messages": [{"role": "user", "content": "x"}]}),
+            &[],
+        )
+        .await;
+    let ev = events(&text);
+    assert_eq!(ev.first().unwrap().0, "message_start");
+    assert_eq!(ev.last().unwrap().0, "error", "{text}");
+    b.control.succeed();
+    let mut logged = b.logged("messages").await;
+    logged.extend(b.logged("responses").await);
+    assert_eq!(logged.len(), 3);
+    assert!(logged.iter().all(|r| r["status_code"] != 200), "{logged:?}");
+}
