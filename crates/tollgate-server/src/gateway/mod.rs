@@ -310,10 +310,9 @@ fn prepare(
     if let Api::OpenAi(endpoint) = api {
         check_required(endpoint, obj)?;
     }
-    let model_field = model_field.to_owned();
 
-    let (route, model) = resolve_route(state, &snap, &workspace_id, headers, &model_field, rec)?;
-    let model = model.as_str();
+    let (route, model_name) = resolve_route(state, &snap, &workspace_id, headers, model_field, rec)?;
+    let model = model_name.as_str();
     let slug = route.provider.slug.as_str();
     let integration = &route.integration;
     let entry = integration.models.get(model);
@@ -388,7 +387,7 @@ fn prepare(
         upstream_headers.extend(anthropic_headers(headers));
     }
     let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
-    let model = model.to_owned();
+    let model = model_name;
     if let Some(o) = body.as_object_mut() {
         o.insert("model".into(), Value::String(model.clone()));
     }
