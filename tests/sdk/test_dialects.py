@@ -198,9 +198,21 @@ def test_agents_sdk_with_a_tool(gateway: Gateway, protocol: str) -> None:
     )
     # A plain model name: the provider comes from the header.
     agent = Agent(name="weather", instructions="Answer briefly.", model="gpt-4o", tools=[get_weather])
-    result = asyncio.run(Runner.run(agent, "Weather in Paris?"))
-    assert seen == ["mock"], "the tool ran with the model's arguments"
+
+    async def both():
+        # One event loop for both runs: the client's connections belong to it.
+        whole = await Runner.run(agent, "Weather in Paris?")
+        assert seen == ["mock"], "the tool ran with the model's arguments"
+        # Streamed, the same run through the Responses stream events.
+        run = Runner.run_streamed(agent, "Weather in Paris?")
+        kinds = [event.type async for event in run.stream_events()]
+        return whole, run, kinds
+
+    result, run, kinds = asyncio.run(both())
     assert result.final_output == MOCK_REPLY
+    assert "raw_response_event" in kinds
+    assert seen == ["mock", "mock"]
+    assert run.final_output == MOCK_REPLY
 
 
 # ---- the anthropic SDK's Messages API ----
