@@ -145,19 +145,6 @@ pub async fn whole(
 ) -> Response {
     rec.upstream_latency_us = Some(micros(upstream_started));
     rec.status_code = status;
-    // The answer in the API the client called (a translated one is read
-    // for its text below as the chat answer it was).
-    let shaped = prep
-        .shape
-        .whole(body.clone(), &prep.model, state.now().timestamp(), &state.response_ids);
-    let shaped = match shaped {
-        Ok(b) => b,
-        Err(e) => {
-            let rate = reservation.headers();
-            crate::limits::release(state, reservation).await;
-            return fail(state, prep.api, rec, started, e, rate);
-        }
-    };
     let (usage, estimated) = match usage {
         Some(u) => (u, false),
         None => (
@@ -168,6 +155,27 @@ pub async fn whole(
             },
             true,
         ),
+    };
+    // The answer in the API the client called (a translated one was read
+    // for its text above as the chat answer it is).
+    let shaped = prep
+        .shape
+        .whole(body.clone(), &prep.model, state.now().timestamp(), &state.response_ids);
+    let shaped = match shaped {
+        Ok(b) => b,
+        Err(e) => {
+            // The upstream answered (and billed): settle, but fail the request.
+            let rate = reservation.headers();
+            let (status, kind, _) = e.wire();
+            rec.status_code = status.as_u16();
+            rec.error_type = Some(kind);
+            let trace_id = rec.trace_id.clone();
+            rec.latency_us = micros(started);
+            close_books(state, rec, reservation, usage, estimated, prep.price).await;
+            let mut resp = prep.api.error_response(e);
+            decorate(&mut resp, &trace_id, &rate);
+            return resp;
+        }
     };
     if prep.log_bodies {
         rec.response_body = Some(String::from_utf8_lossy(&shaped).into_owned());

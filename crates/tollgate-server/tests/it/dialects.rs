@@ -646,3 +646,32 @@ async fn a_failed_stream_ends_with_the_apis_error_event_and_is_logged() {
     assert_eq!(logged.len(), 3);
     assert!(logged.iter().all(|r| r["status_code"] != 200), "{logged:?}");
 }
+
+#[tokio::test]
+async fn an_unreadable_answer_to_translate_is_a_502_and_still_settled() {
+    // An "OpenAI-compatible" upstream that answers 200 with no chat answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async { ([("content-type", "application/json")], "not a chat answer") }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let b = both().await;
+    b.app
+        .openai_integration("broken", &format!("http://{addr}/v1"), UPSTREAM_KEY, &[&b.ws])
+        .await;
+    let (s, e) = b
+        .json(
+            "/v1/messages",
+            &json!({"model": "@broken/gpt-4o", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(s, 502, "{e}");
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["type"], "api_error");
+    let logged = b.logged("messages").await;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0]["status_code"], 502);
+    assert_eq!(logged[0]["usage"]["estimated"], true, "settled with an estimate");
+}
