@@ -34,19 +34,22 @@ impl Adapter for Anthropic {
             .target
             .base_url
             .ok_or_else(|| ProviderError::Config("no base URL for Anthropic".into()))?;
-        let body = to_messages_request(call.endpoint, call.body, call.target.model, call.stream)?;
-        let key = secret(&call.target, "key")?
-            .ok_or_else(|| ProviderError::Config("the Anthropic integration has no key".into()))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(HeaderName::from_static("x-api-key"), header_value(key.as_str(), "key")?);
-        headers.insert(
-            HeaderName::from_static("anthropic-version"),
-            HeaderValue::from_static(ANTHROPIC_VERSION),
-        );
-        add_custom_headers(&mut headers, &call.target)?;
+        if call.endpoint == Endpoint::Responses {
+            return Err(crate::not_native(call.endpoint));
+        }
+        let native = call.endpoint == Endpoint::Messages;
+        let body = if native {
+            // The client's own Messages request, `model` already rewritten.
+            call.body.clone()
+        } else {
+            to_messages_request(call.endpoint, call.body, call.target.model, call.stream)?
+        };
+        let headers = headers(&call.target)?;
         let body = serde_json::to_vec(&body).map_err(|e| ProviderError::Unsupported(e.to_string()))?;
         let req = http.post(join_url(base, "/messages")).headers(headers).body(body);
+        if native {
+            return relay_native(req, call.stream, call.timeout).await;
+        }
         if call.stream {
             let resp = send_streaming(req, call.timeout).await?;
             let t = AnthropicStream::new(call.endpoint, call.client_wants_usage, now());
@@ -60,6 +63,128 @@ impl Adapter for Anthropic {
                 usage: Some(usage),
             })
         }
+    }
+}
+
+/// The request headers: key, API version (the target's custom headers, which
+/// carry a client's `anthropic-version` / `anthropic-beta`, override it).
+fn headers(target: &crate::Target<'_>) -> Result<HeaderMap, ProviderError> {
+    let key =
+        secret(target, "key")?.ok_or_else(|| ProviderError::Config("the Anthropic integration has no key".into()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(HeaderName::from_static("x-api-key"), header_value(key.as_str(), "key")?);
+    headers.insert(
+        HeaderName::from_static("anthropic-version"),
+        HeaderValue::from_static(ANTHROPIC_VERSION),
+    );
+    add_custom_headers(&mut headers, target)?;
+    Ok(headers)
+}
+
+/// A Messages request relayed as is: the upstream's body or events go back
+/// unchanged; only usage is read.
+async fn relay_native(
+    req: reqwest::RequestBuilder,
+    stream: bool,
+    timeout: std::time::Duration,
+) -> Result<UpstreamResponse, ProviderError> {
+    if stream {
+        let resp = send_streaming(req, timeout).await?;
+        return Ok(UpstreamResponse::Stream(sse::translate(
+            sse::response_events(resp),
+            NativeStream::default(),
+        )));
+    }
+    let (status, body) = send_whole(req, timeout).await?;
+    #[derive(Deserialize)]
+    struct UsageOnly {
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    }
+    let usage = serde_json::from_slice::<UsageOnly>(&body)
+        .ok()
+        .and_then(|u| u.usage)
+        .map(|u| u.usage());
+    Ok(UpstreamResponse::Whole { status, body, usage })
+}
+
+/// `POST /messages/count_tokens` with the client's Messages body (model
+/// rewritten): Anthropic's own count, `{"input_tokens": N}`.
+pub async fn count_tokens(
+    http: &reqwest::Client,
+    target: &crate::Target<'_>,
+    body: &Value,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ProviderError> {
+    let base = target
+        .base_url
+        .ok_or_else(|| ProviderError::Config("no base URL for Anthropic".into()))?;
+    let body = serde_json::to_vec(body).map_err(|e| ProviderError::Unsupported(e.to_string()))?;
+    let req = http
+        .post(join_url(base, "/messages/count_tokens"))
+        .headers(headers(target)?)
+        .body(body);
+    send_whole(req, timeout).await.map(|(_, b)| b)
+}
+
+/// Relays a Messages event stream unchanged (each event with its name) and
+/// takes the usage from `message_start` and `message_delta`.
+#[derive(Debug, Default)]
+pub struct NativeStream {
+    usage: WireUsage,
+}
+
+#[derive(Deserialize)]
+struct NativePeek {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<NativeStartPeek>,
+    usage: Option<WireUsage>,
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct NativeStartPeek {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+impl Translate for NativeStream {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Result<StreamItem, ProviderError>>) -> Flow {
+        let Ok(peek) = serde_json::from_str::<NativePeek>(&ev.data) else {
+            out.push(Err(ProviderError::InvalidResponse(
+                "Anthropic stream event is not JSON".into(),
+            )));
+            return Flow::Stop;
+        };
+        let kind = peek.kind.as_deref().or(ev.event.as_deref());
+        if kind == Some("error") {
+            let e = peek.error;
+            out.push(Err(ProviderError::Upstream {
+                status: error_status(e.as_ref().and_then(|e| e.kind.as_deref())),
+                message: e
+                    .and_then(|e| e.message)
+                    .unwrap_or_else(|| "error in upstream stream".into()),
+            }));
+            return Flow::Stop;
+        }
+        out.push(Ok(StreamItem::Frame(sse::event_frame(kind, ev.data.as_bytes()))));
+        if let Some(u) = peek.message.and_then(|m| m.usage) {
+            self.usage = u;
+        }
+        if let Some(u) = &peek.usage {
+            self.usage.merge(u);
+        }
+        if kind == Some("message_stop") {
+            out.push(Ok(StreamItem::Usage(self.usage.usage())));
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    fn end(&mut self, out: &mut Vec<Result<StreamItem, ProviderError>>) {
+        out.push(Err(sse::cut_error()));
     }
 }
 
@@ -123,6 +248,7 @@ pub fn to_messages_request(
             );
         }
         Endpoint::Embeddings => return Err(unsupported("Anthropic has no embeddings endpoint")),
+        Endpoint::Responses | Endpoint::Messages => return Err(crate::not_native(endpoint)),
     }
     let max_tokens = body
         .get("max_completion_tokens")

@@ -18,6 +18,9 @@ pub struct Azure;
 #[async_trait::async_trait]
 impl Adapter for Azure {
     async fn send(&self, http: &reqwest::Client, call: Call<'_>) -> Result<UpstreamResponse, ProviderError> {
+        if call.endpoint.is_native() {
+            return Err(crate::not_native(call.endpoint));
+        }
         let url = request_url(&call.target, call.endpoint)?;
         let key = secret(&call.target, "key")?
             .ok_or_else(|| ProviderError::Config("the Azure OpenAI integration has no key".into()))?;

@@ -508,6 +508,7 @@ fn converse_body(endpoint: Endpoint, body: &Value) -> Result<Value, ProviderErro
             );
         }
         Endpoint::Embeddings => return Err(bad_request("embeddings do not use Converse")),
+        Endpoint::Responses | Endpoint::Messages => return Err(crate::not_native(endpoint)),
     }
     let mut inference = Map::new();
     if let Some(n) = chat_shape::max_tokens(body) {

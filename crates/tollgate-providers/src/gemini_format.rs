@@ -47,6 +47,7 @@ pub(crate) fn request_body(endpoint: Endpoint, body: &Value) -> Result<Value, Pr
             );
         }
         Endpoint::Embeddings => return Err(bad_request("embeddings do not use generateContent")),
+        Endpoint::Responses | Endpoint::Messages => return Err(crate::not_native(endpoint)),
     }
     let config = generation_config(body);
     if !config.is_empty() {

@@ -32,6 +32,7 @@ impl Adapter for Gemini {
             Endpoint::ChatCompletions | Endpoint::Completions => {
                 gemini_format::generate(http, &call, &model_url, auth).await
             }
+            Endpoint::Responses | Endpoint::Messages => Err(crate::not_native(call.endpoint)),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod azure;
 pub mod bedrock;
 mod chat_shape;
 mod credential_cache;
+pub mod dialects;
 mod gemini_format;
 pub mod google;
 pub mod openai;
@@ -42,12 +43,21 @@ use tollgate_core::catalogue::Protocol;
 use tollgate_core::secrets::SecretSource;
 use tollgate_core::usage::Usage;
 
-/// The OpenAI endpoint a client called.
+/// The endpoint an upstream call goes to, in the client's wire format.
+///
+/// The first three are OpenAI's, which every adapter translates. The last
+/// two are native pass-through: the body is already in the upstream's own
+/// format (the Responses API to OpenAI, the Messages API to Anthropic) and is
+/// relayed with only `model` rewritten; see [`Endpoint::is_native`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// OpenAI's Responses API (`POST /responses`), relayed.
+    Responses,
+    /// Anthropic's Messages API (`POST /messages`), relayed.
+    Messages,
 }
 
 impl Endpoint {
@@ -57,8 +67,31 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Responses => "/responses",
+            Endpoint::Messages => "/messages",
         }
     }
+
+    /// A native pass-through endpoint (its body is not OpenAI chat's).
+    pub fn is_native(self) -> bool {
+        matches!(self, Endpoint::Responses | Endpoint::Messages)
+    }
+
+    /// Whether `protocol` relays this endpoint natively.
+    pub fn native_on(self, protocol: Protocol) -> bool {
+        matches!(
+            (self, protocol),
+            (Endpoint::Responses, Protocol::OpenAi) | (Endpoint::Messages, Protocol::Anthropic)
+        )
+    }
+}
+
+/// The error for a native endpoint sent to an adapter that does not speak it.
+pub(crate) fn not_native(endpoint: Endpoint) -> ProviderError {
+    ProviderError::Unsupported(format!(
+        "{} is not relayed natively by this provider",
+        endpoint.openai_path()
+    ))
 }
 
 /// Where and how to reach the upstream for one request.
@@ -258,6 +291,26 @@ impl Adapters {
             Protocol::VertexAi => &self.vertex,
             Protocol::Bedrock => &self.bedrock,
         }
+    }
+
+    /// Anthropic's token count for a Messages body (not a billed call).
+    pub async fn anthropic_count_tokens(
+        &self,
+        target: &Target<'_>,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<Bytes, ProviderError> {
+        anthropic::count_tokens(&self.http, target, body, timeout).await
+    }
+
+    /// `GET /responses/{id}` on an OpenAI-compatible upstream (not billed).
+    pub async fn openai_get_response(
+        &self,
+        target: &Target<'_>,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Bytes, ProviderError> {
+        openai::get_response(&self.http, target, id, timeout).await
     }
 
     /// Sends `call` through the adapter for `protocol`.

@@ -30,6 +30,9 @@ pub struct OpenAi;
 #[async_trait::async_trait]
 impl Adapter for OpenAi {
     async fn send(&self, http: &reqwest::Client, call: Call<'_>) -> Result<UpstreamResponse, ProviderError> {
+        if call.endpoint == crate::Endpoint::Messages {
+            return Err(crate::not_native(call.endpoint));
+        }
         let base = call
             .target
             .base_url
@@ -52,6 +55,31 @@ impl Adapter for OpenAi {
         }
         relay(http, &url, headers, &call).await
     }
+}
+
+/// `GET {base}/responses/{id}`: a stored response, as the upstream's bytes.
+pub async fn get_response(
+    http: &reqwest::Client,
+    target: &Target<'_>,
+    id: &str,
+    timeout: Duration,
+) -> Result<Bytes, ProviderError> {
+    let base = target
+        .base_url
+        .ok_or_else(|| ProviderError::Config("no base URL for an OpenAI-compatible provider".into()))?;
+    let mut url = url::Url::parse(&join_url(base, "/responses"))
+        .map_err(|e| ProviderError::Config(format!("invalid base URL: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|_| ProviderError::Config("the base URL cannot take a path".into()))?
+        .push(id);
+    let mut headers = HeaderMap::new();
+    if let Some(key) = secret(target, "key")? {
+        headers.insert(AUTHORIZATION, header_value(&format!("Bearer {}", key.as_str()), "key")?);
+    }
+    add_custom_headers(&mut headers, target)?;
+    send_whole(http.get(url).headers(headers), timeout)
+        .await
+        .map(|(_, b)| b)
 }
 
 /// `base` and `path` joined with exactly one slash.
@@ -235,7 +263,8 @@ impl Serialize for WithUsage<'_> {
 
 /// The request body to send upstream for an OpenAI-shaped call.
 pub fn request_body(call: &Call<'_>) -> Result<Vec<u8>, ProviderError> {
-    let encoded = if call.stream {
+    // The Responses API reports usage in its last event unasked.
+    let encoded = if call.stream && call.endpoint != crate::Endpoint::Responses {
         let map = call
             .body
             .as_object()
@@ -260,17 +289,128 @@ pub async fn relay(
     add_custom_headers(&mut headers, &call.target)?;
     let body = request_body(call)?;
     let req = http.post(url).headers(headers).body(body);
+    let responses = call.endpoint == crate::Endpoint::Responses;
     if call.stream {
         let resp = send_streaming(req, call.timeout).await?;
         let events = sse::response_events(resp);
-        Ok(UpstreamResponse::Stream(sse::translate(
-            events,
-            OpenAiStream::new(call.client_wants_usage),
-        )))
+        Ok(UpstreamResponse::Stream(if responses {
+            sse::translate(events, ResponsesStream::default())
+        } else {
+            sse::translate(events, OpenAiStream::new(call.client_wants_usage))
+        }))
     } else {
         let (status, body) = send_whole(req, call.timeout).await?;
-        let usage = parse_usage(&body)?;
+        let usage = if responses {
+            parse_responses_usage(&body)
+        } else {
+            parse_usage(&body)?
+        };
         Ok(UpstreamResponse::Whole { status, body, usage })
+    }
+}
+
+/// Usage as the Responses API reports it.
+#[derive(Debug, Default, Deserialize)]
+struct ResponsesUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    input_tokens_details: Option<PromptDetails>,
+}
+
+impl ResponsesUsage {
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.input_tokens.unwrap_or(0),
+            completion_tokens: self.output_tokens.unwrap_or(0),
+            cached_tokens: self
+                .input_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The `usage` of a Responses API `response` object.
+pub fn parse_responses_usage(body: &[u8]) -> Option<Usage> {
+    #[derive(Deserialize)]
+    struct UsageOnly {
+        usage: Option<ResponsesUsage>,
+    }
+    serde_json::from_slice::<UsageOnly>(body)
+        .ok()
+        .and_then(|u| u.usage)
+        .map(|u| u.usage())
+}
+
+/// Relays a Responses API stream: every event as received (with its event
+/// name), the usage taken from the terminal `response.completed`,
+/// `response.incomplete` or `response.failed` event.
+#[derive(Debug, Default)]
+pub struct ResponsesStream {
+    finished: bool,
+}
+
+/// The parts of a Responses stream event the relay looks at.
+#[derive(Deserialize)]
+struct ResponsesEventPeek {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    response: Option<ResponseUsagePeek>,
+    message: Option<String>,
+    code: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ResponseUsagePeek {
+    usage: Option<ResponsesUsage>,
+}
+
+impl Translate for ResponsesStream {
+    fn event(&mut self, ev: SseEvent, out: &mut Vec<Result<StreamItem, ProviderError>>) -> Flow {
+        let data = ev.data.trim();
+        if data == "[DONE]" {
+            return Flow::Stop;
+        }
+        if data.is_empty() {
+            return Flow::Continue;
+        }
+        let peek = serde_json::from_str::<ResponsesEventPeek>(data).ok();
+        let kind = peek.as_ref().and_then(|p| p.kind.as_deref()).or(ev.event.as_deref());
+        if kind == Some("error") {
+            let status = peek
+                .as_ref()
+                .and_then(|p| p.code.as_ref())
+                .and_then(|c| c.as_u64().or_else(|| c.as_str().and_then(|s| s.parse().ok())))
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (400..600).contains(c))
+                .unwrap_or(500);
+            out.push(Err(ProviderError::Upstream {
+                status,
+                message: peek
+                    .and_then(|p| p.message)
+                    .unwrap_or_else(|| "error in upstream stream".into()),
+            }));
+            return Flow::Stop;
+        }
+        out.push(Ok(StreamItem::Frame(sse::event_frame(kind, data.as_bytes()))));
+        if matches!(
+            kind,
+            Some("response.completed" | "response.incomplete" | "response.failed")
+        ) {
+            self.finished = true;
+            if let Some(u) = peek.and_then(|p| p.response).and_then(|r| r.usage) {
+                out.push(Ok(StreamItem::Usage(u.usage())));
+            }
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    fn end(&mut self, out: &mut Vec<Result<StreamItem, ProviderError>>) {
+        if !self.finished {
+            out.push(Err(sse::cut_error()));
+        }
     }
 }
 

@@ -267,6 +267,21 @@ pub fn data_frame(json: &[u8]) -> Bytes {
     Bytes::from(f)
 }
 
+/// Frames one JSON payload as an SSE event with an `event:` line when a
+/// name is given (the Responses and Messages APIs name their events).
+pub fn event_frame(name: Option<&str>, json: &[u8]) -> Bytes {
+    let Some(name) = name.filter(|n| !n.is_empty() && !n.contains(['\n', '\r'])) else {
+        return data_frame(json);
+    };
+    let data = data_frame(json);
+    let mut f = Vec::with_capacity(name.len() + 8 + data.len());
+    f.extend_from_slice(b"event: ");
+    f.extend_from_slice(name.as_bytes());
+    f.push(b'\n');
+    f.extend_from_slice(&data);
+    Bytes::from(f)
+}
+
 /// Helpers for the adapters' unit tests of their stream translators.
 #[cfg(test)]
 pub(crate) mod testing {

@@ -119,6 +119,49 @@ fn prompt(endpoint: Endpoint, body: &Value, tok: Counter) -> u64 {
         Endpoint::ChatCompletions => chat(body, tok),
         Endpoint::Completions => prompt_like(body.get("prompt"), tok),
         Endpoint::Embeddings => prompt_like(body.get("input"), tok),
+        // Native bodies: every text of the prompt's fields, with the chat
+        // framing per item, and images as chat counts them.
+        Endpoint::Responses => ["instructions", "input", "tools", "text"]
+            .iter()
+            .filter_map(|k| body.get(*k))
+            .map(|v| texts(v, tok))
+            .sum::<u64>()
+            .saturating_add(REPLY_PRIMING),
+        Endpoint::Messages => ["system", "messages", "tools"]
+            .iter()
+            .filter_map(|k| body.get(*k))
+            .map(|v| texts(v, tok))
+            .sum::<u64>()
+            .saturating_add(REPLY_PRIMING),
+    }
+}
+
+/// Every string in a native (Responses or Messages) prompt value: each
+/// object costs the framing of a message, an image the chat estimate,
+/// schemas are counted as their JSON text.
+fn texts(v: &Value, tok: Counter) -> u64 {
+    match v {
+        Value::String(s) => tok.count(s),
+        Value::Array(items) => items.iter().map(|i| texts(i, tok)).sum(),
+        Value::Object(o) => {
+            if matches!(
+                o.get("type").and_then(Value::as_str),
+                Some("image" | "input_image" | "image_url" | "document" | "input_file")
+            ) {
+                return IMAGE_DEFAULT;
+            }
+            TOKENS_PER_MESSAGE
+                + o.iter()
+                    .map(|(k, v)| match k.as_str() {
+                        "parameters" | "input_schema" | "schema" | "input" if v.is_object() => {
+                            tok.count(&v.to_string())
+                        }
+                        "type" | "id" | "call_id" | "tool_use_id" | "status" | "cache_control" => 0,
+                        _ => texts(v, tok),
+                    })
+                    .sum::<u64>()
+        }
+        _ => 0,
     }
 }
 
@@ -224,6 +267,29 @@ fn prompt_like(value: Option<&Value>, tok: Counter) -> u64 {
             })
             .sum(),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod native_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn native_prompts_count_every_text_and_bound_the_exact_count() {
+        let t = Tokenizer::O200kBase;
+        let long = "word ".repeat(200);
+        let responses = json!({"instructions": "Be brief.", "input": [{"role": "user", "content": [{"type": "input_text", "text": long}]}]});
+        let exact = estimate_prompt(Endpoint::Responses, &responses, t);
+        assert!(exact >= 200, "{exact}");
+        assert!(prompt_upper_bound(Endpoint::Responses, &responses, t) >= exact);
+        let messages = json!({"system": "Be brief.", "messages": [{"role": "user", "content": long}],
+                              "tools": [{"name": "f", "input_schema": {"type": "object"}}]});
+        let m = estimate_prompt(Endpoint::Messages, &messages, t);
+        assert!(m > exact - 10 && m < exact + 40, "{m} vs {exact}");
+        let image = json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"data": long}}]}]});
+        assert!(estimate_prompt(Endpoint::Messages, &image, t) < 800);
+        assert_eq!(estimate_prompt(Endpoint::Messages, &json!({}), t), REPLY_PRIMING);
     }
 }
 

@@ -251,6 +251,7 @@ impl Adapter for Vertex {
             Endpoint::ChatCompletions | Endpoint::Completions => {
                 gemini_format::generate(http, &call, &model_url, auth).await
             }
+            Endpoint::Responses | Endpoint::Messages => Err(crate::not_native(call.endpoint)),
         }
     }
 }

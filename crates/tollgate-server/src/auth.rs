@@ -43,7 +43,7 @@ pub enum AuthFailure {
 impl AuthFailure {
     pub fn message(self) -> &'static str {
         match self {
-            AuthFailure::Missing => "missing API key: send x-portkey-api-key or Authorization: Bearer",
+            AuthFailure::Missing => "missing API key: send x-portkey-api-key, Authorization: Bearer or x-api-key",
             AuthFailure::Invalid => "invalid API key",
             AuthFailure::Expired => "API key has expired",
         }
@@ -55,9 +55,14 @@ pub fn key_from_headers(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("x-portkey-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim());
     }
-    let auth = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|auth| auth.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    // `x-api-key` is how the anthropic SDK (and Claude Code) send a key.
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim))
 }
 
 /// Finds and checks the key of a request in `snap`, at time `now`.
@@ -175,5 +180,9 @@ mod tests {
         let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(key_from_headers(&basic), None);
+        basic.insert("x-api-key", " ghi ".parse().unwrap());
+        assert_eq!(key_from_headers(&basic), Some("ghi"));
+        h.insert("x-api-key", "jkl".parse().unwrap());
+        assert_eq!(key_from_headers(&h), Some("def"));
     }
 }

@@ -108,6 +108,9 @@ pub enum GatewayError {
     Permission(String),
     /// Unknown provider slug or model string.
     NotFound(String),
+    /// A route under `/v1` that Tollgate does not serve (404, in OpenAI's
+    /// `invalid_request_error` shape, as OpenAI answers unknown URLs).
+    UnsupportedRoute(String),
     /// Malformed body; `param` names the field when known.
     InvalidRequest { message: String, param: Option<String> },
     /// A budget is exhausted.
@@ -137,6 +140,7 @@ impl GatewayError {
             GatewayError::Authentication(_) => (StatusCode::UNAUTHORIZED, "authentication_error".into(), None),
             GatewayError::Permission(_) => (StatusCode::FORBIDDEN, "permission_error".into(), None),
             GatewayError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error".into(), None),
+            GatewayError::UnsupportedRoute(_) => (StatusCode::NOT_FOUND, "invalid_request_error".into(), None),
             GatewayError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error".into(), None),
             GatewayError::BudgetExhausted { level, .. } => (
                 StatusCode::PRECONDITION_FAILED,
@@ -167,6 +171,7 @@ impl GatewayError {
             GatewayError::Authentication(m)
             | GatewayError::Permission(m)
             | GatewayError::NotFound(m)
+            | GatewayError::UnsupportedRoute(m)
             | GatewayError::ModelNotAllowed(m)
             | GatewayError::Upstream(m) => m,
             GatewayError::InvalidRequest { message, .. }
@@ -244,6 +249,12 @@ mod tests {
             ),
             (GatewayError::Permission("x".into()), 403, "permission_error", None),
             (GatewayError::NotFound("x".into()), 404, "not_found_error", None),
+            (
+                GatewayError::UnsupportedRoute("x".into()),
+                404,
+                "invalid_request_error",
+                None,
+            ),
             (
                 GatewayError::InvalidRequest {
                     message: "x".into(),

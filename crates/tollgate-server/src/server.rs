@@ -20,7 +20,7 @@ use crate::error::{AdminError, GatewayError};
 use crate::state::{meta, AppState, Parts, SharedState};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -577,7 +577,10 @@ async fn metrics_with_key(caller: Caller) -> Response {
 /// Is `path` served by the gateway (OpenAI-shaped errors) rather than the
 /// admin API?
 fn is_gateway_path(path: &str) -> bool {
-    path.starts_with("/v1/chat") || path.starts_with("/v1/completions") || path.starts_with("/v1/embeddings")
+    let is_admin = ADMIN_PREFIXES
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')));
+    path.starts_with("/v1/") && !is_admin
 }
 
 /// The longest framework message quoted in an error body.
@@ -655,16 +658,31 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn not_found(uri: Uri) -> Response {
+/// Path prefixes under `/v1` that belong to the admin API: unknown routes
+/// there answer in its shape.
+const ADMIN_PREFIXES: &[&str] = &[
+    "/v1/admin",
+    "/v1/ai-providers",
+    "/v1/analytics",
+    "/v1/api-keys",
+    "/v1/audit-logs",
+    "/v1/configs",
+    "/v1/integrations",
+    "/v1/logs",
+    "/v1/providers",
+];
+
+async fn not_found(method: Method, uri: Uri) -> Response {
     let path = uri.path();
-    let msg = format!("no route for {path}");
     if is_gateway_path(path) {
-        GatewayError::NotFound(msg).into_response()
-    } else {
-        let mut r = AdminError::not_found(msg).into_response();
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        r
+        // OpenAI's shape, naming the endpoint: SDKs show the message.
+        let path: String = path.chars().take(200).collect();
+        return GatewayError::UnsupportedRoute(format!("Tollgate does not support the endpoint {method} {path}"))
+            .into_response();
     }
+    let mut r = AdminError::not_found(format!("no route for {path}")).into_response();
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -36,6 +36,8 @@ pub struct AppState {
     pub usage: UsageLog,
     pub counters: Arc<dyn Counters>,
     pub alerts: AlertHandle,
+    /// Natively relayed Responses API ids → where they are stored.
+    pub response_ids: Arc<crate::gateway::dialect::ResponseIds>,
     snapshot: ArcSwap<Snapshot>,
     master: Mutex<Arc<MasterKey>>,
     write_lock: tokio::sync::Mutex<()>,
@@ -87,6 +89,7 @@ impl AppState {
             usage,
             counters,
             alerts,
+            response_ids: Arc::default(),
             snapshot: ArcSwap::from_pointee(snap),
             master: Mutex::new(master),
             write_lock: tokio::sync::Mutex::new(()),

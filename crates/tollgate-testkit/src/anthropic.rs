@@ -57,6 +57,7 @@ fn router(config: AnthropicMock, journal: Journal) -> Router {
     };
     Router::new()
         .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .fallback(|| async { anthropic_error(404, "Not found") })
         .with_state(state)
 }
@@ -182,6 +183,51 @@ fn tool_to_call(body: &Value) -> Option<(String, String)> {
         tool.get("name")?.as_str()?.to_owned(),
         control::tool_arguments(tool.get("input_schema")).to_string(),
     ))
+}
+
+/// `POST /v1/messages/count_tokens`: the words of every text in the
+/// system prompt, messages and tools (the mocks' deterministic count).
+async fn count_tokens(State(state): State<AppState>, req: Request) -> Response {
+    let rec = take(Some(&state.journal), req).await;
+    match rec.header("x-api-key") {
+        None => return anthropic_error(401, "x-api-key header is required"),
+        Some(k) if k != state.config.api_key => return anthropic_error(401, "invalid x-api-key"),
+        Some(_) => {}
+    }
+    if rec.header("anthropic-version").is_none() {
+        return anthropic_error(400, "anthropic-version: header is required");
+    }
+    let body: Value = match serde_json::from_slice(&rec.body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return anthropic_error(400, "There was an error parsing the body of your request."),
+    };
+    if body.get("model").and_then(Value::as_str).is_none() {
+        return anthropic_error(400, "model: Field required");
+    }
+    if !body.get("messages").is_some_and(Value::is_array) {
+        return anthropic_error(400, "messages: Field required");
+    }
+    if body.get("max_tokens").is_some() {
+        return anthropic_error(400, "max_tokens: Extra inputs are not permitted");
+    }
+    fn words(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => control::words(s),
+            Value::Array(a) => a.iter().map(words).sum(),
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| *k != "type" && *k != "role")
+                .map(|(_, v)| words(v))
+                .sum(),
+            _ => 0,
+        }
+    }
+    let n: u64 = ["system", "messages", "tools"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(words)
+        .sum();
+    json_response(200, &json!({ "input_tokens": n }))
 }
 
 async fn messages(State(state): State<AppState>, req: Request) -> Response {

@@ -172,25 +172,79 @@ pub(crate) fn pieces(text: &str) -> Vec<String> {
     out
 }
 
-/// Deterministic arguments for a tool call: each declared property gets a
-/// placeholder of its type.
+/// Deterministic arguments for a tool call: a minimal valid instance of its
+/// parameters schema (an object even without one).
 pub(crate) fn tool_arguments(schema: Option<&serde_json::Value>) -> serde_json::Value {
+    match schema.map(schema_instance) {
+        Some(v @ serde_json::Value::Object(_)) => v,
+        _ => serde_json::json!({}),
+    }
+}
+
+/// A minimal instance of a JSON schema, as a model following it would
+/// answer: every declared property of an object (so strict schemas hold),
+/// `"mock"` for strings, 1 for numbers, `true` for booleans, one item in an
+/// array, the first of an `enum`, `const`, `anyOf`/`oneOf` choice; local
+/// `$ref`s (`#/$defs/...`, `#/definitions/...`) are followed.
+pub fn schema_instance(schema: &serde_json::Value) -> serde_json::Value {
+    instance(schema, schema, 0)
+}
+
+fn instance(s: &serde_json::Value, root: &serde_json::Value, depth: u32) -> serde_json::Value {
     use serde_json::{json, Map, Value};
-    let mut args = Map::new();
-    if let Some(props) = schema.and_then(|s| s.get("properties")).and_then(Value::as_object) {
-        for (name, prop) in props {
-            let kind = prop.get("type").and_then(Value::as_str).unwrap_or("string");
-            let v = match kind.to_ascii_lowercase().as_str() {
-                "integer" | "number" => json!(1),
-                "boolean" => json!(true),
-                "array" => json!([]),
-                "object" => json!({}),
-                _ => json!("mock"),
-            };
-            args.insert(name.clone(), v);
+    if depth > 16 {
+        return Value::Null;
+    }
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        let target = r.strip_prefix('#').and_then(|p| root.pointer(p));
+        return target.map_or(Value::Null, |t| instance(t, root, depth + 1));
+    }
+    if let Some(c) = s.get("const") {
+        return c.clone();
+    }
+    if let Some(first) = s.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+        return first.clone();
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(first) = s.get(key).and_then(Value::as_array).and_then(|a| {
+            a.iter()
+                .find(|b| b.get("type").and_then(Value::as_str) != Some("null"))
+                .or(a.first())
+        }) {
+            return instance(first, root, depth + 1);
         }
     }
-    Value::Object(args)
+    let kind = match s.get("type") {
+        Some(Value::String(t)) => t.to_ascii_lowercase(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|t| *t != "null")
+            .unwrap_or("null")
+            .to_owned(),
+        _ if s.get("properties").is_some() => "object".into(),
+        _ => "string".into(),
+    };
+    match kind.as_str() {
+        "object" => {
+            let mut out = Map::new();
+            if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                for (name, prop) in props {
+                    out.insert(name.clone(), instance(prop, root, depth + 1));
+                }
+            }
+            Value::Object(out)
+        }
+        "array" => {
+            let n = s.get("minItems").and_then(Value::as_u64).unwrap_or(1).clamp(1, 8);
+            let item = s.get("items").map_or(json!("mock"), |i| instance(i, root, depth + 1));
+            Value::Array(vec![item; n as usize])
+        }
+        "integer" | "number" => s.get("minimum").cloned().unwrap_or(json!(1)),
+        "boolean" => json!(true),
+        "null" => Value::Null,
+        _ => json!("mock"),
+    }
 }
 
 /// A deterministic embedding for `text` of `dims` values.

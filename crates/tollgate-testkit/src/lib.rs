@@ -14,6 +14,7 @@ pub mod bedrock;
 pub mod control;
 pub mod google;
 pub mod openai;
+pub mod responses;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};

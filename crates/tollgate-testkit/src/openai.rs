@@ -36,6 +36,8 @@ struct AppState {
     journal: Option<Journal>,
     control: Control,
     api_key: Option<Arc<str>>,
+    /// Responses kept for `GET /v1/responses/{id}`.
+    stored: crate::responses::Stored,
 }
 
 /// Starts the OpenAI mock on a free port; its base URL is [`base_url`].
@@ -55,9 +57,12 @@ pub fn router(config: OpenAiMock, journal: Option<Journal>) -> Router {
         journal,
         control: config.control,
         api_key: config.api_key.map(Arc::from),
+        stored: crate::responses::Stored::default(),
     };
     Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/responses", post(responses))
+        .route("/v1/responses/{id}", get(stored_response))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
@@ -209,6 +214,25 @@ async fn chat(State(state): State<AppState>, req: Request) -> Response {
     chat_answer(&body, &model, &state.control)
 }
 
+async fn responses(State(state): State<AppState>, req: Request) -> Response {
+    match prologue(&state, req).await {
+        Ok(body) => crate::responses::create(&body, &state.control, &state.stored),
+        Err(r) => r,
+    }
+}
+
+async fn stored_response(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let rec = take(state.journal.as_ref(), req).await;
+    if let Some(denied) = check_bearer(&state, &rec) {
+        return denied;
+    }
+    crate::responses::get(&id, &state.stored)
+}
+
 async fn completions(State(state): State<AppState>, req: Request) -> Response {
     let body = match prologue(&state, req).await {
         Ok(v) => v,
@@ -320,6 +344,11 @@ fn data(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
 }
 
+/// An SSE event with an optional `event:` line.
+pub(crate) fn data_event(name: Option<&str>, v: &Value) -> Bytes {
+    crate::responses::event_bytes(name, v)
+}
+
 fn include_usage(body: &Value) -> bool {
     body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true)
 }
@@ -335,26 +364,34 @@ pub(crate) fn chat_answer(body: &Value, model: &str, control: &Control) -> Respo
     let call_id = format!("call_mock{}", next_id());
     let finish = if tool.is_some() { "tool_calls" } else { "stop" };
     let usage = control.usage();
-    let reply = control.reply();
+    let reply = structured_reply(body.get("response_format"), control);
+    // `n` choices, each the same answer.
+    let n = body.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 16);
     if !is_stream(body) {
         let message = match &tool {
             Some((name, args)) => json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
                 {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}]}),
             None => json!({"role": "assistant", "content": reply, "refusal": null}),
         };
+        let choices: Vec<Value> = (0..n)
+            .map(|i| json!({"index": i, "message": message, "logprobs": null, "finish_reason": finish}))
+            .collect();
         return json_response(
             200,
             &json!({"id": id, "object": "chat.completion", "created": MOCK_CREATED, "model": model,
                     "system_fingerprint": "fp_mock",
-                    "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+                    "choices": choices,
                     "usage": usage_json(&usage)}),
         );
     }
     let with_usage = include_usage(body);
     let chunk = |delta: Value, finish: Option<&str>| {
+        let choices: Vec<Value> = (0..n)
+            .map(|i| json!({"index": i, "delta": delta, "logprobs": null, "finish_reason": finish}))
+            .collect();
         let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": MOCK_CREATED, "model": model,
                            "system_fingerprint": "fp_mock",
-                           "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+                           "choices": choices});
         if with_usage {
             c["usage"] = Value::Null;
         }
@@ -396,6 +433,28 @@ pub(crate) fn chat_answer(body: &Value, model: &str, control: &Control) -> Respo
     }
     frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
     sse_response(frames, control, stream_error)
+}
+
+/// The answer's text: a minimal instance of a requested JSON schema
+/// (`response_format` `json_schema`, or the Responses API's `text.format`),
+/// a JSON object for `json_object`, else the control's reply.
+pub(crate) fn structured_reply(format: Option<&Value>, control: &Control) -> String {
+    let Some(f) = format else {
+        return control.reply();
+    };
+    match f.get("type").and_then(Value::as_str) {
+        Some("json_schema") => {
+            // Chat nests the schema under `json_schema`; Responses does not.
+            let schema = f
+                .pointer("/json_schema/schema")
+                .or_else(|| f.get("schema"))
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            control::schema_instance(&schema).to_string()
+        }
+        Some("json_object") => json!({ "reply": control.reply() }).to_string(),
+        _ => control.reply(),
+    }
 }
 
 /// `text` split in two at a character boundary (tool arguments arrive in

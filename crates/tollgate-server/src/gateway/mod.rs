@@ -1,5 +1,9 @@
 //! The gateway (data plane): `POST /v1/chat/completions`, `/v1/completions`,
-//! `/v1/embeddings` and `GET /v1/models`.
+//! `/v1/embeddings`, `/v1/responses` (and `GET /v1/responses/{id}`),
+//! `/v1/messages` (and `/v1/messages/count_tokens`), `GET /v1/models` and
+//! `GET /v1/models/{id}`. The API called ([`dialect::Api`]) decides how the
+//! body becomes the upstream call and how the answer is shaped; the pipeline
+//! below is the same for all of them.
 //!
 //! One request's path, top to bottom in [`handle`]:
 //! 1. [`prepare`]: authenticate the workspace key, parse the body, resolve
@@ -11,9 +15,12 @@
 //!    settle the reservation with the actual usage and log the request.
 
 pub mod count;
+pub mod dialect;
 pub mod models;
+pub mod native;
 pub mod relay;
 
+use self::dialect::{Api, Shape};
 use crate::auth::{self, AuthFailure};
 use crate::error::GatewayError;
 use crate::snapshot::{KeyEntry, Route, Snapshot};
@@ -43,19 +50,32 @@ pub fn router() -> Router<SharedState> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/responses/{id}", get(native::get_response))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(native::count_tokens))
         .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::retrieve))
 }
 
 async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(state, Endpoint::ChatCompletions, headers, body).await
+    handle(state, Api::OpenAi(Endpoint::ChatCompletions), headers, body).await
 }
 
 async fn completions(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(state, Endpoint::Completions, headers, body).await
+    handle(state, Api::OpenAi(Endpoint::Completions), headers, body).await
 }
 
 async fn embeddings(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(state, Endpoint::Embeddings, headers, body).await
+    handle(state, Api::OpenAi(Endpoint::Embeddings), headers, body).await
+}
+
+async fn responses(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state, Api::Responses, headers, body).await
+}
+
+async fn messages(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(state, Api::Messages, headers, body).await
 }
 
 /// The name an endpoint is logged under.
@@ -64,20 +84,22 @@ pub fn endpoint_name(e: Endpoint) -> &'static str {
         Endpoint::ChatCompletions => "chat.completions",
         Endpoint::Completions => "completions",
         Endpoint::Embeddings => "embeddings",
+        Endpoint::Responses => "responses",
+        Endpoint::Messages => "messages",
     }
 }
 
 /// Output tokens assumed for the worst case when neither the request nor
 /// the catalogue bounds them.
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
-/// Longest accepted `x-portkey-trace-id`.
-const MAX_TRACE_ID: usize = 128;
 /// The most output tokens a request may ask for (`max_tokens`,
-/// `max_completion_tokens`): far above any model's, far below anything that
-/// could overflow the worst-case arithmetic.
+/// `max_completion_tokens`, `max_output_tokens`): far above any model's, far
+/// below anything that could overflow the worst-case arithmetic.
 pub const MAX_OUTPUT_TOKENS: u64 = 100_000_000;
 /// The most choices (`n`) a request may ask for.
 pub const MAX_CHOICES: u64 = 128;
+/// Longest accepted `x-portkey-trace-id`.
+const MAX_TRACE_ID: usize = 128;
 
 /// Everything worked out about a request before it is admitted.
 pub struct Prepared {
@@ -90,6 +112,9 @@ pub struct Prepared {
     pub body: Arc<Value>,
     /// Its size in bytes as received.
     pub body_len: usize,
+    /// The API the client called, and how its answer is shaped.
+    pub api: Api,
+    pub shape: Shape,
     /// The model as the upstream knows it.
     pub model: String,
     pub stream: bool,
@@ -97,8 +122,8 @@ pub struct Prepared {
     pub endpoint: Endpoint,
     pub price: Option<ModelPrice>,
     pub tokenizer: Tokenizer,
-    /// The most output the request can produce: its `max_tokens`, else the
-    /// model's maximum from the catalogue, else a default; times `n`.
+    /// The most output the request can produce (its `max_tokens`, else the
+    /// model's maximum from the catalogue, else a default).
     pub max_output: u64,
     /// `custom_host` of the model, else of the integration, else the catalogue's.
     pub base_url: Option<String>,
@@ -125,18 +150,18 @@ fn trace_id(headers: &HeaderMap) -> String {
 }
 
 /// One gateway request, start to finish.
-pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let mut rec = UsageRecord {
         id: tollgate_core::ids::prefixed_id("req"),
         created_at: state.now(),
         trace_id: trace_id(&headers),
-        endpoint: endpoint_name(endpoint).to_owned(),
+        endpoint: api.log_name().to_owned(),
         ..Default::default()
     };
-    let prep = match prepare(&state, endpoint, &headers, &body, &mut rec) {
+    let prep = match prepare(&state, api, &headers, &body, &mut rec) {
         Ok(p) => p,
-        Err(e) => return relay::fail(&state, rec, started, e, RateHeaders::default()),
+        Err(e) => return relay::fail(&state, api, rec, started, e, RateHeaders::default()),
     };
     if prep.log_bodies {
         rec.request_body = Some(String::from_utf8_lossy(&body).into_owned());
@@ -145,14 +170,14 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
     let demand = worst_case(&prep, &checks).await;
     let reservation = match crate::limits::admit(&state, &checks, demand).await {
         Ok(r) => r,
-        Err((e, rate_headers)) => return relay::fail(&state, rec, started, e, rate_headers),
+        Err((e, rate_headers)) => return relay::fail(&state, api, rec, started, e, rate_headers),
     };
     let rate_headers = reservation.headers();
     // From here until the upstream answers, a client that goes away leaves
     // a 499 record and settles what was sent.
     let waiting = relay::Waiting::new(&state, rec, reservation, started, &prep);
     let call = Call {
-        endpoint,
+        endpoint: prep.endpoint,
         target: Target {
             base_url: prep.base_url.as_deref(),
             config: &prep.route.integration.record.configurations,
@@ -173,7 +198,7 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
     match sent {
         Err(e) => {
             crate::limits::release(&state, reservation).await;
-            relay::fail(&state, rec, started, upstream_error(e), rate_headers)
+            relay::fail(&state, api, rec, started, upstream_error(e), rate_headers)
         }
         Ok(UpstreamResponse::Whole { status, body, usage }) => {
             relay::whole(
@@ -272,7 +297,7 @@ pub fn gateway_key(snap: &Snapshot, now: DateTime<Utc>, headers: &HeaderMap) -> 
 /// Steps before admission, all from the snapshot: no I/O.
 fn prepare(
     state: &SharedState,
-    endpoint: Endpoint,
+    api: Api,
     headers: &HeaderMap,
     raw: &Bytes,
     rec: &mut UsageRecord,
@@ -315,20 +340,161 @@ fn prepare(
     if model_field.len() > MAX_MODEL_ID_LEN + MAX_SLUG_LEN + 2 || !model_field.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(bad_model_id());
     }
+    if let Api::OpenAi(endpoint) = api {
+        check_required(endpoint, obj)?;
+    }
+
+    let (route, model_name) = resolve_route(state, &snap, &workspace_id, headers, model_field, rec)?;
+    let model = model_name.as_str();
+    let slug = route.provider.slug.as_str();
+    let integration = &route.integration;
+    let entry = integration.models.get(model);
+    // The API's request as the upstream call: relayed natively where the
+    // provider speaks it, else translated to chat.
+    let (endpoint, shape, client_wants_usage) = match api {
+        Api::OpenAi(e) => {
+            let wants = body
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            (e, Shape::AsIs, wants)
+        }
+        Api::Responses if Endpoint::Responses.native_on(integration.spec.protocol) => (
+            Endpoint::Responses,
+            Shape::NativeResponses {
+                workspace: workspace_id.clone(),
+                provider: route.provider.slug.clone(),
+            },
+            false,
+        ),
+        Api::Responses => {
+            let r =
+                tollgate_providers::dialects::responses::ResponsesRequest::parse(&body).map_err(dialect::invalid)?;
+            if r.previous_response_id.is_some() {
+                return Err(invalid(
+                    format!(
+                        "previous_response_id needs a provider that stores responses (OpenAI); '@{slug}' is {}: send the whole conversation as 'input' instead",
+                        integration.record.ai_provider_id
+                    ),
+                    Some("previous_response_id"),
+                ));
+            }
+            let chat = r.to_chat().map_err(dialect::invalid)?;
+            body = chat;
+            // The shaper needs the usage chunk to report usage.
+            (Endpoint::ChatCompletions, Shape::Responses(Box::new(r.echo())), true)
+        }
+        Api::Messages if Endpoint::Messages.native_on(integration.spec.protocol) => {
+            if body.get("max_tokens").is_none() {
+                return Err(invalid("max_tokens: Field required", Some("max_tokens")));
+            }
+            (Endpoint::Messages, Shape::AsIs, false)
+        }
+        Api::Messages => {
+            let m = tollgate_providers::dialects::messages::MessagesRequest::parse(&body).map_err(dialect::invalid)?;
+            body = m.to_chat().map_err(dialect::invalid)?;
+            (Endpoint::ChatCompletions, Shape::Messages, true)
+        }
+    };
+    let (stream, max_tokens, choices) = stream_and_max_tokens(endpoint, &body)?;
+    rec.streamed = stream;
+
+    // Price and tokenizer: the model's own, else its base model's catalogue entry.
+    let provider_id = integration.record.ai_provider_id.as_str();
+    let catalogue_model = entry.and_then(|e| e.base_model_slug.as_deref()).unwrap_or(model);
+    let info = snap
+        .prices
+        .model(provider_id, catalogue_model)
+        .or_else(|| snap.prices.model(provider_id, model));
+    let price = entry.and_then(|e| e.price).or_else(|| info.map(|i| i.price));
+    let tokenizer = info.map(|i| i.tokenizer).unwrap_or_default();
+    let max_output = match endpoint {
+        Endpoint::Embeddings => 0,
+        _ => max_tokens
+            .or_else(|| info.and_then(|i| i.max_output_tokens))
+            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
+            .saturating_mul(choices),
+    };
+    let base_url = base_url(&route, model);
+    let mut upstream_headers = entry.map(|e| e.custom_headers.clone()).unwrap_or_default();
+    if endpoint == Endpoint::Messages {
+        upstream_headers.extend(anthropic_headers(headers));
+    }
+    let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
+    let model = model_name;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("model".into(), Value::String(model.clone()));
+    }
+    Ok(Prepared {
+        snap,
+        key,
+        route,
+        body_len: raw.len(),
+        body: Arc::new(body),
+        api,
+        shape,
+        model,
+        stream,
+        client_wants_usage,
+        endpoint,
+        price,
+        tokenizer,
+        max_output,
+        base_url,
+        headers: upstream_headers,
+        timeout,
+        log_bodies,
+    })
+}
+
+/// `custom_host` of the model, else of the integration, else the catalogue's.
+pub fn base_url(route: &Route, model: &str) -> Option<String> {
+    let integration = &route.integration;
+    integration
+        .models
+        .get(model)
+        .and_then(|e| e.custom_host.clone())
+        .or_else(|| integration.record.custom_host().map(str::to_owned))
+        .or_else(|| match integration.spec.protocol {
+            Protocol::OpenAi | Protocol::Anthropic | Protocol::Google => integration.spec.default_base_url.clone(),
+            _ => None,
+        })
+}
+
+/// The client's `anthropic-version` and `anthropic-beta`, which a native
+/// Messages relay passes on.
+pub fn anthropic_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    ["anthropic-version", "anthropic-beta"]
+        .into_iter()
+        .filter_map(|name| {
+            let v = headers.get(name)?.to_str().ok()?;
+            Some((name.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// The field an OpenAI endpoint cannot do without.
+fn check_required(endpoint: Endpoint, obj: &serde_json::Map<String, Value>) -> Result<(), GatewayError> {
     let required = match endpoint {
         Endpoint::ChatCompletions => "messages",
         Endpoint::Completions => "prompt",
-        Endpoint::Embeddings => "input",
+        _ => "input",
     };
     match obj.get(required) {
         Some(Value::Array(a)) if endpoint == Endpoint::ChatCompletions && a.is_empty() => {
-            return Err(invalid("'messages' must not be empty", Some("messages")))
+            Err(invalid("'messages' must not be empty", Some("messages")))
         }
-        Some(Value::Array(_)) => {}
-        Some(Value::String(_)) if endpoint != Endpoint::ChatCompletions => {}
-        _ => return Err(invalid(format!("'{required}' is required"), Some(required))),
+        Some(Value::Array(_)) => Ok(()),
+        Some(Value::String(_)) if endpoint != Endpoint::ChatCompletions => Ok(()),
+        _ => Err(invalid(format!("'{required}' is required"), Some(required))),
     }
-    let stream = match obj.get("stream") {
+}
+
+/// `stream`, the request's own bound on output tokens (`max_tokens` /
+/// `max_completion_tokens`, the larger of the two; the Responses API's
+/// `max_output_tokens`) and the number of choices `n`, each within bounds.
+fn stream_and_max_tokens(endpoint: Endpoint, body: &Value) -> Result<(bool, Option<u64>, u64), GatewayError> {
+    let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(invalid("'stream' must be a boolean", Some("stream"))),
@@ -336,27 +502,64 @@ fn prepare(
     if stream && endpoint == Endpoint::Embeddings {
         return Err(invalid("embeddings cannot be streamed", Some("stream")));
     }
-    // Both are checked; the larger bounds the worst case whichever the
-    // upstream heeds.
-    let max_tokens = bounded(obj, "max_completion_tokens", 0, MAX_OUTPUT_TOKENS)?.max(bounded(
-        obj,
-        "max_tokens",
-        0,
-        MAX_OUTPUT_TOKENS,
-    )?);
+    let Some(obj) = body.as_object() else {
+        return Err(invalid("request body must be a JSON object", None));
+    };
+    let max_tokens = match endpoint {
+        Endpoint::Responses => bounded(obj, "max_output_tokens", 0, MAX_OUTPUT_TOKENS)?,
+        Endpoint::Messages => bounded(obj, "max_tokens", 0, MAX_OUTPUT_TOKENS)?,
+        // Both are checked; the larger bounds the worst case whichever the
+        // upstream heeds.
+        _ => bounded(obj, "max_completion_tokens", 0, MAX_OUTPUT_TOKENS)?.max(bounded(
+            obj,
+            "max_tokens",
+            0,
+            MAX_OUTPUT_TOKENS,
+        )?),
+    };
     let choices = bounded(obj, "n", 1, MAX_CHOICES)?.unwrap_or(1);
-    let client_wants_usage = obj
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    Ok((stream, max_tokens, choices))
+}
 
+fn bad_model_id() -> GatewayError {
+    invalid(
+        format!(
+            "'model' must be at most {MAX_MODEL_ID_LEN} characters of printable ASCII without spaces, e.g. '@provider/model'"
+        ),
+        Some("model"),
+    )
+}
+
+/// The integer field `name` of the body, if present (`null` counts as absent),
+/// which must lie in `min..=max`.
+fn bounded(obj: &serde_json::Map<String, Value>, name: &str, min: u64, max: u64) -> Result<Option<u64>, GatewayError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (min..=max).contains(n))
+            .map(Some)
+            .ok_or_else(|| invalid(format!("'{name}' must be an integer from {min} to {max}"), Some(name))),
+    }
+}
+
+/// The route of a request (header or `@slug/model`) and the model as the
+/// upstream knows it, with every check of access and model policy; fills in
+/// the record's provider fields as soon as they are known.
+pub fn resolve_route(
+    state: &SharedState,
+    snap: &Snapshot,
+    workspace_id: &str,
+    headers: &HeaderMap,
+    model_field: &str,
+    rec: &mut UsageRecord,
+) -> Result<(Arc<Route>, String), GatewayError> {
     // Resolution: the x-portkey-provider header, else `@slug/model`.
     let (slug, model) = resolve_names(headers, model_field)?;
     if !is_valid_model_id(model) {
         return Err(bad_model_id());
     }
-    let Some(route) = snap.route(&workspace_id, slug).cloned() else {
+    let Some(route) = snap.route(workspace_id, slug).cloned() else {
         // An organisation integration not provisioned here is refused as
         // such; another workspace's answers as an unknown slug does, so
         // that its existence is not revealed.
@@ -378,7 +581,6 @@ fn prepare(
     rec.integration_slug = Some(integration.record.slug.clone());
     rec.ai_provider_id = Some(integration.record.ai_provider_id.clone());
     rec.model = Some(model.to_owned());
-    rec.streamed = stream;
     if route.access.is_none() {
         return Err(GatewayError::Permission(format!(
             "provider '@{slug}' is not provisioned to this workspace"
@@ -411,75 +613,8 @@ fn prepare(
         )));
     }
 
-    // Price and tokenizer: the model's own, else its base model's catalogue entry.
-    let provider_id = integration.record.ai_provider_id.as_str();
-    let catalogue_model = entry.and_then(|e| e.base_model_slug.as_deref()).unwrap_or(model);
-    let info = snap
-        .prices
-        .model(provider_id, catalogue_model)
-        .or_else(|| snap.prices.model(provider_id, model));
-    let price = entry.and_then(|e| e.price).or_else(|| info.map(|i| i.price));
-    let tokenizer = info.map(|i| i.tokenizer).unwrap_or_default();
-    let max_output = match endpoint {
-        Endpoint::Embeddings => 0,
-        _ => max_tokens
-            .or_else(|| info.and_then(|i| i.max_output_tokens))
-            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)
-            .saturating_mul(choices),
-    };
-    let base_url = entry
-        .and_then(|e| e.custom_host.clone())
-        .or_else(|| integration.record.custom_host().map(str::to_owned))
-        .or_else(|| match integration.spec.protocol {
-            Protocol::OpenAi | Protocol::Anthropic | Protocol::Google => integration.spec.default_base_url.clone(),
-            _ => None,
-        });
-    let headers = entry.map(|e| e.custom_headers.clone()).unwrap_or_default();
-    let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
     let model = model.to_owned();
-    if let Some(o) = body.as_object_mut() {
-        o.insert("model".into(), Value::String(model.clone()));
-    }
-    Ok(Prepared {
-        snap,
-        key,
-        route,
-        body: Arc::new(body),
-        body_len: raw.len(),
-        model,
-        stream,
-        client_wants_usage,
-        endpoint,
-        price,
-        tokenizer,
-        max_output,
-        base_url,
-        headers,
-        timeout,
-        log_bodies,
-    })
-}
-
-fn bad_model_id() -> GatewayError {
-    invalid(
-        format!(
-            "'model' must be at most {MAX_MODEL_ID_LEN} characters of printable ASCII without spaces, e.g. '@provider/model'"
-        ),
-        Some("model"),
-    )
-}
-
-/// The integer field `name` of the body, if present (`null` counts as absent),
-/// which must lie in `min..=max`.
-fn bounded(obj: &serde_json::Map<String, Value>, name: &str, min: u64, max: u64) -> Result<Option<u64>, GatewayError> {
-    match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (min..=max).contains(n))
-            .map(Some)
-            .ok_or_else(|| invalid(format!("'{name}' must be an integer from {min} to {max}"), Some(name))),
-    }
+    Ok((route, model))
 }
 
 /// `(provider slug, model)` from the header or the model string.

@@ -1,10 +1,10 @@
 //! `GET /v1/models`: exactly what the calling workspace may use, as
-//! `@provider/model` ids.
+//! `@provider/model` ids; `GET /v1/models/{id}`: one of them.
 
 use crate::error::GatewayError;
 use crate::snapshot::Snapshot;
 use crate::state::SharedState;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,6 +14,24 @@ use std::collections::BTreeSet;
 
 pub async fn list(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     match models(&state, &headers) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// One model of the list, or an OpenAI-shaped 404.
+pub async fn retrieve(State(state): State<SharedState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let found = models(&state, &headers).and_then(|list| {
+        list["data"]
+            .as_array()
+            .and_then(|d| d.iter().find(|m| m["id"] == id.as_str()).cloned())
+            .ok_or_else(|| {
+                GatewayError::NotFound(format!(
+                    "The model '{id}' does not exist or this workspace may not use it"
+                ))
+            })
+    });
+    match found {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }

@@ -12,12 +12,13 @@
 //! request log, which start-up rebuilds the counters from. So a crash never
 //! forgets usage that a client received.
 
+use super::dialect::Api;
 use super::{decorate, Prepared};
 use crate::error::GatewayError;
 use crate::state::SharedState;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::stream::BoxStream;
 use futures::Stream;
 use serde::Deserialize;
@@ -28,6 +29,7 @@ use std::time::Instant;
 use tollgate_core::admission::RateHeaders;
 use tollgate_core::catalogue::Tokenizer;
 use tollgate_core::usage::{ModelPrice, Usage};
+use tollgate_providers::dialects::StreamShaper;
 use tollgate_providers::{tokens, Endpoint, ProviderError, StreamItem};
 use tollgate_store::counters::Reservation;
 use tollgate_store::usage::UsageRecord;
@@ -39,6 +41,7 @@ fn micros(since: Instant) -> u64 {
 /// Renders a refusal or failure, and logs it.
 pub fn fail(
     state: &SharedState,
+    api: Api,
     mut rec: UsageRecord,
     started: Instant,
     e: GatewayError,
@@ -48,7 +51,7 @@ pub fn fail(
     rec.status_code = status.as_u16();
     rec.error_type = Some(kind);
     rec.refusal = e.refusal().map(str::to_owned);
-    let mut resp = e.into_response();
+    let mut resp = api.error_response(e);
     decorate(&mut resp, &rec.trace_id, &rate);
     rec.latency_us = micros(started);
     crate::metrics::record(&state.snapshot(), &rec);
@@ -249,14 +252,35 @@ pub async fn whole(
             (usage, true)
         }
     };
+    // The answer in the API the client called (a translated one was read
+    // for its text above as the chat answer it is).
+    let shaped = prep
+        .shape
+        .whole(body.clone(), &prep.model, state.now().timestamp(), &state.response_ids);
+    let shaped = match shaped {
+        Ok(b) => b,
+        Err(e) => {
+            // The upstream answered (and billed): settle, but fail the request.
+            let rate = reservation.headers();
+            let (status, kind, _) = e.wire();
+            rec.status_code = status.as_u16();
+            rec.error_type = Some(kind);
+            let trace_id = rec.trace_id.clone();
+            rec.latency_us = micros(started);
+            close_books(state, rec, reservation, usage, estimated, prep.price).await;
+            let mut resp = prep.api.error_response(e);
+            decorate(&mut resp, &trace_id, &rate);
+            return resp;
+        }
+    };
     if prep.log_bodies {
-        rec.response_body = Some(String::from_utf8_lossy(&body).into_owned());
+        rec.response_body = Some(String::from_utf8_lossy(&shaped).into_owned());
     }
     let rate = reservation.headers();
     let trace_id = rec.trace_id.clone();
     rec.latency_us = micros(started);
     close_books(state, rec, reservation, usage, estimated, prep.price).await;
-    let mut resp = Response::new(Body::from(body));
+    let mut resp = Response::new(Body::from(shaped));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -278,6 +302,12 @@ pub fn stream(
     let rate = reservation.headers();
     let trace_id = rec.trace_id.clone();
     let timeout = prep.timeout;
+    let shaper = prep.shape.streamer(
+        prep.api,
+        &prep.model,
+        state.now().timestamp(),
+        state.response_ids.clone(),
+    );
     let books = Books {
         state,
         rec,
@@ -294,6 +324,7 @@ pub fn stream(
     };
     let relay = Relay {
         inner,
+        shaper,
         books: Some(books),
         done: false,
         pending: None,
@@ -412,6 +443,9 @@ enum Outcome {
 /// The client-facing stream.
 struct Relay {
     inner: BoxStream<'static, Result<StreamItem, ProviderError>>,
+    /// Turns OpenAI chunks into the events of the API the client called
+    /// (`None`: OpenAI's own, relayed as they are).
+    shaper: Option<Box<dyn StreamShaper>>,
     books: Option<Books>,
     done: bool,
     /// An end or error met while coalescing, handled on the next poll.
@@ -471,6 +505,19 @@ const DONE_FRAME: &[u8] = b"data: [DONE]\n\n";
 const COALESCE_BYTES: usize = 16 * 1024;
 
 impl Relay {
+    /// The frame for a failure: the API's error event.
+    fn error_frame(&mut self, err: &GatewayError) -> Bytes {
+        match self.shaper.as_mut() {
+            Some(s) => {
+                let (status, kind, _) = err.wire();
+                let mut out = Vec::new();
+                s.fail(status.as_u16(), &kind, err.message(), &mut out);
+                Bytes::from(out)
+            }
+            None => Bytes::from(format!("data: {}\n\n", err.body())),
+        }
+    }
+
     /// Joins `first` with the frames that are already waiting, so that a
     /// burst from the upstream costs the client connection one write rather
     /// than one per frame. Stops at anything that is not a ready frame (usage,
@@ -523,7 +570,12 @@ impl Stream for Relay {
                 }
             }
             self.done = true;
-            return Poll::Ready(self.closing.take().map(|(_, last)| Ok(last)));
+            return Poll::Ready(
+                self.closing
+                    .take()
+                    .filter(|(_, last)| !last.is_empty())
+                    .map(|(_, last)| Ok(last)),
+            );
         }
         loop {
             let next = match self.pending.take() {
@@ -536,7 +588,7 @@ impl Stream for Relay {
             match next {
                 Poll::Pending if self.idle.expired(cx) => {
                     let err = GatewayError::Timeout;
-                    let frame = Bytes::from(format!("data: {}\n\n", err.body()));
+                    let frame = self.error_frame(&err);
                     self.close(Outcome::Failed(err), frame);
                     return self.poll_next(cx);
                 }
@@ -545,7 +597,15 @@ impl Stream for Relay {
                     if let Some(b) = self.books.as_mut() {
                         b.on_frame(&frame);
                     }
-                    return Poll::Ready(Some(Ok(self.coalesce(frame, cx))));
+                    let frame = self.coalesce(frame, cx);
+                    let Some(shaper) = self.shaper.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    let mut out = Vec::new();
+                    shaper.frame(&frame, &mut out);
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Bytes::from(out))));
+                    }
                 }
                 Poll::Ready(Some(Ok(StreamItem::Usage(u)))) => {
                     if let Some(b) = self.books.as_mut() {
@@ -554,12 +614,22 @@ impl Stream for Relay {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let err = super::upstream_error(e);
-                    let frame = Bytes::from(format!("data: {}\n\n", err.body()));
+                    let frame = self.error_frame(&err);
                     self.close(Outcome::Failed(err), frame);
                     return self.poll_next(cx);
                 }
                 Poll::Ready(None) => {
-                    self.close(Outcome::Done, Bytes::from_static(DONE_FRAME));
+                    // The last bytes: `[DONE]`, or what the API's shaper
+                    // still owes (its closing events).
+                    let last = match self.shaper.as_mut() {
+                        None => Bytes::from_static(DONE_FRAME),
+                        Some(shaper) => {
+                            let mut out = Vec::new();
+                            shaper.finish(&mut out);
+                            Bytes::from(out)
+                        }
+                    };
+                    self.close(Outcome::Done, last);
                     return self.poll_next(cx);
                 }
             }

@@ -359,8 +359,11 @@ async fn malformed_bodies_and_auth_errors() {
     // Not found.
     let r = app.get("/v1/admin/workspaces/ws-nope-123456", &app.admin_key).await;
     assert_eq!((r.status, r.code()), (404, "AB08"));
-    let r = app.get("/v1/nowhere", &app.admin_key).await;
+    let r = app.get("/v1/admin/nowhere", &app.admin_key).await;
     assert_eq!((r.status, r.code()), (404, "AB08"));
+    // Outside the admin prefixes, /v1 is the gateway's: OpenAI's shape (issue 15).
+    let r = app.get("/v1/nowhere", &app.admin_key).await;
+    assert_eq!((r.status, r.error_type()), (404, "invalid_request_error"));
 }
 
 #[tokio::test]

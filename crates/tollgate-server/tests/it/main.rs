@@ -6,6 +6,7 @@ mod analytics;
 mod cli;
 mod connections;
 mod dashboard;
+mod dialects;
 mod durability;
 mod gateway;
 mod hardening;
