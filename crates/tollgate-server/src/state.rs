@@ -36,6 +36,8 @@ pub struct AppState {
     pub usage: UsageLog,
     pub counters: Arc<dyn Counters>,
     pub alerts: AlertHandle,
+    /// Circuit breakers of routing targets (in this process).
+    pub breakers: crate::gateway::routing::Breakers,
     snapshot: ArcSwap<Snapshot>,
     master: Mutex<Arc<MasterKey>>,
     write_lock: tokio::sync::Mutex<()>,
@@ -87,6 +89,7 @@ impl AppState {
             usage,
             counters,
             alerts,
+            breakers: Default::default(),
             snapshot: ArcSwap::from_pointee(snap),
             master: Mutex::new(master),
             write_lock: tokio::sync::Mutex::new(()),

@@ -12,6 +12,7 @@
 
 pub mod models;
 pub mod relay;
+pub mod routing;
 
 use crate::auth::{self, AuthFailure};
 use crate::error::GatewayError;
@@ -20,7 +21,7 @@ use crate::state::SharedState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -32,6 +33,7 @@ use tollgate_core::catalogue::{Protocol, Tokenizer};
 use tollgate_core::limits::RateKind;
 use tollgate_core::money::Money;
 use tollgate_core::records::KeyType;
+use tollgate_core::routing::Failure;
 use tollgate_core::usage::ModelPrice;
 use tollgate_providers::{tokens, Call, Endpoint, ProviderError, Target, UpstreamResponse};
 use tollgate_store::usage::UsageRecord;
@@ -112,7 +114,9 @@ fn trace_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// One gateway request, start to finish.
+/// One gateway request, start to finish: without a routing config, one
+/// governed attempt; with one, [`routing::run`] walks its targets, each
+/// attempt governed the same way.
 pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let mut rec = UsageRecord {
@@ -122,22 +126,133 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
         endpoint: endpoint_name(endpoint).to_owned(),
         ..Default::default()
     };
-    let prep = match prepare(&state, endpoint, &headers, &body, &mut rec) {
+    let (parsed, json) = match parse(&state, endpoint, &headers, &body, &mut rec) {
         Ok(p) => p,
         Err(e) => return relay::fail(&state, rec, started, e, RateHeaders::default()),
     };
-    if prep.log_bodies {
+    if parsed.log_bodies {
         rec.request_body = Some(String::from_utf8_lossy(&body).into_owned());
     }
+    match routing::plan_for(&parsed, &headers, &json) {
+        Err(e) => relay::fail(&state, rec, started, e, RateHeaders::default()),
+        Ok(Some(plan)) => routing::run(&state, &parsed, &headers, &json, &plan, rec, started).await,
+        Ok(None) => {
+            let prep = match resolve(&state, &parsed, json, &headers, Pick::default(), &mut rec) {
+                Ok(p) => p,
+                Err(e) => return relay::fail(&state, rec, started, e, RateHeaders::default()),
+            };
+            match attempt(&state, prep, rec, started, false).await {
+                Attempt::Answered(resp) => resp,
+                Attempt::Failed(f) => f.render(&state, started),
+            }
+        }
+    }
+}
+
+/// What one governed attempt came to.
+pub enum Attempt {
+    /// The client's answer: a whole success, or a stream under way.
+    Answered(Response),
+    Failed(Failed),
+}
+
+/// A failed attempt, not yet logged: routing decides whether it is the
+/// request's last word ([`Failed::render`]) or is passed over
+/// ([`Failed::supersede`]).
+pub struct Failed {
+    pub error: GatewayError,
+    /// How it failed, for the routing rules.
+    pub failure: Failure,
+    /// The wait the upstream asked for before another try.
+    pub retry_after: Option<Duration>,
+    pub rate: RateHeaders,
+    closing: Closing,
+}
+
+/// How a failed attempt's books are closed.
+enum Closing {
+    /// Nothing reserved any more: log the record.
+    Record(UsageRecord),
+    /// A stream that failed before its first byte: settle what it used.
+    Stream(relay::Books),
+}
+
+impl Failed {
+    pub fn refused(error: GatewayError, rec: UsageRecord, rate: RateHeaders) -> Failed {
+        let status = error.wire().0.as_u16();
+        Failed {
+            failure: Failure::Status(status),
+            error,
+            retry_after: None,
+            rate,
+            closing: Closing::Record(rec),
+        }
+    }
+
+    /// The attempt's log record (its target and retry fields are set by routing).
+    pub fn record_mut(&mut self) -> &mut UsageRecord {
+        match &mut self.closing {
+            Closing::Record(r) => r,
+            Closing::Stream(b) => b.record_mut(),
+        }
+    }
+
+    /// The client's answer: the error, logged as the final attempt.
+    pub fn render(self, state: &SharedState, started: Instant) -> Response {
+        match self.closing {
+            Closing::Record(rec) => relay::fail(state, rec, started, self.error, self.rate),
+            Closing::Stream(books) => {
+                let trace = books.trace_id().to_owned();
+                let mut resp = self.error.clone().into_response();
+                decorate(&mut resp, &trace, &self.rate);
+                books.fail(self.error);
+                resp
+            }
+        }
+    }
+
+    /// Logged as an attempt the client did not get the answer of.
+    pub fn supersede(mut self, state: &SharedState, started: Instant) {
+        self.record_mut().superseded = true;
+        match self.closing {
+            Closing::Record(rec) => relay::log_failure(state, rec, started, &self.error),
+            Closing::Stream(books) => books.fail(self.error),
+        }
+    }
+}
+
+/// How an adapter failure counts for routing: the upstream's status, or no
+/// answer at all (a timeout counts as 408, as Portkey's does).
+fn provider_failure(e: &ProviderError) -> Failure {
+    match e {
+        ProviderError::Upstream { status, .. } => Failure::Status(*status),
+        ProviderError::Unsupported(_) => Failure::Status(400),
+        ProviderError::Timeout => Failure::NoAnswer(tollgate_core::routing::TIMEOUT_STATUS),
+        _ => Failure::NoAnswer(502),
+    }
+}
+
+/// One governed attempt: admit the worst case against every limit of its
+/// target, send, and relay the answer (settling and logging it). A failure
+/// comes back unlogged with its reservation released or settled. With
+/// `hold_first`, a stream is answered only once its first frame arrived, so
+/// that a stream failing before its first byte can still fall back.
+pub async fn attempt(
+    state: &SharedState,
+    prep: Prepared,
+    rec: UsageRecord,
+    started: Instant,
+    hold_first: bool,
+) -> Attempt {
     let checks = applicable_checks(&prep);
     let demand = worst_case(&prep, &checks);
-    let reservation = match crate::limits::admit(&state, &checks, demand).await {
+    let reservation = match crate::limits::admit(state, &checks, demand).await {
         Ok(r) => r,
-        Err(e) => return relay::fail(&state, rec, started, e, RateHeaders::default()),
+        Err(e) => return Attempt::Failed(Failed::refused(e, rec, RateHeaders::default())),
     };
     let rate_headers = reservation.headers();
     let call = Call {
-        endpoint,
+        endpoint: prep.endpoint,
         target: Target {
             base_url: prep.base_url.as_deref(),
             config: &prep.route.integration.record.configurations,
@@ -154,12 +269,18 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
     let sent = state.adapters.send(prep.route.integration.spec.protocol, call).await;
     match sent {
         Err(e) => {
-            crate::limits::release(&state, reservation).await;
-            relay::fail(&state, rec, started, upstream_error(e), rate_headers)
+            crate::limits::release(state, reservation).await;
+            Attempt::Failed(Failed {
+                failure: provider_failure(&e),
+                retry_after: None,
+                error: upstream_error(e),
+                rate: rate_headers,
+                closing: Closing::Record(rec),
+            })
         }
-        Ok(UpstreamResponse::Whole { status, body, usage }) => {
+        Ok(UpstreamResponse::Whole { status, body, usage }) => Attempt::Answered(
             relay::whole(
-                &state,
+                state,
                 rec,
                 &prep,
                 reservation,
@@ -169,10 +290,23 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
                 body,
                 usage,
             )
-            .await
-        }
+            .await,
+        ),
         Ok(UpstreamResponse::Stream(stream)) => {
-            relay::stream(state.clone(), rec, prep, reservation, started, upstream_started, stream)
+            let relayed = relay::stream(state.clone(), rec, prep, reservation, started, upstream_started, stream);
+            if !hold_first {
+                return Attempt::Answered(relayed.respond());
+            }
+            match relayed.first().await {
+                Ok(relayed) => Attempt::Answered(relayed.respond()),
+                Err((books, e)) => Attempt::Failed(Failed {
+                    failure: provider_failure(&e),
+                    retry_after: None,
+                    error: upstream_error(e),
+                    rate: rate_headers,
+                    closing: Closing::Stream(books),
+                }),
+            }
         }
     }
 }
@@ -242,14 +376,40 @@ pub fn gateway_key(snap: &Snapshot, now: DateTime<Utc>, headers: &HeaderMap) -> 
     Ok(key)
 }
 
-/// Steps before admission, all from the snapshot: no I/O.
-fn prepare(
+/// What is known about a request before a target is chosen: the caller,
+/// and the settings that hold whichever target answers.
+pub struct Parsed {
+    /// The control plane this request is resolved against, start to end.
+    pub snap: Arc<Snapshot>,
+    pub key: Arc<KeyEntry>,
+    pub workspace_id: String,
+    pub endpoint: Endpoint,
+    /// The request timeout (`x-portkey-request-timeout`, else the server's).
+    pub timeout: Duration,
+    pub log_bodies: bool,
+    /// The request names its provider itself (`x-portkey-provider` or an
+    /// `@slug/` model), so a default config does not apply.
+    pub names_provider: bool,
+}
+
+/// What a config target adds to the request: its provider, parameters and
+/// timeout. The default (nothing) resolves the request as sent.
+#[derive(Default, Clone, Copy)]
+pub struct Pick<'a> {
+    /// The provider slug (without `@`).
+    pub provider: Option<&'a str>,
+    pub override_params: Option<&'a serde_json::Map<String, Value>>,
+    pub timeout: Option<Duration>,
+}
+
+/// Authenticates the caller and reads the request: no I/O.
+fn parse(
     state: &SharedState,
     endpoint: Endpoint,
     headers: &HeaderMap,
     raw: &Bytes,
     rec: &mut UsageRecord,
-) -> Result<Prepared, GatewayError> {
+) -> Result<(Parsed, Value), GatewayError> {
     let snap = state.snapshot();
     let key = gateway_key(&snap, state.now(), headers)?;
     rec.api_key_id = Some(key.record.id.clone());
@@ -271,12 +431,55 @@ fn prepare(
                 )
             })?,
     };
-
-    let mut body: Value =
+    let body: Value =
         serde_json::from_slice(raw).map_err(|e| invalid(format!("request body is not valid JSON: {e}"), None))?;
     let obj = body
         .as_object()
         .ok_or_else(|| invalid("request body must be a JSON object", None))?;
+    let names_provider = headers.contains_key("x-portkey-provider")
+        || obj
+            .get("model")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with('@'));
+    let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
+    Ok((
+        Parsed {
+            snap,
+            key,
+            workspace_id,
+            endpoint,
+            timeout,
+            log_bodies,
+            names_provider,
+        },
+        body,
+    ))
+}
+
+/// Resolves the request for one target, all from the snapshot (no I/O):
+/// the target's parameters, the provider (the target's, else
+/// `x-portkey-provider`, else `@slug/model`), access, the model policy
+/// (412 before anything is sent), the price, the tokenizer and the most
+/// output the request can produce.
+fn resolve(
+    state: &SharedState,
+    parsed: &Parsed,
+    mut body: Value,
+    headers: &HeaderMap,
+    pick: Pick<'_>,
+    rec: &mut UsageRecord,
+) -> Result<Prepared, GatewayError> {
+    let endpoint = parsed.endpoint;
+    let snap = &parsed.snap;
+    let workspace_id = parsed.workspace_id.as_str();
+    if let (Some(o), Some(params)) = (body.as_object_mut(), pick.override_params) {
+        for (k, v) in params {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    let Some(obj) = body.as_object() else {
+        return Err(invalid("request body must be a JSON object", None));
+    };
     let model_field = obj
         .get("model")
         .and_then(Value::as_str)
@@ -316,9 +519,13 @@ fn prepare(
         .and_then(Value::as_bool)
         .unwrap_or(false);
 
-    // Resolution: the x-portkey-provider header, else `@slug/model`.
-    let (slug, model) = resolve_names(headers, model_field)?;
-    let Some(route) = snap.route(&workspace_id, slug).cloned() else {
+    // Resolution: the target's provider, else the x-portkey-provider header,
+    // else `@slug/model`.
+    let (slug, model) = match pick.provider {
+        Some(slug) => (slug, strip_provider(model_field)),
+        None => resolve_names(headers, model_field)?,
+    };
+    let Some(route) = snap.route(workspace_id, slug).cloned() else {
         // An integration of that slug exists but was never provisioned here.
         if snap.integration_by_slug(slug).is_some() {
             return Err(GatewayError::Permission(format!(
@@ -391,14 +598,13 @@ fn prepare(
             _ => None,
         });
     let headers = entry.map(|e| e.custom_headers.clone()).unwrap_or_default();
-    let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
     let model = model.to_owned();
     if let Some(o) = body.as_object_mut() {
         o.insert("model".into(), Value::String(model.clone()));
     }
     Ok(Prepared {
-        snap,
-        key,
+        snap: snap.clone(),
+        key: parsed.key.clone(),
         route,
         body,
         model,
@@ -410,9 +616,19 @@ fn prepare(
         max_output,
         base_url,
         headers,
-        timeout,
-        log_bodies,
+        timeout: pick.timeout.unwrap_or(parsed.timeout),
+        log_bodies: parsed.log_bodies,
     })
+}
+
+/// The model of a string that may name a provider (`@slug/model` → `model`).
+fn strip_provider(model: &str) -> &str {
+    model
+        .strip_prefix('@')
+        .and_then(|m| m.split_once('/'))
+        .map(|(_, m)| m)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(model)
 }
 
 /// `(provider slug, model)` from the header or the model string.
