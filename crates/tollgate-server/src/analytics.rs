@@ -354,6 +354,7 @@ pub fn metrics(a: &Agg) -> Row {
         m.push((k.to_owned(), v));
     };
     put("requests", json!(a.requests));
+    put("attempts", json!(a.attempts));
     put("successful_requests", json!(a.successful));
     put("failed_requests", json!(a.failed()));
     put("error_rate", opt(ratio(u128::from(a.failed()) * 100, n, 2)));

@@ -8,4 +8,5 @@ mod gateway;
 mod limits;
 mod protocols;
 mod provisioning;
+mod routing;
 mod support;
