@@ -354,7 +354,6 @@ pub fn metrics(a: &Agg) -> Row {
         m.push((k.to_owned(), v));
     };
     put("requests", json!(a.requests));
-    put("attempts", json!(a.attempts));
     put("successful_requests", json!(a.successful));
     put("failed_requests", json!(a.failed()));
     put("error_rate", opt(ratio(u128::from(a.failed()) * 100, n, 2)));
@@ -369,6 +368,7 @@ pub fn metrics(a: &Agg) -> Row {
     put("refused_permission", json!(a.refused_permission));
     put("cancelled", json!(a.cancelled));
     put("streamed", json!(a.streamed));
+    put("attempts", json!(a.attempts));
     put("prompt_tokens", json!(a.prompt_tokens));
     put("completion_tokens", json!(a.completion_tokens));
     put("cached_tokens", json!(a.cached_tokens));

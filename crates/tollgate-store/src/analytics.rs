@@ -370,6 +370,7 @@ impl Agg {
         self.total_tokens += f.total_tokens;
         if let Some(c) = f.cost_picos {
             self.cost_picos += i128::from(c);
+            self.priced_tokens += f.total_tokens;
         }
         if f.superseded {
             return;
@@ -397,7 +398,6 @@ impl Agg {
         self.streamed += u64::from(f.streamed);
         if f.cost_picos.is_some() {
             self.priced_requests += 1;
-            self.priced_tokens += f.total_tokens;
         }
         self.latency_sum_us += u128::from(f.latency_us);
         self.latency_max_us = self.latency_max_us.max(f.latency_us);

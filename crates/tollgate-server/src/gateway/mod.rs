@@ -153,7 +153,7 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
 pub enum Attempt {
     /// The client's answer: a whole success, or a stream under way.
     Answered(Response),
-    Failed(Failed),
+    Failed(Box<Failed>),
 }
 
 /// A failed attempt, not yet logged: routing decides whether it is the
@@ -172,9 +172,9 @@ pub struct Failed {
 /// How a failed attempt's books are closed.
 enum Closing {
     /// Nothing reserved any more: log the record.
-    Record(UsageRecord),
+    Record(Box<UsageRecord>),
     /// A stream that failed before its first byte: settle what it used.
-    Stream(relay::Books),
+    Stream(Box<relay::Books>),
 }
 
 impl Failed {
@@ -185,7 +185,7 @@ impl Failed {
             error,
             retry_after: None,
             rate,
-            closing: Closing::Record(rec),
+            closing: Closing::Record(Box::new(rec)),
         }
     }
 
@@ -200,7 +200,7 @@ impl Failed {
     /// The client's answer: the error, logged as the final attempt.
     pub fn render(self, state: &SharedState, started: Instant) -> Response {
         match self.closing {
-            Closing::Record(rec) => relay::fail(state, rec, started, self.error, self.rate),
+            Closing::Record(rec) => relay::fail(state, *rec, started, self.error, self.rate),
             Closing::Stream(books) => {
                 let trace = books.trace_id().to_owned();
                 let mut resp = self.error.clone().into_response();
@@ -215,7 +215,7 @@ impl Failed {
     pub fn supersede(mut self, state: &SharedState, started: Instant) {
         self.record_mut().superseded = true;
         match self.closing {
-            Closing::Record(rec) => relay::log_failure(state, rec, started, &self.error),
+            Closing::Record(rec) => relay::log_failure(state, *rec, started, &self.error),
             Closing::Stream(books) => books.fail(self.error),
         }
     }
@@ -248,7 +248,7 @@ pub async fn attempt(
     let demand = worst_case(&prep, &checks);
     let reservation = match crate::limits::admit(state, &checks, demand).await {
         Ok(r) => r,
-        Err(e) => return Attempt::Failed(Failed::refused(e, rec, RateHeaders::default())),
+        Err(e) => return Attempt::Failed(Box::new(Failed::refused(e, rec, RateHeaders::default()))),
     };
     let rate_headers = reservation.headers();
     let call = Call {
@@ -270,13 +270,13 @@ pub async fn attempt(
     match sent {
         Err(e) => {
             crate::limits::release(state, reservation).await;
-            Attempt::Failed(Failed {
+            Attempt::Failed(Box::new(Failed {
                 failure: provider_failure(&e),
                 retry_after: None,
                 error: upstream_error(e),
                 rate: rate_headers,
-                closing: Closing::Record(rec),
-            })
+                closing: Closing::Record(Box::new(rec)),
+            }))
         }
         Ok(UpstreamResponse::Whole { status, body, usage }) => Attempt::Answered(
             relay::whole(
@@ -299,13 +299,13 @@ pub async fn attempt(
             }
             match relayed.first().await {
                 Ok(relayed) => Attempt::Answered(relayed.respond()),
-                Err((books, e)) => Attempt::Failed(Failed {
+                Err((books, e)) => Attempt::Failed(Box::new(Failed {
                     failure: provider_failure(&e),
                     retry_after: None,
                     error: upstream_error(e),
                     rate: rate_headers,
-                    closing: Closing::Stream(books),
-                }),
+                    closing: Closing::Stream(Box::new(books)),
+                })),
             }
         }
     }

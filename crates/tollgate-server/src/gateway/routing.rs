@@ -131,7 +131,7 @@ impl Breakers {
 struct Done {
     path: String,
     retries: u32,
-    result: Result<Response, Failed>,
+    result: Result<Response, Box<Failed>>,
 }
 
 type Walking<'w> = Pin<Box<dyn Future<Output = Done> + Send + 'w>>;
@@ -263,7 +263,7 @@ impl<'a> Walk<'a> {
                 if self.state.breakers.is_open(key, self.state.now().timestamp_millis()) {
                     let e =
                         GatewayError::Upstream(format!("target {} skipped: its circuit breaker is open", leaf.path));
-                    let mut f = Failed::refused(e, rec, RateHeaders::default());
+                    let mut f = Box::new(Failed::refused(e, rec, RateHeaders::default()));
                     f.failure = Failure::NoAnswer(503);
                     return Done {
                         path: leaf.path.clone(),
@@ -279,7 +279,7 @@ impl<'a> Walk<'a> {
             };
             let outcome = match resolve(self.state, self.parsed, self.body.clone(), self.headers, pick, &mut rec) {
                 Ok(prep) => attempt(self.state, prep, rec, self.started, true).await,
-                Err(e) => Attempt::Failed(Failed::refused(e, rec, RateHeaders::default())),
+                Err(e) => Attempt::Failed(Box::new(Failed::refused(e, rec, RateHeaders::default()))),
             };
             self.attempts += 1;
             if let Some((cb, key)) = &breaker {
