@@ -221,6 +221,14 @@ impl Failed {
     }
 }
 
+/// The wait an upstream asked for before another try.
+fn asked_wait(e: &ProviderError) -> Option<Duration> {
+    match e {
+        ProviderError::Upstream { retry_after, .. } => *retry_after,
+        _ => None,
+    }
+}
+
 /// How an adapter failure counts for routing: the upstream's status, or no
 /// answer at all (a timeout counts as 408, as Portkey's does).
 fn provider_failure(e: &ProviderError) -> Failure {
@@ -272,7 +280,7 @@ pub async fn attempt(
             crate::limits::release(state, reservation).await;
             Attempt::Failed(Box::new(Failed {
                 failure: provider_failure(&e),
-                retry_after: None,
+                retry_after: asked_wait(&e),
                 error: upstream_error(e),
                 rate: rate_headers,
                 closing: Closing::Record(Box::new(rec)),
@@ -301,7 +309,7 @@ pub async fn attempt(
                 Ok(relayed) => Attempt::Answered(relayed.respond()),
                 Err((books, e)) => Attempt::Failed(Box::new(Failed {
                     failure: provider_failure(&e),
-                    retry_after: None,
+                    retry_after: asked_wait(&e),
                     error: upstream_error(e),
                     rate: rate_headers,
                     closing: Closing::Stream(Box::new(books)),
@@ -347,10 +355,10 @@ fn worst_case(prep: &Prepared, checks: &[LimitCheck]) -> Demand {
 /// Maps an adapter failure to the gateway error API.md prescribes.
 pub fn upstream_error(e: ProviderError) -> GatewayError {
     match e {
-        ProviderError::Upstream { status, message } if (400..500).contains(&status) => {
+        ProviderError::Upstream { status, message, .. } if (400..500).contains(&status) => {
             GatewayError::UpstreamClient { status, message }
         }
-        ProviderError::Upstream { status, message } => {
+        ProviderError::Upstream { status, message, .. } => {
             GatewayError::Upstream(format!("upstream returned {status}: {message}"))
         }
         ProviderError::Timeout => GatewayError::Timeout,
@@ -751,6 +759,7 @@ mod tests {
         let e = upstream_error(ProviderError::Upstream {
             status: 429,
             message: "slow down".into(),
+            retry_after: None,
         });
         assert_eq!(
             e,
@@ -762,7 +771,8 @@ mod tests {
         assert!(matches!(
             upstream_error(ProviderError::Upstream {
                 status: 503,
-                message: "x".into()
+                message: "x".into(),
+                retry_after: None,
             }),
             GatewayError::Upstream(_)
         ));

@@ -646,3 +646,44 @@ async fn default_configs_let_clients_send_plain_model_names() {
         r.body
     );
 }
+
+#[tokio::test]
+async fn retries_wait_what_the_upstream_asks_for() {
+    let s = setup().await;
+    s.ca.set_retry_after_ms(Some(600));
+    s.ca.fail_times(1, 429, "slow down");
+    let started = Instant::now();
+    let r = s
+        .send(&json!({"provider": "@a", "retry": {"attempts": 1}}), &chat("gpt-4o"))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.header("x-portkey-retry-attempt-count"), Some("1"));
+    // Told not to, it backs off instead (at most 100 ms for the first retry).
+    s.ca.fail_times(1, 429, "slow down");
+    let started = Instant::now();
+    let r = s
+        .send(
+            &json!({"provider": "@a", "retry": {"attempts": 1, "use_retry_after_headers": false}}),
+            &chat("gpt-4o"),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // A wait beyond the 60 s cap ends the retries with the upstream's answer.
+    s.ca.set_retry_after_ms(Some(61_000));
+    s.ca.fail_times(1, 429, "slow down");
+    let r = s
+        .send(&json!({"provider": "@a", "retry": {"attempts": 1}}), &chat("gpt-4o"))
+        .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-portkey-retry-attempt-count"), Some("0"));
+}
