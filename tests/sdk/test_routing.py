@@ -148,3 +148,21 @@ def test_plain_model_names_through_a_workspace_default_config(tollgate: Tollgate
     assert r.choices[0].message.content == MOCK_REPLY
     pk = Portkey(api_key=key, base_url=tollgate.v1, max_retries=0)
     assert pk.chat.completions.create(model="gpt-4o", messages=MESSAGES).choices[0].message.content == MOCK_REPLY
+
+
+def test_llamaindex_openai_class_with_a_plain_model_name(tollgate: Tollgate, mocks: Dict[str, Mock]) -> None:
+    """LlamaIndex's `OpenAI` class refuses model names it does not know
+    (`@slug/model`); through a workspace default config it sends `gpt-4o`."""
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.openai import OpenAI as LlamaOpenAI
+
+    ws = create_workspace(tollgate, unique("Llama"))
+    key = create_workspace_key(tollgate, ws, ["completions.write"])["key"]
+    slug = unique("llama-oai")
+    tollgate.ok("POST", "/v1/integrations", integration_body("openai", slug, mocks["openai"]))
+    provision(tollgate, slug, [ws])
+    tollgate.ok("PUT", f"/v1/admin/workspaces/{ws}", {"default_config": {"provider": f"@{slug}"}})
+    llm = LlamaOpenAI(model="gpt-4o", api_key=key, api_base=tollgate.v1, max_retries=0)
+    r = llm.chat([ChatMessage(role="user", content="Say hello.")])
+    assert r.message.content == MOCK_REPLY
+    assert llm.complete("Say hello.").text == MOCK_REPLY
