@@ -133,7 +133,7 @@ pub async fn handle(state: SharedState, endpoint: Endpoint, headers: HeaderMap, 
     if parsed.log_bodies {
         rec.request_body = Some(String::from_utf8_lossy(&body).into_owned());
     }
-    match routing::plan_for(&parsed, &headers, &json) {
+    match routing::plan_for(&parsed, &headers) {
         Err(e) => relay::fail(&state, rec, started, e, RateHeaders::default()),
         Ok(Some(plan)) => routing::run(&state, &parsed, &headers, &json, &plan, rec, started).await,
         Ok(None) => {

@@ -46,7 +46,7 @@ fn config_error(e: ConfigError) -> GatewayError {
 
 /// The config that applies to a request, if any. With none, nothing is
 /// allocated.
-pub fn plan_for(parsed: &Parsed, headers: &HeaderMap, _body: &Value) -> Result<Option<Arc<Plan>>, GatewayError> {
+pub fn plan_for(parsed: &Parsed, headers: &HeaderMap) -> Result<Option<Arc<Plan>>, GatewayError> {
     if let Some(v) = headers.get("x-portkey-config") {
         let text = v
             .to_str()
