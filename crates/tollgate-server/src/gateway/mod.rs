@@ -2,13 +2,17 @@
 //! `/v1/embeddings` and `GET /v1/models`.
 //!
 //! One request's path, top to bottom in [`handle`]:
-//! 1. [`prepare`]: authenticate the workspace key, parse the body, resolve
-//!    `@slug/model` to a provider route, check access and the model policy,
-//!    work out the price and the worst case — all from the in-memory snapshot.
-//! 2. Admit: reserve the worst case against every applicable limit.
-//! 3. Send through the protocol's adapter (credentials opened inside it).
-//! 4. Relay the answer ([`relay`]: whole, or streamed chunk by chunk), then
-//!    settle the reservation with the actual usage and log the request.
+//! 1. `parse`: authenticate the workspace key and read the body; then
+//!    `resolve` for the target: resolve the provider, check access and the
+//!    model policy, work out the price and the worst case — all from the
+//!    in-memory snapshot.
+//! 2. [`attempt`], one governed attempt: admit the worst case against every
+//!    applicable limit, send through the protocol's adapter (credentials
+//!    opened inside it), relay the answer ([`relay`]: whole, or streamed
+//!    chunk by chunk), settle the reservation with the actual usage and log.
+//!
+//! With a routing config, [`routing`] walks its targets, each one a
+//! `resolve` + [`attempt`].
 
 pub mod models;
 pub mod relay;
