@@ -152,7 +152,13 @@ def test_plain_model_names_through_a_workspace_default_config(tollgate: Tollgate
 
 def test_llamaindex_openai_class_with_a_plain_model_name(tollgate: Tollgate, mocks: Dict[str, Mock]) -> None:
     """LlamaIndex's `OpenAI` class refuses model names it does not know
-    (`@slug/model`); through a workspace default config it sends `gpt-4o`."""
+    (`@slug/model`); through a workspace default config it sends `gpt-4o`.
+
+    `llama-index-llms-openai` (0.8.3) needs `openai<3`, which conflicts with
+    the suite's pinned `openai`, so it is not in requirements.txt and this
+    test runs only where it is installed (it passed with 0.8.3 and
+    openai 2.54.0)."""
+    pytest.importorskip("llama_index.llms.openai", reason="llama-index-llms-openai conflicts with the pinned openai")
     from llama_index.core.llms import ChatMessage
     from llama_index.llms.openai import OpenAI as LlamaOpenAI
 
