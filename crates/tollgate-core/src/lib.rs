@@ -7,6 +7,7 @@
 //! - [`limits`]: budgets and rate limits, their validation and their windows.
 //! - [`catalogue`]: the providers and models Tollgate knows, shipped as data.
 //! - [`usage`]: token usage as reported by an upstream, and its cost.
+//! - [`routing`]: routing configs (fallback, load balancing, retries, timeouts).
 
 pub mod admission;
 pub mod catalogue;
@@ -15,6 +16,7 @@ pub mod ids;
 pub mod limits;
 pub mod money;
 pub mod records;
+pub mod routing;
 pub mod secrets;
 pub mod usage;
 

@@ -48,6 +48,10 @@ pub struct Workspace {
     /// Store request and response bodies in the request log (off by default).
     #[serde(default)]
     pub log_bodies: bool,
+    /// The routing config applied when a request sends none: a saved
+    /// config's slug (`pc-…`) or a config object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_config: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub last_updated_at: DateTime<Utc>,
 }
@@ -90,6 +94,10 @@ pub struct ApiKeyRecord {
     /// Defaults applied to the key's requests (`metadata`, ...), as given.
     #[serde(default)]
     pub defaults: serde_json::Value,
+    /// The routing config applied when a request sends none (before the
+    /// workspace's): a saved config's slug (`pc-…`) or a config object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_config: Option<serde_json::Value>,
     #[serde(default)]
     pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -247,6 +255,26 @@ pub struct ProviderRecord {
     /// Created by provisioning (as opposed to by a workspace admin).
     #[serde(default)]
     pub is_default: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_updated_at: DateTime<Utc>,
+}
+
+/// A saved routing config (`/v1/configs`), referred to by its `pc-…` slug.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedConfig {
+    pub id: String,
+    /// `pc-…`: what `x-portkey-config` and `default_config` name.
+    pub slug: String,
+    pub name: String,
+    /// `None`: the organisation's, visible to every workspace.
+    #[serde(default)]
+    pub workspace_id: Option<String>,
+    /// The config object (validated when saved).
+    pub config: serde_json::Value,
+    /// The current version; every update keeps a new one.
+    pub version_id: String,
+    #[serde(default)]
+    pub created_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub last_updated_at: DateTime<Utc>,
 }

@@ -166,6 +166,7 @@ impl Translate for NativeStream {
                 message: e
                     .and_then(|e| e.message)
                     .unwrap_or_else(|| "error in upstream stream".into()),
+                retry_after: None,
             }));
             return Flow::Stop;
         }
@@ -815,6 +816,7 @@ impl Translate for AnthropicStream {
                 out.push(Err(ProviderError::Upstream {
                     status: error_status(error.kind.as_deref()),
                     message: error.message.unwrap_or_else(|| "error in upstream stream".into()),
+                    retry_after: None,
                 }));
                 return Flow::Stop;
             }
@@ -1148,7 +1150,7 @@ mod tests {
                    event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
         let out = replay(err, Endpoint::ChatCompletions, true);
         assert!(
-            matches!(out.last(), Some(Err(ProviderError::Upstream { status: 529, message })) if message == "Overloaded")
+            matches!(out.last(), Some(Err(ProviderError::Upstream { status: 529, message, .. })) if message == "Overloaded")
         );
         let text = include_str!("../tests/fixtures/anthropic_text_stream.txt");
         let cut = &text[..text.find("event: message_delta").unwrap()];

@@ -321,7 +321,11 @@ fn aws_error(status: u16, error_type: Option<&str>, body: &[u8]) -> ProviderErro
             error_type.map(|t| t.split(':').next().unwrap_or(t).to_owned())
         })
         .unwrap_or_else(|| chat_shape::excerpt(body));
-    ProviderError::Upstream { status, message }
+    ProviderError::Upstream {
+        status,
+        message,
+        retry_after: None,
+    }
 }
 
 fn url_safe_region(region: &str) -> Result<(), ProviderError> {
@@ -821,6 +825,7 @@ impl EventStreamTranslator {
                 out.push(Err(ProviderError::Upstream {
                     status: exception_status(kind),
                     message,
+                    retry_after: None,
                 }));
                 return;
             }
@@ -829,7 +834,11 @@ impl EventStreamTranslator {
                     .or(header_str(m, ":error-code"))
                     .unwrap_or("event stream error")
                     .to_owned();
-                out.push(Err(ProviderError::Upstream { status: 500, message }));
+                out.push(Err(ProviderError::Upstream {
+                    status: 500,
+                    message,
+                    retry_after: None,
+                }));
                 return;
             }
             _ => {}
@@ -1077,9 +1086,11 @@ mod tests {
         assert_eq!(xml_tag("<a><B> x&amp;y </B></a>", "B").as_deref(), Some("x&y"));
         assert_eq!(xml_tag("<a/>", "B"), None);
         let e = aws_error(400, Some("ValidationException:http://x"), b"{}");
-        assert!(matches!(e, ProviderError::Upstream { status: 400, ref message } if message == "ValidationException"));
+        assert!(
+            matches!(e, ProviderError::Upstream { status: 400, ref message, .. } if message == "ValidationException")
+        );
         let e = aws_error(500, None, b"oops");
-        assert!(matches!(e, ProviderError::Upstream { status: 500, ref message } if message == "oops"));
+        assert!(matches!(e, ProviderError::Upstream { status: 500, ref message, .. } if message == "oops"));
         assert!(url_safe_region("us-east-1").is_ok());
         assert!(url_safe_region("evil.com/").is_err());
     }

@@ -395,7 +395,11 @@ pub(crate) fn upstream_error(status: u16, body: &[u8]) -> ProviderError {
         .and_then(Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| chat_shape::excerpt(body));
-    ProviderError::Upstream { status, message }
+    ProviderError::Upstream {
+        status,
+        message,
+        retry_after: None,
+    }
 }
 
 /// Translates the `alt=sse` stream: every event is a whole
@@ -677,10 +681,12 @@ mod tests {
             400,
             br#"{"error":{"code":400,"message":"bad thing","status":"INVALID_ARGUMENT"}}"#,
         );
-        assert!(matches!(e, ProviderError::Upstream { status: 400, ref message } if message == "bad thing"));
+        assert!(matches!(e, ProviderError::Upstream { status: 400, ref message, .. } if message == "bad thing"));
         let e = upstream_error(503, br#"[{"error":{"code":503,"message":"overloaded"}}]"#);
-        assert!(matches!(e, ProviderError::Upstream { status: 503, ref message } if message == "overloaded"));
+        assert!(matches!(e, ProviderError::Upstream { status: 503, ref message, .. } if message == "overloaded"));
         let e = upstream_error(502, b"<html>bad gateway</html>");
-        assert!(matches!(e, ProviderError::Upstream { status: 502, ref message } if message.contains("bad gateway")));
+        assert!(
+            matches!(e, ProviderError::Upstream { status: 502, ref message, .. } if message.contains("bad gateway"))
+        );
     }
 }

@@ -156,8 +156,14 @@ pub enum StreamItem {
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The upstream answered with a non-2xx status; `message` is its own.
+    /// `retry_after` is the wait it asked for (`retry-after-ms`,
+    /// `x-ms-retry-after-ms`, `retry-after`), where it sent one.
     #[error("upstream returned {status}: {message}")]
-    Upstream { status: u16, message: String },
+    Upstream {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// The upstream did not answer within the deadline.
     #[error("upstream timed out")]
     Timeout,

@@ -136,7 +136,20 @@ pub fn upstream_error(status: u16, body: &[u8]) -> ProviderError {
                 truncate(text, MAX_ERROR_TEXT)
             }
         });
-    ProviderError::Upstream { status, message }
+    ProviderError::Upstream {
+        status,
+        message,
+        retry_after: None,
+    }
+}
+
+/// [`upstream_error`] with the wait the upstream's headers ask for.
+pub fn upstream_error_from(status: u16, headers: &reqwest::header::HeaderMap, body: &[u8]) -> ProviderError {
+    let mut e = upstream_error(status, body);
+    if let ProviderError::Upstream { retry_after, .. } = &mut e {
+        *retry_after = tollgate_core::routing::retry_after(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+    }
+    e
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -155,9 +168,10 @@ pub async fn send_whole(req: reqwest::RequestBuilder, timeout: Duration) -> Resu
     let exchange = async {
         let resp = req.send().await.map_err(ProviderError::from_reqwest)?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(ProviderError::from_reqwest)?;
         if !(200..300).contains(&status) {
-            return Err(upstream_error(status, &body));
+            return Err(upstream_error_from(status, &headers, &body));
         }
         Ok((status, body))
     };
@@ -182,11 +196,12 @@ pub async fn send_streaming(
     if (200..300).contains(&status) {
         return Ok(resp);
     }
+    let headers = resp.headers().clone();
     let body = tokio::time::timeout_at(deadline, resp.bytes())
         .await
         .map_err(|_| ProviderError::Timeout)?
         .map_err(ProviderError::from_reqwest)?;
-    Err(upstream_error(status, &body))
+    Err(upstream_error_from(status, &headers, &body))
 }
 
 /// Usage as OpenAI reports it.
@@ -390,6 +405,7 @@ impl Translate for ResponsesStream {
                 message: peek
                     .and_then(|p| p.message)
                     .unwrap_or_else(|| "error in upstream stream".into()),
+                retry_after: None,
             }));
             return Flow::Stop;
         }
@@ -478,6 +494,7 @@ impl Translate for OpenAiStream {
             out.push(Err(ProviderError::Upstream {
                 status,
                 message: err.message.unwrap_or_else(|| "error in upstream stream".into()),
+                retry_after: None,
             }));
             return Flow::Stop;
         }
@@ -590,7 +607,7 @@ mod tests {
         let out = replay(text, true);
         assert_eq!(out.len(), 1);
         match &out[0] {
-            Err(ProviderError::Upstream { status, message }) => {
+            Err(ProviderError::Upstream { status, message, .. }) => {
                 assert_eq!(*status, 503);
                 assert_eq!(message, "overloaded");
             }
@@ -659,7 +676,7 @@ mod tests {
         ];
         for (body, want) in cases {
             match upstream_error(502, body) {
-                ProviderError::Upstream { status, message } => {
+                ProviderError::Upstream { status, message, .. } => {
                     assert_eq!(status, 502);
                     assert_eq!(message, want);
                 }

@@ -377,6 +377,7 @@ pub fn metrics(a: &Agg) -> Row {
     put("refused_permission", json!(a.refused_permission));
     put("cancelled", json!(a.cancelled));
     put("streamed", json!(a.streamed));
+    put("attempts", json!(a.attempts));
     put("prompt_tokens", json!(a.prompt_tokens));
     put("completion_tokens", json!(a.completion_tokens));
     put("cached_tokens", json!(a.cached_tokens));

@@ -27,6 +27,9 @@ pub const SCOPES: &[&str] = &[
     "workspace_integrations.*",
     "analytics.view",
     "logs.view",
+    "configs.read",
+    "configs.write",
+    "configs.*",
 ];
 
 /// The default scopes of a workspace key.

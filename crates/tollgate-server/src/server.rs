@@ -184,6 +184,7 @@ pub async fn bootstrap(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Res
         log_bodies: false,
         created_at: now,
         last_updated_at: now,
+        default_config: None,
     };
     let (key, secret) = crate::admin::api_keys::new_key(
         KeyType::Organisation,

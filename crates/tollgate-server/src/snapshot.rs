@@ -11,7 +11,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tollgate_core::admission::{Level, LimitCheck};
 use tollgate_core::catalogue::{self, PriceTable, ProviderSpec};
-use tollgate_core::records::{ApiKeyRecord, Integration, IntegrationModel, ProviderRecord, Workspace, WorkspaceAccess};
+use tollgate_core::records::{
+    ApiKeyRecord, Integration, IntegrationModel, ProviderRecord, SavedConfig, Workspace, WorkspaceAccess,
+};
+use tollgate_core::routing::Plan;
 use tollgate_store::secrets::{MasterKey, SealedFields, SealedSecret};
 use tollgate_store::ControlData;
 
@@ -23,6 +26,24 @@ pub struct KeyEntry {
     pub hash: [u8; 32],
     /// The key's own limits, as counter checks.
     pub checks: Vec<LimitCheck>,
+    /// The key's default routing config, compiled.
+    pub default_config: Option<DefaultConfig>,
+}
+
+/// A saved config with its compiled plan.
+#[derive(Debug)]
+pub struct ConfigEntry {
+    pub record: SavedConfig,
+    pub plan: Arc<Plan>,
+}
+
+/// A default config (of a key or a workspace), resolved when the snapshot
+/// is built.
+#[derive(Debug, Clone)]
+pub enum DefaultConfig {
+    Plan(Arc<Plan>),
+    /// It names a saved config that no longer exists or is not visible.
+    Missing(String),
 }
 
 /// An integration with what requests need precomputed.
@@ -86,6 +107,11 @@ pub struct Snapshot {
     pub providers: Vec<Arc<ProviderRecord>>,
     /// Each workspace's own limits, as counter checks.
     workspace_checks: HashMap<String, Vec<LimitCheck>>,
+    /// Saved configs by slug, and slugs by id.
+    configs: HashMap<String, Arc<ConfigEntry>>,
+    config_slugs_by_id: HashMap<String, String>,
+    /// Each workspace's default routing config, compiled.
+    workspace_defaults: HashMap<String, DefaultConfig>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -110,16 +136,38 @@ impl Snapshot {
             prices,
             ..Default::default()
         };
+        for c in data.configs {
+            // Stored configs were validated when saved; one that no longer
+            // compiles (a hand-edited database) is left out and reported.
+            match Plan::from_value(c.config.clone()) {
+                Ok(plan) => {
+                    s.config_slugs_by_id.insert(c.id.clone(), c.slug.clone());
+                    s.configs.insert(
+                        c.slug.clone(),
+                        Arc::new(ConfigEntry {
+                            record: c,
+                            plan: Arc::new(plan),
+                        }),
+                    );
+                }
+                Err(e) => tracing::error!(config = %c.slug, error = %e, "stored config is invalid; left out"),
+            }
+        }
         for k in data.api_keys {
             let Ok(hash) = hex::decode(&k.key_hash) else { continue };
             let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
                 continue;
             };
             let checks = limits::checks(Level::ApiKey, &limits::key_id(&k.id), &k.limits);
+            let default_config = k
+                .default_config
+                .as_ref()
+                .map(|v| s.resolve_default(v, k.workspace_id.as_deref()));
             let e = Arc::new(KeyEntry {
                 record: k,
                 hash,
                 checks,
+                default_config,
             });
             s.keys_by_id.insert(e.record.id.clone(), e.clone());
             s.keys.insert(hash, e);
@@ -129,6 +177,10 @@ impl Snapshot {
                 w.id.clone(),
                 limits::checks(Level::Workspace, &limits::workspace_id(&w.id), &w.limits),
             );
+            if let Some(v) = &w.default_config {
+                let d = s.resolve_default(v, Some(&w.id));
+                s.workspace_defaults.insert(w.id.clone(), d);
+            }
             s.workspaces.insert(w.id.clone(), Arc::new(w));
         }
         for i in data.integrations {
@@ -244,6 +296,45 @@ impl Snapshot {
             .get(workspace_id)
             .map(Vec::as_slice)
             .unwrap_or(&[])
+    }
+
+    /// The saved config `slug_or_id` if `workspace_id` may use it: its own
+    /// or the organisation's (`None`: any).
+    pub fn config(&self, slug_or_id: &str, workspace_id: Option<&str>) -> Option<&Arc<ConfigEntry>> {
+        let c = self.configs.get(slug_or_id).or_else(|| {
+            self.config_slugs_by_id
+                .get(slug_or_id)
+                .and_then(|slug| self.configs.get(slug))
+        })?;
+        match (&c.record.workspace_id, workspace_id) {
+            (None, _) | (_, None) => Some(c),
+            (Some(own), Some(w)) if own == w => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn configs(&self) -> impl Iterator<Item = &Arc<ConfigEntry>> {
+        self.configs.values()
+    }
+
+    /// The default routing config of a workspace.
+    pub fn workspace_default(&self, workspace_id: &str) -> Option<&DefaultConfig> {
+        self.workspace_defaults.get(workspace_id)
+    }
+
+    /// A stored `default_config` (a saved config's slug or an object) as
+    /// seen from `workspace_id`.
+    fn resolve_default(&self, v: &serde_json::Value, workspace_id: Option<&str>) -> DefaultConfig {
+        match v {
+            serde_json::Value::String(slug) => match self.config(slug, workspace_id) {
+                Some(c) => DefaultConfig::Plan(c.plan.clone()),
+                None => DefaultConfig::Missing(slug.clone()),
+            },
+            other => match Plan::from_value(other.clone()) {
+                Ok(p) => DefaultConfig::Plan(Arc::new(p)),
+                Err(e) => DefaultConfig::Missing(e.to_string()),
+            },
+        }
     }
 
     pub fn workspace_by_slug(&self, slug: &str) -> Option<&Arc<Workspace>> {

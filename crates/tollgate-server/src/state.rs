@@ -38,6 +38,8 @@ pub struct AppState {
     pub alerts: AlertHandle,
     /// Natively relayed Responses API ids → where they are stored.
     pub response_ids: Arc<crate::gateway::dialect::ResponseIds>,
+    /// Circuit breakers of routing targets (in this process).
+    pub breakers: crate::gateway::routing::Breakers,
     snapshot: ArcSwap<Snapshot>,
     master: Mutex<Arc<MasterKey>>,
     write_lock: tokio::sync::Mutex<()>,
@@ -90,6 +92,7 @@ impl AppState {
             counters,
             alerts,
             response_ids: Arc::default(),
+            breakers: Default::default(),
             snapshot: ArcSwap::from_pointee(snap),
             master: Mutex::new(master),
             write_lock: tokio::sync::Mutex::new(()),

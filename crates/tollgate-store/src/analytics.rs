@@ -209,6 +209,9 @@ pub struct Fact {
     pub upstream_latency_us: Option<u64>,
     /// The value of the grouped metadata key, when grouping by one.
     pub metadata_value: Option<String>,
+    /// An attempt a config retried or fell back from: not the answer the
+    /// client got, so not a request of its own.
+    pub superseded: bool,
 }
 
 impl From<&UsageRecord> for Fact {
@@ -236,6 +239,7 @@ impl From<&UsageRecord> for Fact {
             ttft_us: r.ttft_us,
             upstream_latency_us: r.upstream_latency_us,
             metadata_value: None,
+            superseded: r.superseded,
         }
     }
 }
@@ -254,7 +258,11 @@ pub struct Dims {
 /// Every sum, count and distribution the metrics are derived from.
 #[derive(Debug, Clone, Default)]
 pub struct Agg {
+    /// Requests: the final attempt of each (a request routed through a
+    /// config may make several attempts; only its last one counts here).
     pub requests: u64,
+    /// Every attempt made, final or not.
+    pub attempts: u64,
     /// Status 2xx.
     pub successful: u64,
     pub status_4xx: u64,
@@ -294,7 +302,7 @@ pub struct Agg {
 }
 
 /// The roll-up table's counter columns, in [`Agg::counters`] order.
-const COUNTER_COLS: [&str; 24] = [
+const COUNTER_COLS: [&str; 25] = [
     "requests",
     "successful",
     "status_4xx",
@@ -319,6 +327,7 @@ const COUNTER_COLS: [&str; 24] = [
     "latency_max_us",
     "gen_tokens",
     "gen_us",
+    "attempts",
 ];
 
 fn clamp_i64(v: i128) -> i64 {
@@ -352,6 +361,21 @@ impl Agg {
     /// Adds one request's counts, leaving the distinct sets alone (roll-up rows
     /// carry their dimensions in their key).
     fn add_counts(&mut self, f: &Fact) {
+        self.attempts += 1;
+        // An attempt that was retried or fell back from spent tokens and
+        // money, but is not a request of its own.
+        // Token counts come from upstreams and the log: saturate, never wrap.
+        self.prompt_tokens = self.prompt_tokens.saturating_add(f.prompt_tokens);
+        self.completion_tokens = self.completion_tokens.saturating_add(f.completion_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(f.cached_tokens);
+        self.total_tokens = self.total_tokens.saturating_add(f.total_tokens);
+        if let Some(c) = f.cost_picos {
+            self.cost_picos = self.cost_picos.saturating_add(i128::from(c));
+            self.priced_tokens = self.priced_tokens.saturating_add(f.total_tokens);
+        }
+        if f.superseded {
+            return;
+        }
         let s = f.dims.status_code;
         self.requests += 1;
         let ok = (200..300).contains(&s);
@@ -373,15 +397,8 @@ impl Agg {
         }
         self.cancelled += u64::from(f.cancelled);
         self.streamed += u64::from(f.streamed);
-        // Token counts come from upstreams and the log: saturate, never wrap.
-        self.prompt_tokens = self.prompt_tokens.saturating_add(f.prompt_tokens);
-        self.completion_tokens = self.completion_tokens.saturating_add(f.completion_tokens);
-        self.cached_tokens = self.cached_tokens.saturating_add(f.cached_tokens);
-        self.total_tokens = self.total_tokens.saturating_add(f.total_tokens);
-        if let Some(c) = f.cost_picos {
-            self.cost_picos = self.cost_picos.saturating_add(i128::from(c));
+        if f.cost_picos.is_some() {
             self.priced_requests += 1;
-            self.priced_tokens = self.priced_tokens.saturating_add(f.total_tokens);
         }
         self.latency_sum_us += u128::from(f.latency_us);
         self.latency_max_us = self.latency_max_us.max(f.latency_us);
@@ -436,7 +453,7 @@ impl Agg {
         self.set_counters(&c);
     }
 
-    fn counters(&self) -> [i128; 24] {
+    fn counters(&self) -> [i128; 25] {
         [
             self.requests.into(),
             self.successful.into(),
@@ -462,10 +479,11 @@ impl Agg {
             self.latency_max_us.into(),
             self.gen_tokens.into(),
             self.gen_us.into(),
+            self.attempts.into(),
         ]
     }
 
-    fn set_counters(&mut self, c: &[i128; 24]) {
+    fn set_counters(&mut self, c: &[i128; 25]) {
         let u = |v: i128| v.clamp(0, i128::from(u64::MAX)) as u64;
         self.requests = u(c[0]);
         self.successful = u(c[1]);
@@ -491,6 +509,7 @@ impl Agg {
         self.latency_max_us = u(c[21]);
         self.gen_tokens = u(c[22]);
         self.gen_us = u(c[23]);
+        self.attempts = u(c[24]);
     }
 }
 
@@ -838,7 +857,7 @@ const RAW_COLS: &str = "created_at_ms, workspace_id, api_key_id, provider_slug, 
      CAST(status_code AS INTEGER), error_type, refusal, streamed, cancelled, CAST(prompt_tokens AS INTEGER), \
      CAST(completion_tokens AS INTEGER), CAST(cached_tokens AS INTEGER), CAST(total_tokens AS INTEGER), \
      CAST(cost_picos AS INTEGER), CAST(latency_us AS INTEGER), CAST(ttft_us AS INTEGER), \
-     CAST(upstream_latency_us AS INTEGER)";
+     CAST(upstream_latency_us AS INTEGER), is_final";
 
 fn cell_key(q: &Query, bucket_ms: i64, f: &Fact) -> (i64, String) {
     let b = q.interval.map(|i| i.floor(bucket_ms)).unwrap_or(0);
@@ -873,9 +892,9 @@ async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells
         };
         let metadata_value = if meta_key.is_some() {
             // json_extract gives text for strings and numbers for numbers.
-            match r.try_get::<Option<String>, _>(19) {
+            match r.try_get::<Option<String>, _>(20) {
                 Ok(v) => v,
-                Err(_) => r.try_get::<Option<i64>, _>(19)?.map(|n| n.to_string()),
+                Err(_) => r.try_get::<Option<i64>, _>(20)?.map(|n| n.to_string()),
             }
         } else {
             None
@@ -903,6 +922,7 @@ async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells
             ttft_us: ou(17)?,
             upstream_latency_us: ou(18)?,
             metadata_value,
+            superseded: !r.try_get::<bool, _>(19)?,
         };
         cells.entry(cell_key(q, f.created_at_ms, &f)).or_default().add(&f);
     }
@@ -945,7 +965,7 @@ const ROLLUP_COLS: &str = "day_ms, workspace_id, api_key_id, provider_slug, ai_p
      requests, successful, status_4xx, status_5xx, upstream_errors, timeouts, refused_rate_limit, refused_budget, \
      refused_policy, refused_auth, refused_permission, cancelled, streamed, prompt_tokens, completion_tokens, \
      cached_tokens, total_tokens, cost_picos, priced_requests, priced_tokens, latency_sum_us, latency_max_us, \
-     gen_tokens, gen_us, latency_hist, ttft_hist, overhead_hist";
+     gen_tokens, gen_us, attempts, latency_hist, ttft_hist, overhead_hist";
 const FIRST_COUNTER: usize = 7;
 const FIRST_HIST: usize = FIRST_COUNTER + COUNTER_COLS.len();
 
@@ -963,8 +983,8 @@ fn decode_dims(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Dims), sqlx::Error> 
     ))
 }
 
-fn decode_counters(r: &sqlx::sqlite::SqliteRow) -> Result<[i128; 24], sqlx::Error> {
-    let mut c = [0i128; 24];
+fn decode_counters(r: &sqlx::sqlite::SqliteRow) -> Result<[i128; 25], sqlx::Error> {
+    let mut c = [0i128; 25];
     for (i, v) in c.iter_mut().enumerate() {
         *v = i128::from(r.try_get::<i64, _>(FIRST_COUNTER + i)?);
     }
@@ -1000,7 +1020,9 @@ pub async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Resul
         let f = Fact::from(r);
         let day = f.created_at_ms.div_euclid(DAY_MS) * DAY_MS;
         let minute = f.created_at_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
-        *minutes.entry((minute, f.dims.workspace_id.clone())).or_default() += 1;
+        if !f.superseded {
+            *minutes.entry((minute, f.dims.workspace_id.clone())).or_default() += 1;
+        }
         deltas.entry((day, f.dims.clone())).or_default().add_counts(&f);
     }
     let deltas: Vec<((i64, Dims), Agg)> = deltas.into_iter().collect();
@@ -1101,7 +1123,7 @@ pub async fn peak_minute(pool: &SqlitePool, f: &Filter) -> Result<Option<(u64, i
     };
     let raw_peak = |from: i64, to: i64| {
         let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT (created_at_ms / 60000) * 60000 AS minute, COUNT(*) AS n FROM usage_log");
+            QueryBuilder::new("SELECT (created_at_ms / 60000) * 60000 AS minute, SUM(is_final) AS n FROM usage_log");
         f.push_raw(&mut qb, from, to);
         qb.push(" GROUP BY minute ORDER BY n DESC, minute ASC LIMIT 1");
         qb

@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
-use tollgate_core::records::{ApiKeyRecord, Integration, ProviderRecord, Workspace};
+use tollgate_core::records::{ApiKeyRecord, Integration, ProviderRecord, SavedConfig, Workspace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,6 +34,7 @@ pub struct ControlData {
     pub api_keys: Vec<ApiKeyRecord>,
     pub integrations: Vec<Integration>,
     pub providers: Vec<ProviderRecord>,
+    pub configs: Vec<SavedConfig>,
 }
 
 /// One audit-trail entry: who did what to which object, when.
@@ -125,7 +126,31 @@ impl Store {
             api_keys: load(&mut conn, "SELECT data FROM api_keys", "api key").await?,
             integrations: load(&mut conn, "SELECT data FROM integrations", "integration").await?,
             providers: load(&mut conn, "SELECT data FROM providers", "provider").await?,
+            configs: load(&mut conn, "SELECT data FROM configs", "config").await?,
         })
+    }
+
+    /// Every version of a saved config, newest first: (version id, time, config).
+    pub async fn config_versions(
+        &self,
+        config_id: &str,
+    ) -> Result<Vec<(String, DateTime<Utc>, serde_json::Value)>, StoreError> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT version_id, created_at_ms, config FROM config_versions WHERE config_id = $1
+             ORDER BY created_at_ms DESC, rowid DESC",
+        )
+        .bind(config_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(v, at, c)| {
+                Ok((
+                    v,
+                    Utc.timestamp_millis_opt(at).single().unwrap_or_default(),
+                    from_doc("config version", &c)?,
+                ))
+            })
+            .collect()
     }
 
     /// Audit entries, newest first, and how many match in all.
@@ -286,6 +311,36 @@ impl Tx {
 
     pub async fn delete_provider(&mut self, id: &str) -> Result<(), StoreError> {
         delete(&mut self.tx, "DELETE FROM providers WHERE id = $1", id, "provider").await
+    }
+
+    /// Saves a config and keeps its current version beside the others.
+    pub async fn put_config(&mut self, c: &SavedConfig) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO configs (id, slug, workspace_id, data) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, workspace_id = excluded.workspace_id, data = excluded.data",
+        )
+        .bind(&c.id)
+        .bind(&c.slug)
+        .bind(&c.workspace_id)
+        .bind(to_doc(c)?)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(unique(format!("config '{}'", c.slug)))?;
+        sqlx::query(
+            "INSERT INTO config_versions (version_id, config_id, created_at_ms, config) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (version_id) DO NOTHING",
+        )
+        .bind(&c.version_id)
+        .bind(&c.id)
+        .bind(c.last_updated_at.timestamp_millis())
+        .bind(to_doc(&c.config)?)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_config(&mut self, id: &str) -> Result<(), StoreError> {
+        delete(&mut self.tx, "DELETE FROM configs WHERE id = $1", id, "config").await
     }
 
     pub async fn audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {

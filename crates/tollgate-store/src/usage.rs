@@ -65,6 +65,16 @@ pub struct UsageRecord {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
+    /// The config target this attempt went to (`config.targets[1]`), when a
+    /// routing config applied.
+    pub target_path: Option<String>,
+    /// Which retry of its target this attempt was (0 = the first try).
+    pub retry_attempt: u32,
+    /// The attempt's place in its request (0, 1, ...).
+    pub attempt: u32,
+    /// A config retried or fell back from this attempt: the client got
+    /// another attempt's answer (stored as `is_final = 0`).
+    pub superseded: bool,
 }
 
 enum Msg {
@@ -196,12 +206,13 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
 
 async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // SQLite allows 32766 bound parameters; 29 columns × 512 rows fits.
+    // SQLite allows 32766 bound parameters; 32 columns × 512 rows fits.
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \
          provider_slug, ai_provider_id, model, endpoint, status_code, error_type, refusal, streamed, cancelled, \
          prompt_tokens, completion_tokens, cached_tokens, total_tokens, tokens_estimated, cost_picos, latency_us, \
-         ttft_us, upstream_latency_us, metadata, request_body, response_body) ",
+         ttft_us, upstream_latency_us, metadata, request_body, response_body, target_path, retry_attempt, attempt, \
+         is_final) ",
     );
     qb.push_values(rows, |mut b, r| {
         b.push_bind(&r.id)
@@ -235,7 +246,11 @@ async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Err
                     .map(|m| serde_json::Value::Object(m.clone()).to_string()),
             )
             .push_bind(&r.request_body)
-            .push_bind(&r.response_body);
+            .push_bind(&r.response_body)
+            .push_bind(&r.target_path)
+            .push_bind(i64::from(r.retry_attempt))
+            .push_bind(i64::from(r.attempt))
+            .push_bind(!r.superseded);
     });
     qb.build().execute(&mut *tx).await?;
     // The analytics roll-ups move with the log, in the same transaction.
@@ -372,6 +387,10 @@ pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(Option<i64>, Vec<
             metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
             request_body: r.try_get("request_body")?,
             response_body: r.try_get("response_body")?,
+            target_path: r.try_get("target_path")?,
+            retry_attempt: u("retry_attempt")? as u32,
+            attempt: u("attempt")? as u32,
+            superseded: !r.try_get::<bool, _>("is_final")?,
         });
     }
     Ok((total, out))

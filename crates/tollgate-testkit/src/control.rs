@@ -34,6 +34,10 @@ struct State {
     usage: MockUsage,
     reply: String,
     failure: Option<(u16, String)>,
+    /// Model calls the failure still applies to (`None`: until `succeed`).
+    failures_left: Option<usize>,
+    /// `retry-after-ms` sent with a failure.
+    retry_after_ms: Option<u64>,
     stream_exception: Option<(String, String)>,
     latency: Duration,
     cut_stream: bool,
@@ -47,6 +51,8 @@ impl Default for State {
             usage: MockUsage::default(),
             reply: "Hello from the mock upstream.".to_owned(),
             failure: None,
+            failures_left: None,
+            retry_after_ms: None,
             stream_exception: None,
             latency: Duration::ZERO,
             cut_stream: false,
@@ -90,15 +96,42 @@ impl Control {
     /// body until [`Control::succeed`]. Authentication is still checked
     /// first, and credential exchanges are not affected.
     pub fn fail(&self, status: u16, message: &str) {
-        self.0.lock().failure = Some((status, message.to_owned()));
+        let mut s = self.0.lock();
+        s.failure = Some((status, message.to_owned()));
+        s.failures_left = None;
+    }
+    /// Like [`Control::fail`], for the next `times` model calls only.
+    pub fn fail_times(&self, times: usize, status: u16, message: &str) {
+        let mut s = self.0.lock();
+        s.failure = Some((status, message.to_owned()));
+        s.failures_left = Some(times);
     }
     pub fn succeed(&self) {
         let mut s = self.0.lock();
         s.failure = None;
+        s.failures_left = None;
         s.stream_exception = None;
     }
+    /// The failure for this model call, if any (counting down a
+    /// [`Control::fail_times`]).
     pub fn failure(&self) -> Option<(u16, String)> {
-        self.0.lock().failure.clone()
+        let mut s = self.0.lock();
+        match s.failures_left {
+            Some(0) => {
+                s.failure = None;
+                s.failures_left = None;
+            }
+            Some(n) if s.failure.is_some() => s.failures_left = Some(n - 1),
+            _ => {}
+        }
+        s.failure.clone()
+    }
+    /// Failures carry `retry-after-ms: ms` (OpenAI-compatible mock).
+    pub fn set_retry_after_ms(&self, ms: Option<u64>) {
+        self.0.lock().retry_after_ms = ms;
+    }
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        self.0.lock().retry_after_ms
     }
 
     /// Streams end with an in-band error (Bedrock: an exception frame of

@@ -187,7 +187,12 @@ async fn prologue(state: &AppState, req: Request) -> Result<Value, Response> {
         return Err(denied);
     }
     if let Some((status, message)) = before_answer(&state.control).await {
-        return Err(openai_error(status, &message, error_type(status), None, None));
+        let mut resp = openai_error(status, &message, error_type(status), None, None);
+        if let Some(ms) = state.control.retry_after_ms() {
+            resp.headers_mut()
+                .insert("retry-after-ms", axum::http::HeaderValue::from(ms));
+        }
+        return Err(resp);
     }
     let body = parse_body(&rec)?;
     if body.get("model").and_then(Value::as_str).is_none() {

@@ -230,7 +230,7 @@ async fn error_event_inside_a_stream_surfaces_after_the_frames() {
     assert!(!got.frames.is_empty());
     assert!(got.usage.is_empty());
     assert!(
-        matches!(&got.error, Some(ProviderError::Upstream { status: 529, message }) if message == "Overloaded"),
+        matches!(&got.error, Some(ProviderError::Upstream { status: 529, message, .. }) if message == "Overloaded"),
         "{:?}",
         got.error
     );

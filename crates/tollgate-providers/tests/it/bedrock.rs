@@ -460,7 +460,7 @@ async fn stream_exceptions_and_cuts_end_with_an_error_after_the_frames() {
     assert!(!got.frames.is_empty());
     assert!(got.usage.is_empty());
     match got.error {
-        Some(ProviderError::Upstream { status, message }) => {
+        Some(ProviderError::Upstream { status, message, .. }) => {
             assert_eq!((status, message.as_str()), (429, "Rate exceeded"))
         }
         other => panic!("expected the exception, got {other:?}"),

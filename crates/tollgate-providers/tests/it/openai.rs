@@ -245,7 +245,7 @@ async fn error_inside_a_stream_surfaces_after_the_frames() {
     let got = collect(fx.send(&OpenAi, Endpoint::ChatCompletions, &body, true, true).await).await;
     assert!(!got.frames.is_empty());
     match got.error {
-        Some(ProviderError::Upstream { status, message }) => {
+        Some(ProviderError::Upstream { status, message, .. }) => {
             assert_eq!(status, 500);
             assert_eq!(message, "The model is overloaded");
         }

@@ -144,7 +144,7 @@ pub async fn collect(r: Result<UpstreamResponse, ProviderError>) -> Collected {
 
 pub fn upstream(r: Result<UpstreamResponse, ProviderError>) -> (u16, String) {
     match r {
-        Err(ProviderError::Upstream { status, message }) => (status, message),
+        Err(ProviderError::Upstream { status, message, .. }) => (status, message),
         Err(e) => panic!("expected an upstream error, got {e:?}"),
         Ok(_) => panic!("expected an upstream error, got an answer"),
     }

@@ -25,6 +25,8 @@ pub struct CreateKey {
     pub expires_at: Option<Value>,
     pub alert_emails: Option<Vec<String>>,
     pub defaults: Option<Value>,
+    /// The routing config applied when a request sends none.
+    pub default_config: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +42,9 @@ pub struct UpdateKey {
     /// Zeroes the consumed budget: only usage from now on counts.
     pub reset_usage: Option<bool>,
     pub defaults: Option<Value>,
+    /// Present as `null`: cleared.
+    #[serde(deserialize_with = "super::configs::present")]
+    pub default_config: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +93,7 @@ pub fn to_json(k: &ApiKeyRecord, org_id: &str, now: chrono::DateTime<chrono::Utc
         "expires_at": k.expires_at,
         "alert_emails": k.alert_emails,
         "defaults": if k.defaults.is_null() { json!({}) } else { k.defaults.clone() },
+        "default_config": k.default_config,
         "organisation_id": org_id,
         "status": status,
         "created_at": k.created_at,
@@ -151,6 +157,7 @@ pub fn new_key(
         expires_at: None,
         alert_emails: Vec::new(),
         defaults: Value::Null,
+        default_config: None,
         created_by: None,
         created_at: now,
         last_updated_at: now,
@@ -225,6 +232,9 @@ pub async fn create(
     rec.alert_emails = emails;
     check_defaults(&body.defaults)?;
     rec.defaults = body.defaults.unwrap_or(Value::Null);
+    if let Some(v) = body.default_config {
+        rec.default_config = super::configs::check_default_config(&snap, v, rec.workspace_id.as_deref())?;
+    }
     rec.created_by = Some(caller.id().to_owned());
     let mut change = state.change().await?;
     change.tx.put_api_key(&rec).await?;
@@ -311,6 +321,9 @@ pub async fn update(
     check_defaults(&body.defaults)?;
     if let Some(d) = body.defaults {
         rec.defaults = d;
+    }
+    if let Some(v) = body.default_config {
+        rec.default_config = super::configs::check_default_config(&state.snapshot(), v, rec.workspace_id.as_deref())?;
     }
     if body.expires_at.is_some() {
         rec.expires_at = parse_time(body.expires_at.as_ref(), "expires_at")?;

@@ -143,6 +143,10 @@ pub fn record_json(r: &UsageRecord) -> Value {
         "metadata": r.metadata,
         "request_body": r.request_body,
         "response_body": r.response_body,
+        "target": r.target_path,
+        "retry_attempt": r.retry_attempt,
+        "attempt": r.attempt,
+        "is_final_attempt": !r.superseded,
         "object": "log",
     })
 }

@@ -3,6 +3,7 @@
 //! and the immutability rule for limits.
 
 pub mod api_keys;
+pub mod configs;
 pub mod integrations;
 pub mod misc;
 pub mod providers;
@@ -62,6 +63,12 @@ pub fn router() -> Router<SharedState> {
                 .put(providers::update)
                 .delete(providers::delete),
         )
+        .route("/v1/configs", get(configs::list).post(configs::create))
+        .route(
+            "/v1/configs/{slug}",
+            get(configs::retrieve).put(configs::update).delete(configs::delete),
+        )
+        .route("/v1/configs/{slug}/versions", get(configs::versions))
         .route("/v1/audit-logs", get(misc::audit_logs))
         .route("/v1/logs", get(misc::logs))
 }

@@ -26,6 +26,9 @@ pub struct CreateWorkspace {
     pub rate_limits: Option<Value>,
     #[serde(default)]
     pub log_bodies: Option<bool>,
+    /// The routing config applied when a request sends none.
+    #[serde(default)]
+    pub default_config: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +42,9 @@ pub struct UpdateWorkspace {
     pub usage_limits: Option<Value>,
     pub rate_limits: Option<Value>,
     pub log_bodies: Option<bool>,
+    /// Present as `null`: cleared.
+    #[serde(deserialize_with = "super::configs::present")]
+    pub default_config: Option<Value>,
 }
 
 /// The wire object of a workspace.
@@ -55,6 +61,7 @@ pub fn to_json(w: &Workspace, now: chrono::DateTime<chrono::Utc>) -> Value {
         "usage_limits": if usage.is_null() { json!([]) } else { json!([usage]) },
         "rate_limits": rate_limits_array(&w.limits),
         "log_bodies": w.log_bodies,
+        "default_config": w.default_config,
         "object": "workspace",
     })
 }
@@ -89,8 +96,14 @@ pub async fn create(
         body.rate_limits.as_ref(),
         now,
     )?;
+    let id = ids::workspace_id(&slug);
+    let default_config = match body.default_config {
+        Some(v) => super::configs::check_default_config(&state.snapshot(), v, Some(&id))?,
+        None => None,
+    };
     let w = Workspace {
-        id: ids::workspace_id(&slug),
+        default_config,
+        id,
         slug,
         name,
         description,
@@ -200,6 +213,9 @@ pub async fn update(
     }
     if let Some(b) = body.log_bodies {
         w.log_bodies = b;
+    }
+    if let Some(v) = body.default_config {
+        w.default_config = super::configs::check_default_config(&state.snapshot(), v, Some(&w.id))?;
     }
     w.limits = merge_limits(&w.limits, body.usage_limits.as_ref(), body.rate_limits.as_ref(), now)?;
     if body.reset_usage == Some(true) {

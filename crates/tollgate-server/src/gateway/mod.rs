@@ -6,19 +6,24 @@
 //! below is the same for all of them.
 //!
 //! One request's path, top to bottom in [`handle`]:
-//! 1. [`prepare`]: authenticate the workspace key, parse the body, resolve
-//!    `@slug/model` to a provider route, check access and the model policy,
-//!    work out the price and the worst case — all from the in-memory snapshot.
-//! 2. Admit: reserve the worst case against every applicable limit.
-//! 3. Send through the protocol's adapter (credentials opened inside it).
-//! 4. Relay the answer ([`relay`]: whole, or streamed chunk by chunk), then
-//!    settle the reservation with the actual usage and log the request.
+//! 1. `parse`: authenticate the workspace key and read the body; then
+//!    `resolve` for the target: resolve the provider, check access and the
+//!    model policy, decide between a native relay and a translation, work out
+//!    the price and the worst case — all from the in-memory snapshot.
+//! 2. [`attempt`], one governed attempt: admit the worst case against every
+//!    applicable limit, send through the protocol's adapter (credentials
+//!    opened inside it), relay the answer ([`relay`]: whole, or streamed
+//!    chunk by chunk), settle the reservation with the actual usage and log.
+//!
+//! With a routing config, [`routing`] walks its targets, each one a
+//! `resolve` + [`attempt`].
 
 pub mod count;
 pub mod dialect;
 pub mod models;
 pub mod native;
 pub mod relay;
+pub mod routing;
 
 use self::dialect::{Api, Shape};
 use crate::auth::{self, AuthFailure};
@@ -41,6 +46,7 @@ use tollgate_core::ids::{is_valid_model_id, MAX_MODEL_ID_LEN, MAX_SLUG_LEN};
 use tollgate_core::limits::RateKind;
 use tollgate_core::money::Money;
 use tollgate_core::records::KeyType;
+use tollgate_core::routing::Failure;
 use tollgate_core::usage::ModelPrice;
 use tollgate_providers::{tokens, Call, Endpoint, ProviderError, Target, UpstreamResponse};
 use tollgate_store::usage::UsageRecord;
@@ -149,7 +155,9 @@ fn trace_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// One gateway request, start to finish.
+/// One gateway request, start to finish: without a routing config, one
+/// governed attempt; with one, [`routing::run`] walks its targets, each
+/// attempt governed the same way.
 pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     let mut rec = UsageRecord {
@@ -159,23 +167,146 @@ pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Byte
         endpoint: api.log_name().to_owned(),
         ..Default::default()
     };
-    let prep = match prepare(&state, api, &headers, &body, &mut rec) {
+    let (parsed, json) = match parse(&state, api, &headers, &body, &mut rec) {
         Ok(p) => p,
         Err(e) => return relay::fail(&state, api, rec, started, e, RateHeaders::default()),
     };
-    if prep.log_bodies {
+    if parsed.log_bodies {
         rec.request_body = Some(String::from_utf8_lossy(&body).into_owned());
     }
+    match routing::plan_for(&parsed, &headers) {
+        Err(e) => relay::fail(&state, api, rec, started, e, RateHeaders::default()),
+        Ok(Some(plan)) => routing::run(&state, &parsed, &headers, &json, &plan, rec, started).await,
+        Ok(None) => {
+            let prep = match resolve(&state, &parsed, json, &headers, Pick::default(), &mut rec) {
+                Ok(p) => p,
+                Err(e) => return relay::fail(&state, api, rec, started, e, RateHeaders::default()),
+            };
+            match attempt(&state, prep, rec, started, false).await {
+                Attempt::Answered(resp) => resp,
+                Attempt::Failed(f) => f.render(&state, started),
+            }
+        }
+    }
+}
+
+/// What one governed attempt came to.
+pub enum Attempt {
+    /// The client's answer: a whole success, or a stream under way.
+    Answered(Response),
+    Failed(Box<Failed>),
+}
+
+/// A failed attempt, not yet logged: routing decides whether it is the
+/// request's last word ([`Failed::render`]) or is passed over
+/// ([`Failed::supersede`]).
+pub struct Failed {
+    pub error: GatewayError,
+    /// How it failed, for the routing rules.
+    pub failure: Failure,
+    /// The wait the upstream asked for before another try.
+    pub retry_after: Option<Duration>,
+    pub rate: RateHeaders,
+    /// The API the client called: errors come in its shape.
+    api: Api,
+    closing: Closing,
+}
+
+/// How a failed attempt's books are closed.
+enum Closing {
+    /// Nothing reserved any more: log the record.
+    Record(Box<UsageRecord>),
+    /// A stream that failed before its first byte: settle what it used.
+    Stream(Box<relay::Books>),
+}
+
+impl Failed {
+    pub fn refused(api: Api, error: GatewayError, rec: UsageRecord, rate: RateHeaders) -> Failed {
+        let status = error.wire().0.as_u16();
+        Failed {
+            failure: Failure::Status(status),
+            error,
+            retry_after: None,
+            rate,
+            api,
+            closing: Closing::Record(Box::new(rec)),
+        }
+    }
+
+    /// The attempt's log record (its target and retry fields are set by routing).
+    pub fn record_mut(&mut self) -> &mut UsageRecord {
+        match &mut self.closing {
+            Closing::Record(r) => r,
+            Closing::Stream(b) => b.record_mut(),
+        }
+    }
+
+    /// The client's answer: the error, logged as the final attempt.
+    pub fn render(self, state: &SharedState, started: Instant) -> Response {
+        match self.closing {
+            Closing::Record(rec) => relay::fail(state, self.api, *rec, started, self.error, self.rate),
+            Closing::Stream(books) => {
+                let trace = books.trace_id().to_owned();
+                let mut resp = self.api.error_response(self.error.clone());
+                decorate(&mut resp, &trace, &self.rate);
+                books.fail(self.error);
+                resp
+            }
+        }
+    }
+
+    /// Logged as an attempt the client did not get the answer of.
+    pub fn supersede(mut self, state: &SharedState, started: Instant) {
+        self.record_mut().superseded = true;
+        match self.closing {
+            Closing::Record(rec) => relay::log_failure(state, *rec, started, &self.error),
+            Closing::Stream(books) => books.fail(self.error),
+        }
+    }
+}
+
+/// The wait an upstream asked for before another try.
+fn asked_wait(e: &ProviderError) -> Option<Duration> {
+    match e {
+        ProviderError::Upstream { retry_after, .. } => *retry_after,
+        _ => None,
+    }
+}
+
+/// How an adapter failure counts for routing: the upstream's status, or no
+/// answer at all (a timeout counts as 408, as Portkey's does).
+fn provider_failure(e: &ProviderError) -> Failure {
+    match e {
+        ProviderError::Upstream { status, .. } => Failure::Status(*status),
+        ProviderError::Unsupported(_) => Failure::Status(400),
+        ProviderError::Timeout => Failure::NoAnswer(tollgate_core::routing::TIMEOUT_STATUS),
+        _ => Failure::NoAnswer(502),
+    }
+}
+
+/// One governed attempt: admit the worst case against every limit of its
+/// target, send, and relay the answer (settling and logging it). A failure
+/// comes back unlogged with its reservation released or settled. With
+/// `hold_first`, a stream is answered only once its first frame arrived, so
+/// that a stream failing before its first byte can still fall back.
+pub async fn attempt(
+    state: &SharedState,
+    prep: Prepared,
+    rec: UsageRecord,
+    started: Instant,
+    hold_first: bool,
+) -> Attempt {
+    let api = prep.api;
     let checks = applicable_checks(&prep);
     let demand = worst_case(&prep, &checks).await;
-    let reservation = match crate::limits::admit(&state, &checks, demand).await {
+    let reservation = match crate::limits::admit(state, &checks, demand).await {
         Ok(r) => r,
-        Err((e, rate_headers)) => return relay::fail(&state, api, rec, started, e, rate_headers),
+        Err((e, rate)) => return Attempt::Failed(Box::new(Failed::refused(api, e, rec, rate))),
     };
     let rate_headers = reservation.headers();
     // From here until the upstream answers, a client that goes away leaves
     // a 499 record and settles what was sent.
-    let waiting = relay::Waiting::new(&state, rec, reservation, started, &prep);
+    let waiting = relay::Waiting::new(state, rec, reservation, started, &prep);
     let call = Call {
         endpoint: prep.endpoint,
         target: Target {
@@ -193,16 +324,23 @@ pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Byte
     let upstream_started = Instant::now();
     let sent = state.adapters.send(prep.route.integration.spec.protocol, call).await;
     let Some((rec, reservation)) = waiting.answered() else {
-        return GatewayError::Internal("a request's books were closed twice".into()).into_response();
+        return Attempt::Answered(GatewayError::Internal("a request's books were closed twice".into()).into_response());
     };
     match sent {
         Err(e) => {
-            crate::limits::release(&state, reservation).await;
-            relay::fail(&state, api, rec, started, upstream_error(e), rate_headers)
+            crate::limits::release(state, reservation).await;
+            Attempt::Failed(Box::new(Failed {
+                failure: provider_failure(&e),
+                retry_after: asked_wait(&e),
+                error: upstream_error(e),
+                rate: rate_headers,
+                api,
+                closing: Closing::Record(Box::new(rec)),
+            }))
         }
-        Ok(UpstreamResponse::Whole { status, body, usage }) => {
+        Ok(UpstreamResponse::Whole { status, body, usage }) => Attempt::Answered(
             relay::whole(
-                &state,
+                state,
                 rec,
                 &prep,
                 reservation,
@@ -212,10 +350,24 @@ pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Byte
                 body,
                 usage,
             )
-            .await
-        }
+            .await,
+        ),
         Ok(UpstreamResponse::Stream(stream)) => {
-            relay::stream(state.clone(), rec, prep, reservation, started, upstream_started, stream)
+            let relayed = relay::stream(state.clone(), rec, prep, reservation, started, upstream_started, stream);
+            if !hold_first {
+                return Attempt::Answered(relayed.respond());
+            }
+            match relayed.first().await {
+                Ok(relayed) => Attempt::Answered(relayed.respond()),
+                Err((books, e)) => Attempt::Failed(Box::new(Failed {
+                    failure: provider_failure(&e),
+                    retry_after: asked_wait(&e),
+                    error: upstream_error(e),
+                    rate: rate_headers,
+                    api,
+                    closing: Closing::Stream(Box::new(books)),
+                })),
+            }
         }
     }
 }
@@ -265,10 +417,10 @@ pub fn upstream_error(e: ProviderError) -> GatewayError {
         tracing::warn!(cause = %cause, "upstream unreachable");
     }
     match e {
-        ProviderError::Upstream { status, message } if (400..500).contains(&status) => {
+        ProviderError::Upstream { status, message, .. } if (400..500).contains(&status) => {
             GatewayError::UpstreamClient { status, message }
         }
-        ProviderError::Upstream { status, message } => {
+        ProviderError::Upstream { status, message, .. } => {
             GatewayError::Upstream(format!("upstream returned {status}: {message}"))
         }
         ProviderError::Timeout => GatewayError::Timeout,
@@ -294,14 +446,43 @@ pub fn gateway_key(snap: &Snapshot, now: DateTime<Utc>, headers: &HeaderMap) -> 
     Ok(key)
 }
 
-/// Steps before admission, all from the snapshot: no I/O.
-fn prepare(
+/// What is known about a request before a target is chosen: the caller,
+/// and the settings that hold whichever target answers.
+pub struct Parsed {
+    /// The control plane this request is resolved against, start to end.
+    pub snap: Arc<Snapshot>,
+    pub key: Arc<KeyEntry>,
+    pub workspace_id: String,
+    /// The API the client called.
+    pub api: Api,
+    /// The body's size in bytes as received.
+    pub body_len: usize,
+    /// The request timeout (`x-portkey-request-timeout`, else the server's).
+    pub timeout: Duration,
+    pub log_bodies: bool,
+    /// The request names its provider itself (`x-portkey-provider` or an
+    /// `@slug/` model), so a default config does not apply.
+    pub names_provider: bool,
+}
+
+/// What a config target adds to the request: its provider, parameters and
+/// timeout. The default (nothing) resolves the request as sent.
+#[derive(Default, Clone, Copy)]
+pub struct Pick<'a> {
+    /// The provider slug (without `@`).
+    pub provider: Option<&'a str>,
+    pub override_params: Option<&'a serde_json::Map<String, Value>>,
+    pub timeout: Option<Duration>,
+}
+
+/// Authenticates the caller and reads the request: no I/O.
+fn parse(
     state: &SharedState,
     api: Api,
     headers: &HeaderMap,
     raw: &Bytes,
     rec: &mut UsageRecord,
-) -> Result<Prepared, GatewayError> {
+) -> Result<(Parsed, Value), GatewayError> {
     let snap = state.snapshot();
     let key = gateway_key(&snap, state.now(), headers)?;
     rec.api_key_id = Some(key.record.id.clone());
@@ -325,12 +506,57 @@ fn prepare(
                 )
             })?,
     };
-
-    let mut body: Value =
+    let body: Value =
         serde_json::from_slice(raw).map_err(|e| invalid(format!("request body is not valid JSON: {e}"), None))?;
     let obj = body
         .as_object()
         .ok_or_else(|| invalid("request body must be a JSON object", None))?;
+    let names_provider = headers.contains_key("x-portkey-provider")
+        || obj
+            .get("model")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with('@'));
+    let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
+    Ok((
+        Parsed {
+            snap,
+            key,
+            workspace_id,
+            api,
+            body_len: raw.len(),
+            timeout,
+            log_bodies,
+            names_provider,
+        },
+        body,
+    ))
+}
+
+/// Resolves the request for one target, all from the snapshot (no I/O):
+/// the target's parameters, the provider (the target's, else
+/// `x-portkey-provider`, else `@slug/model`), access, the model policy
+/// (412 before anything is sent), native relay or translation, the price,
+/// the tokenizer and the most output the request can produce.
+fn resolve(
+    state: &SharedState,
+    parsed: &Parsed,
+    mut body: Value,
+    headers: &HeaderMap,
+    pick: Pick<'_>,
+    rec: &mut UsageRecord,
+) -> Result<Prepared, GatewayError> {
+    let api = parsed.api;
+    let snap = parsed.snap.clone();
+    let key = parsed.key.clone();
+    let workspace_id = parsed.workspace_id.clone();
+    if let (Some(o), Some(params)) = (body.as_object_mut(), pick.override_params) {
+        for (k, v) in params {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    let Some(obj) = body.as_object() else {
+        return Err(invalid("request body must be a JSON object", None));
+    };
     let model_field = obj
         .get("model")
         .and_then(Value::as_str)
@@ -344,7 +570,7 @@ fn prepare(
         check_required(endpoint, obj)?;
     }
 
-    let (route, model_name) = resolve_route(state, &snap, &workspace_id, headers, model_field, rec)?;
+    let (route, model_name) = resolve_route(state, &snap, &workspace_id, headers, pick.provider, model_field, rec)?;
     let model = model_name.as_str();
     let slug = route.provider.slug.as_str();
     let integration = &route.integration;
@@ -420,7 +646,6 @@ fn prepare(
     if endpoint == Endpoint::Messages {
         upstream_headers.extend(anthropic_headers(headers));
     }
-    let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
     let model = model_name;
     if let Some(o) = body.as_object_mut() {
         o.insert("model".into(), Value::String(model.clone()));
@@ -429,7 +654,7 @@ fn prepare(
         snap,
         key,
         route,
-        body_len: raw.len(),
+        body_len: parsed.body_len,
         body: Arc::new(body),
         api,
         shape,
@@ -442,8 +667,8 @@ fn prepare(
         max_output,
         base_url,
         headers: upstream_headers,
-        timeout,
-        log_bodies,
+        timeout: pick.timeout.unwrap_or(parsed.timeout),
+        log_bodies: parsed.log_bodies,
     })
 }
 
@@ -551,11 +776,16 @@ pub fn resolve_route(
     snap: &Snapshot,
     workspace_id: &str,
     headers: &HeaderMap,
+    provider: Option<&str>,
     model_field: &str,
     rec: &mut UsageRecord,
 ) -> Result<(Arc<Route>, String), GatewayError> {
-    // Resolution: the x-portkey-provider header, else `@slug/model`.
-    let (slug, model) = resolve_names(headers, model_field)?;
+    // Resolution: a routing target's provider, else the x-portkey-provider
+    // header, else `@slug/model`.
+    let (slug, model) = match provider {
+        Some(slug) => (slug, strip_provider(model_field)),
+        None => resolve_names(headers, model_field)?,
+    };
     if !is_valid_model_id(model) {
         return Err(bad_model_id());
     }
@@ -615,6 +845,16 @@ pub fn resolve_route(
 
     let model = model.to_owned();
     Ok((route, model))
+}
+
+/// The model of a string that may name a provider (`@slug/model` → `model`).
+fn strip_provider(model: &str) -> &str {
+    model
+        .strip_prefix('@')
+        .and_then(|m| m.split_once('/'))
+        .map(|(_, m)| m)
+        .filter(|m| !m.is_empty())
+        .unwrap_or(model)
 }
 
 /// `(provider slug, model)` from the header or the model string.
@@ -737,6 +977,7 @@ mod tests {
         let e = upstream_error(ProviderError::Upstream {
             status: 429,
             message: "slow down".into(),
+            retry_after: None,
         });
         assert_eq!(
             e,
@@ -748,7 +989,8 @@ mod tests {
         assert!(matches!(
             upstream_error(ProviderError::Upstream {
                 status: 503,
-                message: "x".into()
+                message: "x".into(),
+                retry_after: None,
             }),
             GatewayError::Upstream(_)
         ));

@@ -50,7 +50,7 @@ async fn count(state: &SharedState, headers: &HeaderMap, raw: &[u8]) -> Result<V
         .map(str::to_owned)
         .ok_or_else(|| bad("'model' is required: use '@provider/model'".into()))?;
     let mut rec = UsageRecord::default();
-    let (route, model) = resolve_route(state, &snap, &ws, headers, &model_field, &mut rec)?;
+    let (route, model) = resolve_route(state, &snap, &ws, headers, None, &model_field, &mut rec)?;
     // Checked here for every provider, so a bad body is refused alike.
     MessagesRequest::parse(&body).map_err(super::dialect::invalid)?;
     if let Some(o) = body.as_object_mut() {

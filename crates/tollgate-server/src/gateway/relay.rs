@@ -42,21 +42,26 @@ fn micros(since: Instant) -> u64 {
 pub fn fail(
     state: &SharedState,
     api: Api,
-    mut rec: UsageRecord,
+    rec: UsageRecord,
     started: Instant,
     e: GatewayError,
     rate: RateHeaders,
 ) -> Response {
+    let mut resp = api.error_response(e.clone());
+    decorate(&mut resp, &rec.trace_id, &rate);
+    log_failure(state, rec, started, &e);
+    resp
+}
+
+/// Logs a refusal or failure (of a request, or of one attempt of it).
+pub fn log_failure(state: &SharedState, mut rec: UsageRecord, started: Instant, e: &GatewayError) {
     let (status, kind, _) = e.wire();
     rec.status_code = status.as_u16();
     rec.error_type = Some(kind);
     rec.refusal = e.refusal().map(str::to_owned);
-    let mut resp = api.error_response(e);
-    decorate(&mut resp, &rec.trace_id, &rate);
     rec.latency_us = micros(started);
     crate::metrics::record(&state.snapshot(), &rec);
     state.usage.record(rec);
-    resp
 }
 
 /// Fills in usage and cost, settles, and logs; returns once the record is
@@ -288,8 +293,8 @@ pub async fn whole(
     resp
 }
 
-/// A streamed answer: the response is returned at once and frames flow as
-/// the upstream sends them.
+/// A streamed answer: the relay is set up at once and frames flow as the
+/// upstream sends them, once [`Relayed::respond`] hands it to the client.
 pub fn stream(
     state: SharedState,
     rec: UsageRecord,
@@ -298,7 +303,7 @@ pub fn stream(
     started: Instant,
     upstream_started: Instant,
     inner: BoxStream<'static, Result<StreamItem, ProviderError>>,
-) -> Response {
+) -> Relayed {
     let rate = reservation.headers();
     let trace_id = rec.trace_id.clone();
     let timeout = prep.timeout;
@@ -322,25 +327,78 @@ pub fn stream(
         tokenizer: prep.tokenizer,
         price: prep.price,
     };
-    let relay = Relay {
-        inner,
-        shaper,
-        books: Some(books),
-        done: false,
-        pending: None,
-        idle: Idle::new(timeout),
-        closing: None,
-    };
-    let mut resp = Response::new(Body::from_stream(relay));
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    decorate(&mut resp, &trace_id, &rate);
-    resp
+    Relayed {
+        relay: Relay {
+            inner,
+            shaper,
+            books: Some(books),
+            done: false,
+            pending: None,
+            idle: Idle::new(timeout),
+            closing: None,
+        },
+        trace_id,
+        rate,
+    }
+}
+
+/// A stream relay not yet handed to the client.
+pub struct Relayed {
+    relay: Relay,
+    trace_id: String,
+    rate: RateHeaders,
+}
+
+impl Relayed {
+    /// The streamed response.
+    pub fn respond(self) -> Response {
+        let mut resp = Response::new(Body::from_stream(self.relay));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        decorate(&mut resp, &self.trace_id, &self.rate);
+        resp
+    }
+
+    /// Waits for the stream's first frame (or its end) before anything is
+    /// sent, so that a stream failing before its first byte can still move
+    /// to another target. A failure hands back the books, still open.
+    pub async fn first(mut self) -> Result<Relayed, (Books, ProviderError)> {
+        use futures::StreamExt;
+        let limit = self.relay.idle.limit;
+        loop {
+            let item = match tokio::time::timeout(limit, self.relay.inner.next()).await {
+                Ok(item) => item,
+                Err(_) => Some(Err(ProviderError::Timeout)),
+            };
+            match item {
+                Some(Ok(StreamItem::Usage(u))) => {
+                    if let Some(b) = self.relay.books.as_mut() {
+                        b.on_usage(u);
+                    }
+                }
+                Some(Err(e)) => match self.relay.books.take() {
+                    Some(books) => {
+                        self.relay.done = true;
+                        return Err((books, e));
+                    }
+                    None => {
+                        self.relay.pending = Some(Some(Err(e)));
+                        return Ok(self);
+                    }
+                },
+                other => {
+                    self.relay.idle.touch();
+                    self.relay.pending = Some(other);
+                    return Ok(self);
+                }
+            }
+        }
+    }
 }
 
 /// What a stream must account for when it ends, however it ends.
-struct Books {
+pub struct Books {
     state: SharedState,
     rec: UsageRecord,
     reservation: Option<Reservation>,
@@ -373,6 +431,19 @@ struct ChunkChoice {
 }
 
 impl Books {
+    pub fn record_mut(&mut self) -> &mut UsageRecord {
+        &mut self.rec
+    }
+
+    pub fn trace_id(&self) -> &str {
+        &self.rec.trace_id
+    }
+
+    /// Closes the books of a stream that failed: what it used is settled.
+    pub fn fail(self, e: GatewayError) {
+        drop(self.finish(Outcome::Failed(e)));
+    }
+
     /// The upstream reported usage: the frames kept for estimation are no
     /// longer needed.
     fn on_usage(&mut self, usage: Usage) {

@@ -16,4 +16,5 @@ mod metrics;
 mod protocols;
 mod provisioning;
 mod rejections;
+mod routing;
 mod support;
