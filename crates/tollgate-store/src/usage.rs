@@ -339,7 +339,8 @@ pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(Option<i64>, Vec<
          CAST(completion_tokens AS INTEGER) AS completion_tokens, CAST(cached_tokens AS INTEGER) AS cached_tokens, \
          CAST(total_tokens AS INTEGER) AS total_tokens, tokens_estimated, CAST(cost_picos AS INTEGER) AS cost_picos, \
          CAST(latency_us AS INTEGER) AS latency_us, CAST(ttft_us AS INTEGER) AS ttft_us, \
-         CAST(upstream_latency_us AS INTEGER) AS upstream_latency_us, metadata, request_body, response_body \
+         CAST(upstream_latency_us AS INTEGER) AS upstream_latency_us, metadata, request_body, response_body, \
+         target_path, CAST(retry_attempt AS INTEGER) AS retry_attempt, CAST(attempt AS INTEGER) AS attempt, is_final \
          FROM usage_log",
     );
     push_filter(&mut qb, f);
