@@ -196,6 +196,19 @@ pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Byte
         return GatewayError::Internal("a request's books were closed twice".into()).into_response();
     };
     match sent {
+        // The upstream answered 2xx, but not readably: it was billed.
+        Err(e @ ProviderError::InvalidResponse(_)) => {
+            relay::unreadable(
+                &state,
+                rec,
+                &prep,
+                reservation,
+                started,
+                upstream_started,
+                upstream_error(e),
+            )
+            .await
+        }
         Err(e) => {
             crate::limits::release(&state, reservation).await;
             relay::fail(&state, api, rec, started, upstream_error(e), rate_headers)
