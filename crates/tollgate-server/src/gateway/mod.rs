@@ -327,6 +327,19 @@ pub async fn attempt(
         return Attempt::Answered(GatewayError::Internal("a request's books were closed twice".into()).into_response());
     };
     match sent {
+        // The upstream answered 2xx, but not readably: it was billed.
+        Err(e @ ProviderError::InvalidResponse(_)) => {
+            relay::unreadable(
+                &state,
+                rec,
+                &prep,
+                reservation,
+                started,
+                upstream_started,
+                upstream_error(e),
+            )
+            .await
+        }
         Err(e) => {
             crate::limits::release(state, reservation).await;
             Attempt::Failed(Box::new(Failed {

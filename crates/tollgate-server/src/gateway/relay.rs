@@ -216,16 +216,64 @@ impl Drop for Waiting {
         let (endpoint, body, tokenizer, price) = (self.endpoint, self.body.clone(), self.tokenizer, self.price);
         let size = self.body_len;
         tokio::spawn(async move {
-            let prompt_tokens =
-                super::count::tokens(size, move || tokens::estimate_prompt(endpoint, &body, tokenizer)).await;
-            let usage = Usage {
-                prompt_tokens,
-                completion_tokens: 0,
-                cached_tokens: 0,
-            };
+            let usage = prompt_only(endpoint, body, size, tokenizer).await;
             close_books(&state, rec, reservation, usage, true, price).await;
         });
     }
+}
+
+/// The usage of a request whose prompt the upstream received but whose
+/// output is unknown: its prompt, estimated, and nothing generated.
+async fn prompt_only(endpoint: Endpoint, body: Arc<serde_json::Value>, size: usize, tokenizer: Tokenizer) -> Usage {
+    let prompt_tokens = super::count::tokens(size, move || tokens::estimate_prompt(endpoint, &body, tokenizer)).await;
+    Usage {
+        prompt_tokens,
+        completion_tokens: 0,
+        cached_tokens: 0,
+    }
+}
+
+/// Fails a request that the upstream answered (and so billed): settles
+/// `usage` and logs the failure, then renders it.
+#[allow(clippy::too_many_arguments)]
+async fn fail_settled(
+    state: &SharedState,
+    prep: &Prepared,
+    mut rec: UsageRecord,
+    reservation: Reservation,
+    started: Instant,
+    e: GatewayError,
+    usage: Usage,
+    estimated: bool,
+) -> Response {
+    let rate = reservation.headers();
+    let (status, kind, _) = e.wire();
+    rec.status_code = status.as_u16();
+    rec.error_type = Some(kind);
+    let trace_id = rec.trace_id.clone();
+    rec.latency_us = micros(started);
+    close_books(state, rec, reservation, usage, estimated, prep.price).await;
+    let mut resp = prep.api.error_response(e);
+    decorate(&mut resp, &trace_id, &rate);
+    resp
+}
+
+/// A 2xx answer that the adapter could not read (not JSON, or missing what
+/// its protocol requires): the upstream received the prompt and billed it,
+/// so the request is settled with its prompt, estimated (what it generated
+/// is unknown), and fails as the adapter's error says (a 502).
+pub async fn unreadable(
+    state: &SharedState,
+    mut rec: UsageRecord,
+    prep: &Prepared,
+    reservation: Reservation,
+    started: Instant,
+    upstream_started: Instant,
+    e: GatewayError,
+) -> Response {
+    rec.upstream_latency_us = Some(micros(upstream_started));
+    let usage = prompt_only(prep.endpoint, prep.body.clone(), prep.body_len, prep.tokenizer).await;
+    fail_settled(state, prep, rec, reservation, started, e, usage, true).await
 }
 
 /// A whole answer.
@@ -266,16 +314,7 @@ pub async fn whole(
         Ok(b) => b,
         Err(e) => {
             // The upstream answered (and billed): settle, but fail the request.
-            let rate = reservation.headers();
-            let (status, kind, _) = e.wire();
-            rec.status_code = status.as_u16();
-            rec.error_type = Some(kind);
-            let trace_id = rec.trace_id.clone();
-            rec.latency_us = micros(started);
-            close_books(state, rec, reservation, usage, estimated, prep.price).await;
-            let mut resp = prep.api.error_response(e);
-            decorate(&mut resp, &trace_id, &rate);
-            return resp;
+            return fail_settled(state, prep, rec, reservation, started, e, usage, estimated).await;
         }
     };
     if prep.log_bodies {

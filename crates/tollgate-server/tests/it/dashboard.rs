@@ -307,9 +307,12 @@ async fn a_workspace_session_sees_and_changes_only_its_workspace() {
         b.get("/ui/workspaces").await.location(),
         format!("/ui/workspaces/{own}")
     );
+    // Another workspace answers as an unknown one does (the API does not
+    // reveal that it exists).
     let foreign = b.get(&format!("/ui/workspaces/{other}")).await;
-    assert_eq!(foreign.status, 403);
+    assert_eq!(foreign.status, 404);
     assert!(!foreign.body.contains("Hidden team"));
+    assert_eq!(b.get("/ui/workspaces/ws-no-such-one").await.status, 404);
     assert_eq!(b.get("/ui/keys").await.status, 403, "API keys are the organisation's");
     assert_eq!(b.get("/ui/audit").await.status, 403);
     let logs = b.get(&format!("/ui/logs?workspace_id={other}")).await;

@@ -313,6 +313,9 @@ async fn a_200_that_is_not_json_is_a_502() {
     assert_eq!((r.status, r.error_type()), (502, "upstream_error"), "{:?}", r.body);
     let recs = logs(&app, &key).await;
     assert_eq!(recs[0]["status_code"], 502);
+    // The upstream answered, so it billed the prompt: settled, estimated.
+    assert_eq!(recs[0]["usage"]["estimated"], true, "{:?}", recs[0]);
+    assert!(recs[0]["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{:?}", recs[0]);
 }
 
 #[tokio::test]
