@@ -328,9 +328,9 @@ pub async fn attempt(
     };
     match sent {
         // The upstream answered 2xx, but not readably: it was billed.
-        Err(e @ ProviderError::InvalidResponse(_)) => {
+        Err(e @ ProviderError::InvalidResponse(_)) => Attempt::Answered(
             relay::unreadable(
-                &state,
+                state,
                 rec,
                 &prep,
                 reservation,
@@ -338,8 +338,8 @@ pub async fn attempt(
                 upstream_started,
                 upstream_error(e),
             )
-            .await
-        }
+            .await,
+        ),
         Err(e) => {
             crate::limits::release(state, reservation).await;
             Attempt::Failed(Box::new(Failed {
