@@ -165,7 +165,10 @@ def test_the_quick_start_and_the_python_snippet_run_as_written(tmp_path: Path):
         assert not any("error" in o or o.get("success") is False for o in objects), out
 
         # The Python snippet, verbatim but for the port, with KEY from the shell.
-        (snippet,) = [text for _, text in fenced_blocks("python")]
+        # The quick start's snippet is the README's first Python block; later
+        # sections show other clients.
+        snippet = [text for _, text in fenced_blocks("python")][0]
+        assert "from openai import OpenAI" in snippet, snippet
         r = subprocess.run(
             [sys.executable, "-c", ports(snippet)], env={**env, "KEY": key},
             capture_output=True, text=True, timeout=60,
