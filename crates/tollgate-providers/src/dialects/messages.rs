@@ -9,8 +9,10 @@
 //! `text_delta` / `input_json_delta`, `content_block_stop`, `message_delta`
 //! with usage, `message_stop`).
 
-use super::{chunks, id_part, invalid, push_event, text_of, ChatCompletion, ChatUsage, Invalid, StreamShaper};
-use crate::sse::SseParser;
+use super::{
+    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, ChatCompletion,
+    ChatUsage, ChunkEvents, ChunkStream, Invalid, StreamShaper, ToolDelta,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Number, Value};
 
@@ -160,12 +162,7 @@ impl MessagesRequest {
             .max_tokens
             .ok_or_else(|| invalid("max_tokens: Field required", Some("max_tokens")))?;
         out.insert("max_tokens".into(), max.into());
-        if let Some(t) = &self.temperature {
-            out.insert("temperature".into(), Value::Number(t.clone()));
-        }
-        if let Some(t) = &self.top_p {
-            out.insert("top_p".into(), Value::Number(t.clone()));
-        }
+        put_sampling(&mut out, self.temperature.as_ref(), self.top_p.as_ref());
         if let Some(s) = self.stop_sequences.as_ref().filter(|s| !s.is_empty()) {
             out.insert("stop".into(), json!(s));
         }
@@ -205,10 +202,7 @@ impl MessagesRequest {
                 }
             }
         }
-        if self.is_stream() {
-            out.insert("stream".into(), true.into());
-            out.insert("stream_options".into(), json!({"include_usage": true}));
-        }
+        put_stream(&mut out, self.is_stream());
         Ok(Value::Object(out))
     }
 }
@@ -330,18 +324,12 @@ fn chat_tool(t: &InTool) -> Result<Value, Invalid> {
             Some("tools"),
         ));
     }
-    let mut f = Map::new();
-    f.insert("name".into(), json!(t.name));
-    if let Some(d) = &t.description {
-        f.insert("description".into(), json!(d));
-    }
-    f.insert(
-        "parameters".into(),
-        t.input_schema
-            .clone()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-    );
-    Ok(json!({"type": "function", "function": f}))
+    Ok(function_tool(
+        &t.name,
+        t.description.as_deref(),
+        t.input_schema.as_ref(),
+        None,
+    ))
 }
 
 /// Anthropic's `stop_reason` for an OpenAI `finish_reason`.
@@ -367,13 +355,10 @@ fn usage_json(u: Option<&ChatUsage>) -> Value {
 
 /// A whole OpenAI chat answer as a `message` object.
 pub fn from_chat(body: &[u8], model: &str) -> Result<Vec<u8>, Invalid> {
-    let chat: ChatCompletion =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("unreadable chat answer: {e}"), None))?;
-    let choice = chat.choices.into_iter().next();
-    let finish = choice.as_ref().and_then(|c| c.finish_reason.clone());
-    let message = choice.and_then(|c| c.message).unwrap_or_default();
+    let mut chat = ChatCompletion::parse(body)?;
+    let (finish, message) = chat.take_first();
     let mut content = Vec::new();
-    let text = message.content.or(message.refusal).unwrap_or_default();
+    let text = message.text();
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -402,26 +387,44 @@ enum Open {
 
 /// Chat chunks → Anthropic stream events.
 pub struct MessagesShaper {
-    parser: SseParser,
+    stream: ChunkStream,
     model: String,
     started: bool,
     /// Index of the next content block.
     next: u64,
     open: Option<Open>,
-    finish: Option<String>,
-    usage: Option<ChatUsage>,
 }
 
 impl MessagesShaper {
     pub fn new(model: String) -> Self {
         Self {
-            parser: SseParser::new(),
+            stream: ChunkStream::default(),
             model,
             started: false,
             next: 0,
             open: None,
-            finish: None,
-            usage: None,
+        }
+    }
+
+    fn close(&mut self, out: &mut Vec<u8>) {
+        if self.open.take().is_some() {
+            push_event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": self.next - 1}),
+            );
+        }
+    }
+}
+
+impl ChunkEvents for MessagesShaper {
+    fn stream(&mut self) -> &mut ChunkStream {
+        &mut self.stream
+    }
+
+    fn model(&mut self, model: &str) {
+        if !self.started {
+            self.model = model.to_owned();
         }
     }
 
@@ -438,16 +441,6 @@ impl MessagesShaper {
             "model": self.model, "content": [], "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": 0, "output_tokens": 0}}}),
         );
-    }
-
-    fn close(&mut self, out: &mut Vec<u8>) {
-        if self.open.take().is_some() {
-            push_event(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": self.next - 1}),
-            );
-        }
     }
 
     fn text(&mut self, t: &str, out: &mut Vec<u8>) {
@@ -470,12 +463,12 @@ impl MessagesShaper {
         );
     }
 
-    fn tool(&mut self, d: &super::ToolDelta, out: &mut Vec<u8>) {
+    fn tool(&mut self, d: &ToolDelta, out: &mut Vec<u8>) {
         // A new tool call starts a new block; a chat upstream streams one
         // call's arguments before the next call's.
         if !matches!(self.open, Some(Open::Tool(i)) if i == d.index) {
             self.close(out);
-            let name = d.function.as_ref().and_then(|f| f.name.clone()).unwrap_or_default();
+            let name = d.name().unwrap_or_default();
             let id =
                 d.id.clone()
                     .unwrap_or_else(|| format!("toolu_{}_{}", d.index, self.next));
@@ -488,12 +481,7 @@ impl MessagesShaper {
             self.open = Some(Open::Tool(d.index));
             self.next += 1;
         }
-        if let Some(args) = d
-            .function
-            .as_ref()
-            .and_then(|f| f.arguments.as_deref())
-            .filter(|a| !a.is_empty())
-        {
+        if let Some(args) = d.arguments() {
             push_event(
                 out,
                 "content_block_delta",
@@ -506,33 +494,7 @@ impl MessagesShaper {
 
 impl StreamShaper for MessagesShaper {
     fn frame(&mut self, frame: &[u8], out: &mut Vec<u8>) {
-        for chunk in chunks(&mut self.parser, frame) {
-            if let Some(m) = chunk.model.as_ref().filter(|_| !self.started) {
-                self.model = m.clone();
-            }
-            self.start(chunk.id.as_deref(), out);
-            if let Some(u) = chunk.usage {
-                self.usage = Some(u);
-            }
-            for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
-                if let Some(delta) = choice.delta {
-                    if let Some(t) = delta
-                        .content
-                        .as_deref()
-                        .or(delta.refusal.as_deref())
-                        .filter(|t| !t.is_empty())
-                    {
-                        self.text(t, out);
-                    }
-                    for d in &delta.tool_calls {
-                        self.tool(d, out);
-                    }
-                }
-                if let Some(f) = choice.finish_reason {
-                    self.finish = Some(f);
-                }
-            }
-        }
+        shape_frame(self, frame, out);
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {
@@ -542,8 +504,8 @@ impl StreamShaper for MessagesShaper {
             out,
             "message_delta",
             &json!({"type": "message_delta",
-            "delta": {"stop_reason": stop_reason(self.finish.as_deref()), "stop_sequence": null},
-            "usage": usage_json(self.usage.as_ref())}),
+            "delta": {"stop_reason": stop_reason(self.stream.finish.as_deref()), "stop_sequence": null},
+            "usage": usage_json(self.stream.usage.as_ref())}),
         );
         push_event(out, "message_stop", &json!({"type": "message_stop"}));
     }

@@ -13,7 +13,7 @@ pub mod responses;
 
 use crate::sse::SseParser;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Map, Number, Value};
 
 /// A request the dialect cannot express as a chat request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,13 +52,68 @@ pub(crate) fn push_event(out: &mut Vec<u8>, name: &str, data: &Value) {
     out.extend_from_slice(b"\n\n");
 }
 
-/// The chat chunks in relayed frames.
-pub(crate) fn chunks(parser: &mut SseParser, frame: &[u8]) -> Vec<Chunk> {
-    parser
+/// The half of a [`StreamShaper`] that differs by dialect: its events for
+/// what the chat chunks carry. [`shape_frame`] reads the chunks and calls it.
+pub(crate) trait ChunkEvents {
+    /// The state every dialect keeps across chunks.
+    fn stream(&mut self) -> &mut ChunkStream;
+    /// A chunk names the upstream model (called before `start`).
+    fn model(&mut self, model: &str);
+    /// The opening events, once (`chat_id`: the chat answer's id, if known).
+    fn start(&mut self, chat_id: Option<&str>, out: &mut Vec<u8>);
+    /// A text (or refusal) delta; the driver passes only non-empty ones.
+    fn text(&mut self, text: &str, out: &mut Vec<u8>);
+    /// A tool call delta.
+    fn tool(&mut self, delta: &ToolDelta, out: &mut Vec<u8>);
+}
+
+/// What a shaper tracks across chat chunks, whatever the dialect.
+#[derive(Default)]
+pub(crate) struct ChunkStream {
+    parser: SseParser,
+    /// The last `finish_reason` of choice 0.
+    pub finish: Option<String>,
+    /// The last usage a chunk carried.
+    pub usage: Option<ChatUsage>,
+}
+
+/// [`StreamShaper::frame`] for every dialect: the chat chunks in relayed
+/// frames, turned into `e`'s events. Only choice 0 is read.
+pub(crate) fn shape_frame(e: &mut impl ChunkEvents, frame: &[u8], out: &mut Vec<u8>) {
+    let chunks: Vec<Chunk> = e
+        .stream()
+        .parser
         .push(frame)
         .into_iter()
-        .filter_map(|ev| serde_json::from_str::<Chunk>(&ev.data).ok())
-        .collect()
+        .filter_map(|ev| serde_json::from_str(&ev.data).ok())
+        .collect();
+    for chunk in chunks {
+        if let Some(m) = &chunk.model {
+            e.model(m);
+        }
+        e.start(chunk.id.as_deref(), out);
+        if let Some(u) = chunk.usage {
+            e.stream().usage = Some(u);
+        }
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(delta) = choice.delta {
+                if let Some(t) = delta
+                    .content
+                    .as_deref()
+                    .or(delta.refusal.as_deref())
+                    .filter(|t| !t.is_empty())
+                {
+                    e.text(t, out);
+                }
+                for d in &delta.tool_calls {
+                    e.tool(d, out);
+                }
+            }
+            if let Some(f) = choice.finish_reason {
+                e.stream().finish = Some(f);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -114,6 +169,20 @@ pub(crate) struct ChatCompletion {
     pub usage: Option<ChatUsage>,
 }
 
+impl ChatCompletion {
+    /// A whole chat answer.
+    pub fn parse(body: &[u8]) -> Result<Self, Invalid> {
+        serde_json::from_slice(body).map_err(|e| invalid(format!("unreadable chat answer: {e}"), None))
+    }
+
+    /// Choice 0's `finish_reason` and message (empty if there is none).
+    pub fn take_first(&mut self) -> (Option<String>, ChatMessage) {
+        let choice = std::mem::take(&mut self.choices).into_iter().next();
+        let finish = choice.as_ref().and_then(|c| c.finish_reason.clone());
+        (finish, choice.and_then(|c| c.message).unwrap_or_default())
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChatChoice {
     #[serde(default)]
@@ -130,6 +199,13 @@ pub(crate) struct ChatMessage {
     pub refusal: Option<String>,
     #[serde(default)]
     pub tool_calls: Vec<ChatToolCall>,
+}
+
+impl ChatMessage {
+    /// The text, or else the refusal.
+    pub fn text(&self) -> &str {
+        self.content.as_deref().or(self.refusal.as_deref()).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,12 +265,70 @@ pub(crate) struct ToolDelta {
     pub function: Option<FunctionDelta>,
 }
 
+impl ToolDelta {
+    /// The function name, if this delta carries it.
+    pub fn name(&self) -> Option<&str> {
+        self.function.as_ref()?.name.as_deref()
+    }
+
+    /// The arguments fragment, if this delta carries a non-empty one.
+    pub fn arguments(&self) -> Option<&str> {
+        self.function.as_ref()?.arguments.as_deref().filter(|a| !a.is_empty())
+    }
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct FunctionDelta {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub arguments: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// The OpenAI chat request, as the dialects write it.
+// ---------------------------------------------------------------------------
+
+/// A chat `function` tool (`parameters` defaults to an empty object schema).
+pub(crate) fn function_tool(
+    name: &str,
+    description: Option<&str>,
+    parameters: Option<&Value>,
+    strict: Option<bool>,
+) -> Value {
+    let mut f = Map::new();
+    f.insert("name".into(), json!(name));
+    if let Some(d) = description {
+        f.insert("description".into(), json!(d));
+    }
+    f.insert(
+        "parameters".into(),
+        parameters
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+    );
+    if let Some(s) = strict {
+        f.insert("strict".into(), s.into());
+    }
+    json!({"type": "function", "function": f})
+}
+
+/// The sampling settings every dialect passes on as they are.
+pub(crate) fn put_sampling(out: &mut Map<String, Value>, temperature: Option<&Number>, top_p: Option<&Number>) {
+    if let Some(t) = temperature {
+        out.insert("temperature".into(), Value::Number(t.clone()));
+    }
+    if let Some(t) = top_p {
+        out.insert("top_p".into(), Value::Number(t.clone()));
+    }
+}
+
+/// A streamed request asks for usage in the last chunk (the shapers report it).
+pub(crate) fn put_stream(out: &mut Map<String, Value>, stream: bool) {
+    if stream {
+        out.insert("stream".into(), true.into());
+        out.insert("stream_options".into(), json!({"include_usage": true}));
+    }
 }
 
 /// An id fragment safe to embed in another id: the chat answer's id with

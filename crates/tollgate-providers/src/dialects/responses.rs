@@ -11,8 +11,10 @@
 //! `response.function_call_arguments.delta`/`.done`, ...,
 //! `response.completed` with usage).
 
-use super::{chunks, id_part, invalid, push_event, text_of, ChatCompletion, ChatUsage, Invalid, StreamShaper};
-use crate::sse::SseParser;
+use super::{
+    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, ChatCompletion,
+    ChatUsage, ChunkEvents, ChunkStream, Invalid, StreamShaper, ToolDelta,
+};
 use serde::Deserialize;
 use serde_json::{json, Map, Number, Value};
 
@@ -158,12 +160,7 @@ impl ResponsesRequest {
         if let Some(n) = self.max_output_tokens {
             out.insert("max_tokens".into(), n.into());
         }
-        if let Some(t) = &self.temperature {
-            out.insert("temperature".into(), Value::Number(t.clone()));
-        }
-        if let Some(t) = &self.top_p {
-            out.insert("top_p".into(), Value::Number(t.clone()));
-        }
+        put_sampling(&mut out, self.temperature.as_ref(), self.top_p.as_ref());
         if let Some(p) = self.parallel_tool_calls {
             if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
                 out.insert("parallel_tool_calls".into(), p.into());
@@ -206,10 +203,7 @@ impl ResponsesRequest {
                 }
             }
         }
-        if self.is_stream() {
-            out.insert("stream".into(), true.into());
-            out.insert("stream_options".into(), json!({"include_usage": true}));
-        }
+        put_stream(&mut out, self.is_stream());
         Ok(Value::Object(out))
     }
 
@@ -367,21 +361,12 @@ fn chat_tool(t: &Tool) -> Result<Value, Invalid> {
         .as_deref()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| invalid("a function tool needs a name", Some("tools")))?;
-    let mut f = Map::new();
-    f.insert("name".into(), json!(name));
-    if let Some(d) = &t.description {
-        f.insert("description".into(), json!(d));
-    }
-    f.insert(
-        "parameters".into(),
-        t.parameters
-            .clone()
-            .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
-    );
-    if let Some(s) = t.strict {
-        f.insert("strict".into(), s.into());
-    }
-    Ok(json!({"type": "function", "function": f}))
+    Ok(function_tool(
+        name,
+        t.description.as_deref(),
+        t.parameters.as_ref(),
+        t.strict,
+    ))
 }
 
 fn chat_tool_choice(c: &Value) -> Result<Value, Invalid> {
@@ -501,16 +486,13 @@ fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, status: &str)
 
 /// A whole OpenAI chat answer as a `response` object.
 pub fn from_chat(body: &[u8], echo: &Echo, created: i64) -> Result<Vec<u8>, Invalid> {
-    let chat: ChatCompletion =
-        serde_json::from_slice(body).map_err(|e| invalid(format!("unreadable chat answer: {e}"), None))?;
+    let mut chat = ChatCompletion::parse(body)?;
     let base = id_part(chat.id.as_deref());
-    let choice = chat.choices.into_iter().next();
-    let finish = choice.as_ref().and_then(|c| c.finish_reason.clone());
-    let message = choice.and_then(|c| c.message).unwrap_or_default();
+    let (finish, message) = chat.take_first();
     let mut output = Vec::new();
-    let text = message.content.or(message.refusal).unwrap_or_default();
+    let text = message.text();
     if !text.is_empty() || message.tool_calls.is_empty() {
-        output.push(message_item(&format!("msg_{base}"), &text, "completed"));
+        output.push(message_item(&format!("msg_{base}"), text, "completed"));
     }
     for (i, c) in message.tool_calls.iter().enumerate() {
         output.push(call_item(
@@ -553,7 +535,7 @@ enum OutItem {
 
 /// Chat chunks → Responses stream events.
 pub struct ResponsesShaper {
-    parser: SseParser,
+    stream: ChunkStream,
     echo: Echo,
     model: String,
     created: i64,
@@ -562,14 +544,12 @@ pub struct ResponsesShaper {
     items: Vec<OutItem>,
     /// The open message item (index into `items`).
     text_item: Option<usize>,
-    finish: Option<String>,
-    usage: Option<ChatUsage>,
 }
 
 impl ResponsesShaper {
     pub fn new(echo: Echo, model: String, created: i64) -> Self {
         Self {
-            parser: SseParser::new(),
+            stream: ChunkStream::default(),
             echo,
             model,
             created,
@@ -577,8 +557,6 @@ impl ResponsesShaper {
             seq: 0,
             items: Vec::new(),
             text_item: None,
-            finish: None,
-            usage: None,
         }
     }
 
@@ -600,8 +578,28 @@ impl ResponsesShaper {
             status,
             output,
             usage,
-            self.finish.as_deref(),
+            self.stream.finish.as_deref(),
         )
+    }
+
+    fn base(&self) -> String {
+        self.id
+            .as_deref()
+            .unwrap_or("resp_tollgate")
+            .trim_start_matches("resp_")
+            .to_owned()
+    }
+}
+
+impl ChunkEvents for ResponsesShaper {
+    fn stream(&mut self) -> &mut ChunkStream {
+        &mut self.stream
+    }
+
+    fn model(&mut self, model: &str) {
+        if self.model.is_empty() {
+            self.model = model.to_owned();
+        }
     }
 
     fn start(&mut self, chat_id: Option<&str>, out: &mut Vec<u8>) {
@@ -613,14 +611,6 @@ impl ResponsesShaper {
         self.emit(out, "response.created", json!({ "response": r }));
         let r = self.response("in_progress", Vec::new(), None);
         self.emit(out, "response.in_progress", json!({ "response": r }));
-    }
-
-    fn base(&self) -> String {
-        self.id
-            .as_deref()
-            .unwrap_or("resp_tollgate")
-            .trim_start_matches("resp_")
-            .to_owned()
     }
 
     fn text(&mut self, delta: &str, out: &mut Vec<u8>) {
@@ -663,19 +653,18 @@ impl ResponsesShaper {
         );
     }
 
-    fn tool(&mut self, d: &super::ToolDelta, out: &mut Vec<u8>) {
+    fn tool(&mut self, d: &ToolDelta, out: &mut Vec<u8>) {
         let found = self
             .items
             .iter()
             .position(|i| matches!(i, OutItem::Call { chat_index, .. } if *chat_index == d.index));
-        let name = d.function.as_ref().and_then(|f| f.name.clone());
         let idx = match found {
             Some(i) => i,
             None => {
                 let i = self.items.len();
                 let id = format!("fc_{}_{i}", self.base());
                 let call_id = d.id.clone().unwrap_or_else(|| format!("call_{}_{i}", self.base()));
-                let name = name.clone().unwrap_or_default();
+                let name = d.name().unwrap_or_default().to_owned();
                 self.emit(
                     out,
                     "response.output_item.added",
@@ -692,12 +681,7 @@ impl ResponsesShaper {
                 i
             }
         };
-        let Some(args) = d
-            .function
-            .as_ref()
-            .and_then(|f| f.arguments.as_deref())
-            .filter(|a| !a.is_empty())
-        else {
+        let Some(args) = d.arguments() else {
             return;
         };
         let id = match &mut self.items[idx] {
@@ -717,35 +701,7 @@ impl ResponsesShaper {
 
 impl StreamShaper for ResponsesShaper {
     fn frame(&mut self, frame: &[u8], out: &mut Vec<u8>) {
-        for chunk in chunks(&mut self.parser, frame) {
-            if self.model.is_empty() {
-                if let Some(m) = &chunk.model {
-                    self.model = m.clone();
-                }
-            }
-            self.start(chunk.id.as_deref(), out);
-            if let Some(u) = chunk.usage {
-                self.usage = Some(u);
-            }
-            for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
-                if let Some(delta) = choice.delta {
-                    if let Some(t) = delta
-                        .content
-                        .as_deref()
-                        .or(delta.refusal.as_deref())
-                        .filter(|t| !t.is_empty())
-                    {
-                        self.text(t, out);
-                    }
-                    for d in &delta.tool_calls {
-                        self.tool(d, out);
-                    }
-                }
-                if let Some(f) = choice.finish_reason {
-                    self.finish = Some(f);
-                }
-            }
-        }
+        shape_frame(self, frame, out);
     }
 
     fn finish(&mut self, out: &mut Vec<u8>) {
@@ -798,8 +754,8 @@ impl StreamShaper for ResponsesShaper {
                 }
             }
         }
-        let status = status_of(self.finish.as_deref());
-        let usage = self.usage.clone();
+        let status = status_of(self.stream.finish.as_deref());
+        let usage = self.stream.usage.clone();
         let r = self.response(status, output, usage.as_ref());
         let name = if status == "incomplete" {
             "response.incomplete"
