@@ -1,15 +1,23 @@
 //! The Azure OpenAI adapter: deployment URLs, `api-version` and the
 //! `api-key` header. Requests and answers are OpenAI-shaped, so the exchange
-//! itself is [`crate::openai::relay`].
+//! itself is [`crate::openai::relay`]. The Responses API is relayed natively
+//! at `{base}/openai/responses` (not per deployment: `model` names the
+//! deployment), and stored responses are fetched from there.
 
-use crate::openai::{header_value, relay, secret};
+use crate::openai::{add_custom_headers, header_value, relay, secret, send_whole};
 use crate::{Adapter, Call, Endpoint, ProviderError, Target, UpstreamResponse};
+use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName};
 use serde_json::Value;
+use std::time::Duration;
 
 /// The inference API version used when the integration sets none (the
 /// latest generally available one).
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";
+
+/// The API version of the Responses API calls (older versions, the
+/// inference default included, do not serve `/openai/responses`).
+pub const RESPONSES_API_VERSION: &str = "2025-04-01-preview";
 
 /// Azure OpenAI deployments.
 #[derive(Debug, Default)]
@@ -18,16 +26,67 @@ pub struct Azure;
 #[async_trait::async_trait]
 impl Adapter for Azure {
     async fn send(&self, http: &reqwest::Client, call: Call<'_>) -> Result<UpstreamResponse, ProviderError> {
-        if call.endpoint.is_native() {
-            return Err(crate::not_native(call.endpoint));
+        match call.endpoint {
+            Endpoint::Messages => Err(crate::not_native(call.endpoint)),
+            Endpoint::Responses => {
+                // The Responses API takes the deployment as `model`.
+                let url = responses_url(&call.target, None)?;
+                let deployment = deployment(call.target.config, call.target.model);
+                let mut body = call.body.clone();
+                let object = body
+                    .as_object_mut()
+                    .ok_or_else(|| ProviderError::Unsupported("the request body must be a JSON object".into()))?;
+                object.insert("model".into(), Value::String(deployment.to_owned()));
+                let call = Call { body: &body, ..call };
+                relay(http, url.as_str(), key_header(&call.target)?, &call).await
+            }
+            _ => {
+                let url = request_url(&call.target, call.endpoint)?;
+                relay(http, url.as_str(), key_header(&call.target)?, &call).await
+            }
         }
-        let url = request_url(&call.target, call.endpoint)?;
-        let key = secret(&call.target, "key")?
-            .ok_or_else(|| ProviderError::Config("the Azure OpenAI integration has no key".into()))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(HeaderName::from_static("api-key"), header_value(key.as_str(), "key")?);
-        relay(http, url.as_str(), headers, &call).await
     }
+}
+
+/// The `api-key` header with the integration's key.
+fn key_header(target: &Target<'_>) -> Result<HeaderMap, ProviderError> {
+    let key = secret(target, "key")?
+        .ok_or_else(|| ProviderError::Config("the Azure OpenAI integration has no key".into()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(HeaderName::from_static("api-key"), header_value(key.as_str(), "key")?);
+    Ok(headers)
+}
+
+/// `GET {base}/openai/responses/{id}`: a stored response, as the upstream's bytes.
+pub async fn get_response(
+    http: &reqwest::Client,
+    target: &Target<'_>,
+    id: &str,
+    timeout: Duration,
+) -> Result<Bytes, ProviderError> {
+    let url = responses_url(target, Some(id))?;
+    let mut headers = key_header(target)?;
+    add_custom_headers(&mut headers, target)?;
+    send_whole(http.get(url).headers(headers), timeout)
+        .await
+        .map(|(_, b)| b)
+}
+
+/// `{base}/openai/responses[/{id}]?api-version=...` (the id percent-encoded
+/// as one segment).
+pub fn responses_url(target: &Target<'_>, id: Option<&str>) -> Result<url::Url, ProviderError> {
+    let mut url = base_url(target)?;
+    {
+        let mut segments = url
+            .path_segments_mut()
+            .map_err(|_| ProviderError::Config("the Azure base URL cannot take a path".into()))?;
+        segments.pop_if_empty().extend(["openai", "responses"]);
+        if let Some(id) = id {
+            segments.push(crate::chat_shape::segment_name("response id", id)?);
+        }
+    }
+    url.query_pairs_mut().append_pair("api-version", RESPONSES_API_VERSION);
+    Ok(url)
 }
 
 /// The deployment serving `model`: the `azure_deployment_config` entry for
@@ -59,6 +118,31 @@ pub fn deployment<'a>(config: &'a serde_json::Map<String, Value>, model: &'a str
 /// `{base}/openai/deployments/{deployment}/{path}?api-version=...`, where
 /// `base` is the custom host or `https://{azure_resource_name}.openai.azure.com`.
 pub fn request_url(target: &Target<'_>, endpoint: Endpoint) -> Result<url::Url, ProviderError> {
+    // The URL's own segment setter encodes the name (`/`, `?`, `#`, `%`
+    // included) but silently drops `.` and `..`: those are refused here.
+    let deployment = crate::chat_shape::segment_name("deployment", deployment(target.config, target.model))?;
+    let mut url = base_url(target)?;
+    let version = target
+        .config
+        .get("azure_api_version")
+        .and_then(Value::as_str)
+        .filter(|v| !v.is_empty())
+        .unwrap_or(DEFAULT_API_VERSION);
+    {
+        let mut segments = url
+            .path_segments_mut()
+            .map_err(|_| ProviderError::Config("the Azure base URL cannot take a path".into()))?;
+        segments
+            .pop_if_empty()
+            .extend(["openai", "deployments", deployment])
+            .extend(endpoint.openai_path().trim_start_matches('/').split('/'));
+    }
+    url.query_pairs_mut().append_pair("api-version", version);
+    Ok(url)
+}
+
+/// The custom host, else `https://{azure_resource_name}.openai.azure.com`.
+fn base_url(target: &Target<'_>) -> Result<url::Url, ProviderError> {
     let base = match target.base_url {
         Some(b) => b.to_owned(),
         None => {
@@ -77,27 +161,7 @@ pub fn request_url(target: &Target<'_>, endpoint: Endpoint) -> Result<url::Url, 
             format!("https://{resource}.openai.azure.com")
         }
     };
-    // The URL's own segment setter encodes the name (`/`, `?`, `#`, `%`
-    // included) but silently drops `.` and `..`: those are refused here.
-    let deployment = crate::chat_shape::segment_name("deployment", deployment(target.config, target.model))?;
-    let mut url = url::Url::parse(&base).map_err(|e| ProviderError::Config(format!("invalid Azure base URL: {e}")))?;
-    let version = target
-        .config
-        .get("azure_api_version")
-        .and_then(Value::as_str)
-        .filter(|v| !v.is_empty())
-        .unwrap_or(DEFAULT_API_VERSION);
-    {
-        let mut segments = url
-            .path_segments_mut()
-            .map_err(|_| ProviderError::Config("the Azure base URL cannot take a path".into()))?;
-        segments
-            .pop_if_empty()
-            .extend(["openai", "deployments", deployment])
-            .extend(endpoint.openai_path().trim_start_matches('/').split('/'));
-    }
-    url.query_pairs_mut().append_pair("api-version", version);
-    Ok(url)
+    url::Url::parse(&base).map_err(|e| ProviderError::Config(format!("invalid Azure base URL: {e}")))
 }
 
 #[cfg(test)]
@@ -165,6 +229,30 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn responses_urls_are_per_resource_and_encode_the_id() {
+        let config = map(json!({"azure_resource_name": "acme", "azure_api_version": "2024-06-01"}));
+        let secrets = PlainSecrets::default();
+        let target = |base| Target {
+            base_url: base,
+            config: &config,
+            secrets: &secrets,
+            headers: &[],
+            model: "gpt-4o",
+        };
+        assert_eq!(
+            responses_url(&target(None), None).unwrap().as_str(),
+            format!("https://acme.openai.azure.com/openai/responses?api-version={RESPONSES_API_VERSION}")
+        );
+        assert_eq!(
+            responses_url(&target(Some("http://127.0.0.1:9/")), Some("resp_1/x?y"))
+                .unwrap()
+                .as_str(),
+            format!("http://127.0.0.1:9/openai/responses/resp_1%2Fx%3Fy?api-version={RESPONSES_API_VERSION}")
+        );
+        assert!(responses_url(&target(None), Some("..")).is_err());
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl Endpoint {
     pub fn native_on(self, protocol: Protocol) -> bool {
         matches!(
             (self, protocol),
-            (Endpoint::Responses, Protocol::OpenAi) | (Endpoint::Messages, Protocol::Anthropic)
+            (Endpoint::Responses, Protocol::OpenAi | Protocol::AzureOpenAi) | (Endpoint::Messages, Protocol::Anthropic)
         )
     }
 }
@@ -309,14 +309,19 @@ impl Adapters {
         anthropic::count_tokens(&self.http, target, body, timeout).await
     }
 
-    /// `GET /responses/{id}` on an OpenAI-compatible upstream (not billed).
-    pub async fn openai_get_response(
+    /// `GET /responses/{id}` on an upstream that stores responses (OpenAI
+    /// or Azure OpenAI; not billed).
+    pub async fn get_response(
         &self,
+        protocol: Protocol,
         target: &Target<'_>,
         id: &str,
         timeout: Duration,
     ) -> Result<Bytes, ProviderError> {
-        openai::get_response(&self.http, target, id, timeout).await
+        match protocol {
+            Protocol::AzureOpenAi => azure::get_response(&self.http, target, id, timeout).await,
+            _ => openai::get_response(&self.http, target, id, timeout).await,
+        }
     }
 
     /// Sends `call` through the adapter for `protocol`.

@@ -1,6 +1,8 @@
 //! Mock Azure OpenAI: `/openai/deployments/{deployment}/{chat/completions,
 //! completions,embeddings}?api-version=...` with the `api-key` header,
-//! answering with the OpenAI mock's answers under the deployment's model.
+//! answering with the OpenAI mock's answers under the deployment's model;
+//! and the Responses API, `POST /openai/responses` and
+//! `GET /openai/responses/{id}`, answered by the OpenAI mock's Responses logic.
 
 use crate::control::Control;
 use crate::openai::{
@@ -9,7 +11,7 @@ use crate::openai::{
 use crate::{Journal, MockServer};
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -39,6 +41,7 @@ impl Default for AzureMock {
 struct AppState {
     journal: Journal,
     config: Arc<AzureMock>,
+    stored: crate::responses::Stored,
 }
 
 #[derive(Clone, Copy)]
@@ -66,6 +69,7 @@ fn router(config: AzureMock, journal: Journal) -> Router {
     let state = AppState {
         journal,
         config: Arc::new(config),
+        stored: crate::responses::Stored::default(),
     };
     Router::new()
         .route(
@@ -80,6 +84,8 @@ fn router(config: AzureMock, journal: Journal) -> Router {
             "/openai/deployments/{deployment}/embeddings",
             post(|s: State<AppState>, p: Path<String>, r: Request| handle(s, p, r, Kind::Embeddings)),
         )
+        .route("/openai/responses", post(responses))
+        .route("/openai/responses/{id}", get(stored_response))
         .fallback(|| async { not_found() })
         .with_state(state)
 }
@@ -106,28 +112,64 @@ fn valid_version(v: &str) -> bool {
         })
 }
 
-async fn handle(State(state): State<AppState>, Path(deployment): Path<String>, req: Request, kind: Kind) -> Response {
+async fn responses(State(state): State<AppState>, req: Request) -> Response {
     let rec = take(Some(&state.journal), req).await;
-    let cfg = &state.config;
+    if let Some(refused) = check(&rec, &state.config) {
+        return refused;
+    }
+    if let Some(refused) = fault(&state.config).await {
+        return refused;
+    }
+    match parse_body(&rec) {
+        Ok(body) => crate::responses::create(&body, &state.config.control, &state.stored),
+        Err(r) => r,
+    }
+}
+
+async fn stored_response(State(state): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    let rec = take(Some(&state.journal), req).await;
+    if let Some(refused) = check(&rec, &state.config) {
+        return refused;
+    }
+    crate::responses::get(&id, &state.stored)
+}
+
+/// The `api-version` and `api-key` checks.
+fn check(rec: &crate::Recorded, cfg: &AzureMock) -> Option<Response> {
     let version = rec
         .query
         .as_deref()
         .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("api-version=")));
     let Some(version) = version else {
-        return not_found();
+        return Some(not_found());
     };
     if !valid_version(version) {
-        return azure_error(400, "BadRequest", "API version not supported");
+        return Some(azure_error(400, "BadRequest", "API version not supported"));
     }
     if rec.header("api-key") != Some(cfg.api_key.as_str()) {
-        return azure_error(
+        return Some(azure_error(
             401,
             "401",
             "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.",
-        );
+        ));
     }
-    if let Some((status, message)) = before_answer(&cfg.control).await {
-        return azure_error(status, &status.to_string(), &message);
+    None
+}
+
+/// The control's scripted fault, if any, as an Azure error.
+async fn fault(cfg: &AzureMock) -> Option<Response> {
+    let (status, message) = before_answer(&cfg.control).await?;
+    Some(azure_error(status, &status.to_string(), &message))
+}
+
+async fn handle(State(state): State<AppState>, Path(deployment): Path<String>, req: Request, kind: Kind) -> Response {
+    let rec = take(Some(&state.journal), req).await;
+    let cfg = &state.config;
+    if let Some(refused) = check(&rec, cfg) {
+        return refused;
+    }
+    if let Some(refused) = fault(cfg).await {
+        return refused;
     }
     let model = if cfg.deployments.is_empty() {
         deployment.clone()

@@ -612,7 +612,7 @@ fn resolve(
             if r.previous_response_id.is_some() {
                 return Err(invalid(
                     format!(
-                        "previous_response_id needs a provider that stores responses (OpenAI); '@{slug}' is {}: send the whole conversation as 'input' instead",
+                        "previous_response_id needs a provider that stores responses (OpenAI, Azure OpenAI); '@{slug}' is {}: send the whole conversation as 'input' instead",
                         integration.record.ai_provider_id
                     ),
                     Some("previous_response_id"),

@@ -112,7 +112,7 @@ async fn fetch(state: &SharedState, headers: &HeaderMap, id: &str) -> Result<Byt
     let ws = key.record.workspace_id.clone().unwrap_or_default();
     let not_found = || {
         GatewayError::NotFound(format!(
-            "response '{id}' not found: Tollgate keeps only the ids of responses it relayed to a provider that stores them (OpenAI)"
+            "response '{id}' not found: Tollgate keeps only the ids of responses it relayed to a provider that stores them (OpenAI, Azure OpenAI)"
         ))
     };
     let (owner, slug) = state.response_ids.get(id).ok_or_else(not_found)?;
@@ -139,7 +139,7 @@ async fn fetch(state: &SharedState, headers: &HeaderMap, id: &str) -> Result<Byt
     };
     state
         .adapters
-        .openai_get_response(&target, id, timeout(state))
+        .get_response(integration.spec.protocol, &target, id, timeout(state))
         .await
         .map_err(upstream_error)
 }

@@ -207,6 +207,112 @@ async fn responses_are_relayed_to_openai_and_stored_ones_can_be_fetched() {
 }
 
 #[tokio::test]
+async fn responses_are_relayed_to_azure_openai_and_stored_ones_can_be_fetched() {
+    let b = both().await;
+    let azure = tollgate_testkit::azure::start(tollgate_testkit::azure::AzureMock {
+        control: b.control.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = b
+        .app
+        .post(
+            "/v1/integrations",
+            &b.app.admin_key,
+            json!({"name": "az", "slug": "az", "ai_provider_id": "azure-openai", "key": "azure-test-key",
+                   "configurations": {"custom_host": azure.url(), "azure_resource_name": "acme",
+                     "azure_api_version": "2024-10-21",
+                     "azure_deployment_config": [{"azure_deployment_name": "prod-4o", "azure_model_slug": "gpt-4o", "is_default": true}]}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = b
+        .app
+        .put(
+            "/v1/integrations/az/workspaces",
+            &b.app.admin_key,
+            json!({"workspaces": [{"id": b.ws, "enabled": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    let (s, r) = b
+        .json(
+            "/v1/responses",
+            &json!({"model": "@az/gpt-4o", "input": "Capital of France?", "max_output_tokens": 100}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["object"], "response");
+    assert_eq!(r["output"][0]["content"][0]["text"], "Paris is the capital of France.");
+    let seen = azure.journal.last().unwrap();
+    assert_eq!(seen.path, "/openai/responses", "relayed natively, not through chat");
+    assert_eq!(
+        seen.query.as_deref(),
+        Some(format!("api-version={}", tollgate_providers::azure::RESPONSES_API_VERSION).as_str())
+    );
+    assert_eq!(seen.header("api-key"), Some("azure-test-key"));
+    assert_eq!(seen.json()["model"], "prod-4o", "model is the deployment");
+    assert_eq!(seen.json()["input"], "Capital of France?");
+    let id = r["id"].as_str().unwrap().to_owned();
+
+    // Stored: fetched through Tollgate, and usable as previous_response_id.
+    let got = b.app.get(&format!("/v1/responses/{id}"), &b.key).await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(got.body["id"], id.as_str());
+    let seen = azure.journal.last().unwrap();
+    assert_eq!(seen.path, format!("/openai/responses/{id}"));
+    assert_eq!(seen.header("api-key"), Some("azure-test-key"));
+    let (s, r) = b
+        .json(
+            "/v1/responses",
+            &json!({"model": "@az/gpt-4o", "input": "And Spain?", "previous_response_id": id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        azure.journal.last().unwrap().json()["previous_response_id"],
+        id.as_str()
+    );
+    // An id the upstream does not hold is refused by it, not stored.
+    let (s, r) = b
+        .json(
+            "/v1/responses",
+            &json!({"model": "@az/gpt-4o", "input": "x", "previous_response_id": "resp_unknown"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{r}");
+
+    // Streamed: the upstream's events and the stored id.
+    let (s, _, text) = b
+        .send(
+            "/v1/responses",
+            &json!({"model": "@az/gpt-4o", "input": "Hi", "stream": true}),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let ev = events(&text);
+    assert_eq!(ev.last().unwrap().0, "response.completed");
+    let streamed_id = ev[0].1["response"]["id"].as_str().unwrap();
+    assert_eq!(
+        b.app.get(&format!("/v1/responses/{streamed_id}"), &b.key).await.status,
+        200
+    );
+
+    let logged = b.logged("responses").await;
+    let ok: Vec<_> = logged.iter().filter(|r| r["status_code"] == 200).collect();
+    assert_eq!(ok.len(), 3, "{logged:?}");
+    for rec in ok {
+        assert_eq!(rec["usage"]["prompt_tokens"], 21, "{rec}");
+        assert_eq!(rec["usage"]["completion_tokens"], 13, "{rec}");
+        assert_eq!(rec["usage"]["estimated"], false);
+        assert_eq!(rec["cost_exact"], "0.0001825", "{rec}");
+    }
+}
+
+#[tokio::test]
 async fn responses_are_translated_for_anthropic_whole_and_streamed() {
     let b = both().await;
     let tools = json!([{"type": "function", "name": "get_weather", "description": "Weather",
