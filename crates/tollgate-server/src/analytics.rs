@@ -758,17 +758,18 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
             Interval::parse(s).ok_or_else(|| bad(format!("interval must be minute, hour, day or week (got '{s}')")))?,
         ),
     };
-    // Points cover the range asked for. Without an interval, a range too
-    // long for any (the year 1000 to now) is narrowed to where requests
-    // exist (none: no points) and the interval chosen for that.
+    // Points cover the range asked for. A range too long for its interval
+    // (the year 1000 to now) is narrowed to where requests exist (none: no
+    // points), and without an interval one is chosen for that; only data
+    // itself too long for the interval asked for is refused.
     let requested = (r.from.timestamp_millis(), r.to.timestamp_millis());
     let mut interval = asked.unwrap_or_else(|| auto_interval(r.from, r.to));
     let mut span = Some(requested);
-    if asked.is_none() && bucket_count(interval, requested) > MAX_BUCKETS {
+    if bucket_count(interval, requested) > MAX_BUCKETS {
         span = (r.filter.from_ms < r.filter.to_ms).then_some((r.filter.from_ms, r.filter.to_ms - 1));
         if let Some((a, b)) = span {
             let t = |ms| DateTime::from_timestamp_millis(ms).unwrap_or_default();
-            interval = auto_interval(t(a), t(b));
+            interval = asked.unwrap_or_else(|| auto_interval(t(a), t(b)));
         }
     }
     if let Some(span) = span {

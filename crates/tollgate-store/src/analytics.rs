@@ -42,6 +42,29 @@ pub fn bucket_of(v: u64) -> u16 {
     ((u64::from(lz - SUB_BITS + 1)) * SUB + sub) as u16
 }
 
+/// The histogram buckets of one request, stored with its log row (see
+/// [`raw_histograms`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buckets {
+    pub latency: i64,
+    pub ttft: Option<i64>,
+    pub overhead: Option<i64>,
+}
+
+impl Buckets {
+    /// The buckets of the values as the log stores them (at most `i64::MAX`).
+    pub fn of(r: &UsageRecord) -> Buckets {
+        let stored = |v: u64| v.min(i64::MAX as u64);
+        let b = |v: u64| i64::from(bucket_of(v));
+        let latency = stored(r.latency_us);
+        Buckets {
+            latency: b(latency),
+            ttft: r.ttft_us.map(|t| b(stored(t))),
+            overhead: r.upstream_latency_us.map(|u| b(latency.saturating_sub(stored(u)))),
+        }
+    }
+}
+
 /// The `[low, high)` range of values bucket `b` holds.
 pub fn bucket_range(b: u16) -> (u64, u64) {
     let b = u64::from(b);
@@ -178,6 +201,16 @@ impl Dist {
         }
         if added > 0 {
             self.n += added;
+            self.exact = None;
+        }
+    }
+
+    /// Adds `c` values known only by their bucket `b` (summed by SQL); from
+    /// then on percentiles come from buckets.
+    pub fn add_bucket(&mut self, b: u16, c: u64) {
+        if c > 0 {
+            self.bump(b, c);
+            self.n += c;
             self.exact = None;
         }
     }
@@ -785,8 +818,10 @@ pub async fn rollup_from(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
 /// The first and last request-log times: `(min, max)` of `created_at_ms`,
 /// or `None` for an empty log. Two index lookups.
 pub async fn data_bounds(pool: &SqlitePool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    // Two scalar subqueries: SQLite answers each with one index seek, where
+    // `SELECT MIN(x), MAX(x)` would scan the whole index.
     let (min, max): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT MIN(created_at_ms), MAX(created_at_ms) FROM usage_log")
+        sqlx::query_as("SELECT (SELECT MIN(created_at_ms) FROM usage_log), (SELECT MAX(created_at_ms) FROM usage_log)")
             .fetch_one(pool)
             .await?;
     Ok(min.zip(max))
@@ -820,34 +855,407 @@ async fn next_row_at(pool: &SqlitePool, from: i64, to: i64) -> Result<Option<i64
     Ok(t.filter(|t| *t < to))
 }
 
+/// Raw stretches of at most this many requests are read row by row, so
+/// that their percentiles are exact; longer ones are summed by SQLite, with
+/// percentiles from histograms as for roll-ups.
+pub const RAW_ROWS_EXACT: i64 = 20_000;
+
 /// Answers `q`.
 pub async fn aggregate(pool: &SqlitePool, q: &Query) -> Result<Cells, sqlx::Error> {
+    aggregate_with(pool, q, RAW_ROWS_EXACT).await
+}
+
+/// [`aggregate`], reading raw stretches of at most `exact_rows` requests row
+/// by row and summing longer ones in SQL.
+pub async fn aggregate_with(pool: &SqlitePool, q: &Query, exact_rows: i64) -> Result<Cells, sqlx::Error> {
     let mut cells = Cells::new();
     if q.filter.nothing {
         return Ok(cells);
     }
     let from = rollup_from(pool).await?;
     for piece in plan(q, from) {
-        match piece {
-            Piece::Raw(a, b) => {
-                // Day by day, so that a long raw stretch never sits in memory
-                // whole; days without requests are skipped with one index
-                // lookup, so a sparse range costs what its data costs.
-                let mut start = a;
-                while start < b {
-                    let Some(at) = next_row_at(pool, start, b).await? else {
-                        break;
-                    };
-                    start = start.max(at);
-                    let end = (start.div_euclid(DAY_MS) * DAY_MS + DAY_MS).min(b);
-                    raw(pool, q, start, end, &mut cells).await?;
-                    start = end;
+        let (src, a, b) = match piece {
+            Piece::Raw(a, b) if at_most_rows(pool, a, b, exact_rows).await? => {
+                raw_by_row(pool, q, a, b, &mut cells).await?;
+                continue;
+            }
+            Piece::Raw(a, b) => (Source::Raw, a, b),
+            Piece::Rollup(a, b) => (Source::Rollup, a, b),
+        };
+        // SQLite sums in 64 bits and stops at an overflow; reading row by
+        // row then saturates instead, so no figure ever wraps.
+        let mut part = Cells::new();
+        match summed(pool, q, src, a, b, &mut part).await {
+            Ok(()) => {
+                for (k, agg) in part {
+                    cells.entry(k).or_default().merge(&agg);
                 }
             }
-            Piece::Rollup(a, b) => rollups(pool, q, a, b, &mut cells).await?,
+            Err(e) if is_overflow(&e) => match src {
+                Source::Raw => raw_by_row(pool, q, a, b, &mut cells).await?,
+                Source::Rollup => rollups(pool, q, a, b, &mut cells).await?,
+            },
+            Err(e) => return Err(e),
         }
     }
     Ok(cells)
+}
+
+fn is_overflow(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.message().contains("integer overflow"))
+}
+
+/// Whether `[from, to)` holds at most `n` requests (one index range, read
+/// no further than `n + 1` entries).
+async fn at_most_rows(pool: &SqlitePool, from: i64, to: i64, n: i64) -> Result<bool, sqlx::Error> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM usage_log WHERE created_at_ms >= $1 AND created_at_ms < $2 LIMIT $3)",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(n.saturating_add(1))
+    .fetch_one(pool)
+    .await?;
+    Ok(count <= n)
+}
+
+/// Reads `[from, to)` row by row: day by day, so that a long raw stretch
+/// never sits in memory whole; days without requests are skipped with one
+/// index lookup, so a sparse range costs what its data costs.
+async fn raw_by_row(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells) -> Result<(), sqlx::Error> {
+    let mut start = from;
+    while start < to {
+        let Some(at) = next_row_at(pool, start, to).await? else {
+            break;
+        };
+        start = start.max(at);
+        let end = (start.div_euclid(DAY_MS) * DAY_MS + DAY_MS).min(to);
+        raw(pool, q, start, end, cells).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Where [`summed`] reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Raw,
+    Rollup,
+}
+
+impl Source {
+    /// A dimension column; absent values are `''` either way.
+    fn dim(self, col: &str) -> String {
+        match self {
+            Source::Raw => format!("COALESCE({col}, '')"),
+            Source::Rollup => col.to_owned(),
+        }
+    }
+}
+
+/// The dimension sets a cell keeps, in [`summed`]'s column order.
+const DISTINCT_DIMS: [&str; 4] = ["api_key_id", "model", "workspace_id", "provider_slug"];
+/// The roll-up histogram columns, in [`Agg`]'s order.
+const HIST_COLS: [&str; 3] = ["latency_hist", "ttft_hist", "overhead_hist"];
+
+/// The per-request counters as sums over raw rows, in [`COUNTER_COLS`]
+/// order: the SQL twin of [`Agg::add_counts`].
+fn raw_counter_sums() -> [String; 25] {
+    let n = |c: &str| format!("max(CAST({c} AS INTEGER), 0)");
+    let status = |lo: u16, hi: u16| format!("SUM(is_final AND CAST(status_code AS INTEGER) BETWEEN {lo} AND {hi})");
+    let is = |col: &str, v: &str| format!("SUM(is_final AND {col} = '{v}')");
+    let generated = |what: String| {
+        format!(
+            "SUM(CASE WHEN is_final AND CAST(status_code AS INTEGER) BETWEEN 200 AND 299 AND {} > 0 AND {} > 0 \
+             THEN {what} ELSE 0 END)",
+            n("upstream_latency_us"),
+            n("completion_tokens")
+        )
+    };
+    [
+        "SUM(is_final)".to_owned(),
+        status(200, 299),
+        status(400, 499),
+        status(500, 599),
+        is("error_type", "upstream_error"),
+        is("error_type", "timeout_error"),
+        is("refusal", "rate_limit"),
+        is("refusal", "budget"),
+        is("refusal", "policy"),
+        is("refusal", "auth"),
+        is("refusal", "permission"),
+        "SUM(is_final AND cancelled)".to_owned(),
+        "SUM(is_final AND streamed)".to_owned(),
+        format!("SUM({})", n("prompt_tokens")),
+        format!("SUM({})", n("completion_tokens")),
+        format!("SUM({})", n("cached_tokens")),
+        format!("SUM({})", n("total_tokens")),
+        "SUM(CAST(cost_picos AS INTEGER))".to_owned(),
+        "SUM(is_final AND cost_picos IS NOT NULL)".to_owned(),
+        format!(
+            "SUM(CASE WHEN cost_picos IS NOT NULL THEN {} ELSE 0 END)",
+            n("total_tokens")
+        ),
+        format!("SUM(CASE WHEN is_final THEN {} ELSE 0 END)", n("latency_us")),
+        format!("MAX(CASE WHEN is_final THEN {} ELSE 0 END)", n("latency_us")),
+        generated(n("completion_tokens")),
+        generated(n("upstream_latency_us")),
+        "COUNT(*)".to_owned(),
+    ]
+}
+
+/// [`bucket_of`] in SQL, for an integer expression `v` of at least 0: a
+/// binary search over the power of two, then the 16 sub-buckets.
+fn bucket_sql(v: &str) -> String {
+    fn tree(v: &str, lo: u32, hi: u32) -> String {
+        if hi - lo == 1 {
+            return format!(
+                "({} + (({v} >> {}) & {}))",
+                (u64::from(lo) - 3) * SUB,
+                lo - SUB_BITS,
+                SUB - 1
+            );
+        }
+        let mid = (lo + hi) / 2;
+        format!(
+            "CASE WHEN {v} < {} THEN {} ELSE {} END",
+            1u64 << mid,
+            tree(v, lo, mid),
+            tree(v, mid, hi)
+        )
+    }
+    format!("CASE WHEN {v} < {SUB} THEN {v} ELSE {} END", tree(v, SUB_BITS, 63))
+}
+
+/// Pushes the cell columns `t` (the start of the time unit the interval is
+/// made of, or 0) and `g` (the group key, or '').
+fn push_cell<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a Query, src: Source) {
+    let t = match (q.interval, src) {
+        (None, _) => "0".to_owned(),
+        (Some(_), Source::Rollup) => "day_ms".to_owned(),
+        (Some(i), Source::Raw) => {
+            let unit = match i {
+                Interval::Minute => MINUTE_MS,
+                Interval::Hour => 3_600_000,
+                Interval::Day | Interval::Week => DAY_MS,
+            };
+            // Floor division, also before 1970.
+            format!(
+                "(CASE WHEN created_at_ms >= 0 THEN created_at_ms / {unit} \
+                 ELSE -((-created_at_ms + {}) / {unit}) END) * {unit}",
+                unit - 1
+            )
+        }
+    };
+    qb.push(t).push(" AS t, ");
+    let d = |c: &str| src.dim(c);
+    match &q.group {
+        None => {
+            qb.push("''");
+        }
+        Some(GroupBy::ApiKey) => {
+            qb.push(d("api_key_id"));
+        }
+        Some(GroupBy::Workspace) => {
+            qb.push(d("workspace_id"));
+        }
+        Some(GroupBy::Provider) => {
+            qb.push(d("provider_slug"));
+        }
+        Some(GroupBy::Model) => {
+            qb.push(d("model"));
+        }
+        Some(GroupBy::AiModel) => {
+            qb.push(format!("{} || '__' || {}", d("ai_provider_id"), d("model")));
+        }
+        Some(GroupBy::AiService) => {
+            qb.push(d("ai_provider_id"));
+        }
+        Some(GroupBy::StatusCode) => {
+            qb.push(match src {
+                Source::Raw => "CAST(max(CAST(status_code AS INTEGER), 0) AS TEXT)",
+                Source::Rollup => "CAST(min(max(status_code, 0), 999) AS TEXT)",
+            });
+        }
+        Some(GroupBy::Metadata(k)) => {
+            qb.push("CAST(json_extract(metadata, ")
+                .push_bind(json_path(k))
+                .push(") AS TEXT)");
+        }
+    }
+    qb.push(" AS g");
+}
+
+/// The three histogram kinds of [`raw_histograms`], joined to each row;
+/// `CROSS JOIN` keeps the log as SQLite's outer loop, so it is read once.
+const KINDS: &str = " CROSS JOIN (SELECT 0 AS k UNION ALL SELECT 1 UNION ALL SELECT 2) AS kinds";
+
+/// Pushes `FROM … WHERE …` for `[from, to)` of `src`, with `join` after
+/// the raw log's name.
+fn push_source<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a Query, src: Source, from: i64, to: i64, join: &str) {
+    match src {
+        Source::Raw => {
+            qb.push(" FROM usage_log").push(join);
+            q.filter.push_raw(qb, from, to);
+            if let Some(GroupBy::Metadata(k)) = &q.group {
+                // Grouping by a metadata key covers the requests that carry it.
+                qb.push(" AND json_extract(metadata, ")
+                    .push_bind(json_path(k))
+                    .push(") IS NOT NULL");
+            }
+        }
+        Source::Rollup => {
+            qb.push(" FROM usage_daily WHERE day_ms >= ")
+                .push_bind(from)
+                .push(" AND day_ms < ")
+                .push_bind(to);
+            q.filter.push_dims(qb);
+        }
+    }
+}
+
+/// Sums `[from, to)` of `src` in SQL, one row per cell (a roll-up day or a
+/// raw time unit, and a group): the counters, the distinct dimensions (hex,
+/// so that no value can be mistaken for the separator) and the histograms
+/// (roll-up blobs concatenated; raw values bucketed by [`bucket_sql`]).
+async fn summed(
+    pool: &SqlitePool,
+    q: &Query,
+    src: Source,
+    from: i64,
+    to: i64,
+    cells: &mut Cells,
+) -> Result<(), sqlx::Error> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+    push_cell(&mut qb, q, src);
+    match src {
+        Source::Raw => {
+            for s in raw_counter_sums() {
+                qb.push(", ").push(s);
+            }
+        }
+        Source::Rollup => {
+            for c in COUNTER_COLS {
+                let f = if c == "latency_max_us" { "MAX" } else { "SUM" };
+                qb.push(format!(", {f}({c})"));
+            }
+        }
+    }
+    for c in DISTINCT_DIMS {
+        qb.push(format!(", group_concat(DISTINCT hex({}))", src.dim(c)));
+    }
+    if src == Source::Rollup {
+        for c in HIST_COLS {
+            qb.push(format!(", group_concat(hex({c}))"));
+        }
+    }
+    push_source(&mut qb, q, src, from, to, "");
+    qb.push(" GROUP BY t, g");
+    let first_dim = 2 + COUNTER_COLS.len();
+    let first_hist = first_dim + DISTINCT_DIMS.len();
+    let mut scratch = Agg::default();
+    for r in qb.build().fetch_all(pool).await? {
+        let cell = cells.entry(cell_of(q, &r)?).or_default();
+        let mut c = [0i128; 25];
+        for (i, v) in c.iter_mut().enumerate() {
+            *v = i128::from(r.try_get::<Option<i64>, _>(2 + i)?.unwrap_or(0));
+        }
+        scratch.set_counters(&c);
+        cell.add_counters(&scratch);
+        for (i, set) in [
+            &mut cell.api_keys,
+            &mut cell.models,
+            &mut cell.workspaces,
+            &mut cell.providers,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for h in r
+                .try_get::<Option<&str>, _>(first_dim + i)?
+                .unwrap_or_default()
+                .split(',')
+            {
+                if let Some(v) = hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok()) {
+                    if !v.is_empty() && !set.contains(v.as_str()) {
+                        set.insert(v);
+                    }
+                }
+            }
+        }
+        if src == Source::Rollup {
+            for (i, d) in [&mut cell.latency, &mut cell.ttft, &mut cell.overhead]
+                .into_iter()
+                .enumerate()
+            {
+                for h in r
+                    .try_get::<Option<&str>, _>(first_hist + i)?
+                    .unwrap_or_default()
+                    .split(',')
+                {
+                    if let Ok(b) = hex::decode(h) {
+                        d.merge_encoded(&b);
+                    }
+                }
+            }
+        }
+    }
+    if src == Source::Raw {
+        raw_histograms(pool, q, from, to, cells).await?;
+    }
+    Ok(())
+}
+
+/// The latency, time-to-first-token and overhead histograms of `[from, to)`
+/// in one pass over the rows: each row is counted once per kind (a cross
+/// join with the three kinds, the log kept as the outer loop).
+async fn raw_histograms(
+    pool: &SqlitePool,
+    q: &Query,
+    from: i64,
+    to: i64,
+    cells: &mut Cells,
+) -> Result<(), sqlx::Error> {
+    let n = |c: &str| format!("max(CAST({c} AS INTEGER), 0)");
+    // Buckets are counted per (cell, kind, bucket), then folded into one
+    // "bucket:count,…" text per (cell, kind), so that few rows cross over.
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT t, g, k, group_concat(b || ':' || n) FROM (SELECT ");
+    push_cell(&mut qb, q, Source::Raw);
+    qb.push(format!(
+        ", k, CASE k WHEN 0 THEN COALESCE(latency_bucket, {}) WHEN 1 THEN COALESCE(ttft_bucket, {}) \
+         ELSE COALESCE(overhead_bucket, {}) END AS b, COUNT(*) AS n",
+        bucket_sql(&n("latency_us")),
+        bucket_sql(&n("ttft_us")),
+        bucket_sql(&format!("max({} - {}, 0)", n("latency_us"), n("upstream_latency_us"))),
+    ));
+    push_source(&mut qb, q, Source::Raw, from, to, KINDS);
+    qb.push(
+        " AND is_final AND (k = 0 OR (k = 1 AND ttft_us IS NOT NULL) OR (k = 2 AND upstream_latency_us IS NOT NULL)) \
+         GROUP BY t, g, k, b) GROUP BY t, g, k",
+    );
+    for r in qb.build().fetch_all(pool).await? {
+        let cell = cells.entry(cell_of(q, &r)?).or_default();
+        let d = match r.try_get::<i64, _>(2)? {
+            0 => &mut cell.latency,
+            1 => &mut cell.ttft,
+            _ => &mut cell.overhead,
+        };
+        for pair in r.try_get::<Option<&str>, _>(3)?.unwrap_or_default().split(',') {
+            if let Some((b, c)) = pair.split_once(':') {
+                if let (Ok(b), Ok(c)) = (b.parse::<u16>(), c.parse::<u64>()) {
+                    d.add_bucket(b, c);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The cell a summed row belongs to.
+fn cell_of(q: &Query, r: &sqlx::sqlite::SqliteRow) -> Result<(i64, String), sqlx::Error> {
+    let t: i64 = r.try_get(0)?;
+    let g: Option<String> = r.try_get(1)?;
+    Ok((q.interval.map(|i| i.floor(t)).unwrap_or(0), g.unwrap_or_default()))
 }
 
 /// The request-log columns analytics reads; counts are read as integers

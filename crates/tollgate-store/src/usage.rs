@@ -206,13 +206,13 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
 
 async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // SQLite allows 32766 bound parameters; 32 columns × 512 rows fits.
+    // SQLite allows 32766 bound parameters; 35 columns × 512 rows fits.
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
         "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \
          provider_slug, ai_provider_id, model, endpoint, status_code, error_type, refusal, streamed, cancelled, \
          prompt_tokens, completion_tokens, cached_tokens, total_tokens, tokens_estimated, cost_picos, latency_us, \
          ttft_us, upstream_latency_us, metadata, request_body, response_body, target_path, retry_attempt, attempt, \
-         is_final) ",
+         is_final, latency_bucket, ttft_bucket, overhead_bucket) ",
     );
     qb.push_values(rows, |mut b, r| {
         b.push_bind(&r.id)
@@ -251,6 +251,10 @@ async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Err
             .push_bind(i64::from(r.retry_attempt))
             .push_bind(i64::from(r.attempt))
             .push_bind(!r.superseded);
+        let buckets = crate::analytics::Buckets::of(r);
+        b.push_bind(buckets.latency)
+            .push_bind(buckets.ttft)
+            .push_bind(buckets.overhead);
     });
     qb.build().execute(&mut *tx).await?;
     // The analytics roll-ups move with the log, in the same transaction.

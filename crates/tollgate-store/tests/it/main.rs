@@ -1,4 +1,5 @@
 //! Integration tests of tollgate-store, one module per feature, in one binary
 //! to keep link times down.
 
+mod analytics;
 mod counters;
