@@ -11,7 +11,7 @@ use crate::db::{on_db, Db, Location};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Postgres, Row, Sqlite, SqlitePool, Transaction};
 use tollgate_core::records::{ApiKeyRecord, Integration, ProviderRecord, SavedConfig, Workspace};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,10 @@ impl Store {
 
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(Tx {
-            tx: on_db!(&self.db, |pool| TxInner::Sqlite(pool.begin().await?)),
+            tx: match &self.db {
+                Db::Sqlite(pool) => TxInner::Sqlite(pool.begin().await?),
+                Db::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            },
         })
     }
 
@@ -122,13 +125,15 @@ impl Store {
     }
 
     pub async fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        on_db!(&self.db, |pool| sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(pool)
-        .await?);
+        on_db!(&self.db, |pool| {
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 
@@ -164,17 +169,19 @@ impl Store {
         &self,
         config_id: &str,
     ) -> Result<Vec<(String, DateTime<Utc>, serde_json::Value)>, StoreError> {
-        // SQLite dialect (`rowid`).
-        let pool = match &self.db {
-            Db::Sqlite(pool) => pool,
+        // Insertion order breaks ties: SQLite's rowid, PostgreSQL's identity column.
+        let tiebreak = match &self.db {
+            Db::Sqlite(_) => "rowid",
+            Db::Postgres(_) => "seq",
         };
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        let sql = format!(
             "SELECT version_id, created_at_ms, config FROM config_versions WHERE config_id = $1
-             ORDER BY created_at_ms DESC, rowid DESC",
-        )
-        .bind(config_id)
-        .fetch_all(pool)
-        .await?;
+             ORDER BY created_at_ms DESC, {tiebreak} DESC"
+        );
+        let rows: Vec<(String, i64, String)> = on_db!(&self.db, |pool| sqlx::query_as(&sql)
+            .bind(config_id)
+            .fetch_all(pool)
+            .await?);
         rows.into_iter()
             .map(|(v, at, c)| {
                 Ok((
@@ -189,63 +196,72 @@ impl Store {
     /// Audit entries, newest first, and how many match in all.
     pub async fn audit_logs(&self, f: &AuditFilter) -> Result<(i64, Vec<AuditEntry>), StoreError> {
         let mut where_ = String::from(" WHERE 1 = 1");
-        let mut args: Vec<String> = Vec::new();
-        let mut arg = |clause: &str, v: String, w: &mut String| {
+        let mut args: Vec<Arg> = Vec::new();
+        let mut arg = |clause: &str, v: Arg, w: &mut String| {
             args.push(v);
             w.push_str(&format!(" AND {clause} ${}", args.len()));
         };
         if let Some(v) = &f.object_type {
-            arg("object_type =", v.clone(), &mut where_);
+            arg("object_type =", Arg::Text(v.clone()), &mut where_);
         }
         if let Some(v) = &f.object_id {
-            arg("object_id =", v.clone(), &mut where_);
+            arg("object_id =", Arg::Text(v.clone()), &mut where_);
         }
         if let Some(v) = &f.actor {
-            arg("actor =", v.clone(), &mut where_);
+            arg("actor =", Arg::Text(v.clone()), &mut where_);
         }
         if let Some(v) = f.from {
-            arg("at_ms >=", v.timestamp_millis().to_string(), &mut where_);
+            arg("at_ms >=", Arg::Int(v.timestamp_millis()), &mut where_);
         }
         if let Some(v) = f.to {
-            arg("at_ms <=", v.timestamp_millis().to_string(), &mut where_);
+            arg("at_ms <=", Arg::Int(v.timestamp_millis()), &mut where_);
         }
-        // at_ms arguments are bound as text; SQLite compares them numerically
-        // through the column's INTEGER affinity (SQLite dialect).
-        let pool = match &self.db {
-            Db::Sqlite(pool) => pool,
-        };
         let count_sql = format!("SELECT COUNT(*) FROM audit_logs{where_}");
-        let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
-        for a in &args {
-            q = q.bind(a);
-        }
-        let total = q.fetch_one(pool).await?;
         let sql = format!(
             "SELECT id, at_ms, actor, action, object_type, object_id, details FROM audit_logs{where_} ORDER BY seq DESC LIMIT {} OFFSET {}",
             f.limit.clamp(1, 1000),
             f.offset.max(0)
         );
-        let mut q = sqlx::query(&sql);
-        for a in &args {
-            q = q.bind(a);
-        }
-        let rows = q.fetch_all(pool).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let at_ms: i64 = r.try_get("at_ms")?;
-            let details: String = r.try_get("details")?;
-            out.push(AuditEntry {
-                id: r.try_get("id")?,
-                at: Utc.timestamp_millis_opt(at_ms).single().unwrap_or_default(),
-                actor: r.try_get("actor")?,
-                action: r.try_get("action")?,
-                object_type: r.try_get("object_type")?,
-                object_id: r.try_get("object_id")?,
-                details: from_doc("audit entry", &details)?,
-            });
-        }
-        Ok((total, out))
+        on_db!(&self.db, |pool| {
+            let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
+            for a in &args {
+                q = match a {
+                    Arg::Text(v) => q.bind(v),
+                    Arg::Int(v) => q.bind(v),
+                };
+            }
+            let total = q.fetch_one(pool).await?;
+            let mut q = sqlx::query(&sql);
+            for a in &args {
+                q = match a {
+                    Arg::Text(v) => q.bind(v),
+                    Arg::Int(v) => q.bind(v),
+                };
+            }
+            let rows = q.fetch_all(pool).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let at_ms: i64 = r.try_get("at_ms")?;
+                let details: String = r.try_get("details")?;
+                out.push(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: Utc.timestamp_millis_opt(at_ms).single().unwrap_or_default(),
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    object_type: r.try_get("object_type")?,
+                    object_id: r.try_get("object_id")?,
+                    details: from_doc("audit entry", &details)?,
+                });
+            }
+            Ok((total, out))
+        })
     }
+}
+
+/// A bound argument of a filter.
+enum Arg {
+    Text(String),
+    Int(i64),
 }
 
 fn load<T: DeserializeOwned>(rows: &[String], what: &'static str) -> Result<Vec<T>, StoreError> {
@@ -260,6 +276,7 @@ pub struct Tx {
 /// An open transaction on one backend.
 enum TxInner {
     Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
 }
 
 /// Runs `$body` with `$tx` bound to the backend's transaction, compiled
@@ -268,6 +285,7 @@ macro_rules! on_tx {
     ($inner:expr, |$tx:ident| $body:expr) => {
         match $inner {
             TxInner::Sqlite($tx) => $body,
+            TxInner::Postgres($tx) => $body,
         }
     };
 }
@@ -279,16 +297,19 @@ impl Tx {
     }
 
     pub async fn put_workspace(&mut self, w: &Workspace) -> Result<(), StoreError> {
-        on_tx!(&mut self.tx, |tx| sqlx::query(
-            "INSERT INTO workspaces (id, slug, data) VALUES ($1, $2, $3)
+        let doc = to_doc(w)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO workspaces (id, slug, data) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, data = excluded.data",
-        )
-        .bind(&w.id)
-        .bind(&w.slug)
-        .bind(to_doc(w)?)
-        .execute(&mut **tx)
-        .await
-        .map_err(unique(format!("workspace with slug '{}'", w.slug)))?);
+            )
+            .bind(&w.id)
+            .bind(&w.slug)
+            .bind(&doc)
+            .execute(&mut **tx)
+            .await
+            .map_err(unique(format!("workspace with slug '{}'", w.slug)))?;
+        });
         Ok(())
     }
 
@@ -297,6 +318,7 @@ impl Tx {
     }
 
     pub async fn put_api_key(&mut self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        let doc = to_doc(k)?;
         on_tx!(&mut self.tx, |tx| {
             sqlx::query(
                 "INSERT INTO api_keys (id, key_hash, workspace_id, data) VALUES ($1, $2, $3, $4)
@@ -305,10 +327,10 @@ impl Tx {
             .bind(&k.id)
             .bind(&k.key_hash)
             .bind(&k.workspace_id)
-            .bind(to_doc(k)?)
+            .bind(&doc)
             .execute(&mut **tx)
             .await
-        .map_err(unique("api key".to_owned()))?
+            .map_err(unique("api key".to_owned()))?;
         });
         Ok(())
     }
@@ -318,6 +340,7 @@ impl Tx {
     }
 
     pub async fn put_integration(&mut self, i: &Integration) -> Result<(), StoreError> {
+        let doc = to_doc(i)?;
         on_tx!(&mut self.tx, |tx| {
             sqlx::query(
                 "INSERT INTO integrations (id, slug, workspace_id, data) VALUES ($1, $2, $3, $4)
@@ -326,10 +349,10 @@ impl Tx {
             .bind(&i.id)
             .bind(&i.slug)
             .bind(&i.workspace_id)
-            .bind(to_doc(i)?)
+            .bind(&doc)
             .execute(&mut **tx)
             .await
-        .map_err(unique(format!("integration with slug '{}'", i.slug)))?
+            .map_err(unique(format!("integration with slug '{}'", i.slug)))?;
         });
         Ok(())
     }
@@ -345,21 +368,21 @@ impl Tx {
     }
 
     pub async fn put_provider(&mut self, p: &ProviderRecord) -> Result<(), StoreError> {
-        on_tx!(&mut self.tx, |tx| sqlx::query(
-            "INSERT INTO providers (id, workspace_id, integration_id, slug, data) VALUES ($1, $2, $3, $4, $5)
+        let doc = to_doc(p)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO providers (id, workspace_id, integration_id, slug, data) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, data = excluded.data",
-        )
-        .bind(&p.id)
-        .bind(&p.workspace_id)
-        .bind(&p.integration_id)
-        .bind(&p.slug)
-        .bind(to_doc(p)?)
-        .execute(&mut **tx)
-        .await
-        .map_err(unique(format!(
-            "provider with slug '{}' in this workspace",
-            p.slug
-        )))?);
+            )
+            .bind(&p.id)
+            .bind(&p.workspace_id)
+            .bind(&p.integration_id)
+            .bind(&p.slug)
+            .bind(&doc)
+            .execute(&mut **tx)
+            .await
+            .map_err(unique(format!("provider with slug '{}' in this workspace", p.slug)))?;
+        });
         Ok(())
     }
 
@@ -369,6 +392,8 @@ impl Tx {
 
     /// Saves a config and keeps its current version beside the others.
     pub async fn put_config(&mut self, c: &SavedConfig) -> Result<(), StoreError> {
+        let doc = to_doc(c)?;
+        let version = to_doc(&c.config)?;
         on_tx!(&mut self.tx, |tx| {
             sqlx::query(
                 "INSERT INTO configs (id, slug, workspace_id, data) VALUES ($1, $2, $3, $4)
@@ -377,21 +402,21 @@ impl Tx {
             .bind(&c.id)
             .bind(&c.slug)
             .bind(&c.workspace_id)
-            .bind(to_doc(c)?)
+            .bind(&doc)
             .execute(&mut **tx)
             .await
-        .map_err(unique(format!("config '{}'", c.slug)))?
-        });
-        on_tx!(&mut self.tx, |tx| sqlx::query(
-            "INSERT INTO config_versions (version_id, config_id, created_at_ms, config) VALUES ($1, $2, $3, $4)
+            .map_err(unique(format!("config '{}'", c.slug)))?;
+            sqlx::query(
+                "INSERT INTO config_versions (version_id, config_id, created_at_ms, config) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (version_id) DO NOTHING",
-        )
-        .bind(&c.version_id)
-        .bind(&c.id)
-        .bind(c.last_updated_at.timestamp_millis())
-        .bind(to_doc(&c.config)?)
-        .execute(&mut **tx)
-        .await?);
+            )
+            .bind(&c.version_id)
+            .bind(&c.id)
+            .bind(c.last_updated_at.timestamp_millis())
+            .bind(&version)
+            .execute(&mut **tx)
+            .await?;
+        });
         Ok(())
     }
 
@@ -400,30 +425,35 @@ impl Tx {
     }
 
     pub async fn audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
-        on_tx!(&mut self.tx, |tx| sqlx::query(
-            "INSERT INTO audit_logs (id, at_ms, actor, action, object_type, object_id, details)
+        let details = to_doc(&e.details)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO audit_logs (id, at_ms, actor, action, object_type, object_id, details)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&e.id)
-        .bind(e.at.timestamp_millis())
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.object_type)
-        .bind(&e.object_id)
-        .bind(to_doc(&e.details)?)
-        .execute(&mut **tx)
-        .await?);
+            )
+            .bind(&e.id)
+            .bind(e.at.timestamp_millis())
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.object_type)
+            .bind(&e.object_id)
+            .bind(&details)
+            .execute(&mut **tx)
+            .await?;
+        });
         Ok(())
     }
 
     pub async fn meta_set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        on_tx!(&mut self.tx, |tx| sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&mut **tx)
-        .await?);
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
+        });
         Ok(())
     }
 }

@@ -18,7 +18,6 @@
 use crate::db::{on_db, Db};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 use tollgate_core::limits::BudgetKind;
 
@@ -251,12 +250,12 @@ const SCHEMA: [&str; 3] = [
         created_at BIGINT NOT NULL,
         sent_at BIGINT,
         email_state TEXT NOT NULL,
-        email_attempts INTEGER NOT NULL DEFAULT 0,
+        email_attempts BIGINT NOT NULL DEFAULT 0,
         email_next_at BIGINT NOT NULL,
         email_error TEXT,
         email_done_at BIGINT,
         webhook_state TEXT NOT NULL,
-        webhook_attempts INTEGER NOT NULL DEFAULT 0,
+        webhook_attempts BIGINT NOT NULL DEFAULT 0,
         webhook_next_at BIGINT NOT NULL,
         webhook_error TEXT,
         webhook_done_at BIGINT
@@ -455,19 +454,33 @@ impl Outbox {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<u64, OutboxError> {
+        let mut sql = String::from("SELECT COUNT(*) FROM alert_outbox WHERE sent_at IS NOT NULL");
+        let mut n = 0;
+        let mut cond = |c: &str| {
+            n += 1;
+            sql.push_str(&format!(" AND {c} ${n}"));
+        };
+        if workspace_id.is_some() {
+            cond("workspace_id =");
+        }
+        if since.is_some() {
+            cond("sent_at >=");
+        }
+        if until.is_some() {
+            cond("sent_at <");
+        }
         on_db!(&self.db, |pool| {
-            let mut q =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT COUNT(*) FROM alert_outbox WHERE sent_at IS NOT NULL");
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
             if let Some(ws) = workspace_id {
-                q.push(" AND workspace_id = ").push_bind(ws.to_owned());
+                q = q.bind(ws);
             }
             if let Some(t) = since {
-                q.push(" AND sent_at >= ").push_bind(millis(t));
+                q = q.bind(millis(t));
             }
             if let Some(t) = until {
-                q.push(" AND sent_at < ").push_bind(millis(t));
+                q = q.bind(millis(t));
             }
-            let n: i64 = q.build_query_scalar().fetch_one(pool).await?;
+            let n = q.fetch_one(pool).await?;
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
@@ -510,7 +523,13 @@ impl Outbox {
     }
 }
 
-fn entry_from_row(row: &SqliteRow) -> Result<OutboxEntry, OutboxError> {
+fn entry_from_row<R>(row: &R) -> Result<OutboxEntry, OutboxError>
+where
+    R: Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let id: String = row.try_get("id")?;
     let corrupt = |what: String| OutboxError::Corrupt { id: id.clone(), what };
     let time = |col: &str| -> Result<DateTime<Utc>, OutboxError> {

@@ -4,7 +4,7 @@
 //! never sees a connection pool or a driver type.
 
 use crate::analytics::{self, Cells, Filter, Query};
-use crate::db::Db;
+use crate::db::{not_yet_on_postgres, Db};
 use crate::outbox::Outbox;
 use crate::usage::{self, LogFilter, Scope, UsageLog, UsageRecord};
 use crate::{Store, StoreError};
@@ -47,6 +47,7 @@ impl RequestLog {
         // SQLite dialect (json_extract, CAST).
         Ok(match &self.db {
             Db::Sqlite(pool) => usage::list(pool, f).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("the request log")),
         })
     }
 
@@ -57,6 +58,7 @@ impl RequestLog {
         // SQLite dialect (typeof).
         Ok(match &self.db {
             Db::Sqlite(pool) => usage::consumed_since(pool, scope, from).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("the request log")),
         })
     }
 }
@@ -72,6 +74,7 @@ impl Analytics {
     pub async fn aggregate(&self, q: &Query) -> Result<Cells, StoreError> {
         Ok(match &self.db {
             Db::Sqlite(pool) => analytics::aggregate(pool, q).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
         })
     }
 
@@ -80,6 +83,7 @@ impl Analytics {
     pub async fn peak_minute(&self, f: &Filter) -> Result<Option<(u64, i64)>, StoreError> {
         Ok(match &self.db {
             Db::Sqlite(pool) => analytics::peak_minute(pool, f).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
         })
     }
 
@@ -88,6 +92,7 @@ impl Analytics {
     pub async fn clamp_to_data(&self, f: &mut Filter) -> Result<(), StoreError> {
         match &self.db {
             Db::Sqlite(pool) => f.clamp_to_data(pool).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
         }
         Ok(())
     }
