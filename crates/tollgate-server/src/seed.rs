@@ -82,7 +82,7 @@ pub struct Seeded {
 /// Writes `rows` requests spread evenly over the `days` days before now.
 pub async fn seed_usage(config: Config, rows: u64, days: u32) -> Result<Seeded, CliError> {
     let (store, _, _) = crate::server::open_store(&config).await?;
-    let (log, writer) = store.spawn_usage_log();
+    let (log, writer) = store.spawn_usage_log()?;
     let started = std::time::Instant::now();
     let end = Utc::now();
     let span_ms = i64::from(days.max(1)) * 86_400_000;

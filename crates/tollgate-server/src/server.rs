@@ -48,7 +48,7 @@ use tollgate_core::records::{KeySubType, KeyType, Limits, Workspace};
 use tollgate_providers::Adapters;
 use tollgate_store::counters::MemoryCounters;
 use tollgate_store::secrets::{KeySource, MasterKey};
-use tollgate_store::{Location, Store};
+use tollgate_store::Store;
 use tower::ServiceExt;
 
 /// How often the server checks whether the control plane changed outside
@@ -143,7 +143,7 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
 pub async fn open_store(config: &Config) -> Result<(Store, MasterKey, KeySource), StartError> {
     ensure_data_dir(&config.data_dir)?;
     let (master, source) = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
-    let store = Store::open(&Location::embedded(&config.data_dir)).await?;
+    let store = Store::open(&config.database).await?;
     match store.meta_get(meta::MASTER_KEY_FINGERPRINT).await? {
         Some(expected) if expected != master.fingerprint() => {
             return Err(StartError::WrongMasterKey {
@@ -264,8 +264,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     ensure_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let (store, master, _source) = open_store(&config).await?;
+    // Before anything is created: a backend without a request log is
+    // refused here, not after printing a first admin key.
+    let (usage, usage_writer) = store.spawn_usage_log()?;
     let first_admin_key = bootstrap(&store, clock.now()).await?;
-    let (usage, usage_writer) = store.spawn_usage_log();
     let outbox = store.outbox();
     outbox.init().await?;
     let alert_config = AlertConfig {

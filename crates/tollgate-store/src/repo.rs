@@ -13,9 +13,13 @@ use tokio::task::JoinHandle;
 
 impl Store {
     /// Starts the request log's batching writer (see [`UsageLog`]). The task
-    /// ends when every handle is dropped and the queue is drained.
-    pub fn spawn_usage_log(&self) -> (UsageLog, JoinHandle<()>) {
-        UsageLog::spawn(self.db.clone())
+    /// ends when every handle is dropped and the queue is drained. A backend
+    /// without a request log yet is refused.
+    pub fn spawn_usage_log(&self) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(UsageLog::spawn(self.db.clone())),
+            Db::Postgres(_) => Err(not_yet_on_postgres("the request log (and so serve and seed-usage)")),
+        }
     }
 
     /// Reads the request log.

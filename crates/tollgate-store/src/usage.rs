@@ -187,6 +187,7 @@ async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 // SQLite dialect (the roll-ups).
                 let result = match &db {
                     Db::Sqlite(pool) => insert(pool, &batch).await,
+                    // Not reached: Store::spawn_usage_log refuses PostgreSQL.
                     Db::Postgres(_) => Err(sqlx::Error::Configuration(
                         crate::db::not_yet_on_postgres("the request log").into(),
                     )),
