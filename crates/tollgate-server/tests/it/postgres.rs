@@ -108,8 +108,7 @@ async fn serve_and_seed_usage_refuse_postgres_before_creating_anything() {
     assert!(e.to_string().contains("not yet supported"), "{e}");
     let e = tollgate_server::seed::seed_usage(config, 10, 1)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(e.to_string().contains("not yet supported"), "{e}");
     // No first admin key was created (nor printed).
     let store = Store::open(&Location::Postgres(db.url.clone())).await.unwrap();
