@@ -21,7 +21,6 @@ use tollgate_core::admission::{LimitCheck, Rule};
 use tollgate_core::limits::{BudgetKind, RateKind, RateUnit};
 use tollgate_core::money::Money;
 use tollgate_store::analytics::{self as store, Agg, Cells, Filter, GroupBy, Interval, ModelMatch};
-use tollgate_store::outbox::Outbox;
 
 /// The range used when `time_of_generation_min` is absent: 30 days before
 /// the end of the range.
@@ -277,8 +276,10 @@ async fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Res
     };
     state.usage.flush().await;
     let mut filter = filter;
-    filter
-        .clamp_to_data(state.store.pool())
+    state
+        .store
+        .analytics()
+        .clamp_to_data(&mut filter)
         .await
         .map_err(AdminError::internal)?;
     Ok(Resolved {
@@ -432,18 +433,16 @@ async fn summary(
     Query(p): Query<Params>,
 ) -> Result<Json<Value>, AdminError> {
     let r = resolve(&state, &caller, &p).await?;
-    let pool = state.store.pool();
+    let analytics = state.store.analytics();
     let q = store::Query {
         filter: r.filter.clone(),
         interval: None,
         group: None,
     };
-    let cells = store::aggregate(pool, &q).await.map_err(AdminError::internal)?;
+    let cells = analytics.aggregate(&q).await.map_err(AdminError::internal)?;
     let agg = total(&cells);
     let mut data: Map<String, Value> = metrics(&agg).into_iter().collect();
-    let peak = store::peak_minute(pool, &r.filter)
-        .await
-        .map_err(AdminError::internal)?;
+    let peak = analytics.peak_minute(&r.filter).await.map_err(AdminError::internal)?;
     data.insert("peak_requests_per_minute".into(), json!(peak.map(|p| p.0).unwrap_or(0)));
     data.insert(
         "peak_minute".into(),
@@ -462,14 +461,18 @@ async fn summary(
     let alerts = if r.workspace_scope.as_ref().is_some_and(|w| w.len() > 1) {
         let mut n = 0;
         for w in r.workspace_scope.iter().flatten() {
-            n += Outbox::new(pool.clone())
+            n += state
+                .store
+                .outbox()
                 .count_sent(Some(w), Some(r.from), Some(r.to))
                 .await
                 .map_err(AdminError::internal)?;
         }
         n
     } else {
-        Outbox::new(pool.clone())
+        state
+            .store
+            .outbox()
             .count_sent(ws, Some(r.from), Some(r.to))
             .await
             .map_err(AdminError::internal)?
@@ -584,7 +587,10 @@ async fn cache_summary(
         interval: None,
         group: None,
     };
-    let cells = store::aggregate(state.store.pool(), &q)
+    let cells = state
+        .store
+        .analytics()
+        .aggregate(&q)
         .await
         .map_err(AdminError::internal)?;
     let a = total(&cells);
@@ -792,7 +798,10 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
         interval: Some(interval),
         group: group.clone(),
     };
-    let cells = store::aggregate(state.store.pool(), &q)
+    let cells = state
+        .store
+        .analytics()
+        .aggregate(&q)
         .await
         .map_err(AdminError::internal)?;
     // Fold groups into their bucket; keep failed status codes per bucket.
@@ -963,7 +972,10 @@ async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> 
         interval: None,
         group: Some(by.clone()),
     };
-    let cells = store::aggregate(state.store.pool(), &q)
+    let cells = state
+        .store
+        .analytics()
+        .aggregate(&q)
         .await
         .map_err(AdminError::internal)?;
     let mut rows: Vec<Row> = cells

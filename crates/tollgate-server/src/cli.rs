@@ -1,5 +1,6 @@
 //! The `tollgate` command line: `serve`, `admin-key create`,
-//! `rotate-master-key`, `prices import` and `mock-upstream`.
+//! `rotate-master-key`, `migrate`, `prices import`, `seed-usage` and
+//! `mock-upstream`.
 
 use crate::config::{Config, ConfigError, FileConfig};
 use crate::server::{self, StartError};
@@ -34,6 +35,9 @@ pub enum Command {
     AdminKey(AdminKeyCommand),
     /// Re-wrap every secret's data key under a new master key.
     RotateMasterKey(DataArgs),
+    /// Create or upgrade the database schema, then exit (every command that
+    /// opens the database does this too; one process at a time migrates).
+    Migrate(DataArgs),
     /// The model price table.
     #[command(subcommand)]
     Prices(PricesCommand),
@@ -112,6 +116,9 @@ pub struct ServeArgs {
     /// Data directory, created on first start [default: ./tollgate-data].
     #[arg(long, env = "TOLLGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL URL (postgres://…); serve does not support it yet [default: SQLite in the data directory].
+    #[arg(long, env = "TOLLGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Also serve /metrics without a key on this HOST:PORT.
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -120,12 +127,15 @@ pub struct ServeArgs {
 /// The options of commands that work on an existing data directory.
 #[derive(Debug, Clone, Args)]
 pub struct DataArgs {
-    /// A TOML configuration file (only its data_dir and master_key matter here).
+    /// A TOML configuration file (only its data_dir, database_url and master_key matter here).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Data directory; it must exist [default: ./tollgate-data].
     #[arg(long, env = "TOLLGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The control plane in PostgreSQL (postgres://…) [default: SQLite in the data directory].
+    #[arg(long, env = "TOLLGATE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +173,7 @@ impl ServeArgs {
             FileConfig {
                 listen: self.listen.clone(),
                 data_dir: self.data_dir.clone(),
+                database_url: self.database_url.clone(),
                 metrics_listen: self.metrics_listen.clone(),
                 ..Default::default()
             },
@@ -179,6 +190,7 @@ impl DataArgs {
             self.config.as_deref(),
             FileConfig {
                 data_dir: self.data_dir.clone(),
+                database_url: self.database_url.clone(),
                 ..Default::default()
             },
         )?;
@@ -323,6 +335,13 @@ pub async fn rotate_master_key(config: Config) -> Result<Option<String>, CliErro
         std::fs::rename(&staged, &key_file).map_err(|e| CliError::Other(format!("renaming the new key file: {e}")))?;
         Ok(None)
     }
+}
+
+/// `tollgate migrate`: opens the database, which creates or upgrades its
+/// schema (under a lock on PostgreSQL, so replicas migrate once).
+pub async fn migrate(config: Config) -> Result<(), CliError> {
+    tollgate_store::Store::open(&config.database).await?;
+    Ok(())
 }
 
 /// `tollgate prices import FILE`.

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
     pub master_key: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub request_timeout_ms: Option<u64>,
@@ -53,6 +54,11 @@ pub const SETTINGS: &[Setting] = &[
         key: "data_dir",
         env: "TOLLGATE_DATA_DIR",
         help: "data directory; default ./tollgate-data",
+    },
+    Setting {
+        key: "database_url",
+        env: "TOLLGATE_DATABASE_URL",
+        help: "postgres://… keeps the control plane in PostgreSQL (admin-key create, prices import, rotate-master-key, migrate; serve refuses it until the request log is there); default: SQLite in DATA_DIR",
     },
     Setting {
         key: "master_key",
@@ -141,6 +147,8 @@ pub fn env_help() -> String {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where the data lives: `database_url`, else SQLite in `data_dir`.
+    pub database: tollgate_store::Location,
     /// `TOLLGATE_MASTER_KEY` (64 hex characters); else the key file.
     pub master_key: Option<String>,
     pub max_body_bytes: usize,
@@ -166,6 +174,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
+            .field("database", &self.database)
             .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout_ms", &self.request_timeout_ms)
@@ -256,6 +265,7 @@ impl FileConfig {
         Ok(FileConfig {
             listen: get("TOLLGATE_LISTEN"),
             data_dir: get("TOLLGATE_DATA_DIR").map(PathBuf::from),
+            database_url: get("TOLLGATE_DATABASE_URL"),
             master_key: get("TOLLGATE_MASTER_KEY"),
             max_body_bytes: parse_num("TOLLGATE_MAX_BODY_BYTES")?.map(|v| v as usize),
             request_timeout_ms: parse_num("TOLLGATE_REQUEST_TIMEOUT_MS")?,
@@ -286,6 +296,7 @@ impl FileConfig {
         take!(
             listen,
             data_dir,
+            database_url,
             master_key,
             max_body_bytes,
             request_timeout_ms,
@@ -341,9 +352,17 @@ impl FileConfig {
             });
         }
         let public_base_path = base_path(self.public_base_path.as_deref().unwrap_or(""))?;
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database = tollgate_store::Location::from_url(self.database_url.as_deref(), &data_dir).map_err(|e| {
+            ConfigError::Invalid {
+                key: "database_url",
+                message: e.to_string(),
+            }
+        })?;
         Ok(Config {
             listen,
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
+            database,
             master_key: self.master_key.filter(|k| !k.is_empty()),
             max_body_bytes,
             request_timeout_ms,

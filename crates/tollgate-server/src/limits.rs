@@ -12,8 +12,8 @@ use tollgate_core::limits::{BudgetKind, RateKind};
 use tollgate_core::money::Money;
 use tollgate_core::records::{Limits, ProviderRecord};
 use tollgate_store::counters::{AdmitError, Reservation};
-use tollgate_store::usage::{self, Scope};
-use tollgate_store::DbError;
+use tollgate_store::usage::Scope;
+use tollgate_store::StoreError;
 
 /// Counter id of an integration × workspace level.
 pub fn iw_id(integration_id: &str, workspace_id: &str) -> String {
@@ -235,12 +235,12 @@ fn every_limit(state: &SharedState) -> Vec<(LimitCheck, Scope)> {
 
 /// Rebuilds the consumed amount of every limit's current window from the
 /// request log, so that a restart never hands out a fresh budget.
-pub async fn restore_from_log(state: &SharedState) -> Result<usize, DbError> {
+pub async fn restore_from_log(state: &SharedState) -> Result<usize, StoreError> {
     let now = state.now();
     let limits = every_limit(state);
     for (check, scope) in &limits {
         let from = Window::of(&check.rule, now).start;
-        let (cost, tokens, requests) = usage::consumed_since(state.store.pool(), scope, from).await?;
+        let (cost, tokens, requests) = state.store.request_log().consumed_since(scope, from).await?;
         let consumed = match &check.rule {
             Rule::Budget { limit, .. } => match limit.kind {
                 BudgetKind::Cost => cost,

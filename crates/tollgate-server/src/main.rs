@@ -45,6 +45,12 @@ async fn main() -> ExitCode {
                     ),
                 }
             }
+            Command::Migrate(data) => {
+                let config = data.config()?;
+                init_tracing("warn");
+                cli::migrate(config).await?;
+                eprintln!("The database schema is up to date.");
+            }
             Command::Prices(PricesCommand::Import { file, data }) => {
                 let config = data.config()?;
                 init_tracing("warn");

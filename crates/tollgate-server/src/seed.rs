@@ -9,7 +9,7 @@ use crate::cli::CliError;
 use crate::config::Config;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
-use tollgate_store::usage::{UsageLog, UsageRecord};
+use tollgate_store::usage::UsageRecord;
 
 /// Rows handed to the writer before waiting for it, to bound memory.
 const CHUNK: u64 = 20_000;
@@ -82,7 +82,7 @@ pub struct Seeded {
 /// Writes `rows` requests spread evenly over the `days` days before now.
 pub async fn seed_usage(config: Config, rows: u64, days: u32) -> Result<Seeded, CliError> {
     let (store, _, _) = crate::server::open_store(&config).await?;
-    let (log, writer) = UsageLog::spawn(store.pool().clone());
+    let (log, writer) = store.spawn_usage_log()?;
     let started = std::time::Instant::now();
     let end = Utc::now();
     let span_ms = i64::from(days.max(1)) * 86_400_000;

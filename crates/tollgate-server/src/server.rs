@@ -47,9 +47,7 @@ use tollgate_core::ids;
 use tollgate_core::records::{KeySubType, KeyType, Limits, Workspace};
 use tollgate_providers::Adapters;
 use tollgate_store::counters::MemoryCounters;
-use tollgate_store::outbox::Outbox;
 use tollgate_store::secrets::{KeySource, MasterKey};
-use tollgate_store::usage::UsageLog;
 use tollgate_store::Store;
 use tower::ServiceExt;
 
@@ -67,8 +65,6 @@ pub enum StartError {
     MasterKey(#[from] tollgate_store::secrets::SecretError),
     #[error("the master key does not match this data directory (fingerprint {found}, expected {expected}); start with the key this data was sealed with")]
     WrongMasterKey { found: String, expected: String },
-    #[error("database: {0}")]
-    Db(#[from] tollgate_store::DbError),
     #[error("store: {0}")]
     Store(#[from] tollgate_store::StoreError),
     #[error(transparent)]
@@ -147,8 +143,7 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
 pub async fn open_store(config: &Config) -> Result<(Store, MasterKey, KeySource), StartError> {
     ensure_data_dir(&config.data_dir)?;
     let (master, source) = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
-    let pool = tollgate_store::db::open_sqlite(&config.data_dir.join(tollgate_store::db::SQLITE_FILE)).await?;
-    let store = Store::new(pool);
+    let store = Store::open(&config.database).await?;
     match store.meta_get(meta::MASTER_KEY_FINGERPRINT).await? {
         Some(expected) if expected != master.fingerprint() => {
             return Err(StartError::WrongMasterKey {
@@ -269,9 +264,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     ensure_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let (store, master, _source) = open_store(&config).await?;
+    // Before anything is created: a backend without a request log is
+    // refused here, not after printing a first admin key.
+    let (usage, usage_writer) = store.spawn_usage_log()?;
     let first_admin_key = bootstrap(&store, clock.now()).await?;
-    let (usage, usage_writer) = UsageLog::spawn(store.pool().clone());
-    let outbox = Outbox::new(store.pool().clone());
+    let outbox = store.outbox();
     outbox.init().await?;
     let alert_config = AlertConfig {
         smtp_url: config.smtp_url.clone(),

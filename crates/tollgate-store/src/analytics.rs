@@ -808,7 +808,7 @@ fn ceil_day(ms: i64) -> i64 {
 }
 
 /// The first moment the roll-ups cover completely.
-pub async fn rollup_from(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
+pub(crate) async fn rollup_from(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
     let v: Option<i64> = sqlx::query_scalar("SELECT value FROM analytics_meta WHERE key = 'rollup_from_ms'")
         .fetch_optional(pool)
         .await?;
@@ -817,7 +817,7 @@ pub async fn rollup_from(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
 
 /// The first and last request-log times: `(min, max)` of `created_at_ms`,
 /// or `None` for an empty log. Two index lookups.
-pub async fn data_bounds(pool: &SqlitePool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+pub(crate) async fn data_bounds(pool: &SqlitePool) -> Result<Option<(i64, i64)>, sqlx::Error> {
     // Two scalar subqueries: SQLite answers each with one index seek, where
     // `SELECT MIN(x), MAX(x)` would scan the whole index.
     let (min, max): (Option<i64>, Option<i64>) =
@@ -831,7 +831,7 @@ impl Filter {
     /// Narrows the time range to the requests that exist, so that the cost
     /// of a query follows the data, not the range asked for (a range from
     /// the year 1000 reads what a range from the first request reads).
-    pub async fn clamp_to_data(&mut self, pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    pub(crate) async fn clamp_to_data(&mut self, pool: &SqlitePool) -> Result<(), sqlx::Error> {
         match data_bounds(pool).await? {
             Some((min, max)) => {
                 self.from_ms = self.from_ms.max(min);
@@ -860,14 +860,9 @@ async fn next_row_at(pool: &SqlitePool, from: i64, to: i64) -> Result<Option<i64
 /// percentiles from histograms as for roll-ups.
 pub const RAW_ROWS_EXACT: i64 = 20_000;
 
-/// Answers `q`.
-pub async fn aggregate(pool: &SqlitePool, q: &Query) -> Result<Cells, sqlx::Error> {
-    aggregate_with(pool, q, RAW_ROWS_EXACT).await
-}
-
-/// [`aggregate`], reading raw stretches of at most `exact_rows` requests row
+/// Answers `q`, reading raw stretches of at most `exact_rows` requests row
 /// by row and summing longer ones in SQL.
-pub async fn aggregate_with(pool: &SqlitePool, q: &Query, exact_rows: i64) -> Result<Cells, sqlx::Error> {
+pub(crate) async fn aggregate_with(pool: &SqlitePool, q: &Query, exact_rows: i64) -> Result<Cells, sqlx::Error> {
     let mut cells = Cells::new();
     if q.filter.nothing {
         return Ok(cells);
@@ -1421,7 +1416,7 @@ const ROLLUP_CHUNK: usize = 900;
 /// Adds `rows` to the roll-ups; called by the request-log writer in the
 /// transaction that inserts them. Each chunk of touched roll-up rows costs
 /// one read and one write statement, whatever the batch size.
-pub async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
     let mut deltas: HashMap<(i64, Dims), Agg> = HashMap::new();
     let mut minutes: HashMap<(i64, String), i64> = HashMap::new();
     for r in rows {
@@ -1509,7 +1504,7 @@ pub async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Resul
 /// The busiest minute: (requests in it, its start), or `None` without
 /// requests. Whole minutes come from the minute roll-up when the filter
 /// names nothing but time and workspaces; the rest from raw rows.
-pub async fn peak_minute(pool: &SqlitePool, f: &Filter) -> Result<Option<(u64, i64)>, sqlx::Error> {
+pub(crate) async fn peak_minute(pool: &SqlitePool, f: &Filter) -> Result<Option<(u64, i64)>, sqlx::Error> {
     if f.nothing || f.from_ms >= f.to_ms {
         return Ok(None);
     }

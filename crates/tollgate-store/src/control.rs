@@ -7,10 +7,11 @@
 //! never come here: the server loads everything once into its snapshot
 //! ([`Store::load_all`]) and again after each change.
 
+use crate::db::{on_db, Db, Location};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Postgres, Row, Sqlite, SqlitePool, Transaction};
 use tollgate_core::records::{ApiKeyRecord, Integration, ProviderRecord, SavedConfig, Workspace};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,9 @@ pub enum StoreError {
     /// A stored document no longer parses: a bug or a hand-edited database.
     #[error("stored {0} is corrupt: {1}")]
     Corrupt(&'static str, String),
+    /// A backend or setting this build cannot serve; the message says which.
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -63,10 +67,13 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-/// The control-plane store.
+/// The store: the one handle on the database, whichever backend it is.
+/// It serves the control plane itself and hands out the request log
+/// ([`Store::spawn_usage_log`], [`Store::request_log`]), analytics
+/// ([`Store::analytics`]) and the alert outbox ([`Store::outbox`]).
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) db: Db,
 }
 
 fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
@@ -86,47 +93,74 @@ fn unique(what: String) -> impl FnOnce(sqlx::Error) -> StoreError {
 }
 
 impl Store {
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    /// Opens (creating and migrating if needed) the database at `location`.
+    pub async fn open(location: &Location) -> Result<Store, StoreError> {
+        Ok(Store {
+            db: Db::open(location).await?,
+        })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// The embedded SQLite database's pool, for tests and tools that look
+    /// inside it; `None` on other backends. The server never uses it.
+    pub fn sqlite_pool(&self) -> Option<&SqlitePool> {
+        self.db.sqlite()
     }
 
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(Tx {
-            tx: self.pool.begin().await?,
+            tx: match &self.db {
+                Db::Sqlite(pool) => TxInner::Sqlite(pool.begin().await?),
+                Db::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            },
         })
     }
 
     pub async fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(on_db!(&self.db, |pool| sqlx::query_scalar(
+            "SELECT value FROM meta WHERE key = $1"
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await?))
     }
 
     pub async fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&self.pool)
-        .await?;
+        on_db!(&self.db, |pool| {
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 
     /// Loads every control-plane record.
     pub async fn load_all(&self) -> Result<ControlData, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        const TABLES: [&str; 5] = [
+            "SELECT data FROM workspaces",
+            "SELECT data FROM api_keys",
+            "SELECT data FROM integrations",
+            "SELECT data FROM providers",
+            "SELECT data FROM configs",
+        ];
+        let mut docs: Vec<Vec<String>> = Vec::with_capacity(TABLES.len());
+        on_db!(&self.db, |pool| {
+            let mut conn = pool.acquire().await?;
+            for sql in TABLES {
+                docs.push(sqlx::query_scalar(sql).fetch_all(&mut *conn).await?);
+            }
+        });
+        let mut docs = docs.into_iter();
+        let mut next = || docs.next().unwrap_or_default();
         Ok(ControlData {
-            workspaces: load(&mut conn, "SELECT data FROM workspaces", "workspace").await?,
-            api_keys: load(&mut conn, "SELECT data FROM api_keys", "api key").await?,
-            integrations: load(&mut conn, "SELECT data FROM integrations", "integration").await?,
-            providers: load(&mut conn, "SELECT data FROM providers", "provider").await?,
-            configs: load(&mut conn, "SELECT data FROM configs", "config").await?,
+            workspaces: load(&next(), "workspace")?,
+            api_keys: load(&next(), "api key")?,
+            integrations: load(&next(), "integration")?,
+            providers: load(&next(), "provider")?,
+            configs: load(&next(), "config")?,
         })
     }
 
@@ -135,13 +169,19 @@ impl Store {
         &self,
         config_id: &str,
     ) -> Result<Vec<(String, DateTime<Utc>, serde_json::Value)>, StoreError> {
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        // Insertion order breaks ties: SQLite's rowid, PostgreSQL's identity column.
+        let tiebreak = match &self.db {
+            Db::Sqlite(_) => "rowid",
+            Db::Postgres(_) => "seq",
+        };
+        let sql = format!(
             "SELECT version_id, created_at_ms, config FROM config_versions WHERE config_id = $1
-             ORDER BY created_at_ms DESC, rowid DESC",
-        )
-        .bind(config_id)
-        .fetch_all(&self.pool)
-        .await?;
+             ORDER BY created_at_ms DESC, {tiebreak} DESC"
+        );
+        let rows: Vec<(String, i64, String)> = on_db!(&self.db, |pool| sqlx::query_as(&sql)
+            .bind(config_id)
+            .fetch_all(pool)
+            .await?);
         rows.into_iter()
             .map(|(v, at, c)| {
                 Ok((
@@ -156,92 +196,120 @@ impl Store {
     /// Audit entries, newest first, and how many match in all.
     pub async fn audit_logs(&self, f: &AuditFilter) -> Result<(i64, Vec<AuditEntry>), StoreError> {
         let mut where_ = String::from(" WHERE 1 = 1");
-        let mut args: Vec<String> = Vec::new();
-        let mut arg = |clause: &str, v: String, w: &mut String| {
+        let mut args: Vec<Arg> = Vec::new();
+        let mut arg = |clause: &str, v: Arg, w: &mut String| {
             args.push(v);
             w.push_str(&format!(" AND {clause} ${}", args.len()));
         };
         if let Some(v) = &f.object_type {
-            arg("object_type =", v.clone(), &mut where_);
+            arg("object_type =", Arg::Text(v.clone()), &mut where_);
         }
         if let Some(v) = &f.object_id {
-            arg("object_id =", v.clone(), &mut where_);
+            arg("object_id =", Arg::Text(v.clone()), &mut where_);
         }
         if let Some(v) = &f.actor {
-            arg("actor =", v.clone(), &mut where_);
+            arg("actor =", Arg::Text(v.clone()), &mut where_);
         }
         if let Some(v) = f.from {
-            arg("at_ms >=", v.timestamp_millis().to_string(), &mut where_);
+            arg("at_ms >=", Arg::Int(v.timestamp_millis()), &mut where_);
         }
         if let Some(v) = f.to {
-            arg("at_ms <=", v.timestamp_millis().to_string(), &mut where_);
+            arg("at_ms <=", Arg::Int(v.timestamp_millis()), &mut where_);
         }
-        // at_ms arguments are bound as text; SQLite compares them numerically
-        // through the column's INTEGER affinity.
         let count_sql = format!("SELECT COUNT(*) FROM audit_logs{where_}");
-        let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
-        for a in &args {
-            q = q.bind(a);
-        }
-        let total = q.fetch_one(&self.pool).await?;
         let sql = format!(
             "SELECT id, at_ms, actor, action, object_type, object_id, details FROM audit_logs{where_} ORDER BY seq DESC LIMIT {} OFFSET {}",
             f.limit.clamp(1, 1000),
             f.offset.max(0)
         );
-        let mut q = sqlx::query(&sql);
-        for a in &args {
-            q = q.bind(a);
-        }
-        let rows = q.fetch_all(&self.pool).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let at_ms: i64 = r.try_get("at_ms")?;
-            let details: String = r.try_get("details")?;
-            out.push(AuditEntry {
-                id: r.try_get("id")?,
-                at: Utc.timestamp_millis_opt(at_ms).single().unwrap_or_default(),
-                actor: r.try_get("actor")?,
-                action: r.try_get("action")?,
-                object_type: r.try_get("object_type")?,
-                object_id: r.try_get("object_id")?,
-                details: from_doc("audit entry", &details)?,
-            });
-        }
-        Ok((total, out))
+        on_db!(&self.db, |pool| {
+            let mut q = sqlx::query_scalar::<_, i64>(&count_sql);
+            for a in &args {
+                q = match a {
+                    Arg::Text(v) => q.bind(v),
+                    Arg::Int(v) => q.bind(v),
+                };
+            }
+            let total = q.fetch_one(pool).await?;
+            let mut q = sqlx::query(&sql);
+            for a in &args {
+                q = match a {
+                    Arg::Text(v) => q.bind(v),
+                    Arg::Int(v) => q.bind(v),
+                };
+            }
+            let rows = q.fetch_all(pool).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let at_ms: i64 = r.try_get("at_ms")?;
+                let details: String = r.try_get("details")?;
+                out.push(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: Utc.timestamp_millis_opt(at_ms).single().unwrap_or_default(),
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    object_type: r.try_get("object_type")?,
+                    object_id: r.try_get("object_id")?,
+                    details: from_doc("audit entry", &details)?,
+                });
+            }
+            Ok((total, out))
+        })
     }
 }
 
-async fn load<T: DeserializeOwned>(
-    conn: &mut sqlx::SqliteConnection,
-    sql: &str,
-    what: &'static str,
-) -> Result<Vec<T>, StoreError> {
-    let rows: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *conn).await?;
+/// A bound argument of a filter.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+fn load<T: DeserializeOwned>(rows: &[String], what: &'static str) -> Result<Vec<T>, StoreError> {
     rows.iter().map(|s| from_doc(what, s)).collect()
 }
 
 /// A write transaction over the control plane.
 pub struct Tx {
-    tx: Transaction<'static, Sqlite>,
+    tx: TxInner,
+}
+
+/// An open transaction on one backend.
+enum TxInner {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Runs `$body` with `$tx` bound to the backend's transaction, compiled
+/// once per backend (so the body must be SQL that every backend accepts).
+macro_rules! on_tx {
+    ($inner:expr, |$tx:ident| $body:expr) => {
+        match $inner {
+            TxInner::Sqlite($tx) => $body,
+            TxInner::Postgres($tx) => $body,
+        }
+    };
 }
 
 impl Tx {
     pub async fn commit(self) -> Result<(), StoreError> {
-        Ok(self.tx.commit().await?)
+        on_tx!(self.tx, |tx| tx.commit().await?);
+        Ok(())
     }
 
     pub async fn put_workspace(&mut self, w: &Workspace) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO workspaces (id, slug, data) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, data = excluded.data",
-        )
-        .bind(&w.id)
-        .bind(&w.slug)
-        .bind(to_doc(w)?)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(unique(format!("workspace with slug '{}'", w.slug)))?;
+        let doc = to_doc(w)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO workspaces (id, slug, data) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, data = excluded.data",
+            )
+            .bind(&w.id)
+            .bind(&w.slug)
+            .bind(&doc)
+            .execute(&mut **tx)
+            .await
+            .map_err(unique(format!("workspace with slug '{}'", w.slug)))?;
+        });
         Ok(())
     }
 
@@ -250,17 +318,20 @@ impl Tx {
     }
 
     pub async fn put_api_key(&mut self, k: &ApiKeyRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, key_hash, workspace_id, data) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, workspace_id = excluded.workspace_id, data = excluded.data",
-        )
-        .bind(&k.id)
-        .bind(&k.key_hash)
-        .bind(&k.workspace_id)
-        .bind(to_doc(k)?)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(unique("api key".to_owned()))?;
+        let doc = to_doc(k)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO api_keys (id, key_hash, workspace_id, data) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, workspace_id = excluded.workspace_id, data = excluded.data",
+            )
+            .bind(&k.id)
+            .bind(&k.key_hash)
+            .bind(&k.workspace_id)
+            .bind(&doc)
+            .execute(&mut **tx)
+            .await
+            .map_err(unique("api key".to_owned()))?;
+        });
         Ok(())
     }
 
@@ -269,17 +340,20 @@ impl Tx {
     }
 
     pub async fn put_integration(&mut self, i: &Integration) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO integrations (id, slug, workspace_id, data) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, workspace_id = excluded.workspace_id, data = excluded.data",
-        )
-        .bind(&i.id)
-        .bind(&i.slug)
-        .bind(&i.workspace_id)
-        .bind(to_doc(i)?)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(unique(format!("integration with slug '{}'", i.slug)))?;
+        let doc = to_doc(i)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO integrations (id, slug, workspace_id, data) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, workspace_id = excluded.workspace_id, data = excluded.data",
+            )
+            .bind(&i.id)
+            .bind(&i.slug)
+            .bind(&i.workspace_id)
+            .bind(&doc)
+            .execute(&mut **tx)
+            .await
+            .map_err(unique(format!("integration with slug '{}'", i.slug)))?;
+        });
         Ok(())
     }
 
@@ -294,18 +368,21 @@ impl Tx {
     }
 
     pub async fn put_provider(&mut self, p: &ProviderRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO providers (id, workspace_id, integration_id, slug, data) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, data = excluded.data",
-        )
-        .bind(&p.id)
-        .bind(&p.workspace_id)
-        .bind(&p.integration_id)
-        .bind(&p.slug)
-        .bind(to_doc(p)?)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(unique(format!("provider with slug '{}' in this workspace", p.slug)))?;
+        let doc = to_doc(p)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO providers (id, workspace_id, integration_id, slug, data) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, data = excluded.data",
+            )
+            .bind(&p.id)
+            .bind(&p.workspace_id)
+            .bind(&p.integration_id)
+            .bind(&p.slug)
+            .bind(&doc)
+            .execute(&mut **tx)
+            .await
+            .map_err(unique(format!("provider with slug '{}' in this workspace", p.slug)))?;
+        });
         Ok(())
     }
 
@@ -315,27 +392,31 @@ impl Tx {
 
     /// Saves a config and keeps its current version beside the others.
     pub async fn put_config(&mut self, c: &SavedConfig) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO configs (id, slug, workspace_id, data) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, workspace_id = excluded.workspace_id, data = excluded.data",
-        )
-        .bind(&c.id)
-        .bind(&c.slug)
-        .bind(&c.workspace_id)
-        .bind(to_doc(c)?)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(unique(format!("config '{}'", c.slug)))?;
-        sqlx::query(
-            "INSERT INTO config_versions (version_id, config_id, created_at_ms, config) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (version_id) DO NOTHING",
-        )
-        .bind(&c.version_id)
-        .bind(&c.id)
-        .bind(c.last_updated_at.timestamp_millis())
-        .bind(to_doc(&c.config)?)
-        .execute(&mut *self.tx)
-        .await?;
+        let doc = to_doc(c)?;
+        let version = to_doc(&c.config)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO configs (id, slug, workspace_id, data) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET slug = excluded.slug, workspace_id = excluded.workspace_id, data = excluded.data",
+            )
+            .bind(&c.id)
+            .bind(&c.slug)
+            .bind(&c.workspace_id)
+            .bind(&doc)
+            .execute(&mut **tx)
+            .await
+            .map_err(unique(format!("config '{}'", c.slug)))?;
+            sqlx::query(
+                "INSERT INTO config_versions (version_id, config_id, created_at_ms, config) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (version_id) DO NOTHING",
+            )
+            .bind(&c.version_id)
+            .bind(&c.id)
+            .bind(c.last_updated_at.timestamp_millis())
+            .bind(&version)
+            .execute(&mut **tx)
+            .await?;
+        });
         Ok(())
     }
 
@@ -344,36 +425,45 @@ impl Tx {
     }
 
     pub async fn audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_logs (id, at_ms, actor, action, object_type, object_id, details)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&e.id)
-        .bind(e.at.timestamp_millis())
-        .bind(&e.actor)
-        .bind(&e.action)
-        .bind(&e.object_type)
-        .bind(&e.object_id)
-        .bind(to_doc(&e.details)?)
-        .execute(&mut *self.tx)
-        .await?;
+        let details = to_doc(&e.details)?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO audit_logs (id, at_ms, actor, action, object_type, object_id, details)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&e.id)
+            .bind(e.at.timestamp_millis())
+            .bind(&e.actor)
+            .bind(&e.action)
+            .bind(&e.object_type)
+            .bind(&e.object_id)
+            .bind(&details)
+            .execute(&mut **tx)
+            .await?;
+        });
         Ok(())
     }
 
     pub async fn meta_set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&mut *self.tx)
-        .await?;
+        on_tx!(&mut self.tx, |tx| {
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
+        });
         Ok(())
     }
 }
 
-async fn delete(tx: &mut Transaction<'static, Sqlite>, sql: &str, id: &str, what: &str) -> Result<(), StoreError> {
-    let n = sqlx::query(sql).bind(id).execute(&mut **tx).await?.rows_affected();
+async fn delete(tx: &mut TxInner, sql: &str, id: &str, what: &str) -> Result<(), StoreError> {
+    let n = on_tx!(tx, |tx| sqlx::query(sql)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected());
     if n == 0 {
         return Err(StoreError::NotFound(format!("{what} '{id}'")));
     }

@@ -1,19 +1,26 @@
-//! Tollgate's storage.
+//! Tollgate's storage. Everything the server keeps goes through [`Store`],
+//! whichever database backs it.
 //!
-//! - [`db`]: opening the database (SQLite in WAL mode for the embedded
-//!   default) and running migrations.
+//! - [`db`]: the backends ([`db::Location`]: the embedded SQLite database in
+//!   the data directory unless `database_url` names another), opening and
+//!   migrating them.
 //! - [`control`]: the control-plane records (workspaces, API keys,
-//!   integrations, providers) and the audit trail.
+//!   integrations, providers, configs) and the audit trail.
 //! - [`usage`]: the request log and its batching background writer.
+//! - [`analytics`]: the aggregate, roll-ups and query planner.
+//! - [`outbox`]: the durable outbox of budget alerts.
+//! - [`counters`]: limit counters (in memory).
+//! - [`secrets`]: envelope encryption of secret fields.
 
 pub mod analytics;
 pub mod control;
 pub mod counters;
 pub mod db;
 pub mod outbox;
+mod repo;
 pub mod secrets;
 pub mod usage;
 
 pub use control::{ControlData, Store, StoreError, Tx};
-/// Database errors, as the driver reports them.
-pub use sqlx::Error as DbError;
+pub use db::Location;
+pub use repo::{Analytics, RequestLog};

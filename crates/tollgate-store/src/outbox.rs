@@ -15,9 +15,9 @@
 //! caller. One dispatcher per database is assumed: `due` reads, it does not
 //! lease rows to competing workers.
 
+use crate::db::{on_db, Db};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqlitePool};
 use tollgate_core::limits::BudgetKind;
 
@@ -250,12 +250,12 @@ const SCHEMA: [&str; 3] = [
         created_at BIGINT NOT NULL,
         sent_at BIGINT,
         email_state TEXT NOT NULL,
-        email_attempts INTEGER NOT NULL DEFAULT 0,
+        email_attempts BIGINT NOT NULL DEFAULT 0,
         email_next_at BIGINT NOT NULL,
         email_error TEXT,
         email_done_at BIGINT,
         webhook_state TEXT NOT NULL,
-        webhook_attempts INTEGER NOT NULL DEFAULT 0,
+        webhook_attempts BIGINT NOT NULL DEFAULT 0,
         webhook_next_at BIGINT NOT NULL,
         webhook_error TEXT,
         webhook_done_at BIGINT
@@ -268,63 +268,73 @@ const COLUMNS: &str = "id, dedupe_key, payload, created_at, \
     email_state, email_attempts, email_next_at, email_error, email_done_at, \
     webhook_state, webhook_attempts, webhook_next_at, webhook_error, webhook_done_at";
 
-/// The alert outbox over the embedded SQLite database.
+/// The alert outbox.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    pool: SqlitePool,
+    db: Db,
 }
 
 impl Outbox {
+    /// The outbox in an SQLite database ([`Store::outbox`](crate::Store::outbox)
+    /// gives the store's own).
     pub fn new(pool: SqlitePool) -> Outbox {
-        Outbox { pool }
+        Outbox { db: Db::Sqlite(pool) }
+    }
+
+    pub(crate) fn on(db: Db) -> Outbox {
+        Outbox { db }
     }
 
     /// Creates the outbox table and its indexes if they do not exist.
     pub async fn init(&self) -> Result<(), OutboxError> {
-        for stmt in SCHEMA {
-            sqlx::query(stmt).execute(&self.pool).await?;
-        }
-        Ok(())
+        on_db!(&self.db, |pool| {
+            for stmt in SCHEMA {
+                sqlx::query(stmt).execute(pool).await?;
+            }
+            Ok(())
+        })
     }
 
     /// Records an alert, due on both channels at once, unless one with the same
     /// [`AlertPayload::dedupe_key`] is already there.
     pub async fn enqueue(&self, alert: &AlertPayload, now: DateTime<Utc>) -> Result<Enqueued, OutboxError> {
-        let key = alert.dedupe_key();
-        let payload = serde_json::to_string(alert)?;
-        let now = millis(now);
-        // No conflict target: a clash on either the id or the dedupe key is
-        // "already there", sorted out below.
-        let inserted = sqlx::query(
-            "INSERT INTO alert_outbox (id, dedupe_key, kind, limit_id, workspace_id, payload, created_at,
+        on_db!(&self.db, |pool| {
+            let key = alert.dedupe_key();
+            let payload = serde_json::to_string(alert)?;
+            let now = millis(now);
+            // No conflict target: a clash on either the id or the dedupe key is
+            // "already there", sorted out below.
+            let inserted = sqlx::query(
+                "INSERT INTO alert_outbox (id, dedupe_key, kind, limit_id, workspace_id, payload, created_at,
                 email_state, email_next_at, webhook_state, webhook_next_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $7, 'pending', $7)
              ON CONFLICT DO NOTHING",
-        )
-        .bind(&alert.event_id)
-        .bind(&key)
-        .bind(alert.kind.as_str())
-        .bind(&alert.limit_id)
-        .bind(&alert.workspace_id)
-        .bind(&payload)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(Enqueued {
-                id: alert.event_id.clone(),
-                new: true,
-            });
-        }
-        let existing: Option<String> = sqlx::query_scalar("SELECT id FROM alert_outbox WHERE dedupe_key = $1")
+            )
+            .bind(&alert.event_id)
             .bind(&key)
-            .fetch_optional(&self.pool)
-            .await?;
-        match existing {
-            Some(id) => Ok(Enqueued { id, new: false }),
-            None => Err(OutboxError::IdConflict(alert.event_id.clone())),
-        }
+            .bind(alert.kind.as_str())
+            .bind(&alert.limit_id)
+            .bind(&alert.workspace_id)
+            .bind(&payload)
+            .bind(now)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return Ok(Enqueued {
+                    id: alert.event_id.clone(),
+                    new: true,
+                });
+            }
+            let existing: Option<String> = sqlx::query_scalar("SELECT id FROM alert_outbox WHERE dedupe_key = $1")
+                .bind(&key)
+                .fetch_optional(pool)
+                .await?;
+            match existing {
+                Some(id) => Ok(Enqueued { id, new: false }),
+                None => Err(OutboxError::IdConflict(alert.event_id.clone())),
+            }
+        })
     }
 
     /// Alerts with at least one channel pending whose next attempt time has
@@ -332,72 +342,80 @@ impl Outbox {
     /// back is abandoned (logged, never retried) rather than blocking the
     /// queue forever.
     pub async fn due(&self, now: DateTime<Utc>, max: u32) -> Result<Vec<OutboxEntry>, OutboxError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM alert_outbox
+        on_db!(&self.db, |pool| {
+            let rows = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM alert_outbox
              WHERE (email_state = 'pending' AND email_next_at <= $1)
                 OR (webhook_state = 'pending' AND webhook_next_at <= $1)
              ORDER BY created_at, id
              LIMIT $2"
-        ))
-        .bind(millis(now))
-        .bind(i64::from(max))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            match entry_from_row(&row) {
-                Ok(e) => out.push(e),
-                Err(OutboxError::Corrupt { id, what }) => {
-                    tracing::error!(alert_id = %id, error = %what, "abandoning unreadable alert");
-                    self.abandon(&id, &what, now).await?;
+            ))
+            .bind(millis(now))
+            .bind(i64::from(max))
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                match entry_from_row(&row) {
+                    Ok(e) => out.push(e),
+                    Err(OutboxError::Corrupt { id, what }) => {
+                        tracing::error!(alert_id = %id, error = %what, "abandoning unreadable alert");
+                        self.abandon(&id, &what, now).await?;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// One alert by id.
     pub async fn get(&self, id: &str) -> Result<Option<OutboxEntry>, OutboxError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM alert_outbox WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| entry_from_row(&r)).transpose()
+        on_db!(&self.db, |pool| {
+            let row = sqlx::query(&format!("SELECT {COLUMNS} FROM alert_outbox WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            row.map(|r| entry_from_row(&r)).transpose()
+        })
     }
 
     /// Channel `channel` of alert `id` was delivered. Returns false when it
     /// was no longer pending (already sent or skipped).
     pub async fn mark_sent(&self, id: &str, channel: Channel, now: DateTime<Utc>) -> Result<bool, OutboxError> {
-        let (state, _, _, error, done) = channel.cols();
-        let sql = format!(
-            "UPDATE alert_outbox SET {state} = 'sent', {error} = NULL, {done} = $2,
+        on_db!(&self.db, |pool| {
+            let (state, _, _, error, done) = channel.cols();
+            let sql = format!(
+                "UPDATE alert_outbox SET {state} = 'sent', {error} = NULL, {done} = $2,
                 sent_at = COALESCE(sent_at, $2)
              WHERE id = $1 AND {state} = 'pending'"
-        );
-        let n = sqlx::query(&sql)
-            .bind(id)
-            .bind(millis(now))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        self.updated_or_missing(id, n).await
+            );
+            let n = sqlx::query(&sql)
+                .bind(id)
+                .bind(millis(now))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            self.updated_or_missing(id, n).await
+        })
     }
 
     /// Channel `channel` of alert `id` is not configured: nothing to deliver.
     pub async fn mark_skipped(&self, id: &str, channel: Channel, now: DateTime<Utc>) -> Result<bool, OutboxError> {
-        let (state, _, _, _, done) = channel.cols();
-        let sql = format!(
-            "UPDATE alert_outbox SET {state} = 'skipped', {done} = $2
+        on_db!(&self.db, |pool| {
+            let (state, _, _, _, done) = channel.cols();
+            let sql = format!(
+                "UPDATE alert_outbox SET {state} = 'skipped', {done} = $2
              WHERE id = $1 AND {state} = 'pending'"
-        );
-        let n = sqlx::query(&sql)
-            .bind(id)
-            .bind(millis(now))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        self.updated_or_missing(id, n).await
+            );
+            let n = sqlx::query(&sql)
+                .bind(id)
+                .bind(millis(now))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            self.updated_or_missing(id, n).await
+        })
     }
 
     /// An attempt on `channel` failed with `error`; try again at
@@ -410,19 +428,21 @@ impl Outbox {
         error: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> Result<bool, OutboxError> {
-        let (state, attempts, next, err, _) = channel.cols();
-        let sql = format!(
-            "UPDATE alert_outbox SET {attempts} = {attempts} + 1, {err} = $2, {next} = $3
+        on_db!(&self.db, |pool| {
+            let (state, attempts, next, err, _) = channel.cols();
+            let sql = format!(
+                "UPDATE alert_outbox SET {attempts} = {attempts} + 1, {err} = $2, {next} = $3
              WHERE id = $1 AND {state} = 'pending'"
-        );
-        let n = sqlx::query(&sql)
-            .bind(id)
-            .bind(truncate(error))
-            .bind(millis(next_attempt_at))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        self.updated_or_missing(id, n).await
+            );
+            let n = sqlx::query(&sql)
+                .bind(id)
+                .bind(truncate(error))
+                .bind(millis(next_attempt_at))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            self.updated_or_missing(id, n).await
+        })
     }
 
     /// How many alerts reached someone (at least one channel delivered),
@@ -434,24 +454,41 @@ impl Outbox {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> Result<u64, OutboxError> {
-        let mut q =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT COUNT(*) FROM alert_outbox WHERE sent_at IS NOT NULL");
-        if let Some(ws) = workspace_id {
-            q.push(" AND workspace_id = ").push_bind(ws.to_owned());
+        let mut sql = String::from("SELECT COUNT(*) FROM alert_outbox WHERE sent_at IS NOT NULL");
+        let mut n = 0;
+        let mut cond = |c: &str| {
+            n += 1;
+            sql.push_str(&format!(" AND {c} ${n}"));
+        };
+        if workspace_id.is_some() {
+            cond("workspace_id =");
         }
-        if let Some(t) = since {
-            q.push(" AND sent_at >= ").push_bind(millis(t));
+        if since.is_some() {
+            cond("sent_at >=");
         }
-        if let Some(t) = until {
-            q.push(" AND sent_at < ").push_bind(millis(t));
+        if until.is_some() {
+            cond("sent_at <");
         }
-        let n: i64 = q.build_query_scalar().fetch_one(&self.pool).await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        on_db!(&self.db, |pool| {
+            let mut q = sqlx::query_scalar::<_, i64>(&sql);
+            if let Some(ws) = workspace_id {
+                q = q.bind(ws);
+            }
+            if let Some(t) = since {
+                q = q.bind(millis(t));
+            }
+            if let Some(t) = until {
+                q = q.bind(millis(t));
+            }
+            let n = q.fetch_one(pool).await?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
     }
 
     async fn abandon(&self, id: &str, why: &str, now: DateTime<Utc>) -> Result<(), OutboxError> {
-        sqlx::query(
-            "UPDATE alert_outbox SET
+        on_db!(&self.db, |pool| {
+            sqlx::query(
+                "UPDATE alert_outbox SET
                 email_state = CASE WHEN email_state = 'pending' THEN 'abandoned' ELSE email_state END,
                 email_error = CASE WHEN email_state = 'pending' THEN $2 ELSE email_error END,
                 email_done_at = CASE WHEN email_state = 'pending' THEN $3 ELSE email_done_at END,
@@ -459,31 +496,40 @@ impl Outbox {
                 webhook_error = CASE WHEN webhook_state = 'pending' THEN $2 ELSE webhook_error END,
                 webhook_done_at = CASE WHEN webhook_state = 'pending' THEN $3 ELSE webhook_done_at END
              WHERE id = $1",
-        )
-        .bind(id)
-        .bind(truncate(why))
-        .bind(millis(now))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+            )
+            .bind(id)
+            .bind(truncate(why))
+            .bind(millis(now))
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     async fn updated_or_missing(&self, id: &str, rows: u64) -> Result<bool, OutboxError> {
-        if rows > 0 {
-            return Ok(true);
-        }
-        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM alert_outbox WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        match exists {
-            Some(_) => Ok(false),
-            None => Err(OutboxError::NotFound(id.to_owned())),
-        }
+        on_db!(&self.db, |pool| {
+            if rows > 0 {
+                return Ok(true);
+            }
+            let exists: Option<String> = sqlx::query_scalar("SELECT id FROM alert_outbox WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            match exists {
+                Some(_) => Ok(false),
+                None => Err(OutboxError::NotFound(id.to_owned())),
+            }
+        })
     }
 }
 
-fn entry_from_row(row: &SqliteRow) -> Result<OutboxEntry, OutboxError> {
+fn entry_from_row<R>(row: &R) -> Result<OutboxEntry, OutboxError>
+where
+    R: Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let id: String = row.try_get("id")?;
     let corrupt = |what: String| OutboxError::Corrupt { id: id.clone(), what };
     let time = |col: &str| -> Result<DateTime<Utc>, OutboxError> {
@@ -736,13 +782,13 @@ mod tests {
         o.enqueue(&alert("e1", "l1", AlertKind::Threshold), t0()).await.unwrap();
         o.enqueue(&alert("e2", "l2", AlertKind::Threshold), t0()).await.unwrap();
         sqlx::query("UPDATE alert_outbox SET payload = 'not json' WHERE id = 'e1'")
-            .execute(&o.pool)
+            .execute(o.db.sqlite().unwrap())
             .await
             .unwrap();
         let d = o.due(t0(), 10).await.unwrap();
         assert_eq!(d.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["e2"]);
         let row = sqlx::query("SELECT email_state, webhook_error FROM alert_outbox WHERE id = 'e1'")
-            .fetch_one(&o.pool)
+            .fetch_one(o.db.sqlite().unwrap())
             .await
             .unwrap();
         assert_eq!(row.get::<String, _>(0), "abandoned");
@@ -750,7 +796,7 @@ mod tests {
         assert!(matches!(o.get("e1").await, Err(OutboxError::Corrupt { .. })));
         // An unknown state is corrupt too.
         sqlx::query("UPDATE alert_outbox SET email_state = 'weird' WHERE id = 'e2'")
-            .execute(&o.pool)
+            .execute(o.db.sqlite().unwrap())
             .await
             .unwrap();
         assert!(matches!(o.get("e2").await, Err(OutboxError::Corrupt { .. })));

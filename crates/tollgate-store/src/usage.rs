@@ -13,6 +13,7 @@
 //! readers of the log call it first, and graceful shutdown calls it after
 //! the last request has finished, so nothing is lost.
 
+use crate::db::Db;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -111,11 +112,11 @@ pub struct UsageLog {
 }
 
 impl UsageLog {
-    /// Starts the writer on `pool`. The task ends when every handle is dropped
-    /// and the queue is drained.
-    pub fn spawn(pool: SqlitePool) -> (UsageLog, JoinHandle<()>) {
+    /// Starts the writer on `db` ([`Store::spawn_usage_log`](crate::Store::spawn_usage_log)).
+    /// The task ends when every handle is dropped and the queue is drained.
+    pub(crate) fn spawn(db: Db) -> (UsageLog, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(pool, rx));
+        let task = tokio::spawn(writer(db, rx));
         (UsageLog { tx }, task)
     }
 
@@ -148,7 +149,7 @@ impl UsageLog {
     }
 }
 
-async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut msgs = Vec::with_capacity(BATCH);
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
     loop {
@@ -183,7 +184,15 @@ async fn writer(pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Msg>) {
             // every later one.
             let mut attempt = 0;
             loop {
-                match insert(&pool, &batch).await {
+                // SQLite dialect (the roll-ups).
+                let result = match &db {
+                    Db::Sqlite(pool) => insert(pool, &batch).await,
+                    // Not reached: Store::spawn_usage_log refuses PostgreSQL.
+                    Db::Postgres(_) => Err(sqlx::Error::Configuration(
+                        crate::db::not_yet_on_postgres("the request log").into(),
+                    )),
+                };
+                match result {
                     Ok(()) => break,
                     Err(e) if attempt < 5 => {
                         attempt += 1;
@@ -262,7 +271,7 @@ async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Err
     tx.commit().await
 }
 
-/// Filters for [`list`]. Every field narrows; `None` means any.
+/// Filters for [`RequestLog::list`](crate::RequestLog::list). Every field narrows; `None` means any.
 #[derive(Debug, Clone, Default)]
 pub struct LogFilter {
     pub workspace_id: Option<String>,
@@ -327,7 +336,7 @@ fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
 
 /// Records matching `f`, newest first, with the total that match when
 /// `f.count_total`.
-pub async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(Option<i64>, Vec<UsageRecord>), sqlx::Error> {
+pub(crate) async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(Option<i64>, Vec<UsageRecord>), sqlx::Error> {
     let total = if f.count_total {
         let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
         push_filter(&mut count, f);
@@ -421,7 +430,7 @@ pub enum Scope {
 /// integer part, at least 0, and reported at warn), and the sums saturate at
 /// `i64::MAX` instead of overflowing. They are exact: each value is summed as
 /// its high and low 32 bits, which cannot overflow below 2^32 rows.
-pub async fn consumed_since(
+pub(crate) async fn consumed_since(
     pool: &SqlitePool,
     scope: &Scope,
     from: DateTime<Utc>,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate_core::money::Money;
 use tollgate_store::control::AuditFilter;
-use tollgate_store::usage::{self, LogFilter, UsageRecord};
+use tollgate_store::usage::{LogFilter, UsageRecord};
 
 pub async fn ai_providers(_caller: Caller) -> Json<Value> {
     let data: Vec<Value> = tollgate_core::catalogue::providers()
@@ -227,9 +227,7 @@ pub async fn logs(
     };
     // Read your own writes: every request already answered is in the log.
     state.usage.flush().await;
-    let (total, rows) = usage::list(state.store.pool(), &f)
-        .await
-        .map_err(AdminError::internal)?;
+    let (total, rows) = state.store.request_log().list(&f).await.map_err(AdminError::internal)?;
     Ok(Json(
         json!({"object": "list", "total": total, "data": rows.iter().map(record_json).collect::<Vec<_>>()}),
     ))

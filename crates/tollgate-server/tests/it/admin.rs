@@ -399,7 +399,7 @@ async fn server_errors_are_ab04_without_details() {
 async fn sqlx_drop_audit(app: &App) {
     // Break the store underneath the running server.
     sqlx::query("DROP TABLE audit_logs")
-        .execute(app.state().store.pool())
+        .execute(app.state().store.sqlite_pool().unwrap())
         .await
         .unwrap();
 }
@@ -538,7 +538,7 @@ async fn secrets_never_reach_the_database_files_in_plain_text() {
     }
     // The WAL was among the files read while it exists; checkpoint and read again.
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(app.state().store.pool())
+        .execute(app.state().store.sqlite_pool().unwrap())
         .await
         .unwrap();
     let db = std::fs::read(app.dir.path().join("tollgate.db")).unwrap();

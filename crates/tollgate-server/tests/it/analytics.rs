@@ -757,7 +757,7 @@ async fn limits_and_alerts_appear_in_the_summary() {
         };
         state.counters.restore(&c.id, &c.rule, now, amount).await.unwrap();
     }
-    let outbox = Outbox::new(state.store.pool().clone());
+    let outbox = Outbox::new(state.store.sqlite_pool().unwrap().clone());
     let alert = AlertPayload {
         event_id: "evt-1".into(),
         kind: AlertKind::Threshold,

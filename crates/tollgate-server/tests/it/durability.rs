@@ -341,7 +341,7 @@ async fn absurd_rows_in_the_log_never_stop_start_up_and_exhaust_the_limits() {
         ("req-absurd-3", -5, Some(-7)),
         ("req-absurd-4", i64::MAX / 2 + 1, None),
     ];
-    let pool = s.app.state().store.pool().clone();
+    let pool = s.app.state().store.sqlite_pool().unwrap().clone();
     for (id, tokens, cost) in rows {
         sqlx::query(
             "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, endpoint, status_code, \

@@ -4,11 +4,10 @@
 //! exactly, percentiles to the same histogram bucket.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use tollgate_store::analytics::{
-    aggregate_with, bucket_of, Agg, Cells, Filter, GroupBy, Interval, ModelMatch, Query, DAY_MS,
-};
-use tollgate_store::db::open_sqlite;
-use tollgate_store::usage::{UsageLog, UsageRecord};
+use tollgate_store::analytics::{bucket_of, Agg, Cells, Filter, GroupBy, Interval, ModelMatch, Query, DAY_MS};
+use tollgate_store::db::Location;
+use tollgate_store::usage::UsageRecord;
+use tollgate_store::Store;
 
 /// A small deterministic generator, so that a failure reproduces.
 struct Rng(u64);
@@ -85,22 +84,27 @@ fn rows() -> Vec<UsageRecord> {
         .collect()
 }
 
-async fn seeded() -> (tempfile::TempDir, sqlx::SqlitePool) {
+async fn seeded() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let pool = open_sqlite(&dir.path().join("t.db")).await.unwrap();
+    let store = Store::open(&Location::Sqlite(dir.path().join("t.db"))).await.unwrap();
     // Roll-ups cover everything written from now on, back to the epoch.
     sqlx::query("UPDATE analytics_meta SET value = 0 WHERE key = 'rollup_from_ms'")
-        .execute(&pool)
+        .execute(store.sqlite_pool().unwrap())
         .await
         .unwrap();
-    let (log, writer) = UsageLog::spawn(pool.clone());
+    let (log, writer) = store.spawn_usage_log().unwrap();
     for r in rows() {
         log.record(r);
     }
     log.flush().await;
     drop(log);
     writer.await.unwrap();
-    (dir, pool)
+    (dir, store)
+}
+
+/// `q` read with raw stretches of at most `exact_rows` requests row by row.
+async fn read(store: &Store, q: &Query, exact_rows: i64) -> Cells {
+    store.analytics().aggregate_with(q, exact_rows).await.unwrap()
 }
 
 /// Everything but the percentiles, which are compared by bucket.
@@ -166,7 +170,7 @@ fn filter() -> Filter {
 
 #[tokio::test]
 async fn raw_rows_summed_in_sql_match_reading_them_one_by_one() {
-    let (_dir, pool) = seeded().await;
+    let (_dir, store) = seeded().await;
     let groups = [
         None,
         Some(GroupBy::ApiKey),
@@ -218,8 +222,8 @@ async fn raw_rows_summed_in_sql_match_reading_them_one_by_one() {
                     },
                     ..q
                 };
-                let by_row = aggregate_with(&pool, &q, i64::MAX).await.unwrap();
-                let by_sql = aggregate_with(&pool, &q, 0).await.unwrap();
+                let by_row = read(&store, &q, i64::MAX).await;
+                let by_sql = read(&store, &q, 0).await;
                 assert!(!by_row.is_empty(), "{name} {g:?} {i:?}: no data");
                 same(&by_row, &by_sql, &format!("{name} {g:?} {i:?}"));
             }
@@ -229,7 +233,7 @@ async fn raw_rows_summed_in_sql_match_reading_them_one_by_one() {
 
 #[tokio::test]
 async fn roll_ups_summed_in_sql_match_the_raw_rows() {
-    let (_dir, pool) = seeded().await;
+    let (_dir, store) = seeded().await;
     let groups = [
         None,
         Some(GroupBy::ApiKey),
@@ -265,8 +269,8 @@ async fn roll_ups_summed_in_sql_match_the_raw_rows() {
                     },
                     ..mixed.clone()
                 };
-                let expected = aggregate_with(&pool, &raw, i64::MAX).await.unwrap();
-                let got = aggregate_with(&pool, &mixed, 0).await.unwrap();
+                let expected = read(&store, &raw, i64::MAX).await;
+                let got = read(&store, &mixed, 0).await;
                 assert!(!expected.is_empty());
                 same(&expected, &got, &format!("{f:?} {g:?} {i:?}"));
             }
@@ -276,7 +280,7 @@ async fn roll_ups_summed_in_sql_match_the_raw_rows() {
 
 #[tokio::test]
 async fn an_empty_or_inverted_range_has_no_cells() {
-    let (_dir, pool) = seeded().await;
+    let (_dir, store) = seeded().await;
     for (from, to) in [
         (0, 0),
         (10, 5),
@@ -291,13 +295,13 @@ async fn an_empty_or_inverted_range_has_no_cells() {
             interval: Some(Interval::Hour),
             group: None,
         };
-        assert!(aggregate_with(&pool, &q, 0).await.unwrap().is_empty());
+        assert!(read(&store, &q, 0).await.is_empty());
     }
 }
 
 #[tokio::test]
 async fn rows_logged_before_their_buckets_were_stored_are_bucketed_alike() {
-    let (_dir, pool) = seeded().await;
+    let (_dir, store) = seeded().await;
     let q = Query {
         filter: Filter {
             total_tokens_min: Some(0),
@@ -306,14 +310,14 @@ async fn rows_logged_before_their_buckets_were_stored_are_bucketed_alike() {
         interval: Some(Interval::Hour),
         group: Some(GroupBy::Model),
     };
-    let stored = aggregate_with(&pool, &q, 0).await.unwrap();
+    let stored = read(&store, &q, 0).await;
     // As a log written before migration 0006 holds them.
     sqlx::query("UPDATE usage_log SET latency_bucket = NULL, ttft_bucket = NULL, overhead_bucket = NULL")
-        .execute(&pool)
+        .execute(store.sqlite_pool().unwrap())
         .await
         .unwrap();
-    let computed = aggregate_with(&pool, &q, 0).await.unwrap();
-    let by_row = aggregate_with(&pool, &q, i64::MAX).await.unwrap();
+    let computed = read(&store, &q, 0).await;
+    let by_row = read(&store, &q, i64::MAX).await;
     same(&stored, &computed, "computed in SQL");
     same(&by_row, &computed, "read by row");
 }

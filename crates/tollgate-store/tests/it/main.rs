@@ -3,3 +3,4 @@
 
 mod analytics;
 mod counters;
+mod postgres;

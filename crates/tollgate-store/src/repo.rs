@@ -1,0 +1,110 @@
+//! The typed repositories a [`Store`] hands out besides the control plane:
+//! the request log's writer and reader, analytics, and the alert outbox. Each
+//! holds the store's [`Db`] and dispatches on its backend, so the server
+//! never sees a connection pool or a driver type.
+
+use crate::analytics::{self, Cells, Filter, Query};
+use crate::db::{not_yet_on_postgres, Db};
+use crate::outbox::Outbox;
+use crate::usage::{self, LogFilter, Scope, UsageLog, UsageRecord};
+use crate::{Store, StoreError};
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+
+impl Store {
+    /// Starts the request log's batching writer (see [`UsageLog`]). The task
+    /// ends when every handle is dropped and the queue is drained. A backend
+    /// without a request log yet is refused.
+    pub fn spawn_usage_log(&self) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(UsageLog::spawn(self.db.clone())),
+            Db::Postgres(_) => Err(not_yet_on_postgres("the request log (and so serve and seed-usage)")),
+        }
+    }
+
+    /// Reads the request log.
+    pub fn request_log(&self) -> RequestLog {
+        RequestLog { db: self.db.clone() }
+    }
+
+    /// Analytics over the request log and its roll-ups.
+    pub fn analytics(&self) -> Analytics {
+        Analytics { db: self.db.clone() }
+    }
+
+    /// The durable outbox of budget alerts (call [`Outbox::init`] once).
+    pub fn outbox(&self) -> Outbox {
+        Outbox::on(self.db.clone())
+    }
+}
+
+/// Reads the request log. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    db: Db,
+}
+
+impl RequestLog {
+    /// Records matching `f`, newest first, with the total that match when
+    /// `f.count_total`.
+    pub async fn list(&self, f: &LogFilter) -> Result<(Option<i64>, Vec<UsageRecord>), StoreError> {
+        // SQLite dialect (json_extract, CAST).
+        Ok(match &self.db {
+            Db::Sqlite(pool) => usage::list(pool, f).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("the request log")),
+        })
+    }
+
+    /// What the admitted requests of `scope` since `from` consumed: (cost in
+    /// picodollars, unknown prices counting 0; total tokens; requests), exact
+    /// and saturating whatever the log holds (see the SQLite implementation).
+    pub async fn consumed_since(&self, scope: &Scope, from: DateTime<Utc>) -> Result<(i64, i64, i64), StoreError> {
+        // SQLite dialect (typeof).
+        Ok(match &self.db {
+            Db::Sqlite(pool) => usage::consumed_since(pool, scope, from).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("the request log")),
+        })
+    }
+}
+
+/// Analytics queries. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Analytics {
+    db: Db,
+}
+
+impl Analytics {
+    /// Answers `q` from roll-ups for whole days and raw rows for the rest.
+    pub async fn aggregate(&self, q: &Query) -> Result<Cells, StoreError> {
+        self.aggregate_with(q, analytics::RAW_ROWS_EXACT).await
+    }
+
+    /// [`Analytics::aggregate`], reading raw stretches of at most
+    /// `exact_rows` requests row by row (exact percentiles) and summing
+    /// longer ones in SQL; tests compare the two ways.
+    pub async fn aggregate_with(&self, q: &Query, exact_rows: i64) -> Result<Cells, StoreError> {
+        Ok(match &self.db {
+            Db::Sqlite(pool) => analytics::aggregate_with(pool, q, exact_rows).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
+        })
+    }
+
+    /// The busiest minute: (requests in it, its start), or `None` without
+    /// requests.
+    pub async fn peak_minute(&self, f: &Filter) -> Result<Option<(u64, i64)>, StoreError> {
+        Ok(match &self.db {
+            Db::Sqlite(pool) => analytics::peak_minute(pool, f).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
+        })
+    }
+
+    /// Narrows `f`'s time range to the requests that exist, so that the cost
+    /// of a query follows the data, not the range asked for.
+    pub async fn clamp_to_data(&self, f: &mut Filter) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite(pool) => f.clamp_to_data(pool).await?,
+            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
+        }
+        Ok(())
+    }
+}
