@@ -116,31 +116,24 @@ impl Caller {
         }
     }
 
+    /// The caller as the control-plane service sees it.
+    pub fn principal(&self) -> crate::control::Caller {
+        crate::control::Caller::of_key(&self.0.record)
+    }
+
     /// Organisation keys only.
     pub fn require_org(&self) -> Result<(), AdminError> {
-        if self.is_org() {
-            Ok(())
-        } else {
-            Err(AdminError::forbidden("this operation needs an organisation admin key"))
-        }
+        self.principal().require_org()
     }
 
     /// An organisation key, or a workspace key with `scope`.
     pub fn require_scope(&self, scope: &str) -> Result<(), AdminError> {
-        if self.is_org() || grants(&self.0.record.scopes, scope) {
-            Ok(())
-        } else {
-            Err(AdminError::forbidden(format!("this API key lacks the '{scope}' scope")))
-        }
+        self.principal().require_scope(scope)
     }
 
     /// May this caller act on objects of `workspace_id`?
     pub fn require_workspace(&self, workspace_id: &str) -> Result<(), AdminError> {
-        match self.workspace_id() {
-            None if self.is_org() => Ok(()),
-            Some(w) if w == workspace_id => Ok(()),
-            _ => Err(AdminError::forbidden("this API key cannot act on another workspace")),
-        }
+        self.principal().require_workspace(workspace_id)
     }
 }
 

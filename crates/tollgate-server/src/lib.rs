@@ -6,7 +6,9 @@
 //! - [`state`]: shared state and the control-plane write path.
 //! - [`snapshot`]: the in-memory control plane the gateway reads.
 //! - [`auth`]: API keys and scopes.
-//! - [`admin`]: control-plane routes.
+//! - [`control`]: the control-plane service: every change, typed, with its
+//!   validation, permissions and audit entry.
+//! - [`admin`]: control-plane routes (HTTP over [`control`]).
 //! - [`gateway`]: data-plane routes, one request's path end to end.
 //! - [`limits`], [`alerting`], [`alerts`]: limits at the gateway, and budget
 //!   alerts by email and webhook through a durable outbox.
@@ -21,6 +23,7 @@ pub mod analytics;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dashboard;
 pub mod error;
 pub mod gateway;
