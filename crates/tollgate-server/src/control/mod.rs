@@ -577,8 +577,8 @@ mod tests {
         let (store, master, _) = crate::server::open_store(&config).await.unwrap();
         crate::server::bootstrap(&store, now()).await.unwrap();
         let clock: tollgate_core::clock::SharedClock = Arc::new(ManualClock::new(now()));
-        let (usage, _writer) = tollgate_store::usage::UsageLog::spawn(store.pool().clone());
-        let outbox = tollgate_store::outbox::Outbox::new(store.pool().clone());
+        let (usage, _writer) = store.spawn_usage_log().unwrap();
+        let outbox = store.outbox();
         outbox.init().await.unwrap();
         let alerts = Dispatcher::new(outbox, &AlertConfig::default(), clock.clone())
             .unwrap()
