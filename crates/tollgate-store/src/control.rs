@@ -74,6 +74,8 @@ pub struct AuditFilter {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) db: Db,
+    /// Shared analytics answers, moved on by the request-log writer.
+    pub(crate) cache: std::sync::Arc<crate::query_cache::QueryCache>,
 }
 
 fn to_doc<T: Serialize>(v: &T) -> Result<String, StoreError> {
@@ -95,8 +97,12 @@ fn unique(what: String) -> impl FnOnce(sqlx::Error) -> StoreError {
 impl Store {
     /// Opens (creating and migrating if needed) the database at `location`.
     pub async fn open(location: &Location) -> Result<Store, StoreError> {
+        let db = Db::open(location).await?;
+        // Only an embedded database has this process as its only writer.
+        let keep = matches!(db, Db::Sqlite(_));
         Ok(Store {
-            db: Db::open(location).await?,
+            db,
+            cache: std::sync::Arc::new(crate::query_cache::QueryCache::new(keep)),
         })
     }
 

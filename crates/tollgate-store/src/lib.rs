@@ -17,6 +17,7 @@ pub mod control;
 pub mod counters;
 pub mod db;
 pub mod outbox;
+mod query_cache;
 mod repo;
 pub mod secrets;
 pub mod usage;

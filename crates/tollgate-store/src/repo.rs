@@ -17,7 +17,7 @@ impl Store {
     /// without a request log yet is refused.
     pub fn spawn_usage_log(&self) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
         match &self.db {
-            Db::Sqlite(_) => Ok(UsageLog::spawn(self.db.clone())),
+            Db::Sqlite(_) => Ok(UsageLog::spawn(self.db.clone(), self.cache.clone())),
             Db::Postgres(_) => Err(not_yet_on_postgres("the request log (and so serve and seed-usage)")),
         }
     }
@@ -29,7 +29,10 @@ impl Store {
 
     /// Analytics over the request log and its roll-ups.
     pub fn analytics(&self) -> Analytics {
-        Analytics { db: self.db.clone() }
+        Analytics {
+            db: self.db.clone(),
+            cache: self.cache.clone(),
+        }
     }
 
     /// The durable outbox of budget alerts (call [`Outbox::init`] once).
@@ -71,6 +74,7 @@ impl RequestLog {
 #[derive(Debug, Clone)]
 pub struct Analytics {
     db: Db,
+    cache: std::sync::Arc<crate::query_cache::QueryCache>,
 }
 
 impl Analytics {
@@ -82,9 +86,15 @@ impl Analytics {
     /// [`Analytics::aggregate`], reading raw stretches of at most
     /// `exact_rows` requests row by row (exact percentiles) and summing
     /// longer ones in SQL; tests compare the two ways.
+    /// The same question asked again before the log moves, or by several
+    /// callers at once, is answered once (see `query_cache`).
     pub async fn aggregate_with(&self, q: &Query, exact_rows: i64) -> Result<Cells, StoreError> {
         Ok(match &self.db {
-            Db::Sqlite(pool) => analytics::aggregate_with(pool, q, exact_rows).await?,
+            Db::Sqlite(pool) => {
+                self.cache
+                    .answer(q, exact_rows, || analytics::aggregate_with(pool, q, exact_rows))
+                    .await?
+            }
             Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
         })
     }

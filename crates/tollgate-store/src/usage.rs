@@ -14,9 +14,11 @@
 //! the last request has finished, so nothing is lost.
 
 use crate::db::Db;
+use crate::query_cache::QueryCache;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -114,9 +116,9 @@ pub struct UsageLog {
 impl UsageLog {
     /// Starts the writer on `db` ([`Store::spawn_usage_log`](crate::Store::spawn_usage_log)).
     /// The task ends when every handle is dropped and the queue is drained.
-    pub(crate) fn spawn(db: Db) -> (UsageLog, JoinHandle<()>) {
+    pub(crate) fn spawn(db: Db, cache: Arc<QueryCache>) -> (UsageLog, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(db, rx));
+        let task = tokio::spawn(writer(db, cache, rx));
         (UsageLog { tx }, task)
     }
 
@@ -149,7 +151,7 @@ impl UsageLog {
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut msgs = Vec::with_capacity(BATCH);
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
     loop {
@@ -193,7 +195,10 @@ async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>) {
                     )),
                 };
                 match result {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        cache.committed();
+                        break;
+                    }
                     Err(e) if attempt < 5 => {
                         attempt += 1;
                         tracing::warn!(error = %e, attempt, "usage log batch failed; retrying");
