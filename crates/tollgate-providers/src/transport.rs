@@ -144,10 +144,18 @@ pub(crate) async fn send_raw(
 
 /// Reads a whole body within what is left of the deadline.
 pub(crate) async fn read_body(resp: reqwest::Response, deadline: Instant) -> Result<Bytes, ProviderError> {
+    let url = resp.url().clone();
     match tokio::time::timeout_at(deadline, resp.bytes()).await {
-        Ok(r) => r.map_err(ProviderError::from_reqwest),
+        Ok(r) => r.map_err(|e| body_error(e, &url)),
         Err(_) => Err(ProviderError::Timeout),
     }
+}
+
+/// A body read failure, naming the host: reqwest leaves the URL off body
+/// errors.
+fn body_error(e: reqwest::Error, url: &url::Url) -> ProviderError {
+    let e = if e.url().is_some() { e } else { e.with_url(url.clone()) };
+    ProviderError::from_reqwest(e)
 }
 
 /// Sends `req` and waits for a 2xx response's headers until `deadline`; the
@@ -195,8 +203,9 @@ pub(crate) async fn exchange(req: reqwest::RequestBuilder, deadline: Instant) ->
 /// (mapped as [`ProviderError::from_reqwest`]). Dropping the stream drops
 /// the upstream request.
 pub(crate) fn body_stream(resp: reqwest::Response) -> BoxStream<'static, Result<Bytes, ProviderError>> {
+    let url = resp.url().clone();
     resp.bytes_stream()
-        .map(|r| r.map_err(ProviderError::from_reqwest))
+        .map(move |r| r.map_err(|e| body_error(e, &url)))
         .boxed()
 }
 
@@ -406,6 +415,78 @@ mod tests {
         assert_eq!(join_url("http://h/v1", "/embeddings"), "http://h/v1/embeddings");
         assert!(matches!(header_value("a\nb", "key"), Err(ProviderError::Config(m)) if !m.contains("a\nb")));
         assert!(header_value("v", "f").unwrap().is_sensitive());
+    }
+
+    /// A server that answers every connection with `answer` (raw HTTP),
+    /// then closes it; `None` accepts and never answers.
+    async fn raw_server(answer: Option<&'static str>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    match answer {
+                        Some(a) => {
+                            let _ = sock.write_all(a.as_bytes()).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        format!("http://{addr}/x")
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_error_body_keeps_the_status() {
+        // 503 whose body breaks off: the status still tells a retry apart.
+        let url = raw_server(Some(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 100\r\nretry-after: 2\r\n\r\npartial",
+        ))
+        .await;
+        let http = reqwest::Client::new();
+        let e = send_whole(http.get(&url), deadline(Duration::from_secs(5)), openai_message)
+            .await
+            .unwrap_err();
+        match e {
+            ProviderError::Upstream {
+                status,
+                message,
+                retry_after,
+            } => {
+                assert_eq!(status, 503);
+                assert_eq!(message, "HTTP 503");
+                assert_eq!(retry_after, Some(Duration::from_secs(2)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_times_out_at_the_deadline() {
+        let url = raw_server(None).await;
+        let http = reqwest::Client::new();
+        let e = send_whole(http.get(&url), deadline(Duration::from_millis(100)), openai_message).await;
+        assert!(matches!(e, Err(ProviderError::Timeout)), "{e:?}");
+        let e = exchange(http.get(&url), deadline(Duration::from_millis(100))).await;
+        assert!(matches!(e, Err(ProviderError::Timeout)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_2xx_body_that_breaks_off_is_unreachable() {
+        let url = raw_server(Some("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")).await;
+        let http = reqwest::Client::new();
+        let e = send_whole(http.get(&url), deadline(Duration::from_secs(5)), openai_message).await;
+        match e {
+            Err(ProviderError::Unreachable(m)) => {
+                assert!(m.starts_with("the answer broke off from 127.0.0.1:"), "{m}");
+                assert!(!m.contains("/x"), "no path: {m}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

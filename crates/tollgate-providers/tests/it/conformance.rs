@@ -323,6 +323,14 @@ async fn a_cut_stream_is_an_error_after_what_arrived() {
         rig.control.cut_stream(true);
         let got = collect(rig.chat(&chat_body(), true, true).await).await;
         assert_cut(&got);
+        // The break names the host it came from, as any unreachable error.
+        let host = rig.server.addr.to_string();
+        assert!(
+            matches!(&got.error, Some(ProviderError::Unreachable(m)) if m.contains(&host)),
+            "{}: {:?}",
+            case.name,
+            got.error
+        );
     }
 }
 
