@@ -4,8 +4,9 @@
 //! the usage reported both to the client and to the gateway's books,
 //! upstream 4xx/5xx errors mapped with the upstream's own message, tool
 //! calls both ways, a broken stream reported as such, a dropped stream
-//! dropping the upstream request, an unreachable host named, blank
-//! credentials treated as unset, and a model name that stays one URL path
+//! dropping the upstream request, an unreachable host named, custom
+//! headers passed on (and bad ones refused), blank credentials treated as
+//! unset, and a model name that stays one URL path
 //! segment whatever it holds.
 //!
 //! Adding a provider is one line in [`CASES`] (plus its rig below, which
@@ -435,6 +436,25 @@ async fn blank_credentials_are_unset() {
                 assert!(matches!(expect_err(r), ProviderError::Config(_)), "{name} {blank:?}");
                 assert_eq!(rig.server.journal.calls(), 0, "{name}: nothing is sent without a key");
             }
+        }
+    }
+}
+
+#[tokio::test]
+async fn custom_headers_go_upstream_and_bad_ones_are_config_errors() {
+    for case in CASES {
+        let mut rig = case.start().await;
+        let name = case.name;
+        rig.fx.headers.push(("x-tenant".into(), "acme".into()));
+        whole(rig.chat(&chat_body(), false, false).await);
+        let sent = rig.server.journal.last().unwrap();
+        assert_eq!(sent.header("x-tenant"), Some("acme"), "{name}");
+        for (k, v) in [("bad header", "v"), ("x-ok", "line\nbreak")] {
+            rig.server.journal.clear();
+            rig.fx.headers = vec![(k.into(), v.into())];
+            let e = expect_err(rig.chat(&chat_body(), false, false).await);
+            assert!(matches!(e, ProviderError::Config(_)), "{name} {k:?}: {e:?}");
+            assert_eq!(rig.server.journal.calls(), 0, "{name}: nothing is sent");
         }
     }
 }
