@@ -3,12 +3,14 @@
 //! streamed) translated back to `chat.completion` / `text_completion`
 //! objects and `chat.completion.chunk` frames.
 
-use crate::openai::{add_custom_headers, header_value, join_url, secret, send_streaming, send_whole};
+use crate::openai_shape::{self, Choice, ChunkWriter, Meta, ToolCall};
 use crate::sse::{self, Flow, SseEvent, Translate};
+use crate::transport::{self, add_custom_headers, header_value, join_url, openai_message, secret};
 use crate::{Adapter, Call, Endpoint, ProviderError, StreamItem, UpstreamResponse};
 use base64::Engine;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tollgate_core::usage::Usage;
@@ -50,13 +52,14 @@ impl Adapter for Anthropic {
         if native {
             return relay_native(req, call.stream, call.timeout).await;
         }
+        let deadline = transport::deadline(call.timeout);
         if call.stream {
-            let resp = send_streaming(req, call.timeout).await?;
-            let t = AnthropicStream::new(call.endpoint, call.client_wants_usage, now());
+            let resp = transport::send(req, deadline, openai_message).await?;
+            let t = AnthropicStream::new(call.endpoint, call.client_wants_usage, openai_shape::unix_now());
             Ok(UpstreamResponse::Stream(sse::translate(sse::response_events(resp), t)))
         } else {
-            let (status, body) = send_whole(req, call.timeout).await?;
-            let (body, usage) = from_messages_response(call.endpoint, &body, now())?;
+            let (status, body) = transport::send_whole(req, deadline, openai_message).await?;
+            let (body, usage) = from_messages_response(call.endpoint, &body, openai_shape::unix_now())?;
             Ok(UpstreamResponse::Whole {
                 status,
                 body,
@@ -73,7 +76,10 @@ fn headers(target: &crate::Target<'_>) -> Result<HeaderMap, ProviderError> {
         secret(target, "key")?.ok_or_else(|| ProviderError::Config("the Anthropic integration has no key".into()))?;
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(HeaderName::from_static("x-api-key"), header_value(key.as_str(), "key")?);
+    headers.insert(
+        HeaderName::from_static("x-api-key"),
+        header_value(key.expose_secret(), "key")?,
+    );
     headers.insert(
         HeaderName::from_static("anthropic-version"),
         HeaderValue::from_static(ANTHROPIC_VERSION),
@@ -89,14 +95,15 @@ async fn relay_native(
     stream: bool,
     timeout: std::time::Duration,
 ) -> Result<UpstreamResponse, ProviderError> {
+    let deadline = transport::deadline(timeout);
     if stream {
-        let resp = send_streaming(req, timeout).await?;
+        let resp = transport::send(req, deadline, openai_message).await?;
         return Ok(UpstreamResponse::Stream(sse::translate(
             sse::response_events(resp),
             NativeStream::default(),
         )));
     }
-    let (status, body) = send_whole(req, timeout).await?;
+    let (status, body) = transport::send_whole(req, deadline, openai_message).await?;
     #[derive(Deserialize)]
     struct UsageOnly {
         #[serde(default)]
@@ -125,7 +132,9 @@ pub async fn count_tokens(
         .post(join_url(base, "/messages/count_tokens"))
         .headers(headers(target)?)
         .body(body);
-    send_whole(req, timeout).await.map(|(_, b)| b)
+    transport::send_whole(req, transport::deadline(timeout), openai_message)
+        .await
+        .map(|(_, b)| b)
 }
 
 /// Relays a Messages event stream unchanged (each event with its name) and
@@ -187,11 +196,6 @@ impl Translate for NativeStream {
     fn end(&mut self, out: &mut Vec<Result<StreamItem, ProviderError>>) {
         out.push(Err(sse::cut_error()));
     }
-}
-
-/// Unix seconds for `created` (a label on the answer, not a rule input).
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 fn unsupported(msg: impl Into<String>) -> ProviderError {
@@ -523,15 +527,6 @@ impl WireUsage {
     }
 }
 
-fn usage_json(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.prompt_tokens,
-        "completion_tokens": u.completion_tokens,
-        "total_tokens": u.total(),
-        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-    })
-}
-
 /// OpenAI's `finish_reason` for an Anthropic `stop_reason`.
 pub fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
     Some(match stop_reason? {
@@ -575,37 +570,28 @@ pub fn from_messages_response(endpoint: Endpoint, body: &[u8], created: i64) -> 
     let r: MessagesResponse =
         serde_json::from_slice(body).map_err(|e| ProviderError::InvalidResponse(format!("Anthropic message: {e}")))?;
     let usage = r.usage.usage();
-    let mut text = String::new();
-    let mut tool_calls = Vec::new();
+    let mut choice = Choice {
+        // A whole OpenAI answer always names its reason.
+        finish_reason: Some(finish_reason(r.stop_reason.as_deref()).unwrap_or("stop")),
+        ..Choice::default()
+    };
     for b in r.content {
         match b {
-            Block::Text { text: t } => text.push_str(&t),
-            Block::ToolUse { id, name, input } => tool_calls.push(json!({
-                "id": id, "type": "function",
-                "function": {"name": name, "arguments": input.to_string()},
-            })),
+            Block::Text { text } => choice.text.push_str(&text),
+            Block::ToolUse { id, name, input } => choice.tool_calls.push(ToolCall {
+                id,
+                name,
+                arguments: input.to_string(),
+            }),
             Block::Other => {}
         }
     }
-    let finish = finish_reason(r.stop_reason.as_deref());
-    let out = match endpoint {
-        Endpoint::Completions => json!({
-            "id": r.id, "object": "text_completion", "created": created, "model": r.model,
-            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
-            "usage": usage_json(&usage),
-        }),
-        _ => {
-            let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) }});
-            if !tool_calls.is_empty() {
-                message["tool_calls"] = Value::Array(tool_calls);
-            }
-            json!({
-                "id": r.id, "object": "chat.completion", "created": created, "model": r.model,
-                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-                "usage": usage_json(&usage),
-            })
-        }
+    let meta = Meta {
+        id: r.id,
+        created,
+        model: r.model,
     };
+    let out = openai_shape::whole_body_with(endpoint, meta, vec![choice], Some(&usage));
     let bytes = serde_json::to_vec(&out).map_err(|e| ProviderError::InvalidResponse(e.to_string()))?;
     Ok((Bytes::from(bytes), usage))
 }
@@ -690,17 +676,17 @@ fn error_status(kind: Option<&str>) -> u16 {
     }
 }
 
-/// Translates a Messages event stream into OpenAI chunks.
+/// Translates a Messages event stream into OpenAI chunks, written by the
+/// shared [`ChunkWriter`] under the message's own id and model.
 #[derive(Debug)]
 pub struct AnthropicStream {
     endpoint: Endpoint,
     client_wants_usage: bool,
     created: i64,
-    id: String,
-    model: String,
+    w: ChunkWriter,
     usage: WireUsage,
-    /// (Anthropic content-block index, OpenAI tool-call index).
-    tools: Vec<(u64, u32)>,
+    /// (Anthropic content-block index, OpenAI tool-call position).
+    tools: Vec<(u64, usize)>,
 }
 
 impl AnthropicStream {
@@ -709,45 +695,18 @@ impl AnthropicStream {
             endpoint,
             client_wants_usage,
             created,
-            id: String::new(),
-            model: String::new(),
+            // Relabelled by `message_start`, which comes first.
+            w: ChunkWriter::with_meta(
+                endpoint,
+                Meta {
+                    id: String::new(),
+                    created,
+                    model: String::new(),
+                },
+            ),
             usage: WireUsage::default(),
             tools: Vec::new(),
         }
-    }
-
-    fn is_chat(&self) -> bool {
-        self.endpoint == Endpoint::ChatCompletions
-    }
-
-    fn frame(value: &Value) -> Result<StreamItem, ProviderError> {
-        serde_json::to_vec(value)
-            .map(|v| StreamItem::Frame(sse::data_frame(&v)))
-            .map_err(|e| ProviderError::InvalidResponse(e.to_string()))
-    }
-
-    /// A chunk with one choice: a chat `delta`, or the text of a completion.
-    fn chunk(&self, delta: Value, text: &str, finish: Option<&str>) -> Result<StreamItem, ProviderError> {
-        let v = if self.is_chat() {
-            json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
-        } else {
-            json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-                   "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]})
-        };
-        Self::frame(&v)
-    }
-
-    fn usage_chunk(&self, usage: &Usage) -> Result<StreamItem, ProviderError> {
-        let object = if self.is_chat() {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
-        Self::frame(
-            &json!({"id": self.id, "object": object, "created": self.created, "model": self.model,
-                            "choices": [], "usage": usage_json(usage)}),
-        )
     }
 }
 
@@ -764,33 +723,30 @@ impl Translate for AnthropicStream {
         };
         match parsed {
             Event::MessageStart { message } => {
-                self.id = message.id;
-                self.model = message.model;
+                let meta = Meta {
+                    id: message.id,
+                    created: self.created,
+                    model: message.model,
+                };
+                self.w = ChunkWriter::with_meta(self.endpoint, meta);
                 self.usage = message.usage;
-                if self.is_chat() {
-                    out.push(self.chunk(json!({"role": "assistant", "content": ""}), "", None));
-                }
+                out.extend(self.w.role(0).map(Ok));
             }
             Event::ContentBlockStart { index, content_block } => match content_block {
-                Block::Text { text } if !text.is_empty() => {
-                    out.push(self.chunk(json!({ "content": text }), &text, None));
-                }
-                Block::ToolUse { id, name, .. } if self.is_chat() => {
-                    let n = u32::try_from(self.tools.len()).unwrap_or(u32::MAX);
-                    self.tools.push((index, n));
-                    let delta = json!({"tool_calls": [{"index": n, "id": id, "type": "function",
-                                                       "function": {"name": name, "arguments": ""}}]});
-                    out.push(self.chunk(delta, "", None));
+                Block::Text { text } if !text.is_empty() => out.push(Ok(self.w.text(0, &text))),
+                Block::ToolUse { id, name, .. } if self.w.is_chat() => {
+                    let position = self.tools.len();
+                    self.tools.push((index, position));
+                    out.push(Ok(self.w.tool_call(0, position, Some((&id, &name)), "")));
                 }
                 _ => {}
             },
             Event::ContentBlockDelta { index, delta } => match delta {
-                ContentDelta::TextDelta { text } => out.push(self.chunk(json!({ "content": text }), &text, None)),
+                ContentDelta::TextDelta { text } => out.push(Ok(self.w.text(0, &text))),
                 ContentDelta::InputJsonDelta { partial_json } => {
                     let tool = self.tools.iter().find(|(i, _)| *i == index).map(|(_, n)| *n);
-                    if let (Some(n), false) = (tool, partial_json.is_empty()) {
-                        let delta = json!({"tool_calls": [{"index": n, "function": {"arguments": partial_json}}]});
-                        out.push(self.chunk(delta, "", None));
+                    if let (Some(position), false) = (tool, partial_json.is_empty()) {
+                        out.push(Ok(self.w.tool_call(0, position, None, &partial_json)));
                     }
                 }
                 ContentDelta::Other => {}
@@ -799,15 +755,14 @@ impl Translate for AnthropicStream {
                 if let Some(u) = usage {
                     self.usage.merge(&u);
                 }
-                let finish = finish_reason(delta.stop_reason.as_deref());
-                if finish.is_some() {
-                    out.push(self.chunk(json!({}), "", finish));
+                if let Some(finish) = finish_reason(delta.stop_reason.as_deref()) {
+                    out.push(Ok(self.w.finish(0, finish)));
                 }
             }
             Event::MessageStop => {
                 let usage = self.usage.usage();
                 if self.client_wants_usage {
-                    out.push(self.usage_chunk(&usage));
+                    out.push(Ok(self.w.usage(&usage)));
                 }
                 out.push(Ok(StreamItem::Usage(usage)));
                 return Flow::Stop;

@@ -4,10 +4,12 @@
 //! at `{base}/openai/responses` (not per deployment: `model` names the
 //! deployment), and stored responses are fetched from there.
 
-use crate::openai::{add_custom_headers, header_value, relay, secret, send_whole};
+use crate::openai::relay;
+use crate::transport::{self, add_custom_headers, config_str, header_value, openai_message, secret, segment_name};
 use crate::{Adapter, Call, Endpoint, ProviderError, Target, UpstreamResponse};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName};
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -53,7 +55,10 @@ fn key_header(target: &Target<'_>) -> Result<HeaderMap, ProviderError> {
     let key = secret(target, "key")?
         .ok_or_else(|| ProviderError::Config("the Azure OpenAI integration has no key".into()))?;
     let mut headers = HeaderMap::new();
-    headers.insert(HeaderName::from_static("api-key"), header_value(key.as_str(), "key")?);
+    headers.insert(
+        HeaderName::from_static("api-key"),
+        header_value(key.expose_secret(), "key")?,
+    );
     Ok(headers)
 }
 
@@ -67,9 +72,13 @@ pub async fn get_response(
     let url = responses_url(target, Some(id))?;
     let mut headers = key_header(target)?;
     add_custom_headers(&mut headers, target)?;
-    send_whole(http.get(url).headers(headers), timeout)
-        .await
-        .map(|(_, b)| b)
+    transport::send_whole(
+        http.get(url).headers(headers),
+        transport::deadline(timeout),
+        openai_message,
+    )
+    .await
+    .map(|(_, b)| b)
 }
 
 /// `{base}/openai/responses[/{id}]?api-version=...` (the id percent-encoded
@@ -82,7 +91,7 @@ pub fn responses_url(target: &Target<'_>, id: Option<&str>) -> Result<url::Url, 
             .map_err(|_| ProviderError::Config("the Azure base URL cannot take a path".into()))?;
         segments.pop_if_empty().extend(["openai", "responses"]);
         if let Some(id) = id {
-            segments.push(crate::chat_shape::segment_name("response id", id)?);
+            segments.push(segment_name("response id", id)?);
         }
     }
     url.query_pairs_mut().append_pair("api-version", RESPONSES_API_VERSION);
@@ -120,14 +129,9 @@ pub fn deployment<'a>(config: &'a serde_json::Map<String, Value>, model: &'a str
 pub fn request_url(target: &Target<'_>, endpoint: Endpoint) -> Result<url::Url, ProviderError> {
     // The URL's own segment setter encodes the name (`/`, `?`, `#`, `%`
     // included) but silently drops `.` and `..`: those are refused here.
-    let deployment = crate::chat_shape::segment_name("deployment", deployment(target.config, target.model))?;
+    let deployment = segment_name("deployment", deployment(target.config, target.model))?;
     let mut url = base_url(target)?;
-    let version = target
-        .config
-        .get("azure_api_version")
-        .and_then(Value::as_str)
-        .filter(|v| !v.is_empty())
-        .unwrap_or(DEFAULT_API_VERSION);
+    let version = config_str(target.config, "azure_api_version").unwrap_or(DEFAULT_API_VERSION);
     {
         let mut segments = url
             .path_segments_mut()
@@ -146,11 +150,7 @@ fn base_url(target: &Target<'_>) -> Result<url::Url, ProviderError> {
     let base = match target.base_url {
         Some(b) => b.to_owned(),
         None => {
-            let resource = target
-                .config
-                .get("azure_resource_name")
-                .and_then(Value::as_str)
-                .filter(|r| !r.is_empty())
+            let resource = config_str(target.config, "azure_resource_name")
                 .ok_or_else(|| ProviderError::Config("azure_resource_name is not set".into()))?;
             // A resource name is a DNS label: anything else would change the host.
             if !resource.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {

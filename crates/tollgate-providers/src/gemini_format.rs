@@ -6,10 +6,12 @@
 //! body → [`ProviderError::Upstream`]. The two adapters differ only in URL and
 //! authentication, which they pass in.
 
-use crate::chat_shape::{self, bad_request, Choice, ChunkWriter, Part, ToolCall};
+use crate::openai_shape::{self, bad_request, Choice, ChunkWriter, Part, ToolCall};
 use crate::sse::{Flow, SseEvent, Translate};
+use crate::transport;
 use crate::{Call, Endpoint, ProviderError, StreamItem, UpstreamResponse};
 use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use tollgate_core::usage::Usage;
@@ -40,7 +42,7 @@ pub(crate) fn request_body(endpoint: Endpoint, body: &Value) -> Result<Value, Pr
             }
         }
         Endpoint::Completions => {
-            let prompt = chat_shape::completion_prompt(body)?;
+            let prompt = openai_shape::completion_prompt(body)?;
             out.insert(
                 "contents".into(),
                 json!([{ "role": "user", "parts": [{ "text": prompt }] }]),
@@ -83,7 +85,7 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
             .ok_or_else(|| bad_request("every message needs a role"))?;
         match role {
             "system" | "developer" => {
-                for part in chat_shape::parts_of(m.get("content"))? {
+                for part in openai_shape::parts_of(m.get("content"))? {
                     match part {
                         Part::Text(t) => system.push(json!({ "text": t })),
                         _ => return Err(bad_request("system messages may only hold text")),
@@ -91,23 +93,23 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
                 }
             }
             "user" => {
-                let parts = chat_shape::parts_of(m.get("content"))?
+                let parts = openai_shape::parts_of(m.get("content"))?
                     .into_iter()
                     .map(user_part)
                     .collect::<Vec<_>>();
-                chat_shape::push_turn(&mut contents, "user", "parts", parts);
+                openai_shape::push_turn(&mut contents, "user", "parts", parts);
             }
             "assistant" => {
                 let mut parts = Vec::new();
-                let text = chat_shape::text_of(m.get("content"));
+                let text = openai_shape::text_of(m.get("content"));
                 if !text.is_empty() {
                     parts.push(json!({ "text": text }));
                 }
-                for call in chat_shape::history_tool_calls(m, false)? {
+                for call in openai_shape::history_tool_calls(m, false)? {
                     let args = parse_arguments(call.arguments)?;
                     parts.push(json!({ "functionCall": { "name": call.name, "args": args } }));
                 }
-                chat_shape::push_turn(&mut contents, "model", "parts", parts);
+                openai_shape::push_turn(&mut contents, "model", "parts", parts);
             }
             "tool" | "function" => {
                 let name = match role {
@@ -126,14 +128,14 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
                         .and_then(Value::as_str)
                         .ok_or_else(|| bad_request("function message without name"))?,
                 };
-                let text = chat_shape::text_of(m.get("content"));
+                let text = openai_shape::text_of(m.get("content"));
                 // `response` must be an object: a JSON object result goes as
                 // is, anything else is wrapped.
                 let response = match serde_json::from_str::<Value>(&text) {
                     Ok(Value::Object(o)) => Value::Object(o),
                     _ => json!({ "content": text }),
                 };
-                chat_shape::push_turn(
+                openai_shape::push_turn(
                     &mut contents,
                     "user",
                     "parts",
@@ -246,7 +248,7 @@ fn tool_config(body: &Value) -> Result<Option<Value>, ProviderError> {
 
 fn generation_config(body: &Value) -> Map<String, Value> {
     let mut c = Map::new();
-    if let Some(n) = chat_shape::max_tokens(body) {
+    if let Some(n) = openai_shape::max_tokens(body) {
         c.insert("maxOutputTokens".into(), json!(n));
     }
     for (from, to) in [
@@ -261,7 +263,7 @@ fn generation_config(body: &Value) -> Map<String, Value> {
             c.insert(to.into(), v.clone());
         }
     }
-    if let Some(stop) = chat_shape::stop_sequences(body) {
+    if let Some(stop) = openai_shape::stop_sequences(body) {
         c.insert("stopSequences".into(), json!(stop));
     }
     match body.pointer("/response_format/type").and_then(Value::as_str) {
@@ -334,7 +336,7 @@ fn tool_call(fc: &Value) -> ToolCall {
             .get("id")
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .unwrap_or_else(|| chat_shape::new_id("call_")),
+            .unwrap_or_else(|| openai_shape::new_id("call_")),
         name: fc.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
         arguments: fc.get("args").map(Value::to_string).unwrap_or_else(|| "{}".into()),
     }
@@ -379,27 +381,19 @@ pub(crate) fn whole_response(
             ..Choice::default()
         });
     }
-    Ok((chat_shape::whole_body(endpoint, model, choices, usage.as_ref()), usage))
+    Ok((
+        openai_shape::whole_body(endpoint, model, choices, usage.as_ref()),
+        usage,
+    ))
 }
 
-/// Google's error body (`{"error": {"code", "message", "status"}}`, or a
-/// one-element array of it as Vertex's streaming endpoints send) →
-/// [`ProviderError::Upstream`] with Google's own message.
-pub(crate) fn upstream_error(status: u16, body: &[u8]) -> ProviderError {
-    let v: Option<Value> = serde_json::from_slice(body).ok();
-    let err = v
-        .as_ref()
-        .and_then(|v| v.get("error").or_else(|| v.get(0).and_then(|e| e.get("error"))));
-    let message = err
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| chat_shape::excerpt(body));
-    ProviderError::Upstream {
-        status,
-        message,
-        retry_after: None,
-    }
+/// The message of Google's error body (`{"error": {"code", "message",
+/// "status"}}`, or a one-element array of it as Vertex's streaming endpoints
+/// send).
+pub(crate) fn google_message(_: &HeaderMap, body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let err = v.get("error").or_else(|| v.get(0).and_then(|e| e.get("error")))?;
+    err.get("message").and_then(Value::as_str).map(str::to_owned)
 }
 
 /// Translates the `alt=sse` stream: every event is a whole
@@ -453,8 +447,18 @@ impl Translate for StreamTranslator {
             }
         };
         if let Some(err) = v.get("error") {
-            let status = err.get("code").and_then(Value::as_u64).unwrap_or(500) as u16;
-            out.push(Err(upstream_error(status, data.as_bytes())));
+            let status = err
+                .get("code")
+                .and_then(Value::as_u64)
+                .and_then(|c| u16::try_from(c).ok())
+                .filter(|c| (400..600).contains(c))
+                .unwrap_or(500);
+            out.push(Err(transport::upstream_error(
+                status,
+                &HeaderMap::new(),
+                data.as_bytes(),
+                google_message,
+            )));
             return Flow::Stop;
         }
         if let Some(u) = v.get("usageMetadata").and_then(usage_from) {
@@ -517,22 +521,15 @@ impl Translate for StreamTranslator {
 pub(crate) async fn post(
     http: &reqwest::Client,
     url: &str,
-    auth: (&str, &str),
+    auth: (HeaderName, HeaderValue),
     call: &Call<'_>,
     body: &Value,
     deadline: tokio::time::Instant,
 ) -> Result<reqwest::Response, ProviderError> {
-    let mut req = http.post(url).header(auth.0, auth.1).json(body);
-    for (k, v) in call.target.headers {
-        req = req.header(k.as_str(), v.as_str());
-    }
-    let resp = chat_shape::send(req, deadline).await?;
-    let status = resp.status().as_u16();
-    if !resp.status().is_success() {
-        let body = chat_shape::read_body(resp, deadline).await.unwrap_or_default();
-        return Err(upstream_error(status, &body));
-    }
-    Ok(resp)
+    let mut headers = HeaderMap::new();
+    headers.insert(auth.0, auth.1);
+    transport::add_custom_headers(&mut headers, &call.target)?;
+    transport::send(http.post(url).headers(headers).json(body), deadline, google_message).await
 }
 
 /// One chat or completions call: `{model_url}:generateContent`, or
@@ -541,9 +538,9 @@ pub(crate) async fn generate(
     http: &reqwest::Client,
     call: &Call<'_>,
     model_url: &str,
-    auth: (&str, &str),
+    auth: (HeaderName, HeaderValue),
 ) -> Result<UpstreamResponse, ProviderError> {
-    let deadline = chat_shape::deadline(call.timeout);
+    let deadline = transport::deadline(call.timeout);
     let body = request_body(call.endpoint, call.body)?;
     let url = if call.stream {
         format!("{model_url}:streamGenerateContent?alt=sse")
@@ -558,8 +555,8 @@ pub(crate) async fn generate(
             translator,
         )));
     }
-    let bytes = chat_shape::read_body(resp, deadline).await?;
-    let (out, usage) = whole_response(call.endpoint, call.target.model, &chat_shape::parse_json(&bytes)?)?;
+    let bytes = transport::read_body(resp, deadline).await?;
+    let (out, usage) = whole_response(call.endpoint, call.target.model, &transport::parse_json(&bytes)?)?;
     Ok(UpstreamResponse::Whole {
         status: 200,
         body: Bytes::from(out.to_string()),
@@ -677,6 +674,8 @@ mod tests {
 
     #[test]
     fn errors_keep_googles_message() {
+        let upstream_error =
+            |status, body: &[u8]| transport::upstream_error(status, &HeaderMap::new(), body, google_message);
         let e = upstream_error(
             400,
             br#"{"error":{"code":400,"message":"bad thing","status":"INVALID_ARGUMENT"}}"#,

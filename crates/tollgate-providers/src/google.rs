@@ -5,9 +5,12 @@
 //! end up in access logs and error messages. The body translation is shared
 //! with Vertex AI in `gemini_format`.
 
-use crate::chat_shape::{self, bad_request};
+use crate::openai_shape::{self, bad_request};
+use crate::transport::{self, header_value, open_secret, path_segment};
 use crate::{gemini_format, Adapter, Call, Endpoint, ProviderError, UpstreamResponse};
 use bytes::Bytes;
+use reqwest::header::{HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 /// The catalogue's default base URL, used when the target has none.
@@ -20,13 +23,16 @@ pub struct Gemini;
 #[async_trait::async_trait]
 impl Adapter for Gemini {
     async fn send(&self, http: &reqwest::Client, call: Call<'_>) -> Result<UpstreamResponse, ProviderError> {
-        let key = chat_shape::open_secret(call.target.secrets, "key")?
+        let key = open_secret(call.target.secrets, "key")?
             .ok_or_else(|| ProviderError::Config("the Gemini API key (key) is not set".into()))?;
         let base = call.target.base_url.unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/');
         // Clients sometimes pass Google's resource name (`models/gemini-…`).
         let model = call.target.model.strip_prefix("models/").unwrap_or(call.target.model);
-        let model_url = format!("{base}/models/{}", chat_shape::path_segment("model", model)?);
-        let auth = ("x-goog-api-key", key.as_str());
+        let model_url = format!("{base}/models/{}", path_segment("model", model)?);
+        let auth = (
+            HeaderName::from_static("x-goog-api-key"),
+            header_value(key.expose_secret(), "key")?,
+        );
         match call.endpoint {
             Endpoint::Embeddings => embed(http, &call, &model_url, model, auth).await,
             Endpoint::ChatCompletions | Endpoint::Completions => {
@@ -43,13 +49,13 @@ async fn embed(
     call: &Call<'_>,
     model_url: &str,
     model: &str,
-    auth: (&str, &str),
+    auth: (HeaderName, HeaderValue),
 ) -> Result<UpstreamResponse, ProviderError> {
     if call.stream {
         return Err(bad_request("embeddings cannot be streamed"));
     }
-    let deadline = chat_shape::deadline(call.timeout);
-    let inputs = chat_shape::embedding_inputs(call.body)?;
+    let deadline = transport::deadline(call.timeout);
+    let inputs = openai_shape::embedding_inputs(call.body)?;
     let dimensions = call.body.get("dimensions").and_then(Value::as_u64);
     let requests: Vec<Value> = inputs
         .iter()
@@ -64,7 +70,7 @@ async fn embed(
     let url = format!("{model_url}:batchEmbedContents");
     let body = json!({ "requests": requests });
     let resp = gemini_format::post(http, &url, auth, call, &body, deadline).await?;
-    let answer = chat_shape::parse_json(&chat_shape::read_body(resp, deadline).await?)?;
+    let answer = transport::parse_json(&transport::read_body(resp, deadline).await?)?;
     let embeddings = answer
         .get("embeddings")
         .and_then(Value::as_array)
@@ -78,14 +84,14 @@ async fn embed(
     }
     let vectors = embeddings
         .iter()
-        .map(|e| chat_shape::vector(e.get("values")))
+        .map(|e| openai_shape::vector(e.get("values")))
         .collect::<Result<Vec<_>, _>>()?;
     // batchEmbedContents reports no token counts: estimate them.
     let tokens = answer
         .pointer("/usageMetadata/promptTokenCount")
         .and_then(Value::as_u64)
-        .unwrap_or_else(|| chat_shape::estimate_tokens(&inputs));
-    let out = chat_shape::embeddings_body(call.body, call.target.model, vectors, tokens);
+        .unwrap_or_else(|| openai_shape::estimate_tokens(&inputs));
+    let out = openai_shape::embeddings_body(call.body, call.target.model, vectors, tokens);
     Ok(UpstreamResponse::Whole {
         status: 200,
         body: Bytes::from(out.to_string()),

@@ -15,7 +15,16 @@
 //! - [`anthropic`]: Anthropic Messages API.
 //! - [`google`]: Google Gemini API (`generateContent`).
 //! - [`vertex`]: Vertex AI (service-account JWT → OAuth token, Gemini models).
-//! - [`bedrock`]: AWS Bedrock Converse / ConverseStream (SigV4, event stream, STS).
+//! - [`bedrock`]: AWS Bedrock Converse / ConverseStream, in parts: `sts`,
+//!   `sign` (SigV4), `converse`, `eventstream`.
+//! - [`transport`]: what every adapter shares on the wire: opening secrets
+//!   (blank is unset), URL segments, headers, sending and reading under a
+//!   deadline, body streams, and mapping failures to [`ProviderError`]
+//!   (unreachable hosts, non-2xx messages, excerpts, `retry-after`).
+//! - `openai_shape`: reading OpenAI requests and writing OpenAI answers,
+//!   chunks and usage, for every adapter that translates (Anthropic, Gemini,
+//!   Vertex, Bedrock).
+//! - `gemini_format`: the Gemini body format shared by Gemini and Vertex.
 //! - [`sse`]: server-sent-event framing and the stream-translation loop
 //!   shared by the streaming adapters.
 //! - `credential_cache`: the expiring-credential cache behind Vertex tokens
@@ -25,14 +34,15 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
-mod chat_shape;
 mod credential_cache;
 pub mod dialects;
 mod gemini_format;
 pub mod google;
 pub mod openai;
+mod openai_shape;
 pub mod sse;
 pub mod tokens;
+pub mod transport;
 pub mod vertex;
 
 use bytes::Bytes;
@@ -183,63 +193,6 @@ pub enum ProviderError {
     /// A credential exchange (Vertex OAuth token, STS AssumeRole) failed.
     #[error("credential exchange failed: {0}")]
     Auth(String),
-}
-
-impl ProviderError {
-    /// Maps a reqwest failure: a timeout is [`ProviderError::Timeout`],
-    /// anything else [`ProviderError::Unreachable`], naming the host (and
-    /// port) and the cause from the error's source chain (connection refused,
-    /// DNS failure, TLS error, reset...). The path and query are left out:
-    /// they may carry a key, as Gemini's did; headers never appear.
-    pub fn from_reqwest(e: reqwest::Error) -> Self {
-        if e.is_timeout() {
-            return ProviderError::Timeout;
-        }
-        let host = e
-            .url()
-            .and_then(|u| u.host_str().map(|h| (h.to_owned(), u.port_or_known_default())))
-            .map(|(h, port)| match port {
-                Some(p) => format!("{h}:{p}"),
-                None => h,
-            })
-            .unwrap_or_else(|| "the upstream".to_owned());
-        let what = if e.is_connect() {
-            "cannot connect to"
-        } else if e.is_body() || e.is_decode() {
-            "the answer broke off from"
-        } else {
-            "the request failed to"
-        };
-        let e = e.without_url();
-        // reqwest's own text ("error sending request") says less than `what`.
-        let cause = match std::error::Error::source(&e) {
-            Some(source) => causes(source),
-            None => e.to_string(),
-        };
-        ProviderError::Unreachable(format!("{what} {host}: {cause}"))
-    }
-}
-
-/// The messages of `e`'s source chain, innermost last, without the repeats
-/// that wrapping errors often add ("X: X").
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        // A wrapper often ends with its source's text: keep the shorter.
-        if let Some(last) = parts.last_mut() {
-            if let Some(stripped) = last.strip_suffix(&text) {
-                *last = stripped.trim_end_matches([':', ' ']).to_owned();
-            }
-        }
-        if !text.is_empty() && !parts.contains(&text) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    parts.retain(|p| !p.is_empty());
-    parts.join(": ")
 }
 
 /// A protocol implementation.

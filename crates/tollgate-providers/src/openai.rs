@@ -8,6 +8,7 @@
 //! parsed, with a struct that skips everything else.
 
 use crate::sse::{self, Flow, SseEvent, Translate};
+use crate::transport::{self, add_custom_headers, bearer, header_value, join_url, openai_message, secret};
 use crate::{Adapter, Call, ProviderError, StreamItem, Target, UpstreamResponse};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -16,12 +17,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::Duration;
-use tokio::time::Instant;
 use tollgate_core::usage::Usage;
-use zeroize::Zeroizing;
-
-/// At most this much of a non-JSON error body is kept as the message.
-const MAX_ERROR_TEXT: usize = 512;
 
 /// OpenAI and OpenAI-compatible providers.
 #[derive(Debug, Default)]
@@ -41,16 +37,14 @@ impl Adapter for OpenAi {
         let mut headers = HeaderMap::new();
         // Local servers (ollama, LM Studio) take no key.
         if let Some(key) = secret(&call.target, "key")? {
-            headers.insert(AUTHORIZATION, header_value(&format!("Bearer {}", key.as_str()), "key")?);
+            headers.insert(AUTHORIZATION, bearer(&key, "key")?);
         }
         for (name, header) in [
             ("openai_organization", "openai-organization"),
             ("openai_project", "openai-project"),
         ] {
-            if let Some(v) = call.target.config.get(name).and_then(Value::as_str) {
-                if !v.is_empty() {
-                    headers.insert(HeaderName::from_static(header), header_value(v, name)?);
-                }
+            if let Some(v) = transport::config_str(call.target.config, name) {
+                headers.insert(HeaderName::from_static(header), header_value(v, name)?);
             }
         }
         relay(http, &url, headers, &call).await
@@ -74,134 +68,16 @@ pub async fn get_response(
         .push(id);
     let mut headers = HeaderMap::new();
     if let Some(key) = secret(target, "key")? {
-        headers.insert(AUTHORIZATION, header_value(&format!("Bearer {}", key.as_str()), "key")?);
+        headers.insert(AUTHORIZATION, bearer(&key, "key")?);
     }
     add_custom_headers(&mut headers, target)?;
-    send_whole(http.get(url).headers(headers), timeout)
-        .await
-        .map(|(_, b)| b)
-}
-
-/// `base` and `path` joined with exactly one slash.
-pub fn join_url(base: &str, path: &str) -> String {
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
-}
-
-/// Opens the secret field `name` of the call's credentials.
-pub fn secret(target: &Target<'_>, name: &str) -> Result<Option<Zeroizing<String>>, ProviderError> {
-    target
-        .secrets
-        .open(name)
-        .map(|v| v.filter(|s| !s.is_empty()))
-        .map_err(|e| ProviderError::Config(format!("cannot open secret {name}: {e}")))
-}
-
-/// A header value, refusing control characters. The error names the field,
-/// never the value (it may be a key).
-pub fn header_value(value: &str, field: &str) -> Result<HeaderValue, ProviderError> {
-    HeaderValue::from_str(value).map_err(|_| ProviderError::Config(format!("{field} is not a valid header value")))
-}
-
-/// Adds the target's custom headers.
-pub fn add_custom_headers(headers: &mut HeaderMap, target: &Target<'_>) -> Result<(), ProviderError> {
-    for (k, v) in target.headers {
-        let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| ProviderError::Config(format!("invalid custom header name {k:?}")))?;
-        headers.insert(name, header_value(v, k)?);
-    }
-    Ok(())
-}
-
-/// The error for a non-2xx answer: the upstream's `error.message` (OpenAI,
-/// Azure and Anthropic all put it there), else the body text, truncated.
-pub fn upstream_error(status: u16, body: &[u8]) -> ProviderError {
-    #[derive(Deserialize)]
-    struct Envelope {
-        error: Option<ErrorBody>,
-        message: Option<String>,
-    }
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        message: Option<String>,
-    }
-    let parsed = serde_json::from_slice::<Envelope>(body).ok();
-    let message = parsed
-        .and_then(|e| e.error.and_then(|b| b.message).or(e.message))
-        .unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            if text.is_empty() {
-                format!("HTTP {status}")
-            } else {
-                truncate(text, MAX_ERROR_TEXT)
-            }
-        });
-    ProviderError::Upstream {
-        status,
-        message,
-        retry_after: None,
-    }
-}
-
-/// [`upstream_error`] with the wait the upstream's headers ask for.
-pub fn upstream_error_from(status: u16, headers: &reqwest::header::HeaderMap, body: &[u8]) -> ProviderError {
-    let mut e = upstream_error(status, body);
-    if let ProviderError::Upstream { retry_after, .. } = &mut e {
-        *retry_after = tollgate_core::routing::retry_after(|name| headers.get(name).and_then(|v| v.to_str().ok()));
-    }
-    e
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}
-
-/// Sends `req` and reads the whole 2xx body, all within `timeout`.
-pub async fn send_whole(req: reqwest::RequestBuilder, timeout: Duration) -> Result<(u16, Bytes), ProviderError> {
-    let exchange = async {
-        let resp = req.send().await.map_err(ProviderError::from_reqwest)?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(ProviderError::from_reqwest)?;
-        if !(200..300).contains(&status) {
-            return Err(upstream_error_from(status, &headers, &body));
-        }
-        Ok((status, body))
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ProviderError::Timeout)?
-}
-
-/// Sends `req` and waits for a 2xx response's headers within `timeout`; the
-/// body (the stream) is not bounded. A non-2xx answer's body is read within
-/// the same deadline for its message.
-pub async fn send_streaming(
-    req: reqwest::RequestBuilder,
-    timeout: Duration,
-) -> Result<reqwest::Response, ProviderError> {
-    let deadline = Instant::now() + timeout;
-    let resp = tokio::time::timeout_at(deadline, req.send())
-        .await
-        .map_err(|_| ProviderError::Timeout)?
-        .map_err(ProviderError::from_reqwest)?;
-    let status = resp.status().as_u16();
-    if (200..300).contains(&status) {
-        return Ok(resp);
-    }
-    let headers = resp.headers().clone();
-    let body = tokio::time::timeout_at(deadline, resp.bytes())
-        .await
-        .map_err(|_| ProviderError::Timeout)?
-        .map_err(ProviderError::from_reqwest)?;
-    Err(upstream_error_from(status, &headers, &body))
+    transport::send_whole(
+        http.get(url).headers(headers),
+        transport::deadline(timeout),
+        openai_message,
+    )
+    .await
+    .map(|(_, b)| b)
 }
 
 /// Usage as OpenAI reports it.
@@ -305,8 +181,9 @@ pub async fn relay(
     let body = request_body(call)?;
     let req = http.post(url).headers(headers).body(body);
     let responses = call.endpoint == crate::Endpoint::Responses;
+    let deadline = transport::deadline(call.timeout);
     if call.stream {
-        let resp = send_streaming(req, call.timeout).await?;
+        let resp = transport::send(req, deadline, openai_message).await?;
         let events = sse::response_events(resp);
         Ok(UpstreamResponse::Stream(if responses {
             sse::translate(events, ResponsesStream::default())
@@ -314,7 +191,7 @@ pub async fn relay(
             sse::translate(events, OpenAiStream::new(call.client_wants_usage))
         }))
     } else {
-        let (status, body) = send_whole(req, call.timeout).await?;
+        let (status, body) = transport::send_whole(req, deadline, openai_message).await?;
         let usage = if responses {
             parse_responses_usage(&body)
         } else {
@@ -663,34 +540,6 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_come_from_the_body() {
-        let openai = br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error"}}"#;
-        let anthropic = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
-        let top_level = br#"{"message":"bad gateway"}"#;
-        let cases: [(&[u8], &str); 5] = [
-            (openai, "Incorrect API key provided"),
-            (anthropic, "slow down"),
-            (top_level, "bad gateway"),
-            (b"  plain text  ", "plain text"),
-            (b"", "HTTP 502"),
-        ];
-        for (body, want) in cases {
-            match upstream_error(502, body) {
-                ProviderError::Upstream { status, message, .. } => {
-                    assert_eq!(status, 502);
-                    assert_eq!(message, want);
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-        let long = "é".repeat(1000);
-        match upstream_error(500, long.as_bytes()) {
-            ProviderError::Upstream { message, .. } => assert!(message.len() <= MAX_ERROR_TEXT + 3),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
     fn stream_body_forces_usage_and_keeps_everything_else() {
         let body = json!({"model": "m", "messages": [], "stream": false,
                           "stream_options": {"include_usage": false, "other": 1}, "temperature": 0.5});
@@ -722,15 +571,5 @@ mod tests {
             ..call
         };
         assert!(matches!(request_body(&call), Err(ProviderError::Unsupported(_))));
-    }
-
-    #[test]
-    fn joins_urls_and_checks_headers() {
-        assert_eq!(
-            join_url("http://h/v1/", "/chat/completions"),
-            "http://h/v1/chat/completions"
-        );
-        assert_eq!(join_url("http://h/v1", "/embeddings"), "http://h/v1/embeddings");
-        assert!(matches!(header_value("a\nb", "key"), Err(ProviderError::Config(m)) if !m.contains("a\nb")));
     }
 }

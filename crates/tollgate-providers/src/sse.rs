@@ -151,11 +151,11 @@ impl SseParser {
     }
 }
 
-/// Turns an upstream byte stream (a `reqwest` body) into a stream of events.
-/// A transport error ends the stream with that error.
+/// Turns an upstream byte stream (a body from [`crate::transport`]) into a
+/// stream of events. A transport error ends the stream with that error.
 pub fn events<S>(body: S) -> BoxStream<'static, Result<SseEvent, ProviderError>>
 where
-    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    S: Stream<Item = Result<Bytes, ProviderError>> + Send + 'static,
 {
     let state = (body.boxed(), SseParser::new(), false);
     futures::stream::unfold(state, |(mut body, mut parser, done)| async move {
@@ -172,7 +172,7 @@ where
                     }
                 }
                 Some(Err(e)) => {
-                    return Some((vec![Err(ProviderError::from_reqwest(e))], (body, parser, true)));
+                    return Some((vec![Err(e)], (body, parser, true)));
                 }
                 None => return None,
             }
@@ -184,7 +184,7 @@ where
 
 /// The events of a streaming response's body.
 pub fn response_events(resp: reqwest::Response) -> BoxStream<'static, Result<SseEvent, ProviderError>> {
-    events(resp.bytes_stream())
+    events(crate::transport::body_stream(resp))
 }
 
 /// Whether a translated stream goes on after an event.
@@ -485,8 +485,8 @@ mod tests {
         }
     }
 
-    fn body(chunks: &[&'static str]) -> BoxStream<'static, Result<Bytes, reqwest::Error>> {
-        let owned: Vec<Result<Bytes, reqwest::Error>> =
+    fn body(chunks: &[&'static str]) -> BoxStream<'static, Result<Bytes, ProviderError>> {
+        let owned: Vec<Result<Bytes, ProviderError>> =
             chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))).collect();
         futures::stream::iter(owned).boxed()
     }

@@ -12,11 +12,14 @@
 //! Bodies are the Gemini format shared with the Gemini API adapter
 //! (`gemini_format`); embeddings use the `:predict` endpoint.
 
-use crate::chat_shape::{self, bad_request, config_str};
 use crate::credential_cache::{CredentialCache, Expiring};
+use crate::openai_shape::{self, bad_request};
+use crate::transport::{self, bearer, config_str, open_secret, path_segment};
 use crate::{gemini_format, Adapter, Call, Endpoint, ProviderError, UpstreamResponse};
 use bytes::Bytes;
 use chrono::Duration;
+use reqwest::header::AUTHORIZATION;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -37,12 +40,12 @@ pub const DEFAULT_REGION: &str = "us-central1";
 const ASSERTION_LIFETIME_SECS: i64 = 3600;
 
 /// An access token and when it stops being valid.
-type CachedToken = Expiring<Zeroizing<String>>;
+type CachedToken = Expiring<SecretString>;
 
 /// The Vertex AI adapter, holding the access-token cache.
 pub struct Vertex {
     clock: SharedClock,
-    tokens: CredentialCache<Zeroizing<String>>,
+    tokens: CredentialCache<SecretString>,
 }
 
 impl Default for Vertex {
@@ -72,9 +75,12 @@ struct ServiceAccountFile {
     project_id: Option<String>,
 }
 
+/// A service account, its private key held as a secret (zeroed when
+/// dropped, redacted from `Debug`).
+#[derive(Debug)]
 struct ServiceAccount {
     client_email: String,
-    private_key: Zeroizing<String>,
+    private_key: SecretString,
     private_key_id: Option<String>,
     token_uri: String,
     project_id: Option<String>,
@@ -98,7 +104,7 @@ impl ServiceAccount {
         }
         Ok(Self {
             client_email: f.client_email,
-            private_key: Zeroizing::new(f.private_key),
+            private_key: SecretString::from(f.private_key),
             private_key_id: f.private_key_id,
             token_uri: f.token_uri.unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned()),
             project_id: f.project_id,
@@ -146,7 +152,7 @@ impl Vertex {
         http: &reqwest::Client,
         sa: &ServiceAccount,
         deadline: tokio::time::Instant,
-    ) -> Result<Zeroizing<String>, ProviderError> {
+    ) -> Result<SecretString, ProviderError> {
         self.tokens
             .get(sa.cache_key(), || self.exchange(http, sa, deadline))
             .await
@@ -170,7 +176,7 @@ impl Vertex {
         };
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = sa.private_key_id.clone();
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(sa.private_key.as_bytes()).map_err(|_| {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(sa.private_key.expose_secret().as_bytes()).map_err(|_| {
             ProviderError::Config("the service account's private_key is not a PEM RSA private key".into())
         })?;
         let assertion = Zeroizing::new(
@@ -181,10 +187,8 @@ impl Vertex {
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
             ("assertion", assertion.as_str()),
         ]);
-        let resp = chat_shape::send(req, deadline).await?;
-        let status = resp.status();
-        let body = chat_shape::read_body(resp, deadline).await?;
-        if !status.is_success() {
+        let (status, body) = transport::exchange(req, deadline).await?;
+        if !(200..300).contains(&status) {
             // OAuth errors: {"error": "invalid_grant", "error_description": "..."}.
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let message = v
@@ -192,16 +196,16 @@ impl Vertex {
                 .or_else(|| v.get("error"))
                 .and_then(Value::as_str)
                 .map(str::to_owned)
-                .unwrap_or_else(|| chat_shape::excerpt(&body));
+                .or_else(|| transport::excerpt(&body))
+                .unwrap_or_else(|| "(empty body)".to_owned());
             return Err(ProviderError::Auth(format!(
-                "token endpoint returned {}: {message}",
-                status.as_u16()
+                "token endpoint returned {status}: {message}"
             )));
         }
         let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|_| ProviderError::Auth("token endpoint answer has no access_token".into()))?;
         Ok(CachedToken {
-            value: Zeroizing::new(answer.access_token),
+            value: SecretString::from(answer.access_token),
             expires_at: now + Duration::seconds(answer.expires_in.unwrap_or(3600)),
         })
     }
@@ -223,10 +227,10 @@ fn url_safe(name: &str, value: &str) -> Result<(), ProviderError> {
 #[async_trait::async_trait]
 impl Adapter for Vertex {
     async fn send(&self, http: &reqwest::Client, call: Call<'_>) -> Result<UpstreamResponse, ProviderError> {
-        let deadline = chat_shape::deadline(call.timeout);
-        let json = chat_shape::open_secret(call.target.secrets, "vertex_service_account_json")?
+        let deadline = transport::deadline(call.timeout);
+        let json = open_secret(call.target.secrets, "vertex_service_account_json")?
             .ok_or_else(|| ProviderError::Config("vertex_service_account_json is not set".into()))?;
-        let sa = ServiceAccount::parse(&json)?;
+        let sa = ServiceAccount::parse(json.expose_secret())?;
         drop(json);
         let config = call.target.config;
         let region = config_str(config, "vertex_region").unwrap_or(DEFAULT_REGION);
@@ -240,12 +244,11 @@ impl Adapter for Vertex {
             None if region == "global" => "https://aiplatform.googleapis.com".to_owned(),
             None => format!("https://{region}-aiplatform.googleapis.com"),
         };
-        let model = chat_shape::path_segment("model", call.target.model)?;
+        let model = path_segment("model", call.target.model)?;
         let model_url = format!("{host}/v1/projects/{project}/locations/{region}/publishers/google/models/{model}");
 
         let token = self.access_token(http, &sa, deadline).await?;
-        let bearer = Zeroizing::new(format!("Bearer {}", token.as_str()));
-        let auth = ("authorization", bearer.as_str());
+        let auth = (AUTHORIZATION, bearer(&token, "access token")?);
         match call.endpoint {
             Endpoint::Embeddings => predict(http, &call, &model_url, auth, deadline).await,
             Endpoint::ChatCompletions | Endpoint::Completions => {
@@ -261,13 +264,13 @@ async fn predict(
     http: &reqwest::Client,
     call: &Call<'_>,
     model_url: &str,
-    auth: (&str, &str),
+    auth: (reqwest::header::HeaderName, reqwest::header::HeaderValue),
     deadline: tokio::time::Instant,
 ) -> Result<UpstreamResponse, ProviderError> {
     if call.stream {
         return Err(bad_request("embeddings cannot be streamed"));
     }
-    let inputs = chat_shape::embedding_inputs(call.body)?;
+    let inputs = openai_shape::embedding_inputs(call.body)?;
     let instances: Vec<Value> = inputs.iter().map(|t| json!({ "content": t })).collect();
     let mut body = json!({ "instances": instances });
     if let Some(d) = call.body.get("dimensions").and_then(Value::as_u64) {
@@ -275,7 +278,7 @@ async fn predict(
     }
     let url = format!("{model_url}:predict");
     let resp = gemini_format::post(http, &url, auth, call, &body, deadline).await?;
-    let answer = chat_shape::parse_json(&chat_shape::read_body(resp, deadline).await?)?;
+    let answer = transport::parse_json(&transport::read_body(resp, deadline).await?)?;
     let predictions = answer
         .get("predictions")
         .and_then(Value::as_array)
@@ -290,15 +293,15 @@ async fn predict(
     let mut vectors = Vec::with_capacity(predictions.len());
     let mut reported: Option<u64> = None;
     for p in predictions {
-        vectors.push(chat_shape::vector(p.pointer("/embeddings/values"))?);
+        vectors.push(openai_shape::vector(p.pointer("/embeddings/values"))?);
         // token_count arrives as a JSON number that may be written as 5.0.
         if let Some(n) = p.pointer("/embeddings/statistics/token_count") {
             let n = n.as_u64().or_else(|| n.as_f64().map(|f| f.max(0.0).round() as u64));
             reported = Some(reported.unwrap_or(0) + n.unwrap_or(0));
         }
     }
-    let tokens = reported.unwrap_or_else(|| chat_shape::estimate_tokens(&inputs));
-    let out = chat_shape::embeddings_body(call.body, call.target.model, vectors, tokens);
+    let tokens = reported.unwrap_or_else(|| openai_shape::estimate_tokens(&inputs));
+    let out = openai_shape::embeddings_body(call.body, call.target.model, vectors, tokens);
     Ok(UpstreamResponse::Whole {
         status: 200,
         body: Bytes::from(out.to_string()),
@@ -328,6 +331,11 @@ mod tests {
         assert!(matches!(e, ProviderError::Config(_)));
         let sa = ServiceAccount::parse(r#"{"client_email": "a@b", "private_key": "k"}"#).unwrap();
         assert_eq!(sa.token_uri, DEFAULT_TOKEN_URI);
+        let sa = ServiceAccount::parse(r#"{"client_email": "a@b", "private_key": "SECRET-KEY-MATERIAL"}"#).unwrap();
+        assert!(
+            !format!("{sa:?}").contains("SECRET"),
+            "the private key is redacted from Debug"
+        );
     }
 
     #[test]

@@ -508,7 +508,7 @@ fn converse_stream(control: &Control, body: &Value) -> Response {
             json!({ "message": message }),
         ));
     }
-    control::stream_body(frames, control.stream_end(), "application/vnd.amazon.eventstream")
+    control::stream_body(frames, control, "application/vnd.amazon.eventstream")
 }
 
 /// InvokeModel for the embedding families the gateway supports.

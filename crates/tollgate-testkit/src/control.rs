@@ -43,6 +43,8 @@ struct State {
     cut_stream: bool,
     stall_stream: bool,
     auth_calls: usize,
+    streams_opened: usize,
+    streams_closed: usize,
 }
 
 impl Default for State {
@@ -58,6 +60,8 @@ impl Default for State {
             cut_stream: false,
             stall_stream: false,
             auth_calls: 0,
+            streams_opened: 0,
+            streams_closed: 0,
         }
     }
 }
@@ -187,6 +191,24 @@ impl Control {
         s.auth_calls
     }
 
+    /// Streamed answers the mock has started sending.
+    pub fn streams_opened(&self) -> usize {
+        self.0.lock().streams_opened
+    }
+
+    /// Streamed answers whose body the server has let go of: sent to the
+    /// end, cut, or dropped because the client went away. A stalled stream
+    /// is closed only when its client drops the request.
+    pub fn streams_closed(&self) -> usize {
+        self.0.lock().streams_closed
+    }
+
+    /// Counts a stream as opened; the guard counts it closed when dropped.
+    pub(crate) fn open_stream(&self) -> StreamGuard {
+        self.0.lock().streams_opened += 1;
+        StreamGuard(self.clone())
+    }
+
     /// Waits out the configured latency.
     pub(crate) async fn delay(&self) {
         let d = self.latency();
@@ -302,14 +324,44 @@ pub enum StreamEnd {
     Stall,
 }
 
-/// A streaming answer of `frames`, each flushed on its own, ending as `end` says.
+/// Counts its stream closed when dropped (with the response body).
+#[derive(Debug)]
+pub(crate) struct StreamGuard(Control);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0 .0.lock().streams_closed += 1;
+    }
+}
+
+/// A body stream that holds a [`StreamGuard`] until it is dropped.
+struct Guarded<S> {
+    inner: S,
+    _guard: StreamGuard,
+}
+
+impl<S: futures::Stream + Unpin> futures::Stream for Guarded<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+/// A streaming answer of `frames`, each flushed on its own, ending as the
+/// control says ([`Control::stream_end`]), and counted open and closed.
 pub(crate) fn stream_body(
     frames: Vec<axum::body::Bytes>,
-    end: StreamEnd,
+    control: &Control,
     content_type: &'static str,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use futures::StreamExt;
+    let end = control.stream_end();
+    let guard = control.open_stream();
     let keep = match end {
         StreamEnd::Complete => frames.len(),
         StreamEnd::Cut | StreamEnd::Stall => (frames.len() / 2).max(1),
@@ -330,6 +382,12 @@ pub(crate) fn stream_body(
         futures::stream::iter((end == StreamEnd::Stall).then_some(()))
             .then(|()| async { std::future::pending::<Result<axum::body::Bytes, std::io::Error>>().await }),
     );
+    // The guard lives as long as the body: the server drops it when the
+    // stream ends or the client goes away.
+    let body = Guarded {
+        inner: body.boxed(),
+        _guard: guard,
+    };
     ([("content-type", content_type)], axum::body::Body::from_stream(body)).into_response()
 }
 
@@ -351,7 +409,7 @@ pub async fn start_replay(
         let recorder = recorder.clone();
         async move {
             crate::record(&recorder, req).await;
-            stream_body(pieces, StreamEnd::Complete, content_type)
+            stream_body(pieces, &Control::default(), content_type)
         }
     });
     crate::MockServer::start(router, journal).await

@@ -504,7 +504,7 @@ fn stream(control: &Control, body: &Value, model: &str) -> Response {
         .iter()
         .map(|e| Bytes::from(format!("data: {e}\r\n\r\n")))
         .collect();
-    control::stream_body(frames, control.stream_end(), "text/event-stream")
+    control::stream_body(frames, control, "text/event-stream")
 }
 
 fn batch_embed(body: &Value, model: &str) -> Response {

@@ -337,7 +337,7 @@ pub(crate) fn sse_response(
         frames.truncate((frames.len() / 2).max(1));
         frames.push(error(&kind, &message));
     }
-    control::stream_body(frames, control.stream_end(), "text/event-stream; charset=utf-8")
+    control::stream_body(frames, control, "text/event-stream; charset=utf-8")
 }
 
 /// OpenAI's in-band stream error chunk.

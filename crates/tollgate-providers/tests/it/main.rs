@@ -3,6 +3,7 @@
 mod anthropic;
 mod azure;
 mod bedrock;
+mod conformance;
 mod google;
 mod openai;
 mod support;

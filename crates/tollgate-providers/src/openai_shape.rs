@@ -1,18 +1,16 @@
-//! OpenAI-format building blocks shared by the adapters that translate from
-//! another wire format (Gemini API, Vertex AI, Bedrock): reading the client's
-//! OpenAI request (message content, stop sequences, prompts, embedding
-//! inputs) and writing OpenAI answers (`chat.completion`, `text_completion`,
-//! their stream chunks, usage objects, embedding lists), plus the deadline
-//! handling every upstream exchange needs. One copy, so the three adapters
-//! answer in exactly the same shape.
+//! The OpenAI shape, read and written in one place, for every adapter that
+//! translates from another wire format (Anthropic, Gemini API, Vertex AI,
+//! Bedrock): reading the client's OpenAI request (message content, stop
+//! sequences, prompts, embedding inputs) and writing OpenAI answers
+//! (`chat.completion`, `text_completion`, their stream chunks, usage
+//! objects, embedding lists). One copy, so every adapter answers in exactly
+//! the same shape.
 
 use crate::{Endpoint, ProviderError, StreamItem};
 use base64::Engine;
-use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 use tollgate_core::usage::Usage;
 
 /// A fresh id such as `chatcmpl-1f3a…` or `call_9b2c…`. Ids only need to be
@@ -68,9 +66,38 @@ pub(crate) struct Choice {
     pub finish_reason: Option<&'static str>,
 }
 
+/// What labels an answer: its id, `created` and model.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    pub id: String,
+    pub created: i64,
+    pub model: String,
+}
+
+impl Meta {
+    /// A fresh id (`chatcmpl-…` for chat, `cmpl-…` for completions) and the
+    /// current time, for upstreams whose answers carry neither.
+    pub(crate) fn fresh(endpoint: Endpoint, model: &str) -> Self {
+        Self {
+            id: new_id(if endpoint == Endpoint::ChatCompletions {
+                "chatcmpl-"
+            } else {
+                "cmpl-"
+            }),
+            created: unix_now(),
+            model: model.to_owned(),
+        }
+    }
+}
+
 /// A whole OpenAI answer: `chat.completion` for chat, `text_completion` for
-/// completions.
+/// completions, with a fresh id.
 pub(crate) fn whole_body(endpoint: Endpoint, model: &str, choices: Vec<Choice>, usage: Option<&Usage>) -> Value {
+    whole_body_with(endpoint, Meta::fresh(endpoint, model), choices, usage)
+}
+
+/// [`whole_body`] labelled with `meta` (an upstream's own id and time).
+pub(crate) fn whole_body_with(endpoint: Endpoint, meta: Meta, choices: Vec<Choice>, usage: Option<&Usage>) -> Value {
     let chat = endpoint == Endpoint::ChatCompletions;
     let choices: Vec<Value> = choices
         .into_iter()
@@ -103,16 +130,12 @@ pub(crate) fn whole_body(endpoint: Endpoint, model: &str, choices: Vec<Choice>, 
             }
         })
         .collect();
-    let (prefix, object) = if chat {
-        ("chatcmpl-", "chat.completion")
-    } else {
-        ("cmpl-", "text_completion")
-    };
+    let object = if chat { "chat.completion" } else { "text_completion" };
     let mut body = json!({
-        "id": new_id(prefix),
+        "id": meta.id,
         "object": object,
-        "created": unix_now(),
-        "model": model,
+        "created": meta.created,
+        "model": meta.model,
         "choices": choices,
     });
     if let Some(u) = usage {
@@ -147,20 +170,21 @@ fn tool_calls_json(calls: &[ToolCall], with_index: bool) -> Value {
 /// on every chunk, as OpenAI does.
 #[derive(Debug, Clone)]
 pub(crate) struct ChunkWriter {
-    id: String,
-    created: i64,
-    model: String,
+    meta: Meta,
     chat: bool,
 }
 
 impl ChunkWriter {
+    /// Chunks with a fresh id and the current time.
     pub(crate) fn new(endpoint: Endpoint, model: &str) -> Self {
-        let chat = endpoint == Endpoint::ChatCompletions;
+        Self::with_meta(endpoint, Meta::fresh(endpoint, model))
+    }
+
+    /// Chunks labelled with `meta` (an upstream's own id and time).
+    pub(crate) fn with_meta(endpoint: Endpoint, meta: Meta) -> Self {
         Self {
-            id: new_id(if chat { "chatcmpl-" } else { "cmpl-" }),
-            created: unix_now(),
-            model: model.to_owned(),
-            chat,
+            meta,
+            chat: endpoint == Endpoint::ChatCompletions,
         }
     }
 
@@ -170,10 +194,10 @@ impl ChunkWriter {
 
     fn frame(&self, choices: Value, usage: Option<&Usage>) -> StreamItem {
         let mut chunk = json!({
-            "id": self.id,
+            "id": self.meta.id,
             "object": if self.chat { "chat.completion.chunk" } else { "text_completion" },
-            "created": self.created,
-            "model": self.model,
+            "created": self.meta.created,
+            "model": self.meta.model,
             "choices": choices,
         });
         if let Some(u) = usage {
@@ -459,94 +483,6 @@ pub(crate) fn estimate_tokens(texts: &[String]) -> u64 {
         .sum()
 }
 
-/// The instant by which a whole exchange must be done.
-pub(crate) fn deadline(timeout: Duration) -> tokio::time::Instant {
-    tokio::time::Instant::now() + timeout
-}
-
-/// Sends `req` and waits for the response headers until `deadline`. For a
-/// stream that is the whole deadline (the body then flows as long as the
-/// upstream keeps sending); a whole answer's body is read with
-/// [`read_body`] under the same deadline.
-pub(crate) async fn send(
-    req: reqwest::RequestBuilder,
-    deadline: tokio::time::Instant,
-) -> Result<reqwest::Response, ProviderError> {
-    match tokio::time::timeout_at(deadline, req.send()).await {
-        Ok(r) => r.map_err(ProviderError::from_reqwest),
-        Err(_) => Err(ProviderError::Timeout),
-    }
-}
-
-/// Reads a whole body within what is left of the deadline.
-pub(crate) async fn read_body(resp: reqwest::Response, deadline: tokio::time::Instant) -> Result<Bytes, ProviderError> {
-    match tokio::time::timeout_at(deadline, resp.bytes()).await {
-        Ok(r) => r.map_err(ProviderError::from_reqwest),
-        Err(_) => Err(ProviderError::Timeout),
-    }
-}
-
-/// Parses a whole JSON answer.
-pub(crate) fn parse_json(body: &[u8]) -> Result<Value, ProviderError> {
-    serde_json::from_slice(body).map_err(|e| ProviderError::InvalidResponse(format!("answer is not JSON: {e}")))
-}
-
-/// A short, printable excerpt of a non-JSON error body.
-pub(crate) fn excerpt(body: &[u8]) -> String {
-    let s = String::from_utf8_lossy(body);
-    let s = s.trim();
-    if s.is_empty() {
-        return "(empty body)".to_owned();
-    }
-    s.chars().take(500).collect()
-}
-
-/// Opens a secret field, mapping a failure to open to a configuration error
-/// (its message never holds the secret).
-pub(crate) fn open_secret(
-    secrets: &dyn tollgate_core::secrets::SecretSource,
-    name: &str,
-) -> Result<Option<zeroize::Zeroizing<String>>, ProviderError> {
-    secrets
-        .open(name)
-        .map_err(|e| ProviderError::Config(format!("cannot open secret {name}: {e}")))
-        .map(|s| s.filter(|v| !v.trim().is_empty()))
-}
-
-/// A configuration string, if set and not blank.
-pub(crate) fn config_str<'a>(config: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    config
-        .get(name)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
-
-/// What [`path_segment`] leaves as is: RFC 3986 unreserved characters.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// One URL path segment made from `value` (a model, deployment, region or
-/// project name), percent-encoded: everything but RFC 3986 unreserved
-/// characters, so `/`, `?`, `#` and `%` cannot change the URL's shape.
-/// Bedrock model ids carry `:` and ARNs carry `/`, and SigV4 signs the path
-/// exactly as sent. An empty segment, `.` or `..` would be read as a path
-/// step rather than a name, so it is refused (`what` names the field).
-pub(crate) fn path_segment(what: &str, value: &str) -> Result<String, ProviderError> {
-    Ok(percent_encoding::utf8_percent_encode(segment_name(what, value)?, SEGMENT).to_string())
-}
-
-/// `value` if it can be one path segment once encoded: not empty, `.` or `..`.
-pub(crate) fn segment_name<'a>(what: &str, value: &'a str) -> Result<&'a str, ProviderError> {
-    if matches!(value, "" | "." | "..") {
-        return Err(bad_request(format!("{what} {value:?} cannot be used in a URL path")));
-    }
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,24 +538,6 @@ mod tests {
         );
         assert_eq!(parse_data_url("https://x/y.png"), None);
         assert_eq!(parse_data_url("data:text/plain,hello"), None);
-    }
-
-    #[test]
-    fn path_segments_are_encoded() {
-        let seg = |s| path_segment("model", s).unwrap();
-        assert_eq!(
-            seg("anthropic.claude-3-haiku-20240307-v1:0"),
-            "anthropic.claude-3-haiku-20240307-v1%3A0"
-        );
-        assert_eq!(seg("arn:aws:x/y"), "arn%3Aaws%3Ax%2Fy");
-        assert_eq!(
-            seg("../../v1beta/cachedContents?x=#%2e"),
-            "..%2F..%2Fv1beta%2FcachedContents%3Fx%3D%23%252e"
-        );
-        assert_eq!(seg("caf\u{e9} a"), "caf%C3%A9%20a");
-        for bad in ["", ".", ".."] {
-            assert!(matches!(path_segment("model", bad), Err(ProviderError::Unsupported(_))));
-        }
     }
 
     #[test]
