@@ -438,6 +438,7 @@ async fn summary(
         filter: r.filter.clone(),
         interval: None,
         group: None,
+        distinct: true,
     };
     let cells = analytics.aggregate(&q).await.map_err(AdminError::internal)?;
     let agg = total(&cells);
@@ -586,6 +587,7 @@ async fn cache_summary(
         filter: r.filter,
         interval: None,
         group: None,
+        distinct: false,
     };
     let cells = state
         .store
@@ -797,6 +799,8 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
         filter: r.filter,
         interval: Some(interval),
         group: group.clone(),
+        // Only the users graphs count distinct keys.
+        distinct: name.starts_with("users"),
     };
     let cells = state
         .store
@@ -971,6 +975,7 @@ async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> 
         filter: r.filter,
         interval: None,
         group: Some(by.clone()),
+        distinct: true,
     };
     let cells = state
         .store

@@ -765,6 +765,10 @@ pub struct Query {
     pub filter: Filter,
     pub interval: Option<Interval>,
     pub group: Option<GroupBy>,
+    /// Whether the cells need their distinct API keys, models, workspaces
+    /// and providers (the `unique_*` metrics); summing them in SQL costs
+    /// about as much as every counter together.
+    pub distinct: bool,
 }
 
 /// Aggregates keyed by (bucket start or 0 without an interval, group key or
@@ -1137,7 +1141,11 @@ async fn summed(
         }
     }
     for c in DISTINCT_DIMS {
-        qb.push(format!(", group_concat(DISTINCT hex({}))", src.dim(c)));
+        if q.distinct {
+            qb.push(format!(", group_concat(DISTINCT hex({}))", src.dim(c)));
+        } else {
+            qb.push(", NULL");
+        }
     }
     if src == Source::Rollup {
         for c in HIST_COLS {
@@ -1632,6 +1640,7 @@ mod tests {
             },
             interval,
             group: None,
+            distinct: true,
         };
         let d = DAY_MS;
         assert_eq!(

@@ -104,6 +104,7 @@ mod tests {
             },
             interval: None,
             group: None,
+            distinct: true,
         }
     }
 

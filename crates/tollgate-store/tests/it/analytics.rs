@@ -212,6 +212,7 @@ async fn raw_rows_summed_in_sql_match_reading_them_one_by_one() {
                     filter: f.clone(),
                     interval: i,
                     group: g.clone(),
+                    distinct: true,
                 };
                 // A per-request filter keeps everything raw; ask for
                 // everything raw in both reads by a filter every row passes.
@@ -261,6 +262,7 @@ async fn roll_ups_summed_in_sql_match_the_raw_rows() {
                     filter: f.clone(),
                     interval: i,
                     group: g.clone(),
+                    distinct: true,
                 };
                 let raw = Query {
                     filter: Filter {
@@ -294,6 +296,7 @@ async fn an_empty_or_inverted_range_has_no_cells() {
             },
             interval: Some(Interval::Hour),
             group: None,
+            distinct: true,
         };
         assert!(read(&store, &q, 0).await.is_empty());
     }
@@ -309,6 +312,7 @@ async fn rows_logged_before_their_buckets_were_stored_are_bucketed_alike() {
         },
         interval: Some(Interval::Hour),
         group: Some(GroupBy::Model),
+        distinct: true,
     };
     let stored = read(&store, &q, 0).await;
     // As a log written before migration 0006 holds them.
