@@ -73,7 +73,7 @@ fn admit_and_settle(c: &mut Criterion) {
     c.bench_function("admit + settle, 4 limits (2 budgets, 2 rate limits)", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let r = counters.admit(now, black_box(&checks), demand).await;
+                let r = counters.admit(now, "ws:bench", black_box(&checks), demand).await;
                 if let Ok(r) = r {
                     black_box(counters.settle(r, actual).await.ok());
                 }
