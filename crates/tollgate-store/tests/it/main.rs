@@ -2,3 +2,4 @@
 //! to keep link times down.
 
 mod counters;
+mod redis_counters;
