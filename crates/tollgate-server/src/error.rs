@@ -200,6 +200,8 @@ impl GatewayError {
             GatewayError::BudgetExhausted { .. } => Some("budget"),
             GatewayError::RateLimited { .. } => Some("rate_limit"),
             GatewayError::ModelNotAllowed(_) => Some("policy"),
+            // Not admitted: not counted when counters are rebuilt from the log.
+            GatewayError::LimitsUnavailable(_) => Some("unavailable"),
             _ => None,
         }
     }

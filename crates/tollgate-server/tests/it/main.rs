@@ -15,6 +15,7 @@ mod limits;
 mod metrics;
 mod protocols;
 mod provisioning;
+mod redis;
 mod rejections;
 mod routing;
 mod support;
