@@ -85,7 +85,7 @@ impl OnRedisError {
 /// How to reach Redis and use it.
 #[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://`).
+    /// `redis://[user:password@]host:port[/db]`.
     pub url: String,
     /// Put before every key, so that deployments can share one Redis; no
     /// braces (they would change the hash tag).
