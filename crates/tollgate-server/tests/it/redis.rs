@@ -124,3 +124,28 @@ async fn fail_open_admits_while_redis_is_down() {
     }
     assert_eq!(g.mock.calls(), 8);
 }
+
+/// A gateway started while Redis is down starts, answers 503, and admits
+/// once Redis is up, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starts_while_redis_is_down_and_recovers() {
+    let mut redis = RedisServer::start(false);
+    redis.kill();
+    let g = gateway(&redis, OnRedisError::Closed).await;
+    let r = g.send().await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let r = loop {
+        let r = g.send().await;
+        if r.status != 503 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for _ in 0..4 {
+        assert_eq!(g.send().await.status, 200);
+    }
+    assert_eq!(g.send().await.status, 429);
+}
