@@ -405,11 +405,35 @@ impl Plan {
     /// everything, and an exhausted budget (consumed ≥ limit) refuses even a
     /// request whose worst case is 0 (e.g. a model with no known price).
     pub fn fits(&self, counts: Counts) -> bool {
-        match self.rule {
-            Rule::Rate(r) if r.value == 0 => false,
-            Rule::Budget { .. } if counts.consumed >= self.limit => false,
-            _ => counts.used().saturating_add(self.wanted()) <= self.limit,
+        self.bounds()
+            .is_some_and(|b| counts.used() <= b.max_used && counts.consumed <= b.max_consumed)
+    }
+
+    /// The rule of [`fits`](Plan::fits) as two upper bounds, so that a store
+    /// can check it where the counts live (the Redis script compares, and
+    /// knows no rule): for counts that are never negative, the request fits
+    /// iff consumed + reserved ≤ `max_used` and consumed ≤ `max_consumed`.
+    /// `None` if nothing fits: a rate limit of 0, a worst case above the
+    /// limit, a budget of 0.
+    pub fn bounds(&self) -> Option<Bounds> {
+        let wanted = self.wanted();
+        let max_consumed = match self.rule {
+            Rule::Rate(r) if r.value == 0 => return None,
+            Rule::Rate(_) => Amount::MAX,
+            // An exhausted budget (consumed ≥ limit) refuses even a free request.
+            Rule::Budget { .. } => self.limit.checked_sub(1).filter(|m| *m >= 0)?,
+        };
+        if wanted > self.limit {
+            return None;
         }
+        // consumed + reserved + wanted ≤ limit, the sum saturating: at the
+        // largest limit everything fits.
+        let max_used = if self.limit == Amount::MAX {
+            Amount::MAX
+        } else {
+            self.limit - wanted
+        };
+        Some(Bounds { max_used, max_consumed })
     }
 
     /// Applies the admission to `counts` (which must fit).
@@ -483,6 +507,13 @@ impl Plan {
     }
 }
 
+/// What [`Plan::fits`] asks of a counter, as upper bounds (see [`Plan::bounds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub max_used: Amount,
+    pub max_consumed: Amount,
+}
+
 /// The two amounts of a budget at which alerts fire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetMarks {
@@ -537,6 +568,21 @@ impl BudgetMarks {
             out[1] = Some(AlertKind::Exhausted);
         }
         out
+    }
+
+    /// The rule of [`crossed`](BudgetMarks::crossed) for a settlement that
+    /// adds `added` to a counter whose value is not known yet (the Redis
+    /// script compares, and knows no rule): for each mark (threshold,
+    /// limit), the range `lo..hi` of consumption before the settlement in
+    /// which it fires, if it has not fired yet. For counts that are never
+    /// negative.
+    pub fn firing(&self, added: Amount) -> [Option<std::ops::Range<Amount>>; 2] {
+        // before < mark ≤ before + added (saturating) ⟺ mark − added ≤ before < mark.
+        let range = |mark: Amount| {
+            let lo = mark.saturating_sub(added.max(0)).max(0);
+            (lo < mark).then_some(lo..mark)
+        };
+        [self.alert_threshold.and_then(range), range(self.credit_limit)]
     }
 
     /// The marks already passed at `consumed`, for a counter restored at start-up.
@@ -1132,6 +1178,70 @@ mod tests {
             plain.crossed(0, 100, &mut Alerted::default()),
             [None, Some(AlertKind::Exhausted)]
         );
+    }
+
+    /// Amounts around every edge: 0, small, and near the largest.
+    const EDGES: [Amount; 9] = [0, 1, 2, 5, 9, 10, 11, Amount::MAX - 1, Amount::MAX];
+
+    #[test]
+    fn bounds_say_what_fits_says() {
+        let now = t("2026-11-26T10:00:00Z");
+        for limit in EDGES {
+            let rules = [
+                Rule::Rate(RateLimit {
+                    kind: RateKind::Tokens,
+                    unit: RateUnit::Rpm,
+                    value: limit as u64,
+                }),
+                Rule::Rate(RateLimit {
+                    kind: RateKind::Requests,
+                    unit: RateUnit::Rpm,
+                    value: limit as u64,
+                }),
+                budget(BudgetKind::Tokens, limit, None, "2026-01-01T00:00:00Z"),
+            ];
+            for rule in rules {
+                for tokens in EDGES {
+                    let p = Plan::new(&check(rule), now, &demand(tokens as u64, 0));
+                    for consumed in EDGES {
+                        for reserved in EDGES {
+                            let counts = Counts { consumed, reserved };
+                            let direct = match p.rule {
+                                Rule::Rate(r) if r.value == 0 => false,
+                                Rule::Budget { .. } if counts.consumed >= p.limit => false,
+                                _ => counts.used().saturating_add(p.wanted()) <= p.limit,
+                            };
+                            assert_eq!(p.fits(counts), direct, "{rule:?} {tokens} {counts:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn firing_ranges_say_what_crossed_says() {
+        for credit_limit in EDGES {
+            for alert_threshold in [None, Some(0), Some(5), Some(Amount::MAX)] {
+                let marks = BudgetMarks {
+                    credit_limit,
+                    alert_threshold,
+                };
+                for added in EDGES {
+                    let ranges = marks.firing(added);
+                    for before in EDGES {
+                        let fired = marks.crossed(before, before.saturating_add(added), &mut Alerted::default());
+                        for (range, fired) in ranges.iter().zip(fired) {
+                            assert_eq!(
+                                range.as_ref().is_some_and(|r| r.contains(&before)),
+                                fired.is_some(),
+                                "{marks:?} +{added} from {before}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

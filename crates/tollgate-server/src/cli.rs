@@ -122,6 +122,9 @@ pub struct ServeArgs {
     /// Also serve /metrics without a key on this HOST:PORT.
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Keep the limit counters in this Redis (redis://HOST:PORT), shared by replicas.
+    #[arg(long, env = "TOLLGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 /// The options of commands that work on an existing data directory.
@@ -175,6 +178,7 @@ impl ServeArgs {
                 data_dir: self.data_dir.clone(),
                 database_url: self.database_url.clone(),
                 metrics_listen: self.metrics_listen.clone(),
+                redis_url: self.redis_url.clone(),
                 ..Default::default()
             },
         )

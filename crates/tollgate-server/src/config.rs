@@ -11,6 +11,8 @@
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use tollgate_store::counters::OnRedisError;
+pub use tollgate_store::counters::DEFAULT_REDIS_KEY_PREFIX;
 
 /// Every setting, as the file spells it. All optional: absent means "not set
 /// here".
@@ -34,6 +36,9 @@ pub struct FileConfig {
     pub alert_webhook_url: Option<String>,
     pub alert_webhook_secret: Option<String>,
     pub public_base_path: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_key_prefix: Option<String>,
+    pub limits_on_redis_error: Option<String>,
 }
 
 /// One setting: its file key, its environment variable and what it does.
@@ -130,6 +135,22 @@ pub const SETTINGS: &[Setting] = &[
         env: "TOLLGATE_PUBLIC_BASE_PATH",
         help: "sub-path the dashboard is served under behind a reverse proxy, e.g. /tollgate; default none (at /)",
     },
+    Setting {
+        key: "redis_url",
+        env: "TOLLGATE_REDIS_URL",
+        help:
+            "keep the limit counters in this Redis (redis://HOST:PORT), shared by replicas; default none (in process)",
+    },
+    Setting {
+        key: "redis_key_prefix",
+        env: "TOLLGATE_REDIS_KEY_PREFIX",
+        help: "prefix of every Redis key, so that deployments can share one Redis; default tollgate:",
+    },
+    Setting {
+        key: "limits_on_redis_error",
+        env: "TOLLGATE_LIMITS_ON_REDIS_ERROR",
+        help: "while Redis is unreachable: closed (answer 503) or open (admit without limits, logged); default closed",
+    },
 ];
 
 /// The environment variables, for `serve --help`.
@@ -166,6 +187,10 @@ pub struct Config {
     pub alert_webhook_secret: Option<String>,
     /// The dashboard's path prefix behind a reverse proxy: "" or "/prefix".
     pub public_base_path: String,
+    /// Limit counters in Redis; `None`: in process.
+    pub redis_url: Option<String>,
+    pub redis_key_prefix: String,
+    pub limits_on_redis_error: OnRedisError,
 }
 
 impl std::fmt::Debug for Config {
@@ -188,6 +213,9 @@ impl std::fmt::Debug for Config {
             .field("alert_emails", &self.alert_emails)
             .field("alert_webhook_url", &self.alert_webhook_url)
             .field("public_base_path", &self.public_base_path)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("limits_on_redis_error", &self.limits_on_redis_error)
             .finish_non_exhaustive()
     }
 }
@@ -285,6 +313,9 @@ impl FileConfig {
             alert_webhook_url: get("TOLLGATE_ALERT_WEBHOOK_URL"),
             alert_webhook_secret: get("TOLLGATE_ALERT_WEBHOOK_SECRET"),
             public_base_path: get("TOLLGATE_PUBLIC_BASE_PATH"),
+            redis_url: get("TOLLGATE_REDIS_URL"),
+            redis_key_prefix: get("TOLLGATE_REDIS_KEY_PREFIX"),
+            limits_on_redis_error: get("TOLLGATE_LIMITS_ON_REDIS_ERROR"),
         })
     }
 
@@ -310,7 +341,10 @@ impl FileConfig {
             alert_emails,
             alert_webhook_url,
             alert_webhook_secret,
-            public_base_path
+            public_base_path,
+            redis_url,
+            redis_key_prefix,
+            limits_on_redis_error
         );
         self
     }
@@ -359,6 +393,22 @@ impl FileConfig {
                 message: e.to_string(),
             }
         })?;
+        let redis_key_prefix = self
+            .redis_key_prefix
+            .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.to_owned());
+        if redis_key_prefix.contains(['{', '}']) {
+            return Err(ConfigError::Invalid {
+                key: "redis_key_prefix",
+                message: format!(
+                    "{redis_key_prefix:?} must not contain '{{' or '}}' (they set Redis Cluster hash tags)"
+                ),
+            });
+        }
+        let on_error = self.limits_on_redis_error.as_deref().map(str::trim).unwrap_or("closed");
+        let limits_on_redis_error = OnRedisError::parse(on_error).ok_or_else(|| ConfigError::Invalid {
+            key: "limits_on_redis_error",
+            message: format!("{on_error:?} is not closed or open"),
+        })?;
         Ok(Config {
             listen,
             data_dir,
@@ -377,6 +427,9 @@ impl FileConfig {
             alert_webhook_url: self.alert_webhook_url,
             alert_webhook_secret: self.alert_webhook_secret,
             public_base_path,
+            redis_url: self.redis_url.filter(|u| !u.trim().is_empty()),
+            redis_key_prefix,
+            limits_on_redis_error,
         })
     }
 }
@@ -563,6 +616,9 @@ mod tests {
         assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(c.log_level, DEFAULT_LOG_LEVEL);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.redis_url, None, "counters in process unless asked");
+        assert_eq!(c.redis_key_prefix, DEFAULT_REDIS_KEY_PREFIX);
+        assert_eq!(c.limits_on_redis_error, OnRedisError::Closed);
         let all = FileConfig::from_toml(&example_with_everything_on()).expect("every example value parses");
         let v = serde_json::to_value(all.clone()).unwrap();
         for s in SETTINGS {
@@ -581,6 +637,48 @@ mod tests {
                 .find(|l| l.starts_with(&format!("| `{}` |", s.key)))
                 .unwrap_or_else(|| panic!("README has no row for {}", s.key));
             assert!(row.contains(s.env), "README row of {} lacks {}", s.key, s.env);
+        }
+    }
+
+    #[test]
+    fn redis_settings_are_checked() {
+        let env: HashMap<&str, &str> = [
+            ("TOLLGATE_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("TOLLGATE_REDIS_KEY_PREFIX", "prod:"),
+            ("TOLLGATE_LIMITS_ON_REDIS_ERROR", "open"),
+        ]
+        .into();
+        let c = FileConfig::from_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.redis_key_prefix, "prod:");
+        assert_eq!(c.limits_on_redis_error, OnRedisError::Open);
+        assert!(!format!("{c:?}").contains("6379"), "the URL may hold a password");
+        let empty = FileConfig {
+            redis_url: Some(" ".into()),
+            ..Default::default()
+        };
+        assert_eq!(empty.resolve().unwrap().redis_url, None);
+        for (f, key) in [
+            (
+                FileConfig {
+                    limits_on_redis_error: Some("ajar".into()),
+                    ..Default::default()
+                },
+                "limits_on_redis_error",
+            ),
+            (
+                FileConfig {
+                    redis_key_prefix: Some("{x}:".into()),
+                    ..Default::default()
+                },
+                "redis_key_prefix",
+            ),
+        ] {
+            let e = f.resolve().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
         }
     }
 

@@ -131,6 +131,9 @@ pub enum GatewayError {
     Timeout,
     /// A failure inside Tollgate; the detail is logged only.
     Internal(String),
+    /// The limit counters (Redis) cannot be reached, so nothing can be
+    /// admitted (503, `Retry-After: 1`); the detail is logged only.
+    LimitsUnavailable(String),
 }
 
 impl GatewayError {
@@ -163,6 +166,9 @@ impl GatewayError {
             GatewayError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error".into(), None),
             GatewayError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout_error".into(), None),
             GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error".into(), None),
+            GatewayError::LimitsUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "limits_unavailable_error".into(), None)
+            }
         }
     }
 
@@ -180,6 +186,9 @@ impl GatewayError {
             | GatewayError::UpstreamClient { message, .. } => message,
             GatewayError::Timeout => "the upstream provider did not answer in time",
             GatewayError::Internal(_) => "internal error",
+            GatewayError::LimitsUnavailable(_) => {
+                "the limit counters cannot be reached, so no request can be admitted now; retry shortly"
+            }
         }
     }
 
@@ -191,7 +200,29 @@ impl GatewayError {
             GatewayError::BudgetExhausted { .. } => Some("budget"),
             GatewayError::RateLimited { .. } => Some("rate_limit"),
             GatewayError::ModelNotAllowed(_) => Some("policy"),
+            // Not admitted: not counted when counters are rebuilt from the log.
+            GatewayError::LimitsUnavailable(_) => Some("unavailable"),
             _ => None,
+        }
+    }
+
+    /// The `Retry-After` seconds the answer carries.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            GatewayError::LimitsUnavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Logs the detail a 5xx answer does not send.
+    pub fn log_detail(&self) {
+        match self {
+            GatewayError::Internal(detail) => tracing::error!(error = %detail, "gateway request failed"),
+            GatewayError::LimitsUnavailable(detail) => {
+                tracing::error!(error = %detail, "request refused: the limit counters are unavailable")
+            }
+            _ => {}
         }
     }
 
@@ -207,14 +238,11 @@ impl GatewayError {
 
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        if let GatewayError::Internal(detail) = &self {
-            tracing::error!(error = %detail, "gateway request failed");
-        }
+        self.log_detail();
         let (status, _, _) = self.wire();
         let mut resp = (status, axum::Json(self.body())).into_response();
-        if let GatewayError::RateLimited { retry_after_secs, .. } = &self {
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from(*retry_after_secs));
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
         }
         resp
     }
@@ -327,6 +355,12 @@ mod tests {
             ),
             (GatewayError::Upstream("x".into()), 502, "upstream_error", None),
             (GatewayError::Timeout, 504, "timeout_error", None),
+            (
+                GatewayError::LimitsUnavailable("x".into()),
+                503,
+                "limits_unavailable_error",
+                None,
+            ),
         ];
         for (e, status, kind, code) in cases {
             let (s, k, c) = e.wire();
@@ -346,6 +380,9 @@ mod tests {
         assert_eq!(r.headers()["retry-after"], "7");
         let e = GatewayError::Internal("secret detail".into());
         assert!(!e.body().to_string().contains("secret detail"));
+        let e = GatewayError::LimitsUnavailable("redis://:secret@10.0.0.1".into());
+        assert!(!e.body().to_string().contains("secret"));
+        assert_eq!(e.into_response().headers()["retry-after"], "1");
         let a = AdminError::internal("db exploded");
         assert_eq!(a.message, "internal server error");
     }

@@ -1,19 +1,36 @@
 //! Where the gateway meets the limit counters: which limits apply to a
 //! request (integration × workspace, provider, API key, workspace, in that
 //! order), its worst case, admission, settlement, the provider `exhausted`
-//! status, and rebuilding consumed budgets from the request log at start-up.
+//! status, and rebuilding consumed budgets from the request log (at
+//! start-up, and in Redis whenever it lost a workspace's counters).
+//!
+//! Every limit of a request belongs to its workspace, so the counters' group
+//! is the workspace: [`group`].
 
 use crate::error::GatewayError;
 use crate::state::SharedState;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
+use std::time::Duration;
 use tollgate_core::admission::{Actual, Demand, Level, LimitCheck, RateHeaders, RefusalReason, Rule, Window};
 use tollgate_core::limits::{BudgetKind, RateKind};
 use tollgate_core::money::Money;
 use tollgate_core::records::{Limits, ProviderRecord};
-use tollgate_store::counters::{AdmitError, Reservation};
+use tollgate_store::counters::{AdmitError, CounterError, Reservation, RestoreTurn};
 use tollgate_store::usage::Scope;
 use tollgate_store::StoreError;
+
+/// The counter group of a workspace's limits: `ws:<workspace id>` (in
+/// Redis, the hash tag `{ws:<workspace id>}` of all its keys).
+pub fn group(workspace: &str) -> String {
+    workspace_id(workspace)
+}
+
+/// How long an admission waits while another replica rebuilds its
+/// workspace's counters, before it answers 503.
+const REBUILD_WAIT: Duration = Duration::from_secs(5);
+/// How often it looks whether the rebuild is done.
+const REBUILD_POLL: Duration = Duration::from_millis(25);
 
 /// Counter id of an integration × workspace level.
 pub fn iw_id(integration_id: &str, workspace_id: &str) -> String {
@@ -80,6 +97,9 @@ pub fn checks(level: Level, id: &str, limits: &Limits) -> Vec<LimitCheck> {
 pub fn refusal_error(e: AdmitError) -> GatewayError {
     let r = match e {
         AdmitError::Refused(r) => *r,
+        AdmitError::Counter(c @ (CounterError::Unavailable(_) | CounterError::NeedsRestore(_))) => {
+            return GatewayError::LimitsUnavailable(c.to_string())
+        }
         AdmitError::Counter(c) => return GatewayError::Internal(c.to_string()),
     };
     let level = r.level;
@@ -151,20 +171,74 @@ pub fn refusal_error(e: AdmitError) -> GatewayError {
     }
 }
 
-/// Admits a request with worst case `demand` against `checks`. A refusal
-/// comes with the rate-limit header figures of the limits that apply.
+/// Admits a request of `workspace` with worst case `demand` against
+/// `checks`. A refusal comes with the rate-limit header figures of the
+/// limits that apply. If the counters were lost (Redis restarted empty),
+/// the workspace's are rebuilt from the request log first, by this replica
+/// or another.
 pub async fn admit(
     state: &SharedState,
+    workspace: &str,
     checks: &[LimitCheck],
     demand: Demand,
 ) -> Result<Reservation, (GatewayError, RateHeaders)> {
-    state.counters.admit(state.now(), checks, demand).await.map_err(|e| {
+    let group = group(workspace);
+    let deadline = tokio::time::Instant::now() + REBUILD_WAIT;
+    loop {
+        let e = match state.counters.admit(state.now(), &group, checks, demand).await {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        if matches!(e, AdmitError::Counter(CounterError::NeedsRestore(_))) && tokio::time::Instant::now() < deadline {
+            if let Err(e) = rebuild(state, &group).await {
+                return Err((refusal_error(e.into()), RateHeaders::default()));
+            }
+            continue;
+        }
         let headers = match &e {
             AdmitError::Refused(r) => r.headers,
             AdmitError::Counter(_) => RateHeaders::default(),
         };
-        (refusal_error(e), headers)
-    })
+        return Err((refusal_error(e), headers));
+    }
+}
+
+/// One step towards rebuilt counters of `group`: rebuilds them if it is
+/// this replica's turn (in its own task, so that a client going away cannot
+/// leave it half done), else waits a moment for the replica that does.
+async fn rebuild(state: &SharedState, group: &str) -> Result<(), CounterError> {
+    match state.counters.begin_restore(group).await? {
+        RestoreTurn::Ours => {
+            let (st, g) = (state.clone(), group.to_owned());
+            tokio::spawn(async move { restore_group(&st, &g).await })
+                .await
+                .map_err(|e| CounterError::Unavailable(format!("rebuilding the counters stopped: {e}")))?
+        }
+        RestoreTurn::Theirs => {
+            tokio::time::sleep(REBUILD_POLL).await;
+            Ok(())
+        }
+        RestoreTurn::Done => Ok(()),
+    }
+}
+
+/// Rebuilds the counters of `group`'s limits from the request log and marks
+/// them rebuilt.
+async fn restore_group(state: &SharedState, group: &str) -> Result<(), CounterError> {
+    let now = state.now();
+    let limits = every_limit(state, Some(group));
+    let n = limits.len();
+    for (check, scope) in &limits {
+        restore_one(state, group, check, scope, now)
+            .await
+            .map_err(|e| match e {
+                RestoreError::Db(e) => CounterError::Unavailable(format!("reading the request log: {e}")),
+                RestoreError::Counter(e) => e,
+            })?;
+    }
+    state.counters.restored(group).await?;
+    tracing::warn!(group, limits = n, "limit counters rebuilt from the request log");
+    Ok(())
 }
 
 /// Settles an admitted request with what it used; alerts it set off go to
@@ -191,16 +265,21 @@ pub async fn provider_exhausted(state: &SharedState, p: &ProviderRecord, now: Da
         limit: u.limit,
         set_at: u.set_at,
     };
-    match state.counters.status(&provider_id(p), &rule, now).await {
+    match state
+        .counters
+        .status(&group(&p.workspace_id), &provider_id(p), &rule, now)
+        .await
+    {
         Ok(c) => c.exhausted(),
         Err(_) => false,
     }
 }
 
-/// Every limit in the control plane, as the snapshot already holds it, with
-/// the request-log rows it applies to. An integration × workspace limit
-/// shared by several providers is listed once.
-fn every_limit(state: &SharedState) -> Vec<(LimitCheck, Scope)> {
+/// Every limit in the control plane (or of one group), as the snapshot
+/// already holds it, with its group and the request-log rows it applies to.
+/// An integration × workspace limit shared by several providers is listed
+/// once.
+fn every_limit(state: &SharedState, only: Option<&str>) -> Vec<(LimitCheck, Scope)> {
     let snap = state.snapshot();
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
@@ -209,7 +288,8 @@ fn every_limit(state: &SharedState) -> Vec<(LimitCheck, Scope)> {
             out.push((c.clone(), scope));
         }
     };
-    for w in snap.workspaces.keys() {
+    let wanted = |ws: &str| only.is_none_or(|g| g == group(ws));
+    for w in snap.workspaces.keys().filter(|w| wanted(w)) {
         for c in snap.workspace_checks(w) {
             add(c, Scope::Workspace(w.clone()));
         }
@@ -226,6 +306,9 @@ fn every_limit(state: &SharedState) -> Vec<(LimitCheck, Scope)> {
         }
     }
     for k in snap.keys() {
+        if !wanted(k.record.workspace_id.as_deref().unwrap_or_default()) {
+            continue;
+        }
         for c in &k.checks {
             add(c, Scope::ApiKey(k.record.id.clone()));
         }
@@ -233,27 +316,98 @@ fn every_limit(state: &SharedState) -> Vec<(LimitCheck, Scope)> {
     out
 }
 
+/// The group of a listed limit: its scope's workspace (an API key's is the
+/// key's own).
+fn group_of(state: &SharedState, scope: &Scope) -> String {
+    match scope {
+        Scope::Workspace(w) | Scope::Provider(w, _) | Scope::IntegrationWorkspace(_, w) => group(w),
+        Scope::ApiKey(k) => group(
+            state
+                .snapshot()
+                .key_by_id(k)
+                .and_then(|k| k.record.workspace_id.as_deref())
+                .unwrap_or_default(),
+        ),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RestoreError {
+    #[error(transparent)]
+    Db(#[from] StoreError),
+    #[error(transparent)]
+    Counter(#[from] CounterError),
+}
+
+/// Sets one limit's current window to what the request log holds for it.
+async fn restore_one(
+    state: &SharedState,
+    group: &str,
+    check: &LimitCheck,
+    scope: &Scope,
+    now: DateTime<Utc>,
+) -> Result<(), RestoreError> {
+    let from = Window::of(&check.rule, now).start;
+    let (cost, tokens, requests) = state.store.request_log().consumed_since(scope, from).await?;
+    let consumed = match &check.rule {
+        Rule::Budget { limit, .. } => match limit.kind {
+            BudgetKind::Cost => cost,
+            BudgetKind::Tokens => tokens,
+        },
+        Rule::Rate(r) => match r.kind {
+            RateKind::Requests => requests,
+            RateKind::Tokens => tokens,
+        },
+    };
+    if consumed > 0 {
+        state
+            .counters
+            .restore(group, &check.id, &check.rule, now, consumed)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Rebuilds the consumed amount of every limit's current window from the
-/// request log, so that a restart never hands out a fresh budget.
+/// request log at start-up, so that a restart never hands out a fresh
+/// budget. Counters in Redis are rebuilt only for workspaces whose counters
+/// Redis does not hold (others are shared with running replicas); if Redis
+/// cannot be reached now, they are rebuilt on their first admission.
 pub async fn restore_from_log(state: &SharedState) -> Result<usize, StoreError> {
     let now = state.now();
-    let limits = every_limit(state);
+    let limits = every_limit(state, None);
+    // Each group's turn: only `Ours` is rebuilt here.
+    let mut turns: std::collections::HashMap<String, RestoreTurn> = Default::default();
     for (check, scope) in &limits {
-        let from = Window::of(&check.rule, now).start;
-        let (cost, tokens, requests) = state.store.request_log().consumed_since(scope, from).await?;
-        let consumed = match &check.rule {
-            Rule::Budget { limit, .. } => match limit.kind {
-                BudgetKind::Cost => cost,
-                BudgetKind::Tokens => tokens,
-            },
-            Rule::Rate(r) => match r.kind {
-                RateKind::Requests => requests,
-                RateKind::Tokens => tokens,
-            },
+        let group = group_of(state, scope);
+        let turn = match turns.get(&group) {
+            Some(t) => *t,
+            None => {
+                let t = state.counters.begin_restore(&group).await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, group, "cannot rebuild the limit counters now; the first admission will");
+                    RestoreTurn::Done
+                });
+                turns.insert(group.clone(), t);
+                t
+            }
         };
-        if consumed > 0 {
-            if let Err(e) = state.counters.restore(&check.id, &check.rule, now, consumed).await {
-                tracing::error!(error = %e, limit = %check.id, "restoring a counter failed");
+        if turn != RestoreTurn::Ours {
+            continue;
+        }
+        match restore_one(state, &group, check, scope, now).await {
+            Ok(()) => {}
+            Err(RestoreError::Db(e)) => return Err(e),
+            Err(RestoreError::Counter(e)) => {
+                tracing::error!(error = %e, limit = %check.id, "restoring a counter failed; the first admission tries again");
+                // Not marked rebuilt.
+                turns.insert(group, RestoreTurn::Done);
+            }
+        }
+    }
+    for (group, turn) in turns {
+        if turn == RestoreTurn::Ours {
+            if let Err(e) = state.counters.restored(&group).await {
+                tracing::error!(error = %e, group, "marking the limit counters rebuilt failed");
             }
         }
     }

@@ -46,7 +46,7 @@ use tollgate_core::clock::SharedClock;
 use tollgate_core::ids;
 use tollgate_core::records::{KeySubType, KeyType, Limits, Workspace};
 use tollgate_providers::Adapters;
-use tollgate_store::counters::MemoryCounters;
+use tollgate_store::counters::{CounterError, Counters, MemoryCounters, RedisCounters, RedisSettings};
 use tollgate_store::secrets::{KeySource, MasterKey};
 use tollgate_store::Store;
 use tower::ServiceExt;
@@ -81,6 +81,32 @@ pub enum StartError {
     Locked(String, String),
     #[error("cannot lock the data directory ({0}): {1}")]
     Lock(String, std::io::Error),
+    #[error("limit counters: {0}")]
+    Counters(#[from] CounterError),
+}
+
+/// How long past `request_timeout_ms` a reservation in Redis outlives a
+/// replica that died holding it.
+const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The limit counters the settings ask for: in Redis with `redis_url`, else
+/// in process.
+pub fn counters(config: &Config) -> Result<Arc<dyn Counters>, CounterError> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(MemoryCounters::new()));
+    };
+    let mut settings = RedisSettings::new(
+        url.clone(),
+        std::time::Duration::from_millis(config.request_timeout_ms).saturating_add(LEASE_MARGIN),
+    );
+    settings.key_prefix = config.redis_key_prefix.clone();
+    settings.on_error = config.limits_on_redis_error;
+    tracing::info!(
+        prefix = %settings.key_prefix,
+        on_error = settings.on_error.as_str(),
+        "limit counters in Redis"
+    );
+    Ok(Arc::new(RedisCounters::new(settings)?))
 }
 
 /// The lock file that keeps a second `serve` off a data directory.
@@ -268,6 +294,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     // refused here, not after printing a first admin key.
     let (usage, usage_writer) = store.spawn_usage_log()?;
     let first_admin_key = bootstrap(&store, clock.now()).await?;
+    let counters = counters(&config)?;
     let outbox = store.outbox();
     outbox.init().await?;
     let alert_config = AlertConfig {
@@ -287,7 +314,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         clock,
         adapters: Adapters::new()?,
         usage,
-        counters: Arc::new(MemoryCounters::new()),
+        counters,
         alerts,
     };
     let state = AppState::new(parts, master).await?;

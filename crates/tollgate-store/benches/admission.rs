@@ -1,6 +1,8 @@
 //! The cost of one admission plus its settlement, through `Arc<dyn Counters>`
 //! as the gateway calls it, with four applicable limits: two budgets (cost,
-//! tokens) and two rate limits (requests, tokens). Run with
+//! tokens) and two rate limits (requests, tokens), in process and (when it
+//! answers) in the Redis at 127.0.0.1:6379, under a key prefix of its own
+//! that is removed afterwards. Run with
 //! `cargo bench -p tollgate-store --bench admission`.
 
 use chrono::{DateTime, Utc};
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use tollgate_core::admission::{Actual, Demand, Level, LimitCheck, Rule};
 use tollgate_core::limits::{BudgetKind, PeriodicReset, RateKind, RateLimit, RateUnit, UsageLimit};
 use tollgate_core::money::{Money, PICOS_PER_USD};
-use tollgate_store::counters::{Counters, MemoryCounters};
+use tollgate_store::counters::{Counters, MemoryCounters, RedisCounters, RedisSettings, RestoreTurn};
 
 fn checks(set_at: DateTime<Utc>) -> Vec<LimitCheck> {
     let budget = |kind, credit_limit| Rule::Budget {
@@ -73,7 +75,7 @@ fn admit_and_settle(c: &mut Criterion) {
     c.bench_function("admit + settle, 4 limits (2 budgets, 2 rate limits)", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let r = counters.admit(now, black_box(&checks), demand).await;
+                let r = counters.admit(now, "ws:bench", black_box(&checks), demand).await;
                 if let Ok(r) = r {
                     black_box(counters.settle(r, actual).await.ok());
                 }
@@ -88,6 +90,48 @@ fn admit_and_settle(c: &mut Criterion) {
             }
         })
     });
+    redis(c, now, &checks, demand, actual);
+}
+
+/// The same through Redis: two round trips over loopback.
+fn redis(c: &mut Criterion, now: DateTime<Utc>, checks: &[LimitCheck], demand: Demand, actual: Actual) {
+    const URL: &str = "redis://127.0.0.1:6379";
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return;
+    };
+    let prefix = format!("tgbench:{:016x}:", rand::random::<u64>());
+    let mut settings = RedisSettings::new(URL, std::time::Duration::from_secs(600));
+    settings.key_prefix = prefix.clone();
+    let Ok(counters) = RedisCounters::new(settings) else {
+        return;
+    };
+    let ready = rt.block_on(async {
+        matches!(counters.begin_restore("ws:bench").await, Ok(RestoreTurn::Ours))
+            && counters.restored("ws:bench").await.is_ok()
+    });
+    if !ready {
+        eprintln!("no Redis at {URL}: the Redis benchmark is skipped");
+        return;
+    }
+    c.bench_function("admit + settle in Redis (loopback), 4 limits", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                if let Ok(r) = counters.admit(now, "ws:bench", black_box(checks), demand).await {
+                    black_box(counters.settle(r, actual).await.ok());
+                }
+            })
+        })
+    });
+    // Leave the shared Redis as it was.
+    if let Ok(mut conn) = redis::Client::open(URL).and_then(|c| c.get_connection()) {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
 }
 
 criterion_group!(benches, admit_and_settle);

@@ -6,7 +6,8 @@
 //! answers with a response shaped like the provider's own. Modules:
 //! [`openai`] (also serves `tollgate mock-upstream`), [`azure`],
 //! [`anthropic`], [`google`] (Gemini API and Vertex AI, with its OAuth token
-//! endpoint), [`bedrock`] (Converse, ConverseStream, STS).
+//! endpoint), [`bedrock`] (Converse, ConverseStream, STS). Beside them,
+//! [`redis_server`] runs a throwaway Redis for tests that stop or inspect it.
 
 pub mod anthropic;
 pub mod azure;
@@ -14,6 +15,7 @@ pub mod bedrock;
 pub mod control;
 pub mod google;
 pub mod openai;
+pub mod redis_server;
 pub mod responses;
 
 use axum::body::Bytes;

@@ -55,16 +55,13 @@ impl Api {
 
 /// An error in Anthropic's shape, with the gateway's status.
 pub fn anthropic_error(e: GatewayError) -> Response {
-    if let GatewayError::Internal(detail) = &e {
-        tracing::error!(error = %detail, "gateway request failed");
-    }
+    e.log_detail();
     let (status, _, _) = e.wire();
     let body =
         json!({"type": "error", "error": {"type": messages::error_type(status.as_u16()), "message": e.message()}});
     let mut resp = (status, axum::Json(body)).into_response();
-    if let GatewayError::RateLimited { retry_after_secs, .. } = &e {
-        resp.headers_mut()
-            .insert("retry-after", HeaderValue::from(*retry_after_secs));
+    if let Some(secs) = e.retry_after() {
+        resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
     }
     resp
 }

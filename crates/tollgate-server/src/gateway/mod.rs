@@ -299,7 +299,7 @@ pub async fn attempt(
     let api = prep.api;
     let checks = applicable_checks(&prep);
     let demand = worst_case(&prep, &checks).await;
-    let reservation = match crate::limits::admit(state, &checks, demand).await {
+    let reservation = match crate::limits::admit(state, &prep.route.provider.workspace_id, &checks, demand).await {
         Ok(r) => r,
         Err((e, rate)) => return Attempt::Failed(Box::new(Failed::refused(api, e, rec, rate))),
     };

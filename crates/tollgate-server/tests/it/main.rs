@@ -16,6 +16,7 @@ mod metrics;
 mod postgres;
 mod protocols;
 mod provisioning;
+mod redis;
 mod rejections;
 mod routing;
 mod support;

@@ -7,7 +7,9 @@
 //! Counters whose window is over and that hold no reservation are swept out
 //! (at most once a minute, on admission), so old windows do not hold memory.
 
-use super::{AdmitError, Consumption, CounterError, Counters, Held, ReleaseOnDrop, Reservation, MAX_CHECKS};
+use super::{
+    AdmitError, Consumption, CounterError, Counters, Held, Place, ReleaseOnDrop, Reservation, RestoreTurn, MAX_CHECKS,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use parking_lot::Mutex;
@@ -124,7 +126,7 @@ impl MemoryCounters {
         }
         let mut held: [Option<Held>; MAX_CHECKS] = Default::default();
         let mut n = 0;
-        for plan in plans.into_iter().flatten() {
+        for (index, plan) in plans.into_iter().flatten().enumerate() {
             // A request-rate limit has nothing left to settle or release.
             if matches!(plan.key.measure, Measure::Requests(_)) {
                 continue;
@@ -135,10 +137,11 @@ impl MemoryCounters {
                 level: plan.level,
                 reserved: plan.reserve,
                 marks,
+                index,
             });
             n += 1;
         }
-        Ok(Reservation::new(held, headers, self.inner.clone()))
+        Ok(Reservation::new(held, headers, None, self.inner.clone()))
     }
 
     /// [`Counters::settle`] without the async wrapper.
@@ -146,7 +149,7 @@ impl MemoryCounters {
         if !reservation.is_owned_by(self.owner_ptr()) {
             return Err(CounterError::ForeignReservation);
         }
-        let held = reservation.close();
+        let (held, _) = reservation.close();
         let mut events = Vec::new();
         let mut st = self.inner.state.lock();
         for h in held.iter().flatten() {
@@ -180,8 +183,8 @@ impl MemoryCounters {
         if !reservation.is_owned_by(self.owner_ptr()) {
             return Err(CounterError::ForeignReservation);
         }
-        let held = reservation.close();
-        self.inner.release_dropped(&held);
+        let (held, _) = reservation.close();
+        self.inner.release_dropped(&held, None);
         Ok(())
     }
 
@@ -206,7 +209,7 @@ impl State {
 }
 
 impl ReleaseOnDrop for Inner {
-    fn release_dropped(&self, held: &[Option<Held>; MAX_CHECKS]) {
+    fn release_dropped(&self, held: &[Option<Held>; MAX_CHECKS], _: Option<&Place>) {
         let mut st = self.state.lock();
         for h in held.iter().flatten() {
             if let Some(cell) = st.cells.get_mut(&h.key) {
@@ -221,6 +224,7 @@ impl Counters for MemoryCounters {
     async fn admit(
         &self,
         now: DateTime<Utc>,
+        _group: &str,
         checks: &[LimitCheck],
         demand: Demand,
     ) -> Result<Reservation, AdmitError> {
@@ -235,7 +239,13 @@ impl Counters for MemoryCounters {
         self.release_now(reservation)
     }
 
-    async fn status(&self, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<Consumption, CounterError> {
+    async fn status(
+        &self,
+        _group: &str,
+        id: &str,
+        rule: &Rule,
+        now: DateTime<Utc>,
+    ) -> Result<Consumption, CounterError> {
         let key = Self::key(id, rule, now);
         let counts = self
             .inner
@@ -253,7 +263,7 @@ impl Counters for MemoryCounters {
         })
     }
 
-    async fn reset(&self, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError> {
+    async fn reset(&self, _group: &str, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError> {
         let key = Self::key(id, rule, now);
         if let Some(cell) = self.inner.state.lock().cells.get_mut(&key) {
             cell.counts.consumed = 0;
@@ -262,7 +272,14 @@ impl Counters for MemoryCounters {
         Ok(())
     }
 
-    async fn restore(&self, id: &str, rule: &Rule, now: DateTime<Utc>, consumed: Amount) -> Result<(), CounterError> {
+    async fn restore(
+        &self,
+        _group: &str,
+        id: &str,
+        rule: &Rule,
+        now: DateTime<Utc>,
+        consumed: Amount,
+    ) -> Result<(), CounterError> {
         let key = Self::key(id, rule, now);
         let window = Window::of(rule, now);
         let consumed = consumed.max(0);
@@ -274,8 +291,16 @@ impl Counters for MemoryCounters {
         Ok(())
     }
 
-    async fn forget(&self, id: &str) -> Result<(), CounterError> {
+    async fn forget(&self, _group: &str, id: &str) -> Result<(), CounterError> {
         self.inner.state.lock().cells.retain(|k, _| &*k.id != id);
+        Ok(())
+    }
+
+    async fn begin_restore(&self, _group: &str) -> Result<RestoreTurn, CounterError> {
+        Ok(RestoreTurn::Ours)
+    }
+
+    async fn restored(&self, _group: &str) -> Result<(), CounterError> {
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! The limit counters: where consumption and reservations live, behind one
 //! trait with an in-process implementation ([`MemoryCounters`], the embedded
-//! mode) and room for a Redis one (scale-out: one Lua script per admit and per
-//! settle, atomic over all keys).
+//! mode) and a Redis one ([`RedisCounters`], scale-out: one Lua script per
+//! admit and per settle, atomic over all keys).
 //!
 //! The rules (which counter a limit counts in, what fits, what a refusal
 //! reports, when an alert fires) are in [`tollgate_core::admission`]; this
@@ -16,9 +16,23 @@
 //!    back (the request still counts against request-rate limits).
 //! 3. A reservation dropped without either (a cancelled client) releases
 //!    itself, exactly once.
+//!
+//! Every limit belongs to a **group** (the gateway uses `ws:<workspace id>`),
+//! and the limits of one request are all in one group. A store outside the
+//! process keeps a group's counters together (Redis: one hash tag, so one
+//! cluster slot) and rebuilds them a group at a time: when it has lost them
+//! (Redis restarted empty), [`Counters::admit`] answers
+//! [`CounterError::NeedsRestore`], and the caller rebuilds the group from
+//! the request log ([`Counters::begin_restore`], [`Counters::restore`] for
+//! each of its limits, [`Counters::restored`]) and admits again.
 
 mod memory;
+mod redis;
 
+pub use self::redis::{
+    OnRedisError, RedisCounters, RedisSettings, DEFAULT_KEY_PREFIX as DEFAULT_REDIS_KEY_PREFIX,
+    DEFAULT_TIMEOUT as DEFAULT_REDIS_TIMEOUT,
+};
 pub use memory::MemoryCounters;
 
 use async_trait::async_trait;
@@ -44,6 +58,30 @@ pub enum CounterError {
     TooManyChecks(usize),
     #[error("the reservation was made by another counter store")]
     ForeignReservation,
+    /// The store's settings are not usable (a start-up error).
+    #[error("{0}")]
+    Settings(String),
+    /// A group name an external store cannot key on.
+    #[error("invalid counter group {0:?}: it must not contain '{{' or '}}'")]
+    InvalidGroup(String),
+    /// The store is unreachable or failed (the gateway answers 503).
+    #[error("the limit counters are unavailable: {0}")]
+    Unavailable(String),
+    /// The store lost the group's counters (Redis restarted empty): rebuild
+    /// them from the request log, then admit again.
+    #[error("the limit counters of {0} must be rebuilt from the request log")]
+    NeedsRestore(String),
+}
+
+/// Who rebuilds a group's counters (see [`Counters::begin_restore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreTurn {
+    /// This caller: restore every limit of the group, then call [`Counters::restored`].
+    Ours,
+    /// Another process is rebuilding them: wait, then admit again.
+    Theirs,
+    /// Nothing to rebuild: the store has the group's counters.
+    Done,
 }
 
 /// Why [`Counters::admit`] did not admit.
@@ -100,9 +138,14 @@ impl Consumption {
 pub trait Counters: Send + Sync + 'static {
     /// Reserves `demand` against every check, all or nothing. Checks are
     /// examined in the caller's order and the first that does not fit is the
-    /// one reported. At most [`MAX_CHECKS`] checks.
-    async fn admit(&self, now: DateTime<Utc>, checks: &[LimitCheck], demand: Demand)
-        -> Result<Reservation, AdmitError>;
+    /// one reported. At most [`MAX_CHECKS`] checks, all of `group`.
+    async fn admit(
+        &self,
+        now: DateTime<Utc>,
+        group: &str,
+        checks: &[LimitCheck],
+        demand: Demand,
+    ) -> Result<Reservation, AdmitError>;
 
     /// Replaces the reservation with `actual` usage, in the windows it was
     /// made in, and returns the budget alerts this settlement set off (each
@@ -115,11 +158,12 @@ pub trait Counters: Send + Sync + 'static {
     async fn release(&self, reservation: Reservation) -> Result<(), CounterError>;
 
     /// The current window of a limit (nothing consumed if it has no counter yet).
-    async fn status(&self, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<Consumption, CounterError>;
+    async fn status(&self, group: &str, id: &str, rule: &Rule, now: DateTime<Utc>)
+        -> Result<Consumption, CounterError>;
 
     /// Sets the consumed amount of the limit's current window to 0 and forgets
     /// its alerts (`reset_usage: true`). Requests in flight still settle.
-    async fn reset(&self, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError>;
+    async fn reset(&self, group: &str, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError>;
 
     /// Sets the consumed amount of the limit's window containing `now`, at
     /// start-up, so that a restart does not hand anyone a fresh budget.
@@ -132,11 +176,28 @@ pub trait Counters: Send + Sync + 'static {
     /// budgets and token-rate limits, the number of rows for request-rate
     /// limits (rate limits are optional: their windows are short). Alerts
     /// whose marks the restored amount already passed do not fire again.
-    async fn restore(&self, id: &str, rule: &Rule, now: DateTime<Utc>, consumed: Amount) -> Result<(), CounterError>;
+    async fn restore(
+        &self,
+        group: &str,
+        id: &str,
+        rule: &Rule,
+        now: DateTime<Utc>,
+        consumed: Amount,
+    ) -> Result<(), CounterError>;
 
     /// Drops every counter of a limit id (the limit was deleted or replaced
     /// under a new id), so that retired limits do not hold memory.
-    async fn forget(&self, id: &str) -> Result<(), CounterError>;
+    async fn forget(&self, group: &str, id: &str) -> Result<(), CounterError>;
+
+    /// Asks whether `group`'s counters must be rebuilt from the request log,
+    /// and by whom; at most one caller at a time gets [`RestoreTurn::Ours`]
+    /// (in Redis, a lock that expires if its holder dies). In process the
+    /// answer is always `Ours`: start-up rebuilds everything.
+    async fn begin_restore(&self, group: &str) -> Result<RestoreTurn, CounterError>;
+
+    /// Marks `group`'s counters as rebuilt (after [`RestoreTurn::Ours`]), so
+    /// that admission stops answering [`CounterError::NeedsRestore`].
+    async fn restored(&self, group: &str) -> Result<(), CounterError>;
 }
 
 /// One reserved entry: a counter and the worst case held in it.
@@ -149,12 +210,23 @@ pub(crate) struct Held {
     pub(crate) reserved: Amount,
     /// Set for budgets: where settlement's alerts fire.
     pub(crate) marks: Option<BudgetMarks>,
+    /// Which check of the admission it came from (Redis names the
+    /// reservation's entry after it, so that one counter checked twice holds
+    /// two entries).
+    pub(crate) index: usize,
+}
+
+/// Where an external store keeps a reservation: its group and its id.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    pub(crate) group: Arc<str>,
+    pub(crate) id: Arc<str>,
 }
 
 /// Where a reservation goes back to when it is dropped unsettled. A store
 /// whose release needs I/O (Redis) spawns it from here.
 pub(crate) trait ReleaseOnDrop: Send + Sync + 'static {
-    fn release_dropped(&self, held: &[Option<Held>; MAX_CHECKS]);
+    fn release_dropped(&self, held: &[Option<Held>; MAX_CHECKS], place: Option<&Place>);
 }
 
 /// An admitted request's hold on its limits. Settle it with
@@ -163,6 +235,7 @@ pub(crate) trait ReleaseOnDrop: Send + Sync + 'static {
 pub struct Reservation {
     held: [Option<Held>; MAX_CHECKS],
     headers: RateHeaders,
+    place: Option<Place>,
     /// `None` once settled or released, so that drop does nothing more.
     owner: Option<Arc<dyn ReleaseOnDrop>>,
 }
@@ -178,10 +251,16 @@ impl std::fmt::Debug for Reservation {
 }
 
 impl Reservation {
-    pub(crate) fn new(held: [Option<Held>; MAX_CHECKS], headers: RateHeaders, owner: Arc<dyn ReleaseOnDrop>) -> Self {
+    pub(crate) fn new(
+        held: [Option<Held>; MAX_CHECKS],
+        headers: RateHeaders,
+        place: Option<Place>,
+        owner: Arc<dyn ReleaseOnDrop>,
+    ) -> Self {
         Reservation {
             held,
             headers,
+            place,
             owner: Some(owner),
         }
     }
@@ -199,18 +278,18 @@ impl Reservation {
             .is_some_and(|o| std::ptr::addr_eq(Arc::as_ptr(o), owner))
     }
 
-    /// Closes the reservation for settlement or release: what it holds, after
-    /// which dropping it does nothing.
-    pub(crate) fn close(&mut self) -> [Option<Held>; MAX_CHECKS] {
+    /// Closes the reservation for settlement or release: what it holds and
+    /// where, after which dropping it does nothing.
+    pub(crate) fn close(&mut self) -> ([Option<Held>; MAX_CHECKS], Option<Place>) {
         self.owner = None;
-        std::mem::take(&mut self.held)
+        (std::mem::take(&mut self.held), self.place.take())
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(owner) = self.owner.take() {
-            owner.release_dropped(&self.held);
+            owner.release_dropped(&self.held, self.place.as_ref());
         }
     }
 }

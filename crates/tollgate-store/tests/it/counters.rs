@@ -1,27 +1,36 @@
 //! The limit counters under concurrency, across windows, and through their
 //! whole lifecycle (admit, settle, release, drop, status, reset, restore).
+//!
+//! One suite for both stores: each test takes a [`Store`] and runs once in
+//! process (`counters::memory::…`) and once in Redis at 127.0.0.1:6379
+//! (`counters::redis::…`, each test under its own random key prefix).
 
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
-use tollgate_core::admission::{Actual, AlertKind, Demand, Level, LimitCheck, RateFigures, RefusalReason, Rule};
+use tollgate_core::admission::{
+    Actual, AlertEvent, AlertKind, Demand, Level, LimitCheck, RateFigures, RefusalReason, Rule,
+};
 use tollgate_core::clock::{Clock, ManualClock};
 use tollgate_core::limits::{BudgetKind, PeriodicReset, RateKind, RateLimit, RateUnit, UsageLimit};
 use tollgate_core::money::{Money, PICOS_PER_USD};
-use tollgate_store::counters::{AdmitError, CounterError, Counters, MemoryCounters, MAX_CHECKS};
+use tollgate_store::counters::{
+    AdmitError, Consumption, CounterError, Counters, MemoryCounters, RedisCounters, RedisSettings, Reservation,
+    RestoreTurn, MAX_CHECKS,
+};
 
-fn t(s: &str) -> DateTime<Utc> {
+pub fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn usd_cents(c: i64) -> Money {
+pub fn usd_cents(c: i64) -> Money {
     Money(c * PICOS_PER_USD / 100)
 }
 
-fn rate(kind: RateKind, unit: RateUnit, value: u64) -> Rule {
+pub fn rate(kind: RateKind, unit: RateUnit, value: u64) -> Rule {
     Rule::Rate(RateLimit { kind, unit, value })
 }
 
-fn budget(kind: BudgetKind, credit_limit: i64, threshold: Option<i64>, reset: Option<PeriodicReset>) -> Rule {
+pub fn budget(kind: BudgetKind, credit_limit: i64, threshold: Option<i64>, reset: Option<PeriodicReset>) -> Rule {
     Rule::Budget {
         limit: UsageLimit {
             kind,
@@ -33,7 +42,7 @@ fn budget(kind: BudgetKind, credit_limit: i64, threshold: Option<i64>, reset: Op
     }
 }
 
-fn check(id: &str, level: Level, rule: Rule) -> LimitCheck {
+pub fn check(id: &str, level: Level, rule: Rule) -> LimitCheck {
     LimitCheck {
         id: Arc::from(id),
         level,
@@ -41,58 +50,267 @@ fn check(id: &str, level: Level, rule: Rule) -> LimitCheck {
     }
 }
 
-fn refusal(e: AdmitError) -> tollgate_core::admission::Refusal {
+pub fn refusal(e: AdmitError) -> tollgate_core::admission::Refusal {
     match e {
         AdmitError::Refused(r) => *r,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
+pub fn tokens(n: u64) -> Demand {
+    Demand {
+        tokens: n,
+        cost: Money::ZERO,
+    }
+}
+
+/// The group every test's limits are in.
+pub const G: &str = "ws:test";
+/// The shared Redis of the machine.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// The reservation lease of test stores.
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A counter store under test, with what the suite needs to look inside.
+pub struct Store {
+    pub counters: Arc<dyn Counters>,
+    kind: Kind,
+}
+
+enum Kind {
+    Memory(MemoryCounters),
+    Redis { url: String, prefix: String },
+}
+
+/// Counters in Redis at `url` under `prefix`.
+pub fn redis_counters(url: &str, prefix: &str, lease: std::time::Duration) -> RedisCounters {
+    let mut settings = RedisSettings::new(url, lease);
+    settings.key_prefix = prefix.to_owned();
+    RedisCounters::new(settings).unwrap()
+}
+
+/// A fresh random key prefix.
+pub fn random_prefix() -> String {
+    format!("tgtest:{:016x}{:016x}:", rand::random::<u64>(), rand::random::<u64>())
+}
+
+impl Store {
+    pub fn memory() -> Store {
+        let m = MemoryCounters::new();
+        Store {
+            counters: Arc::new(m.clone()),
+            kind: Kind::Memory(m),
+        }
+    }
+
+    /// Counters in the shared Redis under a random prefix, with [`G`]
+    /// already rebuilt (as start-up leaves it).
+    pub async fn redis() -> Store {
+        Self::redis_at(REDIS_URL, &random_prefix()).await
+    }
+
+    pub async fn redis_at(url: &str, prefix: &str) -> Store {
+        let counters: Arc<dyn Counters> = Arc::new(redis_counters(url, prefix, LEASE));
+        assert_eq!(counters.begin_restore(G).await.unwrap(), RestoreTurn::Ours);
+        counters.restored(G).await.unwrap();
+        Store {
+            counters,
+            kind: Kind::Redis {
+                url: url.to_owned(),
+                prefix: prefix.to_owned(),
+            },
+        }
+    }
+
+    /// Another handle on the same counters: another replica.
+    pub fn replica(&self) -> Arc<dyn Counters> {
+        match &self.kind {
+            Kind::Memory(m) => Arc::new(m.clone()),
+            Kind::Redis { url, prefix } => Arc::new(redis_counters(url, prefix, LEASE)),
+        }
+    }
+
+    /// A store of its own, of the same kind.
+    pub async fn other(&self) -> Store {
+        match &self.kind {
+            Kind::Memory(_) => Store::memory(),
+            Kind::Redis { url, .. } => Store::redis_at(url, &random_prefix()).await,
+        }
+    }
+
+    /// How many counters the store holds.
+    pub fn stored(&self) -> usize {
+        match &self.kind {
+            Kind::Memory(m) => m.counter_count(),
+            Kind::Redis { url, prefix } => keys(url, &format!("{prefix}*:c:*")).len(),
+        }
+    }
+
+    pub async fn admit(
+        &self,
+        now: DateTime<Utc>,
+        checks: &[LimitCheck],
+        demand: Demand,
+    ) -> Result<Reservation, AdmitError> {
+        self.counters.admit(now, G, checks, demand).await
+    }
+
+    pub async fn settle(&self, r: Reservation, tokens: u64, cost: Option<Money>) -> Vec<AlertEvent> {
+        self.counters.settle(r, Actual { tokens, cost }).await.unwrap()
+    }
+
+    pub async fn status(&self, id: &str, rule: &Rule, now: DateTime<Utc>) -> Consumption {
+        self.counters.status(G, id, rule, now).await.unwrap()
+    }
+
+    /// Waits until what is reserved in `id`'s counter is `want` (a store
+    /// that gives a dropped reservation back over the network does it in a
+    /// task of its own).
+    pub async fn reserved_becomes(&self, id: &str, rule: &Rule, now: DateTime<Utc>, want: i64) {
+        for _ in 0..300 {
+            if self.status(id, rule, now).await.reserved == want {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{id}: reserved stayed {}, not {want}",
+            self.status(id, rule, now).await.reserved
+        );
+    }
+}
+
+/// Every key matching `pattern` (SCAN).
+pub fn keys(url: &str, pattern: &str) -> Vec<String> {
+    let mut conn = ::redis::Client::open(url).unwrap().get_connection().unwrap();
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut conn)
+            .unwrap();
+        out.extend(batch);
+        if next == 0 {
+            return out;
+        }
+        cursor = next;
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Budgets without a reset never expire: leave the shared Redis clean.
+        if let Kind::Redis { url, prefix } = &self.kind {
+            let found = keys(url, &format!("{prefix}*"));
+            if let (false, Ok(mut conn)) = (
+                found.is_empty(),
+                ::redis::Client::open(url.as_str()).and_then(|c| c.get_connection()),
+            ) {
+                let _: ::redis::RedisResult<()> = ::redis::cmd("DEL").arg(&found).query(&mut conn);
+            }
+        }
+    }
+}
+
+/// Runs each test once per store.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Store::memory()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Store::redis().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    exactly_the_rate_limit_gets_through_under_concurrency,
+    a_cost_budget_admits_only_worst_cases_that_fit,
+    settled_tokens_never_pass_a_token_budget,
+    release_gives_back_tokens_and_cost_but_not_the_request,
+    a_dropped_reservation_releases_itself_once,
+    alerts_fire_once_per_period_and_again_in_the_next,
+    alerts_fire_once_across_replicas,
+    rate_windows_roll_over_with_the_clock,
+    settlement_lands_in_the_window_of_the_admission,
+    a_rate_limit_of_zero_refuses,
+    a_refusal_at_one_level_reserves_nothing_at_the_others,
+    the_same_counter_twice_in_one_request_counts_twice,
+    an_unknown_price_settles_no_cost,
+    amounts_beyond_two_to_the_53_stay_exact,
+    restore_rebuilds_budgets_without_repeating_alerts,
+    too_many_checks_is_an_error_not_a_refusal,
+    a_reservation_settles_only_where_it_was_made,
+);
+
 const NOW: &str = "2026-11-26T10:00:30Z";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn exactly_the_rate_limit_gets_through_under_concurrency() {
-    let counters: Arc<dyn Counters> = Arc::new(MemoryCounters::new());
+/// 200 concurrent admissions against 50 requests a minute, spread over four
+/// replicas sharing the store: exactly 50 get through.
+async fn exactly_the_rate_limit_gets_through_under_concurrency(s: Store) {
     let limit = serde_json::json!({"type":"requests","unit":"rpm","value":50});
     let rule = Rule::Rate(RateLimit::from_json(&limit).unwrap());
     let checks = Arc::new(vec![check("ws:1", Level::Workspace, rule)]);
     let now = t(NOW);
+    let replicas: Vec<_> = (0..4).map(|_| s.replica()).collect();
     let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let (counters, checks) = (counters.clone(), checks.clone());
-            tokio::spawn(async move { counters.admit(now, &checks, Demand::default()).await })
+        .map(|i| {
+            let (counters, checks) = (replicas[i % 4].clone(), checks.clone());
+            tokio::spawn(async move {
+                match counters.admit(now, G, &checks, Demand::default()).await {
+                    Ok(r) => {
+                        counters.settle(r, Actual::default()).await.unwrap();
+                        true
+                    }
+                    Err(e) => {
+                        assert_eq!(refusal(e).http_status(), 429);
+                        false
+                    }
+                }
+            })
         })
         .collect();
     let mut admitted = 0;
     for task in tasks {
-        match task.await.unwrap() {
-            Ok(r) => {
-                admitted += 1;
-                counters.settle(r, Actual::default()).await.unwrap();
-            }
-            Err(e) => assert_eq!(refusal(e).http_status(), 429),
-        }
+        admitted += task.await.unwrap() as i32;
     }
     assert_eq!(admitted, 50);
-    let status = counters.status("ws:1", &rule, now).await.unwrap();
+    let status = s.status("ws:1", &rule, now).await;
     assert_eq!((status.consumed, status.reserved, status.limit), (50, 0, 50));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cost_budget_admits_only_worst_cases_that_fit() {
-    let counters: Arc<dyn Counters> = Arc::new(MemoryCounters::new());
+async fn a_cost_budget_admits_only_worst_cases_that_fit(s: Store) {
     let rule = budget(BudgetKind::Cost, PICOS_PER_USD, None, None);
     let checks = Arc::new(vec![check("key:1", Level::ApiKey, rule)]);
     let now = t(NOW);
     let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let (counters, checks) = (counters.clone(), checks.clone());
+        .map(|i| {
+            let (counters, checks) = (
+                if i % 2 == 0 { s.counters.clone() } else { s.replica() },
+                checks.clone(),
+            );
             tokio::spawn(async move {
                 let demand = Demand {
                     tokens: 1000,
                     cost: usd_cents(30),
                 };
-                match counters.admit(now, &checks, demand).await {
+                match counters.admit(now, G, &checks, demand).await {
                     Ok(r) => {
                         tokio::task::yield_now().await;
                         let actual = Actual {
@@ -116,28 +334,22 @@ async fn a_cost_budget_admits_only_worst_cases_that_fit() {
         admitted += task.await.unwrap() as i32;
     }
     assert_eq!(admitted, 3);
-    let status = counters.status("key:1", &rule, now).await.unwrap();
+    let status = s.status("key:1", &rule, now).await;
     assert_eq!(Money(status.consumed), usd_cents(90));
     assert_eq!(status.reserved, 0);
     assert!(!status.exhausted());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn settled_tokens_never_pass_a_token_budget() {
-    let counters: Arc<dyn Counters> = Arc::new(MemoryCounters::new());
+async fn settled_tokens_never_pass_a_token_budget(s: Store) {
     let rule = budget(BudgetKind::Tokens, 1_000, None, Some(PeriodicReset::Monthly));
     let checks = Arc::new(vec![check("p:1", Level::Provider, rule)]);
     let now = t(NOW);
     let tasks: Vec<_> = (0..64u64)
         .map(|i| {
-            let (counters, checks) = (counters.clone(), checks.clone());
+            let (counters, checks) = (s.counters.clone(), checks.clone());
             tokio::spawn(async move {
                 let worst = 60 + i % 50;
-                let demand = Demand {
-                    tokens: worst,
-                    cost: Money::ZERO,
-                };
-                let Ok(r) = counters.admit(now, &checks, demand).await else {
+                let Ok(r) = counters.admit(now, G, &checks, tokens(worst)).await else {
                     return 0;
                 };
                 tokio::task::yield_now().await;
@@ -161,7 +373,7 @@ async fn settled_tokens_never_pass_a_token_budget() {
     for task in tasks {
         settled += task.await.unwrap();
     }
-    let status = counters.status("p:1", &rule, now).await.unwrap();
+    let status = s.status("p:1", &rule, now).await;
     assert_eq!(status.consumed as u64, settled);
     assert!(settled <= 1_000, "settled {settled} tokens");
     assert!(
@@ -171,9 +383,7 @@ async fn settled_tokens_never_pass_a_token_budget() {
     assert_eq!(status.reserved, 0);
 }
 
-#[tokio::test]
-async fn release_gives_back_tokens_and_cost_but_not_the_request() {
-    let counters = MemoryCounters::new();
+async fn release_gives_back_tokens_and_cost_but_not_the_request(s: Store) {
     let now = t(NOW);
     let cost = budget(BudgetKind::Cost, PICOS_PER_USD, None, None);
     let rpm = rate(RateKind::Requests, RateUnit::Rpm, 10);
@@ -187,77 +397,72 @@ async fn release_gives_back_tokens_and_cost_but_not_the_request() {
         tokens: 800,
         cost: usd_cents(80),
     };
-    let r = counters.admit(now, &checks, demand).await.unwrap();
-    assert_eq!(
-        counters.status("w", &cost, now).await.unwrap().reserved,
-        usd_cents(80).0
-    );
-    assert_eq!(counters.status("w", &tpm, now).await.unwrap().reserved, 800);
+    let r = s.admit(now, &checks, demand).await.unwrap();
+    assert_eq!(s.status("w", &cost, now).await.reserved, usd_cents(80).0);
+    assert_eq!(s.status("w", &tpm, now).await.reserved, 800);
     // A second worst case does not fit beside the first.
-    refusal(counters.admit(now, &checks, demand).await.unwrap_err());
-    counters.release(r).await.unwrap();
+    refusal(s.admit(now, &checks, demand).await.unwrap_err());
+    s.counters.release(r).await.unwrap();
     for rule in [cost, tpm] {
-        let s = counters.status("w", &rule, now).await.unwrap();
-        assert_eq!((s.consumed, s.reserved), (0, 0));
+        let st = s.status("w", &rule, now).await;
+        assert_eq!((st.consumed, st.reserved), (0, 0));
     }
     // Both requests counted against the request rate (the refused one took nothing).
-    assert_eq!(counters.status("w", &rpm, now).await.unwrap().consumed, 1);
-    counters.admit(now, &checks, demand).await.unwrap();
+    assert_eq!(s.status("w", &rpm, now).await.consumed, 1);
+    s.admit(now, &checks, demand).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_dropped_reservation_releases_itself_once() {
-    let counters = MemoryCounters::new();
+async fn a_dropped_reservation_releases_itself_once(s: Store) {
     let now = t(NOW);
     let rule = budget(BudgetKind::Tokens, 1_000, None, None);
     let checks = [check("k", Level::ApiKey, rule)];
-    let demand = Demand {
-        tokens: 600,
-        cost: Money::ZERO,
-    };
-    let r = counters.admit(now, &checks, demand).await.unwrap();
+    let demand = tokens(600);
+    let r = s.admit(now, &checks, demand).await.unwrap();
     drop(r);
-    let s = counters.status("k", &rule, now).await.unwrap();
-    assert_eq!((s.consumed, s.reserved), (0, 0));
+    s.reserved_becomes("k", &rule, now, 0).await;
+    assert_eq!(s.status("k", &rule, now).await.consumed, 0);
 
     // A cancelled client: the task holding the reservation is aborted mid-call.
-    let shared: Arc<dyn Counters> = Arc::new(counters.clone());
     let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn({
-        let shared = shared.clone();
+        let shared = s.counters.clone();
         let checks = checks.clone();
         async move {
-            let r = shared.admit(now, &checks, demand).await.unwrap();
+            let r = shared.admit(now, G, &checks, demand).await.unwrap();
             let _ = admitted_tx.send(());
             std::future::pending::<()>().await;
             drop(r);
         }
     });
     admitted_rx.await.unwrap();
-    assert_eq!(counters.status("k", &rule, now).await.unwrap().reserved, 600);
+    assert_eq!(s.status("k", &rule, now).await.reserved, 600);
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    assert_eq!(counters.status("k", &rule, now).await.unwrap().reserved, 0);
+    s.reserved_becomes("k", &rule, now, 0).await;
 
     // Settled, then dropped: nothing is given back twice.
-    let r = counters.admit(now, &checks, demand).await.unwrap();
-    counters
-        .settle(
-            r,
-            Actual {
-                tokens: 500,
-                cost: None,
+    let r = s.admit(now, &checks, demand).await.unwrap();
+    s.settle(r, 500, None).await;
+    let st = s.status("k", &rule, now).await;
+    assert_eq!((st.consumed, st.reserved), (500, 0));
+}
+
+async fn spend(s: &Store, checks: &[LimitCheck], now: DateTime<Utc>, cents: i64) -> Vec<AlertEvent> {
+    let r = s
+        .admit(
+            now,
+            checks,
+            Demand {
+                tokens: 1,
+                cost: usd_cents(cents),
             },
         )
         .await
         .unwrap();
-    let s = counters.status("k", &rule, now).await.unwrap();
-    assert_eq!((s.consumed, s.reserved), (500, 0));
+    s.settle(r, 1, Some(usd_cents(cents))).await
 }
 
-#[tokio::test]
-async fn alerts_fire_once_per_period_and_again_in_the_next() {
-    let counters = MemoryCounters::new();
+async fn alerts_fire_once_per_period_and_again_in_the_next(s: Store) {
     // 2026-11-26 is a Thursday: the week turns on Sunday the 29th.
     let clock = ManualClock::new(t("2026-11-26T10:00:00Z"));
     let rule = budget(
@@ -267,27 +472,8 @@ async fn alerts_fire_once_per_period_and_again_in_the_next() {
         Some(PeriodicReset::Weekly),
     );
     let checks = [check("iw:a:b", Level::IntegrationWorkspace, rule)];
-    let spend = |counters: &MemoryCounters, now, cents| {
-        let r = counters
-            .admit_now(
-                now,
-                &checks,
-                Demand {
-                    tokens: 1,
-                    cost: usd_cents(cents),
-                },
-            )
-            .unwrap();
-        counters.settle_now(
-            r,
-            Actual {
-                tokens: 1,
-                cost: Some(usd_cents(cents)),
-            },
-        )
-    };
-    assert!(spend(&counters, clock.now(), 40).unwrap().is_empty());
-    let events = spend(&counters, clock.now(), 20).unwrap();
+    assert!(spend(&s, &checks, clock.now(), 40).await.is_empty());
+    let events = spend(&s, &checks, clock.now(), 20).await;
     assert_eq!(events.len(), 1);
     let e = &events[0];
     assert_eq!(
@@ -297,24 +483,24 @@ async fn alerts_fire_once_per_period_and_again_in_the_next() {
     assert_eq!((Money(e.consumed), e.limit), (usd_cents(60), PICOS_PER_USD));
     assert_eq!(e.period_start, t("2026-11-22T00:00:00Z"));
     assert!(
-        spend(&counters, clock.now(), 20).unwrap().is_empty(),
+        spend(&s, &checks, clock.now(), 20).await.is_empty(),
         "no second threshold alert"
     );
-    let events = spend(&counters, clock.now(), 20).unwrap();
+    let events = spend(&s, &checks, clock.now(), 20).await;
     assert_eq!(
         events.iter().map(|e| e.kind).collect::<Vec<_>>(),
         [AlertKind::Exhausted]
     );
     // Exhausted: even a free request is refused now.
-    let r = refusal(counters.admit_now(clock.now(), &checks, Demand::default()).unwrap_err());
+    let r = refusal(s.admit(clock.now(), &checks, Demand::default()).await.unwrap_err());
     assert_eq!((r.http_status(), r.error_type()), (412, "integration_exhaust_error"));
-    assert!(counters.status("iw:a:b", &rule, clock.now()).await.unwrap().exhausted());
+    assert!(s.status("iw:a:b", &rule, clock.now()).await.exhausted());
 
     // The next week starts afresh and alerts again.
     clock.set(t("2026-11-29T00:00:00Z"));
-    let s = counters.status("iw:a:b", &rule, clock.now()).await.unwrap();
-    assert_eq!((s.consumed, s.window.end), (0, Some(t("2026-12-06T00:00:00Z"))));
-    let events = spend(&counters, clock.now(), 100).unwrap();
+    let st = s.status("iw:a:b", &rule, clock.now()).await;
+    assert_eq!((st.consumed, st.window.end), (0, Some(t("2026-12-06T00:00:00Z"))));
+    let events = spend(&s, &checks, clock.now(), 100).await;
     assert_eq!(
         events.iter().map(|e| (e.kind, e.period_start)).collect::<Vec<_>>(),
         [
@@ -324,22 +510,44 @@ async fn alerts_fire_once_per_period_and_again_in_the_next() {
     );
 
     // reset_usage: the same period counts from zero and may alert again.
-    counters.reset("iw:a:b", &rule, clock.now()).await.unwrap();
-    assert_eq!(counters.status("iw:a:b", &rule, clock.now()).await.unwrap().consumed, 0);
-    let events = spend(&counters, clock.now(), 50).unwrap();
+    s.counters.reset(G, "iw:a:b", &rule, clock.now()).await.unwrap();
+    assert_eq!(s.status("iw:a:b", &rule, clock.now()).await.consumed, 0);
+    let events = spend(&s, &checks, clock.now(), 50).await;
     assert_eq!(
         events.iter().map(|e| e.kind).collect::<Vec<_>>(),
         [AlertKind::Threshold]
     );
 }
 
-#[tokio::test]
-async fn rate_windows_roll_over_with_the_clock() {
-    let counters = MemoryCounters::new();
+/// Many replicas settle at once past both marks: each alert fires once in all.
+async fn alerts_fire_once_across_replicas(s: Store) {
+    let now = t(NOW);
+    let rule = budget(BudgetKind::Tokens, 1_000, Some(500), Some(PeriodicReset::Monthly));
+    let checks = Arc::new(vec![check("key:alerts", Level::ApiKey, rule)]);
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (counters, checks) = (s.replica(), checks.clone());
+            tokio::spawn(async move {
+                let r = counters.admit(now, G, &checks, tokens(25)).await.unwrap();
+                tokio::task::yield_now().await;
+                counters.settle(r, Actual { tokens: 25, cost: None }).await.unwrap()
+            })
+        })
+        .collect();
+    let mut kinds = Vec::new();
+    for task in tasks {
+        kinds.extend(task.await.unwrap().into_iter().map(|e| e.kind));
+    }
+    kinds.sort_by_key(|k| *k as u8);
+    assert_eq!(kinds, [AlertKind::Threshold, AlertKind::Exhausted]);
+    assert_eq!(s.status("key:alerts", &rule, now).await.consumed, 1_000);
+}
+
+async fn rate_windows_roll_over_with_the_clock(s: Store) {
     let clock = ManualClock::new(t("2026-11-26T10:00:45.500Z"));
     let rule = rate(RateKind::Requests, RateUnit::Rpm, 2);
     let checks = [check("p:x", Level::Provider, rule)];
-    let first = counters.admit_now(clock.now(), &checks, Demand::default()).unwrap();
+    let first = s.admit(clock.now(), &checks, Demand::default()).await.unwrap();
     assert_eq!(
         first.headers().requests,
         Some(RateFigures {
@@ -348,8 +556,8 @@ async fn rate_windows_roll_over_with_the_clock() {
             reset_secs: 15
         })
     );
-    counters.admit_now(clock.now(), &checks, Demand::default()).unwrap();
-    let r = refusal(counters.admit_now(clock.now(), &checks, Demand::default()).unwrap_err());
+    s.admit(clock.now(), &checks, Demand::default()).await.unwrap();
+    let r = refusal(s.admit(clock.now(), &checks, Demand::default()).await.unwrap_err());
     assert_eq!(
         (r.level, r.error_type(), r.retry_after()),
         (Level::Provider, "provider_rate_limit_error", Some(15))
@@ -359,55 +567,37 @@ async fn rate_windows_roll_over_with_the_clock() {
         other => panic!("{other:?}"),
     }
     clock.advance(Duration::milliseconds(14_499));
-    refusal(counters.admit_now(clock.now(), &checks, Demand::default()).unwrap_err());
+    refusal(s.admit(clock.now(), &checks, Demand::default()).await.unwrap_err());
     clock.advance(Duration::milliseconds(1));
-    assert!(counters.admit_now(clock.now(), &checks, Demand::default()).is_ok());
+    assert!(s.admit(clock.now(), &checks, Demand::default()).await.is_ok());
 }
 
-#[tokio::test]
-async fn settlement_lands_in_the_window_of_the_admission() {
-    let counters = MemoryCounters::new();
+async fn settlement_lands_in_the_window_of_the_admission(s: Store) {
     let clock = ManualClock::new(t("2026-11-30T23:59:59Z"));
     let tpm = rate(RateKind::Tokens, RateUnit::Rpm, 1_000);
     let monthly = budget(BudgetKind::Tokens, 5_000, None, Some(PeriodicReset::Monthly));
     let checks = [check("w", Level::Workspace, tpm), check("w", Level::Workspace, monthly)];
-    let demand = Demand {
-        tokens: 900,
-        cost: Money::ZERO,
-    };
-    let r = counters.admit_now(clock.now(), &checks, demand).unwrap();
+    let r = s.admit(clock.now(), &checks, tokens(900)).await.unwrap();
     let november = clock.now();
     clock.advance(Duration::seconds(2));
-    counters
-        .settle_now(
-            r,
-            Actual {
-                tokens: 700,
-                cost: None,
-            },
-        )
-        .unwrap();
-    assert_eq!(counters.status("w", &tpm, november).await.unwrap().consumed, 700);
-    assert_eq!(counters.status("w", &monthly, november).await.unwrap().consumed, 700);
-    assert_eq!(counters.status("w", &tpm, clock.now()).await.unwrap().consumed, 0);
-    assert_eq!(counters.status("w", &monthly, clock.now()).await.unwrap().consumed, 0);
+    s.settle(r, 700, None).await;
+    assert_eq!(s.status("w", &tpm, november).await.consumed, 700);
+    assert_eq!(s.status("w", &monthly, november).await.consumed, 700);
+    assert_eq!(s.status("w", &tpm, clock.now()).await.consumed, 0);
+    assert_eq!(s.status("w", &monthly, clock.now()).await.consumed, 0);
 }
 
-#[tokio::test]
-async fn a_rate_limit_of_zero_refuses() {
-    let counters = MemoryCounters::new();
+async fn a_rate_limit_of_zero_refuses(s: Store) {
     let now = t(NOW);
     for kind in [RateKind::Requests, RateKind::Tokens] {
         let checks = [check("p:off", Level::Provider, rate(kind, RateUnit::Rpd, 0))];
-        let r = refusal(counters.admit_now(now, &checks, Demand::default()).unwrap_err());
+        let r = refusal(s.admit(now, &checks, Demand::default()).await.unwrap_err());
         assert_eq!((r.http_status(), r.level), (429, Level::Provider));
         assert_eq!(r.retry_after(), Some(13 * 3600 + 59 * 60 + 30));
     }
 }
 
-#[tokio::test]
-async fn a_refusal_at_one_level_reserves_nothing_at_the_others() {
-    let counters = MemoryCounters::new();
+async fn a_refusal_at_one_level_reserves_nothing_at_the_others(s: Store) {
     let now = t(NOW);
     let iw_budget = budget(BudgetKind::Cost, 10 * PICOS_PER_USD, None, None);
     let iw_rate = rate(RateKind::Requests, RateUnit::Rpm, 100);
@@ -425,9 +615,12 @@ async fn a_refusal_at_one_level_reserves_nothing_at_the_others() {
         tokens: 1_001,
         cost: usd_cents(5),
     };
-    let r = refusal(counters.admit_now(now, &checks, demand).unwrap_err());
+    let r = refusal(s.admit(now, &checks, demand).await.unwrap_err());
     assert_eq!((r.level, &*r.id, r.http_status()), (Level::ApiKey, "k:1", 412));
     assert_eq!(r.error_type(), "api_key_exhaust_error");
+    // The refusal carries the figures of every rate limit, nothing taken.
+    assert_eq!(r.headers.requests.map(|f| f.remaining), Some(100));
+    assert_eq!(r.headers.tokens.map(|f| f.remaining), Some(100_000));
     for (id, rule) in [
         ("iw:i:w", iw_budget),
         ("iw:i:w", iw_rate),
@@ -435,8 +628,8 @@ async fn a_refusal_at_one_level_reserves_nothing_at_the_others() {
         ("k:1", key_budget),
         ("w:1", ws_rate),
     ] {
-        let s = counters.status(id, &rule, now).await.unwrap();
-        assert_eq!((s.consumed, s.reserved), (0, 0), "{id} {rule:?}");
+        let st = s.status(id, &rule, now).await;
+        assert_eq!((st.consumed, st.reserved), (0, 0), "{id} {rule:?}");
     }
     // The first refusing check in the caller's order is the one reported.
     let both_full = [
@@ -444,7 +637,7 @@ async fn a_refusal_at_one_level_reserves_nothing_at_the_others() {
         check("k:2", Level::ApiKey, rate(RateKind::Requests, RateUnit::Rpm, 0)),
     ];
     assert_eq!(
-        refusal(counters.admit_now(now, &both_full, demand).unwrap_err()).level,
+        refusal(s.admit(now, &both_full, demand).await.unwrap_err()).level,
         Level::Workspace
     );
 
@@ -453,7 +646,7 @@ async fn a_refusal_at_one_level_reserves_nothing_at_the_others() {
         tokens: 400,
         cost: usd_cents(5),
     };
-    let ok = counters.admit_now(now, &checks, demand).unwrap();
+    let ok = s.admit(now, &checks, demand).await.unwrap();
     let h = ok.headers();
     assert_eq!(
         h.requests,
@@ -471,54 +664,42 @@ async fn a_refusal_at_one_level_reserves_nothing_at_the_others() {
             reset_secs: 3570
         })
     );
-    assert_eq!(counters.status("k:1", &key_budget, now).await.unwrap().reserved, 400);
-    assert_eq!(
-        counters.status("iw:i:w", &iw_budget, now).await.unwrap().reserved,
-        usd_cents(5).0
-    );
-    let events = counters
-        .settle_now(
-            ok,
-            Actual {
-                tokens: 350,
-                cost: Some(usd_cents(4)),
-            },
-        )
-        .unwrap();
+    assert_eq!(s.status("k:1", &key_budget, now).await.reserved, 400);
+    assert_eq!(s.status("iw:i:w", &iw_budget, now).await.reserved, usd_cents(5).0);
+    let events = s.settle(ok, 350, Some(usd_cents(4))).await;
     assert!(events.is_empty());
-    assert_eq!(counters.status("k:1", &key_budget, now).await.unwrap().consumed, 350);
-    assert_eq!(
-        counters.status("p:slug", &provider_tokens, now).await.unwrap().consumed,
-        350
-    );
-    assert_eq!(
-        counters.status("iw:i:w", &iw_budget, now).await.unwrap().consumed,
-        usd_cents(4).0
-    );
-    assert_eq!(counters.status("w:1", &ws_rate, now).await.unwrap().consumed, 1);
+    assert_eq!(s.status("k:1", &key_budget, now).await.consumed, 350);
+    assert_eq!(s.status("p:slug", &provider_tokens, now).await.consumed, 350);
+    assert_eq!(s.status("iw:i:w", &iw_budget, now).await.consumed, usd_cents(4).0);
+    assert_eq!(s.status("w:1", &ws_rate, now).await.consumed, 1);
 }
 
-#[tokio::test]
-async fn the_same_counter_twice_in_one_request_counts_twice() {
-    let counters = MemoryCounters::new();
+async fn the_same_counter_twice_in_one_request_counts_twice(s: Store) {
     let now = t(NOW);
     let rule = rate(RateKind::Requests, RateUnit::Rpm, 1);
     let checks = [
         check("dup", Level::Workspace, rule),
         check("dup", Level::Workspace, rule),
     ];
-    refusal(counters.admit_now(now, &checks, Demand::default()).unwrap_err());
-    assert_eq!(counters.status("dup", &rule, now).await.unwrap().consumed, 0);
+    refusal(s.admit(now, &checks, Demand::default()).await.unwrap_err());
+    assert_eq!(s.status("dup", &rule, now).await.consumed, 0);
+    // Twice a token budget: two reservations in one counter, settled apart.
+    let b = budget(BudgetKind::Tokens, 1_000, None, None);
+    let twice = [check("dup2", Level::Workspace, b), check("dup2", Level::Workspace, b)];
+    let r = s.admit(now, &twice, tokens(300)).await.unwrap();
+    assert_eq!(s.status("dup2", &b, now).await.reserved, 600);
+    refusal(s.admit(now, &twice, tokens(201)).await.unwrap_err());
+    s.settle(r, 100, None).await;
+    let st = s.status("dup2", &b, now).await;
+    assert_eq!((st.consumed, st.reserved), (200, 0));
 }
 
-#[tokio::test]
-async fn an_unknown_price_settles_no_cost() {
-    let counters = MemoryCounters::new();
+async fn an_unknown_price_settles_no_cost(s: Store) {
     let now = t(NOW);
     let rule = budget(BudgetKind::Cost, PICOS_PER_USD, None, None);
     let checks = [check("w", Level::Workspace, rule)];
-    let r = counters
-        .admit_now(
+    let r = s
+        .admit(
             now,
             &checks,
             Demand {
@@ -526,81 +707,131 @@ async fn an_unknown_price_settles_no_cost() {
                 cost: usd_cents(10),
             },
         )
+        .await
         .unwrap();
-    counters.settle_now(r, Actual { tokens: 10, cost: None }).unwrap();
-    let s = counters.status("w", &rule, now).await.unwrap();
-    assert_eq!((s.consumed, s.reserved), (0, 0));
+    s.settle(r, 10, None).await;
+    let st = s.status("w", &rule, now).await;
+    assert_eq!((st.consumed, st.reserved), (0, 0));
 }
 
-#[tokio::test]
-async fn restore_rebuilds_budgets_without_repeating_alerts() {
-    let counters = MemoryCounters::new();
+/// Picodollars pass 2^53 at $9,007: budgets far above it, and sums at the
+/// top of the range, stay exact to the picodollar.
+async fn amounts_beyond_two_to_the_53_stay_exact(s: Store) {
+    let now = t(NOW);
+    let big = 100_000 * PICOS_PER_USD + 7; // $100,000 and 7 picodollars
+    let rule = budget(BudgetKind::Cost, big, Some(big - 1), None);
+    let checks = [check("big", Level::Workspace, rule)];
+    let cost = |picos: i64| Demand {
+        tokens: 1,
+        cost: Money(picos),
+    };
+    let r = s.admit(now, &checks, cost(big - 10)).await.unwrap();
+    assert_eq!(s.status("big", &rule, now).await.reserved, big - 10);
+    // 11 more do not fit beside it, 10 do.
+    refusal(s.admit(now, &checks, cost(11)).await.unwrap_err());
+    let small = s.admit(now, &checks, cost(10)).await.unwrap();
+    s.counters.release(small).await.unwrap();
+    assert!(s.settle(r, 1, Some(Money(big - 10))).await.is_empty());
+    let st = s.status("big", &rule, now).await;
+    assert_eq!((st.consumed, st.reserved), (big - 10, 0));
+    let r = s.admit(now, &checks, cost(9)).await.unwrap();
+    let events = s.settle(r, 1, Some(Money(9))).await;
+    assert_eq!(
+        events.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [AlertKind::Threshold]
+    );
+    assert_eq!(events[0].consumed, big - 1);
+    // Sums saturate at the largest amount instead of wrapping.
+    let top = rate(RateKind::Tokens, RateUnit::Rpm, u64::MAX);
+    let top_checks = [check("top", Level::Workspace, top)];
+    let r = s.admit(now, &top_checks, tokens(u64::MAX - 5)).await.unwrap();
+    s.settle(r, u64::MAX - 5, None).await;
+    let r = s.admit(now, &top_checks, tokens(u64::MAX)).await.unwrap();
+    assert_eq!(s.status("top", &top, now).await.reserved, i64::MAX);
+    s.settle(r, 1_000, None).await;
+    let st = s.status("top", &top, now).await;
+    assert_eq!((st.consumed, st.reserved), (i64::MAX, 0));
+}
+
+async fn restore_rebuilds_budgets_without_repeating_alerts(s: Store) {
     let now = t(NOW);
     let rule = budget(BudgetKind::Tokens, 1_000, Some(800), Some(PeriodicReset::Monthly));
     let checks = [check("k", Level::ApiKey, rule)];
-    counters.restore("k", &rule, now, 850).await.unwrap();
-    let s = counters.status("k", &rule, now).await.unwrap();
-    assert_eq!((s.consumed, s.remaining()), (850, 150));
-    assert_eq!(s.window.start, t("2026-11-01T00:00:00Z"));
-    refusal(
-        counters
-            .admit_now(
-                now,
-                &checks,
-                Demand {
-                    tokens: 151,
-                    cost: Money::ZERO,
-                },
-            )
-            .unwrap_err(),
-    );
-    let r = counters
-        .admit_now(
-            now,
-            &checks,
-            Demand {
-                tokens: 150,
-                cost: Money::ZERO,
-            },
-        )
-        .unwrap();
-    let events = counters
-        .settle_now(
-            r,
-            Actual {
-                tokens: 150,
-                cost: None,
-            },
-        )
-        .unwrap();
+    s.counters.restore(G, "k", &rule, now, 850).await.unwrap();
+    let st = s.status("k", &rule, now).await;
+    assert_eq!((st.consumed, st.remaining()), (850, 150));
+    assert_eq!(st.window.start, t("2026-11-01T00:00:00Z"));
+    refusal(s.admit(now, &checks, tokens(151)).await.unwrap_err());
+    let r = s.admit(now, &checks, tokens(150)).await.unwrap();
+    let events = s.settle(r, 150, None).await;
     assert_eq!(
         events.iter().map(|e| e.kind).collect::<Vec<_>>(),
         [AlertKind::Exhausted]
     );
     // Restoring a rate limit works the same way; negative amounts are taken as 0.
     let rpm = rate(RateKind::Requests, RateUnit::Rpm, 5);
-    counters.restore("k", &rpm, now, -3).await.unwrap();
-    assert_eq!(counters.status("k", &rpm, now).await.unwrap().consumed, 0);
-    counters.restore("k", &rpm, now, 5).await.unwrap();
+    s.counters.restore(G, "k", &rpm, now, -3).await.unwrap();
+    assert_eq!(s.status("k", &rpm, now).await.consumed, 0);
+    s.counters.restore(G, "k", &rpm, now, 5).await.unwrap();
     refusal(
-        counters
-            .admit_now(now, &[check("k", Level::ApiKey, rpm)], Demand::default())
+        s.admit(now, &[check("k", Level::ApiKey, rpm)], Demand::default())
+            .await
             .unwrap_err(),
     );
-    counters.forget("k").await.unwrap();
-    assert_eq!(counters.counter_count(), 0);
-    assert_eq!(counters.status("k", &rule, now).await.unwrap().consumed, 0);
+    assert!(s.stored() > 0);
+    s.counters.forget(G, "k").await.unwrap();
+    assert_eq!(s.stored(), 0);
+    assert_eq!(s.status("k", &rule, now).await.consumed, 0);
 }
 
+async fn too_many_checks_is_an_error_not_a_refusal(s: Store) {
+    let rule = rate(RateKind::Requests, RateUnit::Rpm, 5);
+    let checks: Vec<_> = (0..=MAX_CHECKS)
+        .map(|i| check(&format!("c{i}"), Level::Workspace, rule))
+        .collect();
+    match s.admit(t(NOW), &checks, Demand::default()).await {
+        Err(AdmitError::Counter(CounterError::TooManyChecks(n))) => assert_eq!(n, MAX_CHECKS + 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.stored(), 0);
+    assert!(s.admit(t(NOW), &checks[..MAX_CHECKS], Demand::default()).await.is_ok());
+}
+
+async fn a_reservation_settles_only_where_it_was_made(s: Store) {
+    let other = s.other().await;
+    let now = t(NOW);
+    let rule = budget(BudgetKind::Tokens, 1_000, None, None);
+    let checks = [check("k", Level::ApiKey, rule)];
+    let demand = tokens(100);
+    let r = s.admit(now, &checks, demand).await.unwrap();
+    assert!(matches!(
+        other.counters.settle(r, Actual::default()).await,
+        Err(CounterError::ForeignReservation)
+    ));
+    // Refused elsewhere, the reservation went back to its own store on drop.
+    s.reserved_becomes("k", &rule, now, 0).await;
+    let r = s.admit(now, &checks, demand).await.unwrap();
+    assert!(matches!(
+        other.counters.release(r).await,
+        Err(CounterError::ForeignReservation)
+    ));
+    s.reserved_becomes("k", &rule, now, 0).await;
+    assert_eq!(other.stored(), 0);
+    // A replica (another handle on the same store) shares the counters.
+    let replica = s.replica();
+    let r = replica.admit(now, G, &checks, demand).await.unwrap();
+    replica.settle(r, Actual { tokens: 1, cost: None }).await.unwrap();
+    assert_eq!(s.status("k", &rule, now).await.consumed, 1);
+}
+
+/// In process only: the sweep that keeps ended windows out of memory (Redis
+/// expires them instead: `redis_counters::ended_windows_expire`).
 #[tokio::test]
 async fn old_windows_do_not_hold_memory() {
     let counters = MemoryCounters::new();
     let clock = ManualClock::new(t("2026-11-26T10:00:00Z"));
     let rule = rate(RateKind::Tokens, RateUnit::Rpm, 1_000_000);
-    let demand = Demand {
-        tokens: 10,
-        cost: Money::ZERO,
-    };
+    let demand = tokens(10);
     let held = counters
         .admit_now(clock.now(), &[check("held", Level::Workspace, rule)], demand)
         .unwrap();
@@ -620,55 +851,10 @@ async fn old_windows_do_not_hold_memory() {
     }
     // The window with a reservation in flight stays until it is settled.
     let start = t("2026-11-26T10:00:00Z");
-    assert_eq!(counters.status("held", &rule, start).await.unwrap().reserved, 10);
+    assert_eq!(counters.status(G, "held", &rule, start).await.unwrap().reserved, 10);
     counters.settle_now(held, Actual { tokens: 10, cost: None }).unwrap();
-    assert_eq!(counters.status("held", &rule, start).await.unwrap().consumed, 10);
+    assert_eq!(counters.status(G, "held", &rule, start).await.unwrap().consumed, 10);
     clock.advance(Duration::seconds(61));
     counters.admit_now(clock.now(), &[], demand).unwrap();
     assert_eq!(counters.counter_count(), 0);
-}
-
-#[tokio::test]
-async fn too_many_checks_is_an_error_not_a_refusal() {
-    let counters = MemoryCounters::new();
-    let rule = rate(RateKind::Requests, RateUnit::Rpm, 5);
-    let checks: Vec<_> = (0..=MAX_CHECKS)
-        .map(|i| check(&format!("c{i}"), Level::Workspace, rule))
-        .collect();
-    match counters.admit_now(t(NOW), &checks, Demand::default()) {
-        Err(AdmitError::Counter(CounterError::TooManyChecks(n))) => assert_eq!(n, MAX_CHECKS + 1),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(counters.counter_count(), 0);
-    assert!(counters
-        .admit_now(t(NOW), &checks[..MAX_CHECKS], Demand::default())
-        .is_ok());
-}
-
-#[tokio::test]
-async fn a_reservation_settles_only_where_it_was_made() {
-    let mine = MemoryCounters::new();
-    let other = MemoryCounters::new();
-    let now = t(NOW);
-    let rule = budget(BudgetKind::Tokens, 1_000, None, None);
-    let checks = [check("k", Level::ApiKey, rule)];
-    let demand = Demand {
-        tokens: 100,
-        cost: Money::ZERO,
-    };
-    let r = mine.admit_now(now, &checks, demand).unwrap();
-    assert!(matches!(
-        other.settle(r, Actual::default()).await,
-        Err(CounterError::ForeignReservation)
-    ));
-    // Refused elsewhere, the reservation went back to its own store on drop.
-    assert_eq!(mine.status("k", &rule, now).await.unwrap().reserved, 0);
-    let r = mine.admit_now(now, &checks, demand).unwrap();
-    assert!(matches!(other.release(r).await, Err(CounterError::ForeignReservation)));
-    assert_eq!(mine.status("k", &rule, now).await.unwrap().reserved, 0);
-    assert_eq!(other.counter_count(), 0);
-    // A clone shares the counters.
-    let r = mine.admit_now(now, &checks, demand).unwrap();
-    mine.clone().settle_now(r, Actual { tokens: 1, cost: None }).unwrap();
-    assert_eq!(mine.status("k", &rule, now).await.unwrap().consumed, 1);
 }

@@ -4,3 +4,4 @@
 mod analytics;
 mod counters;
 mod postgres;
+mod redis_counters;

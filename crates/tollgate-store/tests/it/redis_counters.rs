@@ -1,0 +1,316 @@
+//! What only the Redis counters have: leases, key expiry, round trips, hash
+//! tags, Redis going away and coming back empty. The behaviour they share
+//! with the in-process counters is in `counters.rs`.
+
+use crate::counters::{
+    budget, check, keys, random_prefix, rate, redis_counters, refusal, t, tokens, Store, G, LEASE, REDIS_URL,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_core::admission::{Actual, Demand, Level};
+use tollgate_core::limits::{BudgetKind, PeriodicReset, RateKind, RateUnit};
+use tollgate_core::money::Money;
+use tollgate_store::counters::{
+    AdmitError, CounterError, Counters, OnRedisError, RedisCounters, RedisSettings, RestoreTurn,
+};
+use tollgate_testkit::redis_server::RedisServer;
+
+const NOW: &str = "2026-11-26T10:00:30Z";
+
+fn pttl(key: &str) -> i64 {
+    let mut conn = ::redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    ::redis::cmd("PTTL").arg(key).query(&mut conn).unwrap()
+}
+
+fn exists(key: &str) -> bool {
+    let mut conn = ::redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    ::redis::cmd("EXISTS").arg(key).query::<i64>(&mut conn).unwrap() == 1
+}
+
+/// A counter's key (`c`: its hash, `l`: its leases).
+fn redis_key(prefix: &str, kind: &str, id: &str, measure: &str, start: &str) -> String {
+    format!("{prefix}{{{G}}}:{kind}:{id}|{measure}|{}", t(start).timestamp_micros())
+}
+
+/// A replica that dies holding a reservation (it is never settled, released
+/// or dropped) holds its worst case only until the lease ends.
+#[tokio::test]
+async fn an_abandoned_reservation_is_given_back_when_its_lease_ends() {
+    let prefix = random_prefix();
+    let store = Store::redis_at(REDIS_URL, &prefix).await;
+    let lease = Duration::from_secs(60);
+    let crashed: Arc<dyn Counters> = Arc::new(redis_counters(REDIS_URL, &prefix, lease));
+    let now = t(NOW);
+    let rule = budget(BudgetKind::Tokens, 1_000, None, None);
+    let checks = [check("key:lease", Level::ApiKey, rule)];
+    std::mem::forget(crashed.admit(now, G, &checks, tokens(600)).await.unwrap());
+
+    let almost = now + chrono::Duration::milliseconds(59_999);
+    refusal(store.admit(almost, &checks, tokens(500)).await.unwrap_err());
+    assert_eq!(store.status("key:lease", &rule, almost).await.reserved, 600);
+
+    let ended = now + chrono::Duration::seconds(60);
+    assert_eq!(store.status("key:lease", &rule, ended).await.reserved, 0);
+    let r = store.admit(ended, &checks, tokens(500)).await.unwrap();
+    assert_eq!(store.status("key:lease", &rule, ended).await.reserved, 500);
+    store.settle(r, 400, None).await;
+    let s = store.status("key:lease", &rule, ended).await;
+    assert_eq!((s.consumed, s.reserved), (400, 0));
+}
+
+/// Counters of windows that end expire a minute after the end; a budget
+/// that never resets does not; a settlement after its counter expired does
+/// not bring it back without an expiry.
+#[tokio::test]
+async fn ended_windows_expire() {
+    let prefix = random_prefix();
+    let store = Store::redis_at(REDIS_URL, &prefix).await;
+    let now = t(NOW);
+    let rpm = rate(RateKind::Requests, RateUnit::Rpm, 100);
+    let tpm = rate(RateKind::Tokens, RateUnit::Rpm, 100_000);
+    let monthly = budget(BudgetKind::Tokens, 100_000, None, Some(PeriodicReset::Monthly));
+    let forever = budget(BudgetKind::Tokens, 100_000, None, None);
+    let checks = [
+        check("ws:ttl", Level::Workspace, rpm),
+        check("ws:ttl", Level::Workspace, tpm),
+        check("ws:ttl", Level::Workspace, monthly),
+        check("ws:ttl", Level::Workspace, forever),
+    ];
+    let r = store.admit(now, &checks, tokens(10)).await.unwrap();
+    let counter = |measure: &str, start: &str| redis_key(&prefix, "c", "ws:ttl", measure, start);
+    let leases = |measure: &str, start: &str| redis_key(&prefix, "l", "ws:ttl", measure, start);
+    // 30 s to the end of the minute, and a minute's grace.
+    let minute = 90_000;
+    for k in [
+        counter("requests.rpm", "2026-11-26T10:00:00Z"),
+        counter("tokens.rpm", "2026-11-26T10:00:00Z"),
+        leases("tokens.rpm", "2026-11-26T10:00:00Z"),
+    ] {
+        let ms = pttl(&k);
+        assert!(ms > minute - 5_000 && ms <= minute, "{k}: {ms}");
+    }
+    // To the 1st of December, and a minute.
+    let month = (t("2026-12-01T00:00:00Z") - now).num_milliseconds() + 60_000;
+    for k in [
+        counter("budget.tokens", "2026-11-01T00:00:00Z"),
+        leases("budget.tokens", "2026-11-01T00:00:00Z"),
+    ] {
+        let ms = pttl(&k);
+        assert!(ms > month - 5_000 && ms <= month, "{k}: {ms}");
+    }
+    let forever_key = counter("budget.tokens", "2026-01-01T00:00:00Z");
+    assert_eq!(pttl(&forever_key), -1, "a budget without reset keeps its counter");
+    assert_eq!(
+        keys(REDIS_URL, &format!("{prefix}*")).len(),
+        1 + 4 + 3,
+        "epoch, 4 counters, 3 lease sets"
+    );
+
+    // The minute's counters expire (here: by hand) while the request runs.
+    let gone = counter("tokens.rpm", "2026-11-26T10:00:00Z");
+    let mut conn = ::redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let _: () = ::redis::cmd("DEL")
+        .arg(&gone)
+        .arg(leases("tokens.rpm", "2026-11-26T10:00:00Z"))
+        .query(&mut conn)
+        .unwrap();
+    store.settle(r, 8, None).await;
+    assert!(
+        !exists(&gone),
+        "settling into an expired counter does not bring it back"
+    );
+    assert_eq!(store.status("ws:ttl", &forever, now).await.consumed, 8);
+    // Restoring sets the expiry too.
+    store.counters.restore(G, "ws:restored", &rpm, now, 3).await.unwrap();
+    let restored = redis_key(&prefix, "c", "ws:restored", "requests.rpm", "2026-11-26T10:00:00Z");
+    let ms = pttl(&restored);
+    assert!(ms > minute - 5_000 && ms <= minute, "{restored}: {ms}");
+}
+
+/// A group Redis holds nothing for answers "rebuild first"; one caller
+/// rebuilds at a time; once rebuilt, admission goes on.
+#[tokio::test]
+async fn a_group_redis_never_saw_must_be_rebuilt_first() {
+    let prefix = random_prefix();
+    let store = Store::redis_at(REDIS_URL, &prefix).await;
+    let a = redis_counters(REDIS_URL, &prefix, LEASE);
+    let b = redis_counters(REDIS_URL, &prefix, LEASE);
+    let now = t(NOW);
+    let rule = rate(RateKind::Requests, RateUnit::Rpm, 10);
+    let checks = [check("ws:new", Level::Workspace, rule)];
+    match a.admit(now, "ws:new", &checks, Demand::default()).await {
+        Err(AdmitError::Counter(CounterError::NeedsRestore(g))) => assert_eq!(g, "ws:new"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.begin_restore("ws:new").await.unwrap(), RestoreTurn::Ours);
+    assert_eq!(b.begin_restore("ws:new").await.unwrap(), RestoreTurn::Theirs);
+    a.restore("ws:new", "ws:new", &rule, now, 9).await.unwrap();
+    a.restored("ws:new").await.unwrap();
+    assert_eq!(b.begin_restore("ws:new").await.unwrap(), RestoreTurn::Done);
+    assert!(
+        keys(REDIS_URL, &format!("{prefix}{{ws:new}}:restoring")).is_empty(),
+        "the lock is gone"
+    );
+    let r = b.admit(now, "ws:new", &checks, Demand::default()).await.unwrap();
+    assert_eq!(r.headers().requests.map(|f| f.remaining), Some(0));
+    refusal(b.admit(now, "ws:new", &checks, Demand::default()).await.unwrap_err());
+    // Other groups were not touched, and a group with braces is refused.
+    store.admit(now, &checks, Demand::default()).await.unwrap();
+    assert!(matches!(
+        a.admit(now, "ws:{x}", &checks, Demand::default()).await,
+        Err(AdmitError::Counter(CounterError::InvalidGroup(_)))
+    ));
+}
+
+/// One request costs two round trips: the admission's script and the
+/// settlement's (or release's). Counted by Redis itself, on a one-node
+/// Redis Cluster, which also refuses any call whose keys span two slots.
+#[tokio::test]
+async fn two_round_trips_per_request_all_keys_in_one_slot() {
+    let server = RedisServer::start(true);
+    assert!(
+        server
+            .command("EVAL \"return 1\" 2 {a}x {b}y")
+            .is_some_and(|a| a.starts_with("-CROSSSLOT")),
+        "the node refuses keys in two slots"
+    );
+    let prefix = "rt:";
+    let store = Store::redis_at(&server.url(), prefix).await;
+    let now = t(NOW);
+    let rules = [
+        budget(BudgetKind::Cost, 1_000_000_000_000_000, Some(1), None),
+        budget(BudgetKind::Tokens, 1_000_000, None, Some(PeriodicReset::Weekly)),
+        rate(RateKind::Requests, RateUnit::Rpm, 1_000),
+        rate(RateKind::Tokens, RateUnit::Rph, 1_000_000),
+    ];
+    let checks = [
+        check("iw:int:ws", Level::IntegrationWorkspace, rules[0]),
+        check("prv:p", Level::Provider, rules[1]),
+        check("key:k", Level::ApiKey, rules[2]),
+        check("ws:test", Level::Workspace, rules[3]),
+    ];
+    let demand = Demand {
+        tokens: 100,
+        cost: Money(1_000),
+    };
+    // Warm up: the script is loaded once.
+    let r = store.admit(now, &checks, demand).await.unwrap();
+    store.settle(r, 50, Some(Money(500))).await;
+    assert_eq!(server.command("CONFIG RESETSTAT").as_deref(), Some("+OK"));
+
+    let requests = 10;
+    for i in 0..requests {
+        let r = store.admit(now, &checks, demand).await.unwrap();
+        if i % 2 == 0 {
+            store.settle(r, 50, Some(Money(500))).await;
+        } else {
+            store.counters.release(r).await.unwrap();
+        }
+    }
+    let calls = server.command_calls();
+    let evalsha = calls.iter().find(|(c, _)| c == "evalsha").map_or(0, |(_, n)| *n);
+    assert_eq!(evalsha, 2 * requests, "{calls:?}");
+    // Nothing else came from the client: every other command is one the script runs.
+    let script_commands = [
+        "exists",
+        "hget",
+        "hset",
+        "hsetnx",
+        "zadd",
+        "zrem",
+        "zrangebyscore",
+        "zremrangebyscore",
+        "pexpire",
+    ];
+    for (cmd, _) in &calls {
+        assert!(
+            cmd == "evalsha" || cmd.starts_with("config") || cmd == "info" || script_commands.contains(&cmd.as_str()),
+            "{cmd} in {calls:?}"
+        );
+    }
+    assert!(
+        !calls.iter().any(|(c, _)| c == "eval" || c.starts_with("script")),
+        "{calls:?}"
+    );
+
+    // Every other operation works on the cluster too, and every key carries the group's tag.
+    store.counters.status(G, "prv:p", &rules[1], now).await.unwrap();
+    store.counters.reset(G, "prv:p", &rules[1], now).await.unwrap();
+    store.counters.restore(G, "key:k", &rules[2], now, 5).await.unwrap();
+    store.counters.forget(G, "iw:int:ws").await.unwrap();
+    let found = keys(&server.url(), "*");
+    assert!(!found.is_empty());
+    for k in &found {
+        assert!(k.starts_with(&format!("{prefix}{{{G}}}:")), "{k}");
+    }
+    assert!(!found.iter().any(|k| k.contains("iw:int:ws")), "forgotten: {found:?}");
+}
+
+/// Redis goes away: admission fails within the timeout (closed) or admits
+/// without limits (open), and recovers by itself when Redis is back. Back
+/// empty, it asks for the rebuild before admitting anyone.
+#[tokio::test]
+async fn redis_down_fails_fast_then_recovers_empty() {
+    let mut server = RedisServer::start(false);
+    let prefix = "down:";
+    let closed = Store::redis_at(&server.url(), prefix).await;
+    let mut settings = RedisSettings::new(server.url(), LEASE);
+    settings.key_prefix = prefix.into();
+    settings.on_error = OnRedisError::Open;
+    let open = RedisCounters::new(settings).unwrap();
+    let now = t(NOW);
+    let rule = rate(RateKind::Requests, RateUnit::Rpm, 3);
+    let checks = [check("ws:test", Level::Workspace, rule)];
+    closed.admit(now, &checks, Demand::default()).await.unwrap();
+    open.admit(now, G, &checks, Demand::default()).await.unwrap();
+
+    server.kill();
+    for _ in 0..3 {
+        let started = Instant::now();
+        match closed.admit(now, &checks, Demand::default()).await {
+            Err(AdmitError::Counter(CounterError::Unavailable(_))) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(matches!(
+        closed.counters.status(G, "ws:test", &rule, now).await,
+        Err(CounterError::Unavailable(_))
+    ));
+    // Open: admitted, with nothing to settle; far past the limit.
+    for _ in 0..5 {
+        let r = open.admit(now, G, &checks, Demand::default()).await.unwrap();
+        assert!(open.settle(r, Actual::default()).await.unwrap().is_empty());
+    }
+
+    // Back, empty: no restart of ours, the connection comes back.
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match closed.admit(now, &checks, Demand::default()).await {
+            Err(AdmitError::Counter(CounterError::NeedsRestore(_))) => break,
+            Err(AdmitError::Counter(CounterError::Unavailable(e))) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Open does not skip the rebuild either: nobody gets a fresh budget.
+    assert!(matches!(
+        open.admit(now, G, &checks, Demand::default()).await,
+        Err(AdmitError::Counter(CounterError::NeedsRestore(_)))
+    ));
+    assert_eq!(closed.counters.begin_restore(G).await.unwrap(), RestoreTurn::Ours);
+    assert_eq!(open.begin_restore(G).await.unwrap(), RestoreTurn::Theirs);
+    // The log says 2 requests were admitted this minute.
+    closed.counters.restore(G, "ws:test", &rule, now, 2).await.unwrap();
+    closed.counters.restored(G).await.unwrap();
+    let r = closed.admit(now, &checks, Demand::default()).await.unwrap();
+    assert_eq!(r.headers().requests.map(|f| f.remaining), Some(0));
+    refusal(open.admit(now, G, &checks, Demand::default()).await.unwrap_err());
+}
