@@ -9,10 +9,11 @@
 //!
 //! The `routing` scenario ([`Scenario::Routing`]) measures what routing
 //! configs cost: a second mock that answers every call 503 stands for a
-//! failing upstream, and rounds of six steps at one rate compare the direct
-//! call, no config, a `single` config of one target, the failed attempt
-//! (direct and through Tollgate) and a fallback from the failing target to
-//! the good one, so that one fallback hop's cost comes out of the same run.
+//! failing upstream, and rounds of six steps at one rate (run at the same
+//! time by default) compare the direct call, no config, a `single` config of
+//! one target, the failed attempt (direct and through Tollgate) and a
+//! fallback from the failing target to the good one, so that one fallback
+//! hop's cost comes out of the same run.
 
 use crate::load::{self, HttpClient, LoadError, Mode, Percentiles, Plan, StepStats, Target};
 use crate::procfs::{self, Machine, ProcError};
@@ -91,9 +92,14 @@ impl Scenario {
 #[derive(Debug, Clone, Serialize)]
 pub struct RoutingConfig {
     pub rate: f64,
-    /// Rounds; each runs every step once, so load that comes and goes hits
-    /// all of them alike and the spread across rounds shows the noise.
+    /// Rounds; each runs every step once, and the spread across rounds
+    /// shows the noise.
     pub rounds: usize,
+    /// Run a round's six steps at the same time (each at `rate`) rather than
+    /// back to back: on a shared machine, load that comes and goes then hits
+    /// all six alike, so their differences hold even when the absolute
+    /// figures move.
+    pub together: bool,
 }
 
 /// Everything a run is told.
@@ -292,6 +298,8 @@ pub struct RoutingSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct RoutingReport {
     pub rate: f64,
+    /// The six steps of a round ran at the same time.
+    pub together: bool,
     pub single_config: Value,
     pub fallback_config: Value,
     pub rounds: Vec<RoutingRound>,
@@ -785,6 +793,7 @@ fn plan(cfg: &BenchConfig, rate: f64, mode: Mode, duration: Duration, warmup: Du
         concurrency: cfg.concurrency,
         timeout: cfg.timeout,
         mode,
+        start: None,
     }
 }
 
@@ -868,17 +877,40 @@ async fn routing_round(
     let p = plan(cfg, cfg.routing.rate, Mode::Whole, cfg.duration, cfg.warmup);
     let busy0 = procfs::machine_busy_seconds()?;
     let ours0 = procfs::cpu_seconds(rig.tollgate.pid())? + others_cpu(rig)?;
-    let mut stats = Vec::with_capacity(6);
-    for t in [
+    let targets = [
         &rig.direct[0],
         &rig.through[0],
         &r.single,
         &r.failed_direct,
         &r.failed_through,
         &r.fallback,
-    ] {
-        stats.push(load::run(client, t.clone(), &p).await?);
+    ];
+    let mut stats = Vec::with_capacity(6);
+    if cfg.routing.together {
+        // The six schedules are staggered by a sixth of an interval each, so
+        // their requests take turns in a fixed order instead of arriving in
+        // bursts of six whose order would favour some of them.
+        let base = Instant::now() + Duration::from_millis(20);
+        let interval = Duration::try_from_secs_f64(1.0 / cfg.routing.rate).unwrap_or(Duration::ZERO);
+        let runs: Vec<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                let mut p = p.clone();
+                p.start = Some(base + interval.mul_f64(k as f64 / targets.len() as f64));
+                let (client, t) = (client.clone(), (*t).clone());
+                tokio::spawn(async move { load::run(&client, t, &p).await })
+            })
+            .collect();
+        for h in runs {
+            stats.push(h.await.map_err(|e| LoadError::Dispatcher(e.to_string()))??);
+        }
         tokio::time::sleep(cfg.cooldown).await;
+    } else {
+        for t in targets {
+            stats.push(load::run(client, t.clone(), &p).await?);
+            tokio::time::sleep(cfg.cooldown).await;
+        }
     }
     let ours1 = procfs::cpu_seconds(rig.tollgate.pid())? + others_cpu(rig)?;
     let busy1 = procfs::machine_busy_seconds()?;
@@ -921,8 +953,9 @@ async fn routing(
 ) -> Result<RoutingReport, BenchError> {
     let mut rounds = Vec::new();
     if let Some(r) = &rig.routing {
+        let steps_per_round = if cfg.routing.together { 1 } else { 6 };
         for i in 0..cfg.routing.rounds {
-            let need = 6 * (cfg.warmup + cfg.duration + cfg.cooldown);
+            let need = steps_per_round * (cfg.warmup + cfg.duration + cfg.cooldown);
             if Instant::now() + need > deadline {
                 notes.push(format!(
                     "routing: stopped before round {} of {}: wall-time limit {:?}",
@@ -947,6 +980,7 @@ async fn routing(
     })();
     Ok(RoutingReport {
         rate: cfg.routing.rate,
+        together: cfg.routing.together,
         single_config: single_config(),
         fallback_config: fallback_config(),
         rounds,

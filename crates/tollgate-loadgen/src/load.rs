@@ -86,6 +86,10 @@ pub struct Plan {
     /// Per request, counted from its due time.
     pub timeout: Duration,
     pub mode: Mode,
+    /// When the first request is due (`None`: a few milliseconds from now).
+    /// Steps run at the same time are given starts a fraction of an interval
+    /// apart, so that their requests take turns instead of arriving together.
+    pub start: Option<Instant>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -204,7 +208,7 @@ pub async fn run(client: &HttpClient, target: Arc<Target>, plan: &Plan) -> Resul
     let in_flight = Arc::new(AtomicU64::new(0));
     let max_in_flight = Arc::new(AtomicU64::new(0));
     // A little slack so the first due times are not already past.
-    let start = Instant::now() + Duration::from_millis(5);
+    let start = plan.start.unwrap_or_else(|| Instant::now() + Duration::from_millis(5));
     let measured_from = start + Duration::from_nanos((warm as f64 * interval_ns) as u64);
 
     let handle = tokio::runtime::Handle::current();
@@ -486,6 +490,7 @@ mod tests {
             concurrency: 16,
             timeout: Duration::from_millis(300),
             mode,
+            start: None,
         }
     }
 

@@ -79,12 +79,15 @@ struct BenchArgs {
     /// config and one fallback hop) [default: gateway; smoke: gateway,routing].
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
-    /// Requests per second of the routing scenario's steps [default: 500; smoke: 20].
+    /// Requests per second of each of the routing scenario's six steps [default: 200; smoke: 20].
     #[arg(long)]
     routing_rate: Option<f64>,
     /// Rounds of the routing scenario (each runs its six steps once) [default: 3; smoke: 1].
     #[arg(long)]
     routing_rounds: Option<usize>,
+    /// Run a routing round's six steps back to back instead of at the same time.
+    #[arg(long)]
+    routing_sequential: bool,
     /// Rates in requests per second, comma-separated [default: 1000,3000,5000; smoke: 20,50].
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<f64>>,
@@ -192,6 +195,7 @@ fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
         routing: RoutingConfig {
             rate: routing_rate,
             rounds: routing_rounds,
+            together: !a.routing_sequential,
         },
         rates: a.rates.clone().unwrap_or_else(|| {
             if smoke {
@@ -224,9 +228,9 @@ fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
     })
 }
 
-/// The routing scenario's rate: given, else 500 (smoke: 20); positive and finite.
+/// The routing scenario's rate: given, else 200 (smoke: 20); positive and finite.
 fn pick_rate(given: Option<f64>, smoke: bool) -> anyhow::Result<f64> {
-    let r = given.unwrap_or(if smoke { 20.0 } else { 500.0 });
+    let r = given.unwrap_or(if smoke { 20.0 } else { 200.0 });
     if !(r.is_finite() && r > 0.0) {
         anyhow::bail!("--routing-rate must be a positive number, got {r}");
     }
@@ -257,6 +261,7 @@ fn run_target(a: &RunArgs) -> anyhow::Result<(Arc<Target>, Plan)> {
         concurrency: a.concurrency,
         timeout: secs(a.timeout)?,
         mode: if a.stream { Mode::Stream } else { Mode::Whole },
+        start: None,
     };
     Ok((Arc::new(target), plan))
 }

@@ -57,9 +57,10 @@ fn routing_table(s: &mut String, report: &Report) {
     let Some(r) = &report.routing else { return };
     let _ = writeln!(
         s,
-        "\nRouting, {:.0} req/s, non-streaming, {} round(s); latency p50 / p99 (ms), each step's own:\n",
+        "\nRouting, {:.0} req/s per step, non-streaming, {} round(s), steps {}; latency p50 / p99 (ms), each step's own:\n",
         r.rate,
-        r.rounds.len()
+        r.rounds.len(),
+        if r.together { "at the same time" } else { "back to back" }
     );
     let _ = writeln!(
         s,
