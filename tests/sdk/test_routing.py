@@ -9,6 +9,8 @@ fallback reaches the mocks behind `tollgate mock-upstream`."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 from dataclasses import dataclass
 from typing import Dict
@@ -150,25 +152,40 @@ def test_plain_model_names_through_a_workspace_default_config(tollgate: Tollgate
     assert pk.chat.completions.create(model="gpt-4o", messages=MESSAGES).choices[0].message.content == MOCK_REPLY
 
 
+# Runs in the LlamaIndex virtualenv: the key and base URL come from the
+# environment; prints the two answers as JSON.
+LLAMAINDEX_SCRIPT = """
+import json, os
+from llama_index.core.llms import ChatMessage
+from llama_index.llms.openai import OpenAI
+llm = OpenAI(model="gpt-4o", api_key=os.environ["TG_KEY"], api_base=os.environ["TG_BASE"], max_retries=0)
+chat = llm.chat([ChatMessage(role="user", content="Say hello.")]).message.content
+print(json.dumps({"chat": chat, "complete": llm.complete("Say hello.").text}))
+"""
+
+
 def test_llamaindex_openai_class_with_a_plain_model_name(tollgate: Tollgate, mocks: Dict[str, Mock]) -> None:
     """LlamaIndex's `OpenAI` class refuses model names it does not know
     (`@slug/model`); through a workspace default config it sends `gpt-4o`.
 
-    `llama-index-llms-openai` (0.8.3) needs `openai<3`, which conflicts with
-    the suite's pinned `openai`, so it is not in requirements.txt and this
-    test runs only where it is installed (it passed with 0.8.3 and
-    openai 2.54.0)."""
-    pytest.importorskip("llama_index.llms.openai", reason="llama-index-llms-openai conflicts with the pinned openai")
-    from llama_index.core.llms import ChatMessage
-    from llama_index.llms.openai import OpenAI as LlamaOpenAI
-
+    `llama-index-llms-openai` needs `openai<3`, which conflicts with the
+    suite's pinned `openai`, so it runs in a virtualenv of its own
+    (tests/sdk/requirements-llamaindex.txt), which `tests/sdk/run` creates
+    and names in LLAMAINDEX_PYTHON; without it the test is skipped."""
+    python = os.environ.get("LLAMAINDEX_PYTHON")
+    if not python:
+        pytest.skip("LLAMAINDEX_PYTHON is not set (tests/sdk/run sets it)")
     ws = create_workspace(tollgate, unique("Llama"))
     key = create_workspace_key(tollgate, ws, ["completions.write"])["key"]
     slug = unique("llama-oai")
     tollgate.ok("POST", "/v1/integrations", integration_body("openai", slug, mocks["openai"]))
     provision(tollgate, slug, [ws])
     tollgate.ok("PUT", f"/v1/admin/workspaces/{ws}", {"default_config": {"provider": f"@{slug}"}})
-    llm = LlamaOpenAI(model="gpt-4o", api_key=key, api_base=tollgate.v1, max_retries=0)
-    r = llm.chat([ChatMessage(role="user", content="Say hello.")])
-    assert r.message.content == MOCK_REPLY
-    assert llm.complete("Say hello.").text == MOCK_REPLY
+    env = {**os.environ, "TG_KEY": key, "TG_BASE": tollgate.v1}
+    run = subprocess.run([python, "-c", LLAMAINDEX_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    answers = json.loads(run.stdout.strip().splitlines()[-1])
+    assert answers == {"chat": MOCK_REPLY, "complete": MOCK_REPLY}
+    # Both went through the default config to the integration.
+    rows = tollgate.wait_for_logs(2, provider=slug)
+    assert len(rows) == 2 and all(r["status_code"] == 200 for r in rows), rows

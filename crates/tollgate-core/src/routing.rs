@@ -1,7 +1,8 @@
 //! Routing configs (Portkey's config object): parsing with errors that name
 //! the bad field, the compiled [`Plan`] the gateway walks, and the pure rules
 //! it needs: which statuses move on or retry, backoff with jitter, the wait a
-//! `retry-after` asks for, and the weighted (optionally sticky) choice of a
+//! `retry-after` asks for (a delay, or an HTTP date read against the caller's
+//! clock), and the weighted (optionally sticky) choice of a
 //! load-balanced target. No I/O: the gateway owns the clock, the sleeping and
 //! the circuit-breaker state.
 //!
@@ -12,6 +13,7 @@
 //! it unless the target sets its own (`override_params` merge, the target's
 //! keys winning). `circuit_breaker` is Tollgate's extension.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -404,21 +406,47 @@ pub fn backoff(retry: u32, jitter: f64) -> Duration {
     full.mul_f64(factor)
 }
 
+/// The wait an upstream asked for, as it said it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// A delay: `retry-after-ms`, `x-ms-retry-after-ms`, or `retry-after`
+    /// in seconds.
+    Delay(Duration),
+    /// A point in time: `retry-after` as an HTTP date (RFC 9110).
+    At(DateTime<Utc>),
+}
+
+impl RetryAfter {
+    /// How long to wait from `now` (the gateway's clock); a date already
+    /// past asks for no wait.
+    pub fn wait(self, now: DateTime<Utc>) -> Duration {
+        match self {
+            RetryAfter::Delay(d) => d,
+            RetryAfter::At(at) => (at - now).to_std().unwrap_or(Duration::ZERO),
+        }
+    }
+}
+
 /// The wait an upstream asked for: `retry-after-ms`, `x-ms-retry-after-ms`
-/// (milliseconds) or `retry-after` (seconds; an HTTP date is not honoured).
-/// `get` looks a header up by its lower-case name.
-pub fn retry_after<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Duration> {
+/// (milliseconds), else `retry-after`, in seconds or as an HTTP date in any
+/// of RFC 9110's three forms (IMF-fixdate, RFC 850, asctime). `get` looks a
+/// header up by its lower-case name. A value that is neither is ignored.
+pub fn retry_after<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<RetryAfter> {
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
         if let Some(ms) = get(name).and_then(|v| v.trim().parse::<f64>().ok()) {
-            if ms.is_finite() && ms >= 0.0 {
-                return Some(Duration::from_secs_f64(ms / 1000.0));
+            // A wait too long for a `Duration` is ignored like a bad value.
+            if let Ok(d) = Duration::try_from_secs_f64(ms / 1000.0) {
+                return Some(RetryAfter::Delay(d));
             }
         }
     }
-    get("retry-after")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    let v = get("retry-after")?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok().map(RetryAfter::Delay);
+    }
+    httpdate::parse_http_date(v)
+        .ok()
+        .map(|t| RetryAfter::At(DateTime::<Utc>::from(t)))
 }
 
 /// A stable number in [0, 1) for a sticky key: the same key picks the same
@@ -590,21 +618,59 @@ mod tests {
         let h = |pairs: &'static [(&'static str, &'static str)]| {
             move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
         };
-        assert_eq!(retry_after(h(&[("retry-after", "2")])), Some(Duration::from_secs(2)));
+        let delay = |d| Some(RetryAfter::Delay(d));
+        assert_eq!(retry_after(h(&[("retry-after", "2")])), delay(Duration::from_secs(2)));
         assert_eq!(
             retry_after(h(&[("retry-after", "2"), ("retry-after-ms", "150")])),
-            Some(Duration::from_millis(150))
+            delay(Duration::from_millis(150))
         );
         assert_eq!(
             retry_after(h(&[("x-ms-retry-after-ms", "75")])),
-            Some(Duration::from_millis(75))
-        );
-        assert_eq!(
-            retry_after(h(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])),
-            None
+            delay(Duration::from_millis(75))
         );
         assert_eq!(retry_after(h(&[("retry-after", "-1")])), None);
+        assert_eq!(
+            retry_after(h(&[("retry-after", "1e300")])),
+            None,
+            "too long to be a Duration"
+        );
+        assert_eq!(retry_after(h(&[("retry-after-ms", "1e300")])), None);
+        assert_eq!(retry_after(h(&[("retry-after-ms", "-5")])), None);
+        assert_eq!(retry_after(h(&[("retry-after", "soon")])), None);
+        assert_eq!(
+            retry_after(h(&[("retry-after", "Wed, 21 Oct 2015 25:28:00 GMT")])),
+            None
+        );
         assert_eq!(retry_after(h(&[])), None);
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_is_waited_out_against_the_clock() {
+        use crate::clock::{Clock, ManualClock};
+        let at: DateTime<Utc> = "2015-10-21T07:28:00Z".parse().unwrap();
+        let h = |v: &'static str| move |n: &str| (n == "retry-after").then_some(v);
+        // RFC 9110's three forms of the same instant.
+        for v in [
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+            "Wed Oct 21 07:28:00 2015",
+        ] {
+            assert_eq!(retry_after(h(v)), Some(RetryAfter::At(at)), "{v}");
+        }
+        let clock = ManualClock::new(at - chrono::Duration::milliseconds(2_500));
+        let asked = retry_after(h("Wed, 21 Oct 2015 07:28:00 GMT")).unwrap();
+        assert_eq!(asked.wait(clock.now()), Duration::from_millis(2_500));
+        clock.advance(chrono::Duration::seconds(2));
+        assert_eq!(asked.wait(clock.now()), Duration::from_millis(500));
+        clock.advance(chrono::Duration::seconds(10));
+        assert_eq!(
+            asked.wait(clock.now()),
+            Duration::ZERO,
+            "a date already past asks for no wait"
+        );
+        // A delay does not depend on the clock.
+        let d = RetryAfter::Delay(Duration::from_secs(3));
+        assert_eq!(d.wait(clock.now()), Duration::from_secs(3));
     }
 
     #[test]

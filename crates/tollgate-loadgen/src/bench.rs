@@ -6,6 +6,14 @@
 //! back, and reports the difference, Tollgate's CPU per request and its peak
 //! memory. Last, it searches for the highest rate Tollgate sustains with p99
 //! under a bound and no errors. Every loop is bounded in count and in time.
+//!
+//! The `routing` scenario ([`Scenario::Routing`]) measures what routing
+//! configs cost: a second mock that answers every call 503 stands for a
+//! failing upstream, and rounds of six steps at one rate (run at the same
+//! time by default) compare the direct call, no config, a `single` config of
+//! one target, the failed attempt (direct and through Tollgate) and a
+//! fallback from the failing target to the good one, so that one fallback
+//! hop's cost comes out of the same run.
 
 use crate::load::{self, HttpClient, LoadError, Mode, Percentiles, Plan, StepStats, Target};
 use crate::procfs::{self, Machine, ProcError};
@@ -60,10 +68,46 @@ pub struct Pinning {
     pub tollgate: String,
 }
 
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Direct versus through Tollgate at each rate and mode, then the search.
+    Gateway,
+    /// What routing configs cost: no config, `single`, one fallback hop.
+    Routing,
+}
+
+impl Scenario {
+    pub fn parse(s: &str) -> Option<Scenario> {
+        match s.trim() {
+            "gateway" => Some(Scenario::Gateway),
+            "routing" => Some(Scenario::Routing),
+            _ => None,
+        }
+    }
+}
+
+/// The routing scenario: rounds of six steps at one rate (non-streaming).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingConfig {
+    pub rate: f64,
+    /// Rounds; each runs every step once, and the spread across rounds
+    /// shows the noise.
+    pub rounds: usize,
+    /// Run a round's six steps at the same time (each at `rate`) rather than
+    /// back to back: on a shared machine, load that comes and goes then hits
+    /// all six alike, so their differences hold even when the absolute
+    /// figures move.
+    pub together: bool,
+}
+
 /// Everything a run is told.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchConfig {
     pub tollgate_bin: PathBuf,
+    pub scenarios: Vec<Scenario>,
+    pub routing: RoutingConfig,
     pub rates: Vec<f64>,
     pub modes: Vec<Mode>,
     pub duration: Duration,
@@ -174,6 +218,95 @@ pub struct TargetCheck {
     pub met: Option<bool>,
 }
 
+/// One round of the routing scenario. Every figure is in milliseconds and
+/// taken percentile by percentile (p50 of one step minus p50 of another).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingRound {
+    /// Straight at the good mock.
+    pub direct: StepStats,
+    /// Through Tollgate, `@mock/gpt-4o`, no config (the plain hot path).
+    pub no_config: StepStats,
+    /// Through Tollgate with `x-portkey-config` of mode `single`, one target.
+    pub single: StepStats,
+    /// Straight at the failing mock (503 expected).
+    pub failed_direct: StepStats,
+    /// Through Tollgate to the failing mock, no config (502 expected: an
+    /// upstream 5xx is answered as 502).
+    pub failed_through: StepStats,
+    /// Through Tollgate with a fallback config: the failing target, then the good one.
+    pub fallback: StepStats,
+    /// no config − direct: what the gateway adds.
+    pub no_config_added_ms: Added,
+    /// single − no config: what a config of one target adds.
+    pub single_vs_no_config_ms: Added,
+    /// fallback − no config − failed direct: one fallback hop beyond the
+    /// failed upstream call itself and the successful request (Tollgate's
+    /// own work for the failed attempt counts as the hop's).
+    pub hop_ms: Added,
+    /// fallback − no config − failed through Tollgate: the same with the
+    /// failed attempt timed through Tollgate (its per-request work then
+    /// counts twice, so this is the lower figure).
+    pub hop_vs_failed_through_ms: Added,
+    /// Machine-wide busy CPU in the round that went to none of the
+    /// benchmark's processes.
+    pub other_processes_cpu_s: f64,
+}
+
+/// Lowest, median and highest of a figure across rounds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Range {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Range {
+    fn of(mut v: Vec<f64>) -> Option<Range> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Range {
+            min: v[0],
+            median,
+            max: v[n - 1],
+        })
+    }
+}
+
+/// A figure's p50 and p99 across rounds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    pub p50: Range,
+    pub p99: Range,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingSummary {
+    pub no_config_added_ms: Spread,
+    pub single_vs_no_config_ms: Spread,
+    pub hop_ms: Spread,
+    pub hop_vs_failed_through_ms: Spread,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutingReport {
+    pub rate: f64,
+    /// The six steps of a round ran at the same time.
+    pub together: bool,
+    pub single_config: Value,
+    pub fallback_config: Value,
+    pub rounds: Vec<RoutingRound>,
+    /// `None` when no round ran.
+    pub summary: Option<RoutingSummary>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub schema: u32,
@@ -186,6 +319,8 @@ pub struct Report {
     pub setup: Value,
     pub steps: Vec<StepReport>,
     pub search: Option<SearchReport>,
+    /// The routing scenario, when it ran.
+    pub routing: Option<RoutingReport>,
     pub targets: Vec<TargetCheck>,
     pub notes: Vec<String>,
 }
@@ -197,8 +332,32 @@ struct Rig {
     tollgate: Proc,
     direct: [Arc<Target>; 2],
     through: [Arc<Target>; 2],
+    /// The routing scenario's failing mock and targets.
+    routing: Option<RoutingRig>,
     setup: Value,
 }
+
+struct RoutingRig {
+    failing_mock: Proc,
+    single: Arc<Target>,
+    failed_direct: Arc<Target>,
+    failed_through: Arc<Target>,
+    fallback: Arc<Target>,
+}
+
+/// The routing scenario's configs: one target; the failing target, then the good one.
+fn single_config() -> Value {
+    json!({"strategy": {"mode": "single"}, "targets": [{"provider": "@mock"}]})
+}
+
+fn fallback_config() -> Value {
+    json!({"strategy": {"mode": "fallback"}, "targets": [{"provider": "@mockfail"}, {"provider": "@mock"}]})
+}
+
+/// The status the failing mock answers with.
+const FAIL_STATUS: u16 = 503;
+/// What Tollgate answers when an upstream fails with a 5xx.
+const FAIL_THROUGH_STATUS: u16 = 502;
 
 fn mode_index(m: Mode) -> usize {
     match m {
@@ -220,21 +379,59 @@ fn chat_body(model: &str, stream: bool) -> Bytes {
 }
 
 fn target(url: &str, key: &str, body: Bytes) -> Result<Arc<Target>, BenchError> {
+    target_with(url, key, body, None, None)
+}
+
+/// A target with an `x-portkey-config` header and an expected status.
+fn target_with(
+    url: &str,
+    key: &str,
+    body: Bytes,
+    config: Option<&Value>,
+    expect_status: Option<u16>,
+) -> Result<Arc<Target>, BenchError> {
     let uri: Uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| BenchError::Http(e.to_string()))?;
     let auth = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|e| BenchError::Http(e.to_string()))?;
+    let mut headers = vec![
+        (
+            HeaderName::from_static("content-type"),
+            HeaderValue::from_static("application/json"),
+        ),
+        (HeaderName::from_static("authorization"), auth),
+    ];
+    if let Some(c) = config {
+        let v = HeaderValue::from_str(&c.to_string()).map_err(|e| BenchError::Http(e.to_string()))?;
+        headers.push((HeaderName::from_static("x-portkey-config"), v));
+    }
     Ok(Arc::new(Target {
         uri,
-        headers: vec![
-            (
-                HeaderName::from_static("content-type"),
-                HeaderValue::from_static("application/json"),
-            ),
-            (HeaderName::from_static("authorization"), auth),
-        ],
+        headers,
         body,
+        expect_status,
     }))
+}
+
+/// Sends a target's request once; returns its status and headers.
+async fn send_once(client: &HttpClient, t: &Target) -> Result<(u16, http::HeaderMap, String), BenchError> {
+    let mut builder = Request::builder().method(Method::POST).uri(t.uri.clone());
+    for (k, v) in &t.headers {
+        builder = builder.header(k, v);
+    }
+    let req = builder
+        .body(Full::new(t.body.clone()))
+        .map_err(|e| BenchError::Http(e.to_string()))?;
+    let resp = client.request(req).await.map_err(|e| BenchError::Http(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| BenchError::Http(e.to_string()))?
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 /// One admin API call; returns status, headers and the JSON body.
@@ -447,14 +644,145 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
         "request_log": "on (embedded SQLite, default settings)",
         "tollgate_log_level": "warn (TOLLGATE_LOG)",
     });
+    let mut setup = setup;
+    let routing = if cfg.scenarios.contains(&Scenario::Routing) {
+        let env = RoutingEnv {
+            dir: dir.path(),
+            env: &env,
+            tg: &tg,
+            admin_key: &admin_key,
+            key: &key,
+            provisioning: &provisioning,
+            ready_within,
+        };
+        let (r, s) = start_routing(cfg, client, env).await?;
+        setup["routing"] = s;
+        Some(r)
+    } else {
+        None
+    };
     Ok(Rig {
         _dir: dir,
         mock,
         tollgate,
         direct,
         through,
+        routing,
         setup,
     })
+}
+
+/// What [`start_routing`] needs from [`start`].
+struct RoutingEnv<'a> {
+    dir: &'a std::path::Path,
+    env: &'a [(&'static str, String)],
+    tg: &'a str,
+    admin_key: &'a str,
+    key: &'a str,
+    provisioning: &'a Value,
+    ready_within: Duration,
+}
+
+/// Starts the failing mock, adds its integration `mockfail` (provisioned
+/// like `mock`) and checks each routing request once.
+async fn start_routing(
+    cfg: &BenchConfig,
+    client: &HttpClient,
+    e: RoutingEnv<'_>,
+) -> Result<(RoutingRig, Value), BenchError> {
+    let port = procs::free_port()?;
+    let mut failing_mock = Proc::spawn(
+        "failing mock upstream",
+        &cfg.tollgate_bin,
+        &[
+            "mock-upstream".into(),
+            "--port".into(),
+            port.to_string(),
+            "--fail-status".into(),
+            FAIL_STATUS.to_string(),
+        ],
+        e.env,
+        cfg.pinning.as_ref().map(|p| p.mock.as_str()),
+        &e.dir.join("failing-mock.log"),
+    )?;
+    failing_mock.wait_ready(port, e.ready_within).await?;
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let tg = e.tg;
+    admin(
+        client,
+        Method::POST,
+        format!("{tg}/v1/integrations"),
+        e.admin_key,
+        json!({"name": "Bench failing mock", "slug": "mockfail", "ai_provider_id": "openai", "key": UPSTREAM_KEY, "configurations": {"custom_host": base}}),
+        "create failing integration",
+    )
+    .await?;
+    admin(
+        client,
+        Method::PUT,
+        format!("{tg}/v1/integrations/mockfail/workspaces"),
+        e.admin_key,
+        e.provisioning.clone(),
+        "provision workspace (failing integration)",
+    )
+    .await?;
+    let chat = format!("{tg}/v1/chat/completions");
+    let plain = chat_body("gpt-4o", false);
+    let rig = RoutingRig {
+        failing_mock,
+        single: target_with(&chat, e.key, plain.clone(), Some(&single_config()), None)?,
+        failed_direct: target_with(
+            &format!("{base}/chat/completions"),
+            UPSTREAM_KEY,
+            plain.clone(),
+            None,
+            Some(FAIL_STATUS),
+        )?,
+        failed_through: target_with(
+            &chat,
+            e.key,
+            chat_body("@mockfail/gpt-4o", false),
+            None,
+            Some(FAIL_THROUGH_STATUS),
+        )?,
+        fallback: target_with(&chat, e.key, plain, Some(&fallback_config()), None)?,
+    };
+    // Each request once by hand: it ends as it must, the fallback on its
+    // second target.
+    let mut checked = serde_json::Map::new();
+    for (name, t, want) in [
+        ("single", &rig.single, 200),
+        ("failed_direct", &rig.failed_direct, FAIL_STATUS),
+        ("failed_through", &rig.failed_through, FAIL_THROUGH_STATUS),
+        ("fallback", &rig.fallback, 200),
+    ] {
+        let (status, headers, body) = send_once(client, t).await?;
+        let used = headers
+            .get("x-portkey-last-used-option-index")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if status != want {
+            return Err(BenchError::Sanity(format!(
+                "routing {name}: HTTP {status} (expected {want}): {body}"
+            )));
+        }
+        if name == "fallback" && used.as_deref() != Some("config.targets[1]") {
+            return Err(BenchError::Sanity(format!(
+                "routing fallback answered from {used:?}, not config.targets[1]"
+            )));
+        }
+        checked.insert(
+            name.into(),
+            json!({"status": status, "x-portkey-last-used-option-index": used}),
+        );
+    }
+    let setup = json!({
+        "failing_integration": {"slug": "mockfail", "upstream": "tollgate mock-upstream --fail-status 503"},
+        "single_config": single_config(),
+        "fallback_config": fallback_config(),
+        "sanity_responses": checked,
+    });
+    Ok((rig, setup))
 }
 
 fn plan(cfg: &BenchConfig, rate: f64, mode: Mode, duration: Duration, warmup: Duration) -> Plan {
@@ -465,6 +793,7 @@ fn plan(cfg: &BenchConfig, rate: f64, mode: Mode, duration: Duration, warmup: Du
         concurrency: cfg.concurrency,
         timeout: cfg.timeout,
         mode,
+        start: None,
     }
 }
 
@@ -480,9 +809,7 @@ async fn step(
     let direct = load::run(client, rig.direct[mode_index(mode)].clone(), &p).await?;
     tokio::time::sleep(cfg.cooldown).await;
     let pid = rig.tollgate.pid();
-    let ours = |cpu: f64| -> Result<f64, BenchError> {
-        Ok(cpu + procfs::cpu_seconds(rig.mock.pid())? + procfs::cpu_seconds(std::process::id())?)
-    };
+    let ours = |cpu: f64| -> Result<f64, BenchError> { Ok(cpu + others_cpu(rig)?) };
     let busy0 = procfs::machine_busy_seconds()?;
     let split0 = procfs::cpu_split(pid)?;
     let cpu0 = split0.0 + split0.1;
@@ -517,6 +844,193 @@ async fn step(
         tollgate: through,
     })
 }
+
+/// CPU seconds of the benchmark's processes other than Tollgate: the mocks
+/// and the load generator.
+fn others_cpu(rig: &Rig) -> Result<f64, BenchError> {
+    let mut s = procfs::cpu_seconds(rig.mock.pid())? + procfs::cpu_seconds(std::process::id())?;
+    if let Some(r) = &rig.routing {
+        s += procfs::cpu_seconds(r.failing_mock.pid())?;
+    }
+    Ok(s)
+}
+
+impl Added {
+    /// `a − b − c`, percentile by percentile.
+    fn hop(a: &Percentiles, b: &Percentiles, c: &Percentiles) -> Added {
+        Added {
+            p50: a.p50 - b.p50 - c.p50,
+            p90: a.p90 - b.p90 - c.p90,
+            p99: a.p99 - b.p99 - c.p99,
+            max: a.max - b.max - c.max,
+        }
+    }
+}
+
+/// One round of the routing scenario: six steps, back to back.
+async fn routing_round(
+    cfg: &BenchConfig,
+    client: &HttpClient,
+    rig: &Rig,
+    r: &RoutingRig,
+) -> Result<RoutingRound, BenchError> {
+    let p = plan(cfg, cfg.routing.rate, Mode::Whole, cfg.duration, cfg.warmup);
+    let busy0 = procfs::machine_busy_seconds()?;
+    let ours0 = procfs::cpu_seconds(rig.tollgate.pid())? + others_cpu(rig)?;
+    let targets = [
+        &rig.direct[0],
+        &rig.through[0],
+        &r.single,
+        &r.failed_direct,
+        &r.failed_through,
+        &r.fallback,
+    ];
+    let mut stats = Vec::with_capacity(6);
+    if cfg.routing.together {
+        // The six schedules are staggered by a sixth of an interval each, so
+        // their requests take turns in a fixed order instead of arriving in
+        // bursts of six whose order would favour some of them.
+        let base = Instant::now() + Duration::from_millis(20);
+        let interval = Duration::try_from_secs_f64(1.0 / cfg.routing.rate).unwrap_or(Duration::ZERO);
+        let runs: Vec<_> = targets
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                let mut p = p.clone();
+                p.start = Some(base + interval.mul_f64(k as f64 / targets.len() as f64));
+                let (client, t) = (client.clone(), (*t).clone());
+                tokio::spawn(async move { load::run(&client, t, &p).await })
+            })
+            .collect();
+        for h in runs {
+            stats.push(h.await.map_err(|e| LoadError::Dispatcher(e.to_string()))??);
+        }
+        tokio::time::sleep(cfg.cooldown).await;
+    } else {
+        for t in targets {
+            stats.push(load::run(client, t.clone(), &p).await?);
+            tokio::time::sleep(cfg.cooldown).await;
+        }
+    }
+    let ours1 = procfs::cpu_seconds(rig.tollgate.pid())? + others_cpu(rig)?;
+    let busy1 = procfs::machine_busy_seconds()?;
+    let mut it = stats.into_iter();
+    let mut next = || {
+        it.next()
+            .ok_or_else(|| BenchError::Http("a routing step is missing".into()))
+    };
+    let (direct, no_config, single) = (next()?, next()?, next()?);
+    let (failed_direct, failed_through, fallback) = (next()?, next()?, next()?);
+    Ok(RoutingRound {
+        no_config_added_ms: Added::of(&no_config.latency_ms, &direct.latency_ms),
+        single_vs_no_config_ms: Added::of(&single.latency_ms, &no_config.latency_ms),
+        hop_ms: Added::hop(&fallback.latency_ms, &no_config.latency_ms, &failed_direct.latency_ms),
+        hop_vs_failed_through_ms: Added::hop(&fallback.latency_ms, &no_config.latency_ms, &failed_through.latency_ms),
+        other_processes_cpu_s: ((busy1 - busy0) - (ours1 - ours0)).max(0.0),
+        direct,
+        no_config,
+        single,
+        failed_direct,
+        failed_through,
+        fallback,
+    })
+}
+
+fn spread(rounds: &[RoutingRound], f: impl Fn(&RoutingRound) -> &Added) -> Option<Spread> {
+    Some(Spread {
+        p50: Range::of(rounds.iter().map(|r| f(r).p50).collect())?,
+        p99: Range::of(rounds.iter().map(|r| f(r).p99).collect())?,
+    })
+}
+
+/// The routing scenario: its rounds, within the run's wall-time limit.
+async fn routing(
+    cfg: &BenchConfig,
+    client: &HttpClient,
+    rig: &Rig,
+    deadline: Instant,
+    notes: &mut Vec<String>,
+) -> Result<RoutingReport, BenchError> {
+    let mut rounds = Vec::new();
+    if let Some(r) = &rig.routing {
+        let steps_per_round = if cfg.routing.together { 1 } else { 6 };
+        for i in 0..cfg.routing.rounds {
+            let need = steps_per_round * (cfg.warmup + cfg.duration + cfg.cooldown);
+            if Instant::now() + need > deadline {
+                notes.push(format!(
+                    "routing: stopped before round {} of {}: wall-time limit {:?}",
+                    i + 1,
+                    cfg.routing.rounds,
+                    cfg.max_wall
+                ));
+                break;
+            }
+            let round = routing_round(cfg, client, rig, r).await?;
+            eprintln!("{}", crate::report::routing_line(i + 1, &round));
+            rounds.push(round);
+        }
+    }
+    let summary = (|| {
+        Some(RoutingSummary {
+            no_config_added_ms: spread(&rounds, |r| &r.no_config_added_ms)?,
+            single_vs_no_config_ms: spread(&rounds, |r| &r.single_vs_no_config_ms)?,
+            hop_ms: spread(&rounds, |r| &r.hop_ms)?,
+            hop_vs_failed_through_ms: spread(&rounds, |r| &r.hop_vs_failed_through_ms)?,
+        })
+    })();
+    Ok(RoutingReport {
+        rate: cfg.routing.rate,
+        together: cfg.routing.together,
+        single_config: single_config(),
+        fallback_config: fallback_config(),
+        rounds,
+        summary,
+    })
+}
+
+/// The routing targets against the medians across rounds.
+pub fn routing_targets(r: &RoutingReport) -> Vec<TargetCheck> {
+    let s = r.summary.as_ref();
+    vec![
+        check(
+            "routing: single-target config minus no config, p50 (median of rounds)".into(),
+            format!("<= {SINGLE_NOISE_MS} ms (nothing measurable)"),
+            s.map(|s| s.single_vs_no_config_ms.p50.median),
+            |v| v <= SINGLE_NOISE_MS,
+        ),
+        check(
+            "routing: one fallback hop, p50 (median of rounds)".into(),
+            format!("<= {HOP_LIMIT_MS} ms"),
+            s.map(|s| s.hop_ms.p50.median),
+            |v| v <= HOP_LIMIT_MS,
+        ),
+        check(
+            "routing: one fallback hop, p99 (median of rounds)".into(),
+            format!("<= {HOP_LIMIT_MS} ms"),
+            s.map(|s| s.hop_ms.p99.median),
+            |v| v <= HOP_LIMIT_MS,
+        ),
+        check(
+            "errors through Tollgate (routing rounds)".into(),
+            "0".into(),
+            (!r.rounds.is_empty()).then(|| {
+                r.rounds
+                    .iter()
+                    .map(|x| {
+                        (x.no_config.errors + x.single.errors + x.failed_through.errors + x.fallback.errors) as f64
+                    })
+                    .sum()
+            }),
+            |v| v == 0.0,
+        ),
+    ]
+}
+
+/// A difference below this is not measurable on this machine: it is under
+/// the spread of the same step's p50 from round to round.
+pub const SINGLE_NOISE_MS: f64 = 0.05;
+/// The bound on one fallback hop.
+pub const HOP_LIMIT_MS: f64 = 0.2;
 
 /// Rates are probed in round steps: 10 req/s below 1,000, 100 above.
 fn round_rate(r: f64) -> f64 {
@@ -686,7 +1200,12 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
     let rig = start(&cfg, &client).await?;
     let mut notes = vec![format!("load average at start: {}", procfs::loadavg())];
     let mut steps = Vec::new();
-    'rates: for &rate in &cfg.rates {
+    let rates: &[f64] = if cfg.scenarios.contains(&Scenario::Gateway) {
+        &cfg.rates
+    } else {
+        &[]
+    };
+    'rates: for &rate in rates {
         for &mode in &cfg.modes {
             let need = 2 * (cfg.warmup + cfg.duration + cfg.cooldown);
             if Instant::now() + need > deadline {
@@ -702,11 +1221,25 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
             steps.push(r);
         }
     }
-    let search = if cfg.search.enabled {
+    let search = if cfg.search.enabled && cfg.scenarios.contains(&Scenario::Gateway) {
         Some(search(&cfg, &client, &rig, &steps, deadline).await?)
     } else {
         None
     };
+    let routing = if cfg.scenarios.contains(&Scenario::Routing) {
+        Some(routing(&cfg, &client, &rig, deadline, &mut notes).await?)
+    } else {
+        None
+    };
+    notes.push(format!("load average at end: {}", procfs::loadavg()));
+    let mut checks = if cfg.scenarios.contains(&Scenario::Gateway) {
+        targets(&steps)
+    } else {
+        Vec::new()
+    };
+    if let Some(r) = &routing {
+        checks.extend(routing_targets(r));
+    }
     let report = Report {
         schema: 1,
         started_at: started.to_rfc3339(),
@@ -714,11 +1247,12 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
         git_commit: cfg.git_commit.clone(),
         command: cfg.command.clone(),
         machine: procfs::machine(),
-        targets: targets(&steps),
+        targets: checks,
         setup: rig.setup.clone(),
         config: cfg.clone(),
         steps,
         search,
+        routing,
         notes,
     };
     drop(rig);

@@ -67,6 +67,9 @@ pub struct Target {
     pub uri: Uri,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    /// The status that counts as an answer (`None`: any 2xx). Set to time a
+    /// request that is meant to fail, e.g. an upstream answering 503.
+    pub expect_status: Option<u16>,
 }
 
 /// One step: how fast, how long, and the bounds.
@@ -83,6 +86,10 @@ pub struct Plan {
     /// Per request, counted from its due time.
     pub timeout: Duration,
     pub mode: Mode,
+    /// When the first request is due (`None`: a few milliseconds from now).
+    /// Steps run at the same time are given starts a fraction of an interval
+    /// apart, so that their requests take turns instead of arriving together.
+    pub start: Option<Instant>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -201,7 +208,7 @@ pub async fn run(client: &HttpClient, target: Arc<Target>, plan: &Plan) -> Resul
     let in_flight = Arc::new(AtomicU64::new(0));
     let max_in_flight = Arc::new(AtomicU64::new(0));
     // A little slack so the first due times are not already past.
-    let start = Instant::now() + Duration::from_millis(5);
+    let start = plan.start.unwrap_or_else(|| Instant::now() + Duration::from_millis(5));
     let measured_from = start + Duration::from_nanos((warm as f64 * interval_ns) as u64);
 
     let handle = tokio::runtime::Handle::current();
@@ -354,9 +361,9 @@ impl Drop for InFlight {
     }
 }
 
-/// Sends the request and reads the whole answer. Success is a 200 whose
-/// body is complete: non-empty for a whole answer, ending in `[DONE]` for a
-/// stream.
+/// Sends the request and reads the whole answer. Success is a 2xx (or the
+/// target's `expect_status`) whose body is complete: non-empty for a whole
+/// answer, ending in `[DONE]` for a stream.
 async fn exchange(client: &HttpClient, target: &Target, mode: Mode) -> (Option<Instant>, Result<(), String>) {
     let mut builder = Request::builder().method(Method::POST).uri(target.uri.clone());
     for (k, v) in &target.headers {
@@ -392,7 +399,11 @@ async fn exchange(client: &HttpClient, target: &Target, mode: Mode) -> (Option<I
             tail.drain(..cut);
         }
     }
-    if !status.is_success() {
+    let expected = match target.expect_status {
+        Some(s) => status.as_u16() == s,
+        None => status.is_success(),
+    };
+    if !expected {
         return (first_byte, Err(format!("status_{}", status.as_u16())));
     }
     let complete = match mode {
@@ -467,6 +478,7 @@ mod tests {
             uri: url.parse().unwrap(),
             headers: vec![],
             body: Bytes::from_static(b"{}"),
+            expect_status: None,
         })
     }
 
@@ -478,6 +490,7 @@ mod tests {
             concurrency: 16,
             timeout: Duration::from_millis(300),
             mode,
+            start: None,
         }
     }
 
@@ -515,6 +528,19 @@ mod tests {
         let url = server(Some(REFUSED)).await;
         let s = run(&client(16), target(&url), &plan(Mode::Whole)).await.unwrap();
         assert_eq!(s.error_kinds.get("status_429"), Some(&40));
+        // A status that is expected counts as an answer and is timed ...
+        let mut expecting = (*target(&url)).clone();
+        expecting.expect_status = Some(429);
+        let s = run(&client(16), Arc::new(expecting.clone()), &plan(Mode::Whole))
+            .await
+            .unwrap();
+        assert_eq!((s.ok, s.errors), (40, 0), "{:?}", s.error_kinds);
+        assert!(s.latency_ms.p50 > 0.0);
+        // ... and then a 2xx is not.
+        let url = server(Some(WHOLE)).await;
+        expecting.uri = url.parse().unwrap();
+        let s = run(&client(16), Arc::new(expecting), &plan(Mode::Whole)).await.unwrap();
+        assert_eq!(s.error_kinds.get("status_200"), Some(&40), "{:?}", s.error_kinds);
         let url = server(None).await;
         let s = run(&client(16), target(&url), &plan(Mode::Whole)).await.unwrap();
         assert_eq!(s.error_kinds.get("timeout"), Some(&40), "{:?}", s.error_kinds);

@@ -9,7 +9,7 @@ use http::{HeaderName, HeaderValue};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_loadgen::bench::{self, BenchConfig, Pinning, SearchConfig};
+use tollgate_loadgen::bench::{self, BenchConfig, Pinning, RoutingConfig, Scenario, SearchConfig};
 use tollgate_loadgen::load::{self, Mode, Plan, Target};
 use tollgate_loadgen::{procs, report};
 
@@ -58,6 +58,9 @@ struct RunArgs {
     /// The POST body (JSON text).
     #[arg(long, default_value = "{}")]
     body: String,
+    /// The status that counts as an answer [default: any 2xx].
+    #[arg(long)]
+    expect_status: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +74,20 @@ struct BenchArgs {
     /// Tiny rates and one-second steps: checks the harness runs, nothing more.
     #[arg(long)]
     smoke: bool,
+    /// What to measure, comma-separated: gateway (direct versus through
+    /// Tollgate, then the search), routing (no config, a single-target
+    /// config and one fallback hop) [default: gateway; smoke: gateway,routing].
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<String>>,
+    /// Requests per second of each of the routing scenario's six steps [default: 200; smoke: 20].
+    #[arg(long)]
+    routing_rate: Option<f64>,
+    /// Rounds of the routing scenario (each runs its six steps once) [default: 3; smoke: 1].
+    #[arg(long)]
+    routing_rounds: Option<usize>,
+    /// Run a routing round's six steps back to back instead of at the same time.
+    #[arg(long)]
+    routing_sequential: bool,
     /// Rates in requests per second, comma-separated [default: 1000,3000,5000; smoke: 20,50].
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<f64>>,
@@ -137,8 +154,28 @@ fn parse_mode(m: &str) -> anyhow::Result<Mode> {
     }
 }
 
+fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
+    Scenario::parse(s).with_context(|| format!("unknown scenario {s:?} (gateway or routing)"))
+}
+
 fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
     let smoke = a.smoke;
+    let scenarios = match &a.scenarios {
+        Some(list) => list
+            .iter()
+            .map(|s| parse_scenario(s))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None if smoke => vec![Scenario::Gateway, Scenario::Routing],
+        None => vec![Scenario::Gateway],
+    };
+    if scenarios.is_empty() {
+        anyhow::bail!("--scenarios needs at least one of gateway, routing");
+    }
+    let routing_rate = pick_rate(a.routing_rate, smoke)?;
+    let routing_rounds = a.routing_rounds.unwrap_or(if smoke { 1 } else { 3 });
+    if routing_rounds == 0 {
+        anyhow::bail!("--routing-rounds must be at least 1");
+    }
     let pick = |v: Option<f64>, full: f64, small: f64| v.unwrap_or(if smoke { small } else { full });
     let pinning = if a.no_pin {
         None
@@ -154,6 +191,12 @@ fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
     };
     Ok(BenchConfig {
         tollgate_bin: a.tollgate_bin.clone(),
+        scenarios,
+        routing: RoutingConfig {
+            rate: routing_rate,
+            rounds: routing_rounds,
+            together: !a.routing_sequential,
+        },
         rates: a.rates.clone().unwrap_or_else(|| {
             if smoke {
                 vec![20.0, 50.0]
@@ -185,6 +228,15 @@ fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
     })
 }
 
+/// The routing scenario's rate: given, else 200 (smoke: 20); positive and finite.
+fn pick_rate(given: Option<f64>, smoke: bool) -> anyhow::Result<f64> {
+    let r = given.unwrap_or(if smoke { 20.0 } else { 200.0 });
+    if !(r.is_finite() && r > 0.0) {
+        anyhow::bail!("--routing-rate must be a positive number, got {r}");
+    }
+    Ok(r)
+}
+
 fn run_target(a: &RunArgs) -> anyhow::Result<(Arc<Target>, Plan)> {
     let mut headers = vec![(
         HeaderName::from_static("content-type"),
@@ -200,6 +252,7 @@ fn run_target(a: &RunArgs) -> anyhow::Result<(Arc<Target>, Plan)> {
         uri: a.url.parse()?,
         headers,
         body: Bytes::from(a.body.clone()),
+        expect_status: a.expect_status,
     };
     let plan = Plan {
         rate: a.rate,
@@ -208,6 +261,7 @@ fn run_target(a: &RunArgs) -> anyhow::Result<(Arc<Target>, Plan)> {
         concurrency: a.concurrency,
         timeout: secs(a.timeout)?,
         mode: if a.stream { Mode::Stream } else { Mode::Whole },
+        start: None,
     };
     Ok((Arc::new(target), plan))
 }

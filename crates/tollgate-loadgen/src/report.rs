@@ -1,7 +1,7 @@
 //! The human-readable side of a run: one line per step while it runs, and
 //! the final table (the same figures as the JSON).
 
-use crate::bench::{Report, StepReport};
+use crate::bench::{Report, RoutingRound, Spread, StepReport};
 use std::fmt::Write;
 
 /// One line per finished step, printed as the run goes.
@@ -21,9 +21,123 @@ pub fn step_line(r: &StepReport) -> String {
     )
 }
 
+/// One line per finished routing round.
+pub fn routing_line(n: usize, r: &RoutingRound) -> String {
+    format!(
+        "routing round {n}: p50/p99 ms  direct {:.3}/{:.3}  no config {:.3}/{:.3}  single {:.3}/{:.3}  failed direct {:.3}/{:.3}  failed through {:.3}/{:.3}  fallback {:.3}/{:.3}  -> single-none {:+.3}/{:+.3}  hop {:+.3}/{:+.3}  other cpu {:.1} s",
+        r.direct.latency_ms.p50,
+        r.direct.latency_ms.p99,
+        r.no_config.latency_ms.p50,
+        r.no_config.latency_ms.p99,
+        r.single.latency_ms.p50,
+        r.single.latency_ms.p99,
+        r.failed_direct.latency_ms.p50,
+        r.failed_direct.latency_ms.p99,
+        r.failed_through.latency_ms.p50,
+        r.failed_through.latency_ms.p99,
+        r.fallback.latency_ms.p50,
+        r.fallback.latency_ms.p99,
+        r.single_vs_no_config_ms.p50,
+        r.single_vs_no_config_ms.p99,
+        r.hop_ms.p50,
+        r.hop_ms.p99,
+        r.other_processes_cpu_s,
+    )
+}
+
+fn range(s: &Spread) -> String {
+    format!(
+        "{:.3} ({:.3} … {:.3}) | {:.3} ({:.3} … {:.3})",
+        s.p50.median, s.p50.min, s.p50.max, s.p99.median, s.p99.min, s.p99.max
+    )
+}
+
+/// The routing scenario's tables.
+fn routing_table(s: &mut String, report: &Report) {
+    let Some(r) = &report.routing else { return };
+    let _ = writeln!(
+        s,
+        "\nRouting, {:.0} req/s per step, non-streaming, {} round(s), steps {}; latency p50 / p99 (ms), each step's own:\n",
+        r.rate,
+        r.rounds.len(),
+        if r.together { "at the same time" } else { "back to back" }
+    );
+    let _ = writeln!(
+        s,
+        "| round | direct | no config | single config | failed, direct | failed, through | fallback (fail → ok) | other CPU (s) |"
+    );
+    let _ = writeln!(s, "|---:|---|---|---|---|---|---|---:|");
+    let two = |p: &crate::load::Percentiles| format!("{:.3} / {:.3}", p.p50, p.p99);
+    for (i, x) in r.rounds.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            i + 1,
+            two(&x.direct.latency_ms),
+            two(&x.no_config.latency_ms),
+            two(&x.single.latency_ms),
+            two(&x.failed_direct.latency_ms),
+            two(&x.failed_through.latency_ms),
+            two(&x.fallback.latency_ms),
+            x.other_processes_cpu_s,
+        );
+    }
+    if let Some(sum) = &r.summary {
+        let _ = writeln!(
+            s,
+            "\nAcross rounds, median (lowest … highest), ms:\n\n| figure | p50 | p99 |\n|---|---|---|"
+        );
+        for (name, sp) in [
+            ("no config − direct (what the gateway adds)", &sum.no_config_added_ms),
+            ("single config − no config", &sum.single_vs_no_config_ms),
+            ("fallback hop = fallback − no config − failed direct", &sum.hop_ms),
+            (
+                "fallback − no config − failed through Tollgate",
+                &sum.hop_vs_failed_through_ms,
+            ),
+        ] {
+            let _ = writeln!(s, "| {name} | {} |", range(sp));
+        }
+    }
+}
+
 /// The final table, as Markdown (it is pasted into docs/PERFORMANCE.md).
 pub fn table(report: &Report) -> String {
     let mut s = String::new();
+    if !report.steps.is_empty() {
+        gateway_table(&mut s, report);
+    }
+    routing_table(&mut s, report);
+    if let Some(search) = &report.search {
+        let _ = writeln!(
+            s,
+            "\nHighest sustained rate ({}): {} (lowest failing: {}; {} probes; stopped: {})",
+            search.criterion,
+            search
+                .max_sustained_rps
+                .map_or("none".into(), |r| format!("{r:.0} req/s")),
+            search
+                .lowest_failing_rps
+                .map_or("none probed".into(), |r| format!("{r:.0} req/s")),
+            search.probes.len(),
+            search.stopped_because,
+        );
+    }
+    let _ = writeln!(s, "\nTargets:\n");
+    for t in &report.targets {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        let value = t.value.map_or("-".into(), |v| format!("{v:.3}"));
+        let _ = writeln!(s, "- {}: {} (limit {}): {}", t.name, value, t.limit, verdict);
+    }
+    s
+}
+
+/// The direct-versus-Tollgate steps.
+fn gateway_table(s: &mut String, report: &Report) {
     let _ = writeln!(
         s,
         "| rate (req/s) | mode | direct p50 / p90 / p99 / max (ms) | Tollgate p50 / p90 / p99 / max (ms) | added p50 / p90 / p99 / max (ms) | success (direct / Tollgate) | achieved (req/s) | Tollgate CPU per 1,000 req (ms) | Tollgate peak RSS (MB) |"
@@ -68,30 +182,4 @@ pub fn table(report: &Report) -> String {
             }
         }
     }
-    if let Some(search) = &report.search {
-        let _ = writeln!(
-            s,
-            "\nHighest sustained rate ({}): {} (lowest failing: {}; {} probes; stopped: {})",
-            search.criterion,
-            search
-                .max_sustained_rps
-                .map_or("none".into(), |r| format!("{r:.0} req/s")),
-            search
-                .lowest_failing_rps
-                .map_or("none probed".into(), |r| format!("{r:.0} req/s")),
-            search.probes.len(),
-            search.stopped_because,
-        );
-    }
-    let _ = writeln!(s, "\nTargets:\n");
-    for t in &report.targets {
-        let verdict = match t.met {
-            Some(true) => "met",
-            Some(false) => "MISSED",
-            None => "not measured",
-        };
-        let value = t.value.map_or("-".into(), |v| format!("{v:.3}"));
-        let _ = writeln!(s, "- {}: {} (limit {}): {}", t.name, value, t.limit, verdict);
-    }
-    s
 }

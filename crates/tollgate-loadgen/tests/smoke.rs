@@ -96,4 +96,49 @@ fn smoke_run_writes_the_report() {
     let search = &report["search"];
     assert!(search["probes"].is_array() && search["criterion"].is_string() && search["stopped_because"].is_string());
     assert!(report["targets"].as_array().is_some_and(|t| !t.is_empty()));
+
+    // The routing scenario: one round of six steps, each answered as expected
+    // (the failed ones with the failing mock's 503, through Tollgate a 502), and the derived figures.
+    let routing = &report["routing"];
+    let rounds = routing["rounds"].as_array().expect("routing rounds");
+    assert_eq!(rounds.len(), 1, "{routing}");
+    for step in [
+        "direct",
+        "no_config",
+        "single",
+        "failed_direct",
+        "failed_through",
+        "fallback",
+    ] {
+        let st = &rounds[0][step];
+        assert_eq!(st["errors"], 0, "{step}: {}", st["error_kinds"]);
+        assert!(st["latency_ms"]["p50"].as_f64().is_some_and(|v| v > 0.0), "{step}");
+    }
+    for fig in [
+        "no_config_added_ms",
+        "single_vs_no_config_ms",
+        "hop_ms",
+        "hop_vs_failed_through_ms",
+    ] {
+        assert!(rounds[0][fig]["p50"].is_number(), "{fig}");
+        assert!(routing["summary"][fig]["p99"]["median"].is_number(), "{fig}");
+    }
+    let sanity = &report["setup"]["routing"]["sanity_responses"];
+    assert_eq!(
+        sanity["fallback"]["x-portkey-last-used-option-index"],
+        "config.targets[1]"
+    );
+    assert_eq!(sanity["failed_direct"]["status"], 503);
+    assert_eq!(sanity["failed_through"]["status"], 502);
+    let names: Vec<&str> = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.iter().any(|n| n.contains("fallback hop")), "{names:?}");
+    assert!(
+        stdout.contains("fallback hop"),
+        "the routing table is printed: {stdout}"
+    );
 }

@@ -167,12 +167,13 @@ pub enum StreamItem {
 pub enum ProviderError {
     /// The upstream answered with a non-2xx status; `message` is its own.
     /// `retry_after` is the wait it asked for (`retry-after-ms`,
-    /// `x-ms-retry-after-ms`, `retry-after`), where it sent one.
+    /// `x-ms-retry-after-ms`, `retry-after` in seconds or as an HTTP date),
+    /// where it sent one; the gateway reads a date against its clock.
     #[error("upstream returned {status}: {message}")]
     Upstream {
         status: u16,
         message: String,
-        retry_after: Option<Duration>,
+        retry_after: Option<tollgate_core::routing::RetryAfter>,
     },
     /// The upstream did not answer within the deadline.
     #[error("upstream timed out")]

@@ -329,6 +329,7 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+    use tollgate_core::routing::RetryAfter;
     use tollgate_core::secrets::PlainSecrets;
 
     fn message_of(body: &[u8]) -> String {
@@ -385,7 +386,7 @@ mod tests {
         headers.insert("retry-after-ms", HeaderValue::from_static("1500"));
         match upstream_error(429, &headers, b"{}", openai_message) {
             ProviderError::Upstream { retry_after, .. } => {
-                assert_eq!(retry_after, Some(Duration::from_millis(1500)))
+                assert_eq!(retry_after, Some(RetryAfter::Delay(Duration::from_millis(1500))))
             }
             other => panic!("{other:?}"),
         }
@@ -459,7 +460,7 @@ mod tests {
             } => {
                 assert_eq!(status, 503);
                 assert_eq!(message, "HTTP 503");
-                assert_eq!(retry_after, Some(Duration::from_secs(2)));
+                assert_eq!(retry_after, Some(RetryAfter::Delay(Duration::from_secs(2))));
             }
             other => panic!("{other:?}"),
         }

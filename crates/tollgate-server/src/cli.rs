@@ -62,6 +62,11 @@ pub enum Command {
         /// Which provider's API to mock.
         #[arg(long, value_enum, default_value_t = MockProtocol::Openai)]
         protocol: MockProtocol,
+        /// Answer every model call with this HTTP status (400-599) and the
+        /// provider's error body, at once: a failing upstream for trying
+        /// fallbacks (and for the routing benchmark).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(400..=599))]
+        fail_status: Option<u16>,
     },
 }
 
@@ -384,10 +389,15 @@ pub mod mock_credentials {
 /// stderr with the base URL and the credentials the mock accepts, and
 /// serves until the process ends. Nothing is recorded, so memory stays flat
 /// however long it runs.
-pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliError> {
+pub async fn mock_upstream(protocol: MockProtocol, port: u16, fail_status: Option<u16>) -> Result<(), CliError> {
     use mock_credentials as creds;
     use tollgate_testkit::control::Control;
     use tollgate_testkit::{anthropic, azure, bedrock, google, openai};
+
+    let control = Control::new();
+    if let Some(status) = fail_status {
+        control.fail(status, "the mock upstream was started with --fail-status");
+    }
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -396,7 +406,13 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
     let url = format!("http://{addr}");
     let (router, line) = match protocol {
         MockProtocol::Openai => (
-            openai::router(openai::OpenAiMock::default(), None),
+            openai::router(
+                openai::OpenAiMock {
+                    api_key: None,
+                    control: control.clone(),
+                },
+                None,
+            ),
             format!(
                 "mock-upstream openai: base_url={url}/v1 accepts any key \
                  (integration: ai_provider_id=openai, configurations.custom_host={url}/v1)"
@@ -405,7 +421,7 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
         MockProtocol::Anthropic => {
             let config = anthropic::AnthropicMock {
                 api_key: creds::ANTHROPIC_KEY.into(),
-                control: Control::new(),
+                control: control.clone(),
             };
             (
                 anthropic::standalone_router(config),
@@ -420,7 +436,8 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
         MockProtocol::Azure => {
             let config = azure::AzureMock {
                 api_key: creds::AZURE_KEY.into(),
-                ..Default::default()
+                deployments: Vec::new(),
+                control: control.clone(),
             };
             (
                 azure::standalone_router(config),
@@ -433,7 +450,7 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
             )
         }
         MockProtocol::Gemini => (
-            google::standalone_gemini_router(creds::GEMINI_KEY, Control::new()),
+            google::standalone_gemini_router(creds::GEMINI_KEY, control.clone()),
             format!(
                 "mock-upstream gemini: base_url={url}/v1beta x-goog-api-key={} \
                  (integration: ai_provider_id=google, key={}, configurations.custom_host={url}/v1beta)",
@@ -442,7 +459,7 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
             ),
         ),
         MockProtocol::Vertex => {
-            let config = google::VertexConfig::new(creds::VERTEX_PROJECT, creds::VERTEX_REGION, Control::new());
+            let config = google::VertexConfig::new(creds::VERTEX_PROJECT, creds::VERTEX_REGION, control.clone());
             let router = google::standalone_vertex_router(config).map_err(|e| CliError::Other(e.to_string()))?;
             // The key file's `token_uri` must be this mock's token endpoint:
             // the JWT's audience is checked against it.
@@ -463,7 +480,7 @@ pub async fn mock_upstream(protocol: MockProtocol, port: u16) -> Result<(), CliE
             )
         }
         MockProtocol::Bedrock => {
-            let config = bedrock::BedrockConfig::new(creds::BEDROCK_REGION, Control::new());
+            let config = bedrock::BedrockConfig::new(creds::BEDROCK_REGION, control.clone());
             let line = format!(
                 "mock-upstream bedrock: base_url={url} aws_region={} aws_access_key_id={} \
                  aws_secret_access_key={} aws_role_arn={} aws_external_id={} \

@@ -62,9 +62,13 @@ async fn main() -> ExitCode {
                 let s = tollgate_server::seed::seed_usage(data.config()?, rows, days).await?;
                 eprintln!("Wrote {} requests in {:.1} s.", s.rows, s.seconds);
             }
-            Command::MockUpstream { port, protocol } => {
+            Command::MockUpstream {
+                port,
+                protocol,
+                fail_status,
+            } => {
                 init_tracing("info");
-                cli::mock_upstream(protocol, port).await?;
+                cli::mock_upstream(protocol, port, fail_status).await?;
             }
         }
         Ok(())

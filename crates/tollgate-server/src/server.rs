@@ -316,6 +316,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         usage,
         counters,
         alerts,
+        breakers: Arc::new(crate::gateway::routing::LocalBreakers::default()),
     };
     let state = AppState::new(parts, master).await?;
     let restored = crate::limits::restore_from_log(&state).await?;

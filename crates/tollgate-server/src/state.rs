@@ -38,8 +38,8 @@ pub struct AppState {
     pub alerts: AlertHandle,
     /// Natively relayed Responses API ids → where they are stored.
     pub response_ids: Arc<crate::gateway::dialect::ResponseIds>,
-    /// Circuit breakers of routing targets (in this process).
-    pub breakers: crate::gateway::routing::Breakers,
+    /// Circuit breakers of routing targets.
+    pub breakers: Arc<dyn crate::gateway::routing::BreakerStore>,
     snapshot: ArcSwap<Snapshot>,
     master: Mutex<Arc<MasterKey>>,
     write_lock: tokio::sync::Mutex<()>,
@@ -56,6 +56,9 @@ pub struct Parts {
     pub usage: UsageLog,
     pub counters: Arc<dyn Counters>,
     pub alerts: AlertHandle,
+    /// Circuit-breaker state: [`crate::gateway::routing::LocalBreakers`]
+    /// (per process) unless a shared store is configured.
+    pub breakers: Arc<dyn crate::gateway::routing::BreakerStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,7 @@ impl AppState {
             usage,
             counters,
             alerts,
+            breakers,
         } = parts;
         let master = Arc::new(master);
         let snap = load_snapshot(&store, &master).await?;
@@ -92,7 +96,7 @@ impl AppState {
             counters,
             alerts,
             response_ids: Arc::default(),
-            breakers: Default::default(),
+            breakers,
             snapshot: ArcSwap::from_pointee(snap),
             master: Mutex::new(master),
             write_lock: tokio::sync::Mutex::new(()),

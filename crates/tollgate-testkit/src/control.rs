@@ -38,6 +38,8 @@ struct State {
     failures_left: Option<usize>,
     /// `retry-after-ms` sent with a failure.
     retry_after_ms: Option<u64>,
+    /// `retry-after` sent with a failure, verbatim (seconds or an HTTP date).
+    retry_after: Option<String>,
     stream_exception: Option<(String, String)>,
     latency: Duration,
     cut_stream: bool,
@@ -55,6 +57,7 @@ impl Default for State {
             failure: None,
             failures_left: None,
             retry_after_ms: None,
+            retry_after: None,
             stream_exception: None,
             latency: Duration::ZERO,
             cut_stream: false,
@@ -136,6 +139,14 @@ impl Control {
     }
     pub fn retry_after_ms(&self) -> Option<u64> {
         self.0.lock().retry_after_ms
+    }
+    /// Failures carry `retry-after: value` verbatim, e.g. an HTTP date
+    /// (OpenAI-compatible mock).
+    pub fn set_retry_after(&self, value: Option<&str>) {
+        self.0.lock().retry_after = value.map(str::to_owned);
+    }
+    pub fn retry_after(&self) -> Option<String> {
+        self.0.lock().retry_after.clone()
     }
 
     /// Streams end with an in-band error (Bedrock: an exception frame of

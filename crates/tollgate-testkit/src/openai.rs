@@ -192,6 +192,13 @@ async fn prologue(state: &AppState, req: Request) -> Result<Value, Response> {
             resp.headers_mut()
                 .insert("retry-after-ms", axum::http::HeaderValue::from(ms));
         }
+        if let Some(v) = state
+            .control
+            .retry_after()
+            .and_then(|v| axum::http::HeaderValue::from_str(&v).ok())
+        {
+            resp.headers_mut().insert("retry-after", v);
+        }
         return Err(resp);
     }
     let body = parse_body(&rec)?;

@@ -590,6 +590,7 @@ mod tests {
             adapters: tollgate_providers::Adapters::new().unwrap(),
             usage,
             counters: Arc::new(tollgate_store::counters::MemoryCounters::new()),
+            breakers: Arc::new(crate::gateway::routing::LocalBreakers::default()),
             alerts,
         };
         AppState::new(parts, master).await.unwrap()

@@ -265,10 +265,14 @@ impl Failed {
     }
 }
 
-/// The wait an upstream asked for before another try.
-fn asked_wait(e: &ProviderError) -> Option<Duration> {
+/// The wait an upstream asked for before another try; an HTTP date is read
+/// against the gateway's clock.
+fn asked_wait(state: &SharedState, e: &ProviderError) -> Option<Duration> {
     match e {
-        ProviderError::Upstream { retry_after, .. } => *retry_after,
+        ProviderError::Upstream {
+            retry_after: Some(asked),
+            ..
+        } => Some(asked.wait(state.now())),
         _ => None,
     }
 }
@@ -344,7 +348,7 @@ pub async fn attempt(
             crate::limits::release(state, reservation).await;
             Attempt::Failed(Box::new(Failed {
                 failure: provider_failure(&e),
-                retry_after: asked_wait(&e),
+                retry_after: asked_wait(state, &e),
                 error: upstream_error(e),
                 rate: rate_headers,
                 api,
@@ -374,7 +378,7 @@ pub async fn attempt(
                 Ok(relayed) => Attempt::Answered(relayed.respond()),
                 Err((books, e)) => Attempt::Failed(Box::new(Failed {
                     failure: provider_failure(&e),
-                    retry_after: asked_wait(&e),
+                    retry_after: asked_wait(state, &e),
                     error: upstream_error(e),
                     rate: rate_headers,
                     api,

@@ -15,7 +15,9 @@
 //! logged under the request's trace id with its target path, its retry
 //! number and whether the client got its answer. The response says which
 //! target answered (`x-portkey-last-used-option-index`) and after how many
-//! retries (`x-portkey-retry-attempt-count`).
+//! retries (`x-portkey-retry-attempt-count`). Circuit breakers keep their
+//! state in a [`BreakerStore`] (this process's memory unless the scale-out
+//! mode supplies a shared one).
 
 use super::{attempt, resolve, Attempt, Failed, Parsed, Pick};
 use crate::error::GatewayError;
@@ -88,11 +90,29 @@ pub fn plan_for(parsed: &Parsed, headers: &HeaderMap) -> Result<Option<Arc<Plan>
     }
 }
 
-/// Circuit breakers of targets, in this process: failures within the
-/// window, and until when a target is skipped. (Replicas agree once the
-/// counters move to the scale-out store.)
+/// Where the circuit breakers of routing targets keep their state: failed
+/// attempts within the window, and until when a target is skipped. Keys are
+/// `workspace id/provider slug`; times are the gateway clock's, in Unix
+/// milliseconds.
+///
+/// The default, [`LocalBreakers`], lives in this process, so each replica
+/// has its own breakers. A shared implementation (the scale-out mode's
+/// Redis) goes into [`crate::state::Parts::breakers`]; one that cannot reach
+/// its store should answer "closed" rather than fail the request.
+#[async_trait::async_trait]
+pub trait BreakerStore: Send + Sync + 'static {
+    /// Is the target skipped at `now_ms`?
+    async fn is_open(&self, key: &str, now_ms: i64) -> bool;
+
+    /// Notes an attempt's outcome: `cb.failures` failures within
+    /// `cb.window_ms` open the breaker for `cb.cooldown_ms`, after which the
+    /// count starts again. A success closes it and clears the count.
+    async fn note(&self, key: &str, cb: &CircuitBreaker, now_ms: i64, ok: bool);
+}
+
+/// Circuit breakers in this process's memory (the default store).
 #[derive(Default)]
-pub struct Breakers(Mutex<HashMap<String, BreakerState>>);
+pub struct LocalBreakers(Mutex<HashMap<String, BreakerState>>);
 
 #[derive(Default)]
 struct BreakerState {
@@ -100,30 +120,38 @@ struct BreakerState {
     open_until: i64,
 }
 
-impl Breakers {
-    /// Is the target skipped at `now_ms`?
-    pub fn is_open(&self, key: &str, now_ms: i64) -> bool {
+impl LocalBreakers {
+    fn open_at(&self, key: &str, now_ms: i64) -> bool {
         self.0.lock().get(key).is_some_and(|b| b.open_until > now_ms)
     }
 
-    /// Notes an attempt's outcome; `failures` failures within the window
-    /// open the breaker for the cool-down. A success closes it.
-    pub fn note(&self, key: &str, cb: &CircuitBreaker, now_ms: i64, ok: bool) {
+    fn record(&self, key: &str, cb: &CircuitBreaker, now_ms: i64, ok: bool) {
         let mut map = self.0.lock();
         if ok {
             map.remove(key);
             return;
         }
         let b = map.entry(key.to_owned()).or_default();
-        let since = now_ms.saturating_sub(cb.window_ms as i64);
+        let since = now_ms.saturating_sub(i64::try_from(cb.window_ms).unwrap_or(i64::MAX));
         while b.failures.front().is_some_and(|t| *t <= since) {
             b.failures.pop_front();
         }
         b.failures.push_back(now_ms);
         if b.failures.len() >= cb.failures as usize {
-            b.open_until = now_ms.saturating_add(cb.cooldown_ms as i64);
+            b.open_until = now_ms.saturating_add(i64::try_from(cb.cooldown_ms).unwrap_or(i64::MAX));
             b.failures.clear();
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl BreakerStore for LocalBreakers {
+    async fn is_open(&self, key: &str, now_ms: i64) -> bool {
+        self.open_at(key, now_ms)
+    }
+
+    async fn note(&self, key: &str, cb: &CircuitBreaker, now_ms: i64, ok: bool) {
+        self.record(key, cb, now_ms, ok)
     }
 }
 
@@ -260,7 +288,12 @@ impl<'a> Walk<'a> {
         loop {
             let mut rec = self.record(leaf, retry);
             if let Some((_, key)) = &breaker {
-                if self.state.breakers.is_open(key, self.state.now().timestamp_millis()) {
+                if self
+                    .state
+                    .breakers
+                    .is_open(key, self.state.now().timestamp_millis())
+                    .await
+                {
                     let e =
                         GatewayError::Upstream(format!("target {} skipped: its circuit breaker is open", leaf.path));
                     let mut f = Box::new(Failed::refused(self.parsed.api, e, rec, RateHeaders::default()));
@@ -291,7 +324,8 @@ impl<'a> Walk<'a> {
                 let ok = matches!(outcome, Attempt::Answered(_));
                 self.state
                     .breakers
-                    .note(key, cb, self.state.now().timestamp_millis(), ok);
+                    .note(key, cb, self.state.now().timestamp_millis(), ok)
+                    .await;
             }
             let f = match outcome {
                 Attempt::Answered(resp) => {
@@ -327,27 +361,28 @@ impl<'a> Walk<'a> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_breaker_opens_after_failures_in_the_window_and_cools_down() {
-        let b = Breakers::default();
+    #[tokio::test]
+    async fn a_breaker_opens_after_failures_in_the_window_and_cools_down() {
+        // Through the trait, as the gateway uses it.
+        let b: Arc<dyn BreakerStore> = Arc::new(LocalBreakers::default());
         let cb = CircuitBreaker {
             failures: 2,
             window_ms: 1_000,
             cooldown_ms: 5_000,
         };
-        b.note("k", &cb, 0, false);
-        assert!(!b.is_open("k", 1));
+        b.note("k", &cb, 0, false).await;
+        assert!(!b.is_open("k", 1).await);
         // The first failure left the window: still one failure.
-        b.note("k", &cb, 1_500, false);
-        assert!(!b.is_open("k", 1_501));
-        b.note("k", &cb, 1_600, false);
-        assert!(b.is_open("k", 1_601));
-        assert!(b.is_open("k", 6_599));
-        assert!(!b.is_open("k", 6_600));
-        b.note("k", &cb, 7_000, false);
-        b.note("k", &cb, 7_001, true);
-        b.note("k", &cb, 7_002, false);
-        assert!(!b.is_open("k", 7_003), "a success starts the count again");
-        assert!(!b.is_open("other", 7_003));
+        b.note("k", &cb, 1_500, false).await;
+        assert!(!b.is_open("k", 1_501).await);
+        b.note("k", &cb, 1_600, false).await;
+        assert!(b.is_open("k", 1_601).await);
+        assert!(b.is_open("k", 6_599).await);
+        assert!(!b.is_open("k", 6_600).await);
+        b.note("k", &cb, 7_000, false).await;
+        b.note("k", &cb, 7_001, true).await;
+        b.note("k", &cb, 7_002, false).await;
+        assert!(!b.is_open("k", 7_003).await, "a success starts the count again");
+        assert!(!b.is_open("other", 7_003).await);
     }
 }

@@ -633,3 +633,46 @@ fn serve_raises_the_soft_open_file_limit_to_the_hard_one() {
     let _ = child.wait();
     assert_eq!(soft, hard, "the soft limit was not raised");
 }
+
+#[tokio::test]
+async fn mock_upstream_fail_status_answers_every_model_call_with_it() {
+    // Out of range: refused before anything starts.
+    let out = Command::new(BIN)
+        .args(["mock-upstream", "--port", "0", "--fail-status", "200"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(err.contains("--fail-status") && err.contains("400..=599"), "{err}");
+
+    let mut child = Command::new(BIN)
+        .args(["mock-upstream", "--port", "0", "--fail-status", "503"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = drain(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let base = loop {
+        let text = stderr.lock().unwrap().clone();
+        if let Some(rest) = text.split("base_url=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the mock printed no base URL: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/chat/completions"))
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("--fail-status"),
+        "{body}"
+    );
+}

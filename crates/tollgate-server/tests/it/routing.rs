@@ -29,7 +29,10 @@ struct R {
 /// A workspace with two OpenAI-compatible integrations (`a`, `b`) and an
 /// Anthropic one (`claude`), and a key that may manage configs.
 async fn setup() -> R {
-    let app = App::start().await;
+    setup_on(App::start().await).await
+}
+
+async fn setup_on(app: App) -> R {
     let (ca, cb) = (Control::new(), Control::new());
     let a = openai::start(OpenAiMock {
         api_key: Some(UPSTREAM_KEY.into()),
@@ -686,4 +689,50 @@ async fn retries_wait_what_the_upstream_asks_for() {
         .await;
     assert_eq!(r.status, 429);
     assert_eq!(r.header("x-portkey-retry-attempt-count"), Some("0"));
+}
+
+#[tokio::test]
+async fn a_retry_after_http_date_is_waited_out_against_the_gateways_clock() {
+    // The gateway's clock stands at 2030-01-01T00:00:00Z; the real one does
+    // not, so only a wait read against the injected clock lasts a second.
+    let (_clock, shared) = crate::support::manual_clock("2030-01-01T00:00:00Z");
+    let s = setup_on(App::start_with(|_| {}, shared).await).await;
+    let retry = json!({"provider": "@a", "retry": {"attempts": 1}});
+    s.ca.set_retry_after(Some("Tue, 01 Jan 2030 00:00:01 GMT"));
+    s.ca.fail_times(1, 429, "slow down");
+    let started = Instant::now();
+    let r = s.send(&retry, &chat("gpt-4o")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-portkey-retry-attempt-count"), Some("1"));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1_000), "{took:?}");
+    // A date already past (RFC 850 form): the retry goes at once.
+    s.ca.set_retry_after(Some("Monday, 31-Dec-29 23:59:00 GMT"));
+    s.ca.fail_times(1, 503, "busy");
+    let started = Instant::now();
+    let r = s.send(&retry, &chat("gpt-4o")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("x-portkey-retry-attempt-count"), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // A date beyond the 60 s cap ends the retries with the upstream's answer.
+    s.ca.set_retry_after(Some("Tue, 01 Jan 2030 00:05:00 GMT"));
+    s.ca.fail_times(1, 429, "slow down");
+    let r = s.send(&retry, &chat("gpt-4o")).await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    assert_eq!(r.header("x-portkey-retry-attempt-count"), Some("0"));
+    // A value that is neither seconds nor a date is ignored: backoff.
+    s.ca.set_retry_after(Some("whenever"));
+    s.ca.fail_times(1, 429, "slow down");
+    let started = Instant::now();
+    let r = s.send(&retry, &chat("gpt-4o")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
 }
