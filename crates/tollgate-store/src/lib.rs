@@ -16,6 +16,7 @@ pub mod analytics;
 pub mod control;
 pub mod counters;
 pub mod db;
+mod dialect;
 pub mod outbox;
 mod repo;
 pub mod secrets;
