@@ -974,22 +974,20 @@ const DISTINCT_DIMS: [&str; 4] = ["api_key_id", "model", "workspace_id", "provid
 /// The roll-up histogram columns, in [`Agg`]'s order.
 const HIST_COLS: [&str; 3] = ["latency_hist", "ttft_hist", "overhead_hist"];
 
-/// The per-request counters as sums over raw rows, in [`COUNTER_COLS`]
-/// order: the SQL twin of [`Agg::add_counts`]. Counts of rows are
-/// `COUNT(*) FILTER`, which is an integer on every backend and cannot
-/// overflow; sums of values go through [`Backend::sum`].
+/// The per-request counters as aggregates over raw rows, in
+/// [`COUNTER_COLS`] order: the SQL twin of [`Agg::add_counts`].
 fn raw_counter_sums<DB: Backend>() -> [String; 25] {
     let n = DB::count;
     let count = |cond: String| format!("COUNT(*) FILTER (WHERE is_final AND {cond})");
     let status = |lo: u16, hi: u16| count(format!("{} BETWEEN {lo} AND {hi}", DB::int("status_code")));
     let is = |col: &str, v: &str| count(format!("{col} = '{v}'"));
     let generated = |what: String| {
-        DB::sum(&format!(
-            "CASE WHEN is_final AND {} BETWEEN 200 AND 299 AND {} > 0 AND {} > 0 THEN {what} ELSE 0 END",
+        format!(
+            "SUM(CASE WHEN is_final AND {} BETWEEN 200 AND 299 AND {} > 0 AND {} > 0 THEN {what} ELSE 0 END)",
             DB::int("status_code"),
             n("upstream_latency_us"),
             n("completion_tokens")
-        ))
+        )
     };
     [
         "COUNT(*) FILTER (WHERE is_final)".to_owned(),
@@ -1005,17 +1003,17 @@ fn raw_counter_sums<DB: Backend>() -> [String; 25] {
         is("refusal", "permission"),
         count("cancelled".to_owned()),
         count("streamed".to_owned()),
-        DB::sum(&n("prompt_tokens")),
-        DB::sum(&n("completion_tokens")),
-        DB::sum(&n("cached_tokens")),
-        DB::sum(&n("total_tokens")),
-        DB::sum(&DB::int("cost_picos")),
+        format!("SUM({})", n("prompt_tokens")),
+        format!("SUM({})", n("completion_tokens")),
+        format!("SUM({})", n("cached_tokens")),
+        format!("SUM({})", n("total_tokens")),
+        format!("SUM({})", DB::int("cost_picos")),
         count("cost_picos IS NOT NULL".to_owned()),
-        DB::sum(&format!(
-            "CASE WHEN cost_picos IS NOT NULL THEN {} ELSE 0 END",
+        format!(
+            "SUM(CASE WHEN cost_picos IS NOT NULL THEN {} ELSE 0 END)",
             n("total_tokens")
-        )),
-        DB::sum(&format!("CASE WHEN is_final THEN {} ELSE 0 END", n("latency_us"))),
+        ),
+        format!("SUM(CASE WHEN is_final THEN {} ELSE 0 END)", n("latency_us")),
         format!("MAX(CASE WHEN is_final THEN {} ELSE 0 END)", n("latency_us")),
         generated(n("completion_tokens")),
         generated(n("upstream_latency_us")),
@@ -1155,16 +1153,13 @@ async fn summed<DB: Backend>(
     match src {
         Source::Raw => {
             for s in raw_counter_sums::<DB>() {
-                qb.push(", ").push(s);
+                qb.push(", ").push(DB::exact(&s));
             }
         }
         Source::Rollup => {
             for c in COUNTER_COLS {
-                if c == "latency_max_us" {
-                    qb.push(format!(", MAX({c})"));
-                } else {
-                    qb.push(", ").push(DB::sum(c));
-                }
+                let f = if c == "latency_max_us" { "MAX" } else { "SUM" };
+                qb.push(", ").push(DB::exact(&format!("{f}({c})")));
             }
         }
     }
@@ -1180,23 +1175,12 @@ async fn summed<DB: Backend>(
     qb.push(" GROUP BY t, g");
     let first_dim = 2 + COUNTER_COLS.len();
     let first_hist = first_dim + DISTINCT_DIMS.len();
-    let raw_counts = raw_counter_sums::<DB>().map(|s| s.starts_with("COUNT(") || s.starts_with("MAX("));
     let mut scratch = Agg::default();
     for r in DB::fetch_all(pool, qb).await? {
         let cell = cells.entry(cell_of::<DB>(q, &r)?).or_default();
         let mut c = [0i128; 25];
         for (i, v) in c.iter_mut().enumerate() {
-            // Counts of rows and maxima are plain integers; sums are read
-            // as the backend gives them.
-            let plain = match src {
-                Source::Raw => raw_counts[i],
-                Source::Rollup => COUNTER_COLS[i] == "latency_max_us",
-            };
-            *v = if plain {
-                i128::from(DB::get_opt_i64(&r, 2 + i)?.unwrap_or(0))
-            } else {
-                DB::get_sum(&r, 2 + i)?.unwrap_or(0)
-            };
+            *v = DB::get_exact(&r, 2 + i)?.unwrap_or(0);
         }
         scratch.set_counters(&c);
         cell.add_counters(&scratch);

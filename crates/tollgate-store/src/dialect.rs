@@ -38,8 +38,9 @@ pub(crate) trait Backend: Database + Sized {
     fn least(a: &str, b: &str) -> String;
     /// A column as stored, read as an integer.
     fn int(col: &str) -> String;
-    /// `SUM(expr)` of integers, read back with [`Backend::get_sum`].
-    fn sum(expr: &str) -> String;
+    /// An integer aggregate (`SUM`, `COUNT`, `MAX`), read back exactly with
+    /// [`Backend::get_exact`].
+    fn exact(agg: &str) -> String;
     /// The texts of `expr` joined by commas.
     fn text_agg(expr: &str) -> String;
     /// The distinct values of the text `expr`, hex-encoded (so that no value
@@ -56,8 +57,8 @@ pub(crate) trait Backend: Database + Sized {
     fn get_opt_str(r: &Self::Row, i: usize) -> Result<Option<String>, sqlx::Error>;
     fn get_bool(r: &Self::Row, i: usize) -> Result<bool, sqlx::Error>;
     fn get_opt_bytes(r: &Self::Row, i: usize) -> Result<Option<&[u8]>, sqlx::Error>;
-    /// A [`Backend::sum`]: exact, `None` for a sum over no rows.
-    fn get_sum(r: &Self::Row, i: usize) -> Result<Option<i128>, sqlx::Error>;
+    /// A [`Backend::exact`] aggregate; `None` for a sum over no rows.
+    fn get_exact(r: &Self::Row, i: usize) -> Result<Option<i128>, sqlx::Error>;
 
     /// Runs `qb` and returns its rows.
     fn fetch_all<'a>(
@@ -103,9 +104,10 @@ impl Backend for Sqlite {
     fn int(col: &str) -> String {
         format!("CAST({col} AS INTEGER)")
     }
-    fn sum(expr: &str) -> String {
-        // 64-bit: an overflow is an error, and the caller then reads row by row.
-        format!("SUM({expr})")
+    fn exact(agg: &str) -> String {
+        // 64-bit: a SUM that overflows is an error, and the caller then
+        // reads row by row.
+        agg.to_owned()
     }
     fn text_agg(expr: &str) -> String {
         format!("group_concat({expr})")
@@ -138,7 +140,7 @@ impl Backend for Sqlite {
     fn get_opt_bytes(r: &SqliteRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
         r.try_get(i)
     }
-    fn get_sum(r: &SqliteRow, i: usize) -> Result<Option<i128>, sqlx::Error> {
+    fn get_exact(r: &SqliteRow, i: usize) -> Result<Option<i128>, sqlx::Error> {
         Ok(r.try_get::<Option<i64>, _>(i)?.map(i128::from))
     }
     async fn fetch_all<'a>(pool: &Pool<Self>, mut qb: QueryBuilder<'a, Self>) -> Result<Vec<SqliteRow>, sqlx::Error> {
@@ -183,9 +185,9 @@ impl Backend for Postgres {
     fn int(col: &str) -> String {
         col.to_owned()
     }
-    fn sum(expr: &str) -> String {
-        // SUM of BIGINT is NUMERIC: exact, read back as text.
-        format!("CAST(SUM({expr}) AS TEXT)")
+    fn exact(agg: &str) -> String {
+        // SUM of BIGINT is NUMERIC (exact, never overflows): read as text.
+        format!("CAST({agg} AS TEXT)")
     }
     fn text_agg(expr: &str) -> String {
         format!("string_agg({expr}, ',')")
@@ -214,7 +216,7 @@ impl Backend for Postgres {
     fn get_opt_bytes(r: &PgRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
         r.try_get(i)
     }
-    fn get_sum(r: &PgRow, i: usize) -> Result<Option<i128>, sqlx::Error> {
+    fn get_exact(r: &PgRow, i: usize) -> Result<Option<i128>, sqlx::Error> {
         match r.try_get::<Option<String>, _>(i)? {
             None => Ok(None),
             // Beyond i128 (not reachable from BIGINT rows): saturate.

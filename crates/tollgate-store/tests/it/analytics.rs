@@ -142,7 +142,7 @@ fn rows() -> Vec<UsageRecord> {
                 total_tokens: prompt + completion,
                 cost_picos: (rng.below(5) > 0).then(|| (prompt * 2_500_000 + completion * 10_000_000) as i64),
                 latency_us: latency,
-                ttft_us: (rng.below(3) == 0).then(|| latency / 3),
+                ttft_us: (rng.below(3) == 0).then_some(latency / 3),
                 upstream_latency_us: upstream,
                 metadata: (!metadata.is_empty()).then_some(metadata),
                 superseded: rng.below(7) == 0,

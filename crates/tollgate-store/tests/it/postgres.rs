@@ -487,8 +487,20 @@ async fn roll_ups_on_postgres_add_up_across_concurrent_writers() {
     assert_eq!(agg.requests, 200);
     assert_eq!(agg.total_tokens, 200 * 15);
     assert_eq!(agg.latency.count(), 200);
+    // From the minute roll-up, and from raw rows (a filter it cannot answer).
     let peak = a.analytics().peak_minute(&q.filter).await.unwrap();
     assert_eq!(peak.map(|p| p.0), Some(200));
+    let by_key = Filter {
+        api_key_ids: vec!["key-1".into()],
+        ..q.filter.clone()
+    };
+    let raw_peak = a.analytics().peak_minute(&by_key).await.unwrap();
+    assert_eq!(raw_peak, peak);
+    let nobody = Filter {
+        api_key_ids: vec!["key-9".into()],
+        ..q.filter.clone()
+    };
+    assert_eq!(a.analytics().peak_minute(&nobody).await.unwrap(), None);
     drop((la, lb));
     wa.await.unwrap();
     wb.await.unwrap();
