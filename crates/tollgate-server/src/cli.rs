@@ -141,7 +141,7 @@ pub struct DataArgs {
     /// Data directory; it must exist [default: ./tollgate-data].
     #[arg(long, env = "TOLLGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The control plane in PostgreSQL (postgres://…) [default: SQLite in the data directory].
+    /// The database in PostgreSQL (postgres://…) [default: SQLite in the data directory].
     #[arg(long, env = "TOLLGATE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }

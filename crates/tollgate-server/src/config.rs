@@ -63,7 +63,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "database_url",
         env: "TOLLGATE_DATABASE_URL",
-        help: "postgres://… keeps the control plane in PostgreSQL (admin-key create, prices import, rotate-master-key, migrate; serve refuses it until the request log is there); default: SQLite in DATA_DIR",
+        help: "postgres://… keeps the control plane, request log and analytics in PostgreSQL (every command, serve included); default: SQLite in DATA_DIR",
     },
     Setting {
         key: "master_key",

@@ -15,8 +15,10 @@
 //! filters are per request (token or cost range, metadata) or whose buckets
 //! are finer than a day read raw rows only, day by day to bound memory.
 
+use crate::dialect::Backend;
 use crate::usage::UsageRecord;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::postgres::PgConnection;
+use sqlx::{Pool, Postgres, QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Milliseconds in a UTC day.
@@ -592,21 +594,21 @@ impl Filter {
 
     /// The conditions on dimension columns, shared by the raw table
     /// (`nullable`: absent values are NULL) and the roll-ups (absent = '').
-    fn push_dims<'a>(&'a self, qb: &mut QueryBuilder<'a, Sqlite>) {
-        let list = |qb: &mut QueryBuilder<'a, Sqlite>, col: &str, vals: &'a [String]| {
+    fn push_dims<'a, DB: Backend>(&'a self, qb: &mut QueryBuilder<'a, DB>) {
+        let list = |qb: &mut QueryBuilder<'a, DB>, col: &str, vals: &'a [String]| {
             if vals.is_empty() {
                 return;
             }
             qb.push(format!(" AND {col} IN ("));
-            let mut sep = qb.separated(", ");
-            for v in vals {
-                sep.push_bind(v.as_str());
+            for (i, v) in vals.iter().enumerate() {
+                qb.push(if i == 0 { "" } else { ", " });
+                DB::bind_str(qb, v);
             }
             qb.push(")");
         };
         if let Some(ws) = &self.workspace_ids {
             if ws.is_empty() {
-                qb.push(" AND 0");
+                qb.push(" AND FALSE");
             }
             list(qb, "workspace_id", ws);
         }
@@ -614,22 +616,23 @@ impl Filter {
         list(qb, "provider_slug", &self.provider_slugs);
         if !self.status_codes.is_empty() {
             qb.push(" AND status_code IN (");
-            let mut sep = qb.separated(", ");
-            for s in &self.status_codes {
-                sep.push_bind(i64::from(*s));
+            for (i, s) in self.status_codes.iter().enumerate() {
+                qb.push(if i == 0 { "" } else { ", " });
+                DB::bind_i64(qb, i64::from(*s));
             }
             qb.push(")");
         }
         if !self.models.is_empty() {
-            qb.push(" AND (0");
+            qb.push(" AND (FALSE");
             for m in &self.models {
-                qb.push(" OR (model = ").push_bind(m.model.as_str());
+                qb.push(" OR (model = ");
+                DB::bind_str(qb, &m.model);
                 if let Some(p) = &m.provider {
-                    qb.push(" AND (ai_provider_id = ")
-                        .push_bind(p.as_str())
-                        .push(" OR provider_slug = ")
-                        .push_bind(p.as_str())
-                        .push(")");
+                    qb.push(" AND (ai_provider_id = ");
+                    DB::bind_str(qb, p);
+                    qb.push(" OR provider_slug = ");
+                    DB::bind_str(qb, p);
+                    qb.push(")");
                 }
                 qb.push(")");
             }
@@ -637,36 +640,35 @@ impl Filter {
         }
     }
 
-    fn push_raw<'a>(&'a self, qb: &mut QueryBuilder<'a, Sqlite>, from: i64, to: i64) {
-        qb.push(" WHERE created_at_ms >= ")
-            .push_bind(from)
-            .push(" AND created_at_ms < ")
-            .push_bind(to);
+    fn push_raw<'a, DB: Backend>(&'a self, qb: &mut QueryBuilder<'a, DB>, from: i64, to: i64) {
+        qb.push(" WHERE created_at_ms >= ");
+        DB::bind_i64(qb, from);
+        qb.push(" AND created_at_ms < ");
+        DB::bind_i64(qb, to);
         self.push_dims(qb);
         if let Some(v) = self.total_tokens_min {
-            qb.push(" AND total_tokens >= ").push_bind(v as i64);
+            qb.push(" AND total_tokens >= ");
+            DB::bind_i64(qb, i64::try_from(v).unwrap_or(i64::MAX));
         }
         if let Some(v) = self.total_tokens_max {
-            qb.push(" AND total_tokens <= ").push_bind(v as i64);
+            qb.push(" AND total_tokens <= ");
+            DB::bind_i64(qb, i64::try_from(v).unwrap_or(i64::MAX));
         }
         if let Some(v) = self.cost_min_picos {
-            qb.push(" AND cost_picos >= ").push_bind(v);
+            qb.push(" AND cost_picos >= ");
+            DB::bind_i64(qb, v);
         }
         if let Some(v) = self.cost_max_picos {
-            qb.push(" AND cost_picos <= ").push_bind(v);
+            qb.push(" AND cost_picos <= ");
+            DB::bind_i64(qb, v);
         }
         for (k, v) in &self.metadata {
-            qb.push(" AND json_extract(metadata, ")
-                .push_bind(json_path(k))
-                .push(") = ")
-                .push_bind(v.as_str());
+            qb.push(" AND ");
+            DB::push_metadata(qb, k);
+            qb.push(" = ");
+            DB::bind_str(qb, v);
         }
     }
-}
-
-/// A JSON path naming one key, quoted so that any key is safe.
-fn json_path(key: &str) -> String {
-    format!("$.{}", serde_json::Value::String(key.to_owned()))
 }
 
 /// Graph bucket widths.
@@ -812,30 +814,33 @@ fn ceil_day(ms: i64) -> i64 {
 }
 
 /// The first moment the roll-ups cover completely.
-pub(crate) async fn rollup_from(pool: &SqlitePool) -> Result<i64, sqlx::Error> {
-    let v: Option<i64> = sqlx::query_scalar("SELECT value FROM analytics_meta WHERE key = 'rollup_from_ms'")
-        .fetch_optional(pool)
-        .await?;
-    Ok(v.unwrap_or(i64::MAX))
+pub(crate) async fn rollup_from<DB: Backend>(pool: &Pool<DB>) -> Result<i64, sqlx::Error> {
+    let qb = QueryBuilder::new("SELECT value FROM analytics_meta WHERE key = 'rollup_from_ms'");
+    match DB::fetch_all(pool, qb).await?.first() {
+        Some(r) => DB::get_i64(r, 0),
+        None => Ok(i64::MAX),
+    }
 }
 
 /// The first and last request-log times: `(min, max)` of `created_at_ms`,
 /// or `None` for an empty log. Two index lookups.
-pub(crate) async fn data_bounds(pool: &SqlitePool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+pub(crate) async fn data_bounds<DB: Backend>(pool: &Pool<DB>) -> Result<Option<(i64, i64)>, sqlx::Error> {
     // Two scalar subqueries: SQLite answers each with one index seek, where
     // `SELECT MIN(x), MAX(x)` would scan the whole index.
-    let (min, max): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT (SELECT MIN(created_at_ms) FROM usage_log), (SELECT MAX(created_at_ms) FROM usage_log)")
-            .fetch_one(pool)
-            .await?;
-    Ok(min.zip(max))
+    let qb = QueryBuilder::new(
+        "SELECT (SELECT MIN(created_at_ms) FROM usage_log), (SELECT MAX(created_at_ms) FROM usage_log)",
+    );
+    let Some(r) = DB::fetch_all(pool, qb).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    Ok(DB::get_opt_i64(&r, 0)?.zip(DB::get_opt_i64(&r, 1)?))
 }
 
 impl Filter {
     /// Narrows the time range to the requests that exist, so that the cost
     /// of a query follows the data, not the range asked for (a range from
     /// the year 1000 reads what a range from the first request reads).
-    pub(crate) async fn clamp_to_data(&mut self, pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    pub(crate) async fn clamp_to_data<DB: Backend>(&mut self, pool: &Pool<DB>) -> Result<(), sqlx::Error> {
         match data_bounds(pool).await? {
             Some((min, max)) => {
                 self.from_ms = self.from_ms.max(min);
@@ -851,22 +856,28 @@ impl Filter {
 }
 
 /// The first request-log time at or after `from`, if before `to`.
-async fn next_row_at(pool: &SqlitePool, from: i64, to: i64) -> Result<Option<i64>, sqlx::Error> {
-    let t: Option<i64> = sqlx::query_scalar("SELECT MIN(created_at_ms) FROM usage_log WHERE created_at_ms >= $1")
-        .bind(from)
-        .fetch_one(pool)
-        .await?;
+async fn next_row_at<DB: Backend>(pool: &Pool<DB>, from: i64, to: i64) -> Result<Option<i64>, sqlx::Error> {
+    let mut qb = QueryBuilder::new("SELECT MIN(created_at_ms) FROM usage_log WHERE created_at_ms >= ");
+    DB::bind_i64(&mut qb, from);
+    let t = match DB::fetch_all(pool, qb).await?.first() {
+        Some(r) => DB::get_opt_i64(r, 0)?,
+        None => None,
+    };
     Ok(t.filter(|t| *t < to))
 }
 
 /// Raw stretches of at most this many requests are read row by row, so
-/// that their percentiles are exact; longer ones are summed by SQLite, with
-/// percentiles from histograms as for roll-ups.
+/// that their percentiles are exact; longer ones are summed by the
+/// database, with percentiles from histograms as for roll-ups.
 pub const RAW_ROWS_EXACT: i64 = 20_000;
 
 /// Answers `q`, reading raw stretches of at most `exact_rows` requests row
 /// by row and summing longer ones in SQL.
-pub(crate) async fn aggregate_with(pool: &SqlitePool, q: &Query, exact_rows: i64) -> Result<Cells, sqlx::Error> {
+pub(crate) async fn aggregate_with<DB: Backend>(
+    pool: &Pool<DB>,
+    q: &Query,
+    exact_rows: i64,
+) -> Result<Cells, sqlx::Error> {
     let mut cells = Cells::new();
     if q.filter.nothing {
         return Ok(cells);
@@ -882,7 +893,8 @@ pub(crate) async fn aggregate_with(pool: &SqlitePool, q: &Query, exact_rows: i64
             Piece::Rollup(a, b) => (Source::Rollup, a, b),
         };
         // SQLite sums in 64 bits and stops at an overflow; reading row by
-        // row then saturates instead, so no figure ever wraps.
+        // row then saturates instead, so no figure ever wraps. (PostgreSQL
+        // sums BIGINT exactly in NUMERIC.)
         let mut part = Cells::new();
         match summed(pool, q, src, a, b, &mut part).await {
             Ok(()) => {
@@ -906,22 +918,31 @@ fn is_overflow(e: &sqlx::Error) -> bool {
 
 /// Whether `[from, to)` holds at most `n` requests (one index range, read
 /// no further than `n + 1` entries).
-async fn at_most_rows(pool: &SqlitePool, from: i64, to: i64, n: i64) -> Result<bool, sqlx::Error> {
-    let count: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM usage_log WHERE created_at_ms >= $1 AND created_at_ms < $2 LIMIT $3)",
-    )
-    .bind(from)
-    .bind(to)
-    .bind(n.saturating_add(1))
-    .fetch_one(pool)
-    .await?;
+async fn at_most_rows<DB: Backend>(pool: &Pool<DB>, from: i64, to: i64, n: i64) -> Result<bool, sqlx::Error> {
+    let mut qb = QueryBuilder::new("SELECT COUNT(*) FROM (SELECT 1 FROM usage_log WHERE created_at_ms >= ");
+    DB::bind_i64(&mut qb, from);
+    qb.push(" AND created_at_ms < ");
+    DB::bind_i64(&mut qb, to);
+    qb.push(" LIMIT ");
+    DB::bind_i64(&mut qb, n.saturating_add(1));
+    qb.push(") AS s");
+    let count = match DB::fetch_all(pool, qb).await?.first() {
+        Some(r) => DB::get_i64(r, 0)?,
+        None => 0,
+    };
     Ok(count <= n)
 }
 
 /// Reads `[from, to)` row by row: day by day, so that a long raw stretch
 /// never sits in memory whole; days without requests are skipped with one
 /// index lookup, so a sparse range costs what its data costs.
-async fn raw_by_row(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells) -> Result<(), sqlx::Error> {
+async fn raw_by_row<DB: Backend>(
+    pool: &Pool<DB>,
+    q: &Query,
+    from: i64,
+    to: i64,
+    cells: &mut Cells,
+) -> Result<(), sqlx::Error> {
     let mut start = from;
     while start < to {
         let Some(at) = next_row_at(pool, start, to).await? else {
@@ -957,22 +978,23 @@ const DISTINCT_DIMS: [&str; 4] = ["api_key_id", "model", "workspace_id", "provid
 /// The roll-up histogram columns, in [`Agg`]'s order.
 const HIST_COLS: [&str; 3] = ["latency_hist", "ttft_hist", "overhead_hist"];
 
-/// The per-request counters as sums over raw rows, in [`COUNTER_COLS`]
-/// order: the SQL twin of [`Agg::add_counts`].
-fn raw_counter_sums() -> [String; 25] {
-    let n = |c: &str| format!("max(CAST({c} AS INTEGER), 0)");
-    let status = |lo: u16, hi: u16| format!("SUM(is_final AND CAST(status_code AS INTEGER) BETWEEN {lo} AND {hi})");
-    let is = |col: &str, v: &str| format!("SUM(is_final AND {col} = '{v}')");
+/// The per-request counters as aggregates over raw rows, in
+/// [`COUNTER_COLS`] order: the SQL twin of [`Agg::add_counts`].
+fn raw_counter_sums<DB: Backend>() -> [String; 25] {
+    let n = DB::count;
+    let count = |cond: String| format!("COUNT(*) FILTER (WHERE is_final AND {cond})");
+    let status = |lo: u16, hi: u16| count(format!("{} BETWEEN {lo} AND {hi}", DB::int("status_code")));
+    let is = |col: &str, v: &str| count(format!("{col} = '{v}'"));
     let generated = |what: String| {
         format!(
-            "SUM(CASE WHEN is_final AND CAST(status_code AS INTEGER) BETWEEN 200 AND 299 AND {} > 0 AND {} > 0 \
-             THEN {what} ELSE 0 END)",
+            "SUM(CASE WHEN is_final AND {} BETWEEN 200 AND 299 AND {} > 0 AND {} > 0 THEN {what} ELSE 0 END)",
+            DB::int("status_code"),
             n("upstream_latency_us"),
             n("completion_tokens")
         )
     };
     [
-        "SUM(is_final)".to_owned(),
+        "COUNT(*) FILTER (WHERE is_final)".to_owned(),
         status(200, 299),
         status(400, 499),
         status(500, 599),
@@ -983,14 +1005,14 @@ fn raw_counter_sums() -> [String; 25] {
         is("refusal", "policy"),
         is("refusal", "auth"),
         is("refusal", "permission"),
-        "SUM(is_final AND cancelled)".to_owned(),
-        "SUM(is_final AND streamed)".to_owned(),
+        count("cancelled".to_owned()),
+        count("streamed".to_owned()),
         format!("SUM({})", n("prompt_tokens")),
         format!("SUM({})", n("completion_tokens")),
         format!("SUM({})", n("cached_tokens")),
         format!("SUM({})", n("total_tokens")),
-        "SUM(CAST(cost_picos AS INTEGER))".to_owned(),
-        "SUM(is_final AND cost_picos IS NOT NULL)".to_owned(),
+        format!("SUM({})", DB::int("cost_picos")),
+        count("cost_picos IS NOT NULL".to_owned()),
         format!(
             "SUM(CASE WHEN cost_picos IS NOT NULL THEN {} ELSE 0 END)",
             n("total_tokens")
@@ -1028,9 +1050,9 @@ fn bucket_sql(v: &str) -> String {
 
 /// Pushes the cell columns `t` (the start of the time unit the interval is
 /// made of, or 0) and `g` (the group key, or '').
-fn push_cell<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a Query, src: Source) {
+fn push_cell<'a, DB: Backend>(qb: &mut QueryBuilder<'a, DB>, q: &'a Query, src: Source) {
     let t = match (q.interval, src) {
-        (None, _) => "0".to_owned(),
+        (None, _) => "CAST(0 AS BIGINT)".to_owned(),
         (Some(_), Source::Rollup) => "day_ms".to_owned(),
         (Some(i), Source::Raw) => {
             let unit = match i {
@@ -1038,7 +1060,7 @@ fn push_cell<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a Query, src: Source) {
                 Interval::Hour => 3_600_000,
                 Interval::Day | Interval::Week => DAY_MS,
             };
-            // Floor division, also before 1970.
+            // Floor division, also before 1970 (both backends truncate).
             format!(
                 "(CASE WHEN created_at_ms >= 0 THEN created_at_ms / {unit} \
                  ELSE -((-created_at_ms + {}) / {unit}) END) * {unit}",
@@ -1072,14 +1094,12 @@ fn push_cell<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a Query, src: Source) {
         }
         Some(GroupBy::StatusCode) => {
             qb.push(match src {
-                Source::Raw => "CAST(max(CAST(status_code AS INTEGER), 0) AS TEXT)",
-                Source::Rollup => "CAST(min(max(status_code, 0), 999) AS TEXT)",
+                Source::Raw => format!("CAST({} AS TEXT)", DB::count("status_code")),
+                Source::Rollup => format!("CAST({} AS TEXT)", DB::least(&DB::greatest("status_code", "0"), "999")),
             });
         }
         Some(GroupBy::Metadata(k)) => {
-            qb.push("CAST(json_extract(metadata, ")
-                .push_bind(json_path(k))
-                .push(") AS TEXT)");
+            DB::push_metadata(qb, k);
         }
     }
     qb.push(" AS g");
@@ -1087,27 +1107,34 @@ fn push_cell<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a Query, src: Source) {
 
 /// The three histogram kinds of [`raw_histograms`], joined to each row;
 /// `CROSS JOIN` keeps the log as SQLite's outer loop, so it is read once.
-const KINDS: &str = " CROSS JOIN (SELECT 0 AS k UNION ALL SELECT 1 UNION ALL SELECT 2) AS kinds";
+const KINDS: &str = " CROSS JOIN (SELECT CAST(0 AS BIGINT) AS k UNION ALL SELECT 1 UNION ALL SELECT 2) AS kinds";
 
 /// Pushes `FROM … WHERE …` for `[from, to)` of `src`, with `join` after
 /// the raw log's name.
-fn push_source<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a Query, src: Source, from: i64, to: i64, join: &str) {
+fn push_source<'a, DB: Backend>(
+    qb: &mut QueryBuilder<'a, DB>,
+    q: &'a Query,
+    src: Source,
+    from: i64,
+    to: i64,
+    join: &str,
+) {
     match src {
         Source::Raw => {
             qb.push(" FROM usage_log").push(join);
             q.filter.push_raw(qb, from, to);
             if let Some(GroupBy::Metadata(k)) = &q.group {
                 // Grouping by a metadata key covers the requests that carry it.
-                qb.push(" AND json_extract(metadata, ")
-                    .push_bind(json_path(k))
-                    .push(") IS NOT NULL");
+                qb.push(" AND ");
+                DB::push_metadata(qb, k);
+                qb.push(" IS NOT NULL");
             }
         }
         Source::Rollup => {
-            qb.push(" FROM usage_daily WHERE day_ms >= ")
-                .push_bind(from)
-                .push(" AND day_ms < ")
-                .push_bind(to);
+            qb.push(" FROM usage_daily WHERE day_ms >= ");
+            DB::bind_i64(qb, from);
+            qb.push(" AND day_ms < ");
+            DB::bind_i64(qb, to);
             q.filter.push_dims(qb);
         }
     }
@@ -1117,39 +1144,39 @@ fn push_source<'a>(qb: &mut QueryBuilder<'a, Sqlite>, q: &'a Query, src: Source,
 /// raw time unit, and a group): the counters, the distinct dimensions (hex,
 /// so that no value can be mistaken for the separator) and the histograms
 /// (roll-up blobs concatenated; raw values bucketed by [`bucket_sql`]).
-async fn summed(
-    pool: &SqlitePool,
+async fn summed<DB: Backend>(
+    pool: &Pool<DB>,
     q: &Query,
     src: Source,
     from: i64,
     to: i64,
     cells: &mut Cells,
 ) -> Result<(), sqlx::Error> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT ");
+    let mut qb: QueryBuilder<DB> = QueryBuilder::new("SELECT ");
     push_cell(&mut qb, q, src);
     match src {
         Source::Raw => {
-            for s in raw_counter_sums() {
-                qb.push(", ").push(s);
+            for s in raw_counter_sums::<DB>() {
+                qb.push(", ").push(DB::exact(&s));
             }
         }
         Source::Rollup => {
             for c in COUNTER_COLS {
                 let f = if c == "latency_max_us" { "MAX" } else { "SUM" };
-                qb.push(format!(", {f}({c})"));
+                qb.push(", ").push(DB::exact(&format!("{f}({c})")));
             }
         }
     }
     for c in DISTINCT_DIMS {
         if q.distinct {
-            qb.push(format!(", group_concat(DISTINCT hex({}))", src.dim(c)));
+            qb.push(", ").push(DB::distinct_hex_agg(&src.dim(c)));
         } else {
-            qb.push(", NULL");
+            qb.push(", CAST(NULL AS TEXT)");
         }
     }
     if src == Source::Rollup {
         for c in HIST_COLS {
-            qb.push(format!(", group_concat(hex({c}))"));
+            qb.push(", ").push(DB::blob_hex_agg(c));
         }
     }
     push_source(&mut qb, q, src, from, to, "");
@@ -1157,11 +1184,11 @@ async fn summed(
     let first_dim = 2 + COUNTER_COLS.len();
     let first_hist = first_dim + DISTINCT_DIMS.len();
     let mut scratch = Agg::default();
-    for r in qb.build().fetch_all(pool).await? {
-        let cell = cells.entry(cell_of(q, &r)?).or_default();
+    for r in DB::fetch_all(pool, qb).await? {
+        let cell = cells.entry(cell_of::<DB>(q, &r)?).or_default();
         let mut c = [0i128; 25];
         for (i, v) in c.iter_mut().enumerate() {
-            *v = i128::from(r.try_get::<Option<i64>, _>(2 + i)?.unwrap_or(0));
+            *v = DB::get_exact(&r, 2 + i)?.unwrap_or(0);
         }
         scratch.set_counters(&c);
         cell.add_counters(&scratch);
@@ -1174,11 +1201,7 @@ async fn summed(
         .into_iter()
         .enumerate()
         {
-            for h in r
-                .try_get::<Option<&str>, _>(first_dim + i)?
-                .unwrap_or_default()
-                .split(',')
-            {
+            for h in DB::get_opt_str(&r, first_dim + i)?.unwrap_or_default().split(',') {
                 if let Some(v) = hex::decode(h).ok().and_then(|b| String::from_utf8(b).ok()) {
                     if !v.is_empty() && !set.contains(v.as_str()) {
                         set.insert(v);
@@ -1191,11 +1214,7 @@ async fn summed(
                 .into_iter()
                 .enumerate()
             {
-                for h in r
-                    .try_get::<Option<&str>, _>(first_hist + i)?
-                    .unwrap_or_default()
-                    .split(',')
-                {
+                for h in DB::get_opt_str(&r, first_hist + i)?.unwrap_or_default().split(',') {
                     if let Ok(b) = hex::decode(h) {
                         d.merge_encoded(&b);
                     }
@@ -1212,38 +1231,44 @@ async fn summed(
 /// The latency, time-to-first-token and overhead histograms of `[from, to)`
 /// in one pass over the rows: each row is counted once per kind (a cross
 /// join with the three kinds, the log kept as the outer loop).
-async fn raw_histograms(
-    pool: &SqlitePool,
+async fn raw_histograms<DB: Backend>(
+    pool: &Pool<DB>,
     q: &Query,
     from: i64,
     to: i64,
     cells: &mut Cells,
 ) -> Result<(), sqlx::Error> {
-    let n = |c: &str| format!("max(CAST({c} AS INTEGER), 0)");
+    let n = DB::count;
     // Buckets are counted per (cell, kind, bucket), then folded into one
     // "bucket:count,…" text per (cell, kind), so that few rows cross over.
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT t, g, k, group_concat(b || ':' || n) FROM (SELECT ");
+    let mut qb: QueryBuilder<DB> = QueryBuilder::new(format!(
+        "SELECT t, g, k, {} FROM (SELECT ",
+        DB::text_agg("CAST(b AS TEXT) || ':' || CAST(n AS TEXT)")
+    ));
     push_cell(&mut qb, q, Source::Raw);
     qb.push(format!(
         ", k, CASE k WHEN 0 THEN COALESCE(latency_bucket, {}) WHEN 1 THEN COALESCE(ttft_bucket, {}) \
          ELSE COALESCE(overhead_bucket, {}) END AS b, COUNT(*) AS n",
         bucket_sql(&n("latency_us")),
         bucket_sql(&n("ttft_us")),
-        bucket_sql(&format!("max({} - {}, 0)", n("latency_us"), n("upstream_latency_us"))),
+        bucket_sql(&DB::greatest(
+            &format!("{} - {}", n("latency_us"), n("upstream_latency_us")),
+            "0"
+        )),
     ));
     push_source(&mut qb, q, Source::Raw, from, to, KINDS);
     qb.push(
         " AND is_final AND (k = 0 OR (k = 1 AND ttft_us IS NOT NULL) OR (k = 2 AND upstream_latency_us IS NOT NULL)) \
-         GROUP BY t, g, k, b) GROUP BY t, g, k",
+         GROUP BY t, g, k, b) AS s GROUP BY t, g, k",
     );
-    for r in qb.build().fetch_all(pool).await? {
-        let cell = cells.entry(cell_of(q, &r)?).or_default();
-        let d = match r.try_get::<i64, _>(2)? {
+    for r in DB::fetch_all(pool, qb).await? {
+        let cell = cells.entry(cell_of::<DB>(q, &r)?).or_default();
+        let d = match DB::get_i64(&r, 2)? {
             0 => &mut cell.latency,
             1 => &mut cell.ttft,
             _ => &mut cell.overhead,
         };
-        for pair in r.try_get::<Option<&str>, _>(3)?.unwrap_or_default().split(',') {
+        for pair in DB::get_opt_str(&r, 3)?.unwrap_or_default().split(',') {
             if let Some((b, c)) = pair.split_once(':') {
                 if let (Ok(b), Ok(c)) = (b.parse::<u16>(), c.parse::<u64>()) {
                     d.add_bucket(b, c);
@@ -1255,20 +1280,31 @@ async fn raw_histograms(
 }
 
 /// The cell a summed row belongs to.
-fn cell_of(q: &Query, r: &sqlx::sqlite::SqliteRow) -> Result<(i64, String), sqlx::Error> {
-    let t: i64 = r.try_get(0)?;
-    let g: Option<String> = r.try_get(1)?;
+fn cell_of<DB: Backend>(q: &Query, r: &DB::Row) -> Result<(i64, String), sqlx::Error> {
+    let t = DB::get_i64(r, 0)?;
+    let g = DB::get_opt_str(r, 1)?;
     Ok((q.interval.map(|i| i.floor(t)).unwrap_or(0), g.unwrap_or_default()))
 }
 
 /// The request-log columns analytics reads; counts are read as integers
 /// whatever a damaged row holds (a real or text value counts as its
 /// integer part; sums saturate).
-const RAW_COLS: &str = "created_at_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, \
-     CAST(status_code AS INTEGER), error_type, refusal, streamed, cancelled, CAST(prompt_tokens AS INTEGER), \
-     CAST(completion_tokens AS INTEGER), CAST(cached_tokens AS INTEGER), CAST(total_tokens AS INTEGER), \
-     CAST(cost_picos AS INTEGER), CAST(latency_us AS INTEGER), CAST(ttft_us AS INTEGER), \
-     CAST(upstream_latency_us AS INTEGER), is_final";
+fn raw_cols<DB: Backend>() -> String {
+    let i = DB::int;
+    format!(
+        "created_at_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, {}, error_type, refusal, \
+         streamed, cancelled, {}, {}, {}, {}, {}, {}, {}, {}, is_final",
+        i("status_code"),
+        i("prompt_tokens"),
+        i("completion_tokens"),
+        i("cached_tokens"),
+        i("total_tokens"),
+        i("cost_picos"),
+        i("latency_us"),
+        i("ttft_us"),
+        i("upstream_latency_us"),
+    )
+}
 
 fn cell_key(q: &Query, bucket_ms: i64, f: &Fact) -> (i64, String) {
     let b = q.interval.map(|i| i.floor(bucket_ms)).unwrap_or(0);
@@ -1276,42 +1312,42 @@ fn cell_key(q: &Query, bucket_ms: i64, f: &Fact) -> (i64, String) {
     (b, g)
 }
 
-async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells) -> Result<(), sqlx::Error> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {RAW_COLS}"));
+async fn raw<DB: Backend>(
+    pool: &Pool<DB>,
+    q: &Query,
+    from: i64,
+    to: i64,
+    cells: &mut Cells,
+) -> Result<(), sqlx::Error> {
+    let mut qb: QueryBuilder<DB> = QueryBuilder::new(format!("SELECT {}", raw_cols::<DB>()));
     let meta_key = match &q.group {
-        Some(GroupBy::Metadata(k)) => Some(json_path(k)),
+        Some(GroupBy::Metadata(k)) => Some(k.as_str()),
         _ => None,
     };
-    if let Some(path) = &meta_key {
-        qb.push(", json_extract(metadata, ")
-            .push_bind(path.as_str())
-            .push(") AS metadata_value");
+    if let Some(k) = meta_key {
+        qb.push(", ");
+        DB::push_metadata(&mut qb, k);
     }
     qb.push(" FROM usage_log");
     q.filter.push_raw(&mut qb, from, to);
-    if meta_key.is_some() {
+    if let Some(k) = meta_key {
         // Grouping by a metadata key covers the requests that carry it.
-        qb.push(" AND metadata_value IS NOT NULL");
+        qb.push(" AND ");
+        DB::push_metadata(&mut qb, k);
+        qb.push(" IS NOT NULL");
     }
-    let rows = qb.build().fetch_all(pool).await?;
+    let rows = DB::fetch_all(pool, qb).await?;
     for r in rows {
-        let s =
-            |c: usize| -> Result<String, sqlx::Error> { Ok(r.try_get::<Option<String>, _>(c)?.unwrap_or_default()) };
-        let u = |c: usize| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
-        let ou = |c: usize| -> Result<Option<u64>, sqlx::Error> {
-            Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64))
-        };
-        let metadata_value = if meta_key.is_some() {
-            // json_extract gives text for strings and numbers for numbers.
-            match r.try_get::<Option<String>, _>(20) {
-                Ok(v) => v,
-                Err(_) => r.try_get::<Option<i64>, _>(20)?.map(|n| n.to_string()),
-            }
-        } else {
-            None
+        let s = |c: usize| -> Result<String, sqlx::Error> { Ok(DB::get_opt_str(&r, c)?.unwrap_or_default()) };
+        let u = |c: usize| -> Result<u64, sqlx::Error> { Ok(DB::get_i64(&r, c)?.max(0) as u64) };
+        let ou =
+            |c: usize| -> Result<Option<u64>, sqlx::Error> { Ok(DB::get_opt_i64(&r, c)?.map(|v| v.max(0) as u64)) };
+        let metadata_value = match meta_key {
+            Some(_) => DB::get_opt_str(&r, 20)?,
+            None => None,
         };
         let f = Fact {
-            created_at_ms: r.try_get(0)?,
+            created_at_ms: DB::get_i64(&r, 0)?,
             dims: Dims {
                 workspace_id: s(1)?,
                 api_key_id: s(2)?,
@@ -1320,35 +1356,42 @@ async fn raw(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells
                 model: s(5)?,
                 status_code: u(6)? as u16,
             },
-            error_type: r.try_get(7)?,
-            refusal: r.try_get(8)?,
-            streamed: r.try_get(9)?,
-            cancelled: r.try_get(10)?,
+            error_type: DB::get_opt_str(&r, 7)?,
+            refusal: DB::get_opt_str(&r, 8)?,
+            streamed: DB::get_bool(&r, 9)?,
+            cancelled: DB::get_bool(&r, 10)?,
             prompt_tokens: u(11)?,
             completion_tokens: u(12)?,
             cached_tokens: u(13)?,
             total_tokens: u(14)?,
-            cost_picos: r.try_get(15)?,
+            cost_picos: DB::get_opt_i64(&r, 15)?,
             latency_us: u(16)?,
             ttft_us: ou(17)?,
             upstream_latency_us: ou(18)?,
             metadata_value,
-            superseded: !r.try_get::<bool, _>(19)?,
+            superseded: !DB::get_bool(&r, 19)?,
         };
         cells.entry(cell_key(q, f.created_at_ms, &f)).or_default().add(&f);
     }
     Ok(())
 }
 
-async fn rollups(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut Cells) -> Result<(), sqlx::Error> {
-    let mut qb: QueryBuilder<Sqlite> =
-        QueryBuilder::new(format!("SELECT {ROLLUP_COLS} FROM usage_daily WHERE day_ms >= "));
-    qb.push_bind(from).push(" AND day_ms < ").push_bind(to);
+async fn rollups<DB: Backend>(
+    pool: &Pool<DB>,
+    q: &Query,
+    from: i64,
+    to: i64,
+    cells: &mut Cells,
+) -> Result<(), sqlx::Error> {
+    let mut qb: QueryBuilder<DB> = QueryBuilder::new(format!("SELECT {ROLLUP_COLS} FROM usage_daily WHERE day_ms >= "));
+    DB::bind_i64(&mut qb, from);
+    qb.push(" AND day_ms < ");
+    DB::bind_i64(&mut qb, to);
     q.filter.push_dims(&mut qb);
-    let rows = qb.build().fetch_all(pool).await?;
+    let rows = DB::fetch_all(pool, qb).await?;
     let mut counters = Agg::default();
     for r in rows {
-        let (day, dims) = decode_dims(&r)?;
+        let (day, dims) = decode_dims::<DB>(&r)?;
         let f = Fact {
             dims,
             ..Default::default()
@@ -1357,13 +1400,13 @@ async fn rollups(pool: &SqlitePool, q: &Query, from: i64, to: i64, cells: &mut C
         cell.note_dims(&f.dims);
         // Counters through a scratch aggregate, histograms straight from
         // their bytes: nothing allocated per row beyond its key.
-        counters.set_counters(&decode_counters(&r)?);
+        counters.set_counters(&decode_counters::<DB>(&r)?);
         cell.add_counters(&counters);
         for (i, d) in [&mut cell.latency, &mut cell.ttft, &mut cell.overhead]
             .into_iter()
             .enumerate()
         {
-            if let Some(b) = r.try_get::<Option<&[u8]>, _>(FIRST_HIST + i)? {
+            if let Some(b) = DB::get_opt_bytes(&r, FIRST_HIST + i)? {
                 d.merge_encoded(b);
             }
         }
@@ -1380,34 +1423,35 @@ const ROLLUP_COLS: &str = "day_ms, workspace_id, api_key_id, provider_slug, ai_p
 const FIRST_COUNTER: usize = 7;
 const FIRST_HIST: usize = FIRST_COUNTER + COUNTER_COLS.len();
 
-fn decode_dims(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Dims), sqlx::Error> {
+fn decode_dims<DB: Backend>(r: &DB::Row) -> Result<(i64, Dims), sqlx::Error> {
+    let s = |i: usize| -> Result<String, sqlx::Error> { Ok(DB::get_opt_str(r, i)?.unwrap_or_default()) };
     Ok((
-        r.try_get(0)?,
+        DB::get_i64(r, 0)?,
         Dims {
-            workspace_id: r.try_get(1)?,
-            api_key_id: r.try_get(2)?,
-            provider_slug: r.try_get(3)?,
-            ai_provider_id: r.try_get(4)?,
-            model: r.try_get(5)?,
-            status_code: r.try_get::<i64, _>(6)?.clamp(0, 999) as u16,
+            workspace_id: s(1)?,
+            api_key_id: s(2)?,
+            provider_slug: s(3)?,
+            ai_provider_id: s(4)?,
+            model: s(5)?,
+            status_code: DB::get_i64(r, 6)?.clamp(0, 999) as u16,
         },
     ))
 }
 
-fn decode_counters(r: &sqlx::sqlite::SqliteRow) -> Result<[i128; 25], sqlx::Error> {
+fn decode_counters<DB: Backend>(r: &DB::Row) -> Result<[i128; 25], sqlx::Error> {
     let mut c = [0i128; 25];
     for (i, v) in c.iter_mut().enumerate() {
-        *v = i128::from(r.try_get::<i64, _>(FIRST_COUNTER + i)?);
+        *v = i128::from(DB::get_i64(r, FIRST_COUNTER + i)?);
     }
     Ok(c)
 }
 
-fn decode_rollup(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Agg, Dims), sqlx::Error> {
-    let (day, dims) = decode_dims(r)?;
+fn decode_rollup<DB: Backend>(r: &DB::Row) -> Result<(i64, Agg, Dims), sqlx::Error> {
+    let (day, dims) = decode_dims::<DB>(r)?;
     let mut agg = Agg::default();
-    agg.set_counters(&decode_counters(r)?);
+    agg.set_counters(&decode_counters::<DB>(r)?);
     let blob = |i: usize| -> Result<Dist, sqlx::Error> {
-        Ok(r.try_get::<Option<&[u8]>, _>(FIRST_HIST + i)?
+        Ok(DB::get_opt_bytes(r, FIRST_HIST + i)?
             .map(Dist::decode)
             .unwrap_or_default())
     };
@@ -1417,16 +1461,17 @@ fn decode_rollup(r: &sqlx::sqlite::SqliteRow) -> Result<(i64, Agg, Dims), sqlx::
     Ok((day, agg, dims))
 }
 
-/// Roll-up keys per statement: 34 bound values each stays under SQLite's
-/// 32766-parameter limit.
+/// Roll-up keys per statement: 35 bound values each stays under SQLite's
+/// 32766-parameter limit (and PostgreSQL's 65535).
 const ROLLUP_CHUNK: usize = 900;
 
-/// Adds `rows` to the roll-ups; called by the request-log writer in the
-/// transaction that inserts them. Each chunk of touched roll-up rows costs
-/// one read and one write statement, whatever the batch size.
-pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
-    let mut deltas: HashMap<(i64, Dims), Agg> = HashMap::new();
-    let mut minutes: HashMap<(i64, String), i64> = HashMap::new();
+/// Per (day, dimensions) roll-up deltas, in key order (so that writers on
+/// PostgreSQL lock rows in one order), and requests per (minute, workspace).
+type Deltas = (Vec<((i64, Dims), Agg)>, Vec<((i64, String), i64)>);
+
+fn deltas(rows: &[UsageRecord]) -> Deltas {
+    let mut days: BTreeMap<(i64, Dims), Agg> = BTreeMap::new();
+    let mut minutes: BTreeMap<(i64, String), i64> = BTreeMap::new();
     for r in rows {
         let f = Fact::from(r);
         let day = f.created_at_ms.div_euclid(DAY_MS) * DAY_MS;
@@ -1434,77 +1479,180 @@ pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -
         if !f.superseded {
             *minutes.entry((minute, f.dims.workspace_id.clone())).or_default() += 1;
         }
-        deltas.entry((day, f.dims.clone())).or_default().add_counts(&f);
+        days.entry((day, f.dims.clone())).or_default().add_counts(&f);
     }
-    let deltas: Vec<((i64, Dims), Agg)> = deltas.into_iter().collect();
-    let cols = COUNTER_COLS.join(", ");
-    for chunk in deltas.chunks(ROLLUP_CHUNK) {
-        let mut select: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT {ROLLUP_COLS} FROM usage_daily \
-             WHERE (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code) IN (VALUES "
-        ));
-        let mut sep = select.separated(", ");
-        for ((day, d), _) in chunk {
-            sep.push("(")
-                .push_bind_unseparated(*day)
-                .push_unseparated(", ")
-                .push_bind_unseparated(d.workspace_id.as_str())
-                .push_unseparated(", ")
-                .push_bind_unseparated(d.api_key_id.as_str())
-                .push_unseparated(", ")
-                .push_bind_unseparated(d.provider_slug.as_str())
-                .push_unseparated(", ")
-                .push_bind_unseparated(d.ai_provider_id.as_str())
-                .push_unseparated(", ")
-                .push_bind_unseparated(d.model.as_str())
-                .push_unseparated(", ")
-                .push_bind_unseparated(i64::from(d.status_code))
-                .push_unseparated(")");
+    (days.into_iter().collect(), minutes.into_iter().collect())
+}
+
+/// `SELECT` of the roll-up rows keyed like `chunk`, then `suffix`.
+fn select_rollups<'a, DB: Backend>(chunk: &'a [((i64, Dims), Agg)], suffix: &str) -> QueryBuilder<'a, DB> {
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {ROLLUP_COLS} FROM usage_daily \
+         WHERE (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code) IN (VALUES "
+    ));
+    push_rollup_keys(&mut qb, chunk);
+    qb.push(")").push(suffix);
+    qb
+}
+
+/// `(day, dims…), …` of `chunk`.
+fn push_rollup_keys<'a, DB: Backend>(qb: &mut QueryBuilder<'a, DB>, chunk: &'a [((i64, Dims), Agg)]) {
+    for (i, ((day, d), _)) in chunk.iter().enumerate() {
+        qb.push(if i == 0 { "(" } else { ", (" });
+        DB::bind_i64(qb, *day);
+        for v in [
+            &d.workspace_id,
+            &d.api_key_id,
+            &d.provider_slug,
+            &d.ai_provider_id,
+            &d.model,
+        ] {
+            qb.push(", ");
+            DB::bind_str(qb, v);
         }
-        select.push(")");
-        let mut existing: HashMap<(i64, Dims), Agg> = HashMap::new();
-        for r in select.build().fetch_all(&mut *conn).await? {
-            let (day, agg, dims) = decode_rollup(&r)?;
+        qb.push(", ");
+        DB::bind_i64(qb, i64::from(d.status_code));
+        qb.push(")");
+    }
+}
+
+/// Each delta of `chunk` added to the stored row of its key (`existing`).
+fn merged(chunk: &[((i64, Dims), Agg)], mut existing: HashMap<(i64, Dims), Agg>) -> Vec<Agg> {
+    chunk
+        .iter()
+        .map(|(k, delta)| {
+            let mut agg = existing.remove(k).unwrap_or_default();
+            agg.merge_counts(delta);
+            agg
+        })
+        .collect()
+}
+
+/// `{insert} usage_daily (…) VALUES …` of the merged rows of `chunk`.
+fn write_rollups<'a, DB: Backend>(
+    insert: &str,
+    chunk: &'a [((i64, Dims), Agg)],
+    merged: Vec<Agg>,
+) -> QueryBuilder<'a, DB> {
+    let cols = COUNTER_COLS.join(", ");
+    let mut qb = QueryBuilder::new(format!(
+        "{insert} usage_daily (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, \
+         status_code, {cols}, latency_hist, ttft_hist, overhead_hist) VALUES "
+    ));
+    for (i, (((day, d), _), agg)) in chunk.iter().zip(merged).enumerate() {
+        qb.push(if i == 0 { "(" } else { ", (" });
+        DB::bind_i64(&mut qb, *day);
+        for v in [
+            &d.workspace_id,
+            &d.api_key_id,
+            &d.provider_slug,
+            &d.ai_provider_id,
+            &d.model,
+        ] {
+            qb.push(", ");
+            DB::bind_str(&mut qb, v);
+        }
+        qb.push(", ");
+        DB::bind_i64(&mut qb, i64::from(d.status_code));
+        for v in agg.counters() {
+            qb.push(", ");
+            DB::bind_i64(&mut qb, clamp_i64(v));
+        }
+        for h in [&agg.latency, &agg.ttft, &agg.overhead] {
+            qb.push(", ");
+            DB::bind_bytes(&mut qb, h.encode());
+        }
+        qb.push(")");
+    }
+    qb
+}
+
+/// `INSERT … usage_minute … ON CONFLICT` adding `chunk`'s requests.
+fn add_minutes<'a, DB: Backend>(chunk: &'a [((i64, String), i64)]) -> QueryBuilder<'a, DB> {
+    let mut qb = QueryBuilder::new("INSERT INTO usage_minute (minute_ms, workspace_id, requests) VALUES ");
+    for (i, ((m, ws), n)) in chunk.iter().enumerate() {
+        qb.push(if i == 0 { "(" } else { ", (" });
+        DB::bind_i64(&mut qb, *m);
+        qb.push(", ");
+        DB::bind_str(&mut qb, ws);
+        qb.push(", ");
+        DB::bind_i64(&mut qb, *n);
+        qb.push(")");
+    }
+    qb.push(
+        " ON CONFLICT (minute_ms, workspace_id) DO UPDATE SET requests = usage_minute.requests + excluded.requests",
+    );
+    qb
+}
+
+/// Adds `rows` to the roll-ups; called by the request-log writer in the
+/// transaction that inserts them. Each chunk of touched roll-up rows costs
+/// one read and one write statement, whatever the batch size (SQLite has
+/// one writer at a time, so nothing changes them in between).
+pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let (days, minutes) = deltas(rows);
+    for chunk in days.chunks(ROLLUP_CHUNK) {
+        let mut existing = HashMap::new();
+        for r in select_rollups::<Sqlite>(chunk, "")
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let (day, agg, dims) = decode_rollup::<Sqlite>(&r)?;
             existing.insert((day, dims), agg);
         }
-        let merged: Vec<(&(i64, Dims), Agg)> = chunk
-            .iter()
-            .map(|(k, delta)| {
-                let mut agg = existing.remove(k).unwrap_or_default();
-                agg.merge_counts(delta);
-                (k, agg)
-            })
-            .collect();
-        let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "INSERT OR REPLACE INTO usage_daily (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, \
-             status_code, {cols}, latency_hist, ttft_hist, overhead_hist) "
-        ));
-        insert.push_values(merged, |mut b, ((day, d), agg)| {
-            b.push_bind(*day)
-                .push_bind(d.workspace_id.clone())
-                .push_bind(d.api_key_id.clone())
-                .push_bind(d.provider_slug.clone())
-                .push_bind(d.ai_provider_id.clone())
-                .push_bind(d.model.clone())
-                .push_bind(i64::from(d.status_code));
-            for v in agg.counters() {
-                b.push_bind(clamp_i64(v));
-            }
-            b.push_bind(agg.latency.encode())
-                .push_bind(agg.ttft.encode())
-                .push_bind(agg.overhead.encode());
-        });
-        insert.build().execute(&mut *conn).await?;
+        let merged = merged(chunk, existing);
+        write_rollups::<Sqlite>("INSERT OR REPLACE INTO", chunk, merged)
+            .build()
+            .execute(&mut *conn)
+            .await?;
     }
-    let minutes: Vec<((i64, String), i64)> = minutes.into_iter().collect();
     for chunk in minutes.chunks(ROLLUP_CHUNK * 10) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO usage_minute (minute_ms, workspace_id, requests) ");
-        qb.push_values(chunk, |mut b, ((m, ws), n)| {
-            b.push_bind(*m).push_bind(ws.as_str()).push_bind(*n);
-        });
-        qb.push(" ON CONFLICT (minute_ms, workspace_id) DO UPDATE SET requests = requests + excluded.requests");
-        qb.build().execute(&mut *conn).await?;
+        add_minutes::<Sqlite>(chunk).build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// [`roll_up`] on PostgreSQL, where writers on several replicas may touch
+/// the same roll-up rows at once: the rows are created first (empty, if
+/// missing), then read `FOR UPDATE` (locked until the transaction ends, in
+/// key order), merged and written back. Counters could be added in SQL, but
+/// the histograms must be merged here, so the row lock covers both.
+pub(crate) async fn roll_up_pg(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let (days, minutes) = deltas(rows);
+    for chunk in days.chunks(ROLLUP_CHUNK) {
+        let mut create: QueryBuilder<Postgres> = QueryBuilder::new(
+            "INSERT INTO usage_daily (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code) \
+             VALUES ",
+        );
+        push_rollup_keys(&mut create, chunk);
+        create.push(" ON CONFLICT DO NOTHING");
+        create.build().execute(&mut *conn).await?;
+        let mut existing = HashMap::new();
+        let lock =
+            " ORDER BY day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code FOR UPDATE";
+        for r in select_rollups::<Postgres>(chunk, lock)
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            let (day, agg, dims) = decode_rollup::<Postgres>(&r)?;
+            existing.insert((day, dims), agg);
+        }
+        let merged = merged(chunk, existing);
+        let mut write = write_rollups::<Postgres>("INSERT INTO", chunk, merged);
+        write.push(
+            " ON CONFLICT (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code) DO UPDATE SET ",
+        );
+        for (i, c) in COUNTER_COLS.iter().chain(HIST_COLS.iter()).enumerate() {
+            write
+                .push(if i == 0 { "" } else { ", " })
+                .push(format!("{c} = excluded.{c}"));
+        }
+        write.build().execute(&mut *conn).await?;
+    }
+    for chunk in minutes.chunks(ROLLUP_CHUNK * 10) {
+        add_minutes::<Postgres>(chunk).build().execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -1512,7 +1660,7 @@ pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -
 /// The busiest minute: (requests in it, its start), or `None` without
 /// requests. Whole minutes come from the minute roll-up when the filter
 /// names nothing but time and workspaces; the rest from raw rows.
-pub(crate) async fn peak_minute(pool: &SqlitePool, f: &Filter) -> Result<Option<(u64, i64)>, sqlx::Error> {
+pub(crate) async fn peak_minute<DB: Backend>(pool: &Pool<DB>, f: &Filter) -> Result<Option<(u64, i64)>, sqlx::Error> {
     if f.nothing || f.from_ms >= f.to_ms {
         return Ok(None);
     }
@@ -1524,51 +1672,53 @@ pub(crate) async fn peak_minute(pool: &SqlitePool, f: &Filter) -> Result<Option<
     let first = (f.from_ms.max(rollup_from(pool).await?) + MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS;
     let last = f.to_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
     let mut best: Option<(u64, i64)> = None;
-    let mut consider = |row: Option<(i64, i64)>| {
-        if let Some((m, n)) = row {
-            let cand = (n.max(0) as u64, m);
+    let mut consider = |rows: Vec<DB::Row>| -> Result<(), sqlx::Error> {
+        if let Some(r) = rows.first() {
+            let m = DB::get_i64(r, 0)?;
+            let cand = (DB::get_i64(r, 1)?.max(0) as u64, m);
             if best.is_none_or(|b| cand.0 > b.0 || (cand.0 == b.0 && cand.1 < b.1)) {
                 best = Some(cand);
             }
         }
+        Ok(())
     };
     let raw_peak = |from: i64, to: i64| {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT (created_at_ms / 60000) * 60000 AS minute, SUM(is_final) AS n FROM usage_log");
+        let mut qb: QueryBuilder<DB> = QueryBuilder::new(
+            "SELECT (created_at_ms / 60000) * 60000 AS minute, COUNT(*) FILTER (WHERE is_final) AS n FROM usage_log",
+        );
         f.push_raw(&mut qb, from, to);
         qb.push(" GROUP BY minute ORDER BY n DESC, minute ASC LIMIT 1");
         qb
     };
     if dims_only_ws && first < last {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT minute_ms, SUM(requests) AS n FROM usage_minute WHERE minute_ms >= ");
-        qb.push_bind(first).push(" AND minute_ms < ").push_bind(last);
+        // A sum of request counts fits 64 bits.
+        let mut qb: QueryBuilder<DB> = QueryBuilder::new(
+            "SELECT minute_ms, CAST(SUM(requests) AS BIGINT) AS n FROM usage_minute WHERE minute_ms >= ",
+        );
+        DB::bind_i64(&mut qb, first);
+        qb.push(" AND minute_ms < ");
+        DB::bind_i64(&mut qb, last);
         if let Some(ws) = &f.workspace_ids {
             if ws.is_empty() {
-                qb.push(" AND 0");
+                qb.push(" AND FALSE");
             } else {
                 qb.push(" AND workspace_id IN (");
-                let mut sep = qb.separated(", ");
-                for w in ws {
-                    sep.push_bind(w.as_str());
+                for (i, w) in ws.iter().enumerate() {
+                    qb.push(if i == 0 { "" } else { ", " });
+                    DB::bind_str(&mut qb, w);
                 }
                 qb.push(")");
             }
         }
         qb.push(" GROUP BY minute_ms ORDER BY n DESC, minute_ms ASC LIMIT 1");
-        consider(qb.build_query_as().fetch_optional(pool).await?);
+        consider(DB::fetch_all(pool, qb).await?)?;
         for (a, b) in [(f.from_ms, first), (last, f.to_ms)] {
             if a < b {
-                consider(raw_peak(a, b).build_query_as().fetch_optional(pool).await?);
+                consider(DB::fetch_all(pool, raw_peak(a, b)).await?)?;
             }
         }
     } else {
-        consider(
-            raw_peak(f.from_ms, f.to_ms)
-                .build_query_as()
-                .fetch_optional(pool)
-                .await?,
-        );
+        consider(DB::fetch_all(pool, raw_peak(f.from_ms, f.to_ms)).await?)?;
     }
     Ok(best)
 }

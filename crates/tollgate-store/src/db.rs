@@ -107,13 +107,6 @@ macro_rules! on_db {
 }
 pub(crate) use on_db;
 
-/// The error for what the PostgreSQL backend does not do yet.
-pub(crate) fn not_yet_on_postgres(what: &str) -> StoreError {
-    StoreError::Unsupported(format!(
-        "{what} on PostgreSQL is not yet supported; leave database_url unset to use the embedded SQLite database"
-    ))
-}
-
 /// Connects to the PostgreSQL database at `url` and migrates it. sqlx's
 /// migrator holds a `pg_advisory_lock` while it runs, so replicas starting
 /// together migrate once.

@@ -8,6 +8,8 @@
 //!   integrations, providers, configs) and the audit trail.
 //! - [`usage`]: the request log and its batching background writer.
 //! - [`analytics`]: the aggregate, roll-ups and query planner.
+//! - `dialect`: what the request log and analytics need of a backend's SQL
+//!   and driver, so that their queries are written once.
 //! - [`outbox`]: the durable outbox of budget alerts.
 //! - [`counters`]: limit counters (in memory).
 //! - [`secrets`]: envelope encryption of secret fields.
@@ -16,6 +18,7 @@ pub mod analytics;
 pub mod control;
 pub mod counters;
 pub mod db;
+mod dialect;
 pub mod outbox;
 mod query_cache;
 mod repo;

@@ -285,14 +285,19 @@ impl Outbox {
         Outbox { db }
     }
 
-    /// Creates the outbox table and its indexes if they do not exist.
+    /// Creates the outbox table and its indexes if they do not exist. On
+    /// PostgreSQL a migration creates them (replicas starting together would
+    /// race on `CREATE TABLE IF NOT EXISTS`), so there is nothing to do.
     pub async fn init(&self) -> Result<(), OutboxError> {
-        on_db!(&self.db, |pool| {
-            for stmt in SCHEMA {
-                sqlx::query(stmt).execute(pool).await?;
+        match &self.db {
+            Db::Sqlite(pool) => {
+                for stmt in SCHEMA {
+                    sqlx::query(stmt).execute(pool).await?;
+                }
+                Ok(())
             }
-            Ok(())
-        })
+            Db::Postgres(_) => Ok(()),
+        }
     }
 
     /// Records an alert, due on both channels at once, unless one with the same

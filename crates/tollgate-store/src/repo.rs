@@ -4,7 +4,7 @@
 //! never sees a connection pool or a driver type.
 
 use crate::analytics::{self, Cells, Filter, Query};
-use crate::db::{not_yet_on_postgres, Db};
+use crate::db::Db;
 use crate::outbox::Outbox;
 use crate::usage::{self, LogFilter, Scope, UsageLog, UsageRecord};
 use crate::{Store, StoreError};
@@ -13,13 +13,9 @@ use tokio::task::JoinHandle;
 
 impl Store {
     /// Starts the request log's batching writer (see [`UsageLog`]). The task
-    /// ends when every handle is dropped and the queue is drained. A backend
-    /// without a request log yet is refused.
+    /// ends when every handle is dropped and the queue is drained.
     pub fn spawn_usage_log(&self) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
-        match &self.db {
-            Db::Sqlite(_) => Ok(UsageLog::spawn(self.db.clone(), self.cache.clone())),
-            Db::Postgres(_) => Err(not_yet_on_postgres("the request log (and so serve and seed-usage)")),
-        }
+        Ok(UsageLog::spawn(self.db.clone(), self.cache.clone()))
     }
 
     /// Reads the request log.
@@ -51,10 +47,9 @@ impl RequestLog {
     /// Records matching `f`, newest first, with the total that match when
     /// `f.count_total`.
     pub async fn list(&self, f: &LogFilter) -> Result<(Option<i64>, Vec<UsageRecord>), StoreError> {
-        // SQLite dialect (json_extract, CAST).
         Ok(match &self.db {
             Db::Sqlite(pool) => usage::list(pool, f).await?,
-            Db::Postgres(_) => return Err(not_yet_on_postgres("the request log")),
+            Db::Postgres(pool) => usage::list(pool, f).await?,
         })
     }
 
@@ -62,10 +57,10 @@ impl RequestLog {
     /// picodollars, unknown prices counting 0; total tokens; requests), exact
     /// and saturating whatever the log holds (see the SQLite implementation).
     pub async fn consumed_since(&self, scope: &Scope, from: DateTime<Utc>) -> Result<(i64, i64, i64), StoreError> {
-        // SQLite dialect (typeof).
+        // SQLite's untyped columns need typeof; PostgreSQL's are BIGINT.
         Ok(match &self.db {
             Db::Sqlite(pool) => usage::consumed_since(pool, scope, from).await?,
-            Db::Postgres(_) => return Err(not_yet_on_postgres("the request log")),
+            Db::Postgres(pool) => usage::consumed_since_pg(pool, scope, from).await?,
         })
     }
 }
@@ -95,7 +90,11 @@ impl Analytics {
                     .answer(q, exact_rows, || analytics::aggregate_with(pool, q, exact_rows))
                     .await?
             }
-            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
+            Db::Postgres(pool) => {
+                self.cache
+                    .answer(q, exact_rows, || analytics::aggregate_with(pool, q, exact_rows))
+                    .await?
+            }
         })
     }
 
@@ -104,7 +103,7 @@ impl Analytics {
     pub async fn peak_minute(&self, f: &Filter) -> Result<Option<(u64, i64)>, StoreError> {
         Ok(match &self.db {
             Db::Sqlite(pool) => analytics::peak_minute(pool, f).await?,
-            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
+            Db::Postgres(pool) => analytics::peak_minute(pool, f).await?,
         })
     }
 
@@ -113,7 +112,7 @@ impl Analytics {
     pub async fn clamp_to_data(&self, f: &mut Filter) -> Result<(), StoreError> {
         match &self.db {
             Db::Sqlite(pool) => f.clamp_to_data(pool).await?,
-            Db::Postgres(_) => return Err(not_yet_on_postgres("analytics")),
+            Db::Postgres(pool) => f.clamp_to_data(pool).await?,
         }
         Ok(())
     }

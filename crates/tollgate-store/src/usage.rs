@@ -14,10 +14,12 @@
 //! the last request has finished, so nothing is lost.
 
 use crate::db::Db;
+use crate::dialect::Backend;
 use crate::query_cache::QueryCache;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{PgPool, Pool, Postgres, QueryBuilder, Sqlite, SqlitePool};
+use std::borrow::Cow;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -186,13 +188,10 @@ async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<
             // every later one.
             let mut attempt = 0;
             loop {
-                // SQLite dialect (the roll-ups).
+                // The roll-ups differ per backend.
                 let result = match &db {
                     Db::Sqlite(pool) => insert(pool, &batch).await,
-                    // Not reached: Store::spawn_usage_log refuses PostgreSQL.
-                    Db::Postgres(_) => Err(sqlx::Error::Configuration(
-                        crate::db::not_yet_on_postgres("the request log").into(),
-                    )),
+                    Db::Postgres(pool) => insert_pg(pool, &batch).await,
                 };
                 match result {
                     Ok(()) => {
@@ -218,62 +217,199 @@ async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<
     }
 }
 
-async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // SQLite allows 32766 bound parameters; 35 columns × 512 rows fits.
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+/// `INSERT INTO usage_log …` of `rows`, with their histogram buckets.
+fn insert_rows<DB: Backend>(rows: &[UsageRecord]) -> QueryBuilder<'_, DB> {
+    // SQLite allows 32766 bound parameters, PostgreSQL 65535; 35 columns ×
+    // 512 rows fits both.
+    let mut qb: QueryBuilder<DB> = QueryBuilder::new(
         "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \
          provider_slug, ai_provider_id, model, endpoint, status_code, error_type, refusal, streamed, cancelled, \
          prompt_tokens, completion_tokens, cached_tokens, total_tokens, tokens_estimated, cost_picos, latency_us, \
          ttft_us, upstream_latency_us, metadata, request_body, response_body, target_path, retry_attempt, attempt, \
-         is_final, latency_bucket, ttft_bucket, overhead_bucket) ",
+         is_final, latency_bucket, ttft_bucket, overhead_bucket) VALUES ",
     );
-    qb.push_values(rows, |mut b, r| {
-        b.push_bind(&r.id)
-            .push_bind(r.created_at.timestamp_millis())
-            .push_bind(&r.trace_id)
-            .push_bind(&r.workspace_id)
-            .push_bind(&r.api_key_id)
-            .push_bind(&r.integration_id)
-            .push_bind(&r.integration_slug)
-            .push_bind(&r.provider_slug)
-            .push_bind(&r.ai_provider_id)
-            .push_bind(&r.model)
-            .push_bind(&r.endpoint)
-            .push_bind(r.status_code as i64)
-            .push_bind(&r.error_type)
-            .push_bind(&r.refusal)
-            .push_bind(r.streamed)
-            .push_bind(r.cancelled)
-            .push_bind(stored(r.prompt_tokens))
-            .push_bind(stored(r.completion_tokens))
-            .push_bind(stored(r.cached_tokens))
-            .push_bind(stored(r.total_tokens))
-            .push_bind(r.tokens_estimated)
-            .push_bind(r.cost_picos)
-            .push_bind(stored(r.latency_us))
-            .push_bind(r.ttft_us.map(stored))
-            .push_bind(r.upstream_latency_us.map(stored))
-            .push_bind(
-                r.metadata
-                    .as_ref()
-                    .map(|m| serde_json::Value::Object(m.clone()).to_string()),
-            )
-            .push_bind(&r.request_body)
-            .push_bind(&r.response_body)
-            .push_bind(&r.target_path)
-            .push_bind(i64::from(r.retry_attempt))
-            .push_bind(i64::from(r.attempt))
-            .push_bind(!r.superseded);
+    for (i, r) in rows.iter().enumerate() {
+        qb.push(if i == 0 { "(" } else { ", (" });
+        DB::bind_str(&mut qb, &r.id);
+        qb.push(", ");
+        DB::bind_i64(&mut qb, r.created_at.timestamp_millis());
+        qb.push(", ");
+        DB::bind_str(&mut qb, &r.trace_id);
+        for v in [
+            &r.workspace_id,
+            &r.api_key_id,
+            &r.integration_id,
+            &r.integration_slug,
+            &r.provider_slug,
+            &r.ai_provider_id,
+            &r.model,
+        ] {
+            qb.push(", ");
+            DB::bind_opt_str(&mut qb, v.as_deref());
+        }
+        qb.push(", ");
+        DB::bind_str(&mut qb, &r.endpoint);
+        qb.push(", ");
+        DB::bind_i64(&mut qb, i64::from(r.status_code));
+        for v in [&r.error_type, &r.refusal] {
+            qb.push(", ");
+            DB::bind_opt_str(&mut qb, v.as_deref());
+        }
+        for v in [r.streamed, r.cancelled] {
+            qb.push(", ");
+            DB::bind_bool(&mut qb, v);
+        }
+        for v in [r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.total_tokens] {
+            qb.push(", ");
+            DB::bind_i64(&mut qb, stored(v));
+        }
+        qb.push(", ");
+        DB::bind_bool(&mut qb, r.tokens_estimated);
+        qb.push(", ");
+        DB::bind_opt_i64(&mut qb, r.cost_picos);
+        qb.push(", ");
+        DB::bind_i64(&mut qb, stored(r.latency_us));
+        for v in [r.ttft_us, r.upstream_latency_us] {
+            qb.push(", ");
+            DB::bind_opt_i64(&mut qb, v.map(stored));
+        }
+        qb.push(", ");
+        DB::bind_json(
+            &mut qb,
+            r.metadata
+                .as_ref()
+                .map(|m| serde_json::Value::Object(m.clone()).to_string()),
+        );
+        for v in [&r.request_body, &r.response_body, &r.target_path] {
+            qb.push(", ");
+            DB::bind_opt_str(&mut qb, v.as_deref());
+        }
+        for v in [r.retry_attempt, r.attempt] {
+            qb.push(", ");
+            DB::bind_i64(&mut qb, i64::from(v));
+        }
+        qb.push(", ");
+        DB::bind_bool(&mut qb, !r.superseded);
         let buckets = crate::analytics::Buckets::of(r);
-        b.push_bind(buckets.latency)
-            .push_bind(buckets.ttft)
-            .push_bind(buckets.overhead);
-    });
-    qb.build().execute(&mut *tx).await?;
+        qb.push(", ");
+        DB::bind_i64(&mut qb, buckets.latency);
+        for v in [buckets.ttft, buckets.overhead] {
+            qb.push(", ");
+            DB::bind_opt_i64(&mut qb, v);
+        }
+        qb.push(")");
+    }
+    qb
+}
+
+async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    insert_rows::<Sqlite>(rows).build().execute(&mut *tx).await?;
     // The analytics roll-ups move with the log, in the same transaction.
     crate::analytics::roll_up(&mut tx, rows).await?;
     tx.commit().await
+}
+
+async fn insert_pg(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    // PostgreSQL text cannot hold NUL characters (nor JSONB `\u0000`): a
+    // record carrying one is stored with U+FFFD in its place, rather than
+    // failing the batch it shares.
+    let rows: Cow<[UsageRecord]> = if rows.iter().any(|r| texts(r).iter().any(|s| s.contains('\0'))) {
+        Cow::Owned(rows.iter().map(without_nul).collect())
+    } else {
+        Cow::Borrowed(rows)
+    };
+    let mut tx = pool.begin().await?;
+    insert_rows::<Postgres>(&rows).build().execute(&mut *tx).await?;
+    crate::analytics::roll_up_pg(&mut tx, &rows).await?;
+    tx.commit().await
+}
+
+/// Every text of `r`; the metadata as its JSON text.
+fn texts(r: &UsageRecord) -> Vec<Cow<'_, str>> {
+    let mut out: Vec<Cow<str>> = [&r.id, &r.trace_id, &r.endpoint]
+        .into_iter()
+        .map(|s| Cow::Borrowed(s.as_str()))
+        .collect();
+    out.extend(
+        [
+            &r.workspace_id,
+            &r.api_key_id,
+            &r.integration_id,
+            &r.integration_slug,
+            &r.provider_slug,
+            &r.ai_provider_id,
+            &r.model,
+            &r.error_type,
+            &r.refusal,
+            &r.request_body,
+            &r.response_body,
+            &r.target_path,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| Cow::Borrowed(s.as_str())),
+    );
+    if let Some(m) = &r.metadata {
+        // serde_json writes a NUL as `\u0000`.
+        let json = serde_json::Value::Object(m.clone()).to_string();
+        out.push(Cow::Owned(json.replace("\\u0000", "\0")));
+    }
+    out
+}
+
+/// `r` with every NUL character (metadata keys and values included)
+/// replaced by U+FFFD.
+fn without_nul(r: &UsageRecord) -> UsageRecord {
+    fn clean(s: &mut String) {
+        if s.contains('\0') {
+            *s = s.replace('\0', "\u{FFFD}");
+        }
+    }
+    fn json(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::String(mut s) => {
+                clean(&mut s);
+                serde_json::Value::String(s)
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.into_iter().map(json).collect()),
+            serde_json::Value::Object(m) => serde_json::Value::Object(object(m)),
+            v => v,
+        }
+    }
+    fn object(m: serde_json::Map<String, serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {
+        m.into_iter()
+            .map(|(mut k, v)| {
+                clean(&mut k);
+                (k, json(v))
+            })
+            .collect()
+    }
+    let mut r = r.clone();
+    for s in [&mut r.id, &mut r.trace_id, &mut r.endpoint] {
+        clean(s);
+    }
+    for s in [
+        &mut r.workspace_id,
+        &mut r.api_key_id,
+        &mut r.integration_id,
+        &mut r.integration_slug,
+        &mut r.provider_slug,
+        &mut r.ai_provider_id,
+        &mut r.model,
+        &mut r.error_type,
+        &mut r.refusal,
+        &mut r.request_body,
+        &mut r.response_body,
+        &mut r.target_path,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        clean(s);
+    }
+    r.metadata = r.metadata.take().map(object);
+    r
 }
 
 /// Filters for [`RequestLog::list`](crate::RequestLog::list). Every field narrows; `None` means any.
@@ -301,11 +437,12 @@ pub struct LogFilter {
     pub limit: i64,
 }
 
-fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
-    qb.push(" WHERE 1 = 1");
-    let eq = |qb: &mut QueryBuilder<'a, Sqlite>, col: &str, v: &'a Option<String>| {
+fn push_filter<'a, DB: Backend>(qb: &mut QueryBuilder<'a, DB>, f: &'a LogFilter) {
+    qb.push(" WHERE TRUE");
+    let eq = |qb: &mut QueryBuilder<'a, DB>, col: &str, v: &'a Option<String>| {
         if let Some(v) = v {
-            qb.push(format!(" AND {col} = ")).push_bind(v.as_str());
+            qb.push(format!(" AND {col} = "));
+            DB::bind_str(qb, v);
         }
     };
     eq(qb, "workspace_id", &f.workspace_id);
@@ -314,102 +451,110 @@ fn push_filter<'a>(qb: &mut QueryBuilder<'a, Sqlite>, f: &'a LogFilter) {
     eq(qb, "integration_slug", &f.integration_slug);
     eq(qb, "model", &f.model);
     eq(qb, "trace_id", &f.trace_id);
-    if let Some(s) = f.status_code {
-        qb.push(" AND status_code = ").push_bind(s as i64);
-    }
-    if let Some(t) = f.from {
-        qb.push(" AND created_at_ms >= ").push_bind(t.timestamp_millis());
-    }
-    if let Some(t) = f.to {
-        qb.push(" AND created_at_ms <= ").push_bind(t.timestamp_millis());
-    }
-    if let Some(c) = f.cost_min {
-        qb.push(" AND cost_picos >= ").push_bind(c);
-    }
-    if let Some(c) = f.cost_max {
-        qb.push(" AND cost_picos <= ").push_bind(c);
-    }
+    let int = |qb: &mut QueryBuilder<'a, DB>, cond: &str, v: Option<i64>| {
+        if let Some(v) = v {
+            qb.push(format!(" AND {cond} "));
+            DB::bind_i64(qb, v);
+        }
+    };
+    int(qb, "status_code =", f.status_code.map(i64::from));
+    int(qb, "created_at_ms >=", f.from.map(|t| t.timestamp_millis()));
+    int(qb, "created_at_ms <=", f.to.map(|t| t.timestamp_millis()));
+    int(qb, "cost_picos >=", f.cost_min);
+    int(qb, "cost_picos <=", f.cost_max);
     for (k, v) in &f.metadata {
-        // json_extract takes a JSON path; quote the key so any string is safe.
-        let path = format!("$.{}", serde_json::Value::String(k.clone()));
-        qb.push(" AND json_extract(metadata, ")
-            .push_bind(path)
-            .push(") = ")
-            .push_bind(v.as_str());
+        qb.push(" AND ");
+        DB::push_metadata(qb, k);
+        qb.push(" = ");
+        DB::bind_str(qb, v);
     }
 }
 
 /// Records matching `f`, newest first, with the total that match when
 /// `f.count_total`.
-pub(crate) async fn list(pool: &SqlitePool, f: &LogFilter) -> Result<(Option<i64>, Vec<UsageRecord>), sqlx::Error> {
+pub(crate) async fn list<DB: Backend>(
+    pool: &Pool<DB>,
+    f: &LogFilter,
+) -> Result<(Option<i64>, Vec<UsageRecord>), sqlx::Error> {
     let total = if f.count_total {
-        let mut count: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
+        let mut count: QueryBuilder<DB> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
         push_filter(&mut count, f);
-        Some(count.build_query_scalar().fetch_one(pool).await?)
+        match DB::fetch_all(pool, count).await?.first() {
+            Some(r) => Some(DB::get_i64(r, 0)?),
+            None => Some(0),
+        }
     } else {
         None
     };
     // Counts are read as integers whatever a damaged row holds.
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+    let i = DB::int;
+    let mut qb: QueryBuilder<DB> = QueryBuilder::new(format!(
         "SELECT id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \
-         provider_slug, ai_provider_id, model, endpoint, CAST(status_code AS INTEGER) AS status_code, error_type, \
-         refusal, streamed, cancelled, CAST(prompt_tokens AS INTEGER) AS prompt_tokens, \
-         CAST(completion_tokens AS INTEGER) AS completion_tokens, CAST(cached_tokens AS INTEGER) AS cached_tokens, \
-         CAST(total_tokens AS INTEGER) AS total_tokens, tokens_estimated, CAST(cost_picos AS INTEGER) AS cost_picos, \
-         CAST(latency_us AS INTEGER) AS latency_us, CAST(ttft_us AS INTEGER) AS ttft_us, \
-         CAST(upstream_latency_us AS INTEGER) AS upstream_latency_us, metadata, request_body, response_body, \
-         target_path, CAST(retry_attempt AS INTEGER) AS retry_attempt, CAST(attempt AS INTEGER) AS attempt, is_final \
+         provider_slug, ai_provider_id, model, endpoint, {}, error_type, refusal, streamed, cancelled, {}, {}, {}, \
+         {}, tokens_estimated, {}, {}, {}, {}, {}, request_body, response_body, target_path, {}, {}, is_final \
          FROM usage_log",
-    );
+        i("status_code"),
+        i("prompt_tokens"),
+        i("completion_tokens"),
+        i("cached_tokens"),
+        i("total_tokens"),
+        i("cost_picos"),
+        i("latency_us"),
+        i("ttft_us"),
+        i("upstream_latency_us"),
+        DB::json_text("metadata"),
+        i("retry_attempt"),
+        i("attempt"),
+    ));
     push_filter(&mut qb, f);
-    qb.push(" ORDER BY created_at_ms DESC, seq DESC LIMIT ")
-        .push_bind(f.limit.clamp(1, 1000))
-        .push(" OFFSET ")
-        .push_bind(f.offset.max(0));
-    let rows = qb.build().fetch_all(pool).await?;
+    qb.push(" ORDER BY created_at_ms DESC, seq DESC LIMIT ");
+    DB::bind_i64(&mut qb, f.limit.clamp(1, 1000));
+    qb.push(" OFFSET ");
+    DB::bind_i64(&mut qb, f.offset.max(0));
+    let rows = DB::fetch_all(pool, qb).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let u = |c: &str| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
-        let opt_u = |c: &str| -> Result<Option<u64>, sqlx::Error> {
-            Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v.max(0) as u64))
-        };
-        let metadata: Option<String> = r.try_get("metadata")?;
+        let s = |c: usize| DB::get_opt_str(&r, c);
+        let text = |c: usize| -> Result<String, sqlx::Error> { Ok(s(c)?.unwrap_or_default()) };
+        let u = |c: usize| -> Result<u64, sqlx::Error> { Ok(DB::get_i64(&r, c)?.max(0) as u64) };
+        let opt_u =
+            |c: usize| -> Result<Option<u64>, sqlx::Error> { Ok(DB::get_opt_i64(&r, c)?.map(|v| v.max(0) as u64)) };
         out.push(UsageRecord {
-            id: r.try_get("id")?,
+            id: text(0)?,
             created_at: Utc
-                .timestamp_millis_opt(r.try_get("created_at_ms")?)
+                .timestamp_millis_opt(DB::get_i64(&r, 1)?)
                 .single()
                 .unwrap_or_default(),
-            trace_id: r.try_get("trace_id")?,
-            workspace_id: r.try_get("workspace_id")?,
-            api_key_id: r.try_get("api_key_id")?,
-            integration_id: r.try_get("integration_id")?,
-            integration_slug: r.try_get("integration_slug")?,
-            provider_slug: r.try_get("provider_slug")?,
-            ai_provider_id: r.try_get("ai_provider_id")?,
-            model: r.try_get("model")?,
-            endpoint: r.try_get("endpoint")?,
-            status_code: u("status_code")? as u16,
-            error_type: r.try_get("error_type")?,
-            refusal: r.try_get("refusal")?,
-            streamed: r.try_get("streamed")?,
-            cancelled: r.try_get("cancelled")?,
-            prompt_tokens: u("prompt_tokens")?,
-            completion_tokens: u("completion_tokens")?,
-            cached_tokens: u("cached_tokens")?,
-            total_tokens: u("total_tokens")?,
-            tokens_estimated: r.try_get("tokens_estimated")?,
-            cost_picos: r.try_get("cost_picos")?,
-            latency_us: u("latency_us")?,
-            ttft_us: opt_u("ttft_us")?,
-            upstream_latency_us: opt_u("upstream_latency_us")?,
-            metadata: metadata.and_then(|m| serde_json::from_str(&m).ok()),
-            request_body: r.try_get("request_body")?,
-            response_body: r.try_get("response_body")?,
-            target_path: r.try_get("target_path")?,
-            retry_attempt: u("retry_attempt")? as u32,
-            attempt: u("attempt")? as u32,
-            superseded: !r.try_get::<bool, _>("is_final")?,
+            trace_id: text(2)?,
+            workspace_id: s(3)?,
+            api_key_id: s(4)?,
+            integration_id: s(5)?,
+            integration_slug: s(6)?,
+            provider_slug: s(7)?,
+            ai_provider_id: s(8)?,
+            model: s(9)?,
+            endpoint: text(10)?,
+            status_code: u(11)?.min(u64::from(u16::MAX)) as u16,
+            error_type: s(12)?,
+            refusal: s(13)?,
+            streamed: DB::get_bool(&r, 14)?,
+            cancelled: DB::get_bool(&r, 15)?,
+            prompt_tokens: u(16)?,
+            completion_tokens: u(17)?,
+            cached_tokens: u(18)?,
+            total_tokens: u(19)?,
+            tokens_estimated: DB::get_bool(&r, 20)?,
+            cost_picos: DB::get_opt_i64(&r, 21)?,
+            latency_us: u(22)?,
+            ttft_us: opt_u(23)?,
+            upstream_latency_us: opt_u(24)?,
+            metadata: s(25)?.and_then(|m| serde_json::from_str(&m).ok()),
+            request_body: s(26)?,
+            response_body: s(27)?,
+            target_path: s(28)?,
+            retry_attempt: u(29)?.min(u64::from(u32::MAX)) as u32,
+            attempt: u(30)?.min(u64::from(u32::MAX)) as u32,
+            superseded: !DB::get_bool(&r, 31)?,
         });
     }
     Ok((total, out))
@@ -448,27 +593,7 @@ pub(crate) async fn consumed_since(
           OR (cost_picos IS NOT NULL AND (typeof(cost_picos) != 'integer' OR cost_picos < 0))) AS bad \
          FROM usage_log WHERE refusal IS NULL AND created_at_ms >= ",
     );
-    qb.push_bind(from.timestamp_millis());
-    match scope {
-        Scope::Workspace(w) => {
-            qb.push(" AND workspace_id = ").push_bind(w);
-        }
-        Scope::Provider(w, p) => {
-            qb.push(" AND workspace_id = ")
-                .push_bind(w)
-                .push(" AND provider_slug = ")
-                .push_bind(p);
-        }
-        Scope::IntegrationWorkspace(i, w) => {
-            qb.push(" AND integration_id = ")
-                .push_bind(i)
-                .push(" AND workspace_id = ")
-                .push_bind(w);
-        }
-        Scope::ApiKey(k) => {
-            qb.push(" AND api_key_id = ").push_bind(k);
-        }
-    }
+    push_scope(&mut qb, scope, from);
     qb.push(")");
     let (c_hi, c_lo, t_hi, t_lo, requests, bad) = qb
         .build_query_as::<(i64, i64, i64, i64, i64, i64)>()
@@ -482,6 +607,47 @@ pub(crate) async fn consumed_since(
         );
     }
     Ok((join_halves(c_hi, c_lo), join_halves(t_hi, t_lo), requests))
+}
+
+/// `created_at_ms >= from` and the conditions of `scope`.
+fn push_scope<'a, DB: Backend>(qb: &mut QueryBuilder<'a, DB>, scope: &'a Scope, from: DateTime<Utc>) {
+    DB::bind_i64(qb, from.timestamp_millis());
+    let conds: Vec<(&str, &String)> = match scope {
+        Scope::Workspace(w) => vec![("workspace_id", w)],
+        Scope::Provider(w, p) => vec![("workspace_id", w), ("provider_slug", p)],
+        Scope::IntegrationWorkspace(i, w) => vec![("integration_id", i), ("workspace_id", w)],
+        Scope::ApiKey(k) => vec![("api_key_id", k)],
+    };
+    for (col, v) in conds {
+        qb.push(format!(" AND {col} = "));
+        DB::bind_str(qb, v);
+    }
+}
+
+/// [`consumed_since`] on PostgreSQL: the columns are typed BIGINT, so only
+/// negative values need care; sums are NUMERIC (exact) and saturate at
+/// `i64::MAX`.
+pub(crate) async fn consumed_since_pg(
+    pool: &PgPool,
+    scope: &Scope,
+    from: DateTime<Utc>,
+) -> Result<(i64, i64, i64), sqlx::Error> {
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
+        "SELECT CAST(LEAST(COALESCE(SUM(GREATEST(COALESCE(cost_picos, 0), 0)), 0), 9223372036854775807) AS BIGINT), \
+         CAST(LEAST(COALESCE(SUM(GREATEST(total_tokens, 0)), 0), 9223372036854775807) AS BIGINT), COUNT(*), \
+         COUNT(*) FILTER (WHERE total_tokens < 0 OR cost_picos < 0) \
+         FROM usage_log WHERE refusal IS NULL AND created_at_ms >= ",
+    );
+    push_scope(&mut qb, scope, from);
+    let (cost, tokens, requests, bad) = qb.build_query_as::<(i64, i64, i64, i64)>().fetch_one(pool).await?;
+    if bad > 0 {
+        tracing::warn!(
+            rows = bad,
+            scope = ?scope,
+            "request log rows with a negative token count or cost: counted as 0"
+        );
+    }
+    Ok((cost, tokens, requests))
 }
 
 /// `hi · 2^32 + lo`, saturating at `i64::MAX`.

@@ -1,7 +1,6 @@
 //! `database_url = postgres://…` through the commands: the control-plane
-//! commands work on a real PostgreSQL database (each test its own, created
-//! fresh and dropped), and `serve` / `seed-usage` refuse it before creating
-//! anything. The server is `TOLLGATE_TEST_POSTGRES` (a URL without a
+//! commands and `serve` work on a real PostgreSQL database (each test its
+//! own, created fresh and dropped). The server is `TOLLGATE_TEST_POSTGRES` (a URL without a
 //! database), default `postgres://postgres@127.0.0.1:5432`.
 
 use sqlx::postgres::PgPool;
@@ -10,6 +9,11 @@ use tollgate_core::clock::SystemClock;
 use tollgate_server::cli;
 use tollgate_server::config::{Config, FileConfig};
 use tollgate_store::{Location, Store};
+use tollgate_testkit::control::Control;
+use tollgate_testkit::openai::{self, OpenAiMock};
+
+use crate::gateway::{chat, UPSTREAM_KEY};
+use crate::support::App;
 
 fn server() -> String {
     std::env::var("TOLLGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -97,23 +101,75 @@ async fn control_plane_commands_work_on_postgres() {
 }
 
 #[tokio::test]
-async fn serve_and_seed_usage_refuse_postgres_before_creating_anything() {
+async fn serve_runs_on_postgres_from_gateway_to_logs_and_analytics() {
     let db = TestDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), &db.url);
-    let e = tollgate_server::server::start(config.clone(), Arc::new(SystemClock))
+    let url = db.url.clone();
+    let mut app = App::start_with(move |c| c.database = Location::Postgres(url), Arc::new(SystemClock)).await;
+    let control = Control::new();
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control: control.clone(),
+    })
+    .await
+    .unwrap();
+    let ws = app.workspace("PG").await;
+    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws])
+        .await;
+    let (_, key) = app.workspace_key(&ws, &["completions.write", "logs.view"]).await;
+    control.set_usage(12, 7, 0);
+    let r = app
+        .chat_raw(
+            &key,
+            &[
+                ("x-portkey-trace-id", "trace-pg"),
+                ("x-portkey-metadata", r#"{"team":"search"}"#),
+            ],
+            &chat("@oai/gpt-4o"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.flush_logs().await;
+    // Nothing went to SQLite.
+    assert!(!app.dir.path().join(tollgate_store::db::SQLITE_FILE).exists());
+
+    let logs = app.get(r#"/v1/logs?metadata={"team":"search"}"#, &key).await;
+    assert_eq!(logs.body["total"], 1, "{:?}", logs.body);
+    let rec = &logs.body["data"][0];
+    assert_eq!(rec["trace_id"], "trace-pg");
+    assert_eq!(rec["status_code"], 200);
+    assert_eq!(rec["usage"]["prompt_tokens"], 12);
+    assert_eq!(rec["usage"]["completion_tokens"], 7);
+    assert_eq!(rec["model"], "gpt-4o");
+    assert_eq!(rec["cost_exact"], "0.0001");
+    let none = app.get(r#"/v1/logs?metadata={"team":"other"}"#, &key).await;
+    assert_eq!(none.body["total"], 0);
+
+    let summary = app.get("/v1/analytics/summary", &app.admin_key).await;
+    assert_eq!(summary.status, 200, "{:?}", summary.body);
+    let data = &summary.body["data"];
+    assert_eq!(data["requests"], 1, "{data}");
+    assert_eq!(data["successful_requests"], 1, "{data}");
+    assert_eq!(data["total_tokens"], 19, "{data}");
+    assert_eq!(data["cost_exact"], "0.0001", "{data}");
+    let peak = app
+        .get("/v1/analytics/graphs/requests?interval=minute", &app.admin_key)
+        .await;
+    assert_eq!(peak.status, 200, "{:?}", peak.body);
+
+    // A restart on the same database keeps the log and prints no new key.
+    app.restart(Arc::new(SystemClock)).await;
+    let logs = app.get("/v1/logs?trace_id=trace-pg", &key).await;
+    assert_eq!(logs.body["total"], 1, "{:?}", logs.body);
+    // seed-usage writes to the same log.
+    let seeded = tollgate_server::seed::seed_usage(app.config.clone(), 10, 1)
         .await
-        .err()
-        .expect("serve refuses PostgreSQL");
-    assert!(e.to_string().contains("not yet supported"), "{e}");
-    let e = tollgate_server::seed::seed_usage(config, 10, 1)
-        .await
-        .expect_err("refused");
-    assert!(e.to_string().contains("not yet supported"), "{e}");
-    // No first admin key was created (nor printed).
-    let store = Store::open(&Location::Postgres(db.url.clone())).await.unwrap();
-    assert!(store.load_all().await.unwrap().api_keys.is_empty());
-    drop(store);
+        .unwrap();
+    assert_eq!(seeded.rows, 10);
+    let all = app.get("/v1/logs", &app.admin_key).await;
+    assert_eq!(all.body["total"], 11, "{:?}", all.body);
+    if let Some(r) = app.running.take() {
+        r.stop().await.unwrap();
+    }
     db.drop_db().await;
 }
 

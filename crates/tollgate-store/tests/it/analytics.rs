@@ -1,13 +1,81 @@
 //! The three ways analytics reads the log (raw rows one by one, raw rows
-//! summed by SQLite, daily roll-ups summed by SQLite) give the same figures
-//! for every grouping, interval and filter: counts, sums and distinct sets
-//! exactly, percentiles to the same histogram bucket.
+//! summed by the database, daily roll-ups summed by the database) give the
+//! same figures for every grouping, interval and filter: counts, sums and
+//! distinct sets exactly, percentiles to the same histogram bucket. Every
+//! test runs on each backend ([`on_each_backend!`]): SQLite, and PostgreSQL
+//! in a database of its own.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use tollgate_store::analytics::{bucket_of, Agg, Cells, Filter, GroupBy, Interval, ModelMatch, Query, DAY_MS};
 use tollgate_store::db::Location;
 use tollgate_store::usage::UsageRecord;
 use tollgate_store::Store;
+
+use crate::postgres::TestDb;
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each `async fn name(backend: Backend)` as two tests,
+/// `name::sqlite` and `name::postgres`.
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+on_each_backend!(
+    raw_rows_summed_in_sql_match_reading_them_one_by_one,
+    roll_ups_summed_in_sql_match_the_raw_rows,
+    an_empty_or_inverted_range_has_no_cells,
+    rows_logged_before_their_buckets_were_stored_are_bucketed_alike,
+);
+
+/// A store holding [`rows`], on one backend.
+struct Seeded {
+    store: Store,
+    _dir: tempfile::TempDir,
+    pg: Option<TestDb>,
+}
+
+impl Seeded {
+    /// Runs one statement straight on the database.
+    async fn execute(&self, sql: &str) {
+        match &self.pg {
+            None => {
+                sqlx::query(sql)
+                    .execute(self.store.sqlite_pool().unwrap())
+                    .await
+                    .unwrap();
+            }
+            Some(db) => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                sqlx::query(sql).execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+    }
+
+    /// Drops the PostgreSQL database.
+    async fn finish(self) {
+        drop(self.store);
+        if let Some(db) = self.pg {
+            db.drop_db().await;
+        }
+    }
+}
 
 /// A small deterministic generator, so that a failure reproduces.
 struct Rng(u64);
@@ -74,7 +142,7 @@ fn rows() -> Vec<UsageRecord> {
                 total_tokens: prompt + completion,
                 cost_picos: (rng.below(5) > 0).then(|| (prompt * 2_500_000 + completion * 10_000_000) as i64),
                 latency_us: latency,
-                ttft_us: (rng.below(3) == 0).then(|| latency / 3),
+                ttft_us: (rng.below(3) == 0).then_some(latency / 3),
                 upstream_latency_us: upstream,
                 metadata: (!metadata.is_empty()).then_some(metadata),
                 superseded: rng.below(7) == 0,
@@ -84,14 +152,26 @@ fn rows() -> Vec<UsageRecord> {
         .collect()
 }
 
-async fn seeded() -> (tempfile::TempDir, Store) {
+async fn seeded(backend: Backend) -> Seeded {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&Location::Sqlite(dir.path().join("t.db"))).await.unwrap();
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(TestDb::create().await),
+    };
+    let location = match &pg {
+        None => Location::Sqlite(dir.path().join("t.db")),
+        Some(db) => db.location(),
+    };
+    let seeded = Seeded {
+        store: Store::open(&location).await.unwrap(),
+        _dir: dir,
+        pg,
+    };
     // Roll-ups cover everything written from now on, back to the epoch.
-    sqlx::query("UPDATE analytics_meta SET value = 0 WHERE key = 'rollup_from_ms'")
-        .execute(store.sqlite_pool().unwrap())
-        .await
-        .unwrap();
+    seeded
+        .execute("UPDATE analytics_meta SET value = 0 WHERE key = 'rollup_from_ms'")
+        .await;
+    let store = &seeded.store;
     let (log, writer) = store.spawn_usage_log().unwrap();
     for r in rows() {
         log.record(r);
@@ -99,7 +179,7 @@ async fn seeded() -> (tempfile::TempDir, Store) {
     log.flush().await;
     drop(log);
     writer.await.unwrap();
-    (dir, store)
+    seeded
 }
 
 /// `q` read with raw stretches of at most `exact_rows` requests row by row.
@@ -168,9 +248,9 @@ fn filter() -> Filter {
     }
 }
 
-#[tokio::test]
-async fn raw_rows_summed_in_sql_match_reading_them_one_by_one() {
-    let (_dir, store) = seeded().await;
+async fn raw_rows_summed_in_sql_match_reading_them_one_by_one(backend: Backend) {
+    let seeded = seeded(backend).await;
+    let store = &seeded.store;
     let groups = [
         None,
         Some(GroupBy::ApiKey),
@@ -223,18 +303,19 @@ async fn raw_rows_summed_in_sql_match_reading_them_one_by_one() {
                     },
                     ..q
                 };
-                let by_row = read(&store, &q, i64::MAX).await;
-                let by_sql = read(&store, &q, 0).await;
+                let by_row = read(store, &q, i64::MAX).await;
+                let by_sql = read(store, &q, 0).await;
                 assert!(!by_row.is_empty(), "{name} {g:?} {i:?}: no data");
                 same(&by_row, &by_sql, &format!("{name} {g:?} {i:?}"));
             }
         }
     }
+    seeded.finish().await;
 }
 
-#[tokio::test]
-async fn roll_ups_summed_in_sql_match_the_raw_rows() {
-    let (_dir, store) = seeded().await;
+async fn roll_ups_summed_in_sql_match_the_raw_rows(backend: Backend) {
+    let seeded = seeded(backend).await;
+    let store = &seeded.store;
     let groups = [
         None,
         Some(GroupBy::ApiKey),
@@ -271,18 +352,19 @@ async fn roll_ups_summed_in_sql_match_the_raw_rows() {
                     },
                     ..mixed.clone()
                 };
-                let expected = read(&store, &raw, i64::MAX).await;
-                let got = read(&store, &mixed, 0).await;
+                let expected = read(store, &raw, i64::MAX).await;
+                let got = read(store, &mixed, 0).await;
                 assert!(!expected.is_empty());
                 same(&expected, &got, &format!("{f:?} {g:?} {i:?}"));
             }
         }
     }
+    seeded.finish().await;
 }
 
-#[tokio::test]
-async fn an_empty_or_inverted_range_has_no_cells() {
-    let (_dir, store) = seeded().await;
+async fn an_empty_or_inverted_range_has_no_cells(backend: Backend) {
+    let seeded = seeded(backend).await;
+    let store = &seeded.store;
     for (from, to) in [
         (0, 0),
         (10, 5),
@@ -298,13 +380,14 @@ async fn an_empty_or_inverted_range_has_no_cells() {
             group: None,
             distinct: true,
         };
-        assert!(read(&store, &q, 0).await.is_empty());
+        assert!(read(store, &q, 0).await.is_empty());
     }
+    seeded.finish().await;
 }
 
-#[tokio::test]
-async fn rows_logged_before_their_buckets_were_stored_are_bucketed_alike() {
-    let (_dir, store) = seeded().await;
+async fn rows_logged_before_their_buckets_were_stored_are_bucketed_alike(backend: Backend) {
+    let seeded = seeded(backend).await;
+    let store = &seeded.store;
     let q = Query {
         filter: Filter {
             total_tokens_min: Some(0),
@@ -314,16 +397,16 @@ async fn rows_logged_before_their_buckets_were_stored_are_bucketed_alike() {
         group: Some(GroupBy::Model),
         distinct: true,
     };
-    let stored = read(&store, &q, 0).await;
+    let stored = read(store, &q, 0).await;
     // As a log written before migration 0006 holds them.
-    sqlx::query("UPDATE usage_log SET latency_bucket = NULL, ttft_bucket = NULL, overhead_bucket = NULL")
-        .execute(store.sqlite_pool().unwrap())
-        .await
-        .unwrap();
+    seeded
+        .execute("UPDATE usage_log SET latency_bucket = NULL, ttft_bucket = NULL, overhead_bucket = NULL")
+        .await;
     // (Another question than the first: the store keeps answers until its
     // own writer commits, and this change went around it.)
-    let computed = read(&store, &q, 1).await;
-    let by_row = read(&store, &q, i64::MAX).await;
+    let computed = read(store, &q, 1).await;
+    let by_row = read(store, &q, i64::MAX).await;
     same(&stored, &computed, "computed in SQL");
     same(&by_row, &computed, "read by row");
+    seeded.finish().await;
 }

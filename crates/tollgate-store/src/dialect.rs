@@ -1,0 +1,233 @@
+//! What the request log and analytics need to know about a backend's SQL
+//! dialect and driver, so that their query planning, SQL building and row
+//! decoding are written once and compiled per backend ([`Backend`] is
+//! implemented for SQLite and PostgreSQL). Statements whose shape differs
+//! altogether (the request-log insert's roll-up write, `consumed_since`)
+//! stay per-backend functions.
+
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Database, Pool, Postgres, QueryBuilder, Row, Sqlite};
+use std::future::Future;
+
+/// A backend the shared request-log and analytics code runs on.
+pub(crate) trait Backend: Database + Sized {
+    /// Binds an integer.
+    fn bind_i64(qb: &mut QueryBuilder<'_, Self>, v: i64);
+    /// Binds a string.
+    fn bind_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: &'a str);
+    /// Binds a blob.
+    fn bind_bytes(qb: &mut QueryBuilder<'_, Self>, v: Vec<u8>);
+    /// Binds a flag.
+    fn bind_bool(qb: &mut QueryBuilder<'_, Self>, v: bool);
+    /// Binds an optional string.
+    fn bind_opt_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: Option<&'a str>);
+    /// Binds an optional integer.
+    fn bind_opt_i64(qb: &mut QueryBuilder<'_, Self>, v: Option<i64>);
+    /// Binds a JSON document given as text, for a JSON column.
+    fn bind_json(qb: &mut QueryBuilder<'_, Self>, v: Option<String>);
+    /// The JSON column `col`, read as text.
+    fn json_text(col: &str) -> String;
+
+    /// A count column read as an integer of at least 0, whatever a damaged
+    /// row holds (SQLite's columns are not typed; PostgreSQL's are BIGINT).
+    fn count(col: &str) -> String;
+    /// `GREATEST(a, b)`.
+    fn greatest(a: &str, b: &str) -> String;
+    /// `LEAST(a, b)`.
+    fn least(a: &str, b: &str) -> String;
+    /// A column as stored, read as an integer.
+    fn int(col: &str) -> String;
+    /// An integer aggregate (`SUM`, `COUNT`, `MAX`), read back exactly with
+    /// [`Backend::get_exact`].
+    fn exact(agg: &str) -> String;
+    /// The texts of `expr` joined by commas.
+    fn text_agg(expr: &str) -> String;
+    /// The distinct values of the text `expr`, hex-encoded (so that no value
+    /// can be mistaken for the separator) and joined by commas.
+    fn distinct_hex_agg(expr: &str) -> String;
+    /// The blobs of `col`, hex-encoded and joined by commas.
+    fn blob_hex_agg(col: &str) -> String;
+    /// Pushes the request's metadata value under `key`, as text (NULL when
+    /// absent).
+    fn push_metadata<'a>(qb: &mut QueryBuilder<'a, Self>, key: &'a str);
+
+    fn get_i64(r: &Self::Row, i: usize) -> Result<i64, sqlx::Error>;
+    fn get_opt_i64(r: &Self::Row, i: usize) -> Result<Option<i64>, sqlx::Error>;
+    fn get_opt_str(r: &Self::Row, i: usize) -> Result<Option<String>, sqlx::Error>;
+    fn get_bool(r: &Self::Row, i: usize) -> Result<bool, sqlx::Error>;
+    fn get_opt_bytes(r: &Self::Row, i: usize) -> Result<Option<&[u8]>, sqlx::Error>;
+    /// A [`Backend::exact`] aggregate; `None` for a sum over no rows.
+    fn get_exact(r: &Self::Row, i: usize) -> Result<Option<i128>, sqlx::Error>;
+
+    /// Runs `qb` and returns its rows.
+    fn fetch_all<'a>(
+        pool: &Pool<Self>,
+        qb: QueryBuilder<'a, Self>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
+}
+
+impl Backend for Sqlite {
+    fn bind_i64(qb: &mut QueryBuilder<'_, Self>, v: i64) {
+        qb.push_bind(v);
+    }
+    fn bind_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: &'a str) {
+        qb.push_bind(v);
+    }
+    fn bind_bytes(qb: &mut QueryBuilder<'_, Self>, v: Vec<u8>) {
+        qb.push_bind(v);
+    }
+    fn bind_bool(qb: &mut QueryBuilder<'_, Self>, v: bool) {
+        qb.push_bind(v);
+    }
+    fn bind_opt_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: Option<&'a str>) {
+        qb.push_bind(v);
+    }
+    fn bind_opt_i64(qb: &mut QueryBuilder<'_, Self>, v: Option<i64>) {
+        qb.push_bind(v);
+    }
+    fn bind_json(qb: &mut QueryBuilder<'_, Self>, v: Option<String>) {
+        qb.push_bind(v);
+    }
+    fn json_text(col: &str) -> String {
+        col.to_owned()
+    }
+    fn count(col: &str) -> String {
+        format!("max(CAST({col} AS INTEGER), 0)")
+    }
+    fn greatest(a: &str, b: &str) -> String {
+        format!("max({a}, {b})")
+    }
+    fn least(a: &str, b: &str) -> String {
+        format!("min({a}, {b})")
+    }
+    fn int(col: &str) -> String {
+        format!("CAST({col} AS INTEGER)")
+    }
+    fn exact(agg: &str) -> String {
+        // 64-bit: a SUM that overflows is an error, and the caller then
+        // reads row by row.
+        agg.to_owned()
+    }
+    fn text_agg(expr: &str) -> String {
+        format!("group_concat({expr})")
+    }
+    fn distinct_hex_agg(expr: &str) -> String {
+        format!("group_concat(DISTINCT hex({expr}))")
+    }
+    fn blob_hex_agg(col: &str) -> String {
+        format!("group_concat(hex({col}))")
+    }
+    fn push_metadata<'a>(qb: &mut QueryBuilder<'a, Self>, key: &'a str) {
+        // json_extract takes a JSON path; the key is quoted so any string is
+        // safe. It gives numbers as numbers: cast to text.
+        qb.push("CAST(json_extract(metadata, ")
+            .push_bind(format!("$.{}", serde_json::Value::String(key.to_owned())))
+            .push(") AS TEXT)");
+    }
+    fn get_i64(r: &SqliteRow, i: usize) -> Result<i64, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_opt_i64(r: &SqliteRow, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_opt_str(r: &SqliteRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_bool(r: &SqliteRow, i: usize) -> Result<bool, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_opt_bytes(r: &SqliteRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_exact(r: &SqliteRow, i: usize) -> Result<Option<i128>, sqlx::Error> {
+        Ok(r.try_get::<Option<i64>, _>(i)?.map(i128::from))
+    }
+    async fn fetch_all<'a>(pool: &Pool<Self>, mut qb: QueryBuilder<'a, Self>) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        qb.build().fetch_all(pool).await
+    }
+}
+
+impl Backend for Postgres {
+    fn bind_i64(qb: &mut QueryBuilder<'_, Self>, v: i64) {
+        qb.push_bind(v);
+    }
+    fn bind_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: &'a str) {
+        qb.push_bind(v);
+    }
+    fn bind_bytes(qb: &mut QueryBuilder<'_, Self>, v: Vec<u8>) {
+        qb.push_bind(v);
+    }
+    fn bind_bool(qb: &mut QueryBuilder<'_, Self>, v: bool) {
+        qb.push_bind(v);
+    }
+    fn bind_opt_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: Option<&'a str>) {
+        qb.push_bind(v);
+    }
+    fn bind_opt_i64(qb: &mut QueryBuilder<'_, Self>, v: Option<i64>) {
+        qb.push_bind(v);
+    }
+    fn bind_json(qb: &mut QueryBuilder<'_, Self>, v: Option<String>) {
+        qb.push("CAST(").push_bind(v).push(" AS JSONB)");
+    }
+    fn json_text(col: &str) -> String {
+        format!("CAST({col} AS TEXT)")
+    }
+    fn count(col: &str) -> String {
+        format!("GREATEST({col}, 0)")
+    }
+    fn greatest(a: &str, b: &str) -> String {
+        format!("GREATEST({a}, {b})")
+    }
+    fn least(a: &str, b: &str) -> String {
+        format!("LEAST({a}, {b})")
+    }
+    fn int(col: &str) -> String {
+        col.to_owned()
+    }
+    fn exact(agg: &str) -> String {
+        // SUM of BIGINT is NUMERIC (exact, never overflows): read as text.
+        format!("CAST({agg} AS TEXT)")
+    }
+    fn text_agg(expr: &str) -> String {
+        format!("string_agg({expr}, ',')")
+    }
+    fn distinct_hex_agg(expr: &str) -> String {
+        format!("string_agg(DISTINCT encode(convert_to({expr}, 'UTF8'), 'hex'), ',')")
+    }
+    fn blob_hex_agg(col: &str) -> String {
+        format!("string_agg(encode({col}, 'hex'), ',')")
+    }
+    fn push_metadata<'a>(qb: &mut QueryBuilder<'a, Self>, key: &'a str) {
+        qb.push("(metadata ->> ").push_bind(key).push(")");
+    }
+    fn get_i64(r: &PgRow, i: usize) -> Result<i64, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_opt_i64(r: &PgRow, i: usize) -> Result<Option<i64>, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_opt_str(r: &PgRow, i: usize) -> Result<Option<String>, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_bool(r: &PgRow, i: usize) -> Result<bool, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_opt_bytes(r: &PgRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
+        r.try_get(i)
+    }
+    fn get_exact(r: &PgRow, i: usize) -> Result<Option<i128>, sqlx::Error> {
+        match r.try_get::<Option<String>, _>(i)? {
+            None => Ok(None),
+            // Beyond i128 (not reachable from BIGINT rows): saturate.
+            Some(s) => Ok(Some(s.parse::<i128>().unwrap_or(if s.starts_with('-') {
+                i128::MIN
+            } else {
+                i128::MAX
+            }))),
+        }
+    }
+    async fn fetch_all<'a>(pool: &Pool<Self>, mut qb: QueryBuilder<'a, Self>) -> Result<Vec<PgRow>, sqlx::Error> {
+        qb.build().fetch_all(pool).await
+    }
+}
