@@ -9,6 +9,7 @@
 //! - [`usage`]: the request log and its batching background writer.
 //! - [`analytics`]: the aggregate, roll-ups and query planner.
 //! - [`outbox`]: the durable outbox of budget alerts.
+//! - [`notify`]: telling every replica that the control plane changed.
 //! - [`counters`]: limit counters (in memory).
 //! - [`secrets`]: envelope encryption of secret fields.
 
@@ -16,6 +17,7 @@ pub mod analytics;
 pub mod control;
 pub mod counters;
 pub mod db;
+pub mod notify;
 pub mod outbox;
 mod query_cache;
 mod repo;
@@ -24,4 +26,5 @@ pub mod usage;
 
 pub use control::{ControlData, Store, StoreError, Tx};
 pub use db::Location;
+pub use notify::{ControlChanges, ControlEvent};
 pub use repo::{Analytics, RequestLog};

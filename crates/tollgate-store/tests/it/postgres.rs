@@ -18,13 +18,13 @@ fn server() -> String {
 }
 
 /// A freshly created database, dropped by [`TestDb::drop_db`].
-struct TestDb {
+pub(crate) struct TestDb {
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl TestDb {
-    async fn create() -> TestDb {
+    pub(crate) async fn create() -> TestDb {
         let name = format!("tollgate_test_{:016x}", rand::random::<u64>());
         let admin = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -36,11 +36,11 @@ impl TestDb {
         TestDb { name, url }
     }
 
-    fn location(&self) -> Location {
+    pub(crate) fn location(&self) -> Location {
         Location::from_url(Some(&self.url), std::path::Path::new("/nonexistent")).unwrap()
     }
 
-    async fn drop_db(self) {
+    pub(crate) async fn drop_db(self) {
         let admin = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
         sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
             .execute(&admin)
