@@ -321,7 +321,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let state = AppState::new(parts, master).await?;
     let restored = crate::limits::restore_from_log(&state).await?;
     tracing::debug!(limits = restored, "counters rebuilt from the request log");
-    let refresher = tokio::spawn(refresh_loop(state.clone(), shutdown.clone()));
+    let refresher = tokio::spawn(refresh_loop(state.clone(), REFRESH_EVERY, shutdown.clone()));
     let metrics_upkeep = tokio::spawn(metrics_upkeep(shutdown.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
@@ -544,11 +544,12 @@ async fn metrics_upkeep(shutdown: CancellationToken) {
 
 /// Keeps the snapshot in step with changes made outside this process: at
 /// once when the store signals a change (PostgreSQL's `NOTIFY`, see
-/// `tollgate_store::notify`), and every [`REFRESH_EVERY`] in any case.
-/// Either way it reloads only if the stored control version moved.
-pub(crate) async fn refresh_loop(state: SharedState, shutdown: CancellationToken) {
+/// `tollgate_store::notify`), and every `poll` in any case
+/// ([`REFRESH_EVERY`] when serving). Either way it reloads only if the stored
+/// control version moved.
+pub(crate) async fn refresh_loop(state: SharedState, poll: Duration, shutdown: CancellationToken) {
     let mut changes = state.store.watch_control();
-    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
