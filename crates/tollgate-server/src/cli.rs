@@ -4,7 +4,7 @@
 
 use crate::config::{Config, ConfigError, FileConfig};
 use crate::server::{self, StartError};
-use crate::state::{control_version, meta};
+use crate::state::meta;
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -293,8 +293,7 @@ pub async fn create_admin_key(config: Config, name: String) -> Result<String, Cl
         details: serde_json::json!({"name": rec.name, "type": "organisation-service", "via": "cli"}),
     })
     .await?;
-    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string())
-        .await?;
+    tx.bump_control_version().await?;
     tx.commit().await?;
     Ok(key)
 }
@@ -335,8 +334,7 @@ pub async fn rotate_master_key(config: Config) -> Result<Option<String>, CliErro
         details: serde_json::json!({"rewrapped_secrets": n, "previous_fingerprint": old.fingerprint()}),
     })
     .await?;
-    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string())
-        .await?;
+    tx.bump_control_version().await?;
     tx.commit().await?;
     if from_env {
         Ok(Some(new.to_hex().to_string()))
@@ -360,8 +358,7 @@ pub async fn import_prices(config: Config, file: PathBuf) -> Result<usize, CliEr
     let (store, _, _) = server::open_store(&config).await?;
     let mut tx = store.begin().await?;
     tx.meta_set(meta::PRICE_TABLE, &text).await?;
-    tx.meta_set(meta::CONTROL_VERSION, &(control_version(&store).await? + 1).to_string())
-        .await?;
+    tx.bump_control_version().await?;
     tx.commit().await?;
     Ok(table.len())
 }

@@ -52,7 +52,9 @@ use tollgate_store::Store;
 use tower::ServiceExt;
 
 /// How often the server checks whether the control plane changed outside
-/// it (the CLI, another replica).
+/// it (the CLI, another replica). On PostgreSQL a notification normally
+/// brings the change within milliseconds (see [`refresh_loop`]); this poll is
+/// the backstop for a notification missed, and on SQLite the only path.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How often histogram samples are folded into buckets.
 pub const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(1);
@@ -229,8 +231,7 @@ pub async fn bootstrap(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Res
         details: json!({"workspace_id": ws.id, "admin_key_id": key.id}),
     };
     tx.audit(&audit).await?;
-    let version = crate::state::control_version(store).await? + 1;
-    tx.meta_set(meta::CONTROL_VERSION, &version.to_string()).await?;
+    tx.bump_control_version().await?;
     tx.commit().await?;
     Ok(Some(secret))
 }
@@ -321,7 +322,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let state = AppState::new(parts, master).await?;
     let restored = crate::limits::restore_from_log(&state).await?;
     tracing::debug!(limits = restored, "counters rebuilt from the request log");
-    let refresher = tokio::spawn(refresh_loop(state.clone(), shutdown.clone()));
+    let refresher = tokio::spawn(refresh_loop(state.clone(), REFRESH_EVERY, shutdown.clone()));
     let metrics_upkeep = tokio::spawn(metrics_upkeep(shutdown.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
@@ -542,17 +543,23 @@ async fn metrics_upkeep(shutdown: CancellationToken) {
     }
 }
 
-async fn refresh_loop(state: SharedState, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(REFRESH_EVERY);
+/// Keeps the snapshot in step with changes made outside this process: at
+/// once when the store signals a change (PostgreSQL's `NOTIFY`, see
+/// `tollgate_store::notify`), and every `poll` in any case
+/// ([`REFRESH_EVERY`] when serving). Either way it reloads only if the stored
+/// control version moved.
+pub(crate) async fn refresh_loop(state: SharedState, poll: Duration, shutdown: CancellationToken) {
+    let mut changes = state.store.watch_control();
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                if let Err(e) = state.refresh_if_changed().await {
-                    tracing::error!(error = %e, "reloading the control plane failed");
-                }
-            }
+            event = changes.next() => tracing::debug!(?event, "control plane changed elsewhere"),
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = state.refresh_if_changed().await {
+            tracing::error!(error = %e, "reloading the control plane failed");
         }
     }
 }

@@ -23,7 +23,7 @@ use tollgate_store::{Store, StoreError, Tx};
 /// Meta keys in the store.
 pub mod meta {
     pub const ORG_ID: &str = "org_id";
-    pub const CONTROL_VERSION: &str = "control_version";
+    pub const CONTROL_VERSION: &str = tollgate_store::control::CONTROL_VERSION;
     pub const MASTER_KEY_FINGERPRINT: &str = "master_key_fingerprint";
     pub const PRICE_TABLE: &str = "price_table";
 }
@@ -197,8 +197,7 @@ impl Change<'_> {
     /// in the new snapshot.
     pub async fn commit(mut self, audit: AuditEntry) -> Result<(), AdminError> {
         self.tx.audit(&audit).await?;
-        let next = control_version(&self.state.store).await? + 1;
-        self.tx.meta_set(meta::CONTROL_VERSION, &next.to_string()).await?;
+        self.tx.bump_control_version().await?;
         self.tx.commit().await?;
         self.state.reload().await.map_err(AdminError::internal)
     }
@@ -206,11 +205,7 @@ impl Change<'_> {
 
 /// The stored control version (0 before the first change).
 pub async fn control_version(store: &Store) -> Result<i64, StoreError> {
-    Ok(store
-        .meta_get(meta::CONTROL_VERSION)
-        .await?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0))
+    store.control_version().await
 }
 
 /// The price table in force: the imported one, else the shipped one.

@@ -67,6 +67,11 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
+/// The `meta` key of the control version: bumped by every control-plane
+/// change ([`Tx::bump_control_version`]), so that every process serving
+/// from this database knows when to reload.
+pub const CONTROL_VERSION: &str = "control_version";
+
 /// The store: the one handle on the database, whichever backend it is.
 /// It serves the control plane itself and hands out the request log
 /// ([`Store::spawn_usage_log`], [`Store::request_log`]), analytics
@@ -128,6 +133,16 @@ impl Store {
         .bind(key)
         .fetch_optional(pool)
         .await?))
+    }
+
+    /// The stored control version (0 before the first change, or if it does
+    /// not parse).
+    pub async fn control_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .meta_get(CONTROL_VERSION)
+            .await?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     pub async fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
@@ -448,6 +463,37 @@ impl Tx {
             .await?;
         });
         Ok(())
+    }
+
+    /// Bumps the control version (the `meta` value [`CONTROL_VERSION`]) by
+    /// one and returns the new version. The row stays locked until this
+    /// transaction ends, so concurrent changes, from any replica, get
+    /// distinct versions in commit order. On PostgreSQL it also queues a
+    /// notification on [`CONTROL_CHANNEL`](crate::notify::CONTROL_CHANNEL),
+    /// which PostgreSQL delivers to every listener only if this transaction
+    /// commits (see [`Store::watch_control`]).
+    pub async fn bump_control_version(&mut self) -> Result<i64, StoreError> {
+        let value: String = on_tx!(&mut self.tx, |tx| {
+            sqlx::query_scalar(
+                "INSERT INTO meta (key, value) VALUES ($1, '1')
+                 ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)
+                 RETURNING value",
+            )
+            .bind(CONTROL_VERSION)
+            .fetch_one(&mut **tx)
+            .await?
+        });
+        let version: i64 = value
+            .parse()
+            .map_err(|_| StoreError::Corrupt("control version", value.clone()))?;
+        if let TxInner::Postgres(tx) = &mut self.tx {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(crate::notify::CONTROL_CHANNEL)
+                .bind(&value)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(version)
     }
 
     pub async fn meta_set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 //! - `dialect`: what the request log and analytics need of a backend's SQL
 //!   and driver, so that their queries are written once.
 //! - [`outbox`]: the durable outbox of budget alerts.
+//! - [`notify`]: telling every replica that the control plane changed.
 //! - [`counters`]: limit counters (in memory).
 //! - [`secrets`]: envelope encryption of secret fields.
 
@@ -19,6 +20,7 @@ pub mod control;
 pub mod counters;
 pub mod db;
 mod dialect;
+pub mod notify;
 pub mod outbox;
 mod query_cache;
 mod repo;
@@ -27,4 +29,5 @@ pub mod usage;
 
 pub use control::{ControlData, Store, StoreError, Tx};
 pub use db::Location;
+pub use notify::{ControlChanges, ControlEvent};
 pub use repo::{Analytics, RequestLog};

@@ -357,6 +357,8 @@ pub fn workspace_named<'s>(snap: &'s Snapshot, w: &str) -> Option<&'s Arc<Worksp
 }
 
 #[cfg(test)]
+mod replicas;
+#[cfg(test)]
 pub(crate) mod testing {
     //! Snapshots and callers for the service's unit tests.
 

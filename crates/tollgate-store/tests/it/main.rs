@@ -3,5 +3,6 @@
 
 mod analytics;
 mod counters;
+mod notify;
 mod postgres;
 mod redis_counters;

@@ -1,0 +1,144 @@
+//! Two replicas on one PostgreSQL database: a change made through one
+//! reaches the other's snapshot within a second, by notification alone (the
+//! poll is set to an hour here, so it cannot be what delivers it).
+//!
+//! The request log is not on PostgreSQL yet (`Store::spawn_usage_log`
+//! refuses it), so each replica's request log is a SQLite file of its own;
+//! the control plane, which is what this tests, is the shared PostgreSQL
+//! database. The server is `TOLLGATE_TEST_POSTGRES` (a URL without a
+//! database), default `postgres://postgres@127.0.0.1:5432`; the test
+//! creates its own database and drops it afterwards.
+
+use super::testing::{now, org};
+use super::{api_keys, Control};
+use crate::state::{AppState, SharedState};
+use sqlx::postgres::PgPool;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The longest a change may take to reach another replica.
+const WITHIN: Duration = Duration::from_secs(1);
+
+fn server() -> String {
+    std::env::var("TOLLGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+async fn admin(sql: &str) {
+    let pool = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
+    sqlx::query(sql).execute(&pool).await.unwrap();
+    pool.close().await;
+}
+
+/// One replica: the shared data directory (for the master key file) and
+/// database, its own request log, and its refresh loop polling hourly.
+async fn replica(data_dir: &Path, url: &str, shutdown: &CancellationToken) -> SharedState {
+    use crate::alerts::{AlertConfig, Dispatcher};
+    use tollgate_core::clock::ManualClock;
+    let config = crate::config::FileConfig {
+        data_dir: Some(data_dir.to_owned()),
+        database_url: Some(url.to_owned()),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let (store, master, _) = crate::server::open_store(&config).await.unwrap();
+    crate::server::bootstrap(&store, now()).await.unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = tollgate_store::Store::open(&tollgate_store::Location::embedded(log_dir.path()))
+        .await
+        .unwrap();
+    let (usage, _writer) = log.spawn_usage_log().unwrap();
+    let clock: tollgate_core::clock::SharedClock = Arc::new(ManualClock::new(now()));
+    let outbox = store.outbox();
+    outbox.init().await.unwrap();
+    let alerts = Dispatcher::new(outbox, &AlertConfig::default(), clock.clone())
+        .unwrap()
+        .handle();
+    let parts = crate::state::Parts {
+        config,
+        store,
+        clock,
+        adapters: tollgate_providers::Adapters::new().unwrap(),
+        usage,
+        counters: Arc::new(tollgate_store::counters::MemoryCounters::new()),
+        breakers: Arc::new(crate::gateway::routing::LocalBreakers::default()),
+        alerts,
+    };
+    let state = AppState::new(parts, master).await.unwrap();
+    // The log's directory may go: nothing is logged here.
+    drop(log_dir);
+    tokio::spawn(crate::server::refresh_loop(
+        state.clone(),
+        Duration::from_secs(3600),
+        shutdown.clone(),
+    ));
+    state
+}
+
+/// Waits (up to [`WITHIN`]) until `state`'s snapshot satisfies `ok`;
+/// returns how long that took.
+async fn within(state: &AppState, ok: impl Fn(&AppState) -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok(state) {
+        assert!(start.elapsed() < WITHIN, "not seen within {WITHIN:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn a_key_revoked_through_one_replica_is_refused_by_every_replica_within_a_second() {
+    let name = format!("tollgate_test_{:016x}", rand::random::<u64>());
+    admin(&format!("CREATE DATABASE {name}")).await;
+    let url = format!("{}/{name}", server());
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let a = replica(dir.path(), &url, &shutdown).await;
+    let b = replica(dir.path(), &url, &shutdown).await;
+
+    let key = Control::new(&a)
+        .create_api_key(
+            &org(),
+            "workspace",
+            "service",
+            api_keys::CreateKey {
+                workspace_id: Some("default".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let id = key.id.to_string();
+    assert!(a.snapshot().key_by_id(&id).is_some());
+    within(&b, |s| s.snapshot().key_by_id(&id).is_some()).await;
+
+    Control::new(&a).revoke_api_key(&org(), &id).await.unwrap();
+    // The replica that made the change refuses the key on its next request.
+    assert!(a.snapshot().key_by_id(&id).is_none());
+    let took = within(&b, |s| s.snapshot().key_by_id(&id).is_none()).await;
+    eprintln!("the revocation reached the other replica in {took:?}");
+    assert_eq!(a.snapshot().version, b.snapshot().version);
+
+    // A change through the other replica comes back the same way.
+    let back = Control::new(&b)
+        .create_api_key(
+            &org(),
+            "workspace",
+            "service",
+            api_keys::CreateKey {
+                workspace_id: Some("default".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let back = back.id.to_string();
+    within(&a, |s| s.snapshot().key_by_id(&back).is_some()).await;
+
+    shutdown.cancel();
+    drop((a, b));
+    admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
