@@ -19,6 +19,7 @@ pub mod control;
 pub mod counters;
 pub mod db;
 mod dialect;
+pub mod guards;
 pub mod outbox;
 mod query_cache;
 mod repo;
