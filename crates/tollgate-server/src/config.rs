@@ -68,7 +68,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "master_key",
         env: "TOLLGATE_MASTER_KEY",
-        help: "master key, 64 hex characters; default: the key file DATA_DIR/master.key",
+        help: "master key, 64 hex characters, the same on every replica; default: the key file DATA_DIR/master.key",
     },
     Setting {
         key: "max_body_bytes",
@@ -139,7 +139,7 @@ pub const SETTINGS: &[Setting] = &[
         key: "redis_url",
         env: "TOLLGATE_REDIS_URL",
         help:
-            "keep the limit counters in this Redis (redis://HOST:PORT), shared by replicas; default none (in process)",
+            "keep the limit counters in this Redis (redis://HOST:PORT), shared by replicas; default none (in process: on PostgreSQL, then only one replica may run)",
     },
     Setting {
         key: "redis_key_prefix",

@@ -47,6 +47,7 @@ use tollgate_core::ids;
 use tollgate_core::records::{KeySubType, KeyType, Limits, Workspace};
 use tollgate_providers::Adapters;
 use tollgate_store::counters::{CounterError, Counters, MemoryCounters, RedisCounters, RedisSettings};
+use tollgate_store::guards::{ReplicaLock, ReplicaMode};
 use tollgate_store::secrets::{KeySource, MasterKey};
 use tollgate_store::Store;
 use tower::ServiceExt;
@@ -65,8 +66,12 @@ pub enum StartError {
     DataDir(String, std::io::Error),
     #[error("master key: {0}")]
     MasterKey(#[from] tollgate_store::secrets::SecretError),
-    #[error("the master key does not match this data directory (fingerprint {found}, expected {expected}); start with the key this data was sealed with")]
+    #[error("the master key does not match this database (fingerprint {found}, expected {expected}): start with the key this data was sealed with; every replica on one database must be given the same TOLLGATE_MASTER_KEY")]
     WrongMasterKey { found: String, expected: String },
+    #[error("another `tollgate serve` is already running on this PostgreSQL database, and this one has no `redis_url`: each replica would keep its own limit counters, so every budget and rate limit would be multiplied. Set `redis_url` (TOLLGATE_REDIS_URL, --redis-url) on every replica to run several, or stop the other one first")]
+    AnotherReplica,
+    #[error("a `tollgate serve` without `redis_url` is running on this PostgreSQL database: its limit counters are its own, so budgets and rate limits cannot be shared with it. Restart it with the same `redis_url` (TOLLGATE_REDIS_URL) as this one, or stop it first")]
+    ReplicaWithoutRedis,
     #[error("store: {0}")]
     Store(#[from] tollgate_store::StoreError),
     #[error(transparent)]
@@ -172,19 +177,16 @@ pub async fn open_store(config: &Config) -> Result<(Store, MasterKey, KeySource)
     ensure_data_dir(&config.data_dir)?;
     let (master, source) = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
     let store = Store::open(&config.database).await?;
-    match store.meta_get(meta::MASTER_KEY_FINGERPRINT).await? {
-        Some(expected) if expected != master.fingerprint() => {
-            return Err(StartError::WrongMasterKey {
-                found: master.fingerprint(),
-                expected,
-            })
-        }
-        Some(_) => {}
-        None => {
-            store
-                .meta_set(meta::MASTER_KEY_FINGERPRINT, &master.fingerprint())
-                .await?
-        }
+    // The fingerprint is written once, atomically: of two replicas started
+    // together with different keys, exactly one wins and the other refuses.
+    let expected = store
+        .meta_init(meta::MASTER_KEY_FINGERPRINT, &master.fingerprint())
+        .await?;
+    if expected != master.fingerprint() {
+        return Err(StartError::WrongMasterKey {
+            found: master.fingerprint(),
+            expected,
+        });
     }
     Ok((store, master, source))
 }
@@ -250,6 +252,8 @@ pub struct Running {
     usage_writer: JoinHandle<()>,
     /// Released last, once everything is flushed.
     lock: DataDirLock,
+    /// On PostgreSQL: who else may serve the database (see [`replica_lock`]).
+    replica: Option<ReplicaLock>,
 }
 
 impl Running {
@@ -271,10 +275,12 @@ impl Running {
             state,
             usage_writer,
             lock,
+            replica,
             ..
         } = self;
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(10), usage_writer).await;
+        drop(replica);
         drop(lock);
         result
     }
@@ -291,6 +297,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     ensure_data_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;
     let (store, master, _source) = open_store(&config).await?;
+    let replica = replica_lock(&config, &store).await?;
     // Before anything is created: a backend without a request log is
     // refused here, not after printing a first admin key.
     let (usage, usage_writer) = store.spawn_usage_log()?;
@@ -353,7 +360,25 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         background,
         usage_writer,
         lock,
+        replica,
     })
+}
+
+/// Limit counters in process are per replica, so on PostgreSQL a `serve`
+/// without `redis_url` must be the only one: it holds the database's replica
+/// lock exclusively for its lifetime; replicas with `redis_url` hold it
+/// shared, so any number of them run together, never beside one without.
+/// The embedded database takes no lock (its data directory lock keeps a
+/// second `serve` out).
+pub async fn replica_lock(config: &Config, store: &Store) -> Result<Option<ReplicaLock>, StartError> {
+    if !matches!(config.database, tollgate_store::Location::Postgres(_)) {
+        return Ok(None);
+    }
+    let (mode, refused) = match config.redis_url {
+        Some(_) => (ReplicaMode::Shared, StartError::ReplicaWithoutRedis),
+        None => (ReplicaMode::Sole, StartError::AnotherReplica),
+    };
+    store.lock_replica(mode).await?.map(Some).ok_or(refused)
 }
 
 /// The bounds every connection is held to.
@@ -577,6 +602,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(crate::gateway::router())
         .merge(crate::analytics::router())
         .route("/health", get(health))
+        .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_with_key))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
@@ -689,6 +715,49 @@ fn allowed(headers: &axum::http::HeaderMap) -> String {
 
 async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// How long `/health/ready` waits for each dependency.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Readiness: the database answers `SELECT 1` and, with `redis_url`, Redis
+/// answers `PING`, each within [`READY_TIMEOUT`]. 200, or 503 naming what
+/// is down. No key needed, like `/health`.
+async fn ready(axum::extract::State(state): axum::extract::State<SharedState>) -> Response {
+    let database = async {
+        match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", READY_TIMEOUT.as_millis())),
+        }
+    };
+    let redis = async {
+        match &state.config.redis_url {
+            Some(url) => Some(tollgate_store::guards::ping_redis(url, READY_TIMEOUT).await),
+            None => None,
+        }
+    };
+    let (database, redis) = tokio::join!(database, redis);
+    let mut checks = serde_json::Map::new();
+    let mut down = Vec::new();
+    for (name, result) in [("database", Some(database)), ("redis", redis)] {
+        match result {
+            None => {}
+            Some(Ok(())) => {
+                checks.insert(name.into(), json!({"status": "up"}));
+            }
+            Some(Err(error)) => {
+                checks.insert(name.into(), json!({"status": "down", "error": error}));
+                down.push(name);
+            }
+        }
+    }
+    if down.is_empty() {
+        (StatusCode::OK, Json(json!({"status": "ready", "checks": checks}))).into_response()
+    } else {
+        let body = json!({"status": "unavailable", "down": down, "checks": checks});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 /// Path prefixes under `/v1` that belong to the admin API: unknown routes

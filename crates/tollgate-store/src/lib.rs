@@ -21,6 +21,7 @@ pub mod counters;
 pub mod db;
 mod dialect;
 pub mod notify;
+pub mod guards;
 pub mod outbox;
 mod query_cache;
 mod repo;

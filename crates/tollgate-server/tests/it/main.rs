@@ -18,5 +18,6 @@ mod protocols;
 mod provisioning;
 mod redis;
 mod rejections;
+mod replicas;
 mod routing;
 mod support;

@@ -15,17 +15,17 @@ use tollgate_testkit::openai::{self, OpenAiMock};
 use crate::gateway::{chat, UPSTREAM_KEY};
 use crate::support::App;
 
-fn server() -> String {
+pub(crate) fn server() -> String {
     std::env::var("TOLLGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
-struct TestDb {
+pub(crate) struct TestDb {
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl TestDb {
-    async fn create() -> TestDb {
+    pub(crate) async fn create() -> TestDb {
         let name = format!("tollgate_test_{:016x}", rand::random::<u64>());
         let admin = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {name}"))
@@ -37,7 +37,7 @@ impl TestDb {
         TestDb { name, url }
     }
 
-    async fn drop_db(self) {
+    pub(crate) async fn drop_db(self) {
         let admin = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
         sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
             .execute(&admin)
@@ -47,7 +47,7 @@ impl TestDb {
     }
 }
 
-fn config(dir: &std::path::Path, url: &str) -> Config {
+pub(crate) fn config(dir: &std::path::Path, url: &str) -> Config {
     FileConfig {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.to_path_buf()),
