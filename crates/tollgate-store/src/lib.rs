@@ -13,6 +13,8 @@
 //! - [`outbox`]: the durable outbox of budget alerts.
 //! - [`counters`]: limit counters (in memory).
 //! - [`secrets`]: envelope encryption of secret fields.
+//! - [`transfer`]: copying the embedded database into PostgreSQL
+//!   (`tollgate migrate --to`).
 
 pub mod analytics;
 pub mod control;
@@ -23,6 +25,7 @@ pub mod outbox;
 mod query_cache;
 mod repo;
 pub mod secrets;
+pub mod transfer;
 pub mod usage;
 
 pub use control::{ControlData, Store, StoreError, Tx};
