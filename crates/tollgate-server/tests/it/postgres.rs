@@ -336,3 +336,51 @@ async fn migrate_to_copies_sqlite_into_postgres_for_a_replica() {
     }
     db.drop_db().await;
 }
+
+/// The `tollgate migrate --to` command as a user runs it: a line per table on
+/// stdout, and the URL's password never printed, whether it copies, refuses
+/// a non-empty target or refuses a URL of another kind.
+#[tokio::test]
+async fn the_migrate_to_command_prints_counts_and_never_the_password() {
+    use std::process::Command;
+    let db = TestDb::create().await;
+    // Trust authentication ignores the password; the command must not show it.
+    let url = db.url.replacen("://postgres@", "://postgres:hunter2@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("TOLLGATE_DATABASE_URL")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            text,
+        )
+    };
+    let (ok, _, text) = run(&["migrate", "--to", &url]);
+    assert!(!ok && text.contains("no database to copy"), "{text}");
+    assert!(run(&["migrate"]).0, "plain migrate creates the SQLite schema");
+    let sqlite = Store::open(&Location::embedded(dir.path())).await.unwrap();
+    sqlite.meta_set("probe", "1").await.unwrap();
+    drop(sqlite);
+    let (ok, stdout, text) = run(&["migrate", "--to", &url]);
+    assert!(ok, "{text}");
+    assert!(stdout.contains("meta             1 rows"), "{stdout}");
+    assert!(stdout.contains("usage_log        0 rows"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 13, "{stdout}");
+    let (ok, _, text) = run(&["migrate", "--to", &url]);
+    assert!(!ok && text.contains("not empty") && text.contains("meta"), "{text}");
+    let (ok, _, text) = run(&["migrate", "--to", "mysql://root:hunter2@127.0.0.1/t"]);
+    assert!(!ok && text.contains("must be a PostgreSQL URL"), "{text}");
+    db.drop_db().await;
+}
