@@ -37,7 +37,9 @@ pub enum Command {
     RotateMasterKey(DataArgs),
     /// Create or upgrade the database schema, then exit (every command that
     /// opens the database does this too; one process at a time migrates).
-    Migrate(DataArgs),
+    /// With --to, copy everything from the SQLite database in the data
+    /// directory into an empty PostgreSQL database.
+    Migrate(MigrateArgs),
     /// The model price table.
     #[command(subcommand)]
     Prices(PricesCommand),
@@ -144,6 +146,19 @@ pub struct DataArgs {
     /// The database in PostgreSQL (postgres://…) [default: SQLite in the data directory].
     #[arg(long, env = "TOLLGATE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+}
+
+/// `tollgate migrate`'s options.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Copy everything (control plane, request log, analytics, alert outbox)
+    /// from the SQLite database in the data directory into this empty
+    /// PostgreSQL database (postgres://…). Secrets stay sealed under the same
+    /// master key, so replicas on it need that key too.
+    #[arg(long, value_name = "URL")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -349,6 +364,34 @@ pub async fn rotate_master_key(config: Config) -> Result<Option<String>, CliErro
 pub async fn migrate(config: Config) -> Result<(), CliError> {
     tollgate_store::Store::open(&config.database).await?;
     Ok(())
+}
+
+/// `tollgate migrate --to URL`: copies the embedded SQLite database named
+/// by `config` into the empty PostgreSQL database at `to` (migrating it
+/// first), and returns how many rows of each table it copied.
+pub async fn migrate_to(config: Config, to: &str) -> Result<Vec<tollgate_store::transfer::Copied>, CliError> {
+    use tollgate_store::Location;
+    // `from_url` names only the scheme of a URL it refuses: it may carry a password.
+    let target = match Location::from_url(Some(to), &config.data_dir) {
+        Ok(target @ Location::Postgres(_)) => target,
+        Ok(Location::Sqlite(_)) | Err(_) => {
+            return Err(CliError::Other(
+                "--to must be a PostgreSQL URL (postgres://… or postgresql://…)".to_owned(),
+            ))
+        }
+    };
+    let Location::Sqlite(path) = &config.database else {
+        return Err(CliError::Other(
+            "migrate --to copies from the embedded SQLite database: leave database_url unset (it names the target only through --to)"
+                .to_owned(),
+        ));
+    };
+    if !path.is_file() {
+        return Err(CliError::Other(format!("no database to copy at {}", path.display())));
+    }
+    let source = tollgate_store::Store::open(&config.database).await?;
+    let target = tollgate_store::Store::open(&target).await?;
+    Ok(source.copy_to(&target).await?)
 }
 
 /// `tollgate prices import FILE`.

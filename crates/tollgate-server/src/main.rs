@@ -45,11 +45,20 @@ async fn main() -> ExitCode {
                     ),
                 }
             }
-            Command::Migrate(data) => {
+            Command::Migrate(cli::MigrateArgs { data, to: None }) => {
                 let config = data.config()?;
                 init_tracing("warn");
                 cli::migrate(config).await?;
                 eprintln!("The database schema is up to date.");
+            }
+            Command::Migrate(cli::MigrateArgs { data, to: Some(to) }) => {
+                let config = data.config()?;
+                init_tracing("warn");
+                let copied = cli::migrate_to(config, &to).await?;
+                for c in &copied {
+                    println!("{:<16} {} rows", c.table, c.rows);
+                }
+                eprintln!("Copied into PostgreSQL. Start servers with database_url set to it and the same master key.");
             }
             Command::Prices(PricesCommand::Import { file, data }) => {
                 let config = data.config()?;

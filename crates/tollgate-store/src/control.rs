@@ -27,6 +27,9 @@ pub enum StoreError {
     /// A backend or setting this build cannot serve; the message says which.
     #[error("{0}")]
     Unsupported(String),
+    /// The target of a copy already holds data (in the tables named).
+    #[error("the target database is not empty (rows in: {0}); migrate --to copies only into an empty database")]
+    NotEmpty(String),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }

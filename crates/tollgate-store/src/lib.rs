@@ -14,6 +14,8 @@
 //! - [`notify`]: telling every replica that the control plane changed.
 //! - [`counters`]: limit counters (in memory).
 //! - [`secrets`]: envelope encryption of secret fields.
+//! - [`transfer`]: copying the embedded database into PostgreSQL
+//!   (`tollgate migrate --to`).
 
 pub mod analytics;
 pub mod control;
@@ -26,6 +28,7 @@ pub mod outbox;
 mod query_cache;
 mod repo;
 pub mod secrets;
+pub mod transfer;
 pub mod usage;
 
 pub use control::{ControlData, Store, StoreError, Tx};

@@ -185,3 +185,202 @@ fn a_database_url_of_another_kind_is_a_configuration_error() {
     assert!(e.starts_with("database_url:") && e.contains("mysql://"), "{e}");
     assert!(!e.contains("secret"), "{e}");
 }
+
+/// `tollgate migrate --to`: a server's SQLite data (workspace, integration
+/// with its sealed key, a budgeted API key, requests) copied into PostgreSQL
+/// serves the same on a replica with the same master key; a second copy into
+/// the now non-empty target is refused and changes nothing.
+#[tokio::test]
+async fn migrate_to_copies_sqlite_into_postgres_for_a_replica() {
+    use serde_json::json;
+    let db = TestDb::create().await;
+    let mut app = App::start().await;
+    let control = Control::new();
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control: control.clone(),
+    })
+    .await
+    .unwrap();
+    let ws = app.workspace("Old").await;
+    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws])
+        .await;
+    // 1,000 output tokens at 0.03 cents cost exactly $0.30.
+    let r = app
+        .put("/v1/integrations/oai/models", &app.admin_key, json!({"models": [{"slug": "gpt-4o", "enabled": true,
+            "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": 0.03}}}}]}))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    control.set_usage(10, 1000, 0);
+    let mut body = chat("@oai/gpt-4o");
+    body["max_tokens"] = json!(1000);
+    let r = app
+        .post(
+            "/v1/api-keys/workspace/service",
+            &app.admin_key,
+            json!({"name": "budgeted", "workspace_id": ws, "scopes": ["completions.write"],
+                "usage_limits": {"type": "cost", "credit_limit": 1}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let key = r.body["key"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        let trace = format!("old-{i}");
+        let r = app
+            .chat_raw(
+                &key,
+                &[
+                    ("x-portkey-trace-id", &trace),
+                    ("x-portkey-metadata", r#"{"team":"search"}"#),
+                ],
+                &body,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    app.flush_logs().await;
+    if let Some(r) = app.running.take() {
+        r.stop().await.unwrap();
+    }
+
+    // Only a PostgreSQL URL is a target, and a refused one is not echoed.
+    for bad in ["mysql://root:hunter2@127.0.0.1/t", "tollgate.db", ""] {
+        let e = cli::migrate_to(app.config.clone(), bad).await.unwrap_err();
+        assert!(e.to_string().contains("must be a PostgreSQL URL"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+    // The source must be the embedded database.
+    let mut on_pg = app.config.clone();
+    on_pg.database = Location::Postgres(db.url.clone());
+    let e = cli::migrate_to(on_pg, &db.url).await.unwrap_err();
+    assert!(e.to_string().contains("embedded SQLite"), "{e}");
+
+    let copied = cli::migrate_to(app.config.clone(), &db.url).await.unwrap();
+    let rows = |t: &str| copied.iter().find(|c| c.table == t).map(|c| c.rows).unwrap();
+    assert_eq!(rows("usage_log"), 2, "{copied:?}");
+    assert_eq!(rows("integrations"), 1, "{copied:?}");
+    assert_eq!(rows("workspaces"), 2, "the default workspace and Old: {copied:?}");
+    assert_eq!(
+        rows("api_keys"),
+        2,
+        "the first admin key and the budgeted one: {copied:?}"
+    );
+    assert!(rows("usage_daily") >= 1 && rows("usage_minute") >= 1, "{copied:?}");
+    assert!(rows("meta") >= 3 && rows("audit_logs") >= 4, "{copied:?}");
+    assert_eq!(rows("analytics_meta"), 1, "{copied:?}");
+
+    // A replica on PostgreSQL with the same master key and no SQLite file.
+    let replica_dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config_for(replica_dir.path());
+    config.database = Location::Postgres(db.url.clone());
+    let running = tollgate_server::server::start(config.clone(), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    assert!(running.first_admin_key.is_none(), "the copied admin key is kept");
+    let replica = App {
+        url: format!("http://{}", running.addr),
+        admin_key: app.admin_key.clone(),
+        http: reqwest::Client::new(),
+        running: Some(running),
+        dir: replica_dir,
+        config,
+    };
+    let logs = replica
+        .get(r#"/v1/logs?metadata={"team":"search"}"#, &replica.admin_key)
+        .await;
+    assert_eq!(logs.body["total"], 2, "{:?}", logs.body);
+    let traces: Vec<&str> = logs.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["trace_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(traces, ["old-1", "old-0"], "newest first, as before");
+    assert_eq!(logs.body["data"][0]["cost_exact"], "0.3");
+    let summary = replica.get("/v1/analytics/summary", &replica.admin_key).await;
+    assert_eq!(summary.status, 200, "{:?}", summary.body);
+    assert_eq!(summary.body["data"]["requests"], 2, "{:?}", summary.body);
+    assert_eq!(summary.body["data"]["cost_exact"], "0.6", "{:?}", summary.body);
+
+    // The integration's sealed key opens (the mock checks it), and the
+    // budget's $0.60 came along: one more $0.30 request fits, the next not.
+    let r = replica.post("/v1/chat/completions", &key, body.clone()).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = replica.post("/v1/chat/completions", &key, body.clone()).await;
+    assert_eq!(
+        (r.status, r.error_type()),
+        (412, "api_key_exhaust_error"),
+        "{:?}",
+        r.body
+    );
+
+    // A second copy into the now non-empty target is refused and changes nothing.
+    replica.flush_logs().await;
+    let before = replica.get("/v1/logs", &replica.admin_key).await.body["total"].clone();
+    let e = cli::migrate_to(app.config.clone(), &db.url).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("not empty") && msg.contains("workspaces") && msg.contains("usage_log"),
+        "{msg}"
+    );
+    assert!(!msg.contains("postgres://"), "{msg}");
+    let after = replica.get("/v1/logs", &replica.admin_key).await.body["total"].clone();
+    assert_eq!(before, after);
+    let pg = Store::open(&Location::Postgres(db.url.clone())).await.unwrap();
+    assert_eq!(pg.load_all().await.unwrap().workspaces.len(), 2);
+    drop(pg);
+
+    let mut replica = replica;
+    if let Some(r) = replica.running.take() {
+        r.stop().await.unwrap();
+    }
+    db.drop_db().await;
+}
+
+/// The `tollgate migrate --to` command as a user runs it: a line per table on
+/// stdout, and the URL's password never printed, whether it copies, refuses
+/// a non-empty target or refuses a URL of another kind.
+#[tokio::test]
+async fn the_migrate_to_command_prints_counts_and_never_the_password() {
+    use std::process::Command;
+    let db = TestDb::create().await;
+    // Trust authentication ignores the password; the command must not show it.
+    let url = db.url.replacen("://postgres@", "://postgres:hunter2@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("TOLLGATE_DATABASE_URL")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            text,
+        )
+    };
+    let (ok, _, text) = run(&["migrate", "--to", &url]);
+    assert!(!ok && text.contains("no database to copy"), "{text}");
+    assert!(run(&["migrate"]).0, "plain migrate creates the SQLite schema");
+    let sqlite = Store::open(&Location::embedded(dir.path())).await.unwrap();
+    sqlite.meta_set("probe", "1").await.unwrap();
+    drop(sqlite);
+    let (ok, stdout, text) = run(&["migrate", "--to", &url]);
+    assert!(ok, "{text}");
+    assert!(stdout.contains("meta             1 rows"), "{stdout}");
+    assert!(stdout.contains("usage_log        0 rows"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 13, "{stdout}");
+    let (ok, _, text) = run(&["migrate", "--to", &url]);
+    assert!(!ok && text.contains("not empty") && text.contains("meta"), "{text}");
+    let (ok, _, text) = run(&["migrate", "--to", "mysql://root:hunter2@127.0.0.1/t"]);
+    assert!(!ok && text.contains("must be a PostgreSQL URL"), "{text}");
+    db.drop_db().await;
+}
