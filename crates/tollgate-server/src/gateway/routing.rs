@@ -155,6 +155,19 @@ impl BreakerStore for LocalBreakers {
     }
 }
 
+/// The scale-out store: shared by every replica on the same Redis.
+#[async_trait::async_trait]
+impl BreakerStore for tollgate_store::counters::RedisBreakers {
+    async fn is_open(&self, key: &str, now_ms: i64) -> bool {
+        tollgate_store::counters::RedisBreakers::is_open(self, key, now_ms).await
+    }
+
+    async fn note(&self, key: &str, cb: &CircuitBreaker, now_ms: i64, ok: bool) {
+        tollgate_store::counters::RedisBreakers::note(self, key, cb.failures, cb.window_ms, cb.cooldown_ms, now_ms, ok)
+            .await
+    }
+}
+
 /// Where the walk ended: the target, its retries, and the answer.
 struct Done {
     path: String,
