@@ -437,10 +437,11 @@ async fn circuit_breakers_in_redis_are_shared_with_other_replicas() {
         .await,
     )
     .await;
-    let mut settings =
-        tollgate_store::counters::RedisSettings::new("redis://127.0.0.1:6379", Duration::from_secs(600));
+    let mut settings = tollgate_store::counters::RedisSettings::new("redis://127.0.0.1:6379", Duration::from_secs(600));
     settings.key_prefix = prefix;
-    let other = tollgate_store::counters::RedisCounters::new(settings).unwrap().breakers();
+    let other = tollgate_store::counters::RedisCounters::new(settings)
+        .unwrap()
+        .breakers();
     let now_ms = || tollgate_core::Clock::now(&clock).timestamp_millis();
     let (key_a, key_b) = (format!("{}/a", s.ws), format!("{}/b", s.ws));
 

@@ -41,7 +41,10 @@ async fn replicas_share_failures_cool_down_and_success() {
     fail(&b, NOW + 1_000).await;
     assert!(a.is_open(KEY, NOW + 1_000).await, "opened through B, seen by A");
     assert!(b.is_open(KEY, NOW + 31_000 - 1).await);
-    assert!(!a.is_open(KEY, NOW + 31_000).await, "cool-down over by the clock passed in");
+    assert!(
+        !a.is_open(KEY, NOW + 31_000).await,
+        "cool-down over by the clock passed in"
+    );
     let exists: i64 = cmd(::redis::cmd("EXISTS").arg(&fails));
     assert_eq!(exists, 0, "the count starts again");
     let pttl: i64 = cmd(::redis::cmd("PTTL").arg(&open));
@@ -87,10 +90,18 @@ async fn redis_down_reads_closed_fast_then_recovers() {
     for _ in 0..3 {
         let started = Instant::now();
         assert!(!b.is_open(KEY, NOW + 10).await, "closed while Redis is down");
-        assert!(started.elapsed() < Duration::from_millis(1_500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            started.elapsed()
+        );
         let started = Instant::now();
         fail(&b, NOW + 10).await;
-        assert!(started.elapsed() < Duration::from_millis(1_500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     // Back (empty): the connection comes back by itself.
