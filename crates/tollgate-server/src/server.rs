@@ -92,9 +92,12 @@ pub enum StartError {
 /// replica that died holding it.
 const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Limit counters and circuit-breaker state, in process or both in Redis.
+pub type CountersAndBreakers = (Arc<dyn Counters>, Arc<dyn BreakerStore>);
+
 /// The limit counters and circuit breakers the settings ask for: in Redis
 /// (one connection) with `redis_url`, else in process.
-pub fn counters(config: &Config) -> Result<(Arc<dyn Counters>, Arc<dyn BreakerStore>), CounterError> {
+pub fn counters(config: &Config) -> Result<CountersAndBreakers, CounterError> {
     let Some(url) = &config.redis_url else {
         return Ok((Arc::new(MemoryCounters::new()), Arc::new(LocalBreakers::default())));
     };
