@@ -15,7 +15,9 @@
 //! The connection, its prefix and its 1 s bound are the Redis counters'
 //! ([`super::RedisCounters::breakers`]). A breaker is an optimisation, not a
 //! guarantee: while Redis cannot be reached, every breaker reads closed and
-//! outcomes are not counted, logged at warn level at most every 10 s.
+//! outcomes are not counted, logged at warn level at most every 10 s. After
+//! a failed call, Redis is left alone for a second, so that a request pays
+//! the timeout at most once a second rather than on every attempt.
 
 use super::redis::Inner;
 use parking_lot::Mutex;
@@ -33,14 +35,24 @@ const GRACE_MS: u64 = 60_000;
 const MAX_KEEP_MS: u64 = 1 << 40;
 /// Redis failures are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long Redis is left alone after a failed call.
+const BACK_OFF: Duration = Duration::from_secs(1);
 
 /// Circuit breakers in Redis. Clones share the state.
 #[derive(Clone)]
 pub struct RedisBreakers {
     inner: Arc<Inner>,
     script: Arc<redis::Script>,
-    /// When a Redis failure was last logged, and how many since.
-    log: Arc<Mutex<(Option<Instant>, u64)>>,
+    /// Redis failures: when one was last logged and how many since, and
+    /// until when Redis is left alone.
+    log: Arc<Mutex<Failures>>,
+}
+
+#[derive(Default)]
+struct Failures {
+    logged: Option<Instant>,
+    since_logged: u64,
+    back_off_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for RedisBreakers {
@@ -56,7 +68,7 @@ impl RedisBreakers {
         RedisBreakers {
             inner,
             script: Arc::new(redis::Script::new(SCRIPT)),
-            log: Arc::new(Mutex::new((None, 0))),
+            log: Arc::new(Mutex::new(Failures::default())),
         }
     }
 
@@ -69,6 +81,9 @@ impl RedisBreakers {
     /// Is the breaker `key` open at `now_ms` (Unix ms)? Closed when Redis
     /// cannot answer within the timeout.
     pub async fn is_open(&self, key: &str, now_ms: i64) -> bool {
+        if self.backing_off() {
+            return false;
+        }
         let (_, open) = self.keys(key);
         let get = async {
             let mut conn = self.inner.connection().await?;
@@ -87,6 +102,9 @@ impl RedisBreakers {
     /// `window_ms` open the breaker for `cooldown_ms`; a success closes it
     /// and clears the count. Not counted when Redis cannot answer.
     pub async fn note(&self, key: &str, failures: u32, window_ms: u64, cooldown_ms: u64, now_ms: i64, ok: bool) {
+        if self.backing_off() {
+            return;
+        }
         let (fails, open) = self.keys(key);
         let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let since = now_ms.saturating_sub(ms(window_ms));
@@ -129,16 +147,27 @@ impl RedisBreakers {
         }
     }
 
+    /// Is Redis left alone after a failed call?
+    fn backing_off(&self) -> bool {
+        self.log
+            .lock()
+            .back_off_until
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     fn warn(&self, error: &str) {
+        let now = Instant::now();
         let mut log = self.log.lock();
-        log.1 += 1;
-        if log.0.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+        log.back_off_until = Some(now + BACK_OFF);
+        log.since_logged += 1;
+        if log.logged.is_none_or(|at| now.duration_since(at) >= LOG_EVERY) {
             tracing::warn!(
                 error,
-                failed_calls = log.1,
-                "circuit breakers unavailable: reading them as closed and not counting failures"
+                failed_calls = log.since_logged,
+                "circuit breakers unavailable: reading them as closed and not counting outcomes"
             );
-            *log = (Some(Instant::now()), 0);
+            log.logged = Some(now);
+            log.since_logged = 0;
         }
     }
 }
