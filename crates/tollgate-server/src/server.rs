@@ -17,6 +17,7 @@ use crate::alerts::{AlertConfig, Dispatcher};
 use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{AdminError, GatewayError};
+use crate::gateway::routing::{BreakerStore, LocalBreakers};
 use crate::state::{meta, AppState, Parts, SharedState};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -96,11 +97,14 @@ pub enum StartError {
 /// replica that died holding it.
 const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// The limit counters the settings ask for: in Redis with `redis_url`, else
-/// in process.
-pub fn counters(config: &Config) -> Result<Arc<dyn Counters>, CounterError> {
+/// Limit counters and circuit-breaker state, in process or both in Redis.
+pub type CountersAndBreakers = (Arc<dyn Counters>, Arc<dyn BreakerStore>);
+
+/// The limit counters and circuit breakers the settings ask for: in Redis
+/// (one connection) with `redis_url`, else in process.
+pub fn counters(config: &Config) -> Result<CountersAndBreakers, CounterError> {
     let Some(url) = &config.redis_url else {
-        return Ok(Arc::new(MemoryCounters::new()));
+        return Ok((Arc::new(MemoryCounters::new()), Arc::new(LocalBreakers::default())));
     };
     let mut settings = RedisSettings::new(
         url.clone(),
@@ -111,9 +115,11 @@ pub fn counters(config: &Config) -> Result<Arc<dyn Counters>, CounterError> {
     tracing::info!(
         prefix = %settings.key_prefix,
         on_error = settings.on_error.as_str(),
-        "limit counters in Redis"
+        "limit counters and circuit breakers in Redis"
     );
-    Ok(Arc::new(RedisCounters::new(settings)?))
+    let counters = RedisCounters::new(settings)?;
+    let breakers = counters.breakers();
+    Ok((Arc::new(counters), Arc::new(breakers)))
 }
 
 /// The lock file that keeps a second `serve` off a data directory.
@@ -302,7 +308,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     // refused here, not after printing a first admin key.
     let (usage, usage_writer) = store.spawn_usage_log()?;
     let first_admin_key = bootstrap(&store, clock.now()).await?;
-    let counters = counters(&config)?;
+    let (counters, breakers) = counters(&config)?;
     let outbox = store.outbox();
     outbox.init().await?;
     let alert_config = AlertConfig {
@@ -324,7 +330,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         usage,
         counters,
         alerts,
-        breakers: Arc::new(crate::gateway::routing::LocalBreakers::default()),
+        breakers,
     };
     let state = AppState::new(parts, master).await?;
     let restored = crate::limits::restore_from_log(&state).await?;

@@ -57,7 +57,7 @@ pub struct Parts {
     pub counters: Arc<dyn Counters>,
     pub alerts: AlertHandle,
     /// Circuit-breaker state: [`crate::gateway::routing::LocalBreakers`]
-    /// (per process) unless a shared store is configured.
+    /// (per process), or `RedisBreakers` with `redis_url`.
     pub breakers: Arc<dyn crate::gateway::routing::BreakerStore>,
 }
 

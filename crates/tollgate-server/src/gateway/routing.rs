@@ -16,8 +16,8 @@
 //! number and whether the client got its answer. The response says which
 //! target answered (`x-portkey-last-used-option-index`) and after how many
 //! retries (`x-portkey-retry-attempt-count`). Circuit breakers keep their
-//! state in a [`BreakerStore`] (this process's memory unless the scale-out
-//! mode supplies a shared one).
+//! state in a [`BreakerStore`]: this process's memory, or Redis (shared by
+//! every replica) when `redis_url` is set.
 
 use super::{attempt, resolve, Attempt, Failed, Parsed, Pick};
 use crate::error::GatewayError;
@@ -96,8 +96,8 @@ pub fn plan_for(parsed: &Parsed, headers: &HeaderMap) -> Result<Option<Arc<Plan>
 /// milliseconds.
 ///
 /// The default, [`LocalBreakers`], lives in this process, so each replica
-/// has its own breakers. A shared implementation (the scale-out mode's
-/// Redis) goes into [`crate::state::Parts::breakers`]; one that cannot reach
+/// has its own breakers. A shared implementation (`RedisBreakers`, with
+/// `redis_url`) goes into [`crate::state::Parts::breakers`]; one that cannot reach
 /// its store should answer "closed" rather than fail the request.
 #[async_trait::async_trait]
 pub trait BreakerStore: Send + Sync + 'static {
@@ -152,6 +152,19 @@ impl BreakerStore for LocalBreakers {
 
     async fn note(&self, key: &str, cb: &CircuitBreaker, now_ms: i64, ok: bool) {
         self.record(key, cb, now_ms, ok)
+    }
+}
+
+/// The scale-out store: shared by every replica on the same Redis.
+#[async_trait::async_trait]
+impl BreakerStore for tollgate_store::counters::RedisBreakers {
+    async fn is_open(&self, key: &str, now_ms: i64) -> bool {
+        tollgate_store::counters::RedisBreakers::is_open(self, key, now_ms).await
+    }
+
+    async fn note(&self, key: &str, cb: &CircuitBreaker, now_ms: i64, ok: bool) {
+        tollgate_store::counters::RedisBreakers::note(self, key, cb.failures, cb.window_ms, cb.cooldown_ms, now_ms, ok)
+            .await
     }
 }
 

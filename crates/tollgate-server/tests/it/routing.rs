@@ -418,6 +418,59 @@ async fn a_circuit_breaker_skips_a_failing_target_for_its_cool_down() {
     assert_eq!(s.b.calls(), 5);
 }
 
+/// With `redis_url`, breakers live in Redis: another replica (here a
+/// `RedisBreakers` on the same Redis and prefix) sees what this gateway
+/// opened, and this gateway skips what the other replica opened.
+#[tokio::test]
+async fn circuit_breakers_in_redis_are_shared_with_other_replicas() {
+    let prefix = format!("tgtest:{:016x}:", rand::random::<u64>());
+    let (clock, shared) = crate::support::manual_clock("2026-11-26T10:00:30Z");
+    let p = prefix.clone();
+    let s = setup_on(
+        App::start_with(
+            move |c| {
+                c.redis_url = Some("redis://127.0.0.1:6379".into());
+                c.redis_key_prefix = p;
+            },
+            shared,
+        )
+        .await,
+    )
+    .await;
+    let mut settings = tollgate_store::counters::RedisSettings::new("redis://127.0.0.1:6379", Duration::from_secs(600));
+    settings.key_prefix = prefix;
+    let other = tollgate_store::counters::RedisCounters::new(settings)
+        .unwrap()
+        .breakers();
+    let now_ms = || tollgate_core::Clock::now(&clock).timestamp_millis();
+    let (key_a, key_b) = (format!("{}/a", s.ws), format!("{}/b", s.ws));
+
+    s.ca.fail(503, "down");
+    let cb = json!({"failures": 2, "window_ms": 60000, "cooldown_ms": 60000});
+    let config = json!({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "@a", "circuit_breaker": cb}, {"provider": "@b"}]});
+    for _ in 0..3 {
+        assert_eq!(s.send(&config, &chat("gpt-4o")).await.status, 200);
+    }
+    assert_eq!((s.a.calls(), s.b.calls()), (2, 3));
+    assert!(other.is_open(&key_a, now_ms()).await, "the other replica sees it open");
+
+    // The cool-down ends by the gateway's clock; a success closes it everywhere.
+    clock.advance(chrono::Duration::milliseconds(60_000));
+    assert!(!other.is_open(&key_a, now_ms()).await);
+    s.ca.succeed();
+    assert_eq!(s.send(&config, &chat("gpt-4o")).await.status, 200);
+    assert_eq!((s.a.calls(), s.b.calls()), (3, 3));
+
+    // Failures noted by the other replica open a breaker this gateway obeys.
+    other.note(&key_b, 2, 60_000, 60_000, now_ms(), false).await;
+    other.note(&key_b, 2, 60_000, 60_000, now_ms(), false).await;
+    let config = json!({"strategy": {"mode": "fallback"}, "targets": [
+        {"provider": "@b", "circuit_breaker": cb}, {"provider": "@a"}]});
+    assert_eq!(s.send(&config, &chat("gpt-4o")).await.status, 200);
+    assert_eq!((s.a.calls(), s.b.calls()), (4, 3), "b skipped");
+}
+
 #[tokio::test]
 async fn invalid_configs_are_refused_naming_the_field() {
     let s = setup().await;

@@ -28,12 +28,14 @@
 
 mod memory;
 mod redis;
+mod redis_breakers;
 
 pub use self::redis::{
     OnRedisError, RedisCounters, RedisSettings, DEFAULT_KEY_PREFIX as DEFAULT_REDIS_KEY_PREFIX,
     DEFAULT_TIMEOUT as DEFAULT_REDIS_TIMEOUT,
 };
 pub use memory::MemoryCounters;
+pub use redis_breakers::RedisBreakers;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -140,20 +140,20 @@ impl std::fmt::Debug for RedisCounters {
     }
 }
 
-struct Inner {
+pub(super) struct Inner {
     /// Itself, for releasing a dropped reservation from a spawned task.
     me: Weak<Inner>,
     client: redis::Client,
     /// Connected on first use, so that the gateway starts while Redis is down.
     conn: tokio::sync::OnceCell<ConnectionManager>,
     script: redis::Script,
-    prefix: String,
+    pub(super) prefix: String,
     on_error: OnRedisError,
     lease_ms: i64,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     /// This process: names its reservations and its rebuild lock.
-    token: String,
-    next_id: AtomicU64,
+    pub(super) token: String,
+    pub(super) next_id: AtomicU64,
     /// When admitting without limits was last logged, and how often since.
     open_log: Mutex<(Option<Instant>, u64)>,
 }
@@ -197,6 +197,12 @@ impl RedisCounters {
         self.inner.tag(group)
     }
 
+    /// Circuit breakers in the same Redis, on the same connection and under
+    /// the same key prefix.
+    pub fn breakers(&self) -> super::RedisBreakers {
+        super::RedisBreakers::new(self.inner.clone())
+    }
+
     fn owner_ptr(&self) -> *const () {
         Arc::as_ptr(&self.inner) as *const ()
     }
@@ -214,7 +220,7 @@ impl Inner {
         Ok(format!("{}{{{group}}}", self.prefix))
     }
 
-    async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+    pub(super) async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
         self.conn
             .get_or_try_init(|| {
                 // Retries a lost connection every half second at most; each

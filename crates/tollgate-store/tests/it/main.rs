@@ -5,4 +5,5 @@ mod analytics;
 mod counters;
 mod notify;
 mod postgres;
+mod redis_breakers;
 mod redis_counters;
