@@ -1181,10 +1181,21 @@ async fn summed<DB: Backend>(
     }
     push_source(&mut qb, q, src, from, to, "");
     qb.push(" GROUP BY t, g");
+    // Raw histograms are a second pass over the rows: it runs beside the
+    // counters on another connection (readers do not block each other), so
+    // a long raw stretch costs the longer of the two, not their sum.
+    let mut hist = Cells::new();
+    let rows = match src {
+        Source::Raw => {
+            let (rows, ()) = tokio::try_join!(DB::fetch_all(pool, qb), raw_histograms(pool, q, from, to, &mut hist))?;
+            rows
+        }
+        Source::Rollup => DB::fetch_all(pool, qb).await?,
+    };
     let first_dim = 2 + COUNTER_COLS.len();
     let first_hist = first_dim + DISTINCT_DIMS.len();
     let mut scratch = Agg::default();
-    for r in DB::fetch_all(pool, qb).await? {
+    for r in rows {
         let cell = cells.entry(cell_of::<DB>(q, &r)?).or_default();
         let mut c = [0i128; 25];
         for (i, v) in c.iter_mut().enumerate() {
@@ -1222,8 +1233,8 @@ async fn summed<DB: Backend>(
             }
         }
     }
-    if src == Source::Raw {
-        raw_histograms(pool, q, from, to, cells).await?;
+    for (k, h) in hist {
+        cells.entry(k).or_default().merge(&h);
     }
     Ok(())
 }

@@ -363,6 +363,41 @@ pub(crate) mod testing {
     //! Snapshots and callers for the service's unit tests.
 
     use super::*;
+
+    /// A whole application state on `dir` (and `database_url`, else the
+    /// embedded database), bootstrapped (organisation, `default` workspace,
+    /// admin key), with in-process counters and breakers.
+    pub async fn app_state_on(dir: &std::path::Path, database_url: Option<&str>) -> crate::state::SharedState {
+        use crate::alerts::{AlertConfig, Dispatcher};
+        use tollgate_core::clock::ManualClock;
+        let config = crate::config::FileConfig {
+            data_dir: Some(dir.to_owned()),
+            database_url: database_url.map(str::to_owned),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let (store, master, _) = crate::server::open_store(&config).await.unwrap();
+        crate::server::bootstrap(&store, now()).await.unwrap();
+        let clock: tollgate_core::clock::SharedClock = Arc::new(ManualClock::new(now()));
+        let (usage, _writer) = store.spawn_usage_log().unwrap();
+        let outbox = store.outbox();
+        outbox.init().await.unwrap();
+        let alerts = Dispatcher::new(outbox, &AlertConfig::default(), clock.clone())
+            .unwrap()
+            .handle();
+        let parts = crate::state::Parts {
+            config,
+            store,
+            clock,
+            adapters: tollgate_providers::Adapters::new().unwrap(),
+            usage,
+            counters: Arc::new(tollgate_store::counters::MemoryCounters::new()),
+            breakers: Arc::new(crate::gateway::routing::LocalBreakers::default()),
+            alerts,
+        };
+        crate::state::AppState::new(parts, master).await.unwrap()
+    }
     use chrono::TimeZone;
     use tollgate_core::catalogue::PriceTable;
     use tollgate_core::records::{KeySubType, Limits};
@@ -565,37 +600,8 @@ mod tests {
         );
     }
 
-    /// A whole application state on a fresh data directory, bootstrapped
-    /// (organisation, `default` workspace, admin key).
     async fn app_state(dir: &std::path::Path) -> crate::state::SharedState {
-        use crate::alerts::{AlertConfig, Dispatcher};
-        use tollgate_core::clock::ManualClock;
-        let config = crate::config::FileConfig {
-            data_dir: Some(dir.to_owned()),
-            ..Default::default()
-        }
-        .resolve()
-        .unwrap();
-        let (store, master, _) = crate::server::open_store(&config).await.unwrap();
-        crate::server::bootstrap(&store, now()).await.unwrap();
-        let clock: tollgate_core::clock::SharedClock = Arc::new(ManualClock::new(now()));
-        let (usage, _writer) = store.spawn_usage_log().unwrap();
-        let outbox = store.outbox();
-        outbox.init().await.unwrap();
-        let alerts = Dispatcher::new(outbox, &AlertConfig::default(), clock.clone())
-            .unwrap()
-            .handle();
-        let parts = crate::state::Parts {
-            config,
-            store,
-            clock,
-            adapters: tollgate_providers::Adapters::new().unwrap(),
-            usage,
-            counters: Arc::new(tollgate_store::counters::MemoryCounters::new()),
-            breakers: Arc::new(crate::gateway::routing::LocalBreakers::default()),
-            alerts,
-        };
-        AppState::new(parts, master).await.unwrap()
+        super::testing::app_state_on(dir, None).await
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -9,12 +9,11 @@
 //! database), default `postgres://postgres@127.0.0.1:5432`; the test
 //! creates its own database and drops it afterwards.
 
-use super::testing::{now, org};
+use super::testing::org;
 use super::{api_keys, Control};
 use crate::state::{AppState, SharedState};
 use sqlx::postgres::PgPool;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,43 +32,9 @@ async fn admin(sql: &str) {
 }
 
 /// One replica: the shared data directory (for the master key file) and
-/// database, its own request log, and its refresh loop polling hourly.
+/// database, and its refresh loop polling hourly.
 async fn replica(data_dir: &Path, url: &str, shutdown: &CancellationToken) -> SharedState {
-    use crate::alerts::{AlertConfig, Dispatcher};
-    use tollgate_core::clock::ManualClock;
-    let config = crate::config::FileConfig {
-        data_dir: Some(data_dir.to_owned()),
-        database_url: Some(url.to_owned()),
-        ..Default::default()
-    }
-    .resolve()
-    .unwrap();
-    let (store, master, _) = crate::server::open_store(&config).await.unwrap();
-    crate::server::bootstrap(&store, now()).await.unwrap();
-    let log_dir = tempfile::tempdir().unwrap();
-    let log = tollgate_store::Store::open(&tollgate_store::Location::embedded(log_dir.path()))
-        .await
-        .unwrap();
-    let (usage, _writer) = log.spawn_usage_log().unwrap();
-    let clock: tollgate_core::clock::SharedClock = Arc::new(ManualClock::new(now()));
-    let outbox = store.outbox();
-    outbox.init().await.unwrap();
-    let alerts = Dispatcher::new(outbox, &AlertConfig::default(), clock.clone())
-        .unwrap()
-        .handle();
-    let parts = crate::state::Parts {
-        config,
-        store,
-        clock,
-        adapters: tollgate_providers::Adapters::new().unwrap(),
-        usage,
-        counters: Arc::new(tollgate_store::counters::MemoryCounters::new()),
-        breakers: Arc::new(crate::gateway::routing::LocalBreakers::default()),
-        alerts,
-    };
-    let state = AppState::new(parts, master).await.unwrap();
-    // The log's directory may go: nothing is logged here.
-    drop(log_dir);
+    let state = super::testing::app_state_on(data_dir, Some(url)).await;
     tokio::spawn(crate::server::refresh_loop(
         state.clone(),
         Duration::from_secs(3600),
