@@ -440,10 +440,11 @@ async fn summary(
         group: None,
         distinct: true,
     };
-    let cells = analytics.aggregate(&q).await.map_err(AdminError::internal)?;
+    // The peak minute is its own pass: side by side with the aggregate.
+    let (cells, peak) =
+        tokio::try_join!(analytics.aggregate(&q), analytics.peak_minute(&r.filter)).map_err(AdminError::internal)?;
     let agg = total(&cells);
     let mut data: Map<String, Value> = metrics(&agg).into_iter().collect();
-    let peak = analytics.peak_minute(&r.filter).await.map_err(AdminError::internal)?;
     data.insert("peak_requests_per_minute".into(), json!(peak.map(|p| p.0).unwrap_or(0)));
     data.insert(
         "peak_minute".into(),
