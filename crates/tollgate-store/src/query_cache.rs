@@ -20,10 +20,12 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 /// Most answers kept at once.
-const MAX_KEPT: usize = 16;
-/// Larger answers (minute graphs over days) are not kept: a cell holds its
-/// histograms, so they are large, and such questions are rarely repeated.
-const MAX_KEPT_CELLS: usize = 2_000;
+const MAX_KEPT: usize = 8;
+/// Larger answers (minute graphs over days, groups of many keys) are not
+/// kept: a cell holds three histograms (a few KiB), so that the kept
+/// answers stay within a few tens of MiB, and such questions are rarely
+/// repeated. A week by the hour is 168 cells.
+const MAX_KEPT_CELLS: usize = 500;
 
 /// (log version, the question, raw rows read one by one).
 type Key = (u64, String, i64);
