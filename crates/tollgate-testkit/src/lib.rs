@@ -7,7 +7,8 @@
 //! [`openai`] (also serves `tollgate mock-upstream`), [`azure`],
 //! [`anthropic`], [`google`] (Gemini API and Vertex AI, with its OAuth token
 //! endpoint), [`bedrock`] (Converse, ConverseStream, STS). Beside them,
-//! [`redis_server`] runs a throwaway Redis for tests that stop or inspect it.
+//! [`redis_server`] runs a throwaway Redis for tests that stop or inspect it;
+//! [`postgres_db`] makes a throwaway PostgreSQL database.
 
 pub mod anthropic;
 pub mod azure;
@@ -15,6 +16,7 @@ pub mod bedrock;
 pub mod control;
 pub mod google;
 pub mod openai;
+pub mod postgres_db;
 pub mod redis_server;
 pub mod responses;
 

@@ -12,24 +12,14 @@
 use super::testing::org;
 use super::{api_keys, Control};
 use crate::state::{AppState, SharedState};
-use sqlx::postgres::PgPool;
 use std::path::Path;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tollgate_testkit::postgres_db::TestDb;
 
 /// The longest a change may take to reach another replica.
 const WITHIN: Duration = Duration::from_secs(1);
-
-fn server() -> String {
-    std::env::var("TOLLGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-async fn admin(sql: &str) {
-    let pool = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
-    sqlx::query(sql).execute(&pool).await.unwrap();
-    pool.close().await;
-}
 
 /// One replica: the shared data directory (for the master key file) and
 /// database, and its refresh loop polling hourly.
@@ -56,9 +46,8 @@ async fn within(state: &AppState, ok: impl Fn(&AppState) -> bool) -> Duration {
 
 #[tokio::test]
 async fn a_key_revoked_through_one_replica_is_refused_by_every_replica_within_a_second() {
-    let name = format!("tollgate_test_{:016x}", rand::random::<u64>());
-    admin(&format!("CREATE DATABASE {name}")).await;
-    let url = format!("{}/{name}", server());
+    let db = TestDb::create().await;
+    let url = db.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
     let a = replica(dir.path(), &url, &shutdown).await;
@@ -105,5 +94,5 @@ async fn a_key_revoked_through_one_replica_is_refused_by_every_replica_within_a_
 
     shutdown.cancel();
     drop((a, b));
-    admin(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+    db.drop_db().await;
 }

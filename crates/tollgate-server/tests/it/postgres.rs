@@ -3,7 +3,6 @@
 //! own, created fresh and dropped). The server is `TOLLGATE_TEST_POSTGRES` (a URL without a
 //! database), default `postgres://postgres@127.0.0.1:5432`.
 
-use sqlx::postgres::PgPool;
 use std::sync::Arc;
 use tollgate_core::clock::SystemClock;
 use tollgate_server::cli;
@@ -15,37 +14,7 @@ use tollgate_testkit::openai::{self, OpenAiMock};
 use crate::gateway::{chat, UPSTREAM_KEY};
 use crate::support::App;
 
-pub(crate) fn server() -> String {
-    std::env::var("TOLLGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-pub(crate) struct TestDb {
-    name: String,
-    pub(crate) url: String,
-}
-
-impl TestDb {
-    pub(crate) async fn create() -> TestDb {
-        let name = format!("tollgate_test_{:016x}", rand::random::<u64>());
-        let admin = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let url = format!("{}/{name}", server());
-        TestDb { name, url }
-    }
-
-    pub(crate) async fn drop_db(self) {
-        let admin = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-    }
-}
+pub(crate) use tollgate_testkit::postgres_db::{server, TestDb};
 
 pub(crate) fn config(dir: &std::path::Path, url: &str) -> Config {
     FileConfig {

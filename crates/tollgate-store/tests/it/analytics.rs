@@ -11,7 +11,7 @@ use tollgate_store::db::Location;
 use tollgate_store::usage::UsageRecord;
 use tollgate_store::Store;
 
-use crate::postgres::TestDb;
+use crate::postgres::{AtLocation, TestDb};
 
 #[derive(Debug, Clone, Copy)]
 enum Backend {

@@ -3,7 +3,7 @@
 //! rolled-back change sends nothing; a listener that loses its connection
 //! reconnects and says so. On SQLite the watch never fires.
 
-use crate::postgres::TestDb;
+use crate::postgres::{AtLocation, TestDb};
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 use sqlx::postgres::PgPool;

@@ -14,40 +14,16 @@ use tollgate_store::outbox::{AlertKind, AlertPayload, Channel, ChannelState, Out
 use tollgate_store::usage::{LogFilter, Scope, UsageRecord};
 use tollgate_store::{Location, Store, StoreError};
 
-fn server() -> String {
-    std::env::var("TOLLGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+pub(crate) use tollgate_testkit::postgres_db::TestDb;
+
+/// Where a [`TestDb`] is, as the store opens it.
+pub(crate) trait AtLocation {
+    fn location(&self) -> Location;
 }
 
-/// A freshly created database, dropped by [`TestDb::drop_db`].
-pub(crate) struct TestDb {
-    name: String,
-    pub(crate) url: String,
-}
-
-impl TestDb {
-    pub(crate) async fn create() -> TestDb {
-        let name = format!("tollgate_test_{:016x}", rand::random::<u64>());
-        let admin = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let url = format!("{}/{name}", server());
-        TestDb { name, url }
-    }
-
-    pub(crate) fn location(&self) -> Location {
+impl AtLocation for TestDb {
+    fn location(&self) -> Location {
         Location::from_url(Some(&self.url), std::path::Path::new("/nonexistent")).unwrap()
-    }
-
-    pub(crate) async fn drop_db(self) {
-        let admin = PgPool::connect(&format!("{}/postgres", server())).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
     }
 }
 
