@@ -1294,7 +1294,12 @@ async fn raw_histograms<DB: Backend>(
 fn cell_of<DB: Backend>(q: &Query, r: &DB::Row) -> Result<(i64, String), sqlx::Error> {
     let t = DB::get_i64(r, 0)?;
     let g = DB::get_opt_str(r, 1)?;
-    Ok((q.interval.map(|i| i.floor(t)).unwrap_or(0), g.unwrap_or_default()))
+    Ok((bucket_start(q, t), g.unwrap_or_default()))
+}
+
+/// The start of the bucket holding `ms`, or 0 without an interval.
+fn bucket_start(q: &Query, ms: i64) -> i64 {
+    q.interval.map(|i| i.floor(ms)).unwrap_or(0)
 }
 
 /// The request-log columns analytics reads; counts are read as integers
@@ -1318,9 +1323,8 @@ fn raw_cols<DB: Backend>() -> String {
 }
 
 fn cell_key(q: &Query, bucket_ms: i64, f: &Fact) -> (i64, String) {
-    let b = q.interval.map(|i| i.floor(bucket_ms)).unwrap_or(0);
     let g = q.group.as_ref().map(|g| g.key(f)).unwrap_or_default();
-    (b, g)
+    (bucket_start(q, bucket_ms), g)
 }
 
 async fn raw<DB: Backend>(
