@@ -112,12 +112,21 @@ impl Proc {
         self.output.lock().unwrap().clone()
     }
 
+    /// The first admin key, printed on stdout; "listening" comes on stderr,
+    /// read by another thread, so the key may land a moment later.
     fn first_key(&self) -> String {
-        self.output()
-            .split_whitespace()
-            .find(|w| w.starts_with("tg-"))
-            .expect("the first admin key is printed")
-            .to_owned()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(k) = self.output().split_whitespace().find(|w| w.starts_with("tg-")) {
+                return k.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the first admin key is printed: {}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// SIGKILL: no shutdown, no flush.
