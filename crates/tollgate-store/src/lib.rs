@@ -12,6 +12,7 @@
 //!   and driver, so that their queries are written once.
 //! - [`outbox`]: the durable outbox of budget alerts.
 //! - [`notify`]: telling every replica that the control plane changed.
+//! - [`sessions`]: dashboard sign-in sessions, shared by every replica.
 //! - [`counters`]: limit counters (in memory).
 //! - [`secrets`]: envelope encryption of secret fields.
 //! - [`transfer`]: copying the embedded database into PostgreSQL
@@ -28,6 +29,7 @@ pub mod outbox;
 mod query_cache;
 mod repo;
 pub mod secrets;
+pub mod sessions;
 pub mod transfer;
 pub mod usage;
 

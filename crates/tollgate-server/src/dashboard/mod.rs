@@ -190,12 +190,20 @@ impl FromRequestParts<Dash> for Signed {
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, d: &Dash) -> Result<Self, PageError> {
         let now = d.state.now();
-        let session = session::cookie_id(&parts.headers)
-            .and_then(|id| d.sessions.touch(&id, now))
-            .ok_or_else(|| PageError::SignIn(d.url("/ui/sign-in")))?;
+        let signed_out = || PageError::SignIn(d.url("/ui/sign-in"));
+        let id = session::cookie_id(&parts.headers).ok_or_else(signed_out)?;
+        let session = d
+            .sessions
+            .touch(&id, now)
+            .await
+            .map_err(|e| session::unavailable(d, &e))?
+            .ok_or_else(signed_out)?;
         // A key revoked, rotated or expired since sign-in ends its sessions.
         if !session::key_still_valid(&d.state, &session) {
-            d.sessions.remove_key(&session.key);
+            d.sessions
+                .remove_key(&session.key)
+                .await
+                .map_err(|e| session::unavailable(d, &e))?;
             return Err(PageError::SignIn(d.url("/ui/sign-in?expired=1")));
         }
         Ok(Signed(session))
@@ -271,10 +279,10 @@ pub fn enc(s: &str) -> String {
 pub fn router(state: SharedState, api: Router) -> Router {
     let base = state.config.public_base_path.clone();
     let d: Dash = Arc::new(Dashboard {
+        sessions: Sessions::new(state.clone()),
         state,
         api,
         base: base.clone(),
-        sessions: Sessions::default(),
     });
     let p = |path: &str| format!("{base}{path}");
     let mut ui = Router::new()

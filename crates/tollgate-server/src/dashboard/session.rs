@@ -1,27 +1,36 @@
 //! Sign-in and sessions.
 //!
-//! Signing in with an API key creates a server-side session: a random
-//! 256-bit id in an HttpOnly, SameSite=Strict cookie (Secure when the
-//! request came over HTTPS), scoped to the base path. The key stays on the
-//! server, in a zeroized buffer, and is what the dashboard sends to the API.
-//! Each session has its own CSRF token, checked on every POST
+//! Signing in with an API key creates a session: a random 256-bit id in an
+//! HttpOnly, SameSite=Strict cookie (Secure when the request came over
+//! HTTPS), scoped to the base path. Sessions live in the database
+//! (`tollgate_store::sessions`), so every replica behind a load balancer
+//! serves every session: the database holds the id's SHA-256 only, and the
+//! key the session acts as sealed under the master key. The key is opened
+//! into a zeroized buffer per request and is what the dashboard sends to the
+//! API. Each session has its own CSRF token, checked on every POST
 //! ([`super::Post`]); a session idle for [`IDLE`] is gone.
 
-use super::{html, Dash, Post};
+use super::{html, ApiError, Dash, PageError, Post};
+use crate::state::SharedState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Duration, Utc};
-use parking_lot::Mutex;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+use tollgate_core::ids::{hash_api_key, random_hex};
+use tollgate_store::secrets::{self, SealedSecret};
+use tollgate_store::sessions::SessionRow;
+use tollgate_store::StoreError;
 use zeroize::Zeroizing;
 
 pub const COOKIE: &str = "tollgate_session";
 /// A session unused this long is signed out.
 pub const IDLE: Duration = Duration::minutes(30);
+/// A session's last use is written at most this often (a page view is a
+/// read, not a write, most of the time); idle expiry is exact to this.
+const TOUCH_EVERY: Duration = Duration::minutes(1);
 
 /// One signed-in browser.
 #[derive(Clone)]
@@ -45,67 +54,116 @@ impl Session {
     }
 }
 
-struct Entry {
-    session: Session,
-    last_seen: DateTime<Utc>,
+/// What the database knows a session by: the SHA-256 of its id.
+fn id_hash(id: &str) -> String {
+    hex::encode(hash_api_key(id))
 }
 
-/// Every live session, by id.
-#[derive(Default)]
+/// The sealed key's associated data: a sealed key copied to another
+/// session's row does not open.
+fn aad(id_hash: &str) -> String {
+    format!("dashboard_session:{id_hash}")
+}
+
+/// Every live session, in the database.
 pub struct Sessions {
-    map: Mutex<HashMap<Arc<str>, Entry>>,
+    state: SharedState,
 }
 
 impl Sessions {
+    pub fn new(state: SharedState) -> Sessions {
+        Sessions { state }
+    }
+
     /// Starts a session; drops sessions that have idled out.
-    pub fn create(&self, key: String, workspace_id: Option<String>, key_name: String, now: DateTime<Utc>) -> Session {
-        let session = Session {
-            id: tollgate_core::ids::random_hex(32).into(),
+    pub async fn create(
+        &self,
+        key: String,
+        workspace_id: Option<String>,
+        key_name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Session, StoreError> {
+        let id = random_hex(32);
+        let hash = id_hash(&id);
+        let sealed = secrets::seal(&self.state.master_key(), &aad(&hash), &key)
+            .map_err(|e| StoreError::Corrupt("dashboard session", e.to_string()))?;
+        let csrf = random_hex(32);
+        let table = self.state.store.dashboard_sessions();
+        table.purge_idle(now - IDLE).await?;
+        table
+            .insert(&SessionRow {
+                id_hash: hash,
+                key_hash: hex::encode(hash_api_key(&key)),
+                sealed_key: sealed.to_string(),
+                csrf: csrf.clone(),
+                workspace_id: workspace_id.clone(),
+                key_name: key_name.clone(),
+                last_seen: now,
+            })
+            .await?;
+        Ok(Session {
+            id: id.into(),
             key: Arc::new(Zeroizing::new(key)),
-            csrf: tollgate_core::ids::random_hex(32).into(),
+            csrf: csrf.into(),
             workspace_id,
             key_name,
+        })
+    }
+
+    /// The live session `id`, its idle time restarted. A session whose key
+    /// no longer opens (the master key was rotated) is ended.
+    pub async fn touch(&self, id: &str, now: DateTime<Utc>) -> Result<Option<Session>, StoreError> {
+        let hash = id_hash(id);
+        let table = self.state.store.dashboard_sessions();
+        let Some(row) = table.get(&hash).await? else {
+            return Ok(None);
         };
-        let mut map = self.map.lock();
-        map.retain(|_, e| now - e.last_seen < IDLE);
-        map.insert(
-            session.id.clone(),
-            Entry {
-                session: session.clone(),
-                last_seen: now,
-            },
-        );
-        session
-    }
-
-    /// The live session `id`, its idle time restarted.
-    pub fn touch(&self, id: &str, now: DateTime<Utc>) -> Option<Session> {
-        let mut map = self.map.lock();
-        let entry = map.get_mut(id)?;
-        if now - entry.last_seen >= IDLE {
-            map.remove(id);
-            return None;
+        let opened = SealedSecret::parse(&row.sealed_key)
+            .and_then(|sealed| secrets::open(&self.state.master_key(), &aad(&hash), &sealed));
+        let key = match opened {
+            Ok(key) if now - row.last_seen < IDLE => key,
+            _ => {
+                table.remove(&hash).await?;
+                return Ok(None);
+            }
+        };
+        if now - row.last_seen >= TOUCH_EVERY {
+            table.touch(&hash, now).await?;
         }
-        entry.last_seen = now;
-        Some(entry.session.clone())
+        Ok(Some(Session {
+            id: id.into(),
+            key: Arc::new(key),
+            csrf: row.csrf.into(),
+            workspace_id: row.workspace_id,
+            key_name: row.key_name,
+        }))
     }
 
-    pub fn remove(&self, id: &str) {
-        self.map.lock().remove(id);
+    pub async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.state.store.dashboard_sessions().remove(&id_hash(id)).await
     }
 
     /// Ends every session of a key that no longer authenticates.
-    pub fn remove_key(&self, key: &str) {
-        self.map.lock().retain(|_, e| e.session.key.as_str() != key);
+    pub async fn remove_key(&self, key: &str) -> Result<(), StoreError> {
+        self.state
+            .store
+            .dashboard_sessions()
+            .remove_key(&hex::encode(hash_api_key(key)))
+            .await
+            .map(drop)
     }
+}
 
-    pub fn len(&self) -> usize {
-        self.map.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+/// The answer when the session store cannot be read or written.
+pub fn unavailable(d: &Dash, e: &StoreError) -> PageError {
+    tracing::warn!(error = %e, "dashboard sessions are unavailable");
+    PageError::Api(
+        d.clone(),
+        ApiError {
+            status: 503,
+            message: "The database is unavailable, so sessions cannot be checked. Try again shortly.".into(),
+        },
+    )
 }
 
 /// The session id from the request's cookies.
@@ -167,9 +225,14 @@ pub async fn sign_in(State(d): State<Dash>, headers: HeaderMap, axum::Form(form)
         tollgate_core::records::KeyType::Organisation => None,
         tollgate_core::records::KeyType::Workspace => entry.record.workspace_id.clone(),
     };
-    let session = d
+    let session = match d
         .sessions
-        .create(key, workspace_id, entry.record.name.clone(), d.state.now());
+        .create(key, workspace_id, entry.record.name.clone(), d.state.now())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return unavailable(&d, &e).into_response(),
+    };
     let mut resp = Redirect::to(&d.url("/ui/integrations")).into_response();
     if let Some(c) = cookie(&d, &session.id, None, over_https(&headers)) {
         resp.headers_mut().insert(header::SET_COOKIE, c);
@@ -196,7 +259,9 @@ pub struct SignInForm {
 }
 
 pub async fn sign_out(State(d): State<Dash>, headers: HeaderMap, post: Post) -> Response {
-    d.sessions.remove(&post.session.id);
+    if let Err(e) = d.sessions.remove(&post.session.id).await {
+        return unavailable(&d, &e).into_response();
+    }
     let mut resp = Redirect::to(&d.url("/ui/sign-in")).into_response();
     if let Some(c) = cookie(&d, "", Some(0), over_https(&headers)) {
         resp.headers_mut().insert(header::SET_COOKIE, c);
@@ -208,23 +273,62 @@ pub async fn sign_out(State(d): State<Dash>, headers: HeaderMap, post: Post) -> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn sessions_idle_out() {
-        let s = Sessions::default();
-        let t0 = Utc::now();
-        let a = s.create("k".into(), None, "n".into(), t0);
-        assert_eq!(a.id.len(), 64);
-        assert!(s.touch(&a.id, t0 + Duration::minutes(29)).is_some());
-        // Touching restarted the idle time.
-        assert!(s.touch(&a.id, t0 + Duration::minutes(58)).is_some());
-        assert!(s.touch(&a.id, t0 + Duration::minutes(89)).is_none());
-        assert!(s.is_empty());
-        assert!(s.touch("nope", t0).is_none());
+    async fn sessions() -> (tempfile::TempDir, Sessions) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = crate::control::testing::app_state_on(dir.path(), None).await;
+        (dir, Sessions::new(state))
     }
 
-    #[test]
-    fn csrf_is_compared_whole() {
-        let s = Sessions::default().create("k".into(), None, "n".into(), Utc::now());
+    #[tokio::test]
+    async fn sessions_idle_out() {
+        let (_dir, s) = sessions().await;
+        let t0 = Utc::now();
+        let a = s.create("k".into(), None, "n".into(), t0).await.unwrap();
+        assert_eq!(a.id.len(), 64);
+        let back = s.touch(&a.id, t0 + Duration::minutes(29)).await.unwrap().unwrap();
+        assert_eq!(back.key.as_str(), "k");
+        assert_eq!(&*back.csrf, &*a.csrf);
+        // Touching restarted the idle time.
+        assert!(s.touch(&a.id, t0 + Duration::minutes(58)).await.unwrap().is_some());
+        assert!(s.touch(&a.id, t0 + Duration::minutes(89)).await.unwrap().is_none());
+        assert!(
+            s.touch(&a.id, t0).await.unwrap().is_none(),
+            "an idled-out session is gone"
+        );
+        assert!(s.touch("nope", t0).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_database_holds_neither_the_session_id_nor_the_key() {
+        let (_dir, s) = sessions().await;
+        let t0 = Utc::now();
+        let a = s
+            .create("sk-plain".into(), Some("ws".into()), "n".into(), t0)
+            .await
+            .unwrap();
+        let table = s.state.store.dashboard_sessions();
+        assert!(table.get(&a.id).await.unwrap().is_none());
+        let row = table.get(&id_hash(&a.id)).await.unwrap().unwrap();
+        assert!(!row.sealed_key.contains("sk-plain"));
+        assert_eq!(row.workspace_id.as_deref(), Some("ws"));
+        // A sealed key moved to another session's row does not open there.
+        let b = s.create("other".into(), None, "n".into(), t0).await.unwrap();
+        let mut forged = row.clone();
+        forged.id_hash = id_hash("forged");
+        table.insert(&forged).await.unwrap();
+        assert!(s.touch("forged", t0).await.unwrap().is_none());
+        // Ending a key's sessions leaves the others.
+        s.remove_key("sk-plain").await.unwrap();
+        assert!(s.touch(&a.id, t0).await.unwrap().is_none());
+        assert!(s.touch(&b.id, t0).await.unwrap().is_some());
+        s.remove(&b.id).await.unwrap();
+        assert!(s.touch(&b.id, t0).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn csrf_is_compared_whole() {
+        let (_dir, s) = sessions().await;
+        let s = s.create("k".into(), None, "n".into(), Utc::now()).await.unwrap();
         let token = s.csrf.to_string();
         assert!(s.csrf_matches(&token));
         assert!(!s.csrf_matches(&token[..10]));

@@ -205,3 +205,59 @@ async fn ready_without_redis_checks_only_the_database() {
     assert_eq!(r.body["checks"]["database"]["status"], "up", "{:?}", r.body);
     assert!(r.body["checks"].get("redis").is_none(), "{:?}", r.body);
 }
+
+/// The `tollgate_session` cookie a sign-in answer sets.
+fn session_cookie(resp: &reqwest::Response) -> String {
+    let set = resp.headers()["set-cookie"].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_dashboard_session_works_on_every_replica_and_ends_on_all() {
+    let db = TestDb::create().await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = "22".repeat(32);
+    let a = start(&replica(d1.path(), &db.url, &key, Some(REDIS))).await.unwrap();
+    let b = start(&replica(d2.path(), &db.url, &key, Some(REDIS))).await.unwrap();
+    let admin = a.first_admin_key.clone().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (url_a, url_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+
+    let signed = http
+        .post(format!("{url_a}/ui/sign-in"))
+        .form(&[("api_key", admin.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 303);
+    let cookie = session_cookie(&signed);
+    let page = |url: String| {
+        let (http, cookie) = (http.clone(), cookie.clone());
+        async move {
+            let r = http.get(url).header("cookie", cookie).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // Replica B serves the session A made.
+    let (status, body) = page(format!("{url_b}/ui/logs")).await;
+    assert_eq!(status, 200, "{body}");
+    let at = body.find("name=\"_csrf\" value=\"").expect("a CSRF field") + 20;
+    let csrf = body[at..at + 64].to_owned();
+
+    // Signing out through B ends it on A too.
+    let out = http
+        .post(format!("{url_b}/ui/sign-out"))
+        .header("cookie", &cookie)
+        .form(&[("_csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(page(format!("{url_a}/ui/logs")).await.0, 303);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    db.drop_db().await;
+}
