@@ -60,7 +60,7 @@ impl Dashboard {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("x-portkey-api-key", s.key.as_str());
+            .header("x-portkey-api-key", s.key.expose().as_str());
         let body = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -195,7 +195,7 @@ impl FromRequestParts<Dash> for Signed {
             .ok_or_else(|| PageError::SignIn(d.url("/ui/sign-in")))?;
         // A key revoked, rotated or expired since sign-in ends its sessions.
         if !session::key_still_valid(&d.state, &session) {
-            d.sessions.remove_key(&session.key);
+            d.sessions.remove_key(session.key.expose());
             return Err(PageError::SignIn(d.url("/ui/sign-in?expired=1")));
         }
         Ok(Signed(session))

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
+use tollgate_core::secrets::Secret;
 
 pub const COOKIE: &str = "tollgate_session";
 /// A session unused this long is signed out.
@@ -28,7 +28,7 @@ pub const IDLE: Duration = Duration::minutes(30);
 pub struct Session {
     pub id: Arc<str>,
     /// The API key, only ever sent to the in-process API.
-    pub key: Arc<Zeroizing<String>>,
+    pub key: Arc<Secret<String>>,
     pub csrf: Arc<str>,
     /// The key's workspace; `None` for an organisation key.
     pub workspace_id: Option<String>,
@@ -61,7 +61,7 @@ impl Sessions {
     pub fn create(&self, key: String, workspace_id: Option<String>, key_name: String, now: DateTime<Utc>) -> Session {
         let session = Session {
             id: tollgate_core::ids::random_hex(32).into(),
-            key: Arc::new(Zeroizing::new(key)),
+            key: Arc::new(Secret::new(key)),
             csrf: tollgate_core::ids::random_hex(32).into(),
             workspace_id,
             key_name,
@@ -96,7 +96,7 @@ impl Sessions {
 
     /// Ends every session of a key that no longer authenticates.
     pub fn remove_key(&self, key: &str) {
-        self.map.lock().retain(|_, e| e.session.key.as_str() != key);
+        self.map.lock().retain(|_, e| e.session.key.expose().as_str() != key);
     }
 
     pub fn len(&self) -> usize {
@@ -180,7 +180,7 @@ pub async fn sign_in(State(d): State<Dash>, headers: HeaderMap, axum::Form(form)
 /// Does the session's key still authenticate?
 pub fn key_still_valid(state: &crate::state::SharedState, s: &Session) -> bool {
     let snap = state.snapshot();
-    let hash = tollgate_core::ids::hash_api_key(&s.key);
+    let hash = tollgate_core::ids::hash_api_key(s.key.expose());
     snap.key_by_hash(&hash)
         .is_some_and(|e| e.record.expires_at.is_none_or(|t| t > state.now()))
 }
