@@ -10,7 +10,6 @@ use crate::{Adapter, Call, Endpoint, ProviderError, StreamItem, UpstreamResponse
 use base64::Engine;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tollgate_core::usage::Usage;
@@ -76,10 +75,7 @@ fn headers(target: &crate::Target<'_>) -> Result<HeaderMap, ProviderError> {
         secret(target, "key")?.ok_or_else(|| ProviderError::Config("the Anthropic integration has no key".into()))?;
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        HeaderName::from_static("x-api-key"),
-        header_value(key.expose_secret(), "key")?,
-    );
+    headers.insert(HeaderName::from_static("x-api-key"), header_value(key.expose(), "key")?);
     headers.insert(
         HeaderName::from_static("anthropic-version"),
         HeaderValue::from_static(ANTHROPIC_VERSION),

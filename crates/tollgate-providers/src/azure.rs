@@ -9,7 +9,6 @@ use crate::transport::{self, add_custom_headers, config_str, header_value, opena
 use crate::{Adapter, Call, Endpoint, ProviderError, Target, UpstreamResponse};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName};
-use secrecy::ExposeSecret;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -55,10 +54,7 @@ fn key_header(target: &Target<'_>) -> Result<HeaderMap, ProviderError> {
     let key = secret(target, "key")?
         .ok_or_else(|| ProviderError::Config("the Azure OpenAI integration has no key".into()))?;
     let mut headers = HeaderMap::new();
-    headers.insert(
-        HeaderName::from_static("api-key"),
-        header_value(key.expose_secret(), "key")?,
-    );
+    headers.insert(HeaderName::from_static("api-key"), header_value(key.expose(), "key")?);
     Ok(headers)
 }
 

@@ -10,7 +10,6 @@ use crate::transport::{self, header_value, open_secret, path_segment};
 use crate::{gemini_format, Adapter, Call, Endpoint, ProviderError, UpstreamResponse};
 use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue};
-use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 /// The catalogue's default base URL, used when the target has none.
@@ -31,7 +30,7 @@ impl Adapter for Gemini {
         let model_url = format!("{base}/models/{}", path_segment("model", model)?);
         let auth = (
             HeaderName::from_static("x-goog-api-key"),
-            header_value(key.expose_secret(), "key")?,
+            header_value(key.expose(), "key")?,
         );
         match call.endpoint {
             Endpoint::Embeddings => embed(http, &call, &model_url, model, auth).await,

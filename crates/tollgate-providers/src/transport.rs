@@ -15,12 +15,11 @@ use crate::{ProviderError, Target};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::time::Duration;
 use tokio::time::Instant;
-use tollgate_core::secrets::SecretSource;
+use tollgate_core::secrets::{Secret, SecretSource};
 
 /// At most this many bytes of a body are kept as an error message.
 pub const MAX_EXCERPT: usize = 512;
@@ -36,19 +35,15 @@ pub(crate) type ErrorMessage = fn(&HeaderMap, &[u8]) -> Option<String>;
 /// Opens the secret field `name`. A blank value (empty or only whitespace)
 /// counts as unset. A failure to open is a configuration error whose
 /// message never holds the secret.
-pub(crate) fn open_secret(secrets: &dyn SecretSource, name: &str) -> Result<Option<SecretString>, ProviderError> {
+pub(crate) fn open_secret(secrets: &dyn SecretSource, name: &str) -> Result<Option<Secret<String>>, ProviderError> {
     let opened = secrets
         .open(name)
         .map_err(|e| ProviderError::Config(format!("cannot open secret {name}: {e}")))?;
-    // The opened buffer is zeroed when dropped here; the copy lives in a
-    // `SecretString`, zeroed in turn and redacted from `Debug`.
-    Ok(opened
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| SecretString::from(v.as_str())))
+    Ok(opened.filter(|v| !v.expose().trim().is_empty()))
 }
 
 /// [`open_secret`] on a call's credentials.
-pub(crate) fn secret(target: &Target<'_>, name: &str) -> Result<Option<SecretString>, ProviderError> {
+pub(crate) fn secret(target: &Target<'_>, name: &str) -> Result<Option<Secret<String>>, ProviderError> {
     open_secret(target.secrets, name)
 }
 
@@ -104,9 +99,8 @@ pub(crate) fn header_value(value: &str, field: &str) -> Result<HeaderValue, Prov
 }
 
 /// `Bearer {token}` as a header value.
-pub(crate) fn bearer(token: &SecretString, field: &str) -> Result<HeaderValue, ProviderError> {
-    use secrecy::ExposeSecret;
-    let value = zeroize::Zeroizing::new(format!("Bearer {}", token.expose_secret()));
+pub(crate) fn bearer(token: &Secret<String>, field: &str) -> Result<HeaderValue, ProviderError> {
+    let value = zeroize::Zeroizing::new(format!("Bearer {}", token.expose()));
     header_value(&value, field)
 }
 
@@ -328,7 +322,6 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
     use tollgate_core::routing::RetryAfter;
     use tollgate_core::secrets::PlainSecrets;
 
@@ -395,7 +388,7 @@ mod tests {
     #[test]
     fn blank_secrets_are_unset_everywhere() {
         let secrets = PlainSecrets(vec![
-            ("empty".into(), String::new()),
+            ("empty".into(), Secret::default()),
             ("spaces".into(), " \t\n".into()),
             ("key".into(), " sk-1 ".into()),
         ]);
@@ -403,7 +396,7 @@ mod tests {
         assert!(open_secret(&secrets, "spaces").unwrap().is_none());
         assert!(open_secret(&secrets, "missing").unwrap().is_none());
         let key = open_secret(&secrets, "key").unwrap().unwrap();
-        assert_eq!(key.expose_secret(), " sk-1 ");
+        assert_eq!(key.expose(), " sk-1 ");
         assert!(!format!("{key:?}").contains("sk-1"), "Debug redacts");
     }
 

@@ -19,11 +19,11 @@ use crate::{gemini_format, Adapter, Call, Endpoint, ProviderError, UpstreamRespo
 use bytes::Bytes;
 use chrono::Duration;
 use reqwest::header::AUTHORIZATION;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tollgate_core::clock::{SharedClock, SystemClock};
+use tollgate_core::secrets::Secret;
 use tollgate_core::usage::Usage;
 use zeroize::Zeroizing;
 
@@ -40,12 +40,12 @@ pub const DEFAULT_REGION: &str = "us-central1";
 const ASSERTION_LIFETIME_SECS: i64 = 3600;
 
 /// An access token and when it stops being valid.
-type CachedToken = Expiring<SecretString>;
+type CachedToken = Expiring<Secret<String>>;
 
 /// The Vertex AI adapter, holding the access-token cache.
 pub struct Vertex {
     clock: SharedClock,
-    tokens: CredentialCache<SecretString>,
+    tokens: CredentialCache<Secret<String>>,
 }
 
 impl Default for Vertex {
@@ -80,7 +80,7 @@ struct ServiceAccountFile {
 #[derive(Debug)]
 struct ServiceAccount {
     client_email: String,
-    private_key: SecretString,
+    private_key: Secret<String>,
     private_key_id: Option<String>,
     token_uri: String,
     project_id: Option<String>,
@@ -104,7 +104,7 @@ impl ServiceAccount {
         }
         Ok(Self {
             client_email: f.client_email,
-            private_key: SecretString::from(f.private_key),
+            private_key: Secret::from(f.private_key),
             private_key_id: f.private_key_id,
             token_uri: f.token_uri.unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned()),
             project_id: f.project_id,
@@ -152,7 +152,7 @@ impl Vertex {
         http: &reqwest::Client,
         sa: &ServiceAccount,
         deadline: tokio::time::Instant,
-    ) -> Result<SecretString, ProviderError> {
+    ) -> Result<Secret<String>, ProviderError> {
         self.tokens
             .get(sa.cache_key(), || self.exchange(http, sa, deadline))
             .await
@@ -176,7 +176,7 @@ impl Vertex {
         };
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = sa.private_key_id.clone();
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(sa.private_key.expose_secret().as_bytes()).map_err(|_| {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(sa.private_key.expose().as_bytes()).map_err(|_| {
             ProviderError::Config("the service account's private_key is not a PEM RSA private key".into())
         })?;
         let assertion = Zeroizing::new(
@@ -205,7 +205,7 @@ impl Vertex {
         let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|_| ProviderError::Auth("token endpoint answer has no access_token".into()))?;
         Ok(CachedToken {
-            value: SecretString::from(answer.access_token),
+            value: Secret::from(answer.access_token),
             expires_at: now + Duration::seconds(answer.expires_in.unwrap_or(3600)),
         })
     }
@@ -230,7 +230,7 @@ impl Adapter for Vertex {
         let deadline = transport::deadline(call.timeout);
         let json = open_secret(call.target.secrets, "vertex_service_account_json")?
             .ok_or_else(|| ProviderError::Config("vertex_service_account_json is not set".into()))?;
-        let sa = ServiceAccount::parse(json.expose_secret())?;
+        let sa = ServiceAccount::parse(json.expose())?;
         drop(json);
         let config = call.target.config;
         let region = config_str(config, "vertex_region").unwrap_or(DEFAULT_REGION);

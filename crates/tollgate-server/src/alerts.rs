@@ -36,8 +36,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_core::clock::SharedClock;
 use tollgate_core::limits::BudgetKind;
+use tollgate_core::secrets::Secret;
 use tollgate_store::outbox::{retry_delay, Enqueued, Outbox, OutboxEntry, OutboxError};
-use zeroize::Zeroizing;
 
 pub use tollgate_store::outbox::{AlertKind, AlertPayload, Channel};
 
@@ -60,7 +60,11 @@ const BATCH: u32 = 50;
 /// The `From:` of alert e-mails: `alert_from`, else `tollgate@<hostname>`
 /// when `smtp_url` is set (`None` without SMTP). Logs the sender in use.
 pub fn sender(config: &crate::config::Config) -> Option<String> {
-    config.smtp_url.as_deref().filter(|u| !u.trim().is_empty())?;
+    config
+        .smtp_url
+        .as_ref()
+        .map(|u| u.expose().as_str())
+        .filter(|u| !u.trim().is_empty())?;
     let from = match config.alert_from.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(set) => set.to_owned(),
         None => {
@@ -87,33 +91,20 @@ pub fn sender(config: &crate::config::Config) -> Option<String> {
 }
 
 /// Where alerts go. Empty fields disable a channel.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlertConfig {
     /// `smtp://host:port` (plain), `smtp://host:port?tls=required` (STARTTLS)
     /// or `smtps://host:port` (implicit TLS); credentials as
     /// `smtp://user:password@host`.
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<Secret<String>>,
     /// The `From:` address; required when `smtp_url` is set.
     pub alert_from: Option<String>,
     /// Admin addresses that receive every alert.
     pub alert_emails: Vec<String>,
-    pub webhook_url: Option<String>,
+    /// May carry a token in its path (chat-service hooks).
+    pub webhook_url: Option<Secret<String>>,
     /// HMAC key for `x-tollgate-signature`.
-    pub webhook_secret: Option<String>,
-}
-
-impl std::fmt::Debug for AlertConfig {
-    /// The SMTP URL may hold a password and the webhook secret is one: both
-    /// are left out.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlertConfig")
-            .field("smtp_url", &self.smtp_url.as_ref().map(|_| ".."))
-            .field("alert_from", &self.alert_from)
-            .field("alert_emails", &self.alert_emails)
-            .field("webhook_url", &self.webhook_url.as_ref().map(|_| ".."))
-            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| ".."))
-            .finish()
-    }
+    pub webhook_secret: Option<Secret<String>>,
 }
 
 impl AlertConfig {
@@ -209,7 +200,7 @@ struct Mailer {
 /// The webhook side, ready to send.
 struct Webhook {
     url: reqwest::Url,
-    secret: Option<Zeroizing<String>>,
+    secret: Option<Secret<String>>,
     client: reqwest::Client,
 }
 
@@ -419,7 +410,7 @@ impl Dispatcher {
             .header(EVENT_ID_HEADER, &alert.event_id)
             .header(TIMESTAMP_HEADER, ts.to_string());
         if let Some(secret) = &w.secret {
-            match webhook_signature(secret, ts, &body) {
+            match webhook_signature(secret.expose(), ts, &body) {
                 Ok(sig) => req = req.header(SIGNATURE_HEADER, sig),
                 Err(e) => return Outcome::Failed(e),
             }
@@ -457,7 +448,12 @@ impl Dispatcher {
 }
 
 fn build_mailer(config: &AlertConfig) -> Result<Option<Mailer>, AlertError> {
-    let Some(url) = config.smtp_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+    let Some(url) = config
+        .smtp_url
+        .as_ref()
+        .map(|u| u.expose().as_str())
+        .filter(|u| !u.trim().is_empty())
+    else {
         return Ok(None);
     };
     // lettre's messages do not echo the URL, so the password stays out.
@@ -492,7 +488,12 @@ fn parse_mailbox(field: &'static str, s: &str) -> Result<Mailbox, AlertError> {
 }
 
 fn build_webhook(config: &AlertConfig) -> Result<Option<Webhook>, AlertError> {
-    let Some(url) = config.webhook_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+    let Some(url) = config
+        .webhook_url
+        .as_ref()
+        .map(|u| u.expose().as_str())
+        .filter(|u| !u.trim().is_empty())
+    else {
         return Ok(None);
     };
     let url = reqwest::Url::parse(url.trim()).map_err(|e| AlertError::WebhookUrl(e.to_string()))?;
@@ -510,11 +511,7 @@ fn build_webhook(config: &AlertConfig) -> Result<Option<Webhook>, AlertError> {
         .map_err(|e| AlertError::HttpClient(e.to_string()))?;
     Ok(Some(Webhook {
         url,
-        secret: config
-            .webhook_secret
-            .clone()
-            .filter(|s| !s.is_empty())
-            .map(Zeroizing::new),
+        secret: config.webhook_secret.clone().filter(|s| !s.expose().is_empty()),
         client,
     }))
 }

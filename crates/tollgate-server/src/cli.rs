@@ -352,7 +352,7 @@ pub async fn rotate_master_key(config: Config) -> Result<Option<String>, CliErro
     tx.bump_control_version().await?;
     tx.commit().await?;
     if from_env {
-        Ok(Some(new.to_hex().to_string()))
+        Ok(Some(new.to_hex().expose().clone()))
     } else {
         std::fs::rename(&staged, &key_file).map_err(|e| CliError::Other(format!("renaming the new key file: {e}")))?;
         Ok(None)

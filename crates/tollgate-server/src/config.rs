@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use tollgate_core::secrets::Secret;
 use tollgate_store::counters::OnRedisError;
 pub use tollgate_store::counters::DEFAULT_REDIS_KEY_PREFIX;
 
@@ -164,14 +165,14 @@ pub fn env_help() -> String {
 }
 
 /// The settings in force.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     /// Where the data lives: `database_url`, else SQLite in `data_dir`.
     pub database: tollgate_store::Location,
     /// `TOLLGATE_MASTER_KEY` (64 hex characters); else the key file.
-    pub master_key: Option<String>,
+    pub master_key: Option<Secret<String>>,
     pub max_body_bytes: usize,
     pub request_timeout_ms: u64,
     pub log_level: String,
@@ -180,44 +181,17 @@ pub struct Config {
     pub header_read_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub max_connections: usize,
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<Secret<String>>,
     pub alert_from: Option<String>,
     pub alert_emails: Vec<String>,
-    pub alert_webhook_url: Option<String>,
-    pub alert_webhook_secret: Option<String>,
+    pub alert_webhook_url: Option<Secret<String>>,
+    pub alert_webhook_secret: Option<Secret<String>>,
     /// The dashboard's path prefix behind a reverse proxy: "" or "/prefix".
     pub public_base_path: String,
     /// Limit counters in Redis; `None`: in process.
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret<String>>,
     pub redis_key_prefix: String,
     pub limits_on_redis_error: OnRedisError,
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Secrets stay out of debug output.
-        f.debug_struct("Config")
-            .field("listen", &self.listen)
-            .field("data_dir", &self.data_dir)
-            .field("database", &self.database)
-            .field("master_key", &self.master_key.as_ref().map(|_| "<set>"))
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("request_timeout_ms", &self.request_timeout_ms)
-            .field("log_level", &self.log_level)
-            .field("metrics_listen", &self.metrics_listen)
-            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
-            .field("idle_timeout_ms", &self.idle_timeout_ms)
-            .field("max_connections", &self.max_connections)
-            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
-            .field("alert_from", &self.alert_from)
-            .field("alert_emails", &self.alert_emails)
-            .field("alert_webhook_url", &self.alert_webhook_url)
-            .field("public_base_path", &self.public_base_path)
-            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
-            .field("redis_key_prefix", &self.redis_key_prefix)
-            .field("limits_on_redis_error", &self.limits_on_redis_error)
-            .finish_non_exhaustive()
-    }
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -413,7 +387,7 @@ impl FileConfig {
             listen,
             data_dir,
             database,
-            master_key: self.master_key.filter(|k| !k.is_empty()),
+            master_key: self.master_key.filter(|k| !k.is_empty()).map(Secret::from),
             max_body_bytes,
             request_timeout_ms,
             log_level,
@@ -421,13 +395,13 @@ impl FileConfig {
             header_read_timeout_ms,
             idle_timeout_ms,
             max_connections,
-            smtp_url: self.smtp_url,
+            smtp_url: self.smtp_url.map(Secret::from),
             alert_from: self.alert_from,
             alert_emails: self.alert_emails.unwrap_or_default(),
-            alert_webhook_url: self.alert_webhook_url,
-            alert_webhook_secret: self.alert_webhook_secret,
+            alert_webhook_url: self.alert_webhook_url.map(Secret::from),
+            alert_webhook_secret: self.alert_webhook_secret.map(Secret::from),
             public_base_path,
-            redis_url: self.redis_url.filter(|u| !u.trim().is_empty()),
+            redis_url: self.redis_url.filter(|u| !u.trim().is_empty()).map(Secret::from),
             redis_key_prefix,
             limits_on_redis_error,
         })
@@ -652,7 +626,10 @@ mod tests {
             .unwrap()
             .resolve()
             .unwrap();
-        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(
+            c.redis_url.as_ref().map(|u| u.expose().as_str()),
+            Some("redis://127.0.0.1:6379")
+        );
         assert_eq!(c.redis_key_prefix, "prod:");
         assert_eq!(c.limits_on_redis_error, OnRedisError::Open);
         assert!(!format!("{c:?}").contains("6379"), "the URL may hold a password");

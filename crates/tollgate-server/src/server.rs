@@ -107,7 +107,7 @@ pub fn counters(config: &Config) -> Result<CountersAndBreakers, CounterError> {
         return Ok((Arc::new(MemoryCounters::new()), Arc::new(LocalBreakers::default())));
     };
     let mut settings = RedisSettings::new(
-        url.clone(),
+        url.expose().clone(),
         std::time::Duration::from_millis(config.request_timeout_ms).saturating_add(LEASE_MARGIN),
     );
     settings.key_prefix = config.redis_key_prefix.clone();
@@ -181,7 +181,10 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StartError> {
 /// the key is the one the data was sealed with.
 pub async fn open_store(config: &Config) -> Result<(Store, MasterKey, KeySource), StartError> {
     ensure_data_dir(&config.data_dir)?;
-    let (master, source) = MasterKey::load_or_create(&config.data_dir, config.master_key.as_deref())?;
+    let (master, source) = MasterKey::load_or_create(
+        &config.data_dir,
+        config.master_key.as_ref().map(|k| k.expose().as_str()),
+    )?;
     let store = Store::open(&config.database).await?;
     // The fingerprint is written once, atomically: of two replicas started
     // together with different keys, exactly one wins and the other refuses.
@@ -739,7 +742,7 @@ async fn ready(axum::extract::State(state): axum::extract::State<SharedState>) -
     };
     let redis = async {
         match &state.config.redis_url {
-            Some(url) => Some(tollgate_store::guards::ping_redis(url, READY_TIMEOUT).await),
+            Some(url) => Some(tollgate_store::guards::ping_redis(url.expose(), READY_TIMEOUT).await),
             None => None,
         }
     };

@@ -5,6 +5,9 @@
 //! that is removed afterwards. Run with
 //! `cargo bench -p tollgate-store --bench admission`.
 
+// Benchmark: a failed setup step should stop the run loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use chrono::{DateTime, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;

@@ -26,7 +26,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use tollgate_core::secrets::SecretSource;
+use tollgate_core::secrets::{Secret, SecretSource};
 use zeroize::Zeroizing;
 
 /// Name of the key file `serve` creates in the data directory.
@@ -120,8 +120,8 @@ impl MasterKey {
     }
 
     /// The key as hex, in a buffer zeroed on drop.
-    pub fn to_hex(&self) -> Zeroizing<String> {
-        Zeroizing::new(hex::encode(self.0.as_slice()))
+    pub fn to_hex(&self) -> Secret<String> {
+        Secret::new(hex::encode(self.0.as_slice()))
     }
 
     /// A short public identifier of the key (16 hex chars): the first 8 bytes of
@@ -229,9 +229,8 @@ impl MasterKey {
             opts.mode(0o600);
         }
         let mut f = opts.open(path).map_err(io)?;
-        let mut text = self.to_hex();
-        text.push('\n');
-        f.write_all(text.as_bytes()).map_err(io)?;
+        f.write_all(self.to_hex().expose().as_bytes()).map_err(io)?;
+        f.write_all(b"\n").map_err(io)?;
         f.sync_all().map_err(io)
     }
 
@@ -416,7 +415,7 @@ pub fn seal(master: &MasterKey, aad: &str, plaintext: &str) -> Result<SealedSecr
 /// Opens a sealed value. Fails with [`SecretError::WrongMasterKey`] when the
 /// data key does not unwrap, and [`SecretError::ContextMismatch`] when the
 /// value was sealed for another `aad` or altered.
-pub fn open(master: &MasterKey, aad: &str, sealed: &SealedSecret) -> Result<Zeroizing<String>, SecretError> {
+pub fn open(master: &MasterKey, aad: &str, sealed: &SealedSecret) -> Result<Secret<String>, SecretError> {
     let data_key = sealed.data_key(master)?;
     let bytes = Zeroizing::new(
         Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(data_key.as_slice()))
@@ -430,7 +429,7 @@ pub fn open(master: &MasterKey, aad: &str, sealed: &SealedSecret) -> Result<Zero
             .map_err(|_| SecretError::ContextMismatch)?,
     );
     match std::str::from_utf8(&bytes) {
-        Ok(s) => Ok(Zeroizing::new(s.to_owned())),
+        Ok(s) => Ok(Secret::from(s)),
         Err(_) => Err(SecretError::NotUtf8),
     }
 }
@@ -502,7 +501,7 @@ impl SealedFields {
 }
 
 impl SecretSource for SealedFields {
-    fn open(&self, name: &str) -> Result<Option<Zeroizing<String>>, String> {
+    fn open(&self, name: &str) -> Result<Option<Secret<String>>, String> {
         let Some((_, sealed)) = self.fields.iter().find(|(n, _)| n == name) else {
             return Ok(None);
         };
@@ -528,10 +527,10 @@ mod tests {
         assert!(text.starts_with("v1."));
         let back: SealedSecret = text.parse().unwrap();
         assert_eq!(back, s);
-        assert_eq!(&*open(&m, "integration:1:key", &back).unwrap(), "sk-live-123");
+        assert_eq!(open(&m, "integration:1:key", &back).unwrap().expose(), "sk-live-123");
         // Empty values seal too.
         let e = seal(&m, "a", "").unwrap();
-        assert_eq!(&*open(&m, "a", &e).unwrap(), "");
+        assert_eq!(open(&m, "a", &e).unwrap().expose(), "");
     }
 
     #[test]
@@ -657,7 +656,7 @@ mod tests {
         let (t_old, t_new) = (s.to_string(), r.to_string());
         assert_eq!(t_old.split('.').nth(2), t_new.split('.').nth(2));
         assert_eq!(t_old.split('.').nth(3), t_new.split('.').nth(3));
-        assert_eq!(&*open(&new, "integration:9:key", &r).unwrap(), "sk-rotate-me");
+        assert_eq!(open(&new, "integration:9:key", &r).unwrap().expose(), "sk-rotate-me");
         assert!(matches!(
             open(&old, "integration:9:key", &r),
             Err(SecretError::WrongMasterKey)
@@ -679,7 +678,7 @@ mod tests {
             assert!(!hay.contains(&URL_SAFE_NO_PAD.encode(secret)));
             assert!(!hay.contains(&hex::encode(secret)));
         }
-        assert!(!format!("{m:?}").contains(&*m.to_hex()));
+        assert!(!format!("{m:?}").contains(m.to_hex().expose()));
     }
 
     #[test]
@@ -727,7 +726,7 @@ mod tests {
         assert_eq!(src, KeySource::Created(path.clone()));
         assert_eq!(mode_of(&path), 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("{}\n", &*k1.to_hex()));
+        assert_eq!(text, format!("{}\n", k1.to_hex().expose()));
         let (k2, src) = MasterKey::load_or_create(&data, None).unwrap();
         assert_eq!(src, KeySource::File(path));
         assert_eq!(k1.fingerprint(), k2.fingerprint());
@@ -739,7 +738,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(MASTER_KEY_FILE);
-        std::fs::write(&path, format!("{}\n", &*key().to_hex())).unwrap();
+        std::fs::write(&path, format!("{}\n", key().to_hex().expose())).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = MasterKey::load_or_create(dir.path(), None).unwrap_err();
         assert!(matches!(err, SecretError::KeyFileTooOpen { mode: 0o644, .. }));
@@ -767,7 +766,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (file_key, _) = MasterKey::load_or_create(dir.path(), None).unwrap();
         let env = key();
-        let (k, src) = MasterKey::load_or_create(dir.path(), Some(env.to_hex().as_str())).unwrap();
+        let (k, src) = MasterKey::load_or_create(dir.path(), Some(env.to_hex().expose().as_str())).unwrap();
         assert_eq!(src, KeySource::Env);
         assert_eq!(k.fingerprint(), env.fingerprint());
         assert_ne!(k.fingerprint(), file_key.fingerprint());
@@ -775,7 +774,7 @@ mod tests {
         assert!(MasterKey::load_or_create(dir.path(), Some("abc")).is_err());
         // The env key never creates a file.
         let empty = tempfile::tempdir().unwrap();
-        MasterKey::load_or_create(empty.path(), Some(env.to_hex().as_str())).unwrap();
+        MasterKey::load_or_create(empty.path(), Some(env.to_hex().expose().as_str())).unwrap();
         assert!(!empty.path().join(MASTER_KEY_FILE).exists());
     }
 
@@ -823,9 +822,15 @@ mod tests {
             &[("key", "sk-abc"), ("aws_secret_access_key", "wJal")],
         )
         .unwrap();
-        assert_eq!(f.open("key").unwrap().as_deref().map(|s| s.as_str()), Some("sk-abc"));
         assert_eq!(
-            f.open("aws_secret_access_key").unwrap().as_deref().map(|s| s.as_str()),
+            f.open("key").unwrap().as_ref().map(|s| s.expose().as_str()),
+            Some("sk-abc")
+        );
+        assert_eq!(
+            f.open("aws_secret_access_key")
+                .unwrap()
+                .as_ref()
+                .map(|s| s.expose().as_str()),
             Some("wJal")
         );
         assert!(f.open("missing").unwrap().is_none());
@@ -854,7 +859,7 @@ mod tests {
                 .collect(),
         };
         assert_eq!(
-            rotated.open("key").unwrap().as_deref().map(|s| s.as_str()),
+            rotated.open("key").unwrap().as_ref().map(|s| s.expose().as_str()),
             Some("sk-abc")
         );
         let stale = SealedFields { master: m, ..rotated };

@@ -10,6 +10,9 @@
 //! [`redis_server`] runs a throwaway Redis for tests that stop or inspect it;
 //! [`postgres_db`] makes a throwaway PostgreSQL database.
 
+// Test support only: a failed setup step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;

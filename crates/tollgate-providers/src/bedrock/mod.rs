@@ -31,11 +31,11 @@ use chrono::Duration;
 use converse::{converse_body, converse_response};
 use eventstream::EventStreamTranslator;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
-use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use sign::Signer;
 use std::sync::Arc;
 use tollgate_core::clock::{SharedClock, SystemClock};
+use tollgate_core::secrets::Secret;
 use tollgate_core::usage::Usage;
 
 /// Region used when the integration sets none.
@@ -50,9 +50,9 @@ const DEFAULT_SESSION_NAME: &str = "tollgate";
 /// from `Debug`.
 #[derive(Clone, Debug)]
 struct AwsKeys {
-    access_key_id: SecretString,
-    secret_access_key: SecretString,
-    session_token: Option<SecretString>,
+    access_key_id: Secret<String>,
+    secret_access_key: Secret<String>,
+    session_token: Option<Secret<String>>,
 }
 
 impl AwsKeys {
@@ -124,7 +124,7 @@ impl Bedrock {
                 // own keys are wrong must not ride on another's session.
                 let cache_key = format!(
                     "{}\n{role}\n{}\n{endpoint}",
-                    keys.access_key_id.expose_secret(),
+                    keys.access_key_id.expose(),
                     external_id.unwrap_or("")
                 );
                 let session = config_str(config, "aws_role_session_name").unwrap_or(DEFAULT_SESSION_NAME);
@@ -386,9 +386,9 @@ mod tests {
     #[test]
     fn keys_are_redacted_from_debug() {
         let keys = AwsKeys {
-            access_key_id: SecretString::from("AKIDEXAMPLE"),
-            secret_access_key: SecretString::from("wJalrXUtnFEMI"),
-            session_token: Some(SecretString::from("session-token-value")),
+            access_key_id: Secret::from("AKIDEXAMPLE"),
+            secret_access_key: Secret::from("wJalrXUtnFEMI"),
+            session_token: Some(Secret::from("session-token-value")),
         };
         let shown = format!("{keys:?}");
         for secret in ["AKIDEXAMPLE", "wJalrXUtnFEMI", "session-token-value"] {

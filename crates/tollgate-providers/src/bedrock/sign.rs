@@ -4,7 +4,6 @@ use super::AwsKeys;
 use crate::ProviderError;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use secrecy::ExposeSecret;
 
 /// Where a request goes and who signs it.
 pub(super) struct Signer<'a> {
@@ -27,9 +26,9 @@ impl Signer<'_> {
     ) -> Result<Vec<(&'static str, String)>, ProviderError> {
         let fail = |e: &dyn std::fmt::Display| ProviderError::Config(format!("cannot sign the request: {e}"));
         let identity = Credentials::new(
-            self.keys.access_key_id.expose_secret(),
-            self.keys.secret_access_key.expose_secret(),
-            self.keys.session_token.as_ref().map(|t| t.expose_secret().to_owned()),
+            self.keys.access_key_id.expose(),
+            self.keys.secret_access_key.expose(),
+            self.keys.session_token.as_ref().map(|t| t.expose().to_owned()),
             None,
             "tollgate-integration",
         )

@@ -7,8 +7,8 @@ use super::{AwsKeys, TempCreds};
 use crate::transport;
 use crate::ProviderError;
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
 use tollgate_core::clock::SharedClock;
+use tollgate_core::secrets::Secret;
 
 /// STS AssumeRole (Query API, form body, XML answer).
 #[allow(clippy::too_many_arguments)]
@@ -66,9 +66,9 @@ pub(super) async fn assume_role(
         .with_timezone(&Utc);
     Ok(TempCreds {
         value: AwsKeys {
-            access_key_id: SecretString::from(field("AccessKeyId")?),
-            secret_access_key: SecretString::from(field("SecretAccessKey")?),
-            session_token: Some(SecretString::from(field("SessionToken")?)),
+            access_key_id: Secret::from(field("AccessKeyId")?),
+            secret_access_key: Secret::from(field("SecretAccessKey")?),
+            session_token: Some(Secret::from(field("SessionToken")?)),
         },
         expires_at,
     })

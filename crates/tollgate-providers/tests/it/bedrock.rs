@@ -32,8 +32,8 @@ async fn start() -> (MockServer, Control, BedrockConfig, Fixture) {
 fn fixture(server: &MockServer, key_id: &str, secret: &str) -> Fixture {
     let mut fx = Fixture::new(Some(server.url()), None, MODEL);
     fx.secrets = PlainSecrets(vec![
-        ("aws_access_key_id".into(), key_id.to_owned()),
-        ("aws_secret_access_key".into(), secret.to_owned()),
+        ("aws_access_key_id".into(), key_id.into()),
+        ("aws_secret_access_key".into(), secret.into()),
     ]);
     fx.config.insert("aws_region".into(), json!(REGION));
     fx
@@ -118,7 +118,7 @@ async fn a_wrong_secret_or_missing_keys_are_refused() {
     );
 
     let mut missing = fixture(&server, "", "");
-    missing.secrets = PlainSecrets(vec![("aws_access_key_id".into(), config.access_key_id.clone())]);
+    missing.secrets = PlainSecrets(vec![("aws_access_key_id".into(), config.access_key_id.clone().into())]);
     let e = expect_err(
         missing
             .send(&Bedrock::default(), Endpoint::ChatCompletions, &chat(), false, false)
@@ -320,7 +320,7 @@ async fn assume_role_failures_are_reported() {
 
     fx.config.insert("aws_external_id".into(), json!(config.external_id));
     fx.secrets = PlainSecrets(vec![
-        ("aws_access_key_id".into(), config.access_key_id.clone()),
+        ("aws_access_key_id".into(), config.access_key_id.clone().into()),
         ("aws_secret_access_key".into(), "wrong".into()),
     ]);
     let e = expect_err(

@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tollgate_core::secrets::PlainSecrets;
+use tollgate_core::secrets::{PlainSecrets, Secret};
 use tollgate_providers::anthropic::Anthropic;
 use tollgate_providers::azure::Azure;
 use tollgate_providers::bedrock::Bedrock;
@@ -127,7 +127,7 @@ mod rigs {
             let sa =
                 google::service_account_json(google::TEST_CLIENT_EMAIL, &format!("{}/token", server.url()), PROJECT);
             let mut fx = Fixture::new(Some(server.url()), None, "gemini-1.5-pro");
-            fx.secrets = PlainSecrets(vec![("vertex_service_account_json".into(), sa)]);
+            fx.secrets = PlainSecrets(vec![("vertex_service_account_json".into(), sa.into())]);
             fx.config.insert("vertex_project_id".into(), json!(PROJECT));
             fx.config.insert("vertex_region".into(), json!(REGION));
             (server, fx)
@@ -140,8 +140,8 @@ mod rigs {
             let server = bedrock::start(config.clone()).await.unwrap();
             let mut fx = Fixture::new(Some(server.url()), None, "anthropic.claude-3-haiku-20240307-v1:0");
             fx.secrets = PlainSecrets(vec![
-                ("aws_access_key_id".into(), config.access_key_id.clone()),
-                ("aws_secret_access_key".into(), config.secret_access_key.clone()),
+                ("aws_access_key_id".into(), config.access_key_id.clone().into()),
+                ("aws_secret_access_key".into(), config.secret_access_key.clone().into()),
             ]);
             fx.config.insert("aws_region".into(), json!("eu-west-3"));
             (server, fx)
@@ -417,12 +417,12 @@ async fn blank_credentials_are_unset() {
         let name = case.name;
         for blank in ["", "  ", "\t\n"] {
             rig.server.journal.clear();
-            let fields: Vec<(String, String)> = rig
+            let fields: Vec<(String, Secret<String>)> = rig
                 .fx
                 .secrets
                 .0
                 .iter()
-                .map(|(k, _)| (k.clone(), blank.to_owned()))
+                .map(|(k, _)| (k.clone(), blank.into()))
                 .collect();
             rig.fx.secrets = PlainSecrets(fields);
             let r = rig.chat(&chat_body(), false, false).await;

@@ -26,7 +26,7 @@ impl Fixture {
         Self {
             base_url,
             config: Map::new(),
-            secrets: PlainSecrets(key.map(|k| vec![("key".to_owned(), k.to_owned())]).unwrap_or_default()),
+            secrets: PlainSecrets(key.map(|k| vec![("key".to_owned(), k.into())]).unwrap_or_default()),
             headers: Vec::new(),
             model: model.to_owned(),
             timeout: Duration::from_secs(10),

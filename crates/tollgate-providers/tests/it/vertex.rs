@@ -35,7 +35,7 @@ async fn start() -> (MockServer, Control, Fixture) {
 
 fn fixture(server: &MockServer, sa_json: &str) -> Fixture {
     let mut fx = Fixture::new(Some(server.url()), None, MODEL);
-    fx.secrets = PlainSecrets(vec![("vertex_service_account_json".into(), sa_json.to_owned())]);
+    fx.secrets = PlainSecrets(vec![("vertex_service_account_json".into(), sa_json.into())]);
     fx.config.insert("vertex_project_id".into(), json!(PROJECT));
     fx.config.insert("vertex_region".into(), json!(REGION));
     fx
@@ -205,7 +205,7 @@ async fn bad_configuration_is_a_config_error() {
     sa_without_project.remove("project_id");
     fx.secrets = PlainSecrets(vec![(
         "vertex_service_account_json".into(),
-        Value::Object(sa_without_project).to_string(),
+        Value::Object(sa_without_project).to_string().into(),
     )]);
     let e = expect_err(fx.send(&vertex, Endpoint::ChatCompletions, &chat(), false, false).await);
     assert!(

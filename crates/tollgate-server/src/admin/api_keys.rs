@@ -53,7 +53,7 @@ pub fn to_json(k: &ApiKeyRecord, org_id: &str, now: chrono::DateTime<chrono::Utc
 
 /// A key just issued: the only time it is shown.
 fn issued(k: &NewKey) -> Json<Value> {
-    Json(json!({"id": k.id, "key": k.key.as_str(), "object": "api-key"}))
+    Json(json!({"id": k.id, "key": k.key.expose().as_str(), "object": "api-key"}))
 }
 
 pub async fn create(

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate_core::ids;
 use tollgate_core::records::{ApiKeyRecord, KeySubType, KeyType, Limits};
-use zeroize::Zeroizing;
+use tollgate_core::secrets::Secret;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -51,15 +51,10 @@ pub struct UpdateKey {
 }
 
 /// A key just issued: its id and the key itself, shown once.
+#[derive(Debug)]
 pub struct NewKey {
     pub id: ApiKeyId,
-    pub key: Zeroizing<String>,
-}
-
-impl std::fmt::Debug for NewKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("id", &self.id).finish_non_exhaustive()
-    }
+    pub key: Secret<String>,
 }
 
 /// `organisation-service`, `workspace-user`, ...
@@ -237,7 +232,7 @@ pub fn plan_create(
         ),
         output: NewKey {
             id: ApiKeyId::new(rec.id.clone()),
-            key: Zeroizing::new(key),
+            key: Secret::new(key),
         },
         writes: vec![Write::ApiKey(rec)],
     })
@@ -307,9 +302,9 @@ pub fn plan_revoke(snap: &Snapshot, caller: &Caller, id: &str) -> Result<Planned
 /// limit counter, carries over; the old key stops matching at once.
 pub fn plan_rotate(snap: &Snapshot, caller: &Caller, ctx: &Ctx, id: &str) -> Result<Planned<NewKey>, AdminError> {
     let mut rec = find(snap, caller, id)?;
-    let key = Zeroizing::new(ids::new_api_key());
-    rec.key_hash = hex::encode(ids::hash_api_key(&key));
-    rec.masked_key = ids::mask_secret(&key);
+    let key = Secret::new(ids::new_api_key());
+    rec.key_hash = hex::encode(ids::hash_api_key(key.expose()));
+    rec.masked_key = ids::mask_secret(key.expose());
     rec.last_updated_at = ctx.now;
     Ok(Planned {
         audit: Audit::new("rotate", ObjectType::ApiKey, &rec.id, json!({"name": rec.name})),
@@ -374,11 +369,11 @@ mod tests {
         let (k, audit) = create(&mut data, &ctx, "workspace", "service", json!({"workspace_id": "a"})).unwrap();
         let rec = &data.api_keys[0];
         assert_eq!(rec.id, k.id.as_str());
-        assert_eq!(rec.key_hash, hex::encode(ids::hash_api_key(&k.key)));
+        assert_eq!(rec.key_hash, hex::encode(ids::hash_api_key(k.key.expose())));
         assert_eq!(rec.scopes, ["completions.write"]);
         assert_eq!(rec.name, "workspace service key");
         assert!(
-            !format!("{rec:?}{audit:?}{k:?}").contains(k.key.as_str()),
+            !format!("{rec:?}{audit:?}{k:?}").contains(k.key.expose().as_str()),
             "the key is never kept or logged"
         );
         assert_eq!(audit.details["type"], json!("workspace-service"));
@@ -496,11 +491,14 @@ mod tests {
         );
         let rotated = plan_rotate(&snap, &org(), &ctx, k.id.as_str()).unwrap();
         assert_eq!(rotated.output.id, k.id, "the id carries over");
-        assert_ne!(rotated.output.key.as_str(), k.key.as_str());
+        assert_ne!(rotated.output.key.expose().as_str(), k.key.expose().as_str());
         let Write::ApiKey(rec) = &rotated.writes[0] else {
             panic!("a rotation writes the key record")
         };
-        assert_eq!(rec.key_hash, hex::encode(ids::hash_api_key(&rotated.output.key)));
+        assert_eq!(
+            rec.key_hash,
+            hex::encode(ids::hash_api_key(rotated.output.key.expose()))
+        );
         assert_eq!(rec.limits, data.api_keys[0].limits, "limits carry over");
         let revoked = plan_revoke(&snap, &org(), k.id.as_str()).unwrap();
         assert_eq!(revoked.writes, vec![Write::DeleteApiKey(k.id.clone())]);

@@ -1061,7 +1061,7 @@ mod tests {
         let sealed = SealedSecret::parse(&i.sealed_secrets["key"]).unwrap();
         let aad = SealedFields::aad(&format!("integration:{}", i.id), "key");
         let opened = tollgate_store::secrets::open(&ctx.master, &aad, &sealed).unwrap();
-        assert_eq!(opened.as_str(), "sk-secret-value-1234567890");
+        assert_eq!(opened.expose(), "sk-secret-value-1234567890");
         assert!(
             tollgate_store::secrets::open(&ctx.master, &SealedFields::aad("integration:x", "key"), &sealed).is_err()
         );

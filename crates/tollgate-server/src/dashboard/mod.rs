@@ -60,7 +60,7 @@ impl Dashboard {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("x-portkey-api-key", s.key.as_str());
+            .header("x-portkey-api-key", s.key.expose().as_str());
         let body = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -201,7 +201,7 @@ impl FromRequestParts<Dash> for Signed {
         // A key revoked, rotated or expired since sign-in ends its sessions.
         if !session::key_still_valid(&d.state, &session) {
             d.sessions
-                .remove_key(&session.key)
+                .remove_key(session.key.expose())
                 .await
                 .map_err(|e| session::unavailable(d, &e))?;
             return Err(PageError::SignIn(d.url("/ui/sign-in?expired=1")));

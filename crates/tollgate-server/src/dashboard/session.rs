@@ -20,10 +20,10 @@ use serde::Deserialize;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tollgate_core::ids::{hash_api_key, random_hex};
+use tollgate_core::secrets::Secret;
 use tollgate_store::secrets::{self, SealedSecret};
 use tollgate_store::sessions::SessionRow;
 use tollgate_store::StoreError;
-use zeroize::Zeroizing;
 
 pub const COOKIE: &str = "tollgate_session";
 /// A session unused this long is signed out.
@@ -37,7 +37,7 @@ const TOUCH_EVERY: Duration = Duration::minutes(1);
 pub struct Session {
     pub id: Arc<str>,
     /// The API key, only ever sent to the in-process API.
-    pub key: Arc<Zeroizing<String>>,
+    pub key: Arc<Secret<String>>,
     pub csrf: Arc<str>,
     /// The key's workspace; `None` for an organisation key.
     pub workspace_id: Option<String>,
@@ -103,7 +103,7 @@ impl Sessions {
             .await?;
         Ok(Session {
             id: id.into(),
-            key: Arc::new(Zeroizing::new(key)),
+            key: Arc::new(Secret::new(key)),
             csrf: csrf.into(),
             workspace_id,
             key_name,
@@ -243,7 +243,7 @@ pub async fn sign_in(State(d): State<Dash>, headers: HeaderMap, axum::Form(form)
 /// Does the session's key still authenticate?
 pub fn key_still_valid(state: &crate::state::SharedState, s: &Session) -> bool {
     let snap = state.snapshot();
-    let hash = tollgate_core::ids::hash_api_key(&s.key);
+    let hash = tollgate_core::ids::hash_api_key(s.key.expose());
     snap.key_by_hash(&hash)
         .is_some_and(|e| e.record.expires_at.is_none_or(|t| t > state.now()))
 }
@@ -286,7 +286,7 @@ mod tests {
         let a = s.create("k".into(), None, "n".into(), t0).await.unwrap();
         assert_eq!(a.id.len(), 64);
         let back = s.touch(&a.id, t0 + Duration::minutes(29)).await.unwrap().unwrap();
-        assert_eq!(back.key.as_str(), "k");
+        assert_eq!(back.key.expose().as_str(), "k");
         assert_eq!(&*back.csrf, &*a.csrf);
         // Touching restarted the idle time.
         assert!(s.touch(&a.id, t0 + Duration::minutes(58)).await.unwrap().is_some());

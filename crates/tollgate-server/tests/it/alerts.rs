@@ -237,10 +237,10 @@ async fn harness(config: AlertConfig) -> Harness {
 
 fn config(smtp_port: Option<u16>, webhook_url: Option<String>) -> AlertConfig {
     AlertConfig {
-        smtp_url: smtp_port.map(|p| format!("smtp://127.0.0.1:{p}")),
+        smtp_url: smtp_port.map(|p| format!("smtp://127.0.0.1:{p}").into()),
         alert_from: Some("Tollgate <tollgate@example.com>".into()),
         alert_emails: vec!["admin@example.com".into()],
-        webhook_url,
+        webhook_url: webhook_url.map(Into::into),
         webhook_secret: Some(SECRET.into()),
     }
 }

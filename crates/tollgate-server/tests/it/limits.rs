@@ -307,10 +307,10 @@ async fn exactly_one_alert_email_and_webhook_per_threshold() {
     let (smtp_port, mut mails) = crate::alerts::smtp_on_port_0().await;
     let (hook_url, receiver, _hits) = crate::alerts::webhook_receiver(0).await;
     let l = lim_with(|c| {
-        c.smtp_url = Some(format!("smtp://127.0.0.1:{smtp_port}"));
+        c.smtp_url = Some(format!("smtp://127.0.0.1:{smtp_port}").into());
         c.alert_from = Some("tollgate@example.com".into());
         c.alert_emails = vec!["admin@example.com".into()];
-        c.alert_webhook_url = Some(hook_url);
+        c.alert_webhook_url = Some(hook_url.into());
         c.alert_webhook_secret = Some(crate::alerts::SECRET.into());
     })
     .await;

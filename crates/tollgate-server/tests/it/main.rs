@@ -1,5 +1,8 @@
 //! The server's integration tests: one binary, one module per feature.
 
+// Integration tests: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod admin;
 mod alerts;
 mod analytics;

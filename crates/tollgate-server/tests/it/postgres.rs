@@ -64,7 +64,7 @@ async fn control_plane_commands_work_on_postgres() {
     let e = cli::create_admin_key(config.clone(), "old".into()).await.unwrap_err();
     assert!(e.to_string().contains("does not match"), "{e}");
     let mut rotated = config.clone();
-    rotated.master_key = Some(new_key);
+    rotated.master_key = Some(new_key.into());
     cli::create_admin_key(rotated, "new".into()).await.unwrap();
     db.drop_db().await;
 }

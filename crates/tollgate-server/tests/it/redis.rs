@@ -28,7 +28,7 @@ async fn gateway(redis: &RedisServer, on_error: OnRedisError) -> Gw {
     let url = redis.url();
     let app = App::start_with(
         |c| {
-            c.redis_url = Some(url);
+            c.redis_url = Some(url.into());
             c.redis_key_prefix = "gw:".into();
             c.limits_on_redis_error = on_error;
         },

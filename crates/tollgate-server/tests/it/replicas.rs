@@ -149,7 +149,7 @@ async fn ready_answers_503_naming_what_is_down() {
     let app = App::start_with(
         move |c| {
             c.database = Location::Postgres(url);
-            c.redis_url = Some(redis_url);
+            c.redis_url = Some(redis_url.into());
         },
         Arc::new(SystemClock),
     )

@@ -1,6 +1,9 @@
 //! Integration tests of tollgate-store, one module per feature, in one binary
 //! to keep link times down.
 
+// Integration tests: a failed step should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod analytics;
 mod counters;
 mod notify;
