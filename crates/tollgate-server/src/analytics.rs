@@ -281,7 +281,7 @@ async fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Res
         .analytics()
         .clamp_to_data(&mut filter)
         .await
-        .map_err(AdminError::internal)?;
+        ?;
     Ok(Resolved {
         filter,
         from,
@@ -442,7 +442,7 @@ async fn summary(
     };
     // The peak minute is its own pass: side by side with the aggregate.
     let (cells, peak) =
-        tokio::try_join!(analytics.aggregate(&q), analytics.peak_minute(&r.filter)).map_err(AdminError::internal)?;
+        tokio::try_join!(analytics.aggregate(&q), analytics.peak_minute(&r.filter))?;
     let agg = total(&cells);
     let mut data: Map<String, Value> = metrics(&agg).into_iter().collect();
     data.insert("peak_requests_per_minute".into(), json!(peak.map(|p| p.0).unwrap_or(0)));
@@ -596,7 +596,7 @@ async fn cache_summary(
         .analytics()
         .aggregate(&q)
         .await
-        .map_err(AdminError::internal)?;
+        ?;
     let a = total(&cells);
     Ok(Json(json!({"object": "analytics-summary", "data": {
         "requests": a.requests, "hits": 0, "semantic_hits": 0, "misses": 0, "disabled": a.requests,
@@ -809,7 +809,7 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
         .analytics()
         .aggregate(&q)
         .await
-        .map_err(AdminError::internal)?;
+        ?;
     // Fold groups into their bucket; keep failed status codes per bucket.
     let mut per_bucket: std::collections::BTreeMap<i64, (Agg, Map<String, Value>)> = Default::default();
     let mut all_codes: std::collections::BTreeMap<String, u64> = Default::default();
@@ -984,7 +984,7 @@ async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> 
         .analytics()
         .aggregate(&q)
         .await
-        .map_err(AdminError::internal)?;
+        ?;
     let mut rows: Vec<Row> = cells
         .iter()
         .map(|((_, key), a)| {
