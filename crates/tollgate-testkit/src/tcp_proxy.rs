@@ -36,6 +36,26 @@ impl TcpProxy {
         Ok(proxy)
     }
 
+    /// A proxy in front of the server of `url` (`scheme://[user@]host[:port]/…`,
+    /// port 5432 when absent), and `url` pointed at it.
+    pub async fn for_url(url: &str) -> std::io::Result<(TcpProxy, String)> {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let auth = rest.split('/').next().unwrap_or(rest);
+        let host_port = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+        let host_port = if host_port.contains(':') {
+            host_port.to_owned()
+        } else {
+            format!("{host_port}:5432")
+        };
+        let target = tokio::net::lookup_host(host_port.as_str())
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, host_port.clone()))?;
+        let proxy = TcpProxy::start(target).await?;
+        let through = proxy.url_through(url);
+        Ok((proxy, through))
+    }
+
     /// `url` (`scheme://user@host:port/rest`) with its host and port
     /// replaced by the proxy's.
     pub fn url_through(&self, url: &str) -> String {
