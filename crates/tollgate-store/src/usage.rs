@@ -374,9 +374,7 @@ enum Written {
 }
 
 /// Runs blocking file work off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
 }
 
@@ -541,7 +539,10 @@ impl Backlog {
     }
 
     fn retry_later(&mut self, why: &str) -> bool {
-        tracing::debug!(error = why, "PostgreSQL is still unreachable; request-log records keep waiting");
+        tracing::debug!(
+            error = why,
+            "PostgreSQL is still unreachable; request-log records keep waiting"
+        );
         self.next_try = tokio::time::Instant::now() + RETRY_EVERY;
         false
     }
@@ -561,7 +562,9 @@ impl Backlog {
             match blocking(move || crate::spill::remove(&path)).await {
                 // Written again at the next start if it stays: harmless, as
                 // rows already present are skipped.
-                Err(e) => tracing::error!(error = %e, spill = %self.path.display(), "removing the request log's spill file failed"),
+                Err(e) => {
+                    tracing::error!(error = %e, spill = %self.path.display(), "removing the request log's spill file failed")
+                }
                 Ok(()) => {
                     self.spill_read = 0;
                     self.spill_len = 0;

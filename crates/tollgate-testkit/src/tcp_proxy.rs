@@ -173,7 +173,10 @@ mod tests {
 
     #[test]
     fn urls_are_pointed_at_the_proxy() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await.unwrap();
             let port = proxy.addr.port();

@@ -199,7 +199,12 @@ async fn the_gateway_serves_through_a_postgres_outage_and_loses_no_record() {
     let summary = s.app.get("/v1/analytics/summary", &s.app.admin_key).await;
     assert_eq!(summary.status, 200, "{:?}", summary.body);
     assert_eq!(summary.body["data"]["requests"], traces.len(), "{:?}", summary.body);
-    assert_eq!(summary.body["data"]["total_tokens"], 15 * traces.len(), "{:?}", summary.body);
+    assert_eq!(
+        summary.body["data"]["total_tokens"],
+        15 * traces.len(),
+        "{:?}",
+        summary.body
+    );
     let r = s
         .app
         .post("/v1/admin/workspaces", &s.app.admin_key, json!({"name": "after"}))
@@ -212,7 +217,9 @@ async fn the_gateway_serves_through_a_postgres_outage_and_loses_no_record() {
     wait_for_log(&s.direct, &traces).await;
     assert_rollups_match_rows(&s.direct).await;
 
-    let Setup { mut app, db, direct, .. } = s;
+    let Setup {
+        mut app, db, direct, ..
+    } = s;
     if let Some(r) = app.running.take() {
         r.stop().await.unwrap();
     }
@@ -255,7 +262,9 @@ async fn records_spilled_by_a_stopped_server_are_written_once_by_the_next_start(
     wait_for_log(&s.direct, &traces).await;
     assert_rollups_match_rows(&s.direct).await;
 
-    let Setup { mut app, db, direct, .. } = s;
+    let Setup {
+        mut app, db, direct, ..
+    } = s;
     if let Some(r) = app.running.take() {
         r.stop().await.unwrap();
     }

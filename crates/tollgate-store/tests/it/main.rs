@@ -7,3 +7,4 @@ mod notify;
 mod postgres;
 mod redis_breakers;
 mod redis_counters;
+mod usage_outage;
