@@ -97,7 +97,7 @@ pub fn payload(state: &SharedState, e: &AlertEvent) -> Option<AlertPayload> {
 pub async fn enqueue(state: &SharedState, alerts: Vec<AlertEvent>) {
     for e in &alerts {
         let Some(p) = payload(state, e) else { continue };
-        if let Err(err) = state.alerts.enqueue(&p).await {
+        if let Err(err) = state.alerts.enqueue_or_retry(p).await {
             tracing::error!(error = %err, limit = %e.id, "an alert could not be recorded");
         }
     }

@@ -219,6 +219,10 @@ pub struct DeliveryReport {
     pub skipped: u32,
 }
 
+/// How often an alert that the outbox could not take because the database
+/// was unreachable is offered again.
+pub const ALERT_RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Enqueues alerts and wakes the dispatcher. Cheap to clone; this is what the
 /// gateway keeps.
 #[derive(Clone)]
@@ -237,6 +241,35 @@ impl AlertHandle {
             self.notify();
         }
         Ok(e)
+    }
+
+    /// [`AlertHandle::enqueue`]; if the database is unreachable, the alert
+    /// is offered again every [`ALERT_RETRY_EVERY`] in the background until
+    /// the outbox takes it (the outbox keeps one per limit, period and kind,
+    /// so a retry never doubles it). Such an alert is lost only if the
+    /// process stops before the database returns.
+    pub async fn enqueue_or_retry(&self, alert: AlertPayload) -> Result<(), AlertError> {
+        match self.enqueue(&alert).await {
+            Err(AlertError::Outbox(e)) if e.is_unavailable() => {
+                tracing::warn!(error = %e, limit = %alert.limit_id, "the database is unreachable: the alert is recorded when it returns");
+                let handle = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(ALERT_RETRY_EVERY).await;
+                        match handle.enqueue(&alert).await {
+                            Ok(_) => return,
+                            Err(AlertError::Outbox(e)) if e.is_unavailable() => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, limit = %alert.limit_id, "an alert could not be recorded");
+                                return;
+                            }
+                        }
+                    }
+                });
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Wakes the dispatcher for an immediate pass (a wake-up sent while it is

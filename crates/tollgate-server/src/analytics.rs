@@ -276,12 +276,7 @@ async fn resolve(state: &SharedState, caller: &Caller, p: &Params) -> Result<Res
     };
     state.usage.flush().await;
     let mut filter = filter;
-    state
-        .store
-        .analytics()
-        .clamp_to_data(&mut filter)
-        .await
-        .map_err(AdminError::internal)?;
+    state.store.analytics().clamp_to_data(&mut filter).await?;
     Ok(Resolved {
         filter,
         from,
@@ -441,8 +436,7 @@ async fn summary(
         distinct: true,
     };
     // The peak minute is its own pass: side by side with the aggregate.
-    let (cells, peak) =
-        tokio::try_join!(analytics.aggregate(&q), analytics.peak_minute(&r.filter)).map_err(AdminError::internal)?;
+    let (cells, peak) = tokio::try_join!(analytics.aggregate(&q), analytics.peak_minute(&r.filter))?;
     let agg = total(&cells);
     let mut data: Map<String, Value> = metrics(&agg).into_iter().collect();
     data.insert("peak_requests_per_minute".into(), json!(peak.map(|p| p.0).unwrap_or(0)));
@@ -591,12 +585,7 @@ async fn cache_summary(
         group: None,
         distinct: false,
     };
-    let cells = state
-        .store
-        .analytics()
-        .aggregate(&q)
-        .await
-        .map_err(AdminError::internal)?;
+    let cells = state.store.analytics().aggregate(&q).await?;
     let a = total(&cells);
     Ok(Json(json!({"object": "analytics-summary", "data": {
         "requests": a.requests, "hits": 0, "semantic_hits": 0, "misses": 0, "disabled": a.requests,
@@ -804,12 +793,7 @@ async fn graph(state: SharedState, caller: Caller, name: String, p: Params) -> R
         // Only the users graphs count distinct keys.
         distinct: name.starts_with("users"),
     };
-    let cells = state
-        .store
-        .analytics()
-        .aggregate(&q)
-        .await
-        .map_err(AdminError::internal)?;
+    let cells = state.store.analytics().aggregate(&q).await?;
     // Fold groups into their bucket; keep failed status codes per bucket.
     let mut per_bucket: std::collections::BTreeMap<i64, (Agg, Map<String, Value>)> = Default::default();
     let mut all_codes: std::collections::BTreeMap<String, u64> = Default::default();
@@ -979,12 +963,7 @@ async fn grouped(state: SharedState, caller: Caller, by: GroupBy, p: Params) -> 
         group: Some(by.clone()),
         distinct: true,
     };
-    let cells = state
-        .store
-        .analytics()
-        .aggregate(&q)
-        .await
-        .map_err(AdminError::internal)?;
+    let cells = state.store.analytics().aggregate(&q).await?;
     let mut rows: Vec<Row> = cells
         .iter()
         .map(|((_, key), a)| {

@@ -40,6 +40,7 @@ pub struct FileConfig {
     pub redis_url: Option<String>,
     pub redis_key_prefix: Option<String>,
     pub limits_on_redis_error: Option<String>,
+    pub log_buffer_records: Option<usize>,
 }
 
 /// One setting: its file key, its environment variable and what it does.
@@ -152,6 +153,11 @@ pub const SETTINGS: &[Setting] = &[
         env: "TOLLGATE_LIMITS_ON_REDIS_ERROR",
         help: "while Redis is unreachable: closed (answer 503) or open (admit without limits, logged); default closed",
     },
+    Setting {
+        key: "log_buffer_records",
+        env: "TOLLGATE_LOG_BUFFER_RECORDS",
+        help: "while PostgreSQL is unreachable: request-log records kept in memory, beyond them appended to DATA_DIR/request-log.spill; default 10000",
+    },
 ];
 
 /// The environment variables, for `serve --help`.
@@ -192,6 +198,8 @@ pub struct Config {
     pub redis_url: Option<Secret<String>>,
     pub redis_key_prefix: String,
     pub limits_on_redis_error: OnRedisError,
+    /// Request-log records kept in memory while PostgreSQL is unreachable.
+    pub log_buffer_records: usize,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -290,6 +298,7 @@ impl FileConfig {
             redis_url: get("TOLLGATE_REDIS_URL"),
             redis_key_prefix: get("TOLLGATE_REDIS_KEY_PREFIX"),
             limits_on_redis_error: get("TOLLGATE_LIMITS_ON_REDIS_ERROR"),
+            log_buffer_records: parse_num("TOLLGATE_LOG_BUFFER_RECORDS")?.map(|v| v as usize),
         })
     }
 
@@ -318,7 +327,8 @@ impl FileConfig {
             public_base_path,
             redis_url,
             redis_key_prefix,
-            limits_on_redis_error
+            limits_on_redis_error,
+            log_buffer_records
         );
         self
     }
@@ -383,6 +393,11 @@ impl FileConfig {
             key: "limits_on_redis_error",
             message: format!("{on_error:?} is not closed or open"),
         })?;
+        let log_buffer_records = positive(
+            "log_buffer_records",
+            self.log_buffer_records
+                .unwrap_or(tollgate_store::usage::DEFAULT_OUTAGE_MEMORY_RECORDS),
+        )?;
         Ok(Config {
             listen,
             data_dir,
@@ -404,6 +419,7 @@ impl FileConfig {
             redis_url: self.redis_url.filter(|u| !u.trim().is_empty()).map(Secret::from),
             redis_key_prefix,
             limits_on_redis_error,
+            log_buffer_records,
         })
     }
 }
@@ -568,7 +584,7 @@ mod tests {
             let value = match s.key {
                 "listen" | "metrics_listen" => "127.0.0.1:1",
                 "log_level" => "debug",
-                k if k.ends_with("_ms") || k.starts_with("max_") => "7",
+                k if k.ends_with("_ms") || k.starts_with("max_") || k.ends_with("_records") => "7",
                 _ => "x",
             };
             let c = FileConfig::from_env(|k| (k == s.env).then(|| value.to_owned())).unwrap();
@@ -593,6 +609,10 @@ mod tests {
         assert_eq!(c.redis_url, None, "counters in process unless asked");
         assert_eq!(c.redis_key_prefix, DEFAULT_REDIS_KEY_PREFIX);
         assert_eq!(c.limits_on_redis_error, OnRedisError::Closed);
+        assert_eq!(
+            c.log_buffer_records,
+            tollgate_store::usage::DEFAULT_OUTAGE_MEMORY_RECORDS
+        );
         let all = FileConfig::from_toml(&example_with_everything_on()).expect("every example value parses");
         let v = serde_json::to_value(all.clone()).unwrap();
         for s in SETTINGS {
@@ -717,6 +737,10 @@ mod tests {
             },
             FileConfig {
                 max_connections: Some(0),
+                ..Default::default()
+            },
+            FileConfig {
+                log_buffer_records: Some(0),
                 ..Default::default()
             },
         ] {

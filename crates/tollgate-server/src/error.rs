@@ -28,6 +28,9 @@ pub enum AdminCode {
     Conflict,
     /// AB08, 404: not found.
     NotFound,
+    /// AB09, 503: the database is unreachable (a write, or a read that
+    /// needs it); retry shortly.
+    Unavailable,
 }
 
 impl AdminCode {
@@ -40,6 +43,7 @@ impl AdminCode {
             AdminCode::Unauthorized => (StatusCode::UNAUTHORIZED, "AB05"),
             AdminCode::Conflict => (StatusCode::CONFLICT, "AB07"),
             AdminCode::NotFound => (StatusCode::NOT_FOUND, "AB08"),
+            AdminCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "AB09"),
         }
     }
 }
@@ -84,6 +88,13 @@ impl From<StoreError> for AdminError {
         match e {
             StoreError::Conflict(what) => AdminError::conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => AdminError::not_found(format!("{what} not found")),
+            other if other.is_unavailable() => {
+                tracing::warn!(error = %other, "admin request refused: the database is unreachable");
+                AdminError::new(
+                    AdminCode::Unavailable,
+                    "the database is unreachable, so this cannot be done now; retry shortly",
+                )
+            }
             other => AdminError::internal(other),
         }
     }
@@ -93,7 +104,11 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let (status, code) = self.code.wire();
         let body = json!({"success": false, "data": {"message": self.message, "errorCode": code}});
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if self.code == AdminCode::Unavailable {
+            resp.headers_mut().insert("retry-after", HeaderValue::from(1));
+        }
+        resp
     }
 }
 
@@ -261,6 +276,7 @@ mod tests {
             (AdminCode::Unauthorized, 401, "AB05"),
             (AdminCode::Conflict, 409, "AB07"),
             (AdminCode::NotFound, 404, "AB08"),
+            (AdminCode::Unavailable, 503, "AB09"),
         ] {
             assert_eq!(code.wire(), (StatusCode::from_u16(status).unwrap(), ab));
         }

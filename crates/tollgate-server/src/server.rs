@@ -309,7 +309,13 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     let replica = replica_lock(&config, &store).await?;
     // Before anything is created: a backend without a request log is
     // refused here, not after printing a first admin key.
-    let (usage, usage_writer) = store.spawn_usage_log()?;
+    // On PostgreSQL this first writes what an earlier run spilled during an
+    // outage, so that the counters rebuilt below include it.
+    let buffer = tollgate_store::usage::OutageBuffer {
+        dir: config.data_dir.clone(),
+        memory_records: config.log_buffer_records,
+    };
+    let (usage, usage_writer) = store.spawn_usage_log_buffered(&buffer).await?;
     let first_admin_key = bootstrap(&store, clock.now()).await?;
     let (counters, breakers) = counters(&config)?;
     let outbox = store.outbox();
@@ -581,19 +587,33 @@ async fn metrics_upkeep(shutdown: CancellationToken) {
 /// once when the store signals a change (PostgreSQL's `NOTIFY`, see
 /// `tollgate_store::notify`), and every `poll` in any case
 /// ([`REFRESH_EVERY`] when serving). Either way it reloads only if the stored
-/// control version moved.
+/// control version moved. While the database is unreachable the gateway
+/// serves from the snapshot it has; that is logged once when the outage
+/// begins and once when it ends, and the first poll after it catches up.
 pub(crate) async fn refresh_loop(state: SharedState, poll: Duration, shutdown: CancellationToken) {
     let mut changes = state.store.watch_control();
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outage = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             event = changes.next() => tracing::debug!(?event, "control plane changed elsewhere"),
             _ = tick.tick() => {}
         }
-        if let Err(e) = state.refresh_if_changed().await {
-            tracing::error!(error = %e, "reloading the control plane failed");
+        match state.refresh_if_changed().await {
+            Ok(_) if outage => {
+                outage = false;
+                tracing::warn!("the database is reachable again: the control plane is in step");
+            }
+            Ok(_) => {}
+            Err(crate::state::StateError::Store(e)) if e.is_unavailable() => {
+                if !outage {
+                    outage = true;
+                    tracing::warn!(error = %e, "the database is unreachable: serving from the last snapshot until it returns");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reloading the control plane failed"),
         }
     }
 }

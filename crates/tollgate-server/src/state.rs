@@ -199,7 +199,12 @@ impl Change<'_> {
         self.tx.audit(&audit).await?;
         self.tx.bump_control_version().await?;
         self.tx.commit().await?;
-        self.state.reload().await.map_err(AdminError::internal)
+        // The change is committed; a reload that fails here is caught up by
+        // the refresh task.
+        self.state.reload().await.map_err(|e| match e {
+            StateError::Store(e) => AdminError::from(e),
+            e => AdminError::internal(e),
+        })
     }
 }
 

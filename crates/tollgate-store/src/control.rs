@@ -30,8 +30,18 @@ pub enum StoreError {
     /// The target of a copy already holds data (in the tables named).
     #[error("the target database is not empty (rows in: {0}); migrate --to copies only into an empty database")]
     NotEmpty(String),
+    /// The request log's spill file (its path) cannot be read or written.
+    #[error("request log spill file {0}: {1}")]
+    Spill(String, std::io::Error),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Is this the database being unreachable (see [`crate::db::is_unavailable`])?
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Db(e) if crate::db::is_unavailable(e))
+    }
 }
 
 /// Everything the snapshot is built from.

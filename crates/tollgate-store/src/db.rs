@@ -107,13 +107,40 @@ macro_rules! on_db {
 }
 pub(crate) use on_db;
 
+/// How long a PostgreSQL query waits for a connection. sqlx keeps retrying
+/// a refused connection until then, so this is how long an admin write takes
+/// to answer 503 while PostgreSQL is down (see [`is_unavailable`]).
+pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Is `e` the database being unreachable (refused or lost connections, no
+/// connection within [`PG_ACQUIRE_TIMEOUT`], a server shutting down), rather
+/// than something wrong with a query? Such errors pass when the database
+/// returns: admin requests answer 503 and the request log keeps its records
+/// until then.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), 57P01-57P03 (admin or
+        // crash shutdown, cannot connect now), 53300 (too many connections).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "53300"),
+        _ => false,
+    }
+}
+
 /// Connects to the PostgreSQL database at `url` and migrates it. sqlx's
 /// migrator holds a `pg_advisory_lock` while it runs, so replicas starting
 /// together migrate once.
 pub async fn open_postgres(url: &str) -> Result<PgPool, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(16)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(PG_ACQUIRE_TIMEOUT)
         .connect(url)
         .await?;
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;

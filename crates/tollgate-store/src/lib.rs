@@ -7,6 +7,7 @@
 //! - [`control`]: the control-plane records (workspaces, API keys,
 //!   integrations, providers, configs) and the audit trail.
 //! - [`usage`]: the request log and its batching background writer.
+//! - [`spill`]: where that writer keeps records while PostgreSQL is down.
 //! - [`analytics`]: the aggregate, roll-ups and query planner.
 //! - `dialect`: what the request log and analytics need of a backend's SQL
 //!   and driver, so that their queries are written once.
@@ -30,6 +31,7 @@ mod query_cache;
 mod repo;
 pub mod secrets;
 pub mod sessions;
+pub mod spill;
 pub mod transfer;
 pub mod usage;
 

@@ -97,9 +97,12 @@ fn send(tx: &mpsc::Sender<ControlEvent>, event: ControlEvent) -> bool {
 }
 
 /// Connects a listener on [`CONTROL_CHANNEL`], retrying with back-off until
-/// it succeeds or the watch is dropped.
+/// it succeeds or the watch is dropped. Only the first failure is logged at
+/// warn (the database may stay away for a while: one line per outage, not
+/// one per attempt), and the success after it.
 async fn connect(pool: &PgPool, tx: &mpsc::Sender<ControlEvent>) -> Option<PgListener> {
     let mut wait = RECONNECT_MIN;
+    let mut failures = 0u32;
     loop {
         let attempt = async {
             let mut listener = PgListener::connect_with(pool).await?;
@@ -109,9 +112,18 @@ async fn connect(pool: &PgPool, tx: &mpsc::Sender<ControlEvent>) -> Option<PgLis
             Ok::<_, sqlx::Error>(listener)
         };
         match attempt.await {
-            Ok(listener) => return Some(listener),
-            Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "listening for control-plane changes failed"),
+            Ok(listener) => {
+                if failures > 0 {
+                    tracing::warn!(failures, "listening for control-plane changes again");
+                }
+                return Some(listener);
+            }
+            Err(e) if failures == 0 => {
+                tracing::warn!(error = %e, "listening for control-plane changes failed; retrying with back-off until the database answers")
+            }
+            Err(e) => tracing::debug!(error = %e, retry_in = ?wait, "listening for control-plane changes failed"),
         }
+        failures += 1;
         tokio::select! {
             _ = tx.closed() => return None,
             _ = tokio::time::sleep(wait) => {}

@@ -43,6 +43,13 @@ pub enum OutboxError {
     Corrupt { id: String, what: String },
 }
 
+impl OutboxError {
+    /// Is this the database being unreachable (see [`crate::db::is_unavailable`])?
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, OutboxError::Db(e) if crate::db::is_unavailable(e))
+    }
+}
+
 /// Why an alert fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -6,7 +6,7 @@
 use crate::analytics::{self, Cells, Filter, Query};
 use crate::db::Db;
 use crate::outbox::Outbox;
-use crate::usage::{self, LogFilter, Scope, UsageLog, UsageRecord};
+use crate::usage::{self, LogFilter, OutageBuffer, Scope, UsageLog, UsageRecord};
 use crate::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
@@ -14,8 +14,23 @@ use tokio::task::JoinHandle;
 impl Store {
     /// Starts the request log's batching writer (see [`UsageLog`]). The task
     /// ends when every handle is dropped and the queue is drained.
+    /// Without an outage buffer: on PostgreSQL a batch that cannot be
+    /// written is retried a few times, then logged as lost (tools that fill
+    /// the log; the server uses [`Store::spawn_usage_log_buffered`]).
     pub fn spawn_usage_log(&self) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
-        Ok(UsageLog::spawn(self.db.clone(), self.cache.clone()))
+        Ok(UsageLog::spawn(self.db.clone(), self.cache.clone(), None))
+    }
+
+    /// The request log's writer as the server runs it: on PostgreSQL it
+    /// keeps records while the database is unreachable, in memory and then
+    /// in the spill file in `buffer.dir`, and writes them when it returns
+    /// (see [`OutageBuffer`]). A spill file left by an earlier process is
+    /// written first. On SQLite the same as [`Store::spawn_usage_log`].
+    pub async fn spawn_usage_log_buffered(
+        &self,
+        buffer: &OutageBuffer,
+    ) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
+        UsageLog::spawn_buffered(self.db.clone(), self.cache.clone(), buffer).await
     }
 
     /// Reads the request log.

@@ -11,26 +11,33 @@
 //! that consumed nothing) may linger up to [`LINGER`] to share a batch.
 //! [`UsageLog::flush`] waits until everything queued before it is on disk;
 //! readers of the log call it first, and graceful shutdown calls it after
-//! the last request has finished, so nothing is lost.
+//! the last request has finished, so nothing is lost. On PostgreSQL the
+//! server's writer also rides out an outage of the database (see
+//! [`OutageBuffer`]).
 
 use crate::db::Db;
 use crate::dialect::Backend;
 use crate::query_cache::QueryCache;
+use crate::StoreError;
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Serialize;
-use sqlx::{PgPool, Pool, Postgres, QueryBuilder, Sqlite, SqlitePool};
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, PgConnection, PgPool, Pool, Postgres, QueryBuilder, Sqlite, SqlitePool};
 use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Most rows written in one transaction.
 const BATCH: usize = 512;
 /// How long the writer waits for more rows before writing a partial batch.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(25);
+const LINGER: Duration = Duration::from_millis(25);
 
 /// One request as logged.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Serialized as is into the spill file (see `spill`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UsageRecord {
     pub id: String,
     pub created_at: DateTime<Utc>,
@@ -94,8 +101,10 @@ impl Msg {
     }
 }
 
-/// Resolves once a record handed to [`UsageLog::commit`] is committed, or
-/// the writer gave up on it (a database that stayed unwritable: logged).
+/// Resolves once a record handed to [`UsageLog::commit`] is committed (or,
+/// while PostgreSQL is unreachable, kept by the writer: see
+/// [`OutageBuffer`]), or the writer gave up on it (a database that stayed
+/// unwritable for another reason: logged).
 pub struct CommitTicket(Option<oneshot::Receiver<()>>);
 
 impl std::future::Future for CommitTicket {
@@ -109,6 +118,51 @@ impl std::future::Future for CommitTicket {
     }
 }
 
+/// What the request log does while PostgreSQL is unreachable
+/// ([`Store::spawn_usage_log_buffered`](crate::Store::spawn_usage_log_buffered)).
+///
+/// A batch that cannot be written for that reason (see
+/// [`crate::db::is_unavailable`]) is kept in memory, behind whatever already
+/// waits, and its tickets resolve at once, so requests never wait for the
+/// database to come back. Beyond `memory_records` the records in memory are
+/// appended to the spill file `dir/request-log.spill` (JSON lines, fsync'd,
+/// see `spill`). Every 500 ms the writer checks whether PostgreSQL answers
+/// (a connection within 250 ms) and, once it does, writes what waits in
+/// order (the spill file, then memory), then removes the file. Rows are
+/// inserted `ON CONFLICT (id) DO NOTHING` and only new rows are folded into
+/// the roll-ups, so a record written twice (a crash in the middle of the
+/// replay, a commit whose answer was lost) is stored and counted once.
+///
+/// Durability during an outage: a record in the spill file survives a
+/// crash; one still in memory survives a graceful stop (the writer spills
+/// memory before it ends) but not a crash. A process that starts with a
+/// spill file writes it before it serves.
+#[derive(Debug, Clone)]
+pub struct OutageBuffer {
+    /// Where the spill file lives: the data directory.
+    pub dir: PathBuf,
+    /// Records kept in memory before they are spilled to disk.
+    pub memory_records: usize,
+}
+
+/// The default of [`OutageBuffer::memory_records`].
+pub const DEFAULT_OUTAGE_MEMORY_RECORDS: usize = 10_000;
+
+/// Longest a PostgreSQL batch may take before it counts as failed (a
+/// connection that went silent rather than closed).
+const PG_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the writer waits for a connection when it checks whether
+/// PostgreSQL is back.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often the writer checks whether PostgreSQL is back.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// Batches written from the backlog before the writer takes new records
+/// again (they keep queueing meanwhile).
+const DRAIN_BATCHES: usize = 8;
+/// Attempts at one backlog batch that fails for a reason other than the
+/// database being unreachable, before it is given up as lost.
+const DRAIN_ATTEMPTS: u32 = 5;
+
 /// Handle to the background writer. Cheap to clone.
 #[derive(Clone)]
 pub struct UsageLog {
@@ -116,12 +170,38 @@ pub struct UsageLog {
 }
 
 impl UsageLog {
-    /// Starts the writer on `db` ([`Store::spawn_usage_log`](crate::Store::spawn_usage_log)).
+    /// Starts the writer on `db` ([`Store::spawn_usage_log`](crate::Store::spawn_usage_log)),
+    /// with a backlog for outages on PostgreSQL when `backlog` is given.
     /// The task ends when every handle is dropped and the queue is drained.
-    pub(crate) fn spawn(db: Db, cache: Arc<QueryCache>) -> (UsageLog, JoinHandle<()>) {
+    pub(crate) fn spawn(db: Db, cache: Arc<QueryCache>, backlog: Option<Backlog>) -> (UsageLog, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(db, cache, rx));
+        let task = tokio::spawn(writer(db, cache, rx, backlog));
         (UsageLog { tx }, task)
+    }
+
+    /// [`UsageLog::spawn`] with the outage buffer of `buffer` on PostgreSQL,
+    /// after writing what a spill file left by an earlier process holds. On
+    /// SQLite, which cannot be unreachable, the same as without.
+    pub(crate) async fn spawn_buffered(
+        db: Db,
+        cache: Arc<QueryCache>,
+        buffer: &OutageBuffer,
+    ) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
+        let backlog = match &db {
+            Db::Sqlite(_) => None,
+            Db::Postgres(pool) => {
+                let mut backlog = Backlog::open(buffer).await?;
+                if backlog.is_pending() {
+                    tracing::warn!(
+                        path = %backlog.path.display(),
+                        "writing the request-log records that an earlier run spilled while PostgreSQL was unreachable"
+                    );
+                    while backlog.drain(pool, &cache).await {}
+                }
+                Some(backlog)
+            }
+        };
+        Ok(Self::spawn(db, cache, backlog))
     }
 
     /// Queues a record nobody waits for; never blocks. It may linger briefly
@@ -144,7 +224,8 @@ impl UsageLog {
         CommitTicket(Some(wait))
     }
 
-    /// Waits until every record queued before this call is written.
+    /// Waits until every record queued before this call is written (or,
+    /// while PostgreSQL is unreachable, kept in the outage buffer).
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).is_ok() {
@@ -153,68 +234,371 @@ impl UsageLog {
     }
 }
 
-async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<Msg>) {
+/// Why the writer woke up.
+enum Wake {
+    /// This many messages arrived; 0: every handle is gone.
+    Received(usize),
+    /// Time to try the backlog again.
+    Retry,
+}
+
+async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<Msg>, mut backlog: Option<Backlog>) {
     let mut msgs = Vec::with_capacity(BATCH);
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
     loop {
-        if rx.recv_many(&mut msgs, BATCH).await == 0 {
-            return;
-        }
-        // Nobody waiting: linger briefly so that records share a transaction
-        // (with their roll-ups folded once). Someone waiting: commit now;
-        // whatever queues meanwhile goes into the next batch, so a busy
-        // gateway still writes few, large transactions.
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while msgs.len() < BATCH && !msgs.iter().any(Msg::has_waiter) {
-            let room = BATCH - msgs.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, room)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        let mut waiters = Vec::new();
-        for m in msgs.drain(..) {
-            match m {
-                Msg::Record(r, w) => {
-                    batch.push(*r);
-                    waiters.extend(w);
+        let wake = match backlog.as_ref().filter(|b| b.is_pending()) {
+            None => Wake::Received(rx.recv_many(&mut msgs, BATCH).await),
+            Some(b) => tokio::select! {
+                n = rx.recv_many(&mut msgs, BATCH) => Wake::Received(n),
+                _ = tokio::time::sleep_until(b.next_try) => Wake::Retry,
+            },
+        };
+        if let Wake::Received(n) = wake {
+            if n == 0 {
+                if let Some(b) = backlog.as_mut() {
+                    b.park().await;
                 }
-                Msg::Flush(w) => waiters.push(w),
+                return;
             }
-        }
-        if !batch.is_empty() {
-            // Retry a failed batch a few times (a locked database clears);
-            // after that the rows are logged as lost rather than blocking
-            // every later one.
-            let mut attempt = 0;
-            loop {
-                // The roll-ups differ per backend.
-                let result = match &db {
-                    Db::Sqlite(pool) => insert(pool, &batch).await,
-                    Db::Postgres(pool) => insert_pg(pool, &batch).await,
-                };
-                match result {
-                    Ok(()) => {
-                        cache.committed();
-                        break;
-                    }
-                    Err(e) if attempt < 5 => {
-                        attempt += 1;
-                        tracing::warn!(error = %e, attempt, "usage log batch failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, rows = batch.len(), "usage log batch lost");
-                        break;
-                    }
+            // Nobody waiting: linger briefly so that records share a
+            // transaction (with their roll-ups folded once). Someone waiting:
+            // commit now; whatever queues meanwhile goes into the next batch,
+            // so a busy gateway still writes few, large transactions.
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while msgs.len() < BATCH && !msgs.iter().any(Msg::has_waiter) {
+                let room = BATCH - msgs.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
                 }
             }
-            batch.clear();
+            let mut waiters = Vec::new();
+            for m in msgs.drain(..) {
+                match m {
+                    Msg::Record(r, w) => {
+                        batch.push(*r);
+                        waiters.extend(w);
+                    }
+                    Msg::Flush(w) => waiters.push(w),
+                }
+            }
+            if !batch.is_empty() {
+                write(&db, &cache, backlog.as_mut(), &mut batch).await;
+            }
+            for w in waiters {
+                let _ = w.send(());
+            }
         }
-        for w in waiters {
-            let _ = w.send(());
+        if let (Db::Postgres(pool), Some(b)) = (&db, backlog.as_mut()) {
+            if b.is_pending() && tokio::time::Instant::now() >= b.next_try {
+                b.drain(pool, &cache).await;
+            }
         }
     }
+}
+
+/// Writes `batch` (leaving it empty), or keeps it in `backlog` behind what
+/// already waits there, or when the database is unreachable. Other failures
+/// are retried a few times (a locked database clears); after that the rows
+/// are logged as lost rather than blocking every later one.
+async fn write(db: &Db, cache: &QueryCache, backlog: Option<&mut Backlog>, batch: &mut Vec<UsageRecord>) {
+    if let Some(b) = backlog {
+        if b.is_pending() {
+            return b.push(batch).await;
+        }
+        return write_now(db, cache, Some(b), batch).await;
+    }
+    write_now(db, cache, None, batch).await
+}
+
+async fn write_now(db: &Db, cache: &QueryCache, mut backlog: Option<&mut Backlog>, batch: &mut Vec<UsageRecord>) {
+    let mut attempt = 0;
+    loop {
+        // The roll-ups differ per backend.
+        let result = match db {
+            Db::Sqlite(pool) => insert(pool, batch).await,
+            Db::Postgres(pool) => insert_pg(pool, batch).await,
+        };
+        match result {
+            Ok(()) => {
+                cache.committed();
+                break;
+            }
+            Err(e) => match backlog.as_deref_mut() {
+                Some(b) if crate::db::is_unavailable(&e) => {
+                    b.outage(&e);
+                    return b.push(batch).await;
+                }
+                _ if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "usage log batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                _ => {
+                    tracing::error!(error = %e, rows = batch.len(), "usage log batch lost");
+                    break;
+                }
+            },
+        }
+    }
+    batch.clear();
+}
+
+/// The records waiting for PostgreSQL (see [`OutageBuffer`]), oldest first:
+/// the unread part of the spill file, then memory.
+pub(crate) struct Backlog {
+    path: PathBuf,
+    bound: usize,
+    memory: VecDeque<UsageRecord>,
+    /// Bytes of the spill file already in the database.
+    spill_read: u64,
+    /// Bytes of the spill file.
+    spill_len: u64,
+    /// When to try the database again.
+    next_try: tokio::time::Instant,
+    /// When this outage began (for the log), while one lasts.
+    since: Option<tokio::time::Instant>,
+    /// Whether this outage has spilled to disk yet (for the log).
+    spilled: bool,
+    /// Failed attempts at the oldest batch for a reason other than the
+    /// database being unreachable.
+    failures: u32,
+}
+
+/// Where the oldest batch came from, and how far it reached.
+enum Written {
+    /// The spill file, up to this byte.
+    Spill(u64),
+    /// The first this many records in memory.
+    Memory(usize),
+}
+
+/// Runs blocking file work off the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
+}
+
+impl Backlog {
+    /// The backlog of `buffer`, holding what a spill file left by an earlier
+    /// process holds (a torn last record cut off).
+    async fn open(buffer: &OutageBuffer) -> Result<Backlog, StoreError> {
+        let path = buffer.dir.join(crate::spill::SPILL_FILE);
+        let p = path.clone();
+        let len = blocking(move || crate::spill::recover(&p))
+            .await
+            .map_err(|e| StoreError::Spill(path.display().to_string(), e))?;
+        let now = tokio::time::Instant::now();
+        Ok(Backlog {
+            path,
+            bound: buffer.memory_records,
+            memory: VecDeque::new(),
+            spill_read: 0,
+            spill_len: len,
+            next_try: now,
+            since: (len > 0).then_some(now),
+            spilled: len > 0,
+            failures: 0,
+        })
+    }
+
+    fn is_pending(&self) -> bool {
+        self.spill_read < self.spill_len || !self.memory.is_empty()
+    }
+
+    /// A write failed because the database is unreachable.
+    fn outage(&mut self, e: &sqlx::Error) {
+        let now = tokio::time::Instant::now();
+        if self.since.is_none() {
+            tracing::warn!(
+                error = %e,
+                memory_records = self.bound,
+                spill = %self.path.display(),
+                "PostgreSQL is unreachable: request-log records are kept in memory, then in the spill file, until it returns"
+            );
+            self.since = Some(now);
+        }
+        self.next_try = now + RETRY_EVERY;
+    }
+
+    /// Keeps `batch` (leaving it empty) behind what waits; spills memory to
+    /// disk once it holds more than the bound.
+    async fn push(&mut self, batch: &mut Vec<UsageRecord>) {
+        self.memory.extend(batch.drain(..));
+        if self.memory.len() > self.bound {
+            self.spill_memory().await;
+        }
+    }
+
+    /// Appends every record in memory to the spill file. If that fails they
+    /// stay in memory (beyond the bound) and the next overflow tries again.
+    async fn spill_memory(&mut self) {
+        if self.memory.is_empty() {
+            return;
+        }
+        let records: Vec<UsageRecord> = self.memory.drain(..).collect();
+        let (path, len) = (self.path.clone(), self.spill_len);
+        let done = tokio::task::spawn_blocking(move || {
+            let r = crate::spill::append(&path, len, &records);
+            (records, r)
+        })
+        .await;
+        match done {
+            Ok((_, Ok(new_len))) => {
+                self.spill_len = new_len;
+                if !self.spilled {
+                    tracing::warn!(
+                        spill = %self.path.display(),
+                        "PostgreSQL is still unreachable and the request log's memory buffer is full: records go to the spill file"
+                    );
+                    self.spilled = true;
+                }
+            }
+            Ok((records, Err(e))) => {
+                tracing::error!(
+                    error = %e,
+                    spill = %self.path.display(),
+                    records = records.len(),
+                    "cannot append to the request log's spill file: the records stay in memory"
+                );
+                self.memory = records.into();
+            }
+            Err(e) => tracing::error!(error = %e, "the spill task failed: request-log records lost"),
+        }
+    }
+
+    /// Writes what waits, oldest first, up to [`DRAIN_BATCHES`] batches.
+    /// True when it should be called again at once (it wrote a batch and
+    /// more waits); otherwise it is done, or it set the next try.
+    async fn drain(&mut self, pool: &PgPool, cache: &QueryCache) -> bool {
+        for _ in 0..DRAIN_BATCHES {
+            if !self.is_pending() {
+                return false;
+            }
+            let mut conn = match tokio::time::timeout(PROBE_TIMEOUT, pool.acquire()).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return self.retry_later(&e.to_string()),
+                Err(_) => return self.retry_later("no connection within the probe timeout"),
+            };
+            let (result, done) = if self.spill_read < self.spill_len {
+                let (path, from) = (self.path.clone(), self.spill_read);
+                let read = match blocking(move || crate::spill::read(&path, from, BATCH)).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        tracing::error!(error = %e, spill = %self.path.display(), "reading the request log's spill file failed");
+                        return self.retry_later(&e.to_string());
+                    }
+                };
+                if read.corrupt > 0 {
+                    tracing::error!(
+                        lines = read.corrupt,
+                        spill = %self.path.display(),
+                        "damaged lines in the request log's spill file were skipped: those records are lost"
+                    );
+                }
+                if read.next == from {
+                    // Nothing whole left to read (cannot happen after
+                    // `recover`, but must not loop).
+                    self.spill_read = self.spill_len;
+                    continue;
+                }
+                (
+                    within(insert_pg_on(&mut conn, &read.records)).await,
+                    Written::Spill(read.next),
+                )
+            } else {
+                let n = self.memory.len().min(BATCH);
+                (
+                    within(insert_pg_on(&mut conn, &self.memory.make_contiguous()[..n])).await,
+                    Written::Memory(n),
+                )
+            };
+            match result {
+                Ok(()) => {
+                    self.failures = 0;
+                    self.advance(done);
+                    cache.committed();
+                }
+                Err(e) if crate::db::is_unavailable(&e) => return self.retry_later(&e.to_string()),
+                Err(e) => {
+                    self.failures += 1;
+                    if self.failures < DRAIN_ATTEMPTS {
+                        tracing::warn!(error = %e, attempt = self.failures, "writing buffered request-log records failed; retrying");
+                        return self.retry_later(&e.to_string());
+                    }
+                    tracing::error!(error = %e, "buffered request-log records lost");
+                    self.failures = 0;
+                    self.advance(done);
+                }
+            }
+            if !self.is_pending() {
+                self.recovered().await;
+                return false;
+            }
+        }
+        true
+    }
+
+    fn retry_later(&mut self, why: &str) -> bool {
+        tracing::debug!(
+            error = why,
+            "PostgreSQL is still unreachable; request-log records keep waiting"
+        );
+        self.next_try = tokio::time::Instant::now() + RETRY_EVERY;
+        false
+    }
+
+    /// Moves past the oldest batch: written, or given up.
+    fn advance(&mut self, done: Written) {
+        match done {
+            Written::Spill(next) => self.spill_read = next,
+            Written::Memory(n) => drop(self.memory.drain(..n)),
+        }
+    }
+
+    /// Everything that waited is written: removes the spill file.
+    async fn recovered(&mut self) {
+        if self.spill_len > 0 {
+            let path = self.path.clone();
+            match blocking(move || crate::spill::remove(&path)).await {
+                // Written again at the next start if it stays: harmless, as
+                // rows already present are skipped.
+                Err(e) => {
+                    tracing::error!(error = %e, spill = %self.path.display(), "removing the request log's spill file failed")
+                }
+                Ok(()) => {
+                    self.spill_read = 0;
+                    self.spill_len = 0;
+                }
+            }
+        }
+        let after = self.since.map(|s| s.elapsed());
+        tracing::warn!(outage = ?after, "PostgreSQL is reachable again: the request-log records kept meanwhile are written");
+        self.since = None;
+        self.spilled = false;
+    }
+
+    /// The writer is stopping: what is in memory goes to the spill file, to
+    /// be written by the next start.
+    async fn park(&mut self) {
+        if !self.is_pending() {
+            return;
+        }
+        self.spill_memory().await;
+        tracing::warn!(
+            spill = %self.path.display(),
+            "stopping while PostgreSQL is unreachable: the request-log records kept meanwhile wait in the spill file for the next start"
+        );
+    }
+}
+
+/// `f`, failed as a timeout after [`PG_WRITE_TIMEOUT`].
+async fn within<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(PG_WRITE_TIMEOUT, f).await.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s", PG_WRITE_TIMEOUT.as_secs()),
+        )))
+    })
 }
 
 /// `INSERT INTO usage_log …` of `rows`, with their histogram buckets.
@@ -310,7 +694,20 @@ async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Err
     tx.commit().await
 }
 
+/// [`insert_pg_on`] a connection of `pool`, within [`PG_WRITE_TIMEOUT`].
 async fn insert_pg(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    within(async {
+        let mut conn = pool.acquire().await?;
+        insert_pg_on(&mut conn, rows).await
+    })
+    .await
+}
+
+/// Inserts `rows` with their roll-ups in one transaction. A row whose id is
+/// already stored is skipped and not rolled up again, so writing a batch
+/// twice (a replay after a crash, a commit whose answer was lost) stores and
+/// counts it once.
+async fn insert_pg_on(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
     // PostgreSQL text cannot hold NUL characters (nor JSONB `\u0000`): a
     // record carrying one is stored with U+FFFD in its place, rather than
     // failing the batch it shares.
@@ -319,9 +716,19 @@ async fn insert_pg(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Erro
     } else {
         Cow::Borrowed(rows)
     };
-    let mut tx = pool.begin().await?;
-    insert_rows::<Postgres>(&rows).build().execute(&mut *tx).await?;
-    crate::analytics::roll_up_pg(&mut tx, &rows).await?;
+    let mut tx = conn.begin().await?;
+    let mut qb = insert_rows::<Postgres>(&rows);
+    qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+    let new: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
+    let fresh: Cow<[UsageRecord]> = if new.len() == rows.len() {
+        rows
+    } else {
+        let new: HashSet<&str> = new.iter().map(String::as_str).collect();
+        Cow::Owned(rows.iter().filter(|r| new.contains(r.id.as_str())).cloned().collect())
+    };
+    if !fresh.is_empty() {
+        crate::analytics::roll_up_pg(&mut tx, &fresh).await?;
+    }
     tx.commit().await
 }
 

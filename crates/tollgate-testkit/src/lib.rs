@@ -8,7 +8,8 @@
 //! [`anthropic`], [`google`] (Gemini API and Vertex AI, with its OAuth token
 //! endpoint), [`bedrock`] (Converse, ConverseStream, STS). Beside them,
 //! [`redis_server`] runs a throwaway Redis for tests that stop or inspect it;
-//! [`postgres_db`] makes a throwaway PostgreSQL database.
+//! [`postgres_db`] makes a throwaway PostgreSQL database, and [`tcp_proxy`]
+//! stands in front of one so that a test can cut it off and restore it.
 
 // Test support only: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,6 +23,7 @@ pub mod openai;
 pub mod postgres_db;
 pub mod redis_server;
 pub mod responses;
+pub mod tcp_proxy;
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};

@@ -227,7 +227,7 @@ pub async fn logs(
     };
     // Read your own writes: every request already answered is in the log.
     state.usage.flush().await;
-    let (total, rows) = state.store.request_log().list(&f).await.map_err(AdminError::internal)?;
+    let (total, rows) = state.store.request_log().list(&f).await?;
     Ok(Json(
         json!({"object": "list", "total": total, "data": rows.iter().map(record_json).collect::<Vec<_>>()}),
     ))

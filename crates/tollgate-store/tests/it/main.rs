@@ -10,3 +10,4 @@ mod notify;
 mod postgres;
 mod redis_breakers;
 mod redis_counters;
+mod usage_outage;

@@ -196,7 +196,7 @@ async fn control_plane_round_trips_on_postgres() {
     db.drop_db().await;
 }
 
-fn logged(i: i64, ws: &str, status: u16) -> UsageRecord {
+pub(crate) fn logged(i: i64, ws: &str, status: u16) -> UsageRecord {
     UsageRecord {
         id: format!("req-{i}"),
         created_at: t(i),
