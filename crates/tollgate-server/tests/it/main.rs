@@ -13,6 +13,7 @@ mod hardening;
 mod input_bounds;
 mod limits;
 mod metrics;
+mod nginx;
 mod postgres;
 mod protocols;
 mod provisioning;
