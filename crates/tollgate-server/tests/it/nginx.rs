@@ -1,8 +1,8 @@
 //! Tollgate deployed as docs/DEPLOY.md says: three `tollgate serve`
 //! processes on one PostgreSQL database and one Redis, with the same master
 //! key and each its own data directory, behind Debian's nginx running the
-//! example `deploy/nginx.conf` itself (only the replica addresses and the
-//! port replaced). Limits hold exactly across the replicas, consumption,
+//! example `deploy/nginx.conf` itself, TLS included (only the replica
+//! addresses, ports and certificate paths replaced). Limits hold exactly across the replicas, consumption,
 //! resets and alerts are the same whichever replica answers, a revoked key
 //! is refused everywhere within a second, streams pass through nginx as they
 //! come, and a dashboard session stays on its replica.
@@ -30,33 +30,76 @@ const NGINX: &str = "/usr/sbin/nginx";
 const REDIS: &str = "redis://127.0.0.1:6379";
 /// The example operators copy; the test runs this very text.
 const SITE: &str = include_str!("../../../../deploy/nginx.conf");
-/// The example's replica addresses and listener, replaced by the test's.
+/// The example's replica addresses, listeners and certificate directory,
+/// replaced by the test's.
 const EXAMPLE_REPLICAS: [&str; 3] = ["10.0.0.11:8787", "10.0.0.12:8787", "10.0.0.13:8787"];
-const EXAMPLE_LISTEN: &str = "listen 80;";
+const EXAMPLE_HTTP: &str = "listen 80;";
+const EXAMPLE_HTTPS: &str = "listen 443 ssl http2;";
+const EXAMPLE_CERTS: &str = "/etc/letsencrypt/live/gateway.example.com/";
 /// The longest a revocation through one replica may take to reach another.
 const REVOKED_EVERYWHERE_WITHIN: Duration = Duration::from_secs(1);
 
-/// `deploy/nginx.conf` with the test's replica addresses and port: every
-/// example address and the listener must be there, so that an edit of the
+/// `deploy/nginx.conf` with the test's replica addresses, ports and
+/// certificates: each example value must be there, so that an edit of the
 /// example that the test would no longer follow fails here.
-fn site(replicas: [&str; 3], port: u16) -> String {
+fn site(replicas: [&str; 3], http_port: u16, https_port: u16, certs: &Path) -> String {
     let mut conf = SITE.to_owned();
-    for (example, real) in EXAMPLE_REPLICAS.iter().zip(replicas) {
-        assert!(conf.contains(example), "deploy/nginx.conf names {example}");
+    let mut swap = |example: &str, real: &str| {
+        assert!(conf.contains(example), "deploy/nginx.conf has {example}");
         conf = conf.replace(example, real);
+    };
+    for (example, real) in EXAMPLE_REPLICAS.iter().zip(replicas) {
+        swap(example, real);
     }
-    assert_eq!(conf.matches(EXAMPLE_LISTEN).count(), 1, "deploy/nginx.conf: {EXAMPLE_LISTEN}");
-    conf.replace(EXAMPLE_LISTEN, &format!("listen 127.0.0.1:{port};"))
+    swap(EXAMPLE_HTTP, &format!("listen 127.0.0.1:{http_port};"));
+    swap(EXAMPLE_HTTPS, &format!("listen 127.0.0.1:{https_port} ssl http2;"));
+    swap(EXAMPLE_CERTS, &format!("{}/", certs.display()));
+    conf
 }
 
-/// Debian's nginx as a child process (`daemon off`), its prefix, pid file
-/// and temporary files in a directory of its own, the site included inside
-/// `http { }` as /etc/nginx/nginx.conf does with conf.d; stopped with
-/// SIGQUIT (graceful) when dropped.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Runs `openssl` in `dir`; it must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (apt-get install openssl)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A test certificate authority and, signed by it, the certificate for
+/// 127.0.0.1 that nginx serves (`fullchain.pem`, `privkey.pem` in `dir`,
+/// named as Let's Encrypt names them). Returns the authority's PEM.
+fn certificates(dir: &Path) -> Vec<u8> {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(dir, &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Tollgate test CA"]].concat());
+    openssl(dir, &[&["req"][..], &ec, &["-keyout", "privkey.pem", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").expect("ext");
+    openssl(dir, &["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "fullchain.pem", "-days", "2", "-extfile", "leaf.ext"]);
+    std::fs::read(dir.join("ca.pem")).expect("ca.pem")
+}
+
+/// Debian's nginx as a child process (`daemon off`), its prefix, pid file,
+/// certificates and temporary files in a directory of its own, the site
+/// included inside `http { }` as /etc/nginx/nginx.conf does with conf.d;
+/// stopped with SIGQUIT (graceful) when dropped.
 struct Nginx {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// `https://127.0.0.1:PORT`.
     url: String,
+    /// `http://127.0.0.1:PORT`, which only redirects.
+    plain_url: String,
+    /// The certificate authority that signed nginx's certificate.
+    ca: Vec<u8>,
     _dir: TempDir,
 }
 
@@ -70,12 +113,14 @@ impl Nginx {
         // nginx's workers run as an unprivileged user when the master is root.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .expect("chmod");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let ca = certificates(dir.path());
+        let (http_port, https_port) = (free_port(), free_port());
         let d = dir.path().display();
-        std::fs::write(dir.path().join("tollgate.conf"), site(replicas, port)).expect("site");
+        std::fs::write(
+            dir.path().join("tollgate.conf"),
+            site(replicas, http_port, https_port, dir.path()),
+        )
+        .expect("site");
         let main = format!(
             "worker_processes 2;\n\
              events {{ worker_connections 2048; }}\n\
@@ -106,18 +151,31 @@ impl Nginx {
         let mut n = Nginx {
             child,
             output,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("https://127.0.0.1:{https_port}"),
+            plain_url: format!("http://127.0.0.1:{http_port}"),
+            ca,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = n.child.try_wait() {
-                panic!("nginx exited with {status}: {}", n.output.lock());
+        for port in [http_port, https_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = n.child.try_wait() {
+                    panic!("nginx exited with {status}: {}", n.output.lock());
+                }
+                assert!(Instant::now() < deadline, "nginx did not start: {}", n.output.lock());
+                std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(Instant::now() < deadline, "nginx did not start: {}", n.output.lock());
-            std::thread::sleep(Duration::from_millis(20));
         }
         n
+    }
+
+    /// A client that trusts nginx's certificate, following no redirects.
+    fn client(&self) -> Client {
+        Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca).expect("CA"))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
     }
 }
 
@@ -280,9 +338,14 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
     let (a, b, c) = (replicas[0], replicas[1], replicas[2]);
     let nginx = Nginx::start([a.addr(), b.addr(), c.addr()]);
     let lb = nginx.url.as_str();
-    let http = Client::new();
+    let http = nginx.client();
     let (s, health) = call(&http, Method::GET, &format!("{lb}/health/ready"), "", None).await;
     assert_eq!(s, 200, "{health}");
+    // Plain HTTP only redirects to HTTPS.
+    let r = http.get(format!("{}/v1/models", nginx.plain_url)).send().await.expect("http");
+    assert_eq!(r.status(), 308);
+    let to = r.headers().get("location").and_then(|l| l.to_str().ok()).unwrap_or_default();
+    assert!(to.starts_with("https://127.0.0.1") && to.ends_with("/v1/models"), "{to}");
 
     // Set up through nginx, as any admin client would: an integration whose
     // answers cost $0.30 (1,000 output tokens at 0.03 cents), a workspace
@@ -357,7 +420,7 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
     for r in &replicas {
         assert_eq!(
             key_budget(&http, &r.url, ad, &budget_id).await,
-            (json!(0.9), json!(0)),
+            (json!(0.9), json!(0.0)),
             "{}",
             r.url
         );
@@ -379,7 +442,7 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
     for r in &replicas {
         assert_eq!(
             key_budget(&http, &r.url, ad, &budget_id).await,
-            (json!(0), json!(0)),
+            (json!(0.0), json!(0.0)),
             "{}",
             r.url
         );
@@ -429,10 +492,7 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
     assert!(whole.contains("zeta") && whole.trim_end().ends_with("data: [DONE]"), "{whole}");
 
     // A dashboard session made through nginx keeps reaching its replica.
-    let browser = Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = nginx.client();
     let signed_in = browser
         .post(format!("{lb}/ui/sign-in"))
         .form(&[("api_key", ad)])
@@ -440,17 +500,19 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
         .await
         .expect("sign in");
     assert_eq!(signed_in.status(), 303);
-    let cookie = signed_in
+    let set_cookie = signed_in
         .headers()
         .get("set-cookie")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
         .expect("a session cookie")
         .to_owned();
+    // nginx said X-Forwarded-Proto: https.
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap_or_default();
     for _ in 0..6 {
         let page = browser
             .get(format!("{lb}/ui/integrations"))
-            .header("cookie", &cookie)
+            .header("cookie", cookie)
             .send()
             .await
             .expect("page");
