@@ -52,6 +52,10 @@ pub const SIGNATURE_HEADER: &str = "x-tollgate-signature";
 const SMTP_TIMEOUT: StdDuration = StdDuration::from_secs(20);
 /// How long one webhook call may take.
 const WEBHOOK_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+/// How long a claimed delivery belongs to its dispatcher: longer than an
+/// attempt can take (see the timeouts above); a dispatcher that dies
+/// meanwhile leaves the channel due again after it.
+const CLAIM_LEASE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 /// Default time between two outbox polls when nothing wakes the dispatcher.
 const DEFAULT_POLL: StdDuration = StdDuration::from_secs(5);
 /// Alerts read from the outbox per round.
@@ -356,6 +360,12 @@ impl Dispatcher {
     ) -> Result<(), AlertError> {
         for channel in Channel::ALL {
             if !entry.is_due(channel, now) {
+                continue;
+            }
+            // Another replica's dispatcher may have read the same entry.
+            let seen = entry.channel(channel).next_attempt_at;
+            if !self.outbox.claim(&entry.id, channel, seen, now + CLAIM_LEASE).await? {
+                tracing::debug!(alert_id = %entry.id, channel = channel.as_str(), "alert taken by another dispatcher");
                 continue;
             }
             let outcome = match channel {

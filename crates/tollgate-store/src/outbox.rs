@@ -12,8 +12,9 @@
 //! The table is self-contained (`Outbox::init` creates it) and its SQL sticks
 //! to what SQLite and PostgreSQL share: text ids, `BIGINT` unix milliseconds,
 //! `$n` parameters, `ON CONFLICT DO NOTHING`. Time always comes from the
-//! caller. One dispatcher per database is assumed: `due` reads, it does not
-//! lease rows to competing workers.
+//! caller. Several dispatchers may share one database (replicas on
+//! PostgreSQL): `due` only reads, and a dispatcher [`Outbox::claim`]s a
+//! channel before delivering on it, so that exactly one of them sends it.
 
 use crate::db::{on_db, Db};
 use chrono::{DateTime, Duration, Utc};
@@ -381,6 +382,36 @@ impl Outbox {
         })
     }
 
+    /// Takes channel `channel` of alert `id` for one delivery attempt, if
+    /// no other dispatcher took it since `seen_next_at` was read (the
+    /// channel's `next_attempt_at` in [`Outbox::due`]'s entry): its next
+    /// attempt moves to `lease_until`, a compare-and-set that only one
+    /// dispatcher wins. The winner then marks it sent, skipped or failed; if
+    /// it dies first, the channel is due again at `lease_until`.
+    pub async fn claim(
+        &self,
+        id: &str,
+        channel: Channel,
+        seen_next_at: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<bool, OutboxError> {
+        on_db!(&self.db, |pool| {
+            let (state, _, next, _, _) = channel.cols();
+            let sql = format!(
+                "UPDATE alert_outbox SET {next} = $3
+             WHERE id = $1 AND {state} = 'pending' AND {next} = $2"
+            );
+            let n = sqlx::query(&sql)
+                .bind(id)
+                .bind(millis(seen_next_at))
+                .bind(millis(lease_until))
+                .execute(pool)
+                .await?
+                .rows_affected();
+            Ok(n == 1)
+        })
+    }
+
     /// One alert by id.
     pub async fn get(&self, id: &str) -> Result<Option<OutboxEntry>, OutboxError> {
         on_db!(&self.db, |pool| {
@@ -726,6 +757,41 @@ mod tests {
         assert!(!o.mark_sent("e1", Channel::Webhook, retry).await.unwrap());
         assert!(!o.mark_failed("e1", Channel::Email, "late", retry).await.unwrap());
         assert_eq!(o.get("e1").await.unwrap().unwrap().email.state, ChannelState::Sent);
+    }
+
+    #[tokio::test]
+    async fn of_two_dispatchers_that_read_a_channel_only_one_claims_it() {
+        let o = outbox().await;
+        o.enqueue(&alert("e1", "l1", AlertKind::Threshold), t0()).await.unwrap();
+        // Both read the entry as due; the first claim wins, the second,
+        // made from the same reading, loses.
+        let (a, b) = (o.due(t0(), 10).await.unwrap(), o.due(t0(), 10).await.unwrap());
+        let lease = t0() + Duration::minutes(5);
+        let seen = a[0].email.next_attempt_at;
+        assert_eq!(seen, b[0].email.next_attempt_at);
+        assert!(o.claim("e1", Channel::Email, seen, lease).await.unwrap());
+        assert!(!o.claim("e1", Channel::Email, seen, lease).await.unwrap());
+        // The other channel is claimed on its own.
+        assert!(o
+            .claim("e1", Channel::Webhook, b[0].webhook.next_attempt_at, lease)
+            .await
+            .unwrap());
+        // A claimed channel is not due until its lease ends: a dispatcher
+        // that died holding it leaves it to the next one then.
+        assert!(o.due(lease - Duration::seconds(1), 10).await.unwrap().is_empty());
+        let again = o.due(lease, 10).await.unwrap();
+        assert!(again[0].is_due(Channel::Email, lease));
+        assert!(o
+            .claim("e1", Channel::Email, lease, lease + Duration::minutes(5))
+            .await
+            .unwrap());
+        // Sent: nothing to claim any more; an unknown id claims nothing.
+        assert!(o.mark_sent("e1", Channel::Email, lease).await.unwrap());
+        assert!(!o
+            .claim("e1", Channel::Email, lease + Duration::minutes(5), lease)
+            .await
+            .unwrap());
+        assert!(!o.claim("nope", Channel::Email, t0(), lease).await.unwrap());
     }
 
     #[tokio::test]

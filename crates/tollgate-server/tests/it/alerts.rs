@@ -337,6 +337,43 @@ async fn enqueued_twice_for_same_limit_and_period_is_delivered_once() {
     assert_eq!(recv.hits.lock().len(), 1);
 }
 
+/// Replicas on one PostgreSQL database each run a dispatcher over the same
+/// outbox, and each may read an alert as due before another has sent it:
+/// every alert still goes out once on each channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dispatchers_of_several_replicas_deliver_each_alert_once() {
+    let (port, mut mails) = smtp_on_port_0().await;
+    let (url, recv, _) = webhook_receiver(0).await;
+    let db = crate::postgres::TestDb::create().await;
+    let shared: SharedClock = Arc::new(ManualClock::new(t0()));
+    let mut dispatchers = Vec::new();
+    for _ in 0..3 {
+        let store = tollgate_store::Store::open(&tollgate_store::Location::Postgres(db.url.clone()))
+            .await
+            .unwrap();
+        let d = Dispatcher::new(store.outbox(), &config(Some(port), Some(url.clone())), shared.clone()).unwrap();
+        dispatchers.push(d);
+    }
+    for i in 0..5 {
+        let e = dispatchers[i % 3]
+            .handle()
+            .enqueue(&alert(&format!("evt-{i}"), &format!("key-{i}")))
+            .await
+            .unwrap();
+        assert!(e.new);
+    }
+    let reports = futures::future::join_all(dispatchers.iter().map(|d| d.run_once())).await;
+    let sent: u32 = reports.into_iter().map(|r| r.unwrap().sent).sum();
+    assert_eq!(sent, 10, "5 e-mails and 5 webhooks");
+    let mut emails = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(std::time::Duration::from_millis(500), mails.recv()).await {
+        emails += 1;
+    }
+    assert_eq!(emails, 5);
+    assert_eq!(recv.hits.lock().len(), 5);
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn smtp_down_then_up_retries_the_email_only() {
     // A port that refuses connections: bind, note it, close it.

@@ -3,16 +3,10 @@
 //! received, and nothing in the log can stop the server from starting.
 
 use crate::gateway::{chat, setup, UPSTREAM_KEY};
+use crate::support::Proc;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::openai::{self, OpenAiMock};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
 #[tokio::test]
 async fn the_log_and_analytics_show_every_answered_request_at_once() {
@@ -49,98 +43,6 @@ async fn the_log_and_analytics_show_every_answered_request_at_once() {
     assert_eq!(r.body["summary"]["total"], 3, "{:?}", r.body);
     let r = s.app.get("/v1/logs?page_size=100", &admin).await;
     assert_eq!(r.body["total"], 3, "{:?}", r.body);
-}
-
-/// A `tollgate serve` child process; dropped, it is killed.
-struct Proc {
-    child: Child,
-    output: Arc<Mutex<String>>,
-    url: String,
-}
-
-impl Proc {
-    fn serve(dir: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env_remove("TOLLGATE_MASTER_KEY")
-            .env("TOLLGATE_LOG_LEVEL", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tollgate");
-        // stdout and stderr into one text: the first admin key and the
-        // listening address are found wherever they are printed.
-        let output = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let sink = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut s = sink.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            });
-        }
-        let mut p = Proc {
-            child,
-            output,
-            url: String::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        p.url = loop {
-            let text = p.output();
-            if let Some(url) = text
-                .lines()
-                .find_map(|l| l.split("listening on ").nth(1).map(|u| u.trim().to_owned()))
-            {
-                break url;
-            }
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("tollgate exited with {status}: {text}");
-            }
-            assert!(Instant::now() < deadline, "tollgate did not start: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        p
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    /// The first admin key, printed on stdout; "listening" comes on stderr,
-    /// read by another thread, so the key may land a moment later.
-    fn first_key(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(k) = self.output().split_whitespace().find(|w| w.starts_with("tg-")) {
-                return k.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the first admin key is printed: {}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn call(url: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {

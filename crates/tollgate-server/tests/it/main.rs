@@ -16,6 +16,7 @@ mod hardening;
 mod input_bounds;
 mod limits;
 mod metrics;
+mod nginx;
 mod pg_outage;
 mod postgres;
 mod protocols;

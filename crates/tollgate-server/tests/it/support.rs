@@ -1,9 +1,15 @@
 //! The test harness: a Tollgate server started in process on port 0 with its
-//! own temporary data directory, and a small JSON client.
+//! own temporary data directory, and a small JSON client; and `tollgate serve`
+//! as a child process, as an operator runs it.
 
+use parking_lot::Mutex;
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tollgate_core::clock::{SharedClock, SystemClock};
 use tollgate_server::config::{Config, FileConfig};
@@ -193,4 +199,124 @@ pub fn manual_clock(at: &str) -> (tollgate_core::clock::ManualClock, SharedClock
     let c = tollgate_core::clock::ManualClock::new(t);
     let shared: SharedClock = Arc::new(c.clone());
     (c, shared)
+}
+
+/// The built `tollgate` binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// Collects a child's stdout and stderr lines into one text, read by a
+/// thread each, so that nothing it prints is lost or blocks it.
+pub fn capture(child: &mut Child) -> Arc<Mutex<String>> {
+    let output = Arc::new(Mutex::new(String::new()));
+    let pipes: Vec<Box<dyn Read + Send>> = [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for pipe in pipes {
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    output
+}
+
+/// A `tollgate serve` child process; dropped, it is killed.
+pub struct Proc {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    /// `http://127.0.0.1:PORT`, from its "listening on" line.
+    pub url: String,
+}
+
+impl Proc {
+    /// `serve` on `dir` with its own key file.
+    pub fn serve(dir: &Path) -> Proc {
+        Self::serve_with(dir, &[])
+    }
+
+    /// `serve` on `dir` on a free port, with `TOLLGATE_*` settings in `env`
+    /// (`TOLLGATE_MASTER_KEY` only if `env` has it); returns once it listens.
+    pub fn serve_with(dir: &Path, env: &[(&str, &str)]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env_remove("TOLLGATE_MASTER_KEY")
+            .env("TOLLGATE_LOG_LEVEL", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tollgate");
+        // The first admin key and the listening address are found wherever
+        // they are printed.
+        let output = capture(&mut child);
+        let mut p = Proc {
+            child,
+            output,
+            url: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        p.url = loop {
+            let text = p.output();
+            if let Some(url) = text
+                .lines()
+                .find_map(|l| l.split("listening on ").nth(1).map(|u| u.trim().to_owned()))
+            {
+                break url;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("tollgate exited with {status}: {text}");
+            }
+            assert!(Instant::now() < deadline, "tollgate did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        p
+    }
+
+    /// `HOST:PORT` it listens on.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().clone()
+    }
+
+    /// The first admin key, printed on stdout; "listening" comes on stderr,
+    /// read by another thread, so the key may land a moment later.
+    pub fn first_key(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(k) = self.output().split_whitespace().find(|w| w.starts_with("tg-")) {
+                return k.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the first admin key is printed: {}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
