@@ -6,6 +6,7 @@
 
 use crate::openai::relay;
 use crate::transport::{self, add_custom_headers, config_str, header_value, openai_message, secret, segment_name};
+use crate::chat::Body;
 use crate::{Adapter, Call, Endpoint, ProviderError, Target, UpstreamResponse};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName};
@@ -35,9 +36,10 @@ impl Adapter for Azure {
                 let url = responses_url(&call.target, None)?;
                 let deployment = deployment(call.target.config, call.target.model);
                 let mut body = call.body.clone();
-                let object = body
-                    .as_object_mut()
-                    .ok_or_else(|| ProviderError::Unsupported("the request body must be a JSON object".into()))?;
+                let object = match &mut body {
+                    Body::Json(Value::Object(o)) => o,
+                    _ => return Err(ProviderError::Unsupported("the request body must be a JSON object".into())),
+                };
                 object.insert("model".into(), Value::String(deployment.to_owned()));
                 let call = Call { body: &body, ..call };
                 relay(http, url.as_str(), key_header(&call.target)?, &call).await
