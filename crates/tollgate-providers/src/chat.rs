@@ -94,18 +94,6 @@ impl ChatRequest {
         self.stream = Some(true);
         self.stream_options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
     }
-
-    /// The request with `params` set over its fields (a routing target's
-    /// `override_params`), read again so that typed fields stay typed.
-    pub fn with_params(self, params: &Map<String, Value>) -> Result<ChatRequest, serde_json::Error> {
-        let mut v = serde_json::to_value(self)?;
-        if let Value::Object(o) = &mut v {
-            for (k, p) in params {
-                o.insert(k.clone(), p.clone());
-            }
-        }
-        serde_json::from_value(v)
-    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -428,6 +416,35 @@ impl Body {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.json().and_then(|v| v.get(key))
     }
+
+    /// `model`, when the client sent a non-empty string.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Body::Chat(c) => Some(c.model.as_str()),
+            Body::Json(v) => v.get("model").and_then(Value::as_str),
+        }
+        .filter(|m| !m.is_empty())
+    }
+
+    /// `user`, the end user's id.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Body::Chat(c) => c.user.as_deref(),
+            Body::Json(v) => v.get("user").and_then(Value::as_str),
+        }
+    }
+
+    /// Whether the client asked for the usage chunk of a stream
+    /// (`stream_options.include_usage`).
+    pub fn wants_usage(&self) -> bool {
+        match self {
+            Body::Chat(c) => c.wants_usage(),
+            Body::Json(v) => v
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
 }
 
 impl Serialize for Body {
@@ -551,16 +568,6 @@ mod tests {
     }
 
     #[test]
-    fn params_override_typed_and_unknown_fields() {
-        let r: ChatRequest = serde_json::from_value(json!({"model": "m", "max_tokens": 5, "top_k": 1})).unwrap();
-        let params = json!({"max_tokens": 9, "top_k": 2, "model": "n"});
-        let r = r.with_params(params.as_object().unwrap()).unwrap();
-        assert_eq!((r.model.as_str(), r.max_tokens, &r.extra["top_k"]), ("n", Some(9), &json!(2)));
-        let bad = json!({"max_tokens": "x"});
-        assert!(r.with_params(bad.as_object().unwrap()).is_err());
-    }
-
-    #[test]
     fn bodies_of_other_endpoints_stay_json() {
         let b = Body::from_json(Endpoint::Embeddings, json!({"input": "x"})).unwrap();
         assert_eq!(b.get("input"), Some(&json!("x")));
@@ -569,5 +576,15 @@ mod tests {
         assert_eq!(c.chat().map(|c| c.model.as_str()), Some("m"));
         assert_eq!(c.get("model"), None);
         assert!(Body::from_json(Endpoint::ChatCompletions, json!({"n": "x"})).is_err());
+        for body in [&b, &c] {
+            assert_eq!((body.user(), body.wants_usage()), (None, false));
+        }
+        assert_eq!(b.model(), None);
+        let b = Body::Json(json!({"model": "m", "user": "u", "stream_options": {"include_usage": true}}));
+        let c = Body::from_json(Endpoint::ChatCompletions, b.json().unwrap().clone()).unwrap();
+        for body in [&b, &c] {
+            assert_eq!((body.model(), body.user(), body.wants_usage()), (Some("m"), Some("u"), true));
+        }
+        assert_eq!(Body::Json(json!({"model": ""})).model(), None);
     }
 }

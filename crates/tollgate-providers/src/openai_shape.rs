@@ -382,7 +382,7 @@ impl<'a> Sampling<'a> {
                 frequency_penalty: c.frequency_penalty.as_ref(),
                 seed: c.seed.as_ref(),
                 stop: c.stop_sequences(),
-                user: c.user.as_deref(),
+                user: body.user(),
             },
             Body::Json(v) => {
                 let count = |k: &str| v.get(k).and_then(Value::as_u64);
@@ -403,7 +403,7 @@ impl<'a> Sampling<'a> {
                         Some(Value::Array(a)) => Some(a.iter().filter_map(Value::as_str).collect()),
                         _ => None,
                     },
-                    user: v.get("user").and_then(Value::as_str),
+                    user: body.user(),
                 }
             }
         }
