@@ -45,7 +45,12 @@ impl Adapter for Anthropic {
             // The client's own Messages request, `model` already rewritten.
             serde_json::to_vec(call.body)
         } else {
-            serde_json::to_vec(&to_messages_request(call.endpoint, call.body, call.target.model, call.stream)?)
+            serde_json::to_vec(&to_messages_request(
+                call.endpoint,
+                call.body,
+                call.target.model,
+                call.stream,
+            )?)
         };
         let headers = headers(&call.target)?;
         let body = body.map_err(|e| ProviderError::Unsupported(e.to_string()))?;
@@ -208,12 +213,7 @@ fn unsupported(msg: impl Into<String>) -> ProviderError {
 // ---------------------------------------------------------------------------
 
 /// Translates an OpenAI chat or completions body into a Messages request.
-pub fn to_messages_request(
-    endpoint: Endpoint,
-    body: &Body,
-    model: &str,
-    stream: bool,
-) -> Result<Value, ProviderError> {
+pub fn to_messages_request(endpoint: Endpoint, body: &Body, model: &str, stream: bool) -> Result<Value, ProviderError> {
     let sampling = Sampling::of(body);
     if sampling.n.is_some_and(|n| n > 1) {
         return Err(unsupported("n > 1 is not supported on Anthropic"));
@@ -371,9 +371,7 @@ fn user_blocks(content: &Content) -> Result<Vec<Value>, ProviderError> {
 /// An `image_url` part: a data URL becomes a base64 source, an http(s) URL
 /// a url source.
 fn image_block(part: &ContentPart) -> Result<Value, ProviderError> {
-    let url = part
-        .image_url()
-        .ok_or_else(|| unsupported("image_url needs a url"))?;
+    let url = part.image_url().ok_or_else(|| unsupported("image_url needs a url"))?;
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',').ok_or_else(|| unsupported("malformed data URL"))?;
         let media_type = meta
@@ -393,22 +391,22 @@ fn image_block(part: &ContentPart) -> Result<Value, ProviderError> {
 fn assistant_blocks(message: &Message) -> Result<Vec<Value>, ProviderError> {
     let mut out: Vec<Value> = text_block(&text_of(&message.content)?).into_iter().collect();
     for c in message.tool_calls() {
-            let id = c.id.as_deref().ok_or_else(|| unsupported("a tool call needs an id"))?;
-            let f = c
-                .function
-                .as_ref()
-                .ok_or_else(|| unsupported("a tool call needs a function"))?;
-            let name = f
-                .name
-                .as_deref()
-                .ok_or_else(|| unsupported("a tool call needs a function name"))?;
-            let args = f.arguments.as_deref().unwrap_or_default();
-            let input: Value = if args.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(args).map_err(|_| unsupported("tool call arguments are not valid JSON"))?
-            };
-            out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
+        let id = c.id.as_deref().ok_or_else(|| unsupported("a tool call needs an id"))?;
+        let f = c
+            .function
+            .as_ref()
+            .ok_or_else(|| unsupported("a tool call needs a function"))?;
+        let name = f
+            .name
+            .as_deref()
+            .ok_or_else(|| unsupported("a tool call needs a function name"))?;
+        let args = f.arguments.as_deref().unwrap_or_default();
+        let input: Value = if args.trim().is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str(args).map_err(|_| unsupported("tool call arguments are not valid JSON"))?
+        };
+        out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
     }
     Ok(out)
 }
@@ -764,7 +762,12 @@ mod tests {
     use crate::sse::testing::frames;
 
     fn chat(body: Value) -> Result<Value, ProviderError> {
-        to_messages_request(Endpoint::ChatCompletions, &request(Endpoint::ChatCompletions, body), "claude-x", false)
+        to_messages_request(
+            Endpoint::ChatCompletions,
+            &request(Endpoint::ChatCompletions, body),
+            "claude-x",
+            false,
+        )
     }
 
     /// The body of a call to `endpoint`, as the adapter gets it.

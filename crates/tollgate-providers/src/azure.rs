@@ -4,9 +4,9 @@
 //! at `{base}/openai/responses` (not per deployment: `model` names the
 //! deployment), and stored responses are fetched from there.
 
+use crate::chat::Body;
 use crate::openai::relay;
 use crate::transport::{self, add_custom_headers, config_str, header_value, openai_message, secret, segment_name};
-use crate::chat::Body;
 use crate::{Adapter, Call, Endpoint, ProviderError, Target, UpstreamResponse};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName};
@@ -38,7 +38,11 @@ impl Adapter for Azure {
                 let mut body = call.body.clone();
                 let object = match &mut body {
                     Body::Json(Value::Object(o)) => o,
-                    _ => return Err(ProviderError::Unsupported("the request body must be a JSON object".into())),
+                    _ => {
+                        return Err(ProviderError::Unsupported(
+                            "the request body must be a JSON object".into(),
+                        ))
+                    }
                 };
                 object.insert("model".into(), Value::String(deployment.to_owned()));
                 let call = Call { body: &body, ..call };

@@ -92,7 +92,9 @@ impl ChatRequest {
     /// options kept): the gateway's books need it whatever the client wants.
     pub fn ask_stream_usage(&mut self) {
         self.stream = Some(true);
-        self.stream_options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
+        self.stream_options
+            .get_or_insert_with(StreamOptions::default)
+            .include_usage = Some(true);
     }
 }
 
@@ -382,6 +384,10 @@ pub struct FunctionCall {
 /// A request body as the adapters get it: chat typed, the other endpoints
 /// (completions, embeddings, native Responses and Messages relays) as JSON.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a body lives in one Arc per request; boxing the chat request would add an allocation"
+)]
 pub enum Body {
     Chat(ChatRequest),
     Json(Value),
@@ -526,7 +532,10 @@ mod tests {
         assert_eq!(parts[1].image_detail(), Some("low"));
         assert_eq!(parts[4].kind, "some_future_part");
         assert_eq!(m[3].content, Content::Null);
-        assert_eq!(m[3].tool_calls()[0].function.as_ref().unwrap().name.as_deref(), Some("f"));
+        assert_eq!(
+            m[3].tool_calls()[0].function.as_ref().unwrap().name.as_deref(),
+            Some("f")
+        );
         assert_eq!(m[4].tool_call_id.as_deref(), Some("call_1"));
         assert_eq!(r.output_limit(), Some(200));
         assert_eq!(r.stop_sequences(), Some(vec!["\n", "END"]));
@@ -583,7 +592,10 @@ mod tests {
         let b = Body::Json(json!({"model": "m", "user": "u", "stream_options": {"include_usage": true}}));
         let c = Body::from_json(Endpoint::ChatCompletions, b.json().unwrap().clone()).unwrap();
         for body in [&b, &c] {
-            assert_eq!((body.model(), body.user(), body.wants_usage()), (Some("m"), Some("u"), true));
+            assert_eq!(
+                (body.model(), body.user(), body.wants_usage()),
+                (Some("m"), Some("u"), true)
+            );
         }
         assert_eq!(Body::Json(json!({"model": ""})).model(), None);
     }

@@ -7,9 +7,9 @@
 //! bytes, a stream as the upstream's own `data:` payloads. Only `usage` is
 //! parsed, with a struct that skips everything else.
 
+use crate::chat::Body;
 use crate::sse::{self, Flow, SseEvent, Translate};
 use crate::transport::{self, add_custom_headers, bearer, header_value, join_url, openai_message, secret};
-use crate::chat::Body;
 use crate::{Adapter, Call, ProviderError, StreamItem, Target, UpstreamResponse};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -578,7 +578,10 @@ mod tests {
         if let Body::Chat(c) = &mut prepared {
             c.ask_stream_usage();
         }
-        assert_eq!(prepared, Body::from_json(Endpoint::ChatCompletions, expected.clone()).unwrap());
+        assert_eq!(
+            prepared,
+            Body::from_json(Endpoint::ChatCompletions, expected.clone()).unwrap()
+        );
         assert_eq!(sent(call(Endpoint::ChatCompletions, &prepared)), expected);
         let completion = Body::Json(json);
         assert_eq!(sent(call(Endpoint::Completions, &completion)), expected);

@@ -543,7 +543,11 @@ mod tests {
         assert!(
             matches!(history_tool_calls(&nameless, false), Err(ProviderError::Unsupported(ref e)) if e.contains("name"))
         );
-        assert!(history_tool_calls(&message(json!({"role": "assistant", "content": "hi"})), true).unwrap().is_empty());
+        assert!(
+            history_tool_calls(&message(json!({"role": "assistant", "content": "hi"})), true)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -570,13 +574,22 @@ mod tests {
         let json = Body::Json(v);
         for body in [&chat, &json] {
             let s = Sampling::of(body);
-            assert_eq!((s.max_tokens, s.n, s.stop, s.user), (Some(7), Some(2), Some(vec!["x"]), Some("u")));
+            assert_eq!(
+                (s.max_tokens, s.n, s.stop, s.user),
+                (Some(7), Some(2), Some(vec!["x"]), Some("u"))
+            );
             let numbers = [s.temperature, s.top_p, s.presence_penalty, s.frequency_penalty, s.seed];
-            assert_eq!(numbers.map(|n| n.map(ToString::to_string)), ["0.5", "1", "0.1", "0.2", "3"].map(|n| Some(n.to_owned())));
+            assert_eq!(
+                numbers.map(|n| n.map(ToString::to_string)),
+                ["0.5", "1", "0.1", "0.2", "3"].map(|n| Some(n.to_owned()))
+            );
         }
         let loose = Body::Json(json!({"max_tokens": 4, "stop": ["a", 1, "b"], "temperature": "hot"}));
         let s = Sampling::of(&loose);
-        assert_eq!((s.max_tokens, s.stop, s.temperature), (Some(4), Some(vec!["a", "b"]), None));
+        assert_eq!(
+            (s.max_tokens, s.stop, s.temperature),
+            (Some(4), Some(vec!["a", "b"]), None)
+        );
         assert!(chat_request(&json).is_err());
         assert!(chat_request(&Body::from_json(Endpoint::ChatCompletions, json!({})).unwrap()).is_err());
     }
@@ -601,7 +614,12 @@ mod tests {
 
     #[test]
     fn base64_embeddings_are_f32_le() {
-        let body = embeddings_body(&Body::Json(json!({"encoding_format": "base64"})), "m", vec![vec![1.0, -2.0]], 3);
+        let body = embeddings_body(
+            &Body::Json(json!({"encoding_format": "base64"})),
+            "m",
+            vec![vec![1.0, -2.0]],
+            3,
+        );
         let b64 = body["data"][0]["embedding"].as_str().unwrap();
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
         assert_eq!(&bytes[..4], &1.0f32.to_le_bytes());

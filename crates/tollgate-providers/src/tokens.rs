@@ -350,10 +350,7 @@ mod tests {
         assert!(most < long.len() as u64 / 2, "{most}");
         // A short one is bounded by its bytes.
         let short = json!({"input": "abc"});
-        assert_eq!(
-            bound(Endpoint::Embeddings, &short, Tokenizer::O200kBase),
-            3
-        );
+        assert_eq!(bound(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 3);
         assert_eq!(est(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 1);
     }
 
@@ -434,10 +431,7 @@ mod tests {
         let hw = count_text("hello world", t);
         for (endpoint, key) in [(Endpoint::Completions, "prompt"), (Endpoint::Embeddings, "input")] {
             assert_eq!(est(endpoint, &json!({key: "hello world"}), t), hw);
-            assert_eq!(
-                est(endpoint, &json!({key: ["hello world", "hello world"]}), t),
-                2 * hw
-            );
+            assert_eq!(est(endpoint, &json!({key: ["hello world", "hello world"]}), t), 2 * hw);
             assert_eq!(est(endpoint, &json!({key: [1, 2, 3]}), t), 3);
             assert_eq!(est(endpoint, &json!({key: [[1, 2], [3]]}), t), 3);
             assert_eq!(est(endpoint, &json!({}), t), 0);

@@ -9,11 +9,11 @@
 //! `text_delta` / `input_json_delta`, `content_block_stop`, `message_delta`
 //! with usage, `message_stop`).
 
-use crate::chat::ChatRequest;
-use super::{typed, 
-    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, ChatCompletion,
+use super::{
+    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, typed, ChatCompletion,
     ChatUsage, ChunkEvents, ChunkStream, Invalid, StreamShaper, ToolDelta,
 };
+use crate::chat::ChatRequest;
 use serde::Deserialize;
 use serde_json::{json, Map, Number, Value};
 

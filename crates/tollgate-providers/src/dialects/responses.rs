@@ -11,11 +11,11 @@
 //! `response.function_call_arguments.delta`/`.done`, ...,
 //! `response.completed` with usage).
 
-use crate::chat::ChatRequest;
-use super::{typed, 
-    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, ChatCompletion,
+use super::{
+    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, typed, ChatCompletion,
     ChatUsage, ChunkEvents, ChunkStream, Invalid, StreamShaper, ToolDelta,
 };
+use crate::chat::ChatRequest;
 use serde::Deserialize;
 use serde_json::{json, Map, Number, Value};
 

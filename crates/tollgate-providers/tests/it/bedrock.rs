@@ -4,7 +4,9 @@
 //! and broken streams; and a recorded ConverseStream replayed as real
 //! event-stream bytes.
 
-use crate::support::{assert_usage, body_of, collect, expect_err, http, tokens, upstream, weather_tools, whole, Fixture};
+use crate::support::{
+    assert_usage, body_of, collect, expect_err, http, tokens, upstream, weather_tools, whole, Fixture,
+};
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use chrono::Utc;

@@ -526,8 +526,7 @@ fn parse(
             })?,
     };
     let body = read_body(api, raw)?;
-    let names_provider =
-        headers.contains_key("x-portkey-provider") || body.model().is_some_and(|m| m.starts_with('@'));
+    let names_provider = headers.contains_key("x-portkey-provider") || body.model().is_some_and(|m| m.starts_with('@'));
     let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
     Ok((
         Parsed {
@@ -827,9 +826,13 @@ fn stream_and_max_tokens(endpoint: Endpoint, body: &Body) -> Result<(bool, Optio
     };
     // Both are checked; the larger bounds the worst case whichever the
     // upstream heeds.
-    let max_tokens = within("max_completion_tokens", chat.max_completion_tokens, 0, MAX_OUTPUT_TOKENS)?.max(
-        within("max_tokens", chat.max_tokens, 0, MAX_OUTPUT_TOKENS)?,
-    );
+    let max_tokens = within(
+        "max_completion_tokens",
+        chat.max_completion_tokens,
+        0,
+        MAX_OUTPUT_TOKENS,
+    )?
+    .max(within("max_tokens", chat.max_tokens, 0, MAX_OUTPUT_TOKENS)?);
     let choices = within("n", chat.n, 1, MAX_CHOICES)?.unwrap_or(1);
     Ok((chat.stream.unwrap_or(false), max_tokens, choices))
 }
@@ -872,10 +875,18 @@ fn bad_model_id() -> GatewayError {
 
 /// The integer field `name` of the body, if present (`null` counts as absent),
 /// which must lie in `min..=max`.
-fn bounded(obj: &serde_json::Map<String, Value>, name: &'static str, min: u64, max: u64) -> Result<Option<u64>, GatewayError> {
+fn bounded(
+    obj: &serde_json::Map<String, Value>,
+    name: &'static str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, GatewayError> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().ok_or_else(|| out_of_bounds(name, min, max)).and_then(|n| within(name, Some(n), min, max)),
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| out_of_bounds(name, min, max))
+            .and_then(|n| within(name, Some(n), min, max)),
     }
 }
 
@@ -1081,6 +1092,126 @@ mod tests {
             resolve_names(&h, "gpt-4o"),
             Err(GatewayError::InvalidRequest { .. })
         ));
+    }
+
+    /// The message and `param` of a 400.
+    fn refusal(e: GatewayError) -> (String, Option<String>) {
+        match e {
+            GatewayError::InvalidRequest { message, param } => (message, param),
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    fn chat_body(v: Value) -> Result<Body, GatewayError> {
+        read_body(Api::OpenAi(Endpoint::ChatCompletions), &serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn a_chat_body_is_read_typed_and_refused_naming_the_field() {
+        let ok =
+            chat_body(serde_json::json!({"model": "@a/b", "messages": [{"role": "user", "content": "x"}], "top_k": 3}));
+        let Ok(Body::Chat(chat)) = ok else { panic!("typed") };
+        assert_eq!(
+            (chat.model.as_str(), &chat.extra["top_k"]),
+            ("@a/b", &serde_json::json!(3))
+        );
+        let chat_api = Api::OpenAi(Endpoint::ChatCompletions);
+        assert!(refusal(read_body(chat_api, b"{oops").unwrap_err())
+            .0
+            .contains("not valid JSON"));
+        assert_eq!(
+            refusal(read_body(chat_api, b"[1]").unwrap_err()).0,
+            "request body must be a JSON object"
+        );
+        let m = serde_json::json!([{"role": "user", "content": "x"}]);
+        for (body, param) in [
+            (serde_json::json!({"model": 5, "messages": m}), Some("model")),
+            (serde_json::json!({"model": "@a/b", "messages": {}}), Some("messages")),
+            (
+                serde_json::json!({"model": "@a/b", "messages": m, "stream": "yes"}),
+                Some("stream"),
+            ),
+            (
+                serde_json::json!({"model": "@a/b", "messages": m, "max_tokens": "10"}),
+                Some("max_tokens"),
+            ),
+            (
+                serde_json::json!({"model": "@a/b", "messages": m, "max_completion_tokens": -1}),
+                Some("max_completion_tokens"),
+            ),
+            (serde_json::json!({"model": "@a/b", "messages": m, "n": 1.5}), Some("n")),
+            (
+                serde_json::json!({"model": "@a/b", "messages": [{"role": "user", "content": 5}]}),
+                None,
+            ),
+            (
+                serde_json::json!({"model": "@a/b", "messages": m, "temperature": "hot"}),
+                None,
+            ),
+        ] {
+            let (message, got) = refusal(chat_body(body.clone()).unwrap_err());
+            assert_eq!(got.as_deref(), param, "{body}: {message}");
+            if param.is_none() {
+                assert!(message.starts_with("invalid chat request: "), "{message}");
+            }
+        }
+        // Other APIs keep their JSON.
+        let b = read_body(Api::OpenAi(Endpoint::Embeddings), br#"{"input": 5}"#).unwrap();
+        assert_eq!(b.get("input"), Some(&serde_json::json!(5)));
+        assert!(read_body(Api::Responses, b"3").is_err());
+    }
+
+    #[test]
+    fn a_targets_params_stay_typed() {
+        let body = chat_body(serde_json::json!({"model": "@a/b", "messages": [], "max_tokens": 5})).unwrap();
+        let params = serde_json::json!({"max_tokens": 7, "top_k": 1});
+        let Ok(Body::Chat(chat)) = with_params(body.clone(), params.as_object().unwrap()) else {
+            panic!("typed")
+        };
+        assert_eq!(
+            (chat.max_tokens, &chat.extra["top_k"]),
+            (Some(7), &serde_json::json!(1))
+        );
+        let bad = serde_json::json!({"n": "x"});
+        let (_, param) = refusal(with_params(body, bad.as_object().unwrap()).unwrap_err());
+        assert_eq!(param.as_deref(), Some("n"));
+        let json = with_params(
+            Body::Json(serde_json::json!({"input": "x"})),
+            params.as_object().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json.get("max_tokens"), Some(&serde_json::json!(7)));
+    }
+
+    #[test]
+    fn typed_limits_are_bounded_like_json_ones() {
+        let limits = |v: Value| {
+            let Ok(body @ Body::Chat(_)) = chat_body(v.clone()) else {
+                panic!("typed")
+            };
+            let typed = stream_and_max_tokens(Endpoint::ChatCompletions, &body).map_err(refusal);
+            assert_eq!(
+                typed,
+                json_limits(Endpoint::ChatCompletions, &v).map_err(refusal),
+                "{v}"
+            );
+            typed
+        };
+        let m = serde_json::json!([]);
+        assert_eq!(limits(serde_json::json!({"messages": m})), Ok((false, None, 1)));
+        assert_eq!(
+            limits(serde_json::json!({"stream": true, "max_tokens": 9, "max_completion_tokens": 4, "n": 128})),
+            Ok((true, Some(9), 128))
+        );
+        for bad in [
+            serde_json::json!({"n": 0}),
+            serde_json::json!({"n": 129}),
+            serde_json::json!({"max_tokens": MAX_OUTPUT_TOKENS + 1}),
+            serde_json::json!({"max_completion_tokens": u64::MAX}),
+        ] {
+            assert!(limits(bad).is_err());
+        }
+        assert!(check_messages(&ChatRequest::default()).is_err());
     }
 
     #[test]

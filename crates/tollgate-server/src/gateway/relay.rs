@@ -224,7 +224,12 @@ impl Drop for Waiting {
 
 /// The usage of a request whose prompt the upstream received but whose
 /// output is unknown: its prompt, estimated, and nothing generated.
-async fn prompt_only(endpoint: Endpoint, body: Arc<tollgate_providers::chat::Body>, size: usize, tokenizer: Tokenizer) -> Usage {
+async fn prompt_only(
+    endpoint: Endpoint,
+    body: Arc<tollgate_providers::chat::Body>,
+    size: usize,
+    tokenizer: Tokenizer,
+) -> Usage {
     let prompt_tokens = super::count::tokens(size, move || tokens::estimate_prompt(endpoint, &body, tokenizer)).await;
     Usage {
         prompt_tokens,

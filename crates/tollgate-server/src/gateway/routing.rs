@@ -26,7 +26,6 @@ use crate::state::SharedState;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use parking_lot::Mutex;
-use tollgate_providers::chat::Body;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::admission::RateHeaders;
 use tollgate_core::routing::{self as rules, CircuitBreaker, ConfigError, Failure, Group, Leaf, Mode, Node, Plan};
+use tollgate_providers::chat::Body;
 use tollgate_store::usage::UsageRecord;
 
 pub const LAST_USED_OPTION_INDEX: &str = "x-portkey-last-used-option-index";
