@@ -1163,7 +1163,10 @@ mod tests {
 
     #[test]
     fn a_targets_params_stay_typed() {
-        let body = chat_body(serde_json::json!({"model": "@a/b", "messages": [], "max_tokens": 5})).unwrap();
+        let body = chat_body(
+            serde_json::json!({"model": "@a/b", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}),
+        )
+        .unwrap();
         let params = serde_json::json!({"max_tokens": 7, "top_k": 1});
         let Ok(Body::Chat(chat)) = with_params(body.clone(), params.as_object().unwrap()) else {
             panic!("typed")
