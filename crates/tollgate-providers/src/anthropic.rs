@@ -3,7 +3,8 @@
 //! streamed) translated back to `chat.completion` / `text_completion`
 //! objects and `chat.completion.chunk` frames.
 
-use crate::openai_shape::{self, Choice, ChunkWriter, Meta, ToolCall};
+use crate::chat::{Body, Content, ContentPart, Message, Role, Tool};
+use crate::openai_shape::{self, Choice, ChunkWriter, Meta, Sampling, ToolCall};
 use crate::sse::{self, Flow, SseEvent, Translate};
 use crate::transport::{self, add_custom_headers, header_value, join_url, openai_message, secret};
 use crate::{Adapter, Call, Endpoint, ProviderError, StreamItem, UpstreamResponse};
@@ -41,12 +42,17 @@ impl Adapter for Anthropic {
         let native = call.endpoint == Endpoint::Messages;
         let body = if native {
             // The client's own Messages request, `model` already rewritten.
-            call.body.clone()
+            serde_json::to_vec(call.body)
         } else {
-            to_messages_request(call.endpoint, call.body, call.target.model, call.stream)?
+            serde_json::to_vec(&to_messages_request(
+                call.endpoint,
+                call.body,
+                call.target.model,
+                call.stream,
+            )?)
         };
         let headers = headers(&call.target)?;
-        let body = serde_json::to_vec(&body).map_err(|e| ProviderError::Unsupported(e.to_string()))?;
+        let body = body.map_err(|e| ProviderError::Unsupported(e.to_string()))?;
         let req = http.post(join_url(base, "/messages")).headers(headers).body(body);
         if native {
             return relay_native(req, call.stream, call.timeout).await;
@@ -203,35 +209,25 @@ fn unsupported(msg: impl Into<String>) -> ProviderError {
 // ---------------------------------------------------------------------------
 
 /// Translates an OpenAI chat or completions body into a Messages request.
-pub fn to_messages_request(
-    endpoint: Endpoint,
-    body: &Value,
-    model: &str,
-    stream: bool,
-) -> Result<Value, ProviderError> {
-    if body.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+pub fn to_messages_request(endpoint: Endpoint, body: &Body, model: &str, stream: bool) -> Result<Value, ProviderError> {
+    let sampling = Sampling::of(body);
+    if sampling.n.is_some_and(|n| n > 1) {
         return Err(unsupported("n > 1 is not supported on Anthropic"));
     }
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model.to_owned()));
     match endpoint {
         Endpoint::ChatCompletions => {
-            let messages = body
-                .get("messages")
-                .and_then(Value::as_array)
-                .ok_or_else(|| unsupported("messages must be an array"))?;
-            let (system, turns) = convert_messages(messages)?;
+            let chat = openai_shape::chat_request(body)?;
+            let (system, turns) = convert_messages(chat.messages())?;
             if !system.is_empty() {
                 out.insert("system".into(), Value::String(system.join("\n\n")));
             }
             out.insert("messages".into(), Value::Array(turns));
-            if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-                if !tools.is_empty() {
-                    out.insert("tools".into(), convert_tools(tools)?);
-                }
+            if let Some(tools) = chat.tools.as_deref().filter(|t| !t.is_empty()) {
+                out.insert("tools".into(), convert_tools(tools)?);
             }
-            let parallel = body.get("parallel_tool_calls").and_then(Value::as_bool);
-            if let Some(choice) = convert_tool_choice(body.get("tool_choice"), parallel)? {
+            if let Some(choice) = convert_tool_choice(chat.tool_choice.as_ref(), chat.parallel_tool_calls)? {
                 out.insert("tool_choice".into(), choice);
             }
         }
@@ -251,27 +247,17 @@ pub fn to_messages_request(
         Endpoint::Embeddings => return Err(unsupported("Anthropic has no embeddings endpoint")),
         Endpoint::Responses | Endpoint::Messages => return Err(crate::not_native(endpoint)),
     }
-    let max_tokens = body
-        .get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
-        .unwrap_or(DEFAULT_MAX_TOKENS);
+    let max_tokens = sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     out.insert("max_tokens".into(), max_tokens.into());
-    for key in ["temperature", "top_p"] {
-        if let Some(v) = body.get(key).filter(|v| v.is_number()) {
-            out.insert(key.into(), v.clone());
+    for (key, v) in [("temperature", sampling.temperature), ("top_p", sampling.top_p)] {
+        if let Some(v) = v {
+            out.insert(key.into(), Value::Number(v.clone()));
         }
     }
-    match body.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
+    if let Some(stop) = sampling.stop.filter(|s| !s.is_empty()) {
+        out.insert("stop_sequences".into(), json!(stop));
     }
-    if let Some(user) = body.get("user").and_then(Value::as_str) {
+    if let Some(user) = sampling.user {
         out.insert("metadata".into(), json!({ "user_id": user }));
     }
     if stream {
@@ -282,36 +268,33 @@ pub fn to_messages_request(
 
 /// System texts, and user/assistant turns with same-role neighbours merged
 /// (Anthropic requires the roles to alternate).
-fn convert_messages(messages: &[Value]) -> Result<(Vec<String>, Vec<Value>), ProviderError> {
+fn convert_messages(messages: &[Message]) -> Result<(Vec<String>, Vec<Value>), ProviderError> {
     let mut system = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for m in messages {
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| unsupported("every message needs a role"))?;
-        let content = m.get("content").unwrap_or(&Value::Null);
-        let (role, blocks) = match role {
-            "system" | "developer" => {
+        let content = &m.content;
+        let (role, blocks) = match &m.role {
+            Role::System | Role::Developer => {
                 let text = text_of(content)?;
                 if !text.is_empty() {
                     system.push(text);
                 }
                 continue;
             }
-            "user" => ("user", user_blocks(content)?),
-            "assistant" => ("assistant", assistant_blocks(m, content)?),
-            "tool" => {
+            Role::User => ("user", user_blocks(content)?),
+            Role::Assistant => ("assistant", assistant_blocks(m)?),
+            Role::Tool => {
                 let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
+                    .tool_call_id
+                    .as_deref()
                     .ok_or_else(|| unsupported("a tool message needs tool_call_id"))?;
                 let block = json!({"type": "tool_result", "tool_use_id": id, "content": text_of(content)?});
                 ("user", vec![block])
             }
             other => {
                 return Err(unsupported(format!(
-                    "message role {other:?} is not supported on Anthropic"
+                    "message role {:?} is not supported on Anthropic",
+                    other.as_str()
                 )))
             }
         };
@@ -331,24 +314,25 @@ fn convert_messages(messages: &[Value]) -> Result<(Vec<String>, Vec<Value>), Pro
 }
 
 /// The text of a string or an array of text parts.
-fn text_of(content: &Value) -> Result<String, ProviderError> {
+fn text_of(content: &Content) -> Result<String, ProviderError> {
     match content {
-        Value::Null => Ok(String::new()),
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(parts) => {
+        Content::Absent | Content::Null => Ok(String::new()),
+        Content::Text(s) => Ok(s.clone()),
+        Content::Parts(parts) => {
             let mut texts = Vec::with_capacity(parts.len());
             for p in parts {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") | Some("refusal") => {
-                        let key = if p.get("text").is_some() { "text" } else { "refusal" };
-                        texts.push(p.get(key).and_then(Value::as_str).unwrap_or_default());
-                    }
+                match p.kind.as_str() {
+                    "text" | "refusal" => texts.push(
+                        p.text
+                            .as_deref()
+                            .or_else(|| p.extra.get("refusal").and_then(Value::as_str))
+                            .unwrap_or_default(),
+                    ),
                     _ => return Err(unsupported("only text parts are supported here")),
                 }
             }
             Ok(texts.join("\n"))
         }
-        _ => Err(unsupported("content must be a string or an array of parts")),
     }
 }
 
@@ -357,38 +341,33 @@ fn text_block(text: &str) -> Option<Value> {
     (!text.is_empty()).then(|| json!({"type": "text", "text": text}))
 }
 
-fn user_blocks(content: &Value) -> Result<Vec<Value>, ProviderError> {
+fn user_blocks(content: &Content) -> Result<Vec<Value>, ProviderError> {
     match content {
-        Value::String(s) => Ok(text_block(s).into_iter().collect()),
-        Value::Array(parts) => {
+        Content::Text(s) => Ok(text_block(s).into_iter().collect()),
+        Content::Parts(parts) => {
             let mut out = Vec::with_capacity(parts.len());
             for p in parts {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => out.extend(text_block(p.get("text").and_then(Value::as_str).unwrap_or_default())),
-                    Some("image_url") => out.push(image_block(p)?),
-                    Some(other) => {
+                match p.kind.as_str() {
+                    "text" => out.extend(text_block(p.text.as_deref().unwrap_or_default())),
+                    "image_url" => out.push(image_block(p)?),
+                    "" => return Err(unsupported("every content part needs a type")),
+                    other => {
                         return Err(unsupported(format!(
                             "content part {other:?} is not supported on Anthropic"
                         )))
                     }
-                    None => return Err(unsupported("every content part needs a type")),
                 }
             }
             Ok(out)
         }
-        Value::Null => Ok(Vec::new()),
-        _ => Err(unsupported("content must be a string or an array of parts")),
+        Content::Absent | Content::Null => Ok(Vec::new()),
     }
 }
 
 /// An `image_url` part: a data URL becomes a base64 source, an http(s) URL
 /// a url source.
-fn image_block(part: &Value) -> Result<Value, ProviderError> {
-    let url = part
-        .get("image_url")
-        .and_then(|i| i.get("url").or(Some(i)))
-        .and_then(Value::as_str)
-        .ok_or_else(|| unsupported("image_url needs a url"))?;
+fn image_block(part: &ContentPart) -> Result<Value, ProviderError> {
+    let url = part.image_url().ok_or_else(|| unsupported("image_url needs a url"))?;
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',').ok_or_else(|| unsupported("malformed data URL"))?;
         let media_type = meta
@@ -405,52 +384,44 @@ fn image_block(part: &Value) -> Result<Value, ProviderError> {
     Err(unsupported("image_url must be an http(s) or data URL"))
 }
 
-fn assistant_blocks(message: &Value, content: &Value) -> Result<Vec<Value>, ProviderError> {
-    let mut out: Vec<Value> = text_block(&text_of(content)?).into_iter().collect();
-    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
-        for c in calls {
-            let id = c
-                .get("id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| unsupported("a tool call needs an id"))?;
-            let f = c
-                .get("function")
-                .ok_or_else(|| unsupported("a tool call needs a function"))?;
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| unsupported("a tool call needs a function name"))?;
-            let args = f.get("arguments").and_then(Value::as_str).unwrap_or_default();
-            let input: Value = if args.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(args).map_err(|_| unsupported("tool call arguments are not valid JSON"))?
-            };
-            out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
-        }
+fn assistant_blocks(message: &Message) -> Result<Vec<Value>, ProviderError> {
+    let mut out: Vec<Value> = text_block(&text_of(&message.content)?).into_iter().collect();
+    for c in message.tool_calls() {
+        let id = c.id.as_deref().ok_or_else(|| unsupported("a tool call needs an id"))?;
+        let f = c
+            .function
+            .as_ref()
+            .ok_or_else(|| unsupported("a tool call needs a function"))?;
+        let name = f
+            .name
+            .as_deref()
+            .ok_or_else(|| unsupported("a tool call needs a function name"))?;
+        let args = f.arguments.as_deref().unwrap_or_default();
+        let input: Value = if args.trim().is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str(args).map_err(|_| unsupported("tool call arguments are not valid JSON"))?
+        };
+        out.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
     }
     Ok(out)
 }
 
-fn convert_tools(tools: &[Value]) -> Result<Value, ProviderError> {
+fn convert_tools(tools: &[Tool]) -> Result<Value, ProviderError> {
     let mut out = Vec::with_capacity(tools.len());
     for t in tools {
         let f = t
-            .get("function")
-            .filter(|_| t.get("type").and_then(Value::as_str).unwrap_or("function") == "function")
+            .function()
             .ok_or_else(|| unsupported("only function tools are supported on Anthropic"))?;
-        let name = f
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| unsupported("a tool needs a name"))?;
+        let name = f.name.as_deref().ok_or_else(|| unsupported("a tool needs a name"))?;
         let mut tool = Map::new();
         tool.insert("name".into(), name.into());
-        if let Some(d) = f.get("description").and_then(Value::as_str) {
-            tool.insert("description".into(), d.into());
+        if let Some(d) = &f.description {
+            tool.insert("description".into(), d.as_str().into());
         }
         let schema = f
-            .get("parameters")
-            .cloned()
+            .parameters
+            .clone()
             .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
         tool.insert("input_schema".into(), schema);
         out.push(Value::Object(tool));
@@ -787,7 +758,17 @@ mod tests {
     use crate::sse::testing::frames;
 
     fn chat(body: Value) -> Result<Value, ProviderError> {
-        to_messages_request(Endpoint::ChatCompletions, &body, "claude-x", false)
+        to_messages_request(
+            Endpoint::ChatCompletions,
+            &request(Endpoint::ChatCompletions, body),
+            "claude-x",
+            false,
+        )
+    }
+
+    /// The body of a call to `endpoint`, as the adapter gets it.
+    fn request(endpoint: Endpoint, body: Value) -> Body {
+        Body::from_json(endpoint, body).unwrap()
     }
 
     #[test]
@@ -817,7 +798,7 @@ mod tests {
         );
         let s = to_messages_request(
             Endpoint::ChatCompletions,
-            &json!({"messages": m, "stop": ["a", "b"]}),
+            &request(Endpoint::ChatCompletions, json!({"messages": m, "stop": ["a", "b"]})),
             "c",
             true,
         )
@@ -922,11 +903,9 @@ mod tests {
     fn invalid_requests_are_unsupported() {
         let bad = [
             json!({}),
-            json!({"messages": [{"content": "no role"}]}),
             json!({"messages": [{"role": "function", "content": "x"}]}),
             json!({"messages": [{"role": "tool", "content": "x"}]}),
             json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
-            json!({"messages": [{"role": "user", "content": 5}]}),
             json!({"messages": [{"role": "user", "content": "x"}], "n": 2}),
             json!({"messages": [{"role": "system", "content": [{"type": "image_url"}]}]}),
             json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{"}}]}]}),
@@ -935,7 +914,14 @@ mod tests {
         for b in bad {
             assert!(matches!(chat(b.clone()), Err(ProviderError::Unsupported(_))), "{b}");
         }
-        let emb = to_messages_request(Endpoint::Embeddings, &json!({"input": "x"}), "c", false);
+        // Malformed messages never reach an adapter: they are not a chat request.
+        for b in [
+            json!({"messages": [{"content": "no role"}]}),
+            json!({"messages": [{"role": "user", "content": 5}]}),
+        ] {
+            assert!(Body::from_json(Endpoint::ChatCompletions, b.clone()).is_err(), "{b}");
+        }
+        let emb = to_messages_request(Endpoint::Embeddings, &Body::Json(json!({"input": "x"})), "c", false);
         assert!(matches!(emb, Err(ProviderError::Unsupported(_))));
     }
 
@@ -944,7 +930,7 @@ mod tests {
         for prompt in [json!("Say hi"), json!(["Say hi"])] {
             let out = to_messages_request(
                 Endpoint::Completions,
-                &json!({"prompt": prompt, "max_tokens": 16}),
+                &Body::Json(json!({"prompt": prompt, "max_tokens": 16})),
                 "c",
                 false,
             )
@@ -956,7 +942,7 @@ mod tests {
             assert_eq!(out["max_tokens"], 16);
         }
         for bad in [json!(["a", "b"]), json!([1]), json!(null)] {
-            let r = to_messages_request(Endpoint::Completions, &json!({"prompt": bad}), "c", false);
+            let r = to_messages_request(Endpoint::Completions, &Body::Json(json!({"prompt": bad})), "c", false);
             assert!(matches!(r, Err(ProviderError::Unsupported(_))));
         }
     }

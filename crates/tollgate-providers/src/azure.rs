@@ -4,6 +4,7 @@
 //! at `{base}/openai/responses` (not per deployment: `model` names the
 //! deployment), and stored responses are fetched from there.
 
+use crate::chat::Body;
 use crate::openai::relay;
 use crate::transport::{self, add_custom_headers, config_str, header_value, openai_message, secret, segment_name};
 use crate::{Adapter, Call, Endpoint, ProviderError, Target, UpstreamResponse};
@@ -34,9 +35,14 @@ impl Adapter for Azure {
                 let url = responses_url(&call.target, None)?;
                 let deployment = deployment(call.target.config, call.target.model);
                 let mut body = call.body.clone();
-                let object = body
-                    .as_object_mut()
-                    .ok_or_else(|| ProviderError::Unsupported("the request body must be a JSON object".into()))?;
+                let object = match &mut body {
+                    Body::Json(Value::Object(o)) => o,
+                    _ => {
+                        return Err(ProviderError::Unsupported(
+                            "the request body must be a JSON object".into(),
+                        ))
+                    }
+                };
                 object.insert("model".into(), Value::String(deployment.to_owned()));
                 let call = Call { body: &body, ..call };
                 relay(http, url.as_str(), key_header(&call.target)?, &call).await

@@ -6,7 +6,8 @@
 //! body → [`ProviderError::Upstream`]. The two adapters differ only in URL and
 //! authentication, which they pass in.
 
-use crate::openai_shape::{self, bad_request, Choice, ChunkWriter, Part, ToolCall};
+use crate::chat::{Body, ChatRequest, Message, Role};
+use crate::openai_shape::{self, bad_request, Choice, ChunkWriter, Part, Sampling, ToolCall};
 use crate::sse::{Flow, SseEvent, Translate};
 use crate::transport;
 use crate::{Call, Endpoint, ProviderError, StreamItem, UpstreamResponse};
@@ -21,23 +22,20 @@ use tollgate_core::usage::Usage;
 const UNSUPPORTED_SCHEMA_KEYS: &[&str] = &["$schema", "additionalProperties", "strict"];
 
 /// Translates a chat or completions request into a `GenerateContentRequest`.
-pub(crate) fn request_body(endpoint: Endpoint, body: &Value) -> Result<Value, ProviderError> {
+pub(crate) fn request_body(endpoint: Endpoint, body: &Body) -> Result<Value, ProviderError> {
     let mut out = Map::new();
     match endpoint {
         Endpoint::ChatCompletions => {
-            let messages = body
-                .get("messages")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad_request("messages must be an array"))?;
-            let (system, contents) = translate_messages(messages)?;
+            let chat = openai_shape::chat_request(body)?;
+            let (system, contents) = translate_messages(chat.messages())?;
             if !system.is_empty() {
                 out.insert("systemInstruction".into(), json!({ "parts": system }));
             }
             out.insert("contents".into(), Value::Array(contents));
-            if let Some(tools) = tools(body) {
+            if let Some(tools) = tools(chat) {
                 out.insert("tools".into(), tools);
             }
-            if let Some(config) = tool_config(body)? {
+            if let Some(config) = tool_config(chat)? {
                 out.insert("toolConfig".into(), config);
             }
         }
@@ -62,14 +60,14 @@ pub(crate) fn request_body(endpoint: Endpoint, body: &Value) -> Result<Value, Pr
 /// `contents` turns. Gemini wants strictly alternating `user`/`model` turns,
 /// so consecutive messages of one role merge into one turn; tool results
 /// travel as `functionResponse` parts of a user turn.
-fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), ProviderError> {
+fn translate_messages(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), ProviderError> {
     // A tool result names only its call id; Gemini wants the function name.
     let mut call_names: HashMap<&str, &str> = HashMap::new();
     for m in messages {
-        for call in m.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+        for call in m.tool_calls() {
             if let (Some(id), Some(name)) = (
-                call.get("id").and_then(Value::as_str),
-                call.pointer("/function/name").and_then(Value::as_str),
+                call.id.as_deref(),
+                call.function.as_ref().and_then(|f| f.name.as_deref()),
             ) {
                 call_names.insert(id, name);
             }
@@ -79,29 +77,25 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
     for m in messages {
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_request("every message needs a role"))?;
-        match role {
-            "system" | "developer" => {
-                for part in openai_shape::parts_of(m.get("content"))? {
+        match &m.role {
+            Role::System | Role::Developer => {
+                for part in openai_shape::parts_of(&m.content)? {
                     match part {
                         Part::Text(t) => system.push(json!({ "text": t })),
                         _ => return Err(bad_request("system messages may only hold text")),
                     }
                 }
             }
-            "user" => {
-                let parts = openai_shape::parts_of(m.get("content"))?
+            Role::User => {
+                let parts = openai_shape::parts_of(&m.content)?
                     .into_iter()
                     .map(user_part)
                     .collect::<Vec<_>>();
                 openai_shape::push_turn(&mut contents, "user", "parts", parts);
             }
-            "assistant" => {
+            Role::Assistant => {
                 let mut parts = Vec::new();
-                let text = openai_shape::text_of(m.get("content"));
+                let text = openai_shape::text_of(&m.content);
                 if !text.is_empty() {
                     parts.push(json!({ "text": text }));
                 }
@@ -111,12 +105,12 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
                 }
                 openai_shape::push_turn(&mut contents, "model", "parts", parts);
             }
-            "tool" | "function" => {
+            role @ (Role::Tool | Role::Function) => {
                 let name = match role {
-                    "tool" => {
+                    Role::Tool => {
                         let id = m
-                            .get("tool_call_id")
-                            .and_then(Value::as_str)
+                            .tool_call_id
+                            .as_deref()
                             .ok_or_else(|| bad_request("tool message without tool_call_id"))?;
                         call_names
                             .get(id)
@@ -124,11 +118,11 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
                             .ok_or_else(|| bad_request(format!("tool message answers unknown tool_call_id {id}")))?
                     }
                     _ => m
-                        .get("name")
-                        .and_then(Value::as_str)
+                        .name
+                        .as_deref()
                         .ok_or_else(|| bad_request("function message without name"))?,
                 };
-                let text = openai_shape::text_of(m.get("content"));
+                let text = openai_shape::text_of(&m.content);
                 // `response` must be an object: a JSON object result goes as
                 // is, anything else is wrapped.
                 let response = match serde_json::from_str::<Value>(&text) {
@@ -142,7 +136,7 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Pr
                     vec![json!({ "functionResponse": { "name": name, "response": response } })],
                 );
             }
-            other => return Err(bad_request(format!("unknown message role {other}"))),
+            other => return Err(bad_request(format!("unknown message role {}", other.as_str()))),
         }
     }
     Ok((system, contents))
@@ -181,22 +175,21 @@ fn parse_arguments(args: &str) -> Result<Value, ProviderError> {
 }
 
 /// OpenAI `tools` → one `functionDeclarations` tool.
-fn tools(body: &Value) -> Option<Value> {
+fn tools(body: &ChatRequest) -> Option<Value> {
     let decls: Vec<Value> = body
-        .get("tools")?
-        .as_array()?
+        .tools
+        .as_ref()?
         .iter()
-        .filter(|t| t.get("type").and_then(Value::as_str).unwrap_or("function") == "function")
-        .filter_map(|t| t.get("function"))
+        .filter_map(|t| t.function())
         .map(|f| {
             let mut d = Map::new();
-            d.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-            if let Some(desc) = f.get("description") {
-                d.insert("description".into(), desc.clone());
+            d.insert("name".into(), json!(f.name));
+            if let Some(desc) = &f.description {
+                d.insert("description".into(), json!(desc));
             }
             // Gemini rejects an object schema without properties; a function
             // without parameters simply omits them.
-            if let Some(params) = f.get("parameters") {
+            if let Some(params) = &f.parameters {
                 let empty = params
                     .get("properties")
                     .and_then(Value::as_object)
@@ -226,8 +219,8 @@ fn clean_schema(schema: &Value) -> Value {
 }
 
 /// OpenAI `tool_choice` → `toolConfig.functionCallingConfig`.
-fn tool_config(body: &Value) -> Result<Option<Value>, ProviderError> {
-    let config = match body.get("tool_choice") {
+fn tool_config(body: &ChatRequest) -> Result<Option<Value>, ProviderError> {
+    let config = match &body.tool_choice {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => match s.as_str() {
             "none" => json!({ "mode": "NONE" }),
@@ -246,33 +239,40 @@ fn tool_config(body: &Value) -> Result<Option<Value>, ProviderError> {
     Ok(Some(json!({ "functionCallingConfig": config })))
 }
 
-fn generation_config(body: &Value) -> Map<String, Value> {
+fn generation_config(body: &Body) -> Map<String, Value> {
+    let sampling = Sampling::of(body);
     let mut c = Map::new();
-    if let Some(n) = openai_shape::max_tokens(body) {
+    if let Some(n) = sampling.max_tokens {
         c.insert("maxOutputTokens".into(), json!(n));
     }
-    for (from, to) in [
-        ("temperature", "temperature"),
-        ("top_p", "topP"),
-        ("n", "candidateCount"),
-        ("presence_penalty", "presencePenalty"),
-        ("frequency_penalty", "frequencyPenalty"),
-        ("seed", "seed"),
+    if let Some(n) = sampling.n {
+        c.insert("candidateCount".into(), json!(n));
+    }
+    for (to, v) in [
+        ("temperature", sampling.temperature),
+        ("topP", sampling.top_p),
+        ("presencePenalty", sampling.presence_penalty),
+        ("frequencyPenalty", sampling.frequency_penalty),
+        ("seed", sampling.seed),
     ] {
-        if let Some(v) = body.get(from).filter(|v| v.is_number()) {
-            c.insert(to.into(), v.clone());
+        if let Some(v) = v {
+            c.insert(to.into(), Value::Number(v.clone()));
         }
     }
-    if let Some(stop) = openai_shape::stop_sequences(body) {
+    if let Some(stop) = sampling.stop {
         c.insert("stopSequences".into(), json!(stop));
     }
-    match body.pointer("/response_format/type").and_then(Value::as_str) {
+    let format = body.chat().and_then(|c| c.response_format.as_ref());
+    match format.map(|f| f.kind.as_str()) {
         Some("json_object") => {
             c.insert("responseMimeType".into(), json!("application/json"));
         }
         Some("json_schema") => {
             c.insert("responseMimeType".into(), json!("application/json"));
-            if let Some(schema) = body.pointer("/response_format/json_schema/schema") {
+            if let Some(schema) = format
+                .and_then(|f| f.json_schema.as_ref())
+                .and_then(|s| s.schema.as_ref())
+            {
                 c.insert("responseSchema".into(), clean_schema(schema));
             }
         }
@@ -567,6 +567,11 @@ pub(crate) async fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Translates `body` as the adapter gets it.
+    fn request_body(endpoint: Endpoint, body: &Value) -> Result<Value, ProviderError> {
+        super::request_body(endpoint, &Body::from_json(endpoint, body.clone()).unwrap())
+    }
 
     #[test]
     fn messages_translate_with_merged_turns_and_tool_round_trip() {

@@ -1,7 +1,8 @@
 //! Provider adapters: one module per wire protocol, behind one interface.
 //!
 //! The gateway speaks OpenAI's format to clients whatever the provider. For a
-//! request it hands an [`Adapter`] the client's OpenAI-format body (model name
+//! request it hands an [`Adapter`] the client's OpenAI-format body (a typed
+//! [`chat::ChatRequest`] for chat, JSON for the other endpoints; model name
 //! already resolved to the upstream's), the [`Target`] (base URL, non-secret
 //! configuration, custom headers) and the sealed credentials. The adapter
 //! translates, signs and sends the request, and answers with an
@@ -12,6 +13,8 @@
 //! Modules:
 //! - [`openai`]: OpenAI and every OpenAI-compatible provider.
 //! - [`azure`]: Azure OpenAI deployments.
+//! - [`chat`]: the typed OpenAI chat request ([`chat::ChatRequest`]) and
+//!   the [`chat::Body`] every adapter receives.
 //! - [`anthropic`]: Anthropic Messages API.
 //! - [`google`]: Google Gemini API (`generateContent`).
 //! - [`vertex`]: Vertex AI (service-account JWT → OAuth token, Gemini models).
@@ -34,6 +37,7 @@
 pub mod anthropic;
 pub mod azure;
 pub mod bedrock;
+pub mod chat;
 mod credential_cache;
 pub mod dialects;
 mod gemini_format;
@@ -126,9 +130,9 @@ pub struct Target<'a> {
 pub struct Call<'a> {
     pub endpoint: Endpoint,
     pub target: Target<'a>,
-    /// The client's OpenAI-format request body, with `model` already set to
-    /// [`Target::model`].
-    pub body: &'a serde_json::Value,
+    /// The client's request body, with `model` already set to
+    /// [`Target::model`]: typed for chat, JSON otherwise.
+    pub body: &'a chat::Body,
     /// `stream: true` was asked for (chat and completions only).
     pub stream: bool,
     /// The client asked for `stream_options.include_usage`; when false, a

@@ -7,6 +7,7 @@
 //! bytes, a stream as the upstream's own `data:` payloads. Only `usage` is
 //! parsed, with a struct that skips everything else.
 
+use crate::chat::Body;
 use crate::sse::{self, Flow, SseEvent, Translate};
 use crate::transport::{self, add_custom_headers, bearer, header_value, join_url, openai_message, secret};
 use crate::{Adapter, Call, ProviderError, StreamItem, Target, UpstreamResponse};
@@ -128,7 +129,7 @@ pub fn parse_usage(body: &[u8]) -> Result<Option<Usage>, ProviderError> {
         .map(|u| u.usage()))
 }
 
-/// The client's body with `stream: true` and `stream_options.include_usage:
+/// A JSON body with `stream: true` and `stream_options.include_usage:
 /// true` (keeping any other stream option), serialised without copying the
 /// rest of the request.
 struct WithUsage<'a>(&'a Map<String, Value>);
@@ -152,17 +153,25 @@ impl Serialize for WithUsage<'_> {
     }
 }
 
-/// The request body to send upstream for an OpenAI-shaped call.
+/// The request body to send upstream for an OpenAI-shaped call. A streamed
+/// call asks for the usage chunk; the gateway's chat requests already do
+/// ([`crate::chat::ChatRequest::ask_stream_usage`]), so they are serialised as they are.
 pub fn request_body(call: &Call<'_>) -> Result<Vec<u8>, ProviderError> {
     // The Responses API reports usage in its last event unasked.
-    let encoded = if call.stream && call.endpoint != crate::Endpoint::Responses {
-        let map = call
-            .body
-            .as_object()
-            .ok_or_else(|| ProviderError::Unsupported("the request body must be a JSON object".into()))?;
-        serde_json::to_vec(&WithUsage(map))
-    } else {
-        serde_json::to_vec(call.body)
+    let with_usage = call.stream && call.endpoint != crate::Endpoint::Responses;
+    let encoded = match call.body {
+        Body::Chat(chat) if with_usage && !(chat.stream == Some(true) && chat.wants_usage()) => {
+            let mut chat = chat.clone();
+            chat.ask_stream_usage();
+            serde_json::to_vec(&chat)
+        }
+        Body::Json(json) if with_usage => {
+            let map = json
+                .as_object()
+                .ok_or_else(|| ProviderError::Unsupported("the request body must be a JSON object".into()))?;
+            serde_json::to_vec(&WithUsage(map))
+        }
+        body => serde_json::to_vec(body),
     };
     encoded.map_err(|e| ProviderError::Unsupported(format!("cannot encode the request: {e}")))
 }
@@ -541,12 +550,14 @@ mod tests {
 
     #[test]
     fn stream_body_forces_usage_and_keeps_everything_else() {
-        let body = json!({"model": "m", "messages": [], "stream": false,
+        let json = json!({"model": "m", "messages": [], "stream": false,
                           "stream_options": {"include_usage": false, "other": 1}, "temperature": 0.5});
+        let expected = json!({"model": "m", "messages": [], "stream": true,
+                   "stream_options": {"include_usage": true, "other": 1}, "temperature": 0.5});
         let config = Map::new();
         let secrets = PlainSecrets::default();
-        let call = Call {
-            endpoint: Endpoint::ChatCompletions,
+        let call = |endpoint, body| Call {
+            endpoint,
             target: Target {
                 base_url: None,
                 config: &config,
@@ -554,22 +565,30 @@ mod tests {
                 headers: &[],
                 model: "m",
             },
-            body: &body,
+            body,
             stream: true,
             client_wants_usage: false,
             timeout: Duration::from_secs(1),
         };
-        let sent: Value = serde_json::from_slice(&request_body(&call).unwrap()).unwrap();
+        let sent = |call: Call<'_>| serde_json::from_slice::<Value>(&request_body(&call).unwrap()).unwrap();
+        let chat = Body::from_json(Endpoint::ChatCompletions, json.clone()).unwrap();
+        assert_eq!(sent(call(Endpoint::ChatCompletions, &chat)), expected);
+        // A chat request the gateway prepared is sent as it is.
+        let mut prepared = chat.clone();
+        if let Body::Chat(c) = &mut prepared {
+            c.ask_stream_usage();
+        }
         assert_eq!(
-            sent,
-            json!({"model": "m", "messages": [], "stream": true,
-                   "stream_options": {"include_usage": true, "other": 1}, "temperature": 0.5})
+            prepared,
+            Body::from_json(Endpoint::ChatCompletions, expected.clone()).unwrap()
         );
-        let not_object = json!([1]);
-        let call = Call {
-            body: &not_object,
-            ..call
-        };
-        assert!(matches!(request_body(&call), Err(ProviderError::Unsupported(_))));
+        assert_eq!(sent(call(Endpoint::ChatCompletions, &prepared)), expected);
+        let completion = Body::Json(json);
+        assert_eq!(sent(call(Endpoint::Completions, &completion)), expected);
+        let not_object = Body::Json(json!([1]));
+        assert!(matches!(
+            request_body(&call(Endpoint::Completions, &not_object)),
+            Err(ProviderError::Unsupported(_))
+        ));
     }
 }

@@ -6,9 +6,10 @@
 //! objects, embedding lists). One copy, so every adapter answers in exactly
 //! the same shape.
 
+use crate::chat::{Body, ChatRequest, Content, Message};
 use crate::{Endpoint, ProviderError, StreamItem};
 use base64::Engine;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map, Number, Value};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tollgate_core::usage::Usage;
@@ -277,16 +278,8 @@ impl ChunkWriter {
 
 /// The text of an OpenAI message `content`: a string, or the concatenated
 /// `text` parts of an array. Non-text parts are left out.
-pub(crate) fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    }
+pub(crate) fn text_of(content: &Content) -> String {
+    content.joined_text("")
 }
 
 /// A part of a user message's content.
@@ -302,32 +295,31 @@ pub(crate) enum Part<'a> {
 }
 
 /// The parts of an OpenAI message `content` (a string or an array of parts).
-pub(crate) fn parts_of(content: Option<&Value>) -> Result<Vec<Part<'_>>, ProviderError> {
+pub(crate) fn parts_of(content: &Content) -> Result<Vec<Part<'_>>, ProviderError> {
     match content {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![Part::Text(s)]),
-        Some(Value::Array(items)) => items
+        Content::Absent | Content::Null => Ok(Vec::new()),
+        Content::Text(s) => Ok(vec![Part::Text(s)]),
+        Content::Parts(items) => items
             .iter()
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(Part::Text(p.get("text").and_then(Value::as_str).unwrap_or(""))),
-                Some("image_url") => {
+            .map(|p| match p.kind.as_str() {
+                "text" => Ok(Part::Text(p.text.as_deref().unwrap_or(""))),
+                "image_url" => {
                     let url = p
-                        .get("image_url")
-                        .and_then(|u| u.get("url").or(Some(u)))
-                        .and_then(Value::as_str)
+                        .image_url()
                         .ok_or_else(|| bad_request("image_url part without a url"))?;
                     Ok(match parse_data_url(url) {
                         Some((mime, data)) => Part::InlineImage { mime, data },
                         None => Part::ImageUrl(url),
                     })
                 }
+                "" => Err(bad_request(
+                    "content part type (missing) is not supported by this provider",
+                )),
                 other => Err(bad_request(format!(
-                    "content part type {} is not supported by this provider",
-                    other.unwrap_or("(missing)")
+                    "content part type {other} is not supported by this provider"
                 ))),
             })
             .collect(),
-        Some(_) => Err(bad_request("message content must be a string or an array of parts")),
     }
 }
 
@@ -342,27 +334,87 @@ pub(crate) struct HistoryToolCall<'a> {
 
 /// The `tool_calls` of an assistant message, each checked for a function
 /// name and, with `need_id`, an id.
-pub(crate) fn history_tool_calls(message: &Value, need_id: bool) -> Result<Vec<HistoryToolCall<'_>>, ProviderError> {
-    let calls = message.get("tool_calls").and_then(Value::as_array);
-    calls
-        .into_iter()
-        .flatten()
+pub(crate) fn history_tool_calls(message: &Message, need_id: bool) -> Result<Vec<HistoryToolCall<'_>>, ProviderError> {
+    message
+        .tool_calls()
+        .iter()
         .map(|call| {
-            let id = call.get("id").and_then(Value::as_str);
+            let id = call.id.as_deref();
             if need_id && id.is_none() {
                 return Err(bad_request("tool call without an id"));
             }
-            let name = call
-                .pointer("/function/name")
-                .and_then(Value::as_str)
+            let function = call.function.as_ref();
+            let name = function
+                .and_then(|f| f.name.as_deref())
                 .ok_or_else(|| bad_request("tool call without a function name"))?;
-            let arguments = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let arguments = function.and_then(|f| f.arguments.as_deref()).unwrap_or("");
             Ok(HistoryToolCall { id, name, arguments })
         })
         .collect()
+}
+
+/// The sampling parameters the translating adapters map, read from a typed
+/// chat request or a completions body, in one place.
+#[derive(Debug, Default)]
+pub(crate) struct Sampling<'a> {
+    /// `max_completion_tokens` (the newer name) or `max_tokens`.
+    pub max_tokens: Option<u64>,
+    pub n: Option<u64>,
+    pub temperature: Option<&'a Number>,
+    pub top_p: Option<&'a Number>,
+    pub presence_penalty: Option<&'a Number>,
+    pub frequency_penalty: Option<&'a Number>,
+    pub seed: Option<&'a Number>,
+    /// `stop` as a list (OpenAI accepts a string or an array).
+    pub stop: Option<Vec<&'a str>>,
+    pub user: Option<&'a str>,
+}
+
+impl<'a> Sampling<'a> {
+    pub(crate) fn of(body: &'a Body) -> Self {
+        match body {
+            Body::Chat(c) => Sampling {
+                max_tokens: c.output_limit(),
+                n: c.n,
+                temperature: c.temperature.as_ref(),
+                top_p: c.top_p.as_ref(),
+                presence_penalty: c.presence_penalty.as_ref(),
+                frequency_penalty: c.frequency_penalty.as_ref(),
+                seed: c.seed.as_ref(),
+                stop: c.stop_sequences(),
+                user: body.user(),
+            },
+            Body::Json(v) => {
+                let count = |k: &str| v.get(k).and_then(Value::as_u64);
+                let number = |k: &str| match v.get(k) {
+                    Some(Value::Number(n)) => Some(n),
+                    _ => None,
+                };
+                Sampling {
+                    max_tokens: count("max_completion_tokens").or_else(|| count("max_tokens")),
+                    n: count("n"),
+                    temperature: number("temperature"),
+                    top_p: number("top_p"),
+                    presence_penalty: number("presence_penalty"),
+                    frequency_penalty: number("frequency_penalty"),
+                    seed: number("seed"),
+                    stop: match v.get("stop") {
+                        Some(Value::String(s)) => Some(vec![s.as_str()]),
+                        Some(Value::Array(a)) => Some(a.iter().filter_map(Value::as_str).collect()),
+                        _ => None,
+                    },
+                    user: body.user(),
+                }
+            }
+        }
+    }
+}
+
+/// The messages of a chat call (an untyped body has none).
+pub(crate) fn chat_request(body: &Body) -> Result<&ChatRequest, ProviderError> {
+    body.chat()
+        .filter(|c| c.messages.is_some())
+        .ok_or_else(|| bad_request("messages must be an array"))
 }
 
 /// Appends `items` to the history as a turn of `role`, under `field`
@@ -392,25 +444,9 @@ pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
     Some((mime, data))
 }
 
-/// `max_completion_tokens` (the newer name) or `max_tokens`.
-pub(crate) fn max_tokens(body: &Value) -> Option<u64> {
-    body.get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| body.get("max_tokens").and_then(Value::as_u64))
-}
-
-/// `stop` as a list (OpenAI accepts a string or an array).
-pub(crate) fn stop_sequences(body: &Value) -> Option<Vec<String>> {
-    match body.get("stop") {
-        Some(Value::String(s)) => Some(vec![s.clone()]),
-        Some(Value::Array(a)) => Some(a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()),
-        _ => None,
-    }
-}
-
 /// The single prompt of a `/completions` request. Several prompts would mean
 /// several independent completions, which these protocols cannot batch.
-pub(crate) fn completion_prompt(body: &Value) -> Result<String, ProviderError> {
+pub(crate) fn completion_prompt(body: &Body) -> Result<String, ProviderError> {
     match body.get("prompt") {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_owned()),
@@ -421,7 +457,7 @@ pub(crate) fn completion_prompt(body: &Value) -> Result<String, ProviderError> {
 
 /// The texts of an embeddings request (`input`: a string or an array of
 /// strings; token arrays cannot be sent to these providers).
-pub(crate) fn embedding_inputs(body: &Value) -> Result<Vec<String>, ProviderError> {
+pub(crate) fn embedding_inputs(body: &Body) -> Result<Vec<String>, ProviderError> {
     match body.get("input") {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(a)) if !a.is_empty() => a
@@ -439,7 +475,7 @@ pub(crate) fn embedding_inputs(body: &Value) -> Result<Vec<String>, ProviderErro
 /// OpenAI's embeddings list. With `encoding_format: "base64"` (what the
 /// `openai` SDKs ask for by default) each vector is little-endian f32 bytes
 /// in base64, as OpenAI sends it.
-pub(crate) fn embeddings_body(request: &Value, model: &str, vectors: Vec<Vec<f64>>, prompt_tokens: u64) -> Value {
+pub(crate) fn embeddings_body(request: &Body, model: &str, vectors: Vec<Vec<f64>>, prompt_tokens: u64) -> Value {
     let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
     let data: Vec<Value> = vectors
         .into_iter()
@@ -487,11 +523,15 @@ pub(crate) fn estimate_tokens(texts: &[String]) -> u64 {
 mod tests {
     use super::*;
 
+    fn message(v: Value) -> Message {
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn history_tool_calls_need_a_name_and_an_id_when_asked() {
-        let m = json!({"role": "assistant", "tool_calls": [
+        let m = message(json!({"role": "assistant", "tool_calls": [
             {"id": "c1", "function": {"name": "f", "arguments": "{}"}},
-            {"function": {"name": "g"}}]});
+            {"function": {"name": "g"}}]}));
         let calls = history_tool_calls(&m, false).unwrap();
         assert_eq!(
             (calls[0].id, calls[0].name, calls[0].arguments),
@@ -499,11 +539,15 @@ mod tests {
         );
         assert_eq!((calls[1].id, calls[1].name, calls[1].arguments), (None, "g", ""));
         assert!(matches!(history_tool_calls(&m, true), Err(ProviderError::Unsupported(ref e)) if e.contains("id")));
-        let nameless = json!({"tool_calls": [{"id": "c1", "function": {}}]});
+        let nameless = message(json!({"role": "assistant", "tool_calls": [{"id": "c1", "function": {}}]}));
         assert!(
             matches!(history_tool_calls(&nameless, false), Err(ProviderError::Unsupported(ref e)) if e.contains("name"))
         );
-        assert!(history_tool_calls(&json!({"content": "hi"}), true).unwrap().is_empty());
+        assert!(
+            history_tool_calls(&message(json!({"role": "assistant", "content": "hi"})), true)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -520,6 +564,34 @@ mod tests {
                 json!({"role": "model", "parts": [3]})
             ]
         );
+    }
+
+    #[test]
+    fn sampling_reads_typed_chat_and_json_alike() {
+        let v = json!({"max_tokens": 5, "max_completion_tokens": 7, "n": 2, "temperature": 0.5, "top_p": 1,
+                       "presence_penalty": 0.1, "frequency_penalty": 0.2, "seed": 3, "stop": "x", "user": "u"});
+        let chat = Body::from_json(Endpoint::ChatCompletions, v.clone()).unwrap();
+        let json = Body::Json(v);
+        for body in [&chat, &json] {
+            let s = Sampling::of(body);
+            assert_eq!(
+                (s.max_tokens, s.n, s.stop, s.user),
+                (Some(7), Some(2), Some(vec!["x"]), Some("u"))
+            );
+            let numbers = [s.temperature, s.top_p, s.presence_penalty, s.frequency_penalty, s.seed];
+            assert_eq!(
+                numbers.map(|n| n.map(ToString::to_string)),
+                ["0.5", "1", "0.1", "0.2", "3"].map(|n| Some(n.to_owned()))
+            );
+        }
+        let loose = Body::Json(json!({"max_tokens": 4, "stop": ["a", 1, "b"], "temperature": "hot"}));
+        let s = Sampling::of(&loose);
+        assert_eq!(
+            (s.max_tokens, s.stop, s.temperature),
+            (Some(4), Some(vec!["a", "b"]), None)
+        );
+        assert!(chat_request(&json).is_err());
+        assert!(chat_request(&Body::from_json(Endpoint::ChatCompletions, json!({})).unwrap()).is_err());
     }
 
     #[test]
@@ -542,7 +614,12 @@ mod tests {
 
     #[test]
     fn base64_embeddings_are_f32_le() {
-        let body = embeddings_body(&json!({"encoding_format": "base64"}), "m", vec![vec![1.0, -2.0]], 3);
+        let body = embeddings_body(
+            &Body::Json(json!({"encoding_format": "base64"})),
+            "m",
+            vec![vec![1.0, -2.0]],
+            3,
+        );
         let b64 = body["data"][0]["embedding"].as_str().unwrap();
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
         assert_eq!(&bytes[..4], &1.0f32.to_le_bytes());
@@ -552,13 +629,15 @@ mod tests {
 
     #[test]
     fn inputs_and_prompts_are_validated() {
-        assert_eq!(embedding_inputs(&json!({"input": "a"})).unwrap(), vec!["a"]);
-        assert!(embedding_inputs(&json!({"input": [1, 2]})).is_err());
-        assert!(embedding_inputs(&json!({})).is_err());
-        assert_eq!(completion_prompt(&json!({"prompt": ["x"]})).unwrap(), "x");
-        assert!(completion_prompt(&json!({"prompt": ["x", "y"]})).is_err());
-        assert!(completion_prompt(&json!({})).is_err());
-        assert!(parts_of(Some(&json!([{"type": "input_audio"}]))).is_err());
-        assert!(parts_of(Some(&json!(3))).is_err());
+        assert_eq!(embedding_inputs(&Body::Json(json!({"input": "a"}))).unwrap(), vec!["a"]);
+        assert!(embedding_inputs(&Body::Json(json!({"input": [1, 2]}))).is_err());
+        assert!(embedding_inputs(&Body::Json(json!({}))).is_err());
+        assert_eq!(completion_prompt(&Body::Json(json!({"prompt": ["x"]}))).unwrap(), "x");
+        assert!(completion_prompt(&Body::Json(json!({"prompt": ["x", "y"]}))).is_err());
+        assert!(completion_prompt(&Body::Json(json!({}))).is_err());
+        let audio: Content = serde_json::from_value(json!([{"type": "input_audio"}])).unwrap();
+        assert!(matches!(parts_of(&audio), Err(ProviderError::Unsupported(ref e)) if e.contains("input_audio")));
+        let untyped: Content = serde_json::from_value(json!([{"text": "x"}])).unwrap();
+        assert!(matches!(parts_of(&untyped), Err(ProviderError::Unsupported(ref e)) if e.contains("(missing)")));
     }
 }

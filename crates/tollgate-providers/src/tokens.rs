@@ -8,6 +8,7 @@
 //! tool definitions are estimates (OpenAI does not publish an exact rule);
 //! they lean high, since the estimate feeds worst-case reservations.
 
+use crate::chat::{Body, ChatRequest, Content, ContentPart, FunctionCall, Message};
 use crate::Endpoint;
 use serde_json::Value;
 use std::sync::OnceLock;
@@ -87,7 +88,7 @@ impl Counter {
 /// Estimated prompt tokens of an OpenAI-format request to `endpoint`, every
 /// text tokenized: what the request log records when an upstream reports no
 /// usage.
-pub fn estimate_prompt(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -> u64 {
+pub fn estimate_prompt(endpoint: Endpoint, body: &Body, tokenizer: Tokenizer) -> u64 {
     prompt(
         endpoint,
         body,
@@ -103,7 +104,7 @@ pub fn estimate_prompt(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -
 /// [`SHORT_TEXT_BYTES`] bytes) count one token per byte, which can only
 /// overcount, by a few dozen tokens at most, and spares the tokenizer on
 /// the hot path for them. Never less than [`estimate_prompt`].
-pub fn prompt_upper_bound(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -> u64 {
+pub fn prompt_upper_bound(endpoint: Endpoint, body: &Body, tokenizer: Tokenizer) -> u64 {
     prompt(
         endpoint,
         body,
@@ -114,25 +115,29 @@ pub fn prompt_upper_bound(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer
     )
 }
 
-fn prompt(endpoint: Endpoint, body: &Value, tok: Counter) -> u64 {
+fn prompt(endpoint: Endpoint, body: &Body, tok: Counter) -> u64 {
+    let body = match body {
+        Body::Chat(chat) => return self::chat(chat, tok),
+        Body::Json(v) => v,
+    };
+    let native = |fields: &[&str]| {
+        fields
+            .iter()
+            .filter_map(|k| body.get(*k))
+            .map(|v| texts(v, tok))
+            .sum::<u64>()
+            .saturating_add(REPLY_PRIMING)
+    };
     match endpoint {
-        Endpoint::ChatCompletions => chat(body, tok),
         Endpoint::Completions => prompt_like(body.get("prompt"), tok),
         Endpoint::Embeddings => prompt_like(body.get("input"), tok),
         // Native bodies: every text of the prompt's fields, with the chat
         // framing per item, and images as chat counts them.
-        Endpoint::Responses => ["instructions", "input", "tools", "text"]
-            .iter()
-            .filter_map(|k| body.get(*k))
-            .map(|v| texts(v, tok))
-            .sum::<u64>()
-            .saturating_add(REPLY_PRIMING),
-        Endpoint::Messages => ["system", "messages", "tools"]
-            .iter()
-            .filter_map(|k| body.get(*k))
-            .map(|v| texts(v, tok))
-            .sum::<u64>()
-            .saturating_add(REPLY_PRIMING),
+        Endpoint::Responses => native(&["instructions", "input", "tools", "text"]),
+        Endpoint::Messages => native(&["system", "messages", "tools"]),
+        // Chat comes typed; untyped, its messages are counted as a native
+        // prompt's.
+        Endpoint::ChatCompletions => native(&["messages", "tools"]),
     }
 }
 
@@ -165,85 +170,94 @@ fn texts(v: &Value, tok: Counter) -> u64 {
     }
 }
 
-fn chat(body: &Value, tok: Counter) -> u64 {
-    let mut n = 0;
-    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+fn chat(body: &ChatRequest, tok: Counter) -> u64 {
+    let mut n: u64 = 0;
+    if let Some(messages) = &body.messages {
         for m in messages {
-            n += TOKENS_PER_MESSAGE;
-            let Some(m) = m.as_object() else { continue };
-            for (key, value) in m {
-                n += match key.as_str() {
-                    "content" => content(value, tok),
-                    "name" => TOKENS_PER_NAME + value.as_str().map_or(0, |s| tok.count(s)),
-                    "tool_calls" => tool_calls(value, tok),
-                    "function_call" => function(value, tok),
-                    _ => value.as_str().map_or(0, |s| tok.count(s)),
-                };
-            }
+            n = n.saturating_add(TOKENS_PER_MESSAGE + message(m, tok));
         }
-        n += REPLY_PRIMING;
+        n = n.saturating_add(REPLY_PRIMING);
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        if !tools.is_empty() {
-            n += TOOLS_OVERHEAD;
-            for t in tools {
-                n += TOKENS_PER_TOOL + t.get("function").map_or(0, |f| tool_definition(f, tok));
-            }
+    let definitions = |defs: &mut dyn Iterator<Item = u64>| {
+        let mut any = false;
+        let sum = defs.fold(TOOLS_OVERHEAD, |sum, d| {
+            any = true;
+            sum.saturating_add(TOKENS_PER_TOOL + d)
+        });
+        if any {
+            sum
+        } else {
+            0
         }
+    };
+    if let Some(tools) = &body.tools {
+        n = n.saturating_add(definitions(&mut tools.iter().map(|t| {
+            t.function.as_ref().map_or(0, |f| {
+                text(f.name.as_deref(), tok)
+                    + text(f.description.as_deref(), tok)
+                    + f.parameters.as_ref().map_or(0, |p| tok.count(&p.to_string()))
+            })
+        })));
     }
-    if let Some(functions) = body.get("functions").and_then(Value::as_array) {
-        if !functions.is_empty() {
-            n += TOOLS_OVERHEAD;
-            for f in functions {
-                n += TOKENS_PER_TOOL + tool_definition(f, tok);
-            }
-        }
+    // The legacy `functions` parameter.
+    if let Some(Value::Array(functions)) = body.extra.get("functions") {
+        n = n.saturating_add(definitions(&mut functions.iter().map(|f| tool_definition(f, tok))));
     }
     n
 }
 
-fn content(value: &Value, tok: Counter) -> u64 {
-    match value {
-        Value::String(s) => tok.count(s),
-        Value::Array(parts) => parts.iter().map(|p| part(p, tok)).sum(),
-        _ => 0,
-    }
+fn text(s: Option<&str>, tok: Counter) -> u64 {
+    s.map_or(0, |s| tok.count(s))
 }
 
-fn part(p: &Value, tok: Counter) -> u64 {
-    match p.get("type").and_then(Value::as_str) {
-        Some("text") => p.get("text").and_then(Value::as_str).map_or(0, |s| tok.count(s)),
-        Some("image_url") => {
-            let detail = p.pointer("/image_url/detail").and_then(Value::as_str);
-            if detail == Some("low") {
-                IMAGE_LOW
-            } else {
-                IMAGE_DEFAULT
+/// A message: its role, content, name, tool calls and every other text
+/// field (`tool_call_id`, a legacy `function_call`, …).
+fn message(m: &Message, tok: Counter) -> u64 {
+    let mut n = tok.count(m.role.as_str()) + content(&m.content, tok);
+    if let Some(name) = &m.name {
+        n += TOKENS_PER_NAME + tok.count(name);
+    }
+    for c in m.tool_calls() {
+        n += TOKENS_PER_MESSAGE + c.function.as_ref().map_or(0, |f| function_call(f, tok));
+    }
+    n += text(m.tool_call_id.as_deref(), tok);
+    for (key, value) in &m.extra {
+        n += match (key.as_str(), value) {
+            ("function_call", Value::Object(f)) => {
+                let field = |k: &str| text(f.get(k).and_then(Value::as_str), tok);
+                field("name") + field("arguments")
             }
-        }
-        // Refusals, audio transcripts and other textual parts.
-        _ => p
-            .as_object()
-            .map(|o| o.values().filter_map(Value::as_str).map(|s| tok.count(s)).sum())
-            .unwrap_or(0),
+            _ => text(value.as_str(), tok),
+        };
+    }
+    n
+}
+
+fn content(value: &Content, tok: Counter) -> u64 {
+    match value {
+        Content::Text(s) => tok.count(s),
+        Content::Parts(parts) => parts.iter().map(|p| part(p, tok)).sum(),
+        Content::Absent | Content::Null => 0,
     }
 }
 
-fn tool_calls(value: &Value, tok: Counter) -> u64 {
-    value
-        .as_array()
-        .map(|calls| {
-            calls
-                .iter()
-                .map(|c| TOKENS_PER_MESSAGE + c.get("function").map_or(0, |f| function(f, tok)))
-                .sum()
-        })
-        .unwrap_or(0)
+fn part(p: &ContentPart, tok: Counter) -> u64 {
+    match p.kind.as_str() {
+        "text" => text(p.text.as_deref(), tok),
+        "image_url" if p.image_detail() == Some("low") => IMAGE_LOW,
+        "image_url" => IMAGE_DEFAULT,
+        // Refusals, audio transcripts and other textual parts: every string.
+        kind => {
+            tok.count(kind)
+                + text(p.text.as_deref(), tok)
+                + text(p.image_url.as_ref().and_then(Value::as_str), tok)
+                + p.extra.values().map(|v| text(v.as_str(), tok)).sum::<u64>()
+        }
+    }
 }
 
-fn function(f: &Value, tok: Counter) -> u64 {
-    let text = |k: &str| f.get(k).and_then(Value::as_str).map_or(0, |s| tok.count(s));
-    text("name") + text("arguments")
+fn function_call(f: &FunctionCall, tok: Counter) -> u64 {
+    text(f.name.as_deref(), tok) + text(f.arguments.as_deref(), tok)
 }
 
 fn tool_definition(f: &Value, tok: Counter) -> u64 {
@@ -275,21 +289,30 @@ mod native_tests {
     use super::*;
     use serde_json::json;
 
+    /// Counts over the body of a call to `endpoint`, as the gateway hands it over.
+    fn est(endpoint: Endpoint, v: &Value, t: Tokenizer) -> u64 {
+        estimate_prompt(endpoint, &Body::from_json(endpoint, v.clone()).unwrap(), t)
+    }
+
+    fn bound(endpoint: Endpoint, v: &Value, t: Tokenizer) -> u64 {
+        prompt_upper_bound(endpoint, &Body::from_json(endpoint, v.clone()).unwrap(), t)
+    }
+
     #[test]
     fn native_prompts_count_every_text_and_bound_the_exact_count() {
         let t = Tokenizer::O200kBase;
         let long = "word ".repeat(200);
         let responses = json!({"instructions": "Be brief.", "input": [{"role": "user", "content": [{"type": "input_text", "text": long}]}]});
-        let exact = estimate_prompt(Endpoint::Responses, &responses, t);
+        let exact = est(Endpoint::Responses, &responses, t);
         assert!(exact >= 200, "{exact}");
-        assert!(prompt_upper_bound(Endpoint::Responses, &responses, t) >= exact);
+        assert!(bound(Endpoint::Responses, &responses, t) >= exact);
         let messages = json!({"system": "Be brief.", "messages": [{"role": "user", "content": long}],
                               "tools": [{"name": "f", "input_schema": {"type": "object"}}]});
-        let m = estimate_prompt(Endpoint::Messages, &messages, t);
+        let m = est(Endpoint::Messages, &messages, t);
         assert!(m > exact - 10 && m < exact + 40, "{m} vs {exact}");
         let image = json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"data": long}}]}]});
-        assert!(estimate_prompt(Endpoint::Messages, &image, t) < 800);
-        assert_eq!(estimate_prompt(Endpoint::Messages, &json!({}), t), REPLY_PRIMING);
+        assert!(est(Endpoint::Messages, &image, t) < 800);
+        assert_eq!(est(Endpoint::Messages, &json!({}), t), REPLY_PRIMING);
     }
 }
 
@@ -297,6 +320,15 @@ mod native_tests {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Counts over the body of a call to `endpoint`, as the gateway hands it over.
+    fn est(endpoint: Endpoint, v: &Value, t: Tokenizer) -> u64 {
+        estimate_prompt(endpoint, &Body::from_json(endpoint, v.clone()).unwrap(), t)
+    }
+
+    fn bound(endpoint: Endpoint, v: &Value, t: Tokenizer) -> u64 {
+        prompt_upper_bound(endpoint, &Body::from_json(endpoint, v.clone()).unwrap(), t)
+    }
 
     #[test]
     fn the_upper_bound_never_undercounts_and_tokenizes_long_texts() {
@@ -307,22 +339,19 @@ mod tests {
             json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "日本語のテキスト"}]}]}),
         ] {
             for t in [Tokenizer::Cl100kBase, Tokenizer::O200kBase] {
-                let exact = estimate_prompt(Endpoint::ChatCompletions, &body, t);
-                let bound = prompt_upper_bound(Endpoint::ChatCompletions, &body, t);
+                let exact = est(Endpoint::ChatCompletions, &body, t);
+                let bound = bound(Endpoint::ChatCompletions, &body, t);
                 assert!(bound >= exact, "{bound} < {exact} for {body}");
             }
         }
         // A long text is tokenized, not bounded by its length.
         let body = json!({"messages": [{"role": "user", "content": long}]});
-        let bound = prompt_upper_bound(Endpoint::ChatCompletions, &body, Tokenizer::O200kBase);
-        assert!(bound < long.len() as u64 / 2, "{bound}");
+        let most = bound(Endpoint::ChatCompletions, &body, Tokenizer::O200kBase);
+        assert!(most < long.len() as u64 / 2, "{most}");
         // A short one is bounded by its bytes.
         let short = json!({"input": "abc"});
-        assert_eq!(
-            prompt_upper_bound(Endpoint::Embeddings, &short, Tokenizer::O200kBase),
-            3
-        );
-        assert_eq!(estimate_prompt(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 1);
+        assert_eq!(bound(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 3);
+        assert_eq!(est(Endpoint::Embeddings, &short, Tokenizer::O200kBase), 1);
     }
 
     #[test]
@@ -356,7 +385,7 @@ mod tests {
             + count_text("bob", t)
             + count_text("hello world", t)
             + 3;
-        assert_eq!(estimate_prompt(Endpoint::ChatCompletions, &body, t), expected);
+        assert_eq!(est(Endpoint::ChatCompletions, &body, t), expected);
     }
 
     #[test]
@@ -368,7 +397,7 @@ mod tests {
             {"type": "image_url", "image_url": {"url": "https://x/z.png"}}
         ]}]});
         assert_eq!(
-            estimate_prompt(Endpoint::ChatCompletions, &parts, t),
+            est(Endpoint::ChatCompletions, &parts, t),
             3 + count_text("user", t) + count_text("describe", t) + IMAGE_LOW + IMAGE_DEFAULT + 3
         );
 
@@ -376,7 +405,7 @@ mod tests {
             {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}
         ]}]});
         assert_eq!(
-            estimate_prompt(Endpoint::ChatCompletions, &call, t),
+            est(Endpoint::ChatCompletions, &call, t),
             3 + count_text("assistant", t) + 3 + count_text("f", t) + count_text("{\"a\":1}", t) + 3
         );
 
@@ -385,9 +414,9 @@ mod tests {
         let mut with_tools = plain.clone();
         with_tools["tools"] = json!([{"type": "function", "function": {
             "name": "get_weather", "description": "Weather now", "parameters": params}}]);
-        let base = estimate_prompt(Endpoint::ChatCompletions, &plain, t);
+        let base = est(Endpoint::ChatCompletions, &plain, t);
         assert_eq!(
-            estimate_prompt(Endpoint::ChatCompletions, &with_tools, t),
+            est(Endpoint::ChatCompletions, &with_tools, t),
             base + TOOLS_OVERHEAD
                 + TOKENS_PER_TOOL
                 + count_text("get_weather", t)
@@ -401,24 +430,23 @@ mod tests {
         let t = Tokenizer::Cl100kBase;
         let hw = count_text("hello world", t);
         for (endpoint, key) in [(Endpoint::Completions, "prompt"), (Endpoint::Embeddings, "input")] {
-            assert_eq!(estimate_prompt(endpoint, &json!({key: "hello world"}), t), hw);
-            assert_eq!(
-                estimate_prompt(endpoint, &json!({key: ["hello world", "hello world"]}), t),
-                2 * hw
-            );
-            assert_eq!(estimate_prompt(endpoint, &json!({key: [1, 2, 3]}), t), 3);
-            assert_eq!(estimate_prompt(endpoint, &json!({key: [[1, 2], [3]]}), t), 3);
-            assert_eq!(estimate_prompt(endpoint, &json!({}), t), 0);
+            assert_eq!(est(endpoint, &json!({key: "hello world"}), t), hw);
+            assert_eq!(est(endpoint, &json!({key: ["hello world", "hello world"]}), t), 2 * hw);
+            assert_eq!(est(endpoint, &json!({key: [1, 2, 3]}), t), 3);
+            assert_eq!(est(endpoint, &json!({key: [[1, 2], [3]]}), t), 3);
+            assert_eq!(est(endpoint, &json!({}), t), 0);
         }
     }
 
     #[test]
     fn malformed_bodies_count_what_they_can() {
         let t = Tokenizer::O200kBase;
-        assert_eq!(estimate_prompt(Endpoint::ChatCompletions, &json!({}), t), 0);
+        assert_eq!(est(Endpoint::ChatCompletions, &json!({}), t), 0);
+        // Untyped chat (never from the gateway) counts its texts.
+        let untyped = Body::Json(json!({"messages": [1, {"content": "hello world"}]}));
         assert_eq!(
-            estimate_prompt(Endpoint::ChatCompletions, &json!({"messages": [1]}), t),
-            3 + 3
+            estimate_prompt(Endpoint::ChatCompletions, &untyped, t),
+            TOKENS_PER_MESSAGE + count_text("hello world", t) + REPLY_PRIMING
         );
     }
 

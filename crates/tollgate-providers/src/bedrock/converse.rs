@@ -2,26 +2,24 @@
 //! bodies, and whole Converse answers → OpenAI bodies (written by the
 //! shared `openai_shape` builders).
 
-use crate::openai_shape::{self, bad_request, Choice, Part, ToolCall};
+use crate::chat::{Body, ChatRequest, Message, Role};
+use crate::openai_shape::{self, bad_request, Choice, Part, Sampling, ToolCall};
 use crate::{Endpoint, ProviderError};
 use serde_json::{json, Map, Value};
 use tollgate_core::usage::Usage;
 
 /// Translates a chat or completions request into a Converse body.
-pub(super) fn converse_body(endpoint: Endpoint, body: &Value) -> Result<Value, ProviderError> {
+pub(super) fn converse_body(endpoint: Endpoint, body: &Body) -> Result<Value, ProviderError> {
     let mut out = Map::new();
     match endpoint {
         Endpoint::ChatCompletions => {
-            let messages = body
-                .get("messages")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad_request("messages must be an array"))?;
-            let (system, turns, used_tools) = translate_messages(messages)?;
+            let chat = openai_shape::chat_request(body)?;
+            let (system, turns, used_tools) = translate_messages(chat.messages())?;
             if !system.is_empty() {
                 out.insert("system".into(), Value::Array(system));
             }
             out.insert("messages".into(), Value::Array(turns));
-            if let Some(tc) = tool_config(body, used_tools)? {
+            if let Some(tc) = tool_config(chat, used_tools)? {
                 out.insert("toolConfig".into(), tc);
             }
         }
@@ -35,16 +33,17 @@ pub(super) fn converse_body(endpoint: Endpoint, body: &Value) -> Result<Value, P
         Endpoint::Embeddings => return Err(bad_request("embeddings do not use Converse")),
         Endpoint::Responses | Endpoint::Messages => return Err(crate::not_native(endpoint)),
     }
+    let sampling = Sampling::of(body);
     let mut inference = Map::new();
-    if let Some(n) = openai_shape::max_tokens(body) {
+    if let Some(n) = sampling.max_tokens {
         inference.insert("maxTokens".into(), json!(n));
     }
-    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
-        if let Some(v) = body.get(from).filter(|v| v.is_number()) {
-            inference.insert(to.into(), v.clone());
+    for (to, v) in [("temperature", sampling.temperature), ("topP", sampling.top_p)] {
+        if let Some(v) = v {
+            inference.insert(to.into(), Value::Number(v.clone()));
         }
     }
-    if let Some(stop) = openai_shape::stop_sequences(body) {
+    if let Some(stop) = sampling.stop {
         inference.insert("stopSequences".into(), json!(stop));
     }
     if !inference.is_empty() {
@@ -58,25 +57,21 @@ pub(super) fn converse_body(endpoint: Endpoint, body: &Value) -> Result<Value, P
 /// merge; tool results are `toolResult` blocks of a user turn). Also says
 /// whether the history holds tool blocks (Bedrock then requires
 /// `toolConfig`).
-fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, bool), ProviderError> {
+fn translate_messages(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>, bool), ProviderError> {
     let mut system = Vec::new();
     let mut turns: Vec<Value> = Vec::new();
     let mut used_tools = false;
     for m in messages {
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad_request("every message needs a role"))?;
-        match role {
-            "system" | "developer" => {
-                let text = openai_shape::text_of(m.get("content"));
+        match &m.role {
+            Role::System | Role::Developer => {
+                let text = openai_shape::text_of(&m.content);
                 if !text.is_empty() {
                     system.push(json!({ "text": text }));
                 }
             }
-            "user" => {
+            Role::User => {
                 let mut blocks = Vec::new();
-                for part in openai_shape::parts_of(m.get("content"))? {
+                for part in openai_shape::parts_of(&m.content)? {
                     match part {
                         Part::Text("") => {}
                         Part::Text(t) => blocks.push(json!({ "text": t })),
@@ -95,9 +90,9 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
                 }
                 openai_shape::push_turn(&mut turns, "user", "content", blocks);
             }
-            "assistant" => {
+            Role::Assistant => {
                 let mut blocks = Vec::new();
-                let text = openai_shape::text_of(m.get("content"));
+                let text = openai_shape::text_of(&m.content);
                 if !text.is_empty() {
                     blocks.push(json!({ "text": text }));
                 }
@@ -114,12 +109,12 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
                 }
                 openai_shape::push_turn(&mut turns, "assistant", "content", blocks);
             }
-            "tool" => {
+            Role::Tool => {
                 let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
+                    .tool_call_id
+                    .as_deref()
                     .ok_or_else(|| bad_request("tool message without tool_call_id"))?;
-                let text = openai_shape::text_of(m.get("content"));
+                let text = openai_shape::text_of(&m.content);
                 openai_shape::push_turn(
                     &mut turns,
                     "user",
@@ -128,7 +123,7 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
                 );
                 used_tools = true;
             }
-            other => return Err(bad_request(format!("unknown message role {other}"))),
+            other => return Err(bad_request(format!("unknown message role {}", other.as_str()))),
         }
     }
     Ok((system, turns, used_tools))
@@ -137,23 +132,21 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>, boo
 /// OpenAI `tools`/`tool_choice` → `toolConfig`. Converse has no "none":
 /// the tools are then left out, unless the history holds tool blocks (which
 /// Bedrock refuses without a `toolConfig`), in which case the model chooses.
-fn tool_config(body: &Value, used_tools: bool) -> Result<Option<Value>, ProviderError> {
+fn tool_config(body: &ChatRequest, used_tools: bool) -> Result<Option<Value>, ProviderError> {
     let tools: Vec<Value> = body
-        .get("tools")
-        .and_then(Value::as_array)
-        .into_iter()
+        .tools
+        .iter()
         .flatten()
-        .filter(|t| t.get("type").and_then(Value::as_str).unwrap_or("function") == "function")
-        .filter_map(|t| t.get("function"))
+        .filter_map(|t| t.function())
         .map(|f| {
             let mut spec = Map::new();
-            spec.insert("name".into(), f.get("name").cloned().unwrap_or(Value::Null));
-            if let Some(d) = f.get("description") {
-                spec.insert("description".into(), d.clone());
+            spec.insert("name".into(), json!(f.name));
+            if let Some(d) = &f.description {
+                spec.insert("description".into(), json!(d));
             }
             let schema = f
-                .get("parameters")
-                .cloned()
+                .parameters
+                .clone()
                 .unwrap_or_else(|| json!({ "type": "object", "properties": {} }));
             spec.insert("inputSchema".into(), json!({ "json": schema }));
             json!({ "toolSpec": spec })
@@ -162,7 +155,7 @@ fn tool_config(body: &Value, used_tools: bool) -> Result<Option<Value>, Provider
     if tools.is_empty() {
         return Ok(None);
     }
-    let choice = match body.get("tool_choice") {
+    let choice = match &body.tool_choice {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match s.as_str() {
             "auto" => Some(json!({ "auto": {} })),
@@ -258,6 +251,11 @@ pub(super) fn converse_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Translates `body` as the adapter gets it.
+    fn converse_body(endpoint: Endpoint, body: &Value) -> Result<Value, ProviderError> {
+        super::converse_body(endpoint, &Body::from_json(endpoint, body.clone()).unwrap())
+    }
 
     #[test]
     fn messages_translate_to_converse() {

@@ -10,9 +10,10 @@
 //! with usage, `message_stop`).
 
 use super::{
-    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, ChatCompletion,
+    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, typed, ChatCompletion,
     ChatUsage, ChunkEvents, ChunkStream, Invalid, StreamShaper, ToolDelta,
 };
+use crate::chat::ChatRequest;
 use serde::Deserialize;
 use serde_json::{json, Map, Number, Value};
 
@@ -132,7 +133,7 @@ impl MessagesRequest {
     }
 
     /// The equivalent OpenAI chat request (`model` set by the gateway).
-    pub fn to_chat(&self) -> Result<Value, Invalid> {
+    pub fn to_chat(&self) -> Result<ChatRequest, Invalid> {
         let mut messages = Vec::new();
         match &self.system {
             None | Some(Value::Null) => {}
@@ -203,7 +204,7 @@ impl MessagesRequest {
             }
         }
         put_stream(&mut out, self.is_stream());
-        Ok(Value::Object(out))
+        typed(out)
     }
 }
 
@@ -557,6 +558,7 @@ mod tests {
                     {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAA"}}]}
             ]}))
         .to_chat()
+        .map(|c| serde_json::to_value(c).unwrap())
         .unwrap();
         let m = chat["messages"].as_array().unwrap();
         assert_eq!(m[0], json!({"role": "system", "content": "Be brief."}));

@@ -11,6 +11,7 @@
 pub mod messages;
 pub mod responses;
 
+use crate::chat::ChatRequest;
 use crate::sse::SseParser;
 use serde::Deserialize;
 use serde_json::{json, Map, Number, Value};
@@ -27,6 +28,12 @@ pub(crate) fn invalid(message: impl Into<String>, param: Option<&'static str>) -
         message: message.into(),
         param,
     }
+}
+
+/// The translated request, typed as the adapters take it.
+pub(crate) fn typed(chat: Map<String, Value>) -> Result<ChatRequest, Invalid> {
+    serde_json::from_value(Value::Object(chat))
+        .map_err(|e| invalid(format!("the request cannot be expressed as a chat request: {e}"), None))
 }
 
 /// Turns a translated stream of OpenAI chat chunk frames into the

@@ -12,9 +12,10 @@
 //! `response.completed` with usage).
 
 use super::{
-    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, ChatCompletion,
+    function_tool, id_part, invalid, push_event, put_sampling, put_stream, shape_frame, text_of, typed, ChatCompletion,
     ChatUsage, ChunkEvents, ChunkStream, Invalid, StreamShaper, ToolDelta,
 };
+use crate::chat::ChatRequest;
 use serde::Deserialize;
 use serde_json::{json, Map, Number, Value};
 
@@ -121,7 +122,7 @@ impl ResponsesRequest {
     }
 
     /// The equivalent OpenAI chat request (`model` set by the gateway).
-    pub fn to_chat(&self) -> Result<Value, Invalid> {
+    pub fn to_chat(&self) -> Result<ChatRequest, Invalid> {
         let mut messages = Vec::new();
         if let Some(i) = self.instructions.as_deref().filter(|i| !i.is_empty()) {
             messages.push(json!({"role": "system", "content": i}));
@@ -204,7 +205,7 @@ impl ResponsesRequest {
             }
         }
         put_stream(&mut out, self.is_stream());
-        Ok(Value::Object(out))
+        typed(out)
     }
 
     /// The request fields a `response` object repeats.
@@ -783,6 +784,7 @@ mod tests {
         let chat = req(json!({"model": "m", "input": "Hi", "instructions": "Be brief.",
                               "max_output_tokens": 50, "temperature": 0.2, "metadata": {"a": "b"}}))
         .to_chat()
+        .map(|c| serde_json::to_value(c).unwrap())
         .unwrap();
         assert_eq!(
             chat["messages"],
@@ -809,6 +811,7 @@ mod tests {
            "tool_choice": {"type": "function", "name": "get_weather"},
            "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}, "strict": true}}}))
         .to_chat()
+        .map(|c| serde_json::to_value(c).unwrap())
         .unwrap();
         let m = chat["messages"].as_array().unwrap();
         assert_eq!(m[0], json!({"role": "system", "content": "rules"}));

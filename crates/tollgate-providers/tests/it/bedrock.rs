@@ -4,7 +4,9 @@
 //! and broken streams; and a recorded ConverseStream replayed as real
 //! event-stream bytes.
 
-use crate::support::{assert_usage, collect, expect_err, http, tokens, upstream, weather_tools, whole, Fixture};
+use crate::support::{
+    assert_usage, body_of, collect, expect_err, http, tokens, upstream, weather_tools, whole, Fixture,
+};
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use chrono::Utc;
@@ -296,7 +298,7 @@ async fn assumed_role_credentials_are_cached_until_near_expiry() {
     // Concurrent requests on a cold cache share one AssumeRole.
     let cold = Bedrock::default();
     let http = http();
-    let body = chat();
+    let body = body_of(Endpoint::ChatCompletions, &chat());
     let calls = (0..6).map(|_| cold.send(&http, fx.call(Endpoint::ChatCompletions, &body, false, false)));
     for r in futures::future::join_all(calls).await {
         whole(r);

@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tollgate_core::secrets::PlainSecrets;
 use tollgate_core::usage::Usage;
+use tollgate_providers::chat::Body;
 use tollgate_providers::{Adapter, Call, Endpoint, ProviderError, StreamItem, Target, UpstreamResponse};
 
 /// What the mocks are told to answer (multi-byte text crosses chunk edges).
@@ -33,7 +34,7 @@ impl Fixture {
         }
     }
 
-    pub fn call<'a>(&'a self, endpoint: Endpoint, body: &'a Value, stream: bool, wants_usage: bool) -> Call<'a> {
+    pub fn call<'a>(&'a self, endpoint: Endpoint, body: &'a Body, stream: bool, wants_usage: bool) -> Call<'a> {
         Call {
             endpoint,
             target: Target {
@@ -59,10 +60,17 @@ impl Fixture {
         stream: bool,
         wants_usage: bool,
     ) -> Result<UpstreamResponse, ProviderError> {
+        let body = body_of(endpoint, body);
         adapter
-            .send(&http(), self.call(endpoint, body, stream, wants_usage))
+            .send(&http(), self.call(endpoint, &body, stream, wants_usage))
             .await
     }
+}
+
+/// The body of a call to `endpoint` as the gateway hands it over: chat
+/// typed, the rest as JSON.
+pub fn body_of(endpoint: Endpoint, body: &Value) -> Body {
+    Body::from_json(endpoint, body.clone()).expect("a well-typed request body")
 }
 
 pub fn http() -> reqwest::Client {

@@ -3,7 +3,7 @@
 //! not; a new one once the clock passes the refresh point), URLs and bearer
 //! header, Gemini-format translation, `:predict` embeddings and errors.
 
-use crate::support::{collect, expect_err, http, tokens, upstream, whole, Fixture};
+use crate::support::{body_of, collect, expect_err, http, tokens, upstream, whole, Fixture};
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -114,7 +114,7 @@ async fn concurrent_requests_share_one_exchange() {
     let (_server, control, fx) = start().await;
     let vertex = Vertex::default();
     let http = http();
-    let body = chat();
+    let body = body_of(Endpoint::ChatCompletions, &chat());
     let calls = (0..8).map(|_| vertex.send(&http, fx.call(Endpoint::ChatCompletions, &body, false, false)));
     for r in futures::future::join_all(calls).await {
         whole(r);

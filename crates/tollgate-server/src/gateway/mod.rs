@@ -37,6 +37,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +49,7 @@ use tollgate_core::money::Money;
 use tollgate_core::records::KeyType;
 use tollgate_core::routing::Failure;
 use tollgate_core::usage::ModelPrice;
+use tollgate_providers::chat::{Body, ChatRequest};
 use tollgate_providers::{tokens, Call, Endpoint, ProviderError, Target, UpstreamResponse};
 use tollgate_store::usage::UsageRecord;
 
@@ -113,9 +115,9 @@ pub struct Prepared {
     pub snap: Arc<Snapshot>,
     pub key: Arc<KeyEntry>,
     pub route: Arc<Route>,
-    /// The request body (shared, so that large prompts can be counted off
-    /// the async workers without a copy).
-    pub body: Arc<Value>,
+    /// The request body, a chat request typed (shared, so that large
+    /// prompts can be counted off the async workers without a copy).
+    pub body: Arc<Body>,
     /// Its size in bytes as received.
     pub body_len: usize,
     /// The API the client called, and how its answer is shaped.
@@ -167,7 +169,7 @@ pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Byte
         endpoint: api.log_name().to_owned(),
         ..Default::default()
     };
-    let (parsed, json) = match parse(&state, api, &headers, &body, &mut rec) {
+    let (parsed, request) = match parse(&state, api, &headers, &body, &mut rec) {
         Ok(p) => p,
         Err(e) => return relay::fail(&state, api, rec, started, e, RateHeaders::default()),
     };
@@ -176,9 +178,9 @@ pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Byte
     }
     match routing::plan_for(&parsed, &headers) {
         Err(e) => relay::fail(&state, api, rec, started, e, RateHeaders::default()),
-        Ok(Some(plan)) => routing::run(&state, &parsed, &headers, &json, &plan, rec, started).await,
+        Ok(Some(plan)) => routing::run(&state, &parsed, &headers, &request, &plan, rec, started).await,
         Ok(None) => {
-            let prep = match resolve(&state, &parsed, json, &headers, Pick::default(), &mut rec) {
+            let prep = match resolve(&state, &parsed, request, &headers, Pick::default(), &mut rec) {
                 Ok(p) => p,
                 Err(e) => return relay::fail(&state, api, rec, started, e, RateHeaders::default()),
             };
@@ -499,7 +501,7 @@ fn parse(
     headers: &HeaderMap,
     raw: &Bytes,
     rec: &mut UsageRecord,
-) -> Result<(Parsed, Value), GatewayError> {
+) -> Result<(Parsed, Body), GatewayError> {
     let snap = state.snapshot();
     let key = gateway_key(&snap, state.now(), headers)?;
     rec.api_key_id = Some(key.record.id.clone());
@@ -523,16 +525,8 @@ fn parse(
                 )
             })?,
     };
-    let body: Value =
-        serde_json::from_slice(raw).map_err(|e| invalid(format!("request body is not valid JSON: {e}"), None))?;
-    let obj = body
-        .as_object()
-        .ok_or_else(|| invalid("request body must be a JSON object", None))?;
-    let names_provider = headers.contains_key("x-portkey-provider")
-        || obj
-            .get("model")
-            .and_then(Value::as_str)
-            .is_some_and(|m| m.starts_with('@'));
+    let body = read_body(api, raw)?;
+    let names_provider = headers.contains_key("x-portkey-provider") || body.model().is_some_and(|m| m.starts_with('@'));
     let log_bodies = snap.workspaces.get(&workspace_id).is_some_and(|w| w.log_bodies);
     Ok((
         Parsed {
@@ -549,6 +543,87 @@ fn parse(
     ))
 }
 
+/// The body as its API reads it, parsed once: a chat request typed, any
+/// other a JSON object.
+fn read_body(api: Api, raw: &[u8]) -> Result<Body, GatewayError> {
+    let not_json = |e: serde_json::Error| invalid(format!("request body is not valid JSON: {e}"), None);
+    if api != Api::OpenAi(Endpoint::ChatCompletions) {
+        let body: Value = serde_json::from_slice(raw).map_err(not_json)?;
+        if !body.is_object() {
+            return Err(invalid("request body must be a JSON object", None));
+        }
+        return Ok(Body::Json(body));
+    }
+    serde_json::from_slice::<ChatRequest>(raw)
+        .map(Body::Chat)
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => match serde_json::from_slice::<Value>(raw) {
+                Ok(v) => mistyped(&v, &e),
+                Err(e) => not_json(e),
+            },
+            _ => not_json(e),
+        })
+}
+
+/// The body with a routing target's `override_params` set over its
+/// fields; a chat request is read again, so that its fields stay typed.
+fn with_params(body: Body, params: &serde_json::Map<String, Value>) -> Result<Body, GatewayError> {
+    let (mut v, chat) = match body {
+        Body::Chat(c) => (
+            serde_json::to_value(c).map_err(|e| GatewayError::Internal(e.to_string()))?,
+            true,
+        ),
+        Body::Json(v) => (v, false),
+    };
+    if let Value::Object(o) = &mut v {
+        for (k, p) in params {
+            o.insert(k.clone(), p.clone());
+        }
+    }
+    if !chat {
+        return Ok(Body::Json(v));
+    }
+    ChatRequest::deserialize(&v)
+        .map(Body::Chat)
+        .map_err(|e| mistyped(&v, &e))
+}
+
+/// The JSON object of a body that is not a chat request.
+fn json_body(body: &Body) -> Result<&Value, GatewayError> {
+    body.json()
+        .filter(|v| v.is_object())
+        .ok_or_else(|| invalid("request body must be a JSON object", None))
+}
+
+/// Why JSON that is not a chat request is refused: in the words of the
+/// gateway's own checks where one of them refuses it (naming the field),
+/// else serde's.
+fn mistyped(v: &Value, e: &serde_json::Error) -> GatewayError {
+    if !v.is_object() {
+        return invalid("request body must be a JSON object", None);
+    }
+    let endpoint = Endpoint::ChatCompletions;
+    let checked = model_field(v.get("model").and_then(Value::as_str))
+        .and_then(|_| check_required(endpoint, v))
+        .and_then(|_| json_limits(endpoint, v));
+    match checked {
+        Err(refused) => refused,
+        Ok(_) => invalid(format!("invalid chat request: {e}"), None),
+    }
+}
+
+/// The `model` a request names, required, and bounded before it is echoed
+/// in any message or resolved.
+fn model_field(model: Option<&str>) -> Result<&str, GatewayError> {
+    let model = model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| invalid("'model' is required: use '@provider/model'", Some("model")))?;
+    if model.len() > MAX_MODEL_ID_LEN + MAX_SLUG_LEN + 2 || !model.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad_model_id());
+    }
+    Ok(model)
+}
+
 /// Resolves the request for one target, all from the snapshot (no I/O):
 /// the target's parameters, the provider (the target's, else
 /// `x-portkey-provider`, else `@slug/model`), access, the model policy
@@ -557,7 +632,7 @@ fn parse(
 fn resolve(
     state: &SharedState,
     parsed: &Parsed,
-    mut body: Value,
+    body: Body,
     headers: &HeaderMap,
     pick: Pick<'_>,
     rec: &mut UsageRecord,
@@ -566,25 +641,16 @@ fn resolve(
     let snap = parsed.snap.clone();
     let key = parsed.key.clone();
     let workspace_id = parsed.workspace_id.clone();
-    if let (Some(o), Some(params)) = (body.as_object_mut(), pick.override_params) {
-        for (k, v) in params {
-            o.insert(k.clone(), v.clone());
-        }
-    }
-    let Some(obj) = body.as_object() else {
-        return Err(invalid("request body must be a JSON object", None));
+    let mut body = match pick.override_params {
+        Some(params) => with_params(body, params)?,
+        None => body,
     };
-    let model_field = obj
-        .get("model")
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| invalid("'model' is required: use '@provider/model'", Some("model")))?;
-    // Bounded before it is echoed in any message or resolved.
-    if model_field.len() > MAX_MODEL_ID_LEN + MAX_SLUG_LEN + 2 || !model_field.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad_model_id());
-    }
+    let model_field = model_field(body.model())?;
     if let Api::OpenAi(endpoint) = api {
-        check_required(endpoint, obj)?;
+        match &body {
+            Body::Chat(chat) => check_messages(chat)?,
+            Body::Json(_) => check_required(endpoint, json_body(&body)?)?,
+        }
     }
 
     let (route, model_name) = resolve_route(state, &snap, &workspace_id, headers, pick.provider, model_field, rec)?;
@@ -595,13 +661,7 @@ fn resolve(
     // The API's request as the upstream call: relayed natively where the
     // provider speaks it, else translated to chat.
     let (endpoint, shape, client_wants_usage) = match api {
-        Api::OpenAi(e) => {
-            let wants = body
-                .pointer("/stream_options/include_usage")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            (e, Shape::AsIs, wants)
-        }
+        Api::OpenAi(e) => (e, Shape::AsIs, body.wants_usage()),
         Api::Responses if Endpoint::Responses.native_on(integration.spec.protocol) => (
             Endpoint::Responses,
             Shape::NativeResponses {
@@ -611,8 +671,8 @@ fn resolve(
             false,
         ),
         Api::Responses => {
-            let r =
-                tollgate_providers::dialects::responses::ResponsesRequest::parse(&body).map_err(dialect::invalid)?;
+            let r = tollgate_providers::dialects::responses::ResponsesRequest::parse(json_body(&body)?)
+                .map_err(dialect::invalid)?;
             if r.previous_response_id.is_some() {
                 return Err(invalid(
                     format!(
@@ -622,8 +682,7 @@ fn resolve(
                     Some("previous_response_id"),
                 ));
             }
-            let chat = r.to_chat().map_err(dialect::invalid)?;
-            body = chat;
+            body = Body::Chat(r.to_chat().map_err(dialect::invalid)?);
             // The shaper needs the usage chunk to report usage.
             (Endpoint::ChatCompletions, Shape::Responses(Box::new(r.echo())), true)
         }
@@ -634,8 +693,9 @@ fn resolve(
             (Endpoint::Messages, Shape::AsIs, false)
         }
         Api::Messages => {
-            let m = tollgate_providers::dialects::messages::MessagesRequest::parse(&body).map_err(dialect::invalid)?;
-            body = m.to_chat().map_err(dialect::invalid)?;
+            let m = tollgate_providers::dialects::messages::MessagesRequest::parse(json_body(&body)?)
+                .map_err(dialect::invalid)?;
+            body = Body::Chat(m.to_chat().map_err(dialect::invalid)?);
             (Endpoint::ChatCompletions, Shape::Messages, true)
         }
     };
@@ -664,8 +724,17 @@ fn resolve(
         upstream_headers.extend(anthropic_headers(headers));
     }
     let model = model_name;
-    if let Some(o) = body.as_object_mut() {
-        o.insert("model".into(), Value::String(model.clone()));
+    match &mut body {
+        Body::Chat(chat) => {
+            chat.model.clone_from(&model);
+            if stream {
+                chat.ask_stream_usage();
+            }
+        }
+        Body::Json(Value::Object(o)) => {
+            o.insert("model".into(), Value::String(model.clone()));
+        }
+        Body::Json(_) => {}
     }
     Ok(Prepared {
         snap,
@@ -715,27 +784,61 @@ pub fn anthropic_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The field an OpenAI endpoint cannot do without.
-fn check_required(endpoint: Endpoint, obj: &serde_json::Map<String, Value>) -> Result<(), GatewayError> {
+/// The field an OpenAI endpoint cannot do without (`body` untyped).
+fn check_required(endpoint: Endpoint, body: &Value) -> Result<(), GatewayError> {
     let required = match endpoint {
         Endpoint::ChatCompletions => "messages",
         Endpoint::Completions => "prompt",
         _ => "input",
     };
-    match obj.get(required) {
-        Some(Value::Array(a)) if endpoint == Endpoint::ChatCompletions && a.is_empty() => {
-            Err(invalid("'messages' must not be empty", Some("messages")))
-        }
+    match body.get(required) {
+        Some(Value::Array(a)) if endpoint == Endpoint::ChatCompletions && a.is_empty() => Err(no_messages()),
         Some(Value::Array(_)) => Ok(()),
         Some(Value::String(_)) if endpoint != Endpoint::ChatCompletions => Ok(()),
-        _ => Err(invalid(format!("'{required}' is required"), Some(required))),
+        _ => Err(missing(required)),
     }
+}
+
+/// A chat request's `messages`: present and not empty.
+fn check_messages(chat: &ChatRequest) -> Result<(), GatewayError> {
+    match &chat.messages {
+        None => Err(missing("messages")),
+        Some(m) if m.is_empty() => Err(no_messages()),
+        Some(_) => Ok(()),
+    }
+}
+
+fn missing(field: &'static str) -> GatewayError {
+    invalid(format!("'{field}' is required"), Some(field))
+}
+
+fn no_messages() -> GatewayError {
+    invalid("'messages' must not be empty", Some("messages"))
 }
 
 /// `stream`, the request's own bound on output tokens (`max_tokens` /
 /// `max_completion_tokens`, the larger of the two; the Responses API's
 /// `max_output_tokens`) and the number of choices `n`, each within bounds.
-fn stream_and_max_tokens(endpoint: Endpoint, body: &Value) -> Result<(bool, Option<u64>, u64), GatewayError> {
+fn stream_and_max_tokens(endpoint: Endpoint, body: &Body) -> Result<(bool, Option<u64>, u64), GatewayError> {
+    let chat = match body {
+        Body::Chat(chat) => chat,
+        Body::Json(v) => return json_limits(endpoint, v),
+    };
+    // Both are checked; the larger bounds the worst case whichever the
+    // upstream heeds.
+    let max_tokens = within(
+        "max_completion_tokens",
+        chat.max_completion_tokens,
+        0,
+        MAX_OUTPUT_TOKENS,
+    )?
+    .max(within("max_tokens", chat.max_tokens, 0, MAX_OUTPUT_TOKENS)?);
+    let choices = within("n", chat.n, 1, MAX_CHOICES)?.unwrap_or(1);
+    Ok((chat.stream.unwrap_or(false), max_tokens, choices))
+}
+
+/// [`stream_and_max_tokens`] of an untyped body.
+fn json_limits(endpoint: Endpoint, body: &Value) -> Result<(bool, Option<u64>, u64), GatewayError> {
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -750,8 +853,6 @@ fn stream_and_max_tokens(endpoint: Endpoint, body: &Value) -> Result<(bool, Opti
     let max_tokens = match endpoint {
         Endpoint::Responses => bounded(obj, "max_output_tokens", 0, MAX_OUTPUT_TOKENS)?,
         Endpoint::Messages => bounded(obj, "max_tokens", 0, MAX_OUTPUT_TOKENS)?,
-        // Both are checked; the larger bounds the worst case whichever the
-        // upstream heeds.
         _ => bounded(obj, "max_completion_tokens", 0, MAX_OUTPUT_TOKENS)?.max(bounded(
             obj,
             "max_tokens",
@@ -774,15 +875,31 @@ fn bad_model_id() -> GatewayError {
 
 /// The integer field `name` of the body, if present (`null` counts as absent),
 /// which must lie in `min..=max`.
-fn bounded(obj: &serde_json::Map<String, Value>, name: &str, min: u64, max: u64) -> Result<Option<u64>, GatewayError> {
+fn bounded(
+    obj: &serde_json::Map<String, Value>,
+    name: &'static str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, GatewayError> {
     match obj.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_u64()
-            .filter(|n| (min..=max).contains(n))
-            .map(Some)
-            .ok_or_else(|| invalid(format!("'{name}' must be an integer from {min} to {max}"), Some(name))),
+            .ok_or_else(|| out_of_bounds(name, min, max))
+            .and_then(|n| within(name, Some(n), min, max)),
     }
+}
+
+/// `value` of the field `name`, if any, which must lie in `min..=max`.
+fn within(name: &'static str, value: Option<u64>, min: u64, max: u64) -> Result<Option<u64>, GatewayError> {
+    match value {
+        Some(n) if !(min..=max).contains(&n) => Err(out_of_bounds(name, min, max)),
+        _ => Ok(value),
+    }
+}
+
+fn out_of_bounds(name: &str, min: u64, max: u64) -> GatewayError {
+    invalid(format!("'{name}' must be an integer from {min} to {max}"), Some(name))
 }
 
 /// The route of a request (header or `@slug/model`) and the model as the
@@ -975,6 +1092,129 @@ mod tests {
             resolve_names(&h, "gpt-4o"),
             Err(GatewayError::InvalidRequest { .. })
         ));
+    }
+
+    /// The message and `param` of a 400.
+    fn refusal(e: GatewayError) -> (String, Option<String>) {
+        match e {
+            GatewayError::InvalidRequest { message, param } => (message, param),
+            other => panic!("not a 400: {other:?}"),
+        }
+    }
+
+    fn chat_body(v: Value) -> Result<Body, GatewayError> {
+        read_body(Api::OpenAi(Endpoint::ChatCompletions), &serde_json::to_vec(&v).unwrap())
+    }
+
+    #[test]
+    fn a_chat_body_is_read_typed_and_refused_naming_the_field() {
+        let ok =
+            chat_body(serde_json::json!({"model": "@a/b", "messages": [{"role": "user", "content": "x"}], "top_k": 3}));
+        let Ok(Body::Chat(chat)) = ok else { panic!("typed") };
+        assert_eq!(
+            (chat.model.as_str(), &chat.extra["top_k"]),
+            ("@a/b", &serde_json::json!(3))
+        );
+        let chat_api = Api::OpenAi(Endpoint::ChatCompletions);
+        assert!(refusal(read_body(chat_api, b"{oops").unwrap_err())
+            .0
+            .contains("not valid JSON"));
+        assert_eq!(
+            refusal(read_body(chat_api, b"[1]").unwrap_err()).0,
+            "request body must be a JSON object"
+        );
+        let m = serde_json::json!([{"role": "user", "content": "x"}]);
+        for (body, param) in [
+            (serde_json::json!({"model": 5, "messages": m}), Some("model")),
+            (serde_json::json!({"model": "@a/b", "messages": {}}), Some("messages")),
+            (
+                serde_json::json!({"model": "@a/b", "messages": m, "stream": "yes"}),
+                Some("stream"),
+            ),
+            (
+                serde_json::json!({"model": "@a/b", "messages": m, "max_tokens": "10"}),
+                Some("max_tokens"),
+            ),
+            (
+                serde_json::json!({"model": "@a/b", "messages": m, "max_completion_tokens": -1}),
+                Some("max_completion_tokens"),
+            ),
+            (serde_json::json!({"model": "@a/b", "messages": m, "n": 1.5}), Some("n")),
+            (
+                serde_json::json!({"model": "@a/b", "messages": [{"role": "user", "content": 5}]}),
+                None,
+            ),
+            (
+                serde_json::json!({"model": "@a/b", "messages": m, "temperature": "hot"}),
+                None,
+            ),
+        ] {
+            let (message, got) = refusal(chat_body(body.clone()).unwrap_err());
+            assert_eq!(got.as_deref(), param, "{body}: {message}");
+            if param.is_none() {
+                assert!(message.starts_with("invalid chat request: "), "{message}");
+            }
+        }
+        // Other APIs keep their JSON.
+        let b = read_body(Api::OpenAi(Endpoint::Embeddings), br#"{"input": 5}"#).unwrap();
+        assert_eq!(b.get("input"), Some(&serde_json::json!(5)));
+        assert!(read_body(Api::Responses, b"3").is_err());
+    }
+
+    #[test]
+    fn a_targets_params_stay_typed() {
+        let body = chat_body(
+            serde_json::json!({"model": "@a/b", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}),
+        )
+        .unwrap();
+        let params = serde_json::json!({"max_tokens": 7, "top_k": 1});
+        let Ok(Body::Chat(chat)) = with_params(body.clone(), params.as_object().unwrap()) else {
+            panic!("typed")
+        };
+        assert_eq!(
+            (chat.max_tokens, &chat.extra["top_k"]),
+            (Some(7), &serde_json::json!(1))
+        );
+        let bad = serde_json::json!({"n": "x"});
+        let (_, param) = refusal(with_params(body, bad.as_object().unwrap()).unwrap_err());
+        assert_eq!(param.as_deref(), Some("n"));
+        let json = with_params(
+            Body::Json(serde_json::json!({"input": "x"})),
+            params.as_object().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json.get("max_tokens"), Some(&serde_json::json!(7)));
+    }
+
+    #[test]
+    fn typed_limits_are_bounded_like_json_ones() {
+        let limits = |v: Value| {
+            let Ok(body @ Body::Chat(_)) = chat_body(v.clone()) else {
+                panic!("typed")
+            };
+            let typed = stream_and_max_tokens(Endpoint::ChatCompletions, &body).map_err(refusal);
+            assert_eq!(
+                typed,
+                json_limits(Endpoint::ChatCompletions, &v).map_err(refusal),
+                "{v}"
+            );
+            typed
+        };
+        let m = serde_json::json!([]);
+        assert_eq!(limits(serde_json::json!({"messages": m})), Ok((false, None, 1)));
+        assert_eq!(
+            limits(serde_json::json!({"stream": true, "max_tokens": 9, "max_completion_tokens": 4, "n": 128})),
+            Ok((true, Some(9), 128))
+        );
+        for bad in [
+            serde_json::json!({"n": 0}),
+            serde_json::json!({"n": 129}),
+            serde_json::json!({"max_tokens": MAX_OUTPUT_TOKENS + 1}),
+            serde_json::json!({"max_completion_tokens": u64::MAX}),
+        ] {
+            assert!(limits(bad).is_err());
+        }
+        assert!(check_messages(&ChatRequest::default()).is_err());
     }
 
     #[test]

@@ -89,6 +89,7 @@ async fn count(state: &SharedState, headers: &HeaderMap, raw: &[u8]) -> Result<V
         .model(provider, &model)
         .map(|i| i.tokenizer)
         .unwrap_or_default();
+    let body = tollgate_providers::chat::Body::Json(body);
     Ok(json!({"input_tokens": tokens::estimate_prompt(Endpoint::Messages, &body, tokenizer)}))
 }
 

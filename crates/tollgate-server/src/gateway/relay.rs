@@ -169,7 +169,7 @@ pub struct Waiting {
     state: SharedState,
     started: Instant,
     endpoint: Endpoint,
-    body: Arc<serde_json::Value>,
+    body: Arc<tollgate_providers::chat::Body>,
     body_len: usize,
     tokenizer: Tokenizer,
     price: Option<ModelPrice>,
@@ -224,7 +224,12 @@ impl Drop for Waiting {
 
 /// The usage of a request whose prompt the upstream received but whose
 /// output is unknown: its prompt, estimated, and nothing generated.
-async fn prompt_only(endpoint: Endpoint, body: Arc<serde_json::Value>, size: usize, tokenizer: Tokenizer) -> Usage {
+async fn prompt_only(
+    endpoint: Endpoint,
+    body: Arc<tollgate_providers::chat::Body>,
+    size: usize,
+    tokenizer: Tokenizer,
+) -> Usage {
     let prompt_tokens = super::count::tokens(size, move || tokens::estimate_prompt(endpoint, &body, tokenizer)).await;
     Usage {
         prompt_tokens,
@@ -449,7 +454,7 @@ pub struct Books {
     frames: Vec<Bytes>,
     /// The request, to count its prompt if the upstream reports no usage.
     endpoint: Endpoint,
-    body: Arc<serde_json::Value>,
+    body: Arc<tollgate_providers::chat::Body>,
     body_len: usize,
     tokenizer: Tokenizer,
     price: Option<ModelPrice>,

@@ -26,7 +26,6 @@ use crate::state::SharedState;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use parking_lot::Mutex;
-use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::admission::RateHeaders;
 use tollgate_core::routing::{self as rules, CircuitBreaker, ConfigError, Failure, Group, Leaf, Mode, Node, Plan};
+use tollgate_providers::chat::Body;
 use tollgate_store::usage::UsageRecord;
 
 pub const LAST_USED_OPTION_INDEX: &str = "x-portkey-last-used-option-index";
@@ -181,7 +181,7 @@ struct Walk<'a> {
     state: &'a SharedState,
     parsed: &'a Parsed,
     headers: &'a HeaderMap,
-    body: &'a Value,
+    body: &'a Body,
     /// The request's record, from which each attempt's is made.
     template: &'a UsageRecord,
     started: Instant,
@@ -198,7 +198,7 @@ pub async fn run(
     state: &SharedState,
     parsed: &Parsed,
     headers: &HeaderMap,
-    body: &Value,
+    body: &Body,
     plan: &Plan,
     template: UsageRecord,
     started: Instant,
@@ -206,7 +206,7 @@ pub async fn run(
     let sticky = headers
         .get("x-portkey-sticky-key")
         .and_then(|v| v.to_str().ok())
-        .or_else(|| body.get("user").and_then(Value::as_str))
+        .or_else(|| body.user())
         .filter(|k| !k.is_empty())
         .map(rules::sticky_point);
     let mut walk = Walk {
