@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_loadgen::bench::{self, BenchConfig, Pinning, RoutingConfig, Scenario, SearchConfig};
-use tollgate_loadgen::scaleout::ScaleoutConfig;
 use tollgate_loadgen::load::{self, Mode, Plan, Target};
+use tollgate_loadgen::scaleout::ScaleoutConfig;
 use tollgate_loadgen::{procs, report};
 
 #[derive(Debug, Parser)]
@@ -257,10 +257,13 @@ fn pick_rate(given: Option<f64>, smoke: bool) -> anyhow::Result<f64> {
 /// The scaleout scenario's settings: positive rates, replica counts that
 /// rise from at least 1.
 fn scaleout_config(a: &BenchArgs) -> anyhow::Result<ScaleoutConfig> {
-    let rates = a
-        .scaleout_rates
-        .clone()
-        .unwrap_or_else(|| if a.smoke { vec![20.0] } else { vec![100.0, 1000.0, 3000.0] });
+    let rates = a.scaleout_rates.clone().unwrap_or_else(|| {
+        if a.smoke {
+            vec![20.0]
+        } else {
+            vec![100.0, 1000.0, 3000.0]
+        }
+    });
     if rates.is_empty() || rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
         anyhow::bail!("--scaleout-rates must be positive numbers, got {rates:?}");
     }

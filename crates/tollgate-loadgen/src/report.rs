@@ -25,7 +25,7 @@ pub fn step_line(r: &StepReport) -> String {
 /// One line per finished scale-out step.
 pub fn scaleout_line(r: &ScaleoutStep) -> String {
     format!(
-        "scaleout {} replica(s) {:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  through p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  ok {:>6.2}%  cpu {:.3} ms/req (pg {:.3}, redis {:.3})  redis calls/req {:.2}  other cpu {:.1} s",
+        "scaleout {} replica(s) {:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  through p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  ok {:>6.2}%  cpu {:.3} ms/req (pg {:.3}, redis {:.3})  redis round trips/req {:.2}  other cpu {:.1} s",
         r.replicas,
         r.rate,
         r.mode.name(),
@@ -37,7 +37,7 @@ pub fn scaleout_line(r: &ScaleoutStep) -> String {
         r.cpu_ms_per_1000_requests / 1000.0,
         r.postgres_all_cpu_ms_per_1000_requests / 1000.0,
         r.redis_cpu_ms_per_1000_requests / 1000.0,
-        r.redis_calls_per_request,
+        r.redis_round_trips_per_request,
         r.other_processes_cpu_s,
     )
 }
@@ -56,14 +56,14 @@ fn scaleout_table(s: &mut String, report: &Report) {
     );
     let _ = writeln!(
         s,
-        "| replicas | rate (req/s) | mode | direct p50 / p90 / p99 (ms) | through p50 / p90 / p99 (ms) | added p50 / p90 / p99 (ms) | errors | CPU per 1,000 req, all replicas (ms) | per replica (ms) | PostgreSQL CPU per 1,000 req (ms; our backends, s) | Redis CPU per 1,000 req (ms) | Redis calls per req | peak RSS per replica (MB) | other CPU (s) |"
+        "| replicas | rate (req/s) | mode | direct p50 / p90 / p99 (ms) | through p50 / p90 / p99 (ms) | added p50 / p90 / p99 (ms) | errors | CPU per 1,000 req, all replicas (ms) | per replica (ms) | PostgreSQL CPU per 1,000 req (ms; our backends, s) | Redis CPU per 1,000 req (ms) | Redis round trips (commands) per req | peak RSS per replica (MB) | other CPU (s) |"
     );
     let _ = writeln!(s, "|---:|---:|---|---|---|---|---:|---:|---|---|---:|---:|---|---:|");
     let three = |p: &crate::load::Percentiles| format!("{:.2} / {:.2} / {:.2}", p.p50, p.p90, p.p99);
     for x in &r.steps {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {} | {} | {} | {:.2} / {:.2} / {:.2} | {} | {:.1} | {} | {:.1} ({:.2} s) | {:.1} | {:.2} | {} | {:.1} |",
+            "| {} | {:.0} | {} | {} | {} | {:.2} / {:.2} / {:.2} | {} | {:.1} | {} | {:.1} ({:.2} s) | {:.1} | {:.2} ({:.1}) | {} | {:.1} |",
             x.replicas,
             x.rate,
             x.mode.name(),
@@ -78,6 +78,7 @@ fn scaleout_table(s: &mut String, report: &Report) {
             x.postgres_all_cpu_ms_per_1000_requests,
             x.postgres_backends_cpu_s,
             x.redis_cpu_ms_per_1000_requests,
+            x.redis_round_trips_per_request,
             x.redis_calls_per_request,
             list(&x.replica_peak_rss_mb, 1),
             x.other_processes_cpu_s,

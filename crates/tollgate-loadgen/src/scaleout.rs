@@ -87,9 +87,13 @@ pub struct ScaleoutStep {
     pub redis_cpu_s: f64,
     pub redis_cpu_ms_per_1000_requests: f64,
     /// Calls by command (`INFO commandstats`, the probe's own `INFO` left
-    /// out). Redis is shared, so another user's commands count too.
+    /// out). The commands a script runs count here too, and Redis is
+    /// shared, so another user's commands would as well.
     pub redis_calls: BTreeMap<String, u64>,
     pub redis_calls_per_request: f64,
+    /// Script calls (`EVALSHA`, `EVAL`, ...) per request: Tollgate's round
+    /// trips to Redis, since admission and settlement are one script each.
+    pub redis_round_trips_per_request: f64,
     /// Machine-wide busy CPU in the through step that went to none of the
     /// replicas, the mock, the load generator, PostgreSQL and Redis.
     pub other_processes_cpu_s: f64,
@@ -180,13 +184,27 @@ pub fn parse_info(text: &str) -> RedisInfo {
     info
 }
 
+/// Whether a command (as `INFO commandstats` names it) runs a script: one
+/// round trip from the client, however many commands the script runs.
+fn is_script_call(cmd: &str) -> bool {
+    matches!(
+        cmd,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+    )
+}
+
 /// Calls between two readings, by command; the probe's own `INFO` left out.
 fn calls_between(before: &RedisInfo, after: &RedisInfo) -> BTreeMap<String, u64> {
     after
         .calls
         .iter()
         .filter(|(cmd, _)| cmd.as_str() != "info")
-        .map(|(cmd, n)| (cmd.clone(), n.saturating_sub(before.calls.get(cmd).copied().unwrap_or(0))))
+        .map(|(cmd, n)| {
+            (
+                cmd.clone(),
+                n.saturating_sub(before.calls.get(cmd).copied().unwrap_or(0)),
+            )
+        })
         .filter(|(_, n)| *n > 0)
         .collect()
 }
@@ -211,7 +229,10 @@ impl RedisProbe {
     async fn info(&mut self) -> Result<RedisInfo, BenchError> {
         let text: String = bounded(
             "INFO",
-            redis::cmd("INFO").arg("cpu").arg("commandstats").query_async(&mut self.0),
+            redis::cmd("INFO")
+                .arg("cpu")
+                .arg("commandstats")
+                .query_async(&mut self.0),
         )
         .await?;
         Ok(parse_info(&text))
@@ -260,7 +281,11 @@ where
     F: FnOnce(Scratch) -> Fut,
     Fut: Future<Output = Result<T, BenchError>>,
 {
-    if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+    if tag.is_empty()
+        || !tag
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
         return Err(BenchError::Sanity(format!("bad scratch name {tag:?}")));
     }
     let database = format!("tollgate_bench_{tag}");
@@ -277,7 +302,9 @@ where
         redis_key_prefix: prefix.clone(),
     };
     let result = f(scratch).await;
-    let dropped = pg.execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await;
+    let dropped = pg
+        .execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await;
     let deleted = redis.delete_prefix(&prefix).await;
     pg.0.close().await;
     let value = match result {
@@ -443,6 +470,11 @@ async fn step(
     let redis_cpu = (r1.redis.cpu_s - r0.redis.cpu_s).max(0.0);
     let redis_calls = calls_between(&r0.redis, &r1.redis);
     let calls: u64 = redis_calls.values().sum();
+    let scripts: u64 = redis_calls
+        .iter()
+        .filter(|(c, _)| is_script_call(c))
+        .map(|(_, n)| n)
+        .sum();
     let accounted = cpu + (r1.ours - r0.ours) + pg_all + redis_cpu;
     Ok(ScaleoutStep {
         replicas: n,
@@ -470,6 +502,7 @@ async fn step(
         redis_cpu_s: redis_cpu,
         redis_cpu_ms_per_1000_requests: per_1000(redis_cpu, total),
         redis_calls_per_request: calls as f64 / total.max(1) as f64,
+        redis_round_trips_per_request: scripts as f64 / total.max(1) as f64,
         redis_calls,
         other_processes_cpu_s: ((r1.busy - r0.busy) - accounted).max(0.0),
         direct,
@@ -662,11 +695,14 @@ mod tests {
             i.calls,
             BTreeMap::from([("evalsha".to_owned(), 10), ("info".to_owned(), 3)])
         );
-        let later = parse_info("cmdstat_evalsha:calls=30\ncmdstat_info:calls=9\ncmdstat_get:calls=2\ncmdstat_ping:calls=0\n");
+        let later =
+            parse_info("cmdstat_evalsha:calls=30\ncmdstat_info:calls=9\ncmdstat_get:calls=2\ncmdstat_ping:calls=0\n");
         assert_eq!(
             calls_between(&i, &later),
             BTreeMap::from([("evalsha".to_owned(), 20), ("get".to_owned(), 2)])
         );
+        assert!(is_script_call("evalsha") && is_script_call("eval"));
+        assert!(!is_script_call("hget") && !is_script_call("get"));
     }
 
     #[test]
@@ -727,7 +763,11 @@ mod tests {
     }
 
     fn unique_tag(what: &str) -> String {
-        format!("test_{what}_{}_{}", std::process::id(), chrono::Utc::now().timestamp_micros())
+        format!(
+            "test_{what}_{}_{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        )
     }
 
     #[tokio::test]
@@ -760,7 +800,10 @@ mod tests {
         })
         .await
         .unwrap_err();
-        assert!(matches!(e, BenchError::Sanity(ref m) if m == "the scenario failed"), "{e}");
+        assert!(
+            matches!(e, BenchError::Sanity(ref m) if m == "the scenario failed"),
+            "{e}"
+        );
         let (db, prefix) = seen.unwrap();
         assert!(!database_exists(&db).await);
         assert!(keys(&prefix).await.is_empty());
