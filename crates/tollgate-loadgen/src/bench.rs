@@ -18,6 +18,7 @@
 use crate::load::{self, HttpClient, LoadError, Mode, Percentiles, Plan, StepStats, Target};
 use crate::procfs::{self, Machine, ProcError};
 use crate::procs::{self, Proc, ProcsError};
+use crate::scaleout::{self, ScaleoutConfig, ScaleoutReport};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The master key of the throw-away data directory (64 hex characters).
-const MASTER_KEY: &str = "b3e1c0ffee0ddba11b3e1c0ffee0ddba11b3e1c0ffee0ddba11b3e1c0ffee0dd";
+pub(crate) const MASTER_KEY: &str = "b3e1c0ffee0ddba11b3e1c0ffee0ddba11b3e1c0ffee0ddba11b3e1c0ffee0dd";
 /// The key the mock is given (the benchmark mock checks none).
 const UPSTREAM_KEY: &str = "sk-bench-upstream-key";
 /// Rate limits high enough never to trip: a full run sends well under
@@ -58,6 +59,12 @@ pub enum BenchError {
     Json(#[from] serde_json::Error),
     #[error("temporary directory: {0}")]
     TempDir(std::io::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 /// Which CPUs each party runs on (`taskset -c` lists).
@@ -76,6 +83,9 @@ pub enum Scenario {
     Gateway,
     /// What routing configs cost: no config, `single`, one fallback hop.
     Routing,
+    /// Replicas on PostgreSQL and Redis: one, then several, load spread
+    /// across them ([`crate::scaleout`]).
+    Scaleout,
 }
 
 impl Scenario {
@@ -83,6 +93,7 @@ impl Scenario {
         match s.trim() {
             "gateway" => Some(Scenario::Gateway),
             "routing" => Some(Scenario::Routing),
+            "scaleout" => Some(Scenario::Scaleout),
             _ => None,
         }
     }
@@ -108,6 +119,7 @@ pub struct BenchConfig {
     pub tollgate_bin: PathBuf,
     pub scenarios: Vec<Scenario>,
     pub routing: RoutingConfig,
+    pub scaleout: ScaleoutConfig,
     pub rates: Vec<f64>,
     pub modes: Vec<Mode>,
     pub duration: Duration,
@@ -149,7 +161,7 @@ pub struct Added {
 }
 
 impl Added {
-    fn of(through: &Percentiles, direct: &Percentiles) -> Added {
+    pub(crate) fn of(through: &Percentiles, direct: &Percentiles) -> Added {
         Added {
             p50: through.p50 - direct.p50,
             p90: through.p90 - direct.p90,
@@ -321,6 +333,8 @@ pub struct Report {
     pub search: Option<SearchReport>,
     /// The routing scenario, when it ran.
     pub routing: Option<RoutingReport>,
+    /// The scale-out scenario, when it ran.
+    pub scaleout: Option<ScaleoutReport>,
     pub targets: Vec<TargetCheck>,
     pub notes: Vec<String>,
 }
@@ -359,7 +373,7 @@ const FAIL_STATUS: u16 = 503;
 /// What Tollgate answers when an upstream fails with a 5xx.
 const FAIL_THROUGH_STATUS: u16 = 502;
 
-fn mode_index(m: Mode) -> usize {
+pub(crate) fn mode_index(m: Mode) -> usize {
     match m {
         Mode::Whole => 0,
         Mode::Stream => 1,
@@ -481,6 +495,149 @@ async fn admin(
     Ok(v)
 }
 
+/// What [`govern`] set up.
+pub(crate) struct Governance {
+    /// The workspace key requests are sent with.
+    pub key: String,
+    /// The body that provisioned the integration to the workspace.
+    pub provisioning: Value,
+    /// For the report.
+    pub setup: Value,
+}
+
+/// Sets up through the admin API at `tg` what every request through
+/// Tollgate is governed by: a workspace with a rate limit, a workspace key
+/// (with its own rate limit when `key_rpm` is given), an integration `mock`
+/// at `mock_base`, provisioned to the workspace with a rate limit and a
+/// cost budget.
+pub(crate) async fn govern(
+    client: &HttpClient,
+    tg: &str,
+    admin_key: &str,
+    mock_base: &str,
+    key_rpm: Option<u64>,
+) -> Result<Governance, BenchError> {
+    let ws_rate = json!([{"type": "requests", "unit": "rpm", "value": WORKSPACE_RPM}]);
+    let ws = admin(
+        client,
+        Method::POST,
+        format!("{tg}/v1/admin/workspaces"),
+        admin_key,
+        json!({"name": "Bench", "rate_limits": ws_rate}),
+        "create workspace",
+    )
+    .await?;
+    let ws_id = ws["id"]
+        .as_str()
+        .ok_or_else(|| BenchError::Admin {
+            what: "workspace id".into(),
+            status: 200,
+            body: ws.to_string(),
+        })?
+        .to_owned();
+    let key_rate = key_rpm.map(|v| json!({"type": "requests", "unit": "rpm", "value": v}));
+    let mut key_body = json!({"name": "bench", "workspace_id": ws_id, "scopes": ["completions.write"]});
+    if let Some(r) = &key_rate {
+        key_body["rate_limits"] = json!([r]);
+    }
+    let k = admin(
+        client,
+        Method::POST,
+        format!("{tg}/v1/api-keys/workspace/service"),
+        admin_key,
+        key_body,
+        "create workspace key",
+    )
+    .await?;
+    let key = k["key"]
+        .as_str()
+        .ok_or_else(|| BenchError::Admin {
+            what: "key".into(),
+            status: 200,
+            body: k.to_string(),
+        })?
+        .to_owned();
+    admin(
+        client,
+        Method::POST,
+        format!("{tg}/v1/integrations"),
+        admin_key,
+        json!({"name": "Bench mock", "slug": "mock", "ai_provider_id": "openai", "key": UPSTREAM_KEY, "configurations": {"custom_host": mock_base}}),
+        "create integration",
+    )
+    .await?;
+    let provisioning = json!({"workspaces": [{
+        "id": ws_id, "enabled": true,
+        "rate_limits": [{"type": "requests", "unit": "rpm", "value": INTEGRATION_RPM}],
+        "usage_limits": [{"type": "cost", "credit_limit": BUDGET_USD, "periodic_reset": "monthly"}],
+    }]});
+    admin(
+        client,
+        Method::PUT,
+        format!("{tg}/v1/integrations/mock/workspaces"),
+        admin_key,
+        provisioning.clone(),
+        "provision workspace",
+    )
+    .await?;
+    let mut setup = json!({
+        "workspace_id": ws_id,
+        "workspace_rate_limit": {"type": "requests", "unit": "rpm", "value": WORKSPACE_RPM},
+        "integration_rate_limit": {"type": "requests", "unit": "rpm", "value": INTEGRATION_RPM},
+        "integration_budget": {"type": "cost", "credit_limit_usd": BUDGET_USD, "periodic_reset": "monthly"},
+        "provisioning_body": provisioning,
+    });
+    if let Some(r) = key_rate {
+        setup["key_rate_limit"] = r;
+    }
+    Ok(Governance {
+        key,
+        provisioning,
+        setup,
+    })
+}
+
+/// The mock's chat completions, whole and streamed.
+pub(crate) fn direct_targets(mock_base: &str) -> Result<[Arc<Target>; 2], BenchError> {
+    let url = format!("{mock_base}/chat/completions");
+    Ok([
+        target(&url, UPSTREAM_KEY, chat_body("gpt-4o", false))?,
+        target(&url, UPSTREAM_KEY, chat_body("gpt-4o", true))?,
+    ])
+}
+
+/// Tollgate's chat completions at `tg` for `@mock/gpt-4o`, whole and streamed.
+pub(crate) fn through_targets(tg: &str, key: &str) -> Result<[Arc<Target>; 2], BenchError> {
+    let url = format!("{tg}/v1/chat/completions");
+    Ok([
+        target(&url, key, chat_body("@mock/gpt-4o", false))?,
+        target(&url, key, chat_body("@mock/gpt-4o", true))?,
+    ])
+}
+
+/// One request by hand: the set-up works and the limits are in force.
+/// Returns the status and the rate-limit headers, for the report.
+pub(crate) async fn sanity(client: &HttpClient, t: &Target, key: &str) -> Result<Value, BenchError> {
+    let body: Value = serde_json::from_slice(&t.body)?;
+    let (status, headers, answer) = call(client, Method::POST, &t.uri.to_string(), key, Some(&body)).await?;
+    if status != 200 {
+        return Err(BenchError::Sanity(format!("{}: HTTP {status}: {answer}", t.uri)));
+    }
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let limit = header("x-ratelimit-limit-requests");
+    if limit.is_none() {
+        return Err(BenchError::Sanity(format!(
+            "{}: no x-ratelimit-limit-requests header: the limits are not in force",
+            t.uri
+        )));
+    }
+    Ok(json!({
+        "status": status,
+        "x-ratelimit-limit-requests": limit,
+        "x-ratelimit-remaining-requests": header("x-ratelimit-remaining-requests"),
+    }))
+}
+
 /// Starts both servers and sets Tollgate up.
 async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError> {
     let dir = tempfile::Builder::new()
@@ -539,120 +696,21 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
 
     let tg = format!("http://127.0.0.1:{tg_port}");
     let mock_base = format!("http://127.0.0.1:{mock_port}/v1");
-    let ws_rate = json!([{"type": "requests", "unit": "rpm", "value": WORKSPACE_RPM}]);
-    let ws = admin(
-        client,
-        Method::POST,
-        format!("{tg}/v1/admin/workspaces"),
-        &admin_key,
-        json!({"name": "Bench", "rate_limits": ws_rate}),
-        "create workspace",
-    )
-    .await?;
-    let ws_id = ws["id"]
-        .as_str()
-        .ok_or_else(|| BenchError::Admin {
-            what: "workspace id".into(),
-            status: 200,
-            body: ws.to_string(),
-        })?
-        .to_owned();
-    let k = admin(
-        client,
-        Method::POST,
-        format!("{tg}/v1/api-keys/workspace/service"),
-        &admin_key,
-        json!({"name": "bench", "workspace_id": ws_id, "scopes": ["completions.write"]}),
-        "create workspace key",
-    )
-    .await?;
-    let key = k["key"]
-        .as_str()
-        .ok_or_else(|| BenchError::Admin {
-            what: "key".into(),
-            status: 200,
-            body: k.to_string(),
-        })?
-        .to_owned();
-    admin(
-        client,
-        Method::POST,
-        format!("{tg}/v1/integrations"),
-        &admin_key,
-        json!({"name": "Bench mock", "slug": "mock", "ai_provider_id": "openai", "key": UPSTREAM_KEY, "configurations": {"custom_host": mock_base}}),
-        "create integration",
-    )
-    .await?;
-    let provisioning = json!({"workspaces": [{
-        "id": ws_id, "enabled": true,
-        "rate_limits": [{"type": "requests", "unit": "rpm", "value": INTEGRATION_RPM}],
-        "usage_limits": [{"type": "cost", "credit_limit": BUDGET_USD, "periodic_reset": "monthly"}],
-    }]});
-    admin(
-        client,
-        Method::PUT,
-        format!("{tg}/v1/integrations/mock/workspaces"),
-        &admin_key,
-        provisioning.clone(),
-        "provision workspace",
-    )
-    .await?;
-
-    let direct = [
-        target(
-            &format!("{mock_base}/chat/completions"),
-            UPSTREAM_KEY,
-            chat_body("gpt-4o", false),
-        )?,
-        target(
-            &format!("{mock_base}/chat/completions"),
-            UPSTREAM_KEY,
-            chat_body("gpt-4o", true),
-        )?,
-    ];
-    let through = [
-        target(
-            &format!("{tg}/v1/chat/completions"),
-            &key,
-            chat_body("@mock/gpt-4o", false),
-        )?,
-        target(
-            &format!("{tg}/v1/chat/completions"),
-            &key,
-            chat_body("@mock/gpt-4o", true),
-        )?,
-    ];
-    // One request by hand: the set-up works and the limits are in force.
-    let t = &through[0];
-    let body: Value = serde_json::from_slice(&t.body)?;
-    let (status, headers, answer) = call(client, Method::POST, &t.uri.to_string(), &key, Some(&body)).await?;
-    if status != 200 {
-        return Err(BenchError::Sanity(format!("HTTP {status}: {answer}")));
-    }
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let setup = json!({
-        "workspace_id": ws_id,
-        "workspace_rate_limit": {"type": "requests", "unit": "rpm", "value": WORKSPACE_RPM},
-        "integration_rate_limit": {"type": "requests", "unit": "rpm", "value": INTEGRATION_RPM},
-        "integration_budget": {"type": "cost", "credit_limit_usd": BUDGET_USD, "periodic_reset": "monthly"},
-        "provisioning_body": provisioning,
-        "sanity_response": {
-            "status": status,
-            "x-ratelimit-limit-requests": header("x-ratelimit-limit-requests"),
-            "x-ratelimit-remaining-requests": header("x-ratelimit-remaining-requests"),
-        },
-        "request_log": "on (embedded SQLite, default settings)",
-        "tollgate_log_level": "warn (TOLLGATE_LOG)",
-    });
-    let mut setup = setup;
+    let gov = govern(client, &tg, &admin_key, &mock_base, None).await?;
+    let direct = direct_targets(&mock_base)?;
+    let through = through_targets(&tg, &gov.key)?;
+    let mut setup = gov.setup.clone();
+    setup["sanity_response"] = sanity(client, &through[0], &gov.key).await?;
+    setup["request_log"] = json!("on (embedded SQLite, default settings)");
+    setup["tollgate_log_level"] = json!("warn (TOLLGATE_LOG)");
     let routing = if cfg.scenarios.contains(&Scenario::Routing) {
         let env = RoutingEnv {
             dir: dir.path(),
             env: &env,
             tg: &tg,
             admin_key: &admin_key,
-            key: &key,
-            provisioning: &provisioning,
+            key: &gov.key,
+            provisioning: &gov.provisioning,
             ready_within,
         };
         let (r, s) = start_routing(cfg, client, env).await?;
@@ -785,7 +843,7 @@ async fn start_routing(
     Ok((rig, setup))
 }
 
-fn plan(cfg: &BenchConfig, rate: f64, mode: Mode, duration: Duration, warmup: Duration) -> Plan {
+pub(crate) fn plan(cfg: &BenchConfig, rate: f64, mode: Mode, duration: Duration, warmup: Duration) -> Plan {
     Plan {
         rate,
         duration,
@@ -1134,7 +1192,7 @@ async fn search(
     })
 }
 
-fn check(name: String, limit: String, value: Option<f64>, ok: impl Fn(f64) -> bool) -> TargetCheck {
+pub(crate) fn check(name: String, limit: String, value: Option<f64>, ok: impl Fn(f64) -> bool) -> TargetCheck {
     TargetCheck {
         name,
         limit,
@@ -1191,14 +1249,23 @@ pub fn targets(steps: &[StepReport]) -> Vec<TargetCheck> {
     out
 }
 
-/// Runs the whole benchmark and writes the report.
-pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
-    let started = chrono::Utc::now();
-    let wall_start = Instant::now();
-    let deadline = wall_start + cfg.max_wall;
-    let client = load::client(cfg.concurrency);
-    let rig = start(&cfg, &client).await?;
-    let mut notes = vec![format!("load average at start: {}", procfs::loadavg())];
+/// What the scenarios on the embedded store measured.
+struct Embedded {
+    steps: Vec<StepReport>,
+    search: Option<SearchReport>,
+    routing: Option<RoutingReport>,
+    setup: Value,
+}
+
+/// The gateway and routing scenarios (whichever are asked for), on one
+/// Tollgate with its embedded store; its processes stop when this returns.
+async fn embedded(
+    cfg: &BenchConfig,
+    client: &HttpClient,
+    deadline: Instant,
+    notes: &mut Vec<String>,
+) -> Result<Embedded, BenchError> {
+    let rig = start(cfg, client).await?;
     let mut steps = Vec::new();
     let rates: &[f64] = if cfg.scenarios.contains(&Scenario::Gateway) {
         &cfg.rates
@@ -1216,29 +1283,62 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
                 ));
                 break 'rates;
             }
-            let r = step(&cfg, &client, &rig, rate, mode).await?;
+            let r = step(cfg, client, &rig, rate, mode).await?;
             eprintln!("{}", crate::report::step_line(&r));
             steps.push(r);
         }
     }
     let search = if cfg.search.enabled && cfg.scenarios.contains(&Scenario::Gateway) {
-        Some(search(&cfg, &client, &rig, &steps, deadline).await?)
+        Some(search(cfg, client, &rig, &steps, deadline).await?)
     } else {
         None
     };
     let routing = if cfg.scenarios.contains(&Scenario::Routing) {
-        Some(routing(&cfg, &client, &rig, deadline, &mut notes).await?)
+        Some(routing(cfg, client, &rig, deadline, notes).await?)
+    } else {
+        None
+    };
+    Ok(Embedded {
+        steps,
+        search,
+        routing,
+        setup: rig.setup.clone(),
+    })
+}
+
+/// Runs the whole benchmark and writes the report.
+pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
+    let started = chrono::Utc::now();
+    let wall_start = Instant::now();
+    let deadline = wall_start + cfg.max_wall;
+    let client = load::client(cfg.concurrency);
+    let mut notes = vec![format!("load average at start: {}", procfs::loadavg())];
+    let e = if cfg.scenarios.contains(&Scenario::Gateway) || cfg.scenarios.contains(&Scenario::Routing) {
+        embedded(&cfg, &client, deadline, &mut notes).await?
+    } else {
+        Embedded {
+            steps: Vec::new(),
+            search: None,
+            routing: None,
+            setup: Value::Null,
+        }
+    };
+    let scaleout = if cfg.scenarios.contains(&Scenario::Scaleout) {
+        Some(scaleout::run(&cfg, &client, deadline, &mut notes).await?)
     } else {
         None
     };
     notes.push(format!("load average at end: {}", procfs::loadavg()));
     let mut checks = if cfg.scenarios.contains(&Scenario::Gateway) {
-        targets(&steps)
+        targets(&e.steps)
     } else {
         Vec::new()
     };
-    if let Some(r) = &routing {
+    if let Some(r) = &e.routing {
         checks.extend(routing_targets(r));
+    }
+    if let Some(r) = &scaleout {
+        checks.extend(scaleout::targets(r, &cfg.scaleout, &cfg.modes));
     }
     let report = Report {
         schema: 1,
@@ -1248,14 +1348,14 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
         command: cfg.command.clone(),
         machine: procfs::machine(),
         targets: checks,
-        setup: rig.setup.clone(),
+        setup: e.setup,
         config: cfg.clone(),
-        steps,
-        search,
-        routing,
+        steps: e.steps,
+        search: e.search,
+        routing: e.routing,
+        scaleout,
         notes,
     };
-    drop(rig);
     let text = serde_json::to_string_pretty(&report)?;
     if let Some(parent) = cfg.out.parent() {
         std::fs::create_dir_all(parent).map_err(|source| BenchError::Write {

@@ -1,11 +1,12 @@
 //! Tollgate's load generator and benchmark harness: [`load`] sends open-loop
 //! fixed-rate load and measures from the schedule, [`bench`] runs the
 //! direct-versus-through-Tollgate comparison behind `bench/run`, [`procfs`]
-//! and [`procs`] read and manage the processes under test, [`report`]
-//! prints the figures.
+//! and [`procs`] read and manage the processes under test, [`scaleout`]
+//! measures replicas on PostgreSQL and Redis, [`report`] prints the figures.
 
 pub mod bench;
 pub mod load;
 pub mod procfs;
 pub mod procs;
 pub mod report;
+pub mod scaleout;

@@ -42,6 +42,8 @@ pub enum LoadError {
     Histogram(String),
     #[error("the dispatcher thread failed: {0}")]
     Dispatcher(String),
+    #[error("no target to send to")]
+    NoTargets,
 }
 
 /// Whole answers, or server-sent events read to the end.
@@ -194,6 +196,16 @@ fn micros(d: Duration) -> u64 {
 
 /// Runs one step and returns its statistics.
 pub async fn run(client: &HttpClient, target: Arc<Target>, plan: &Plan) -> Result<StepStats, LoadError> {
+    run_spread(client, &[target], plan).await
+}
+
+/// Runs one step whose requests go to `targets` in turn (request `i` to
+/// `targets[i % n]`), e.g. several replicas behind no load balancer; the
+/// statistics cover them all.
+pub async fn run_spread(client: &HttpClient, targets: &[Arc<Target>], plan: &Plan) -> Result<StepStats, LoadError> {
+    if targets.is_empty() {
+        return Err(LoadError::NoTargets);
+    }
     if !(plan.rate.is_finite() && plan.rate > 0.0) {
         return Err(LoadError::BadRate(plan.rate));
     }
@@ -214,6 +226,7 @@ pub async fn run(client: &HttpClient, target: Arc<Target>, plan: &Plan) -> Resul
     let handle = tokio::runtime::Handle::current();
     let (client, plan_c, col) = (client.clone(), plan.clone(), collector.clone());
     let (inf, maxinf) = (in_flight.clone(), max_in_flight.clone());
+    let targets = targets.to_vec();
     // The dispatcher sleeps until each due time and hands the request to the
     // runtime; it never waits for answers.
     let dispatcher = std::thread::Builder::new()
@@ -227,9 +240,11 @@ pub async fn run(client: &HttpClient, target: Arc<Target>, plan: &Plan) -> Resul
                     std::thread::sleep(due - now);
                 }
                 let measured = i >= warm;
+                // `i % len` < len, so the index is in range.
+                let target = targets[(i % targets.len() as u64) as usize].clone();
                 let fut = one(
                     client.clone(),
-                    target.clone(),
+                    target,
                     plan_c.clone(),
                     due,
                     slots.clone(),
@@ -426,11 +441,19 @@ mod tests {
     /// A tiny HTTP/1.1 server answering every request with `answer`, or
     /// never answering when `answer` is `None`.
     async fn server(answer: Option<&'static str>) -> String {
+        counting_server(answer).await.0
+    }
+
+    /// [`server`], and how many requests it has read.
+    async fn counting_server(answer: Option<&'static str>) -> (String, Arc<AtomicU64>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let counted = count.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = l.accept().await else { return };
+                let counted = counted.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -458,6 +481,7 @@ mod tests {
                             }
                         }
                         buf.drain(..head_end + len);
+                        counted.fetch_add(1, Ordering::Relaxed);
                         let Some(a) = answer else {
                             // Hold the connection open, never answer.
                             let _ = s.read(&mut chunk).await;
@@ -470,7 +494,7 @@ mod tests {
                 });
             }
         });
-        format!("http://{addr}/v1/chat/completions")
+        (format!("http://{addr}/v1/chat/completions"), count)
     }
 
     fn target(url: &str) -> Arc<Target> {
@@ -558,6 +582,33 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(s.error_kinds.get("connect"), Some(&40), "{:?}", s.error_kinds);
+    }
+
+    #[tokio::test]
+    async fn spread_load_takes_turns_across_targets() {
+        let mut urls = Vec::new();
+        let mut counts = Vec::new();
+        for _ in 0..3 {
+            let (u, c) = counting_server(Some(WHOLE)).await;
+            urls.push(target(&u));
+            counts.push(c);
+        }
+        let s = run_spread(&client(16), &urls, &plan(Mode::Whole)).await.unwrap();
+        assert_eq!((s.ok, s.errors), (40, 0), "{:?}", s.error_kinds);
+        // 50 requests in turn over three servers: 17, 17, 16.
+        let got: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(got, vec![17, 17, 16]);
+        // One that fails shows in the statistics of the whole step.
+        let (bad, _) = counting_server(Some(REFUSED)).await;
+        urls[1] = target(&bad);
+        let s = run_spread(&client(16), &urls, &plan(Mode::Whole)).await.unwrap();
+        assert_eq!(s.ok + s.errors, 40);
+        // Measured are requests 10..50; those with i % 3 == 1 went to it.
+        assert_eq!(s.error_kinds.get("status_429"), Some(&14), "{:?}", s.error_kinds);
+        assert!(matches!(
+            run_spread(&client(1), &[], &plan(Mode::Whole)).await,
+            Err(LoadError::NoTargets)
+        ));
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_loadgen::bench::{self, BenchConfig, Pinning, RoutingConfig, Scenario, SearchConfig};
 use tollgate_loadgen::load::{self, Mode, Plan, Target};
+use tollgate_loadgen::scaleout::ScaleoutConfig;
 use tollgate_loadgen::{procs, report};
 
 #[derive(Debug, Parser)]
@@ -33,8 +34,9 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    #[arg(long)]
-    url: String,
+    /// Repeat to spread the load: request i goes to the (i mod n)-th URL.
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
     /// Requests per second.
     #[arg(long)]
     rate: f64,
@@ -76,9 +78,22 @@ struct BenchArgs {
     smoke: bool,
     /// What to measure, comma-separated: gateway (direct versus through
     /// Tollgate, then the search), routing (no config, a single-target
-    /// config and one fallback hop) [default: gateway; smoke: gateway,routing].
+    /// config and one fallback hop), scaleout (replicas on PostgreSQL and
+    /// Redis) [default: gateway; smoke: gateway,routing,scaleout].
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
+    /// Rates of the scaleout scenario, comma-separated [default: 100,1000,3000; smoke: 20].
+    #[arg(long, value_delimiter = ',')]
+    scaleout_rates: Option<Vec<f64>>,
+    /// Replica counts of the scaleout scenario, increasing, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    scaleout_replicas: Vec<usize>,
+    /// The PostgreSQL server the scaleout scenario creates its scratch database on (no database in the URL).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    /// The Redis server of the scaleout scenario (it uses a key prefix of its own).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
     /// Requests per second of each of the routing scenario's six steps [default: 200; smoke: 20].
     #[arg(long)]
     routing_rate: Option<f64>,
@@ -155,7 +170,7 @@ fn parse_mode(m: &str) -> anyhow::Result<Mode> {
 }
 
 fn parse_scenario(s: &str) -> anyhow::Result<Scenario> {
-    Scenario::parse(s).with_context(|| format!("unknown scenario {s:?} (gateway or routing)"))
+    Scenario::parse(s).with_context(|| format!("unknown scenario {s:?} (gateway, routing or scaleout)"))
 }
 
 fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
@@ -165,12 +180,13 @@ fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
             .iter()
             .map(|s| parse_scenario(s))
             .collect::<anyhow::Result<Vec<_>>>()?,
-        None if smoke => vec![Scenario::Gateway, Scenario::Routing],
+        None if smoke => vec![Scenario::Gateway, Scenario::Routing, Scenario::Scaleout],
         None => vec![Scenario::Gateway],
     };
     if scenarios.is_empty() {
-        anyhow::bail!("--scenarios needs at least one of gateway, routing");
+        anyhow::bail!("--scenarios needs at least one of gateway, routing, scaleout");
     }
+    let scaleout = scaleout_config(a)?;
     let routing_rate = pick_rate(a.routing_rate, smoke)?;
     let routing_rounds = a.routing_rounds.unwrap_or(if smoke { 1 } else { 3 });
     if routing_rounds == 0 {
@@ -197,6 +213,7 @@ fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
             rounds: routing_rounds,
             together: !a.routing_sequential,
         },
+        scaleout,
         rates: a.rates.clone().unwrap_or_else(|| {
             if smoke {
                 vec![20.0, 50.0]
@@ -237,7 +254,32 @@ fn pick_rate(given: Option<f64>, smoke: bool) -> anyhow::Result<f64> {
     Ok(r)
 }
 
-fn run_target(a: &RunArgs) -> anyhow::Result<(Arc<Target>, Plan)> {
+/// The scaleout scenario's settings: positive rates, replica counts that
+/// rise from at least 1.
+fn scaleout_config(a: &BenchArgs) -> anyhow::Result<ScaleoutConfig> {
+    let rates = a.scaleout_rates.clone().unwrap_or_else(|| {
+        if a.smoke {
+            vec![20.0]
+        } else {
+            vec![100.0, 1000.0, 3000.0]
+        }
+    });
+    if rates.is_empty() || rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+        anyhow::bail!("--scaleout-rates must be positive numbers, got {rates:?}");
+    }
+    let replicas = a.scaleout_replicas.clone();
+    if replicas.first().is_none_or(|&n| n == 0) || replicas.windows(2).any(|w| w[1] <= w[0]) {
+        anyhow::bail!("--scaleout-replicas must rise from at least 1, e.g. 1,3; got {replicas:?}");
+    }
+    Ok(ScaleoutConfig {
+        rates,
+        replicas,
+        postgres: a.postgres.trim_end_matches('/').to_owned(),
+        redis: a.redis.clone(),
+    })
+}
+
+fn run_targets(a: &RunArgs) -> anyhow::Result<(Vec<Arc<Target>>, Plan)> {
     let mut headers = vec![(
         HeaderName::from_static("content-type"),
         HeaderValue::from_static("application/json"),
@@ -248,12 +290,19 @@ fn run_target(a: &RunArgs) -> anyhow::Result<(Arc<Target>, Plan)> {
             .with_context(|| format!("header {h:?} is not `Name: value`"))?;
         headers.push((HeaderName::try_from(k.trim())?, HeaderValue::try_from(v.trim())?));
     }
-    let target = Target {
-        uri: a.url.parse()?,
-        headers,
-        body: Bytes::from(a.body.clone()),
-        expect_status: a.expect_status,
-    };
+    let body = Bytes::from(a.body.clone());
+    let targets = a
+        .urls
+        .iter()
+        .map(|u| {
+            Ok(Arc::new(Target {
+                uri: u.parse().with_context(|| format!("bad URL {u:?}"))?,
+                headers: headers.clone(),
+                body: body.clone(),
+                expect_status: a.expect_status,
+            }))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let plan = Plan {
         rate: a.rate,
         duration: secs(a.duration)?,
@@ -263,7 +312,7 @@ fn run_target(a: &RunArgs) -> anyhow::Result<(Arc<Target>, Plan)> {
         mode: if a.stream { Mode::Stream } else { Mode::Whole },
         start: None,
     };
-    Ok((Arc::new(target), plan))
+    Ok((targets, plan))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -284,9 +333,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match (cli.command, bench_cfg) {
             (Command::Run(a), _) => {
-                let (target, plan) = run_target(&a)?;
+                let (targets, plan) = run_targets(&a)?;
                 let client = load::client(plan.concurrency);
-                let stats = load::run(&client, target, &plan).await?;
+                let stats = load::run_spread(&client, &targets, &plan).await?;
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             }
             (Command::Bench(_), Some(cfg)) => {

@@ -3,6 +3,7 @@
 //! from `/proc/<pid>/status`), and the machine description for the results.
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,46 @@ pub fn cpu_split(pid: u32) -> Result<(f64, f64), ProcError> {
     let (u, s) = parse_user_system_ticks(&stat).ok_or(ProcError::Format(path))?;
     let hz = clock_ticks_per_second() as f64;
     Ok((u as f64 / hz, s as f64 / hz))
+}
+
+/// CPU seconds so far of every process whose command name
+/// (`/proc/<pid>/comm`) is `comm`, by pid; e.g. every `postgres` process.
+/// A process that ends while it is read is left out.
+pub fn cpu_of_named(comm: &str) -> Result<BTreeMap<u32, f64>, ProcError> {
+    let entries = std::fs::read_dir("/proc").map_err(|source| ProcError::Read {
+        path: "/proc".into(),
+        source,
+    })?;
+    let mut out = BTreeMap::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let named = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm);
+        if named {
+            if let Ok(cpu) = cpu_seconds(pid) {
+                out.insert(pid, cpu);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// CPU seconds of the given processes, by pid; one that has ended is left out.
+pub fn cpu_of(pids: impl IntoIterator<Item = u32>) -> BTreeMap<u32, f64> {
+    pids.into_iter()
+        .filter_map(|pid| cpu_seconds(pid).ok().map(|c| (pid, c)))
+        .collect()
+}
+
+/// CPU used between two readings by pid: each process of `after` counts
+/// from its `before` reading, or from zero when it started in between. A
+/// process that ended in between is lost (so this is a lower bound).
+pub fn cpu_between(before: &BTreeMap<u32, f64>, after: &BTreeMap<u32, f64>) -> f64 {
+    after
+        .iter()
+        .map(|(pid, a)| (a - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+        .sum()
 }
 
 /// utime + stime (fields 14 and 15) from a `/proc/<pid>/stat` line. The
@@ -186,6 +227,20 @@ mod tests {
         let m = parse_memory(s).unwrap();
         assert_eq!((m.hwm_kib, m.rss_kib), (20480, 10240));
         assert!(parse_memory("Name:\tx\n").is_none());
+    }
+
+    #[test]
+    fn named_processes_and_cpu_between_readings() {
+        let own = std::fs::read_to_string("/proc/self/comm").unwrap();
+        let found = cpu_of_named(own.trim_end()).unwrap();
+        assert!(found.contains_key(&std::process::id()), "{found:?}");
+        assert!(cpu_of_named("no-such-command-name").unwrap().is_empty());
+        let some = cpu_of([std::process::id(), u32::MAX]);
+        assert_eq!(some.keys().copied().collect::<Vec<_>>(), vec![std::process::id()]);
+        let before = BTreeMap::from([(1, 2.0), (2, 5.0), (3, 1.0)]);
+        // 1 used 0.5 s, 2 went backwards (counted as 0), 3 ended, 4 started and used 0.25 s.
+        let after = BTreeMap::from([(1, 2.5), (2, 4.0), (4, 0.25)]);
+        assert_eq!(cpu_between(&before, &after), 0.75);
     }
 
     #[test]

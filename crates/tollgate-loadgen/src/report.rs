@@ -2,6 +2,7 @@
 //! the final table (the same figures as the JSON).
 
 use crate::bench::{Report, RoutingRound, Spread, StepReport};
+use crate::scaleout::ScaleoutStep;
 use std::fmt::Write;
 
 /// One line per finished step, printed as the run goes.
@@ -19,6 +20,70 @@ pub fn step_line(r: &StepReport) -> String {
         r.tollgate_peak_rss_mb,
         r.other_processes_cpu_s,
     )
+}
+
+/// One line per finished scale-out step.
+pub fn scaleout_line(r: &ScaleoutStep) -> String {
+    format!(
+        "scaleout {} replica(s) {:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  through p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  ok {:>6.2}%  cpu {:.3} ms/req (pg {:.3}, redis {:.3})  redis round trips/req {:.2}  other cpu {:.1} s",
+        r.replicas,
+        r.rate,
+        r.mode.name(),
+        r.direct.latency_ms.p99,
+        r.through.latency_ms.p99,
+        r.added_ms.p50,
+        r.added_ms.p99,
+        r.through.success_rate * 100.0,
+        r.cpu_ms_per_1000_requests / 1000.0,
+        r.postgres_all_cpu_ms_per_1000_requests / 1000.0,
+        r.redis_cpu_ms_per_1000_requests / 1000.0,
+        r.redis_round_trips_per_request,
+        r.other_processes_cpu_s,
+    )
+}
+
+fn list(v: &[f64], digits: usize) -> String {
+    v.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The scale-out scenario's table.
+fn scaleout_table(s: &mut String, report: &Report) {
+    let Some(r) = &report.scaleout else { return };
+    let _ = writeln!(
+        s,
+        "\nScale-out: replicas on PostgreSQL + Redis (database {}, dropped; {} Redis keys deleted), requests spread over the replicas in turn:\n",
+        r.database, r.cleanup.redis_keys_deleted
+    );
+    let _ = writeln!(
+        s,
+        "| replicas | rate (req/s) | mode | direct p50 / p90 / p99 (ms) | through p50 / p90 / p99 (ms) | added p50 / p90 / p99 (ms) | errors | CPU per 1,000 req, all replicas (ms) | per replica (ms) | PostgreSQL CPU per 1,000 req (ms; our backends, s) | Redis CPU per 1,000 req (ms) | Redis round trips (commands) per req | peak RSS per replica (MB) | other CPU (s) |"
+    );
+    let _ = writeln!(s, "|---:|---:|---|---|---|---|---:|---:|---|---|---:|---:|---|---:|");
+    let three = |p: &crate::load::Percentiles| format!("{:.2} / {:.2} / {:.2}", p.p50, p.p90, p.p99);
+    for x in &r.steps {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {} | {} | {} | {:.2} / {:.2} / {:.2} | {} | {:.1} | {} | {:.1} ({:.2} s) | {:.1} | {:.2} ({:.1}) | {} | {:.1} |",
+            x.replicas,
+            x.rate,
+            x.mode.name(),
+            three(&x.direct.latency_ms),
+            three(&x.through.latency_ms),
+            x.added_ms.p50,
+            x.added_ms.p90,
+            x.added_ms.p99,
+            x.through.errors,
+            x.cpu_ms_per_1000_requests,
+            list(&x.replica_cpu_ms_per_1000_requests, 1),
+            x.postgres_all_cpu_ms_per_1000_requests,
+            x.postgres_backends_cpu_s,
+            x.redis_cpu_ms_per_1000_requests,
+            x.redis_round_trips_per_request,
+            x.redis_calls_per_request,
+            list(&x.replica_peak_rss_mb, 1),
+            x.other_processes_cpu_s,
+        );
+    }
 }
 
 /// One line per finished routing round.
@@ -108,6 +173,7 @@ pub fn table(report: &Report) -> String {
         gateway_table(&mut s, report);
     }
     routing_table(&mut s, report);
+    scaleout_table(&mut s, report);
     if let Some(search) = &report.search {
         let _ = writeln!(
             s,

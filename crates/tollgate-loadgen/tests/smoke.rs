@@ -1,5 +1,6 @@
 //! The harness must not rot: `bench/run --smoke` starts the mock and a
-//! Tollgate, runs a few one-second steps at tiny rates and writes its JSON.
+//! Tollgate, runs a few one-second steps at tiny rates and writes its JSON;
+//! its scale-out part needs the machine's PostgreSQL and Redis.
 //! Only that it runs and what the JSON holds is asserted, never timing.
 
 // Integration tests: a failed step should stop the test loudly.
@@ -144,4 +145,61 @@ fn smoke_run_writes_the_report() {
         stdout.contains("fallback hop"),
         "the routing table is printed: {stdout}"
     );
+
+    // The scale-out scenario: one replica, then three, on a scratch
+    // PostgreSQL database and Redis key prefix, both gone afterwards.
+    let so = &report["scaleout"];
+    let steps = so["steps"].as_array().expect("scaleout steps");
+    assert_eq!(steps.len(), 4, "replicas 1 and 3 × one rate × two modes: {so}");
+    for (s, n) in steps.iter().zip([1, 1, 3, 3]) {
+        assert_eq!(s["replicas"], n);
+        assert_eq!(s["through"]["errors"], 0, "{}", s["through"]["error_kinds"]);
+        assert_eq!(s["direct"]["errors"], 0);
+        assert!(s["added_ms"]["p99"].is_number());
+        assert_eq!(s["replica_cpu_s"].as_array().map(Vec::len), Some(n));
+        assert_eq!(s["replica_peak_rss_mb"].as_array().map(Vec::len), Some(n));
+        assert!(s["cpu_ms_per_1000_requests"].as_f64().is_some_and(|v| v > 0.0));
+        assert!(s["postgres_all_cpu_s"].is_number() && s["redis_cpu_s"].is_number());
+        // Admission and settlement are a Redis script each (2 per request; a
+        // settlement may land just after the step ends).
+        assert!(
+            s["redis_round_trips_per_request"].as_f64().is_some_and(|v| v > 1.5),
+            "{}",
+            s["redis_calls"]
+        );
+        assert!(s["redis_calls_per_request"].as_f64() >= s["redis_round_trips_per_request"].as_f64());
+    }
+    let sanity = so["setup"]["sanity_responses"].as_array().unwrap();
+    assert_eq!(sanity.len(), 3, "one sanity request per replica");
+    assert!(so["setup"]["key_rate_limit"]["value"].is_number());
+    assert_eq!(so["cleanup"]["database_dropped"], true);
+    assert!(so["cleanup"]["redis_keys_deleted"].as_u64().is_some_and(|n| n > 0));
+    let database = so["database"].as_str().unwrap().to_owned();
+    let prefix = so["redis_key_prefix"].as_str().unwrap().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (databases, keys) = rt.block_on(async {
+        let pg = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(&database)
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+        let mut r = redis::Client::open("redis://127.0.0.1:6379")
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        (n, keys)
+    });
+    assert_eq!(databases, 0, "{database} was dropped");
+    assert!(keys.is_empty(), "the run's Redis keys were deleted: {keys:?}");
+    assert!(names.iter().any(|n| n.contains("scaleout")), "{names:?}");
+    assert!(stdout.contains("Scale-out"), "the scale-out table is printed: {stdout}");
 }
