@@ -8,10 +8,13 @@
 //! [`anthropic`], [`google`] (Gemini API and Vertex AI, with its OAuth token
 //! endpoint), [`bedrock`] (Converse, ConverseStream, STS). Beside them,
 //! [`redis_server`] runs a throwaway Redis for tests that stop or inspect it;
-//! [`postgres_db`] makes a throwaway PostgreSQL database.
+//! [`postgres_db`] makes a throwaway PostgreSQL database, and [`backend`]
+//! reads `TOLLGATE_TEST_BACKEND`, the switch that runs the server tests on
+//! SQLite or on PostgreSQL and Redis.
 
 pub mod anthropic;
 pub mod azure;
+pub mod backend;
 pub mod bedrock;
 pub mod control;
 pub mod google;
