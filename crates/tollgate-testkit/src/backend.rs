@@ -171,6 +171,9 @@ mod tests {
         let left: Vec<String> = redis::cmd("KEYS").arg("tgtest:*").query(&mut conn).unwrap();
         assert!(!left.iter().any(|k| k.starts_with(&mine)), "{left:?}");
         assert!(left.contains(&format!("{other}a")));
-        redis::cmd("DEL").arg(format!("{other}a")).query::<()>(&mut conn).unwrap();
+        redis::cmd("DEL")
+            .arg(format!("{other}a"))
+            .query::<()>(&mut conn)
+            .unwrap();
     }
 }

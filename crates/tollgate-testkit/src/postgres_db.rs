@@ -33,7 +33,11 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create() -> TestDb {
-        let name = format!("{PREFIX}{}_{:016x}", unix_secs(SystemTime::now()), rand::random::<u64>());
+        let name = format!(
+            "{PREFIX}{}_{:016x}",
+            unix_secs(SystemTime::now()),
+            rand::random::<u64>()
+        );
         let sql = format!("CREATE DATABASE {name}");
         admin(&sql).await.expect(&sql);
         let url = format!("{}/{name}", server());

@@ -24,7 +24,7 @@ pub struct App {
     pub dir: TempDir,
     pub config: Config,
     /// Where the data lives (after `running`, which it outlives).
-    pub storage: Storage,
+    pub _storage: Storage,
 }
 
 pub struct Resp {
@@ -93,7 +93,7 @@ impl App {
             running: Some(running),
             dir,
             config,
-            storage,
+            _storage: storage,
         }
     }
 
@@ -204,6 +204,22 @@ impl App {
             req = req.header(*k, *v);
         }
         req.send().await.expect("request")
+    }
+
+    /// Runs one statement straight on the server's database, whichever
+    /// backend it is (for tests that break or inspect what lies beneath).
+    pub async fn execute(&self, sql: &str) {
+        match &self.config.database {
+            tollgate_store::Location::Sqlite(_) => {
+                let pool = self.state().store.sqlite_pool().expect("the SQLite pool");
+                sqlx::query(sql).execute(pool).await.expect(sql);
+            }
+            tollgate_store::Location::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("the test database");
+                sqlx::query(sql).execute(&pool).await.expect(sql);
+                pool.close().await;
+            }
+        }
     }
 
     /// Waits until every request so far is in the request log.
