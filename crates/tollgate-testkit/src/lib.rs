@@ -8,14 +8,17 @@
 //! [`anthropic`], [`google`] (Gemini API and Vertex AI, with its OAuth token
 //! endpoint), [`bedrock`] (Converse, ConverseStream, STS). Beside them,
 //! [`redis_server`] runs a throwaway Redis for tests that stop or inspect it;
-//! [`postgres_db`] makes a throwaway PostgreSQL database, and [`tcp_proxy`]
-//! stands in front of one so that a test can cut it off and restore it.
+//! [`postgres_db`] makes a throwaway PostgreSQL database, [`tcp_proxy`]
+//! stands in front of one so that a test can cut it off and restore it, and
+//! [`backend`] reads `TOLLGATE_TEST_BACKEND`, the switch that runs the server
+//! tests on SQLite or on PostgreSQL and Redis.
 
 // Test support only: a failed setup step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod anthropic;
 pub mod azure;
+pub mod backend;
 pub mod bedrock;
 pub mod control;
 pub mod google;

@@ -398,10 +398,7 @@ async fn server_errors_are_ab04_without_details() {
 
 async fn sqlx_drop_audit(app: &App) {
     // Break the store underneath the running server.
-    sqlx::query("DROP TABLE audit_logs")
-        .execute(app.state().store.sqlite_pool().unwrap())
-        .await
-        .unwrap();
+    app.execute("DROP TABLE audit_logs").await;
 }
 
 #[tokio::test]
@@ -536,11 +533,36 @@ async fn secrets_never_reach_the_database_files_in_plain_text() {
             path.display()
         );
     }
-    // The WAL was among the files read while it exists; checkpoint and read again.
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(app.state().store.sqlite_pool().unwrap())
-        .await
-        .unwrap();
-    let db = std::fs::read(app.dir.path().join("tollgate.db")).unwrap();
-    assert!(!String::from_utf8_lossy(&db).contains("VERY-DISTINCTIVE-SECRET"));
+    match &app.config.database {
+        tollgate_store::Location::Sqlite(path) => {
+            // The WAL was among the files read while it exists; checkpoint and read again.
+            app.execute("PRAGMA wal_checkpoint(TRUNCATE)").await;
+            let db = std::fs::read(path).unwrap();
+            assert!(!String::from_utf8_lossy(&db).contains("VERY-DISTINCTIVE-SECRET"));
+        }
+        tollgate_store::Location::Postgres(url) => {
+            // Every row of every table, as text.
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            assert!(tables.iter().any(|t| t == "integrations"), "{tables:?}");
+            for table in tables {
+                let rows: Option<String> =
+                    sqlx::query_scalar(&format!("SELECT string_agg(t::text, ' ') FROM {table} t"))
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                let rows = rows.unwrap_or_default();
+                assert!(!rows.contains("VERY-DISTINCTIVE-SECRET"), "secret found in {table}");
+                if table == "integrations" {
+                    assert!(rows.contains("s1") && rows.contains("s2"), "the rows are read: {rows}");
+                }
+            }
+            pool.close().await;
+        }
+    }
 }

@@ -727,7 +727,7 @@ async fn cache_summary_is_honestly_empty() {
 #[tokio::test]
 async fn limits_and_alerts_appear_in_the_summary() {
     use tollgate_core::admission::Rule;
-    use tollgate_store::outbox::{AlertKind, AlertPayload, Channel, Outbox};
+    use tollgate_store::outbox::{AlertKind, AlertPayload, Channel};
     let d = data().await;
     let r = d
         .app
@@ -761,7 +761,7 @@ async fn limits_and_alerts_appear_in_the_summary() {
             .await
             .unwrap();
     }
-    let outbox = Outbox::new(state.store.sqlite_pool().unwrap().clone());
+    let outbox = state.store.outbox();
     let alert = AlertPayload {
         event_id: "evt-1".into(),
         kind: AlertKind::Threshold,

@@ -253,6 +253,7 @@ async fn migrate_to_copies_sqlite_into_postgres_for_a_replica() {
         running: Some(running),
         dir: replica_dir,
         config,
+        _storage: tollgate_testkit::backend::Storage::embedded(),
     };
     let logs = replica
         .get(r#"/v1/logs?metadata={"team":"search"}"#, &replica.admin_key)

@@ -198,7 +198,7 @@ async fn ready_answers_503_naming_what_is_down() {
 
 #[tokio::test]
 async fn ready_without_redis_checks_only_the_database() {
-    let app = App::start().await;
+    let app = App::start_with(|c| c.redis_url = None, Arc::new(SystemClock)).await;
     let r = ready(&app).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["status"], "ready");

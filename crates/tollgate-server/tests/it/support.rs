@@ -1,6 +1,12 @@
 //! The test harness: a Tollgate server started in process on port 0 with its
 //! own temporary data directory, and a small JSON client; and `tollgate serve`
 //! as a child process, as an operator runs it.
+//!
+//! Every in-process server keeps its data where `TOLLGATE_TEST_BACKEND` says
+//! ([`tollgate_testkit::backend`]): by default SQLite in its data directory
+//! with counters in process; with `postgres`, a PostgreSQL database and a
+//! Redis key prefix of its own, dropped with the [`App`]. A test's own
+//! settings (its `tweak`) win over the switch's.
 
 use parking_lot::Mutex;
 use reqwest::Method;
@@ -14,6 +20,7 @@ use tempfile::TempDir;
 use tollgate_core::clock::{SharedClock, SystemClock};
 use tollgate_server::config::{Config, FileConfig};
 use tollgate_server::server::{self, Running};
+use tollgate_testkit::backend::Storage;
 
 pub struct App {
     pub url: String,
@@ -22,6 +29,8 @@ pub struct App {
     pub running: Option<Running>,
     pub dir: TempDir,
     pub config: Config,
+    /// Where the data lives (after `running`, which it outlives).
+    pub _storage: Storage,
 }
 
 pub struct Resp {
@@ -44,6 +53,9 @@ impl Resp {
     }
 }
 
+/// A configuration on port 0 with its data in `dir`, on the embedded SQLite
+/// database whatever the switch says (for tests that set up a backend
+/// themselves).
 pub fn config_for(dir: &std::path::Path) -> Config {
     FileConfig {
         listen: Some("127.0.0.1:0".into()),
@@ -55,6 +67,19 @@ pub fn config_for(dir: &std::path::Path) -> Config {
     .expect("config")
 }
 
+/// [`config_for`] `dir`, with its data in `storage`.
+pub fn config_on(dir: &std::path::Path, storage: &Storage) -> Config {
+    let mut config = config_for(dir);
+    if let Some(url) = storage.database_url() {
+        config.database = tollgate_store::Location::from_url(Some(url), dir).expect("database url");
+    }
+    if let Some((url, prefix)) = storage.redis() {
+        config.redis_url = Some(url.to_owned());
+        config.redis_key_prefix = prefix.to_owned();
+    }
+    config
+}
+
 impl App {
     pub async fn start() -> App {
         Self::start_with(|_| {}, Arc::new(SystemClock)).await
@@ -62,7 +87,8 @@ impl App {
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config), clock: SharedClock) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = config_for(dir.path());
+        let storage = Storage::create().await;
+        let mut config = config_on(dir.path(), &storage);
         tweak(&mut config);
         let running = server::start(config.clone(), clock).await.expect("server starts");
         let admin_key = running.first_admin_key.clone().expect("first start prints a key");
@@ -73,6 +99,7 @@ impl App {
             running: Some(running),
             dir,
             config,
+            _storage: storage,
         }
     }
 
@@ -183,6 +210,22 @@ impl App {
             req = req.header(*k, *v);
         }
         req.send().await.expect("request")
+    }
+
+    /// Runs one statement straight on the server's database, whichever
+    /// backend it is (for tests that break or inspect what lies beneath).
+    pub async fn execute(&self, sql: &str) {
+        match &self.config.database {
+            tollgate_store::Location::Sqlite(_) => {
+                let pool = self.state().store.sqlite_pool().expect("the SQLite pool");
+                sqlx::query(sql).execute(pool).await.expect(sql);
+            }
+            tollgate_store::Location::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("the test database");
+                sqlx::query(sql).execute(&pool).await.expect(sql);
+                pool.close().await;
+            }
+        }
     }
 
     /// Waits until every request so far is in the request log.
