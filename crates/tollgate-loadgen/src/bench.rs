@@ -35,6 +35,7 @@ const UPSTREAM_KEY: &str = "sk-bench-upstream-key";
 /// 1 million requests per minute.
 const WORKSPACE_RPM: u64 = 50_000_000;
 const INTEGRATION_RPM: u64 = 60_000_000;
+const KEY_RPM: u64 = 70_000_000;
 /// The largest budget Tollgate accepts, in US dollars; a run spends cents.
 const BUDGET_USD: u64 = 1_000_000;
 
@@ -562,7 +563,8 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
         Method::POST,
         format!("{tg}/v1/api-keys/workspace/service"),
         &admin_key,
-        json!({"name": "bench", "workspace_id": ws_id, "scopes": ["completions.write"]}),
+        json!({"name": "bench", "workspace_id": ws_id, "scopes": ["completions.write"],
+            "rate_limits": [{"type": "requests", "unit": "rpm", "value": KEY_RPM}]}),
         "create workspace key",
     )
     .await?;
@@ -634,6 +636,7 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
         "workspace_id": ws_id,
         "workspace_rate_limit": {"type": "requests", "unit": "rpm", "value": WORKSPACE_RPM},
         "integration_rate_limit": {"type": "requests", "unit": "rpm", "value": INTEGRATION_RPM},
+        "key_rate_limit": {"type": "requests", "unit": "rpm", "value": KEY_RPM},
         "integration_budget": {"type": "cost", "credit_limit_usd": BUDGET_USD, "periodic_reset": "monthly"},
         "provisioning_body": provisioning,
         "sanity_response": {
