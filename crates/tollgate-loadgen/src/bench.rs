@@ -36,6 +36,7 @@ const UPSTREAM_KEY: &str = "sk-bench-upstream-key";
 /// 1 million requests per minute.
 const WORKSPACE_RPM: u64 = 50_000_000;
 const INTEGRATION_RPM: u64 = 60_000_000;
+const KEY_RPM: u64 = 70_000_000;
 /// The largest budget Tollgate accepts, in US dollars; a run spends cents.
 const BUDGET_USD: u64 = 1_000_000;
 
@@ -696,7 +697,7 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
 
     let tg = format!("http://127.0.0.1:{tg_port}");
     let mock_base = format!("http://127.0.0.1:{mock_port}/v1");
-    let gov = govern(client, &tg, &admin_key, &mock_base, None).await?;
+    let gov = govern(client, &tg, &admin_key, &mock_base, Some(KEY_RPM)).await?;
     let direct = direct_targets(&mock_base)?;
     let through = through_targets(&tg, &gov.key)?;
     let mut setup = gov.setup.clone();

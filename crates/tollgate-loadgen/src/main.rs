@@ -103,7 +103,7 @@ struct BenchArgs {
     /// Run a routing round's six steps back to back instead of at the same time.
     #[arg(long)]
     routing_sequential: bool,
-    /// Rates in requests per second, comma-separated [default: 1000,3000,5000; smoke: 20,50].
+    /// Rates in requests per second, comma-separated [default: 100,1000,3000,5000; smoke: 20,50].
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<f64>>,
     /// Modes, comma-separated: whole, stream.
@@ -218,7 +218,7 @@ fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
             if smoke {
                 vec![20.0, 50.0]
             } else {
-                vec![1000.0, 3000.0, 5000.0]
+                vec![100.0, 1000.0, 3000.0, 5000.0]
             }
         }),
         modes: a.modes.iter().map(|m| parse_mode(m)).collect::<anyhow::Result<_>>()?,

@@ -21,7 +21,7 @@ use crate::query_cache::QueryCache;
 use crate::StoreError;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection, PgConnection, PgPool, Pool, Postgres, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{Connection, PgConnection, PgPool, Pool, Postgres, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -245,6 +245,7 @@ enum Wake {
 async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<Msg>, mut backlog: Option<Backlog>) {
     let mut msgs = Vec::with_capacity(BATCH);
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
+    let mut held = None;
     loop {
         let wake = match backlog.as_ref().filter(|b| b.is_pending()) {
             None => Wake::Received(rx.recv_many(&mut msgs, BATCH).await),
@@ -283,7 +284,7 @@ async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<
                 }
             }
             if !batch.is_empty() {
-                write(&db, &cache, backlog.as_mut(), &mut batch).await;
+                write(&db, &cache, &mut held, backlog.as_mut(), &mut batch).await;
             }
             for w in waiters {
                 let _ = w.send(());
@@ -301,22 +302,36 @@ async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<
 /// already waits there, or when the database is unreachable. Other failures
 /// are retried a few times (a locked database clears); after that the rows
 /// are logged as lost rather than blocking every later one.
-async fn write(db: &Db, cache: &QueryCache, backlog: Option<&mut Backlog>, batch: &mut Vec<UsageRecord>) {
+async fn write(
+    db: &Db,
+    cache: &QueryCache,
+    held: &mut Option<SqliteConnection>,
+    backlog: Option<&mut Backlog>,
+    batch: &mut Vec<UsageRecord>,
+) {
     if let Some(b) = backlog {
         if b.is_pending() {
             return b.push(batch).await;
         }
-        return write_now(db, cache, Some(b), batch).await;
+        return write_now(db, cache, held, Some(b), batch).await;
     }
-    write_now(db, cache, None, batch).await
+    write_now(db, cache, held, None, batch).await
 }
 
-async fn write_now(db: &Db, cache: &QueryCache, mut backlog: Option<&mut Backlog>, batch: &mut Vec<UsageRecord>) {
+/// Writes `batch` now: on SQLite on the writer's own connection (`held`,
+/// opened on first use and replaced after a failure).
+async fn write_now(
+    db: &Db,
+    cache: &QueryCache,
+    held: &mut Option<SqliteConnection>,
+    mut backlog: Option<&mut Backlog>,
+    batch: &mut Vec<UsageRecord>,
+) {
     let mut attempt = 0;
     loop {
         // The roll-ups differ per backend.
         let result = match db {
-            Db::Sqlite(pool) => insert(pool, batch).await,
+            Db::Sqlite(pool) => insert(held, pool, batch).await,
             Db::Postgres(pool) => insert_pg(pool, batch).await,
         };
         match result {
@@ -686,8 +701,38 @@ fn insert_rows<DB: Backend>(rows: &[UsageRecord]) -> QueryBuilder<'_, DB> {
     qb
 }
 
-async fn insert(pool: &SqlitePool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+/// Writes `rows` on the writer's own connection, `held`: taken out of the
+/// pool on first use and kept from batch to batch. Every batch then runs on
+/// one connection thread with warm page and statement caches, without the
+/// pool's liveness check on each acquire and release (each a round trip to
+/// the connection's thread) and without taking turns with the pool's other
+/// connections, each of which would find its caches stale. Its temporary
+/// storage (statement journals, bounded by one batch) stays in memory: past
+/// 64 KiB SQLite would otherwise spill it to a file created and deleted in
+/// the transaction. A failed batch closes the connection, so the retry
+/// starts on a fresh one.
+async fn insert(
+    held: &mut Option<SqliteConnection>,
+    pool: &SqlitePool,
+    rows: &[UsageRecord],
+) -> Result<(), sqlx::Error> {
+    let conn = match held {
+        Some(conn) => conn,
+        None => {
+            let mut conn = pool.acquire().await?.detach();
+            sqlx::query("PRAGMA temp_store = MEMORY").execute(&mut conn).await?;
+            held.insert(conn)
+        }
+    };
+    let result = insert_on(conn, rows).await;
+    if result.is_err() {
+        *held = None;
+    }
+    result
+}
+
+async fn insert_on(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
     insert_rows::<Sqlite>(rows).build().execute(&mut *tx).await?;
     // The analytics roll-ups move with the log, in the same transaction.
     crate::analytics::roll_up(&mut tx, rows).await?;
@@ -1085,5 +1130,69 @@ mod tests {
         assert_eq!(join_halves(0, 0), 0);
         assert_eq!(stored(u64::MAX), i64::MAX);
         assert_eq!(stored(7), 7);
+    }
+
+    fn record(id: &str) -> UsageRecord {
+        UsageRecord {
+            id: id.into(),
+            created_at: Utc::now(),
+            trace_id: format!("trace-{id}"),
+            workspace_id: Some("ws".into()),
+            endpoint: "chat.completions".into(),
+            status_code: 200,
+            ..UsageRecord::default()
+        }
+    }
+
+    /// Whether `conn` is the connection a marker was left on (a temporary
+    /// table lives as long as its connection).
+    async fn marked(conn: &mut SqliteConnection) -> bool {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sqlite_temp_master WHERE name = 'marker'")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+            == 1
+    }
+
+    async fn counts(pool: &SqlitePool) -> (i64, i64) {
+        sqlx::query_as("SELECT (SELECT COUNT(*) FROM usage_log), (SELECT COALESCE(SUM(requests), 0) FROM usage_daily)")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_writer_keeps_its_connection_and_replaces_it_after_a_failed_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::db::open_sqlite(&dir.path().join("log.db")).await.unwrap();
+        let mut held = None;
+        insert(&mut held, &pool, &[record("a")]).await.unwrap();
+        let conn = held.as_mut().expect("the writer keeps its connection");
+        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(temp_store, 2, "temporary storage in memory");
+        sqlx::query("CREATE TEMP TABLE marker (x)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        insert(&mut held, &pool, &[record("b")]).await.unwrap();
+        assert!(
+            marked(held.as_mut().unwrap()).await,
+            "the next batch ran on the same connection"
+        );
+        // A batch that fails (a duplicate id) is rolled back whole, roll-ups
+        // included, and its connection is let go.
+        let err = insert(&mut held, &pool, &[record("c"), record("a")]).await;
+        assert!(err.is_err());
+        assert!(held.is_none());
+        assert_eq!(counts(&pool).await, (2, 2));
+        insert(&mut held, &pool, &[record("d")]).await.unwrap();
+        assert!(
+            !marked(held.as_mut().unwrap()).await,
+            "a fresh connection after the failure"
+        );
+        assert_eq!(counts(&pool).await, (3, 3));
     }
 }

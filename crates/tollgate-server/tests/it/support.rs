@@ -74,7 +74,7 @@ pub fn config_on(dir: &std::path::Path, storage: &Storage) -> Config {
         config.database = tollgate_store::Location::from_url(Some(url), dir).expect("database url");
     }
     if let Some((url, prefix)) = storage.redis() {
-        config.redis_url = Some(url.to_owned());
+        config.redis_url = Some(url.to_owned().into());
         config.redis_key_prefix = prefix.to_owned();
     }
     config
