@@ -287,6 +287,10 @@ impl Running {
             replica,
             ..
         } = self;
+        // Every request has finished: the writer writes what is left (or
+        // spills it, while PostgreSQL is away) and stops, even if a
+        // connection task has not yet dropped its handle.
+        let _ = tokio::time::timeout(Duration::from_secs(15), state.usage.close()).await;
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(10), usage_writer).await;
         drop(replica);

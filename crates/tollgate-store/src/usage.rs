@@ -93,11 +93,14 @@ enum Msg {
     /// A record, and whoever waits for it to be committed.
     Record(Box<UsageRecord>, Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<()>),
+    /// Write what is queued (or keep it in the outage buffer's spill file),
+    /// answer, and stop, whoever else still holds a handle.
+    Close(oneshot::Sender<()>),
 }
 
 impl Msg {
     fn has_waiter(&self) -> bool {
-        matches!(self, Msg::Flush(_) | Msg::Record(_, Some(_)))
+        matches!(self, Msg::Flush(_) | Msg::Close(_) | Msg::Record(_, Some(_)))
     }
 }
 
@@ -232,6 +235,18 @@ impl UsageLog {
             let _ = wait.await;
         }
     }
+
+    /// Writes every record queued before this call (while PostgreSQL is
+    /// unreachable: moves the outage buffer's memory to its spill file) and
+    /// stops the writer, even if other handles are still alive (a connection
+    /// that has not let go of the server's state yet). Records sent after it
+    /// are not written. Called once the server has stopped serving.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
 }
 
 /// Why the writer woke up.
@@ -274,6 +289,7 @@ async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<
                 }
             }
             let mut waiters = Vec::new();
+            let mut closing = None;
             for m in msgs.drain(..) {
                 match m {
                     Msg::Record(r, w) => {
@@ -281,6 +297,7 @@ async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<
                         waiters.extend(w);
                     }
                     Msg::Flush(w) => waiters.push(w),
+                    Msg::Close(w) => closing = Some(w),
                 }
             }
             if !batch.is_empty() {
@@ -288,6 +305,13 @@ async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<
             }
             for w in waiters {
                 let _ = w.send(());
+            }
+            if let Some(w) = closing {
+                if let Some(b) = backlog.as_mut() {
+                    b.park().await;
+                }
+                let _ = w.send(());
+                return;
             }
         }
         if let (Db::Postgres(pool), Some(b)) = (&db, backlog.as_mut()) {

@@ -5,7 +5,7 @@
 //! addresses, ports and certificate paths replaced). Limits hold exactly across the replicas, consumption,
 //! resets and alerts are the same whichever replica answers, a revoked key
 //! is refused everywhere within a second, streams pass through nginx as they
-//! come, and a dashboard session stays on its replica.
+//! come, and a dashboard session works on every replica.
 //!
 //! The in-process tests (replicas.rs, and the store's counter and notify
 //! tests) cover the pieces; this one runs the processes an operator runs.
@@ -631,7 +631,8 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
         "{whole}"
     );
 
-    // A dashboard session made through nginx keeps reaching its replica.
+    // A dashboard session made through nginx works on every replica nginx
+    // sends it to in turn (sessions are in the database).
     let browser = nginx.client();
     let signed_in = browser
         .post(format!("{lb}/ui/sign-in"))
@@ -656,7 +657,7 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
             .send()
             .await
             .expect("page");
-        assert_eq!(page.status(), 200, "the session's replica answers");
+        assert_eq!(page.status(), 200, "every replica serves the session");
     }
 
     // A key revoked through A: A refuses it on its very next request, B

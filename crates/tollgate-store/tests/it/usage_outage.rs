@@ -178,3 +178,34 @@ async fn on_sqlite_the_buffered_writer_is_the_plain_one() {
     drop(log);
     writer.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_spills_and_stops_the_writer_while_another_handle_lives() {
+    let db = TestDb::create().await;
+    let (proxy, url) = TcpProxy::for_url(&db.url).await.unwrap();
+    let store = Store::open(&Location::Postgres(url)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spill = dir.path().join(SPILL_FILE);
+    let (log, writer) = store.spawn_usage_log_buffered(&buffer(dir.path(), 10)).await.unwrap();
+    // A handle someone forgot to drop (a lingering connection task).
+    let lingering = log.clone();
+    proxy.cut().await;
+    for i in 1..=3 {
+        log.commit(rec(i, "ws-1", 200)).await;
+    }
+    assert!(!spill.exists(), "three records fit in memory");
+    let t = Instant::now();
+    log.close().await;
+    tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .expect("the writer stops though a handle lives")
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let spilled = std::fs::read_to_string(&spill).unwrap();
+    assert_eq!(spilled.lines().count(), 3, "memory moved to the spill file");
+    // After close, nothing more is taken (and nothing hangs).
+    lingering.commit(rec(4, "ws-1", 200)).await;
+    lingering.flush().await;
+    proxy.restore().await.unwrap();
+    db.drop_db().await;
+}
