@@ -265,6 +265,10 @@ pub struct Running {
     replica: Option<ReplicaLock>,
 }
 
+/// How long a stop waits for background tasks (snapshot refresh, alert
+/// dispatch, metrics upkeep) before aborting them.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(2);
+
 impl Running {
     /// A token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
@@ -277,8 +281,16 @@ impl Running {
         self.shutdown.cancel();
         // Every request has finished: flush the request log.
         self.state.usage.flush().await;
-        for t in self.background {
-            let _ = t.await;
+        // Background tasks stop at the token; one stuck in a call to an
+        // unreachable database is given a short grace, then aborted (none of
+        // them holds anything that must be written: the request log is
+        // closed below).
+        let deadline = tokio::time::Instant::now() + BACKGROUND_GRACE;
+        for mut t in self.background {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                tracing::warn!("a background task did not stop in time and was aborted");
+            }
         }
         let Running {
             state,
