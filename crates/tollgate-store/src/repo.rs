@@ -14,18 +14,22 @@ use tokio::task::JoinHandle;
 impl Store {
     /// Starts the request log's batching writer (see [`UsageLog`]). The task
     /// ends when every handle is dropped and the queue is drained.
-    /// Without an outage buffer: on PostgreSQL a batch that cannot be
-    /// written is retried a few times, then logged as lost (tools that fill
-    /// the log; the server uses [`Store::spawn_usage_log_buffered`]).
+    /// Without a journal, a record handed to [`UsageLog::commit`] waits for
+    /// its database commit; without an outage buffer, on PostgreSQL a batch
+    /// that cannot be written is retried a few times, then logged as lost
+    /// (tools that fill the log; the server uses
+    /// [`Store::spawn_usage_log_buffered`]).
     pub fn spawn_usage_log(&self) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
-        Ok(UsageLog::spawn(self.db.clone(), self.cache.clone(), None))
+        Ok(UsageLog::spawn(self.db.clone(), self.cache.clone(), None, None))
     }
 
-    /// The request log's writer as the server runs it: on PostgreSQL it
-    /// keeps records while the database is unreachable, in memory and then
-    /// in the spill file in `buffer.dir`, and writes them when it returns
-    /// (see [`OutageBuffer`]). A spill file left by an earlier process is
-    /// written first. On SQLite the same as [`Store::spawn_usage_log`].
+    /// The request log's writer as the server runs it: every record goes
+    /// to the journal in `buffer.dir` before its request is answered (see
+    /// [`crate::journal`]), and the database gets it in batches; on
+    /// PostgreSQL it keeps records while the database is unreachable, in
+    /// memory and then in the spill file in `buffer.dir`, and writes them
+    /// when it returns (see [`OutageBuffer`]). What a spill file and a
+    /// journal left by an earlier process hold is written first.
     pub async fn spawn_usage_log_buffered(
         &self,
         buffer: &OutageBuffer,
