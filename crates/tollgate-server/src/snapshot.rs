@@ -9,8 +9,9 @@
 use crate::limits;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tollgate_core::admission::{Level, LimitCheck};
+use tollgate_core::admission::{LimitCheck, LimitOwner};
 use tollgate_core::catalogue::{self, PriceTable, ProviderSpec};
+use tollgate_core::ids::{ApiKeyId, IntegrationId, ProviderId, WorkspaceId};
 use tollgate_core::records::{
     ApiKeyRecord, Integration, IntegrationModel, ProviderRecord, SavedConfig, Workspace, WorkspaceAccess,
 };
@@ -158,7 +159,7 @@ impl Snapshot {
             let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
                 continue;
             };
-            let checks = limits::checks(Level::ApiKey, &limits::key_id(&k.id), &k.limits);
+            let checks = limits::checks(LimitOwner::ApiKey(ApiKeyId::new(k.id.clone())), &k.limits);
             let default_config = k
                 .default_config
                 .as_ref()
@@ -175,7 +176,7 @@ impl Snapshot {
         for w in data.workspaces {
             s.workspace_checks.insert(
                 w.id.clone(),
-                limits::checks(Level::Workspace, &limits::workspace_id(&w.id), &w.limits),
+                limits::checks(LimitOwner::Workspace(WorkspaceId::new(w.id.clone())), &w.limits),
             );
             if let Some(v) = &w.default_config {
                 let d = s.resolve_default(v, Some(&w.id));
@@ -225,11 +226,16 @@ impl Snapshot {
                 .and_then(|a| a.models.as_ref())
                 .map(|m| m.iter().cloned().collect());
             let mut checks = limits::checks(
-                Level::IntegrationWorkspace,
-                &limits::iw_id(&integration.record.id, &p.workspace_id),
+                LimitOwner::IntegrationWorkspace {
+                    integration: IntegrationId::new(integration.record.id.clone()),
+                    workspace: WorkspaceId::new(p.workspace_id.clone()),
+                },
                 &integration.record.workspace_limits(&p.workspace_id),
             );
-            checks.extend(limits::checks(Level::Provider, &limits::provider_id(&p), &p.limits));
+            checks.extend(limits::checks(
+                LimitOwner::Provider(ProviderId::new(p.id.clone())),
+                &p.limits,
+            ));
             let route = Arc::new(Route {
                 provider: p.clone(),
                 integration,
