@@ -7,7 +7,7 @@
 //! - [`limits`]: budgets and rate limits, their validation and their windows.
 //! - [`limit_owner`]: who a limit belongs to, and the counter key it counts under.
 //! - [`catalogue`]: the providers and models Tollgate knows, shipped as data.
-//! - [`usage`]: token usage as reported by an upstream, and its cost.
+//! - [`token_usage`]: token usage as reported by an upstream, and its cost.
 //! - [`routing`]: routing configs (fallback, load balancing, retries, timeouts).
 
 pub mod admission;
@@ -20,7 +20,7 @@ pub mod money;
 pub mod records;
 pub mod routing;
 pub mod secrets;
-pub mod usage;
+pub mod token_usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use money::{Money, Price};

@@ -19,7 +19,7 @@ use tollgate_core::money::Price;
 use tollgate_core::records::{
     GlobalAccess, Integration, IntegrationModel, IntegrationStatus, Limits, ProviderRecord, WorkspaceAccess,
 };
-use tollgate_core::usage::ModelPrice;
+use tollgate_core::token_usage::ModelPrice;
 use tollgate_store::secrets::SealedFields;
 
 const READ: &str = "workspace_integrations.read";

@@ -48,7 +48,7 @@ use tollgate_core::limits::RateKind;
 use tollgate_core::money::Money;
 use tollgate_core::records::KeyType;
 use tollgate_core::routing::Failure;
-use tollgate_core::usage::ModelPrice;
+use tollgate_core::token_usage::ModelPrice;
 use tollgate_providers::chat::{Body, ChatRequest};
 use tollgate_providers::{tokens, Call, Endpoint, ProviderError, Target, UpstreamResponse};
 use tollgate_store::usage::UsageRecord;
