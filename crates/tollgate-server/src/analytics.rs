@@ -531,7 +531,7 @@ async fn limit_figures(state: &SharedState, scope: Option<&[String]>) -> (Vec<Va
     let now = state.now();
     let (mut budgets, mut rates) = (Vec::new(), Vec::new());
     for (c, ws) in checks {
-        let group = crate::limits::group(ws.as_deref().unwrap_or_default());
+        let group = crate::limit_check::group(ws.as_deref().unwrap_or_default());
         let status = match state.counters.status(&group, &c.id, &c.rule, now).await {
             Ok(s) => s,
             Err(e) => {

@@ -358,7 +358,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         breakers,
     };
     let state = AppState::new(parts, master).await?;
-    let restored = crate::limits::restore_from_log(&state).await?;
+    let restored = crate::limit_check::restore_from_log(&state).await?;
     tracing::debug!(limits = restored, "counters rebuilt from the request log");
     let refresher = tokio::spawn(refresh_loop(state.clone(), REFRESH_EVERY, shutdown.clone()));
     let metrics_upkeep = tokio::spawn(metrics_upkeep(shutdown.clone()));

@@ -6,7 +6,7 @@
 //! a request needs is precomputed here: key hash → key, (workspace, provider
 //! slug) → route with its integration, access grant and allowed models.
 
-use crate::limits;
+use crate::limit_check;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tollgate_core::admission::{LimitCheck, LimitOwner};
@@ -159,7 +159,7 @@ impl Snapshot {
             let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
                 continue;
             };
-            let checks = limits::checks(LimitOwner::ApiKey(ApiKeyId::new(k.id.clone())), &k.limits);
+            let checks = limit_check::checks(LimitOwner::ApiKey(ApiKeyId::new(k.id.clone())), &k.limits);
             let default_config = k
                 .default_config
                 .as_ref()
@@ -176,7 +176,7 @@ impl Snapshot {
         for w in data.workspaces {
             s.workspace_checks.insert(
                 w.id.clone(),
-                limits::checks(LimitOwner::Workspace(WorkspaceId::new(w.id.clone())), &w.limits),
+                limit_check::checks(LimitOwner::Workspace(WorkspaceId::new(w.id.clone())), &w.limits),
             );
             if let Some(v) = &w.default_config {
                 let d = s.resolve_default(v, Some(&w.id));
@@ -225,14 +225,14 @@ impl Snapshot {
                 .as_ref()
                 .and_then(|a| a.models.as_ref())
                 .map(|m| m.iter().cloned().collect());
-            let mut checks = limits::checks(
+            let mut checks = limit_check::checks(
                 LimitOwner::IntegrationWorkspace {
                     integration: IntegrationId::new(integration.record.id.clone()),
                     workspace: WorkspaceId::new(p.workspace_id.clone()),
                 },
                 &integration.record.workspace_limits(&p.workspace_id),
             );
-            checks.extend(limits::checks(
+            checks.extend(limit_check::checks(
                 LimitOwner::Provider(ProviderId::new(p.id.clone())),
                 &p.limits,
             ));

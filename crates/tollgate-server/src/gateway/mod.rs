@@ -305,7 +305,7 @@ pub async fn attempt(
     let api = prep.api;
     let checks = applicable_checks(&prep);
     let demand = worst_case(&prep, &checks).await;
-    let reservation = match crate::limits::admit(state, &prep.route.provider.workspace_id, &checks, demand).await {
+    let reservation = match crate::limit_check::admit(state, &prep.route.provider.workspace_id, &checks, demand).await {
         Ok(r) => r,
         Err((e, rate)) => return Attempt::Failed(Box::new(Failed::refused(api, e, rec, rate))),
     };
@@ -347,7 +347,7 @@ pub async fn attempt(
             .await,
         ),
         Err(e) => {
-            crate::limits::release(state, reservation).await;
+            crate::limit_check::release(state, reservation).await;
             Attempt::Failed(Box::new(Failed {
                 failure: provider_failure(&e),
                 retry_after: asked_wait(state, &e),

@@ -101,7 +101,7 @@ async fn close_books(
         );
     }
     rec.cost_picos = cost.map(|c| c.picos());
-    crate::limits::settle(state, reservation, usage.total(), cost).await;
+    crate::limit_check::settle(state, reservation, usage.total(), cost).await;
     crate::metrics::record(&state.snapshot(), &rec);
     state.usage.commit(rec).await;
 }
