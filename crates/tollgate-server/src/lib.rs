@@ -12,6 +12,7 @@
 //! - [`gateway`]: data-plane routes, one request's path end to end.
 //! - [`limit_check`], [`alerting`], [`alerts`]: limits at the gateway, and budget
 //!   alerts by email and webhook through a durable outbox.
+//! - [`analytics_api`]: the analytics API (its queries are in the store).
 //! - [`error`]: every error and its wire form, in one table.
 //! - [`dashboard`]: the admin web UI, server-rendered over the admin API.
 //! - [`config`], [`cli`]: configuration and commands.
@@ -19,7 +20,7 @@
 pub mod admin;
 pub mod alerting;
 pub mod alerts;
-pub mod analytics;
+pub mod analytics_api;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -639,13 +639,13 @@ pub fn router(state: SharedState) -> Router {
     // The dashboard calls the admin and analytics API in process.
     let api = Router::new()
         .merge(crate::admin::router())
-        .merge(crate::analytics::router())
+        .merge(crate::analytics_api::router())
         .with_state(state.clone());
     let dashboard = crate::dashboard::router(state.clone(), api);
     Router::new()
         .merge(crate::admin::router())
         .merge(crate::gateway::router())
-        .merge(crate::analytics::router())
+        .merge(crate::analytics_api::router())
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_with_key))
