@@ -10,7 +10,7 @@
 //!   validation, permissions and audit entry.
 //! - [`admin`]: control-plane routes (HTTP over [`control`]).
 //! - [`gateway`]: data-plane routes, one request's path end to end.
-//! - [`limit_check`], [`alerting`], [`alerts`]: limits at the gateway, and budget
+//! - [`limit_check`], [`alerts`]: limits at the gateway, and budget
 //!   alerts by email and webhook through a durable outbox.
 //! - [`analytics_api`]: the analytics API (its queries are in the store).
 //! - [`error`]: every error and its wire form, in one table.
@@ -18,7 +18,6 @@
 //! - [`config`], [`cli`]: configuration and commands.
 
 pub mod admin;
-pub mod alerting;
 pub mod alerts;
 pub mod analytics_api;
 pub mod auth;

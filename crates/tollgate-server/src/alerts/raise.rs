@@ -1,5 +1,5 @@
 //! Turns the budget alerts that settlement sets off into outbox entries
-//! (delivered by [`crate::alerts::Dispatcher`] by email and webhook): the
+//! (delivered by [`super::Dispatcher`] by email and webhook): the
 //! limit is looked up in the snapshot for its name, workspace, unit,
 //! threshold and extra recipients.
 
