@@ -268,7 +268,7 @@ fn every_limit(state: &SharedState, only: Option<&str>) -> Vec<(LimitCheck, Scop
                     Level::IntegrationWorkspace => {
                         Scope::IntegrationWorkspace(r.integration.record.id.clone(), w.clone())
                     }
-                    _ => Scope::Provider(w.clone(), r.provider.slug.clone()),
+                    _ => Scope::Provider(w.clone(), r.provider_record.slug.clone()),
                 };
                 add(c, scope);
             }

@@ -69,10 +69,11 @@ impl std::fmt::Debug for IntegrationEntry {
     }
 }
 
-/// A provider slug in one workspace, resolved to its integration.
+/// A provider slug in one workspace, resolved to the workspace's provider
+/// record and its integration.
 #[derive(Debug)]
 pub struct Route {
-    pub provider: ProviderRecord,
+    pub provider_record: ProviderRecord,
     pub integration: Arc<IntegrationEntry>,
     /// The workspace's access grant; `None` when revoked or never granted.
     pub access: Option<WorkspaceAccess>,
@@ -105,7 +106,8 @@ pub struct Snapshot {
     integration_ids_by_slug: HashMap<String, String>,
     /// workspace id → provider slug → route.
     routes: HashMap<String, HashMap<String, Arc<Route>>>,
-    pub providers: Vec<Arc<ProviderRecord>>,
+    /// Every workspace's provider records.
+    pub provider_records: Vec<Arc<ProviderRecord>>,
     /// Each workspace's own limits, as counter checks.
     workspace_checks: HashMap<String, Vec<LimitCheck>>,
     /// Saved configs by slug, and slugs by id.
@@ -237,7 +239,7 @@ impl Snapshot {
                 &p.limits,
             ));
             let route = Arc::new(Route {
-                provider: p.clone(),
+                provider_record: p.clone(),
                 integration,
                 access,
                 workspace_models,
@@ -247,7 +249,7 @@ impl Snapshot {
                 .entry(p.workspace_id.clone())
                 .or_default()
                 .insert(p.slug.clone(), route);
-            s.providers.push(Arc::new(p));
+            s.provider_records.push(Arc::new(p));
         }
         Ok(s)
     }

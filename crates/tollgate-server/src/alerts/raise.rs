@@ -39,7 +39,7 @@ fn describe(state: &SharedState, owner: &LimitOwner) -> Option<Described> {
             })
         }
         LimitOwner::Provider(provider) => {
-            let p = snap.providers.iter().find(|p| p.id == provider.as_str())?;
+            let p = snap.provider_records.iter().find(|p| p.id == provider.as_str())?;
             Some(Described {
                 name: format!("@{}", p.slug),
                 workspace_id: Some(p.workspace_id.clone()),

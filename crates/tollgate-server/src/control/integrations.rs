@@ -387,7 +387,7 @@ pub fn default_provider(
 ) -> Result<Option<ProviderRecord>, AdminError> {
     let slug = slug.unwrap_or(&i.slug);
     if let Some(existing) = snap.route(workspace_id, slug) {
-        if existing.provider.integration_id == i.id {
+        if existing.provider_record.integration_id == i.id {
             return Ok(None);
         }
         return Err(AdminError::conflict(format!(
