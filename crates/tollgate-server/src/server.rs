@@ -358,7 +358,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         breakers,
     };
     let state = AppState::new(parts, master).await?;
-    let restored = crate::limits::restore_from_log(&state).await?;
+    let restored = crate::limit_check::restore_from_log(&state).await?;
     tracing::debug!(limits = restored, "counters rebuilt from the request log");
     let refresher = tokio::spawn(refresh_loop(state.clone(), REFRESH_EVERY, shutdown.clone()));
     let metrics_upkeep = tokio::spawn(metrics_upkeep(shutdown.clone()));
@@ -639,13 +639,13 @@ pub fn router(state: SharedState) -> Router {
     // The dashboard calls the admin and analytics API in process.
     let api = Router::new()
         .merge(crate::admin::router())
-        .merge(crate::analytics::router())
+        .merge(crate::analytics_api::router())
         .with_state(state.clone());
     let dashboard = crate::dashboard::router(state.clone(), api);
     Router::new()
         .merge(crate::admin::router())
         .merge(crate::gateway::router())
-        .merge(crate::analytics::router())
+        .merge(crate::analytics_api::router())
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_with_key))

@@ -124,7 +124,7 @@ async fn fetch(state: &SharedState, headers: &HeaderMap, id: &str) -> Result<Byt
     let integration = &route.integration;
     if route.access.is_none()
         || integration.record.status != tollgate_core::records::IntegrationStatus::Active
-        || route.provider.expires_at.is_some_and(|t| t <= state.now())
+        || route.provider_record.expires_at.is_some_and(|t| t <= state.now())
     {
         return Err(GatewayError::Permission(format!(
             "provider '@{slug}' that holds this response is no longer available to this workspace"

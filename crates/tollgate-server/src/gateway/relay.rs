@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tollgate_core::admission::RateHeaders;
 use tollgate_core::catalogue::Tokenizer;
-use tollgate_core::usage::{ModelPrice, Usage};
+use tollgate_core::token_usage::{ModelPrice, Usage};
 use tollgate_providers::dialects::StreamShaper;
 use tollgate_providers::{tokens, Endpoint, ProviderError, StreamItem};
 use tollgate_store::counters::Reservation;
@@ -66,7 +66,7 @@ pub fn log_failure(state: &SharedState, mut rec: UsageRecord, started: Instant, 
 
 /// Fills in usage and cost, settles, and logs; returns once the record is
 /// committed. Absurd usage (beyond
-/// [`tollgate_core::usage::MAX_REQUEST_TOKENS`] a field) is clamped and
+/// [`tollgate_core::token_usage::MAX_REQUEST_TOKENS`] a field) is clamped and
 /// flagged at warn.
 async fn close_books(
     state: &SharedState,
@@ -101,7 +101,7 @@ async fn close_books(
         );
     }
     rec.cost_picos = cost.map(|c| c.picos());
-    crate::limits::settle(state, reservation, usage.total(), cost).await;
+    crate::limit_check::settle(state, reservation, usage.total(), cost).await;
     crate::metrics::record(&state.snapshot(), &rec);
     state.usage.commit(rec).await;
 }

@@ -754,7 +754,7 @@ async fn limits_and_alerts_appear_in_the_summary() {
             Rule::Budget { .. } => 2_500_000_000_000, // $2.50 of $10
             Rule::Rate(_) => 3,
         };
-        let group = tollgate_server::limits::group(entry.record.workspace_id.as_deref().unwrap_or_default());
+        let group = tollgate_server::limit_check::group(entry.record.workspace_id.as_deref().unwrap_or_default());
         state
             .counters
             .restore(&group, &c.id, &c.rule, now, amount)
