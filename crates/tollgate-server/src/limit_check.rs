@@ -20,7 +20,7 @@ use tollgate_core::limits::{BudgetKind, RateKind};
 use tollgate_core::money::Money;
 use tollgate_core::records::{Limits, ProviderRecord};
 use tollgate_store::counters::{AdmitError, CounterError, Reservation, RestoreTurn};
-use tollgate_store::usage::Scope;
+use tollgate_store::request_log::Scope;
 use tollgate_store::StoreError;
 
 /// The counter group of a workspace's limits: `ws:<workspace id>` (in

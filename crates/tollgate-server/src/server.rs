@@ -327,11 +327,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     // refused here, not after printing a first admin key.
     // On PostgreSQL this first writes what an earlier run spilled during an
     // outage, so that the counters rebuilt below include it.
-    let buffer = tollgate_store::usage::OutageBuffer {
+    let buffer = tollgate_store::request_log::OutageBuffer {
         dir: config.data_dir.clone(),
         memory_records: config.log_buffer_records,
     };
-    let (usage, usage_writer) = store.spawn_usage_log_buffered(&buffer).await?;
+    let (usage, usage_writer) = store.spawn_log_writer_buffered(&buffer).await?;
     let first_admin_key = bootstrap(&store, clock.now()).await?;
     let (counters, breakers) = counters(&config)?;
     let outbox = store.outbox();

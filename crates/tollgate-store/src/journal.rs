@@ -4,7 +4,7 @@
 //! The writer appends every record it receives to `DATA_DIR/request-log.journal`
 //! (one `write` per wake-up, not fsync'd) and only then resolves the
 //! records' commit tickets; the database gets the records later, in batches
-//! (see `usage::writer`). A process killed at any moment, even by SIGKILL,
+//! (see `request_log::writer`). A process killed at any moment, even by SIGKILL,
 //! leaves in the journal every record the database may not have: the next
 //! start writes them (a record already stored is skipped, so one that was in
 //! both is counted once) before it rebuilds any counter from the log. That
@@ -21,7 +21,7 @@
 //! on the writer's task: handing it to a blocking thread would cost more
 //! than the write.
 
-use crate::usage::UsageRecord;
+use crate::request_log::LogRecord;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -77,7 +77,7 @@ impl Journal {
     /// Appends `records` in one write. On failure the file is cut back to
     /// its length before, so that a partial record never sits in front of
     /// later ones.
-    pub(crate) fn append(&mut self, records: &[UsageRecord]) -> std::io::Result<()> {
+    pub(crate) fn append(&mut self, records: &[LogRecord]) -> std::io::Result<()> {
         if records.is_empty() {
             return Ok(());
         }
@@ -134,8 +134,8 @@ impl Journal {
 mod tests {
     use super::*;
 
-    fn rec(i: u32) -> UsageRecord {
-        UsageRecord {
+    fn rec(i: u32) -> LogRecord {
+        LogRecord {
             id: format!("req-{i}"),
             created_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i64::from(i)).unwrap(),
             endpoint: "chat.completions".into(),
@@ -189,7 +189,7 @@ mod tests {
         j.committed().unwrap();
         let size = || std::fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().len();
         assert!(size() > 0, "a small journal is kept");
-        let big: Vec<UsageRecord> = (0..40_000).map(rec).collect();
+        let big: Vec<LogRecord> = (0..40_000).map(rec).collect();
         j.append(&big).unwrap();
         assert!(size() >= RESET_AT);
         j.committed().unwrap();

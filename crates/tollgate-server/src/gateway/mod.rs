@@ -51,7 +51,7 @@ use tollgate_core::routing::Failure;
 use tollgate_core::token_usage::ModelPrice;
 use tollgate_providers::chat::{Body, ChatRequest};
 use tollgate_providers::{tokens, Call, Endpoint, ProviderError, Target, UpstreamResponse};
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 pub fn router() -> Router<SharedState> {
     Router::new()
@@ -162,7 +162,7 @@ fn trace_id(headers: &HeaderMap) -> String {
 /// attempt governed the same way.
 pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
-    let mut rec = UsageRecord {
+    let mut rec = LogRecord {
         id: tollgate_core::ids::prefixed_id("req"),
         created_at: state.now(),
         trace_id: trace_id(&headers),
@@ -217,13 +217,13 @@ pub struct Failed {
 /// How a failed attempt's books are closed.
 enum Closing {
     /// Nothing reserved any more: log the record.
-    Record(Box<UsageRecord>),
+    Record(Box<LogRecord>),
     /// A stream that failed before its first byte: settle what it used.
     Stream(Box<relay::Books>),
 }
 
 impl Failed {
-    pub fn refused(api: Api, error: GatewayError, rec: UsageRecord, rate: RateHeaders) -> Failed {
+    pub fn refused(api: Api, error: GatewayError, rec: LogRecord, rate: RateHeaders) -> Failed {
         let status = error.wire().0.as_u16();
         Failed {
             failure: Failure::Status(status),
@@ -236,7 +236,7 @@ impl Failed {
     }
 
     /// The attempt's log record (its target and retry fields are set by routing).
-    pub fn record_mut(&mut self) -> &mut UsageRecord {
+    pub fn record_mut(&mut self) -> &mut LogRecord {
         match &mut self.closing {
             Closing::Record(r) => r,
             Closing::Stream(b) => b.record_mut(),
@@ -298,7 +298,7 @@ fn provider_failure(e: &ProviderError) -> Failure {
 pub async fn attempt(
     state: &SharedState,
     prep: Prepared,
-    rec: UsageRecord,
+    rec: LogRecord,
     started: Instant,
     hold_first: bool,
 ) -> Attempt {
@@ -501,7 +501,7 @@ fn parse(
     api: Api,
     headers: &HeaderMap,
     raw: &Bytes,
-    rec: &mut UsageRecord,
+    rec: &mut LogRecord,
 ) -> Result<(Parsed, Body), GatewayError> {
     let snap = state.snapshot();
     let key = gateway_key(&snap, state.now(), headers)?;
@@ -636,7 +636,7 @@ fn resolve(
     body: Body,
     headers: &HeaderMap,
     pick: Pick<'_>,
-    rec: &mut UsageRecord,
+    rec: &mut LogRecord,
 ) -> Result<Prepared, GatewayError> {
     let api = parsed.api;
     let snap = parsed.snap.clone();
@@ -913,7 +913,7 @@ pub fn resolve_route(
     headers: &HeaderMap,
     provider: Option<&str>,
     model_field: &str,
-    rec: &mut UsageRecord,
+    rec: &mut LogRecord,
 ) -> Result<(Arc<Route>, String), GatewayError> {
     // Resolution: a routing target's provider, else the x-portkey-provider
     // header, else `@slug/model`.

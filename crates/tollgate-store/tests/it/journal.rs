@@ -5,7 +5,7 @@
 
 use crate::postgres::{AtLocation, TestDb};
 use tollgate_store::journal::JOURNAL_FILE;
-use tollgate_store::usage::{OutageBuffer, UsageRecord};
+use tollgate_store::request_log::{LogRecord, OutageBuffer};
 use tollgate_store::{Location, Store};
 
 fn buffer(dir: &std::path::Path) -> OutageBuffer {
@@ -16,8 +16,8 @@ fn buffer(dir: &std::path::Path) -> OutageBuffer {
 }
 
 /// A request that counts in the roll-ups (a final attempt).
-fn rec(i: i64) -> UsageRecord {
-    UsageRecord {
+fn rec(i: i64) -> LogRecord {
+    LogRecord {
         superseded: false,
         ..crate::postgres::logged(i, "ws-1", 200)
     }
@@ -51,7 +51,7 @@ async fn counts(at: &Location) -> (i64, i64, i64, i64) {
 /// again: the other two are written at start, each once.
 async fn killed_writer_loses_nothing(at: &Location, dir: &std::path::Path) {
     let store = Store::open(at).await.unwrap();
-    let (log, writer) = store.spawn_usage_log_buffered(&buffer(dir)).await.unwrap();
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir)).await.unwrap();
     log.commit(rec(1)).await;
     log.flush().await;
     log.commit(rec(2)).await;
@@ -64,7 +64,7 @@ async fn killed_writer_loses_nothing(at: &Location, dir: &std::path::Path) {
     assert_eq!(counts(at).await, (1, 1, 1, 1), "the database has the first only");
     assert!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len() > 0);
 
-    let (log, writer) = store.spawn_usage_log_buffered(&buffer(dir)).await.unwrap();
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir)).await.unwrap();
     // Written before the writer starts, the first not twice.
     assert_eq!(counts(at).await, (3, 3, 3, 3));
     assert_eq!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len(), 0);
@@ -98,7 +98,7 @@ async fn a_journal_that_cannot_be_written_makes_requests_wait_for_the_commit() {
     let store = Store::open(&at).await.unwrap();
     // Every write to the journal fails (ENOSPC).
     std::os::unix::fs::symlink("/dev/full", dir.path().join(JOURNAL_FILE)).unwrap();
-    let (log, writer) = store.spawn_usage_log_buffered(&buffer(dir.path())).await.unwrap();
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir.path())).await.unwrap();
     log.commit(rec(1)).await;
     // No flush: the ticket resolved only once the record was committed.
     assert_eq!(counts(&at).await, (1, 1, 1, 1));
@@ -113,7 +113,7 @@ async fn a_journal_that_cannot_be_replayed_is_set_aside_and_the_start_goes_on() 
     let dir = tempfile::tempdir().unwrap();
     let at = Location::embedded(dir.path());
     let store = Store::open(&at).await.unwrap();
-    let (log, writer) = store.spawn_usage_log_buffered(&buffer(dir.path())).await.unwrap();
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir.path())).await.unwrap();
     log.commit(rec(1)).await;
     writer.abort();
     let _ = writer.await;
@@ -128,7 +128,7 @@ async fn a_journal_that_cannot_be_replayed_is_set_aside_and_the_start_goes_on() 
         .await
         .unwrap();
 
-    let (log, writer) = store.spawn_usage_log_buffered(&buffer(dir.path())).await.unwrap();
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir.path())).await.unwrap();
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -3,19 +3,19 @@
 //! One background writer inserts whatever has queued up in one transaction
 //! (group commit), within [`LINGER`] of its arrival or at once when a batch
 //! is full or someone flushes. A request that consumed budget hands its
-//! record to [`UsageLog::commit`] and waits for its ticket before the client
+//! record to [`LogWriter::commit`] and waits for its ticket before the client
 //! gets the last byte of the answer. In the server the writer first appends
 //! every record to the journal (see [`crate::journal`]: one `write` per
 //! wake-up) and resolves the tickets then, so a process killed at any moment
 //! (even SIGKILL) has every completed request's usage on disk, and the next
 //! start writes what the database did not get yet. Without a journal
-//! ([`Store::spawn_usage_log`](crate::Store::spawn_usage_log), for tools)
+//! ([`Store::spawn_log_writer`](crate::Store::spawn_log_writer), for tools)
 //! a ticket waits for the database commit, which is then due at once.
 //! Either way a power loss can lose the last records (nothing is fsync'd;
 //! SQLite runs with `synchronous = NORMAL`).
-//! [`UsageLog::flush`] waits until everything queued before it is in the
+//! [`LogWriter::flush`] waits until everything queued before it is in the
 //! database; readers of the log call it first, and graceful shutdown calls
-//! [`UsageLog::close`] after the last request has finished, so nothing is
+//! [`LogWriter::close`] after the last request has finished, so nothing is
 //! lost. On PostgreSQL the server's writer also rides out an outage of the
 //! database (see [`OutageBuffer`]).
 
@@ -43,7 +43,7 @@ const LINGER: Duration = Duration::from_millis(50);
 /// One request as logged.
 /// Serialized as is into the spill file (see `spill`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct UsageRecord {
+pub struct LogRecord {
     pub id: String,
     pub created_at: DateTime<Utc>,
     pub trace_id: String,
@@ -96,14 +96,14 @@ pub struct UsageRecord {
 
 enum Msg {
     /// A record, and whoever waits for it to be committed.
-    Record(Box<UsageRecord>, Option<oneshot::Sender<()>>),
+    Record(Box<LogRecord>, Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<()>),
     /// Write what is queued (or keep it in the outage buffer's spill file),
     /// answer, and stop, whoever else still holds a handle.
     Close(oneshot::Sender<()>),
 }
 
-/// Resolves once a record handed to [`UsageLog::commit`] is on disk: in the
+/// Resolves once a record handed to [`LogWriter::commit`] is on disk: in the
 /// journal, or without one committed (or, while PostgreSQL is unreachable,
 /// kept by the writer: see [`OutageBuffer`]), or the writer gave up on it (a
 /// database that stayed unwritable for another reason: logged).
@@ -121,7 +121,7 @@ impl std::future::Future for CommitTicket {
 }
 
 /// What the request log does while PostgreSQL is unreachable
-/// ([`Store::spawn_usage_log_buffered`](crate::Store::spawn_usage_log_buffered)).
+/// ([`Store::spawn_log_writer_buffered`](crate::Store::spawn_log_writer_buffered)).
 ///
 /// A batch that cannot be written for that reason (see
 /// [`crate::db::is_unavailable`]) is kept in memory, behind whatever already
@@ -167,12 +167,12 @@ const DRAIN_ATTEMPTS: u32 = 5;
 
 /// Handle to the background writer. Cheap to clone.
 #[derive(Clone)]
-pub struct UsageLog {
+pub struct LogWriter {
     tx: mpsc::UnboundedSender<Msg>,
 }
 
-impl UsageLog {
-    /// Starts the writer on `db` ([`Store::spawn_usage_log`](crate::Store::spawn_usage_log)),
+impl LogWriter {
+    /// Starts the writer on `db` ([`Store::spawn_log_writer`](crate::Store::spawn_log_writer)),
     /// with a backlog for outages on PostgreSQL when `backlog` is given and
     /// a journal when `journal` is. The task ends when every handle is
     /// dropped and the queue is drained.
@@ -181,7 +181,7 @@ impl UsageLog {
         cache: Arc<QueryCache>,
         backlog: Option<Backlog>,
         journal: Option<Journal>,
-    ) -> (UsageLog, JoinHandle<()>) {
+    ) -> (LogWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let w = Writer {
             db,
@@ -195,7 +195,7 @@ impl UsageLog {
             journal_failing: false,
         };
         let task = tokio::spawn(writer(w, rx));
-        (UsageLog { tx }, task)
+        (LogWriter { tx }, task)
     }
 
     /// The writer as the server runs it: with the journal in `buffer.dir`
@@ -206,7 +206,7 @@ impl UsageLog {
         db: Db,
         cache: Arc<QueryCache>,
         buffer: &OutageBuffer,
-    ) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
+    ) -> Result<(LogWriter, JoinHandle<()>), StoreError> {
         let backlog = match &db {
             Db::Sqlite(_) => None,
             Db::Postgres(pool) => {
@@ -231,7 +231,7 @@ impl UsageLog {
 
     /// Queues a record nobody waits for; never blocks. It may linger briefly
     /// to share a batch.
-    pub fn record(&self, r: UsageRecord) {
+    pub fn record(&self, r: LogRecord) {
         if self.tx.send(Msg::Record(Box::new(r), None)).is_err() {
             tracing::error!("usage log writer is gone; a request record was dropped");
         }
@@ -240,7 +240,7 @@ impl UsageLog {
     /// Queues a record and returns the ticket that resolves once it is on
     /// disk: journaled, or without a journal committed (the writer then
     /// commits at once, together with everything else queued).
-    pub fn commit(&self, r: UsageRecord) -> CommitTicket {
+    pub fn commit(&self, r: LogRecord) -> CommitTicket {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Record(Box::new(r), Some(done))).is_err() {
             tracing::error!("usage log writer is gone; a request record was dropped");
@@ -290,7 +290,7 @@ struct Writer {
     backlog: Option<Backlog>,
     journal: Option<Journal>,
     /// Records received and not yet written.
-    batch: Vec<UsageRecord>,
+    batch: Vec<LogRecord>,
     /// Who waits for `batch` to be written.
     waiters: Vec<oneshot::Sender<()>>,
     /// When `batch` is to be written.
@@ -525,7 +525,7 @@ async fn write(
     cache: &QueryCache,
     held: &mut Option<SqliteConnection>,
     backlog: Option<&mut Backlog>,
-    batch: &mut Vec<UsageRecord>,
+    batch: &mut Vec<LogRecord>,
 ) {
     if let Some(b) = backlog {
         if b.is_pending() {
@@ -543,7 +543,7 @@ async fn write_now(
     cache: &QueryCache,
     held: &mut Option<SqliteConnection>,
     mut backlog: Option<&mut Backlog>,
-    batch: &mut Vec<UsageRecord>,
+    batch: &mut Vec<LogRecord>,
 ) {
     let mut attempt = 0;
     loop {
@@ -582,7 +582,7 @@ async fn write_now(
 pub(crate) struct Backlog {
     path: PathBuf,
     bound: usize,
-    memory: VecDeque<UsageRecord>,
+    memory: VecDeque<LogRecord>,
     /// Bytes of the spill file already in the database.
     spill_read: u64,
     /// Bytes of the spill file.
@@ -655,7 +655,7 @@ impl Backlog {
 
     /// Keeps `batch` (leaving it empty) behind what waits; spills memory to
     /// disk once it holds more than the bound.
-    async fn push(&mut self, batch: &mut Vec<UsageRecord>) {
+    async fn push(&mut self, batch: &mut Vec<LogRecord>) {
         self.memory.extend(batch.drain(..));
         if self.memory.len() > self.bound {
             self.spill_memory().await;
@@ -668,7 +668,7 @@ impl Backlog {
         if self.memory.is_empty() {
             return;
         }
-        let records: Vec<UsageRecord> = self.memory.drain(..).collect();
+        let records: Vec<LogRecord> = self.memory.drain(..).collect();
         let (path, len) = (self.path.clone(), self.spill_len);
         let done = tokio::task::spawn_blocking(move || {
             let r = crate::spill::append(&path, len, &records);
@@ -835,7 +835,7 @@ async fn within<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>)
 }
 
 /// `INSERT INTO usage_log …` of `rows`, with their histogram buckets.
-fn insert_rows<DB: Backend>(rows: &[UsageRecord]) -> QueryBuilder<'_, DB> {
+fn insert_rows<DB: Backend>(rows: &[LogRecord]) -> QueryBuilder<'_, DB> {
     // SQLite allows 32766 bound parameters, PostgreSQL 65535; 35 columns ×
     // 512 rows fits both.
     let mut qb: QueryBuilder<DB> = QueryBuilder::new(
@@ -929,11 +929,7 @@ fn insert_rows<DB: Backend>(rows: &[UsageRecord]) -> QueryBuilder<'_, DB> {
 /// 64 KiB SQLite would otherwise spill it to a file created and deleted in
 /// the transaction. A failed batch closes the connection, so the retry
 /// starts on a fresh one.
-async fn insert(
-    held: &mut Option<SqliteConnection>,
-    pool: &SqlitePool,
-    rows: &[UsageRecord],
-) -> Result<(), sqlx::Error> {
+async fn insert(held: &mut Option<SqliteConnection>, pool: &SqlitePool, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let conn = match held {
         Some(conn) => conn,
         None => {
@@ -955,7 +951,7 @@ async fn insert(
 async fn insert_new(
     held: &mut Option<SqliteConnection>,
     pool: &SqlitePool,
-    rows: &[UsageRecord],
+    rows: &[LogRecord],
 ) -> Result<(), sqlx::Error> {
     let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM usage_log WHERE id IN (");
     let mut ids = qb.separated(", ");
@@ -965,14 +961,14 @@ async fn insert_new(
     qb.push(")");
     let mut seen: HashSet<String> = qb.build_query_scalar().fetch_all(pool).await?.into_iter().collect();
     // Each id once: not stored yet, and its first copy only.
-    let fresh: Vec<UsageRecord> = rows.iter().filter(|r| seen.insert(r.id.clone())).cloned().collect();
+    let fresh: Vec<LogRecord> = rows.iter().filter(|r| seen.insert(r.id.clone())).cloned().collect();
     if fresh.is_empty() {
         return Ok(());
     }
     insert(held, pool, &fresh).await
 }
 
-async fn insert_on(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+async fn insert_on(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
     insert_rows::<Sqlite>(rows).build().execute(&mut *tx).await?;
     // The analytics roll-ups move with the log, in the same transaction.
@@ -981,7 +977,7 @@ async fn insert_on(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<
 }
 
 /// [`insert_pg_on`] a connection of `pool`, within [`PG_WRITE_TIMEOUT`].
-async fn insert_pg(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+async fn insert_pg(pool: &PgPool, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     within(async {
         let mut conn = pool.acquire().await?;
         insert_pg_on(&mut conn, rows).await
@@ -993,11 +989,11 @@ async fn insert_pg(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Erro
 /// already stored is skipped and not rolled up again, so writing a batch
 /// twice (a replay after a crash, a commit whose answer was lost) stores and
 /// counts it once.
-async fn insert_pg_on(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+async fn insert_pg_on(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     // PostgreSQL text cannot hold NUL characters (nor JSONB `\u0000`): a
     // record carrying one is stored with U+FFFD in its place, rather than
     // failing the batch it shares.
-    let rows: Cow<[UsageRecord]> = if rows.iter().any(|r| texts(r).iter().any(|s| s.contains('\0'))) {
+    let rows: Cow<[LogRecord]> = if rows.iter().any(|r| texts(r).iter().any(|s| s.contains('\0'))) {
         Cow::Owned(rows.iter().map(without_nul).collect())
     } else {
         Cow::Borrowed(rows)
@@ -1006,7 +1002,7 @@ async fn insert_pg_on(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(
     let mut qb = insert_rows::<Postgres>(&rows);
     qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
     let new: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-    let fresh: Cow<[UsageRecord]> = if new.len() == rows.len() {
+    let fresh: Cow<[LogRecord]> = if new.len() == rows.len() {
         rows
     } else {
         // A row inserted now, once: the same id twice in one batch is
@@ -1021,7 +1017,7 @@ async fn insert_pg_on(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(
 }
 
 /// Every text of `r`; the metadata as its JSON text.
-fn texts(r: &UsageRecord) -> Vec<Cow<'_, str>> {
+fn texts(r: &LogRecord) -> Vec<Cow<'_, str>> {
     let mut out: Vec<Cow<str>> = [&r.id, &r.trace_id, &r.endpoint]
         .into_iter()
         .map(|s| Cow::Borrowed(s.as_str()))
@@ -1055,7 +1051,7 @@ fn texts(r: &UsageRecord) -> Vec<Cow<'_, str>> {
 
 /// `r` with every NUL character (metadata keys and values included)
 /// replaced by U+FFFD.
-fn without_nul(r: &UsageRecord) -> UsageRecord {
+fn without_nul(r: &LogRecord) -> LogRecord {
     fn clean(s: &mut String) {
         if s.contains('\0') {
             *s = s.replace('\0', "\u{FFFD}");
@@ -1170,7 +1166,7 @@ fn push_filter<'a, DB: Backend>(qb: &mut QueryBuilder<'a, DB>, f: &'a LogFilter)
 pub(crate) async fn list<DB: Backend>(
     pool: &Pool<DB>,
     f: &LogFilter,
-) -> Result<(Option<i64>, Vec<UsageRecord>), sqlx::Error> {
+) -> Result<(Option<i64>, Vec<LogRecord>), sqlx::Error> {
     let total = if f.count_total {
         let mut count: QueryBuilder<DB> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
         push_filter(&mut count, f);
@@ -1214,7 +1210,7 @@ pub(crate) async fn list<DB: Backend>(
         let u = |c: usize| -> Result<u64, sqlx::Error> { Ok(DB::get_i64(&r, c)?.max(0) as u64) };
         let opt_u =
             |c: usize| -> Result<Option<u64>, sqlx::Error> { Ok(DB::get_opt_i64(&r, c)?.map(|v| v.max(0) as u64)) };
-        out.push(UsageRecord {
+        out.push(LogRecord {
             id: text(0)?,
             created_at: Utc
                 .timestamp_millis_opt(DB::get_i64(&r, 1)?)
@@ -1375,15 +1371,15 @@ mod tests {
         assert_eq!(stored(7), 7);
     }
 
-    fn record(id: &str) -> UsageRecord {
-        UsageRecord {
+    fn record(id: &str) -> LogRecord {
+        LogRecord {
             id: id.into(),
             created_at: Utc::now(),
             trace_id: format!("trace-{id}"),
             workspace_id: Some("ws".into()),
             endpoint: "chat.completions".into(),
             status_code: 200,
-            ..UsageRecord::default()
+            ..LogRecord::default()
         }
     }
 
