@@ -194,6 +194,11 @@ async fn rebuild(state: &SharedState, group: &str) -> Result<(), CounterError> {
 /// Rebuilds the counters of `group`'s limits from the request log and marks
 /// them rebuilt.
 async fn restore_group(state: &SharedState, group: &str) -> Result<(), CounterError> {
+    // Every answered request must be in the log before it is summed: this
+    // replica's queued records are written now, and other replicas write
+    // theirs within `WRITTEN_WITHIN` of their answers.
+    state.usage.flush().await;
+    tokio::time::sleep(tollgate_store::request_log::WRITTEN_WITHIN).await;
     let now = state.now();
     let limits = every_limit(state, Some(group));
     let n = limits.len();

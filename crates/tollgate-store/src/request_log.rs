@@ -39,6 +39,12 @@ use tokio::task::JoinHandle;
 const BATCH: usize = 512;
 /// How long the writer waits for more rows before writing a partial batch.
 const LINGER: Duration = Duration::from_millis(50);
+/// A record is in the database within this of its request's answer, while
+/// the database keeps up: [`LINGER`], then the batch's transaction. What
+/// sums the log for every replica (rebuilding limit counters that Redis
+/// lost) waits this out first, after flushing its own writer, so that the
+/// answers other replicas gave just before are counted.
+pub const WRITTEN_WITHIN: Duration = Duration::from_millis(500);
 
 /// One request as logged.
 /// Serialized as is into the spill file (see `spill`).

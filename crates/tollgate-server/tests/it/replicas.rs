@@ -261,3 +261,115 @@ async fn a_dashboard_session_works_on_every_replica_and_ends_on_all() {
     b.stop().await.unwrap();
     db.drop_db().await;
 }
+
+/// Redis restarted empty just after replica B answered: replica A rebuilds
+/// the counters from the request log, and B's answers are in it though B
+/// writes its log in batches (A waits out `WRITTEN_WITHIN` first), so
+/// nobody gets those requests again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_emptied_right_after_another_replica_answered_still_counts_its_answers() {
+    use crate::gateway::{chat, UPSTREAM_KEY};
+    use serde_json::{json, Value};
+    use tollgate_testkit::control::Control;
+    use tollgate_testkit::openai::{self, OpenAiMock};
+
+    let db = TestDb::create().await;
+    let redis = RedisServer::start(false);
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = "44".repeat(32);
+    let mut ca = replica(d1.path(), &db.url, &key, Some(&redis.url()));
+    ca.redis_key_prefix = "shared:".into();
+    let mut cb = replica(d2.path(), &db.url, &key, Some(&redis.url()));
+    cb.redis_key_prefix = "shared:".into();
+    let a = start(&ca).await.unwrap();
+    let b = start(&cb).await.unwrap();
+    let admin = a.first_admin_key.clone().unwrap();
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control: Control::new(),
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let (url_a, url_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let call = |url: String, method: Method, key: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let mut req = http.request(method, url).header("x-portkey-api-key", key);
+            if !body.is_null() {
+                req = req.json(&body);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let integration = json!({"name": "oai", "slug": "oai", "ai_provider_id": "openai", "key": UPSTREAM_KEY,
+        "configurations": {"custom_host": openai::base_url(&mock)}});
+    let (s, body) = call(
+        format!("{url_a}/v1/integrations"),
+        Method::POST,
+        admin.clone(),
+        integration,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let (_, ws) = call(
+        format!("{url_a}/v1/admin/workspaces/default"),
+        Method::GET,
+        admin.clone(),
+        Value::Null,
+    )
+    .await;
+    let ws = ws["id"].as_str().unwrap().to_owned();
+    let provision = json!({"workspaces": [{"id": ws, "enabled": true,
+        "rate_limits": [{"type": "requests", "unit": "rpd", "value": 5}]}]});
+    let (s, body) = call(
+        format!("{url_a}/v1/integrations/oai/workspaces"),
+        Method::PUT,
+        admin.clone(),
+        provision,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, k) = call(
+        format!("{url_a}/v1/api-keys/workspace/service"),
+        Method::POST,
+        admin.clone(),
+        json!({"workspace_id": ws}),
+    )
+    .await;
+    assert_eq!(s, 200, "{k}");
+    let wkey = k["key"].as_str().unwrap().to_owned();
+    let send = |url: &str| {
+        call(
+            format!("{url}/v1/chat/completions"),
+            Method::POST,
+            wkey.clone(),
+            chat("@oai/gpt-4o"),
+        )
+    };
+    // B learns of the key (through NOTIFY) before it serves it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut first = send(&url_b).await;
+    while first.0 == 401 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        first = send(&url_b).await;
+    }
+    assert_eq!(first.0, 200, "{}", first.1);
+    for _ in 0..2 {
+        let (s, body) = send(&url_b).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    // Redis loses everything the moment B has answered its third request.
+    assert_eq!(redis.command("FLUSHALL").as_deref(), Some("+OK"));
+    for i in 0..2 {
+        let (s, body) = send(&url_a).await;
+        assert_eq!(s, 200, "request {} of the day: {body}", 4 + i);
+    }
+    let (s, body) = send(&url_a).await;
+    assert_eq!(s, 429, "the sixth request of the day: {body}");
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    db.drop_db().await;
+}
