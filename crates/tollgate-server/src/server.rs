@@ -110,9 +110,11 @@ pub fn counters(config: &Config) -> Result<CountersAndBreakers, CounterError> {
         url.expose().clone(),
         std::time::Duration::from_millis(config.request_timeout_ms).saturating_add(LEASE_MARGIN),
     );
+    settings.cluster = config.redis_cluster;
     settings.key_prefix = config.redis_key_prefix.clone();
     settings.on_error = config.limits_on_redis_error;
     tracing::info!(
+        cluster = settings.cluster,
         prefix = %settings.key_prefix,
         on_error = settings.on_error.as_str(),
         "limit counters and circuit breakers in Redis"
@@ -778,7 +780,9 @@ async fn ready(axum::extract::State(state): axum::extract::State<SharedState>) -
     };
     let redis = async {
         match &state.config.redis_url {
-            Some(url) => Some(tollgate_store::guards::ping_redis(url.expose(), READY_TIMEOUT).await),
+            Some(url) => {
+                Some(tollgate_store::guards::ping_redis(url.expose(), state.config.redis_cluster, READY_TIMEOUT).await)
+            }
             None => None,
         }
     };

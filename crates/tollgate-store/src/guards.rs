@@ -3,6 +3,7 @@
 //! and the cheap liveness queries behind `GET /health/ready` ([`Store::ping`],
 //! [`ping_redis`]).
 
+use crate::counters::redis_conn::RedisClient;
 use crate::db::{on_db, Db};
 use crate::{Store, StoreError};
 use sqlx::{Connection, PgConnection};
@@ -83,16 +84,15 @@ impl Store {
     }
 }
 
-/// Whether the Redis server at `url` answers `PING` within `timeout`.
-/// The error names what failed, never the URL (it may carry a password).
-pub async fn ping_redis(url: &str, timeout: Duration) -> Result<(), String> {
-    let client = redis::Client::open(url).map_err(|e| format!("redis_url is not a Redis URL: {e}"))?;
-    let ping = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
+/// Whether Redis answers `PING` within `timeout`: the server at `url`, or
+/// with `cluster` every master of the Redis Cluster whose seed nodes `url`
+/// lists (comma separated). The error names what failed, never the URL (it
+/// may carry a password).
+pub async fn ping_redis(url: &str, cluster: bool, timeout: Duration) -> Result<(), String> {
+    let client = RedisClient::open(url, cluster, timeout)?;
+    let ping = async { client.connect(timeout).await?.ping().await };
     match tokio::time::timeout(timeout, ping).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("redis: {e}")),
         Err(_) => Err(format!("redis: no answer within {} ms", timeout.as_millis())),
     }

@@ -9,5 +9,6 @@ mod counters;
 mod notify;
 mod postgres;
 mod redis_breakers;
+mod redis_cluster;
 mod redis_counters;
 mod usage_outage;
