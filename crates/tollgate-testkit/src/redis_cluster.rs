@@ -140,6 +140,14 @@ impl RedisCluster {
         keys
     }
 
+    /// A field of the hash `key` on the node at `port`.
+    pub fn hget_on(&self, port: u16, key: &str, field: &str) -> Option<String> {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|c| c.get_connection())
+            .expect("a connection to the node");
+        redis::cmd("HGET").arg(key).arg(field).query(&mut conn).expect("HGET")
+    }
+
     /// Sends one inline command to every node; the first line of each answer.
     pub fn on_every_node(&self, line: &str) -> Vec<Option<String>> {
         self.ports.iter().map(|p| command_at(*p, line)).collect()

@@ -22,6 +22,8 @@ mod postgres;
 mod protocols;
 mod provisioning;
 mod redis;
+mod redis_cluster;
+mod replica_lock;
 mod rejections;
 mod replicas;
 mod routing;
