@@ -160,7 +160,7 @@ impl Keeper {
             match self.retake().await {
                 Retake::Held(conn, pid) => {
                     self.conn = Some(conn);
-                    self.ours = vec![pid];
+                    self.ours.push(pid);
                     let after = lost_since.take().map(|t| t.elapsed().as_millis()).unwrap_or(0);
                     tracing::warn!(after_ms = after as u64, "the replica lock is held again");
                 }

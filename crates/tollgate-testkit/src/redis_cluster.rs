@@ -18,7 +18,8 @@ pub const NODES: usize = 3;
 pub struct RedisCluster {
     /// The nodes' client ports.
     pub ports: Vec<u16>,
-    children: Vec<Child>,
+    /// Each node's process (in the order of `ports`), while it runs.
+    children: Vec<Option<Child>>,
     dir: PathBuf,
 }
 
@@ -37,26 +38,12 @@ impl RedisCluster {
             dir,
         };
         for port in &ports {
-            let conf = cluster.dir.join(format!("nodes-{port}.conf"));
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                .arg(&conf)
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(&cluster.dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server starts (is it installed?)");
-            cluster.children.push(child);
+            let child = cluster.spawn(*port);
+            cluster.children.push(Some(child));
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         for port in &ports {
-            while command_at(*port, "PING").as_deref() != Some("+PONG") {
-                assert!(Instant::now() < deadline, "redis-server on port {port} did not answer");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_for_pong(*port, deadline);
         }
         let created = Command::new("redis-cli")
             .arg("--cluster")
@@ -72,7 +59,29 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stdout),
             String::from_utf8_lossy(&created.stderr)
         );
-        for port in &ports {
+        cluster.wait_until_ok(deadline);
+        cluster
+    }
+
+    /// One node's process: its cluster configuration (id, slots, peers) in
+    /// `nodes-<port>.conf`, no data on disk.
+    fn spawn(&self, port: u16) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            .arg(self.dir.join(format!("nodes-{port}.conf")))
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (is it installed?)")
+    }
+
+    /// Waits until every node reports the cluster ok with all slots served.
+    fn wait_until_ok(&self, deadline: Instant) {
+        for port in &self.ports {
             loop {
                 let info = info_at(*port, "CLUSTER INFO");
                 if info.contains("cluster_state:ok")
@@ -83,12 +92,39 @@ impl RedisCluster {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "the cluster did not come up on port {port}: {info}"
+                    "the cluster is not ok on port {port}: {info}"
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        cluster
+    }
+
+    fn index(&self, port: u16) -> usize {
+        self.ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a node of this cluster")
+    }
+
+    /// Kills the node at `port`, as a crash would.
+    pub fn kill(&mut self, port: u16) {
+        let i = self.index(port);
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the node at `port` again (killed first if it runs): empty,
+    /// with its cluster identity and slots, and waits until the cluster is
+    /// ok again.
+    pub fn restart(&mut self, port: u16) {
+        self.kill(port);
+        let i = self.index(port);
+        self.children[i] = Some(self.spawn(port));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        wait_for_pong(port, deadline);
+        self.wait_until_ok(deadline);
     }
 
     /// The seed nodes as `redis_url` takes them: every node, comma separated.
@@ -172,11 +208,19 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().filter_map(Option::take) {
+            let mut c = c;
             let _ = c.kill();
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for_pong(port: u16, deadline: Instant) {
+    while command_at(port, "PING").as_deref() != Some("+PONG") {
+        assert!(Instant::now() < deadline, "redis-server on port {port} did not answer");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

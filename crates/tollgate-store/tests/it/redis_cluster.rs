@@ -3,8 +3,9 @@
 //! on different nodes, each call runs on its group's node with two round
 //! trips per request, limits hold exactly under concurrency, every other
 //! operation (status, reset, restore, forget's SCAN, rebuilds) works, a node
-//! that lost the scripts gets them again with the call, and readiness pings
-//! every master.
+//! that lost the scripts gets them again with the call, a master that
+//! crashes and comes back empty is reached again and rebuilt, and readiness
+//! pings every master.
 
 use crate::counters::{budget, check, rate, t, LEASE};
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tollgate_core::admission::{Actual, Demand, Level};
 use tollgate_core::limits::{BudgetKind, RateKind, RateUnit};
 use tollgate_core::money::Money;
-use tollgate_store::counters::{AdmitError, Counters, RedisCounters, RedisSettings, RestoreTurn};
+use tollgate_store::counters::{AdmitError, CounterError, Counters, RedisCounters, RedisSettings, RestoreTurn};
 use tollgate_testkit::redis_cluster::RedisCluster;
 
 const NOW: &str = "2026-11-26T10:00:30Z";
@@ -41,7 +42,7 @@ fn groups_on_two_nodes(cluster: &RedisCluster) -> [(String, u16); 2] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counters_and_breakers_on_a_three_node_cluster() {
-    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
     let url = cluster.url();
     let counters: Arc<dyn Counters> = Arc::new(cluster_counters(&url));
     let now = t(NOW);
@@ -55,9 +56,7 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
         let checks = [check(&format!("{group}:key"), Level::ApiKey, rpm)];
         assert!(matches!(
             counters.admit(now, group, &checks, Demand::default()).await,
-            Err(AdmitError::Counter(
-                tollgate_store::counters::CounterError::NeedsRestore(_)
-            ))
+            Err(AdmitError::Counter(CounterError::NeedsRestore(_)))
         ));
         assert_eq!(counters.begin_restore(group).await.unwrap(), RestoreTurn::Ours);
         counters.restored(group).await.unwrap();
@@ -220,6 +219,50 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
         let s = counters.status(group, group, &tokens_budget, now).await.unwrap();
         assert!(s.consumed >= 40, "{s:?}");
     }
+
+    // A master crashes: its group's calls fail fast while the other
+    // master's group goes on. Back empty, with its slots, the same
+    // connection reaches it again; its group is rebuilt before anyone is
+    // admitted, and the script is sent again with the call.
+    let ((g0, n0), (g1, _)) = (&groups[0], &groups[1]);
+    cluster.kill(*n0);
+    let started = std::time::Instant::now();
+    match counters.admit(now, g0, &budget_checks(g0), demand).await {
+        Err(AdmitError::Counter(CounterError::Unavailable(_))) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = counters.admit(now, g1, &budget_checks(g1), demand).await.unwrap();
+    counters.settle(r, Actual { tokens: 1, cost: None }).await.unwrap();
+    tokio::task::block_in_place(|| cluster.restart(*n0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match counters.admit(now, g0, &budget_checks(g0), demand).await {
+            Err(AdmitError::Counter(CounterError::NeedsRestore(g))) => {
+                assert_eq!(&g, g0);
+                break;
+            }
+            Err(AdmitError::Counter(CounterError::Unavailable(e))) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(counters.begin_restore(g0).await.unwrap(), RestoreTurn::Ours);
+    counters.restore(g0, g0, &tokens_budget, now, 999_990).await.unwrap();
+    counters.restored(g0).await.unwrap();
+    let refused = counters.admit(now, g0, &budget_checks(g0), demand).await;
+    assert!(
+        matches!(refused, Err(AdmitError::Refused(_))),
+        "the rebuilt budget holds: {refused:?}"
+    );
+    let s = counters.status(g1, g1, &tokens_budget, now).await.unwrap();
+    assert!(s.consumed >= 41, "the other master kept its counters: {s:?}");
 
     // Circuit breakers on the cluster too: 3 failures open the breaker for
     // both replicas.
