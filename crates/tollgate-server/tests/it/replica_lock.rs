@@ -2,7 +2,8 @@
 //! database restarted, the connection was cut): a TCP proxy in front of the
 //! real server (`tollgate_testkit::tcp_proxy`) is cut and restored. The
 //! holder takes the lock again when PostgreSQL answers, so a second replica
-//! is refused as before; if another replica took it meanwhile, the holder
+//! is refused as before (also when PostgreSQL still keeps the old session:
+//! the holder ends it); if another replica took it meanwhile, the holder
 //! stops serving and says why.
 
 use sqlx::postgres::PgPool;
@@ -32,18 +33,23 @@ async fn start(c: &Config) -> Result<Running, StartError> {
     server::start(c.clone(), Arc::new(SystemClock)).await
 }
 
-/// How many sessions hold the replica lock.
-async fn holders(direct: &PgPool) -> i64 {
+/// The sessions (server process ids) that hold the replica lock.
+async fn holder_pids(direct: &PgPool) -> Vec<i32> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
+         AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1 ORDER BY pid",
     )
     .bind(LOCK >> 32)
     .bind(LOCK & 0xffff_ffff)
-    .fetch_one(direct)
+    .fetch_all(direct)
     .await
     .unwrap()
+}
+
+/// How many sessions hold the replica lock.
+async fn holders(direct: &PgPool) -> i64 {
+    holder_pids(direct).await.len() as i64
 }
 
 async fn holders_become(direct: &PgPool, want: i64, within: Duration) {
@@ -88,6 +94,49 @@ async fn the_holder_takes_the_replica_lock_again_after_a_cut() {
     first.stop().await.unwrap();
     holders_become(&direct, 0, Duration::from_secs(1)).await;
     start(&second).await.unwrap().stop().await.unwrap();
+    drop(direct);
+    db.drop_db().await;
+}
+
+/// The lock's connection is lost on this side only (the network failed;
+/// PostgreSQL still keeps the session, and the lock with it): the holder
+/// ends its own stale session and takes the lock again on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_holder_ends_its_own_stale_session_and_takes_the_lock_again() {
+    let db = TestDb::create().await;
+    let direct = PgPool::connect(&db.url).await.unwrap();
+    let (proxy, through) = TcpProxy::for_url(&db.url).await.unwrap();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = start(&replica(d1.path(), &through, false)).await.unwrap();
+    let before = holder_pids(&direct).await;
+    assert_eq!(before.len(), 1);
+
+    proxy.strand();
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let after = loop {
+        let now = holder_pids(&direct).await;
+        if now.len() == 1 && now != before {
+            break now;
+        }
+        assert!(now.len() <= 1, "{now:?}");
+        assert!(Instant::now() < deadline, "still held by {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(proxy.stranded() > 0, "the old session was kept open by the network");
+    let alive: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+        .bind(before[0])
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+    assert_eq!(alive, 0, "the stale session was ended");
+    match start(&replica(d2.path(), &db.url, false)).await {
+        Err(StartError::AnotherReplica) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a second replica started beside the first"),
+    }
+    assert_eq!(holder_pids(&direct).await, after);
+    first.stop().await.unwrap();
+    proxy.release_stranded();
     drop(direct);
     db.drop_db().await;
 }
