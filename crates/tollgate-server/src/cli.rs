@@ -579,4 +579,22 @@ mod tests {
         });
         assert_eq!(error_chain(&e), "start-up failed: reading x.toml: no such file");
     }
+
+    #[test]
+    fn redis_cluster_is_a_serve_flag() {
+        use clap::Parser;
+        let serve = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(a)) => a.config(),
+            other => panic!("{other:?}"),
+        };
+        let seeds = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
+        let c = serve(&["tollgate", "serve", "--redis-url", seeds, "--redis-cluster"]).unwrap();
+        assert!(c.redis_cluster);
+        let e = serve(&["tollgate", "serve", "--redis-url", seeds]).unwrap_err();
+        assert!(e.to_string().contains("redis_cluster"), "{e}");
+        assert!(
+            serve(&["tollgate", "serve", "--redis-cluster"]).is_err(),
+            "no redis_url"
+        );
+    }
 }

@@ -234,6 +234,12 @@ mod tests {
         assert!(bad_seed.contains("seed node 2"), "{bad_seed}");
         assert!(!bad_seed.contains("secret"), "{bad_seed}");
         assert!(err("http://example.com", false).contains("redis_url"));
+        let two_passwords = err("redis://:first@127.0.0.1:7000,redis://:second@127.0.0.1:7001", true);
+        assert!(two_passwords.contains("password"), "{two_passwords}");
+        assert!(
+            !two_passwords.contains("first") && !two_passwords.contains("second"),
+            "{two_passwords}"
+        );
     }
 
     #[test]
