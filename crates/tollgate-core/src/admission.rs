@@ -9,11 +9,11 @@
 //! the same rules. A request is checked against a list of [`LimitCheck`]s;
 //! each becomes a [`Plan`] for the current time and the request's [`Demand`].
 
+pub use crate::limit_owner::{LimitId, LimitOwner};
 use crate::limits::{next_reset, Amount, BudgetKind, RateKind, RateLimit, RateUnit, UsageLimit};
 use crate::money::Money;
 use chrono::{DateTime, Utc};
 use std::fmt;
-use std::sync::Arc;
 
 /// The level a limit is set at. Limits at several levels layer: a request must
 /// pass all of them.
@@ -81,15 +81,21 @@ impl Rule {
     }
 }
 
-/// One limit that applies to a request. `id` is chosen by the caller and is
-/// stable for the life of the limit (e.g. `"iw:<integration_id>:<workspace_id>"`);
-/// a replaced or reset limit must get a new `id` or a new `set_at`, so that it
+/// One limit that applies to a request. `id` names its owner (which gives
+/// its level) and the counter key, stable for the life of the limit; a
+/// replaced or reset limit must get a new `id` or a new `set_at`, so that it
 /// counts afresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitCheck {
-    pub id: Arc<str>,
-    pub level: Level,
+    pub id: LimitId,
     pub rule: Rule,
+}
+
+impl LimitCheck {
+    /// The level of the limit's owner.
+    pub fn level(&self) -> Level {
+        self.id.level()
+    }
 }
 
 /// The worst case of one request. One request is implicit.
@@ -199,13 +205,13 @@ impl Window {
 /// its window. A new window is a new key, so resets need no job.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CounterKey {
-    pub id: Arc<str>,
+    pub id: LimitId,
     pub measure: Measure,
     pub start: DateTime<Utc>,
 }
 
 impl CounterKey {
-    pub fn new(id: Arc<str>, rule: &Rule, now: DateTime<Utc>) -> CounterKey {
+    pub fn new(id: LimitId, rule: &Rule, now: DateTime<Utc>) -> CounterKey {
         CounterKey {
             id,
             measure: Measure::of(rule),
@@ -289,7 +295,7 @@ impl RateHeaders {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{} limit {} refused the request", .level.error_prefix(), .id)]
 pub struct Refusal {
-    pub id: Arc<str>,
+    pub id: LimitId,
     pub level: Level,
     pub reason: RefusalReason,
     /// The `x-ratelimit-*` figures of every rate limit that applied, as they
@@ -386,7 +392,7 @@ impl Plan {
                 measure,
                 start: window.start,
             },
-            level: check.level,
+            level: check.level(),
             rule: check.rule,
             window,
             limit,
@@ -534,7 +540,7 @@ pub enum AlertKind {
 /// threshold or its limit. Fires once per limit id and period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertEvent {
-    pub id: Arc<str>,
+    pub id: LimitId,
     pub level: Level,
     pub kind: AlertKind,
     pub consumed: Amount,
@@ -638,10 +644,23 @@ mod tests {
 
     fn check(rule: Rule) -> LimitCheck {
         LimitCheck {
-            id: Arc::from("iw:int:ws"),
-            level: Level::IntegrationWorkspace,
+            id: owner_of(Level::IntegrationWorkspace),
             rule,
         }
+    }
+
+    /// A limit id at `level`; the integration × workspace one is `iw:int:ws`.
+    fn owner_of(level: Level) -> LimitId {
+        use crate::ids::{ApiKeyId, IntegrationId, ProviderId, WorkspaceId};
+        LimitId::new(match level {
+            Level::IntegrationWorkspace => LimitOwner::IntegrationWorkspace {
+                integration: IntegrationId::new("int"),
+                workspace: WorkspaceId::new("ws"),
+            },
+            Level::Provider => LimitOwner::Provider(ProviderId::new("prv")),
+            Level::ApiKey => LimitOwner::ApiKey(ApiKeyId::new("ak")),
+            Level::Workspace => LimitOwner::Workspace(WorkspaceId::new("ws")),
+        })
     }
 
     fn demand(tokens: u64, usd_cents: i64) -> Demand {
@@ -894,7 +913,7 @@ mod tests {
     fn refusals_name_the_level_and_the_wait() {
         let clock = ManualClock::new(t("2026-11-26T10:59:45.200Z"));
         let mut c = check(rate(RateKind::Requests, RateUnit::Rph, 5));
-        c.level = Level::ApiKey;
+        c.id = owner_of(Level::ApiKey);
         let p = Plan::new(&c, clock.now(), &Demand::default());
         let r = p.refusal(
             Counts {
@@ -942,7 +961,7 @@ mod tests {
             (Level::ApiKey, "api_key_exhaust_error"),
             (Level::Workspace, "workspace_exhaust_error"),
         ] {
-            b.level = level;
+            b.id = owner_of(level);
             let r = Plan::new(&b, clock.now(), &demand(50, 0)).refusal(
                 Counts {
                     consumed: 60,
@@ -969,7 +988,7 @@ mod tests {
             (Level::Provider, "provider_rate_limit_error"),
             (Level::Workspace, "workspace_rate_limit_error"),
         ] {
-            c.level = level;
+            c.id = owner_of(level);
             let r = Plan::new(&c, clock.now(), &Demand::default()).refusal(Counts::default(), clock.now());
             assert_eq!(r.error_type(), ty);
         }

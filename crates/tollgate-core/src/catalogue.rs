@@ -5,7 +5,7 @@
 //! (`tollgate prices import`).
 
 use crate::money::Price;
-use crate::usage::ModelPrice;
+use crate::token_usage::ModelPrice;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -209,7 +209,7 @@ impl PriceTable {
 mod tests {
     use super::*;
     use crate::money::Money;
-    use crate::usage::Usage;
+    use crate::token_usage::Usage;
 
     #[test]
     fn shipped_catalogue_parses_and_is_broad() {

@@ -1,4 +1,4 @@
-//! Ids, slugs and API key material.
+//! Ids, slugs, API key material, and typed ids of control-plane objects.
 //!
 //! Slugs follow `^[a-zA-Z0-9_-]+$` (API.md). Workspace ids read
 //! `ws-<slug>-<6 hex>`. API keys carry 256 bits of entropy and are stored only
@@ -95,6 +95,62 @@ pub fn mask_secret(secret: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(8))
 }
 
+// Typed ids of control-plane objects, so that a slug or another object's
+// id cannot be passed where an id is meant (integrations are audited by
+// slug but deleted by id, for one; a limit's owner names an integration
+// and a workspace side by side). Records keep plain strings, as stored.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(id: impl Into<String>) -> Self {
+                Self(id.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// `ws-<slug>-<hex>`.
+    WorkspaceId
+);
+id_type!(
+    /// `ak-…`.
+    ApiKeyId
+);
+id_type!(
+    /// `int-…`.
+    IntegrationId
+);
+id_type!(
+    /// `prv-…`.
+    ProviderId
+);
+id_type!(
+    /// A UUID.
+    ConfigId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +211,12 @@ mod tests {
         let id = workspace_id("team-a");
         assert!(id.starts_with("ws-team-a-"));
         assert_eq!(id.len(), "ws-team-a-".len() + 6);
+    }
+
+    #[test]
+    fn typed_ids_show_as_their_text() {
+        let id = IntegrationId::new("int-1");
+        assert_eq!((id.as_str(), id.to_string()), ("int-1", "int-1".to_owned()));
     }
 
     #[test]

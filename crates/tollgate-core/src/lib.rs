@@ -5,20 +5,22 @@
 //! - [`money`]: exact money (integer picodollars) and prices.
 //! - [`clock`]: the injectable clock every time-dependent rule reads.
 //! - [`limits`]: budgets and rate limits, their validation and their windows.
+//! - [`limit_owner`]: who a limit belongs to, and the counter key it counts under.
 //! - [`catalogue`]: the providers and models Tollgate knows, shipped as data.
-//! - [`usage`]: token usage as reported by an upstream, and its cost.
+//! - [`token_usage`]: token usage as reported by an upstream, and its cost.
 //! - [`routing`]: routing configs (fallback, load balancing, retries, timeouts).
 
 pub mod admission;
 pub mod catalogue;
 pub mod clock;
 pub mod ids;
+pub mod limit_owner;
 pub mod limits;
 pub mod money;
 pub mod records;
 pub mod routing;
 pub mod secrets;
-pub mod usage;
+pub mod token_usage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use money::{Money, Price};

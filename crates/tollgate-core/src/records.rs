@@ -6,7 +6,7 @@
 //! store's text form) and masked (`masked_secrets`).
 
 use crate::limits::{RateLimit, UsageLimit};
-use crate::usage::ModelPrice;
+use crate::token_usage::ModelPrice;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -139,6 +139,20 @@ pub struct BenchConfig {
     pub git_commit: String,
 }
 
+impl BenchConfig {
+    /// Whether `steps` more steps (warm-up, measurement and pause each) end
+    /// before `deadline`, the run's wall-time limit; if not, notes that the
+    /// run stopped before `what`.
+    pub(crate) fn fits(&self, steps: u32, deadline: Instant, what: String, notes: &mut Vec<String>) -> bool {
+        let need = steps * (self.warmup + self.duration + self.cooldown);
+        if Instant::now() + need <= deadline {
+            return true;
+        }
+        notes.push(format!("stopped before {what}: wall-time limit {:?}", self.max_wall));
+        false
+    }
+}
+
 /// The search for the highest sustained rate.
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchConfig {
@@ -1014,14 +1028,8 @@ async fn routing(
     if let Some(r) = &rig.routing {
         let steps_per_round = if cfg.routing.together { 1 } else { 6 };
         for i in 0..cfg.routing.rounds {
-            let need = steps_per_round * (cfg.warmup + cfg.duration + cfg.cooldown);
-            if Instant::now() + need > deadline {
-                notes.push(format!(
-                    "routing: stopped before round {} of {}: wall-time limit {:?}",
-                    i + 1,
-                    cfg.routing.rounds,
-                    cfg.max_wall
-                ));
+            let what = format!("routing round {} of {}", i + 1, cfg.routing.rounds);
+            if !cfg.fits(steps_per_round, deadline, what, notes) {
                 break;
             }
             let round = routing_round(cfg, client, rig, r).await?;
@@ -1275,13 +1283,7 @@ async fn embedded(
     };
     'rates: for &rate in rates {
         for &mode in &cfg.modes {
-            let need = 2 * (cfg.warmup + cfg.duration + cfg.cooldown);
-            if Instant::now() + need > deadline {
-                notes.push(format!(
-                    "stopped before {rate} req/s {}: wall-time limit {:?}",
-                    mode.name(),
-                    cfg.max_wall
-                ));
+            if !cfg.fits(2, deadline, format!("{rate} req/s {}", mode.name()), notes) {
                 break 'rates;
             }
             let r = step(cfg, client, &rig, rate, mode).await?;

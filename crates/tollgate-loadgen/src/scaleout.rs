@@ -616,13 +616,8 @@ async fn measure(
         }
         for &rate in &sc.rates {
             for &mode in &cfg.modes {
-                let need = 2 * (cfg.warmup + cfg.duration + cfg.cooldown);
-                if Instant::now() + need > deadline {
-                    notes.push(format!(
-                        "scaleout: stopped before {count} replica(s), {rate} req/s {}: wall-time limit {:?}",
-                        mode.name(),
-                        cfg.max_wall
-                    ));
+                let what = format!("scaleout {count} replica(s), {rate} req/s {}", mode.name());
+                if !cfg.fits(2, deadline, what, notes) {
                     break 'counts;
                 }
                 let mut probes = Probes {

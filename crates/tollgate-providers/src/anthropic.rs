@@ -13,7 +13,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 
 /// The API version every request declares.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 
 /// JSON-Schema keywords Gemini's OpenAPI-subset schema rejects; OpenAI
 /// clients (and Pydantic-generated schemas) send them routinely.

@@ -94,7 +94,7 @@ async fn embed(
     Ok(UpstreamResponse::Whole {
         status: 200,
         body: Bytes::from(out.to_string()),
-        usage: Some(tollgate_core::usage::Usage {
+        usage: Some(tollgate_core::token_usage::Usage {
             prompt_tokens: tokens,
             completion_tokens: 0,
             cached_tokens: 0,

@@ -55,7 +55,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::catalogue::Protocol;
 use tollgate_core::secrets::SecretSource;
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 
 /// The endpoint an upstream call goes to, in the client's wire format.
 ///

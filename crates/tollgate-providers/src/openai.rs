@@ -18,7 +18,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::time::Duration;
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 
 /// OpenAI and OpenAI-compatible providers.
 #[derive(Debug, Default)]

@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::{json, Map, Number, Value};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 
 /// A fresh id such as `chatcmpl-1f3a…` or `call_9b2c…`. Ids only need to be
 /// unique, not secret: the std hasher's per-instance random keys plus a

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use tollgate_core::clock::{SharedClock, SystemClock};
 use tollgate_core::secrets::Secret;
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 use zeroize::Zeroizing;
 
 /// Google's token endpoint, for service accounts whose JSON names none.

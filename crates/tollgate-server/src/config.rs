@@ -430,7 +430,7 @@ impl FileConfig {
         let log_buffer_records = positive(
             "log_buffer_records",
             self.log_buffer_records
-                .unwrap_or(tollgate_store::usage::DEFAULT_OUTAGE_MEMORY_RECORDS),
+                .unwrap_or(tollgate_store::request_log::DEFAULT_OUTAGE_MEMORY_RECORDS),
         )?;
         Ok(Config {
             listen,
@@ -658,7 +658,7 @@ mod tests {
         assert_eq!(c.limits_on_redis_error, OnRedisError::Closed);
         assert_eq!(
             c.log_buffer_records,
-            tollgate_store::usage::DEFAULT_OUTAGE_MEMORY_RECORDS
+            tollgate_store::request_log::DEFAULT_OUTAGE_MEMORY_RECORDS
         );
         let all = FileConfig::from_toml(&example_with_everything_on()).expect("every example value parses");
         let v = serde_json::to_value(all.clone()).unwrap();

@@ -10,16 +10,16 @@
 //!   validation, permissions and audit entry.
 //! - [`admin`]: control-plane routes (HTTP over [`control`]).
 //! - [`gateway`]: data-plane routes, one request's path end to end.
-//! - [`limits`], [`alerting`], [`alerts`]: limits at the gateway, and budget
+//! - [`limit_check`], [`alerts`]: limits at the gateway, and budget
 //!   alerts by email and webhook through a durable outbox.
+//! - [`analytics_api`]: the analytics API (its queries are in the store).
 //! - [`error`]: every error and its wire form, in one table.
 //! - [`dashboard`]: the admin web UI, server-rendered over the admin API.
 //! - [`config`], [`cli`]: configuration and commands.
 
 pub mod admin;
-pub mod alerting;
 pub mod alerts;
-pub mod analytics;
+pub mod analytics_api;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -27,7 +27,7 @@ pub mod control;
 pub mod dashboard;
 pub mod error;
 pub mod gateway;
-pub mod limits;
+pub mod limit_check;
 pub mod metrics;
 pub mod seed;
 pub mod server;

@@ -32,7 +32,7 @@ use parking_lot::RwLock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 use crate::snapshot::Snapshot;
 
@@ -55,7 +55,7 @@ fn capped(v: &str) -> &str {
 
 /// The `model` label of a request: the model if `snap` knows it for the
 /// request's workspace and provider, else `other`.
-fn model_label<'a>(snap: &Snapshot, r: &'a UsageRecord) -> &'a str {
+fn model_label<'a>(snap: &Snapshot, r: &'a LogRecord) -> &'a str {
     let Some(model) = r.model.as_deref() else {
         return "none";
     };
@@ -193,7 +193,7 @@ fn addr(a: &Arc<str>) -> usize {
 }
 
 /// The handles of a request's label combination, created on first use.
-fn series(snap: &Snapshot, r: &UsageRecord) -> Arc<Series> {
+fn series(snap: &Snapshot, r: &LogRecord) -> Arc<Series> {
     let reg = registry();
     let ws = reg.workspaces.get(capped(r.workspace_id.as_deref().unwrap_or("none")));
     let provider = reg.providers.get(capped(r.provider_slug.as_deref().unwrap_or("none")));
@@ -221,7 +221,7 @@ fn series(snap: &Snapshot, r: &UsageRecord) -> Arc<Series> {
 
 /// Records one request's series; `snap` decides which label values are
 /// known.
-pub fn record(snap: &Snapshot, r: &UsageRecord) {
+pub fn record(snap: &Snapshot, r: &LogRecord) {
     let s = series(snap, r);
     s.requests.increment(1);
     s.duration.record(r.latency_us as f64 / 1e6);
@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn unknown_or_long_models_are_other_and_values_are_capped() {
         let snap = Snapshot::default();
-        let mut r = UsageRecord {
+        let mut r = LogRecord {
             workspace_id: Some("w".repeat(1000)),
             provider_slug: Some("p".into()),
             model: Some("gpt-4o".into()),
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn cost_remainders_are_not_lost() {
         let handle = install();
-        let r = UsageRecord {
+        let r = LogRecord {
             workspace_id: Some("ws-metrics-test".into()),
             cost_picos: Some(400_000), // 0.4 microdollars
             status_code: 200,

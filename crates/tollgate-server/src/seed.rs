@@ -9,7 +9,7 @@ use crate::cli::CliError;
 use crate::config::Config;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 /// Rows handed to the writer before waiting for it, to bound memory.
 const CHUNK: u64 = 20_000;
@@ -82,7 +82,7 @@ pub struct Seeded {
 /// Writes `rows` requests spread evenly over the `days` days before now.
 pub async fn seed_usage(config: Config, rows: u64, days: u32) -> Result<Seeded, CliError> {
     let (store, _, _) = crate::server::open_store(&config).await?;
-    let (log, writer) = store.spawn_usage_log()?;
+    let (log, writer) = store.spawn_log_writer()?;
     let started = std::time::Instant::now();
     let end = Utc::now();
     let span_ms = i64::from(days.max(1)) * 86_400_000;
@@ -106,7 +106,7 @@ pub async fn seed_usage(config: Config, rows: u64, days: u32) -> Result<Seeded, 
     })
 }
 
-fn row(rng: &mut Rng, i: u64, at: DateTime<Utc>) -> UsageRecord {
+fn row(rng: &mut Rng, i: u64, at: DateTime<Utc>) -> LogRecord {
     // 6 workspaces of 5 keys; each key mostly uses two providers.
     let ws = rng.below(6);
     let key = ws * 5 + rng.below(5);
@@ -119,7 +119,7 @@ fn row(rng: &mut Rng, i: u64, at: DateTime<Utc>) -> UsageRecord {
     let (model, p_price, c_price) = models[rng.below(models.len() as u64) as usize];
     let embedding = c_price == 0;
     let streamed = !embedding && rng.chance(300);
-    let mut r = UsageRecord {
+    let mut r = LogRecord {
         id: format!("seed-{i:010}"),
         created_at: at,
         trace_id: format!("trace-seed-{i:010}"),

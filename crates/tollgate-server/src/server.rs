@@ -338,11 +338,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     // refused here, not after printing a first admin key.
     // On PostgreSQL this first writes what an earlier run spilled during an
     // outage, so that the counters rebuilt below include it.
-    let buffer = tollgate_store::usage::OutageBuffer {
+    let buffer = tollgate_store::request_log::OutageBuffer {
         dir: config.data_dir.clone(),
         memory_records: config.log_buffer_records,
     };
-    let (usage, usage_writer) = store.spawn_usage_log_buffered(&buffer).await?;
+    let (usage, usage_writer) = store.spawn_log_writer_buffered(&buffer).await?;
     let first_admin_key = bootstrap(&store, clock.now()).await?;
     let (counters, breakers) = counters(&config)?;
     let outbox = store.outbox();
@@ -369,7 +369,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         breakers,
     };
     let state = AppState::new(parts, master).await?;
-    let restored = crate::limits::restore_from_log(&state).await?;
+    let restored = crate::limit_check::restore_from_log(&state).await?;
     tracing::debug!(limits = restored, "counters rebuilt from the request log");
     let refresher = tokio::spawn(refresh_loop(state.clone(), REFRESH_EVERY, shutdown.clone()));
     let metrics_upkeep = tokio::spawn(metrics_upkeep(shutdown.clone()));
@@ -679,13 +679,13 @@ pub fn router(state: SharedState) -> Router {
     // The dashboard calls the admin and analytics API in process.
     let api = Router::new()
         .merge(crate::admin::router())
-        .merge(crate::analytics::router())
+        .merge(crate::analytics_api::router())
         .with_state(state.clone());
     let dashboard = crate::dashboard::router(state.clone(), api);
     Router::new()
         .merge(crate::admin::router())
         .merge(crate::gateway::router())
-        .merge(crate::analytics::router())
+        .merge(crate::analytics_api::router())
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_with_key))

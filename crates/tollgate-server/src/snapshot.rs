@@ -6,11 +6,12 @@
 //! a request needs is precomputed here: key hash → key, (workspace, provider
 //! slug) → route with its integration, access grant and allowed models.
 
-use crate::limits;
+use crate::limit_check;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tollgate_core::admission::{Level, LimitCheck};
+use tollgate_core::admission::{LimitCheck, LimitOwner};
 use tollgate_core::catalogue::{self, PriceTable, ProviderSpec};
+use tollgate_core::ids::{ApiKeyId, IntegrationId, ProviderId, WorkspaceId};
 use tollgate_core::records::{
     ApiKeyRecord, Integration, IntegrationModel, ProviderRecord, SavedConfig, Workspace, WorkspaceAccess,
 };
@@ -68,10 +69,11 @@ impl std::fmt::Debug for IntegrationEntry {
     }
 }
 
-/// A provider slug in one workspace, resolved to its integration.
+/// A provider slug in one workspace, resolved to the workspace's provider
+/// record and its integration.
 #[derive(Debug)]
 pub struct Route {
-    pub provider: ProviderRecord,
+    pub provider_record: ProviderRecord,
     pub integration: Arc<IntegrationEntry>,
     /// The workspace's access grant; `None` when revoked or never granted.
     pub access: Option<WorkspaceAccess>,
@@ -104,7 +106,8 @@ pub struct Snapshot {
     integration_ids_by_slug: HashMap<String, String>,
     /// workspace id → provider slug → route.
     routes: HashMap<String, HashMap<String, Arc<Route>>>,
-    pub providers: Vec<Arc<ProviderRecord>>,
+    /// Every workspace's provider records.
+    pub provider_records: Vec<Arc<ProviderRecord>>,
     /// Each workspace's own limits, as counter checks.
     workspace_checks: HashMap<String, Vec<LimitCheck>>,
     /// Saved configs by slug, and slugs by id.
@@ -158,7 +161,7 @@ impl Snapshot {
             let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
                 continue;
             };
-            let checks = limits::checks(Level::ApiKey, &limits::key_id(&k.id), &k.limits);
+            let checks = limit_check::checks(LimitOwner::ApiKey(ApiKeyId::new(k.id.clone())), &k.limits);
             let default_config = k
                 .default_config
                 .as_ref()
@@ -175,7 +178,7 @@ impl Snapshot {
         for w in data.workspaces {
             s.workspace_checks.insert(
                 w.id.clone(),
-                limits::checks(Level::Workspace, &limits::workspace_id(&w.id), &w.limits),
+                limit_check::checks(LimitOwner::Workspace(WorkspaceId::new(w.id.clone())), &w.limits),
             );
             if let Some(v) = &w.default_config {
                 let d = s.resolve_default(v, Some(&w.id));
@@ -224,14 +227,19 @@ impl Snapshot {
                 .as_ref()
                 .and_then(|a| a.models.as_ref())
                 .map(|m| m.iter().cloned().collect());
-            let mut checks = limits::checks(
-                Level::IntegrationWorkspace,
-                &limits::iw_id(&integration.record.id, &p.workspace_id),
+            let mut checks = limit_check::checks(
+                LimitOwner::IntegrationWorkspace {
+                    integration: IntegrationId::new(integration.record.id.clone()),
+                    workspace: WorkspaceId::new(p.workspace_id.clone()),
+                },
                 &integration.record.workspace_limits(&p.workspace_id),
             );
-            checks.extend(limits::checks(Level::Provider, &limits::provider_id(&p), &p.limits));
+            checks.extend(limit_check::checks(
+                LimitOwner::Provider(ProviderId::new(p.id.clone())),
+                &p.limits,
+            ));
             let route = Arc::new(Route {
-                provider: p.clone(),
+                provider_record: p.clone(),
                 integration,
                 access,
                 workspace_models,
@@ -241,7 +249,7 @@ impl Snapshot {
                 .entry(p.workspace_id.clone())
                 .or_default()
                 .insert(p.slug.clone(), route);
-            s.providers.push(Arc::new(p));
+            s.provider_records.push(Arc::new(p));
         }
         Ok(s)
     }

@@ -16,8 +16,8 @@ use tollgate_core::clock::SharedClock;
 use tollgate_providers::Adapters;
 use tollgate_store::control::AuditEntry;
 use tollgate_store::counters::Counters;
+use tollgate_store::request_log::LogWriter;
 use tollgate_store::secrets::MasterKey;
-use tollgate_store::usage::UsageLog;
 use tollgate_store::{Store, StoreError, Tx};
 
 /// Meta keys in the store.
@@ -33,7 +33,7 @@ pub struct AppState {
     pub store: Store,
     pub clock: SharedClock,
     pub adapters: Arc<Adapters>,
-    pub usage: UsageLog,
+    pub usage: LogWriter,
     pub counters: Arc<dyn Counters>,
     pub alerts: AlertHandle,
     /// Natively relayed Responses API ids → where they are stored.
@@ -53,7 +53,7 @@ pub struct Parts {
     pub store: Store,
     pub clock: SharedClock,
     pub adapters: Arc<Adapters>,
-    pub usage: UsageLog,
+    pub usage: LogWriter,
     pub counters: Arc<dyn Counters>,
     pub alerts: AlertHandle,
     /// Circuit-breaker state: [`crate::gateway::routing::LocalBreakers`]

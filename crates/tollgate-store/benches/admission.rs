@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::sync::Arc;
-use tollgate_core::admission::{Actual, Demand, Level, LimitCheck, Rule};
+use tollgate_core::admission::{Actual, Demand, LimitCheck, LimitId, LimitOwner, Rule};
+use tollgate_core::ids::{ApiKeyId, IntegrationId, ProviderId, WorkspaceId};
+use tollgate_core::limit_owner::counter_group;
 use tollgate_core::limits::{BudgetKind, PeriodicReset, RateKind, RateLimit, RateUnit, UsageLimit};
 use tollgate_core::money::{Money, PICOS_PER_USD};
 use tollgate_store::counters::{Counters, MemoryCounters, RedisCounters, RedisSettings, RestoreTurn};
@@ -30,13 +32,14 @@ fn checks(set_at: DateTime<Utc>) -> Vec<LimitCheck> {
     // Limits large enough never to refuse: the benchmark measures the admitted path.
     vec![
         LimitCheck {
-            id: Arc::from("iw:01J9ZQ4R6W8Y2X3T5V7N9P1K3M:01J9ZQ4R6W8Y2X3T5V7N9P1K3N"),
-            level: Level::IntegrationWorkspace,
+            id: LimitId::new(LimitOwner::IntegrationWorkspace {
+                integration: IntegrationId::new("01J9ZQ4R6W8Y2X3T5V7N9P1K3M"),
+                workspace: WorkspaceId::new("01J9ZQ4R6W8Y2X3T5V7N9P1K3N"),
+            }),
             rule: budget(BudgetKind::Cost, 1_000_000 * PICOS_PER_USD),
         },
         LimitCheck {
-            id: Arc::from("p:01J9ZQ4R6W8Y2X3T5V7N9P1K3P"),
-            level: Level::Provider,
+            id: LimitId::new(LimitOwner::Provider(ProviderId::new("01J9ZQ4R6W8Y2X3T5V7N9P1K3P"))),
             rule: Rule::Rate(RateLimit {
                 kind: RateKind::Requests,
                 unit: RateUnit::Rpm,
@@ -44,13 +47,11 @@ fn checks(set_at: DateTime<Utc>) -> Vec<LimitCheck> {
             }),
         },
         LimitCheck {
-            id: Arc::from("k:01J9ZQ4R6W8Y2X3T5V7N9P1K3Q"),
-            level: Level::ApiKey,
+            id: LimitId::new(LimitOwner::ApiKey(ApiKeyId::new("01J9ZQ4R6W8Y2X3T5V7N9P1K3Q"))),
             rule: budget(BudgetKind::Tokens, i64::MAX),
         },
         LimitCheck {
-            id: Arc::from("w:01J9ZQ4R6W8Y2X3T5V7N9P1K3R"),
-            level: Level::Workspace,
+            id: LimitId::new(LimitOwner::Workspace(WorkspaceId::new("01J9ZQ4R6W8Y2X3T5V7N9P1K3R"))),
             rule: Rule::Rate(RateLimit {
                 kind: RateKind::Tokens,
                 unit: RateUnit::Rph,
@@ -65,6 +66,7 @@ fn admit_and_settle(c: &mut Criterion) {
         return;
     };
     let counters: Arc<dyn Counters> = Arc::new(MemoryCounters::new());
+    let group = counter_group("bench");
     let now = Utc::now();
     let checks = checks(now - chrono::Duration::days(1));
     let demand = Demand {
@@ -78,7 +80,7 @@ fn admit_and_settle(c: &mut Criterion) {
     c.bench_function("admit + settle, 4 limits (2 budgets, 2 rate limits)", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let r = counters.admit(now, "ws:bench", black_box(&checks), demand).await;
+                let r = counters.admit(now, &group, black_box(&checks), demand).await;
                 if let Ok(r) = r {
                     black_box(counters.settle(r, actual).await.ok());
                 }
@@ -102,6 +104,7 @@ fn redis(c: &mut Criterion, now: DateTime<Utc>, checks: &[LimitCheck], demand: D
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return;
     };
+    let group = counter_group("bench");
     let prefix = format!("tgbench:{:016x}:", rand::random::<u64>());
     let mut settings = RedisSettings::new(URL, std::time::Duration::from_secs(600));
     settings.key_prefix = prefix.clone();
@@ -109,8 +112,7 @@ fn redis(c: &mut Criterion, now: DateTime<Utc>, checks: &[LimitCheck], demand: D
         return;
     };
     let ready = rt.block_on(async {
-        matches!(counters.begin_restore("ws:bench").await, Ok(RestoreTurn::Ours))
-            && counters.restored("ws:bench").await.is_ok()
+        matches!(counters.begin_restore(&group).await, Ok(RestoreTurn::Ours)) && counters.restored(&group).await.is_ok()
     });
     if !ready {
         eprintln!("no Redis at {URL}: the Redis benchmark is skipped");
@@ -119,7 +121,7 @@ fn redis(c: &mut Criterion, now: DateTime<Utc>, checks: &[LimitCheck], demand: D
     c.bench_function("admit + settle in Redis (loopback), 4 limits", |b| {
         b.iter(|| {
             rt.block_on(async {
-                if let Ok(r) = counters.admit(now, "ws:bench", black_box(checks), demand).await {
+                if let Ok(r) = counters.admit(now, &group, black_box(checks), demand).await {
                     black_box(counters.settle(r, actual).await.ok());
                 }
             })

@@ -16,7 +16,7 @@
 //! are finer than a day read raw rows only, day by day to bound memory.
 
 use crate::dialect::Backend;
-use crate::usage::UsageRecord;
+use crate::request_log::LogRecord;
 use sqlx::postgres::PgConnection;
 use sqlx::{Pool, Postgres, QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,7 +55,7 @@ pub struct Buckets {
 
 impl Buckets {
     /// The buckets of the values as the log stores them (at most `i64::MAX`).
-    pub fn of(r: &UsageRecord) -> Buckets {
+    pub fn of(r: &LogRecord) -> Buckets {
         let stored = |v: u64| v.min(i64::MAX as u64);
         let b = |v: u64| i64::from(bucket_of(v));
         let latency = stored(r.latency_us);
@@ -249,8 +249,8 @@ pub struct Fact {
     pub superseded: bool,
 }
 
-impl From<&UsageRecord> for Fact {
-    fn from(r: &UsageRecord) -> Fact {
+impl From<&LogRecord> for Fact {
+    fn from(r: &LogRecord) -> Fact {
         Fact {
             created_at_ms: r.created_at.timestamp_millis(),
             dims: Dims {
@@ -1484,7 +1484,7 @@ const ROLLUP_CHUNK: usize = 900;
 /// PostgreSQL lock rows in one order), and requests per (minute, workspace).
 type Deltas = (Vec<((i64, Dims), Agg)>, Vec<((i64, String), i64)>);
 
-fn deltas(rows: &[UsageRecord]) -> Deltas {
+fn deltas(rows: &[LogRecord]) -> Deltas {
     let mut days: BTreeMap<(i64, Dims), Agg> = BTreeMap::new();
     let mut minutes: BTreeMap<(i64, String), i64> = BTreeMap::new();
     for r in rows {
@@ -1604,7 +1604,7 @@ fn add_minutes<'a, DB: Backend>(chunk: &'a [((i64, String), i64)]) -> QueryBuild
 /// transaction that inserts them. Each chunk of touched roll-up rows costs
 /// one read and one write statement, whatever the batch size (SQLite has
 /// one writer at a time, so nothing changes them in between).
-pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let (days, minutes) = deltas(rows);
     for chunk in days.chunks(ROLLUP_CHUNK) {
         let mut existing = HashMap::new();
@@ -1633,7 +1633,7 @@ pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[UsageRecord]) -
 /// missing), then read `FOR UPDATE` (locked until the transaction ends, in
 /// key order), merged and written back. Counters could be added in SQL, but
 /// the histograms must be merged here, so the row lock covers both.
-pub(crate) async fn roll_up_pg(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+pub(crate) async fn roll_up_pg(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let (days, minutes) = deltas(rows);
     for chunk in days.chunks(ROLLUP_CHUNK) {
         let mut create: QueryBuilder<Postgres> = QueryBuilder::new(

@@ -87,7 +87,7 @@ pub const CONTROL_VERSION: &str = "control_version";
 
 /// The store: the one handle on the database, whichever backend it is.
 /// It serves the control plane itself and hands out the request log
-/// ([`Store::spawn_usage_log`], [`Store::request_log`]), analytics
+/// ([`Store::spawn_log_writer`], [`Store::request_log`]), analytics
 /// ([`Store::analytics`]) and the alert outbox ([`Store::outbox`]).
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -6,7 +6,9 @@
 //!   migrating them.
 //! - [`control`]: the control-plane records (workspaces, API keys,
 //!   integrations, providers, configs) and the audit trail.
-//! - [`usage`]: the request log and its batching background writer.
+//! - [`request_log`]: the request log and its batching background writer.
+//! - [`journal`]: where that writer puts each record before its request is
+//!   answered, so that the database commit can come later, in batches.
 //! - [`spill`]: where that writer keeps records while PostgreSQL is down.
 //! - [`analytics`]: the aggregate, roll-ups and query planner.
 //! - `dialect`: what the request log and analytics need of a backend's SQL
@@ -25,15 +27,16 @@ pub mod counters;
 pub mod db;
 mod dialect;
 pub mod guards;
+pub mod journal;
 pub mod notify;
 pub mod outbox;
 mod query_cache;
 mod repo;
+pub mod request_log;
 pub mod secrets;
 pub mod sessions;
 pub mod spill;
 pub mod transfer;
-pub mod usage;
 
 pub use control::{ControlData, Store, StoreError, Tx};
 pub use db::Location;

@@ -6,31 +6,35 @@
 use crate::analytics::{self, Cells, Filter, Query};
 use crate::db::Db;
 use crate::outbox::Outbox;
-use crate::usage::{self, LogFilter, OutageBuffer, Scope, UsageLog, UsageRecord};
+use crate::request_log::{self, LogFilter, LogRecord, LogWriter, OutageBuffer, Scope};
 use crate::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 
 impl Store {
-    /// Starts the request log's batching writer (see [`UsageLog`]). The task
+    /// Starts the request log's batching writer (see [`LogWriter`]). The task
     /// ends when every handle is dropped and the queue is drained.
-    /// Without an outage buffer: on PostgreSQL a batch that cannot be
-    /// written is retried a few times, then logged as lost (tools that fill
-    /// the log; the server uses [`Store::spawn_usage_log_buffered`]).
-    pub fn spawn_usage_log(&self) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
-        Ok(UsageLog::spawn(self.db.clone(), self.cache.clone(), None))
+    /// Without a journal, a record handed to [`LogWriter::commit`] waits for
+    /// its database commit; without an outage buffer, on PostgreSQL a batch
+    /// that cannot be written is retried a few times, then logged as lost
+    /// (tools that fill the log; the server uses
+    /// [`Store::spawn_log_writer_buffered`]).
+    pub fn spawn_log_writer(&self) -> Result<(LogWriter, JoinHandle<()>), StoreError> {
+        Ok(LogWriter::spawn(self.db.clone(), self.cache.clone(), None, None))
     }
 
-    /// The request log's writer as the server runs it: on PostgreSQL it
-    /// keeps records while the database is unreachable, in memory and then
-    /// in the spill file in `buffer.dir`, and writes them when it returns
-    /// (see [`OutageBuffer`]). A spill file left by an earlier process is
-    /// written first. On SQLite the same as [`Store::spawn_usage_log`].
-    pub async fn spawn_usage_log_buffered(
+    /// The request log's writer as the server runs it: every record goes
+    /// to the journal in `buffer.dir` before its request is answered (see
+    /// [`crate::journal`]), and the database gets it in batches; on
+    /// PostgreSQL it keeps records while the database is unreachable, in
+    /// memory and then in the spill file in `buffer.dir`, and writes them
+    /// when it returns (see [`OutageBuffer`]). What a spill file and a
+    /// journal left by an earlier process hold is written first.
+    pub async fn spawn_log_writer_buffered(
         &self,
         buffer: &OutageBuffer,
-    ) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
-        UsageLog::spawn_buffered(self.db.clone(), self.cache.clone(), buffer).await
+    ) -> Result<(LogWriter, JoinHandle<()>), StoreError> {
+        LogWriter::spawn_buffered(self.db.clone(), self.cache.clone(), buffer).await
     }
 
     /// Reads the request log.
@@ -61,10 +65,10 @@ pub struct RequestLog {
 impl RequestLog {
     /// Records matching `f`, newest first, with the total that match when
     /// `f.count_total`.
-    pub async fn list(&self, f: &LogFilter) -> Result<(Option<i64>, Vec<UsageRecord>), StoreError> {
+    pub async fn list(&self, f: &LogFilter) -> Result<(Option<i64>, Vec<LogRecord>), StoreError> {
         Ok(match &self.db {
-            Db::Sqlite(pool) => usage::list(pool, f).await?,
-            Db::Postgres(pool) => usage::list(pool, f).await?,
+            Db::Sqlite(pool) => request_log::list(pool, f).await?,
+            Db::Postgres(pool) => request_log::list(pool, f).await?,
         })
     }
 
@@ -74,8 +78,8 @@ impl RequestLog {
     pub async fn consumed_since(&self, scope: &Scope, from: DateTime<Utc>) -> Result<(i64, i64, i64), StoreError> {
         // SQLite's untyped columns need typeof; PostgreSQL's are BIGINT.
         Ok(match &self.db {
-            Db::Sqlite(pool) => usage::consumed_since(pool, scope, from).await?,
-            Db::Postgres(pool) => usage::consumed_since_pg(pool, scope, from).await?,
+            Db::Sqlite(pool) => request_log::consumed_since(pool, scope, from).await?,
+            Db::Postgres(pool) => request_log::consumed_since_pg(pool, scope, from).await?,
         })
     }
 }

@@ -1,8 +1,8 @@
 //! The request log's spill file: records the writer could not put in
 //! PostgreSQL and that no longer fit its memory bound, kept on local disk
-//! until the database returns (see `usage::Backlog`).
+//! until the database returns (see `request_log::Backlog`).
 //!
-//! The format is JSON lines: one [`UsageRecord`] per line, each ending with
+//! The format is JSON lines: one [`LogRecord`] per line, each ending with
 //! `\n`, appended and fsync'd (`fdatasync`) in one write per overflow. A
 //! crash in the middle of an append leaves a last line without its `\n`:
 //! [`recover`] cuts it off at start-up and [`read`] never returns it, so a
@@ -11,7 +11,7 @@
 //! blocks the records behind it. These functions block: the writer calls
 //! them through `spawn_blocking`.
 
-use crate::usage::UsageRecord;
+use crate::request_log::LogRecord;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -24,7 +24,7 @@ pub const SPILL_FILE: &str = "request-log.spill";
 /// (and the directory, when this creates the file). Returns the file's new
 /// length. On failure the file is cut back to `len`, its length before, so
 /// that a partial append never sits in front of later ones.
-pub(crate) fn append(path: &Path, len: u64, records: &[UsageRecord]) -> std::io::Result<u64> {
+pub(crate) fn append(path: &Path, len: u64, records: &[LogRecord]) -> std::io::Result<u64> {
     let mut bytes = Vec::with_capacity(records.len() * 512);
     for r in records {
         serde_json::to_writer(&mut bytes, r)?;
@@ -49,7 +49,7 @@ pub(crate) fn append(path: &Path, len: u64, records: &[UsageRecord]) -> std::io:
 /// What [`read`] found.
 #[derive(Debug, Default)]
 pub(crate) struct Read {
-    pub records: Vec<UsageRecord>,
+    pub records: Vec<LogRecord>,
     /// Where the next read starts.
     pub next: u64,
     /// Complete lines that did not parse, skipped.
@@ -131,8 +131,8 @@ pub(crate) fn remove(path: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn rec(i: u32) -> UsageRecord {
-        UsageRecord {
+    fn rec(i: u32) -> LogRecord {
+        LogRecord {
             id: format!("req-{i}"),
             created_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_123 + i64::from(i)).unwrap(),
             trace_id: format!("trace-{i}"),
@@ -149,7 +149,7 @@ mod tests {
     fn records_come_back_in_order_and_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SPILL_FILE);
-        let all: Vec<UsageRecord> = (0..7).map(rec).collect();
+        let all: Vec<LogRecord> = (0..7).map(rec).collect();
         let len = append(&path, 0, &all[..3]).unwrap();
         let len = append(&path, len, &all[3..]).unwrap();
         assert_eq!(len, std::fs::metadata(&path).unwrap().len());

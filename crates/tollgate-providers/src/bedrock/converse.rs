@@ -6,7 +6,7 @@ use crate::chat::{Body, ChatRequest, Message, Role};
 use crate::openai_shape::{self, bad_request, Choice, Part, Sampling, ToolCall};
 use crate::{Endpoint, ProviderError};
 use serde_json::{json, Map, Value};
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 
 /// Translates a chat or completions request into a Converse body.
 pub(super) fn converse_body(endpoint: Endpoint, body: &Body) -> Result<Value, ProviderError> {

@@ -11,7 +11,7 @@ use aws_smithy_types::event_stream::{HeaderValue, Message};
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use std::collections::HashMap;
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 
 /// The HTTP status an event-stream exception stands for.
 fn exception_status(kind: &str) -> u16 {

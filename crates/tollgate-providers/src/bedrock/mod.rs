@@ -36,7 +36,7 @@ use sign::Signer;
 use std::sync::Arc;
 use tollgate_core::clock::{SharedClock, SystemClock};
 use tollgate_core::secrets::Secret;
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 
 /// Region used when the integration sets none.
 pub const DEFAULT_REGION: &str = "us-east-1";

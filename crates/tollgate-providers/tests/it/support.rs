@@ -5,7 +5,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 use tollgate_core::secrets::PlainSecrets;
-use tollgate_core::usage::Usage;
+use tollgate_core::token_usage::Usage;
 use tollgate_providers::chat::Body;
 use tollgate_providers::{Adapter, Call, Endpoint, ProviderError, StreamItem, Target, UpstreamResponse};
 

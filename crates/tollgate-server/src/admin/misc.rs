@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate_core::money::Money;
 use tollgate_store::control::AuditFilter;
-use tollgate_store::usage::{LogFilter, UsageRecord};
+use tollgate_store::request_log::{LogFilter, LogRecord};
 
 pub async fn ai_providers(_caller: Caller) -> Json<Value> {
     let data: Vec<Value> = tollgate_core::catalogue::providers()
@@ -110,7 +110,7 @@ pub struct LogsQuery {
 }
 
 /// The wire object of one request record.
-pub fn record_json(r: &UsageRecord) -> Value {
+pub fn record_json(r: &LogRecord) -> Value {
     json!({
         "id": r.id,
         "created_at": r.created_at,

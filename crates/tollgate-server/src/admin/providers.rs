@@ -27,7 +27,7 @@ pub struct WorkspaceQuery {
 pub async fn status(state: &SharedState, p: &ProviderRecord, now: DateTime<Utc>) -> &'static str {
     if p.expires_at.is_some_and(|t| t <= now) {
         "expired"
-    } else if crate::limits::provider_exhausted(state, p, now).await {
+    } else if crate::limit_check::provider_exhausted(state, p, now).await {
         "exhausted"
     } else {
         "active"

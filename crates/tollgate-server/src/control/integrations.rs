@@ -19,7 +19,7 @@ use tollgate_core::money::Price;
 use tollgate_core::records::{
     GlobalAccess, Integration, IntegrationModel, IntegrationStatus, Limits, ProviderRecord, WorkspaceAccess,
 };
-use tollgate_core::usage::ModelPrice;
+use tollgate_core::token_usage::ModelPrice;
 use tollgate_store::secrets::SealedFields;
 
 const READ: &str = "workspace_integrations.read";
@@ -387,7 +387,7 @@ pub fn default_provider(
 ) -> Result<Option<ProviderRecord>, AdminError> {
     let slug = slug.unwrap_or(&i.slug);
     if let Some(existing) = snap.route(workspace_id, slug) {
-        if existing.provider.integration_id == i.id {
+        if existing.provider_record.integration_id == i.id {
             return Ok(None);
         }
         return Err(AdminError::conflict(format!(

@@ -380,7 +380,7 @@ pub(crate) mod testing {
         let (store, master, _) = crate::server::open_store(&config).await.unwrap();
         crate::server::bootstrap(&store, now()).await.unwrap();
         let clock: tollgate_core::clock::SharedClock = Arc::new(ManualClock::new(now()));
-        let (usage, _writer) = store.spawn_usage_log().unwrap();
+        let (usage, _writer) = store.spawn_log_writer().unwrap();
         let outbox = store.outbox();
         outbox.init().await.unwrap();
         let alerts = Dispatcher::new(outbox, &AlertConfig::default(), clock.clone())

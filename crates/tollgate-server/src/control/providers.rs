@@ -84,12 +84,12 @@ pub fn list(snap: &Snapshot, caller: &Caller, workspace_id: Option<&str>) -> Res
     let ws = target_workspace(snap, caller, workspace_id, "providers.read")?;
     let mut routes: Vec<_> = snap.routes_of(&ws).collect();
     routes.sort_by(|a, b| {
-        a.provider
+        a.provider_record
             .created_at
-            .cmp(&b.provider.created_at)
-            .then(a.provider.slug.cmp(&b.provider.slug))
+            .cmp(&b.provider_record.created_at)
+            .then(a.provider_record.slug.cmp(&b.provider_record.slug))
     });
-    Ok(routes.into_iter().map(|r| r.provider.clone()).collect())
+    Ok(routes.into_iter().map(|r| r.provider_record.clone()).collect())
 }
 
 pub fn retrieve(
@@ -99,7 +99,7 @@ pub fn retrieve(
     workspace_id: Option<&str>,
 ) -> Result<ProviderRecord, AdminError> {
     let ws = target_workspace(snap, caller, workspace_id, "providers.read")?;
-    Ok(find(snap, &ws, slug)?.provider.clone())
+    Ok(find(snap, &ws, slug)?.provider_record.clone())
 }
 
 pub fn plan_create(
@@ -177,7 +177,7 @@ pub fn plan_update(
     body: UpdateProvider,
 ) -> Result<Planned<ProviderRecord>, AdminError> {
     let ws = target_workspace(snap, caller, workspace_id, "providers.write")?;
-    let mut p = find(snap, &ws, slug)?.provider.clone();
+    let mut p = find(snap, &ws, slug)?.provider_record.clone();
     let now = ctx.now;
     if let Some(n) = &body.name {
         p.name = check_name("name", n)?;
@@ -217,11 +217,11 @@ pub fn plan_delete(
     let ws = target_workspace(snap, caller, workspace_id, "providers.write")?;
     let r = find(snap, &ws, slug)?;
     Ok(Planned {
-        writes: vec![Write::DeleteProvider(ProviderId::new(r.provider.id.clone()))],
+        writes: vec![Write::DeleteProvider(ProviderId::new(r.provider_record.id.clone()))],
         audit: Audit::new(
             "delete",
             ObjectType::Provider,
-            &r.provider.id,
+            &r.provider_record.id,
             json!({"slug": slug, "workspace_id": ws}),
         ),
         output: (),

@@ -2,7 +2,7 @@
 //! reaches the other's snapshot within a second, by notification alone (the
 //! poll is set to an hour here, so it cannot be what delivers it).
 //!
-//! The request log is not on PostgreSQL yet (`Store::spawn_usage_log`
+//! The request log is not on PostgreSQL yet (`Store::spawn_log_writer`
 //! refuses it), so each replica's request log is a SQLite file of its own;
 //! the control plane, which is what this tests, is the shared PostgreSQL
 //! database. The server is `TOLLGATE_TEST_POSTGRES` (a URL without a

@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tollgate_core::admission::LimitOwner;
 use tollgate_core::catalogue::{self, ProviderSpec};
+use tollgate_core::ids::{IntegrationId, WorkspaceId};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -553,7 +555,10 @@ async fn workspaces_view(
                     @if enabled { input type="hidden" name="was_enabled" value=(id); }
                     label.inline { input type="checkbox" name="ws" value=(id) checked[enabled]; " Provision " (name) }
                     @if usage.is_object() {
-                        @let limit_id = format!("iw:{integration_id}:{id}");
+                        @let limit_id = LimitOwner::IntegrationWorkspace {
+                            integration: IntegrationId::new(integration_id),
+                            workspace: WorkspaceId::new(id),
+                        }.key();
                         @let b = budgets.iter().find(|b| str_of(b, "limit_id") == limit_id);
                         @let unit = if str_of(&usage, "type") == "tokens" { "tokens" } else { "USD" };
                         (budget_bar(&format!("Budget for {name}"), b.and_then(|b| b["consumed"].as_f64()).unwrap_or(0.0),

@@ -48,10 +48,10 @@ use tollgate_core::limits::RateKind;
 use tollgate_core::money::Money;
 use tollgate_core::records::KeyType;
 use tollgate_core::routing::Failure;
-use tollgate_core::usage::ModelPrice;
+use tollgate_core::token_usage::ModelPrice;
 use tollgate_providers::chat::{Body, ChatRequest};
 use tollgate_providers::{tokens, Call, Endpoint, ProviderError, Target, UpstreamResponse};
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 pub fn router() -> Router<SharedState> {
     Router::new()
@@ -162,7 +162,7 @@ fn trace_id(headers: &HeaderMap) -> String {
 /// attempt governed the same way.
 pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
-    let mut rec = UsageRecord {
+    let mut rec = LogRecord {
         id: tollgate_core::ids::prefixed_id("req"),
         created_at: state.now(),
         trace_id: trace_id(&headers),
@@ -217,13 +217,13 @@ pub struct Failed {
 /// How a failed attempt's books are closed.
 enum Closing {
     /// Nothing reserved any more: log the record.
-    Record(Box<UsageRecord>),
+    Record(Box<LogRecord>),
     /// A stream that failed before its first byte: settle what it used.
     Stream(Box<relay::Books>),
 }
 
 impl Failed {
-    pub fn refused(api: Api, error: GatewayError, rec: UsageRecord, rate: RateHeaders) -> Failed {
+    pub fn refused(api: Api, error: GatewayError, rec: LogRecord, rate: RateHeaders) -> Failed {
         let status = error.wire().0.as_u16();
         Failed {
             failure: Failure::Status(status),
@@ -236,7 +236,7 @@ impl Failed {
     }
 
     /// The attempt's log record (its target and retry fields are set by routing).
-    pub fn record_mut(&mut self) -> &mut UsageRecord {
+    pub fn record_mut(&mut self) -> &mut LogRecord {
         match &mut self.closing {
             Closing::Record(r) => r,
             Closing::Stream(b) => b.record_mut(),
@@ -298,17 +298,18 @@ fn provider_failure(e: &ProviderError) -> Failure {
 pub async fn attempt(
     state: &SharedState,
     prep: Prepared,
-    rec: UsageRecord,
+    rec: LogRecord,
     started: Instant,
     hold_first: bool,
 ) -> Attempt {
     let api = prep.api;
     let checks = applicable_checks(&prep);
     let demand = worst_case(&prep, &checks).await;
-    let reservation = match crate::limits::admit(state, &prep.route.provider.workspace_id, &checks, demand).await {
-        Ok(r) => r,
-        Err((e, rate)) => return Attempt::Failed(Box::new(Failed::refused(api, e, rec, rate))),
-    };
+    let reservation =
+        match crate::limit_check::admit(state, &prep.route.provider_record.workspace_id, &checks, demand).await {
+            Ok(r) => r,
+            Err((e, rate)) => return Attempt::Failed(Box::new(Failed::refused(api, e, rec, rate))),
+        };
     let rate_headers = reservation.headers();
     // From here until the upstream answers, a client that goes away leaves
     // a 499 record and settles what was sent.
@@ -347,7 +348,7 @@ pub async fn attempt(
             .await,
         ),
         Err(e) => {
-            crate::limits::release(state, reservation).await;
+            crate::limit_check::release(state, reservation).await;
             Attempt::Failed(Box::new(Failed {
                 failure: provider_failure(&e),
                 retry_after: asked_wait(state, &e),
@@ -394,7 +395,7 @@ pub async fn attempt(
 /// Every limit that applies: integration × workspace, provider, API key,
 /// workspace, in that order (the first to refuse is the one reported).
 fn applicable_checks(prep: &Prepared) -> Vec<LimitCheck> {
-    let ws = &prep.route.provider.workspace_id;
+    let ws = &prep.route.provider_record.workspace_id;
     let ws_checks = prep.snap.workspace_checks(ws);
     let mut checks = Vec::with_capacity(prep.route.checks.len() + prep.key.checks.len() + ws_checks.len());
     checks.extend_from_slice(&prep.route.checks);
@@ -500,7 +501,7 @@ fn parse(
     api: Api,
     headers: &HeaderMap,
     raw: &Bytes,
-    rec: &mut UsageRecord,
+    rec: &mut LogRecord,
 ) -> Result<(Parsed, Body), GatewayError> {
     let snap = state.snapshot();
     let key = gateway_key(&snap, state.now(), headers)?;
@@ -635,7 +636,7 @@ fn resolve(
     body: Body,
     headers: &HeaderMap,
     pick: Pick<'_>,
-    rec: &mut UsageRecord,
+    rec: &mut LogRecord,
 ) -> Result<Prepared, GatewayError> {
     let api = parsed.api;
     let snap = parsed.snap.clone();
@@ -655,7 +656,7 @@ fn resolve(
 
     let (route, model_name) = resolve_route(state, &snap, &workspace_id, headers, pick.provider, model_field, rec)?;
     let model = model_name.as_str();
-    let slug = route.provider.slug.as_str();
+    let slug = route.provider_record.slug.as_str();
     let integration = &route.integration;
     let entry = integration.models.get(model);
     // The API's request as the upstream call: relayed natively where the
@@ -666,7 +667,7 @@ fn resolve(
             Endpoint::Responses,
             Shape::NativeResponses {
                 workspace: workspace_id.clone(),
-                provider: route.provider.slug.clone(),
+                provider: route.provider_record.slug.clone(),
             },
             false,
         ),
@@ -912,7 +913,7 @@ pub fn resolve_route(
     headers: &HeaderMap,
     provider: Option<&str>,
     model_field: &str,
-    rec: &mut UsageRecord,
+    rec: &mut LogRecord,
 ) -> Result<(Arc<Route>, String), GatewayError> {
     // Resolution: a routing target's provider, else the x-portkey-provider
     // header, else `@slug/model`.
@@ -940,7 +941,7 @@ pub fn resolve_route(
         )));
     };
     let integration = &route.integration;
-    rec.provider_slug = Some(route.provider.slug.clone());
+    rec.provider_slug = Some(route.provider_record.slug.clone());
     rec.integration_id = Some(integration.record.id.clone());
     rec.integration_slug = Some(integration.record.slug.clone());
     rec.ai_provider_id = Some(integration.record.ai_provider_id.clone());
@@ -955,7 +956,7 @@ pub fn resolve_route(
             "the integration behind '@{slug}' is archived"
         )));
     }
-    if route.provider.expires_at.is_some_and(|t| t <= state.now()) {
+    if route.provider_record.expires_at.is_some_and(|t| t <= state.now()) {
         return Err(GatewayError::Permission(format!("provider '@{slug}' has expired")));
     }
 

@@ -61,7 +61,7 @@ fn catalogue_of<'a>(snap: &'a Snapshot, ws: &str, now: DateTime<Utc>) -> impl It
     let mut ids = BTreeSet::new();
     for route in snap.routes_of(ws) {
         let i = &route.integration;
-        if route.access.is_none() || route.provider.expires_at.is_some_and(|t| t <= now) {
+        if route.access.is_none() || route.provider_record.expires_at.is_some_and(|t| t <= now) {
             continue;
         }
         // The integration's allowed models: its enabled entries, plus the
@@ -82,7 +82,7 @@ fn catalogue_of<'a>(snap: &'a Snapshot, ws: &str, now: DateTime<Utc>) -> impl It
         }
         for m in allowed {
             if route.workspace_models.as_ref().is_none_or(|w| w.contains(m)) {
-                ids.insert((route.provider.slug.as_str(), m));
+                ids.insert((route.provider_record.slug.as_str(), m));
             }
         }
     }

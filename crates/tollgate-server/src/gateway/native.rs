@@ -17,7 +17,7 @@ use std::time::Duration;
 use tollgate_core::catalogue::Protocol;
 use tollgate_providers::dialects::messages::MessagesRequest;
 use tollgate_providers::{tokens, Endpoint, Target};
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 /// `POST /v1/messages/count_tokens`: Anthropic's own count where the
 /// provider is Anthropic, else the tokenizer's estimate. Errors in
@@ -49,7 +49,7 @@ async fn count(state: &SharedState, headers: &HeaderMap, raw: &[u8]) -> Result<V
         .filter(|m| !m.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| bad("'model' is required: use '@provider/model'".into()))?;
-    let mut rec = UsageRecord::default();
+    let mut rec = LogRecord::default();
     let (route, model) = resolve_route(state, &snap, &ws, headers, None, &model_field, &mut rec)?;
     // Checked here for every provider, so a bad body is refused alike.
     MessagesRequest::parse(&body).map_err(super::dialect::invalid)?;
@@ -124,7 +124,7 @@ async fn fetch(state: &SharedState, headers: &HeaderMap, id: &str) -> Result<Byt
     let integration = &route.integration;
     if route.access.is_none()
         || integration.record.status != tollgate_core::records::IntegrationStatus::Active
-        || route.provider.expires_at.is_some_and(|t| t <= state.now())
+        || route.provider_record.expires_at.is_some_and(|t| t <= state.now())
     {
         return Err(GatewayError::Permission(format!(
             "provider '@{slug}' that holds this response is no longer available to this workspace"

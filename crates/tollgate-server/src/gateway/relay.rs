@@ -28,11 +28,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 use tollgate_core::admission::RateHeaders;
 use tollgate_core::catalogue::Tokenizer;
-use tollgate_core::usage::{ModelPrice, Usage};
+use tollgate_core::token_usage::{ModelPrice, Usage};
 use tollgate_providers::dialects::StreamShaper;
 use tollgate_providers::{tokens, Endpoint, ProviderError, StreamItem};
 use tollgate_store::counters::Reservation;
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 fn micros(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
@@ -42,7 +42,7 @@ fn micros(since: Instant) -> u64 {
 pub fn fail(
     state: &SharedState,
     api: Api,
-    rec: UsageRecord,
+    rec: LogRecord,
     started: Instant,
     e: GatewayError,
     rate: RateHeaders,
@@ -54,7 +54,7 @@ pub fn fail(
 }
 
 /// Logs a refusal or failure (of a request, or of one attempt of it).
-pub fn log_failure(state: &SharedState, mut rec: UsageRecord, started: Instant, e: &GatewayError) {
+pub fn log_failure(state: &SharedState, mut rec: LogRecord, started: Instant, e: &GatewayError) {
     let (status, kind, _) = e.wire();
     rec.status_code = status.as_u16();
     rec.error_type = Some(kind);
@@ -66,11 +66,11 @@ pub fn log_failure(state: &SharedState, mut rec: UsageRecord, started: Instant, 
 
 /// Fills in usage and cost, settles, and logs; returns once the record is
 /// committed. Absurd usage (beyond
-/// [`tollgate_core::usage::MAX_REQUEST_TOKENS`] a field) is clamped and
+/// [`tollgate_core::token_usage::MAX_REQUEST_TOKENS`] a field) is clamped and
 /// flagged at warn.
 async fn close_books(
     state: &SharedState,
-    mut rec: UsageRecord,
+    mut rec: LogRecord,
     reservation: Reservation,
     usage: Usage,
     estimated: bool,
@@ -101,7 +101,7 @@ async fn close_books(
         );
     }
     rec.cost_picos = cost.map(|c| c.picos());
-    crate::limits::settle(state, reservation, usage.total(), cost).await;
+    crate::limit_check::settle(state, reservation, usage.total(), cost).await;
     crate::metrics::record(&state.snapshot(), &rec);
     state.usage.commit(rec).await;
 }
@@ -165,7 +165,7 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// then logged with status 499 and settled with its prompt, counted (the
 /// upstream has received it; what it generated is unknown), exactly once.
 pub struct Waiting {
-    books: Option<(UsageRecord, Reservation)>,
+    books: Option<(LogRecord, Reservation)>,
     state: SharedState,
     started: Instant,
     endpoint: Endpoint,
@@ -178,7 +178,7 @@ pub struct Waiting {
 impl Waiting {
     pub fn new(
         state: &SharedState,
-        rec: UsageRecord,
+        rec: LogRecord,
         reservation: Reservation,
         started: Instant,
         prep: &Prepared,
@@ -198,7 +198,7 @@ impl Waiting {
     /// The upstream answered (or failed): the books go back to the caller.
     /// Always `Some`: they are taken only here (which consumes `self`) or
     /// when dropped.
-    pub fn answered(mut self) -> Option<(UsageRecord, Reservation)> {
+    pub fn answered(mut self) -> Option<(LogRecord, Reservation)> {
         self.books.take()
     }
 }
@@ -244,7 +244,7 @@ async fn prompt_only(
 async fn fail_settled(
     state: &SharedState,
     prep: &Prepared,
-    mut rec: UsageRecord,
+    mut rec: LogRecord,
     reservation: Reservation,
     started: Instant,
     e: GatewayError,
@@ -269,7 +269,7 @@ async fn fail_settled(
 /// is unknown), and fails as the adapter's error says (a 502).
 pub async fn unreadable(
     state: &SharedState,
-    mut rec: UsageRecord,
+    mut rec: LogRecord,
     prep: &Prepared,
     reservation: Reservation,
     started: Instant,
@@ -285,7 +285,7 @@ pub async fn unreadable(
 #[allow(clippy::too_many_arguments)]
 pub async fn whole(
     state: &SharedState,
-    mut rec: UsageRecord,
+    mut rec: LogRecord,
     prep: &Prepared,
     reservation: Reservation,
     started: Instant,
@@ -341,7 +341,7 @@ pub async fn whole(
 /// upstream sends them, once [`Relayed::respond`] hands it to the client.
 pub fn stream(
     state: SharedState,
-    rec: UsageRecord,
+    rec: LogRecord,
     prep: Prepared,
     reservation: Reservation,
     started: Instant,
@@ -444,7 +444,7 @@ impl Relayed {
 /// What a stream must account for when it ends, however it ends.
 pub struct Books {
     state: SharedState,
-    rec: UsageRecord,
+    rec: LogRecord,
     reservation: Option<Reservation>,
     started: Instant,
     upstream_started: Instant,
@@ -475,7 +475,7 @@ struct ChunkChoice {
 }
 
 impl Books {
-    pub fn record_mut(&mut self) -> &mut UsageRecord {
+    pub fn record_mut(&mut self) -> &mut LogRecord {
         &mut self.rec
     }
 

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use tollgate_core::admission::RateHeaders;
 use tollgate_core::routing::{self as rules, CircuitBreaker, ConfigError, Failure, Group, Leaf, Mode, Node, Plan};
 use tollgate_providers::chat::Body;
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 pub const LAST_USED_OPTION_INDEX: &str = "x-portkey-last-used-option-index";
 pub const RETRY_ATTEMPT_COUNT: &str = "x-portkey-retry-attempt-count";
@@ -183,7 +183,7 @@ struct Walk<'a> {
     headers: &'a HeaderMap,
     body: &'a Body,
     /// The request's record, from which each attempt's is made.
-    template: &'a UsageRecord,
+    template: &'a LogRecord,
     started: Instant,
     /// Attempts made so far.
     attempts: u32,
@@ -200,7 +200,7 @@ pub async fn run(
     headers: &HeaderMap,
     body: &Body,
     plan: &Plan,
-    template: UsageRecord,
+    template: LogRecord,
     started: Instant,
 ) -> Response {
     let sticky = headers
@@ -270,9 +270,9 @@ impl<'a> Walk<'a> {
 
     /// The record of one attempt: the request's, under a new id, with the
     /// target and retry it belongs to.
-    fn record(&self, leaf: &Leaf, retry: u32) -> UsageRecord {
+    fn record(&self, leaf: &Leaf, retry: u32) -> LogRecord {
         let t = self.template;
-        UsageRecord {
+        LogRecord {
             id: tollgate_core::ids::prefixed_id("req"),
             created_at: self.state.now(),
             trace_id: t.trace_id.clone(),

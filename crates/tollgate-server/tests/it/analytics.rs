@@ -5,7 +5,7 @@
 use crate::support::{manual_clock, App};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 const NOW: &str = "2026-03-12T12:00:00Z";
 /// Covers the data set without containing a whole UTC day: raw rows only,
@@ -35,8 +35,8 @@ fn rec(
     key: Option<&str>,
     prov: Option<(&str, &str, &str)>,
     status: u16,
-) -> UsageRecord {
-    UsageRecord {
+) -> LogRecord {
+    LogRecord {
         id: format!("r{n}"),
         created_at: t(at),
         trace_id: format!("t{n}"),
@@ -52,7 +52,7 @@ fn rec(
     }
 }
 
-fn tokens(mut r: UsageRecord, p: u64, c: u64, cost: Option<i64>) -> UsageRecord {
+fn tokens(mut r: LogRecord, p: u64, c: u64, cost: Option<i64>) -> LogRecord {
     r.prompt_tokens = p;
     r.completion_tokens = c;
     r.total_tokens = p + c;
@@ -60,21 +60,21 @@ fn tokens(mut r: UsageRecord, p: u64, c: u64, cost: Option<i64>) -> UsageRecord 
     r
 }
 
-fn timing(mut r: UsageRecord, latency: u64, upstream: Option<u64>, ttft: Option<u64>) -> UsageRecord {
+fn timing(mut r: LogRecord, latency: u64, upstream: Option<u64>, ttft: Option<u64>) -> LogRecord {
     r.latency_us = latency;
     r.upstream_latency_us = upstream;
     r.ttft_us = ttft;
     r
 }
 
-fn refused(mut r: UsageRecord, why: &str, kind: &str, latency: u64) -> UsageRecord {
+fn refused(mut r: LogRecord, why: &str, kind: &str, latency: u64) -> LogRecord {
     r.refusal = Some(why.into());
     r.error_type = Some(kind.into());
     r.latency_us = latency;
     r
 }
 
-fn meta(mut r: UsageRecord, env: &str) -> UsageRecord {
+fn meta(mut r: LogRecord, env: &str) -> LogRecord {
     let mut m = serde_json::Map::new();
     m.insert("env".into(), json!(env));
     r.metadata = Some(m);
@@ -754,7 +754,7 @@ async fn limits_and_alerts_appear_in_the_summary() {
             Rule::Budget { .. } => 2_500_000_000_000, // $2.50 of $10
             Rule::Rate(_) => 3,
         };
-        let group = tollgate_server::limits::group(entry.record.workspace_id.as_deref().unwrap_or_default());
+        let group = tollgate_server::limit_check::group(entry.record.workspace_id.as_deref().unwrap_or_default());
         state
             .counters
             .restore(&group, &c.id, &c.rule, now, amount)

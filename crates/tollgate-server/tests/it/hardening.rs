@@ -125,7 +125,7 @@ async fn huge_max_tokens_cannot_walk_past_a_token_budget_or_a_token_rate_limit()
 
 #[tokio::test]
 async fn absurd_usage_from_the_upstream_is_clamped() {
-    let max = tollgate_core::usage::MAX_REQUEST_TOKENS;
+    let max = tollgate_core::token_usage::MAX_REQUEST_TOKENS;
     for (prompt, completion) in [(u64::MAX, u64::MAX), (i64::MAX as u64, i64::MAX as u64), (u64::MAX, 5)] {
         let s = setup().await;
         provision(

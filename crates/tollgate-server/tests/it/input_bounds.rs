@@ -5,7 +5,7 @@
 use crate::gateway::{chat, setup};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 
 #[tokio::test]
 async fn analytics_over_any_range_answers_at_once() {
@@ -74,7 +74,7 @@ async fn a_graph_without_interval_over_sparse_far_data_stays_bounded() {
     // Two requests 30 years apart: weeks between them fit under the cap.
     let now = chrono::Utc::now();
     for (i, at) in [now - chrono::Duration::days(365 * 30), now].into_iter().enumerate() {
-        s.app.state().usage.record(UsageRecord {
+        s.app.state().usage.record(LogRecord {
             id: format!("req-far-{i}"),
             created_at: at,
             trace_id: "t".into(),

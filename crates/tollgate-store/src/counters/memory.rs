@@ -16,7 +16,8 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tollgate_core::admission::{
-    Actual, AlertEvent, Alerted, CounterKey, Counts, Demand, LimitCheck, Measure, Plan, RateHeaders, Rule, Window,
+    Actual, AlertEvent, Alerted, CounterKey, Counts, Demand, LimitCheck, LimitId, Measure, Plan, RateHeaders, Rule,
+    Window,
 };
 use tollgate_core::limits::Amount;
 
@@ -192,8 +193,8 @@ impl MemoryCounters {
         Arc::as_ptr(&self.inner) as *const ()
     }
 
-    fn key(id: &str, rule: &Rule, now: DateTime<Utc>) -> CounterKey {
-        CounterKey::new(Arc::from(id), rule, now)
+    fn key(id: &LimitId, rule: &Rule, now: DateTime<Utc>) -> CounterKey {
+        CounterKey::new(id.clone(), rule, now)
     }
 }
 
@@ -242,7 +243,7 @@ impl Counters for MemoryCounters {
     async fn status(
         &self,
         _group: &str,
-        id: &str,
+        id: &LimitId,
         rule: &Rule,
         now: DateTime<Utc>,
     ) -> Result<Consumption, CounterError> {
@@ -263,7 +264,7 @@ impl Counters for MemoryCounters {
         })
     }
 
-    async fn reset(&self, _group: &str, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError> {
+    async fn reset(&self, _group: &str, id: &LimitId, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError> {
         let key = Self::key(id, rule, now);
         if let Some(cell) = self.inner.state.lock().cells.get_mut(&key) {
             cell.counts.consumed = 0;
@@ -275,7 +276,7 @@ impl Counters for MemoryCounters {
     async fn restore(
         &self,
         _group: &str,
-        id: &str,
+        id: &LimitId,
         rule: &Rule,
         now: DateTime<Utc>,
         consumed: Amount,
@@ -291,8 +292,8 @@ impl Counters for MemoryCounters {
         Ok(())
     }
 
-    async fn forget(&self, _group: &str, id: &str) -> Result<(), CounterError> {
-        self.inner.state.lock().cells.retain(|k, _| &*k.id != id);
+    async fn forget(&self, _group: &str, id: &LimitId) -> Result<(), CounterError> {
+        self.inner.state.lock().cells.retain(|k, _| k.id != *id);
         Ok(())
     }
 

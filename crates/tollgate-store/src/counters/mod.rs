@@ -18,7 +18,8 @@
 //! 3. A reservation dropped without either (a cancelled client) releases
 //!    itself, exactly once.
 //!
-//! Every limit belongs to a **group** (the gateway uses `ws:<workspace id>`),
+//! Every limit belongs to a **group** (the gateway uses its workspace's,
+//! [`tollgate_core::limit_owner::counter_group`]),
 //! and the limits of one request are all in one group. A store outside the
 //! process keeps a group's counters together (Redis: one hash tag, so one
 //! cluster slot) and rebuilds them a group at a time: when it has lost them
@@ -46,8 +47,8 @@ use std::sync::Arc;
 use tollgate_core::admission::{BudgetMarks, CounterKey};
 // The admission vocabulary, re-exported so that callers of the counters need one import.
 pub use tollgate_core::admission::{
-    Actual, AlertEvent, AlertKind, Demand, Level, LimitCheck, RateFigures, RateHeaders, Refusal, RefusalReason, Rule,
-    Window,
+    Actual, AlertEvent, AlertKind, Demand, Level, LimitCheck, LimitId, LimitOwner, RateFigures, RateHeaders, Refusal,
+    RefusalReason, Rule, Window,
 };
 use tollgate_core::limits::Amount;
 
@@ -163,12 +164,17 @@ pub trait Counters: Send + Sync + 'static {
     async fn release(&self, reservation: Reservation) -> Result<(), CounterError>;
 
     /// The current window of a limit (nothing consumed if it has no counter yet).
-    async fn status(&self, group: &str, id: &str, rule: &Rule, now: DateTime<Utc>)
-        -> Result<Consumption, CounterError>;
+    async fn status(
+        &self,
+        group: &str,
+        id: &LimitId,
+        rule: &Rule,
+        now: DateTime<Utc>,
+    ) -> Result<Consumption, CounterError>;
 
     /// Sets the consumed amount of the limit's current window to 0 and forgets
     /// its alerts (`reset_usage: true`). Requests in flight still settle.
-    async fn reset(&self, group: &str, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError>;
+    async fn reset(&self, group: &str, id: &LimitId, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError>;
 
     /// Sets the consumed amount of the limit's window containing `now`, at
     /// start-up, so that a restart does not hand anyone a fresh budget.
@@ -184,7 +190,7 @@ pub trait Counters: Send + Sync + 'static {
     async fn restore(
         &self,
         group: &str,
-        id: &str,
+        id: &LimitId,
         rule: &Rule,
         now: DateTime<Utc>,
         consumed: Amount,
@@ -192,7 +198,7 @@ pub trait Counters: Send + Sync + 'static {
 
     /// Drops every counter of a limit id (the limit was deleted or replaced
     /// under a new id), so that retired limits do not hold memory.
-    async fn forget(&self, group: &str, id: &str) -> Result<(), CounterError>;
+    async fn forget(&self, group: &str, id: &LimitId) -> Result<(), CounterError>;
 
     /// Asks whether `group`'s counters must be rebuilt from the request log,
     /// and by whom; at most one caller at a time gets [`RestoreTurn::Ours`]

@@ -36,7 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tollgate_core::admission::{
-    Actual, AlertEvent, AlertKind, CounterKey, Counts, Demand, LimitCheck, Measure, Plan, RateHeaders, Rule, Window,
+    Actual, AlertEvent, AlertKind, CounterKey, Counts, Demand, LimitCheck, LimitId, Measure, Plan, RateHeaders, Rule,
+    Window,
 };
 use tollgate_core::limits::Amount;
 
@@ -213,8 +214,8 @@ impl RedisCounters {
         Arc::as_ptr(&self.inner) as *const ()
     }
 
-    fn key(id: &str, rule: &Rule, now: DateTime<Utc>) -> CounterKey {
-        CounterKey::new(Arc::from(id), rule, now)
+    fn key(id: &LimitId, rule: &Rule, now: DateTime<Utc>) -> CounterKey {
+        CounterKey::new(id.clone(), rule, now)
     }
 }
 
@@ -547,7 +548,7 @@ impl Counters for RedisCounters {
     async fn status(
         &self,
         group: &str,
-        id: &str,
+        id: &LimitId,
         rule: &Rule,
         now: DateTime<Utc>,
     ) -> Result<Consumption, CounterError> {
@@ -563,7 +564,7 @@ impl Counters for RedisCounters {
         })
     }
 
-    async fn reset(&self, group: &str, id: &str, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError> {
+    async fn reset(&self, group: &str, id: &LimitId, rule: &Rule, now: DateTime<Utc>) -> Result<(), CounterError> {
         let (hash, _) = counter_keys(&self.inner.tag(group)?, &Self::key(id, rule, now));
         self.inner.run(&[hash], &["reset".to_owned()]).await.map(drop)
     }
@@ -571,7 +572,7 @@ impl Counters for RedisCounters {
     async fn restore(
         &self,
         group: &str,
-        id: &str,
+        id: &LimitId,
         rule: &Rule,
         now: DateTime<Utc>,
         consumed: Amount,
@@ -590,9 +591,9 @@ impl Counters for RedisCounters {
         self.inner.run(&[hash, leases], &args).await.map(drop)
     }
 
-    async fn forget(&self, group: &str, id: &str) -> Result<(), CounterError> {
+    async fn forget(&self, group: &str, id: &LimitId) -> Result<(), CounterError> {
         let tag = self.inner.tag(group)?;
-        let pattern = format!("{}:[cl]:{}|*", glob_escape(&tag), glob_escape(id));
+        let pattern = format!("{}:[cl]:{}|*", glob_escape(&tag), glob_escape(id.as_str()));
         let inner = &self.inner;
         let mut conn = inner.bounded(inner.connection()).await?;
         let mut cursor: u64 = 0;

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use tollgate_store::analytics::{bucket_of, Agg, Cells, Filter, GroupBy, Interval, ModelMatch, Query, DAY_MS};
 use tollgate_store::db::Location;
-use tollgate_store::usage::UsageRecord;
+use tollgate_store::request_log::LogRecord;
 use tollgate_store::Store;
 
 use crate::postgres::{AtLocation, TestDb};
@@ -98,7 +98,7 @@ fn start() -> DateTime<Utc> {
 }
 
 /// 2,000 varied requests over 5 days, from mid-day on the first.
-fn rows() -> Vec<UsageRecord> {
+fn rows() -> Vec<LogRecord> {
     let mut rng = Rng(7);
     let span = 5 * DAY_MS;
     (0..2_000u64)
@@ -113,7 +113,7 @@ fn rows() -> Vec<UsageRecord> {
             if rng.below(2) == 0 {
                 metadata.insert("env".into(), serde_json::json!(["prod", "dev"][rng.below(2) as usize]));
             }
-            UsageRecord {
+            LogRecord {
                 id: format!("r{i}"),
                 created_at: at,
                 trace_id: format!("t{}", i / 2),
@@ -172,7 +172,7 @@ async fn seeded(backend: Backend) -> Seeded {
         .execute("UPDATE analytics_meta SET value = 0 WHERE key = 'rollup_from_ms'")
         .await;
     let store = &seeded.store;
-    let (log, writer) = store.spawn_usage_log().unwrap();
+    let (log, writer) = store.spawn_log_writer().unwrap();
     for r in rows() {
         log.record(r);
     }

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 use tollgate_core::admission::{
-    Actual, AlertEvent, AlertKind, Demand, Level, LimitCheck, RateFigures, RefusalReason, Rule,
+    Actual, AlertEvent, AlertKind, Demand, Level, LimitCheck, LimitId, LimitOwner, RateFigures, RefusalReason, Rule,
 };
 use tollgate_core::clock::{Clock, ManualClock};
 use tollgate_core::limits::{BudgetKind, PeriodicReset, RateKind, RateLimit, RateUnit, UsageLimit};
@@ -42,12 +42,14 @@ pub fn budget(kind: BudgetKind, credit_limit: i64, threshold: Option<i64>, reset
     }
 }
 
-pub fn check(id: &str, level: Level, rule: Rule) -> LimitCheck {
-    LimitCheck {
-        id: Arc::from(id),
-        level,
-        rule,
-    }
+/// The limit id a counter key names (see `tollgate_core::limit_owner`).
+pub fn lid(key: &str) -> LimitId {
+    LimitId::new(LimitOwner::parse(key).unwrap_or_else(|| panic!("not a limit key: {key}")))
+}
+
+/// A check of the limit whose counter key is `id` (its owner gives the level).
+pub fn check(id: &str, rule: Rule) -> LimitCheck {
+    LimitCheck { id: lid(id), rule }
 }
 
 pub fn refusal(e: AdmitError) -> tollgate_core::admission::Refusal {
@@ -160,7 +162,7 @@ impl Store {
     }
 
     pub async fn status(&self, id: &str, rule: &Rule, now: DateTime<Utc>) -> Consumption {
-        self.counters.status(G, id, rule, now).await.unwrap()
+        self.counters.status(G, &lid(id), rule, now).await.unwrap()
     }
 
     /// Waits until what is reserved in `id`'s counter is `want` (a store
@@ -266,7 +268,7 @@ const NOW: &str = "2026-11-26T10:00:30Z";
 async fn exactly_the_rate_limit_gets_through_under_concurrency(s: Store) {
     let limit = serde_json::json!({"type":"requests","unit":"rpm","value":50});
     let rule = Rule::Rate(RateLimit::from_json(&limit).unwrap());
-    let checks = Arc::new(vec![check("ws:1", Level::Workspace, rule)]);
+    let checks = Arc::new(vec![check("ws:1", rule)]);
     let now = t(NOW);
     let replicas: Vec<_> = (0..4).map(|_| s.replica()).collect();
     let tasks: Vec<_> = (0..200)
@@ -297,7 +299,7 @@ async fn exactly_the_rate_limit_gets_through_under_concurrency(s: Store) {
 
 async fn a_cost_budget_admits_only_worst_cases_that_fit(s: Store) {
     let rule = budget(BudgetKind::Cost, PICOS_PER_USD, None, None);
-    let checks = Arc::new(vec![check("key:1", Level::ApiKey, rule)]);
+    let checks = Arc::new(vec![check("key:1", rule)]);
     let now = t(NOW);
     let tasks: Vec<_> = (0..64)
         .map(|i| {
@@ -342,7 +344,7 @@ async fn a_cost_budget_admits_only_worst_cases_that_fit(s: Store) {
 
 async fn settled_tokens_never_pass_a_token_budget(s: Store) {
     let rule = budget(BudgetKind::Tokens, 1_000, None, Some(PeriodicReset::Monthly));
-    let checks = Arc::new(vec![check("p:1", Level::Provider, rule)]);
+    let checks = Arc::new(vec![check("prv:1", rule)]);
     let now = t(NOW);
     let tasks: Vec<_> = (0..64u64)
         .map(|i| {
@@ -373,7 +375,7 @@ async fn settled_tokens_never_pass_a_token_budget(s: Store) {
     for task in tasks {
         settled += task.await.unwrap();
     }
-    let status = s.status("p:1", &rule, now).await;
+    let status = s.status("prv:1", &rule, now).await;
     assert_eq!(status.consumed as u64, settled);
     assert!(settled <= 1_000, "settled {settled} tokens");
     assert!(
@@ -388,39 +390,35 @@ async fn release_gives_back_tokens_and_cost_but_not_the_request(s: Store) {
     let cost = budget(BudgetKind::Cost, PICOS_PER_USD, None, None);
     let rpm = rate(RateKind::Requests, RateUnit::Rpm, 10);
     let tpm = rate(RateKind::Tokens, RateUnit::Rpm, 1_000);
-    let checks = [
-        check("w", Level::Workspace, cost),
-        check("w", Level::Workspace, rpm),
-        check("w", Level::Workspace, tpm),
-    ];
+    let checks = [check("ws:w", cost), check("ws:w", rpm), check("ws:w", tpm)];
     let demand = Demand {
         tokens: 800,
         cost: usd_cents(80),
     };
     let r = s.admit(now, &checks, demand).await.unwrap();
-    assert_eq!(s.status("w", &cost, now).await.reserved, usd_cents(80).0);
-    assert_eq!(s.status("w", &tpm, now).await.reserved, 800);
+    assert_eq!(s.status("ws:w", &cost, now).await.reserved, usd_cents(80).0);
+    assert_eq!(s.status("ws:w", &tpm, now).await.reserved, 800);
     // A second worst case does not fit beside the first.
     refusal(s.admit(now, &checks, demand).await.unwrap_err());
     s.counters.release(r).await.unwrap();
     for rule in [cost, tpm] {
-        let st = s.status("w", &rule, now).await;
+        let st = s.status("ws:w", &rule, now).await;
         assert_eq!((st.consumed, st.reserved), (0, 0));
     }
     // Both requests counted against the request rate (the refused one took nothing).
-    assert_eq!(s.status("w", &rpm, now).await.consumed, 1);
+    assert_eq!(s.status("ws:w", &rpm, now).await.consumed, 1);
     s.admit(now, &checks, demand).await.unwrap();
 }
 
 async fn a_dropped_reservation_releases_itself_once(s: Store) {
     let now = t(NOW);
     let rule = budget(BudgetKind::Tokens, 1_000, None, None);
-    let checks = [check("k", Level::ApiKey, rule)];
+    let checks = [check("key:k", rule)];
     let demand = tokens(600);
     let r = s.admit(now, &checks, demand).await.unwrap();
     drop(r);
-    s.reserved_becomes("k", &rule, now, 0).await;
-    assert_eq!(s.status("k", &rule, now).await.consumed, 0);
+    s.reserved_becomes("key:k", &rule, now, 0).await;
+    assert_eq!(s.status("key:k", &rule, now).await.consumed, 0);
 
     // A cancelled client: the task holding the reservation is aborted mid-call.
     let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
@@ -435,15 +433,15 @@ async fn a_dropped_reservation_releases_itself_once(s: Store) {
         }
     });
     admitted_rx.await.unwrap();
-    assert_eq!(s.status("k", &rule, now).await.reserved, 600);
+    assert_eq!(s.status("key:k", &rule, now).await.reserved, 600);
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    s.reserved_becomes("k", &rule, now, 0).await;
+    s.reserved_becomes("key:k", &rule, now, 0).await;
 
     // Settled, then dropped: nothing is given back twice.
     let r = s.admit(now, &checks, demand).await.unwrap();
     s.settle(r, 500, None).await;
-    let st = s.status("k", &rule, now).await;
+    let st = s.status("key:k", &rule, now).await;
     assert_eq!((st.consumed, st.reserved), (500, 0));
 }
 
@@ -471,13 +469,13 @@ async fn alerts_fire_once_per_period_and_again_in_the_next(s: Store) {
         Some(PICOS_PER_USD / 2),
         Some(PeriodicReset::Weekly),
     );
-    let checks = [check("iw:a:b", Level::IntegrationWorkspace, rule)];
+    let checks = [check("iw:a:b", rule)];
     assert!(spend(&s, &checks, clock.now(), 40).await.is_empty());
     let events = spend(&s, &checks, clock.now(), 20).await;
     assert_eq!(events.len(), 1);
     let e = &events[0];
     assert_eq!(
-        (e.kind, e.level, &*e.id),
+        (e.kind, e.level, e.id.as_str()),
         (AlertKind::Threshold, Level::IntegrationWorkspace, "iw:a:b")
     );
     assert_eq!((Money(e.consumed), e.limit), (usd_cents(60), PICOS_PER_USD));
@@ -510,7 +508,7 @@ async fn alerts_fire_once_per_period_and_again_in_the_next(s: Store) {
     );
 
     // reset_usage: the same period counts from zero and may alert again.
-    s.counters.reset(G, "iw:a:b", &rule, clock.now()).await.unwrap();
+    s.counters.reset(G, &lid("iw:a:b"), &rule, clock.now()).await.unwrap();
     assert_eq!(s.status("iw:a:b", &rule, clock.now()).await.consumed, 0);
     let events = spend(&s, &checks, clock.now(), 50).await;
     assert_eq!(
@@ -523,7 +521,7 @@ async fn alerts_fire_once_per_period_and_again_in_the_next(s: Store) {
 async fn alerts_fire_once_across_replicas(s: Store) {
     let now = t(NOW);
     let rule = budget(BudgetKind::Tokens, 1_000, Some(500), Some(PeriodicReset::Monthly));
-    let checks = Arc::new(vec![check("key:alerts", Level::ApiKey, rule)]);
+    let checks = Arc::new(vec![check("key:alerts", rule)]);
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let (counters, checks) = (s.replica(), checks.clone());
@@ -546,7 +544,7 @@ async fn alerts_fire_once_across_replicas(s: Store) {
 async fn rate_windows_roll_over_with_the_clock(s: Store) {
     let clock = ManualClock::new(t("2026-11-26T10:00:45.500Z"));
     let rule = rate(RateKind::Requests, RateUnit::Rpm, 2);
-    let checks = [check("p:x", Level::Provider, rule)];
+    let checks = [check("prv:x", rule)];
     let first = s.admit(clock.now(), &checks, Demand::default()).await.unwrap();
     assert_eq!(
         first.headers().requests,
@@ -576,21 +574,21 @@ async fn settlement_lands_in_the_window_of_the_admission(s: Store) {
     let clock = ManualClock::new(t("2026-11-30T23:59:59Z"));
     let tpm = rate(RateKind::Tokens, RateUnit::Rpm, 1_000);
     let monthly = budget(BudgetKind::Tokens, 5_000, None, Some(PeriodicReset::Monthly));
-    let checks = [check("w", Level::Workspace, tpm), check("w", Level::Workspace, monthly)];
+    let checks = [check("ws:w", tpm), check("ws:w", monthly)];
     let r = s.admit(clock.now(), &checks, tokens(900)).await.unwrap();
     let november = clock.now();
     clock.advance(Duration::seconds(2));
     s.settle(r, 700, None).await;
-    assert_eq!(s.status("w", &tpm, november).await.consumed, 700);
-    assert_eq!(s.status("w", &monthly, november).await.consumed, 700);
-    assert_eq!(s.status("w", &tpm, clock.now()).await.consumed, 0);
-    assert_eq!(s.status("w", &monthly, clock.now()).await.consumed, 0);
+    assert_eq!(s.status("ws:w", &tpm, november).await.consumed, 700);
+    assert_eq!(s.status("ws:w", &monthly, november).await.consumed, 700);
+    assert_eq!(s.status("ws:w", &tpm, clock.now()).await.consumed, 0);
+    assert_eq!(s.status("ws:w", &monthly, clock.now()).await.consumed, 0);
 }
 
 async fn a_rate_limit_of_zero_refuses(s: Store) {
     let now = t(NOW);
     for kind in [RateKind::Requests, RateKind::Tokens] {
-        let checks = [check("p:off", Level::Provider, rate(kind, RateUnit::Rpd, 0))];
+        let checks = [check("prv:off", rate(kind, RateUnit::Rpd, 0))];
         let r = refusal(s.admit(now, &checks, Demand::default()).await.unwrap_err());
         assert_eq!((r.http_status(), r.level), (429, Level::Provider));
         assert_eq!(r.retry_after(), Some(13 * 3600 + 59 * 60 + 30));
@@ -605,18 +603,21 @@ async fn a_refusal_at_one_level_reserves_nothing_at_the_others(s: Store) {
     let key_budget = budget(BudgetKind::Tokens, 1_000, None, None);
     let ws_rate = rate(RateKind::Requests, RateUnit::Rpm, 100);
     let checks = [
-        check("iw:i:w", Level::IntegrationWorkspace, iw_budget),
-        check("iw:i:w", Level::IntegrationWorkspace, iw_rate),
-        check("p:slug", Level::Provider, provider_tokens),
-        check("k:1", Level::ApiKey, key_budget),
-        check("w:1", Level::Workspace, ws_rate),
+        check("iw:i:w", iw_budget),
+        check("iw:i:w", iw_rate),
+        check("prv:slug", provider_tokens),
+        check("key:k:1", key_budget),
+        check("ws:w:1", ws_rate),
     ];
     let demand = Demand {
         tokens: 1_001,
         cost: usd_cents(5),
     };
     let r = refusal(s.admit(now, &checks, demand).await.unwrap_err());
-    assert_eq!((r.level, &*r.id, r.http_status()), (Level::ApiKey, "k:1", 412));
+    assert_eq!(
+        (r.level, r.id.as_str(), r.http_status()),
+        (Level::ApiKey, "key:k:1", 412)
+    );
     assert_eq!(r.error_type(), "api_key_exhaust_error");
     // The refusal carries the figures of every rate limit, nothing taken.
     assert_eq!(r.headers.requests.map(|f| f.remaining), Some(100));
@@ -624,17 +625,17 @@ async fn a_refusal_at_one_level_reserves_nothing_at_the_others(s: Store) {
     for (id, rule) in [
         ("iw:i:w", iw_budget),
         ("iw:i:w", iw_rate),
-        ("p:slug", provider_tokens),
-        ("k:1", key_budget),
-        ("w:1", ws_rate),
+        ("prv:slug", provider_tokens),
+        ("key:k:1", key_budget),
+        ("ws:w:1", ws_rate),
     ] {
         let st = s.status(id, &rule, now).await;
         assert_eq!((st.consumed, st.reserved), (0, 0), "{id} {rule:?}");
     }
     // The first refusing check in the caller's order is the one reported.
     let both_full = [
-        check("w:2", Level::Workspace, rate(RateKind::Requests, RateUnit::Rpm, 0)),
-        check("k:2", Level::ApiKey, rate(RateKind::Requests, RateUnit::Rpm, 0)),
+        check("ws:w:2", rate(RateKind::Requests, RateUnit::Rpm, 0)),
+        check("key:k:2", rate(RateKind::Requests, RateUnit::Rpm, 0)),
     ];
     assert_eq!(
         refusal(s.admit(now, &both_full, demand).await.unwrap_err()).level,
@@ -664,40 +665,37 @@ async fn a_refusal_at_one_level_reserves_nothing_at_the_others(s: Store) {
             reset_secs: 3570
         })
     );
-    assert_eq!(s.status("k:1", &key_budget, now).await.reserved, 400);
+    assert_eq!(s.status("key:k:1", &key_budget, now).await.reserved, 400);
     assert_eq!(s.status("iw:i:w", &iw_budget, now).await.reserved, usd_cents(5).0);
     let events = s.settle(ok, 350, Some(usd_cents(4))).await;
     assert!(events.is_empty());
-    assert_eq!(s.status("k:1", &key_budget, now).await.consumed, 350);
-    assert_eq!(s.status("p:slug", &provider_tokens, now).await.consumed, 350);
+    assert_eq!(s.status("key:k:1", &key_budget, now).await.consumed, 350);
+    assert_eq!(s.status("prv:slug", &provider_tokens, now).await.consumed, 350);
     assert_eq!(s.status("iw:i:w", &iw_budget, now).await.consumed, usd_cents(4).0);
-    assert_eq!(s.status("w:1", &ws_rate, now).await.consumed, 1);
+    assert_eq!(s.status("ws:w:1", &ws_rate, now).await.consumed, 1);
 }
 
 async fn the_same_counter_twice_in_one_request_counts_twice(s: Store) {
     let now = t(NOW);
     let rule = rate(RateKind::Requests, RateUnit::Rpm, 1);
-    let checks = [
-        check("dup", Level::Workspace, rule),
-        check("dup", Level::Workspace, rule),
-    ];
+    let checks = [check("ws:dup", rule), check("ws:dup", rule)];
     refusal(s.admit(now, &checks, Demand::default()).await.unwrap_err());
-    assert_eq!(s.status("dup", &rule, now).await.consumed, 0);
+    assert_eq!(s.status("ws:dup", &rule, now).await.consumed, 0);
     // Twice a token budget: two reservations in one counter, settled apart.
     let b = budget(BudgetKind::Tokens, 1_000, None, None);
-    let twice = [check("dup2", Level::Workspace, b), check("dup2", Level::Workspace, b)];
+    let twice = [check("ws:dup2", b), check("ws:dup2", b)];
     let r = s.admit(now, &twice, tokens(300)).await.unwrap();
-    assert_eq!(s.status("dup2", &b, now).await.reserved, 600);
+    assert_eq!(s.status("ws:dup2", &b, now).await.reserved, 600);
     refusal(s.admit(now, &twice, tokens(201)).await.unwrap_err());
     s.settle(r, 100, None).await;
-    let st = s.status("dup2", &b, now).await;
+    let st = s.status("ws:dup2", &b, now).await;
     assert_eq!((st.consumed, st.reserved), (200, 0));
 }
 
 async fn an_unknown_price_settles_no_cost(s: Store) {
     let now = t(NOW);
     let rule = budget(BudgetKind::Cost, PICOS_PER_USD, None, None);
-    let checks = [check("w", Level::Workspace, rule)];
+    let checks = [check("ws:w", rule)];
     let r = s
         .admit(
             now,
@@ -710,7 +708,7 @@ async fn an_unknown_price_settles_no_cost(s: Store) {
         .await
         .unwrap();
     s.settle(r, 10, None).await;
-    let st = s.status("w", &rule, now).await;
+    let st = s.status("ws:w", &rule, now).await;
     assert_eq!((st.consumed, st.reserved), (0, 0));
 }
 
@@ -720,19 +718,19 @@ async fn amounts_beyond_two_to_the_53_stay_exact(s: Store) {
     let now = t(NOW);
     let big = 100_000 * PICOS_PER_USD + 7; // $100,000 and 7 picodollars
     let rule = budget(BudgetKind::Cost, big, Some(big - 1), None);
-    let checks = [check("big", Level::Workspace, rule)];
+    let checks = [check("ws:big", rule)];
     let cost = |picos: i64| Demand {
         tokens: 1,
         cost: Money(picos),
     };
     let r = s.admit(now, &checks, cost(big - 10)).await.unwrap();
-    assert_eq!(s.status("big", &rule, now).await.reserved, big - 10);
+    assert_eq!(s.status("ws:big", &rule, now).await.reserved, big - 10);
     // 11 more do not fit beside it, 10 do.
     refusal(s.admit(now, &checks, cost(11)).await.unwrap_err());
     let small = s.admit(now, &checks, cost(10)).await.unwrap();
     s.counters.release(small).await.unwrap();
     assert!(s.settle(r, 1, Some(Money(big - 10))).await.is_empty());
-    let st = s.status("big", &rule, now).await;
+    let st = s.status("ws:big", &rule, now).await;
     assert_eq!((st.consumed, st.reserved), (big - 10, 0));
     let r = s.admit(now, &checks, cost(9)).await.unwrap();
     let events = s.settle(r, 1, Some(Money(9))).await;
@@ -743,22 +741,22 @@ async fn amounts_beyond_two_to_the_53_stay_exact(s: Store) {
     assert_eq!(events[0].consumed, big - 1);
     // Sums saturate at the largest amount instead of wrapping.
     let top = rate(RateKind::Tokens, RateUnit::Rpm, u64::MAX);
-    let top_checks = [check("top", Level::Workspace, top)];
+    let top_checks = [check("ws:top", top)];
     let r = s.admit(now, &top_checks, tokens(u64::MAX - 5)).await.unwrap();
     s.settle(r, u64::MAX - 5, None).await;
     let r = s.admit(now, &top_checks, tokens(u64::MAX)).await.unwrap();
-    assert_eq!(s.status("top", &top, now).await.reserved, i64::MAX);
+    assert_eq!(s.status("ws:top", &top, now).await.reserved, i64::MAX);
     s.settle(r, 1_000, None).await;
-    let st = s.status("top", &top, now).await;
+    let st = s.status("ws:top", &top, now).await;
     assert_eq!((st.consumed, st.reserved), (i64::MAX, 0));
 }
 
 async fn restore_rebuilds_budgets_without_repeating_alerts(s: Store) {
     let now = t(NOW);
     let rule = budget(BudgetKind::Tokens, 1_000, Some(800), Some(PeriodicReset::Monthly));
-    let checks = [check("k", Level::ApiKey, rule)];
-    s.counters.restore(G, "k", &rule, now, 850).await.unwrap();
-    let st = s.status("k", &rule, now).await;
+    let checks = [check("key:k", rule)];
+    s.counters.restore(G, &lid("key:k"), &rule, now, 850).await.unwrap();
+    let st = s.status("key:k", &rule, now).await;
     assert_eq!((st.consumed, st.remaining()), (850, 150));
     assert_eq!(st.window.start, t("2026-11-01T00:00:00Z"));
     refusal(s.admit(now, &checks, tokens(151)).await.unwrap_err());
@@ -770,25 +768,23 @@ async fn restore_rebuilds_budgets_without_repeating_alerts(s: Store) {
     );
     // Restoring a rate limit works the same way; negative amounts are taken as 0.
     let rpm = rate(RateKind::Requests, RateUnit::Rpm, 5);
-    s.counters.restore(G, "k", &rpm, now, -3).await.unwrap();
-    assert_eq!(s.status("k", &rpm, now).await.consumed, 0);
-    s.counters.restore(G, "k", &rpm, now, 5).await.unwrap();
+    s.counters.restore(G, &lid("key:k"), &rpm, now, -3).await.unwrap();
+    assert_eq!(s.status("key:k", &rpm, now).await.consumed, 0);
+    s.counters.restore(G, &lid("key:k"), &rpm, now, 5).await.unwrap();
     refusal(
-        s.admit(now, &[check("k", Level::ApiKey, rpm)], Demand::default())
+        s.admit(now, &[check("key:k", rpm)], Demand::default())
             .await
             .unwrap_err(),
     );
     assert!(s.stored() > 0);
-    s.counters.forget(G, "k").await.unwrap();
+    s.counters.forget(G, &lid("key:k")).await.unwrap();
     assert_eq!(s.stored(), 0);
-    assert_eq!(s.status("k", &rule, now).await.consumed, 0);
+    assert_eq!(s.status("key:k", &rule, now).await.consumed, 0);
 }
 
 async fn too_many_checks_is_an_error_not_a_refusal(s: Store) {
     let rule = rate(RateKind::Requests, RateUnit::Rpm, 5);
-    let checks: Vec<_> = (0..=MAX_CHECKS)
-        .map(|i| check(&format!("c{i}"), Level::Workspace, rule))
-        .collect();
+    let checks: Vec<_> = (0..=MAX_CHECKS).map(|i| check(&format!("ws:c{i}"), rule)).collect();
     match s.admit(t(NOW), &checks, Demand::default()).await {
         Err(AdmitError::Counter(CounterError::TooManyChecks(n))) => assert_eq!(n, MAX_CHECKS + 1),
         other => panic!("{other:?}"),
@@ -801,7 +797,7 @@ async fn a_reservation_settles_only_where_it_was_made(s: Store) {
     let other = s.other().await;
     let now = t(NOW);
     let rule = budget(BudgetKind::Tokens, 1_000, None, None);
-    let checks = [check("k", Level::ApiKey, rule)];
+    let checks = [check("key:k", rule)];
     let demand = tokens(100);
     let r = s.admit(now, &checks, demand).await.unwrap();
     assert!(matches!(
@@ -809,19 +805,19 @@ async fn a_reservation_settles_only_where_it_was_made(s: Store) {
         Err(CounterError::ForeignReservation)
     ));
     // Refused elsewhere, the reservation went back to its own store on drop.
-    s.reserved_becomes("k", &rule, now, 0).await;
+    s.reserved_becomes("key:k", &rule, now, 0).await;
     let r = s.admit(now, &checks, demand).await.unwrap();
     assert!(matches!(
         other.counters.release(r).await,
         Err(CounterError::ForeignReservation)
     ));
-    s.reserved_becomes("k", &rule, now, 0).await;
+    s.reserved_becomes("key:k", &rule, now, 0).await;
     assert_eq!(other.stored(), 0);
     // A replica (another handle on the same store) shares the counters.
     let replica = s.replica();
     let r = replica.admit(now, G, &checks, demand).await.unwrap();
     replica.settle(r, Actual { tokens: 1, cost: None }).await.unwrap();
-    assert_eq!(s.status("k", &rule, now).await.consumed, 1);
+    assert_eq!(s.status("key:k", &rule, now).await.consumed, 1);
 }
 
 /// In process only: the sweep that keeps ended windows out of memory (Redis
@@ -833,13 +829,11 @@ async fn old_windows_do_not_hold_memory() {
     let rule = rate(RateKind::Tokens, RateUnit::Rpm, 1_000_000);
     let demand = tokens(10);
     let held = counters
-        .admit_now(clock.now(), &[check("held", Level::Workspace, rule)], demand)
+        .admit_now(clock.now(), &[check("ws:held", rule)], demand)
         .unwrap();
     for minute in 0..10 {
-        for id in ["a", "b", "c"] {
-            let r = counters
-                .admit_now(clock.now(), &[check(id, Level::Workspace, rule)], demand)
-                .unwrap();
+        for id in ["ws:a", "ws:b", "ws:c"] {
+            let r = counters.admit_now(clock.now(), &[check(id, rule)], demand).unwrap();
             counters.settle_now(r, Actual { tokens: 5, cost: None }).unwrap();
         }
         assert!(
@@ -851,9 +845,23 @@ async fn old_windows_do_not_hold_memory() {
     }
     // The window with a reservation in flight stays until it is settled.
     let start = t("2026-11-26T10:00:00Z");
-    assert_eq!(counters.status(G, "held", &rule, start).await.unwrap().reserved, 10);
+    assert_eq!(
+        counters
+            .status(G, &lid("ws:held"), &rule, start)
+            .await
+            .unwrap()
+            .reserved,
+        10
+    );
     counters.settle_now(held, Actual { tokens: 10, cost: None }).unwrap();
-    assert_eq!(counters.status(G, "held", &rule, start).await.unwrap().consumed, 10);
+    assert_eq!(
+        counters
+            .status(G, &lid("ws:held"), &rule, start)
+            .await
+            .unwrap()
+            .consumed,
+        10
+    );
     clock.advance(Duration::seconds(61));
     counters.admit_now(clock.now(), &[], demand).unwrap();
     assert_eq!(counters.counter_count(), 0);

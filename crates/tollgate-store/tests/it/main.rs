@@ -6,6 +6,7 @@
 
 mod analytics;
 mod counters;
+mod journal;
 mod notify;
 mod postgres;
 mod redis_breakers;

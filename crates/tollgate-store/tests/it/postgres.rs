@@ -11,7 +11,7 @@ use tollgate_core::records::{ApiKeyRecord, Integration, ProviderRecord, SavedCon
 use tollgate_store::analytics::{Filter, Query};
 use tollgate_store::control::{AuditEntry, AuditFilter};
 use tollgate_store::outbox::{AlertKind, AlertPayload, Channel, ChannelState, OutboxError};
-use tollgate_store::usage::{LogFilter, Scope, UsageRecord};
+use tollgate_store::request_log::{LogFilter, LogRecord, Scope};
 use tollgate_store::{Location, Store, StoreError};
 
 pub(crate) use tollgate_testkit::postgres_db::TestDb;
@@ -196,8 +196,8 @@ async fn control_plane_round_trips_on_postgres() {
     db.drop_db().await;
 }
 
-pub(crate) fn logged(i: i64, ws: &str, status: u16) -> UsageRecord {
-    UsageRecord {
+pub(crate) fn logged(i: i64, ws: &str, status: u16) -> LogRecord {
+    LogRecord {
         id: format!("req-{i}"),
         created_at: t(i),
         trace_id: format!("trace-{}", i / 2),
@@ -240,8 +240,8 @@ pub(crate) fn logged(i: i64, ws: &str, status: u16) -> UsageRecord {
 async fn the_request_log_round_trips_on_postgres() {
     let db = TestDb::create().await;
     let store = Store::open(&db.location()).await.unwrap();
-    let (log, writer) = store.spawn_usage_log().unwrap();
-    let rows: Vec<UsageRecord> = (1..=8)
+    let (log, writer) = store.spawn_log_writer().unwrap();
+    let rows: Vec<LogRecord> = (1..=8)
         .map(|i| logged(i, if i <= 6 { "ws-1" } else { "ws-2" }, if i == 5 { 429 } else { 200 }))
         .collect();
     for r in &rows {
@@ -435,8 +435,8 @@ async fn roll_ups_on_postgres_add_up_across_concurrent_writers() {
     let db = TestDb::create().await;
     let a = Store::open(&db.location()).await.unwrap();
     let b = Store::open(&db.location()).await.unwrap();
-    let (la, wa) = a.spawn_usage_log().unwrap();
-    let (lb, wb) = b.spawn_usage_log().unwrap();
+    let (la, wa) = a.spawn_log_writer().unwrap();
+    let (lb, wb) = b.spawn_log_writer().unwrap();
     for i in 0..200 {
         let mut r = logged(i % 10, "ws-1", 200);
         r.id = format!("req-{i}");

@@ -7,11 +7,11 @@
 //! crashes and comes back empty is reached again and rebuilt, and readiness
 //! pings every master.
 
-use crate::counters::{budget, check, rate, t, LEASE};
+use crate::counters::{budget, check, lid, rate, t, LEASE};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tollgate_core::admission::{Actual, Demand, Level};
+use tollgate_core::admission::{Actual, Demand};
 use tollgate_core::limits::{BudgetKind, RateKind, RateUnit};
 use tollgate_core::money::Money;
 use tollgate_store::counters::{AdmitError, CounterError, Counters, RedisCounters, RedisSettings, RestoreTurn};
@@ -53,7 +53,7 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
     let cost_budget = budget(BudgetKind::Cost, 1_000_000_000_000, Some(1), None);
     for (group, _) in &groups {
         // A group Redis never saw is rebuilt first, as on one server.
-        let checks = [check(&format!("{group}:key"), Level::ApiKey, rpm)];
+        let checks = [check(&format!("key:k-{group}"), rpm)];
         assert!(matches!(
             counters.admit(now, group, &checks, Demand::default()).await,
             Err(AdmitError::Counter(CounterError::NeedsRestore(_)))
@@ -66,7 +66,7 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
     // two replicas at once.
     let other: Arc<dyn Counters> = Arc::new(cluster_counters(&url));
     for (group, _) in &groups {
-        let checks = [check(&format!("{group}:key"), Level::ApiKey, rpm)];
+        let checks = [check(&format!("key:k-{group}"), rpm)];
         let mut tasks = Vec::new();
         for i in 0..30 {
             let c = if i % 2 == 0 { counters.clone() } else { other.clone() };
@@ -96,8 +96,8 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
     };
     let budget_checks = |group: &str| {
         [
-            check(&format!("{group}:iw"), Level::IntegrationWorkspace, cost_budget),
-            check(group, Level::Workspace, tokens_budget),
+            check(&format!("iw:int-1:{group}"), cost_budget),
+            check(group, tokens_budget),
         ]
     };
     for (group, _) in &groups {
@@ -112,10 +112,10 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
             )
             .await
             .unwrap();
-        let s = counters.status(group, group, &tokens_budget, now).await.unwrap();
+        let s = counters.status(group, &lid(group), &tokens_budget, now).await.unwrap();
         assert_eq!((s.consumed, s.reserved), (40, 0));
         let s = counters
-            .status(group, &format!("{group}:iw"), &cost_budget, now)
+            .status(group, &lid(&format!("iw:int-1:{group}")), &cost_budget, now)
             .await
             .unwrap();
         assert_eq!((s.consumed, s.reserved), (400, 0));
@@ -200,23 +200,24 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
     // Status, reset, restore and forget (whose SCAN must go to the group's
     // node) on both nodes.
     for (group, node) in &groups {
-        let id = format!("{group}:key");
-        let s = counters.status(group, &id, &rpm, now).await.unwrap();
+        let id = format!("key:k-{group}");
+        let limit = lid(&id);
+        let s = counters.status(group, &limit, &rpm, now).await.unwrap();
         assert_eq!(s.consumed, 10);
-        counters.reset(group, &id, &rpm, now).await.unwrap();
-        assert_eq!(counters.status(group, &id, &rpm, now).await.unwrap().consumed, 0);
-        counters.restore(group, &id, &rpm, now, 7).await.unwrap();
-        assert_eq!(counters.status(group, &id, &rpm, now).await.unwrap().consumed, 7);
+        counters.reset(group, &limit, &rpm, now).await.unwrap();
+        assert_eq!(counters.status(group, &limit, &rpm, now).await.unwrap().consumed, 0);
+        counters.restore(group, &limit, &rpm, now, 7).await.unwrap();
+        assert_eq!(counters.status(group, &limit, &rpm, now).await.unwrap().consumed, 7);
         let tag = format!("{PREFIX}{{{group}}}");
         assert!(!cluster.keys_on(*node, &format!("{tag}:*:{id}|*")).is_empty());
-        counters.forget(group, &id).await.unwrap();
+        counters.forget(group, &limit).await.unwrap();
         assert!(
             cluster.keys_on(*node, &format!("{tag}:*:{id}|*")).is_empty(),
             "{:?}",
             cluster.keys_on(*node, "*")
         );
         // The group's other limits are untouched.
-        let s = counters.status(group, group, &tokens_budget, now).await.unwrap();
+        let s = counters.status(group, &lid(group), &tokens_budget, now).await.unwrap();
         assert!(s.consumed >= 40, "{s:?}");
     }
 
@@ -254,14 +255,14 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
         }
     }
     assert_eq!(counters.begin_restore(g0).await.unwrap(), RestoreTurn::Ours);
-    counters.restore(g0, g0, &tokens_budget, now, 999_990).await.unwrap();
+    counters.restore(g0, &lid(g0), &tokens_budget, now, 999_990).await.unwrap();
     counters.restored(g0).await.unwrap();
     let refused = counters.admit(now, g0, &budget_checks(g0), demand).await;
     assert!(
         matches!(refused, Err(AdmitError::Refused(_))),
         "the rebuilt budget holds: {refused:?}"
     );
-    let s = counters.status(g1, g1, &tokens_budget, now).await.unwrap();
+    let s = counters.status(g1, &lid(g1), &tokens_budget, now).await.unwrap();
     assert!(s.consumed >= 41, "the other master kept its counters: {s:?}");
 
     // Circuit breakers on the cluster too: 3 failures open the breaker for

@@ -3,11 +3,11 @@
 //! with the in-process counters is in `counters.rs`.
 
 use crate::counters::{
-    budget, check, keys, random_prefix, rate, redis_counters, refusal, t, tokens, Store, G, LEASE, REDIS_URL,
+    budget, check, keys, lid, random_prefix, rate, redis_counters, refusal, t, tokens, Store, G, LEASE, REDIS_URL,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tollgate_core::admission::{Actual, Demand, Level};
+use tollgate_core::admission::{Actual, Demand};
 use tollgate_core::limits::{BudgetKind, PeriodicReset, RateKind, RateUnit};
 use tollgate_core::money::Money;
 use tollgate_store::counters::{
@@ -42,7 +42,7 @@ async fn an_abandoned_reservation_is_given_back_when_its_lease_ends() {
     let crashed: Arc<dyn Counters> = Arc::new(redis_counters(REDIS_URL, &prefix, lease));
     let now = t(NOW);
     let rule = budget(BudgetKind::Tokens, 1_000, None, None);
-    let checks = [check("key:lease", Level::ApiKey, rule)];
+    let checks = [check("key:lease", rule)];
     std::mem::forget(crashed.admit(now, G, &checks, tokens(600)).await.unwrap());
 
     let almost = now + chrono::Duration::milliseconds(59_999);
@@ -71,10 +71,10 @@ async fn ended_windows_expire() {
     let monthly = budget(BudgetKind::Tokens, 100_000, None, Some(PeriodicReset::Monthly));
     let forever = budget(BudgetKind::Tokens, 100_000, None, None);
     let checks = [
-        check("ws:ttl", Level::Workspace, rpm),
-        check("ws:ttl", Level::Workspace, tpm),
-        check("ws:ttl", Level::Workspace, monthly),
-        check("ws:ttl", Level::Workspace, forever),
+        check("ws:ttl", rpm),
+        check("ws:ttl", tpm),
+        check("ws:ttl", monthly),
+        check("ws:ttl", forever),
     ];
     let r = store.admit(now, &checks, tokens(10)).await.unwrap();
     let counter = |measure: &str, start: &str| redis_key(&prefix, "c", "ws:ttl", measure, start);
@@ -121,7 +121,11 @@ async fn ended_windows_expire() {
     );
     assert_eq!(store.status("ws:ttl", &forever, now).await.consumed, 8);
     // Restoring sets the expiry too.
-    store.counters.restore(G, "ws:restored", &rpm, now, 3).await.unwrap();
+    store
+        .counters
+        .restore(G, &lid("ws:restored"), &rpm, now, 3)
+        .await
+        .unwrap();
     let restored = redis_key(&prefix, "c", "ws:restored", "requests.rpm", "2026-11-26T10:00:00Z");
     let ms = pttl(&restored);
     assert!(ms > minute - 5_000 && ms <= minute, "{restored}: {ms}");
@@ -137,14 +141,14 @@ async fn a_group_redis_never_saw_must_be_rebuilt_first() {
     let b = redis_counters(REDIS_URL, &prefix, LEASE);
     let now = t(NOW);
     let rule = rate(RateKind::Requests, RateUnit::Rpm, 10);
-    let checks = [check("ws:new", Level::Workspace, rule)];
+    let checks = [check("ws:new", rule)];
     match a.admit(now, "ws:new", &checks, Demand::default()).await {
         Err(AdmitError::Counter(CounterError::NeedsRestore(g))) => assert_eq!(g, "ws:new"),
         other => panic!("{other:?}"),
     }
     assert_eq!(a.begin_restore("ws:new").await.unwrap(), RestoreTurn::Ours);
     assert_eq!(b.begin_restore("ws:new").await.unwrap(), RestoreTurn::Theirs);
-    a.restore("ws:new", "ws:new", &rule, now, 9).await.unwrap();
+    a.restore("ws:new", &lid("ws:new"), &rule, now, 9).await.unwrap();
     a.restored("ws:new").await.unwrap();
     assert_eq!(b.begin_restore("ws:new").await.unwrap(), RestoreTurn::Done);
     assert!(
@@ -184,10 +188,10 @@ async fn two_round_trips_per_request_all_keys_in_one_slot() {
         rate(RateKind::Tokens, RateUnit::Rph, 1_000_000),
     ];
     let checks = [
-        check("iw:int:ws", Level::IntegrationWorkspace, rules[0]),
-        check("prv:p", Level::Provider, rules[1]),
-        check("key:k", Level::ApiKey, rules[2]),
-        check("ws:test", Level::Workspace, rules[3]),
+        check("iw:int:ws", rules[0]),
+        check("prv:p", rules[1]),
+        check("key:k", rules[2]),
+        check("ws:test", rules[3]),
     ];
     let demand = Demand {
         tokens: 100,
@@ -234,10 +238,14 @@ async fn two_round_trips_per_request_all_keys_in_one_slot() {
     );
 
     // Every other operation works on the cluster too, and every key carries the group's tag.
-    store.counters.status(G, "prv:p", &rules[1], now).await.unwrap();
-    store.counters.reset(G, "prv:p", &rules[1], now).await.unwrap();
-    store.counters.restore(G, "key:k", &rules[2], now, 5).await.unwrap();
-    store.counters.forget(G, "iw:int:ws").await.unwrap();
+    store.counters.status(G, &lid("prv:p"), &rules[1], now).await.unwrap();
+    store.counters.reset(G, &lid("prv:p"), &rules[1], now).await.unwrap();
+    store
+        .counters
+        .restore(G, &lid("key:k"), &rules[2], now, 5)
+        .await
+        .unwrap();
+    store.counters.forget(G, &lid("iw:int:ws")).await.unwrap();
     let found = keys(&server.url(), "*");
     assert!(!found.is_empty());
     for k in &found {
@@ -260,7 +268,7 @@ async fn redis_down_fails_fast_then_recovers_empty() {
     let open = RedisCounters::new(settings).unwrap();
     let now = t(NOW);
     let rule = rate(RateKind::Requests, RateUnit::Rpm, 3);
-    let checks = [check("ws:test", Level::Workspace, rule)];
+    let checks = [check("ws:test", rule)];
     closed.admit(now, &checks, Demand::default()).await.unwrap();
     open.admit(now, G, &checks, Demand::default()).await.unwrap();
 
@@ -278,7 +286,7 @@ async fn redis_down_fails_fast_then_recovers_empty() {
         );
     }
     assert!(matches!(
-        closed.counters.status(G, "ws:test", &rule, now).await,
+        closed.counters.status(G, &lid("ws:test"), &rule, now).await,
         Err(CounterError::Unavailable(_))
     ));
     // Open: admitted, with nothing to settle; far past the limit.
@@ -308,7 +316,11 @@ async fn redis_down_fails_fast_then_recovers_empty() {
     assert_eq!(closed.counters.begin_restore(G).await.unwrap(), RestoreTurn::Ours);
     assert_eq!(open.begin_restore(G).await.unwrap(), RestoreTurn::Theirs);
     // The log says 2 requests were admitted this minute.
-    closed.counters.restore(G, "ws:test", &rule, now, 2).await.unwrap();
+    closed
+        .counters
+        .restore(G, &lid("ws:test"), &rule, now, 2)
+        .await
+        .unwrap();
     closed.counters.restored(G).await.unwrap();
     let r = closed.admit(now, &checks, Demand::default()).await.unwrap();
     assert_eq!(r.headers().requests.map(|f| f.remaining), Some(0));

@@ -1,11 +1,10 @@
 //! Turns the budget alerts that settlement sets off into outbox entries
-//! (delivered by [`crate::alerts::Dispatcher`] by email and webhook): the
+//! (delivered by [`super::Dispatcher`] by email and webhook): the
 //! limit is looked up in the snapshot for its name, workspace, unit,
 //! threshold and extra recipients.
 
-use crate::limits::{self, Owner};
 use crate::state::SharedState;
-use tollgate_core::admission::{AlertEvent, AlertKind};
+use tollgate_core::admission::{AlertEvent, AlertKind, LimitOwner};
 use tollgate_core::limits::{BudgetKind, UsageLimit};
 use tollgate_core::money::Money;
 use tollgate_core::records::LimitSetting;
@@ -18,11 +17,11 @@ struct Described {
     recipients: Vec<String>,
 }
 
-fn describe(state: &SharedState, id: &str) -> Option<Described> {
+fn describe(state: &SharedState, owner: &LimitOwner) -> Option<Described> {
     let snap = state.snapshot();
-    match limits::owner(id)? {
-        Owner::ApiKey(key) => {
-            let k = snap.key_by_id(key)?;
+    match owner {
+        LimitOwner::ApiKey(key) => {
+            let k = snap.key_by_id(key.as_str())?;
             Some(Described {
                 name: k.record.name.clone(),
                 workspace_id: k.record.workspace_id.clone(),
@@ -30,8 +29,8 @@ fn describe(state: &SharedState, id: &str) -> Option<Described> {
                 recipients: k.record.alert_emails.clone(),
             })
         }
-        Owner::Workspace(ws) => {
-            let w = snap.workspaces.get(ws)?;
+        LimitOwner::Workspace(ws) => {
+            let w = snap.workspaces.get(ws.as_str())?;
             Some(Described {
                 name: w.name.clone(),
                 workspace_id: Some(w.id.clone()),
@@ -39,8 +38,8 @@ fn describe(state: &SharedState, id: &str) -> Option<Described> {
                 recipients: vec![],
             })
         }
-        Owner::Provider(provider) => {
-            let p = snap.providers.iter().find(|p| p.id == provider)?;
+        LimitOwner::Provider(provider) => {
+            let p = snap.provider_records.iter().find(|p| p.id == provider.as_str())?;
             Some(Described {
                 name: format!("@{}", p.slug),
                 workspace_id: Some(p.workspace_id.clone()),
@@ -48,12 +47,12 @@ fn describe(state: &SharedState, id: &str) -> Option<Described> {
                 recipients: vec![],
             })
         }
-        Owner::IntegrationWorkspace(integration, ws) => {
-            let i = snap.integration(integration)?;
+        LimitOwner::IntegrationWorkspace { integration, workspace } => {
+            let i = snap.integration(integration.as_str())?;
             Some(Described {
-                name: format!("{} in {ws}", i.record.slug),
-                workspace_id: Some(ws.to_owned()),
-                limit: i.record.workspace_limits(ws).usage?,
+                name: format!("{} in {workspace}", i.record.slug),
+                workspace_id: Some(workspace.as_str().to_owned()),
+                limit: i.record.workspace_limits(workspace.as_str()).usage?,
                 recipients: vec![],
             })
         }
@@ -69,7 +68,7 @@ fn amount(kind: BudgetKind, a: i64) -> String {
 
 /// The outbox payload of one alert, or `None` if its limit is gone.
 pub fn payload(state: &SharedState, e: &AlertEvent) -> Option<AlertPayload> {
-    let d = describe(state, &e.id)?;
+    let d = describe(state, e.id.owner())?;
     let u = d.limit.limit;
     Some(AlertPayload {
         event_id: tollgate_core::ids::prefixed_id("alert"),

@@ -1,22 +1,27 @@
 //! The request log: one row per gateway request.
 //!
 //! One background writer inserts whatever has queued up in one transaction
-//! (group commit). A request that consumed budget hands its record to
-//! [`UsageLog::commit`] and waits for its commit ticket before the client
-//! gets the last byte of the answer, so a process killed at any moment
-//! (even SIGKILL) has every completed request's usage on disk (committed to
-//! the SQLite WAL; with `synchronous = NORMAL` a power loss can still lose
-//! the last transactions). When someone waits, the writer commits at once;
-//! records nobody waits for ([`UsageLog::record`]: refusals and failures
-//! that consumed nothing) may linger up to [`LINGER`] to share a batch.
-//! [`UsageLog::flush`] waits until everything queued before it is on disk;
-//! readers of the log call it first, and graceful shutdown calls it after
-//! the last request has finished, so nothing is lost. On PostgreSQL the
-//! server's writer also rides out an outage of the database (see
-//! [`OutageBuffer`]).
+//! (group commit), within [`LINGER`] of its arrival or at once when a batch
+//! is full or someone flushes. A request that consumed budget hands its
+//! record to [`LogWriter::commit`] and waits for its ticket before the client
+//! gets the last byte of the answer. In the server the writer first appends
+//! every record to the journal (see [`crate::journal`]: one `write` per
+//! wake-up) and resolves the tickets then, so a process killed at any moment
+//! (even SIGKILL) has every completed request's usage on disk, and the next
+//! start writes what the database did not get yet. Without a journal
+//! ([`Store::spawn_log_writer`](crate::Store::spawn_log_writer), for tools)
+//! a ticket waits for the database commit, which is then due at once.
+//! Either way a power loss can lose the last records (nothing is fsync'd;
+//! SQLite runs with `synchronous = NORMAL`).
+//! [`LogWriter::flush`] waits until everything queued before it is in the
+//! database; readers of the log call it first, and graceful shutdown calls
+//! [`LogWriter::close`] after the last request has finished, so nothing is
+//! lost. On PostgreSQL the server's writer also rides out an outage of the
+//! database (see [`OutageBuffer`]).
 
 use crate::db::Db;
 use crate::dialect::Backend;
+use crate::journal::Journal;
 use crate::query_cache::QueryCache;
 use crate::StoreError;
 use chrono::{DateTime, TimeZone, Utc};
@@ -33,12 +38,12 @@ use tokio::task::JoinHandle;
 /// Most rows written in one transaction.
 const BATCH: usize = 512;
 /// How long the writer waits for more rows before writing a partial batch.
-const LINGER: Duration = Duration::from_millis(25);
+const LINGER: Duration = Duration::from_millis(50);
 
 /// One request as logged.
 /// Serialized as is into the spill file (see `spill`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct UsageRecord {
+pub struct LogRecord {
     pub id: String,
     pub created_at: DateTime<Utc>,
     pub trace_id: String,
@@ -91,23 +96,17 @@ pub struct UsageRecord {
 
 enum Msg {
     /// A record, and whoever waits for it to be committed.
-    Record(Box<UsageRecord>, Option<oneshot::Sender<()>>),
+    Record(Box<LogRecord>, Option<oneshot::Sender<()>>),
     Flush(oneshot::Sender<()>),
     /// Write what is queued (or keep it in the outage buffer's spill file),
     /// answer, and stop, whoever else still holds a handle.
     Close(oneshot::Sender<()>),
 }
 
-impl Msg {
-    fn has_waiter(&self) -> bool {
-        matches!(self, Msg::Flush(_) | Msg::Close(_) | Msg::Record(_, Some(_)))
-    }
-}
-
-/// Resolves once a record handed to [`UsageLog::commit`] is committed (or,
-/// while PostgreSQL is unreachable, kept by the writer: see
-/// [`OutageBuffer`]), or the writer gave up on it (a database that stayed
-/// unwritable for another reason: logged).
+/// Resolves once a record handed to [`LogWriter::commit`] is on disk: in the
+/// journal, or without one committed (or, while PostgreSQL is unreachable,
+/// kept by the writer: see [`OutageBuffer`]), or the writer gave up on it (a
+/// database that stayed unwritable for another reason: logged).
 pub struct CommitTicket(Option<oneshot::Receiver<()>>);
 
 impl std::future::Future for CommitTicket {
@@ -122,7 +121,7 @@ impl std::future::Future for CommitTicket {
 }
 
 /// What the request log does while PostgreSQL is unreachable
-/// ([`Store::spawn_usage_log_buffered`](crate::Store::spawn_usage_log_buffered)).
+/// ([`Store::spawn_log_writer_buffered`](crate::Store::spawn_log_writer_buffered)).
 ///
 /// A batch that cannot be written for that reason (see
 /// [`crate::db::is_unavailable`]) is kept in memory, behind whatever already
@@ -168,28 +167,46 @@ const DRAIN_ATTEMPTS: u32 = 5;
 
 /// Handle to the background writer. Cheap to clone.
 #[derive(Clone)]
-pub struct UsageLog {
+pub struct LogWriter {
     tx: mpsc::UnboundedSender<Msg>,
 }
 
-impl UsageLog {
-    /// Starts the writer on `db` ([`Store::spawn_usage_log`](crate::Store::spawn_usage_log)),
-    /// with a backlog for outages on PostgreSQL when `backlog` is given.
-    /// The task ends when every handle is dropped and the queue is drained.
-    pub(crate) fn spawn(db: Db, cache: Arc<QueryCache>, backlog: Option<Backlog>) -> (UsageLog, JoinHandle<()>) {
+impl LogWriter {
+    /// Starts the writer on `db` ([`Store::spawn_log_writer`](crate::Store::spawn_log_writer)),
+    /// with a backlog for outages on PostgreSQL when `backlog` is given and
+    /// a journal when `journal` is. The task ends when every handle is
+    /// dropped and the queue is drained.
+    pub(crate) fn spawn(
+        db: Db,
+        cache: Arc<QueryCache>,
+        backlog: Option<Backlog>,
+        journal: Option<Journal>,
+    ) -> (LogWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(db, cache, rx, backlog));
-        (UsageLog { tx }, task)
+        let w = Writer {
+            db,
+            cache,
+            held: None,
+            backlog,
+            journal,
+            batch: Vec::with_capacity(BATCH),
+            waiters: Vec::new(),
+            due: None,
+            journal_failing: false,
+        };
+        let task = tokio::spawn(writer(w, rx));
+        (LogWriter { tx }, task)
     }
 
-    /// [`UsageLog::spawn`] with the outage buffer of `buffer` on PostgreSQL,
-    /// after writing what a spill file left by an earlier process holds. On
-    /// SQLite, which cannot be unreachable, the same as without.
+    /// The writer as the server runs it: with the journal in `buffer.dir`
+    /// (see [`crate::journal`]) and, on PostgreSQL, the outage buffer of
+    /// `buffer`. First writes what an earlier process left in the spill
+    /// file and the journal.
     pub(crate) async fn spawn_buffered(
         db: Db,
         cache: Arc<QueryCache>,
         buffer: &OutageBuffer,
-    ) -> Result<(UsageLog, JoinHandle<()>), StoreError> {
+    ) -> Result<(LogWriter, JoinHandle<()>), StoreError> {
         let backlog = match &db {
             Db::Sqlite(_) => None,
             Db::Postgres(pool) => {
@@ -204,21 +221,26 @@ impl UsageLog {
                 Some(backlog)
             }
         };
-        Ok(Self::spawn(db, cache, backlog))
+        let dir = buffer.dir.clone();
+        let journal_error = |e| StoreError::Spill(dir.join(crate::journal::JOURNAL_FILE).display().to_string(), e);
+        let dir = buffer.dir.clone();
+        let mut journal = blocking(move || Journal::open(&dir)).await.map_err(journal_error)?;
+        replay_journal(&db, &cache, &mut journal).await;
+        Ok(Self::spawn(db, cache, backlog, Some(journal)))
     }
 
     /// Queues a record nobody waits for; never blocks. It may linger briefly
     /// to share a batch.
-    pub fn record(&self, r: UsageRecord) {
+    pub fn record(&self, r: LogRecord) {
         if self.tx.send(Msg::Record(Box::new(r), None)).is_err() {
             tracing::error!("usage log writer is gone; a request record was dropped");
         }
     }
 
-    /// Queues a record and returns the ticket that resolves once it is
-    /// committed. The writer commits at once when someone waits, together
-    /// with everything else queued (group commit).
-    pub fn commit(&self, r: UsageRecord) -> CommitTicket {
+    /// Queues a record and returns the ticket that resolves once it is on
+    /// disk: journaled, or without a journal committed (the writer then
+    /// commits at once, together with everything else queued).
+    pub fn commit(&self, r: LogRecord) -> CommitTicket {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Record(Box::new(r), Some(done))).is_err() {
             tracing::error!("usage log writer is gone; a request record was dropped");
@@ -253,71 +275,243 @@ impl UsageLog {
 enum Wake {
     /// This many messages arrived; 0: every handle is gone.
     Received(usize),
+    /// The batch is due.
+    Due,
     /// Time to try the backlog again.
     Retry,
 }
 
-async fn writer(db: Db, cache: Arc<QueryCache>, mut rx: mpsc::UnboundedReceiver<Msg>, mut backlog: Option<Backlog>) {
+/// The writer's state between wake-ups.
+struct Writer {
+    db: Db,
+    cache: Arc<QueryCache>,
+    /// The SQLite writer's own connection (see [`insert`]).
+    held: Option<SqliteConnection>,
+    backlog: Option<Backlog>,
+    journal: Option<Journal>,
+    /// Records received and not yet written.
+    batch: Vec<LogRecord>,
+    /// Who waits for `batch` to be written.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// When `batch` is to be written.
+    due: Option<tokio::time::Instant>,
+    /// The journal failed and has not worked since (for the log).
+    journal_failing: bool,
+}
+
+async fn writer(mut w: Writer, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut msgs = Vec::with_capacity(BATCH);
-    let mut batch: Vec<UsageRecord> = Vec::with_capacity(BATCH);
-    let mut held = None;
+    let mut acked = Vec::new();
     loop {
-        let wake = match backlog.as_ref().filter(|b| b.is_pending()) {
-            None => Wake::Received(rx.recv_many(&mut msgs, BATCH).await),
-            Some(b) => tokio::select! {
-                n = rx.recv_many(&mut msgs, BATCH) => Wake::Received(n),
-                _ = tokio::time::sleep_until(b.next_try) => Wake::Retry,
-            },
+        let retry = w.backlog.as_ref().filter(|b| b.is_pending()).map(|b| b.next_try);
+        let wake = tokio::select! {
+            n = rx.recv_many(&mut msgs, BATCH) => Wake::Received(n),
+            () = until(w.due) => Wake::Due,
+            () = until(retry) => Wake::Retry,
         };
-        if let Wake::Received(n) = wake {
-            if n == 0 {
-                if let Some(b) = backlog.as_mut() {
-                    b.park().await;
-                }
+        let mut closing = None;
+        match wake {
+            Wake::Received(0) => {
+                // Every handle is gone.
+                w.finish().await;
                 return;
             }
-            // Nobody waiting: linger briefly so that records share a
-            // transaction (with their roll-ups folded once). Someone waiting:
-            // commit now; whatever queues meanwhile goes into the next batch,
-            // so a busy gateway still writes few, large transactions.
-            let deadline = tokio::time::Instant::now() + LINGER;
-            while msgs.len() < BATCH && !msgs.iter().any(Msg::has_waiter) {
-                let room = BATCH - msgs.len();
-                match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            let mut waiters = Vec::new();
-            let mut closing = None;
-            for m in msgs.drain(..) {
-                match m {
-                    Msg::Record(r, w) => {
-                        batch.push(*r);
-                        waiters.extend(w);
+            Wake::Received(_) => {
+                let first = w.batch.len();
+                for m in msgs.drain(..) {
+                    match m {
+                        Msg::Record(r, done) => {
+                            w.batch.push(*r);
+                            acked.extend(done);
+                        }
+                        Msg::Flush(done) => {
+                            w.waiters.push(done);
+                            w.due_now();
+                        }
+                        Msg::Close(done) => closing = Some(done),
                     }
-                    Msg::Flush(w) => waiters.push(w),
-                    Msg::Close(w) => closing = Some(w),
                 }
+                w.received(first, &mut acked);
             }
-            if !batch.is_empty() {
-                write(&db, &cache, &mut held, backlog.as_mut(), &mut batch).await;
-            }
-            for w in waiters {
-                let _ = w.send(());
-            }
-            if let Some(w) = closing {
-                if let Some(b) = backlog.as_mut() {
-                    b.park().await;
-                }
-                let _ = w.send(());
-                return;
+            Wake::Due | Wake::Retry => {}
+        }
+        if closing.is_some() || w.due.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            w.write_batch().await;
+        }
+        if let Some(done) = closing {
+            w.finish().await;
+            let _ = done.send(());
+            return;
+        }
+        if let (Db::Postgres(pool), Some(b)) = (&w.db, w.backlog.as_mut()) {
+            if b.is_pending() && tokio::time::Instant::now() >= b.next_try {
+                b.drain(pool, &w.cache).await;
             }
         }
-        if let (Db::Postgres(pool), Some(b)) = (&db, backlog.as_mut()) {
-            if b.is_pending() && tokio::time::Instant::now() >= b.next_try {
-                b.drain(pool, &cache).await;
+    }
+}
+
+/// Sleeps until `at`; forever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Writer {
+    fn due_now(&mut self) {
+        self.due = Some(tokio::time::Instant::now());
+    }
+
+    /// `batch[first..]` just arrived, `acked` waiting for them: journals
+    /// them and answers `acked` at once, or (no journal, or it failed)
+    /// makes `acked` wait for the batch's commit, which is then due now.
+    /// Records nobody waits for are written within [`LINGER`], so that a
+    /// busy gateway writes few, large transactions.
+    fn received(&mut self, first: usize, acked: &mut Vec<oneshot::Sender<()>>) {
+        let journaled = match self.journal.as_mut() {
+            None => false,
+            Some(j) => match j.append(&self.batch[first..]) {
+                Ok(()) => {
+                    if self.journal_failing {
+                        tracing::warn!(journal = %j.path().display(), "the request log's journal works again");
+                        self.journal_failing = false;
+                    }
+                    true
+                }
+                Err(e) => {
+                    if !self.journal_failing {
+                        tracing::error!(
+                            error = %e,
+                            journal = %j.path().display(),
+                            "cannot append to the request log's journal: requests wait for the database's commit instead"
+                        );
+                        self.journal_failing = true;
+                    }
+                    false
+                }
+            },
+        };
+        if journaled {
+            for done in acked.drain(..) {
+                let _ = done.send(());
             }
+        } else if !acked.is_empty() {
+            self.waiters.append(acked);
+            self.due_now();
+        }
+        if self.batch.len() >= BATCH {
+            self.due_now();
+        } else if self.due.is_none() && self.batch.len() > first {
+            self.due = Some(tokio::time::Instant::now() + LINGER);
+        }
+    }
+
+    /// The writer stops: writes the batch; then either everything is in the
+    /// database and the journal is emptied (the next start has nothing to
+    /// replay), or PostgreSQL is unreachable and what waits goes to the
+    /// spill file (and stays in the journal too: a replay skips what is
+    /// stored).
+    async fn finish(&mut self) {
+        self.write_batch().await;
+        match self.backlog.as_mut() {
+            Some(b) if b.is_pending() => b.park().await,
+            _ => {
+                if let Some(j) = self.journal.as_mut() {
+                    if let Err(e) = j.clear() {
+                        tracing::warn!(error = %e, journal = %j.path().display(), "cannot empty the request log's journal");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the batch (or keeps it in the outage backlog) and answers
+    /// whoever waits for it. Once everything journaled is in the database,
+    /// the journal may be cut back.
+    async fn write_batch(&mut self) {
+        self.due = None;
+        if !self.batch.is_empty() {
+            write(
+                &self.db,
+                &self.cache,
+                &mut self.held,
+                self.backlog.as_mut(),
+                &mut self.batch,
+            )
+            .await;
+            let all_written = !self.backlog.as_ref().is_some_and(Backlog::is_pending);
+            if let (Some(j), true) = (self.journal.as_mut(), all_written) {
+                if let Err(e) = j.committed() {
+                    tracing::warn!(error = %e, journal = %j.path().display(), "cannot cut back the request log's journal");
+                }
+            }
+        }
+        for done in self.waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Writes what an earlier process left in `journal` (records already
+/// stored are skipped), then empties it. Start-up never fails because of
+/// the journal: a journal that cannot be read or written is moved aside for
+/// an operator, loudly, and the server starts with an empty one.
+async fn replay_journal(db: &Db, cache: &QueryCache, journal: &mut Journal) {
+    if journal.len() == 0 {
+        return;
+    }
+    tracing::info!(
+        journal = %journal.path().display(),
+        bytes = journal.len(),
+        "writing the request-log records an earlier run journaled (it stopped before they reached the database)"
+    );
+    let mut from = 0;
+    let mut held = None;
+    let result: Result<(), String> = loop {
+        let read = match journal.read(from, BATCH) {
+            Ok(read) => read,
+            Err(e) => break Err(e.to_string()),
+        };
+        if read.corrupt > 0 {
+            tracing::error!(
+                lines = read.corrupt,
+                journal = %journal.path().display(),
+                "damaged lines in the request log's journal were skipped: those records are lost"
+            );
+        }
+        if read.next == from {
+            break Ok(());
+        }
+        let written = match db {
+            Db::Sqlite(pool) => insert_new(&mut held, pool, &read.records).await,
+            Db::Postgres(pool) => insert_pg(pool, &read.records).await,
+        };
+        if let Err(e) = written {
+            break Err(e.to_string());
+        }
+        from = read.next;
+    };
+    cache.committed();
+    let done = match result {
+        Ok(()) => journal.clear().map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = done {
+        let suffix = format!("unwritten-{}", Utc::now().timestamp());
+        match journal.set_aside(&suffix) {
+            Ok(aside) => tracing::error!(
+                error = %e,
+                kept = %aside.display(),
+                "the request log's journal could not be written to the database at start-up: its records are kept in this file and NOT counted"
+            ),
+            Err(e2) => tracing::error!(
+                error = %e,
+                error_moving = %e2,
+                journal = %journal.path().display(),
+                "the request log's journal could not be written at start-up nor moved aside"
+            ),
         }
     }
 }
@@ -331,7 +525,7 @@ async fn write(
     cache: &QueryCache,
     held: &mut Option<SqliteConnection>,
     backlog: Option<&mut Backlog>,
-    batch: &mut Vec<UsageRecord>,
+    batch: &mut Vec<LogRecord>,
 ) {
     if let Some(b) = backlog {
         if b.is_pending() {
@@ -349,7 +543,7 @@ async fn write_now(
     cache: &QueryCache,
     held: &mut Option<SqliteConnection>,
     mut backlog: Option<&mut Backlog>,
-    batch: &mut Vec<UsageRecord>,
+    batch: &mut Vec<LogRecord>,
 ) {
     let mut attempt = 0;
     loop {
@@ -388,7 +582,7 @@ async fn write_now(
 pub(crate) struct Backlog {
     path: PathBuf,
     bound: usize,
-    memory: VecDeque<UsageRecord>,
+    memory: VecDeque<LogRecord>,
     /// Bytes of the spill file already in the database.
     spill_read: u64,
     /// Bytes of the spill file.
@@ -461,7 +655,7 @@ impl Backlog {
 
     /// Keeps `batch` (leaving it empty) behind what waits; spills memory to
     /// disk once it holds more than the bound.
-    async fn push(&mut self, batch: &mut Vec<UsageRecord>) {
+    async fn push(&mut self, batch: &mut Vec<LogRecord>) {
         self.memory.extend(batch.drain(..));
         if self.memory.len() > self.bound {
             self.spill_memory().await;
@@ -474,7 +668,7 @@ impl Backlog {
         if self.memory.is_empty() {
             return;
         }
-        let records: Vec<UsageRecord> = self.memory.drain(..).collect();
+        let records: Vec<LogRecord> = self.memory.drain(..).collect();
         let (path, len) = (self.path.clone(), self.spill_len);
         let done = tokio::task::spawn_blocking(move || {
             let r = crate::spill::append(&path, len, &records);
@@ -641,7 +835,7 @@ async fn within<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>)
 }
 
 /// `INSERT INTO usage_log …` of `rows`, with their histogram buckets.
-fn insert_rows<DB: Backend>(rows: &[UsageRecord]) -> QueryBuilder<'_, DB> {
+fn insert_rows<DB: Backend>(rows: &[LogRecord]) -> QueryBuilder<'_, DB> {
     // SQLite allows 32766 bound parameters, PostgreSQL 65535; 35 columns ×
     // 512 rows fits both.
     let mut qb: QueryBuilder<DB> = QueryBuilder::new(
@@ -735,11 +929,7 @@ fn insert_rows<DB: Backend>(rows: &[UsageRecord]) -> QueryBuilder<'_, DB> {
 /// 64 KiB SQLite would otherwise spill it to a file created and deleted in
 /// the transaction. A failed batch closes the connection, so the retry
 /// starts on a fresh one.
-async fn insert(
-    held: &mut Option<SqliteConnection>,
-    pool: &SqlitePool,
-    rows: &[UsageRecord],
-) -> Result<(), sqlx::Error> {
+async fn insert(held: &mut Option<SqliteConnection>, pool: &SqlitePool, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let conn = match held {
         Some(conn) => conn,
         None => {
@@ -755,7 +945,30 @@ async fn insert(
     result
 }
 
-async fn insert_on(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+/// [`insert`] of those of `rows` that are not stored yet (a replay of the
+/// journal: a record may have reached the database before the process
+/// stopped), so that each is stored and rolled up once.
+async fn insert_new(
+    held: &mut Option<SqliteConnection>,
+    pool: &SqlitePool,
+    rows: &[LogRecord],
+) -> Result<(), sqlx::Error> {
+    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM usage_log WHERE id IN (");
+    let mut ids = qb.separated(", ");
+    for r in rows {
+        ids.push_bind(r.id.as_str());
+    }
+    qb.push(")");
+    let mut seen: HashSet<String> = qb.build_query_scalar().fetch_all(pool).await?.into_iter().collect();
+    // Each id once: not stored yet, and its first copy only.
+    let fresh: Vec<LogRecord> = rows.iter().filter(|r| seen.insert(r.id.clone())).cloned().collect();
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    insert(held, pool, &fresh).await
+}
+
+async fn insert_on(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
     insert_rows::<Sqlite>(rows).build().execute(&mut *tx).await?;
     // The analytics roll-ups move with the log, in the same transaction.
@@ -764,7 +977,7 @@ async fn insert_on(conn: &mut SqliteConnection, rows: &[UsageRecord]) -> Result<
 }
 
 /// [`insert_pg_on`] a connection of `pool`, within [`PG_WRITE_TIMEOUT`].
-async fn insert_pg(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+async fn insert_pg(pool: &PgPool, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     within(async {
         let mut conn = pool.acquire().await?;
         insert_pg_on(&mut conn, rows).await
@@ -776,11 +989,11 @@ async fn insert_pg(pool: &PgPool, rows: &[UsageRecord]) -> Result<(), sqlx::Erro
 /// already stored is skipped and not rolled up again, so writing a batch
 /// twice (a replay after a crash, a commit whose answer was lost) stores and
 /// counts it once.
-async fn insert_pg_on(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(), sqlx::Error> {
+async fn insert_pg_on(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     // PostgreSQL text cannot hold NUL characters (nor JSONB `\u0000`): a
     // record carrying one is stored with U+FFFD in its place, rather than
     // failing the batch it shares.
-    let rows: Cow<[UsageRecord]> = if rows.iter().any(|r| texts(r).iter().any(|s| s.contains('\0'))) {
+    let rows: Cow<[LogRecord]> = if rows.iter().any(|r| texts(r).iter().any(|s| s.contains('\0'))) {
         Cow::Owned(rows.iter().map(without_nul).collect())
     } else {
         Cow::Borrowed(rows)
@@ -789,11 +1002,13 @@ async fn insert_pg_on(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(
     let mut qb = insert_rows::<Postgres>(&rows);
     qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
     let new: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-    let fresh: Cow<[UsageRecord]> = if new.len() == rows.len() {
+    let fresh: Cow<[LogRecord]> = if new.len() == rows.len() {
         rows
     } else {
-        let new: HashSet<&str> = new.iter().map(String::as_str).collect();
-        Cow::Owned(rows.iter().filter(|r| new.contains(r.id.as_str())).cloned().collect())
+        // A row inserted now, once: the same id twice in one batch is
+        // inserted (and rolled up) for its first copy only.
+        let mut new: HashSet<&str> = new.iter().map(String::as_str).collect();
+        Cow::Owned(rows.iter().filter(|r| new.remove(r.id.as_str())).cloned().collect())
     };
     if !fresh.is_empty() {
         crate::analytics::roll_up_pg(&mut tx, &fresh).await?;
@@ -802,7 +1017,7 @@ async fn insert_pg_on(conn: &mut PgConnection, rows: &[UsageRecord]) -> Result<(
 }
 
 /// Every text of `r`; the metadata as its JSON text.
-fn texts(r: &UsageRecord) -> Vec<Cow<'_, str>> {
+fn texts(r: &LogRecord) -> Vec<Cow<'_, str>> {
     let mut out: Vec<Cow<str>> = [&r.id, &r.trace_id, &r.endpoint]
         .into_iter()
         .map(|s| Cow::Borrowed(s.as_str()))
@@ -836,7 +1051,7 @@ fn texts(r: &UsageRecord) -> Vec<Cow<'_, str>> {
 
 /// `r` with every NUL character (metadata keys and values included)
 /// replaced by U+FFFD.
-fn without_nul(r: &UsageRecord) -> UsageRecord {
+fn without_nul(r: &LogRecord) -> LogRecord {
     fn clean(s: &mut String) {
         if s.contains('\0') {
             *s = s.replace('\0', "\u{FFFD}");
@@ -951,7 +1166,7 @@ fn push_filter<'a, DB: Backend>(qb: &mut QueryBuilder<'a, DB>, f: &'a LogFilter)
 pub(crate) async fn list<DB: Backend>(
     pool: &Pool<DB>,
     f: &LogFilter,
-) -> Result<(Option<i64>, Vec<UsageRecord>), sqlx::Error> {
+) -> Result<(Option<i64>, Vec<LogRecord>), sqlx::Error> {
     let total = if f.count_total {
         let mut count: QueryBuilder<DB> = QueryBuilder::new("SELECT COUNT(*) FROM usage_log");
         push_filter(&mut count, f);
@@ -995,7 +1210,7 @@ pub(crate) async fn list<DB: Backend>(
         let u = |c: usize| -> Result<u64, sqlx::Error> { Ok(DB::get_i64(&r, c)?.max(0) as u64) };
         let opt_u =
             |c: usize| -> Result<Option<u64>, sqlx::Error> { Ok(DB::get_opt_i64(&r, c)?.map(|v| v.max(0) as u64)) };
-        out.push(UsageRecord {
+        out.push(LogRecord {
             id: text(0)?,
             created_at: Utc
                 .timestamp_millis_opt(DB::get_i64(&r, 1)?)
@@ -1156,15 +1371,15 @@ mod tests {
         assert_eq!(stored(7), 7);
     }
 
-    fn record(id: &str) -> UsageRecord {
-        UsageRecord {
+    fn record(id: &str) -> LogRecord {
+        LogRecord {
             id: id.into(),
             created_at: Utc::now(),
             trace_id: format!("trace-{id}"),
             workspace_id: Some("ws".into()),
             endpoint: "chat.completions".into(),
             status_code: 200,
-            ..UsageRecord::default()
+            ..LogRecord::default()
         }
     }
 

@@ -10,20 +10,23 @@
 use crate::error::GatewayError;
 use crate::state::SharedState;
 use chrono::{DateTime, Utc};
-use std::sync::Arc;
 use std::time::Duration;
-use tollgate_core::admission::{Actual, Demand, Level, LimitCheck, RateHeaders, RefusalReason, Rule, Window};
+use tollgate_core::admission::{
+    Actual, Demand, Level, LimitCheck, LimitId, LimitOwner, RateHeaders, RefusalReason, Rule, Window,
+};
+use tollgate_core::ids::ProviderId;
+use tollgate_core::limit_owner::counter_group;
 use tollgate_core::limits::{BudgetKind, RateKind};
 use tollgate_core::money::Money;
 use tollgate_core::records::{Limits, ProviderRecord};
 use tollgate_store::counters::{AdmitError, CounterError, Reservation, RestoreTurn};
-use tollgate_store::usage::Scope;
+use tollgate_store::request_log::Scope;
 use tollgate_store::StoreError;
 
 /// The counter group of a workspace's limits: `ws:<workspace id>` (in
 /// Redis, the hash tag `{ws:<workspace id>}` of all its keys).
 pub fn group(workspace: &str) -> String {
-    workspace_id(workspace)
+    counter_group(workspace)
 }
 
 /// How long an admission waits while another replica rebuilds its
@@ -32,51 +35,18 @@ const REBUILD_WAIT: Duration = Duration::from_secs(5);
 /// How often it looks whether the rebuild is done.
 const REBUILD_POLL: Duration = Duration::from_millis(25);
 
-/// Counter id of an integration × workspace level.
-pub fn iw_id(integration_id: &str, workspace_id: &str) -> String {
-    format!("iw:{integration_id}:{workspace_id}")
-}
-pub fn provider_id(p: &ProviderRecord) -> String {
-    format!("prv:{}", p.id)
-}
-pub fn key_id(key_id: &str) -> String {
-    format!("key:{key_id}")
-}
-pub fn workspace_id(ws: &str) -> String {
-    format!("ws:{ws}")
+/// The limit id of a provider record's own limits.
+pub fn provider_limit(p: &ProviderRecord) -> LimitId {
+    LimitId::new(LimitOwner::Provider(ProviderId::new(p.id.clone())))
 }
 
-/// What a counter id names: the inverse of the id builders above.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner<'a> {
-    /// (integration id, workspace id).
-    IntegrationWorkspace(&'a str, &'a str),
-    /// Provider record id.
-    Provider(&'a str),
-    ApiKey(&'a str),
-    Workspace(&'a str),
-}
-
-/// Reads a counter id back into what it names.
-pub fn owner(id: &str) -> Option<Owner<'_>> {
-    let (kind, rest) = id.split_once(':')?;
-    match kind {
-        "iw" => rest.split_once(':').map(|(i, w)| Owner::IntegrationWorkspace(i, w)),
-        "prv" => Some(Owner::Provider(rest)),
-        "key" => Some(Owner::ApiKey(rest)),
-        "ws" => Some(Owner::Workspace(rest)),
-        _ => None,
-    }
-}
-
-/// The checks a level's limits make, budget first.
-pub fn checks(level: Level, id: &str, limits: &Limits) -> Vec<LimitCheck> {
-    let id: Arc<str> = Arc::from(id);
+/// The checks an owner's limits make, budget first.
+pub fn checks(owner: LimitOwner, limits: &Limits) -> Vec<LimitCheck> {
+    let id = LimitId::new(owner);
     let mut out = Vec::with_capacity(2);
     if let Some(u) = &limits.usage {
         out.push(LimitCheck {
             id: id.clone(),
-            level,
             rule: Rule::Budget {
                 limit: u.limit,
                 set_at: u.set_at,
@@ -86,7 +56,6 @@ pub fn checks(level: Level, id: &str, limits: &Limits) -> Vec<LimitCheck> {
     if let Some(r) = &limits.rate {
         out.push(LimitCheck {
             id,
-            level,
             rule: Rule::Rate(r.limit),
         });
     }
@@ -245,7 +214,7 @@ async fn restore_group(state: &SharedState, group: &str) -> Result<(), CounterEr
 /// the outbox.
 pub async fn settle(state: &SharedState, reservation: Reservation, tokens: u64, cost: Option<Money>) {
     match state.counters.settle(reservation, Actual { tokens, cost }).await {
-        Ok(alerts) if !alerts.is_empty() => crate::alerting::enqueue(state, alerts).await,
+        Ok(alerts) if !alerts.is_empty() => crate::alerts::enqueue(state, alerts).await,
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "settling a reservation failed"),
     }
@@ -267,7 +236,7 @@ pub async fn provider_exhausted(state: &SharedState, p: &ProviderRecord, now: Da
     };
     match state
         .counters
-        .status(&group(&p.workspace_id), &provider_id(p), &rule, now)
+        .status(&group(&p.workspace_id), &provider_limit(p), &rule, now)
         .await
     {
         Ok(c) => c.exhausted(),
@@ -295,11 +264,11 @@ fn every_limit(state: &SharedState, only: Option<&str>) -> Vec<(LimitCheck, Scop
         }
         for r in snap.routes_of(w) {
             for c in &r.checks {
-                let scope = match c.level {
+                let scope = match c.level() {
                     Level::IntegrationWorkspace => {
                         Scope::IntegrationWorkspace(r.integration.record.id.clone(), w.clone())
                     }
-                    _ => Scope::Provider(w.clone(), r.provider.slug.clone()),
+                    _ => Scope::Provider(w.clone(), r.provider_record.slug.clone()),
                 };
                 add(c, scope);
             }
@@ -412,23 +381,4 @@ pub async fn restore_from_log(state: &SharedState) -> Result<usize, StoreError> 
         }
     }
     Ok(limits.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counter_ids_read_back_into_their_owner() {
-        assert_eq!(
-            owner(&iw_id("int-1", "ws-a-123456")),
-            Some(Owner::IntegrationWorkspace("int-1", "ws-a-123456"))
-        );
-        assert_eq!(owner(&key_id("ak-9")), Some(Owner::ApiKey("ak-9")));
-        assert_eq!(owner(&workspace_id("ws-b")), Some(Owner::Workspace("ws-b")));
-        assert_eq!(owner("prv:prv-7"), Some(Owner::Provider("prv-7")));
-        assert_eq!(owner("iw:only-one-part"), None);
-        assert_eq!(owner("other:x"), None);
-        assert_eq!(owner("nocolon"), None);
-    }
 }

@@ -500,7 +500,7 @@ async fn limit_figures(state: &SharedState, scope: Option<&[String]>) -> (Vec<Va
     let mut seen = HashSet::new();
     let mut push = |c: &LimitCheck, ws: Option<&str>| {
         let kind = matches!(c.rule, Rule::Budget { .. });
-        if seen.insert((c.id.to_string(), kind)) {
+        if seen.insert((c.id.clone(), kind)) {
             checks.push((c.clone(), ws.map(str::to_owned)));
         }
     };
@@ -531,7 +531,7 @@ async fn limit_figures(state: &SharedState, scope: Option<&[String]>) -> (Vec<Va
     let now = state.now();
     let (mut budgets, mut rates) = (Vec::new(), Vec::new());
     for (c, ws) in checks {
-        let group = crate::limits::group(ws.as_deref().unwrap_or_default());
+        let group = crate::limit_check::group(ws.as_deref().unwrap_or_default());
         let status = match state.counters.status(&group, &c.id, &c.rule, now).await {
             Ok(s) => s,
             Err(e) => {
@@ -542,8 +542,8 @@ async fn limit_figures(state: &SharedState, scope: Option<&[String]>) -> (Vec<Va
         let window_end = status.window.end.map(|t| json!(t)).unwrap_or(Value::Null);
         match &c.rule {
             Rule::Budget { limit, .. } => budgets.push(json!({
-                "limit_id": c.id.as_ref(),
-                "level": c.level.as_str(),
+                "limit_id": c.id.as_str(),
+                "level": c.level().as_str(),
                 "workspace_id": ws,
                 "type": match limit.kind { BudgetKind::Cost => "cost", BudgetKind::Tokens => "tokens" },
                 "credit_limit": limit.amount_json(limit.credit_limit),
@@ -554,8 +554,8 @@ async fn limit_figures(state: &SharedState, scope: Option<&[String]>) -> (Vec<Va
                 "window_end": window_end,
             })),
             Rule::Rate(r) => rates.push(json!({
-                "limit_id": c.id.as_ref(),
-                "level": c.level.as_str(),
+                "limit_id": c.id.as_str(),
+                "level": c.level().as_str(),
                 "workspace_id": ws,
                 "type": match r.kind { RateKind::Requests => "requests", RateKind::Tokens => "tokens" },
                 "unit": match r.unit { RateUnit::Rpm => "rpm", RateUnit::Rph => "rph", RateUnit::Rpd => "rpd" },

@@ -1,0 +1,149 @@
+//! The request log's journal: a record whose ticket resolved survives a
+//! writer killed before its batch reached the database, and the next start
+//! writes it once; a journal that cannot be written or replayed never stops
+//! the gateway. On SQLite and on a real PostgreSQL.
+
+use crate::postgres::{AtLocation, TestDb};
+use tollgate_store::journal::JOURNAL_FILE;
+use tollgate_store::request_log::{LogRecord, OutageBuffer};
+use tollgate_store::{Location, Store};
+
+fn buffer(dir: &std::path::Path) -> OutageBuffer {
+    OutageBuffer {
+        dir: dir.to_owned(),
+        memory_records: 10,
+    }
+}
+
+/// A request that counts in the roll-ups (a final attempt).
+fn rec(i: i64) -> LogRecord {
+    LogRecord {
+        superseded: false,
+        ..crate::postgres::logged(i, "ws-1", 200)
+    }
+}
+
+/// (rows, distinct ids, requests in the daily roll-ups, in the minute ones).
+async fn counts(at: &Location) -> (i64, i64, i64, i64) {
+    let sql = "SELECT (SELECT COUNT(*) FROM usage_log), (SELECT COUNT(DISTINCT id) FROM usage_log), \
+               (SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) FROM usage_daily), \
+               (SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) FROM usage_minute)";
+    match at {
+        Location::Postgres(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let c = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            c
+        }
+        Location::Sqlite(path) => {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            let c = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+            pool.close().await;
+            c
+        }
+    }
+}
+
+/// Journals three records, of which only the first reaches the database,
+/// kills the writer (as SIGKILL would: no flush, no close), and starts
+/// again: the other two are written at start, each once.
+async fn killed_writer_loses_nothing(at: &Location, dir: &std::path::Path) {
+    let store = Store::open(at).await.unwrap();
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir)).await.unwrap();
+    log.commit(rec(1)).await;
+    log.flush().await;
+    log.commit(rec(2)).await;
+    log.commit(rec(3)).await;
+    // The tickets resolved, the batch waits for its linger: kill now. (The
+    // test runs on one thread, so the writer cannot run in between.)
+    writer.abort();
+    assert!(writer.await.unwrap_err().is_cancelled());
+    drop(log);
+    assert_eq!(counts(at).await, (1, 1, 1, 1), "the database has the first only");
+    assert!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len() > 0);
+
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir)).await.unwrap();
+    // Written before the writer starts, the first not twice.
+    assert_eq!(counts(at).await, (3, 3, 3, 3));
+    assert_eq!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len(), 0);
+    log.commit(rec(4)).await;
+    assert!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len() > 0);
+    log.close().await;
+    writer.await.unwrap();
+    assert_eq!(counts(at).await, (4, 4, 4, 4));
+    // A clean stop leaves nothing to replay.
+    assert_eq!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn sqlite_a_killed_writer_loses_no_journaled_record() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_writer_loses_nothing(&Location::embedded(dir.path()), dir.path()).await;
+}
+
+#[tokio::test]
+async fn postgres_a_killed_writer_loses_no_journaled_record() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    killed_writer_loses_nothing(&db.location(), dir.path()).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_be_written_makes_requests_wait_for_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = Location::embedded(dir.path());
+    let store = Store::open(&at).await.unwrap();
+    // Every write to the journal fails (ENOSPC).
+    std::os::unix::fs::symlink("/dev/full", dir.path().join(JOURNAL_FILE)).unwrap();
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir.path())).await.unwrap();
+    log.commit(rec(1)).await;
+    // No flush: the ticket resolved only once the record was committed.
+    assert_eq!(counts(&at).await, (1, 1, 1, 1));
+    log.commit(rec(2)).await;
+    assert_eq!(counts(&at).await, (2, 2, 2, 2));
+    log.close().await;
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_be_replayed_is_set_aside_and_the_start_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = Location::embedded(dir.path());
+    let store = Store::open(&at).await.unwrap();
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir.path())).await.unwrap();
+    log.commit(rec(1)).await;
+    writer.abort();
+    let _ = writer.await;
+    drop(log);
+    // The database refuses the record now.
+    let Location::Sqlite(path) = &at else { unreachable!() };
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TRIGGER refuse BEFORE INSERT ON usage_log BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir.path())).await.unwrap();
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("request-log.journal.unwritten-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let kept = std::fs::read_to_string(dir.path().join(&aside[0])).unwrap();
+    assert!(kept.contains("\"req-1\""), "{kept}");
+    assert_eq!(std::fs::metadata(dir.path().join(JOURNAL_FILE)).unwrap().len(), 0);
+
+    // The gateway goes on: once the database takes records again they are written.
+    sqlx::query("DROP TRIGGER refuse").execute(&pool).await.unwrap();
+    log.commit(rec(2)).await;
+    log.close().await;
+    writer.await.unwrap();
+    assert_eq!(counts(&at).await, (1, 1, 1, 1));
+    pool.close().await;
+}
