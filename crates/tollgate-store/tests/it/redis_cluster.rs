@@ -255,7 +255,10 @@ async fn counters_and_breakers_on_a_three_node_cluster() {
         }
     }
     assert_eq!(counters.begin_restore(g0).await.unwrap(), RestoreTurn::Ours);
-    counters.restore(g0, &lid(g0), &tokens_budget, now, 999_990).await.unwrap();
+    counters
+        .restore(g0, &lid(g0), &tokens_budget, now, 999_990)
+        .await
+        .unwrap();
     counters.restored(g0).await.unwrap();
     let refused = counters.admit(now, g0, &budget_checks(g0), demand).await;
     assert!(
