@@ -130,8 +130,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// Keep the limit counters in this Redis (redis://HOST:PORT), shared by replicas.
-    #[arg(long, env = "TOLLGATE_REDIS_URL")]
+    #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// redis_url names a Redis Cluster (one or more seed nodes, comma separated) [env: TOLLGATE_REDIS_CLUSTER].
+    #[arg(long)]
+    pub redis_cluster: bool,
 }
 
 /// The options of commands that work on an existing data directory.
@@ -199,6 +202,7 @@ impl ServeArgs {
                 database_url: self.database_url.clone(),
                 metrics_listen: self.metrics_listen.clone(),
                 redis_url: self.redis_url.clone(),
+                redis_cluster: self.redis_cluster.then_some(true),
                 ..Default::default()
             },
         )
@@ -574,5 +578,23 @@ mod tests {
             source: io(),
         });
         assert_eq!(error_chain(&e), "start-up failed: reading x.toml: no such file");
+    }
+
+    #[test]
+    fn redis_cluster_is_a_serve_flag() {
+        use clap::Parser;
+        let serve = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(a)) => a.config(),
+            other => panic!("{other:?}"),
+        };
+        let seeds = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
+        let c = serve(&["tollgate", "serve", "--redis-url", seeds, "--redis-cluster"]).unwrap();
+        assert!(c.redis_cluster);
+        let e = serve(&["tollgate", "serve", "--redis-url", seeds]).unwrap_err();
+        assert!(e.to_string().contains("redis_cluster"), "{e}");
+        assert!(
+            serve(&["tollgate", "serve", "--redis-cluster"]).is_err(),
+            "no redis_url"
+        );
     }
 }

@@ -38,6 +38,7 @@ pub struct FileConfig {
     pub alert_webhook_secret: Option<String>,
     pub public_base_path: Option<String>,
     pub redis_url: Option<String>,
+    pub redis_cluster: Option<bool>,
     pub redis_key_prefix: Option<String>,
     pub limits_on_redis_error: Option<String>,
     pub log_buffer_records: Option<usize>,
@@ -141,7 +142,12 @@ pub const SETTINGS: &[Setting] = &[
         key: "redis_url",
         env: "TOLLGATE_REDIS_URL",
         help:
-            "keep the limit counters in this Redis (redis://HOST:PORT), shared by replicas; default none (in process: on PostgreSQL, then only one replica may run)",
+            "keep the limit counters in this Redis (redis://HOST:PORT), shared by replicas; with redis_cluster, seed nodes of a Redis Cluster, comma separated; default none (in process: on PostgreSQL, then only one replica may run)",
+    },
+    Setting {
+        key: "redis_cluster",
+        env: "TOLLGATE_REDIS_CLUSTER",
+        help: "true: redis_url names a Redis Cluster (one or more seed nodes, comma separated); default false",
     },
     Setting {
         key: "redis_key_prefix",
@@ -196,6 +202,8 @@ pub struct Config {
     pub public_base_path: String,
     /// Limit counters in Redis; `None`: in process.
     pub redis_url: Option<Secret<String>>,
+    /// `redis_url` lists seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
     pub redis_key_prefix: String,
     pub limits_on_redis_error: OnRedisError,
     /// Request-log records kept in memory while PostgreSQL is unreachable.
@@ -296,6 +304,14 @@ impl FileConfig {
             alert_webhook_secret: get("TOLLGATE_ALERT_WEBHOOK_SECRET"),
             public_base_path: get("TOLLGATE_PUBLIC_BASE_PATH"),
             redis_url: get("TOLLGATE_REDIS_URL"),
+            redis_cluster: get("TOLLGATE_REDIS_CLUSTER")
+                .map(|v| {
+                    parse_bool(&v).ok_or_else(|| ConfigError::Invalid {
+                        key: "TOLLGATE_REDIS_CLUSTER",
+                        message: format!("{v:?} is not true or false"),
+                    })
+                })
+                .transpose()?,
             redis_key_prefix: get("TOLLGATE_REDIS_KEY_PREFIX"),
             limits_on_redis_error: get("TOLLGATE_LIMITS_ON_REDIS_ERROR"),
             log_buffer_records: parse_num("TOLLGATE_LOG_BUFFER_RECORDS")?.map(|v| v as usize),
@@ -326,6 +342,7 @@ impl FileConfig {
             alert_webhook_secret,
             public_base_path,
             redis_url,
+            redis_cluster,
             redis_key_prefix,
             limits_on_redis_error,
             log_buffer_records
@@ -388,6 +405,23 @@ impl FileConfig {
                 ),
             });
         }
+        let redis_url = self.redis_url.filter(|u| !u.trim().is_empty());
+        let redis_cluster = self.redis_cluster.unwrap_or(false);
+        match (&redis_url, redis_cluster) {
+            (None, true) => {
+                return Err(ConfigError::Invalid {
+                    key: "redis_cluster",
+                    message: "a Redis Cluster needs its seed nodes in redis_url (TOLLGATE_REDIS_URL)".into(),
+                })
+            }
+            (Some(url), false) if tollgate_store::counters::redis_nodes(url).len() > 1 => {
+                return Err(ConfigError::Invalid {
+                    key: "redis_url",
+                    message: "lists several Redis servers: set redis_cluster = true (TOLLGATE_REDIS_CLUSTER, --redis-cluster) if they are a Redis Cluster's seed nodes, else give one URL".into(),
+                })
+            }
+            _ => {}
+        }
         let on_error = self.limits_on_redis_error.as_deref().map(str::trim).unwrap_or("closed");
         let limits_on_redis_error = OnRedisError::parse(on_error).ok_or_else(|| ConfigError::Invalid {
             key: "limits_on_redis_error",
@@ -416,11 +450,22 @@ impl FileConfig {
             alert_webhook_url: self.alert_webhook_url.map(Secret::from),
             alert_webhook_secret: self.alert_webhook_secret.map(Secret::from),
             public_base_path,
-            redis_url: self.redis_url.filter(|u| !u.trim().is_empty()).map(Secret::from),
+            redis_url: redis_url.map(Secret::from),
+            redis_cluster,
             redis_key_prefix,
             limits_on_redis_error,
             log_buffer_records,
         })
+    }
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`, any case) for a
+/// variable.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 
@@ -584,6 +629,7 @@ mod tests {
             let value = match s.key {
                 "listen" | "metrics_listen" => "127.0.0.1:1",
                 "log_level" => "debug",
+                "redis_cluster" => "true",
                 k if k.ends_with("_ms") || k.starts_with("max_") || k.ends_with("_records") => "7",
                 _ => "x",
             };
@@ -607,6 +653,7 @@ mod tests {
         assert_eq!(c.log_level, DEFAULT_LOG_LEVEL);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.redis_url, None, "counters in process unless asked");
+        assert!(!c.redis_cluster);
         assert_eq!(c.redis_key_prefix, DEFAULT_REDIS_KEY_PREFIX);
         assert_eq!(c.limits_on_redis_error, OnRedisError::Closed);
         assert_eq!(
@@ -673,10 +720,41 @@ mod tests {
                 },
                 "redis_key_prefix",
             ),
+            (
+                FileConfig {
+                    redis_cluster: Some(true),
+                    ..Default::default()
+                },
+                "redis_cluster",
+            ),
+            (
+                FileConfig {
+                    redis_url: Some("redis://10.0.0.1:7000, redis://10.0.0.2:7000".into()),
+                    ..Default::default()
+                },
+                "redis_url",
+            ),
         ] {
             let e = f.resolve().unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
+        // A cluster's seed nodes: one or several.
+        for (value, url) in [
+            ("true", "redis://10.0.0.1:7000,redis://10.0.0.2:7000"),
+            ("1", "redis://10.0.0.1:7000"),
+        ] {
+            let env: HashMap<&str, &str> = [("TOLLGATE_REDIS_URL", url), ("TOLLGATE_REDIS_CLUSTER", value)].into();
+            let c = FileConfig::from_env(|k| env.get(k).map(|v| v.to_string()))
+                .unwrap()
+                .resolve()
+                .unwrap();
+            assert!(c.redis_cluster);
+            assert_eq!(c.redis_url.as_ref().map(|u| u.expose().as_str()), Some(url));
+        }
+        let file: FileConfig = toml::from_str("redis_url = \"redis://a:1\"\nredis_cluster = false").unwrap();
+        assert!(!file.resolve().unwrap().redis_cluster);
+        let e = FileConfig::from_env(|k| (k == "TOLLGATE_REDIS_CLUSTER").then(|| "maybe".to_owned())).unwrap_err();
+        assert!(e.to_string().contains("TOLLGATE_REDIS_CLUSTER"), "{e}");
     }
 
     #[test]

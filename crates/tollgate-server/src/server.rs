@@ -110,9 +110,11 @@ pub fn counters(config: &Config) -> Result<CountersAndBreakers, CounterError> {
         url.expose().clone(),
         std::time::Duration::from_millis(config.request_timeout_ms).saturating_add(LEASE_MARGIN),
     );
+    settings.cluster = config.redis_cluster;
     settings.key_prefix = config.redis_key_prefix.clone();
     settings.on_error = config.limits_on_redis_error;
     tracing::info!(
+        cluster = settings.cluster,
         prefix = %settings.key_prefix,
         on_error = settings.on_error.as_str(),
         "limit counters and circuit breakers in Redis"
@@ -263,6 +265,9 @@ pub struct Running {
     lock: DataDirLock,
     /// On PostgreSQL: who else may serve the database (see [`replica_lock`]).
     replica: Option<ReplicaLock>,
+    /// Set when another process took the replica lock (see
+    /// [`stop_if_replica_lock_lost`]): [`Running::wait`] then fails with it.
+    replica_lost: Arc<Mutex<Option<String>>>,
 }
 
 /// How long a stop waits for background tasks (snapshot refresh, alert
@@ -277,6 +282,7 @@ impl Running {
 
     /// Serves until shut down, then drains.
     pub async fn wait(self) -> std::io::Result<()> {
+        let replica_lost = self.replica_lost.clone();
         let result = self.server.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         self.shutdown.cancel();
         // Every request has finished: flush the request log.
@@ -305,8 +311,13 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(15), state.usage.close()).await;
         drop(state);
         let _ = tokio::time::timeout(Duration::from_secs(10), usage_writer).await;
-        drop(replica);
+        if let Some(replica) = replica {
+            replica.release().await;
+        }
         drop(lock);
+        if let Some(why) = replica_lost.lock().take() {
+            return Err(std::io::Error::other(why));
+        }
         result
     }
 
@@ -370,6 +381,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         .map_err(|e| StartError::Listen(config.listen, e))?;
     let bounds = ConnBounds::of(&config);
     let mut background = vec![dispatcher_task, refresher, metrics_upkeep];
+    let replica_lost = Arc::new(Mutex::new(None));
+    if let Some(lost) = replica.as_ref().map(ReplicaLock::lost) {
+        let (token, flag) = (shutdown.clone(), replica_lost.clone());
+        background.push(tokio::spawn(stop_if_replica_lock_lost(lost, token, flag)));
+    }
     let mut metrics_addr = None;
     if let Some(at) = config.metrics_listen {
         let l = TcpListener::bind(at).await.map_err(|e| StartError::Listen(at, e))?;
@@ -392,6 +408,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         usage_writer,
         lock,
         replica,
+        replica_lost,
     })
 }
 
@@ -410,6 +427,29 @@ pub async fn replica_lock(config: &Config, store: &Store) -> Result<Option<Repli
         None => (ReplicaMode::Sole, StartError::AnotherReplica),
     };
     store.lock_replica(mode).await?.map(Some).ok_or(refused)
+}
+
+/// Stops the server when the replica lock is lost for good: its connection
+/// to PostgreSQL was gone long enough for another `serve` to take it, so
+/// the limits would now be counted twice. In-flight requests finish and the
+/// request log is flushed, as on a signal; then [`Running::wait`] fails
+/// with the reason and `serve` exits with status 1, so that a supervisor
+/// sees it (and a restart is refused with the usual message while the
+/// other replica runs). While the lock is merely gone (PostgreSQL away),
+/// the server keeps serving; the lock is taken again when it answers.
+async fn stop_if_replica_lock_lost(
+    lost: impl std::future::Future<Output = String>,
+    shutdown: CancellationToken,
+    flag: Arc<Mutex<Option<String>>>,
+) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        why = lost => {
+            tracing::error!(reason = %why, "stopping: the replica lock is lost");
+            *flag.lock() = Some(why);
+            shutdown.cancel();
+        }
+    }
 }
 
 /// The bounds every connection is held to.
@@ -778,7 +818,9 @@ async fn ready(axum::extract::State(state): axum::extract::State<SharedState>) -
     };
     let redis = async {
         match &state.config.redis_url {
-            Some(url) => Some(tollgate_store::guards::ping_redis(url.expose(), READY_TIMEOUT).await),
+            Some(url) => {
+                Some(tollgate_store::guards::ping_redis(url.expose(), state.config.redis_cluster, READY_TIMEOUT).await)
+            }
             None => None,
         }
     };

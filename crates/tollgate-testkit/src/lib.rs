@@ -24,6 +24,7 @@ pub mod control;
 pub mod google;
 pub mod openai;
 pub mod postgres_db;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod responses;
 pub mod tcp_proxy;

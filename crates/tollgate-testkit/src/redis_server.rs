@@ -91,51 +91,69 @@ impl RedisServer {
 
     /// Sends one inline command and returns the first line of the answer.
     pub fn command(&self, line: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        stream.write_all(format!("{line}\r\n").as_bytes()).ok()?;
-        let mut answer = String::new();
-        BufReader::new(stream).read_line(&mut answer).ok()?;
-        Some(answer.trim_end().to_owned())
+        command_at(self.port, line)
     }
 
     /// A command whose answer is one bulk string (`INFO …`, `CLUSTER INFO`):
     /// its text, or empty.
     pub fn info(&self, line: &str) -> String {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return String::new();
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        if stream.write_all(format!("{line}\r\n").as_bytes()).is_err() {
-            return String::new();
-        }
-        let mut reader = BufReader::new(stream);
-        let mut head = String::new();
-        if reader.read_line(&mut head).is_err() {
-            return String::new();
-        }
-        let Some(len) = head.trim_end().strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else {
-            return String::new();
-        };
-        let mut body = vec![0u8; len + 2];
-        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
-            return String::new();
-        }
-        String::from_utf8_lossy(&body[..len]).into_owned()
+        info_at(self.port, line)
     }
 
     /// Calls of each command since the last `CONFIG RESETSTAT`, from
     /// `INFO commandstats`: (command, calls).
     pub fn command_calls(&self) -> Vec<(String, u64)> {
-        self.info("INFO commandstats")
-            .lines()
-            .filter_map(|l| {
-                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
-                Some((name.to_owned(), calls))
-            })
-            .collect()
+        command_calls_at(self.port)
     }
+}
+
+/// Sends one inline command to the server on `port` and returns the first
+/// line of the answer.
+pub fn command_at(port: u16, line: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).ok()?;
+    Some(answer.trim_end().to_owned())
+}
+
+/// A command whose answer is one bulk string (`INFO …`, `CLUSTER INFO`),
+/// sent to the server on `port`: its text, or empty.
+pub fn info_at(port: u16, line: &str) -> String {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(format!("{line}\r\n").as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    if reader.read_line(&mut head).is_err() {
+        return String::new();
+    }
+    let Some(len) = head.trim_end().strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) else {
+        return String::new();
+    };
+    let mut body = vec![0u8; len + 2];
+    if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&body[..len]).into_owned()
+}
+
+/// Calls of each command on the server on `port` since its last `CONFIG
+/// RESETSTAT`, from `INFO commandstats`: (command, calls).
+pub fn command_calls_at(port: u16) -> Vec<(String, u64)> {
+    info_at(port, "INFO commandstats")
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
 }
 
 impl Drop for RedisServer {

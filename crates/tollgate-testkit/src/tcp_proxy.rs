@@ -1,10 +1,15 @@
 //! A TCP proxy in front of a real server (PostgreSQL in the outage tests)
 //! that a test can [`cut`](TcpProxy::cut) — every open connection is dropped
 //! and new ones are refused, as when the server is stopped — and
-//! [`restore`](TcpProxy::restore) on the same address.
+//! [`restore`](TcpProxy::restore) on the same address. It can also
+//! [`strand`](TcpProxy::strand) its connections: the client's side is
+//! dropped while the server's is kept open and silent, as when a network
+//! fails without either end closing: the server still believes in the
+//! session (and whatever it holds) until the proxy lets go.
 
 use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,6 +21,12 @@ pub struct TcpProxy {
     target: SocketAddr,
     /// Bumped by every cut: each connection ends when it moves.
     cuts: watch::Sender<u64>,
+    /// Bumped by every strand: each connection drops its client side and
+    /// leaves its server side in `stranded`.
+    strands: watch::Sender<u64>,
+    /// Server sides of stranded connections, open until
+    /// [`TcpProxy::release_stranded`] or the proxy is dropped.
+    stranded: Arc<Mutex<Vec<TcpStream>>>,
     /// The accept loop, while the proxy is up.
     acceptor: Mutex<Option<JoinHandle<()>>>,
 }
@@ -26,10 +37,13 @@ impl TcpProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (cuts, _) = watch::channel(0);
+        let (strands, _) = watch::channel(0);
         let proxy = TcpProxy {
             addr,
             target,
             cuts,
+            strands,
+            stranded: Arc::new(Mutex::new(Vec::new())),
             acceptor: Mutex::new(None),
         };
         proxy.accept_on(listener);
@@ -66,18 +80,26 @@ impl TcpProxy {
     }
 
     fn accept_on(&self, listener: TcpListener) {
-        let (target, cuts) = (self.target, self.cuts.clone());
+        let (target, cuts, strands) = (self.target, self.cuts.clone(), self.strands.clone());
+        let stranded = self.stranded.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let mut cut = cuts.subscribe();
+                let mut strand = strands.subscribe();
+                let stranded = stranded.clone();
                 tokio::spawn(async move {
                     let Ok(mut upstream) = TcpStream::connect(target).await else {
                         return;
                     };
                     let mut client = client;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                        _ = cut.changed() => {}
+                    let keep = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => false,
+                        _ = cut.changed() => false,
+                        _ = strand.changed() => true,
+                    };
+                    if keep {
+                        drop(client);
+                        stranded.lock().push(upstream);
                     }
                 });
             }
@@ -95,6 +117,23 @@ impl TcpProxy {
             let _ = task.await;
         }
         self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Drops the client side of every open connection and keeps its server
+    /// side open, sending nothing, until [`TcpProxy::release_stranded`]
+    /// (the server notices nothing). New connections are accepted as usual.
+    pub fn strand(&self) {
+        self.strands.send_modify(|n| *n += 1);
+    }
+
+    /// How many server sides [`TcpProxy::strand`] holds open.
+    pub fn stranded(&self) -> usize {
+        self.stranded.lock().len()
+    }
+
+    /// Closes the server sides that [`TcpProxy::strand`] kept open.
+    pub fn release_stranded(&self) {
+        self.stranded.lock().clear();
     }
 
     /// Accepts connections again, on the same address.
@@ -169,6 +208,43 @@ mod tests {
         proxy.restore().await.unwrap();
         let mut fresh = TcpStream::connect(proxy.addr).await.unwrap();
         assert_eq!(&round_trip(&mut fresh).await.unwrap(), b"ping");
+    }
+
+    #[tokio::test]
+    async fn strand_drops_the_client_side_and_keeps_the_server_side() {
+        // A server that reports when a connection of its closes.
+        let l = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let target = l.local_addr().unwrap();
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        let proxy = TcpProxy::start(target).await.unwrap();
+        let mut open = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(&round_trip(&mut open).await.unwrap(), b"ping");
+
+        proxy.strand();
+        assert!(round_trip(&mut open).await.is_err(), "the client side is dropped");
+        while proxy.stranded() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(300), closed.recv()).await;
+        assert!(waited.is_err(), "the server side stays open");
+        let mut fresh = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(&round_trip(&mut fresh).await.unwrap(), b"ping", "new connections pass");
+
+        proxy.release_stranded();
+        assert_eq!(proxy.stranded(), 0);
+        tokio::time::timeout(std::time::Duration::from_secs(2), closed.recv())
+            .await
+            .expect("the server side closes once released");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The limit counters: where consumption and reservations live, behind one
 //! trait with an in-process implementation ([`MemoryCounters`], the embedded
 //! mode) and a Redis one ([`RedisCounters`], scale-out: one Lua script per
-//! admit and per settle, atomic over all keys).
+//! admit and per settle, atomic over all keys; one server or a Redis
+//! Cluster).
 //!
 //! The rules (which counter a limit counts in, what fits, what a refusal
 //! reports, when an alert fires) are in [`tollgate_core::admission`]; this
@@ -30,6 +31,7 @@
 mod memory;
 mod redis;
 mod redis_breakers;
+pub(crate) mod redis_conn;
 
 pub use self::redis::{
     OnRedisError, RedisCounters, RedisSettings, DEFAULT_KEY_PREFIX as DEFAULT_REDIS_KEY_PREFIX,
@@ -37,6 +39,7 @@ pub use self::redis::{
 };
 pub use memory::MemoryCounters;
 pub use redis_breakers::RedisBreakers;
+pub use redis_conn::redis_nodes;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -17,12 +17,14 @@
 //! it restarts empty admission answers [`CounterError::NeedsRestore`] until
 //! one replica has rebuilt the group.
 //!
-//! Every call is bounded by [`RedisSettings::timeout`]; the connection is a
-//! reconnecting [`ConnectionManager`], so the counters come back by
-//! themselves when Redis does. While Redis cannot be reached, admission
+//! Every call is bounded by [`RedisSettings::timeout`]; the connection
+//! reconnects by itself (one server or a Redis Cluster with
+//! [`RedisSettings::cluster`], see `redis_conn`), so the counters come back
+//! by themselves when Redis does. While Redis cannot be reached, admission
 //! fails ([`CounterError::Unavailable`]), or with [`OnRedisError::Open`]
 //! admits without counting and logs so at error level.
 
+use super::redis_conn::{eval, Lua, RedisClient, RedisConn};
 use super::{
     AdmitError, Consumption, CounterError, Counters, Held, Place, ReleaseOnDrop, Reservation, RestoreTurn, MAX_CHECKS,
 };
@@ -30,7 +32,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use rand::RngCore;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -86,8 +87,11 @@ impl OnRedisError {
 /// How to reach Redis and use it.
 #[derive(Clone)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`; with `cluster`, one or
+    /// more seed nodes of a Redis Cluster, comma separated.
     pub url: String,
+    /// `url` names a Redis Cluster (`redis_cluster`).
+    pub cluster: bool,
     /// Put before every key, so that deployments can share one Redis; no
     /// braces (they would change the hash tag).
     pub key_prefix: String,
@@ -105,6 +109,7 @@ impl RedisSettings {
     pub fn new(url: impl Into<String>, lease: Duration) -> RedisSettings {
         RedisSettings {
             url: url.into(),
+            cluster: false,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             on_error: OnRedisError::Closed,
             lease,
@@ -118,6 +123,7 @@ impl std::fmt::Debug for RedisSettings {
         // The URL may hold a password.
         f.debug_struct("RedisSettings")
             .field("url", &"<set>")
+            .field("cluster", &self.cluster)
             .field("key_prefix", &self.key_prefix)
             .field("on_error", &self.on_error)
             .field("lease", &self.lease)
@@ -144,10 +150,10 @@ impl std::fmt::Debug for RedisCounters {
 pub(super) struct Inner {
     /// Itself, for releasing a dropped reservation from a spawned task.
     me: Weak<Inner>,
-    client: redis::Client,
+    client: RedisClient,
     /// Connected on first use, so that the gateway starts while Redis is down.
-    conn: tokio::sync::OnceCell<ConnectionManager>,
-    script: redis::Script,
+    conn: tokio::sync::OnceCell<RedisConn>,
+    script: Lua,
     pub(super) prefix: String,
     on_error: OnRedisError,
     lease_ms: i64,
@@ -173,15 +179,15 @@ impl RedisCounters {
                 "the Redis timeout and reservation lease must be positive".into(),
             ));
         }
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| CounterError::Settings(format!("redis_url is not a Redis URL: {e}")))?;
+        let client =
+            RedisClient::open(&settings.url, settings.cluster, settings.timeout).map_err(CounterError::Settings)?;
         let mut token = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut token);
         let inner = Arc::new_cyclic(|me| Inner {
             me: me.clone(),
             client,
             conn: tokio::sync::OnceCell::new(),
-            script: redis::Script::new(SCRIPT),
+            script: Lua::new(SCRIPT),
             prefix: settings.key_prefix,
             on_error: settings.on_error,
             lease_ms: i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX),
@@ -221,19 +227,9 @@ impl Inner {
         Ok(format!("{}{{{group}}}", self.prefix))
     }
 
-    pub(super) async fn connection(&self) -> redis::RedisResult<ConnectionManager> {
+    pub(super) async fn connection(&self) -> redis::RedisResult<RedisConn> {
         self.conn
-            .get_or_try_init(|| {
-                // Retries a lost connection every half second at most; each
-                // call is bounded by `timeout` anyway.
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.timeout)
-                    .set_response_timeout(self.timeout)
-                    .set_number_of_retries(2)
-                    .set_factor(2)
-                    .set_max_delay(500);
-                ConnectionManager::new_with_config(self.client.clone(), config)
-            })
+            .get_or_try_init(|| self.client.connect(self.timeout))
             .await
             .cloned()
     }
@@ -253,19 +249,12 @@ impl Inner {
         }
     }
 
-    /// One run of the script: one round trip (two more, once, after Redis
-    /// lost the script: `SCRIPT LOAD`, then the call again).
+    /// One run of the script: one round trip (one more, once, after the
+    /// node lost the script: the call again with its text).
     async fn run(&self, keys: &[String], args: &[String]) -> Result<Vec<String>, CounterError> {
         self.bounded(async {
             let mut conn = self.connection().await?;
-            let mut call = self.script.prepare_invoke();
-            for k in keys {
-                call.key(k);
-            }
-            for a in args {
-                call.arg(a);
-            }
-            call.invoke_async::<Vec<String>>(&mut conn).await
+            eval(&mut conn, &self.script, keys, args).await
         })
         .await
     }
@@ -603,26 +592,14 @@ impl Counters for RedisCounters {
     }
 
     async fn forget(&self, group: &str, id: &LimitId) -> Result<(), CounterError> {
-        let pattern = format!(
-            "{}:[cl]:{}|*",
-            glob_escape(&self.inner.tag(group)?),
-            glob_escape(id.as_str())
-        );
+        let tag = self.inner.tag(group)?;
+        let pattern = format!("{}:[cl]:{}|*", glob_escape(&tag), glob_escape(id.as_str()));
         let inner = &self.inner;
         let mut conn = inner.bounded(inner.connection()).await?;
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = inner
-                .bounded(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
-                )
-                .await?;
+            // On a cluster, the node that holds the group's slot.
+            let (next, keys) = inner.bounded(conn.scan_slot(&tag, cursor, &pattern)).await?;
             if !keys.is_empty() {
                 inner
                     .bounded(redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut conn))

@@ -20,6 +20,7 @@
 //! the timeout at most once a second rather than on every attempt.
 
 use super::redis::Inner;
+use super::redis_conn::{eval, Lua};
 use parking_lot::Mutex;
 use redis::AsyncCommands;
 use std::sync::atomic::Ordering;
@@ -42,7 +43,7 @@ const BACK_OFF: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct RedisBreakers {
     inner: Arc<Inner>,
-    script: Arc<redis::Script>,
+    script: Arc<Lua>,
     /// Redis failures: when one was last logged and how many since, and
     /// until when Redis is left alone.
     log: Arc<Mutex<Failures>>,
@@ -67,7 +68,7 @@ impl RedisBreakers {
     pub(super) fn new(inner: Arc<Inner>) -> RedisBreakers {
         RedisBreakers {
             inner,
-            script: Arc::new(redis::Script::new(SCRIPT)),
+            script: Arc::new(Lua::new(SCRIPT)),
             log: Arc::new(Mutex::new(Failures::default())),
         }
     }
@@ -117,19 +118,20 @@ impl RedisBreakers {
             self.inner.token,
             self.inner.next_id.fetch_add(1, Ordering::Relaxed)
         );
+        let keys = [fails, open];
+        let args = [
+            if ok { "ok" } else { "fail" }.to_owned(),
+            now_ms.to_string(),
+            since.to_string(),
+            failures.to_string(),
+            until.to_string(),
+            keep(window_ms).to_string(),
+            keep(cooldown_ms).to_string(),
+            member,
+        ];
         let run = async {
             let mut conn = self.inner.connection().await?;
-            let mut call = self.script.prepare_invoke();
-            call.key(&fails).key(&open);
-            call.arg(if ok { "ok" } else { "fail" })
-                .arg(now_ms)
-                .arg(since)
-                .arg(failures)
-                .arg(until)
-                .arg(keep(window_ms))
-                .arg(keep(cooldown_ms))
-                .arg(member);
-            call.invoke_async::<i64>(&mut conn).await
+            eval::<i64>(&mut conn, &self.script, &keys, &args).await
         };
         if let Err(e) = self.bounded(run).await {
             self.warn(&e);

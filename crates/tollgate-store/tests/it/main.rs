@@ -10,5 +10,6 @@ mod journal;
 mod notify;
 mod postgres;
 mod redis_breakers;
+mod redis_cluster;
 mod redis_counters;
 mod usage_outage;
