@@ -2,6 +2,7 @@
 //! errors, graceful shutdown, secrets out of debug logs, master-key rotation
 //! and price import.
 
+use crate::support::{self, call_at};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::MockServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const SECRET: &str = "sk-live-DEBUG-LOG-MUST-NOT-SHOW-THIS-0123456789";
@@ -126,18 +128,6 @@ fn run(args: &[&str], dir: &Path) -> std::process::Output {
         .expect("run")
 }
 
-async fn call(url: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{url}{path}"))
-        .header("x-portkey-api-key", key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// Polls until `f` is true (the server reloads CLI changes within a second).
 async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -156,7 +146,7 @@ async fn first_start_prints_a_key_once_and_sigterm_drains() {
         p.stderr().contains("x-portkey-api-key"),
         "one line telling the user what to do"
     );
-    let (status, body) = call(&p.url, reqwest::Method::GET, "/v1/admin/workspaces", &key, None).await;
+    let (status, body) = call_at(&p.url, reqwest::Method::GET, "/v1/admin/workspaces", &key, None).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"][0]["slug"], "default");
     use std::os::unix::fs::PermissionsExt;
@@ -188,7 +178,7 @@ async fn first_start_prints_a_key_once_and_sigterm_drains() {
     eventually(|| {
         let (url, k) = (url.clone(), new_key.to_owned());
         async move {
-            call(&url, reqwest::Method::GET, "/v1/admin/workspaces", &k, None)
+            call_at(&url, reqwest::Method::GET, "/v1/admin/workspaces", &k, None)
                 .await
                 .0
                 == 200
@@ -248,32 +238,10 @@ async fn a_wrong_master_key_is_refused() {
     );
 }
 
-/// Creates an integration pointing at `mock_url`, provisions it to the
-/// default workspace and returns a workspace key.
+/// Wires the server at `url` up to `mock_url` (see [`support::wire_up`])
+/// with the integration key [`SECRET`]; returns a workspace key.
 async fn wire_up(url: &str, admin: &str, mock_url: &str) -> String {
-    let (s, b) = call(url, reqwest::Method::POST, "/v1/integrations", admin,
-        Some(json!({"name": "m", "slug": "m", "ai_provider_id": "openai", "key": SECRET, "configurations": {"custom_host": mock_url}}))).await;
-    assert_eq!(s, 200, "{b}");
-    let (_, ws) = call(url, reqwest::Method::GET, "/v1/admin/workspaces/default", admin, None).await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
-    let (s, _) = call(
-        url,
-        reqwest::Method::PUT,
-        "/v1/integrations/m/workspaces",
-        admin,
-        Some(json!({"workspaces": [{"id": ws}]})),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let (_, k) = call(
-        url,
-        reqwest::Method::POST,
-        "/v1/api-keys/workspace/service",
-        admin,
-        Some(json!({"workspace_id": ws})),
-    )
-    .await;
-    k["key"].as_str().unwrap().to_owned()
+    support::wire_up(url, admin, SECRET, mock_url).await.1
 }
 
 async fn complete(url: &str, key: &str) -> u16 {
@@ -288,8 +256,18 @@ async fn complete(url: &str, key: &str) -> u16 {
         .as_u16()
 }
 
-#[tokio::test]
-async fn debug_logs_never_show_a_secret() {
+/// `serve` on a fresh data directory with `env`, wired up to an upstream
+/// that wants [`SECRET`].
+struct Wired {
+    _mock: MockServer,
+    dir: tempfile::TempDir,
+    p: Proc,
+    admin: String,
+    /// A key of the default workspace.
+    key: String,
+}
+
+async fn wired(env: &[(&str, &str)]) -> Wired {
     let mock = openai::start(OpenAiMock {
         api_key: Some(SECRET.into()),
         control: Control::new(),
@@ -297,9 +275,21 @@ async fn debug_logs_never_show_a_secret() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::serve(dir.path(), &[("TOLLGATE_LOG", "debug")]);
+    let p = Proc::serve(dir.path(), env);
     let admin = first_key(&p);
     let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
+    Wired {
+        _mock: mock,
+        dir,
+        p,
+        admin,
+        key,
+    }
+}
+
+#[tokio::test]
+async fn debug_logs_never_show_a_secret() {
+    let Wired { _mock, dir, p, key, .. } = wired(&[("TOLLGATE_LOG", "debug")]).await;
     assert_eq!(
         complete(&p.url, &key).await,
         200,
@@ -319,16 +309,13 @@ async fn debug_logs_never_show_a_secret() {
 
 #[tokio::test]
 async fn rotating_the_master_key_keeps_the_server_working() {
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(SECRET.into()),
-        control: Control::new(),
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = Proc::serve(dir.path(), &[]);
-    let admin = first_key(&p);
-    let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
+    let Wired {
+        _mock,
+        dir,
+        p,
+        admin,
+        key,
+    } = wired(&[]).await;
     assert_eq!(complete(&p.url, &key).await, 200);
     let before = std::fs::read(dir.path().join("master.key")).unwrap();
     let out = run(&["rotate-master-key"], dir.path());
@@ -341,7 +328,7 @@ async fn rotating_the_master_key_keeps_the_server_working() {
     // And a fresh start with the new key file works too.
     let p = Proc::serve(dir.path(), &[]);
     assert_eq!(complete(&p.url, &key).await, 200);
-    let (_, audit) = call(
+    let (_, audit) = call_at(
         &p.url,
         reqwest::Method::GET,
         "/v1/audit-logs?object_type=master_key",
@@ -381,7 +368,7 @@ async fn prices_import_replaces_the_table() {
     eventually(|| {
         let (url, admin) = (url.clone(), admin.clone());
         async move {
-            let (_, logs) = call(&url, reqwest::Method::GET, "/v1/logs", &admin, None).await;
+            let (_, logs) = call_at(&url, reqwest::Method::GET, "/v1/logs", &admin, None).await;
             logs["data"][0]["cost_exact"] == "7"
         }
     })

@@ -3,12 +3,12 @@
 //! translated through chat (the other way round), whole and streamed, with
 //! usage and cost logged under the endpoint, and limits holding as on chat.
 
-use crate::gateway::UPSTREAM_KEY;
+use crate::gateway::{upstream, UPSTREAM_KEY};
 use crate::support::{manual_clock, App};
 use futures::future::join_all;
 use serde_json::{json, Value};
 use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::openai;
 use tollgate_testkit::{anthropic, MockServer};
 
 const ANT_KEY: &str = "sk-ant-test-key";
@@ -28,12 +28,7 @@ async fn both() -> Both {
     let (_clock, shared) = manual_clock("2026-11-26T10:00:30Z");
     let app = App::start_with(|_| {}, shared).await;
     let control = Control::new();
-    let oai = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: control.clone(),
-    })
-    .await
-    .unwrap();
+    let oai = upstream(&control).await;
     let ant = anthropic::start(anthropic::AnthropicMock {
         api_key: ANT_KEY.into(),
         control: control.clone(),

@@ -149,6 +149,11 @@ impl App {
         self.call(Method::DELETE, path, Some(key), None).await
     }
 
+    /// POSTs `body` to the chat completions endpoint as `key`.
+    pub async fn completion(&self, key: &str, body: Value) -> Resp {
+        self.post("/v1/chat/completions", key, body).await
+    }
+
     /// Creates a workspace and returns its id.
     pub async fn workspace(&self, name: &str) -> String {
         let r = self
@@ -234,6 +239,15 @@ impl App {
     }
 }
 
+/// A response's `content-type`, or "" without one.
+pub fn content_type(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// A clock for tests that need to move time.
 pub fn manual_clock(at: &str) -> (tollgate_core::clock::ManualClock, SharedClock) {
     let t = chrono::DateTime::parse_from_rfc3339(at)
@@ -242,6 +256,59 @@ pub fn manual_clock(at: &str) -> (tollgate_core::clock::ManualClock, SharedClock
     let c = tollgate_core::clock::ManualClock::new(t);
     let shared: SharedClock = Arc::new(c.clone());
     (c, shared)
+}
+
+/// An admin call to the server at `url` (a child process):
+/// (status, JSON body or null).
+pub async fn call_at(url: &str, method: Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .header("x-portkey-api-key", key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// On the server at `url`: an OpenAI-compatible integration `m` holding
+/// `secret` and pointing at `mock_url`, provisioned to the default
+/// workspace; returns (the workspace's id, a new key of it).
+pub async fn wire_up(url: &str, admin: &str, secret: &str, mock_url: &str) -> (String, String) {
+    let (s, b) = call_at(
+        url,
+        Method::POST,
+        "/v1/integrations",
+        admin,
+        Some(
+            json!({"name": "m", "slug": "m", "ai_provider_id": "openai", "key": secret,
+            "configurations": {"custom_host": mock_url}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, ws) = call_at(url, Method::GET, "/v1/admin/workspaces/default", admin, None).await;
+    let ws = ws["id"].as_str().expect("id").to_owned();
+    let (s, _) = call_at(
+        url,
+        Method::PUT,
+        "/v1/integrations/m/workspaces",
+        admin,
+        Some(json!({"workspaces": [{"id": ws}]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, k) = call_at(
+        url,
+        Method::POST,
+        "/v1/api-keys/workspace/service",
+        admin,
+        Some(json!({"workspace_id": ws})),
+    )
+    .await;
+    let key = k["key"].as_str().expect("key").to_owned();
+    (ws, key)
 }
 
 /// The built `tollgate` binary.
