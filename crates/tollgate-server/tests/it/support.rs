@@ -314,26 +314,26 @@ pub async fn wire_up(url: &str, admin: &str, secret: &str, mock_url: &str) -> (S
 /// The built `tollgate` binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-/// Collects a child's stdout and stderr lines into one text, read by a
-/// thread each, so that nothing it prints is lost or blocks it.
+/// Appends a pipe's lines to `sink`, on a thread of its own, so that
+/// nothing the child prints is lost or blocks it.
+fn drain_into(pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+}
+
+/// Collects a child's stdout and stderr lines into one text.
 pub fn capture(child: &mut Child) -> Arc<Mutex<String>> {
     let output = Arc::new(Mutex::new(String::new()));
-    let pipes: Vec<Box<dyn Read + Send>> = [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for pipe in pipes {
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+    if let Some(p) = child.stdout.take() {
+        drain_into(p, output.clone());
+    }
+    if let Some(p) = child.stderr.take() {
+        drain_into(p, output.clone());
     }
     output
 }
@@ -341,7 +341,8 @@ pub fn capture(child: &mut Child) -> Arc<Mutex<String>> {
 /// A `tollgate serve` child process; dropped, it is killed.
 pub struct Proc {
     child: Child,
-    output: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
     /// `http://127.0.0.1:PORT`, from its "listening on" line.
     pub url: String,
 }
@@ -365,22 +366,25 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tollgate");
-        // The first admin key and the listening address are found wherever
-        // they are printed.
-        let output = capture(&mut child);
+        let (stdout, stderr) = (Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new())));
+        if let Some(p) = child.stdout.take() {
+            drain_into(p, stdout.clone());
+        }
+        if let Some(p) = child.stderr.take() {
+            drain_into(p, stderr.clone());
+        }
+        // Owned from here on, so that a failed start still kills the child.
         let mut p = Proc {
             child,
-            output,
+            stdout,
+            stderr,
             url: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         p.url = loop {
-            let text = p.output();
-            if let Some(url) = text
-                .lines()
-                .find_map(|l| l.split("listening on ").nth(1).map(|u| u.trim().to_owned()))
-            {
-                break url;
+            let text = p.stderr();
+            if let Some(url) = text.lines().find_map(|l| l.strip_prefix("Tollgate is listening on ")) {
+                break url.trim().to_owned();
             }
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("tollgate exited with {status}: {text}");
@@ -396,8 +400,14 @@ impl Proc {
         self.url.trim_start_matches("http://")
     }
 
-    pub fn output(&self) -> String {
-        self.output.lock().clone()
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().clone()
+    }
+
+    /// What it printed on stderr (its log) so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().clone()
     }
 
     /// The first admin key, printed on stdout; "listening" comes on stderr,
@@ -405,15 +415,32 @@ impl Proc {
     pub fn first_key(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(k) = self.output().split_whitespace().find(|w| w.starts_with("tg-")) {
+            if let Some(k) = self.stdout().split_whitespace().find(|w| w.starts_with("tg-")) {
                 return k.to_owned();
             }
             assert!(
                 Instant::now() < deadline,
-                "the first admin key is printed: {}",
-                self.output()
+                "the first admin key is printed on stdout: {}",
+                self.stderr()
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status and
+    /// the whole log.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // The reader threads catch up with the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return (status, self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
