@@ -47,23 +47,14 @@ async fn setup_on(app: App) -> R {
         .await;
     app.openai_integration("b", &openai::base_url(&b), UPSTREAM_KEY, &[&ws])
         .await;
-    let r = app
-        .post(
-            "/v1/integrations",
-            &app.admin_key,
-            json!({"name": "claude", "slug": "claude", "ai_provider_id": "anthropic", "key": ANTHROPIC_KEY,
-                   "configurations": {"custom_host": anthropic::base_url(&claude)}}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = app
-        .put(
-            "/v1/integrations/claude/workspaces",
-            &app.admin_key,
-            json!({"workspaces": [{"id": ws, "enabled": true}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.integration(
+        "anthropic",
+        "claude",
+        ANTHROPIC_KEY,
+        json!({"custom_host": anthropic::base_url(&claude)}),
+        &[&ws],
+    )
+    .await;
     let key = app
         .workspace_key(&ws, &["completions.write", "logs.view", "configs.*"])
         .await

@@ -182,11 +182,18 @@ impl App {
     /// Creates an OpenAI-compatible integration pointing at `base_url`,
     /// provisioned to `workspaces`.
     pub async fn openai_integration(&self, slug: &str, base_url: &str, key: &str, workspaces: &[&str]) {
+        self.integration("openai", slug, key, json!({"custom_host": base_url}), workspaces)
+            .await;
+    }
+
+    /// Creates an integration `slug` of `provider` holding `key`, with
+    /// `configurations`, provisioned to `workspaces`.
+    pub async fn integration(&self, provider: &str, slug: &str, key: &str, configurations: Value, workspaces: &[&str]) {
         let r = self
             .post(
                 "/v1/integrations",
                 &self.admin_key,
-                json!({"name": slug, "slug": slug, "ai_provider_id": "openai", "key": key, "configurations": {"custom_host": base_url}}),
+                json!({"name": slug, "slug": slug, "ai_provider_id": provider, "key": key, "configurations": configurations}),
             )
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
