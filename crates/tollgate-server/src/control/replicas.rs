@@ -44,16 +44,10 @@ async fn within(state: &AppState, ok: impl Fn(&AppState) -> bool) -> Duration {
     start.elapsed()
 }
 
-#[tokio::test]
-async fn a_key_revoked_through_one_replica_is_refused_by_every_replica_within_a_second() {
-    let db = TestDb::create().await;
-    let url = db.url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = CancellationToken::new();
-    let a = replica(dir.path(), &url, &shutdown).await;
-    let b = replica(dir.path(), &url, &shutdown).await;
-
-    let key = Control::new(&a)
+/// Creates a service key in the default workspace through `state`; returns
+/// its id.
+async fn new_key(state: &AppState) -> String {
+    Control::new(state)
         .create_api_key(
             &org(),
             "workspace",
@@ -64,8 +58,21 @@ async fn a_key_revoked_through_one_replica_is_refused_by_every_replica_within_a_
             },
         )
         .await
-        .unwrap();
-    let id = key.id.to_string();
+        .unwrap()
+        .id
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_key_revoked_through_one_replica_is_refused_by_every_replica_within_a_second() {
+    let db = TestDb::create().await;
+    let url = db.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let a = replica(dir.path(), &url, &shutdown).await;
+    let b = replica(dir.path(), &url, &shutdown).await;
+
+    let id = new_key(&a).await;
     assert!(a.snapshot().key_by_id(&id).is_some());
     within(&b, |s| s.snapshot().key_by_id(&id).is_some()).await;
 
@@ -77,19 +84,7 @@ async fn a_key_revoked_through_one_replica_is_refused_by_every_replica_within_a_
     assert_eq!(a.snapshot().version, b.snapshot().version);
 
     // A change through the other replica comes back the same way.
-    let back = Control::new(&b)
-        .create_api_key(
-            &org(),
-            "workspace",
-            "service",
-            api_keys::CreateKey {
-                workspace_id: Some("default".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let back = back.id.to_string();
+    let back = new_key(&b).await;
     within(&a, |s| s.snapshot().key_by_id(&back).is_some()).await;
 
     shutdown.cancel();

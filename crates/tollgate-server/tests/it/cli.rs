@@ -2,116 +2,35 @@
 //! errors, graceful shutdown, secrets out of debug logs, master-key rotation
 //! and price import.
 
+use crate::support::{self, call_at, Proc, BIN};
+use parking_lot::Mutex;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::MockServer;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const SECRET: &str = "sk-live-DEBUG-LOG-MUST-NOT-SHOW-THIS-0123456789";
-
-struct Proc {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    url: String,
-}
-
-/// Collects a pipe's lines on a thread.
-fn drain(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            let mut s = sink.lock().unwrap();
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
-    text
-}
-
-impl Proc {
-    fn serve(dir: &Path, extra_env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir);
-        cmd.env_remove("TOLLGATE_MASTER_KEY").env("TOLLGATE_LOG_LEVEL", "info");
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tollgate");
-        let stdout = drain(child.stdout.take().expect("stdout"));
-        let stderr = drain(child.stderr.take().expect("stderr"));
-        // Owned from here on, so that a failed start still kills the child.
-        let mut p = Proc {
-            child,
-            stdout,
-            stderr,
-            url: String::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        p.url = loop {
-            let text = p.stderr();
-            if let Some(url) = text.lines().find_map(|l| l.strip_prefix("Tollgate is listening on ")) {
-                break url.trim().to_owned();
-            }
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("tollgate exited with {status}: {text}");
-            }
-            assert!(Instant::now() < deadline, "tollgate did not start: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        p
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                std::thread::sleep(Duration::from_millis(50));
-                return (status, self.stderr());
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
 
 /// The first-start admin key: on stdout (alone on its line), never in the
 /// log stream on stderr.
 fn first_key(p: &Proc) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(k) = p.stdout().split_whitespace().find(|w| w.starts_with("tg-")) {
-            assert!(!p.stderr().contains(k), "the key stays out of stderr: {}", p.stderr());
-            return k.to_owned();
+    let k = p.first_key();
+    assert!(!p.stderr().contains(&k), "the key stays out of stderr: {}", p.stderr());
+    k
+}
+
+/// Waits (up to 30 s) until `child`'s log, collected in `err`, says it
+/// listens.
+fn wait_listening(child: &mut Child, err: &Mutex<String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !err.lock().contains("Tollgate is listening on") {
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("exited with {s}: {}", err.lock());
         }
-        assert!(Instant::now() < deadline, "no key on stdout: {}", p.stderr());
+        assert!(Instant::now() < deadline, "{}", err.lock());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -126,18 +45,6 @@ fn run(args: &[&str], dir: &Path) -> std::process::Output {
         .expect("run")
 }
 
-async fn call(url: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{url}{path}"))
-        .header("x-portkey-api-key", key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// Polls until `f` is true (the server reloads CLI changes within a second).
 async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -150,13 +57,13 @@ async fn eventually<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -
 #[tokio::test]
 async fn first_start_prints_a_key_once_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::serve(dir.path(), &[]);
+    let p = Proc::serve_with(dir.path(), &[]);
     let key = first_key(&p);
     assert!(
         p.stderr().contains("x-portkey-api-key"),
         "one line telling the user what to do"
     );
-    let (status, body) = call(&p.url, reqwest::Method::GET, "/v1/admin/workspaces", &key, None).await;
+    let (status, body) = call_at(&p.url, reqwest::Method::GET, "/v1/admin/workspaces", &key, None).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"][0]["slug"], "default");
     use std::os::unix::fs::PermissionsExt;
@@ -170,7 +77,7 @@ async fn first_start_prints_a_key_once_and_sigterm_drains() {
     let (status, _) = p.terminate();
     assert!(status.success(), "graceful exit on SIGTERM");
     // A second start prints no key; another one comes from the CLI, alone on stdout.
-    let p = Proc::serve(dir.path(), &[]);
+    let p = Proc::serve_with(dir.path(), &[]);
     assert!(
         !p.stderr().contains("tg-") && !p.stdout().contains("tg-"),
         "{}",
@@ -188,7 +95,7 @@ async fn first_start_prints_a_key_once_and_sigterm_drains() {
     eventually(|| {
         let (url, k) = (url.clone(), new_key.to_owned());
         async move {
-            call(&url, reqwest::Method::GET, "/v1/admin/workspaces", &k, None)
+            call_at(&url, reqwest::Method::GET, "/v1/admin/workspaces", &k, None)
                 .await
                 .0
                 == 200
@@ -232,7 +139,7 @@ async fn configuration_errors_name_the_problem() {
 #[tokio::test]
 async fn a_wrong_master_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::serve(dir.path(), &[("TOLLGATE_MASTER_KEY", &"ab".repeat(32))]);
+    let p = Proc::serve_with(dir.path(), &[("TOLLGATE_MASTER_KEY", &"ab".repeat(32))]);
     p.terminate();
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -248,32 +155,10 @@ async fn a_wrong_master_key_is_refused() {
     );
 }
 
-/// Creates an integration pointing at `mock_url`, provisions it to the
-/// default workspace and returns a workspace key.
+/// Wires the server at `url` up to `mock_url` (see [`support::wire_up`])
+/// with the integration key [`SECRET`]; returns a workspace key.
 async fn wire_up(url: &str, admin: &str, mock_url: &str) -> String {
-    let (s, b) = call(url, reqwest::Method::POST, "/v1/integrations", admin,
-        Some(json!({"name": "m", "slug": "m", "ai_provider_id": "openai", "key": SECRET, "configurations": {"custom_host": mock_url}}))).await;
-    assert_eq!(s, 200, "{b}");
-    let (_, ws) = call(url, reqwest::Method::GET, "/v1/admin/workspaces/default", admin, None).await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
-    let (s, _) = call(
-        url,
-        reqwest::Method::PUT,
-        "/v1/integrations/m/workspaces",
-        admin,
-        Some(json!({"workspaces": [{"id": ws}]})),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let (_, k) = call(
-        url,
-        reqwest::Method::POST,
-        "/v1/api-keys/workspace/service",
-        admin,
-        Some(json!({"workspace_id": ws})),
-    )
-    .await;
-    k["key"].as_str().unwrap().to_owned()
+    support::wire_up(url, admin, SECRET, mock_url).await.1
 }
 
 async fn complete(url: &str, key: &str) -> u16 {
@@ -288,8 +173,18 @@ async fn complete(url: &str, key: &str) -> u16 {
         .as_u16()
 }
 
-#[tokio::test]
-async fn debug_logs_never_show_a_secret() {
+/// `serve` on a fresh data directory with `env`, wired up to an upstream
+/// that wants [`SECRET`].
+struct Wired {
+    _mock: MockServer,
+    dir: tempfile::TempDir,
+    p: Proc,
+    admin: String,
+    /// A key of the default workspace.
+    key: String,
+}
+
+async fn wired(env: &[(&str, &str)]) -> Wired {
     let mock = openai::start(OpenAiMock {
         api_key: Some(SECRET.into()),
         control: Control::new(),
@@ -297,9 +192,21 @@ async fn debug_logs_never_show_a_secret() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::serve(dir.path(), &[("TOLLGATE_LOG", "debug")]);
+    let p = Proc::serve_with(dir.path(), env);
     let admin = first_key(&p);
     let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
+    Wired {
+        _mock: mock,
+        dir,
+        p,
+        admin,
+        key,
+    }
+}
+
+#[tokio::test]
+async fn debug_logs_never_show_a_secret() {
+    let Wired { _mock, dir, p, key, .. } = wired(&[("TOLLGATE_LOG", "debug")]).await;
     assert_eq!(
         complete(&p.url, &key).await,
         200,
@@ -319,16 +226,13 @@ async fn debug_logs_never_show_a_secret() {
 
 #[tokio::test]
 async fn rotating_the_master_key_keeps_the_server_working() {
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(SECRET.into()),
-        control: Control::new(),
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = Proc::serve(dir.path(), &[]);
-    let admin = first_key(&p);
-    let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
+    let Wired {
+        _mock,
+        dir,
+        p,
+        admin,
+        key,
+    } = wired(&[]).await;
     assert_eq!(complete(&p.url, &key).await, 200);
     let before = std::fs::read(dir.path().join("master.key")).unwrap();
     let out = run(&["rotate-master-key"], dir.path());
@@ -339,9 +243,9 @@ async fn rotating_the_master_key_keeps_the_server_working() {
     assert_eq!(complete(&p.url, &key).await, 200, "{}", p.stderr());
     p.terminate();
     // And a fresh start with the new key file works too.
-    let p = Proc::serve(dir.path(), &[]);
+    let p = Proc::serve_with(dir.path(), &[]);
     assert_eq!(complete(&p.url, &key).await, 200);
-    let (_, audit) = call(
+    let (_, audit) = call_at(
         &p.url,
         reqwest::Method::GET,
         "/v1/audit-logs?object_type=master_key",
@@ -359,7 +263,7 @@ async fn prices_import_replaces_the_table() {
     control.set_usage(1_000_000, 0, 0);
     let mock = openai::start(OpenAiMock { api_key: None, control }).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::serve(dir.path(), &[]);
+    let p = Proc::serve_with(dir.path(), &[]);
     let admin = first_key(&p);
     let key = wire_up(&p.url, &admin, &openai::base_url(&mock)).await;
     let bad = dir.path().join("bad.json");
@@ -381,7 +285,7 @@ async fn prices_import_replaces_the_table() {
     eventually(|| {
         let (url, admin) = (url.clone(), admin.clone());
         async move {
-            let (_, logs) = call(&url, reqwest::Method::GET, "/v1/logs", &admin, None).await;
+            let (_, logs) = call_at(&url, reqwest::Method::GET, "/v1/logs", &admin, None).await;
             logs["data"][0]["cost_exact"] == "7"
         }
     })
@@ -441,7 +345,7 @@ fn commands_other_than_serve_refuse_a_missing_data_dir() {
 #[test]
 fn a_second_serve_on_the_same_data_dir_is_refused_until_the_first_dies() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = Proc::serve(dir.path(), &[]);
+    let first = Proc::serve_with(dir.path(), &[]);
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
@@ -453,9 +357,8 @@ fn a_second_serve_on_the_same_data_dir_is_refused_until_the_first_dies() {
     assert!(err.contains("in use by another"), "{err}");
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
     // A SIGKILL releases the lock: the next start works.
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-    let again = Proc::serve(dir.path(), &[]);
+    first.kill_9();
+    let again = Proc::serve_with(dir.path(), &[]);
     again.terminate();
 }
 
@@ -518,18 +421,8 @@ fn listen_accepts_host_names() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    let err = drain(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if err.lock().unwrap().contains("Tollgate is listening on") {
-            break;
-        }
-        if let Ok(Some(s)) = child.try_wait() {
-            panic!("exited with {s}: {}", err.lock().unwrap());
-        }
-        assert!(Instant::now() < deadline, "{}", err.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let err = support::capture(&mut child);
+    wait_listening(&mut child, &err);
     let _ = child.kill();
     let _ = child.wait();
     let out = Command::new(BIN)
@@ -572,12 +465,12 @@ fn each_command_lists_only_its_options_and_serve_names_the_environment() {
 #[test]
 fn smtp_without_alert_from_uses_a_default_sender() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Proc::serve(dir.path(), &[("TOLLGATE_SMTP_URL", "smtp://127.0.0.1:1")]);
+    let p = Proc::serve_with(dir.path(), &[("TOLLGATE_SMTP_URL", "smtp://127.0.0.1:1")]);
     let err = p.stderr();
     assert!(err.contains("alert e-mails are sent from tollgate@"), "{err}");
     let (status, _) = p.terminate();
     assert!(status.success());
-    let p = Proc::serve(
+    let p = Proc::serve_with(
         dir.path(),
         &[
             ("TOLLGATE_SMTP_URL", "smtp://127.0.0.1:1"),
@@ -619,15 +512,8 @@ fn serve_raises_the_soft_open_file_limit_to_the_hard_one() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = drain(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !err.lock().unwrap().contains("Tollgate is listening on") {
-        if let Ok(Some(s)) = child.try_wait() {
-            panic!("exited with {s}: {}", err.lock().unwrap());
-        }
-        assert!(Instant::now() < deadline, "{}", err.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let err = support::capture(&mut child);
+    wait_listening(&mut child, &err);
     let (soft, hard) = open_file_limits(child.id());
     let _ = child.kill();
     let _ = child.wait();
@@ -650,10 +536,10 @@ async fn mock_upstream_fail_status_answers_every_model_call_with_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = drain(child.stderr.take().unwrap());
+    let stderr = support::capture(&mut child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let base = loop {
-        let text = stderr.lock().unwrap().clone();
+        let text = stderr.lock().clone();
         if let Some(rest) = text.split("base_url=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }

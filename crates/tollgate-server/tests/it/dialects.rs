@@ -3,12 +3,12 @@
 //! translated through chat (the other way round), whole and streamed, with
 //! usage and cost logged under the endpoint, and limits holding as on chat.
 
-use crate::gateway::UPSTREAM_KEY;
+use crate::gateway::{upstream, UPSTREAM_KEY};
 use crate::support::{manual_clock, App};
 use futures::future::join_all;
 use serde_json::{json, Value};
 use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::openai;
 use tollgate_testkit::{anthropic, MockServer};
 
 const ANT_KEY: &str = "sk-ant-test-key";
@@ -28,12 +28,7 @@ async fn both() -> Both {
     let (_clock, shared) = manual_clock("2026-11-26T10:00:30Z");
     let app = App::start_with(|_| {}, shared).await;
     let control = Control::new();
-    let oai = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: control.clone(),
-    })
-    .await
-    .unwrap();
+    let oai = upstream(&control).await;
     let ant = anthropic::start(anthropic::AnthropicMock {
         api_key: ANT_KEY.into(),
         control: control.clone(),
@@ -43,23 +38,14 @@ async fn both() -> Both {
     let ws = app.workspace("Dialects").await;
     app.openai_integration("oai", &openai::base_url(&oai), UPSTREAM_KEY, &[&ws])
         .await;
-    let r = app
-        .post(
-            "/v1/integrations",
-            &app.admin_key,
-            json!({"name": "ant", "slug": "ant", "ai_provider_id": "anthropic", "key": ANT_KEY,
-                   "configurations": {"custom_host": anthropic::base_url(&ant)}}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = app
-        .put(
-            "/v1/integrations/ant/workspaces",
-            &app.admin_key,
-            json!({"workspaces": [{"id": ws, "enabled": true}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.integration(
+        "anthropic",
+        "ant",
+        ANT_KEY,
+        json!({"custom_host": anthropic::base_url(&ant)}),
+        &[&ws],
+    )
+    .await;
     let key = app.workspace_key(&ws, &["completions.write", "logs.view"]).await.1;
     control.set_usage(21, 13, 0);
     control.set_reply("Paris is the capital of France.");
@@ -134,6 +120,14 @@ fn events(text: &str) -> Vec<(String, Value)> {
     out
 }
 
+/// A logged record carries the usage the mocks report (21 in, 13 out), as
+/// reported, not estimated.
+fn assert_mock_usage(rec: &Value) {
+    assert_eq!(rec["usage"]["prompt_tokens"], 21, "{rec}");
+    assert_eq!(rec["usage"]["completion_tokens"], 13, "{rec}");
+    assert_eq!(rec["usage"]["estimated"], false);
+}
+
 fn names(ev: &[(String, Value)]) -> Vec<&str> {
     ev.iter().map(|(n, _)| n.as_str()).collect()
 }
@@ -198,9 +192,7 @@ async fn responses_are_relayed_to_openai_and_stored_ones_can_be_fetched() {
     assert_eq!(logged.len(), 3);
     for rec in &logged {
         assert_eq!(rec["status_code"], 200);
-        assert_eq!(rec["usage"]["prompt_tokens"], 21, "{rec}");
-        assert_eq!(rec["usage"]["completion_tokens"], 13, "{rec}");
-        assert_eq!(rec["usage"]["estimated"], false);
+        assert_mock_usage(rec);
         // gpt-4o: 21 × $2.50/M + 13 × $10/M = $0.0001825.
         assert_eq!(rec["cost_exact"], "0.0001825", "{rec}");
     }
@@ -215,27 +207,17 @@ async fn responses_are_relayed_to_azure_openai_and_stored_ones_can_be_fetched() 
     })
     .await
     .unwrap();
-    let r = b
-        .app
-        .post(
-            "/v1/integrations",
-            &b.app.admin_key,
-            json!({"name": "az", "slug": "az", "ai_provider_id": "azure-openai", "key": "azure-test-key",
-                   "configurations": {"custom_host": azure.url(), "azure_resource_name": "acme",
-                     "azure_api_version": "2024-10-21",
-                     "azure_deployment_config": [{"azure_deployment_name": "prod-4o", "azure_model_slug": "gpt-4o", "is_default": true}]}}),
+    b.app
+        .integration(
+            "azure-openai",
+            "az",
+            "azure-test-key",
+            json!({"custom_host": azure.url(), "azure_resource_name": "acme",
+              "azure_api_version": "2024-10-21",
+              "azure_deployment_config": [{"azure_deployment_name": "prod-4o", "azure_model_slug": "gpt-4o", "is_default": true}]}),
+            &[&b.ws],
         )
         .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = b
-        .app
-        .put(
-            "/v1/integrations/az/workspaces",
-            &b.app.admin_key,
-            json!({"workspaces": [{"id": b.ws, "enabled": true}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
 
     let (s, r) = b
         .json(
@@ -305,9 +287,7 @@ async fn responses_are_relayed_to_azure_openai_and_stored_ones_can_be_fetched() 
     let ok: Vec<_> = logged.iter().filter(|r| r["status_code"] == 200).collect();
     assert_eq!(ok.len(), 3, "{logged:?}");
     for rec in ok {
-        assert_eq!(rec["usage"]["prompt_tokens"], 21, "{rec}");
-        assert_eq!(rec["usage"]["completion_tokens"], 13, "{rec}");
-        assert_eq!(rec["usage"]["estimated"], false);
+        assert_mock_usage(rec);
         assert_eq!(rec["cost_exact"], "0.0001825", "{rec}");
     }
 }
@@ -456,9 +436,7 @@ async fn messages_are_relayed_to_anthropic_with_versions_and_count_tokens() {
     let logged = b.logged("messages").await;
     assert_eq!(logged.len(), 2, "count_tokens is not a billed request");
     for rec in &logged {
-        assert_eq!(rec["usage"]["prompt_tokens"], 21, "{rec}");
-        assert_eq!(rec["usage"]["completion_tokens"], 13, "{rec}");
-        assert_eq!(rec["usage"]["estimated"], false);
+        assert_mock_usage(rec);
         assert!(rec["cost_exact"].is_string(), "{rec}");
     }
 }

@@ -2,11 +2,11 @@
 //! it in the log and analytics at once, a `kill -9` loses no usage a client
 //! received, and nothing in the log can stop the server from starting.
 
-use crate::gateway::{chat, setup, UPSTREAM_KEY};
-use crate::support::Proc;
+use crate::gateway::{chat, setup, upstream, UPSTREAM_KEY};
+use crate::support::{call_at, wire_up, Proc};
 use serde_json::{json, Value};
 use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::openai;
 
 #[tokio::test]
 async fn the_log_and_analytics_show_every_answered_request_at_once() {
@@ -14,13 +14,7 @@ async fn the_log_and_analytics_show_every_answered_request_at_once() {
     let admin = s.app.admin_key.clone();
     // A whole answer, a stream and a refusal; the log is read right after
     // each, with no flush from the test.
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.chat("@oai/gpt-4o").await.status, 200);
     let r = s.app.get("/v1/logs?page_size=100", &admin).await;
     assert_eq!(r.body["total"], 1, "{:?}", r.body);
     let mut stream = chat("@oai/gpt-4o");
@@ -29,13 +23,7 @@ async fn the_log_and_analytics_show_every_answered_request_at_once() {
     assert!(text.contains("[DONE]"), "{text}");
     let r = s.app.get("/v1/logs?page_size=100", &s.key).await;
     assert_eq!(r.body["total"], 2, "{:?}", r.body);
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &s.key, chat("@nope/gpt-4o"))
-            .await
-            .status,
-        404
-    );
+    assert_eq!(s.chat("@nope/gpt-4o").await.status, 404);
     let r = s.app.get("/v1/analytics/summary", &admin).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["data"]["requests"], 3, "{:?}", r.body);
@@ -43,18 +31,6 @@ async fn the_log_and_analytics_show_every_answered_request_at_once() {
     assert_eq!(r.body["summary"]["total"], 3, "{:?}", r.body);
     let r = s.app.get("/v1/logs?page_size=100", &admin).await;
     assert_eq!(r.body["total"], 3, "{:?}", r.body);
-}
-
-async fn call(url: &str, method: reqwest::Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method, format!("{url}{path}"))
-        .header("x-portkey-api-key", key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// Sends one chat completion and reads the answer to its last byte:
@@ -94,7 +70,7 @@ async fn complete(url: &str, key: &str, stream: bool) -> (u16, u64) {
 
 /// The workspace budget's consumed tokens, as the server's counters hold them.
 async fn consumed(url: &str, admin: &str) -> i64 {
-    let (s, b) = call(url, reqwest::Method::GET, "/v1/analytics/summary", admin, None).await;
+    let (s, b) = call_at(url, reqwest::Method::GET, "/v1/analytics/summary", admin, None).await;
     assert_eq!(s, 200, "{b}");
     b["data"]["budgets"]
         .as_array()
@@ -104,7 +80,7 @@ async fn consumed(url: &str, admin: &str) -> i64 {
 }
 
 async fn logged_tokens(url: &str, admin: &str) -> u64 {
-    let (_, b) = call(url, reqwest::Method::GET, "/v1/logs?page_size=1000", admin, None).await;
+    let (_, b) = call_at(url, reqwest::Method::GET, "/v1/logs?page_size=1000", admin, None).await;
     b["data"]
         .as_array()
         .unwrap()
@@ -117,31 +93,13 @@ async fn logged_tokens(url: &str, admin: &str) -> u64 {
 async fn kill_9_right_after_an_answer_loses_none_of_its_usage() {
     let control = Control::new();
     control.set_usage(10, 40, 0);
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: control.clone(),
-    })
-    .await
-    .unwrap();
+    let mock = upstream(&control).await;
     let dir = tempfile::tempdir().unwrap();
     let p = Proc::serve(dir.path());
     let admin = p.first_key();
     let url = p.url.clone();
-    let (s, b) = call(
-        &url,
-        reqwest::Method::POST,
-        "/v1/integrations",
-        &admin,
-        Some(
-            json!({"name": "m", "slug": "m", "ai_provider_id": "openai", "key": UPSTREAM_KEY,
-            "configurations": {"custom_host": openai::base_url(&mock)}}),
-        ),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
-    let (_, ws) = call(&url, reqwest::Method::GET, "/v1/admin/workspaces/default", &admin, None).await;
-    let ws = ws["id"].as_str().unwrap().to_owned();
-    let (s, b) = call(
+    let (ws, key) = wire_up(&url, &admin, UPSTREAM_KEY, &openai::base_url(&mock)).await;
+    let (s, b) = call_at(
         &url,
         reqwest::Method::PUT,
         &format!("/v1/admin/workspaces/{ws}"),
@@ -150,24 +108,6 @@ async fn kill_9_right_after_an_answer_loses_none_of_its_usage() {
     )
     .await;
     assert_eq!(s, 200, "{b}");
-    let (s, _) = call(
-        &url,
-        reqwest::Method::PUT,
-        "/v1/integrations/m/workspaces",
-        &admin,
-        Some(json!({"workspaces": [{"id": ws}]})),
-    )
-    .await;
-    assert_eq!(s, 200);
-    let (_, k) = call(
-        &url,
-        reqwest::Method::POST,
-        "/v1/api-keys/workspace/service",
-        &admin,
-        Some(json!({"workspace_id": ws})),
-    )
-    .await;
-    let key = k["key"].as_str().unwrap().to_owned();
 
     // Whole answers; killed the moment the tenth is read.
     let mut received = 0;
@@ -241,7 +181,7 @@ async fn absurd_rows_in_the_log_never_stop_start_up_and_exhaust_the_limits() {
     );
     let mut body = chat("@oai/gpt-4o");
     body["max_tokens"] = json!(30);
-    assert_eq!(s.app.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
+    assert_eq!(s.app.completion(&key, body.clone()).await.status, 200);
     // What an upstream reporting absurd usage, or a damaged log, leaves
     // behind: sums far beyond i64, negative values, values that are not
     // integers.
@@ -283,9 +223,9 @@ async fn absurd_rows_in_the_log_never_stop_start_up_and_exhaust_the_limits() {
     s.app
         .restart(std::sync::Arc::new(tollgate_core::clock::SystemClock))
         .await;
-    let r = s.app.post("/v1/chat/completions", &key, body.clone()).await;
+    let r = s.app.completion(&key, body.clone()).await;
     assert_eq!(r.status, 412, "the limits are exhausted, not reset: {:?}", r.body);
-    let r = s.app.post("/v1/chat/completions", &s.key, body.clone()).await;
+    let r = s.send(body.clone()).await;
     assert_eq!(
         (r.status, r.error_type()),
         (412, "workspace_exhaust_error"),

@@ -1,7 +1,7 @@
 //! The data plane through the OpenAI-compatible mock: whole and streamed
 //! answers, resolution, access, policy, upstream failures, the request log.
 
-use crate::support::App;
+use crate::support::{App, Resp};
 use serde_json::{json, Value};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::openai::{self, OpenAiMock};
@@ -20,16 +20,28 @@ pub struct Setup {
 /// A server, an OpenAI mock, a workspace with the integration `oai`
 /// provisioned, and a workspace key.
 pub async fn setup() -> Setup {
-    let app = App::start().await;
-    let control = Control::new();
-    let mock = openai::start(OpenAiMock {
+    setup_on(App::start().await, "GW", true).await
+}
+
+/// An OpenAI mock that wants [`UPSTREAM_KEY`], steered by `control`.
+pub async fn upstream(control: &Control) -> MockServer {
+    openai::start(OpenAiMock {
         api_key: Some(UPSTREAM_KEY.into()),
         control: control.clone(),
     })
     .await
-    .unwrap();
-    let ws = app.workspace("GW").await;
-    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws])
+    .unwrap()
+}
+
+/// On `app`: an OpenAI mock, a workspace `ws_name`, the integration `oai`
+/// (provisioned to the workspace if `provision`), and a workspace key that
+/// may write completions and view logs.
+pub async fn setup_on(app: App, ws_name: &str, provision: bool) -> Setup {
+    let control = Control::new();
+    let mock = upstream(&control).await;
+    let ws = app.workspace(ws_name).await;
+    let to: &[&str] = if provision { &[&ws] } else { &[] };
+    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, to)
         .await;
     let (_, key) = app.workspace_key(&ws, &["completions.write", "logs.view"]).await;
     Setup {
@@ -38,6 +50,18 @@ pub async fn setup() -> Setup {
         control,
         ws,
         key,
+    }
+}
+
+impl Setup {
+    /// A chat completion for `model` as the workspace key.
+    pub async fn chat(&self, model: &str) -> Resp {
+        self.send(chat(model)).await
+    }
+
+    /// POSTs `body` to the chat completions endpoint as the workspace key.
+    pub async fn send(&self, body: Value) -> Resp {
+        self.app.completion(&self.key, body).await
     }
 }
 
@@ -193,7 +217,7 @@ async fn resolution_and_access_errors() {
         ),
     ];
     for (key, body, status, kind) in cases {
-        let r = s.app.post("/v1/chat/completions", key, body.clone()).await;
+        let r = s.app.completion(key, body.clone()).await;
         assert_eq!((r.status, r.error_type()), (status, kind), "{body}: {:?}", r.body);
         assert!(r.header("x-portkey-trace-id").is_some());
         assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -221,13 +245,7 @@ async fn resolution_and_access_errors() {
 async fn revoked_key_fails_on_the_very_next_request() {
     let s = setup().await;
     let (id, key) = s.app.workspace_key(&s.ws, &["completions.write"]).await;
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &key, chat("@oai/gpt-4o"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.app.completion(&key, chat("@oai/gpt-4o")).await.status, 200);
     assert_eq!(
         s.app
             .delete(&format!("/v1/api-keys/{id}"), &s.app.admin_key)
@@ -235,7 +253,7 @@ async fn revoked_key_fails_on_the_very_next_request() {
             .status,
         200
     );
-    let r = s.app.post("/v1/chat/completions", &key, chat("@oai/gpt-4o")).await;
+    let r = s.app.completion(&key, chat("@oai/gpt-4o")).await;
     assert_eq!((r.status, r.error_type()), (401, "authentication_error"));
 }
 
@@ -243,7 +261,7 @@ async fn revoked_key_fails_on_the_very_next_request() {
 async fn upstream_failures_map_to_gateway_errors() {
     let s = setup().await;
     s.control.fail(429, "Rate limit reached for gpt-4o");
-    let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+    let r = s.chat("@oai/gpt-4o").await;
     assert_eq!(r.status, 429);
     assert!(
         r.body["error"]["message"]
@@ -254,7 +272,7 @@ async fn upstream_failures_map_to_gateway_errors() {
         r.body
     );
     s.control.fail(500, "boom");
-    let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+    let r = s.chat("@oai/gpt-4o").await;
     assert_eq!((r.status, r.error_type()), (502, "upstream_error"));
     s.control.succeed();
     s.control.set_latency(std::time::Duration::from_millis(500));
@@ -269,7 +287,7 @@ async fn upstream_failures_map_to_gateway_errors() {
     s.app
         .openai_integration("dead", "http://127.0.0.1:9", "k", &[&s.ws])
         .await;
-    let r = s.app.post("/v1/chat/completions", &s.key, chat("@dead/gpt-4o")).await;
+    let r = s.chat("@dead/gpt-4o").await;
     assert_eq!((r.status, r.error_type()), (502, "upstream_error"));
     s.app.flush_logs().await;
     let logs = s.app.get("/v1/logs?status_code=502", &s.app.admin_key).await;
@@ -308,7 +326,7 @@ async fn a_cut_stream_is_settled_from_the_tokenizer() {
 #[tokio::test]
 async fn bodies_are_logged_only_when_the_workspace_asks() {
     let s = setup().await;
-    let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+    let r = s.chat("@oai/gpt-4o").await;
     assert_eq!(r.status, 200);
     s.app.flush_logs().await;
     let logs = s.app.get("/v1/logs", &s.key).await;
@@ -323,13 +341,7 @@ async fn bodies_are_logged_only_when_the_workspace_asks() {
         )
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.chat("@oai/gpt-4o").await.status, 200);
     s.app.flush_logs().await;
     let logs = s.app.get("/v1/logs", &s.key).await;
     assert!(logs.body["data"][0]["request_body"]

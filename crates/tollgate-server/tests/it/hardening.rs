@@ -2,7 +2,7 @@
 //! refusals' headers, unreachable or misbehaving upstreams, cancelled
 //! requests, timeouts and large prompts.
 
-use crate::gateway::{chat, setup, UPSTREAM_KEY};
+use crate::gateway::{chat, setup, upstream, UPSTREAM_KEY};
 use crate::support::App;
 use axum::routing::post;
 use serde_json::{json, Value};
@@ -49,7 +49,7 @@ async fn hostile_model_ids_are_refused_before_anything_is_sent() {
         "@oai/line\nbreak",
         "@oai/\u{7f}",
     ] {
-        let r = s.app.post("/v1/chat/completions", &s.key, chat(model)).await;
+        let r = s.chat(model).await;
         assert_eq!(
             (r.status, r.error_type()),
             (400, "invalid_request_error"),
@@ -63,7 +63,7 @@ async fn hostile_model_ids_are_refused_before_anything_is_sent() {
     }
     // The longest accepted id is sent (the mock knows no such model).
     let edge = format!("@oai/{}", "m".repeat(256));
-    let r = s.app.post("/v1/chat/completions", &s.key, chat(&edge)).await;
+    let r = s.chat(&edge).await;
     assert_ne!(r.status, 400, "{:?}", r.body);
     assert_eq!(s.mock.calls(), 1);
 }
@@ -85,7 +85,7 @@ async fn absurd_max_tokens_and_n_are_refused() {
     ] {
         let mut body = chat("@oai/gpt-4o");
         body[field] = value.clone();
-        let r = s.app.post("/v1/chat/completions", &s.key, body).await;
+        let r = s.send(body).await;
         assert_eq!(r.status, 400, "{field}={value}: {:?}", r.body);
         assert_eq!(r.body["error"]["param"], field);
     }
@@ -93,7 +93,7 @@ async fn absurd_max_tokens_and_n_are_refused() {
     let mut body = chat("@oai/gpt-4o");
     body["max_tokens"] = json!(100_000_000u64);
     body["n"] = json!(128);
-    assert_eq!(s.app.post("/v1/chat/completions", &s.key, body).await.status, 200);
+    assert_eq!(s.send(body).await.status, 200);
 }
 
 #[tokio::test]
@@ -112,14 +112,14 @@ async fn huge_max_tokens_cannot_walk_past_a_token_budget_or_a_token_rate_limit()
                 let mut body = chat("@oai/gpt-4o");
                 body[field] = json!(max_tokens);
                 body["n"] = json!(n);
-                let r = s.app.post("/v1/chat/completions", &s.key, body).await;
+                let r = s.send(body).await;
                 assert_eq!(r.status, refused, "{field}={max_tokens} × {n}: {:?}", r.body);
             }
         }
         assert_eq!(s.mock.calls(), 0, "nothing was admitted");
         let mut body = chat("@oai/gpt-4o");
         body["max_tokens"] = json!(100);
-        assert_eq!(s.app.post("/v1/chat/completions", &s.key, body).await.status, 200);
+        assert_eq!(s.send(body).await.status, 200);
     }
 }
 
@@ -134,7 +134,7 @@ async fn absurd_usage_from_the_upstream_is_clamped() {
         )
         .await;
         s.control.set_usage(prompt, completion, prompt);
-        let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+        let r = s.chat("@oai/gpt-4o").await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let recs = logs(&s.app, &s.key).await;
         let rec = &recs[0];
@@ -143,7 +143,7 @@ async fn absurd_usage_from_the_upstream_is_clamped() {
         assert_eq!(rec["usage"]["cached_tokens"], max, "{rec}");
         assert!(rec["cost_exact"].as_str().is_some(), "{rec}");
         // The budget is spent, not wrapped round.
-        let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+        let r = s.chat("@oai/gpt-4o").await;
         assert_eq!(r.status, 412, "{:?}", r.body);
         let message = r.body["error"]["message"].as_str().unwrap();
         assert!(
@@ -184,12 +184,12 @@ async fn refusals_carry_the_rate_limit_headers() {
     // 429 from a request rate limit: both trios.
     let s = limited(json!({"rate_limits": {"type": "requests", "unit": "rpm", "value": 2}})).await;
     for _ in 0..2 {
-        let ok = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+        let ok = s.chat("@oai/gpt-4o").await;
         assert_eq!(ok.status, 200);
         assert_eq!(ratelimit_headers(&ok, "requests").0, "2");
         assert_eq!(ratelimit_headers(&ok, "tokens").0, "100000");
     }
-    let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+    let r = s.chat("@oai/gpt-4o").await;
     assert_eq!(r.status, 429, "{:?}", r.body);
     let (limit, remaining, reset) = ratelimit_headers(&r, "requests");
     assert_eq!((limit.as_str(), remaining.as_str()), ("2", "0"));
@@ -203,7 +203,7 @@ async fn refusals_carry_the_rate_limit_headers() {
     let s = limited(json!({"rate_limits": {"type": "requests", "unit": "rpm", "value": 1000}})).await;
     let mut big = chat("@oai/gpt-4o");
     big["max_tokens"] = json!(200_000);
-    let r = s.app.post("/v1/chat/completions", &s.key, big).await;
+    let r = s.send(big).await;
     assert_eq!(
         (r.status, r.error_type()),
         (429, "workspace_rate_limit_error"),
@@ -225,7 +225,7 @@ async fn refusals_carry_the_rate_limit_headers() {
     .await;
     let mut over = chat("@oai/gpt-4o");
     over["max_tokens"] = json!(500);
-    let r = s.app.post("/v1/chat/completions", &s.key, over).await;
+    let r = s.send(over).await;
     assert_eq!(r.status, 412, "{:?}", r.body);
     let (limit, remaining, reset) = ratelimit_headers(&r, "requests");
     assert_eq!((limit.as_str(), remaining.as_str()), ("1000", "1000"));
@@ -276,7 +276,7 @@ async fn an_unreachable_upstream_is_named_with_its_cause() {
     for stream in [false, true] {
         let mut body = chat("@dead/gpt-4o");
         body["stream"] = json!(stream);
-        let r = app.post("/v1/chat/completions", &key, body).await;
+        let r = app.completion(&key, body).await;
         assert_eq!((r.status, r.error_type()), (502, "upstream_error"), "{:?}", r.body);
         let message = r.body["error"]["message"].as_str().unwrap();
         assert!(message.contains(&addr.to_string()), "{message}");
@@ -309,7 +309,7 @@ async fn a_200_that_is_not_json_is_a_502() {
     app.openai_integration("junk", &format!("{}/v1", junk.url()), UPSTREAM_KEY, &[&ws])
         .await;
     let (_, key) = app.workspace_key(&ws, &["completions.write", "logs.view"]).await;
-    let r = app.post("/v1/chat/completions", &key, chat("@junk/gpt-4o")).await;
+    let r = app.completion(&key, chat("@junk/gpt-4o")).await;
     assert_eq!((r.status, r.error_type()), (502, "upstream_error"), "{:?}", r.body);
     let recs = logs(&app, &key).await;
     assert_eq!(recs[0]["status_code"], 502);
@@ -327,12 +327,7 @@ async fn the_client_timeout_cannot_exceed_the_servers() {
     .await;
     let control = Control::new();
     control.set_latency(Duration::from_secs(5));
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: control.clone(),
-    })
-    .await
-    .unwrap();
+    let mock = upstream(&control).await;
     let ws = app.workspace("T").await;
     app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws])
         .await;
@@ -393,7 +388,7 @@ async fn a_cancelled_whole_request_is_logged_as_499_and_settled_once() {
     s.control.set_usage(10, 10, 0);
     let mut body = chat("@oai/gpt-4o");
     body["max_tokens"] = json!(999_000);
-    let r = s.app.post("/v1/chat/completions", &s.key, body).await;
+    let r = s.send(body).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let all = logs(&s.app, &s.key).await;
     assert_eq!(all.iter().filter(|r| r["trace_id"] == "gone-1").count(), 1);

@@ -12,13 +12,7 @@ async fn analytics_over_any_range_answers_at_once() {
     let s = setup().await;
     let admin = s.app.admin_key.clone();
     for _ in 0..3 {
-        assert_eq!(
-            s.app
-                .post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o"))
-                .await
-                .status,
-            200
-        );
+        assert_eq!(s.chat("@oai/gpt-4o").await.status, 200);
     }
     let (_, ws_key) = s.app.workspace_key(&s.ws, &["analytics.view"]).await;
     let far = "time_of_generation_min=1000-01-01&time_of_generation_max=9999-12-31T23:59:59Z";
@@ -119,13 +113,7 @@ async fn a_graph_without_interval_over_sparse_far_data_stays_bounded() {
 async fn a_page_beyond_the_end_is_empty_however_far() {
     let s = setup().await;
     let admin = s.app.admin_key.clone();
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.chat("@oai/gpt-4o").await.status, 200);
     let lists = [
         "/v1/admin/workspaces?",
         "/v1/api-keys?",
@@ -416,8 +404,8 @@ async fn a_workspace_key_cannot_tell_another_workspaces_objects_from_unknown_one
         a.body["data"]["message"].as_str().unwrap().replace("theirs", "no-such"),
         b.body["data"]["message"].as_str().unwrap()
     );
-    let a = s.app.post("/v1/chat/completions", &key, chat("@theirs/gpt-4o")).await;
-    let b = s.app.post("/v1/chat/completions", &key, chat("@no-such/gpt-4o")).await;
+    let a = s.app.completion(&key, chat("@theirs/gpt-4o")).await;
+    let b = s.app.completion(&key, chat("@no-such/gpt-4o")).await;
     assert_eq!(a.status, 404, "{:?}", a.body);
     same(&a, &b, "gateway");
     assert_eq!(
@@ -430,7 +418,7 @@ async fn a_workspace_key_cannot_tell_another_workspaces_objects_from_unknown_one
     // The organisation's integrations not shared here are refused as such
     // (API.md: not provisioned to the key's workspace is 403).
     assert_eq!(s.app.get("/v1/integrations/org-only", &key).await.status, 403);
-    let r = s.app.post("/v1/chat/completions", &key, chat("@org-only/gpt-4o")).await;
+    let r = s.app.completion(&key, chat("@org-only/gpt-4o")).await;
     assert_eq!((r.status, r.error_type()), (403, "permission_error"));
     for path in [
         format!("/v1/admin/workspaces/{other}"),

@@ -1,13 +1,12 @@
 //! Budgets and rate limits through the gateway: exact under concurrency,
 //! the 412/429 wire forms, immutability, resets, restarts and alerts.
 
-use crate::gateway::{chat, UPSTREAM_KEY};
-use crate::support::{manual_clock, App};
+use crate::gateway::{chat, setup_on, Setup};
+use crate::support::{manual_clock, App, Resp};
 use futures::future::join_all;
 use serde_json::{json, Value};
 use tollgate_core::clock::{ManualClock, SharedClock};
 use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
 use tollgate_testkit::MockServer;
 
 struct Lim {
@@ -22,18 +21,13 @@ struct Lim {
 async fn lim_with(tweak: impl FnOnce(&mut tollgate_server::config::Config)) -> Lim {
     // Mid-minute, so that no rate window rolls over during a test.
     let (clock, shared): (ManualClock, SharedClock) = manual_clock("2026-11-26T10:00:30Z");
-    let app = App::start_with(tweak, shared).await;
-    let control = Control::new();
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: control.clone(),
-    })
-    .await
-    .unwrap();
-    let ws = app.workspace("Lim").await;
-    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
-        .await;
-    let key = app.workspace_key(&ws, &["completions.write", "logs.view"]).await.1;
+    let Setup {
+        app,
+        mock,
+        control,
+        ws,
+        key,
+    } = setup_on(App::start_with(tweak, shared).await, "Lim", false).await;
     Lim {
         app,
         mock,
@@ -49,7 +43,7 @@ async fn lim() -> Lim {
 }
 
 impl Lim {
-    async fn provision(&self, entry: Value) -> crate::support::Resp {
+    async fn provision(&self, entry: Value) -> Resp {
         let mut e = entry;
         e["id"] = json!(self.ws);
         self.app
@@ -61,8 +55,63 @@ impl Lim {
             .await
     }
 
-    async fn burst(&self, n: usize, body: Value) -> Vec<crate::support::Resp> {
-        join_all((0..n).map(|_| self.app.post("/v1/chat/completions", &self.key, body.clone()))).await
+    async fn burst(&self, n: usize, body: Value) -> Vec<Resp> {
+        join_all((0..n).map(|_| self.chat_as(&self.key, &body))).await
+    }
+
+    /// A chat completion as `key`.
+    async fn chat_as(&self, key: &str, body: &Value) -> Resp {
+        self.app.completion(key, body.clone()).await
+    }
+
+    /// Sends `n` chat completions one after another, each admitted.
+    async fn admit(&self, n: usize, key: &str, body: &Value) {
+        for _ in 0..n {
+            assert_eq!(self.chat_as(key, body).await.status, 200);
+        }
+    }
+
+    /// Creates a provider on `oai` in the workspace with `usage_limits`.
+    async fn provider(&self, name: &str, slug: &str, usage_limits: Value) -> Resp {
+        self.app
+            .post(
+                "/v1/providers",
+                &self.app.admin_key,
+                json!({"name": name, "slug": slug, "integration_id": "oai", "workspace_id": self.ws,
+                "usage_limits": usage_limits}),
+            )
+            .await
+    }
+
+    /// Creates a workspace key with `fields` and returns (id, key).
+    async fn key_with(&self, fields: Value) -> (String, String) {
+        let mut body = fields;
+        body["workspace_id"] = json!(self.ws);
+        let r = self
+            .app
+            .post("/v1/api-keys/workspace/service", &self.app.admin_key, body)
+            .await;
+        (
+            r.body["id"].as_str().unwrap().to_owned(),
+            r.body["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Prices `gpt-4o` at 0 per input token and `cents` per output token,
+    /// and has the mock report 1,000 output tokens a request.
+    async fn price_output(&self, cents: f64) {
+        let r = self
+            .app
+            .put("/v1/integrations/oai/models", &self.app.admin_key, json!({"models": [{"slug": "gpt-4o", "enabled": true,
+                "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": cents}}}}]}))
+            .await;
+        assert_eq!(r.status, 200);
+        self.control.set_usage(10, 1000, 0);
+    }
+
+    fn set_time(&self, rfc3339: &str) {
+        self.clock
+            .set(chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().into());
     }
 
     async fn logged(&self) -> Vec<Value> {
@@ -72,7 +121,7 @@ impl Lim {
     }
 }
 
-fn count(rs: &[crate::support::Resp], status: u16) -> usize {
+fn count(rs: &[Resp], status: u16) -> usize {
     rs.iter().filter(|r| r.status == status).count()
 }
 
@@ -102,25 +151,13 @@ async fn rpm_50_admits_exactly_50_of_200_concurrent() {
     assert_eq!(ok.header("x-ratelimit-reset-requests"), Some("30s"));
     // The next minute is a new window.
     l.clock.advance(chrono::Duration::seconds(30));
-    assert_eq!(
-        l.app
-            .post("/v1/chat/completions", &l.key, chat("@oai/gpt-4o"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(l.chat_as(&l.key, &chat("@oai/gpt-4o")).await.status, 200);
 }
 
 /// Prices `gpt-4o` at 0 per input token and 0.03 cents per output token, so
 /// that 1,000 output tokens cost exactly $0.30.
 async fn thirty_cent_requests(l: &Lim) -> Value {
-    let r = l
-        .app
-        .put("/v1/integrations/oai/models", &l.app.admin_key, json!({"models": [{"slug": "gpt-4o", "enabled": true,
-            "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": 0.03}}}}]}))
-        .await;
-    assert_eq!(r.status, 200);
-    l.control.set_usage(10, 1000, 0);
+    l.price_output(0.03).await;
     let mut body = chat("@oai/gpt-4o");
     body["max_tokens"] = json!(1000);
     body
@@ -195,16 +232,8 @@ async fn limits_are_immutable_and_reset_usage_zeroes_consumption() {
             .status,
         200
     );
-    for _ in 0..3 {
-        assert_eq!(
-            l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status,
-            200
-        );
-    }
-    assert_eq!(
-        l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status,
-        412
-    );
+    l.admit(3, &l.key, &body).await;
+    assert_eq!(l.chat_as(&l.key, &body).await.status, 412);
     // Resending the same limit is not an edit; changing it is refused.
     assert_eq!(
         l.provision(json!({"enabled": true, "usage_limits": limit}))
@@ -220,7 +249,7 @@ async fn limits_are_immutable_and_reset_usage_zeroes_consumption() {
         .provision(json!({"enabled": true, "rate_limits": {"type": "requests", "unit": "rpm", "value": 0}}))
         .await;
     assert_eq!(r.status, 200, "a limit of the other kind can still be added");
-    let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
+    let r = l.chat_as(&l.key, &body).await;
     assert_eq!(r.status, 412, "the budget is checked first");
     // reset_usage zeroes the budget; the rate limit of 0 now refuses.
     l.clock.advance(chrono::Duration::milliseconds(1));
@@ -228,7 +257,7 @@ async fn limits_are_immutable_and_reset_usage_zeroes_consumption() {
         l.provision(json!({"enabled": true, "reset_usage": true})).await.status,
         200
     );
-    let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
+    let r = l.chat_as(&l.key, &body).await;
     assert_eq!((r.status, r.error_type()), (429, "integration_rate_limit_error"));
     assert!(r.body["error"]["message"].as_str().unwrap().contains("disabled"));
     let grants = l.app.get("/v1/integrations/oai/workspaces", &l.app.admin_key).await;
@@ -243,57 +272,38 @@ async fn provider_budgets_exhaust_and_come_back_at_the_reset() {
     let body = thirty_cent_requests(&l).await;
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
     let r = l
-        .app
-        .post(
-            "/v1/providers",
-            &l.app.admin_key,
-            json!({"name": "weekly", "slug": "weekly", "integration_id": "oai", "workspace_id": l.ws,
-            "usage_limits": {"type": "cost", "credit_limit": 1, "periodic_reset": "weekly"}}),
+        .provider(
+            "weekly",
+            "weekly",
+            json!({"type": "cost", "credit_limit": 1, "periodic_reset": "weekly"}),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let mut body = body;
     body["model"] = json!("@weekly/gpt-4o");
-    for _ in 0..3 {
-        assert_eq!(
-            l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status,
-            200
-        );
-    }
-    let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
+    l.admit(3, &l.key, &body).await;
+    let r = l.chat_as(&l.key, &body).await;
     assert_eq!((r.status, r.error_type()), (412, "provider_exhaust_error"));
     let path = format!("/v1/providers/weekly?workspace_id={}", l.ws);
     // $0.90 of $1 is not yet "exhausted"; a request's worst case just does not fit.
     assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "active");
     // Sunday 00:00 UTC: a new week.
-    l.clock.set(
-        chrono::DateTime::parse_from_rfc3339("2026-11-29T00:00:01Z")
-            .unwrap()
-            .into(),
-    );
-    assert_eq!(l.app.post("/v1/chat/completions", &l.key, body).await.status, 200);
+    l.set_time("2026-11-29T00:00:01Z");
+    assert_eq!(l.chat_as(&l.key, &body).await.status, 200);
 }
 
 #[tokio::test]
 async fn consumed_budget_survives_a_restart() {
     let mut l = lim().await;
     let body = thirty_cent_requests(&l).await;
-    let r = l
-        .app
-        .post(
-            "/v1/api-keys/workspace/service",
-            &l.app.admin_key,
-            json!({"workspace_id": l.ws, "usage_limits": {"type": "cost", "credit_limit": 1}}),
-        )
+    let (_, key) = l
+        .key_with(json!({"usage_limits": {"type": "cost", "credit_limit": 1}}))
         .await;
-    let key = r.body["key"].as_str().unwrap().to_owned();
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
-    for _ in 0..3 {
-        assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
-    }
+    l.admit(3, &key, &body).await;
     let clock: SharedClock = std::sync::Arc::new(l.clock.clone());
     l.app.restart(clock).await;
-    let r = l.app.post("/v1/chat/completions", &key, body.clone()).await;
+    let r = l.chat_as(&key, &body).await;
     assert_eq!(
         (r.status, r.error_type()),
         (412, "api_key_exhaust_error"),
@@ -315,21 +325,13 @@ async fn exactly_one_alert_email_and_webhook_per_threshold() {
     })
     .await;
     let body = thirty_cent_requests(&l).await;
-    let r = l
-        .app
-        .post(
-            "/v1/api-keys/workspace/service",
-            &l.app.admin_key,
-            json!({"workspace_id": l.ws, "alert_emails": ["owner@example.com"],
-            "usage_limits": {"type": "cost", "credit_limit": 10, "alert_threshold": 0.5}}),
-        )
+    let (_, key) = l
+        .key_with(json!({"alert_emails": ["owner@example.com"],
+            "usage_limits": {"type": "cost", "credit_limit": 10, "alert_threshold": 0.5}}))
         .await;
-    let key = r.body["key"].as_str().unwrap().to_owned();
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
     // Two requests ($0.60) cross the $0.50 threshold once.
-    for _ in 0..4 {
-        assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
-    }
+    l.admit(4, &key, &body).await;
     let mail = tokio::time::timeout(std::time::Duration::from_secs(10), mails.recv())
         .await
         .expect("an email")
@@ -363,31 +365,18 @@ async fn exactly_one_alert_email_and_webhook_per_threshold() {
 #[tokio::test]
 async fn an_exhausted_provider_reads_exhausted_until_its_reset() {
     let l = lim().await;
-    let r = l
-        .app
-        .put("/v1/integrations/oai/models", &l.app.admin_key, json!({"models": [{"slug": "gpt-4o", "enabled": true,
-            "pricing_config": {"type": "static", "pay_as_you_go": {"request_token": {"price": 0}, "response_token": {"price": 0.025}}}}]}))
-        .await;
-    assert_eq!(r.status, 200);
-    l.control.set_usage(10, 1000, 0);
+    l.price_output(0.025).await;
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
     let r = l
-        .app
-        .post(
-            "/v1/providers",
-            &l.app.admin_key,
-            json!({"name": "m", "slug": "monthly", "integration_id": "oai", "workspace_id": l.ws,
-            "usage_limits": {"type": "cost", "credit_limit": 1, "periodic_reset": "monthly"}}),
+        .provider(
+            "m",
+            "monthly",
+            json!({"type": "cost", "credit_limit": 1, "periodic_reset": "monthly"}),
         )
         .await;
     assert_eq!(r.status, 200);
     let body = json!({"model": "@monthly/gpt-4o", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]});
-    for _ in 0..4 {
-        assert_eq!(
-            l.app.post("/v1/chat/completions", &l.key, body.clone()).await.status,
-            200
-        );
-    }
+    l.admit(4, &l.key, &body).await;
     let path = format!("/v1/providers/monthly?workspace_id={}", l.ws);
     assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "exhausted");
     let list = l
@@ -399,16 +388,12 @@ async fn an_exhausted_provider_reads_exhausted_until_its_reset() {
         .unwrap()
         .iter()
         .any(|p| p["slug"] == "monthly" && p["status"] == "exhausted"));
-    let r = l.app.post("/v1/chat/completions", &l.key, body.clone()).await;
+    let r = l.chat_as(&l.key, &body).await;
     assert_eq!((r.status, r.error_type()), (412, "provider_exhaust_error"));
     // The 1st of the month, 00:00 UTC.
-    l.clock.set(
-        chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
-            .unwrap()
-            .into(),
-    );
+    l.set_time("2026-12-01T00:00:00Z");
     assert_eq!(l.app.get(&path, &l.app.admin_key).await.body["status"], "active");
-    assert_eq!(l.app.post("/v1/chat/completions", &l.key, body).await.status, 200);
+    assert_eq!(l.chat_as(&l.key, &body).await.status, 200);
 }
 
 #[tokio::test]
@@ -416,22 +401,11 @@ async fn reset_usage_on_a_key_starts_its_budget_afresh() {
     let l = lim().await;
     let body = thirty_cent_requests(&l).await;
     assert_eq!(l.provision(json!({"enabled": true})).await.status, 200);
-    let r = l
-        .app
-        .post(
-            "/v1/api-keys/workspace/service",
-            &l.app.admin_key,
-            json!({"workspace_id": l.ws, "usage_limits": {"type": "cost", "credit_limit": 1}}),
-        )
+    let (id, key) = l
+        .key_with(json!({"usage_limits": {"type": "cost", "credit_limit": 1}}))
         .await;
-    let (id, key) = (
-        r.body["id"].as_str().unwrap().to_owned(),
-        r.body["key"].as_str().unwrap().to_owned(),
-    );
-    for _ in 0..3 {
-        assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 200);
-    }
-    assert_eq!(l.app.post("/v1/chat/completions", &key, body.clone()).await.status, 412);
+    l.admit(3, &key, &body).await;
+    assert_eq!(l.chat_as(&key, &body).await.status, 412);
     l.clock.advance(chrono::Duration::milliseconds(1));
     let r = l
         .app
@@ -442,5 +416,5 @@ async fn reset_usage_on_a_key_starts_its_budget_afresh() {
         )
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(l.app.post("/v1/chat/completions", &key, body).await.status, 200);
+    assert_eq!(l.chat_as(&key, &body).await.status, 200);
 }

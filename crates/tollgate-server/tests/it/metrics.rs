@@ -2,7 +2,7 @@
 //! `metrics_listen`; label values only from what the control plane knows.
 
 use crate::gateway::{chat, setup};
-use crate::support::App;
+use crate::support::{content_type, App};
 use serde_json::json;
 use std::sync::Arc;
 use tollgate_core::clock::SystemClock;
@@ -14,12 +14,7 @@ async fn metrics(url: &str, key: Option<&str>) -> (u16, String, String) {
     }
     let r = req.send().await.unwrap();
     let status = r.status().as_u16();
-    let ctype = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let ctype = content_type(&r);
     (status, ctype, r.text().await.unwrap())
 }
 

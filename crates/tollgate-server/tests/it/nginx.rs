@@ -10,7 +10,7 @@
 //! The in-process tests (replicas.rs, and the store's counter and notify
 //! tests) cover the pieces; this one runs the processes an operator runs.
 
-use crate::gateway::UPSTREAM_KEY;
+use crate::gateway::{upstream, UPSTREAM_KEY};
 use crate::postgres::TestDb;
 use crate::support::{capture, Proc, BIN};
 use futures::future::join_all;
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::openai;
 
 const NGINX: &str = "/usr/sbin/nginx";
 const REDIS: &str = "redis://127.0.0.1:6379";
@@ -361,12 +361,7 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
     let (smtp_port, mut mails) = crate::alerts::smtp_on_port_0().await;
     let smtp_url = format!("smtp://127.0.0.1:{smtp_port}");
     let control = Control::new();
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: control.clone(),
-    })
-    .await
-    .unwrap();
+    let mock = upstream(&control).await;
     let env = [
         ("TOLLGATE_DATABASE_URL", db.url.as_str()),
         ("TOLLGATE_REDIS_URL", REDIS),

@@ -14,12 +14,10 @@ use std::time::{Duration, Instant};
 use tollgate_core::clock::SystemClock;
 use tollgate_store::spill::SPILL_FILE;
 use tollgate_store::Location;
-use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
 use tollgate_testkit::postgres_db::TestDb;
 use tollgate_testkit::tcp_proxy::TcpProxy;
 
-use crate::gateway::{chat, UPSTREAM_KEY};
+use crate::gateway::chat;
 use crate::support::App;
 
 /// The longest an admin write may take to answer 503 while PostgreSQL is
@@ -47,26 +45,39 @@ async fn setup(buffer: usize) -> Setup {
         Arc::new(SystemClock),
     )
     .await;
-    let control = Control::new();
-    control.set_usage(10, 5, 0);
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control,
-    })
-    .await
-    .unwrap();
-    let ws = app.workspace("Outage").await;
-    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws])
-        .await;
-    let (_, key) = app.workspace_key(&ws, &["completions.write", "logs.view"]).await;
+    let gw = crate::gateway::setup_on(app, "Outage", true).await;
+    gw.control.set_usage(10, 5, 0);
     let direct = PgPool::connect(&db.url).await.unwrap();
     Setup {
-        app,
+        app: gw.app,
         proxy,
         db,
         direct,
-        key,
-        _mock: mock,
+        key: gw.key,
+        _mock: gw.mock,
+    }
+}
+
+impl Setup {
+    /// Stops the server and drops its database.
+    async fn stop_and_drop(self) {
+        let Setup {
+            mut app, db, direct, ..
+        } = self;
+        if let Some(r) = app.running.take() {
+            r.stop().await.unwrap();
+        }
+        direct.close().await;
+        db.drop_db().await;
+    }
+
+    /// Restarts on the same database and spill file, and checks that the
+    /// start wrote the spill: it is gone, and the log holds `traces` once
+    /// each, rolled up.
+    async fn restart_writes_the_spill(&mut self, traces: &[String]) {
+        self.app.restart(Arc::new(SystemClock)).await;
+        assert!(!self.app.dir.path().join(SPILL_FILE).exists());
+        logged_once(&self.direct, traces).await;
     }
 }
 
@@ -111,6 +122,12 @@ async fn wait_for_log(direct: &PgPool, traces: &[String]) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until the log holds `traces` once each, and checks the roll-ups.
+async fn logged_once(direct: &PgPool, traces: &[String]) {
+    wait_for_log(direct, traces).await;
+    assert_rollups_match_rows(direct).await;
 }
 
 /// The roll-ups count exactly the rows: requests and tokens.
@@ -217,17 +234,9 @@ async fn the_gateway_serves_through_a_postgres_outage_and_loses_no_record() {
     request(&s, "after", false).await;
     traces.push("after".into());
     s.app.flush_logs().await;
-    wait_for_log(&s.direct, &traces).await;
-    assert_rollups_match_rows(&s.direct).await;
+    logged_once(&s.direct, &traces).await;
 
-    let Setup {
-        mut app, db, direct, ..
-    } = s;
-    if let Some(r) = app.running.take() {
-        r.stop().await.unwrap();
-    }
-    direct.close().await;
-    db.drop_db().await;
+    s.stop_and_drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,24 +263,11 @@ async fn records_spilled_by_a_stopped_server_are_written_once_by_the_next_start(
 
     s.proxy.restore().await.unwrap();
     // The next start writes the spill before it serves, and removes it.
-    s.app.restart(Arc::new(SystemClock)).await;
-    assert!(!spill.exists());
-    wait_for_log(&s.direct, &traces).await;
-    assert_rollups_match_rows(&s.direct).await;
+    s.restart_writes_the_spill(&traces).await;
 
     // A spill written again (a crash before its removal) adds nothing.
     std::fs::write(&spill, &spilled).unwrap();
-    s.app.restart(Arc::new(SystemClock)).await;
-    assert!(!spill.exists());
-    wait_for_log(&s.direct, &traces).await;
-    assert_rollups_match_rows(&s.direct).await;
+    s.restart_writes_the_spill(&traces).await;
 
-    let Setup {
-        mut app, db, direct, ..
-    } = s;
-    if let Some(r) = app.running.take() {
-        r.stop().await.unwrap();
-    }
-    direct.close().await;
-    db.drop_db().await;
+    s.stop_and_drop().await;
 }

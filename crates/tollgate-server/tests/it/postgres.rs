@@ -9,9 +9,9 @@ use tollgate_server::cli;
 use tollgate_server::config::{Config, FileConfig};
 use tollgate_store::{Location, Store};
 use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::openai;
 
-use crate::gateway::{chat, UPSTREAM_KEY};
+use crate::gateway::{chat, setup_on, upstream, Setup, UPSTREAM_KEY};
 use crate::support::App;
 
 pub(crate) use tollgate_testkit::postgres_db::{server, TestDb};
@@ -73,18 +73,14 @@ async fn control_plane_commands_work_on_postgres() {
 async fn serve_runs_on_postgres_from_gateway_to_logs_and_analytics() {
     let db = TestDb::create().await;
     let url = db.url.clone();
-    let mut app = App::start_with(move |c| c.database = Location::Postgres(url), Arc::new(SystemClock)).await;
-    let control = Control::new();
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: control.clone(),
-    })
-    .await
-    .unwrap();
-    let ws = app.workspace("PG").await;
-    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws])
-        .await;
-    let (_, key) = app.workspace_key(&ws, &["completions.write", "logs.view"]).await;
+    let app = App::start_with(move |c| c.database = Location::Postgres(url), Arc::new(SystemClock)).await;
+    let Setup {
+        mut app,
+        mock: _mock,
+        control,
+        key,
+        ..
+    } = setup_on(app, "PG", true).await;
     control.set_usage(12, 7, 0);
     let r = app
         .chat_raw(
@@ -165,12 +161,7 @@ async fn migrate_to_copies_sqlite_into_postgres_for_a_replica() {
     let db = TestDb::create().await;
     let mut app = App::start().await;
     let control = Control::new();
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: control.clone(),
-    })
-    .await
-    .unwrap();
+    let mock = upstream(&control).await;
     let ws = app.workspace("Old").await;
     app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[&ws])
         .await;
@@ -274,9 +265,9 @@ async fn migrate_to_copies_sqlite_into_postgres_for_a_replica() {
 
     // The integration's sealed key opens (the mock checks it), and the
     // budget's $0.60 came along: one more $0.30 request fits, the next not.
-    let r = replica.post("/v1/chat/completions", &key, body.clone()).await;
+    let r = replica.completion(&key, body.clone()).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = replica.post("/v1/chat/completions", &key, body.clone()).await;
+    let r = replica.completion(&key, body.clone()).await;
     assert_eq!(
         (r.status, r.error_type()),
         (412, "api_key_exhaust_error"),

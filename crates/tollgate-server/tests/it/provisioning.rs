@@ -1,8 +1,8 @@
 //! Provisioning: workspaces, model allow-lists, custom models and prices,
 //! providers, and `GET /v1/models`; every change reaches the gateway at once.
 
-use crate::gateway::{chat, setup, UPSTREAM_KEY};
-use crate::support::App;
+use crate::gateway::{chat, setup, upstream, Setup, UPSTREAM_KEY};
+use crate::support::{App, Resp};
 use serde_json::{json, Value};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::openai::{self, OpenAiMock};
@@ -20,13 +20,7 @@ async fn model_ids(app: &App, key: &str) -> Vec<String> {
 #[tokio::test]
 async fn two_of_three_workspaces_with_different_model_lists() {
     let app = App::start().await;
-    let control = Control::new();
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control,
-    })
-    .await
-    .unwrap();
+    let mock = upstream(&Control::new()).await;
     let (a, b, c) = (
         app.workspace("A").await,
         app.workspace("B").await,
@@ -54,18 +48,8 @@ async fn two_of_three_workspaces_with_different_model_lists() {
     let kb = app.workspace_key(&b, &["completions.write"]).await.1;
     let kc = app.workspace_key(&c, &["completions.write"]).await.1;
 
-    assert_eq!(
-        app.post("/v1/chat/completions", &ka, chat("@shared/gpt-4o"))
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        app.post("/v1/chat/completions", &kb, chat("@shared/gpt-4o-mini"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.completion(&ka, chat("@shared/gpt-4o")).await.status, 200);
+    assert_eq!(app.completion(&kb, chat("@shared/gpt-4o-mini")).await.status, 200);
     let calls = mock.calls();
     // B may not use gpt-4o; nobody may use a model outside the list; C has no access.
     for (key, model, status, kind) in [
@@ -74,7 +58,7 @@ async fn two_of_three_workspaces_with_different_model_lists() {
         (&ka, "@shared/o3", 412, "model_not_allowed_error"),
         (&kc, "@shared/gpt-4o", 403, "permission_error"),
     ] {
-        let r = app.post("/v1/chat/completions", key, chat(model)).await;
+        let r = app.completion(key, chat(model)).await;
         assert_eq!((r.status, r.error_type()), (status, kind), "{model}: {:?}", r.body);
     }
     assert_eq!(mock.calls(), calls, "refused before anything was sent upstream");
@@ -103,15 +87,21 @@ async fn two_of_three_workspaces_with_different_model_lists() {
         )
         .await;
     assert_eq!(r.status, 200);
-    let r = app.post("/v1/chat/completions", &ka, chat("@shared/gpt-4o")).await;
+    let r = app.completion(&ka, chat("@shared/gpt-4o")).await;
     assert_eq!((r.status, r.error_type()), (403, "permission_error"));
     // B was not listed in that PUT and keeps its access (entries merge).
-    assert_eq!(
-        app.post("/v1/chat/completions", &kb, chat("@shared/gpt-4o-mini"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(app.completion(&kb, chat("@shared/gpt-4o-mini")).await.status, 200);
+}
+
+/// Turns `glob`'s access for all workspaces on or off.
+async fn global_access(s: &Setup, enabled: bool) -> Resp {
+    s.app
+        .put(
+            "/v1/integrations/glob/workspaces",
+            &s.app.admin_key,
+            json!({"global_workspace_access": {"enabled": enabled}}),
+        )
+        .await
 }
 
 #[tokio::test]
@@ -128,43 +118,17 @@ async fn all_workspaces_includes_workspaces_created_later() {
         )
         .await;
     assert_eq!(r.status, 200);
-    let r = s
-        .app
-        .put(
-            "/v1/integrations/glob/workspaces",
-            k,
-            json!({"global_workspace_access": {"enabled": true}}),
-        )
-        .await;
+    let r = global_access(&s, true).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let later = s.app.workspace("Later").await;
     let key = s.app.workspace_key(&later, &["completions.write"]).await.1;
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &key, chat("@glob/gpt-4o"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.app.completion(&key, chat("@glob/gpt-4o")).await.status, 200);
     let detail = s.app.get("/v1/integrations/glob", k).await;
     assert_eq!(detail.body["global_workspace_access"]["enabled"], true);
     // Turning it off revokes at once.
-    let r = s
-        .app
-        .put(
-            "/v1/integrations/glob/workspaces",
-            k,
-            json!({"global_workspace_access": {"enabled": false}}),
-        )
-        .await;
+    let r = global_access(&s, false).await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &key, chat("@glob/gpt-4o"))
-            .await
-            .status,
-        403
-    );
+    assert_eq!(s.app.completion(&key, chat("@glob/gpt-4o")).await.status, 403);
 }
 
 #[tokio::test]
@@ -318,13 +282,7 @@ async fn providers_api_create_list_expire_delete() {
     assert!(detail.body["rate_limits"].is_array(), "an array in the detail");
     assert_eq!(detail.body["usage_limits"]["credit_limit"], 100000);
     assert_eq!(detail.body["note"], "for team");
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.chat("@oai-team/gpt-4o").await.status, 200);
     // Duplicate slug; an integration not provisioned here.
     let dup = s
         .app
@@ -357,10 +315,7 @@ async fn providers_api_create_list_expire_delete() {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["status"], "expired");
-    let r = s
-        .app
-        .post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o"))
-        .await;
+    let r = s.chat("@oai-team/gpt-4o").await;
     assert_eq!((r.status, r.error_type()), (403, "permission_error"));
     // A workspace key with providers.* manages its own workspace's providers only.
     let (_, wk) = s.app.workspace_key(ws, &["providers.*"]).await;
@@ -368,24 +323,15 @@ async fn providers_api_create_list_expire_delete() {
     let r = s.app.get(&format!("/v1/providers?workspace_id={other}"), &wk).await;
     assert_eq!((r.status, r.code()), (403, "AB03"));
     assert_eq!(s.app.delete("/v1/providers/oai-team", &wk).await.status, 200);
-    let r = s
-        .app
-        .post("/v1/chat/completions", &s.key, chat("@oai-team/gpt-4o"))
-        .await;
+    let r = s.chat("@oai-team/gpt-4o").await;
     assert_eq!((r.status, r.error_type()), (404, "not_found_error"));
 }
 
 #[tokio::test]
 async fn deleting_an_integration_revokes_it_everywhere() {
     let s = setup().await;
-    assert_eq!(
-        s.app
-            .post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o"))
-            .await
-            .status,
-        200
-    );
+    assert_eq!(s.chat("@oai/gpt-4o").await.status, 200);
     assert_eq!(s.app.delete("/v1/integrations/oai", &s.app.admin_key).await.status, 200);
-    let r = s.app.post("/v1/chat/completions", &s.key, chat("@oai/gpt-4o")).await;
+    let r = s.chat("@oai/gpt-4o").await;
     assert_eq!(r.status, 404);
 }

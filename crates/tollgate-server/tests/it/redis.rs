@@ -3,14 +3,14 @@
 //! `limits_on_redis_error = "open"`), and Redis back empty rebuilt from the
 //! request log, so that nobody gets a fresh budget.
 
-use crate::gateway::{chat, UPSTREAM_KEY};
+use crate::gateway::{chat, upstream, UPSTREAM_KEY};
 use crate::support::{manual_clock, App};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tollgate_core::clock::ManualClock;
 use tollgate_store::counters::OnRedisError;
 use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::openai;
 use tollgate_testkit::redis_server::RedisServer;
 use tollgate_testkit::MockServer;
 
@@ -35,12 +35,7 @@ async fn gateway(redis: &RedisServer, on_error: OnRedisError) -> Gw {
         shared,
     )
     .await;
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: Control::new(),
-    })
-    .await
-    .unwrap();
+    let mock = upstream(&Control::new()).await;
     let ws = app.workspace("Shared").await;
     app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
         .await;
@@ -59,9 +54,20 @@ async fn gateway(redis: &RedisServer, on_error: OnRedisError) -> Gw {
 
 impl Gw {
     async fn send(&self) -> crate::support::Resp {
-        self.app
-            .post("/v1/chat/completions", &self.key, chat("@oai/gpt-4o"))
-            .await
+        self.app.completion(&self.key, chat("@oai/gpt-4o")).await
+    }
+
+    /// Sends until the answer is not 503 (Redis is back), for up to 15 s;
+    /// returns the last answer.
+    async fn first_answer_but_503(&self) -> crate::support::Resp {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = self.send().await;
+            if r.status != 503 || Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -89,14 +95,7 @@ async fn counters_in_redis_refuse_at_the_limit_fail_closed_and_are_rebuilt() {
     // the request log: 4 requests this minute (the 503 was not admitted), so
     // one more fits and the next is refused.
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let r = loop {
-        let r = g.send().await;
-        if r.status != 503 || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let r = g.first_answer_but_503().await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = g.send().await;
     assert_eq!(r.status, 429, "{:?}", r.body);
@@ -135,14 +134,7 @@ async fn starts_while_redis_is_down_and_recovers() {
     let r = g.send().await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let r = loop {
-        let r = g.send().await;
-        if r.status != 503 || Instant::now() > deadline {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let r = g.first_answer_but_503().await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     for _ in 0..4 {
         assert_eq!(g.send().await.status, 200);

@@ -3,18 +3,13 @@
 //! from body extractors.
 
 use crate::gateway::setup;
-use crate::support::App;
+use crate::support::{content_type, App};
 use std::sync::Arc;
 use tollgate_core::clock::SystemClock;
 
 async fn check(r: reqwest::Response, status: u16, gateway: bool) {
     assert_eq!(r.status().as_u16(), status);
-    let ctype = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let ctype = content_type(&r);
     let text = r.text().await.unwrap();
     assert!(ctype.starts_with("application/json"), "{status}: {ctype} {text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("JSON body");
@@ -61,28 +56,19 @@ async fn framework_rejections_are_json() {
     )
     .await;
     // 415 and 400 from the admin API's JSON extractor.
-    let r = http
-        .post(format!("{url}/v1/admin/workspaces"))
-        .header("x-portkey-api-key", &s.app.admin_key)
-        .header("content-type", "text/plain")
-        .body("{\"name\":\"x\"}")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_client_error());
-    let st = r.status().as_u16();
-    check(r, st, false).await;
-    let r = http
-        .post(format!("{url}/v1/admin/workspaces"))
-        .header("x-portkey-api-key", &s.app.admin_key)
-        .header("content-type", "application/json")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_client_error());
-    let st = r.status().as_u16();
-    check(r, st, false).await;
+    for (ctype, body) in [("text/plain", "{\"name\":\"x\"}"), ("application/json", "{not json")] {
+        let r = http
+            .post(format!("{url}/v1/admin/workspaces"))
+            .header("x-portkey-api-key", &s.app.admin_key)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{ctype}");
+        let st = r.status().as_u16();
+        check(r, st, false).await;
+    }
 }
 
 #[tokio::test]

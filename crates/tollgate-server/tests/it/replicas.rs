@@ -268,10 +268,11 @@ async fn a_dashboard_session_works_on_every_replica_and_ends_on_all() {
 /// nobody gets those requests again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_emptied_right_after_another_replica_answered_still_counts_its_answers() {
-    use crate::gateway::{chat, UPSTREAM_KEY};
-    use serde_json::{json, Value};
+    use crate::gateway::{chat, upstream, UPSTREAM_KEY};
+    use crate::support::call_at;
+    use serde_json::json;
     use tollgate_testkit::control::Control;
-    use tollgate_testkit::openai::{self, OpenAiMock};
+    use tollgate_testkit::openai;
 
     let db = TestDb::create().await;
     let redis = RedisServer::start(false);
@@ -284,70 +285,47 @@ async fn redis_emptied_right_after_another_replica_answered_still_counts_its_ans
     let a = start(&ca).await.unwrap();
     let b = start(&cb).await.unwrap();
     let admin = a.first_admin_key.clone().unwrap();
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: Control::new(),
-    })
-    .await
-    .unwrap();
-    let http = reqwest::Client::new();
+    let mock = upstream(&Control::new()).await;
     let (url_a, url_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
-    let call = |url: String, method: Method, key: String, body: Value| {
-        let http = http.clone();
-        async move {
-            let mut req = http.request(method, url).header("x-portkey-api-key", key);
-            if !body.is_null() {
-                req = req.json(&body);
-            }
-            let r = req.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
     let integration = json!({"name": "oai", "slug": "oai", "ai_provider_id": "openai", "key": UPSTREAM_KEY,
         "configurations": {"custom_host": openai::base_url(&mock)}});
-    let (s, body) = call(
-        format!("{url_a}/v1/integrations"),
-        Method::POST,
-        admin.clone(),
-        integration,
-    )
-    .await;
+    let (s, body) = call_at(&url_a, Method::POST, "/v1/integrations", &admin, Some(integration)).await;
     assert_eq!(s, 200, "{body}");
-    let (_, ws) = call(
-        format!("{url_a}/v1/admin/workspaces/default"),
-        Method::GET,
-        admin.clone(),
-        Value::Null,
-    )
-    .await;
+    let (_, ws) = call_at(&url_a, Method::GET, "/v1/admin/workspaces/default", &admin, None).await;
     let ws = ws["id"].as_str().unwrap().to_owned();
     let provision = json!({"workspaces": [{"id": ws, "enabled": true,
         "rate_limits": [{"type": "requests", "unit": "rpd", "value": 5}]}]});
-    let (s, body) = call(
-        format!("{url_a}/v1/integrations/oai/workspaces"),
+    let (s, body) = call_at(
+        &url_a,
         Method::PUT,
-        admin.clone(),
-        provision,
+        "/v1/integrations/oai/workspaces",
+        &admin,
+        Some(provision),
     )
     .await;
     assert_eq!(s, 200, "{body}");
-    let (s, k) = call(
-        format!("{url_a}/v1/api-keys/workspace/service"),
+    let (s, k) = call_at(
+        &url_a,
         Method::POST,
-        admin.clone(),
-        json!({"workspace_id": ws}),
+        "/v1/api-keys/workspace/service",
+        &admin,
+        Some(json!({"workspace_id": ws})),
     )
     .await;
     assert_eq!(s, 200, "{k}");
     let wkey = k["key"].as_str().unwrap().to_owned();
     let send = |url: &str| {
-        call(
-            format!("{url}/v1/chat/completions"),
-            Method::POST,
-            wkey.clone(),
-            chat("@oai/gpt-4o"),
-        )
+        let (url, wkey) = (url.to_owned(), wkey.clone());
+        async move {
+            call_at(
+                &url,
+                Method::POST,
+                "/v1/chat/completions",
+                &wkey,
+                Some(chat("@oai/gpt-4o")),
+            )
+            .await
+        }
     };
     // B learns of the key (through NOTIFY) before it serves it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

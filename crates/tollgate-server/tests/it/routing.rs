@@ -4,13 +4,13 @@
 //! and default configs, plain model names, streams, and the log of every
 //! attempt.
 
-use crate::gateway::{chat, UPSTREAM_KEY};
+use crate::gateway::{chat, upstream, UPSTREAM_KEY};
 use crate::support::{App, Resp};
 use futures::future::join_all;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tollgate_testkit::control::Control;
-use tollgate_testkit::openai::{self, OpenAiMock};
+use tollgate_testkit::openai;
 use tollgate_testkit::{anthropic, MockServer};
 
 const ANTHROPIC_KEY: &str = "sk-ant-routing-key";
@@ -34,18 +34,8 @@ async fn setup() -> R {
 
 async fn setup_on(app: App) -> R {
     let (ca, cb) = (Control::new(), Control::new());
-    let a = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: ca.clone(),
-    })
-    .await
-    .unwrap();
-    let b = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: cb.clone(),
-    })
-    .await
-    .unwrap();
+    let a = upstream(&ca).await;
+    let b = upstream(&cb).await;
     let claude = anthropic::start(anthropic::AnthropicMock {
         api_key: ANTHROPIC_KEY.into(),
         control: Control::new(),
@@ -57,23 +47,14 @@ async fn setup_on(app: App) -> R {
         .await;
     app.openai_integration("b", &openai::base_url(&b), UPSTREAM_KEY, &[&ws])
         .await;
-    let r = app
-        .post(
-            "/v1/integrations",
-            &app.admin_key,
-            json!({"name": "claude", "slug": "claude", "ai_provider_id": "anthropic", "key": ANTHROPIC_KEY,
-                   "configurations": {"custom_host": anthropic::base_url(&claude)}}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let r = app
-        .put(
-            "/v1/integrations/claude/workspaces",
-            &app.admin_key,
-            json!({"workspaces": [{"id": ws, "enabled": true}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.integration(
+        "anthropic",
+        "claude",
+        ANTHROPIC_KEY,
+        json!({"custom_host": anthropic::base_url(&claude)}),
+        &[&ws],
+    )
+    .await;
     let key = app
         .workspace_key(&ws, &["completions.write", "logs.view", "configs.*"])
         .await

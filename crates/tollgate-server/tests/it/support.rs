@@ -149,6 +149,11 @@ impl App {
         self.call(Method::DELETE, path, Some(key), None).await
     }
 
+    /// POSTs `body` to the chat completions endpoint as `key`.
+    pub async fn completion(&self, key: &str, body: Value) -> Resp {
+        self.post("/v1/chat/completions", key, body).await
+    }
+
     /// Creates a workspace and returns its id.
     pub async fn workspace(&self, name: &str) -> String {
         let r = self
@@ -177,11 +182,18 @@ impl App {
     /// Creates an OpenAI-compatible integration pointing at `base_url`,
     /// provisioned to `workspaces`.
     pub async fn openai_integration(&self, slug: &str, base_url: &str, key: &str, workspaces: &[&str]) {
+        self.integration("openai", slug, key, json!({"custom_host": base_url}), workspaces)
+            .await;
+    }
+
+    /// Creates an integration `slug` of `provider` holding `key`, with
+    /// `configurations`, provisioned to `workspaces`.
+    pub async fn integration(&self, provider: &str, slug: &str, key: &str, configurations: Value, workspaces: &[&str]) {
         let r = self
             .post(
                 "/v1/integrations",
                 &self.admin_key,
-                json!({"name": slug, "slug": slug, "ai_provider_id": "openai", "key": key, "configurations": {"custom_host": base_url}}),
+                json!({"name": slug, "slug": slug, "ai_provider_id": provider, "key": key, "configurations": configurations}),
             )
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
@@ -234,6 +246,15 @@ impl App {
     }
 }
 
+/// A response's `content-type`, or "" without one.
+pub fn content_type(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// A clock for tests that need to move time.
 pub fn manual_clock(at: &str) -> (tollgate_core::clock::ManualClock, SharedClock) {
     let t = chrono::DateTime::parse_from_rfc3339(at)
@@ -244,29 +265,82 @@ pub fn manual_clock(at: &str) -> (tollgate_core::clock::ManualClock, SharedClock
     (c, shared)
 }
 
+/// An admin call to the server at `url` (a child process):
+/// (status, JSON body or null).
+pub async fn call_at(url: &str, method: Method, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .header("x-portkey-api-key", key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// On the server at `url`: an OpenAI-compatible integration `m` holding
+/// `secret` and pointing at `mock_url`, provisioned to the default
+/// workspace; returns (the workspace's id, a new key of it).
+pub async fn wire_up(url: &str, admin: &str, secret: &str, mock_url: &str) -> (String, String) {
+    let (s, b) = call_at(
+        url,
+        Method::POST,
+        "/v1/integrations",
+        admin,
+        Some(
+            json!({"name": "m", "slug": "m", "ai_provider_id": "openai", "key": secret,
+            "configurations": {"custom_host": mock_url}}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (_, ws) = call_at(url, Method::GET, "/v1/admin/workspaces/default", admin, None).await;
+    let ws = ws["id"].as_str().expect("id").to_owned();
+    let (s, _) = call_at(
+        url,
+        Method::PUT,
+        "/v1/integrations/m/workspaces",
+        admin,
+        Some(json!({"workspaces": [{"id": ws}]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, k) = call_at(
+        url,
+        Method::POST,
+        "/v1/api-keys/workspace/service",
+        admin,
+        Some(json!({"workspace_id": ws})),
+    )
+    .await;
+    let key = k["key"].as_str().expect("key").to_owned();
+    (ws, key)
+}
+
 /// The built `tollgate` binary.
 pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
-/// Collects a child's stdout and stderr lines into one text, read by a
-/// thread each, so that nothing it prints is lost or blocks it.
+/// Appends a pipe's lines to `sink`, on a thread of its own, so that
+/// nothing the child prints is lost or blocks it.
+fn drain_into(pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+}
+
+/// Collects a child's stdout and stderr lines into one text.
 pub fn capture(child: &mut Child) -> Arc<Mutex<String>> {
     let output = Arc::new(Mutex::new(String::new()));
-    let pipes: Vec<Box<dyn Read + Send>> = [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for pipe in pipes {
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+    if let Some(p) = child.stdout.take() {
+        drain_into(p, output.clone());
+    }
+    if let Some(p) = child.stderr.take() {
+        drain_into(p, output.clone());
     }
     output
 }
@@ -274,7 +348,8 @@ pub fn capture(child: &mut Child) -> Arc<Mutex<String>> {
 /// A `tollgate serve` child process; dropped, it is killed.
 pub struct Proc {
     child: Child,
-    output: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
     /// `http://127.0.0.1:PORT`, from its "listening on" line.
     pub url: String,
 }
@@ -298,22 +373,25 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tollgate");
-        // The first admin key and the listening address are found wherever
-        // they are printed.
-        let output = capture(&mut child);
+        let (stdout, stderr) = (Arc::new(Mutex::new(String::new())), Arc::new(Mutex::new(String::new())));
+        if let Some(p) = child.stdout.take() {
+            drain_into(p, stdout.clone());
+        }
+        if let Some(p) = child.stderr.take() {
+            drain_into(p, stderr.clone());
+        }
+        // Owned from here on, so that a failed start still kills the child.
         let mut p = Proc {
             child,
-            output,
+            stdout,
+            stderr,
             url: String::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         p.url = loop {
-            let text = p.output();
-            if let Some(url) = text
-                .lines()
-                .find_map(|l| l.split("listening on ").nth(1).map(|u| u.trim().to_owned()))
-            {
-                break url;
+            let text = p.stderr();
+            if let Some(url) = text.lines().find_map(|l| l.strip_prefix("Tollgate is listening on ")) {
+                break url.trim().to_owned();
             }
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("tollgate exited with {status}: {text}");
@@ -329,8 +407,14 @@ impl Proc {
         self.url.trim_start_matches("http://")
     }
 
-    pub fn output(&self) -> String {
-        self.output.lock().clone()
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().clone()
+    }
+
+    /// What it printed on stderr (its log) so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().clone()
     }
 
     /// The first admin key, printed on stdout; "listening" comes on stderr,
@@ -338,15 +422,32 @@ impl Proc {
     pub fn first_key(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(k) = self.output().split_whitespace().find(|w| w.starts_with("tg-")) {
+            if let Some(k) = self.stdout().split_whitespace().find(|w| w.starts_with("tg-")) {
                 return k.to_owned();
             }
             assert!(
                 Instant::now() < deadline,
-                "the first admin key is printed: {}",
-                self.output()
+                "the first admin key is printed on stdout: {}",
+                self.stderr()
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status and
+    /// the whole log.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // The reader threads catch up with the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return (status, self.stderr());
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
