@@ -348,6 +348,11 @@ async fn a_cancelled_whole_request_is_logged_as_499_and_settled_once() {
         json!({"usage_limits": {"type": "tokens", "credit_limit": 1_000_000}}),
     )
     .await;
+    // A first request rebuilds the workspace's counters (with Redis it
+    // first waits for every replica's request log), so that the one below
+    // is cancelled while the upstream answers, not while it is admitted.
+    s.control.set_usage(10, 10, 0);
+    assert_eq!(s.send(chat("@oai/gpt-4o")).await.status, 200);
     s.control.set_latency(Duration::from_millis(1500));
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))

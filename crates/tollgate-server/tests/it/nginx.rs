@@ -161,63 +161,74 @@ impl Nginx {
             Path::new(NGINX).exists(),
             "{NGINX} is missing: apt-get install nginx (scripts/test does)"
         );
-        let dir = tempfile::tempdir().expect("tempdir");
-        // nginx's workers run as an unprivileged user when the master is root.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-        let ca = certificates(dir.path());
-        let (http_port, https_port) = (free_port(), free_port());
-        let d = dir.path().display();
-        std::fs::write(
-            dir.path().join("tollgate.conf"),
-            site(replicas, http_port, https_port, dir.path()),
-        )
-        .expect("site");
-        let main = format!(
-            "worker_processes 2;\n\
-             events {{ worker_connections 2048; }}\n\
-             http {{\n\
-             \x20   access_log off;\n\
-             \x20   client_body_temp_path {d}/client_body;\n\
-             \x20   proxy_temp_path {d}/proxy;\n\
-             \x20   fastcgi_temp_path {d}/fastcgi;\n\
-             \x20   uwsgi_temp_path {d}/uwsgi;\n\
-             \x20   scgi_temp_path {d}/scgi;\n\
-             \x20   include {d}/tollgate.conf;\n\
-             }}\n"
-        );
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, main).expect("nginx.conf");
-        let mut child = Command::new(NGINX)
-            .arg("-p")
-            .arg(dir.path())
-            .args(["-e", "stderr", "-c"])
-            .arg(&conf)
-            .arg("-g")
-            .arg(format!("daemon off; pid {d}/nginx.pid;"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn nginx");
-        let output = capture(&mut child);
-        let mut n = Nginx {
-            child,
-            output,
-            url: format!("https://127.0.0.1:{https_port}"),
-            plain_url: format!("http://127.0.0.1:{http_port}"),
-            ca,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for port in [http_port, https_port] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                if let Ok(Some(status)) = n.child.try_wait() {
-                    panic!("nginx exited with {status}: {}", n.output.lock());
+        // The ports are free when chosen; another test may bind one before
+        // nginx does.
+        'attempts: for attempt in 0.. {
+            let dir = tempfile::tempdir().expect("tempdir");
+            // nginx's workers run as an unprivileged user when the master is root.
+            std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+            let ca = certificates(dir.path());
+            let (http_port, https_port) = (free_port(), free_port());
+            let d = dir.path().display();
+            std::fs::write(
+                dir.path().join("tollgate.conf"),
+                site(replicas, http_port, https_port, dir.path()),
+            )
+            .expect("site");
+            let main = format!(
+                "worker_processes 2;\n\
+                 events {{ worker_connections 2048; }}\n\
+                 http {{\n\
+                 \x20   access_log off;\n\
+                 \x20   client_body_temp_path {d}/client_body;\n\
+                 \x20   proxy_temp_path {d}/proxy;\n\
+                 \x20   fastcgi_temp_path {d}/fastcgi;\n\
+                 \x20   uwsgi_temp_path {d}/uwsgi;\n\
+                 \x20   scgi_temp_path {d}/scgi;\n\
+                 \x20   include {d}/tollgate.conf;\n\
+                 }}\n"
+            );
+            let conf = dir.path().join("nginx.conf");
+            std::fs::write(&conf, main).expect("nginx.conf");
+            let mut child = Command::new(NGINX)
+                .arg("-p")
+                .arg(dir.path())
+                .args(["-e", "stderr", "-c"])
+                .arg(&conf)
+                .arg("-g")
+                .arg(format!("daemon off; pid {d}/nginx.pid;"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn nginx");
+            let output = capture(&mut child);
+            let mut n = Nginx {
+                child,
+                output,
+                url: format!("https://127.0.0.1:{https_port}"),
+                plain_url: format!("http://127.0.0.1:{http_port}"),
+                ca,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for port in [http_port, https_port] {
+                while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    if let Ok(Some(status)) = n.child.try_wait() {
+                        let output = n.output.lock().clone();
+                        // Another test took a port between `free_port` and
+                        // nginx's bind: try again on others.
+                        if output.contains("Address already in use") && attempt < 4 {
+                            continue 'attempts;
+                        }
+                        panic!("nginx exited with {status}: {output}");
+                    }
+                    assert!(Instant::now() < deadline, "nginx did not start: {}", n.output.lock());
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                assert!(Instant::now() < deadline, "nginx did not start: {}", n.output.lock());
-                std::thread::sleep(Duration::from_millis(20));
             }
+            return n;
         }
-        n
+        unreachable!("the loop returns or panics")
     }
 
     /// A client that trusts nginx's certificate, following no redirects.
