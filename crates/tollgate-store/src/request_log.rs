@@ -196,18 +196,19 @@ impl LogWriter {
     ) -> (LogWriter, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let w = Writer {
-            db,
-            cache,
-            held: None,
-            backlog,
+            sink: Some(Sink {
+                db,
+                cache,
+                held: None,
+                backlog,
+            }),
             journal,
             batch: Vec::with_capacity(BATCH),
             waiters: Vec::new(),
             due: None,
             journal_failing: false,
         };
-        let task = tokio::spawn(writer(w, rx));
-        (LogWriter { tx }, task)
+        (LogWriter { tx }, tokio::spawn(writer(w, rx)))
     }
 
     /// The writer as the server runs it: with the journal in `buffer.dir`
@@ -283,25 +284,38 @@ impl LogWriter {
     }
 }
 
-/// Why the writer woke up.
+/// What the writer's loop woke up for.
 enum Wake {
     /// This many messages arrived; 0: every handle is gone.
     Received(usize),
+    /// The batch in flight was written (or kept): the sink is back, with
+    /// whoever waited for that batch.
+    Landed(Sink, Vec<oneshot::Sender<()>>),
     /// The batch is due.
     Due,
-    /// Time to try the backlog again.
+    /// Time to try the outage backlog again.
     Retry,
 }
 
-/// The writer's state between wake-ups.
-struct Writer {
+/// Where batches go: the database, and on PostgreSQL the outage backlog.
+/// While a batch is in flight the sink travels with it.
+struct Sink {
     db: Db,
     cache: Arc<QueryCache>,
     /// The SQLite writer's own connection (see [`insert`]).
     held: Option<SqliteConnection>,
     backlog: Option<Backlog>,
+}
+
+/// A batch (or a backlog drain) on its way to the database.
+type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = (Sink, Vec<oneshot::Sender<()>>)> + Send>>;
+
+/// The writer's state between wake-ups.
+struct Writer {
+    /// `None` while a batch is in flight.
+    sink: Option<Sink>,
     journal: Option<Journal>,
-    /// Records received and not yet written.
+    /// Records received and not yet handed to the database.
     batch: Vec<LogRecord>,
     /// Who waits for `batch` to be written.
     waiters: Vec<oneshot::Sender<()>>,
@@ -311,23 +325,51 @@ struct Writer {
     journal_failing: bool,
 }
 
+/// The writer's loop. Receiving and journaling never wait for the
+/// database: a due batch is written by a future of its own (one at a time,
+/// so order is kept) while the loop goes on journaling and answering the
+/// records that arrive meanwhile. (When the loop waited for each batch's
+/// transaction, every request answered during it waited too: added p99 at
+/// 1,000 req/s 2.2 ms with batches, 0.29 ms without.)
 async fn writer(mut w: Writer, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut msgs = Vec::with_capacity(BATCH);
     let mut acked = Vec::new();
+    let mut flight: Option<Flight> = None;
+    let mut open = true;
+    let mut closing: Option<oneshot::Sender<()>> = None;
     loop {
-        let retry = w.backlog.as_ref().filter(|b| b.is_pending()).map(|b| b.next_try);
-        let wake = tokio::select! {
-            n = rx.recv_many(&mut msgs, BATCH) => Wake::Received(n),
-            () = until(w.due) => Wake::Due,
-            () = until(retry) => Wake::Retry,
-        };
-        let mut closing = None;
-        match wake {
-            Wake::Received(0) => {
-                // Every handle is gone.
+        let stopping = !open || closing.is_some();
+        if flight.is_none() {
+            let now = tokio::time::Instant::now();
+            let due = stopping || w.due.is_some_and(|d| d <= now);
+            if due && (!w.batch.is_empty() || !w.waiters.is_empty()) {
+                flight = w.launch();
+            } else if stopping {
                 w.finish().await;
+                if let Some(done) = closing {
+                    let _ = done.send(());
+                }
                 return;
             }
+        }
+        let retry = match (&flight, &w.sink) {
+            (None, Some(sink)) => sink.backlog.as_ref().filter(|b| b.is_pending()).map(|b| b.next_try),
+            _ => None,
+        };
+        let in_flight = async {
+            match flight.as_mut() {
+                Some(f) => f.await,
+                None => std::future::pending().await,
+            }
+        };
+        let wake = tokio::select! {
+            n = rx.recv_many(&mut msgs, BATCH), if !stopping => Wake::Received(n),
+            (sink, waiters) = in_flight => Wake::Landed(sink, waiters),
+            () = until(w.due), if !stopping => Wake::Due,
+            () = until(retry) => Wake::Retry,
+        };
+        match wake {
+            Wake::Received(0) => open = false,
             Wake::Received(_) => {
                 let first = w.batch.len();
                 for m in msgs.drain(..) {
@@ -345,20 +387,12 @@ async fn writer(mut w: Writer, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 }
                 w.received(first, &mut acked);
             }
-            Wake::Due | Wake::Retry => {}
-        }
-        if closing.is_some() || w.due.is_some_and(|d| d <= tokio::time::Instant::now()) {
-            w.write_batch().await;
-        }
-        if let Some(done) = closing {
-            w.finish().await;
-            let _ = done.send(());
-            return;
-        }
-        if let (Db::Postgres(pool), Some(b)) = (&w.db, w.backlog.as_mut()) {
-            if b.is_pending() && tokio::time::Instant::now() >= b.next_try {
-                b.drain(pool, &w.cache).await;
+            Wake::Landed(sink, waiters) => {
+                flight = None;
+                w.landed(sink, waiters);
             }
+            Wake::Due => {}
+            Wake::Retry => flight = w.drain_backlog(),
         }
     }
 }
@@ -379,8 +413,8 @@ impl Writer {
     /// `batch[first..]` just arrived, `acked` waiting for them: journals
     /// them and answers `acked` at once, or (no journal, or it failed)
     /// makes `acked` wait for the batch's commit, which is then due now.
-    /// Records nobody waits for are written within [`LINGER`], so that a
-    /// busy gateway writes few, large transactions.
+    /// Records nobody waits for are written within [`LINGER`], or at once
+    /// once [`DUE_ROWS`] have queued.
     fn received(&mut self, first: usize, acked: &mut Vec<oneshot::Sender<()>>) {
         let journaled = match self.journal.as_mut() {
             None => false,
@@ -420,14 +454,58 @@ impl Writer {
         }
     }
 
-    /// The writer stops: writes the batch; then either everything is in the
-    /// database and the journal is emptied (the next start has nothing to
-    /// replay), or PostgreSQL is unreachable and what waits goes to the
-    /// spill file (and stays in the journal too: a replay skips what is
-    /// stored).
+    /// Sends the batch and its waiters on their way, with the sink.
+    fn launch(&mut self) -> Option<Flight> {
+        let mut sink = self.sink.take()?;
+        self.due = None;
+        let mut batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        let waiters = std::mem::take(&mut self.waiters);
+        Some(Box::pin(async move {
+            if !batch.is_empty() {
+                write(&sink.db, &sink.cache, &mut sink.held, sink.backlog.as_mut(), &mut batch).await;
+            }
+            (sink, waiters)
+        }))
+    }
+
+    /// A flight is back: answers its waiters; once everything journaled is
+    /// in the database, the journal may be cut back.
+    fn landed(&mut self, sink: Sink, waiters: Vec<oneshot::Sender<()>>) {
+        let all_written = self.batch.is_empty() && !sink.backlog.as_ref().is_some_and(Backlog::is_pending);
+        self.sink = Some(sink);
+        for done in waiters {
+            let _ = done.send(());
+        }
+        if let (Some(j), true) = (self.journal.as_mut(), all_written) {
+            if let Err(e) = j.committed() {
+                tracing::warn!(error = %e, journal = %j.path().display(), "cannot cut back the request log's journal");
+            }
+        }
+    }
+
+    /// Writes what the outage backlog holds, as a flight of its own.
+    fn drain_backlog(&mut self) -> Option<Flight> {
+        let mut sink = self.sink.take()?;
+        Some(Box::pin(async move {
+            if let (Db::Postgres(pool), Some(b)) = (&sink.db, sink.backlog.as_mut()) {
+                if b.is_pending() && tokio::time::Instant::now() >= b.next_try {
+                    b.drain(pool, &sink.cache).await;
+                }
+            }
+            (sink, Vec::new())
+        }))
+    }
+
+    /// The writer stops, with nothing in flight and nothing queued: either
+    /// everything is in the database and the journal is emptied (the next
+    /// start has nothing to replay), or PostgreSQL is unreachable and what
+    /// waits goes to the spill file (and stays in the journal too: a replay
+    /// skips what is stored).
     async fn finish(&mut self) {
-        self.write_batch().await;
-        match self.backlog.as_mut() {
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        match sink.backlog.as_mut() {
             Some(b) if b.is_pending() => b.park().await,
             _ => {
                 if let Some(j) = self.journal.as_mut() {
@@ -436,32 +514,6 @@ impl Writer {
                     }
                 }
             }
-        }
-    }
-
-    /// Writes the batch (or keeps it in the outage backlog) and answers
-    /// whoever waits for it. Once everything journaled is in the database,
-    /// the journal may be cut back.
-    async fn write_batch(&mut self) {
-        self.due = None;
-        if !self.batch.is_empty() {
-            write(
-                &self.db,
-                &self.cache,
-                &mut self.held,
-                self.backlog.as_mut(),
-                &mut self.batch,
-            )
-            .await;
-            let all_written = !self.backlog.as_ref().is_some_and(Backlog::is_pending);
-            if let (Some(j), true) = (self.journal.as_mut(), all_written) {
-                if let Err(e) = j.committed() {
-                    tracing::warn!(error = %e, journal = %j.path().display(), "cannot cut back the request log's journal");
-                }
-            }
-        }
-        for done in self.waiters.drain(..) {
-            let _ = done.send(());
         }
     }
 }

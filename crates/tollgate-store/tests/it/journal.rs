@@ -1,6 +1,5 @@
-//! The request log's journal: a record whose ticket resolved survives a
-//! writer killed before its batch reached the database, and the next start
-//! writes it once; a journal that cannot be written or replayed never stops
+//! The request log's journal: what a killed process journaled is written
+//! by the next start, each record once; a journal that cannot be written or replayed never stops
 //! the gateway. On SQLite and on a real PostgreSQL.
 
 use crate::postgres::{AtLocation, TestDb};
@@ -46,30 +45,42 @@ async fn counts(at: &Location) -> (i64, i64, i64, i64) {
     }
 }
 
-/// Journals three records, of which only the first reaches the database,
-/// kills the writer (as SIGKILL would: no flush, no close), and starts
-/// again: the other two are written at start, each once.
+/// What a process killed right after answering leaves behind: a journal
+/// holding `records` (some may have reached the database) and a torn one.
+fn journal_of_a_killed_process(dir: &std::path::Path, records: &[LogRecord]) {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r).unwrap());
+        text.push('\n');
+    }
+    // Killed in the middle of the next append, too.
+    text.push_str(r#"{"id":"req-9","crea"#);
+    std::fs::write(dir.join(JOURNAL_FILE), text).unwrap();
+}
+
+/// The next start writes the journal a killed process left, each record
+/// once (the first was in the database already), before the writer takes
+/// new records; a clean stop then leaves nothing to replay.
 async fn killed_writer_loses_nothing(at: &Location, dir: &std::path::Path) {
     let store = Store::open(at).await.unwrap();
-    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir)).await.unwrap();
-    log.commit(rec(1)).await;
-    log.flush().await;
-    log.commit(rec(2)).await;
-    log.commit(rec(3)).await;
-    // The tickets resolved, the batch waits for its linger: kill now. (The
-    // test runs on one thread, so the writer cannot run in between.)
-    writer.abort();
-    assert!(writer.await.unwrap_err().is_cancelled());
-    drop(log);
-    assert_eq!(counts(at).await, (1, 1, 1, 1), "the database has the first only");
-    assert!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len() > 0);
+    {
+        let (log, writer) = store.spawn_log_writer().unwrap();
+        log.commit(rec(1)).await;
+        log.close().await;
+        writer.await.unwrap();
+    }
+    assert_eq!(counts(at).await, (1, 1, 1, 1));
+    journal_of_a_killed_process(dir, &[rec(1), rec(2), rec(3)]);
 
     let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir)).await.unwrap();
     // Written before the writer starts, the first not twice.
     assert_eq!(counts(at).await, (3, 3, 3, 3));
     assert_eq!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len(), 0);
+    // A record's ticket resolves once it is journaled.
     log.commit(rec(4)).await;
-    assert!(std::fs::metadata(dir.join(JOURNAL_FILE)).unwrap().len() > 0);
+    assert!(std::fs::read_to_string(dir.join(JOURNAL_FILE))
+        .unwrap()
+        .contains("\"req-4\""));
     log.close().await;
     writer.await.unwrap();
     assert_eq!(counts(at).await, (4, 4, 4, 4));
@@ -113,11 +124,7 @@ async fn a_journal_that_cannot_be_replayed_is_set_aside_and_the_start_goes_on() 
     let dir = tempfile::tempdir().unwrap();
     let at = Location::embedded(dir.path());
     let store = Store::open(&at).await.unwrap();
-    let (log, writer) = store.spawn_log_writer_buffered(&buffer(dir.path())).await.unwrap();
-    log.commit(rec(1)).await;
-    writer.abort();
-    let _ = writer.await;
-    drop(log);
+    journal_of_a_killed_process(dir.path(), &[rec(1)]);
     // The database refuses the record now.
     let Location::Sqlite(path) = &at else { unreachable!() };
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
