@@ -82,10 +82,7 @@ impl Journal {
             return Ok(());
         }
         self.buf.clear();
-        for r in records {
-            serde_json::to_writer(&mut self.buf, r)?;
-            self.buf.push(b'\n');
-        }
+        crate::spill::encode(records, &mut self.buf)?;
         if let Err(e) = self.file.write_all(&self.buf) {
             // Best effort: if this fails too, recovery cuts the torn line.
             let _ = self.file.set_len(self.len);

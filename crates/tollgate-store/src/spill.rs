@@ -26,10 +26,7 @@ pub const SPILL_FILE: &str = "request-log.spill";
 /// that a partial append never sits in front of later ones.
 pub(crate) fn append(path: &Path, len: u64, records: &[LogRecord]) -> std::io::Result<u64> {
     let mut bytes = Vec::with_capacity(records.len() * 512);
-    for r in records {
-        serde_json::to_writer(&mut bytes, r)?;
-        bytes.push(b'\n');
-    }
+    encode(records, &mut bytes)?;
     let created = !path.exists();
     let mut file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
     let written = file.write_all(&bytes).and_then(|()| file.sync_data());
@@ -44,6 +41,16 @@ pub(crate) fn append(path: &Path, len: u64, records: &[LogRecord]) -> std::io::R
         }
     }
     Ok(len + bytes.len() as u64)
+}
+
+/// Appends `records` to `out` in this file's format: one JSON line each
+/// (the journal's format too).
+pub(crate) fn encode(records: &[LogRecord], out: &mut Vec<u8>) -> std::io::Result<()> {
+    for r in records {
+        serde_json::to_writer(&mut *out, r)?;
+        out.push(b'\n');
+    }
+    Ok(())
 }
 
 /// What [`read`] found.
