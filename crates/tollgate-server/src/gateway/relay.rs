@@ -22,6 +22,7 @@ use axum::response::Response;
 use futures::stream::BoxStream;
 use futures::Stream;
 use serde::Deserialize;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -485,7 +486,9 @@ impl Books {
 
     /// Closes the books of a stream that failed: what it used is settled.
     pub fn fail(self, e: GatewayError) {
-        drop(self.finish(Outcome::Failed(e)));
+        if let Some(closing) = self.finish(Outcome::Failed(e)) {
+            tokio::spawn(closing);
+        }
     }
 
     /// The upstream reported usage: the frames kept for estimation are no
@@ -504,9 +507,10 @@ impl Books {
         }
     }
 
-    /// Settles and logs in a task of its own (which finishes even if the
-    /// client goes away); the handle resolves once the record is committed.
-    fn finish(mut self, outcome: Outcome) -> Option<tokio::task::JoinHandle<()>> {
+    /// Settles and logs: the future resolves once the record is committed.
+    /// Whoever holds it polls it to the end or spawns it (the relay does so
+    /// if the client goes away first), so the books are always closed.
+    fn finish(mut self, outcome: Outcome) -> Option<Closing> {
         self.rec.upstream_latency_us = Some(micros(self.upstream_started));
         self.rec.latency_us = micros(self.started);
         match outcome {
@@ -522,10 +526,9 @@ impl Books {
             }
         }
         let reservation = self.reservation.take()?;
-        // Counting tokens may take a while for a long answer: off the
-        // response path, in the task that closes the books (and off the
-        // async workers when large).
-        Some(tokio::spawn(async move {
+        // Counting tokens may take a while for a long answer: off the async
+        // workers when large (`count::tokens`).
+        Some(Box::pin(async move {
             let (usage, estimated) = match self.usage {
                 Some(u) => (u, false),
                 // Cut or cancelled without a usage report: what was generated
@@ -549,6 +552,9 @@ impl Books {
     }
 }
 
+/// The closing of a stream's books, from [`Books::finish`].
+type Closing = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 enum Outcome {
     Done,
     Cancelled,
@@ -566,8 +572,9 @@ struct Relay {
     /// An end or error met while coalescing, handled on the next poll.
     pending: Option<Option<Result<StreamItem, ProviderError>>>,
     idle: Idle,
-    /// The final frame, held back until the books are closed and committed.
-    closing: Option<(Option<tokio::task::JoinHandle<()>>, Bytes)>,
+    /// The final frame, held back until the books are closed and committed
+    /// (polled here: a task of its own only if the client goes away first).
+    closing: Option<(Option<Closing>, Bytes)>,
 }
 
 impl Relay {
@@ -603,7 +610,6 @@ impl Idle {
 
     /// True once the stream has been silent for the whole limit.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        use std::future::Future;
         while self.timer.as_mut().poll(cx).is_ready() {
             let due = self.last + self.limit;
             if due <= tokio::time::Instant::now() {
@@ -678,11 +684,11 @@ impl Stream for Relay {
             return Poll::Ready(None);
         }
         if let Some((books, _)) = self.closing.as_mut() {
-            if let Some(h) = books {
-                use std::future::Future;
-                if Pin::new(h).poll(cx).is_pending() {
+            if let Some(f) = books {
+                if f.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
+                *books = None;
             }
             self.done = true;
             return Poll::Ready(
@@ -754,10 +760,14 @@ impl Stream for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        // Dropped before the end: the client went away.
-        if let Some(b) = self.books.take() {
-            // Nobody is left to wait for the commit.
-            drop(b.finish(Outcome::Cancelled));
+        // Dropped before the end: the client went away. Nobody is left to
+        // wait for the commit, but the books must still be closed.
+        let closing = match self.books.take() {
+            Some(b) => b.finish(Outcome::Cancelled),
+            None => self.closing.take().and_then(|(f, _)| f),
+        };
+        if let Some(f) = closing {
+            tokio::spawn(f);
         }
     }
 }
