@@ -555,7 +555,7 @@ async fn replay_journal(db: &Db, cache: &QueryCache, journal: &mut Journal) {
             break Ok(());
         }
         let written = match db {
-            Db::Sqlite(pool) => insert_new(&mut held, pool, &read.records).await,
+            Db::Sqlite(pool) => insert(&mut held, pool, &read.records).await,
             Db::Postgres(pool) => insert_pg(pool, &read.records).await,
         };
         if let Err(e) = written {
@@ -904,7 +904,10 @@ async fn within<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>)
     })
 }
 
-/// `INSERT INTO usage_log …` of `rows`, with their histogram buckets.
+/// `INSERT INTO usage_log …` of `rows`, with their histogram buckets, on
+/// both backends: a row whose id is already stored, or came earlier in
+/// `rows`, is skipped (`ON CONFLICT (id) DO NOTHING`), and the statement
+/// answers the ids it inserted, for [`inserted`].
 fn insert_rows<DB: Backend>(rows: &[LogRecord]) -> QueryBuilder<'_, DB> {
     // SQLite allows 32766 bound parameters, PostgreSQL 65535; 35 columns ×
     // 512 rows fits both.
@@ -986,7 +989,21 @@ fn insert_rows<DB: Backend>(rows: &[LogRecord]) -> QueryBuilder<'_, DB> {
         }
         qb.push(")");
     }
+    qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
     qb
+}
+
+/// The rows of `rows` that [`insert_rows`] stored, given the ids it
+/// answered (`new`): the first copy of each new id, to be rolled up. So a
+/// batch written twice (a replay of the journal or the spill file after a
+/// crash, a commit whose answer was lost) is stored and counted once.
+fn inserted<'a>(rows: Cow<'a, [LogRecord]>, new: Vec<String>) -> Cow<'a, [LogRecord]> {
+    if new.len() == rows.len() {
+        // Every id was new and came once.
+        return rows;
+    }
+    let mut new: HashSet<String> = new.into_iter().collect();
+    Cow::Owned(rows.iter().filter(|r| new.remove(&r.id)).cloned().collect())
 }
 
 /// Writes `rows` on the writer's own connection, `held`: taken out of the
@@ -1015,34 +1032,19 @@ async fn insert(held: &mut Option<SqliteConnection>, pool: &SqlitePool, rows: &[
     result
 }
 
-/// [`insert`] of those of `rows` that are not stored yet (a replay of the
-/// journal: a record may have reached the database before the process
-/// stopped), so that each is stored and rolled up once.
-async fn insert_new(
-    held: &mut Option<SqliteConnection>,
-    pool: &SqlitePool,
-    rows: &[LogRecord],
-) -> Result<(), sqlx::Error> {
-    let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT id FROM usage_log WHERE id IN (");
-    let mut ids = qb.separated(", ");
-    for r in rows {
-        ids.push_bind(r.id.as_str());
-    }
-    qb.push(")");
-    let mut seen: HashSet<String> = qb.build_query_scalar().fetch_all(pool).await?.into_iter().collect();
-    // Each id once: not stored yet, and its first copy only.
-    let fresh: Vec<LogRecord> = rows.iter().filter(|r| seen.insert(r.id.clone())).cloned().collect();
-    if fresh.is_empty() {
-        return Ok(());
-    }
-    insert(held, pool, &fresh).await
-}
-
+/// Inserts `rows` with their roll-ups in one transaction; see
+/// [`insert_rows`] for the rows it skips.
 async fn insert_on(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
-    insert_rows::<Sqlite>(rows).build().execute(&mut *tx).await?;
+    let new: Vec<String> = insert_rows::<Sqlite>(rows)
+        .build_query_scalar()
+        .fetch_all(&mut *tx)
+        .await?;
+    let fresh = inserted(Cow::Borrowed(rows), new);
     // The analytics roll-ups move with the log, in the same transaction.
-    crate::analytics::roll_up(&mut tx, rows).await?;
+    if !fresh.is_empty() {
+        crate::analytics::roll_up(&mut tx, &fresh).await?;
+    }
     tx.commit().await
 }
 
@@ -1055,10 +1057,8 @@ async fn insert_pg(pool: &PgPool, rows: &[LogRecord]) -> Result<(), sqlx::Error>
     .await
 }
 
-/// Inserts `rows` with their roll-ups in one transaction. A row whose id is
-/// already stored is skipped and not rolled up again, so writing a batch
-/// twice (a replay after a crash, a commit whose answer was lost) stores and
-/// counts it once.
+/// Inserts `rows` with their roll-ups in one transaction; see
+/// [`insert_rows`] for the rows it skips.
 async fn insert_pg_on(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     // PostgreSQL text cannot hold NUL characters (nor JSONB `\u0000`): a
     // record carrying one is stored with U+FFFD in its place, rather than
@@ -1069,17 +1069,11 @@ async fn insert_pg_on(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(),
         Cow::Borrowed(rows)
     };
     let mut tx = conn.begin().await?;
-    let mut qb = insert_rows::<Postgres>(&rows);
-    qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-    let new: Vec<String> = qb.build_query_scalar().fetch_all(&mut *tx).await?;
-    let fresh: Cow<[LogRecord]> = if new.len() == rows.len() {
-        rows
-    } else {
-        // A row inserted now, once: the same id twice in one batch is
-        // inserted (and rolled up) for its first copy only.
-        let mut new: HashSet<&str> = new.iter().map(String::as_str).collect();
-        Cow::Owned(rows.iter().filter(|r| new.remove(r.id.as_str())).cloned().collect())
-    };
+    let new: Vec<String> = insert_rows::<Postgres>(&rows)
+        .build_query_scalar()
+        .fetch_all(&mut *tx)
+        .await?;
+    let fresh = inserted(rows, new);
     if !fresh.is_empty() {
         crate::analytics::roll_up_pg(&mut tx, &fresh).await?;
     }
@@ -1491,12 +1485,20 @@ mod tests {
             marked(held.as_mut().unwrap()).await,
             "the next batch ran on the same connection"
         );
-        // A batch that fails (a duplicate id) is rolled back whole, roll-ups
-        // included, and its connection is let go.
-        let err = insert(&mut held, &pool, &[record("c"), record("a")]).await;
+        // A batch that fails (here: a trigger refuses one of its rows) is
+        // rolled back whole, roll-ups included, and its connection is let go.
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON usage_log WHEN NEW.id = 'refused' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let err = insert(&mut held, &pool, &[record("c"), record("refused")]).await;
         assert!(err.is_err());
         assert!(held.is_none());
         assert_eq!(counts(&pool).await, (2, 2));
+        sqlx::query("DROP TRIGGER refuse").execute(&pool).await.unwrap();
         insert(&mut held, &pool, &[record("d")]).await.unwrap();
         assert!(
             !marked(held.as_mut().unwrap()).await,

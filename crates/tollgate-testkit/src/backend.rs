@@ -49,21 +49,80 @@ pub fn redis_url() -> String {
     std::env::var("TOLLGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A Redis key prefix no other test uses.
-pub fn redis_key_prefix() -> String {
-    format!("tgtest:{:016x}:", rand::random::<u64>())
+/// A Redis key prefix of a test's own, and the one place that deletes test
+/// keys: dropping it deletes every key under the prefix (also while the test
+/// unwinds from a failure). Every test that keeps keys in the shared Redis
+/// ([`redis_url`]) takes its prefix from one of these.
+pub struct RedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl RedisKeys {
+    /// A fresh prefix (`tgtest:<random>:`) in the shared Redis.
+    pub fn new() -> RedisKeys {
+        RedisKeys::on(&redis_url())
+    }
+
+    /// A fresh prefix (`tgtest:<random>:`) in the Redis at `url`.
+    pub fn on(url: &str) -> RedisKeys {
+        RedisKeys {
+            url: url.to_owned(),
+            prefix: format!("tgtest:{:016x}{:016x}:", rand::random::<u64>(), rand::random::<u64>()),
+        }
+    }
+
+    /// The Redis the keys are in: the `redis_url` setting.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The prefix: the `redis_key_prefix` setting. It holds no glob
+    /// characters.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl Default for RedisKeys {
+    fn default() -> RedisKeys {
+        RedisKeys::new()
+    }
+}
+
+/// Deletes the keys under the prefix. A failure is printed, not raised:
+/// this may run while a test unwinds. On a thread of its own, so that it
+/// blocks no async runtime it is dropped in.
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let (url, pattern) = (self.url.clone(), format!("{}*", self.prefix));
+        let done = std::thread::spawn(move || delete_keys(&url, &pattern)).join();
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test Redis keys {}* not deleted: {e}", self.prefix),
+            Err(_) => eprintln!(
+                "test Redis keys {}* not deleted: the deleting thread panicked",
+                self.prefix
+            ),
+        }
+    }
+}
+
+/// Deletes every key matching `pattern` (SCAN, then UNLINK).
+fn delete_keys(url: &str, pattern: &str) -> redis::RedisResult<()> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let keys: Vec<String> = redis::Commands::scan_match(&mut conn, pattern)?.collect();
+    for batch in keys.chunks(1000) {
+        redis::cmd("UNLINK").arg(batch).query::<()>(&mut conn)?;
+    }
+    Ok(())
 }
 
 /// One test server's data on this run's [`Backend`]. Keep it as long as the
 /// server runs; dropping it drops the database and the Redis keys.
 pub struct Storage {
     db: Option<TestDb>,
-    redis: Option<Redis>,
-}
-
-struct Redis {
-    url: String,
-    key_prefix: String,
+    redis: Option<RedisKeys>,
 }
 
 impl Storage {
@@ -73,10 +132,7 @@ impl Storage {
             Backend::Sqlite => Storage::embedded(),
             Backend::Postgres => Storage {
                 db: Some(TestDb::create().await),
-                redis: Some(Redis {
-                    url: redis_url(),
-                    key_prefix: redis_key_prefix(),
-                }),
+                redis: Some(RedisKeys::new()),
             },
         }
     }
@@ -95,7 +151,7 @@ impl Storage {
     /// The `redis_url` and `redis_key_prefix` settings: `None` for counters
     /// in process.
     pub fn redis(&self) -> Option<(&str, &str)> {
-        self.redis.as_ref().map(|r| (r.url.as_str(), r.key_prefix.as_str()))
+        self.redis.as_ref().map(|r| (r.url(), r.prefix()))
     }
 
     /// The same settings as `TOLLGATE_*` variables, for a `tollgate` process.
@@ -110,32 +166,6 @@ impl Storage {
         }
         vars
     }
-}
-
-/// Deletes the Redis keys under the prefix (the database drops itself). A
-/// failure is printed, not raised: this may run while a test unwinds.
-impl Drop for Storage {
-    fn drop(&mut self) {
-        let Some(redis) = self.redis.take() else {
-            return;
-        };
-        let done = std::thread::spawn(move || delete_keys(&redis.url, &redis.key_prefix)).join();
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("test Redis keys not deleted: {e}"),
-            Err(_) => eprintln!("test Redis keys not deleted: the deleting thread panicked"),
-        }
-    }
-}
-
-/// Deletes every key under `prefix` (which holds no glob characters).
-fn delete_keys(url: &str, prefix: &str) -> redis::RedisResult<()> {
-    let mut conn = redis::Client::open(url)?.get_connection()?;
-    let keys: Vec<String> = redis::Commands::scan_match(&mut conn, format!("{prefix}*"))?.collect();
-    if !keys.is_empty() {
-        redis::cmd("UNLINK").arg(&keys).query::<()>(&mut conn)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -153,27 +183,31 @@ mod tests {
     }
 
     #[test]
-    fn dropping_storage_deletes_its_redis_keys_only() {
+    fn dropping_redis_keys_deletes_its_keys_only() {
         let url = redis_url();
         let mut conn = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
-        let mine = redis_key_prefix();
-        let other = redis_key_prefix();
-        for k in [format!("{mine}a"), format!("{mine}b{{ws:1}}"), format!("{other}a")] {
-            redis::cmd("SET").arg(&k).arg(1).query::<()>(&mut conn).unwrap();
+        let mine = RedisKeys::new();
+        let other = RedisKeys::new();
+        let (mine_prefix, other_prefix) = (mine.prefix().to_owned(), other.prefix().to_owned());
+        assert_ne!(mine_prefix, other_prefix);
+        let mut set = vec![format!("{mine_prefix}b{{ws:1}}"), format!("{other_prefix}a")];
+        // More than one SCAN page and one UNLINK batch.
+        set.extend((0..2500).map(|i| format!("{mine_prefix}{i}")));
+        for k in &set {
+            redis::cmd("SET").arg(k).arg(1).query::<()>(&mut conn).unwrap();
         }
         drop(Storage {
             db: None,
-            redis: Some(Redis {
-                url: url.clone(),
-                key_prefix: mine.clone(),
-            }),
+            redis: Some(mine),
         });
         let left: Vec<String> = redis::cmd("KEYS").arg("tgtest:*").query(&mut conn).unwrap();
-        assert!(!left.iter().any(|k| k.starts_with(&mine)), "{left:?}");
-        assert!(left.contains(&format!("{other}a")));
-        redis::cmd("DEL")
-            .arg(format!("{other}a"))
-            .query::<()>(&mut conn)
+        assert!(!left.iter().any(|k| k.starts_with(&mine_prefix)), "{left:?}");
+        assert!(left.contains(&format!("{other_prefix}a")));
+        drop(other);
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{other_prefix}*"))
+            .query(&mut conn)
             .unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

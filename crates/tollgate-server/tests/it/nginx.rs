@@ -27,7 +27,6 @@ use tollgate_testkit::control::Control;
 use tollgate_testkit::openai;
 
 const NGINX: &str = "/usr/sbin/nginx";
-const REDIS: &str = "redis://127.0.0.1:6379";
 /// The example operators copy; the test runs this very text.
 const SITE: &str = include_str!("../../../../deploy/nginx.conf");
 /// The example's replica addresses, listeners and certificate directory,
@@ -367,7 +366,7 @@ async fn with_room_in_the_minute(room: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly() {
     let db = TestDb::create().await;
-    let prefix = format!("tollgate-test-{:016x}:", rand::random::<u64>());
+    let redis = tollgate_testkit::backend::RedisKeys::new();
     let master_key = "77".repeat(32);
     let (smtp_port, mut mails) = crate::alerts::smtp_on_port_0().await;
     let smtp_url = format!("smtp://127.0.0.1:{smtp_port}");
@@ -375,8 +374,8 @@ async fn three_replicas_behind_nginx_hold_limits_alerts_and_revocations_exactly(
     let mock = upstream(&control).await;
     let env = [
         ("TOLLGATE_DATABASE_URL", db.url.as_str()),
-        ("TOLLGATE_REDIS_URL", REDIS),
-        ("TOLLGATE_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("TOLLGATE_REDIS_URL", redis.url()),
+        ("TOLLGATE_REDIS_KEY_PREFIX", redis.prefix()),
         ("TOLLGATE_MASTER_KEY", master_key.as_str()),
         ("TOLLGATE_SMTP_URL", smtp_url.as_str()),
         ("TOLLGATE_ALERT_FROM", "tollgate@example.com"),

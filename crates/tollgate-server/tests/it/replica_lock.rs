@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tollgate_core::clock::SystemClock;
 use tollgate_server::config::Config;
 use tollgate_server::server::{self, Running, StartError};
+use tollgate_testkit::backend::RedisKeys;
 use tollgate_testkit::tcp_proxy::TcpProxy;
 
 use crate::postgres::{config, TestDb};
@@ -20,11 +21,11 @@ use crate::postgres::{config, TestDb};
 /// half in `classid`, its low half in `objid`.
 const LOCK: i64 = 0x746f_6c6c_6761_7465;
 
-fn replica(dir: &std::path::Path, url: &str, redis: bool) -> Config {
+fn replica(dir: &std::path::Path, url: &str, redis: Option<&RedisKeys>) -> Config {
     let mut c = config(dir, url);
-    if redis {
-        c.redis_url = Some(tollgate_testkit::backend::redis_url().into());
-        c.redis_key_prefix = tollgate_testkit::backend::redis_key_prefix();
+    if let Some(r) = redis {
+        c.redis_url = Some(r.url().into());
+        c.redis_key_prefix = r.prefix().into();
     }
     c
 }
@@ -70,7 +71,7 @@ async fn the_holder_takes_the_replica_lock_again_after_a_cut() {
     let direct = PgPool::connect(&db.url).await.unwrap();
     let (proxy, through) = TcpProxy::for_url(&db.url).await.unwrap();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = start(&replica(d1.path(), &through, false)).await.unwrap();
+    let first = start(&replica(d1.path(), &through, None)).await.unwrap();
     assert_eq!(holders(&direct).await, 1);
 
     // The cut ends the lock's session: the lock is free.
@@ -81,7 +82,7 @@ async fn the_holder_takes_the_replica_lock_again_after_a_cut() {
     // and a second replica without redis_url is refused as before.
     proxy.restore().await.unwrap();
     holders_become(&direct, 1, Duration::from_secs(10)).await;
-    let second = replica(d2.path(), &db.url, false);
+    let second = replica(d2.path(), &db.url, None);
     match start(&second).await {
         Err(StartError::AnotherReplica) => {}
         Err(e) => panic!("{e}"),
@@ -107,7 +108,7 @@ async fn the_holder_ends_its_own_stale_session_and_takes_the_lock_again() {
     let direct = PgPool::connect(&db.url).await.unwrap();
     let (proxy, through) = TcpProxy::for_url(&db.url).await.unwrap();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let first = start(&replica(d1.path(), &through, false)).await.unwrap();
+    let first = start(&replica(d1.path(), &through, None)).await.unwrap();
     let before = holder_pids(&direct).await;
     assert_eq!(before.len(), 1);
 
@@ -129,7 +130,7 @@ async fn the_holder_ends_its_own_stale_session_and_takes_the_lock_again() {
         .await
         .unwrap();
     assert_eq!(alive, 0, "the stale session was ended");
-    match start(&replica(d2.path(), &db.url, false)).await {
+    match start(&replica(d2.path(), &db.url, None)).await {
         Err(StartError::AnotherReplica) => {}
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("a second replica started beside the first"),
@@ -148,15 +149,18 @@ async fn the_holder_ends_its_own_stale_session_and_takes_the_lock_again() {
 async fn a_holder_whose_lock_was_taken_meanwhile_stops_serving() {
     for holder_has_redis in [false, true] {
         let db = TestDb::create().await;
+        let redis = RedisKeys::new();
         let direct = PgPool::connect(&db.url).await.unwrap();
         let (proxy, through) = TcpProxy::for_url(&db.url).await.unwrap();
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let first = start(&replica(d1.path(), &through, holder_has_redis)).await.unwrap();
+        let first = start(&replica(d1.path(), &through, holder_has_redis.then_some(&redis)))
+            .await
+            .unwrap();
         let stopped = first.shutdown_token();
 
         proxy.cut().await;
         holders_become(&direct, 0, Duration::from_secs(5)).await;
-        let second = start(&replica(d2.path(), &db.url, false)).await.unwrap();
+        let second = start(&replica(d2.path(), &db.url, None)).await.unwrap();
         // While PostgreSQL is away from the first, it keeps serving.
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(!stopped.is_cancelled());

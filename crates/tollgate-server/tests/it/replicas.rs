@@ -11,18 +11,20 @@ use tollgate_server::cli;
 use tollgate_server::config::Config;
 use tollgate_server::server::{self, Running, StartError};
 use tollgate_store::Location;
+use tollgate_testkit::backend::RedisKeys;
 use tollgate_testkit::redis_server::RedisServer;
 
 use crate::postgres::{config, TestDb};
 use crate::support::App;
 
-/// A replica's settings: its own data directory, the shared database.
-fn replica(dir: &std::path::Path, url: &str, key: &str, redis: Option<&str>) -> Config {
+/// A replica's settings: its own data directory, the shared database, and
+/// the test's Redis key prefix if any.
+fn replica(dir: &std::path::Path, url: &str, key: &str, redis: Option<&RedisKeys>) -> Config {
     let mut c = config(dir, url);
     c.master_key = Some(key.into());
     if let Some(r) = redis {
-        c.redis_url = Some(r.into());
-        c.redis_key_prefix = format!("tollgate-test-{:016x}:", rand::random::<u64>());
+        c.redis_url = Some(r.url().into());
+        c.redis_key_prefix = r.prefix().into();
     }
     c
 }
@@ -38,21 +40,20 @@ fn refused(r: Result<Running, StartError>) -> StartError {
     }
 }
 
-const REDIS: &str = "redis://127.0.0.1:6379";
-
 #[tokio::test]
 async fn every_replica_needs_the_master_key_the_database_was_sealed_with() {
     let db = TestDb::create().await;
+    let redis = RedisKeys::new();
     let (d1, d2, d3) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
     let key = "22".repeat(32);
-    let first = start(&replica(d1.path(), &db.url, &key, Some(REDIS))).await.unwrap();
+    let first = start(&replica(d1.path(), &db.url, &key, Some(&redis))).await.unwrap();
 
     // Another key: refused, naming the setting.
-    let other = replica(d2.path(), &db.url, &"33".repeat(32), Some(REDIS));
+    let other = replica(d2.path(), &db.url, &"33".repeat(32), Some(&redis));
     let e = refused(start(&other).await);
     assert!(matches!(e, StartError::WrongMasterKey { .. }), "{e}");
     assert!(e.to_string().contains("TOLLGATE_MASTER_KEY"), "{e}");
@@ -62,25 +63,25 @@ async fn every_replica_needs_the_master_key_the_database_was_sealed_with() {
     let e = cli::rotate_master_key(other).await.unwrap_err();
     assert!(e.to_string().contains("does not match"), "{e}");
     // No key given: the replica's own new key file is another key too.
-    let mut own_file = replica(d3.path(), &db.url, &key, Some(REDIS));
+    let mut own_file = replica(d3.path(), &db.url, &key, Some(&redis));
     own_file.master_key = None;
     let e = refused(start(&own_file).await);
     assert!(matches!(e, StartError::WrongMasterKey { .. }), "{e}");
 
     // The same key: a second replica runs beside the first.
-    let second = start(&replica(d2.path(), &db.url, &key, Some(REDIS))).await.unwrap();
+    let second = start(&replica(d2.path(), &db.url, &key, Some(&redis))).await.unwrap();
     second.stop().await.unwrap();
 
     // After a rotation, only the new key opens it; the verifier moved in
     // the rotation's transaction.
     first.stop().await.unwrap();
-    let new_key = cli::rotate_master_key(replica(d1.path(), &db.url, &key, Some(REDIS)))
+    let new_key = cli::rotate_master_key(replica(d1.path(), &db.url, &key, Some(&redis)))
         .await
         .unwrap()
         .expect("printed");
-    let e = refused(start(&replica(d1.path(), &db.url, &key, Some(REDIS))).await);
+    let e = refused(start(&replica(d1.path(), &db.url, &key, Some(&redis))).await);
     assert!(matches!(e, StartError::WrongMasterKey { .. }), "{e}");
-    let again = start(&replica(d1.path(), &db.url, &new_key, Some(REDIS)))
+    let again = start(&replica(d1.path(), &db.url, &new_key, Some(&redis)))
         .await
         .unwrap();
     again.stop().await.unwrap();
@@ -104,6 +105,7 @@ async fn of_two_first_starts_with_different_keys_exactly_one_seals_the_database(
 #[tokio::test]
 async fn a_second_replica_without_redis_url_refuses_to_start_naming_it() {
     let db = TestDb::create().await;
+    let redis = RedisKeys::new();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let key = "22".repeat(32);
     let alone = start(&replica(dirs[0].path(), &db.url, &key, None)).await.unwrap();
@@ -113,7 +115,7 @@ async fn a_second_replica_without_redis_url_refuses_to_start_naming_it() {
     let msg = e.to_string();
     assert!(msg.contains("redis_url") && msg.contains("TOLLGATE_REDIS_URL"), "{msg}");
     // One with redis_url cannot join it either: the first counts alone.
-    let e = refused(start(&replica(dirs[1].path(), &db.url, &key, Some(REDIS))).await);
+    let e = refused(start(&replica(dirs[1].path(), &db.url, &key, Some(&redis))).await);
     assert!(matches!(e, StartError::ReplicaWithoutRedis), "{e}");
     assert!(e.to_string().contains("redis_url"), "{e}");
 
@@ -124,10 +126,10 @@ async fn a_second_replica_without_redis_url_refuses_to_start_naming_it() {
 
     // With redis_url on every replica, any number run; then one without
     // is refused.
-    let r1 = start(&replica(dirs[0].path(), &db.url, &key, Some(REDIS)))
+    let r1 = start(&replica(dirs[0].path(), &db.url, &key, Some(&redis)))
         .await
         .unwrap();
-    let r2 = start(&replica(dirs[1].path(), &db.url, &key, Some(REDIS)))
+    let r2 = start(&replica(dirs[1].path(), &db.url, &key, Some(&redis)))
         .await
         .unwrap();
     let e = refused(start(&replica(dirs[2].path(), &db.url, &key, None)).await);
@@ -215,10 +217,11 @@ fn session_cookie(resp: &reqwest::Response) -> String {
 #[tokio::test]
 async fn a_dashboard_session_works_on_every_replica_and_ends_on_all() {
     let db = TestDb::create().await;
+    let redis = RedisKeys::new();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let key = "22".repeat(32);
-    let a = start(&replica(d1.path(), &db.url, &key, Some(REDIS))).await.unwrap();
-    let b = start(&replica(d2.path(), &db.url, &key, Some(REDIS))).await.unwrap();
+    let a = start(&replica(d1.path(), &db.url, &key, Some(&redis))).await.unwrap();
+    let b = start(&replica(d2.path(), &db.url, &key, Some(&redis))).await.unwrap();
     let admin = a.first_admin_key.clone().unwrap();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -278,10 +281,13 @@ async fn redis_emptied_right_after_another_replica_answered_still_counts_its_ans
     let redis = RedisServer::start(false);
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let key = "44".repeat(32);
-    let mut ca = replica(d1.path(), &db.url, &key, Some(&redis.url()));
-    ca.redis_key_prefix = "shared:".into();
-    let mut cb = replica(d2.path(), &db.url, &key, Some(&redis.url()));
-    cb.redis_key_prefix = "shared:".into();
+    // Redis of the test's own (it empties it), one prefix for both.
+    let [ca, cb] = [d1.path(), d2.path()].map(|d| {
+        let mut c = replica(d, &db.url, &key, None);
+        c.redis_url = Some(redis.url().into());
+        c.redis_key_prefix = "shared:".into();
+        c
+    });
     let a = start(&ca).await.unwrap();
     let b = start(&cb).await.unwrap();
     let admin = a.first_admin_key.clone().unwrap();

@@ -404,22 +404,21 @@ async fn a_circuit_breaker_skips_a_failing_target_for_its_cool_down() {
 /// opened, and this gateway skips what the other replica opened.
 #[tokio::test]
 async fn circuit_breakers_in_redis_are_shared_with_other_replicas() {
-    let prefix = format!("tgtest:{:016x}:", rand::random::<u64>());
+    let redis = tollgate_testkit::backend::RedisKeys::new();
     let (clock, shared) = crate::support::manual_clock("2026-11-26T10:00:30Z");
-    let p = prefix.clone();
     let s = setup_on(
         App::start_with(
-            move |c| {
-                c.redis_url = Some("redis://127.0.0.1:6379".into());
-                c.redis_key_prefix = p;
+            |c| {
+                c.redis_url = Some(redis.url().to_owned().into());
+                c.redis_key_prefix = redis.prefix().to_owned();
             },
             shared,
         )
         .await,
     )
     .await;
-    let mut settings = tollgate_store::counters::RedisSettings::new("redis://127.0.0.1:6379", Duration::from_secs(600));
-    settings.key_prefix = prefix;
+    let mut settings = tollgate_store::counters::RedisSettings::new(redis.url(), Duration::from_secs(600));
+    settings.key_prefix = redis.prefix().to_owned();
     let other = tollgate_store::counters::RedisCounters::new(settings)
         .unwrap()
         .breakers();

@@ -2,8 +2,9 @@
 //! whole lifecycle (admit, settle, release, drop, status, reset, restore).
 //!
 //! One suite for both stores: each test takes a [`Store`] and runs once in
-//! process (`counters::memory::…`) and once in Redis at 127.0.0.1:6379
-//! (`counters::redis::…`, each test under its own random key prefix).
+//! process (`counters::memory::…`) and once in the shared Redis
+//! (`counters::redis::…`, each test under a key prefix of its own, whose keys
+//! are deleted with the store: `tollgate_testkit::backend::RedisKeys`).
 
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tollgate_store::counters::{
     AdmitError, Consumption, CounterError, Counters, MemoryCounters, RedisCounters, RedisSettings, Reservation,
     RestoreTurn, MAX_CHECKS,
 };
+use tollgate_testkit::backend::RedisKeys;
 
 pub fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -68,8 +70,6 @@ pub fn tokens(n: u64) -> Demand {
 
 /// The group every test's limits are in.
 pub const G: &str = "ws:test";
-/// The shared Redis of the machine.
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The reservation lease of test stores.
 pub const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -81,7 +81,7 @@ pub struct Store {
 
 enum Kind {
     Memory(MemoryCounters),
-    Redis { url: String, prefix: String },
+    Redis(RedisKeys),
 }
 
 /// Counters in Redis at `url` under `prefix`.
@@ -89,11 +89,6 @@ pub fn redis_counters(url: &str, prefix: &str, lease: std::time::Duration) -> Re
     let mut settings = RedisSettings::new(url, lease);
     settings.key_prefix = prefix.to_owned();
     RedisCounters::new(settings).unwrap()
-}
-
-/// A fresh random key prefix.
-pub fn random_prefix() -> String {
-    format!("tgtest:{:016x}{:016x}:", rand::random::<u64>(), rand::random::<u64>())
 }
 
 impl Store {
@@ -105,22 +100,29 @@ impl Store {
         }
     }
 
-    /// Counters in the shared Redis under a random prefix, with [`G`]
+    /// Counters in the shared Redis under a prefix of their own, with [`G`]
     /// already rebuilt (as start-up leaves it).
     pub async fn redis() -> Store {
-        Self::redis_at(REDIS_URL, &random_prefix()).await
+        Self::on(RedisKeys::new()).await
     }
 
-    pub async fn redis_at(url: &str, prefix: &str) -> Store {
-        let counters: Arc<dyn Counters> = Arc::new(redis_counters(url, prefix, LEASE));
+    /// Counters in `keys`' Redis under its prefix, with [`G`] already
+    /// rebuilt. Dropping the store deletes the keys.
+    pub async fn on(keys: RedisKeys) -> Store {
+        let counters: Arc<dyn Counters> = Arc::new(redis_counters(keys.url(), keys.prefix(), LEASE));
         assert_eq!(counters.begin_restore(G).await.unwrap(), RestoreTurn::Ours);
         counters.restored(G).await.unwrap();
         Store {
             counters,
-            kind: Kind::Redis {
-                url: url.to_owned(),
-                prefix: prefix.to_owned(),
-            },
+            kind: Kind::Redis(keys),
+        }
+    }
+
+    /// The Redis URL and key prefix of a store in Redis.
+    pub fn redis_keys(&self) -> &RedisKeys {
+        match &self.kind {
+            Kind::Redis(keys) => keys,
+            Kind::Memory(_) => panic!("counters in process have no Redis keys"),
         }
     }
 
@@ -128,7 +130,7 @@ impl Store {
     pub fn replica(&self) -> Arc<dyn Counters> {
         match &self.kind {
             Kind::Memory(m) => Arc::new(m.clone()),
-            Kind::Redis { url, prefix } => Arc::new(redis_counters(url, prefix, LEASE)),
+            Kind::Redis(keys) => Arc::new(redis_counters(keys.url(), keys.prefix(), LEASE)),
         }
     }
 
@@ -136,7 +138,7 @@ impl Store {
     pub async fn other(&self) -> Store {
         match &self.kind {
             Kind::Memory(_) => Store::memory(),
-            Kind::Redis { url, .. } => Store::redis_at(url, &random_prefix()).await,
+            Kind::Redis(keys) => Store::on(RedisKeys::on(keys.url())).await,
         }
     }
 
@@ -144,7 +146,7 @@ impl Store {
     pub fn stored(&self) -> usize {
         match &self.kind {
             Kind::Memory(m) => m.counter_count(),
-            Kind::Redis { url, prefix } => keys(url, &format!("{prefix}*:c:*")).len(),
+            Kind::Redis(k) => keys(k.url(), &format!("{}*:c:*", k.prefix())).len(),
         }
     }
 
@@ -201,21 +203,6 @@ pub fn keys(url: &str, pattern: &str) -> Vec<String> {
             return out;
         }
         cursor = next;
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        // Budgets without a reset never expire: leave the shared Redis clean.
-        if let Kind::Redis { url, prefix } = &self.kind {
-            let found = keys(url, &format!("{prefix}*"));
-            if let (false, Ok(mut conn)) = (
-                found.is_empty(),
-                ::redis::Client::open(url.as_str()).and_then(|c| c.get_connection()),
-            ) {
-                let _: ::redis::RedisResult<()> = ::redis::cmd("DEL").arg(&found).query(&mut conn);
-            }
-        }
     }
 }
 

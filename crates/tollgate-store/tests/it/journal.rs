@@ -15,7 +15,7 @@ fn buffer(dir: &std::path::Path) -> OutageBuffer {
 }
 
 /// A request that counts in the roll-ups (a final attempt).
-fn rec(i: i64) -> LogRecord {
+pub(crate) fn rec(i: i64) -> LogRecord {
     LogRecord {
         superseded: false,
         ..crate::postgres::logged(i, "ws-1", 200)
@@ -23,7 +23,7 @@ fn rec(i: i64) -> LogRecord {
 }
 
 /// (rows, distinct ids, requests in the daily roll-ups, in the minute ones).
-async fn counts(at: &Location) -> (i64, i64, i64, i64) {
+pub(crate) async fn counts(at: &Location) -> (i64, i64, i64, i64) {
     let sql = "SELECT (SELECT COUNT(*) FROM usage_log), (SELECT COUNT(DISTINCT id) FROM usage_log), \
                (SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) FROM usage_daily), \
                (SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) FROM usage_minute)";

@@ -12,4 +12,5 @@ mod postgres;
 mod redis_breakers;
 mod redis_cluster;
 mod redis_counters;
+mod request_log;
 mod usage_outage;

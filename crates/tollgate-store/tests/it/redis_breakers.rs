@@ -3,9 +3,10 @@
 //! passed in, a success closes, keys expire, and Redis down reads closed,
 //! fast.
 
-use crate::counters::{random_prefix, redis_counters, LEASE, REDIS_URL};
+use crate::counters::{redis_counters, LEASE};
 use std::time::{Duration, Instant};
 use tollgate_store::counters::RedisBreakers;
+use tollgate_testkit::backend::{redis_url, RedisKeys};
 use tollgate_testkit::redis_server::RedisServer;
 
 const NOW: i64 = 1_795_000_000_000;
@@ -16,7 +17,7 @@ fn replica(url: &str, prefix: &str) -> RedisBreakers {
 }
 
 fn cmd<T: ::redis::FromRedisValue>(c: &mut ::redis::Cmd) -> T {
-    let mut conn = ::redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let mut conn = ::redis::Client::open(redis_url()).unwrap().get_connection().unwrap();
     c.query(&mut conn).unwrap()
 }
 
@@ -27,8 +28,9 @@ async fn fail(b: &RedisBreakers, at: i64) {
 
 #[tokio::test]
 async fn replicas_share_failures_cool_down_and_success() {
-    let prefix = random_prefix();
-    let (a, b) = (replica(REDIS_URL, &prefix), replica(REDIS_URL, &prefix));
+    let keys = RedisKeys::new();
+    let prefix = keys.prefix();
+    let (a, b) = (replica(keys.url(), prefix), replica(keys.url(), prefix));
     let fails = format!("{prefix}{{cb:{KEY}}}:fails");
     let open = format!("{prefix}{{cb:{KEY}}}:open");
 
@@ -70,7 +72,8 @@ async fn replicas_share_failures_cool_down_and_success() {
 
     // Another target and another prefix are other breakers.
     assert!(!a.is_open("ws-1/other", t).await);
-    let c = replica(REDIS_URL, &random_prefix());
+    let other_keys = RedisKeys::new();
+    let c = replica(other_keys.url(), other_keys.prefix());
     fail(&a, t + 15_000).await;
     assert!(a.is_open(KEY, t + 15_000).await);
     assert!(!c.is_open(KEY, t + 15_000).await);

@@ -2,9 +2,7 @@
 //! tags, Redis going away and coming back empty. The behaviour they share
 //! with the in-process counters is in `counters.rs`.
 
-use crate::counters::{
-    budget, check, keys, lid, random_prefix, rate, redis_counters, refusal, t, tokens, Store, G, LEASE, REDIS_URL,
-};
+use crate::counters::{budget, check, keys, lid, rate, redis_counters, refusal, t, tokens, Store, G, LEASE};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::admission::{Actual, Demand};
@@ -13,17 +11,18 @@ use tollgate_core::money::Money;
 use tollgate_store::counters::{
     AdmitError, CounterError, Counters, OnRedisError, RedisCounters, RedisSettings, RestoreTurn,
 };
+use tollgate_testkit::backend::{redis_url, RedisKeys};
 use tollgate_testkit::redis_server::RedisServer;
 
 const NOW: &str = "2026-11-26T10:00:30Z";
 
 fn pttl(key: &str) -> i64 {
-    let mut conn = ::redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let mut conn = ::redis::Client::open(redis_url()).unwrap().get_connection().unwrap();
     ::redis::cmd("PTTL").arg(key).query(&mut conn).unwrap()
 }
 
 fn exists(key: &str) -> bool {
-    let mut conn = ::redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let mut conn = ::redis::Client::open(redis_url()).unwrap().get_connection().unwrap();
     ::redis::cmd("EXISTS").arg(key).query::<i64>(&mut conn).unwrap() == 1
 }
 
@@ -54,10 +53,10 @@ pub(crate) fn from_the_scripts(cmd: &str) -> bool {
 
 #[tokio::test]
 async fn an_abandoned_reservation_is_given_back_when_its_lease_ends() {
-    let prefix = random_prefix();
-    let store = Store::redis_at(REDIS_URL, &prefix).await;
+    let store = Store::redis().await;
+    let (url, prefix) = (store.redis_keys().url(), store.redis_keys().prefix());
     let lease = Duration::from_secs(60);
-    let crashed: Arc<dyn Counters> = Arc::new(redis_counters(REDIS_URL, &prefix, lease));
+    let crashed: Arc<dyn Counters> = Arc::new(redis_counters(url, prefix, lease));
     let now = t(NOW);
     let rule = budget(BudgetKind::Tokens, 1_000, None, None);
     let checks = [check("key:lease", rule)];
@@ -81,8 +80,8 @@ async fn an_abandoned_reservation_is_given_back_when_its_lease_ends() {
 /// not bring it back without an expiry.
 #[tokio::test]
 async fn ended_windows_expire() {
-    let prefix = random_prefix();
-    let store = Store::redis_at(REDIS_URL, &prefix).await;
+    let store = Store::redis().await;
+    let (url, prefix) = (store.redis_keys().url(), store.redis_keys().prefix());
     let now = t(NOW);
     let rpm = rate(RateKind::Requests, RateUnit::Rpm, 100);
     let tpm = rate(RateKind::Tokens, RateUnit::Rpm, 100_000);
@@ -95,8 +94,8 @@ async fn ended_windows_expire() {
         check("ws:ttl", forever),
     ];
     let r = store.admit(now, &checks, tokens(10)).await.unwrap();
-    let counter = |measure: &str, start: &str| redis_key(&prefix, "c", "ws:ttl", measure, start);
-    let leases = |measure: &str, start: &str| redis_key(&prefix, "l", "ws:ttl", measure, start);
+    let counter = |measure: &str, start: &str| redis_key(prefix, "c", "ws:ttl", measure, start);
+    let leases = |measure: &str, start: &str| redis_key(prefix, "l", "ws:ttl", measure, start);
     // 30 s to the end of the minute, and a minute's grace.
     let minute = 90_000;
     for k in [
@@ -119,14 +118,14 @@ async fn ended_windows_expire() {
     let forever_key = counter("budget.tokens", "2026-01-01T00:00:00Z");
     assert_eq!(pttl(&forever_key), -1, "a budget without reset keeps its counter");
     assert_eq!(
-        keys(REDIS_URL, &format!("{prefix}*")).len(),
+        keys(url, &format!("{prefix}*")).len(),
         1 + 4 + 3,
         "epoch, 4 counters, 3 lease sets"
     );
 
     // The minute's counters expire (here: by hand) while the request runs.
     let gone = counter("tokens.rpm", "2026-11-26T10:00:00Z");
-    let mut conn = ::redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let mut conn = ::redis::Client::open(url).unwrap().get_connection().unwrap();
     let _: () = ::redis::cmd("DEL")
         .arg(&gone)
         .arg(leases("tokens.rpm", "2026-11-26T10:00:00Z"))
@@ -144,7 +143,7 @@ async fn ended_windows_expire() {
         .restore(G, &lid("ws:restored"), &rpm, now, 3)
         .await
         .unwrap();
-    let restored = redis_key(&prefix, "c", "ws:restored", "requests.rpm", "2026-11-26T10:00:00Z");
+    let restored = redis_key(prefix, "c", "ws:restored", "requests.rpm", "2026-11-26T10:00:00Z");
     let ms = pttl(&restored);
     assert!(ms > minute - 5_000 && ms <= minute, "{restored}: {ms}");
 }
@@ -153,10 +152,10 @@ async fn ended_windows_expire() {
 /// rebuilds at a time; once rebuilt, admission goes on.
 #[tokio::test]
 async fn a_group_redis_never_saw_must_be_rebuilt_first() {
-    let prefix = random_prefix();
-    let store = Store::redis_at(REDIS_URL, &prefix).await;
-    let a = redis_counters(REDIS_URL, &prefix, LEASE);
-    let b = redis_counters(REDIS_URL, &prefix, LEASE);
+    let store = Store::redis().await;
+    let (url, prefix) = (store.redis_keys().url(), store.redis_keys().prefix());
+    let a = redis_counters(url, prefix, LEASE);
+    let b = redis_counters(url, prefix, LEASE);
     let now = t(NOW);
     let rule = rate(RateKind::Requests, RateUnit::Rpm, 10);
     let checks = [check("ws:new", rule)];
@@ -170,7 +169,7 @@ async fn a_group_redis_never_saw_must_be_rebuilt_first() {
     a.restored("ws:new").await.unwrap();
     assert_eq!(b.begin_restore("ws:new").await.unwrap(), RestoreTurn::Done);
     assert!(
-        keys(REDIS_URL, &format!("{prefix}{{ws:new}}:restoring")).is_empty(),
+        keys(url, &format!("{prefix}{{ws:new}}:restoring")).is_empty(),
         "the lock is gone"
     );
     let r = b.admit(now, "ws:new", &checks, Demand::default()).await.unwrap();
@@ -196,8 +195,8 @@ async fn two_round_trips_per_request_all_keys_in_one_slot() {
             .is_some_and(|a| a.starts_with("-CROSSSLOT")),
         "the node refuses keys in two slots"
     );
-    let prefix = "rt:";
-    let store = Store::redis_at(&server.url(), prefix).await;
+    let store = Store::on(RedisKeys::on(&server.url())).await;
+    let prefix = store.redis_keys().prefix();
     let now = t(NOW);
     let rules = [
         budget(BudgetKind::Cost, 1_000_000_000_000_000, Some(1), None),
@@ -264,8 +263,8 @@ async fn two_round_trips_per_request_all_keys_in_one_slot() {
 #[tokio::test]
 async fn redis_down_fails_fast_then_recovers_empty() {
     let mut server = RedisServer::start(false);
-    let prefix = "down:";
-    let closed = Store::redis_at(&server.url(), prefix).await;
+    let closed = Store::on(RedisKeys::on(&server.url())).await;
+    let prefix = closed.redis_keys().prefix();
     let mut settings = RedisSettings::new(server.url(), LEASE);
     settings.key_prefix = prefix.into();
     settings.on_error = OnRedisError::Open;
