@@ -219,7 +219,8 @@ async fn restore_group(state: &SharedState, group: &str) -> Result<(), CounterEr
 /// the outbox.
 pub async fn settle(state: &SharedState, reservation: Reservation, tokens: u64, cost: Option<Money>) {
     match state.counters.settle(reservation, Actual { tokens, cost }).await {
-        Ok(alerts) if !alerts.is_empty() => crate::alerts::enqueue(state, alerts).await,
+        // Rare: boxed, so that every request's state machine stays small.
+        Ok(alerts) if !alerts.is_empty() => Box::pin(crate::alerts::enqueue(state, alerts)).await,
         Ok(_) => {}
         Err(e) => tracing::error!(error = %e, "settling a reservation failed"),
     }

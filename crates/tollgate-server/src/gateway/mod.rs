@@ -342,9 +342,11 @@ pub async fn attempt(
         return Attempt::Answered(GatewayError::Internal("a request's books were closed twice".into()).into_response());
     };
     match sent {
-        // The upstream answered 2xx, but not readably: it was billed.
+        // The upstream answered 2xx, but not readably: it was billed. The
+        // failure paths' futures are boxed: rare, and the request's state
+        // machine (moved at every await) stays small.
         Err(e @ ProviderError::InvalidResponse(_)) => Attempt::Answered(
-            relay::unreadable(
+            Box::pin(relay::unreadable(
                 state,
                 rec,
                 &prep,
@@ -352,11 +354,11 @@ pub async fn attempt(
                 started,
                 upstream_started,
                 upstream_error(e),
-            )
+            ))
             .await,
         ),
         Err(e) => {
-            crate::limit_check::release(state, reservation).await;
+            Box::pin(crate::limit_check::release(state, reservation)).await;
             Attempt::Failed(Box::new(Failed {
                 failure: provider_failure(&e),
                 retry_after: asked_wait(state, &e),
@@ -385,7 +387,7 @@ pub async fn attempt(
             if !hold_first {
                 return Attempt::Answered(relayed.respond());
             }
-            match relayed.first().await {
+            match Box::pin(relayed.first()).await {
                 Ok(relayed) => Attempt::Answered(relayed.respond()),
                 Err((books, e)) => Attempt::Failed(Box::new(Failed {
                     failure: provider_failure(&e),
@@ -1281,12 +1283,17 @@ mod future_size {
     }
 
     /// What the router's layers move per request stays small: they used to
-    /// copy the whole request state machine four times per request.
+    /// copy the whole request state machine four times per request. The
+    /// boxed state machine is still copied once into its box, and each
+    /// nested future is moved into its parent when awaited, so the rare
+    /// paths (failures, alerts) are boxed where they are awaited: 12.3 KB
+    /// before that, 8.7 KB after.
     #[test]
     fn the_handler_future_the_layers_move_is_small() {
         let whole = size_of_future(handle_boxed);
         let moved = size_of_future(handle);
         assert!(moved <= 512, "{moved} bytes");
         assert!(whole > 8 * moved, "the boxed state machine: {whole} bytes");
+        assert!(whole <= 10 * 1024, "the boxed state machine grew to {whole} bytes");
     }
 }

@@ -319,8 +319,19 @@ pub async fn whole(
     let shaped = match shaped {
         Ok(b) => b,
         Err(e) => {
-            // The upstream answered (and billed): settle, but fail the request.
-            return fail_settled(state, prep, rec, reservation, started, e, usage, estimated).await;
+            // The upstream answered (and billed): settle, but fail the
+            // request. Rare: boxed, so that the request's state stays small.
+            return Box::pin(fail_settled(
+                state,
+                prep,
+                rec,
+                reservation,
+                started,
+                e,
+                usage,
+                estimated,
+            ))
+            .await;
         }
     };
     if prep.log_bodies {
