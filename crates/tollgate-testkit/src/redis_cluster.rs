@@ -165,6 +165,68 @@ impl RedisCluster {
         panic!("no master holds slot {slot}: {nodes}")
     }
 
+    /// Moves the slot of `key`, with its keys, to the master at `to`, as
+    /// `redis-cli --cluster reshard` does for one slot: the slot is marked
+    /// importing on `to` and migrating on its owner, every key is
+    /// `MIGRATE`d, then `to` is announced as the owner to every master (to
+    /// itself first). Clients that still send the slot's keys to the old
+    /// owner get `MOVED` (or `ASK` while it moves).
+    pub fn move_slot_of(&self, key: &str, to: u16) {
+        let slot = redis::cluster_routing::get_slot(key.as_bytes());
+        let from = self.node_of(key);
+        assert_ne!(from, to, "slot {slot} is on {to} already");
+        let conn = |port: u16| {
+            redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .and_then(|c| c.get_connection())
+                .expect("a connection to the node")
+        };
+        let id = |port: u16| -> String {
+            redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query(&mut conn(port))
+                .expect("CLUSTER MYID")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let setslot = |port: u16, state: &str, node: &str| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(node)
+                .query(&mut conn(port))
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {state} on {port}: {e}"));
+        };
+        setslot(to, "IMPORTING", &from_id);
+        setslot(from, "MIGRATING", &to_id);
+        let mut source = conn(from);
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut source)
+                .expect("CLUSTER GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut source)
+                .expect("MIGRATE");
+        }
+        setslot(to, "NODE", &to_id);
+        setslot(from, "NODE", &to_id);
+        for port in self.ports.iter().filter(|p| **p != to && **p != from) {
+            setslot(*port, "NODE", &to_id);
+        }
+    }
+
     /// The keys matching `pattern` on the node at `port` (that node's own
     /// keys only).
     pub fn keys_on(&self, port: u16, pattern: &str) -> Vec<String> {

@@ -2,7 +2,9 @@
 //! the seed nodes, `redis_cluster = true`), started by the test and killed
 //! at its end: two workspaces whose keys live on different nodes, an rpm
 //! limit exact under concurrency, a token budget settled to the token and
-//! then refusing, and two round trips per request, counted by the nodes.
+//! then refusing, and two round trips per request, counted by the nodes;
+//! and a workspace's slot moved to another node while the gateway runs
+//! (resharding), its counts carried over.
 
 use crate::gateway::{chat, UPSTREAM_KEY};
 use crate::support::{manual_clock, App, Resp};
@@ -151,6 +153,71 @@ async fn the_gateway_counts_limits_on_a_redis_cluster() {
             assert_eq!(!found.is_empty(), *port == node, "{ws} on {port}: {found:?}");
         }
     }
+    drop(app);
+}
+
+/// Resharding: the slot of a workspace's hash tag moves to another master
+/// (its keys `MIGRATE`d, the new owner announced) between two requests. The
+/// gateway follows the `MOVED` answers without a restart, loads its script
+/// on the new node, and the limit goes on from what was counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_workspaces_slot_moved_to_another_node_keeps_its_counts() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
+    let (_clock, shared) = manual_clock("2026-11-26T10:00:30Z");
+    let url = cluster.url();
+    let app = App::start_with(
+        |c| {
+            c.redis_url = Some(url.into());
+            c.redis_cluster = true;
+            c.redis_key_prefix = PREFIX.into();
+        },
+        shared,
+    )
+    .await;
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control: Control::new(),
+    })
+    .await
+    .unwrap();
+    let ws = app.workspace("A").await;
+    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
+        .await;
+    let r = app
+        .put(
+            "/v1/integrations/oai/workspaces",
+            &app.admin_key,
+            json!({"workspaces": [
+                {"id": ws, "enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 20}]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let key = app.workspace_key(&ws, &["completions.write"]).await.1;
+    let body = chat("@oai/gpt-4o");
+    for _ in 0..5 {
+        let r = send(&app, &key, &body).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+
+    let from = cluster.node_of(&tag(&ws));
+    let to = *cluster.ports.iter().find(|p| **p != from).unwrap();
+    assert!(!cluster.keys_on(from, &format!("{}*", tag(&ws))).is_empty());
+    tokio::task::block_in_place(|| cluster.move_slot_of(&tag(&ws), to));
+    assert_eq!(cluster.node_of(&tag(&ws)), to);
+    assert!(cluster.keys_on(from, &format!("{}*", tag(&ws))).is_empty());
+    assert!(!cluster.keys_on(to, &format!("{}*", tag(&ws))).is_empty());
+
+    // 15 of the 20 are left, whichever node counts them now.
+    let rs: Vec<Resp> = join_all((0..60).map(|_| send(&app, &key, &body))).await;
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    let refused = rs.iter().filter(|r| r.status == 429).count();
+    let other = rs
+        .iter()
+        .find(|r| r.status != 200 && r.status != 429)
+        .map(|r| (r.status, r.body.clone()));
+    assert_eq!((ok, refused), (15, 45), "{other:?}");
+    assert_eq!(mock.calls(), 20);
+    assert!(cluster.keys_on(from, &format!("{}*", tag(&ws))).is_empty());
     drop(app);
 }
 
