@@ -1,5 +1,6 @@
-//! A throwaway Redis Cluster of three masters for tests: three
-//! `redis-server --cluster-enabled yes` processes on free ports of
+//! A throwaway Redis Cluster of three masters for tests (and, with
+//! [`RedisCluster::start_with_replicas`], a replica of each): one
+//! `redis-server --cluster-enabled yes` process per node on free ports of
 //! 127.0.0.1 (nothing kept on disk), joined by `redis-cli --cluster create`,
 //! ready once every node reports `cluster_state:ok`. Every process is killed
 //! (by its process id) when the value is dropped, also when a test fails
@@ -15,9 +16,15 @@ use std::time::{Duration, Instant};
 /// How many masters the cluster has.
 pub const NODES: usize = 3;
 
+/// How long a node may be unreachable before a cluster with replicas fails
+/// it over (`cluster-node-timeout`), in milliseconds.
+pub const FAILOVER_TIMEOUT_MS: u32 = 1000;
+
 pub struct RedisCluster {
-    /// The nodes' client ports.
+    /// The nodes' client ports (masters and replicas).
     pub ports: Vec<u16>,
+    /// Replicas per master.
+    replicas: usize,
     /// Each node's process (in the order of `ports`), while it runs.
     children: Vec<Option<Child>>,
     dir: PathBuf,
@@ -27,13 +34,24 @@ impl RedisCluster {
     /// Starts three nodes, creates the cluster (slots spread evenly, no
     /// replicas) and waits until every node serves all 16384 slots.
     pub fn start() -> RedisCluster {
-        let ports = free_ports(NODES);
+        RedisCluster::start_with(0)
+    }
+
+    /// Three masters with a replica each, failed over after
+    /// [`FAILOVER_TIMEOUT_MS`]; ready once every replica is in sync.
+    pub fn start_with_replicas() -> RedisCluster {
+        RedisCluster::start_with(1)
+    }
+
+    fn start_with(replicas: usize) -> RedisCluster {
+        let ports = free_ports(NODES * (1 + replicas));
         let dir = std::env::temp_dir().join(format!("tollgate-redis-cluster-{}-{}", std::process::id(), ports[0]));
         std::fs::create_dir_all(&dir).expect("cluster test directory");
         // Built before the first process starts, so that Drop kills
         // whatever was started if a later step panics.
         let mut cluster = RedisCluster {
             ports: ports.clone(),
+            replicas,
             children: Vec::new(),
             dir,
         };
@@ -49,7 +67,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli runs (is it installed?)");
@@ -60,14 +78,20 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stderr)
         );
         cluster.wait_until_ok(deadline);
+        if replicas > 0 {
+            cluster.wait_for_replicas(deadline);
+        }
         cluster
     }
 
     /// One node's process: its cluster configuration (id, slots, peers) in
     /// `nodes-<port>.conf`, no data on disk.
     fn spawn(&self, port: u16) -> Child {
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        if self.replicas > 0 {
+            cmd.args(["--cluster-node-timeout", &FAILOVER_TIMEOUT_MS.to_string()]);
+        }
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes", "--cluster-config-file"])
             .arg(self.dir.join(format!("nodes-{port}.conf")))
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -79,20 +103,85 @@ impl RedisCluster {
             .expect("redis-server starts (is it installed?)")
     }
 
-    /// Waits until every node reports the cluster ok with all slots served.
+    /// Waits until every running node reports the cluster ok with all
+    /// slots served.
     fn wait_until_ok(&self, deadline: Instant) {
-        for port in &self.ports {
+        for port in self.running() {
             loop {
-                let info = info_at(*port, "CLUSTER INFO");
+                let info = info_at(port, "CLUSTER INFO");
                 if info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
-                    && info.contains(&format!("cluster_known_nodes:{NODES}"))
+                    && info.contains(&format!("cluster_known_nodes:{}", self.ports.len()))
                 {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
                     "the cluster is not ok on port {port}: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits until every master has its replicas online and in sync.
+    fn wait_for_replicas(&self, deadline: Instant) {
+        for port in self.masters() {
+            loop {
+                let info = info_at(port, "INFO replication");
+                let online = info
+                    .lines()
+                    .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                    .count();
+                if online >= self.replicas {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the replicas of {port} are not in sync: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The ports of the nodes whose process runs.
+    fn running(&self) -> Vec<u16> {
+        self.ports
+            .iter()
+            .zip(&self.children)
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// The masters (every running node that says so).
+    pub fn masters(&self) -> Vec<u16> {
+        self.running()
+            .into_iter()
+            .filter(|p| info_at(*p, "INFO replication").contains("role:master"))
+            .collect()
+    }
+
+    /// Kills the master at `port` and waits until its replica has taken its
+    /// slots over and the cluster is ok again on every running node.
+    pub fn kill_and_fail_over(&mut self, port: u16) {
+        assert!(self.replicas > 0, "a cluster without replicas cannot fail over");
+        self.kill(port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for p in self.running() {
+            loop {
+                let info = info_at(p, "CLUSTER INFO");
+                let nodes = info_at(p, "CLUSTER NODES");
+                let dead_is_master = nodes
+                    .lines()
+                    .any(|l| l.contains(&format!(":{port}@")) && l.contains("master") && !l.contains("fail"));
+                if info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384") && !dead_is_master {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no failover of {port} seen on {p}: {info}\n{nodes}"
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -140,10 +229,10 @@ impl RedisCluster {
     /// as in Redis), from `CLUSTER NODES`.
     pub fn node_of(&self, key: &str) -> u16 {
         let slot = redis::cluster_routing::get_slot(key.as_bytes());
-        let nodes = info_at(self.ports[0], "CLUSTER NODES");
+        let nodes = info_at(self.running()[0], "CLUSTER NODES");
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.len() < 9 || !fields[2].contains("master") {
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
                 continue;
             }
             let port: u16 = fields[1]
@@ -222,8 +311,8 @@ impl RedisCluster {
         }
         setslot(to, "NODE", &to_id);
         setslot(from, "NODE", &to_id);
-        for port in self.ports.iter().filter(|p| **p != to && **p != from) {
-            setslot(*port, "NODE", &to_id);
+        for port in self.masters().into_iter().filter(|p| *p != to && *p != from) {
+            setslot(port, "NODE", &to_id);
         }
     }
 

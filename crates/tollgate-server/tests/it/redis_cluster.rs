@@ -3,8 +3,9 @@
 //! at its end: two workspaces whose keys live on different nodes, an rpm
 //! limit exact under concurrency, a token budget settled to the token and
 //! then refusing, and two round trips per request, counted by the nodes;
-//! and a workspace's slot moved to another node while the gateway runs
-//! (resharding), its counts carried over.
+//! a workspace's slot moved to another node while the gateway runs
+//! (resharding), its counts carried over; and a master lost and failed
+//! over to its replica.
 
 use crate::gateway::{chat, UPSTREAM_KEY};
 use crate::support::{manual_clock, App, Resp};
@@ -218,6 +219,87 @@ async fn a_workspaces_slot_moved_to_another_node_keeps_its_counts() {
     assert_eq!((ok, refused), (15, 45), "{other:?}");
     assert_eq!(mock.calls(), 20);
     assert!(cluster.keys_on(from, &format!("{}*", tag(&ws))).is_empty());
+    drop(app);
+}
+
+/// Failover: the master of a workspace's slot dies and its replica takes
+/// over. The gateway, which knew the old master, finds the new one by
+/// itself (no restart; a request that met the cluster mid-change would fail
+/// closed with 503, the only other answer allowed), and the limit goes on
+/// from what the replica had: everything, as it was in sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_lost_to_its_replica_keeps_the_counts() {
+    let mut cluster = tokio::task::spawn_blocking(RedisCluster::start_with_replicas)
+        .await
+        .unwrap();
+    let (_clock, shared) = manual_clock("2026-11-26T10:00:30Z");
+    let url = cluster.url();
+    let app = App::start_with(
+        |c| {
+            c.redis_url = Some(url.into());
+            c.redis_cluster = true;
+            c.redis_key_prefix = PREFIX.into();
+        },
+        shared,
+    )
+    .await;
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control: Control::new(),
+    })
+    .await
+    .unwrap();
+    let ws = app.workspace("A").await;
+    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
+        .await;
+    let r = app
+        .put(
+            "/v1/integrations/oai/workspaces",
+            &app.admin_key,
+            json!({"workspaces": [
+                {"id": ws, "enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 20}]}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let key = app.workspace_key(&ws, &["completions.write"]).await.1;
+    let body = chat("@oai/gpt-4o");
+    for _ in 0..5 {
+        let r = send(&app, &key, &body).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+
+    let master = cluster.node_of(&tag(&ws));
+    tokio::task::block_in_place(|| cluster.kill_and_fail_over(master));
+    let promoted = cluster.node_of(&tag(&ws));
+    assert_ne!(promoted, master);
+
+    // The gateway finds the new master by itself: a few requests may still
+    // meet the old one's absence (503, never an admission it cannot count).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut unavailable = 0;
+    loop {
+        let r = send(&app, &key, &body).await;
+        match r.status {
+            200 => break,
+            503 => {
+                assert_eq!(r.error_type(), "limits_unavailable_error", "{:?}", r.body);
+                unavailable += 1;
+                assert!(std::time::Instant::now() < deadline, "still 503 after 20 s");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => panic!("{other}: {:?}", r.body),
+        }
+    }
+    // 6 admitted so far: 14 of the 20 are left.
+    let rs: Vec<Resp> = join_all((0..60).map(|_| send(&app, &key, &body))).await;
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    let refused = rs.iter().filter(|r| r.status == 429).count();
+    let other = rs
+        .iter()
+        .find(|r| r.status != 200 && r.status != 429)
+        .map(|r| (r.status, r.body.clone()));
+    assert_eq!((ok, refused), (14, 46), "{other:?} ({unavailable} unavailable before)");
+    assert_eq!(mock.calls(), 20);
     drop(app);
 }
 
