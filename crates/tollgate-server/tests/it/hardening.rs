@@ -426,14 +426,11 @@ async fn health_stays_responsive_while_large_prompts_are_counted() {
     let ws = app.workspace("Big").await;
     app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
         .await;
-    let r = app
-        .put(
-            "/v1/integrations/oai/workspaces",
-            &app.admin_key,
-            json!({"workspaces": [{"id": ws, "enabled": true, "usage_limits": {"type": "cost", "credit_limit": 1000}}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.provision(
+        "oai",
+        json!([{"id": ws, "enabled": true, "usage_limits": {"type": "cost", "credit_limit": 1000}}]),
+    )
+    .await;
     let (_, key) = app.workspace_key(&ws, &["completions.write"]).await;
     // Varied words (about 700 KB), so that the tokenizer has real work.
     let words: String = (0..100_000).map(|i| format!("w{} ", i % 9973)).collect();

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tollgate_testkit::control::Control;
 use tollgate_testkit::openai::{self, OpenAiMock};
 use tollgate_testkit::redis_cluster::RedisCluster;
+use tollgate_testkit::MockServer;
 
 const PREFIX: &str = "gwc:";
 
@@ -24,17 +25,7 @@ fn tag(ws: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gateway_counts_limits_on_a_redis_cluster() {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
-    let (_clock, shared) = manual_clock("2026-11-26T10:00:30Z");
-    let url = cluster.url();
-    let app = App::start_with(
-        |c| {
-            c.redis_url = Some(url.into());
-            c.redis_cluster = true;
-            c.redis_key_prefix = PREFIX.into();
-        },
-        shared,
-    )
-    .await;
+    let app = gateway_on(&cluster).await;
     let control = Control::new();
     control.set_usage(10, 40, 0);
     let mock = openai::start(OpenAiMock {
@@ -164,41 +155,7 @@ async fn the_gateway_counts_limits_on_a_redis_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workspaces_slot_moved_to_another_node_keeps_its_counts() {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
-    let (_clock, shared) = manual_clock("2026-11-26T10:00:30Z");
-    let url = cluster.url();
-    let app = App::start_with(
-        |c| {
-            c.redis_url = Some(url.into());
-            c.redis_cluster = true;
-            c.redis_key_prefix = PREFIX.into();
-        },
-        shared,
-    )
-    .await;
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: Control::new(),
-    })
-    .await
-    .unwrap();
-    let ws = app.workspace("A").await;
-    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
-        .await;
-    let r = app
-        .put(
-            "/v1/integrations/oai/workspaces",
-            &app.admin_key,
-            json!({"workspaces": [
-                {"id": ws, "enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 20}]}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let key = app.workspace_key(&ws, &["completions.write"]).await.1;
-    let body = chat("@oai/gpt-4o");
-    for _ in 0..5 {
-        let r = send(&app, &key, &body).await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-    }
+    let (app, mock, ws, key, body) = five_requests_under_an_rpm_of_20(&cluster).await;
 
     let from = cluster.node_of(&tag(&ws));
     let to = *cluster.ports.iter().find(|p| **p != from).unwrap();
@@ -209,14 +166,7 @@ async fn a_workspaces_slot_moved_to_another_node_keeps_its_counts() {
     assert!(!cluster.keys_on(to, &format!("{}*", tag(&ws))).is_empty());
 
     // 15 of the 20 are left, whichever node counts them now.
-    let rs: Vec<Resp> = join_all((0..60).map(|_| send(&app, &key, &body))).await;
-    let ok = rs.iter().filter(|r| r.status == 200).count();
-    let refused = rs.iter().filter(|r| r.status == 429).count();
-    let other = rs
-        .iter()
-        .find(|r| r.status != 200 && r.status != 429)
-        .map(|r| (r.status, r.body.clone()));
-    assert_eq!((ok, refused), (15, 45), "{other:?}");
+    assert_eq!(burst(&app, &key, &body, 60).await, (15, 45));
     assert_eq!(mock.calls(), 20);
     assert!(cluster.keys_on(from, &format!("{}*", tag(&ws))).is_empty());
     drop(app);
@@ -232,41 +182,7 @@ async fn a_master_lost_to_its_replica_keeps_the_counts() {
     let mut cluster = tokio::task::spawn_blocking(RedisCluster::start_with_replicas)
         .await
         .unwrap();
-    let (_clock, shared) = manual_clock("2026-11-26T10:00:30Z");
-    let url = cluster.url();
-    let app = App::start_with(
-        |c| {
-            c.redis_url = Some(url.into());
-            c.redis_cluster = true;
-            c.redis_key_prefix = PREFIX.into();
-        },
-        shared,
-    )
-    .await;
-    let mock = openai::start(OpenAiMock {
-        api_key: Some(UPSTREAM_KEY.into()),
-        control: Control::new(),
-    })
-    .await
-    .unwrap();
-    let ws = app.workspace("A").await;
-    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
-        .await;
-    let r = app
-        .put(
-            "/v1/integrations/oai/workspaces",
-            &app.admin_key,
-            json!({"workspaces": [
-                {"id": ws, "enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 20}]}]}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let key = app.workspace_key(&ws, &["completions.write"]).await.1;
-    let body = chat("@oai/gpt-4o");
-    for _ in 0..5 {
-        let r = send(&app, &key, &body).await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-    }
+    let (app, mock, ws, key, body) = five_requests_under_an_rpm_of_20(&cluster).await;
 
     let master = cluster.node_of(&tag(&ws));
     tokio::task::block_in_place(|| cluster.kill_and_fail_over(master));
@@ -291,16 +207,68 @@ async fn a_master_lost_to_its_replica_keeps_the_counts() {
         }
     }
     // 6 admitted so far: 14 of the 20 are left.
-    let rs: Vec<Resp> = join_all((0..60).map(|_| send(&app, &key, &body))).await;
-    let ok = rs.iter().filter(|r| r.status == 200).count();
-    let refused = rs.iter().filter(|r| r.status == 429).count();
-    let other = rs
-        .iter()
-        .find(|r| r.status != 200 && r.status != 429)
-        .map(|r| (r.status, r.body.clone()));
-    assert_eq!((ok, refused), (14, 46), "{other:?} ({unavailable} unavailable before)");
+    assert_eq!(
+        burst(&app, &key, &body, 60).await,
+        (14, 46),
+        "{unavailable} unavailable before"
+    );
     assert_eq!(mock.calls(), 20);
     drop(app);
+}
+
+/// A gateway on `cluster` and a workspace whose integration allows 20
+/// requests a minute, 5 of them already sent: the gateway, the upstream,
+/// the workspace, its key and the request body.
+async fn five_requests_under_an_rpm_of_20(cluster: &RedisCluster) -> (App, MockServer, String, String, Value) {
+    let app = gateway_on(cluster).await;
+    let mock = openai::start(OpenAiMock {
+        api_key: Some(UPSTREAM_KEY.into()),
+        control: Control::new(),
+    })
+    .await
+    .unwrap();
+    let ws = app.workspace("A").await;
+    app.openai_integration("oai", &openai::base_url(&mock), UPSTREAM_KEY, &[])
+        .await;
+    app.provision(
+        "oai",
+        json!([{"id": ws, "enabled": true, "rate_limits": [{"type": "requests", "unit": "rpm", "value": 20}]}]),
+    )
+    .await;
+    let key = app.workspace_key(&ws, &["completions.write"]).await.1;
+    let body = chat("@oai/gpt-4o");
+    for _ in 0..5 {
+        let r = send(&app, &key, &body).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+
+    (app, mock, ws, key, body)
+}
+
+/// A gateway (on a manual clock) whose limit counters are on `cluster`.
+async fn gateway_on(cluster: &RedisCluster) -> App {
+    let (_clock, shared) = manual_clock("2026-11-26T10:00:30Z");
+    let url = cluster.url();
+    App::start_with(
+        |c| {
+            c.redis_url = Some(url.into());
+            c.redis_cluster = true;
+            c.redis_key_prefix = PREFIX.into();
+        },
+        shared,
+    )
+    .await
+}
+
+/// Sends `n` requests at once: how many were answered and how many refused
+/// with 429 (nothing else is allowed).
+async fn burst(app: &App, key: &str, body: &Value, n: usize) -> (usize, usize) {
+    let rs: Vec<Resp> = join_all((0..n).map(|_| send(app, key, body))).await;
+    if let Some(r) = rs.iter().find(|r| r.status != 200 && r.status != 429) {
+        panic!("{}: {:?}", r.status, r.body);
+    }
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    (ok, n - ok)
 }
 
 async fn send(app: &App, key: &str, body: &Value) -> Resp {

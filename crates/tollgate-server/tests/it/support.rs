@@ -179,6 +179,16 @@ impl App {
         )
     }
 
+    /// Provisions integration `slug` as `PUT /v1/integrations/{slug}/workspaces`
+    /// with `{"workspaces": workspaces}`, which must succeed.
+    pub async fn provision(&self, slug: &str, workspaces: Value) {
+        let path = format!("/v1/integrations/{slug}/workspaces");
+        let r = self
+            .put(&path, &self.admin_key, json!({ "workspaces": workspaces }))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+
     /// Creates an OpenAI-compatible integration pointing at `base_url`,
     /// provisioned to `workspaces`.
     pub async fn openai_integration(&self, slug: &str, base_url: &str, key: &str, workspaces: &[&str]) {
