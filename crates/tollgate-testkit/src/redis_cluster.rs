@@ -107,41 +107,30 @@ impl RedisCluster {
     /// slots served.
     fn wait_until_ok(&self, deadline: Instant) {
         for port in self.running() {
-            loop {
+            poll(deadline, || {
                 let info = info_at(port, "CLUSTER INFO");
-                if info.contains("cluster_state:ok")
+                let ok = info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
-                    && info.contains(&format!("cluster_known_nodes:{}", self.ports.len()))
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the cluster is not ok on port {port}: {info}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                    && info.contains(&format!("cluster_known_nodes:{}", self.ports.len()));
+                ok.then_some(())
+                    .ok_or_else(|| format!("the cluster is not ok on port {port}: {info}"))
+            });
         }
     }
 
     /// Waits until every master has its replicas online and in sync.
     fn wait_for_replicas(&self, deadline: Instant) {
         for port in self.masters() {
-            loop {
+            poll(deadline, || {
                 let info = info_at(port, "INFO replication");
                 let online = info
                     .lines()
                     .filter(|l| l.starts_with("slave") && l.contains("state=online"))
                     .count();
-                if online >= self.replicas {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the replicas of {port} are not in sync: {info}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                (online >= self.replicas)
+                    .then_some(())
+                    .ok_or_else(|| format!("the replicas of {port} are not in sync: {info}"))
+            });
         }
     }
 
@@ -170,21 +159,17 @@ impl RedisCluster {
         self.kill(port);
         let deadline = Instant::now() + Duration::from_secs(30);
         for p in self.running() {
-            loop {
+            poll(deadline, || {
                 let info = info_at(p, "CLUSTER INFO");
                 let nodes = info_at(p, "CLUSTER NODES");
                 let dead_is_master = nodes
                     .lines()
                     .any(|l| l.contains(&format!(":{port}@")) && l.contains("master") && !l.contains("fail"));
-                if info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384") && !dead_is_master {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "no failover of {port} seen on {p}: {info}\n{nodes}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                let over =
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384") && !dead_is_master;
+                over.then_some(())
+                    .ok_or_else(|| format!("no failover of {port} seen on {p}: {info}\n{nodes}"))
+            });
         }
     }
 
@@ -264,15 +249,10 @@ impl RedisCluster {
         let slot = redis::cluster_routing::get_slot(key.as_bytes());
         let from = self.node_of(key);
         assert_ne!(from, to, "slot {slot} is on {to} already");
-        let conn = |port: u16| {
-            redis::Client::open(format!("redis://127.0.0.1:{port}"))
-                .and_then(|c| c.get_connection())
-                .expect("a connection to the node")
-        };
         let id = |port: u16| -> String {
             redis::cmd("CLUSTER")
                 .arg("MYID")
-                .query(&mut conn(port))
+                .query(&mut connect(port))
                 .expect("CLUSTER MYID")
         };
         let (from_id, to_id) = (id(from), id(to));
@@ -282,12 +262,12 @@ impl RedisCluster {
                 .arg(slot)
                 .arg(state)
                 .arg(node)
-                .query(&mut conn(port))
+                .query(&mut connect(port))
                 .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {state} on {port}: {e}"));
         };
         setslot(to, "IMPORTING", &from_id);
         setslot(from, "MIGRATING", &to_id);
-        let mut source = conn(from);
+        let mut source = connect(from);
         loop {
             let keys: Vec<String> = redis::cmd("CLUSTER")
                 .arg("GETKEYSINSLOT")
@@ -319,9 +299,7 @@ impl RedisCluster {
     /// The keys matching `pattern` on the node at `port` (that node's own
     /// keys only).
     pub fn keys_on(&self, port: u16, pattern: &str) -> Vec<String> {
-        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            .and_then(|c| c.get_connection())
-            .expect("a connection to the node");
+        let mut conn = connect(port);
         let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn).expect("KEYS");
         keys.sort();
         keys
@@ -329,9 +307,7 @@ impl RedisCluster {
 
     /// A field of the hash `key` on the node at `port`.
     pub fn hget_on(&self, port: u16, key: &str, field: &str) -> Option<String> {
-        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            .and_then(|c| c.get_connection())
-            .expect("a connection to the node");
+        let mut conn = connect(port);
         redis::cmd("HGET").arg(key).arg(field).query(&mut conn).expect("HGET")
     }
 
@@ -365,6 +341,25 @@ impl Drop for RedisCluster {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A connection to the node at `port` alone (no cluster routing).
+fn connect(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .and_then(|c| c.get_connection())
+        .expect("a connection to the node")
+}
+
+/// Checks every 50 ms until `ready` answers `Ok`; past `deadline`, fails
+/// with its last answer (what the cluster looked like).
+fn poll(deadline: Instant, mut ready: impl FnMut() -> Result<(), String>) {
+    loop {
+        match ready() {
+            Ok(()) => return,
+            Err(state) => assert!(Instant::now() < deadline, "{state}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

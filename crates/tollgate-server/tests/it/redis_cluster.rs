@@ -157,18 +157,19 @@ async fn a_workspaces_slot_moved_to_another_node_keeps_its_counts() {
     let cluster = tokio::task::spawn_blocking(RedisCluster::start).await.unwrap();
     let (app, mock, ws, key, body) = five_requests_under_an_rpm_of_20(&cluster).await;
 
-    let from = cluster.node_of(&tag(&ws));
+    let (tag, keys) = (tag(&ws), format!("{}*", tag(&ws)));
+    let from = cluster.node_of(&tag);
     let to = *cluster.ports.iter().find(|p| **p != from).unwrap();
-    assert!(!cluster.keys_on(from, &format!("{}*", tag(&ws))).is_empty());
-    tokio::task::block_in_place(|| cluster.move_slot_of(&tag(&ws), to));
-    assert_eq!(cluster.node_of(&tag(&ws)), to);
-    assert!(cluster.keys_on(from, &format!("{}*", tag(&ws))).is_empty());
-    assert!(!cluster.keys_on(to, &format!("{}*", tag(&ws))).is_empty());
+    assert!(!cluster.keys_on(from, &keys).is_empty());
+    tokio::task::block_in_place(|| cluster.move_slot_of(&tag, to));
+    assert_eq!(cluster.node_of(&tag), to);
+    assert!(cluster.keys_on(from, &keys).is_empty());
+    assert!(!cluster.keys_on(to, &keys).is_empty());
 
     // 15 of the 20 are left, whichever node counts them now.
     assert_eq!(burst(&app, &key, &body, 60).await, (15, 45));
     assert_eq!(mock.calls(), 20);
-    assert!(cluster.keys_on(from, &format!("{}*", tag(&ws))).is_empty());
+    assert!(cluster.keys_on(from, &keys).is_empty());
     drop(app);
 }
 
