@@ -113,9 +113,13 @@ impl WireUsage {
 /// kept): anything else is an invalid answer, not one to relay. A `usage`
 /// that cannot be read counts as none (the gateway then estimates).
 pub fn parse_usage(body: &[u8]) -> Result<Option<Usage>, ProviderError> {
+    /// `usage` is kept as its raw text and read on its own, so that a
+    /// `usage` of an unexpected shape is ignored rather than failing the
+    /// answer, without building a `Value` tree of it.
     #[derive(Deserialize)]
-    struct UsageOnly {
-        usage: Option<serde_json::Value>,
+    struct UsageOnly<'a> {
+        #[serde(borrow)]
+        usage: Option<&'a serde_json::value::RawValue>,
     }
     let not_object = |why: String| ProviderError::InvalidResponse(format!("the answer is not a JSON object: {why}"));
     // serde would also read a struct from an array.
@@ -125,7 +129,7 @@ pub fn parse_usage(body: &[u8]) -> Result<Option<Usage>, ProviderError> {
     let parsed = serde_json::from_slice::<UsageOnly>(body).map_err(|e| not_object(e.to_string()))?;
     Ok(parsed
         .usage
-        .and_then(|v| WireUsage::deserialize(v).ok())
+        .and_then(|raw| serde_json::from_str::<Option<WireUsage>>(raw.get()).ok().flatten())
         .map(|u| u.usage()))
 }
 
@@ -531,6 +535,11 @@ mod tests {
         assert_eq!(parse_usage(b"{}").unwrap(), None);
         let odd = br#"{"usage":{"prompt_tokens":-1}}"#;
         assert_eq!(parse_usage(odd).unwrap(), None, "unreadable usage is estimated");
+        for none in [&br#"{"usage":null}"#[..], br#"{"usage":"12"}"#, br#"{"usage":[1,2]}"#] {
+            assert_eq!(parse_usage(none).unwrap(), None, "{}", String::from_utf8_lossy(none));
+        }
+        let escaped = br#"{"id":"a\"b","usage":{"prompt_tokens":3,"completion_tokens":4,"x":"\u00e9"}}"#;
+        assert_eq!(parse_usage(escaped).unwrap().map(|u| u.completion_tokens), Some(4));
         for bad in [
             &b"not json"[..],
             b"",

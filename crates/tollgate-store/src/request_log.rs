@@ -57,57 +57,94 @@ const DUE_ROWS: usize = 16;
 pub const WRITTEN_WITHIN: Duration = Duration::from_millis(500);
 
 /// One request as logged.
-/// Serialized as is into the spill file (see `spill`).
+/// Serialized into the journal and the spill file (see `spill`) without the
+/// fields that hold their default (most are, for most requests: the line is
+/// shorter and cheaper to write); a missing field reads back as its default,
+/// so lines written with every field read the same.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LogRecord {
     pub id: String,
     pub created_at: DateTime<Utc>,
     pub trace_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub integration_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub integration_slug: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_slug: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ai_provider_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// `chat.completions`, `completions`, `embeddings`.
     pub endpoint: String,
+    #[serde(skip_serializing_if = "is_default")]
     pub status_code: u16,
     /// The gateway error type for a failure (`upstream_error`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_type: Option<String>,
     /// Why Tollgate refused the request itself: `rate_limit`, `budget`,
     /// `policy` (model not allowed), `auth`, `permission`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub streamed: bool,
     /// The client went away before the answer was complete.
+    #[serde(skip_serializing_if = "is_default")]
     pub cancelled: bool,
+    #[serde(skip_serializing_if = "is_default")]
     pub prompt_tokens: u64,
+    #[serde(skip_serializing_if = "is_default")]
     pub completion_tokens: u64,
+    #[serde(skip_serializing_if = "is_default")]
     pub cached_tokens: u64,
+    #[serde(skip_serializing_if = "is_default")]
     pub total_tokens: u64,
     /// Token counts were estimated with the tokenizer, not reported upstream.
+    #[serde(skip_serializing_if = "is_default")]
     pub tokens_estimated: bool,
     /// Exact cost in picodollars; `None` when the model has no known price.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_picos: Option<i64>,
+    #[serde(skip_serializing_if = "is_default")]
     pub latency_us: u64,
     /// Time to first token, for streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttft_us: Option<u64>,
     /// Time spent waiting on the upstream (to its last byte).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_latency_us: Option<u64>,
     /// `x-portkey-metadata`: a JSON object of strings.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request_body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response_body: Option<String>,
     /// The config target this attempt went to (`config.targets[1]`), when a
     /// routing config applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_path: Option<String>,
     /// Which retry of its target this attempt was (0 = the first try).
+    #[serde(skip_serializing_if = "is_default")]
     pub retry_attempt: u32,
     /// The attempt's place in its request (0, 1, ...).
+    #[serde(skip_serializing_if = "is_default")]
     pub attempt: u32,
     /// A config retried or fell back from this attempt: the client got
     /// another attempt's answer (stored as `is_final = 0`).
+    #[serde(skip_serializing_if = "is_default")]
     pub superseded: bool,
+}
+
+/// Whether `v` holds its type's default (a field left out of the journal).
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 enum Msg {
@@ -250,8 +287,8 @@ impl LogWriter {
 
     /// Queues a record nobody waits for; never blocks. It may linger briefly
     /// to share a batch.
-    pub fn record(&self, r: LogRecord) {
-        if self.tx.send(Msg::Record(Box::new(r), None)).is_err() {
+    pub fn record(&self, r: impl Into<Box<LogRecord>>) {
+        if self.tx.send(Msg::Record(r.into(), None)).is_err() {
             tracing::error!("usage log writer is gone; a request record was dropped");
         }
     }
@@ -259,9 +296,9 @@ impl LogWriter {
     /// Queues a record and returns the ticket that resolves once it is on
     /// disk: journaled, or without a journal committed (the writer then
     /// commits at once, together with everything else queued).
-    pub fn commit(&self, r: LogRecord) -> CommitTicket {
+    pub fn commit(&self, r: impl Into<Box<LogRecord>>) -> CommitTicket {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Record(Box::new(r), Some(done))).is_err() {
+        if self.tx.send(Msg::Record(r.into(), Some(done))).is_err() {
             tracing::error!("usage log writer is gone; a request record was dropped");
             return CommitTicket(None);
         }
@@ -910,9 +947,9 @@ async fn within<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>)
 
 /// `INSERT INTO usage_log …` of `rows`, with their histogram buckets, on
 /// both backends: a row whose id is already stored, or came earlier in
-/// `rows`, is skipped (`ON CONFLICT (id) DO NOTHING`), and the statement
-/// answers the ids it inserted, for [`inserted`].
-fn insert_rows<DB: Backend>(rows: &[LogRecord]) -> QueryBuilder<'_, DB> {
+/// `rows`, is skipped (`ON CONFLICT (id) DO NOTHING`). With `returning` the
+/// statement answers the ids it inserted, for [`inserted`].
+fn insert_rows<DB: Backend>(rows: &[LogRecord], returning: bool) -> QueryBuilder<'_, DB> {
     // SQLite allows 32766 bound parameters, PostgreSQL 65535; 35 columns ×
     // 512 rows fits both.
     let mut qb: QueryBuilder<DB> = QueryBuilder::new(
@@ -993,7 +1030,10 @@ fn insert_rows<DB: Backend>(rows: &[LogRecord]) -> QueryBuilder<'_, DB> {
         }
         qb.push(")");
     }
-    qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+    qb.push(" ON CONFLICT (id) DO NOTHING");
+    if returning {
+        qb.push(" RETURNING id");
+    }
     qb
 }
 
@@ -1038,13 +1078,30 @@ async fn insert(held: &mut Option<SqliteConnection>, pool: &SqlitePool, rows: &[
 
 /// Inserts `rows` with their roll-ups in one transaction; see
 /// [`insert_rows`] for the rows it skips.
+///
+/// Nearly every batch is all new, and the count of rows stored says so: the
+/// insert answers no ids then, since SQLite's connection thread would hand
+/// each one over to the writer on its own (a wake-up per record). A batch
+/// that stored fewer rows than it holds (a replay after a crash, an id
+/// repeated) is undone and inserted again answering its new ids.
 async fn insert_on(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
-    let new: Vec<String> = insert_rows::<Sqlite>(rows)
-        .build_query_scalar()
-        .fetch_all(&mut *tx)
-        .await?;
-    let fresh = inserted(Cow::Borrowed(rows), new);
+    let stored = insert_rows::<Sqlite>(rows, false)
+        .build()
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let fresh = if stored == rows.len() as u64 {
+        Cow::Borrowed(rows)
+    } else {
+        tx.rollback().await?;
+        tx = conn.begin().await?;
+        let new: Vec<String> = insert_rows::<Sqlite>(rows, true)
+            .build_query_scalar()
+            .fetch_all(&mut *tx)
+            .await?;
+        inserted(Cow::Borrowed(rows), new)
+    };
     // The analytics roll-ups move with the log, in the same transaction.
     if !fresh.is_empty() {
         crate::analytics::roll_up(&mut tx, &fresh).await?;
@@ -1073,7 +1130,7 @@ async fn insert_pg_on(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(),
         Cow::Borrowed(rows)
     };
     let mut tx = conn.begin().await?;
-    let new: Vec<String> = insert_rows::<Postgres>(&rows)
+    let new: Vec<String> = insert_rows::<Postgres>(&rows, true)
         .build_query_scalar()
         .fetch_all(&mut *tx)
         .await?;

@@ -177,6 +177,52 @@ mod tests {
     }
 
     #[test]
+    fn default_fields_are_left_out_and_lines_with_every_field_still_read() {
+        let mut out = Vec::new();
+        encode(&[rec(1)], &mut out).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        for absent in ["\"refusal\"", "\"streamed\"", "\"attempt\"", "\"request_body\"", "\"workspace_id\""] {
+            assert!(!line.contains(absent), "{absent} in {line}");
+        }
+        // Every field set, none at its default: all of them come back.
+        let full = LogRecord {
+            workspace_id: Some("ws".into()),
+            api_key_id: Some("key".into()),
+            integration_id: Some("int".into()),
+            integration_slug: Some("slug".into()),
+            provider_slug: Some("@slug".into()),
+            ai_provider_id: Some("openai".into()),
+            model: Some("gpt-4o".into()),
+            error_type: Some("upstream_error".into()),
+            refusal: Some("budget".into()),
+            streamed: true,
+            cancelled: true,
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            cached_tokens: 3,
+            tokens_estimated: true,
+            latency_us: 4,
+            ttft_us: Some(5),
+            upstream_latency_us: Some(6),
+            request_body: Some("{}".into()),
+            response_body: Some("{}".into()),
+            target_path: Some("config.targets[1]".into()),
+            retry_attempt: 7,
+            attempt: 8,
+            superseded: true,
+            ..rec(9)
+        };
+        let mut out = Vec::new();
+        encode(std::slice::from_ref(&full), &mut out).unwrap();
+        let back: LogRecord = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, full);
+        // A line as written before defaults were left out (every field, nulls
+        // and zeros included) reads as the same record.
+        let old = r#"{"id":"req-1","created_at":"2023-11-14T22:13:20.124Z","trace_id":"trace-1","workspace_id":null,"api_key_id":null,"integration_id":null,"integration_slug":null,"provider_slug":null,"ai_provider_id":null,"model":null,"endpoint":"chat.completions","status_code":200,"error_type":null,"refusal":null,"streamed":false,"cancelled":false,"prompt_tokens":0,"completion_tokens":0,"cached_tokens":0,"total_tokens":1,"tokens_estimated":false,"cost_picos":1000,"latency_us":0,"ttft_us":null,"upstream_latency_us":null,"metadata":{"team":"a\nb"},"request_body":null,"response_body":null,"target_path":null,"retry_attempt":0,"attempt":0,"superseded":false}"#;
+        assert_eq!(serde_json::from_str::<LogRecord>(old).unwrap(), rec(1));
+    }
+
+    #[test]
     fn a_torn_last_record_is_ignored_and_cut_at_recovery() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(SPILL_FILE);

@@ -170,13 +170,15 @@ pub async fn handle(state: SharedState, api: Api, headers: HeaderMap, body: Byte
 
 async fn handle_boxed(state: SharedState, api: Api, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
-    let mut rec = LogRecord {
+    // Boxed, as the reservation's holds are: the record goes through every
+    // step of the request, and into each step's future.
+    let mut rec = Box::new(LogRecord {
         id: tollgate_core::ids::prefixed_id("req"),
         created_at: state.now(),
         trace_id: trace_id(&headers),
         endpoint: api.log_name().to_owned(),
         ..Default::default()
-    };
+    });
     let (parsed, request) = match parse(&state, api, &headers, &body, &mut rec) {
         Ok(p) => p,
         Err(e) => return relay::fail(&state, api, rec, started, e, RateHeaders::default()),
@@ -231,7 +233,7 @@ enum Closing {
 }
 
 impl Failed {
-    pub fn refused(api: Api, error: GatewayError, rec: LogRecord, rate: RateHeaders) -> Failed {
+    pub fn refused(api: Api, error: GatewayError, rec: Box<LogRecord>, rate: RateHeaders) -> Failed {
         let status = error.wire().0.as_u16();
         Failed {
             failure: Failure::Status(status),
@@ -239,7 +241,7 @@ impl Failed {
             retry_after: None,
             rate,
             api,
-            closing: Closing::Record(Box::new(rec)),
+            closing: Closing::Record(rec),
         }
     }
 
@@ -254,7 +256,7 @@ impl Failed {
     /// The client's answer: the error, logged as the final attempt.
     pub fn render(self, state: &SharedState, started: Instant) -> Response {
         match self.closing {
-            Closing::Record(rec) => relay::fail(state, self.api, *rec, started, self.error, self.rate),
+            Closing::Record(rec) => relay::fail(state, self.api, rec, started, self.error, self.rate),
             Closing::Stream(books) => {
                 let trace = books.trace_id().to_owned();
                 let mut resp = self.api.error_response(self.error.clone());
@@ -269,7 +271,7 @@ impl Failed {
     pub fn supersede(mut self, state: &SharedState, started: Instant) {
         self.record_mut().superseded = true;
         match self.closing {
-            Closing::Record(rec) => relay::log_failure(state, *rec, started, &self.error),
+            Closing::Record(rec) => relay::log_failure(state, rec, started, &self.error),
             Closing::Stream(books) => books.fail(self.error),
         }
     }
@@ -306,7 +308,7 @@ fn provider_failure(e: &ProviderError) -> Failure {
 pub async fn attempt(
     state: &SharedState,
     prep: Prepared,
-    rec: LogRecord,
+    rec: Box<LogRecord>,
     started: Instant,
     hold_first: bool,
 ) -> Attempt {
@@ -365,7 +367,7 @@ pub async fn attempt(
                 error: upstream_error(e),
                 rate: rate_headers,
                 api,
-                closing: Closing::Record(Box::new(rec)),
+                closing: Closing::Record(rec),
             }))
         }
         Ok(UpstreamResponse::Whole { status, body, usage }) => Attempt::Answered(

@@ -43,7 +43,7 @@ fn micros(since: Instant) -> u64 {
 pub fn fail(
     state: &SharedState,
     api: Api,
-    rec: LogRecord,
+    rec: Box<LogRecord>,
     started: Instant,
     e: GatewayError,
     rate: RateHeaders,
@@ -55,7 +55,7 @@ pub fn fail(
 }
 
 /// Logs a refusal or failure (of a request, or of one attempt of it).
-pub fn log_failure(state: &SharedState, mut rec: LogRecord, started: Instant, e: &GatewayError) {
+pub fn log_failure(state: &SharedState, mut rec: Box<LogRecord>, started: Instant, e: &GatewayError) {
     let (status, kind, _) = e.wire();
     rec.status_code = status.as_u16();
     rec.error_type = Some(kind);
@@ -71,7 +71,7 @@ pub fn log_failure(state: &SharedState, mut rec: LogRecord, started: Instant, e:
 /// flagged at warn.
 async fn close_books(
     state: &SharedState,
-    mut rec: LogRecord,
+    mut rec: Box<LogRecord>,
     reservation: Reservation,
     usage: Usage,
     estimated: bool,
@@ -166,7 +166,7 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// then logged with status 499 and settled with its prompt, counted (the
 /// upstream has received it; what it generated is unknown), exactly once.
 pub struct Waiting {
-    books: Option<(LogRecord, Reservation)>,
+    books: Option<(Box<LogRecord>, Reservation)>,
     state: SharedState,
     started: Instant,
     endpoint: Endpoint,
@@ -179,7 +179,7 @@ pub struct Waiting {
 impl Waiting {
     pub fn new(
         state: &SharedState,
-        rec: LogRecord,
+        rec: Box<LogRecord>,
         reservation: Reservation,
         started: Instant,
         prep: &Prepared,
@@ -199,7 +199,7 @@ impl Waiting {
     /// The upstream answered (or failed): the books go back to the caller.
     /// Always `Some`: they are taken only here (which consumes `self`) or
     /// when dropped.
-    pub fn answered(mut self) -> Option<(LogRecord, Reservation)> {
+    pub fn answered(mut self) -> Option<(Box<LogRecord>, Reservation)> {
         self.books.take()
     }
 }
@@ -245,7 +245,7 @@ async fn prompt_only(
 async fn fail_settled(
     state: &SharedState,
     prep: &Prepared,
-    mut rec: LogRecord,
+    mut rec: Box<LogRecord>,
     reservation: Reservation,
     started: Instant,
     e: GatewayError,
@@ -270,7 +270,7 @@ async fn fail_settled(
 /// is unknown), and fails as the adapter's error says (a 502).
 pub async fn unreadable(
     state: &SharedState,
-    mut rec: LogRecord,
+    mut rec: Box<LogRecord>,
     prep: &Prepared,
     reservation: Reservation,
     started: Instant,
@@ -286,7 +286,7 @@ pub async fn unreadable(
 #[allow(clippy::too_many_arguments)]
 pub async fn whole(
     state: &SharedState,
-    mut rec: LogRecord,
+    mut rec: Box<LogRecord>,
     prep: &Prepared,
     reservation: Reservation,
     started: Instant,
@@ -353,7 +353,7 @@ pub async fn whole(
 /// upstream sends them, once [`Relayed::respond`] hands it to the client.
 pub fn stream(
     state: SharedState,
-    rec: LogRecord,
+    rec: Box<LogRecord>,
     prep: Prepared,
     reservation: Reservation,
     started: Instant,
@@ -456,7 +456,7 @@ impl Relayed {
 /// What a stream must account for when it ends, however it ends.
 pub struct Books {
     state: SharedState,
-    rec: LogRecord,
+    rec: Box<LogRecord>,
     reservation: Option<Reservation>,
     started: Instant,
     upstream_started: Instant,

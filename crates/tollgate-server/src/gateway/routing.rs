@@ -200,7 +200,7 @@ pub async fn run(
     headers: &HeaderMap,
     body: &Body,
     plan: &Plan,
-    template: LogRecord,
+    template: Box<LogRecord>,
     started: Instant,
 ) -> Response {
     let sticky = headers
@@ -270,9 +270,9 @@ impl<'a> Walk<'a> {
 
     /// The record of one attempt: the request's, under a new id, with the
     /// target and retry it belongs to.
-    fn record(&self, leaf: &Leaf, retry: u32) -> LogRecord {
+    fn record(&self, leaf: &Leaf, retry: u32) -> Box<LogRecord> {
         let t = self.template;
-        LogRecord {
+        Box::new(LogRecord {
             id: tollgate_core::ids::prefixed_id("req"),
             created_at: self.state.now(),
             trace_id: t.trace_id.clone(),
@@ -285,7 +285,7 @@ impl<'a> Walk<'a> {
             retry_attempt: retry,
             attempt: self.attempts,
             ..Default::default()
-        }
+        })
     }
 
     async fn leaf(&mut self, leaf: &Leaf) -> Done {

@@ -244,7 +244,9 @@ pub(crate) trait ReleaseOnDrop: Send + Sync + 'static {
 /// [`Counters::settle`] or give it back with [`Counters::release`]; if it is
 /// dropped without either (the client went away), it releases itself.
 pub struct Reservation {
-    held: [Option<Held>; MAX_CHECKS],
+    /// Boxed: a reservation is moved through every step of a request (and
+    /// into each step's future), so it stays a few words wide.
+    held: Box<[Option<Held>; MAX_CHECKS]>,
     headers: RateHeaders,
     place: Option<Place>,
     /// `None` once settled or released, so that drop does nothing more.
@@ -269,7 +271,7 @@ impl Reservation {
         owner: Arc<dyn ReleaseOnDrop>,
     ) -> Self {
         Reservation {
-            held,
+            held: Box::new(held),
             headers,
             place,
             owner: Some(owner),
@@ -293,7 +295,7 @@ impl Reservation {
     /// where, after which dropping it does nothing.
     pub(crate) fn close(&mut self) -> ([Option<Held>; MAX_CHECKS], Option<Place>) {
         self.owner = None;
-        (std::mem::take(&mut self.held), self.place.take())
+        (std::mem::take(&mut *self.held), self.place.take())
     }
 }
 
