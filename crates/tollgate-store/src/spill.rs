@@ -181,7 +181,13 @@ mod tests {
         let mut out = Vec::new();
         encode(&[rec(1)], &mut out).unwrap();
         let line = String::from_utf8(out).unwrap();
-        for absent in ["\"refusal\"", "\"streamed\"", "\"attempt\"", "\"request_body\"", "\"workspace_id\""] {
+        for absent in [
+            "\"refusal\"",
+            "\"streamed\"",
+            "\"attempt\"",
+            "\"request_body\"",
+            "\"workspace_id\"",
+        ] {
             assert!(!line.contains(absent), "{absent} in {line}");
         }
         // Every field set, none at its default: all of them come back.
