@@ -258,6 +258,14 @@ pub fn translate<E: Send + 'static, T: Translate<E>>(
 /// lines, which the client's parser joins back.
 pub fn data_frame(json: &[u8]) -> Bytes {
     let mut f = Vec::with_capacity(json.len() + 8);
+    if !json.contains(&b'\n') {
+        // Nearly every payload is one line: found with `memchr`, not
+        // split byte by byte.
+        f.extend_from_slice(b"data: ");
+        f.extend_from_slice(json.strip_suffix(b"\r").unwrap_or(json));
+        f.extend_from_slice(b"\n\n");
+        return Bytes::from(f);
+    }
     for line in json.split(|&b| b == b'\n') {
         f.extend_from_slice(b"data: ");
         f.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
@@ -514,6 +522,11 @@ mod tests {
     #[test]
     fn data_frame_splits_multi_line_payloads() {
         assert_eq!(&data_frame(b"{}")[..], b"data: {}\n\n");
+        assert_eq!(
+            &data_frame(b"{}\r")[..],
+            b"data: {}\n\n",
+            "a lone line loses its CR too"
+        );
         let f = data_frame(b"{\n  \"a\": 1\r\n}");
         assert_eq!(&f[..], b"data: {\ndata:   \"a\": 1\ndata: }\n\n");
         assert_eq!(SseParser::new().push(&f), vec![ev(None, "{\n  \"a\": 1\n}")]);

@@ -15,7 +15,7 @@
 //! filters are per request (token or cost range, metadata) or whose buckets
 //! are finer than a day read raw rows only, day by day to bound memory.
 
-use crate::dialect::Backend;
+use crate::dialect::{statement_chunks, Backend};
 use crate::request_log::LogRecord;
 use sqlx::postgres::PgConnection;
 use sqlx::{Pool, Postgres, QueryBuilder, Sqlite, SqliteConnection};
@@ -1476,9 +1476,11 @@ fn decode_rollup<DB: Backend>(r: &DB::Row) -> Result<(i64, Agg, Dims), sqlx::Err
     Ok((day, agg, dims))
 }
 
-/// Roll-up keys per statement: 35 bound values each stays under SQLite's
-/// 32766-parameter limit (and PostgreSQL's 65535).
-const ROLLUP_CHUNK: usize = 900;
+/// Most roll-up keys per statement (35 bound values each: SQLite allows
+/// 32766 per statement, PostgreSQL 65535), and most minute rows (3 each);
+/// a batch's are written in [`statement_chunks`] of at most these.
+const ROLLUP_CHUNK: usize = 512;
+const MINUTE_CHUNK: usize = 4096;
 
 /// Per (day, dimensions) roll-up deltas, in key order (so that writers on
 /// PostgreSQL lock rows in one order), and requests per (minute, workspace).
@@ -1606,7 +1608,7 @@ fn add_minutes<'a, DB: Backend>(chunk: &'a [((i64, String), i64)]) -> QueryBuild
 /// one writer at a time, so nothing changes them in between).
 pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let (days, minutes) = deltas(rows);
-    for chunk in days.chunks(ROLLUP_CHUNK) {
+    for chunk in statement_chunks(&days, ROLLUP_CHUNK) {
         let mut existing = HashMap::new();
         for r in select_rollups::<Sqlite>(chunk, "")
             .build()
@@ -1622,7 +1624,7 @@ pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[LogRecord]) -> 
             .execute(&mut *conn)
             .await?;
     }
-    for chunk in minutes.chunks(ROLLUP_CHUNK * 10) {
+    for chunk in statement_chunks(&minutes, MINUTE_CHUNK) {
         add_minutes::<Sqlite>(chunk).build().execute(&mut *conn).await?;
     }
     Ok(())
@@ -1635,7 +1637,7 @@ pub(crate) async fn roll_up(conn: &mut SqliteConnection, rows: &[LogRecord]) -> 
 /// the histograms must be merged here, so the row lock covers both.
 pub(crate) async fn roll_up_pg(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let (days, minutes) = deltas(rows);
-    for chunk in days.chunks(ROLLUP_CHUNK) {
+    for chunk in statement_chunks(&days, ROLLUP_CHUNK) {
         let mut create: QueryBuilder<Postgres> = QueryBuilder::new(
             "INSERT INTO usage_daily (day_ms, workspace_id, api_key_id, provider_slug, ai_provider_id, model, status_code) \
              VALUES ",
@@ -1666,7 +1668,7 @@ pub(crate) async fn roll_up_pg(conn: &mut PgConnection, rows: &[LogRecord]) -> R
         }
         write.build().execute(&mut *conn).await?;
     }
-    for chunk in minutes.chunks(ROLLUP_CHUNK * 10) {
+    for chunk in statement_chunks(&minutes, MINUTE_CHUNK) {
         add_minutes::<Postgres>(chunk).build().execute(&mut *conn).await?;
     }
     Ok(())

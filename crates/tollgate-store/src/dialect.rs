@@ -10,6 +10,31 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Database, Pool, Postgres, QueryBuilder, Row, Sqlite};
 use std::future::Future;
 
+/// `items` in pieces for multi-row statements: as many of `max` (a power of
+/// two) as fit, then the rest in decreasing powers of two. Such a
+/// statement's SQL depends on its row count, and each distinct text is
+/// prepared anew and kept in its connection's statement cache: with these
+/// sizes a writer uses at most log2(`max`) + 1 texts, however its batches
+/// vary, instead of one per batch size (each prepared at a cost that grows
+/// with its rows, and each cached, large, for the connection's life).
+pub(crate) fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    debug_assert!(max.is_power_of_two());
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= max {
+            max
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (piece, tail) = rest.split_at(n);
+        rest = tail;
+        Some(piece)
+    })
+}
+
 /// A backend the shared request-log and analytics code runs on.
 pub(crate) trait Backend: Database + Sized {
     /// Binds an integer.
@@ -229,5 +254,32 @@ impl Backend for Postgres {
     }
     async fn fetch_all<'a>(pool: &Pool<Self>, mut qb: QueryBuilder<'a, Self>) -> Result<Vec<PgRow>, sqlx::Error> {
         qb.build().fetch_all(pool).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::statement_chunks;
+
+    #[test]
+    fn statement_chunks_come_in_few_sizes_and_keep_every_item_in_order() {
+        let sizes = |n: usize| -> Vec<usize> {
+            let items: Vec<usize> = (0..n).collect();
+            let pieces: Vec<&[usize]> = statement_chunks(&items, 64).collect();
+            assert_eq!(pieces.concat(), items, "{n} items in order");
+            pieces.iter().map(|p| p.len()).collect()
+        };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(16), [16]);
+        assert_eq!(sizes(17), [16, 1]);
+        assert_eq!(sizes(63), [32, 16, 8, 4, 2, 1]);
+        assert_eq!(sizes(64), [64]);
+        assert_eq!(sizes(200), [64, 64, 64, 8]);
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 0..=600 {
+            seen.extend(sizes(n));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1, 2, 4, 8, 16, 32, 64]);
     }
 }

@@ -20,7 +20,7 @@
 //! database (see [`OutageBuffer`]).
 
 use crate::db::Db;
-use crate::dialect::Backend;
+use crate::dialect::{statement_chunks, Backend};
 use crate::journal::Journal;
 use crate::query_cache::QueryCache;
 use crate::StoreError;
@@ -37,6 +37,10 @@ use tokio::task::JoinHandle;
 
 /// Most rows written in one transaction.
 const BATCH: usize = 512;
+/// Most rows in one `INSERT` statement (of 35 bound values each: SQLite
+/// allows 32766 per statement, PostgreSQL 65535); a batch is inserted in
+/// [`statement_chunks`] of at most this many.
+const INSERT_ROWS: usize = 64;
 /// How long the writer waits for more rows before writing a partial batch.
 /// Answers wait only for the journal, so this is how fresh the database is:
 /// at 100 req/s, 200 ms (16-row batches, [`DUE_ROWS`]) took about 15% less
@@ -950,8 +954,6 @@ async fn within<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>)
 /// `rows`, is skipped (`ON CONFLICT (id) DO NOTHING`). With `returning` the
 /// statement answers the ids it inserted, for [`inserted`].
 fn insert_rows<DB: Backend>(rows: &[LogRecord], returning: bool) -> QueryBuilder<'_, DB> {
-    // SQLite allows 32766 bound parameters, PostgreSQL 65535; 35 columns ×
-    // 512 rows fits both.
     let mut qb: QueryBuilder<DB> = QueryBuilder::new(
         "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \
          provider_slug, ai_provider_id, model, endpoint, status_code, error_type, refusal, streamed, cancelled, \
@@ -1086,20 +1088,28 @@ async fn insert(held: &mut Option<SqliteConnection>, pool: &SqlitePool, rows: &[
 /// repeated) is undone and inserted again answering its new ids.
 async fn insert_on(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
-    let stored = insert_rows::<Sqlite>(rows, false)
-        .build()
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let mut stored = 0;
+    for chunk in statement_chunks(rows, INSERT_ROWS) {
+        stored += insert_rows::<Sqlite>(chunk, false)
+            .build()
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    }
     let fresh = if stored == rows.len() as u64 {
         Cow::Borrowed(rows)
     } else {
         tx.rollback().await?;
         tx = conn.begin().await?;
-        let new: Vec<String> = insert_rows::<Sqlite>(rows, true)
-            .build_query_scalar()
-            .fetch_all(&mut *tx)
-            .await?;
+        let mut new: Vec<String> = Vec::with_capacity(rows.len());
+        for chunk in statement_chunks(rows, INSERT_ROWS) {
+            new.extend(
+                insert_rows::<Sqlite>(chunk, true)
+                    .build_query_scalar::<String>()
+                    .fetch_all(&mut *tx)
+                    .await?,
+            );
+        }
         inserted(Cow::Borrowed(rows), new)
     };
     // The analytics roll-ups move with the log, in the same transaction.
@@ -1130,10 +1140,15 @@ async fn insert_pg_on(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(),
         Cow::Borrowed(rows)
     };
     let mut tx = conn.begin().await?;
-    let new: Vec<String> = insert_rows::<Postgres>(&rows, true)
-        .build_query_scalar()
-        .fetch_all(&mut *tx)
-        .await?;
+    let mut new: Vec<String> = Vec::with_capacity(rows.len());
+    for chunk in statement_chunks(&rows, INSERT_ROWS) {
+        new.extend(
+            insert_rows::<Postgres>(chunk, true)
+                .build_query_scalar::<String>()
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+    }
     let fresh = inserted(rows, new);
     if !fresh.is_empty() {
         crate::analytics::roll_up_pg(&mut tx, &fresh).await?;

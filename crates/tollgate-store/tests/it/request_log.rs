@@ -1,6 +1,7 @@
 //! The request-log writer's batches on SQLite and on a real PostgreSQL: a
 //! record whose id is stored already, or comes twice in one batch, is
-//! skipped and rolled up once; the rest of its batch is written.
+//! skipped and rolled up once; the rest of its batch is written, also when
+//! the batch takes several statements.
 
 use crate::journal::{counts, rec};
 use crate::postgres::{AtLocation, TestDb};
@@ -30,6 +31,22 @@ async fn a_batch_skips_stored_and_repeated_ids_and_writes_the_rest(at: &Location
     }
     log.commit(rec(5)).await;
     assert_eq!(counts(at).await, (5, 5, 5, 5));
+
+    // A batch of several statements (it is inserted 64 rows at most at a
+    // time): a stored id and a repeat sit in other statements than the
+    // first copies.
+    let mut many: Vec<i64> = (100..250).collect();
+    many.insert(0, 5);
+    many.push(100);
+    for i in many {
+        log.record(rec(i));
+    }
+    log.flush().await;
+    assert_eq!(
+        counts(at).await,
+        (155, 155, 155, 155),
+        "150 new rows, each rolled up once"
+    );
     log.close().await;
     writer.await.unwrap();
 }
