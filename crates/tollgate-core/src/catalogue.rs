@@ -6,8 +6,8 @@
 
 use crate::money::Price;
 use crate::token_usage::ModelPrice;
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// A wire protocol: one adapter module per protocol.

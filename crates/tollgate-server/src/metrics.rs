@@ -26,10 +26,11 @@
 //! of each label combination are created once and then found with one read
 //! lock and one hash lookup, without allocating.
 
+use foldhash::{HashMap, HashMapExt};
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use parking_lot::RwLock;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tollgate_store::request_log::LogRecord;

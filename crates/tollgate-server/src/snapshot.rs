@@ -7,7 +7,8 @@
 //! slug) → route with its integration, access grant and allowed models.
 
 use crate::limit_check;
-use std::collections::{HashMap, HashSet};
+use foldhash::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use tollgate_core::admission::{LimitCheck, LimitOwner};
 use tollgate_core::catalogue::{self, PriceTable, ProviderSpec};

@@ -12,8 +12,8 @@ use super::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
+use foldhash::HashMap;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tollgate_core::admission::{
     Actual, AlertEvent, Alerted, CounterKey, Counts, Demand, LimitCheck, LimitId, Measure, Plan, RateHeaders, Rule,
