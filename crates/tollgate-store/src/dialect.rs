@@ -90,6 +90,11 @@ pub(crate) trait Backend: Database + Sized {
         pool: &Pool<Self>,
         qb: QueryBuilder<'a, Self>,
     ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
+    /// Runs `qb` on `conn` (a transaction's, say) and returns its rows.
+    fn fetch_all_on<'a>(
+        conn: &mut Self::Connection,
+        qb: QueryBuilder<'a, Self>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
 }
 
 impl Backend for Sqlite {
@@ -170,6 +175,12 @@ impl Backend for Sqlite {
     }
     async fn fetch_all<'a>(pool: &Pool<Self>, mut qb: QueryBuilder<'a, Self>) -> Result<Vec<SqliteRow>, sqlx::Error> {
         qb.build().fetch_all(pool).await
+    }
+    async fn fetch_all_on<'a>(
+        conn: &mut sqlx::SqliteConnection,
+        mut qb: QueryBuilder<'a, Self>,
+    ) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        qb.build().fetch_all(conn).await
     }
 }
 
@@ -254,6 +265,12 @@ impl Backend for Postgres {
     }
     async fn fetch_all<'a>(pool: &Pool<Self>, mut qb: QueryBuilder<'a, Self>) -> Result<Vec<PgRow>, sqlx::Error> {
         qb.build().fetch_all(pool).await
+    }
+    async fn fetch_all_on<'a>(
+        conn: &mut sqlx::PgConnection,
+        mut qb: QueryBuilder<'a, Self>,
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        qb.build().fetch_all(conn).await
     }
 }
 

@@ -1039,6 +1039,21 @@ fn insert_rows<DB: Backend>(rows: &[LogRecord], returning: bool) -> QueryBuilder
     qb
 }
 
+/// Inserts `rows` on `conn` in [`statement_chunks`], answering the ids it
+/// stored (for [`inserted`]).
+async fn insert_answering_ids<DB: Backend>(
+    conn: &mut DB::Connection,
+    rows: &[LogRecord],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut new = Vec::with_capacity(rows.len());
+    for chunk in statement_chunks(rows, INSERT_ROWS) {
+        for r in DB::fetch_all_on(conn, insert_rows::<DB>(chunk, true)).await? {
+            new.extend(DB::get_opt_str(&r, 0)?);
+        }
+    }
+    Ok(new)
+}
+
 /// The rows of `rows` that [`insert_rows`] stored, given the ids it
 /// answered (`new`): the first copy of each new id, to be rolled up. So a
 /// batch written twice (a replay of the journal or the spill file after a
@@ -1101,15 +1116,7 @@ async fn insert_on(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<()
     } else {
         tx.rollback().await?;
         tx = conn.begin().await?;
-        let mut new: Vec<String> = Vec::with_capacity(rows.len());
-        for chunk in statement_chunks(rows, INSERT_ROWS) {
-            new.extend(
-                insert_rows::<Sqlite>(chunk, true)
-                    .build_query_scalar::<String>()
-                    .fetch_all(&mut *tx)
-                    .await?,
-            );
-        }
+        let new = insert_answering_ids::<Sqlite>(&mut tx, rows).await?;
         inserted(Cow::Borrowed(rows), new)
     };
     // The analytics roll-ups move with the log, in the same transaction.
@@ -1140,15 +1147,7 @@ async fn insert_pg_on(conn: &mut PgConnection, rows: &[LogRecord]) -> Result<(),
         Cow::Borrowed(rows)
     };
     let mut tx = conn.begin().await?;
-    let mut new: Vec<String> = Vec::with_capacity(rows.len());
-    for chunk in statement_chunks(&rows, INSERT_ROWS) {
-        new.extend(
-            insert_rows::<Postgres>(chunk, true)
-                .build_query_scalar::<String>()
-                .fetch_all(&mut *tx)
-                .await?,
-        );
-    }
+    let new = insert_answering_ids::<Postgres>(&mut tx, &rows).await?;
     let fresh = inserted(rows, new);
     if !fresh.is_empty() {
         crate::analytics::roll_up_pg(&mut tx, &fresh).await?;
