@@ -66,18 +66,23 @@ fn main() {
         "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
                    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
         "tool_choice": "auto", "response_format": {"type": "json_object"}, "logprobs": false});
-    println!("body   bytes  path   allocations/round  µs/round");
-    for (name, body) in [("small", small), ("large", large)] {
+    // A vision request: a 64 KB image inline, as a data URL.
+    let image = format!("data:image/png;base64,{}", "iVBORw0KGgo".repeat(64 * 1024 / 11));
+    let vision = json!({"model": "@openai/gpt-4o", "max_tokens": 300, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": image, "detail": "low"}}]}]});
+    println!("body    bytes  path   allocations/round  µs/round");
+    for (name, body) in [("small", small), ("large", large), ("vision", vision)] {
         let raw = serde_json::to_vec(&body).unwrap_or_default();
         let (a, t) = measure(|| {
             let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
             serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0)
         });
-        println!("{name:6} {:5}  Value  {a:17.1}  {t:8.2}", raw.len());
+        println!("{name:6} {:6}  Value  {a:17.1}  {t:8.2}", raw.len());
         let (a, t) = measure(|| {
             let c: ChatRequest = serde_json::from_slice(&raw).unwrap_or_default();
             serde_json::to_vec(&c).map(|b| b.len()).unwrap_or(0)
         });
-        println!("{name:6} {:5}  typed  {a:17.1}  {t:8.2}", raw.len());
+        println!("{name:6} {:6}  typed  {a:17.1}  {t:8.2}", raw.len());
     }
 }

@@ -8,13 +8,13 @@
 //! top-level parameter is dropped, which OpenAI reads as absent).
 
 use crate::Endpoint;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 use std::fmt;
 
 /// An OpenAI chat-completions request.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChatRequest {
     /// Empty when the client sent none (the gateway refuses it).
     #[serde(default)]
@@ -98,7 +98,7 @@ impl ChatRequest {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StreamOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_usage: Option<bool>,
@@ -107,7 +107,7 @@ pub struct StreamOptions {
 }
 
 /// `stop`: one sequence or several.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -115,7 +115,7 @@ pub enum Stop {
 }
 
 /// `response_format`: `{"type": "text" | "json_object" | "json_schema", …}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ResponseFormat {
     #[serde(rename = "type", default)]
     pub kind: String,
@@ -125,7 +125,7 @@ pub struct ResponseFormat {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct JsonSchema {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<Value>,
@@ -134,7 +134,7 @@ pub struct JsonSchema {
 }
 
 /// A tool the model may call.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Tool {
     /// `function` (the default when absent) or a provider's own kind.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
@@ -155,7 +155,7 @@ impl Tool {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FunctionDef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -169,7 +169,7 @@ pub struct FunctionDef {
 }
 
 /// One message of the conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Content::is_absent")]
@@ -229,16 +229,17 @@ impl Role {
         }
     }
 
-    fn from_string(s: String) -> Role {
-        match s.as_str() {
+    /// The role named `s`, if this gateway knows it.
+    fn known(s: &str) -> Option<Role> {
+        Some(match s {
             "system" => Role::System,
             "developer" => Role::Developer,
             "user" => Role::User,
             "assistant" => Role::Assistant,
             "tool" => Role::Tool,
             "function" => Role::Function,
-            _ => Role::Other(s),
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -250,7 +251,49 @@ impl Serialize for Role {
 
 impl<'de> Deserialize<'de> for Role {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Role::from_string)
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Role;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a role string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Role, E> {
+                Ok(match Role::known(v) {
+                    Some(role) => role,
+                    None => Role::Other(v.to_owned()),
+                })
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Role, E> {
+                Ok(Role::known(&v).unwrap_or(Role::Other(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Stop;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Stop, E> {
+                Ok(Stop::One(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Stop, E> {
+                Ok(Stop::One(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Stop, A::Error> {
+                let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(s) = seq.next_element()? {
+                    all.push(s);
+                }
+                Ok(Stop::Many(all))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -328,7 +371,7 @@ impl<'de> Deserialize<'de> for Content {
 
 /// One part of an array `content`: `text`, `image_url`, or any other type
 /// (`input_audio`, `file`, `refusal`, …), its fields kept in `extra`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ContentPart {
     /// Empty when the part has no `type`.
     #[serde(rename = "type", default)]
@@ -358,7 +401,7 @@ impl ContentPart {
 }
 
 /// A tool call on an assistant message of the history.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ToolCall {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -370,7 +413,7 @@ pub struct ToolCall {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FunctionCall {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -461,6 +504,174 @@ impl Serialize for Body {
         }
     }
 }
+
+// Reading the structs above. serde's `#[serde(flatten)]` would first buffer
+// every field of an object (each string copied into serde's own tree), then
+// read the named ones out of the buffer; these impls read each field once,
+// straight into its place, the others into `extra`. Like derived impls, a
+// named field given twice is refused and a required one must be there.
+
+/// An object key, borrowed from the input when it has no escapes.
+enum Key<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
+
+    fn into_owned(self) -> String {
+        match self {
+            Key::Borrowed(s) => s.to_owned(),
+            Key::Owned(s) => s,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(v))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Reads the value of field `name` into `slot`, refusing a second one.
+fn read_field<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+    slot: &mut Option<T>,
+    name: &'static str,
+    map: &mut A,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
+}
+
+/// `Deserialize` for `$ty`: its `optional` fields (absent: their default),
+/// its `required` ones, and every other field into `extra`.
+macro_rules! deserialize_with_extra {
+    ($ty:ident, $expecting:literal,
+     optional { $($field:ident: $fty:ty = $name:literal),* $(,)? }
+     $(required { $($req:ident: $rty:ty = $rname:literal),* $(,)? })?) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$ty, A::Error> {
+                        $(let mut $field: Option<$fty> = None;)*
+                        $($(let mut $req: Option<$rty> = None;)*)?
+                        let mut extra = Map::new();
+                        while let Some(key) = map.next_key::<Key<'de>>()? {
+                            match key.as_str() {
+                                $($name => read_field(&mut $field, $name, &mut map)?,)*
+                                $($($rname => read_field(&mut $req, $rname, &mut map)?,)*)?
+                                _ => {
+                                    let value = map.next_value()?;
+                                    extra.insert(key.into_owned(), value);
+                                }
+                            }
+                        }
+                        Ok($ty {
+                            $($field: $field.unwrap_or_default(),)*
+                            $($($req: $req.ok_or_else(|| de::Error::missing_field($rname))?,)*)?
+                            extra,
+                        })
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+    };
+}
+
+deserialize_with_extra!(ChatRequest, "a chat completions request object",
+    optional {
+        model: String = "model",
+        messages: Option<Vec<Message>> = "messages",
+        stream: Option<bool> = "stream",
+        stream_options: Option<StreamOptions> = "stream_options",
+        max_tokens: Option<u64> = "max_tokens",
+        max_completion_tokens: Option<u64> = "max_completion_tokens",
+        n: Option<u64> = "n",
+        temperature: Option<Number> = "temperature",
+        top_p: Option<Number> = "top_p",
+        presence_penalty: Option<Number> = "presence_penalty",
+        frequency_penalty: Option<Number> = "frequency_penalty",
+        seed: Option<Number> = "seed",
+        stop: Option<Stop> = "stop",
+        tools: Option<Vec<Tool>> = "tools",
+        tool_choice: Option<Value> = "tool_choice",
+        parallel_tool_calls: Option<bool> = "parallel_tool_calls",
+        response_format: Option<ResponseFormat> = "response_format",
+        user: Option<String> = "user",
+    }
+);
+deserialize_with_extra!(StreamOptions, "an object of stream options",
+    optional { include_usage: Option<bool> = "include_usage" }
+);
+deserialize_with_extra!(ResponseFormat, "a response format object",
+    optional { kind: String = "type", json_schema: Option<JsonSchema> = "json_schema" }
+);
+deserialize_with_extra!(JsonSchema, "a JSON schema object",
+    optional { schema: Option<Value> = "schema" }
+);
+deserialize_with_extra!(Tool, "a tool object",
+    optional { kind: Option<String> = "type", function: Option<FunctionDef> = "function" }
+);
+deserialize_with_extra!(FunctionDef, "a function object",
+    optional {
+        name: Option<String> = "name",
+        description: Option<String> = "description",
+        parameters: Option<Value> = "parameters",
+    }
+);
+deserialize_with_extra!(Message, "a message object",
+    optional {
+        content: Content = "content",
+        name: Option<String> = "name",
+        tool_calls: Option<Vec<ToolCall>> = "tool_calls",
+        tool_call_id: Option<String> = "tool_call_id",
+    }
+    required { role: Role = "role" }
+);
+deserialize_with_extra!(ContentPart, "a content part object",
+    optional { kind: String = "type", text: Option<String> = "text", image_url: Option<Value> = "image_url" }
+);
+deserialize_with_extra!(ToolCall, "a tool call object",
+    optional {
+        id: Option<String> = "id",
+        kind: Option<String> = "type",
+        function: Option<FunctionCall> = "function",
+    }
+);
+deserialize_with_extra!(FunctionCall, "a function call object",
+    optional { name: Option<String> = "name", arguments: Option<String> = "arguments" }
+);
 
 #[cfg(test)]
 mod tests {
@@ -598,5 +809,49 @@ mod tests {
             );
         }
         assert_eq!(Body::Json(json!({"model": ""})).model(), None);
+    }
+
+    #[test]
+    fn named_fields_are_read_once_and_unknown_ones_keep_the_last_copy() {
+        for (body, field) in [
+            (&br#"{"model":"a","model":"b"}"#[..], "model"),
+            (br#"{"model":"m","messages":[{"role":"user","role":"user"}]}"#, "role"),
+            (
+                br#"{"model":"m","stream_options":{"include_usage":true,"include_usage":false}}"#,
+                "include_usage",
+            ),
+        ] {
+            let e = serde_json::from_slice::<ChatRequest>(body).unwrap_err();
+            assert!(e.to_string().contains(&format!("duplicate field `{field}`")), "{e}");
+        }
+        let r: ChatRequest = serde_json::from_slice(br#"{"model":"m","x":1,"x":2}"#).unwrap();
+        assert_eq!(r.extra["x"], 2);
+        // A key with escapes names its field all the same.
+        let r: ChatRequest = serde_json::from_slice(br#"{"mod\u0065l":"m","st\u006fp":["a"],"\u0078":1}"#).unwrap();
+        assert_eq!((r.model.as_str(), r.stop_sequences()), ("m", Some(vec!["a"])));
+        assert_eq!(r.extra["x"], 1);
+    }
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        for (body, says) in [
+            (
+                &br#"{"model":"m","messages":[{"content":"no role"}]}"#[..],
+                "missing field `role`",
+            ),
+            (br#"{"model":"m","stop":5}"#, "expected a string or an array of strings"),
+            (br#"{"model":"m","stop":["a",1]}"#, "expected a string"),
+            (br#"{"model":"m","messages":[{"role":5}]}"#, "expected a role string"),
+            (br#"[1,2]"#, "expected a chat completions request object"),
+            (br#"{"model":"m","messages":["hi"]}"#, "expected a message object"),
+            (
+                br#"{"model":"m","tools":[{"function":[]}]}"#,
+                "expected a function object",
+            ),
+            (br#"{"model":"m","max_tokens":-1}"#, "expected u64"),
+        ] {
+            let e = serde_json::from_slice::<ChatRequest>(body).unwrap_err();
+            assert!(e.to_string().contains(says), "{}: {e}", String::from_utf8_lossy(body));
+        }
     }
 }

@@ -342,14 +342,48 @@ impl OpenAiStream {
 /// The parts of a chunk the relay looks at.
 #[derive(Deserialize)]
 struct ChunkPeek {
-    choices: Option<Vec<ChoicePeek>>,
+    #[serde(default)]
+    choices: ChoicesPeek,
     usage: Option<WireUsage>,
     error: Option<StreamError>,
+}
+
+/// What the relay needs of a chunk's `choices` (absent or `null`: none),
+/// read without keeping them: whether there are any, and whether one has a
+/// `finish_reason`.
+#[derive(Default)]
+struct ChoicesPeek {
+    any: bool,
+    finished: bool,
 }
 
 #[derive(Deserialize)]
 struct ChoicePeek {
     finish_reason: Option<IgnoredAny>,
+}
+
+impl<'de> Deserialize<'de> for ChoicesPeek {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ChoicesPeek;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of choices or null")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<ChoicesPeek, E> {
+                Ok(ChoicesPeek::default())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ChoicesPeek, A::Error> {
+                let mut peek = ChoicesPeek::default();
+                while let Some(choice) = seq.next_element::<ChoicePeek>()? {
+                    peek.any = true;
+                    peek.finished |= choice.finish_reason.is_some();
+                }
+                Ok(peek)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -388,11 +422,10 @@ impl Translate for OpenAiStream {
             }));
             return Flow::Stop;
         }
-        let choices = peek.choices.unwrap_or_default();
-        if choices.iter().any(|c| c.finish_reason.is_some()) {
+        if peek.choices.finished {
             self.finished = true;
         }
-        let usage_only = choices.is_empty() && peek.usage.is_some();
+        let usage_only = !peek.choices.any && peek.usage.is_some();
         if !usage_only || self.client_wants_usage {
             out.push(Ok(StreamItem::Frame(sse::data_frame(data.as_bytes()))));
         }
@@ -489,6 +522,25 @@ mod tests {
         let out = replay(cut, false);
         assert_eq!(out.len(), 2);
         assert!(matches!(out[1], Err(ProviderError::Unreachable(_))));
+    }
+
+    #[test]
+    fn usage_only_chunks_are_those_without_choices() {
+        let usage = r#""usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}"#;
+        for (choices, usage_only) in [
+            ("", true),
+            (r#""choices":null,"#, true),
+            (r#""choices":[],"#, true),
+            (r#""choices":[{"index":0,"delta":{},"finish_reason":null}],"#, false),
+        ] {
+            let text = format!("data: {{{choices}{usage}}}\n\ndata: [DONE]\n\n");
+            let out = replay(&text, false);
+            assert_eq!(frames(&out).len(), usize::from(!usage_only), "{choices}");
+            assert_eq!(usages(&out).len(), 1, "{choices}");
+        }
+        // Choices that are not an array are not ours to judge: relayed as sent.
+        let out = replay("data: {\"choices\":5}\n\ndata: [DONE]\n\n", false);
+        assert!(matches!(&out[..], [Ok(StreamItem::Frame(f))] if &f[..] == b"data: {\"choices\":5}\n\n"));
     }
 
     #[test]
