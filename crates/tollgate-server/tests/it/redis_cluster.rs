@@ -98,8 +98,8 @@ async fn the_gateway_counts_limits_on_a_redis_cluster() {
                 "evalsha" => assert_eq!((port, *n), (node_b, 2 * requests), "{calls:?}"),
                 c if c.starts_with("config") || c == "info" => {}
                 // Run by the script, on the script's node.
-                "exists" | "hget" | "hset" | "hsetnx" | "zadd" | "zrem" | "zrangebyscore" | "zremrangebyscore"
-                | "pexpire" => assert_eq!(port, node_b, "{calls:?}"),
+                "exists" | "hget" | "hmget" | "hset" | "hsetnx" | "zadd" | "zrem" | "zrangebyscore"
+                | "zremrangebyscore" | "pexpire" => assert_eq!(port, node_b, "{calls:?}"),
                 other => panic!("{other} reached {port}: {calls:?}"),
             }
         }

@@ -63,28 +63,37 @@ local function sub(a, b)
   return {hi, lo}
 end
 
--- A counter's {consumed, reserved} at `now`, after giving back the
--- reservations whose lease has ended.
-local function load(hash, leases, now)
-  local reserved = amount(redis.call('HGET', hash, 'r'))
-  local ended = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
-  if #ended > 0 then
-    for _, member in ipairs(ended) do
-      reserved = sub(reserved, amount(string.match(member, '|(%d+)$')))
+-- A counter's {consumed, reserved, whether its hash exists} at `now`,
+-- after giving back the reservations whose lease has ended. A counter that
+-- never holds reservations (a request-rate limit's: `reserving` false) has
+-- no leases to read.
+local function load(hash, leases, now, reserving)
+  local fields = redis.call('HMGET', hash, 'n', 'r')
+  local reserved = amount(fields[2])
+  if reserving then
+    local ended = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+    if #ended > 0 then
+      for _, member in ipairs(ended) do
+        reserved = sub(reserved, amount(string.match(member, '|(%d+)$')))
+      end
+      redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+      redis.call('HSET', hash, 'r', text(reserved))
     end
-    redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-    redis.call('HSET', hash, 'r', text(reserved))
   end
-  return {amount(redis.call('HGET', hash, 'n')), reserved}
+  return {amount(fields[1]), reserved, fields[1] ~= false or fields[2] ~= false}
 end
 
 local op = ARGV[1]
 
 if op == 'admit' then
   -- KEYS: the group's epoch, then each check's hash and leases.
-  -- ARGV: now (ms), lease end (ms), then per check six values: max used and
-  -- max consumed ('' if nothing fits), consume, reserve, the reservation's
-  -- member ('' if nothing is reserved), ttl (ms; '' for no expiry).
+  -- ARGV: now (ms), lease end (ms), then per check seven values: max used
+  -- and max consumed ('' if nothing fits), consume, reserve, the
+  -- reservation's member ('' if nothing is reserved), ttl (ms; '' for no
+  -- expiry), whether the counter holds reservations ('1' or '0').
+  -- A window's keys all expire at its end plus a grace, so the hash gets
+  -- its expiry when this call creates it, and the leases (which Redis
+  -- deletes when their last member goes) whenever a member is added.
   -- Answers {'restore'}, {'refused', check, consumed, reserved, then every
   -- check's consumed and reserved as they stood}, or {'ok', then every
   -- check's consumed and reserved after its own admission}.
@@ -94,12 +103,14 @@ if op == 'admit' then
   local counts, before, after = {}, {}, {}
   for i = 1, n do
     local hash = KEYS[2 * i]
-    if not counts[hash] then counts[hash] = load(hash, KEYS[2 * i + 1], now) end
+    if not counts[hash] then
+      counts[hash] = load(hash, KEYS[2 * i + 1], now, ARGV[3 + i * 7] == '1')
+    end
     before[i] = counts[hash]
   end
   -- All or nothing: nothing is written until every check fits.
   for i = 1, n do
-    local a = 3 + (i - 1) * 6
+    local a = 3 + (i - 1) * 7
     local hash = KEYS[2 * i]
     local c = counts[hash]
     local max_used, max_consumed = ARGV[a + 1], ARGV[a + 2]
@@ -112,21 +123,24 @@ if op == 'admit' then
       return out
     end
     -- A new table, so that `before` keeps what stood.
-    c = {add(c[1], amount(ARGV[a + 3])), add(c[2], amount(ARGV[a + 4]))}
+    c = {add(c[1], amount(ARGV[a + 3])), add(c[2], amount(ARGV[a + 4])), c[3]}
     counts[hash] = c
     after[i] = c
   end
-  local out = {'ok'}
+  local out, written = {'ok'}, {}
   for i = 1, n do
-    local a = 3 + (i - 1) * 6
+    local a = 3 + (i - 1) * 7
     local hash, leases = KEYS[2 * i], KEYS[2 * i + 1]
     local c = counts[hash]
-    redis.call('HSET', hash, 'n', text(c[1]), 'r', text(c[2]))
     local member, ttl = ARGV[a + 5], ARGV[a + 6]
-    if member ~= '' then redis.call('ZADD', leases, lease_end, member) end
-    if ttl ~= '' then
-      redis.call('PEXPIRE', hash, ttl)
-      redis.call('PEXPIRE', leases, ttl)
+    if not written[hash] then
+      written[hash] = true
+      redis.call('HSET', hash, 'n', text(c[1]), 'r', text(c[2]))
+      if ttl ~= '' and not c[3] then redis.call('PEXPIRE', hash, ttl) end
+    end
+    if member ~= '' then
+      redis.call('ZADD', leases, lease_end, member)
+      if ttl ~= '' then redis.call('PEXPIRE', leases, ttl) end
     end
     out[#out + 1] = text(after[i][1])
     out[#out + 1] = text(after[i][2])
@@ -146,20 +160,21 @@ elseif op == 'settle' then
   for i = 1, #KEYS / 2 do
     local a = 1 + (i - 1) * 7
     local hash, leases = KEYS[2 * i - 1], KEYS[2 * i]
-    if redis.call('EXISTS', hash) == 0 then
+    local fields = redis.call('HMGET', hash, 'n', 'r')
+    if fields[1] == false and fields[2] == false then
       out[#out + 1] = ''
       out[#out + 1] = '0'
       out[#out + 1] = '0'
     else
       local member = ARGV[a + 1]
+      local r = amount(fields[2])
       -- Only a reservation still held is given back (its lease may have ended).
       if member ~= '' and redis.call('ZREM', leases, member) == 1 then
-        local r = sub(amount(redis.call('HGET', hash, 'r')), amount(ARGV[a + 2]))
-        redis.call('HSET', hash, 'r', text(r))
+        r = sub(r, amount(ARGV[a + 2]))
       end
-      local before = amount(redis.call('HGET', hash, 'n'))
+      local before = amount(fields[1])
       local after = add(before, amount(ARGV[a + 3]))
-      redis.call('HSET', hash, 'n', text(after))
+      redis.call('HSET', hash, 'n', text(after), 'r', text(r))
       out[#out + 1] = text(after)
       for k, field in ipairs({'t', 'x'}) do
         local lo, hi = ARGV[a + 2 + 2 * k], ARGV[a + 3 + 2 * k]
@@ -176,7 +191,7 @@ elseif op == 'settle' then
 
 elseif op == 'status' then
   -- KEYS: hash, leases. ARGV: now (ms). Answers {consumed, reserved}.
-  local c = load(KEYS[1], KEYS[2], ARGV[2])
+  local c = load(KEYS[1], KEYS[2], ARGV[2], true)
   return {text(c[1]), text(c[2])}
 
 elseif op == 'reset' then

@@ -388,6 +388,15 @@ fn member(id: &str, index: usize, reserved: Amount) -> String {
     }
 }
 
+/// `"1"` for a counter that holds reservations, `"0"` for a request-rate
+/// limit's, which only ever consumes (the script reads no leases for it).
+fn reserving(measure: Measure) -> &'static str {
+    match measure {
+        Measure::Requests(_) => "0",
+        Measure::CostBudget | Measure::TokenBudget | Measure::Tokens(_) => "1",
+    }
+}
+
 /// Milliseconds a counter of `window` is kept from `now`; empty (no expiry)
 /// for a budget that never resets.
 fn ttl_ms(window: &Window, now: DateTime<Utc>) -> String {
@@ -457,7 +466,7 @@ impl Counters for RedisCounters {
         let now_ms = now.timestamp_millis();
         let mut keys = Vec::with_capacity(1 + 2 * plans.len());
         keys.push(format!("{tag}:epoch"));
-        let mut args = Vec::with_capacity(3 + 6 * plans.len());
+        let mut args = Vec::with_capacity(3 + 7 * plans.len());
         args.extend([
             "admit".to_owned(),
             now_ms.to_string(),
@@ -475,6 +484,7 @@ impl Counters for RedisCounters {
             args.push(p.reserve.to_string());
             args.push(member(&id, i, p.reserve));
             args.push(ttl_ms(&p.window, now));
+            args.push(reserving(p.key.measure).to_owned());
         }
         let answer = match inner.run(&keys, &args).await {
             Ok(a) => a,
