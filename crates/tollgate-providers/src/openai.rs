@@ -17,6 +17,7 @@ use serde::de::IgnoredAny;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::LazyLock;
 use std::time::Duration;
 use tollgate_core::token_usage::Usage;
 
@@ -339,6 +340,37 @@ impl OpenAiStream {
     }
 }
 
+/// Whether a chunk's text shows that it holds no usage, no error and no
+/// finish: every `usage`, `error` and `finish_reason` in it is a key whose
+/// value is `null`. Nearly every chunk of a stream is such a content chunk
+/// (OpenAI's carry `"usage":null` and `"finish_reason":null`); it is
+/// relayed as is, without the JSON parse that would find just that. The
+/// test is exact, not a guess: inside a JSON string a quote is escaped, so
+/// `"usage"` followed by `:` can only be a key; anything else (the word in
+/// a message's text, another value) sends the chunk to the parse.
+fn plain_chunk(text: &[u8]) -> bool {
+    fn null_key(text: &[u8], at: usize, word: &[u8]) -> bool {
+        let ws = |b: &[u8]| b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+        if at == 0 || text[at - 1] != b'"' {
+            return false;
+        }
+        let Some(rest) = text[at + word.len()..].strip_prefix(b"\"") else {
+            return false;
+        };
+        let rest = &rest[ws(rest)..];
+        let Some(rest) = rest.strip_prefix(b":") else {
+            return false;
+        };
+        rest[ws(rest)..].starts_with(b"null")
+    }
+    // Searchers built once: building one costs more than a search.
+    static WORDS: LazyLock<[memchr::memmem::Finder<'static>; 3]> =
+        LazyLock::new(|| [b"usage".as_slice(), b"error", b"finish_reason"].map(memchr::memmem::Finder::new));
+    WORDS
+        .iter()
+        .all(|word| word.find_iter(text).all(|at| null_key(text, at, word.needle())))
+}
+
 /// The parts of a chunk the relay looks at.
 #[derive(Deserialize)]
 struct ChunkPeek {
@@ -401,8 +433,14 @@ impl Translate for OpenAiStream {
         if data.is_empty() {
             return Flow::Continue;
         }
-        let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) else {
-            // Not ours to judge: relay what the upstream sent.
+        let plain = plain_chunk(data.as_bytes());
+        let peek = if plain {
+            None
+        } else {
+            serde_json::from_str::<ChunkPeek>(data).ok()
+        };
+        let Some(peek) = peek else {
+            // A plain chunk, or not ours to judge: relay what the upstream sent.
             out.push(Ok(StreamItem::Frame(sse::data_frame(data.as_bytes()))));
             return Flow::Continue;
         };
@@ -522,6 +560,72 @@ mod tests {
         let out = replay(cut, false);
         assert_eq!(out.len(), 2);
         assert!(matches!(out[1], Err(ProviderError::Unreachable(_))));
+    }
+
+    /// The plain-chunk test fires only where the parse would find no usage,
+    /// no error and no finish (so skipping the parse changes nothing), and
+    /// it does fire for ordinary content chunks.
+    #[test]
+    fn plain_chunks_are_exactly_those_the_parse_finds_nothing_in() {
+        let parse = |t: &str| serde_json::from_str::<ChunkPeek>(t).ok();
+        let mut corpus: Vec<String> = Vec::new();
+        for sep in [":", " : ", ":\n  "] {
+            for value in [
+                "null",
+                "{}",
+                "\"stop\"",
+                "5",
+                "{\"prompt_tokens\":1,\"completion_tokens\":2}",
+                "nullish",
+            ] {
+                for key in ["usage", "error", "finish_reason", "usage_metadata", "my_error"] {
+                    corpus.push(format!(r#"{{"choices":[{{"index":0,"delta":{{"content":"x"}},"finish_reason":null}}],"{key}"{sep}{value}}}"#));
+                    corpus.push(format!(
+                        r#"{{"choices":[{{"index":0,"delta":{{}},"{key}"{sep}{value}}}],"usage":null}}"#
+                    ));
+                    // The words inside a message's text.
+                    corpus.push(format!(r#"{{"choices":[{{"delta":{{"content":"\"{key}\"{sep}{value} an error in usage"}},"finish_reason":null}}]}}"#));
+                    corpus.push(format!(r#"{{"choices":[],"{key}"{sep}{value},"usage"{sep}null}}"#));
+                }
+            }
+        }
+        for fixture in [
+            include_str!("../tests/fixtures/openai_chat_stream.txt"),
+            include_str!("../tests/fixtures/openai_tool_stream.txt"),
+        ] {
+            corpus.extend(
+                fixture
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .map(str::to_owned),
+            );
+        }
+        let mut plain = 0;
+        for text in &corpus {
+            if !plain_chunk(text.as_bytes()) {
+                continue;
+            }
+            plain += 1;
+            if let Some(p) = parse(text) {
+                assert!(p.usage.is_none() && p.error.is_none() && !p.choices.finished, "{text}");
+            }
+        }
+        // Content chunks, with and without `"usage":null`, take the short way.
+        for text in [
+            r#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason": null}]}"#,
+        ] {
+            assert!(plain_chunk(text.as_bytes()), "{text}");
+        }
+        // And anything holding a usage, an error or a finish does not.
+        for text in [
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+            r#"{"choices":[],"usage" : {"prompt_tokens":1}}"#,
+            r#"{"error":{"message":"overloaded","code":503}}"#,
+        ] {
+            assert!(!plain_chunk(text.as_bytes()), "{text}");
+        }
+        assert!(plain > 20 && plain < corpus.len(), "{plain} of {}", corpus.len());
     }
 
     #[test]
