@@ -2,6 +2,7 @@
 //! Tollgate, runs a few one-second steps at tiny rates and writes its JSON;
 //! its scale-out part needs the machine's PostgreSQL and Redis.
 //! Only that it runs and what the JSON holds is asserted, never timing.
+//! `bench/instructions` likewise: it runs and prints a count.
 
 // Integration tests: a failed step should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -202,4 +203,56 @@ fn smoke_run_writes_the_report() {
     assert!(keys.is_empty(), "the run's Redis keys were deleted: {keys:?}");
     assert!(names.iter().any(|n| n.contains("scaleout")), "{names:?}");
     assert!(stdout.contains("Scale-out"), "the scale-out table is printed: {stdout}");
+}
+
+/// `bench/instructions` on debug binaries at a tiny rate: it finds the one
+/// profile of `tollgate serve`, and prints a count per request; bad options
+/// are refused before anything runs.
+#[test]
+fn instructions_are_counted_per_request() {
+    let script = workspace_root().join("bench/instructions");
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_tollgate-loadgen"));
+    let tollgate = tollgate_bin(&loadgen);
+    let run = Command::new(&script)
+        .args(["--modes", "whole", "--rate", "20", "--short", "1", "--long", "2"])
+        .env("TOLLGATE_BIN", &tollgate)
+        .env("LOADGEN_BIN", &loadgen)
+        .output()
+        .expect("bench/instructions starts");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "bench/instructions failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let count: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("whole")?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count for whole answers: {stdout}"));
+    // A request through the gateway takes hundreds of thousands of
+    // instructions (millions in a debug build), never a handful.
+    assert!(count > 50_000, "{stdout}");
+    let profiles = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("profiles: "))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| panic!("no profiles line: {stdout}"));
+    assert!(profiles.join("whole-2.callgrind").exists(), "{}", profiles.display());
+    std::fs::remove_dir_all(&profiles).unwrap();
+
+    for (args, says) in [
+        (
+            &["--short", "2", "--long", "2"][..],
+            "--long must be longer than --short",
+        ),
+        (&["--bogus"][..], "unknown option --bogus"),
+    ] {
+        let bad = Command::new(&script)
+            .args(args)
+            .output()
+            .expect("bench/instructions starts");
+        assert_eq!(bad.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&bad.stderr).contains(says), "{args:?}");
+    }
 }
