@@ -53,7 +53,9 @@ impl Adapter for Anthropic {
         };
         let headers = headers(&call.target)?;
         let body = body.map_err(|e| ProviderError::Unsupported(e.to_string()))?;
-        let req = http.post(join_url(base, "/messages")).headers(headers).body(body);
+        let req = transport::post(http, &join_url(base, "/messages"))
+            .headers(headers)
+            .body(body);
         if native {
             return relay_native(req, call.stream, call.timeout).await;
         }

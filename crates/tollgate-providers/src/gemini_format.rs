@@ -529,7 +529,12 @@ pub(crate) async fn post(
     let mut headers = HeaderMap::new();
     headers.insert(auth.0, auth.1);
     transport::add_custom_headers(&mut headers, &call.target)?;
-    transport::send(http.post(url).headers(headers).json(body), deadline, google_message).await
+    transport::send(
+        transport::post(http, url).headers(headers).json(body),
+        deadline,
+        google_message,
+    )
+    .await
 }
 
 /// One chat or completions call: `{model_url}:generateContent`, or

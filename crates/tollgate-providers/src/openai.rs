@@ -193,7 +193,7 @@ pub async fn relay(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     add_custom_headers(&mut headers, &call.target)?;
     let body = request_body(call)?;
-    let req = http.post(url).headers(headers).body(body);
+    let req = transport::post(http, url).headers(headers).body(body);
     let responses = call.endpoint == crate::Endpoint::Responses;
     let deadline = transport::deadline(call.timeout);
     if call.stream {

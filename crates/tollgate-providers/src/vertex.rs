@@ -183,7 +183,7 @@ impl Vertex {
             jsonwebtoken::encode(&header, &claims, &key)
                 .map_err(|e| ProviderError::Config(format!("cannot sign the token request: {e}")))?,
         );
-        let req = http.post(&sa.token_uri).form(&[
+        let req = transport::post(http, &sa.token_uri).form(&[
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
             ("assertion", assertion.as_str()),
         ]);

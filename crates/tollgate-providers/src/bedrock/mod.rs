@@ -179,7 +179,12 @@ impl Bedrock {
         // Custom headers go out unsigned: SigV4 only requires host and the
         // x-amz-* headers to be signed.
         transport::add_custom_headers(&mut headers, &call.target)?;
-        transport::send(http.post(url).headers(headers).body(body), deadline, aws_message).await
+        transport::send(
+            transport::post(http, url).headers(headers).body(body),
+            deadline,
+            aws_message,
+        )
+        .await
     }
 }
 

@@ -44,7 +44,9 @@ pub(super) async fn assume_role(
         time: clock.now().into(),
     };
     let signed = signer.headers("POST", endpoint, &[("content-type", content_type)], &body)?;
-    let mut req = http.post(endpoint).header("content-type", content_type).body(body);
+    let mut req = transport::post(http, endpoint)
+        .header("content-type", content_type)
+        .body(body);
     for (k, v) in signed {
         req = req.header(k, v);
     }
