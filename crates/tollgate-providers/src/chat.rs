@@ -273,27 +273,52 @@ impl<'de> Deserialize<'de> for Role {
 
 impl<'de> Deserialize<'de> for Stop {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Stop;
+        const EXPECTING: &str = "a string or an array of strings";
+        match TextOrList::read(d, EXPECTING)? {
+            TextOrList::Text(s) => Ok(Stop::One(s)),
+            TextOrList::List(all) => Ok(Stop::Many(all)),
+            TextOrList::Null => Err(de::Error::invalid_type(de::Unexpected::Unit, &EXPECTING)),
+        }
+    }
+}
+
+/// A field that is a string or an array (`stop`, `content`), or `null`,
+/// read in one pass.
+enum TextOrList<T> {
+    Text(String),
+    List(Vec<T>),
+    Null,
+}
+
+impl<'de, T: Deserialize<'de>> TextOrList<T> {
+    fn read<D: Deserializer<'de>>(d: D, expecting: &'static str) -> Result<Self, D::Error> {
+        struct V<T>(&'static str, std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = TextOrList<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an array of strings")
+                f.write_str(self.0)
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Stop, E> {
-                Ok(Stop::One(v.to_owned()))
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TextOrList::Text(v.to_owned()))
             }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Stop, E> {
-                Ok(Stop::One(v))
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(TextOrList::Text(v))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Stop, A::Error> {
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(TextOrList::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(TextOrList::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut all = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(s) = seq.next_element()? {
-                    all.push(s);
+                while let Some(item) = seq.next_element()? {
+                    all.push(item);
                 }
-                Ok(Stop::Many(all))
+                Ok(TextOrList::List(all))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(expecting, std::marker::PhantomData))
     }
 }
 
@@ -339,33 +364,13 @@ impl Serialize for Content {
 
 impl<'de> Deserialize<'de> for Content {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Content;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, an array of content parts or null")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Content, E> {
-                Ok(Content::Text(v.to_owned()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Content, E> {
-                Ok(Content::Text(v))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Content, E> {
-                Ok(Content::Null)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Content, E> {
-                Ok(Content::Null)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
-                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(p) = seq.next_element()? {
-                    parts.push(p);
-                }
-                Ok(Content::Parts(parts))
-            }
-        }
-        d.deserialize_any(V)
+        Ok(
+            match TextOrList::read(d, "a string, an array of content parts or null")? {
+                TextOrList::Text(t) => Content::Text(t),
+                TextOrList::List(parts) => Content::Parts(parts),
+                TextOrList::Null => Content::Null,
+            },
+        )
     }
 }
 
@@ -841,6 +846,10 @@ mod tests {
             ),
             (br#"{"model":"m","stop":5}"#, "expected a string or an array of strings"),
             (br#"{"model":"m","stop":["a",1]}"#, "expected a string"),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "expected a string, an array of content parts or null",
+            ),
             (br#"{"model":"m","messages":[{"role":5}]}"#, "expected a role string"),
             (br#"[1,2]"#, "expected a chat completions request object"),
             (br#"{"model":"m","messages":["hi"]}"#, "expected a message object"),
