@@ -144,6 +144,13 @@ impl Measure {
         matches!(self, Measure::CostBudget | Measure::TokenBudget)
     }
 
+    /// Whether admission reserves on this counter, a hold that settlement
+    /// or release later replaces: every measure but requests, which are
+    /// counted as consumed at admission and never given back.
+    pub fn reserves(self) -> bool {
+        !matches!(self, Measure::Requests(_))
+    }
+
     /// A short stable name, used in external counter keys.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1127,6 +1134,19 @@ mod tests {
         assert_eq!(Measure::TokenBudget.settled(&cost), 120);
         assert_eq!(Measure::Tokens(RateUnit::Rph).settled(&cost), 120);
         assert_eq!(Measure::Requests(RateUnit::Rpm).settled(&cost), 0);
+        // Only requests hold nothing to settle: they are consumed at
+        // admission. `reserves` says so, and plans agree.
+        for rule in [
+            budget(BudgetKind::Cost, 1000, None, "2026-11-01T00:00:00Z"),
+            budget(BudgetKind::Tokens, 1000, None, "2026-11-01T00:00:00Z"),
+            rate(RateKind::Tokens, RateUnit::Rpd, 1000),
+            rate(RateKind::Requests, RateUnit::Rpm, 1000),
+        ] {
+            let plan = Plan::new(&check(rule), t("2026-11-26T10:00:30Z"), &demand(10, 10));
+            let measure = plan.key.measure;
+            assert_eq!(measure.reserves(), !matches!(measure, Measure::Requests(_)));
+            assert_eq!(measure.reserves(), plan.reserve > 0, "{measure:?}");
+        }
         assert_eq!(
             Measure::CostBudget.settled(&Actual { tokens: 1, cost: None }),
             0,

@@ -16,8 +16,7 @@ use foldhash::HashMap;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use tollgate_core::admission::{
-    Actual, AlertEvent, Alerted, CounterKey, Counts, Demand, LimitCheck, LimitId, Measure, Plan, RateHeaders, Rule,
-    Window,
+    Actual, AlertEvent, Alerted, CounterKey, Counts, Demand, LimitCheck, LimitId, Plan, RateHeaders, Rule, Window,
 };
 use tollgate_core::limits::Amount;
 
@@ -129,7 +128,7 @@ impl MemoryCounters {
         let mut n = 0;
         for (index, plan) in plans.into_iter().flatten().enumerate() {
             // A request-rate limit has nothing left to settle or release.
-            if matches!(plan.key.measure, Measure::Requests(_)) {
+            if !plan.key.measure.reserves() {
                 continue;
             }
             let marks = plan.budget();

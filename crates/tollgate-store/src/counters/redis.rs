@@ -36,8 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tollgate_core::admission::{
-    Actual, AlertEvent, AlertKind, CounterKey, Counts, Demand, LimitCheck, LimitId, Measure, Plan, RateHeaders, Rule,
-    Window,
+    Actual, AlertEvent, AlertKind, CounterKey, Counts, Demand, LimitCheck, LimitId, Plan, RateHeaders, Rule, Window,
 };
 use tollgate_core::limits::Amount;
 
@@ -388,15 +387,6 @@ fn member(id: &str, index: usize, reserved: Amount) -> String {
     }
 }
 
-/// `"1"` for a counter that holds reservations, `"0"` for a request-rate
-/// limit's, which only ever consumes (the script reads no leases for it).
-fn reserving(measure: Measure) -> &'static str {
-    match measure {
-        Measure::Requests(_) => "0",
-        Measure::CostBudget | Measure::TokenBudget | Measure::Tokens(_) => "1",
-    }
-}
-
 /// Milliseconds a counter of `window` is kept from `now`; empty (no expiry)
 /// for a budget that never resets.
 fn ttl_ms(window: &Window, now: DateTime<Utc>) -> String {
@@ -484,7 +474,8 @@ impl Counters for RedisCounters {
             args.push(p.reserve.to_string());
             args.push(member(&id, i, p.reserve));
             args.push(ttl_ms(&p.window, now));
-            args.push(reserving(p.key.measure).to_owned());
+            // The script reads no leases of a counter that never holds any.
+            args.push(if p.key.measure.reserves() { "1" } else { "0" }.to_owned());
         }
         let answer = match inner.run(&keys, &args).await {
             Ok(a) => a,
@@ -516,7 +507,7 @@ impl Counters for RedisCounters {
                 for (index, plan) in plans.into_iter().enumerate() {
                     plan.add_headers(&mut headers, counts_at(&answer, 1 + 2 * index)?, now);
                     // A request-rate limit has nothing left to settle or release.
-                    if matches!(plan.key.measure, Measure::Requests(_)) {
+                    if !plan.key.measure.reserves() {
                         continue;
                     }
                     let marks = plan.budget();
