@@ -1,11 +1,13 @@
 //! The OpenAI chat request, typed: parsed once by the gateway, validated
 //! once, and handed to every adapter as [`ChatRequest`].
 //!
-//! Every struct keeps the fields it does not name in a flattened `extra`
-//! map, so that whatever a provider accepts (new parameters, new content
-//! part types, vendor extensions) passes through: serialising a request
-//! gives back the JSON it was read from (objects compare equal; a `null`
-//! top-level parameter is dropped, which OpenAI reads as absent).
+//! Every struct keeps the fields it does not name in an `extra` map, so
+//! that whatever a provider accepts (new parameters, new content part
+//! types, vendor extensions) passes through: serialising a request (the
+//! map flattened back) gives back the JSON it was read from (objects
+//! compare equal; a `null` top-level parameter is dropped, which OpenAI
+//! reads as absent). Reading is `deserialize_with_extra!`, below: a field
+//! left out is its type's default.
 
 use crate::Endpoint;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -17,43 +19,42 @@ use std::fmt;
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChatRequest {
     /// Empty when the client sent none (the gateway refuses it).
-    #[serde(default)]
     pub model: String,
     /// `None` when absent or `null` (the gateway refuses both).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<Message>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<Number>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<Tool>>,
     /// `"none"`, `"auto"`, `"required"` or `{"type":"function","function":{"name":…}}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub response_format: Option<ResponseFormat>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Every other parameter, passed through as sent.
     #[serde(flatten)]
@@ -100,7 +101,7 @@ impl ChatRequest {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StreamOptions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub include_usage: Option<bool>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -117,9 +118,9 @@ pub enum Stop {
 /// `response_format`: `{"type": "text" | "json_object" | "json_schema", …}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ResponseFormat {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub json_schema: Option<JsonSchema>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -127,7 +128,7 @@ pub struct ResponseFormat {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct JsonSchema {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -137,9 +138,9 @@ pub struct JsonSchema {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Tool {
     /// `function` (the default when absent) or a provider's own kind.
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub function: Option<FunctionDef>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -157,12 +158,12 @@ impl Tool {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FunctionDef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// A JSON schema.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -172,15 +173,15 @@ pub struct FunctionDef {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     pub role: Role,
-    #[serde(default, skip_serializing_if = "Content::is_absent")]
+    #[serde(skip_serializing_if = "Content::is_absent")]
     pub content: Content,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The calls an assistant message made.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
     /// The call a `tool` message answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -379,12 +380,12 @@ impl<'de> Deserialize<'de> for Content {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ContentPart {
     /// Empty when the part has no `type`.
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// `{"url": …, "detail": …}` (a bare URL string is accepted too).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub image_url: Option<Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -408,11 +409,11 @@ impl ContentPart {
 /// A tool call on an assistant message of the history.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ToolCall {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub function: Option<FunctionCall>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -420,10 +421,10 @@ pub struct ToolCall {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FunctionCall {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The arguments as a JSON string.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
