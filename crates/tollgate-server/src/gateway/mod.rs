@@ -150,9 +150,9 @@ fn invalid(message: impl Into<String>, param: Option<&str>) -> GatewayError {
 /// The trace id of a request: the client's, or a new one. A new one is a
 /// UUID v7, which begins with its time: the request log's index of trace
 /// ids then grows at its end, as its other indexes do, instead of taking
-/// each id on a random page (with random ids, a row cost 61-75 µs to write
-/// past 200,000 rows against 44-48 µs, growing with the log:
-/// `tollgate-store`'s `log_growth` example, docs/PERFORMANCE.md).
+/// each id on a random page (up to 600,000 rows, a row cost 40-45 µs to
+/// write with these, 61-73 µs and growing with random ones: the
+/// `log_growth` example of `tollgate-store`, docs/PERFORMANCE.md).
 fn trace_id(headers: &HeaderMap) -> String {
     headers
         .get("x-portkey-trace-id")
