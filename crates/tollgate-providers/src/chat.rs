@@ -13,6 +13,7 @@ use crate::Endpoint;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
 use std::fmt;
 
 /// An OpenAI chat-completions request.
@@ -517,27 +518,9 @@ impl Serialize for Body {
 // straight into its place, the others into `extra`. Like derived impls, a
 // named field given twice is refused and a required one must be there.
 
-/// An object key, borrowed from the input when it has no escapes.
-enum Key<'de> {
-    Borrowed(&'de str),
-    Owned(String),
-}
-
-impl Key<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            Key::Borrowed(s) => s,
-            Key::Owned(s) => s,
-        }
-    }
-
-    fn into_owned(self) -> String {
-        match self {
-            Key::Borrowed(s) => s.to_owned(),
-            Key::Owned(s) => s,
-        }
-    }
-}
+/// An object key, borrowed from the input when it has no escapes (serde's
+/// own `Cow<str>` always copies).
+struct Key<'de>(Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -548,13 +531,13 @@ impl<'de> Deserialize<'de> for Key<'de> {
                 f.write_str("a field name")
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key::Borrowed(v))
+                Ok(Key(Cow::Borrowed(v)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key::Owned(v.to_owned()))
+                Ok(Key(Cow::Owned(v.to_owned())))
             }
             fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key::Owned(v))
+                Ok(Key(Cow::Owned(v)))
             }
         }
         d.deserialize_str(V)
@@ -593,12 +576,12 @@ macro_rules! deserialize_with_extra {
                         $($(let mut $req: Option<$rty> = None;)*)?
                         let mut extra = Map::new();
                         while let Some(key) = map.next_key::<Key<'de>>()? {
-                            match key.as_str() {
+                            match key.0.as_ref() {
                                 $($name => read_field(&mut $field, $name, &mut map)?,)*
                                 $($($rname => read_field(&mut $req, $rname, &mut map)?,)*)?
                                 _ => {
                                     let value = map.next_value()?;
-                                    extra.insert(key.into_owned(), value);
+                                    extra.insert(key.0.into_owned(), value);
                                 }
                             }
                         }
