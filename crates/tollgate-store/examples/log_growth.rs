@@ -19,8 +19,9 @@
 //! cache each insert reads and rewrites a page of its own.
 
 use chrono::Utc;
+use std::path::Path;
 use std::time::Instant;
-use tollgate_store::db::Location;
+use tollgate_store::db::{Location, SQLITE_FILE};
 use tollgate_store::request_log::LogRecord;
 use tollgate_store::Store;
 
@@ -92,27 +93,32 @@ fn record(trace_id: String) -> LogRecord {
     }
 }
 
+/// Bytes of the SQLite database at `file` and its write-ahead log.
+fn sqlite_bytes(file: &Path) -> u64 {
+    let wal = file.with_extension("db-wal");
+    [file, wal.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = args()?;
     let dir = tempfile::tempdir()?;
-    let db_file = dir.path().join("tollgate.db");
-    let location = match &a.database_url {
-        Some(url) => Location::Postgres(url.clone()),
-        None => Location::Sqlite(db_file.clone()),
+    let db_file = dir.path().join(SQLITE_FILE);
+    let (location, backend) = match &a.database_url {
+        Some(url) => (Location::Postgres(url.clone()), "PostgreSQL"),
+        None => (Location::Sqlite(db_file.clone()), "SQLite"),
     };
     let store = Store::open(&location).await?;
     let (log, writer) = store.spawn_log_writer()?;
     println!(
-        "trace ids {}, {} rows in transactions of {}, {}",
+        "trace ids {}, {} rows in transactions of {}, {backend}",
         if a.v7 { "v7 (time order)" } else { "v4 (random order)" },
         a.rows,
         a.batch,
-        if a.database_url.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        }
     );
     let mut stretch = Instant::now();
     let started = stretch;
@@ -127,16 +133,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             log.flush().await;
         }
         if n % a.every == 0 {
-            let size = [db_file.clone(), dir.path().join("tollgate.db-wal")]
-                .iter()
-                .filter_map(|p| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum::<u64>();
             let per_row = stretch.elapsed().as_secs_f64() * 1e6 / a.every as f64;
             if a.database_url.is_some() {
                 println!("{n:>9} rows: {per_row:6.1} µs a row");
             } else {
-                println!("{n:>9} rows: {per_row:6.1} µs a row, database {} MB", size >> 20);
+                let mb = sqlite_bytes(&db_file) >> 20;
+                println!("{n:>9} rows: {per_row:6.1} µs a row, database {mb} MB");
             }
             stretch = Instant::now();
         }
