@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,24 +34,35 @@ fn tollgate_bin(loadgen: &Path) -> PathBuf {
     beside
 }
 
-#[test]
-fn smoke_run_writes_the_report() {
+/// Runs a harness script (`bench/run`, `bench/instructions`) on the
+/// `tollgate` and `tollgate-loadgen` under test; fails the test, with its
+/// output, unless it succeeds; returns its standard output.
+fn run_script<S: AsRef<OsStr>>(script: &Path, args: impl IntoIterator<Item = S>) -> String {
     let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_tollgate-loadgen"));
     let tollgate = tollgate_bin(&loadgen);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("smoke.json");
-    let run = Command::new(workspace_root().join("bench/run"))
-        .args(["--smoke", "--out"])
-        .arg(&out)
+    let run = Command::new(script)
+        .args(args)
         .env("TOLLGATE_BIN", &tollgate)
         .env("LOADGEN_BIN", &loadgen)
         .output()
-        .expect("bench/run starts");
-    let stdout = String::from_utf8_lossy(&run.stdout);
+        .unwrap_or_else(|e| panic!("{} starts: {e}", script.display()));
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(
         run.status.success(),
-        "bench/run --smoke failed:\n{stdout}\n{}",
+        "{} failed:\n{stdout}\n{}",
+        script.display(),
         String::from_utf8_lossy(&run.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn smoke_run_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smoke.json");
+    let stdout = run_script(
+        &workspace_root().join("bench/run"),
+        [OsStr::new("--smoke"), OsStr::new("--out"), out.as_os_str()],
     );
     assert!(stdout.contains("| rate (req/s) |"), "the table is printed: {stdout}");
 
@@ -211,19 +223,9 @@ fn smoke_run_writes_the_report() {
 #[test]
 fn instructions_are_counted_per_request() {
     let script = workspace_root().join("bench/instructions");
-    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_tollgate-loadgen"));
-    let tollgate = tollgate_bin(&loadgen);
-    let run = Command::new(&script)
-        .args(["--modes", "whole", "--rate", "20", "--short", "1", "--long", "2"])
-        .env("TOLLGATE_BIN", &tollgate)
-        .env("LOADGEN_BIN", &loadgen)
-        .output()
-        .expect("bench/instructions starts");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "bench/instructions failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
+    let stdout = run_script(
+        &script,
+        ["--modes", "whole", "--rate", "20", "--short", "1", "--long", "2"],
     );
     let count: u64 = stdout
         .lines()
