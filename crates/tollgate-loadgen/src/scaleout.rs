@@ -193,17 +193,18 @@ fn is_script_call(cmd: &str) -> bool {
     )
 }
 
-/// Calls between two readings, by command; the probe's own `INFO` left out.
+/// Calls between two readings, by command; the probe's own `INFO` left out
+/// (Redis counts a command once it has run: the first reading's is among
+/// the calls the second one reads, the second's is not). The admission
+/// script's own `INFO` (the server's run_id) stays.
 fn calls_between(before: &RedisInfo, after: &RedisInfo) -> BTreeMap<String, u64> {
     after
         .calls
         .iter()
-        .filter(|(cmd, _)| cmd.as_str() != "info")
         .map(|(cmd, n)| {
-            (
-                cmd.clone(),
-                n.saturating_sub(before.calls.get(cmd).copied().unwrap_or(0)),
-            )
+            let probe = u64::from(cmd == "info");
+            let since = n.saturating_sub(before.calls.get(cmd).copied().unwrap_or(0));
+            (cmd.clone(), since.saturating_sub(probe))
         })
         .filter(|(_, n)| *n > 0)
         .collect()
@@ -698,10 +699,17 @@ mod tests {
         );
         let later =
             parse_info("cmdstat_evalsha:calls=30\ncmdstat_info:calls=9\ncmdstat_get:calls=2\ncmdstat_ping:calls=0\n");
+        // Of the 6 `INFO`s, one was the first reading: 5 came from scripts.
         assert_eq!(
             calls_between(&i, &later),
-            BTreeMap::from([("evalsha".to_owned(), 20), ("get".to_owned(), 2)])
+            BTreeMap::from([
+                ("evalsha".to_owned(), 20),
+                ("get".to_owned(), 2),
+                ("info".to_owned(), 5)
+            ])
         );
+        let only_the_probe = parse_info("cmdstat_evalsha:calls=10\ncmdstat_info:calls=4\n");
+        assert_eq!(calls_between(&i, &only_the_probe), BTreeMap::new());
         assert!(is_script_call("evalsha") && is_script_call("eval"));
         assert!(!is_script_call("hget") && !is_script_call("get"));
     }

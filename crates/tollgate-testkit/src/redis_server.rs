@@ -89,6 +89,50 @@ impl RedisServer {
         }
     }
 
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Makes this server a replica of `master`, reached at `through` (its
+    /// address, or a [`TcpProxy`](crate::tcp_proxy::TcpProxy) in front of it
+    /// that a test can cut), and waits until it holds everything `master`
+    /// has.
+    pub fn replicate(&self, master: &RedisServer, through: std::net::SocketAddr) {
+        let line = format!("REPLICAOF {} {}", through.ip(), through.port());
+        assert_eq!(self.command(&line).as_deref(), Some("+OK"));
+        self.catch_up(master);
+    }
+
+    /// Waits until this replica has applied everything `master` has written.
+    pub fn catch_up(&self, master: &RedisServer) {
+        let offset = |s: &RedisServer, field: &str| -> Option<u64> {
+            s.info("INFO replication")
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.trim().parse().ok())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let linked = self.info("INFO replication").contains("master_link_status:up");
+            let wanted = offset(master, "master_repl_offset:");
+            if linked && wanted.is_some() && offset(self, "slave_repl_offset:") == wanted {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica on port {} did not catch up",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Makes this replica a master (what a failover does to the replica it
+    /// promotes).
+    pub fn promote(&self) {
+        assert_eq!(self.command("REPLICAOF NO ONE").as_deref(), Some("+OK"));
+    }
+
     /// Sends one inline command and returns the first line of the answer.
     pub fn command(&self, line: &str) -> Option<String> {
         command_at(self.port, line)

@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 pub struct TcpProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
-    target: SocketAddr,
+    /// Where new connections go.
+    target: Arc<Mutex<SocketAddr>>,
     /// Bumped by every cut: each connection ends when it moves.
     cuts: watch::Sender<u64>,
     /// Bumped by every strand: each connection drops its client side and
@@ -40,7 +41,7 @@ impl TcpProxy {
         let (strands, _) = watch::channel(0);
         let proxy = TcpProxy {
             addr,
-            target,
+            target: Arc::new(Mutex::new(target)),
             cuts,
             strands,
             stranded: Arc::new(Mutex::new(Vec::new())),
@@ -80,13 +81,14 @@ impl TcpProxy {
     }
 
     fn accept_on(&self, listener: TcpListener) {
-        let (target, cuts, strands) = (self.target, self.cuts.clone(), self.strands.clone());
+        let (target, cuts, strands) = (self.target.clone(), self.cuts.clone(), self.strands.clone());
         let stranded = self.stranded.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let mut cut = cuts.subscribe();
                 let mut strand = strands.subscribe();
                 let stranded = stranded.clone();
+                let target = *target.lock();
                 tokio::spawn(async move {
                     let Ok(mut upstream) = TcpStream::connect(target).await else {
                         return;
@@ -117,6 +119,13 @@ impl TcpProxy {
             let _ = task.await;
         }
         self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Sends new connections to `target` from now on, as a failover moves a
+    /// service's address to another server (open connections stay where
+    /// they are: [`TcpProxy::cut`] ends them, or their server's end does).
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock() = target;
     }
 
     /// Drops the client side of every open connection and keeps its server
@@ -191,6 +200,17 @@ mod tests {
         let mut buf = [0u8; 4];
         s.read_exact(&mut buf).await?;
         Ok(buf)
+    }
+
+    #[tokio::test]
+    async fn retarget_sends_new_connections_elsewhere() {
+        let first = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let proxy = TcpProxy::start(first.local_addr().unwrap()).await.unwrap();
+        let _open = TcpStream::connect(proxy.addr).await.unwrap();
+        first.accept().await.unwrap();
+        proxy.retarget(echo().await);
+        let mut moved = TcpStream::connect(proxy.addr).await.unwrap();
+        assert_eq!(&round_trip(&mut moved).await.unwrap(), b"ping");
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Limit counters in Redis through the gateway (`redis_url`): a 429 at the
 //! limit, a 503 while Redis is down (or an admission without limits with
-//! `limits_on_redis_error = "open"`), and Redis back empty rebuilt from the
-//! request log, so that nobody gets a fresh budget.
+//! `limits_on_redis_error = "open"`), and Redis back empty, or failed over
+//! to a replica that missed the last writes, rebuilt from the request log,
+//! so that nobody gets a fresh budget.
 
 use crate::gateway::{chat, upstream, UPSTREAM_KEY};
 use crate::support::{manual_clock, App};
@@ -12,6 +13,7 @@ use tollgate_store::counters::OnRedisError;
 use tollgate_testkit::control::Control;
 use tollgate_testkit::openai;
 use tollgate_testkit::redis_server::RedisServer;
+use tollgate_testkit::tcp_proxy::TcpProxy;
 use tollgate_testkit::MockServer;
 
 struct Gw {
@@ -24,8 +26,12 @@ struct Gw {
 /// A gateway with its counters in `redis`, and 5 requests a minute on the
 /// integration × workspace.
 async fn gateway(redis: &RedisServer, on_error: OnRedisError) -> Gw {
+    gateway_at(redis.url(), on_error).await
+}
+
+/// [`gateway`] with its counters in the Redis at `url`.
+async fn gateway_at(url: String, on_error: OnRedisError) -> Gw {
     let (clock, shared) = manual_clock("2026-11-26T10:00:30Z");
-    let url = redis.url();
     let app = App::start_with(
         |c| {
             c.redis_url = Some(url.into());
@@ -140,4 +146,43 @@ async fn starts_while_redis_is_down_and_recovers() {
         assert_eq!(g.send().await.status, 200);
     }
     assert_eq!(g.send().await.status, 429);
+}
+
+/// A failover that loses writes: the master acknowledged them, but the
+/// replica promoted when it died never received them (Redis replicates
+/// asynchronously). The counters the replica holds were rebuilt on another
+/// server, so the first admission rebuilds them from the request log, and
+/// nobody gets back what the lost writes counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_that_lost_writes_rebuilds_the_counters_from_the_log() {
+    let mut master = RedisServer::start(false);
+    let replica = RedisServer::start(false);
+    // The replication link, which the test cuts.
+    let link = TcpProxy::start(master.addr()).await.unwrap();
+    tokio::task::block_in_place(|| replica.replicate(&master, link.addr));
+    // The address clients use, moved to the promoted replica by the failover.
+    let address = TcpProxy::start(master.addr()).await.unwrap();
+    let g = gateway_at(format!("redis://{}", address.addr), OnRedisError::Closed).await;
+    for _ in 0..2 {
+        assert_eq!(g.send().await.status, 200);
+    }
+    tokio::task::block_in_place(|| replica.catch_up(&master));
+    // The replica stops receiving; the master acknowledges two more.
+    link.cut().await;
+    for _ in 0..2 {
+        assert_eq!(g.send().await.status, 200);
+    }
+    // The master dies with them, and the replica takes its place.
+    master.kill();
+    replica.promote();
+    address.retarget(replica.addr());
+    assert!(replica.info("INFO replication").contains("role:master"));
+
+    // The promoted replica counts 2 of this minute's 5 requests; the log
+    // holds 4: one more is admitted, then the limit holds.
+    let r = g.first_answer_but_503().await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = g.send().await;
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    assert_eq!(g.mock.calls(), 5);
 }

@@ -12,7 +12,11 @@
 -- holding it) is dropped, and its amount given back, by the next call that
 -- reads the counter. Both expire a while after their window ends.
 -- <prefix>{<group>}:epoch marks the group's counters as rebuilt from the
--- request log; without it admission answers "restore".
+-- request log on this Redis server: it holds the server's run_id. Without
+-- it, or with another server's (a replica promoted by a failover may have
+-- missed the last writes of its master, which replicated them
+-- asynchronously; a server restarted from a snapshot lost what came after
+-- it), admission answers "restore".
 --
 -- The script knows no limit rule: the caller works them out as bounds and
 -- ranges (tollgate_core::admission: Plan::bounds, BudgetMarks::firing) and
@@ -83,6 +87,12 @@ local function load(hash, leases, now, reserving)
   return {amount(fields[1]), reserved, fields[1] ~= false or fields[2] ~= false}
 end
 
+-- This Redis server's run_id: new with every start of every server, and
+-- not replicated.
+local function instance()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
+
 local op = ARGV[1]
 
 if op == 'admit' then
@@ -97,7 +107,7 @@ if op == 'admit' then
   -- Answers {'restore'}, {'refused', check, consumed, reserved, then every
   -- check's consumed and reserved as they stood}, or {'ok', then every
   -- check's consumed and reserved after its own admission}.
-  if redis.call('EXISTS', KEYS[1]) == 0 then return {'restore'} end
+  if redis.call('GET', KEYS[1]) ~= instance() then return {'restore'} end
   local now, lease_end = ARGV[2], ARGV[3]
   local n = (#KEYS - 1) / 2
   local counts, before, after = {}, {}, {}
@@ -221,15 +231,23 @@ elseif op == 'restore' then
 
 elseif op == 'begin' then
   -- KEYS: the group's epoch and rebuild lock. ARGV: this process's token,
-  -- the lock's life (ms). Answers {'done'}, {'ours'} or {'theirs'}.
-  if redis.call('EXISTS', KEYS[1]) == 1 then return {'done'} end
-  if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'ours'} end
+  -- the lock's life (ms). Answers {'done'}, {'ours'} or {'theirs'}. The
+  -- lock holds the token and this server's run_id.
+  local here = instance()
+  if redis.call('GET', KEYS[1]) == here then return {'done'} end
+  if redis.call('SET', KEYS[2], ARGV[2] .. '@' .. here, 'NX', 'PX', ARGV[3]) then return {'ours'} end
   return {'theirs'}
 
 elseif op == 'restored' then
   -- KEYS: the group's epoch and rebuild lock. ARGV: this process's token.
-  redis.call('SET', KEYS[1], ARGV[2])
-  if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+  -- Marks the group rebuilt only if the lock is still this process's, taken
+  -- on this server: after a failover in the middle of the rebuild, some of
+  -- its writes went to the old server, and the next admission asks again.
+  -- Answers {'ok'} or {'lost'}.
+  local here = instance()
+  if redis.call('GET', KEYS[2]) ~= ARGV[2] .. '@' .. here then return {'lost'} end
+  redis.call('SET', KEYS[1], here)
+  redis.call('DEL', KEYS[2])
   return {'ok'}
 end
 

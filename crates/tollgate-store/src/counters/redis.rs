@@ -13,9 +13,12 @@
 //! ([`RedisSettings::lease`]) in its counter, so a replica that dies holding
 //! one cannot hold budget for longer than that; counters expire a minute
 //! after their window ends. The group's `epoch` key marks its counters as
-//! rebuilt from the request log; Redis keeps nothing on disk here, so when
-//! it restarts empty admission answers [`CounterError::NeedsRestore`] until
-//! one replica has rebuilt the group.
+//! rebuilt from the request log on one Redis server (it holds that server's
+//! `run_id`): when Redis restarts (empty, or from a snapshot that misses the
+//! latest writes) or a failover promotes a replica (which may have missed
+//! the last writes its master acknowledged: replication is asynchronous),
+//! admission answers [`CounterError::NeedsRestore`] until one replica of the
+//! gateway has rebuilt the group.
 //!
 //! Every call is bounded by [`RedisSettings::timeout`]; the connection
 //! reconnects by itself (one server or a Redis Cluster with
@@ -634,7 +637,19 @@ impl Counters for RedisCounters {
         let tag = self.inner.tag(group)?;
         let keys = [format!("{tag}:epoch"), format!("{tag}:restoring")];
         let args = ["restored".to_owned(), self.inner.token.clone()];
-        self.inner.run(&keys, &args).await.map(drop)
+        let answer = self.inner.run(&keys, &args).await?;
+        match answer.first().map(String::as_str) {
+            Some("ok") => Ok(()),
+            // The next admission asks for the rebuild again.
+            Some("lost") => {
+                tracing::warn!(
+                    group,
+                    "the rebuilt counters were not marked: Redis changed servers during the rebuild, or it took longer than its lock"
+                );
+                Ok(())
+            }
+            _ => Err(unexpected(&answer)),
+        }
     }
 }
 

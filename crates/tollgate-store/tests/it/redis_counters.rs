@@ -37,8 +37,9 @@ fn redis_key(prefix: &str, kind: &str, id: &str, measure: &str, start: &str) -> 
 /// `EVALSHA` itself, what the scripts call, and the test's own inspection
 /// (`CONFIG`, `INFO`).
 pub(crate) fn from_the_scripts(cmd: &str) -> bool {
-    const SCRIPT_COMMANDS: [&str; 10] = [
+    const SCRIPT_COMMANDS: [&str; 11] = [
         "exists",
+        "get",
         "hget",
         "hmget",
         "hset",
@@ -184,6 +185,58 @@ async fn a_group_redis_never_saw_must_be_rebuilt_first() {
     ));
 }
 
+/// Counters rebuilt on one Redis server are not trusted on another: a
+/// replica promoted by a failover may have missed its master's last writes,
+/// and a server restarted from a snapshot what came after it. The epoch
+/// holds the server's run_id; another server's makes admission ask for the
+/// rebuild, as an empty Redis does.
+#[tokio::test]
+async fn counters_rebuilt_on_another_redis_server_must_be_rebuilt_again() {
+    let server = RedisServer::start(false);
+    let prefix = "failover:";
+    let a = redis_counters(&server.url(), prefix, LEASE);
+    let now = t(NOW);
+    let rule = rate(RateKind::Requests, RateUnit::Rpm, 10);
+    let checks = [check("ws:f", rule)];
+    assert_eq!(a.begin_restore("ws:f").await.unwrap(), RestoreTurn::Ours);
+    a.restored("ws:f").await.unwrap();
+    a.admit(now, "ws:f", &checks, Demand::default()).await.unwrap();
+    let epoch = format!("{prefix}{{ws:f}}:epoch");
+    let run_id = server.info("INFO server");
+    let run_id = run_id.lines().find_map(|l| l.strip_prefix("run_id:")).unwrap();
+    assert_eq!(server.info(&format!("GET {epoch}")), run_id);
+
+    // What a replica holds that was rebuilt on its old master.
+    assert_eq!(
+        server.command(&format!("SET {epoch} 0123456789abcdef")).as_deref(),
+        Some("+OK")
+    );
+    match a.admit(now, "ws:f", &checks, Demand::default()).await {
+        Err(AdmitError::Counter(CounterError::NeedsRestore(g))) => assert_eq!(g, "ws:f"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.begin_restore("ws:f").await.unwrap(), RestoreTurn::Ours);
+    a.restore("ws:f", &lid("ws:f"), &rule, now, 10).await.unwrap();
+    a.restored("ws:f").await.unwrap();
+    refusal(a.admit(now, "ws:f", &checks, Demand::default()).await.unwrap_err());
+
+    // A rebuild whose lock was taken on another server (a failover in the
+    // middle of it) is not marked done: the next admission asks again.
+    assert_eq!(server.command(&format!("DEL {epoch}")).as_deref(), Some(":1"));
+    assert_eq!(a.begin_restore("ws:f").await.unwrap(), RestoreTurn::Ours);
+    let lock = format!("{prefix}{{ws:f}}:restoring");
+    let held = server.info(&format!("GET {lock}"));
+    let (token, on) = held.split_once('@').unwrap();
+    assert_eq!(on, run_id);
+    let moved = format!("SET {lock} {token}@0123456789abcdef");
+    assert_eq!(server.command(&moved).as_deref(), Some("+OK"));
+    a.restored("ws:f").await.unwrap();
+    assert!(matches!(
+        a.admit(now, "ws:f", &checks, Demand::default()).await,
+        Err(AdmitError::Counter(CounterError::NeedsRestore(_)))
+    ));
+}
+
 /// One request costs two round trips: the admission's script and the
 /// settlement's (or release's). Counted by Redis itself, on a one-node
 /// Redis Cluster, which also refuses any call whose keys span two slots.
@@ -239,14 +292,19 @@ async fn two_round_trips_per_request_all_keys_in_one_slot() {
     // And the scripts run few: admission reads each counter once (`HMGET`,
     // and `ZRANGEBYSCORE` for the three that hold reservations), writes it
     // once (`HSET`), adds the three reservations (`ZADD`, and `PEXPIRE` for
-    // the two whose window ends), after `EXISTS` of the epoch: 17. Settling
-    // or releasing the three reservations: `HMGET`, `ZREM`, `HSET` each: 9.
+    // the two whose window ends), after `GET` of the epoch: 17, and `INFO`
+    // for the server's run_id, which the epoch must match. Settling or
+    // releasing the three reservations: `HMGET`, `ZREM`, `HSET` each: 9.
     let run: u64 = calls
         .iter()
         .filter(|(c, _)| c != "evalsha" && !c.starts_with("config") && c != "info")
         .map(|(_, n)| *n)
         .sum();
     assert_eq!(run, (17 + 9) * requests, "{calls:?}");
+    // (Redis counts a command once it has run: the `INFO commandstats` that
+    // read these is not among them.)
+    let info = calls.iter().find(|(c, _)| c == "info").map_or(0, |(_, n)| *n);
+    assert_eq!(info, requests, "{calls:?}");
     assert!(
         !calls.iter().any(|(c, _)| c == "eval" || c.starts_with("script")),
         "{calls:?}"
