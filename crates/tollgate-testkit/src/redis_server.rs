@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     pub port: u16,
     cluster: bool,
+    /// More `redis-server` arguments.
+    args: Vec<String>,
     child: Option<Child>,
     dir: std::path::PathBuf,
 }
@@ -19,6 +21,12 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers.
     pub fn start(cluster: bool) -> RedisServer {
+        RedisServer::start_with(cluster, &[])
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` arguments
+    /// (`["--rename-command", "INFO", "\"\""]`).
+    pub fn start_with(cluster: bool, args: &[&str]) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -28,6 +36,7 @@ impl RedisServer {
         let mut s = RedisServer {
             port,
             cluster,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
             dir,
         };
@@ -65,6 +74,7 @@ impl RedisServer {
         ])
         .arg("--dir")
         .arg(&self.dir)
+        .args(&self.args)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         if self.cluster {

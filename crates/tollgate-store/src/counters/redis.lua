@@ -88,9 +88,13 @@ local function load(hash, leases, now, reserving)
 end
 
 -- This Redis server's run_id: new with every start of every server, and
--- not replicated.
+-- not replicated. A server that does not tell it (INFO renamed away, a
+-- Redis-compatible server without the field) is '-': its counters are then
+-- trusted as long as the epoch exists, as an empty Redis still shows.
 local function instance()
-  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local info = redis.pcall('INFO', 'server')
+  if type(info) ~= 'string' then return '-' end
+  return string.match(info, 'run_id:(%x+)') or '-'
 end
 
 local op = ARGV[1]

@@ -237,6 +237,29 @@ async fn counters_rebuilt_on_another_redis_server_must_be_rebuilt_again() {
     ));
 }
 
+/// A Redis that does not tell its run_id (`INFO` renamed away, as some
+/// hardened or managed servers have it) still counts: the epoch then only
+/// says whether the counters were rebuilt, as before there was a run_id.
+#[tokio::test]
+async fn a_redis_without_info_still_counts() {
+    let server = RedisServer::start_with(false, &["--rename-command", "INFO", ""]);
+    assert!(server.command("INFO server").is_some_and(|a| a.starts_with("-ERR")));
+    let a = redis_counters(&server.url(), "noinfo:", LEASE);
+    let now = t(NOW);
+    let rule = rate(RateKind::Requests, RateUnit::Rpm, 2);
+    let checks = [check("ws:n", rule)];
+    assert!(matches!(
+        a.admit(now, "ws:n", &checks, Demand::default()).await,
+        Err(AdmitError::Counter(CounterError::NeedsRestore(_)))
+    ));
+    assert_eq!(a.begin_restore("ws:n").await.unwrap(), RestoreTurn::Ours);
+    a.restore("ws:n", &lid("ws:n"), &rule, now, 1).await.unwrap();
+    a.restored("ws:n").await.unwrap();
+    assert_eq!(a.begin_restore("ws:n").await.unwrap(), RestoreTurn::Done);
+    a.admit(now, "ws:n", &checks, Demand::default()).await.unwrap();
+    refusal(a.admit(now, "ws:n", &checks, Demand::default()).await.unwrap_err());
+}
+
 /// One request costs two round trips: the admission's script and the
 /// settlement's (or release's). Counted by Redis itself, on a one-node
 /// Redis Cluster, which also refuses any call whose keys span two slots.
