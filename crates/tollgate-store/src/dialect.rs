@@ -5,9 +5,11 @@
 //! altogether (the request-log insert's roll-up write, `consumed_since`)
 //! stay per-backend functions.
 
-use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Database, Pool, Postgres, QueryBuilder, Row, Sqlite};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{Arguments, Database, Pool, Postgres, QueryBuilder, Row, Sqlite};
 use std::future::Future;
 
 /// `items` in pieces for multi-row statements: as many of `max` (a power of
@@ -35,6 +37,34 @@ pub(crate) fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item
     })
 }
 
+/// [`Backend`]'s `add_*` methods: the same on every backend (each encodes
+/// the value its own way).
+macro_rules! adds {
+    () => {
+        fn add_i64(args: &mut Self::Arguments<'_>, v: i64) -> Result<(), BoxDynError> {
+            args.add(v)
+        }
+        fn add_str<'a>(args: &mut Self::Arguments<'a>, v: &'a str) -> Result<(), BoxDynError> {
+            args.add(v)
+        }
+        fn add_bool(args: &mut Self::Arguments<'_>, v: bool) -> Result<(), BoxDynError> {
+            args.add(v)
+        }
+        fn add_opt_str<'a>(args: &mut Self::Arguments<'a>, v: Option<&'a str>) -> Result<(), BoxDynError> {
+            args.add(v)
+        }
+        fn add_opt_i64(args: &mut Self::Arguments<'_>, v: Option<i64>) -> Result<(), BoxDynError> {
+            args.add(v)
+        }
+        fn add_json(args: &mut Self::Arguments<'_>, v: Option<String>) -> Result<(), BoxDynError> {
+            args.add(v)
+        }
+        fn query_with<'a>(sql: &'a str, args: Self::Arguments<'a>) -> Query<'a, Self, Self::Arguments<'a>> {
+            sqlx::query_with(sql, args)
+        }
+    };
+}
+
 /// A backend the shared request-log and analytics code runs on.
 pub(crate) trait Backend: Database + Sized {
     /// Binds an integer.
@@ -43,16 +73,30 @@ pub(crate) trait Backend: Database + Sized {
     fn bind_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: &'a str);
     /// Binds a blob.
     fn bind_bytes(qb: &mut QueryBuilder<'_, Self>, v: Vec<u8>);
-    /// Binds a flag.
-    fn bind_bool(qb: &mut QueryBuilder<'_, Self>, v: bool);
-    /// Binds an optional string.
-    fn bind_opt_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: Option<&'a str>);
-    /// Binds an optional integer.
-    fn bind_opt_i64(qb: &mut QueryBuilder<'_, Self>, v: Option<i64>);
-    /// Binds a JSON document given as text, for a JSON column.
-    fn bind_json(qb: &mut QueryBuilder<'_, Self>, v: Option<String>);
     /// The JSON column `col`, read as text.
     fn json_text(col: &str) -> String;
+
+    /// Appends the placeholder of a statement's `n`th value (from 1), for
+    /// SQL text built once and bound with [`Backend::add_i64`] and the
+    /// others: `?`, or `$n`.
+    fn placeholder(sql: &mut String, n: usize);
+    /// [`Backend::placeholder`] of a JSON document given as text, for a
+    /// JSON column (PostgreSQL's JSONB needs the cast).
+    fn json_placeholder(sql: &mut String, n: usize);
+    /// Adds an integer to a statement's values.
+    fn add_i64(args: &mut Self::Arguments<'_>, v: i64) -> Result<(), BoxDynError>;
+    /// Adds a string.
+    fn add_str<'a>(args: &mut Self::Arguments<'a>, v: &'a str) -> Result<(), BoxDynError>;
+    /// Adds a flag.
+    fn add_bool(args: &mut Self::Arguments<'_>, v: bool) -> Result<(), BoxDynError>;
+    /// Adds an optional string.
+    fn add_opt_str<'a>(args: &mut Self::Arguments<'a>, v: Option<&'a str>) -> Result<(), BoxDynError>;
+    /// Adds an optional integer.
+    fn add_opt_i64(args: &mut Self::Arguments<'_>, v: Option<i64>) -> Result<(), BoxDynError>;
+    /// Adds a JSON document given as text.
+    fn add_json(args: &mut Self::Arguments<'_>, v: Option<String>) -> Result<(), BoxDynError>;
+    /// The statement `sql` with the values `args`.
+    fn query_with<'a>(sql: &'a str, args: Self::Arguments<'a>) -> Query<'a, Self, Self::Arguments<'a>>;
 
     /// A count column read as an integer of at least 0, whatever a damaged
     /// row holds (SQLite's columns are not typed; PostgreSQL's are BIGINT).
@@ -90,14 +134,21 @@ pub(crate) trait Backend: Database + Sized {
         pool: &Pool<Self>,
         qb: QueryBuilder<'a, Self>,
     ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
-    /// Runs `qb` on `conn` (a transaction's, say) and returns its rows.
+    /// Runs `query` on `conn` (a transaction's, say) and returns its rows.
     fn fetch_all_on<'a>(
         conn: &mut Self::Connection,
-        qb: QueryBuilder<'a, Self>,
+        query: Query<'a, Self, Self::Arguments<'a>>,
     ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
 }
 
 impl Backend for Sqlite {
+    adds!();
+    fn placeholder(sql: &mut String, _: usize) {
+        sql.push('?');
+    }
+    fn json_placeholder(sql: &mut String, _: usize) {
+        sql.push('?');
+    }
     fn bind_i64(qb: &mut QueryBuilder<'_, Self>, v: i64) {
         qb.push_bind(v);
     }
@@ -105,18 +156,6 @@ impl Backend for Sqlite {
         qb.push_bind(v);
     }
     fn bind_bytes(qb: &mut QueryBuilder<'_, Self>, v: Vec<u8>) {
-        qb.push_bind(v);
-    }
-    fn bind_bool(qb: &mut QueryBuilder<'_, Self>, v: bool) {
-        qb.push_bind(v);
-    }
-    fn bind_opt_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: Option<&'a str>) {
-        qb.push_bind(v);
-    }
-    fn bind_opt_i64(qb: &mut QueryBuilder<'_, Self>, v: Option<i64>) {
-        qb.push_bind(v);
-    }
-    fn bind_json(qb: &mut QueryBuilder<'_, Self>, v: Option<String>) {
         qb.push_bind(v);
     }
     fn json_text(col: &str) -> String {
@@ -178,13 +217,23 @@ impl Backend for Sqlite {
     }
     async fn fetch_all_on<'a>(
         conn: &mut sqlx::SqliteConnection,
-        mut qb: QueryBuilder<'a, Self>,
+        query: Query<'a, Self, SqliteArguments<'a>>,
     ) -> Result<Vec<SqliteRow>, sqlx::Error> {
-        qb.build().fetch_all(conn).await
+        query.fetch_all(conn).await
     }
 }
 
 impl Backend for Postgres {
+    adds!();
+    fn placeholder(sql: &mut String, n: usize) {
+        sql.push('$');
+        sql.push_str(&n.to_string());
+    }
+    fn json_placeholder(sql: &mut String, n: usize) {
+        sql.push_str("CAST(");
+        Self::placeholder(sql, n);
+        sql.push_str(" AS JSONB)");
+    }
     fn bind_i64(qb: &mut QueryBuilder<'_, Self>, v: i64) {
         qb.push_bind(v);
     }
@@ -193,18 +242,6 @@ impl Backend for Postgres {
     }
     fn bind_bytes(qb: &mut QueryBuilder<'_, Self>, v: Vec<u8>) {
         qb.push_bind(v);
-    }
-    fn bind_bool(qb: &mut QueryBuilder<'_, Self>, v: bool) {
-        qb.push_bind(v);
-    }
-    fn bind_opt_str<'a>(qb: &mut QueryBuilder<'a, Self>, v: Option<&'a str>) {
-        qb.push_bind(v);
-    }
-    fn bind_opt_i64(qb: &mut QueryBuilder<'_, Self>, v: Option<i64>) {
-        qb.push_bind(v);
-    }
-    fn bind_json(qb: &mut QueryBuilder<'_, Self>, v: Option<String>) {
-        qb.push("CAST(").push_bind(v).push(" AS JSONB)");
     }
     fn json_text(col: &str) -> String {
         format!("CAST({col} AS TEXT)")
@@ -268,9 +305,9 @@ impl Backend for Postgres {
     }
     async fn fetch_all_on<'a>(
         conn: &mut sqlx::PgConnection,
-        mut qb: QueryBuilder<'a, Self>,
+        query: Query<'a, Self, PgArguments>,
     ) -> Result<Vec<PgRow>, sqlx::Error> {
-        qb.build().fetch_all(conn).await
+        query.fetch_all(conn).await
     }
 }
 

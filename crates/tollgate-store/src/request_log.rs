@@ -26,6 +26,8 @@ use crate::query_cache::QueryCache;
 use crate::StoreError;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::error::BoxDynError;
+use sqlx::Arguments as _;
 use sqlx::{Connection, PgConnection, PgPool, Pool, Postgres, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
@@ -949,94 +951,152 @@ async fn within<T>(f: impl std::future::Future<Output = Result<T, sqlx::Error>>)
     })
 }
 
+/// The columns of `usage_log` that [`insert_rows`] writes, in the order
+/// [`add_row`] adds their values.
+const INSERT_COLUMNS: [&str; 35] = [
+    "id",
+    "created_at_ms",
+    "trace_id",
+    "workspace_id",
+    "api_key_id",
+    "integration_id",
+    "integration_slug",
+    "provider_slug",
+    "ai_provider_id",
+    "model",
+    "endpoint",
+    "status_code",
+    "error_type",
+    "refusal",
+    "streamed",
+    "cancelled",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "total_tokens",
+    "tokens_estimated",
+    "cost_picos",
+    "latency_us",
+    "ttft_us",
+    "upstream_latency_us",
+    "metadata",
+    "request_body",
+    "response_body",
+    "target_path",
+    "retry_attempt",
+    "attempt",
+    "is_final",
+    "latency_bucket",
+    "ttft_bucket",
+    "overhead_bucket",
+];
+
 /// `INSERT INTO usage_log …` of `rows`, with their histogram buckets, on
 /// both backends: a row whose id is already stored, or came earlier in
 /// `rows`, is skipped (`ON CONFLICT (id) DO NOTHING`). With `returning` the
 /// statement answers the ids it inserted, for [`inserted`].
-fn insert_rows<DB: Backend>(rows: &[LogRecord], returning: bool) -> QueryBuilder<'_, DB> {
-    let mut qb: QueryBuilder<DB> = QueryBuilder::new(
-        "INSERT INTO usage_log (id, created_at_ms, trace_id, workspace_id, api_key_id, integration_id, integration_slug, \
-         provider_slug, ai_provider_id, model, endpoint, status_code, error_type, refusal, streamed, cancelled, \
-         prompt_tokens, completion_tokens, cached_tokens, total_tokens, tokens_estimated, cost_picos, latency_us, \
-         ttft_us, upstream_latency_us, metadata, request_body, response_body, target_path, retry_attempt, attempt, \
-         is_final, latency_bucket, ttft_bucket, overhead_bucket) VALUES ",
-    );
-    for (i, r) in rows.iter().enumerate() {
-        qb.push(if i == 0 { "(" } else { ", (" });
-        DB::bind_str(&mut qb, &r.id);
-        qb.push(", ");
-        DB::bind_i64(&mut qb, r.created_at.timestamp_millis());
-        qb.push(", ");
-        DB::bind_str(&mut qb, &r.trace_id);
-        for v in [
-            &r.workspace_id,
-            &r.api_key_id,
-            &r.integration_id,
-            &r.integration_slug,
-            &r.provider_slug,
-            &r.ai_provider_id,
-            &r.model,
-        ] {
-            qb.push(", ");
-            DB::bind_opt_str(&mut qb, v.as_deref());
-        }
-        qb.push(", ");
-        DB::bind_str(&mut qb, &r.endpoint);
-        qb.push(", ");
-        DB::bind_i64(&mut qb, i64::from(r.status_code));
-        for v in [&r.error_type, &r.refusal] {
-            qb.push(", ");
-            DB::bind_opt_str(&mut qb, v.as_deref());
-        }
-        for v in [r.streamed, r.cancelled] {
-            qb.push(", ");
-            DB::bind_bool(&mut qb, v);
-        }
-        for v in [r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.total_tokens] {
-            qb.push(", ");
-            DB::bind_i64(&mut qb, stored(v));
-        }
-        qb.push(", ");
-        DB::bind_bool(&mut qb, r.tokens_estimated);
-        qb.push(", ");
-        DB::bind_opt_i64(&mut qb, r.cost_picos);
-        qb.push(", ");
-        DB::bind_i64(&mut qb, stored(r.latency_us));
-        for v in [r.ttft_us, r.upstream_latency_us] {
-            qb.push(", ");
-            DB::bind_opt_i64(&mut qb, v.map(stored));
-        }
-        qb.push(", ");
-        DB::bind_json(
-            &mut qb,
-            r.metadata
-                .as_ref()
-                .map(|m| serde_json::Value::Object(m.clone()).to_string()),
-        );
-        for v in [&r.request_body, &r.response_body, &r.target_path] {
-            qb.push(", ");
-            DB::bind_opt_str(&mut qb, v.as_deref());
-        }
-        for v in [r.retry_attempt, r.attempt] {
-            qb.push(", ");
-            DB::bind_i64(&mut qb, i64::from(v));
-        }
-        qb.push(", ");
-        DB::bind_bool(&mut qb, !r.superseded);
-        let buckets = crate::analytics::Buckets::of(r);
-        qb.push(", ");
-        DB::bind_i64(&mut qb, buckets.latency);
-        for v in [buckets.ttft, buckets.overhead] {
-            qb.push(", ");
-            DB::bind_opt_i64(&mut qb, v);
-        }
-        qb.push(")");
+///
+/// Its text depends only on the backend, the row count and `returning`, so
+/// it is built once for each ([`insert_sql`]) and the batch only adds its
+/// values: building it with a `QueryBuilder` per batch (a formatted push
+/// for each value and each comma) cost about 5,000 instructions a row on
+/// the runtime that serves requests (docs/PERFORMANCE.md).
+fn insert_rows<DB: Backend>(rows: &[LogRecord], returning: bool) -> Result<InsertQuery<'_, DB>, sqlx::Error> {
+    let mut args = DB::Arguments::default();
+    args.reserve(rows.len() * INSERT_COLUMNS.len(), 0);
+    for r in rows {
+        add_row::<DB>(&mut args, r).map_err(sqlx::Error::Encode)?;
     }
-    qb.push(" ON CONFLICT (id) DO NOTHING");
+    Ok(DB::query_with(insert_sql::<DB>(rows.len(), returning), args))
+}
+
+/// The request log's insert of some rows, ready to run.
+type InsertQuery<'a, DB> = sqlx::query::Query<'a, DB, <DB as sqlx::Database>::Arguments<'a>>;
+
+/// Adds the values of one row of [`insert_rows`], in the order of
+/// [`INSERT_COLUMNS`].
+fn add_row<'a, DB: Backend>(args: &mut DB::Arguments<'a>, r: &'a LogRecord) -> Result<(), BoxDynError> {
+    DB::add_str(args, &r.id)?;
+    DB::add_i64(args, r.created_at.timestamp_millis())?;
+    DB::add_str(args, &r.trace_id)?;
+    for v in [
+        &r.workspace_id,
+        &r.api_key_id,
+        &r.integration_id,
+        &r.integration_slug,
+        &r.provider_slug,
+        &r.ai_provider_id,
+        &r.model,
+    ] {
+        DB::add_opt_str(args, v.as_deref())?;
+    }
+    DB::add_str(args, &r.endpoint)?;
+    DB::add_i64(args, i64::from(r.status_code))?;
+    DB::add_opt_str(args, r.error_type.as_deref())?;
+    DB::add_opt_str(args, r.refusal.as_deref())?;
+    DB::add_bool(args, r.streamed)?;
+    DB::add_bool(args, r.cancelled)?;
+    for v in [r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.total_tokens] {
+        DB::add_i64(args, stored(v))?;
+    }
+    DB::add_bool(args, r.tokens_estimated)?;
+    DB::add_opt_i64(args, r.cost_picos)?;
+    DB::add_i64(args, stored(r.latency_us))?;
+    DB::add_opt_i64(args, r.ttft_us.map(stored))?;
+    DB::add_opt_i64(args, r.upstream_latency_us.map(stored))?;
+    let metadata = r
+        .metadata
+        .as_ref()
+        .map(|m| serde_json::Value::Object(m.clone()).to_string());
+    DB::add_json(args, metadata)?;
+    for v in [&r.request_body, &r.response_body, &r.target_path] {
+        DB::add_opt_str(args, v.as_deref())?;
+    }
+    DB::add_i64(args, i64::from(r.retry_attempt))?;
+    DB::add_i64(args, i64::from(r.attempt))?;
+    DB::add_bool(args, !r.superseded)?;
+    let buckets = crate::analytics::Buckets::of(r);
+    DB::add_i64(args, buckets.latency)?;
+    DB::add_opt_i64(args, buckets.ttft)?;
+    DB::add_opt_i64(args, buckets.overhead)
+}
+
+/// The text of [`insert_rows`] for `rows` rows on `DB`, built on first use
+/// and kept for the process's life: [`statement_chunks`] makes the row
+/// counts a handful of powers of two up to [`INSERT_ROWS`], so there are a
+/// few dozen texts at most.
+fn insert_sql<DB: Backend>(rows: usize, returning: bool) -> &'static str {
+    type Texts = Vec<((&'static str, usize, bool), &'static str)>;
+    static TEXTS: parking_lot::Mutex<Texts> = parking_lot::Mutex::new(Vec::new());
+    let key = (DB::NAME, rows, returning);
+    let mut texts = TEXTS.lock();
+    if let Some((_, text)) = texts.iter().find(|(k, _)| *k == key) {
+        return text;
+    }
+    let metadata = INSERT_COLUMNS.iter().position(|c| *c == "metadata");
+    let mut sql = format!("INSERT INTO usage_log ({}) VALUES ", INSERT_COLUMNS.join(", "));
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..INSERT_COLUMNS.len() {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            let n = row * INSERT_COLUMNS.len() + column + 1;
+            if Some(column) == metadata {
+                DB::json_placeholder(&mut sql, n);
+            } else {
+                DB::placeholder(&mut sql, n);
+            }
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING");
     if returning {
-        qb.push(" RETURNING id");
+        sql.push_str(" RETURNING id");
     }
-    qb
+    let text: &'static str = Box::leak(sql.into_boxed_str());
+    texts.push((key, text));
+    text
 }
 
 /// Inserts `rows` on `conn` in [`statement_chunks`], answering the ids it
@@ -1047,7 +1107,7 @@ async fn insert_answering_ids<DB: Backend>(
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut new = Vec::with_capacity(rows.len());
     for chunk in statement_chunks(rows, INSERT_ROWS) {
-        for r in DB::fetch_all_on(conn, insert_rows::<DB>(chunk, true)).await? {
+        for r in DB::fetch_all_on(conn, insert_rows::<DB>(chunk, true)?).await? {
             new.extend(DB::get_opt_str(&r, 0)?);
         }
     }
@@ -1105,8 +1165,7 @@ async fn insert_on(conn: &mut SqliteConnection, rows: &[LogRecord]) -> Result<()
     let mut tx = conn.begin().await?;
     let mut stored = 0;
     for chunk in statement_chunks(rows, INSERT_ROWS) {
-        stored += insert_rows::<Sqlite>(chunk, false)
-            .build()
+        stored += insert_rows::<Sqlite>(chunk, false)?
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -1508,6 +1567,49 @@ mod tests {
         assert_eq!(join_halves(0, 0), 0);
         assert_eq!(stored(u64::MAX), i64::MAX);
         assert_eq!(stored(7), 7);
+    }
+
+    #[test]
+    fn the_insert_text_is_built_once_per_backend_row_count_and_returning() {
+        let columns = INSERT_COLUMNS.join(", ");
+        let one = insert_sql::<Sqlite>(1, false);
+        assert_eq!(
+            one,
+            format!(
+                "INSERT INTO usage_log ({columns}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
+                ["?"; 35].join(", ")
+            )
+        );
+        assert!(std::ptr::eq(one, insert_sql::<Sqlite>(1, false)), "built once");
+        assert!(insert_sql::<Sqlite>(1, true).ends_with("DO NOTHING RETURNING id"));
+        // PostgreSQL numbers its placeholders across the rows, and casts the
+        // metadata (the 26th column) to JSONB.
+        let row = |first: usize| {
+            (first..first + 35)
+                .map(|n| match n - first {
+                    25 => format!("CAST(${n} AS JSONB)"),
+                    _ => format!("${n}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        assert_eq!(
+            insert_sql::<Postgres>(2, true),
+            format!(
+                "INSERT INTO usage_log ({columns}) VALUES ({}), ({}) ON CONFLICT (id) DO NOTHING RETURNING id",
+                row(1),
+                row(36)
+            )
+        );
+        assert_eq!(INSERT_COLUMNS[25], "metadata");
+        // A row adds one value per column.
+        let r = record("a");
+        let mut args = <Sqlite as sqlx::Database>::Arguments::default();
+        add_row::<Sqlite>(&mut args, &r).unwrap();
+        assert_eq!(args.len(), INSERT_COLUMNS.len());
+        let mut args = <Postgres as sqlx::Database>::Arguments::default();
+        add_row::<Postgres>(&mut args, &r).unwrap();
+        assert_eq!(args.len(), INSERT_COLUMNS.len());
     }
 
     fn record(id: &str) -> LogRecord {
