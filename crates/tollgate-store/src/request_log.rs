@@ -148,6 +148,23 @@ pub struct LogRecord {
     pub superseded: bool,
 }
 
+impl LogRecord {
+    /// Who and what the request was for, in the log's column order:
+    /// workspace, key, integration (id and slug), provider slug, AI provider,
+    /// model.
+    fn attribution(&self) -> [&Option<String>; 7] {
+        [
+            &self.workspace_id,
+            &self.api_key_id,
+            &self.integration_id,
+            &self.integration_slug,
+            &self.provider_slug,
+            &self.ai_provider_id,
+            &self.model,
+        ]
+    }
+}
+
 /// Whether `v` holds its type's default (a field left out of the journal).
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
@@ -1019,15 +1036,7 @@ fn add_row<'a, DB: Backend>(args: &mut DB::Arguments<'a>, r: &'a LogRecord) -> R
     DB::add_str(args, &r.id)?;
     DB::add_i64(args, r.created_at.timestamp_millis())?;
     DB::add_str(args, &r.trace_id)?;
-    for v in [
-        &r.workspace_id,
-        &r.api_key_id,
-        &r.integration_id,
-        &r.integration_slug,
-        &r.provider_slug,
-        &r.ai_provider_id,
-        &r.model,
-    ] {
+    for v in r.attribution() {
         DB::add_opt_str(args, v.as_deref())?;
     }
     DB::add_str(args, &r.endpoint)?;
@@ -1221,23 +1230,17 @@ fn texts(r: &LogRecord) -> Vec<Cow<'_, str>> {
         .map(|s| Cow::Borrowed(s.as_str()))
         .collect();
     out.extend(
-        [
-            &r.workspace_id,
-            &r.api_key_id,
-            &r.integration_id,
-            &r.integration_slug,
-            &r.provider_slug,
-            &r.ai_provider_id,
-            &r.model,
-            &r.error_type,
-            &r.refusal,
-            &r.request_body,
-            &r.response_body,
-            &r.target_path,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|s| Cow::Borrowed(s.as_str())),
+        r.attribution()
+            .into_iter()
+            .chain([
+                &r.error_type,
+                &r.refusal,
+                &r.request_body,
+                &r.response_body,
+                &r.target_path,
+            ])
+            .flatten()
+            .map(|s| Cow::Borrowed(s.as_str())),
     );
     if let Some(m) = &r.metadata {
         // serde_json writes a NUL as `\u0000`.
