@@ -235,23 +235,23 @@ elseif op == 'restore' then
 
 elseif op == 'begin' then
   -- KEYS: the group's epoch and rebuild lock. ARGV: this process's token,
-  -- the lock's life (ms). Answers {'done'}, {'ours'} or {'theirs'}. The
-  -- lock holds the token and this server's run_id.
+  -- the lock's life (ms). Answers {'done'}, {'ours', this server's run_id}
+  -- or {'theirs'}.
   local here = instance()
   if redis.call('GET', KEYS[1]) == here then return {'done'} end
-  if redis.call('SET', KEYS[2], ARGV[2] .. '@' .. here, 'NX', 'PX', ARGV[3]) then return {'ours'} end
+  if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then return {'ours', here} end
   return {'theirs'}
 
 elseif op == 'restored' then
-  -- KEYS: the group's epoch and rebuild lock. ARGV: this process's token.
-  -- Marks the group rebuilt only if the lock is still this process's, taken
-  -- on this server: after a failover in the middle of the rebuild, some of
-  -- its writes went to the old server, and the next admission asks again.
+  -- KEYS: the group's epoch and rebuild lock. ARGV: this process's token,
+  -- the run_id 'begin' answered. Marks the group rebuilt only on the server
+  -- the rebuild began on: after a failover in the middle of it, some of its
+  -- writes went to the old server, and the next admission asks again.
   -- Answers {'ok'} or {'lost'}.
   local here = instance()
-  if redis.call('GET', KEYS[2]) ~= ARGV[2] .. '@' .. here then return {'lost'} end
+  if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+  if ARGV[3] ~= here then return {'lost'} end
   redis.call('SET', KEYS[1], here)
-  redis.call('DEL', KEYS[2])
   return {'ok'}
 end
 

@@ -162,6 +162,9 @@ pub(super) struct Inner {
     pub(super) timeout: Duration,
     /// This process: names its reservations and its rebuild lock.
     pub(super) token: String,
+    /// The groups this process is rebuilding, each with the `run_id` of the
+    /// Redis server the rebuild began on (see `restored` in `redis.lua`).
+    rebuilding: Mutex<std::collections::HashMap<String, String>>,
     pub(super) next_id: AtomicU64,
     /// When admitting without limits was last logged, and how often since.
     open_log: Mutex<(Option<Instant>, u64)>,
@@ -195,6 +198,7 @@ impl RedisCounters {
             lease_ms: i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX),
             timeout: settings.timeout,
             token: hex::encode(token),
+            rebuilding: Mutex::default(),
             next_id: AtomicU64::new(0),
             open_log: Mutex::new((None, 0)),
         });
@@ -626,7 +630,11 @@ impl Counters for RedisCounters {
         ];
         let answer = self.inner.run(&keys, &args).await?;
         match answer.first().map(String::as_str) {
-            Some("ours") => Ok(RestoreTurn::Ours),
+            Some("ours") => {
+                let server = answer.get(1).ok_or_else(|| unexpected(&answer))?;
+                self.inner.rebuilding.lock().insert(group.to_owned(), server.clone());
+                Ok(RestoreTurn::Ours)
+            }
             Some("theirs") => Ok(RestoreTurn::Theirs),
             Some("done") => Ok(RestoreTurn::Done),
             _ => Err(unexpected(&answer)),
@@ -636,15 +644,19 @@ impl Counters for RedisCounters {
     async fn restored(&self, group: &str) -> Result<(), CounterError> {
         let tag = self.inner.tag(group)?;
         let keys = [format!("{tag}:epoch"), format!("{tag}:restoring")];
-        let args = ["restored".to_owned(), self.inner.token.clone()];
+        // The server the rebuild began on ('' if it did not begin here: then
+        // it is not marked). Kept until the call succeeds, for a retry.
+        let began_on = self.inner.rebuilding.lock().get(group).cloned().unwrap_or_default();
+        let args = ["restored".to_owned(), self.inner.token.clone(), began_on];
         let answer = self.inner.run(&keys, &args).await?;
+        self.inner.rebuilding.lock().remove(group);
         match answer.first().map(String::as_str) {
             Some("ok") => Ok(()),
             // The next admission asks for the rebuild again.
             Some("lost") => {
                 tracing::warn!(
                     group,
-                    "the rebuilt counters were not marked: Redis changed servers during the rebuild, or it took longer than its lock"
+                    "the rebuilt counters were not marked: Redis changed servers during the rebuild"
                 );
                 Ok(())
             }
