@@ -163,6 +163,12 @@ impl LogRecord {
             &self.model,
         ]
     }
+
+    /// The metadata as JSON text, as the log stores it (a map of JSON
+    /// values always serialises; written without copying it into a `Value`).
+    fn metadata_json(&self) -> Option<String> {
+        self.metadata.as_ref().and_then(|m| serde_json::to_string(m).ok())
+    }
 }
 
 /// Whether `v` holds its type's default (a field left out of the journal).
@@ -1053,11 +1059,7 @@ fn add_row<'a, DB: Backend>(args: &mut DB::Arguments<'a>, r: &'a LogRecord) -> R
     DB::add_i64(args, stored(r.latency_us))?;
     DB::add_opt_i64(args, r.ttft_us.map(stored))?;
     DB::add_opt_i64(args, r.upstream_latency_us.map(stored))?;
-    let metadata = r
-        .metadata
-        .as_ref()
-        .map(|m| serde_json::Value::Object(m.clone()).to_string());
-    DB::add_json(args, metadata)?;
+    DB::add_json(args, r.metadata_json())?;
     for v in [&r.request_body, &r.response_body, &r.target_path] {
         DB::add_opt_str(args, v.as_deref())?;
     }
@@ -1242,9 +1244,8 @@ fn texts(r: &LogRecord) -> Vec<Cow<'_, str>> {
             .flatten()
             .map(|s| Cow::Borrowed(s.as_str())),
     );
-    if let Some(m) = &r.metadata {
+    if let Some(json) = r.metadata_json() {
         // serde_json writes a NUL as `\u0000`.
-        let json = serde_json::Value::Object(m.clone()).to_string();
         out.push(Cow::Owned(json.replace("\\u0000", "\0")));
     }
     out

@@ -394,6 +394,12 @@ fn member(id: &str, index: usize, reserved: Amount) -> String {
     }
 }
 
+/// A group's epoch and rebuild lock, the keys of `begin` and `restored` in
+/// `redis.lua`.
+fn rebuild_keys(tag: &str) -> [String; 2] {
+    [format!("{tag}:epoch"), format!("{tag}:restoring")]
+}
+
 /// Milliseconds a counter of `window` is kept from `now`; empty (no expiry)
 /// for a budget that never resets.
 fn ttl_ms(window: &Window, now: DateTime<Utc>) -> String {
@@ -622,7 +628,7 @@ impl Counters for RedisCounters {
 
     async fn begin_restore(&self, group: &str) -> Result<RestoreTurn, CounterError> {
         let tag = self.inner.tag(group)?;
-        let keys = [format!("{tag}:epoch"), format!("{tag}:restoring")];
+        let keys = rebuild_keys(&tag);
         let args = [
             "begin".to_owned(),
             self.inner.token.clone(),
@@ -643,7 +649,7 @@ impl Counters for RedisCounters {
 
     async fn restored(&self, group: &str) -> Result<(), CounterError> {
         let tag = self.inner.tag(group)?;
-        let keys = [format!("{tag}:epoch"), format!("{tag}:restoring")];
+        let keys = rebuild_keys(&tag);
         // The server the rebuild began on ('' if it did not begin here: then
         // it is not marked). Kept until the call succeeds, for a retry.
         let began_on = self.inner.rebuilding.lock().get(group).cloned().unwrap_or_default();
