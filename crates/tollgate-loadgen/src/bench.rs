@@ -14,10 +14,16 @@
 //! one target, the failed attempt (direct and through Tollgate) and a
 //! fallback from the failing target to the good one, so that one fallback
 //! hop's cost comes out of the same run.
+//!
+//! Between the direct and the through-Tollgate run, each gateway step also
+//! runs through a reference proxy (nginx, [`crate::reference`]) on Tollgate's
+//! CPU, so the report can say what any reverse proxy costs on this machine
+//! and how many times that Tollgate's request costs.
 
 use crate::load::{self, HttpClient, LoadError, Mode, Percentiles, Plan, StepStats, Target};
 use crate::procfs::{self, Machine, ProcError};
 use crate::procs::{self, Proc, ProcsError};
+use crate::reference::{self as reference_proxy, Reference};
 use crate::scaleout::{self, ScaleoutConfig, ScaleoutReport};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
@@ -130,6 +136,9 @@ pub struct BenchConfig {
     /// Pause between steps, so one step's tail does not spill into the next.
     pub cooldown: Duration,
     pub pinning: Option<Pinning>,
+    /// nginx, run as the reference proxy beside Tollgate in every gateway
+    /// step ([`crate::reference`]); `None`: no reference steps.
+    pub reference: Option<PathBuf>,
     pub search: SearchConfig,
     /// The whole run stops starting new steps after this.
     pub max_wall: Duration,
@@ -212,6 +221,25 @@ pub struct StepReport {
     /// none of Tollgate, the mock and the load generator (e.g. a compiler
     /// running beside the benchmark). Large values mean a disturbed step.
     pub other_processes_cpu_s: f64,
+    /// The same rate and mode through the reference proxy (nginx), run
+    /// between the two; `None` when no reference ran.
+    pub reference: Option<ReferenceStep>,
+}
+
+/// One step through the reference proxy ([`crate::reference`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferenceStep {
+    pub stats: StepStats,
+    /// Through nginx minus direct.
+    pub added_ms: Added,
+    pub added_ttfb_ms: Option<Added>,
+    pub cpu_s: f64,
+    pub requests_total: u64,
+    pub cpu_ms_per_1000_requests: f64,
+    /// Tollgate's CPU per request over nginx's: how many times the least
+    /// a proxy costs here Tollgate's request costs (`None` when nginx's CPU
+    /// stayed under one clock tick, as in a tiny smoke step).
+    pub tollgate_cpu_ratio: Option<f64>,
 }
 
 /// One probe of the search.
@@ -361,6 +389,8 @@ struct Rig {
     tollgate: Proc,
     direct: [Arc<Target>; 2],
     through: [Arc<Target>; 2],
+    /// The reference proxy and the mock's chat completions through it.
+    reference: Option<(Reference, [Arc<Target>; 2])>,
     /// The routing scenario's failing mock and targets.
     routing: Option<RoutingRig>,
     setup: Value,
@@ -718,6 +748,32 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
     setup["sanity_response"] = sanity(client, &through[0], &gov.key).await?;
     setup["request_log"] = json!("on (embedded SQLite, default settings)");
     setup["tollgate_log_level"] = json!("warn (TOLLGATE_LOG)");
+    let reference = match (&cfg.reference, cfg.scenarios.contains(&Scenario::Gateway)) {
+        (Some(nginx), true) => {
+            let r = reference_proxy::start(
+                nginx,
+                dir.path(),
+                mock_port,
+                cfg.pinning.as_ref().map(|p| p.tollgate.as_str()),
+                ready_within,
+            )
+            .await?;
+            let targets = direct_targets(&format!("http://127.0.0.1:{}/v1", r.port))?;
+            let (status, _, body) = send_once(client, &targets[0]).await?;
+            if status != 200 {
+                return Err(BenchError::Sanity(format!(
+                    "through the reference proxy: HTTP {status}: {body}"
+                )));
+            }
+            setup["reference_proxy"] = json!({
+                "binary": r.binary,
+                "what": "nginx as a plain reverse proxy in front of the mock: one process, no access log, kept-alive upstream connections, unbuffered; pinned like Tollgate",
+                "config": reference_proxy::config(dir.path(), r.port, mock_port),
+            });
+            Some((r, targets))
+        }
+        _ => None,
+    };
     let routing = if cfg.scenarios.contains(&Scenario::Routing) {
         let env = RoutingEnv {
             dir: dir.path(),
@@ -740,6 +796,7 @@ async fn start(cfg: &BenchConfig, client: &HttpClient) -> Result<Rig, BenchError
         tollgate,
         direct,
         through,
+        reference,
         routing,
         setup,
     })
@@ -881,6 +938,17 @@ async fn step(
     let p = plan(cfg, rate, mode, cfg.duration, cfg.warmup);
     let direct = load::run(client, rig.direct[mode_index(mode)].clone(), &p).await?;
     tokio::time::sleep(cfg.cooldown).await;
+    let reference = match &rig.reference {
+        Some((r, targets)) => {
+            let pid = r.proc.pid();
+            let cpu0 = procfs::cpu_seconds(pid)?;
+            let stats = load::run(client, targets[mode_index(mode)].clone(), &p).await?;
+            let cpu = (procfs::cpu_seconds(pid)? - cpu0).max(0.0);
+            tokio::time::sleep(cfg.cooldown).await;
+            Some((stats, cpu))
+        }
+        None => None,
+    };
     let pid = rig.tollgate.pid();
     let ours = |cpu: f64| -> Result<f64, BenchError> { Ok(cpu + others_cpu(rig)?) };
     let busy0 = procfs::machine_busy_seconds()?;
@@ -897,31 +965,54 @@ async fn step(
     let cpu = (cpu1 - cpu0).max(0.0);
     let total = through.requests_total.max(1);
     let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
+    let per_1000 = |cpu: f64, requests: u64| cpu * 1000.0 * 1000.0 / requests.max(1) as f64;
+    let tollgate_per_1000 = per_1000(cpu, total);
+    let reference = reference.map(|(stats, cpu)| {
+        let cpu_per_1000 = per_1000(cpu, stats.requests_total);
+        ReferenceStep {
+            added_ms: Added::of(&stats.latency_ms, &direct.latency_ms),
+            added_ttfb_ms: added_ttfb(&stats, &direct),
+            cpu_s: cpu,
+            requests_total: stats.requests_total,
+            cpu_ms_per_1000_requests: cpu_per_1000,
+            tollgate_cpu_ratio: (cpu_per_1000 > 0.0).then(|| tollgate_per_1000 / cpu_per_1000),
+            stats,
+        }
+    });
     Ok(StepReport {
         rate,
         mode,
         added_ms: Added::of(&through.latency_ms, &direct.latency_ms),
-        added_ttfb_ms: match (&through.ttfb_ms, &direct.ttfb_ms) {
-            (Some(t), Some(d)) => Some(Added::of(t, d)),
-            _ => None,
-        },
+        added_ttfb_ms: added_ttfb(&through, &direct),
         tollgate_cpu_s: cpu,
         tollgate_requests_total: through.requests_total,
-        tollgate_cpu_ms_per_1000_requests: cpu * 1000.0 * 1000.0 / total as f64,
+        tollgate_cpu_ms_per_1000_requests: tollgate_per_1000,
         tollgate_user_cpu_s: (split1.0 - split0.0).max(0.0),
         tollgate_system_cpu_s: (split1.1 - split0.1).max(0.0),
         tollgate_peak_rss_mb: mb(mem.hwm_kib),
         tollgate_rss_mb: mb(mem.rss_kib),
         other_processes_cpu_s: ((busy1 - busy0) - (ours1 - ours0)).max(0.0),
+        reference,
         direct,
         tollgate: through,
     })
 }
 
-/// CPU seconds of the benchmark's processes other than Tollgate: the mocks
-/// and the load generator.
+/// Streams: time to first byte, one side minus the direct call.
+fn added_ttfb(through: &StepStats, direct: &StepStats) -> Option<Added> {
+    match (&through.ttfb_ms, &direct.ttfb_ms) {
+        (Some(t), Some(d)) => Some(Added::of(t, d)),
+        _ => None,
+    }
+}
+
+/// CPU seconds of the benchmark's processes other than Tollgate: the mocks,
+/// the reference proxy and the load generator.
 fn others_cpu(rig: &Rig) -> Result<f64, BenchError> {
     let mut s = procfs::cpu_seconds(rig.mock.pid())? + procfs::cpu_seconds(std::process::id())?;
+    if let Some((r, _)) = &rig.reference {
+        s += procfs::cpu_seconds(r.proc.pid())?;
+    }
     if let Some(r) = &rig.routing {
         s += procfs::cpu_seconds(r.failing_mock.pid())?;
     }
@@ -1288,7 +1379,8 @@ async fn embedded(
     };
     'rates: for &rate in rates {
         for &mode in &cfg.modes {
-            if !cfg.fits(2, deadline, format!("{rate} req/s {}", mode.name()), notes) {
+            let runs = if rig.reference.is_some() { 3 } else { 2 };
+            if !cfg.fits(runs, deadline, format!("{rate} req/s {}", mode.name()), notes) {
                 break 'rates;
             }
             let r = step(cfg, client, &rig, rate, mode).await?;
@@ -1321,6 +1413,9 @@ pub async fn run(cfg: BenchConfig) -> Result<Report, BenchError> {
     let deadline = wall_start + cfg.max_wall;
     let client = load::client(cfg.concurrency);
     let mut notes = vec![format!("load average at start: {}", procfs::loadavg())];
+    if cfg.reference.is_none() && cfg.scenarios.contains(&Scenario::Gateway) {
+        notes.push("no reference proxy: nginx was not found or --no-reference was given".into());
+    }
     let e = if cfg.scenarios.contains(&Scenario::Gateway) || cfg.scenarios.contains(&Scenario::Routing) {
         embedded(&cfg, &client, deadline, &mut notes).await?
     } else {

@@ -131,6 +131,13 @@ struct BenchArgs {
     /// CPUs for Tollgate.
     #[arg(long, default_value = "1")]
     pin_tollgate: String,
+    /// nginx for the reference proxy, run beside Tollgate in every gateway
+    /// step [default: nginx on PATH, else /usr/sbin/nginx; none: no reference steps].
+    #[arg(long)]
+    reference_nginx: Option<PathBuf>,
+    /// Leave the reference proxy out.
+    #[arg(long)]
+    no_reference: bool,
     /// Skip the search for the highest sustained rate.
     #[arg(long)]
     no_search: bool,
@@ -228,6 +235,15 @@ fn bench_config(a: &BenchArgs) -> anyhow::Result<BenchConfig> {
         timeout: secs(a.timeout)?,
         cooldown: secs(if smoke { 0.1 } else { 1.0 })?,
         pinning,
+        reference: if a.no_reference {
+            None
+        } else {
+            match &a.reference_nginx {
+                Some(p) if p.is_file() => Some(p.clone()),
+                Some(p) => anyhow::bail!("--reference-nginx {}: no such file", p.display()),
+                None => tollgate_loadgen::reference::find_nginx(),
+            }
+        },
         search: SearchConfig {
             enabled: !a.no_search,
             p99_bound_ms: a.search_p99_ms,

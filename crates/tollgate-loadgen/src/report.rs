@@ -1,13 +1,13 @@
 //! The human-readable side of a run: one line per step while it runs, and
 //! the final table (the same figures as the JSON).
 
-use crate::bench::{Report, RoutingRound, Spread, StepReport};
+use crate::bench::{ReferenceStep, Report, RoutingRound, Spread, StepReport};
 use crate::scaleout::ScaleoutStep;
 use std::fmt::Write;
 
 /// One line per finished step, printed as the run goes.
 pub fn step_line(r: &StepReport) -> String {
-    format!(
+    let mut line = format!(
         "{:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  tollgate p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  ok {:>6.2}%  cpu {:.3} ms/req  hwm {:.1} MB  other cpu {:.1} s",
         r.rate,
         r.mode.name(),
@@ -19,7 +19,18 @@ pub fn step_line(r: &StepReport) -> String {
         r.tollgate_cpu_ms_per_1000_requests / 1000.0,
         r.tollgate_peak_rss_mb,
         r.other_processes_cpu_s,
-    )
+    );
+    if let Some(n) = &r.reference {
+        let _ = write!(
+            line,
+            "  | nginx added p50/p99 {:.2}/{:.2} ms cpu {:.3} ms/req (tollgate {}x)",
+            n.added_ms.p50,
+            n.added_ms.p99,
+            n.cpu_ms_per_1000_requests / 1000.0,
+            ratio(n.tollgate_cpu_ratio),
+        );
+    }
+    line
 }
 
 /// One line per finished scale-out step.
@@ -189,6 +200,7 @@ pub fn table(report: &Report) -> String {
             search.stopped_because,
         );
     }
+    reference_table(&mut s, report);
     let _ = writeln!(s, "\nTargets:\n");
     for t in &report.targets {
         let verdict = match t.met {
@@ -200,6 +212,47 @@ pub fn table(report: &Report) -> String {
         let _ = writeln!(s, "- {}: {} (limit {}): {}", t.name, value, t.limit, verdict);
     }
     s
+}
+
+/// A CPU ratio, or `-` when the reference's CPU was too small to read.
+fn ratio(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("{r:.1}"))
+}
+
+/// The same steps through the reference proxy (nginx), beside Tollgate's.
+fn reference_table(s: &mut String, report: &Report) {
+    let steps: Vec<(&StepReport, &ReferenceStep)> = report
+        .steps
+        .iter()
+        .filter_map(|r| Some((r, r.reference.as_ref()?)))
+        .collect();
+    if steps.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nThe same steps through the reference proxy (nginx: one process, no access log, kept-alive upstream connections; on Tollgate's CPU), against the same direct call:\n"
+    );
+    let _ = writeln!(
+        s,
+        "| rate (req/s) | mode | nginx added p50 / p99 (ms) | Tollgate added p50 / p99 (ms) | nginx CPU per request (ms) | Tollgate CPU per request (ms) | Tollgate ÷ nginx (CPU) |"
+    );
+    let _ = writeln!(s, "|---:|---|---|---|---:|---:|---:|");
+    for (r, n) in steps {
+        let _ = writeln!(
+            s,
+            "| {:.0} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.3} | {:.3} | {} |",
+            r.rate,
+            r.mode.name(),
+            n.added_ms.p50,
+            n.added_ms.p99,
+            r.added_ms.p50,
+            r.added_ms.p99,
+            n.cpu_ms_per_1000_requests / 1000.0,
+            r.tollgate_cpu_ms_per_1000_requests / 1000.0,
+            ratio(n.tollgate_cpu_ratio),
+        );
+    }
 }
 
 /// The direct-versus-Tollgate steps.

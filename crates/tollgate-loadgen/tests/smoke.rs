@@ -1,6 +1,7 @@
 //! The harness must not rot: `bench/run --smoke` starts the mock and a
 //! Tollgate, runs a few one-second steps at tiny rates and writes its JSON;
 //! its scale-out part needs the machine's PostgreSQL and Redis.
+//! Each gateway step also runs through nginx, the reference proxy.
 //! Only that it runs and what the JSON holds is asserted, never timing.
 //! `bench/instructions` likewise: it runs and prints a count.
 
@@ -103,7 +104,37 @@ fn smoke_run_writes_the_report() {
             assert!(s["tollgate"]["ttfb_ms"]["p99"].is_number());
             assert!(s["added_ttfb_ms"]["p99"].is_number());
         }
+        // The same step through the reference proxy (nginx; scripts/test
+        // installs it): every request answered, its CPU read.
+        let r = &s["reference"];
+        assert_eq!(r["stats"]["errors"], 0, "{}", r["stats"]["error_kinds"]);
+        assert_eq!(
+            r["stats"]["ok"], s["tollgate"]["ok"],
+            "as many answers as through Tollgate"
+        );
+        assert!(r["added_ms"]["p99"].is_number());
+        assert!(r["cpu_ms_per_1000_requests"].is_number());
+        // A ratio, unless nginx's CPU stayed under one clock tick.
+        assert_eq!(
+            r["tollgate_cpu_ratio"].is_number(),
+            r["cpu_ms_per_1000_requests"].as_f64().is_some_and(|c| c > 0.0),
+            "{r}"
+        );
+        if s["mode"] == "stream" {
+            assert!(r["added_ttfb_ms"]["p99"].is_number());
+        }
     }
+    assert!(
+        report["setup"]["reference_proxy"]["config"]
+            .as_str()
+            .is_some_and(|c| c.contains("proxy_pass")),
+        "{}",
+        report["setup"]
+    );
+    assert!(
+        stdout.contains("through the reference proxy"),
+        "its table is printed: {stdout}"
+    );
     // The limits were in force on the sanity request.
     assert!(
         report["setup"]["sanity_response"]["x-ratelimit-limit-requests"].is_string(),
@@ -257,4 +288,23 @@ fn instructions_are_counted_per_request() {
         assert_eq!(bad.status.code(), Some(2), "{args:?}");
         assert!(String::from_utf8_lossy(&bad.stderr).contains(says), "{args:?}");
     }
+}
+
+/// A reference proxy that is not there is refused before anything starts.
+#[test]
+fn a_missing_reference_nginx_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate-loadgen"))
+        .args(["bench", "--tollgate-bin", "/bin/true", "--out"])
+        .arg(dir.path().join("r.json"))
+        .args(["--reference-nginx", "/nonexistent/nginx"])
+        .output()
+        .expect("tollgate-loadgen starts");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--reference-nginx /nonexistent/nginx: no such file"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("r.json").exists(), "nothing ran");
 }
