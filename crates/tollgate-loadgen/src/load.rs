@@ -1,4 +1,5 @@
-//! The open-loop generator: one step of fixed-rate load against one target.
+//! The open-loop generator: one step of fixed-rate load against one target
+//! (or several in turn, or any operation: [`run_op`]).
 //!
 //! Requests are sent on a schedule (request `i` is due at `start + i / rate`),
 //! whatever happened to the earlier ones, and each request's latency is
@@ -206,6 +207,25 @@ pub async fn run_spread(client: &HttpClient, targets: &[Arc<Target>], plan: &Pla
     if targets.is_empty() {
         return Err(LoadError::NoTargets);
     }
+    let (client, targets, mode) = (client.clone(), targets.to_vec(), plan.mode);
+    run_op(plan, move |i| {
+        // `i % len` < len, so the index is in range.
+        let target = targets[(i % targets.len() as u64) as usize].clone();
+        let client = client.clone();
+        async move { exchange(&client, &target, mode).await }
+    })
+    .await
+}
+
+/// Runs one step of any operation on the open-loop schedule of `plan`:
+/// `op(i)` is the `i`-th request, and answers when its first byte came (if
+/// that means anything) and whether it succeeded (else an error kind).
+/// Latency is measured from each request's due time, as for HTTP.
+pub async fn run_op<F, Fut>(plan: &Plan, op: F) -> Result<StepStats, LoadError>
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (Option<Instant>, Result<(), String>)> + Send + 'static,
+{
     if !(plan.rate.is_finite() && plan.rate > 0.0) {
         return Err(LoadError::BadRate(plan.rate));
     }
@@ -224,9 +244,8 @@ pub async fn run_spread(client: &HttpClient, targets: &[Arc<Target>], plan: &Pla
     let measured_from = start + Duration::from_nanos((warm as f64 * interval_ns) as u64);
 
     let handle = tokio::runtime::Handle::current();
-    let (client, plan_c, col) = (client.clone(), plan.clone(), collector.clone());
+    let (plan_c, col) = (plan.clone(), collector.clone());
     let (inf, maxinf) = (in_flight.clone(), max_in_flight.clone());
-    let targets = targets.to_vec();
     // The dispatcher sleeps until each due time and hands the request to the
     // runtime; it never waits for answers.
     let dispatcher = std::thread::Builder::new()
@@ -240,17 +259,7 @@ pub async fn run_spread(client: &HttpClient, targets: &[Arc<Target>], plan: &Pla
                     std::thread::sleep(due - now);
                 }
                 let measured = i >= warm;
-                // `i % len` < len, so the index is in range.
-                let target = targets[(i % targets.len() as u64) as usize].clone();
-                let fut = one(
-                    client.clone(),
-                    target,
-                    plan_c.clone(),
-                    due,
-                    slots.clone(),
-                    inf.clone(),
-                    maxinf.clone(),
-                );
+                let fut = one(op(i), plan_c.timeout, due, slots.clone(), inf.clone(), maxinf.clone());
                 let col = col.clone();
                 handles.push(handle.spawn(async move {
                     let outcome = fut.await;
@@ -329,23 +338,23 @@ fn record(col: &Mutex<Collector>, due: Instant, o: Option<Outcome>) {
     }
 }
 
-/// One request: wait for a slot, send, read the answer to its end. `None`
-/// when the deadline (due + timeout) passed first.
+/// One request: wait for a slot, then run it (for HTTP: send, read the
+/// answer to its end). `None` when the deadline (due + timeout) passed
+/// first.
 async fn one(
-    client: HttpClient,
-    target: Arc<Target>,
-    plan: Plan,
+    op: impl std::future::Future<Output = (Option<Instant>, Result<(), String>)>,
+    timeout: Duration,
     due: Instant,
     slots: Arc<Semaphore>,
     in_flight: Arc<AtomicU64>,
     max_in_flight: Arc<AtomicU64>,
 ) -> Option<Outcome> {
-    let deadline = tokio::time::Instant::from_std(due + plan.timeout);
+    let deadline = tokio::time::Instant::from_std(due + timeout);
     tokio::time::timeout_at(deadline, async move {
         let _slot = slots.acquire_owned().await.ok()?;
         let _counted = InFlight::enter(in_flight, &max_in_flight);
         let sent = Instant::now();
-        let (first_byte, result) = exchange(&client, &target, plan.mode).await;
+        let (first_byte, result) = op.await;
         Some(Outcome {
             sent,
             first_byte,
@@ -609,6 +618,40 @@ mod tests {
             run_spread(&client(1), &[], &plan(Mode::Whole)).await,
             Err(LoadError::NoTargets)
         ));
+    }
+
+    /// Any operation runs on the schedule: each request is `op(i)` once,
+    /// its result counted under its error kind, and one that outlives the
+    /// timeout counted as a timeout.
+    #[tokio::test]
+    async fn any_operation_runs_on_the_schedule() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let s = run_op(&plan(Mode::Whole), move |i| {
+            log.lock().unwrap().push(i);
+            async move {
+                match i % 4 {
+                    0 => (None, Err("odd_one".to_owned())),
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        (None, Ok(()))
+                    }
+                    _ => (None, Ok(())),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            (0..50).collect::<Vec<u64>>(),
+            "each request once, in order"
+        );
+        // 40 measured (the first 10 are the warm-up): 10 of each kind.
+        assert_eq!(s.requests, 40);
+        assert_eq!(s.ok, 20, "{:?}", s.error_kinds);
+        assert_eq!(s.error_kinds.get("odd_one"), Some(&10));
+        assert_eq!(s.error_kinds.get("timeout"), Some(&10));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use crate::bench::{
     check, direct_targets, govern, mode_index, plan, sanity, through_targets, Added, BenchConfig, BenchError,
     TargetCheck, MASTER_KEY,
 };
-use crate::load::{self, HttpClient, Mode, StepStats, Target};
+use crate::load::{self, HttpClient, Mode, Plan, StepStats, Target};
 use crate::procfs;
 use crate::procs::{self, Proc};
 use redis::aio::MultiplexedConnection;
@@ -59,6 +59,11 @@ pub struct ScaleoutStep {
     pub rate: f64,
     pub mode: Mode,
     pub direct: StepStats,
+    /// The machine's Redis floor: two script calls in a row (`EVAL "return
+    /// 1" 0`), as many round trips as a request through a replica makes,
+    /// sent by the load generator on the same schedule (run between the
+    /// direct and the through step, so its calls are not counted below).
+    pub redis_floor: StepStats,
     /// Through the replicas, requests spread over them in turn.
     pub through: StepStats,
     pub added_ms: Added,
@@ -237,6 +242,29 @@ impl RedisProbe {
         )
         .await?;
         Ok(parse_info(&text))
+    }
+
+    /// One step of the Redis floor ([`ScaleoutStep::redis_floor`]) on
+    /// `plan`'s schedule: each request is two script calls in a row.
+    async fn two_round_trips(&self, plan: &Plan) -> Result<StepStats, BenchError> {
+        let conn = self.0.clone();
+        let plan = Plan {
+            mode: Mode::Whole,
+            ..plan.clone()
+        };
+        Ok(load::run_op(&plan, move |_| {
+            let mut c = conn.clone();
+            async move {
+                for _ in 0..2 {
+                    let r: Result<i64, _> = redis::cmd("EVAL").arg("return 1").arg(0).query_async(&mut c).await;
+                    if r.is_err() {
+                        return (None, Err("redis".into()));
+                    }
+                }
+                (None, Ok(()))
+            }
+        })
+        .await?)
     }
 
     /// Deletes every key that starts with `prefix` (which holds no glob
@@ -443,6 +471,8 @@ async fn step(
     let pl = plan(cfg, rate, mode, cfg.duration, cfg.warmup);
     let direct = load::run(client, direct[mode_index(mode)].clone(), &pl).await?;
     tokio::time::sleep(cfg.cooldown).await;
+    let redis_floor = p.redis.two_round_trips(&pl).await?;
+    tokio::time::sleep(cfg.cooldown).await;
     let targets: Vec<Arc<Target>> = fleet
         .replicas
         .iter()
@@ -507,6 +537,7 @@ async fn step(
         redis_calls,
         other_processes_cpu_s: ((r1.busy - r0.busy) - accounted).max(0.0),
         direct,
+        redis_floor,
         through,
     })
 }
@@ -618,7 +649,7 @@ async fn measure(
         for &rate in &sc.rates {
             for &mode in &cfg.modes {
                 let what = format!("scaleout {count} replica(s), {rate} req/s {}", mode.name());
-                if !cfg.fits(2, deadline, what, notes) {
+                if !cfg.fits(3, deadline, what, notes) {
                     break 'counts;
                 }
                 let mut probes = Probes {
@@ -754,6 +785,7 @@ mod tests {
             mode: Mode::Whole,
             added_ms: Added::of(&through.latency_ms, &direct.latency_ms),
             added_ttfb_ms: None,
+            redis_floor: stats(0, 0.2),
             direct,
             through,
             requests_total: 1000,

@@ -200,6 +200,10 @@ fn smoke_run_writes_the_report() {
         assert_eq!(s["through"]["errors"], 0, "{}", s["through"]["error_kinds"]);
         assert_eq!(s["direct"]["errors"], 0);
         assert!(s["added_ms"]["p99"].is_number());
+        // The Redis floor: every pair of round trips answered.
+        assert_eq!(s["redis_floor"]["errors"], 0, "{}", s["redis_floor"]["error_kinds"]);
+        assert_eq!(s["redis_floor"]["ok"], s["redis_floor"]["requests"]);
+        assert!(s["redis_floor"]["latency_ms"]["p99"].as_f64().is_some_and(|v| v > 0.0));
         assert_eq!(s["replica_cpu_s"].as_array().map(Vec::len), Some(n));
         assert_eq!(s["replica_peak_rss_mb"].as_array().map(Vec::len), Some(n));
         assert!(s["cpu_ms_per_1000_requests"].as_f64().is_some_and(|v| v > 0.0));
