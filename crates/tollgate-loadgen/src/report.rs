@@ -217,7 +217,45 @@ pub fn table(report: &Report) -> String {
         let value = t.value.map_or("-".into(), |v| format!("{v:.3}"));
         let _ = writeln!(s, "- {}: {} (limit {}): {}", t.name, value, t.limit, verdict);
     }
+    let floor = reference_figures(&report.steps);
+    if !floor.is_empty() {
+        let _ = writeln!(s, "\nThe same figures through the reference proxy (nginx), same run:\n");
+        for line in floor {
+            let _ = writeln!(s, "- {line}");
+        }
+    }
     s
+}
+
+/// The reference proxy's figures that the gateway targets name: added p99
+/// per rate and mode, and CPU per request (worst mode) at 100 and 3,000
+/// req/s, for the steps that ran through it.
+fn reference_figures(steps: &[StepReport]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in steps {
+        if let Some(n) = &r.reference {
+            out.push(format!(
+                "nginx added p99 at {:.0} req/s ({}): {:.3} ms",
+                r.rate,
+                r.mode.name(),
+                n.added_ms.p99
+            ));
+        }
+    }
+    for rate in [100.0, 3000.0] {
+        let worst = steps
+            .iter()
+            .filter(|r| r.rate == rate)
+            .filter_map(|r| r.reference.as_ref())
+            .map(|n| n.cpu_ms_per_1000_requests / 1000.0)
+            .reduce(f64::max);
+        if let Some(cpu) = worst {
+            out.push(format!(
+                "nginx CPU per request at {rate:.0} req/s (worst mode): {cpu:.3} ms"
+            ));
+        }
+    }
+    out
 }
 
 /// A CPU ratio, or `-` when the reference's CPU was too small to read.

@@ -135,6 +135,11 @@ fn smoke_run_writes_the_report() {
         stdout.contains("through the reference proxy"),
         "its table is printed: {stdout}"
     );
+    assert!(
+        stdout.contains("The same figures through the reference proxy (nginx), same run:")
+            && stdout.contains("nginx added p99 at 20 req/s (whole)"),
+        "the reference's figures beside the targets: {stdout}"
+    );
     // The limits were in force on the sanity request.
     assert!(
         report["setup"]["sanity_response"]["x-ratelimit-limit-requests"].is_string(),
