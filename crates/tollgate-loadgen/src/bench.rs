@@ -965,7 +965,7 @@ async fn step(
     let cpu = (cpu1 - cpu0).max(0.0);
     let total = through.requests_total.max(1);
     let mb = |kib: u64| kib as f64 * 1024.0 / 1e6;
-    let per_1000 = |cpu: f64, requests: u64| cpu * 1000.0 * 1000.0 / requests.max(1) as f64;
+    let per_1000 = scaleout::per_1000;
     let tollgate_per_1000 = per_1000(cpu, total);
     let reference = reference.map(|(stats, cpu)| {
         let cpu_per_1000 = per_1000(cpu, stats.requests_total);

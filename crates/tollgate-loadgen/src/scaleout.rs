@@ -447,7 +447,8 @@ fn share(total: u64, n: usize, k: usize) -> u64 {
     total / n + u64::from(k < total % n)
 }
 
-fn per_1000(cpu_s: f64, requests: u64) -> f64 {
+/// CPU milliseconds per 1,000 requests.
+pub(crate) fn per_1000(cpu_s: f64, requests: u64) -> f64 {
     cpu_s * 1e6 / requests.max(1) as f64
 }
 
