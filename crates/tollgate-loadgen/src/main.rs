@@ -94,6 +94,12 @@ struct BenchArgs {
     /// The Redis server of the scaleout scenario (it uses a key prefix of its own).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
+    /// Keep every PostgreSQL and Redis process on these CPUs (a taskset -c
+    /// list, e.g. 0) while the scaleout steps run, so that they do not take
+    /// the replicas' core; their CPUs are given back afterwards. Needs the
+    /// right to change those processes' affinity (root, or their user).
+    #[arg(long)]
+    pin_services: Option<String>,
     /// Requests per second of each of the routing scenario's six steps [default: 200; smoke: 20].
     #[arg(long)]
     routing_rate: Option<f64>,
@@ -292,6 +298,7 @@ fn scaleout_config(a: &BenchArgs) -> anyhow::Result<ScaleoutConfig> {
         replicas,
         postgres: a.postgres.trim_end_matches('/').to_owned(),
         redis: a.redis.clone(),
+        pin_services: a.pin_services.clone(),
     })
 }
 

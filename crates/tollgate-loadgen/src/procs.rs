@@ -46,6 +46,14 @@ pub fn taskset_available() -> bool {
 /// Pins the calling thread (and so every thread it starts later) to `cpus`,
 /// a comma-separated list such as `0` or `0,1`.
 pub fn pin_self(cpus: &str) -> Result<(), ProcsError> {
+    set_affinity(0, &cpu_set(cpus)?).map_err(|e| ProcsError::Command {
+        what: "pin".into(),
+        message: e.to_string(),
+    })
+}
+
+/// The CPU set of a comma-separated list such as `0` or `0,1`.
+fn cpu_set(cpus: &str) -> Result<libc::cpu_set_t, ProcsError> {
     let list: Vec<usize> = cpus
         .split(',')
         .map(|c| c.trim().parse::<usize>())
@@ -54,27 +62,129 @@ pub fn pin_self(cpus: &str) -> Result<(), ProcsError> {
             what: "pin".into(),
             message: format!("bad CPU list {cpus:?}: {e}"),
         })?;
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it
-    // for indices below CPU_SETSIZE, checked first.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for c in list {
-            if c >= libc::CPU_SETSIZE as usize {
-                return Err(ProcsError::Command {
-                    what: "pin".into(),
-                    message: format!("CPU {c} out of range"),
-                });
-            }
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+    // SAFETY: a zeroed cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for c in list {
+        if c >= libc::CPU_SETSIZE as usize {
             return Err(ProcsError::Command {
                 what: "pin".into(),
-                message: std::io::Error::last_os_error().to_string(),
+                message: format!("CPU {c} out of range"),
             });
         }
+        // SAFETY: CPU_SET writes inside the set for an index below
+        // CPU_SETSIZE, checked above.
+        unsafe { libc::CPU_SET(c, &mut set) };
     }
-    Ok(())
+    Ok(set)
+}
+
+/// The CPUs thread `tid` may run on (`None`: it has ended).
+fn affinity(tid: libc::pid_t) -> Option<libc::cpu_set_t> {
+    // SAFETY: sched_getaffinity writes at most the size given into `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0).then_some(set)
+    }
+}
+
+/// Pins thread `tid` (0: the calling thread) to `set`.
+fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: sched_setaffinity reads the size given from `set`.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Every thread of every process whose command name (`/proc/<pid>/comm`)
+/// is one of `comms`, with that name.
+fn threads_named(comms: &[&str]) -> Vec<(libc::pid_t, String)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end();
+        if !comms.contains(&comm) {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            if let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) {
+                out.push((tid, comm.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The services named (e.g. `postgres`, `redis-server`), every thread of
+/// them, kept on some CPUs until dropped, when each thread gets back the
+/// CPUs it had; a process started in between (a PostgreSQL backend forked
+/// by the pinned server) gets those its kind had. A run killed outright
+/// cannot restore them: `taskset -a -p -c 0-N PID` does by hand.
+pub struct PinnedServices {
+    comms: Vec<&'static str>,
+    saved: std::collections::HashMap<libc::pid_t, libc::cpu_set_t>,
+    by_comm: std::collections::HashMap<String, libc::cpu_set_t>,
+}
+
+impl PinnedServices {
+    pub fn pin(comms: &[&'static str], cpus: &str) -> Result<PinnedServices, ProcsError> {
+        let set = cpu_set(cpus)?;
+        let mut pinned = PinnedServices {
+            comms: comms.to_vec(),
+            saved: Default::default(),
+            by_comm: Default::default(),
+        };
+        for (tid, comm) in threads_named(comms) {
+            let Some(old) = affinity(tid) else { continue };
+            match set_affinity(tid, &set) {
+                Ok(()) => {
+                    pinned.by_comm.entry(comm).or_insert(old);
+                    pinned.saved.insert(tid, old);
+                }
+                // Ended between the listing and now.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                // Dropping `pinned` gives back what was already pinned.
+                Err(e) => {
+                    return Err(ProcsError::Command {
+                        what: format!("pin {comm} (thread {tid}) to CPUs {cpus}"),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(pinned)
+    }
+
+    /// How many threads were pinned.
+    pub fn threads(&self) -> usize {
+        self.saved.len()
+    }
+}
+
+impl Drop for PinnedServices {
+    fn drop(&mut self) {
+        for (tid, comm) in threads_named(&self.comms) {
+            if let Some(set) = self.saved.get(&tid).or_else(|| self.by_comm.get(&comm)) {
+                if let Err(e) = set_affinity(tid, set) {
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        eprintln!("warning: cannot give {comm} (thread {tid}) its CPUs back: {e}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A running child process, stopped on drop.
@@ -227,6 +337,57 @@ mod tests {
         let e = output("nothing", Path::new("/nonexistent/bin"), &[], &[]).unwrap_err();
         assert!(matches!(e, ProcsError::Spawn { .. }));
         assert_eq!(output("echo", Path::new("echo"), &["hi".into()], &[]).unwrap(), "hi");
+    }
+
+    fn allowed(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A service is pinned while the guard lives and has its CPUs back
+    /// after, and one started meanwhile gets those of its kind.
+    #[test]
+    fn services_are_pinned_and_given_their_cpus_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // A name of its own (a command name is at most 15 bytes), so that
+        // no other process on the machine is touched.
+        let name: &'static str = Box::leak(format!("tgpin{}", std::process::id() % 10_000_000).into_boxed_str());
+        let bin = dir.path().join(name);
+        std::fs::copy("/bin/sleep", &bin).unwrap();
+        let mut first = Command::new(&bin).arg("30").spawn().unwrap();
+        // The command name is set when the program has been exec'd.
+        let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        while comm(first.id()).trim_end() != name {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let before = allowed(first.id());
+        let guard = PinnedServices::pin(&[name], "0").unwrap();
+        assert_eq!(guard.threads(), 1);
+        assert_eq!(allowed(first.id()), "0");
+        // Started while pinned (here by taskset, as a fork of a pinned
+        // server would be): given its kind's CPUs at the end.
+        let mut later = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&bin)
+            .arg("30")
+            .spawn()
+            .unwrap();
+        while comm(later.id()).trim_end() != name {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(guard);
+        assert_eq!(allowed(first.id()), before);
+        assert_eq!(allowed(later.id()), before);
+        for c in [&mut first, &mut later] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+        assert!(PinnedServices::pin(&[name], "x").is_err(), "a bad CPU list is refused");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use crate::bench::{
 };
 use crate::load::{self, HttpClient, Mode, Plan, StepStats, Target};
 use crate::procfs;
-use crate::procs::{self, Proc};
+use crate::procs::{self, PinnedServices, Proc};
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -50,7 +50,15 @@ pub struct ScaleoutConfig {
     pub postgres: String,
     /// The Redis server.
     pub redis: String,
+    /// CPUs (a `taskset -c` list) to keep PostgreSQL and Redis on while the
+    /// steps run, e.g. the load generator's, so that they do not take the
+    /// replicas' core; `None`: the scheduler places them.
+    pub pin_services: Option<String>,
 }
+
+/// The services `pin_services` pins: PostgreSQL's processes (the server and
+/// its backends) and Redis.
+const SERVICES: &[&str] = &["postgres", "redis-server"];
 
 /// One rate and mode with a number of replicas.
 #[derive(Debug, Clone, Serialize)]
@@ -640,6 +648,12 @@ async fn measure(
     let pg = PgAdmin::connect(&sc.postgres).await?;
     let mut redis = RedisProbe::connect(&s.redis_url).await?;
     let mut steps = Vec::new();
+    // PostgreSQL and Redis off the replicas' core for the steps, if asked:
+    // given their CPUs back when this returns, also on an error.
+    let pinned = match &sc.pin_services {
+        Some(cpus) => Some((PinnedServices::pin(SERVICES, cpus)?, cpus)),
+        None => None,
+    };
     'counts: for &count in &sc.replicas {
         while fleet.replicas.len() < count {
             let (p, url) = fleet.start_one().await?;
@@ -667,6 +681,11 @@ async fn measure(
     }
     pg.0.close().await;
     let mut setup = gov.setup;
+    setup["services_pinned"] = match &pinned {
+        Some((p, cpus)) => json!({"services": SERVICES, "cpus": cpus, "threads": p.threads()}),
+        None => json!("no: the scheduler places PostgreSQL and Redis (--pin-services CPUS pins them)"),
+    };
+    drop(pinned);
     setup["sanity_responses"] = json!(sanity_responses);
     setup["request_log"] = json!("on (PostgreSQL, the scratch database)");
     setup["counters"] = json!("Redis (TOLLGATE_REDIS_URL, a key prefix of the run's own)");
@@ -838,6 +857,7 @@ mod tests {
             replicas: vec![1],
             postgres: tollgate_postgres(),
             redis: "redis://127.0.0.1:6379".into(),
+            pin_services: None,
         }
     }
 

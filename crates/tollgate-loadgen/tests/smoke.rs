@@ -222,6 +222,12 @@ fn smoke_run_writes_the_report() {
         );
         assert!(s["redis_calls_per_request"].as_f64() >= s["redis_round_trips_per_request"].as_f64());
     }
+    assert!(
+        so["setup"]["services_pinned"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("no")),
+        "PostgreSQL and Redis are left where they are unless --pin-services is given"
+    );
     let sanity = so["setup"]["sanity_responses"].as_array().unwrap();
     assert_eq!(sanity.len(), 3, "one sanity request per replica");
     assert!(so["setup"]["key_rate_limit"]["value"].is_number());
