@@ -46,27 +46,35 @@ pub fn cpu_split(pid: u32) -> Result<(f64, f64), ProcError> {
     Ok((u as f64 / hz, s as f64 / hz))
 }
 
-/// CPU seconds so far of every process whose command name
-/// (`/proc/<pid>/comm`) is `comm`, by pid; e.g. every `postgres` process.
-/// A process that ends while it is read is left out.
-pub fn cpu_of_named(comm: &str) -> Result<BTreeMap<u32, f64>, ProcError> {
+/// Every process whose command name (`/proc/<pid>/comm`) is one of
+/// `comms`, with that name. A process that ends while it is read is left
+/// out.
+pub fn pids_named(comms: &[&str]) -> Result<Vec<(u32, String)>, ProcError> {
     let entries = std::fs::read_dir("/proc").map_err(|source| ProcError::Read {
         path: "/proc".into(),
         source,
     })?;
-    let mut out = BTreeMap::new();
+    let mut out = Vec::new();
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let named = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm);
-        if named {
-            if let Ok(cpu) = cpu_seconds(pid) {
-                out.insert(pid, cpu);
-            }
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        let comm = comm.trim_end();
+        if comms.contains(&comm) {
+            out.push((pid, comm.to_owned()));
         }
     }
     Ok(out)
+}
+
+/// CPU seconds so far of every process whose command name
+/// (`/proc/<pid>/comm`) is `comm`, by pid; e.g. every `postgres` process.
+/// A process that ends while it is read is left out.
+pub fn cpu_of_named(comm: &str) -> Result<BTreeMap<u32, f64>, ProcError> {
+    Ok(cpu_of(pids_named(&[comm])?.into_iter().map(|(pid, _)| pid)))
 }
 
 /// CPU seconds of the given processes, by pid; one that has ended is left out.

@@ -3,6 +3,7 @@
 //! connections, and stopped (SIGTERM, then SIGKILL) when dropped, so no run
 //! leaves a server behind.
 
+use crate::procfs;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -97,34 +98,21 @@ fn set_affinity(tid: libc::pid_t, set: &libc::cpu_set_t) -> std::io::Result<()> 
     }
 }
 
-/// Every thread of every process whose command name (`/proc/<pid>/comm`)
-/// is one of `comms`, with that name.
-fn threads_named(comms: &[&str]) -> Vec<(libc::pid_t, String)> {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
+/// Every thread of every process whose command name is one of `comms`
+/// ([`procfs::pids_named`]), with that name.
+fn threads_named(comms: &[&str]) -> Result<Vec<(libc::pid_t, String)>, procfs::ProcError> {
     let mut out = Vec::new();
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
-            continue;
-        };
-        let comm = comm.trim_end();
-        if !comms.contains(&comm) {
-            continue;
-        }
+    for (pid, comm) in procfs::pids_named(comms)? {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
         for t in tasks.flatten() {
             if let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) {
-                out.push((tid, comm.to_owned()));
+                out.push((tid, comm.clone()));
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The services named (e.g. `postgres`, `redis-server`), every thread of
@@ -146,7 +134,11 @@ impl PinnedServices {
             saved: Default::default(),
             by_comm: Default::default(),
         };
-        for (tid, comm) in threads_named(comms) {
+        let threads = threads_named(comms).map_err(|e| ProcsError::Command {
+            what: format!("list the threads of {}", comms.join(", ")),
+            message: e.to_string(),
+        })?;
+        for (tid, comm) in threads {
             let Some(old) = affinity(tid) else { continue };
             match set_affinity(tid, &set) {
                 Ok(()) => {
@@ -175,7 +167,7 @@ impl PinnedServices {
 
 impl Drop for PinnedServices {
     fn drop(&mut self) {
-        for (tid, comm) in threads_named(&self.comms) {
+        for (tid, comm) in threads_named(&self.comms).unwrap_or_default() {
             if let Some(set) = self.saved.get(&tid).or_else(|| self.by_comm.get(&comm)) {
                 if let Err(e) = set_affinity(tid, set) {
                     if e.raw_os_error() != Some(libc::ESRCH) {
