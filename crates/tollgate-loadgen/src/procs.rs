@@ -1,7 +1,8 @@
 //! The processes a benchmark starts (the mock upstream and Tollgate): spawned
 //! optionally pinned to CPUs with `taskset`, waited for until they accept
 //! connections, and stopped (SIGTERM, then SIGKILL) when dropped, so no run
-//! leaves a server behind.
+//! leaves a server behind; and the machine's shared services kept on some
+//! CPUs for a run ([`PinnedServices`]), given their CPUs back when dropped.
 
 use crate::procfs;
 use std::net::TcpListener;
