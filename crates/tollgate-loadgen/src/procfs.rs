@@ -124,13 +124,54 @@ pub fn machine_busy_seconds() -> Result<f64, ProcError> {
 /// user + nice + system + irq + softirq + steal from the `cpu` line.
 pub fn parse_busy_ticks(stat: &str) -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    busy_and_total(line).map(|(busy, _)| busy)
+}
+
+/// Each CPU's (busy, all) ticks so far, in CPU order.
+pub fn per_cpu_ticks() -> Result<Vec<(u64, u64)>, ProcError> {
+    let stat = read("/proc/stat")?;
+    parse_per_cpu_ticks(&stat).ok_or_else(|| ProcError::Format("/proc/stat".into()))
+}
+
+/// The `cpuN` lines' (busy, all) ticks; `None` if there is none or one is
+/// malformed.
+pub fn parse_per_cpu_ticks(stat: &str) -> Option<Vec<(u64, u64)>> {
+    let cpus: Vec<(u64, u64)> = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(busy_and_total)
+        .collect::<Option<_>>()?;
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// Percent of each CPU's time between two [`per_cpu_ticks`] readings that
+/// it was busy (a CPU with no ticks in between counts as idle).
+pub fn busy_percent(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let all = a.1.saturating_sub(b.1);
+            if all == 0 {
+                0.0
+            } else {
+                a.0.saturating_sub(b.0) as f64 * 100.0 / all as f64
+            }
+        })
+        .collect()
+}
+
+/// (user + nice + system + irq + softirq + steal, all of them with idle and
+/// iowait) of one `/proc/stat` CPU line. Guest time is already in user.
+fn busy_and_total(line: &str) -> Option<(u64, u64)> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .map(|f| f.parse().ok())
         .collect::<Option<_>>()?;
     let at = |i: usize| v.get(i).copied().unwrap_or(0);
-    (v.len() >= 4).then(|| at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    (v.len() >= 4).then(|| (busy, busy + at(3) + at(4)))
 }
 
 /// The load averages line, for the record.
@@ -227,6 +268,25 @@ mod tests {
         assert_eq!(parse_busy_ticks("cpu0 1 2 3 4\n"), None);
         assert_eq!(parse_busy_ticks("cpu  1 x 3 4\n"), None);
         assert!(machine_busy_seconds().unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn per_cpu_busy() {
+        let stat = "cpu  30 0 10 160 0 0 0 0 0 0\ncpu0 10 0 10 80 0 0 0 0 0 0\ncpu1 20 0 0 80 0 0 0 0 0 0\nintr 5\n";
+        let before = parse_per_cpu_ticks(stat).unwrap();
+        assert_eq!(before, vec![(20, 100), (20, 100)]);
+        // cpu0: 30 busy of 40 more ticks; cpu1: 5 busy (steal) and 10 of
+        // iowait; a third CPU that appeared is left out.
+        let after =
+            parse_per_cpu_ticks("cpu0 30 5 15 90 0 0 0 0 0 0\ncpu1 20 0 0 80 10 0 0 5 0 0\ncpu2 1 0 0 1\n").unwrap();
+        assert_eq!(busy_percent(&before, &after), vec![75.0, 100.0 * 5.0 / 15.0]);
+        // No tick in between: idle, not a division by zero.
+        assert_eq!(busy_percent(&before, &before), vec![0.0, 0.0]);
+        assert_eq!(parse_per_cpu_ticks("cpu  1 2 3 4\n"), None);
+        assert_eq!(parse_per_cpu_ticks("cpu0 1 x 3 4\n"), None);
+        let now = per_cpu_ticks().unwrap();
+        assert!(!now.is_empty());
+        assert!(now.iter().all(|(busy, all)| busy <= all));
     }
 
     #[test]

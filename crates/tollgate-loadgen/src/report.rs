@@ -36,7 +36,7 @@ pub fn step_line(r: &StepReport) -> String {
 /// One line per finished scale-out step.
 pub fn scaleout_line(r: &ScaleoutStep) -> String {
     format!(
-        "scaleout {} replica(s) {:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  through p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  two redis round trips alone p50/p99 {:.2}/{:.2} ms  ok {:>6.2}%  cpu {:.3} ms/req (pg {:.3}, redis {:.3})  redis round trips/req {:.2}  other cpu {:.1} s",
+        "scaleout {} replica(s) {:>6.0} req/s {:<6}  direct p99 {:>7.2} ms  through p99 {:>7.2} ms  added p50/p99 {:>6.2}/{:>6.2} ms  two redis round trips alone p50/p99 {:.2}/{:.2} ms  ok {:>6.2}%  cpu {:.3} ms/req (pg {:.3}, redis {:.3})  redis round trips/req {:.2}  other cpu {:.1} s  cpus busy {}%",
         r.replicas,
         r.rate,
         r.mode.name(),
@@ -52,6 +52,7 @@ pub fn scaleout_line(r: &ScaleoutStep) -> String {
         r.redis_cpu_ms_per_1000_requests / 1000.0,
         r.redis_round_trips_per_request,
         r.other_processes_cpu_s,
+        list(&r.cpu_busy_percent, 0),
     )
 }
 
@@ -69,17 +70,17 @@ fn scaleout_table(s: &mut String, report: &Report) {
     );
     let _ = writeln!(
         s,
-        "| replicas | rate (req/s) | mode | direct p50 / p90 / p99 (ms) | through p50 / p90 / p99 (ms) | added p50 / p90 / p99 (ms) | two Redis round trips alone, p50 / p90 / p99 (ms) | errors | CPU per 1,000 req, all replicas (ms) | per replica (ms) | PostgreSQL CPU per 1,000 req (ms; our backends, s) | Redis CPU per 1,000 req (ms) | Redis round trips (commands) per req | peak RSS per replica (MB) | other CPU (s) |"
+        "| replicas | rate (req/s) | mode | direct p50 / p90 / p99 (ms) | through p50 / p90 / p99 (ms) | added p50 / p90 / p99 (ms) | two Redis round trips alone, p50 / p90 / p99 (ms) | errors | CPU per 1,000 req, all replicas (ms) | per replica (ms) | PostgreSQL CPU per 1,000 req (ms; our backends, s) | Redis CPU per 1,000 req (ms) | Redis round trips (commands) per req | peak RSS per replica (MB) | other CPU (s) | each CPU busy (%) |"
     );
     let _ = writeln!(
         s,
-        "|---:|---:|---|---|---|---|---|---:|---:|---|---|---:|---:|---|---:|"
+        "|---:|---:|---|---|---|---|---|---:|---:|---|---|---:|---:|---|---:|---|"
     );
     let three = |p: &crate::load::Percentiles| format!("{:.2} / {:.2} / {:.2}", p.p50, p.p90, p.p99);
     for x in &r.steps {
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {} | {} | {} | {:.2} / {:.2} / {:.2} | {} | {} | {:.1} | {} | {:.1} ({:.2} s) | {:.1} | {:.2} ({:.1}) | {} | {:.1} |",
+            "| {} | {:.0} | {} | {} | {} | {:.2} / {:.2} / {:.2} | {} | {} | {:.1} | {} | {:.1} ({:.2} s) | {:.1} | {:.2} ({:.1}) | {} | {:.1} | {} |",
             x.replicas,
             x.rate,
             x.mode.name(),
@@ -99,6 +100,7 @@ fn scaleout_table(s: &mut String, report: &Report) {
             x.redis_calls_per_request,
             list(&x.replica_peak_rss_mb, 1),
             x.other_processes_cpu_s,
+            list(&x.cpu_busy_percent, 0),
         );
     }
 }

@@ -110,6 +110,10 @@ pub struct ScaleoutStep {
     /// Machine-wide busy CPU in the through step that went to none of the
     /// replicas, the mock, the load generator, PostgreSQL and Redis.
     pub other_processes_cpu_s: f64,
+    /// How busy each of the machine's CPUs was during the through step, in
+    /// percent (`/proc/stat`): how much room the machine had left, whoever
+    /// used it.
+    pub cpu_busy_percent: Vec<f64>,
 }
 
 /// How the run cleaned up after itself.
@@ -425,6 +429,7 @@ struct Reading {
     pg_all: BTreeMap<u32, f64>,
     redis: RedisInfo,
     busy: f64,
+    per_cpu: Vec<(u64, u64)>,
 }
 
 async fn read(
@@ -446,6 +451,7 @@ async fn read(
         pg_all: procfs::cpu_of_named("postgres")?,
         redis: redis.info().await?,
         busy: procfs::machine_busy_seconds()?,
+        per_cpu: procfs::per_cpu_ticks()?,
     })
 }
 
@@ -545,6 +551,7 @@ async fn step(
         redis_round_trips_per_request: scripts as f64 / total.max(1) as f64,
         redis_calls,
         other_processes_cpu_s: ((r1.busy - r0.busy) - accounted).max(0.0),
+        cpu_busy_percent: procfs::busy_percent(&r0.per_cpu, &r1.per_cpu),
         direct,
         redis_floor,
         through,
@@ -824,6 +831,7 @@ mod tests {
             redis_calls_per_request: 0.0,
             redis_round_trips_per_request: 0.0,
             other_processes_cpu_s: 0.0,
+            cpu_busy_percent: vec![40.0, 50.0],
         }
     }
 

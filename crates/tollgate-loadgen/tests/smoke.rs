@@ -210,6 +210,16 @@ fn smoke_run_writes_the_report() {
         assert_eq!(s["redis_floor"]["ok"], s["redis_floor"]["requests"]);
         assert!(s["redis_floor"]["latency_ms"]["p99"].as_f64().is_some_and(|v| v > 0.0));
         assert_eq!(s["replica_cpu_s"].as_array().map(Vec::len), Some(n));
+        // Each of the machine's CPUs, in percent; the step kept some busy.
+        let busy: Vec<f64> = s["cpu_busy_percent"]
+            .as_array()
+            .expect("cpu_busy_percent")
+            .iter()
+            .map(|v| v.as_f64().expect("a percentage"))
+            .collect();
+        assert_eq!(busy.len(), machine_cpus(), "{busy:?}");
+        assert!(busy.iter().all(|p| (0.0..=100.0).contains(p)), "{busy:?}");
+        assert!(busy.iter().any(|p| *p > 0.0), "{busy:?}");
         assert_eq!(s["replica_peak_rss_mb"].as_array().map(Vec::len), Some(n));
         assert!(s["cpu_ms_per_1000_requests"].as_f64().is_some_and(|v| v > 0.0));
         assert!(s["postgres_all_cpu_s"].is_number() && s["redis_cpu_s"].is_number());
@@ -261,6 +271,10 @@ fn smoke_run_writes_the_report() {
     assert!(keys.is_empty(), "the run's Redis keys were deleted: {keys:?}");
     assert!(names.iter().any(|n| n.contains("scaleout")), "{names:?}");
     assert!(stdout.contains("Scale-out"), "the scale-out table is printed: {stdout}");
+    assert!(
+        stdout.contains("| each CPU busy (%) |"),
+        "with each CPU's busy time: {stdout}"
+    );
 }
 
 /// `bench/instructions` on debug binaries at a tiny rate: it finds the one
@@ -322,4 +336,13 @@ fn a_missing_reference_nginx_is_refused() {
         "{stderr}"
     );
     assert!(!dir.path().join("r.json").exists(), "nothing ran");
+}
+
+/// The CPUs `/proc/stat` lists (`cpu0`, `cpu1`, ...).
+fn machine_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .expect("/proc/stat")
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count()
 }
