@@ -115,10 +115,7 @@ pub fn parse_user_system_ticks(stat: &str) -> Option<(u64, u64)> {
 /// and iowait), in seconds; with the three processes' own times it tells how
 /// much of a step went to something else on the machine.
 pub fn machine_busy_seconds() -> Result<f64, ProcError> {
-    let stat = read("/proc/stat")?;
-    parse_busy_ticks(&stat)
-        .map(|t| t as f64 / clock_ticks_per_second() as f64)
-        .ok_or_else(|| ProcError::Format("/proc/stat".into()))
+    Ok(machine_cpu()?.busy_s)
 }
 
 /// user + nice + system + irq + softirq + steal from the `cpu` line.
@@ -127,10 +124,22 @@ pub fn parse_busy_ticks(stat: &str) -> Option<u64> {
     busy_and_total(line).map(|(busy, _)| busy)
 }
 
-/// Each CPU's (busy, all) ticks so far, in CPU order.
-pub fn per_cpu_ticks() -> Result<Vec<(u64, u64)>, ProcError> {
+/// The machine's CPU time so far, from one read of `/proc/stat`.
+pub struct MachineCpu {
+    /// As [`machine_busy_seconds`].
+    pub busy_s: f64,
+    /// Each CPU's (busy, all) ticks, in CPU order.
+    pub per_cpu: Vec<(u64, u64)>,
+}
+
+/// [`MachineCpu`] now.
+pub fn machine_cpu() -> Result<MachineCpu, ProcError> {
     let stat = read("/proc/stat")?;
-    parse_per_cpu_ticks(&stat).ok_or_else(|| ProcError::Format("/proc/stat".into()))
+    let format = || ProcError::Format("/proc/stat".into());
+    Ok(MachineCpu {
+        busy_s: parse_busy_ticks(&stat).ok_or_else(format)? as f64 / clock_ticks_per_second() as f64,
+        per_cpu: parse_per_cpu_ticks(&stat).ok_or_else(format)?,
+    })
 }
 
 /// The `cpuN` lines' (busy, all) ticks; `None` if there is none or one is
@@ -144,7 +153,7 @@ pub fn parse_per_cpu_ticks(stat: &str) -> Option<Vec<(u64, u64)>> {
     (!cpus.is_empty()).then_some(cpus)
 }
 
-/// Percent of each CPU's time between two [`per_cpu_ticks`] readings that
+/// Percent of each CPU's time between two [`MachineCpu::per_cpu`] readings that
 /// it was busy (a CPU with no ticks in between counts as idle).
 pub fn busy_percent(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
     before
@@ -284,9 +293,10 @@ mod tests {
         assert_eq!(busy_percent(&before, &before), vec![0.0, 0.0]);
         assert_eq!(parse_per_cpu_ticks("cpu  1 2 3 4\n"), None);
         assert_eq!(parse_per_cpu_ticks("cpu0 1 x 3 4\n"), None);
-        let now = per_cpu_ticks().unwrap();
-        assert!(!now.is_empty());
-        assert!(now.iter().all(|(busy, all)| busy <= all));
+        let now = machine_cpu().unwrap();
+        assert!(!now.per_cpu.is_empty());
+        assert!(now.per_cpu.iter().all(|(busy, all)| busy <= all));
+        assert!(now.busy_s >= 0.0);
     }
 
     #[test]

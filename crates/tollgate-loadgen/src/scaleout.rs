@@ -428,8 +428,7 @@ struct Reading {
     pg_backends: BTreeMap<u32, f64>,
     pg_all: BTreeMap<u32, f64>,
     redis: RedisInfo,
-    busy: f64,
-    per_cpu: Vec<(u64, u64)>,
+    machine: procfs::MachineCpu,
 }
 
 async fn read(
@@ -450,8 +449,7 @@ async fn read(
         pg_backends: procfs::cpu_of(pg.backends(database).await?),
         pg_all: procfs::cpu_of_named("postgres")?,
         redis: redis.info().await?,
-        busy: procfs::machine_busy_seconds()?,
-        per_cpu: procfs::per_cpu_ticks()?,
+        machine: procfs::machine_cpu()?,
     })
 }
 
@@ -550,8 +548,8 @@ async fn step(
         redis_calls_per_request: calls as f64 / total.max(1) as f64,
         redis_round_trips_per_request: scripts as f64 / total.max(1) as f64,
         redis_calls,
-        other_processes_cpu_s: ((r1.busy - r0.busy) - accounted).max(0.0),
-        cpu_busy_percent: procfs::busy_percent(&r0.per_cpu, &r1.per_cpu),
+        other_processes_cpu_s: ((r1.machine.busy_s - r0.machine.busy_s) - accounted).max(0.0),
+        cpu_busy_percent: procfs::busy_percent(&r0.machine.per_cpu, &r1.machine.per_cpu),
         direct,
         redis_floor,
         through,

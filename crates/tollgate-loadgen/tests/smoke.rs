@@ -217,7 +217,11 @@ fn smoke_run_writes_the_report() {
             .iter()
             .map(|v| v.as_f64().expect("a percentage"))
             .collect();
-        assert_eq!(busy.len(), machine_cpus(), "{busy:?}");
+        let cpus = tollgate_loadgen::procfs::machine_cpu()
+            .expect("/proc/stat")
+            .per_cpu
+            .len();
+        assert_eq!(busy.len(), cpus, "{busy:?}");
         assert!(busy.iter().all(|p| (0.0..=100.0).contains(p)), "{busy:?}");
         assert!(busy.iter().any(|p| *p > 0.0), "{busy:?}");
         assert_eq!(s["replica_peak_rss_mb"].as_array().map(Vec::len), Some(n));
@@ -336,13 +340,4 @@ fn a_missing_reference_nginx_is_refused() {
         "{stderr}"
     );
     assert!(!dir.path().join("r.json").exists(), "nothing ran");
-}
-
-/// The CPUs `/proc/stat` lists (`cpu0`, `cpu1`, ...).
-fn machine_cpus() -> usize {
-    std::fs::read_to_string("/proc/stat")
-        .expect("/proc/stat")
-        .lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .count()
 }
